@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates everything generated from the protos. The one command: `make generate`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE="${KUBERNAUT_STATE_DIR:-$HOME/.local/state/kubernaut}"
+export PATH="$PWD/.venv/bin:$STATE/bin:$PATH"
+
+# buf/validate/validate.proto, printed from its Go module (the Buf registry is not
+# reachable from our build machines).
+(cd tools/protodeps && go run . ../../third_party/proto)
+buf generate

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything Kubernaut needs, on a fresh machine or a warm one:
+#   - Python 3.11 packages from uv.lock into .venv (uv from PyPI),
+#   - buf (npm @bufbuild/buf) and grpcurl (built from its Go module),
+# cached under the state directory keyed by version, so a warm run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+BUF_VERSION=1.75.0
+GRPCURL_VERSION=v1.9.4
+
+STATE="${KUBERNAUT_STATE_DIR:-$HOME/.local/state/kubernaut}"
+TOOLS="$STATE/tools"
+BIN="$STATE/bin"
+mkdir -p "$TOOLS" "$BIN"
+
+step() { printf '==> %s\n' "$*"; }
+need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but not installed ($2)" >&2; exit 1; }; }
+
+need python3 "Python 3.11"
+need npm "Node.js with npm, for buf"
+need go "Go 1.22 or newer, for grpcurl"
+
+if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  step "installing uv $UV_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "uv==$UV_VERSION"
+fi
+
+step "Python packages (uv.lock)"
+uv sync --frozen --quiet
+uv pip check --quiet
+
+if [ ! -x "$TOOLS/buf-$BUF_VERSION/node_modules/.bin/buf" ]; then
+  step "buf $BUF_VERSION (npm)"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/buf-$BUF_VERSION" "@bufbuild/buf@$BUF_VERSION"
+fi
+ln -sfn "$TOOLS/buf-$BUF_VERSION/node_modules/.bin/buf" "$BIN/buf"
+
+if [ ! -x "$TOOLS/grpcurl-$GRPCURL_VERSION/grpcurl" ]; then
+  step "grpcurl $GRPCURL_VERSION (go install)"
+  GOBIN="$TOOLS/grpcurl-$GRPCURL_VERSION" GOFLAGS=-mod=mod \
+    go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+fi
+ln -sfn "$TOOLS/grpcurl-$GRPCURL_VERSION/grpcurl" "$BIN/grpcurl"
+
+step "ready: tools in $BIN, Python in .venv"

@@ -1,0 +1,233 @@
+"""The rule-based analyzer: decides when no LLM is configured (or none answers).
+
+It maps a handful of well-understood alerts to one catalogue action each. Alert labels and
+annotations are data, never instructions: annotations are not read at all, and only the
+`reason` and `container` labels are read, each by an explicit rule below.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import protovalidate
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
+
+__all__ = ["ANALYZER", "RulesSettings", "analyze"]
+
+ANALYZER = "rules"
+
+_DEPLOYMENT = "Deployment"
+_POD = "Pod"
+
+# Mirrors IncreaseMemoryLimitParams' validation, so bad settings fail at start-up, not on
+# the first OOM alert.
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MAX_FACTOR = 4.0
+_MAX_QUANTITY_LEN = 32
+# A container name is a DNS-1123 label; anything else in the label is not acted on.
+_CONTAINER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MAX_CONTAINER_LEN = 63
+
+_CONFIDENCE_CRASHLOOP = 0.6
+_CONFIDENCE_OOM = 0.7
+_CONFIDENCE_REPLICAS = 0.5
+_CONFIDENCE_ROLLOUT = 0.7
+
+
+@dataclass(frozen=True)
+class RulesSettings:
+    """How the rules size a memory increase."""
+
+    # The new limit is the old one times this factor (1 < factor <= 4).
+    memory_factor: float = 1.5
+    # The limit never goes above this quantity (Kubernetes notation).
+    memory_cap: str = "4Gi"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.memory_factor) and 1.0 < self.memory_factor <= _MAX_FACTOR):
+            raise ValueError(
+                f"memory_factor must be above 1 and at most {_MAX_FACTOR}, "
+                f"got {self.memory_factor!r}"
+            )
+        if len(self.memory_cap) > _MAX_QUANTITY_LEN or not _QUANTITY.fullmatch(self.memory_cap):
+            raise ValueError(
+                f"memory_cap must be a Kubernetes quantity such as '4Gi', got {self.memory_cap!r}"
+            )
+
+
+def analyze(
+    alert: alert_pb2.Alert,
+    subject: alert_pb2.ResourceRef,
+    knowledge: context_api_pb2.AlertKnowledge | None,
+    settings: RulesSettings,
+) -> remediation_pb2.Analysis:
+    """Decide what to do about one firing alert whose subject is `subject`.
+
+    Raises ValueError for an alert that is not firing (a resolved alert never triggers an
+    action, so callers must not send one) and for a recommendation that would fail
+    validation (only possible with a malformed subject).
+    """
+    if alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+        raise ValueError("resolved alerts are not analysed; callers must not send them")
+    if alert.status != alert_pb2.ALERT_STATUS_FIRING:
+        # An unknown status is no evidence of a live problem, so never act on one.
+        raise ValueError(f"alert status must be FIRING, got {alert.status}")
+
+    analysis = _decide(alert, subject, settings)
+    analysis.analyzer = ANALYZER
+    # Only a runbook for this very alert; a mismatched entry would mislead the operator.
+    if knowledge is not None and knowledge.alert_name == alert.name:
+        analysis.runbook_url = knowledge.runbook_url
+    if analysis.HasField("recommendation"):
+        # Never hand on an action the executor would refuse: fail here, loudly.
+        protovalidate.validate(analysis.recommendation)
+    return analysis
+
+
+def _decide(
+    alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef, settings: RulesSettings
+) -> remediation_pb2.Analysis:
+    name = alert.name
+    reason = alert.labels.get("reason", "")
+    what = _describe(subject)
+
+    # OOM first: a known cause beats the symptom-level rules below.
+    if name == "KubeContainerOOMKilled" or reason == "OOMKilled":
+        return _oom(alert, subject, settings)
+
+    if name == "KubePodCrashLooping" or (
+        name == "KubeContainerWaiting" and reason == "CrashLoopBackOff"
+    ):
+        refusal = _needs_deployment(name, subject, "restart_deployment")
+        if refusal is not None:
+            return refusal
+        return _remediate(
+            remediation_pb2.ActionParams(
+                restart_deployment=remediation_pb2.RestartDeploymentParams()
+            ),
+            subject,
+            _CONFIDENCE_CRASHLOOP,
+            [
+                f"{name}: pods of {what} are in CrashLoopBackOff.",
+                "A rolling restart clears crashes caused by transient start-up failures "
+                "at low risk; a crash that repeats deterministically will fail verification.",
+                "Rollback not chosen: it needs rollout evidence (a recent revision the crashes "
+                "followed), which the context API does not provide yet.",
+            ],
+        )
+
+    if name == "KubeDeploymentReplicasMismatch":
+        refusal = _needs_deployment(name, subject, "restart_deployment")
+        if refusal is not None:
+            return refusal
+        return _remediate(
+            remediation_pb2.ActionParams(
+                restart_deployment=remediation_pb2.RestartDeploymentParams()
+            ),
+            subject,
+            _CONFIDENCE_REPLICAS,
+            [
+                f"{name}: {what} has had fewer available replicas than desired, with no "
+                "rollout progress, for 15 minutes.",
+                "A rolling restart replaces pods stuck in a bad state.",
+                "Confidence is low: a lack of capacity or quota causes the same alert, and a "
+                "restart does not fix that.",
+            ],
+        )
+
+    if name == "KubeDeploymentRolloutStuck":
+        refusal = _needs_deployment(name, subject, "rollback_deployment")
+        if refusal is not None:
+            return refusal
+        return _remediate(
+            remediation_pb2.ActionParams(
+                rollback_deployment=remediation_pb2.RollbackDeploymentParams(to_revision=0)
+            ),
+            subject,
+            _CONFIDENCE_ROLLOUT,
+            [
+                f"{name}: the rollout of {what} is not progressing.",
+                "Rolling back to the previous revision restores the last pod template that "
+                "ran, while the new revision is fixed.",
+            ],
+        )
+
+    return _no_action(f"No rule handles alert {name!r}; nothing is done automatically.")
+
+
+def _oom(
+    alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef, settings: RulesSettings
+) -> remediation_pb2.Analysis:
+    refusal = _needs_deployment(alert.name, subject, "increase_memory_limit")
+    if refusal is not None:
+        return refusal
+    container = alert.labels.get("container", "")
+    if container and (len(container) > _MAX_CONTAINER_LEN or not _CONTAINER.fullmatch(container)):
+        # Not echoed: the value is untrusted and may be long or crafted.
+        return _no_action(
+            f"{alert.name}: the alert's container label is not a valid container name, so "
+            "the container to change is unknown."
+        )
+    which = f"container {container!r}" if container else "the only container"
+    return _remediate(
+        remediation_pb2.ActionParams(
+            increase_memory_limit=remediation_pb2.IncreaseMemoryLimitParams(
+                container=container,
+                factor=settings.memory_factor,
+                max_limit=settings.memory_cap,
+            )
+        ),
+        subject,
+        _CONFIDENCE_OOM,
+        [
+            f"{alert.name}: {which} of {_describe(subject)} was OOM-killed.",
+            f"Raising its memory limit x{settings.memory_factor:g}, capped at "
+            f"{settings.memory_cap}, gives the working set room.",
+            "A memory leak would be killed again; verification watches for a repeat kill.",
+        ],
+    )
+
+
+def _needs_deployment(
+    alert_name: str, subject: alert_pb2.ResourceRef, action: str
+) -> remediation_pb2.Analysis | None:
+    """NO_ACTION unless the subject is a Deployment, the only kind these actions act on."""
+    if subject.kind == _DEPLOYMENT:
+        return None
+    if subject.kind == _POD:
+        return _no_action(
+            f"{alert_name}: the owning workload of {_describe(subject)} is not resolved; "
+            f"{action} needs its Deployment, so nothing is done automatically."
+        )
+    return _no_action(
+        f"{alert_name}: {action} acts only on Deployments and the subject is {_describe(subject)}."
+    )
+
+
+def _describe(subject: alert_pb2.ResourceRef) -> str:
+    where = f"{subject.namespace}/{subject.name}" if subject.namespace else subject.name
+    return f"{subject.kind} {where}"
+
+
+def _remediate(
+    action: remediation_pb2.ActionParams,
+    subject: alert_pb2.ResourceRef,
+    confidence: float,
+    reasons: list[str],
+) -> remediation_pb2.Analysis:
+    target = alert_pb2.ResourceRef()
+    target.CopyFrom(subject)  # a copy: the caller's message stays theirs
+    return remediation_pb2.Analysis(
+        decision=remediation_pb2.DECISION_REMEDIATE,
+        recommendation=remediation_pb2.Recommendation(
+            action=action, target=target, confidence=confidence, reasons=reasons
+        ),
+        reasons=reasons,
+    )
+
+
+def _no_action(reason: str) -> remediation_pb2.Analysis:
+    return remediation_pb2.Analysis(decision=remediation_pb2.DECISION_NO_ACTION, reasons=[reason])

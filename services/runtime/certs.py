@@ -1,0 +1,171 @@
+"""A development PKI: one CA and one certificate per service, with SPIFFE identities.
+
+Production meshes get certificates from Istio (transport `mesh`) or from the platform's
+CA (cert-manager, SPIRE); `kubernaut certs init` makes the same shape locally so that
+the `mtls` transport works on a laptop and in tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def spiffe_id(trust_domain: str, namespace: str, account: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    """Where one identity's files live inside a certs directory."""
+
+    certs_dir: Path
+    account: str
+
+    @property
+    def ca(self) -> Path:
+        return self.certs_dir / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        return self.certs_dir / f"{self.account}.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.certs_dir / f"{self.account}.key"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_bytes(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def create_ca(certs_dir: Path, *, common_name: str = "Kubernaut dev CA", days: int = 3650) -> None:
+    """Write ca.crt and ca.key into certs_dir."""
+    certs_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (certs_dir / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(certs_dir / "ca.key", _key_pem(key))
+
+
+def issue_certificate(
+    certs_dir: Path,
+    account: str,
+    *,
+    trust_domain: str,
+    namespace: str,
+    days: int = 365,
+) -> CertPaths:
+    """Issue `<account>.crt/.key` signed by the CA in certs_dir.
+
+    The URI SAN carries the SPIFFE identity that authorization reads; the DNS and IP
+    SANs let clients verify the server by the names they dial, locally and in-cluster.
+    """
+    ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((certs_dir / "ca.key").read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{certs_dir / 'ca.key'} is not an EC private key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    dns_names = [
+        "localhost",
+        account,
+        f"{account}.{namespace}",
+        f"{account}.{namespace}.svc",
+        f"{account}.{namespace}.svc.cluster.local",
+    ]
+    san = x509.SubjectAlternativeName(
+        [
+            x509.UniformResourceIdentifier(spiffe_id(trust_domain, namespace, account)),
+            *(x509.DNSName(name) for name in dns_names),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, account)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = CertPaths(certs_dir, account)
+    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(paths.key, _key_pem(key))
+    return paths
+
+
+def init_dev_pki(
+    certs_dir: Path,
+    accounts: Iterable[str],
+    *,
+    trust_domain: str,
+    namespace: str,
+    force: bool = False,
+) -> list[CertPaths]:
+    """Create the CA (unless one exists and not force) and a certificate per account."""
+    if force or not (certs_dir / "ca.crt").exists():
+        create_ca(certs_dir)
+    return [
+        issue_certificate(certs_dir, account, trust_domain=trust_domain, namespace=namespace)
+        for account in accounts
+    ]

@@ -1,0 +1,88 @@
+"""The call table: every allowed call between services, in one place.
+
+Runtime authorization, the Istio AuthorizationPolicies and the docs all come from this
+table. A call that is not here is refused with PERMISSION_DENIED. Adding an edge is one
+line.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from services.runtime.registry import protocol
+
+S = ServiceName
+
+
+@dataclass(frozen=True)
+class Edge:
+    caller: ServiceName
+    callee: ServiceName
+    methods: frozenset[str]
+    reason: str
+
+
+def _edge(caller: ServiceName, callee: ServiceName, methods: str, reason: str) -> Edge:
+    return Edge(caller, callee, frozenset(methods.split()), reason)
+
+
+EDGES: tuple[Edge, ...] = (
+    _edge(S.GATEWAY, S.ALERT_PROCESSOR, "ProcessAlert", "route validated alerts (BR-WH-001)"),
+    _edge(S.ALERT_PROCESSOR, S.AI_ANALYSIS, "AnalyzeAlert", "get recommendations (BR-AP-016)"),
+    _edge(S.ALERT_PROCESSOR, S.CONTEXT_API, "GetAlertKnowledge", "enrich alerts"),
+    _edge(S.AI_ANALYSIS, S.CONTEXT_API, "GetAlertKnowledge", "context for the analysis"),
+    _edge(S.AI_ANALYSIS, S.WORKFLOW, "PlanWorkflow", "turn recommendations into workflows"),
+    _edge(S.WORKFLOW, S.EXECUTOR, "ListActions DescribeAction", "check and run actions"),
+    _edge(S.WORKFLOW, S.NOTIFICATION, "SendNotification", "tell people about workflows"),
+    _edge(S.EXECUTOR, S.STORAGE, "RecordAction", "store action results (BR-EX-020)"),
+    _edge(S.INTELLIGENCE, S.STORAGE, "ListActionRecords", "history for pattern discovery"),
+    _edge(S.EFFECTIVENESS, S.INTELLIGENCE, "GetActionStats", "pattern insights for verdicts"),
+    _edge(S.CONTEXT_API, S.STORAGE, "ListActionRecords", "action history as context"),
+    _edge(S.CONTEXT_API, S.EFFECTIVENESS, "GetActionEffectiveness", "how past fixes worked"),
+    _edge(S.CONTEXT_API, S.NOTIFICATION, "SendNotification", "investigation results"),
+)
+
+# Operators (grpcurl, the kubernaut CLI) may call everything except the audit-trail
+# writes: only the service that acted records what it did.
+OPERATOR_DENIED: frozenset[tuple[ServiceName, str]] = frozenset({(S.STORAGE, "RecordAction")})
+
+# The HTTP edge only submits alerts.
+EDGE_ALLOWED: frozenset[tuple[ServiceName, str]] = frozenset({(S.GATEWAY, "SubmitAlerts")})
+
+# Every peer, even one with no identity (kubelet probes), may ask for health.
+HEALTH_SERVICE = "grpc.health.v1.Health"
+# Any authenticated peer may list and describe the API.
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+
+
+@functools.cache
+def _allowed() -> frozenset[tuple[str, ServiceName, str]]:
+    allowed = {
+        (edge.caller.account, edge.callee, method) for edge in EDGES for method in edge.methods
+    }
+    allowed |= {(EDGE_ACCOUNT, callee, method) for callee, method in EDGE_ALLOWED}
+    for callee in ServiceName:
+        for method in protocol(callee).method_names:
+            if (callee, method) not in OPERATOR_DENIED:
+                allowed.add((OPERATOR_ACCOUNT, callee, method))
+    return frozenset(allowed)
+
+
+def is_allowed(caller_account: str, callee: ServiceName, method: str) -> bool:
+    """Whether the caller (a ServiceAccount name) may call callee's method."""
+    return (caller_account, callee, method) in _allowed()
+
+
+def check_table() -> None:
+    """Fail loudly when the table names a method that the protos do not have."""
+    for edge in EDGES:
+        unknown = edge.methods - set(protocol(edge.callee).method_names)
+        if unknown:
+            raise ValueError(f"edge {edge.caller}->{edge.callee} names unknown {sorted(unknown)}")
+    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED:
+        if method not in protocol(callee).method_names:
+            raise ValueError(f"the table names unknown {callee}.{method}")

@@ -1,0 +1,321 @@
+"""Email notifications against a real SMTP server (aiosmtpd) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.devstack.smtp import MailSink, read_mailbox
+from services.notification.channels import (
+    INCIDENT_HEADER,
+    ChannelInfo,
+    ChannelKind,
+    DeliveryOutcome,
+    EmailChannel,
+    NoChannelConfigured,
+    NotificationSettings,
+    Notifier,
+    RetryPolicy,
+    UnknownChannel,
+)
+
+pytestmark = pytest.mark.integration
+
+ENV_PREFIX = "KUBERNAUT_NOTIFICATION_"
+# Retries in these tests should not make them slow; the default policy is tested too.
+FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_seconds=0.01)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's own KUBERNAUT_NOTIFICATION_* variables must not leak into the tests.
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+
+
+def settings_for(sink: MailSink, **overrides: Any) -> NotificationSettings:
+    values: dict[str, Any] = {
+        "smtp_host": sink.host,
+        "smtp_port": sink.port,
+        "smtp_timeout_seconds": 5,
+        "email_to": ("oncall@example.com",),
+    }
+    values.update(overrides)
+    return NotificationSettings(**values)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on: bound (so nobody else takes it), not listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def test_sent_email_arrives_with_subject_body_recipients_and_incident(
+    mail_sink: MailSink,
+) -> None:
+    settings = settings_for(
+        mail_sink,
+        email_to=("oncall@example.com", "sre@example.com"),
+        smtp_from="kubernaut@cluster.example",
+    )
+    notifier = Notifier.from_settings(settings, retry=FAST_RETRY)
+    body = "Pod api-7f9 restarted 5 times.\nRemediation: rolled back — deployment healthy.\n"
+
+    outcomes = await notifier.send(
+        "[firing] CrashLoopBackOff in prod/api", body, [], incident_id="inc-42"
+    )
+
+    assert outcomes == [DeliveryOutcome(channel="email", delivered=True, error="")]
+    [mail] = await mail_sink.wait_for(1)
+    assert mail.mail_from == "kubernaut@cluster.example"
+    assert mail.rcpt_tos == ("oncall@example.com", "sre@example.com")
+    message = mail.message
+    assert message["Subject"] == "[firing] CrashLoopBackOff in prod/api"
+    assert message["From"] == "kubernaut@cluster.example"
+    assert message["To"] == "oncall@example.com, sre@example.com"
+    assert message["Date"]
+    assert message["Message-ID"].endswith("@cluster.example>")
+    assert message[INCIDENT_HEADER] == "inc-42"
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content() == body
+
+
+async def test_no_incident_header_without_incident_and_subject_kept_on_one_line(
+    mail_sink: MailSink,
+) -> None:
+    notifier = Notifier.from_settings(settings_for(mail_sink), retry=FAST_RETRY)
+
+    outcomes = await notifier.send("disk full\r\nBcc: evil@example.com", "body", [], "")
+
+    assert [o.delivered for o in outcomes] == [True]
+    [mail] = await mail_sink.wait_for(1)
+    assert INCIDENT_HEADER not in mail.message
+    assert mail.message["Subject"] == "disk full Bcc: evil@example.com"
+    assert "Bcc" not in mail.message
+    assert mail.rcpt_tos == ("oncall@example.com",)
+
+
+def two_channel_notifier(sink: MailSink) -> Notifier:
+    settings = settings_for(sink)
+    return Notifier(
+        [
+            EmailChannel(
+                settings, name="oncall", recipients=["oncall@example.com"], retry=FAST_RETRY
+            ),
+            EmailChannel(
+                settings, name="platform", recipients=["platform@example.com"], retry=FAST_RETRY
+            ),
+        ]
+    )
+
+
+async def test_send_on_a_named_channel_uses_only_that_channel(mail_sink: MailSink) -> None:
+    notifier = two_channel_notifier(mail_sink)
+    assert notifier.channels() == [
+        ChannelInfo("oncall", ChannelKind.EMAIL, ("oncall@example.com",)),
+        ChannelInfo("platform", ChannelKind.EMAIL, ("platform@example.com",)),
+    ]
+
+    outcomes = await notifier.send("only platform", "body", ["platform"], "inc-1")
+
+    assert outcomes == [DeliveryOutcome("platform", True)]
+    [mail] = await mail_sink.wait_for(1)
+    assert mail.rcpt_tos == ("platform@example.com",)
+    await asyncio.sleep(0.2)  # nothing else is on its way
+    assert len(mail_sink.messages()) == 1
+
+
+async def test_send_with_no_channel_named_uses_every_channel(mail_sink: MailSink) -> None:
+    notifier = two_channel_notifier(mail_sink)
+
+    outcomes = await notifier.send("everyone", "body", [], "inc-2")
+
+    assert outcomes == [DeliveryOutcome("oncall", True), DeliveryOutcome("platform", True)]
+    received = await mail_sink.wait_for(2)
+    assert sorted(m.rcpt_tos for m in received) == [
+        ("oncall@example.com",),
+        ("platform@example.com",),
+    ]
+    assert {m.message["Subject"] for m in received} == {"everyone"}
+
+
+async def test_unknown_channel_raises_before_anything_is_sent(mail_sink: MailSink) -> None:
+    notifier = two_channel_notifier(mail_sink)
+
+    with pytest.raises(UnknownChannel) as caught:
+        await notifier.send("subject", "body", ["oncall", "pager"], "inc-3")
+
+    assert caught.value.name == "pager"
+    await asyncio.sleep(0.3)  # give a (wrongly) sent message time to arrive
+    assert mail_sink.messages() == []
+    assert read_mailbox(mail_sink.directory) == []
+
+
+async def test_no_channel_configured(mail_sink: MailSink) -> None:
+    notifier = Notifier.from_settings(settings_for(mail_sink, email_to=()))
+
+    assert notifier.channels() == []
+    with pytest.raises(NoChannelConfigured):
+        await notifier.send("subject", "body", [], "")
+
+
+async def test_server_down_is_reported_not_raised_within_bounded_time(closed_port: int) -> None:
+    settings = NotificationSettings(
+        smtp_host="127.0.0.1", smtp_port=closed_port, email_to=("oncall@example.com",)
+    )
+    notifier = Notifier.from_settings(settings)  # the default retry policy
+
+    started = time.monotonic()
+    [outcome] = await notifier.send("subject", "body", [], "inc-4")
+    elapsed = time.monotonic() - started
+
+    assert outcome.channel == "email"
+    assert not outcome.delivered
+    assert f"127.0.0.1:{closed_port}" in outcome.error
+    assert "3 attempts" in outcome.error  # connection refused is transient: retried
+    assert elapsed < 5.0
+
+
+async def test_server_that_never_answers_times_out(mail_sink: MailSink) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        # Listening, so the connection is accepted by the kernel, but nobody greets.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        settings = NotificationSettings(
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_timeout_seconds=0.2,
+            email_to=("oncall@example.com",),
+        )
+
+        started = time.monotonic()
+        [outcome] = await Notifier.from_settings(settings, retry=FAST_RETRY).send(
+            "subject", "body", [], ""
+        )
+
+    assert not outcome.delivered
+    assert f"127.0.0.1:{port}" in outcome.error
+    assert "Timed out" in outcome.error
+    assert time.monotonic() - started < 3.0
+
+
+async def test_permanent_refusal_is_not_retried(mail_sink: MailSink) -> None:
+    mail_sink.refuse_recipient("gone@example.com", "550 5.1.1 No such user")
+    settings = settings_for(mail_sink, email_to=("gone@example.com",))
+
+    [outcome] = await Notifier.from_settings(settings, retry=FAST_RETRY).send(
+        "subject", "body", [], ""
+    )
+
+    assert not outcome.delivered
+    assert "550" in outcome.error and "gone@example.com" in outcome.error
+    assert "not retried" in outcome.error
+    assert mail_sink.refused_recipients() == ["gone@example.com"]  # exactly one attempt
+    assert mail_sink.messages() == []
+
+
+async def test_temporary_refusal_is_retried_until_delivered(mail_sink: MailSink) -> None:
+    mail_sink.refuse_recipient("busy@example.com", "451 4.3.0 Try again later", times=2)
+    settings = settings_for(mail_sink, email_to=("busy@example.com",))
+
+    [outcome] = await Notifier.from_settings(settings, retry=FAST_RETRY).send(
+        "subject", "body", [], ""
+    )
+
+    assert outcome == DeliveryOutcome("email", True)
+    assert mail_sink.refused_recipients() == ["busy@example.com"] * 2
+    [mail] = await mail_sink.wait_for(1)
+    assert mail.rcpt_tos == ("busy@example.com",)
+
+
+async def test_temporary_refusal_gives_up_after_three_attempts(mail_sink: MailSink) -> None:
+    mail_sink.refuse_recipient("busy@example.com", "451 4.3.0 Try again later")
+    settings = settings_for(mail_sink, email_to=("busy@example.com",))
+
+    [outcome] = await Notifier.from_settings(settings, retry=FAST_RETRY).send(
+        "subject", "body", [], ""
+    )
+
+    assert not outcome.delivered
+    assert "451" in outcome.error and "3 attempts" in outcome.error
+    assert mail_sink.refused_recipients() == ["busy@example.com"] * 3
+
+
+async def test_partly_refused_recipients_are_reported(mail_sink: MailSink) -> None:
+    mail_sink.refuse_recipient("gone@example.com", "550 5.1.1 No such user")
+    settings = settings_for(mail_sink, email_to=("oncall@example.com", "gone@example.com"))
+
+    [outcome] = await Notifier.from_settings(settings, retry=FAST_RETRY).send(
+        "subject", "body", [], ""
+    )
+
+    # Delivered to someone, so no retry (it would duplicate), but the refusal is named.
+    assert outcome.delivered
+    assert "gone@example.com" in outcome.error and "550" in outcome.error
+    [mail] = await mail_sink.wait_for(1)
+    assert mail.rcpt_tos == ("oncall@example.com",)
+
+
+async def test_read_mailbox_reads_what_the_sink_wrote(mail_sink: MailSink) -> None:
+    notifier = Notifier.from_settings(settings_for(mail_sink), retry=FAST_RETRY)
+    for n in range(3):
+        await notifier.send(f"message {n}", f"body {n}", [], f"inc-{n}")
+    received = await mail_sink.wait_for(3)
+
+    # What another process would see: only the files.
+    messages = read_mailbox(mail_sink.directory)
+
+    assert [m["Subject"] for m in messages] == ["message 0", "message 1", "message 2"]
+    assert [m[INCIDENT_HEADER] for m in messages] == ["inc-0", "inc-1", "inc-2"]
+    assert [m.get_content() for m in messages] == ["body 0\n", "body 1\n", "body 2\n"]
+    assert [m["X-RcptTo"] for m in messages] == ["oncall@example.com"] * 3
+    assert [m["X-MailFrom"] for m in messages] == ["kubernaut@localhost"] * 3
+    assert sorted(p.name for p in mail_sink.directory.iterdir()) == sorted(
+        m.path.name for m in received
+    )
+
+
+async def test_settings_from_environment(
+    mail_sink: MailSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {
+        "SMTP_HOST": mail_sink.host,
+        "SMTP_PORT": str(mail_sink.port),
+        "SMTP_FROM": "Kubernaut <bot@cluster.example>",
+        "EMAIL_TO": " oncall@example.com, ,sre@example.com,",
+        "SMTP_PASSWORD": "hunter2",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(ENV_PREFIX + key, value)
+
+    settings = NotificationSettings()
+
+    assert settings.email_to == ("oncall@example.com", "sre@example.com")
+    assert settings.smtp_starttls is False
+    assert settings.smtp_timeout_seconds == 10
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+    with pytest.raises(Exception, match="frozen"):
+        settings.smtp_port = 1
+
+    # The sink offers no AUTH; deliver without credentials, as a dev stack would.
+    monkeypatch.delenv(ENV_PREFIX + "SMTP_PASSWORD")
+    notifier = Notifier.from_settings()
+    assert notifier.channels() == [
+        ChannelInfo("email", ChannelKind.EMAIL, ("oncall@example.com", "sre@example.com"))
+    ]
+    assert await notifier.send("from env", "body", ["email"], "") == [
+        DeliveryOutcome("email", True)
+    ]
+    [mail] = await mail_sink.wait_for(1)
+    assert mail.mail_from == "bot@cluster.example"
+    assert mail.message["From"] == "Kubernaut <bot@cluster.example>"
