@@ -32,7 +32,8 @@ async def _health(clients: Clients) -> int:
     reply = await health_pb2_grpc.HealthStub(clients.channel(ServiceName.STORAGE)).Check(
         health_pb2.HealthCheckRequest(), timeout=5
     )
-    return reply.status
+    status: int = reply.status
+    return status
 
 
 async def test_storage_is_not_serving_until_postgresql_answers(
