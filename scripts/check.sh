@@ -7,8 +7,8 @@ export PATH="$PWD/.venv/bin:$STATE/bin:$PATH"
 
 echo "==> generated code matches the protos"
 bash scripts/generate.sh
-if [ -n "$(git status --porcelain -- gen third_party)" ]; then
-  git status --short -- gen third_party
+if [ -n "$(git status --porcelain -- gen third_party istio)" ]; then
+  git status --short -- gen third_party istio
   echo "generated code drifted from the protos: run 'make generate' and commit" >&2
   exit 1
 fi

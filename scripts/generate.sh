@@ -9,3 +9,5 @@ export PATH="$PWD/.venv/bin:$STATE/bin:$PATH"
 # reachable from our build machines).
 (cd tools/protodeps && go run . ../../third_party/proto)
 buf generate
+# The mesh's AuthorizationPolicies come from the same call table as runtime authz.
+kubernaut render istio > istio/kubernaut-authz.yaml

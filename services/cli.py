@@ -178,6 +178,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_istio(args: argparse.Namespace) -> int:
+    from services.runtime.istio import render
+
+    print(render(namespace=args.namespace, trust_domain=args.trust_domain), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kubernaut", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -208,12 +215,23 @@ def parser() -> argparse.ArgumentParser:
         "--keep-running", action="store_true", help="leave everything running afterwards"
     )
     demo.set_defaults(func=cmd_demo)
+    render = commands.add_parser("render", help="render deployment objects from the call table")
+    render_commands = render.add_subparsers(dest="render_command", required=True)
+    istio = render_commands.add_parser("istio", help="PeerAuthentication and AuthorizationPolicies")
+    istio.add_argument("--namespace", default="kubernaut")
+    istio.add_argument("--trust-domain", default="cluster.local")
+    istio.set_defaults(func=cmd_render_istio)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except OSError as error:
+        # Missing certificates, a port in use, an unreachable database: say it plainly.
+        print(f"kubernaut {args.command}: {error}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -1,0 +1,109 @@
+"""The shared runtime's plain logic: identities, the call table, start order, retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.runtime import edges
+from services.runtime.clients import service_config
+from services.runtime.identity import account_of, parse_xfcc
+from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from services.runtime.registry import protocol, service_of_path
+from services.runtime.settings import RuntimeSettings
+from services.runtime.topology import start_order
+
+SETTINGS = RuntimeSettings(trust_domain="cluster.local", namespace="kubernaut")
+
+
+def test_xfcc_from_an_istio_sidecar_names_the_client() -> None:
+    header = (
+        'By=spiffe://cluster.local/ns/kubernaut/sa/storage;Hash=4f3a;Subject="";'
+        "URI=spiffe://cluster.local/ns/kubernaut/sa/executor"
+    )
+    (element,) = parse_xfcc(header)
+    assert element["URI"] == "spiffe://cluster.local/ns/kubernaut/sa/executor"
+    assert element["By"].endswith("/sa/storage")
+
+
+def test_xfcc_keeps_quoted_commas_and_semicolons_inside_one_element() -> None:
+    header = (
+        'Subject="CN=a,O=b;c";URI=spiffe://cluster.local/ns/x/sa/one,'
+        "URI=spiffe://cluster.local/ns/kubernaut/sa/gateway"
+    )
+    elements = parse_xfcc(header)
+    assert [e["URI"] for e in elements] == [
+        "spiffe://cluster.local/ns/x/sa/one",
+        "spiffe://cluster.local/ns/kubernaut/sa/gateway",
+    ]
+    assert elements[0]["Subject"] == "CN=a,O=b;c"
+
+
+@pytest.mark.parametrize(
+    ("spiffe_id", "account"),
+    [
+        ("spiffe://cluster.local/ns/kubernaut/sa/executor", "executor"),
+        ("spiffe://other.domain/ns/kubernaut/sa/executor", None),
+        ("spiffe://cluster.local/ns/default/sa/executor", None),
+        ("spiffe://cluster.local/ns/kubernaut/sa/", None),
+        ("spiffe://cluster.local/ns/kubernaut/sa/executor/extra", None),
+    ],
+)
+def test_only_identities_of_our_trust_domain_and_namespace_have_an_account(
+    spiffe_id: str, account: str | None
+) -> None:
+    assert account_of(spiffe_id, SETTINGS) == account
+
+
+def test_the_call_table_names_only_methods_that_exist() -> None:
+    edges.check_table()
+    for edge in edges.EDGES:
+        assert edge.reason
+        assert edge.caller != edge.callee
+
+
+def test_operators_may_not_write_the_audit_trail_and_the_edge_only_submits() -> None:
+    assert edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "ListActionRecords")
+    assert not edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "RecordAction")
+    assert edges.is_allowed(ServiceName.EXECUTOR.account, ServiceName.STORAGE, "RecordAction")
+    assert edges.is_allowed(EDGE_ACCOUNT, ServiceName.GATEWAY, "SubmitAlerts")
+    allowed_for_edge = [
+        (callee, method)
+        for callee in ServiceName
+        for method in protocol(callee).method_names
+        if edges.is_allowed(EDGE_ACCOUNT, callee, method)
+    ]
+    assert allowed_for_edge == [(ServiceName.GATEWAY, "SubmitAlerts")]
+
+
+def test_services_start_after_the_services_they_call() -> None:
+    order = start_order()
+    assert sorted(order) == sorted(ServiceName)
+    for edge in edges.EDGES:
+        assert order.index(edge.callee) < order.index(edge.caller), edge
+
+
+def test_only_idempotent_methods_are_retried() -> None:
+    config = service_config(ServiceName.STORAGE, 7.5)
+    retried = {
+        entry["name"][0]["method"] for entry in config["methodConfig"] if "retryPolicy" in entry
+    }
+    assert retried == {"GetStoreStatus", "RecordAction", "ListActionRecords"}
+    gateway = service_config(ServiceName.GATEWAY, 7.5)["methodConfig"]
+    assert all("retryPolicy" not in entry for entry in gateway)
+    assert all(entry["timeout"] == "7.5s" for entry in gateway)
+
+
+def test_paths_map_back_to_services() -> None:
+    assert service_of_path("/kubernaut.executor.v1.ExecutorService/ListActions") == (
+        ServiceName.EXECUTOR,
+        "ListActions",
+    )
+    assert service_of_path("/grpc.health.v1.Health/Check") is None
+
+
+def test_ports_follow_the_base() -> None:
+    settings = RuntimeSettings(port_base=20000)
+    assert settings.grpc_port_of(ServiceName.NOTIFICATION) == 20009
+    assert settings.metrics_port_of(ServiceName.GATEWAY) == 20100
+    assert settings.address_of(ServiceName.STORAGE) == "localhost:20005"
+    assert ServiceName.parse("alert-processor") is ServiceName.ALERT_PROCESSOR

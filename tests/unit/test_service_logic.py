@@ -1,0 +1,140 @@
+"""Plain logic of alert_processor, workflow, intelligence and effectiveness."""
+
+from __future__ import annotations
+
+import pytest
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.executor.v1 import executor_pb2
+from kubernaut.intelligence.v1 import intelligence_pb2
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.workflow.v1 import workflow_pb2
+
+from services.alert_processor.processing import triage
+from services.effectiveness.verdicts import VerdictSettings, verdict_of
+from services.executor.catalogue import describe_action
+from services.intelligence.stats import action_stats
+from services.workflow.planning import PlanningSettings, plan
+
+
+def alert(status: int = alert_pb2.ALERT_STATUS_FIRING, **labels: str) -> alert_pb2.Alert:
+    name = labels.pop("alertname", "KubePodCrashLooping")
+    return alert_pb2.Alert(name=name, status=status, labels=labels)  # type: ignore[arg-type]
+
+
+def test_a_resolved_alert_is_never_work_even_with_a_subject() -> None:
+    result = triage(alert(alert_pb2.ALERT_STATUS_RESOLVED, namespace="shop", deployment="checkout"))
+    assert result.disposition == remediation_pb2.ALERT_DISPOSITION_IGNORED_RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ({"alertname": "Watchdog"}, "heartbeat"),
+        ({"namespace": "shop", "pod": "p", "severity": "info"}, "informational"),
+        ({"namespace": "shop"}, "names no Kubernetes object"),
+    ],
+)
+def test_filtered_alerts_say_why(labels: dict[str, str], reason: str) -> None:
+    result = triage(alert(alert_pb2.ALERT_STATUS_FIRING, **labels))
+    assert result.disposition == remediation_pb2.ALERT_DISPOSITION_FILTERED
+    assert reason in result.reason
+
+
+def test_the_subject_is_the_most_specific_workload_and_nodes_have_no_namespace() -> None:
+    result = triage(alert(namespace="shop", deployment="checkout", pod="checkout-1", cluster="eu"))
+    assert result.subject == alert_pb2.ResourceRef(
+        cluster="eu", namespace="shop", kind="Deployment", name="checkout"
+    )
+    node = triage(alert(alertname="KubeNodeNotReady", node="worker-1", namespace="monitoring"))
+    assert node.subject == alert_pb2.ResourceRef(kind="Node", name="worker-1")
+
+
+def test_fingerprints_ignore_labels_that_do_not_name_the_problem() -> None:
+    one = triage(alert(namespace="shop", deployment="checkout", instance="a"))
+    two = triage(alert(namespace="shop", deployment="checkout", instance="b"))
+    other = triage(alert(namespace="shop", deployment="cart"))
+    assert one.fingerprint == two.fingerprint != other.fingerprint
+
+
+def recommendation(action: str, confidence: float) -> remediation_pb2.Recommendation:
+    params = remediation_pb2.ActionParams()
+    getattr(params, action).SetInParent()
+    return remediation_pb2.Recommendation(
+        action=params,
+        target=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout"),
+        confidence=confidence,
+    )
+
+
+def kinds(result: workflow_pb2.WorkflowPlan) -> list[int]:
+    return [step.kind for step in result.steps]
+
+
+def test_a_confident_low_risk_plan_runs_without_approval_and_verifies() -> None:
+    result = plan(
+        recommendation("restart_deployment", 0.9),
+        describe_action("restart_deployment"),
+        PlanningSettings(),
+    )
+    assert not result.requires_approval
+    assert kinds(result) == [
+        workflow_pb2.STEP_KIND_VALIDATE,
+        workflow_pb2.STEP_KIND_DRY_RUN,
+        workflow_pb2.STEP_KIND_SNAPSHOT,
+        workflow_pb2.STEP_KIND_APPLY,
+        workflow_pb2.STEP_KIND_VERIFY,
+        workflow_pb2.STEP_KIND_NOTIFY,
+    ]
+    assert result.rollback
+
+
+def test_low_confidence_or_high_risk_waits_for_approval() -> None:
+    unsure = plan(
+        recommendation("restart_deployment", 0.3),
+        describe_action("restart_deployment"),
+        PlanningSettings(),
+    )
+    assert unsure.requires_approval and "confidence" in unsure.approval_reason
+    assert workflow_pb2.STEP_KIND_APPROVAL in kinds(unsure)
+    risky = executor_pb2.ActionDefinition()
+    risky.CopyFrom(describe_action("scale_deployment"))
+    risky.risk = remediation_pb2.RISK_LEVEL_HIGH
+    high = plan(recommendation("scale_deployment", 0.99), risky, PlanningSettings())
+    assert high.requires_approval and "high risk" in high.approval_reason
+
+
+def record(action: str, outcome: int) -> storage_pb2.ActionRecord:
+    return storage_pb2.ActionRecord(action=action, outcome=outcome)  # type: ignore[arg-type]
+
+
+def test_stats_count_only_applied_actions() -> None:
+    stats = action_stats(
+        [
+            record("restart_deployment", storage_pb2.ACTION_OUTCOME_SUCCEEDED),
+            record("restart_deployment", storage_pb2.ACTION_OUTCOME_FAILED),
+            record("restart_deployment", storage_pb2.ACTION_OUTCOME_DRY_RUN),
+            record("restart_deployment", storage_pb2.ACTION_OUTCOME_REFUSED),
+            record("scale_deployment", storage_pb2.ACTION_OUTCOME_DRY_RUN),
+        ]
+    )
+    assert [s.action for s in stats] == ["restart_deployment"]
+    assert stats[0].attempts == 2 and stats[0].success_rate == 0.5
+
+
+@pytest.mark.parametrize(
+    ("attempts", "succeeded", "verdict"),
+    [
+        (0, 0, remediation_pb2.VERDICT_UNKNOWN),
+        (2, 2, remediation_pb2.VERDICT_UNKNOWN),
+        (3, 3, remediation_pb2.VERDICT_EFFECTIVE),
+        (10, 6, remediation_pb2.VERDICT_INEFFECTIVE),
+    ],
+)
+def test_verdicts_need_evidence(attempts: int, succeeded: int, verdict: int) -> None:
+    stats = intelligence_pb2.ActionStats(
+        action="restart_deployment",
+        attempts=attempts,
+        succeeded=succeeded,
+        success_rate=succeeded / attempts if attempts else 0.0,
+    )
+    assert verdict_of(stats, VerdictSettings()).verdict == verdict
