@@ -50,7 +50,8 @@ async def measure(
 
 def describe(name: str, rate: float, latencies: list[float]) -> str:
     quantiles = statistics.quantiles(latencies, n=100)
-    return f"{name:<14} {rate:9.0f} calls/s   p50 {quantiles[49] * 1000:6.2f} ms   p99 {quantiles[98] * 1000:6.2f} ms"
+    p50, p99 = quantiles[49] * 1000, quantiles[98] * 1000
+    return f"{name:<14} {rate:9.0f} calls/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
 
 
 async def main(calls: int, concurrency: int) -> None:

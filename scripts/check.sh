@@ -6,12 +6,18 @@ STATE="${KUBERNAUT_STATE_DIR:-$HOME/.local/state/kubernaut}"
 export PATH="$PWD/.venv/bin:$STATE/bin:$PATH"
 
 echo "==> generated code matches the protos"
+# Compare the tree before and after regenerating, whatever git's index holds.
+before=$(mktemp -d)
+trap 'rm -rf "$before"' EXIT
+cp -r gen third_party istio "$before/"
 bash scripts/generate.sh
-if [ -n "$(git status --porcelain -- gen third_party istio)" ]; then
-  git status --short -- gen third_party istio
-  echo "generated code drifted from the protos: run 'make generate' and commit" >&2
-  exit 1
-fi
+for dir in gen third_party istio; do
+  if ! diff -r "$before/$dir" "$dir" >/dev/null; then
+    { diff -r "$before/$dir" "$dir" || true; } | head -20
+    echo "generated code in $dir/ drifted from its sources: run 'make generate' and commit" >&2
+    exit 1
+  fi
+done
 
 echo "==> buf lint"
 buf lint
