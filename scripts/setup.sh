@@ -2,6 +2,7 @@
 # Installs everything Kubernaut needs, on a fresh machine or a warm one:
 #   - Python 3.11 packages from uv.lock into .venv (uv from PyPI),
 #   - buf (npm @bufbuild/buf) and grpcurl (built from its Go module),
+#   - Prometheus and AlertManager (Debian packages),
 # cached under the state directory keyed by version, so a warm run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,16 @@ need go "Go 1.22 or newer, for grpcurl"
 if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
   step "installing uv $UV_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "uv==$UV_VERSION"
+fi
+
+step "Debian packages (Prometheus, AlertManager)"
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/install-debian-packages.sh
+elif command -v sudo >/dev/null 2>&1; then
+  sudo bash scripts/install-debian-packages.sh
+else
+  echo "setup: Debian packages need root (run scripts/install-debian-packages.sh as root)" >&2
+  exit 1
 fi
 
 step "Python packages (uv.lock)"
