@@ -193,6 +193,32 @@ class EmbeddedPostgres:
                 continue
             return
 
+    def stop_running(self, timeout: float = 30.0) -> bool:
+        """Stop the server of this data directory whoever started it (`dev-stack down`
+        runs in another process than `up`). The pid comes from postmaster.pid, which
+        PostgreSQL keeps current; returns whether a server was running."""
+        if self._process is not None:
+            self.stop(timeout)
+            return True
+        info = _read_pid_file(self.data_dir)
+        if info is None or not _pid_alive(info.pid):
+            return False
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _pid_alive(info.pid):
+                    return True
+                time.sleep(0.05)
+            _log.warning("PostgreSQL pid %d ignored %s", info.pid, sig.name)
+        return True
+
+    def running_pid(self) -> int | None:
+        """The pid of a live server of this data directory, whoever started it."""
+        info = _read_pid_file(self.data_dir)
+        return info.pid if info is not None and _pid_alive(info.pid) else None
+
     def __enter__(self) -> Self:
         self.start()
         return self

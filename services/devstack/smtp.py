@@ -273,3 +273,26 @@ class _Handler:
             content = content.encode("utf-8")
         self._sink._store(envelope.mail_from or "", list(envelope.rcpt_tos), content)
         return "250 OK: queued in mail sink"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a mail sink in the foreground until SIGTERM/SIGINT (the dev stack's SMTP)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Kubernaut's local SMTP sink")
+    parser.add_argument("--dir", required=True, type=Path, help="where received mail is written")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with MailSink(args.dir, host=args.host, port=args.port) as sink:
+        print(f"smtp listening on {sink.host}:{sink.port}, mail in {sink.directory}", flush=True)
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

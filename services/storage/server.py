@@ -14,9 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import ServiceContext, ServiceSpec
+from services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, embedder_for
 from services.storage.store import (
+    IncidentClosed,
     InvalidPageToken,
     InvalidRecord,
+    NotFound,
     RecordConflict,
     Store,
     StoreUnavailable,
@@ -30,21 +33,25 @@ class StorageSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBERNAUT_", frozen=True, extra="ignore")
 
     database_url: str = "postgresql://kubernaut@127.0.0.1:5432/kubernaut"
+    # Embeds incidents for SearchSimilarIncidents: a name from
+    # services.storage.embeddings.EMBEDDERS, or package.module:factory.
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
 
 
 class Database:
     """Connects and migrates on first success, so the service starts (NOT_SERVING)
     while PostgreSQL is still down and turns SERVING once it answers."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, embedder: Embedder | None = None) -> None:
         self.dsn = dsn
+        self.embedder = embedder
         self._store: Store | None = None
         self._lock = asyncio.Lock()
 
     async def store(self) -> Store:
         async with self._lock:
             if self._store is None:
-                store = await Store.connect(self.dsn)
+                store = await Store.connect(self.dsn, embedder=self.embedder)
                 try:
                     applied = await store.migrate()
                 except BaseException:
@@ -71,6 +78,26 @@ async def unavailable_as_status(context: Any) -> AsyncIterator[None]:
         yield
     except StoreUnavailable as error:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+
+
+@contextlib.asynccontextmanager
+async def store_errors_as_status(context: Any, field: str = "") -> AsyncIterator[None]:
+    """The store's errors as the status codes the proto documents; `field` is the request
+    field an InvalidRecord without a field of its own is about."""
+    try:
+        yield
+    except StoreUnavailable as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    except NotFound as error:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except IncidentClosed as error:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    except RecordConflict as error:
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
+    except InvalidPageToken as error:
+        await abort_invalid(context, "page_token", str(error))
+    except InvalidRecord as error:
+        await abort_invalid(context, error.field or field, str(error))
 
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
@@ -114,9 +141,71 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 await abort_invalid(context, "page_token", str(error))
         return storage_pb2.ListActionRecordsResponse(records=records, next_page_token=token)
 
+    async def OpenIncident(
+        self, request: storage_pb2.OpenIncidentRequest, context: Any
+    ) -> storage_pb2.OpenIncidentResponse:
+        async with store_errors_as_status(context, "alert"):
+            incident, created = await (await self.database.store()).open_incident(
+                request.fingerprint, request.alert, request.subject, request.trace_id
+            )
+        return storage_pb2.OpenIncidentResponse(incident=incident, created=created)
+
+    async def UpdateIncident(
+        self, request: storage_pb2.UpdateIncidentRequest, context: Any
+    ) -> storage_pb2.UpdateIncidentResponse:
+        async with store_errors_as_status(context, "incident_id"):
+            incident = await (await self.database.store()).update_incident(
+                request.incident_id, request.status, request.status_reason
+            )
+        return storage_pb2.UpdateIncidentResponse(incident=incident)
+
+    async def GetIncident(
+        self, request: storage_pb2.GetIncidentRequest, context: Any
+    ) -> storage_pb2.GetIncidentResponse:
+        async with store_errors_as_status(context, "incident_id"):
+            incident, actions, assessments = await (await self.database.store()).get_incident(
+                request.incident_id
+            )
+        return storage_pb2.GetIncidentResponse(
+            incident=incident, actions=actions, assessments=assessments
+        )
+
+    async def ListIncidents(
+        self, request: storage_pb2.ListIncidentsRequest, context: Any
+    ) -> storage_pb2.ListIncidentsResponse:
+        async with store_errors_as_status(context, "status"):
+            incidents, token = await (await self.database.store()).list_incidents(
+                request.status, request.page_size, request.page_token
+            )
+        return storage_pb2.ListIncidentsResponse(incidents=incidents, next_page_token=token)
+
+    async def RecordAssessment(
+        self, request: storage_pb2.RecordAssessmentRequest, context: Any
+    ) -> storage_pb2.RecordAssessmentResponse:
+        async with store_errors_as_status(context, "assessment"):
+            created = await (await self.database.store()).record_assessment(request.assessment)
+        return storage_pb2.RecordAssessmentResponse(created=created)
+
+    async def SearchSimilarIncidents(
+        self, request: storage_pb2.SearchSimilarIncidentsRequest, context: Any
+    ) -> storage_pb2.SearchSimilarIncidentsResponse:
+        async with store_errors_as_status(context, "incident_id"):
+            similar, model = await (await self.database.store()).search_similar(
+                request.incident_id, request.limit
+            )
+        return storage_pb2.SearchSimilarIncidentsResponse(
+            incidents=[
+                storage_pb2.SimilarIncident(incident=incident, distance=distance)
+                for incident, distance in similar
+            ],
+            embedding_model=model,
+        )
+
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    database = Database(StorageSettings().database_url)
+    settings = StorageSettings()
+    # Fails here, at start, for an unknown model; the model itself loads on first use.
+    database = Database(settings.database_url, embedder_for(settings.embedding_model))
     return ServiceSpec(
         StorageServicer(database),
         readiness=[("postgresql", database.ready)],

@@ -12,6 +12,7 @@ import binascii
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import struct
 import uuid
@@ -23,22 +24,38 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import asyncpg
-from kubernaut.common.v1 import alert_pb2
+from google.protobuf import json_format
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
+
+from services.storage.embeddings import Embedder, describe_incident, embedder_for
 
 _log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
+DEFAULT_SIMILAR_LIMIT: Final = 5
+MAX_SIMILAR_LIMIT: Final = 50
+
+# An incident in one of these is closed: it has closed_at, and the next alert with its
+# fingerprint opens a new incident.
+FINAL_STATUSES: Final = frozenset(
+    {
+        storage_pb2.INCIDENT_STATUS_NO_ACTION,
+        storage_pb2.INCIDENT_STATUS_REMEDIATED,
+        storage_pb2.INCIDENT_STATUS_FAILED,
+        storage_pb2.INCIDENT_STATUS_RESOLVED,
+    }
+)
 
 # pg_advisory_lock key for migrations: the bytes of "kubernau" (any constant works, it only
 # has to be the same in every process and unused by anything else in the database).
 _MIGRATION_LOCK: Final = int.from_bytes(b"kubernau", "big")
 _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
-# Page token: version, started_at in µs since the epoch, action_id, and a digest of the
-# alert_name filter so a token cannot be replayed against another filter.
+# Page token: version, the last row's time in µs since the epoch and its id, and a digest of
+# the filter so a token cannot be replayed against another filter (or another listing).
 _TOKEN: Final = struct.Struct(">Bq16s8s")
 _TOKEN_VERSION: Final = 1
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -68,11 +85,32 @@ class StoreUnavailable(StoreError):
 
 
 class RecordConflict(StoreError):
-    """The action_id is already stored with different content."""
+    """The action_id (or assessment_id) is already stored with different content."""
 
 
 class InvalidRecord(StoreError, ValueError):
-    """The record cannot be stored as given (bad UUID, JSON, timestamp or outcome)."""
+    """The record cannot be stored as given (bad UUID, JSON, timestamp or outcome).
+    `field` names the request field at fault when known."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(StoreError, LookupError):
+    """What the call names does not exist."""
+
+
+class UnknownIncident(NotFound):
+    """No incident has this incident_id."""
+
+
+class UnknownAction(NotFound):
+    """No action record has this action_id."""
+
+
+class IncidentClosed(StoreError):
+    """The incident has a final status already and cannot change."""
 
 
 class InvalidPageToken(StoreError, ValueError):
@@ -125,10 +163,17 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 class Store:
     """The storage service's data, in one PostgreSQL database through a connection pool."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, timeout: float, embedder: Embedder | None = None
+    ) -> None:
         """Use `Store.connect()`."""
         self._pool = pool
         self._timeout = timeout
+        self._embedder = embedder or embedder_for()
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
 
     @classmethod
     async def connect(
@@ -138,10 +183,12 @@ class Store:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        embedder: Embedder | None = None,
     ) -> Store:
         """Open a pool to `dsn`. Raises StoreUnavailable, naming the server (never the
         password), when it cannot connect: min_size >= 1 makes that fail here, not later.
-        `connect_timeout` also bounds waiting for a pooled connection and `ping()`."""
+        `connect_timeout` also bounds waiting for a pooled connection and `ping()`.
+        `embedder` embeds incidents; None means the default model (loaded on first use)."""
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
@@ -150,7 +197,7 @@ class Store:
             raise StoreUnavailable(
                 f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
             ) from exc
-        return cls(pool, timeout=connect_timeout)
+        return cls(pool, timeout=connect_timeout, embedder=embedder)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -303,6 +350,224 @@ class Store:
             next_token = _encode_page_token(last["started_at"], last["action_id"], alert_name)
         return [_row_to_record(row) for row in page], next_token
 
+    # -- incidents ----------------------------------------------------------------------------
+
+    async def open_incident(
+        self,
+        fingerprint: str,
+        alert: alert_pb2.Alert,
+        subject: alert_pb2.ResourceRef,
+        trace_id: str = "",
+    ) -> tuple[storage_pb2.Incident, bool]:
+        """Open an incident for `fingerprint`, or count the alert on the open one. Returns the
+        incident and whether this call opened it: of any number of concurrent callers (in any
+        number of processes) exactly one gets True while no incident is open for the
+        fingerprint, the others increment `occurrences` on that one.
+
+        A new incident's description is embedded (in a worker thread) before it is inserted;
+        when embedding fails the incident is stored without an embedding, so that the loop
+        that acts on incidents never depends on the model."""
+        if not fingerprint:
+            raise InvalidRecord("fingerprint is required", field="fingerprint")
+        try:
+            # Fast path, the usual case for a repeated alert: no embedding needed.
+            async with self._connection() as conn:
+                row = await conn.fetchrow(_COUNT_OCCURRENCE, fingerprint)
+            if row is not None:
+                return _row_to_incident(row), False
+            description = describe_incident(alert, subject)
+            model, vector = await self._embed(description)
+            incident_id = uuid.uuid4()
+            async with self._connection() as conn:
+                # Inserts, or, when another caller opened one since, counts on that one.
+                row = await conn.fetchrow(
+                    _OPEN_INCIDENT,
+                    incident_id,
+                    fingerprint,
+                    f"opened by alert {alert.name}",
+                    alert.name,
+                    subject.cluster,
+                    subject.namespace,
+                    subject.kind,
+                    subject.name,
+                    json_format.MessageToJson(alert, preserving_proto_field_name=True, indent=0),
+                    trace_id,
+                    description,
+                    model,
+                    vector,
+                )
+        except asyncpg.DataError as exc:
+            # NUL characters in text, which PostgreSQL cannot store.
+            raise InvalidRecord(f"incident for {fingerprint}: {exc}", field="alert") from exc
+        assert row is not None  # INSERT ... ON CONFLICT DO UPDATE always returns the row
+        return _row_to_incident(row), row["incident_id"] == incident_id
+
+    async def _embed(self, text: str) -> tuple[str | None, str | None]:
+        """(model name, vector as pgvector text), or (None, None) when embedding fails."""
+        embedder = self._embedder
+        try:
+            [vector] = await asyncio.to_thread(embedder.embed, [text])
+            if len(vector) != embedder.dimensions:
+                raise ValueError(
+                    f"{embedder.name} returned {len(vector)} dimensions, not {embedder.dimensions}"
+                )
+            if not all(math.isfinite(x) for x in vector):
+                raise ValueError(f"{embedder.name} returned a vector that is not finite")
+        except Exception:
+            _log.exception("cannot embed an incident; storing it without an embedding")
+            return None, None
+        return embedder.name, "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+    async def update_incident(
+        self,
+        incident_id: str,
+        status: storage_pb2.IncidentStatus.ValueType,
+        reason: str,
+    ) -> storage_pb2.Incident:
+        """Move an open incident to `status` with `reason`; a final status closes it (sets
+        closed_at). UnknownIncident for an unknown id; IncidentClosed when it is closed,
+        unless this exact update is what closed it (a retry), which returns it unchanged."""
+        row_id = _parse_uuid(incident_id, "incident_id")
+        status_name = _status_name(status)
+        if status == storage_pb2.INCIDENT_STATUS_UNSPECIFIED:
+            raise InvalidRecord("status must be specified", field="status")
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(
+                    _UPDATE_INCIDENT, row_id, status_name, reason, status in FINAL_STATUSES
+                )
+                if row is not None:
+                    return _row_to_incident(row)
+                row = await conn.fetchrow(_SELECT_INCIDENT, row_id)
+        except asyncpg.DataError as exc:
+            raise InvalidRecord(f"incident {incident_id}: {exc}", field="status_reason") from exc
+        if row is None:
+            raise UnknownIncident(f"incident {incident_id} does not exist")
+        if row["status"] == status_name and row["status_reason"] == reason:
+            return _row_to_incident(row)
+        raise IncidentClosed(
+            f"incident {incident_id} is closed ({row['status']}) and cannot become {status_name}"
+        )
+
+    async def get_incident(
+        self, incident_id: str
+    ) -> tuple[storage_pb2.Incident, list[storage_pb2.ActionRecord], list[storage_pb2.Assessment]]:
+        """The incident, its actions (action records with its incident_id) and their
+        assessments, both oldest first, read from one snapshot. UnknownIncident if none."""
+        row_id = _parse_uuid(incident_id, "incident_id")
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(_SELECT_INCIDENT, row_id)
+            if row is None:
+                raise UnknownIncident(f"incident {incident_id} does not exist")
+            actions = await conn.fetch(_INCIDENT_ACTIONS, str(row_id))
+            assessments = await conn.fetch(_INCIDENT_ASSESSMENTS, str(row_id))
+        return (
+            _row_to_incident(row),
+            [_row_to_record(r) for r in actions],
+            [_row_to_assessment(r) for r in assessments],
+        )
+
+    async def list_incidents(
+        self,
+        status: storage_pb2.IncidentStatus.ValueType,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[storage_pb2.Incident], str]:
+        """Incidents newest first (opened_at, then incident_id, descending), of one status or
+        all when it is unspecified; returns (incidents, next_page_token), the token empty on
+        the last page. page_size 0 means 100; above 1000 means 1000."""
+        if page_size < 0:
+            raise ValueError(f"page_size must be >= 0, got {page_size}")
+        limit = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+        status_name = (
+            "" if status == storage_pb2.INCIDENT_STATUS_UNSPECIFIED else _status_name(status)
+        )
+        filter_key = f"incidents:{status_name}"
+        conditions: list[str] = []
+        args: list[Any] = []
+        if status_name:
+            args.append(status_name)
+            conditions.append(f"status = ${len(args)}")
+        if page_token:
+            after_time, after_id = _decode_page_token(page_token, filter_key, "status")
+            args += [after_time, after_id]
+            conditions.append(f"(opened_at, incident_id) < (${len(args) - 1}, ${len(args)})")
+        args.append(limit + 1)  # one extra row tells whether another page follows
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        query = (
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents {where}"
+            f" ORDER BY opened_at DESC, incident_id DESC LIMIT ${len(args)}"
+        )
+        async with self._connection() as conn:
+            rows = await conn.fetch(query, *args)
+        page = rows[:limit]
+        next_token = ""
+        if len(rows) > limit:
+            last = page[-1]
+            next_token = _encode_page_token(last["opened_at"], last["incident_id"], filter_key)
+        return [_row_to_incident(row) for row in page], next_token
+
+    async def search_similar(
+        self, incident_id: str, limit: int
+    ) -> tuple[list[tuple[storage_pb2.Incident, float]], str]:
+        """The incidents nearest to `incident_id` by cosine distance between the embeddings
+        of their descriptions, nearest first, itself excluded, with the distances; and the
+        embedding model. Only incidents embedded by the same model are compared; an incident
+        without an embedding has no neighbours. limit 0 means 5; above 50 means 50."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        limit = DEFAULT_SIMILAR_LIMIT if limit == 0 else min(limit, MAX_SIMILAR_LIMIT)
+        row_id = _parse_uuid(incident_id, "incident_id")
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            target = await conn.fetchrow(_INCIDENT_EMBEDDING, row_id)
+            if target is None:
+                raise UnknownIncident(f"incident {incident_id} does not exist")
+            model: str | None = target["embedding_model"]
+            if model is None:
+                return [], ""
+            # HNSW returns at most ef_search rows, and the incident itself is one of them.
+            await conn.execute(
+                "SELECT set_config('hnsw.ef_search', $1, true)", str(max(40, limit + 1))
+            )
+            # The dimension is an int from the database, so interpolating it is safe; it has
+            # to be literal for the per-model expression index to apply.
+            rows = await conn.fetch(_similar_query(int(target["dims"])), row_id, model, limit)
+        return [(_row_to_incident(r), float(r["distance"])) for r in rows], model
+
+    # -- assessments --------------------------------------------------------------------------
+
+    async def record_assessment(self, assessment: storage_pb2.Assessment) -> bool:
+        """Store `assessment`. True when stored now; False when the same assessment_id is
+        already stored with the same content (a retry); RecordConflict when its content
+        differs; UnknownAction when its action is not recorded."""
+        values = _assessment_values(assessment)
+        try:
+            async with self._connection() as conn:
+                created = await conn.fetchval(_INSERT_ASSESSMENT, *values)
+                if created:
+                    return True
+                same = await conn.fetchval(_SAME_ASSESSMENT, *values)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise UnknownAction(
+                f"assessment {assessment.assessment_id}: action {assessment.action_id}"
+                " is not recorded"
+            ) from exc
+        except asyncpg.DataError as exc:
+            raise InvalidRecord(
+                f"assessment {assessment.assessment_id}: {exc}", field="assessment"
+            ) from exc
+        if same is None:
+            raise StoreError(f"assessment {assessment.assessment_id} conflicted but is not stored")
+        if not same:
+            raise RecordConflict(
+                f"assessment_id {assessment.assessment_id} is already recorded"
+                " with different content"
+            )
+        return False
+
 
 _ACTION_COLUMNS: Final = (
     "action_id, incident_id, alert_name, action, target_cluster, target_namespace,"
@@ -388,28 +653,196 @@ def _row_to_record(row: asyncpg.Record) -> storage_pb2.ActionRecord:
     return record
 
 
-def _filter_digest(alert_name: str) -> bytes:
-    return hashlib.sha256(alert_name.encode()).digest()[:8]
+_INCIDENT_COLUMNS: Final = (
+    "incident_id, fingerprint, status, status_reason, alert_name, subject_cluster,"
+    " subject_namespace, subject_kind, subject_name, alert, occurrences, opened_at,"
+    " updated_at, closed_at, trace_id"
+)
+
+_SELECT_INCIDENT: Final = f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE incident_id = $1"
+
+_COUNT_OCCURRENCE: Final = f"""
+UPDATE incidents SET occurrences = occurrences + 1, updated_at = now()
+WHERE fingerprint = $1 AND closed_at IS NULL
+RETURNING {_INCIDENT_COLUMNS}
+"""
+
+# The conflict target names the partial unique index of open incidents, so the insert and
+# the count are one atomic step however many callers race.
+_OPEN_INCIDENT: Final = f"""
+INSERT INTO incidents (incident_id, fingerprint, status, status_reason, alert_name,
+                       subject_cluster, subject_namespace, subject_kind, subject_name, alert,
+                       trace_id, description, embedding_model, embedding)
+VALUES ($1, $2, 'INCIDENT_STATUS_OPEN', $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12,
+        $13::vector)
+ON CONFLICT (fingerprint) WHERE closed_at IS NULL
+DO UPDATE SET occurrences = incidents.occurrences + 1, updated_at = now()
+RETURNING {_INCIDENT_COLUMNS}
+"""
+
+_UPDATE_INCIDENT: Final = f"""
+UPDATE incidents
+SET status = $2, status_reason = $3, updated_at = now(),
+    closed_at = CASE WHEN $4::boolean THEN now() END
+WHERE incident_id = $1 AND closed_at IS NULL
+RETURNING {_INCIDENT_COLUMNS}
+"""
+
+_INCIDENT_ACTIONS: Final = f"""
+SELECT {_ACTION_COLUMNS} FROM action_records WHERE incident_id = $1
+ORDER BY started_at, action_id
+"""
+
+_ASSESSMENT_COLUMNS: Final = "assessment_id, action_id, delay, verdict, evidence, assessed_at"
+
+_INCIDENT_ASSESSMENTS: Final = """
+SELECT a.assessment_id, a.action_id, a.delay, a.verdict, a.evidence, a.assessed_at
+FROM assessments a JOIN action_records r ON r.action_id = a.action_id
+WHERE r.incident_id = $1
+ORDER BY a.assessed_at, a.assessment_id
+"""
+
+_INCIDENT_EMBEDDING: Final = """
+SELECT embedding_model, vector_dims(embedding) AS dims FROM incidents WHERE incident_id = $1
+"""
 
 
-def _encode_page_token(started_at: dt.datetime, action_id: uuid.UUID, alert_name: str) -> str:
-    micros = (started_at - _EPOCH) // _MICROSECOND
-    raw = _TOKEN.pack(_TOKEN_VERSION, micros, action_id.bytes, _filter_digest(alert_name))
+def _similar_query(dims: int) -> str:
+    # The same expression and predicate as the per-model index (0002: embedding::vector(384)
+    # WHERE embedding_model = ...), and no second sort key, so HNSW can answer the ORDER BY.
+    vector = f"vector({dims:d})"
+    return f"""
+SELECT {_INCIDENT_COLUMNS},
+       embedding::{vector} <=> (SELECT embedding FROM incidents WHERE incident_id = $1)::{vector}
+           AS distance
+FROM incidents
+WHERE embedding_model = $2 AND incident_id <> $1
+ORDER BY embedding::{vector} <=> (SELECT embedding FROM incidents WHERE incident_id = $1)::{vector}
+LIMIT $3
+"""
+
+
+_INSERT_ASSESSMENT: Final = f"""
+INSERT INTO assessments ({_ASSESSMENT_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (assessment_id) DO NOTHING
+RETURNING true
+"""
+
+_SAME_ASSESSMENT: Final = """
+SELECT (action_id, delay, verdict, evidence, assessed_at)
+       IS NOT DISTINCT FROM
+       ($2::uuid, $3::interval, $4::text, $5::text[], $6::timestamptz)
+FROM assessments WHERE assessment_id = $1
+"""
+
+
+def _parse_uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise InvalidRecord(f"{field} {value!r} is not a UUID", field=field) from exc
+
+
+def _status_name(status: storage_pb2.IncidentStatus.ValueType) -> str:
+    try:
+        return storage_pb2.IncidentStatus.Name(status)
+    except ValueError as exc:
+        raise InvalidRecord(f"unknown incident status {status}", field="status") from exc
+
+
+def _row_to_incident(row: asyncpg.Record) -> storage_pb2.Incident:
+    incident = storage_pb2.Incident(
+        incident_id=str(row["incident_id"]),
+        fingerprint=row["fingerprint"],
+        status=storage_pb2.IncidentStatus.Value(row["status"]),
+        status_reason=row["status_reason"],
+        alert_name=row["alert_name"],
+        subject=alert_pb2.ResourceRef(
+            cluster=row["subject_cluster"],
+            namespace=row["subject_namespace"],
+            kind=row["subject_kind"],
+            name=row["subject_name"],
+        ),
+        occurrences=row["occurrences"],
+        trace_id=row["trace_id"],
+    )
+    json_format.Parse(row["alert"], incident.alert, ignore_unknown_fields=True)
+    incident.opened_at.FromDatetime(row["opened_at"])
+    incident.updated_at.FromDatetime(row["updated_at"])
+    if row["closed_at"] is not None:
+        incident.closed_at.FromDatetime(row["closed_at"])
+    return incident
+
+
+def _assessment_values(assessment: storage_pb2.Assessment) -> tuple[Any, ...]:
+    assessment_id = _parse_uuid(assessment.assessment_id, "assessment.assessment_id")
+    action_id = _parse_uuid(assessment.action_id, "assessment.action_id")
+    for required in ("delay", "assessed_at"):
+        if not assessment.HasField(required):
+            raise InvalidRecord(
+                f"assessment {assessment.assessment_id}: {required} is required",
+                field=f"assessment.{required}",
+            )
+    try:
+        verdict = remediation_pb2.Verdict.Name(assessment.verdict)
+    except ValueError as exc:
+        raise InvalidRecord(
+            f"assessment {assessment.assessment_id}: unknown verdict {assessment.verdict}",
+            field="assessment.verdict",
+        ) from exc
+    try:
+        delay = assessment.delay.ToTimedelta()
+        assessed_at = assessment.assessed_at.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRecord(
+            f"assessment {assessment.assessment_id}: bad delay or timestamp: {exc}",
+            field="assessment",
+        ) from exc
+    if delay < dt.timedelta(0):
+        raise InvalidRecord(
+            f"assessment {assessment.assessment_id}: delay must not be negative",
+            field="assessment.delay",
+        )
+    return (assessment_id, action_id, delay, verdict, list(assessment.evidence), assessed_at)
+
+
+def _row_to_assessment(row: asyncpg.Record) -> storage_pb2.Assessment:
+    assessment = storage_pb2.Assessment(
+        assessment_id=str(row["assessment_id"]),
+        action_id=str(row["action_id"]),
+        verdict=remediation_pb2.Verdict.Value(row["verdict"]),
+        evidence=row["evidence"],
+    )
+    assessment.delay.FromTimedelta(row["delay"])
+    assessment.assessed_at.FromDatetime(row["assessed_at"])
+    return assessment
+
+
+def _filter_digest(filter_key: str) -> bytes:
+    return hashlib.sha256(filter_key.encode()).digest()[:8]
+
+
+def _encode_page_token(at: dt.datetime, row_id: uuid.UUID, filter_key: str) -> str:
+    micros = (at - _EPOCH) // _MICROSECOND
+    raw = _TOKEN.pack(_TOKEN_VERSION, micros, row_id.bytes, _filter_digest(filter_key))
     return base64.urlsafe_b64encode(raw).decode("ascii")
 
 
-def _decode_page_token(token: str, alert_name: str) -> tuple[dt.datetime, uuid.UUID]:
+def _decode_page_token(
+    token: str, filter_key: str, filter_name: str = "alert_name"
+) -> tuple[dt.datetime, uuid.UUID]:
     try:
         raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
         version, micros, id_bytes, digest = _TOKEN.unpack(raw)
-        started_at = _EPOCH + micros * _MICROSECOND
+        at = _EPOCH + micros * _MICROSECOND
     except (UnicodeEncodeError, binascii.Error, struct.error, OverflowError) as exc:
         raise InvalidPageToken("malformed page token") from exc
     if version != _TOKEN_VERSION:
         raise InvalidPageToken("malformed page token")
-    if digest != _filter_digest(alert_name):
-        raise InvalidPageToken("page token was issued for a different alert_name")
-    return started_at, uuid.UUID(bytes=id_bytes)
+    if digest != _filter_digest(filter_key):
+        raise InvalidPageToken(f"page token was issued for a different {filter_name}")
+    return at, uuid.UUID(bytes=id_bytes)
 
 
 def redact_dsn(dsn: str) -> str:

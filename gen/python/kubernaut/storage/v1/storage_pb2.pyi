@@ -5,11 +5,13 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
+from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -50,6 +52,44 @@ ACTION_OUTCOME_DRY_RUN: ActionOutcome.ValueType  # 4
 ACTION_OUTCOME_REFUSED: ActionOutcome.ValueType  # 5
 """A safety check refused the action before anything changed."""
 Global___ActionOutcome: _TypeAlias = ActionOutcome  # noqa: Y015
+
+class _IncidentStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IncidentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IncidentStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INCIDENT_STATUS_UNSPECIFIED: _IncidentStatus.ValueType  # 0
+    INCIDENT_STATUS_OPEN: _IncidentStatus.ValueType  # 1
+    """Opened; being analysed."""
+    INCIDENT_STATUS_REMEDIATING: _IncidentStatus.ValueType  # 2
+    """A workflow is acting on it."""
+    INCIDENT_STATUS_NO_ACTION: _IncidentStatus.ValueType  # 3
+    """Kubernaut decided not to act, or was not allowed to; the reason says why."""
+    INCIDENT_STATUS_REMEDIATED: _IncidentStatus.ValueType  # 4
+    """The remediation ran; the assessments say whether it worked."""
+    INCIDENT_STATUS_FAILED: _IncidentStatus.ValueType  # 5
+    """The remediation failed or was rolled back."""
+    INCIDENT_STATUS_RESOLVED: _IncidentStatus.ValueType  # 6
+    """The alert resolved."""
+
+class IncidentStatus(_IncidentStatus, metaclass=_IncidentStatusEnumTypeWrapper):
+    """IncidentStatus is where an incident is in its life."""
+
+INCIDENT_STATUS_UNSPECIFIED: IncidentStatus.ValueType  # 0
+INCIDENT_STATUS_OPEN: IncidentStatus.ValueType  # 1
+"""Opened; being analysed."""
+INCIDENT_STATUS_REMEDIATING: IncidentStatus.ValueType  # 2
+"""A workflow is acting on it."""
+INCIDENT_STATUS_NO_ACTION: IncidentStatus.ValueType  # 3
+"""Kubernaut decided not to act, or was not allowed to; the reason says why."""
+INCIDENT_STATUS_REMEDIATED: IncidentStatus.ValueType  # 4
+"""The remediation ran; the assessments say whether it worked."""
+INCIDENT_STATUS_FAILED: IncidentStatus.ValueType  # 5
+"""The remediation failed or was rolled back."""
+INCIDENT_STATUS_RESOLVED: IncidentStatus.ValueType  # 6
+"""The alert resolved."""
+Global___IncidentStatus: _TypeAlias = IncidentStatus  # noqa: Y015
 
 @_typing.final
 class GetStoreStatusRequest(_message.Message):
@@ -269,3 +309,428 @@ class ListActionRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListActionRecordsResponse: _TypeAlias = ListActionRecordsResponse  # noqa: Y015
+
+@_typing.final
+class Incident(_message.Message):
+    """Incident is one problem on one object, however many alerts reported it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    fingerprint: _builtins.str
+    status: Global___IncidentStatus.ValueType
+    status_reason: _builtins.str
+    """Why the incident has its status, in plain words."""
+    alert_name: _builtins.str
+    occurrences: _builtins.int
+    """How many alerts were counted on this incident."""
+    trace_id: _builtins.str
+    """The W3C trace id of the request that opened the incident."""
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef: ...
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """The first alert that opened the incident."""
+
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """Set once the incident reached a final status."""
+
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        status: Global___IncidentStatus.ValueType = ...,
+        status_reason: _builtins.str = ...,
+        alert_name: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        occurrences: _builtins.int = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        trace_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "closed_at", b"closed_at", "opened_at", b"opened_at", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "alert_name", b"alert_name", "closed_at", b"closed_at", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "occurrences", b"occurrences", "opened_at", b"opened_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Incident: _TypeAlias = Incident  # noqa: Y015
+
+@_typing.final
+class OpenIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    fingerprint: _builtins.str
+    trace_id: _builtins.str
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert: ...
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        fingerprint: _builtins.str = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        trace_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "fingerprint", b"fingerprint", "subject", b"subject", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenIncidentRequest: _TypeAlias = OpenIncidentRequest  # noqa: Y015
+
+@_typing.final
+class OpenIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """True only for the call that opened the incident."""
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenIncidentResponse: _TypeAlias = OpenIncidentResponse  # noqa: Y015
+
+@_typing.final
+class UpdateIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    status: Global___IncidentStatus.ValueType
+    status_reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        status: Global___IncidentStatus.ValueType = ...,
+        status_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "status", b"status", "status_reason", b"status_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateIncidentRequest: _TypeAlias = UpdateIncidentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateIncidentResponse: _TypeAlias = UpdateIncidentResponse  # noqa: Y015
+
+@_typing.final
+class GetIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentRequest: _TypeAlias = GetIncidentRequest  # noqa: Y015
+
+@_typing.final
+class GetIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    ASSESSMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionRecord]:
+        """Oldest first."""
+
+    @_builtins.property
+    def assessments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assessment]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        actions: _abc.Iterable[Global___ActionRecord] | None = ...,
+        assessments: _abc.Iterable[Global___Assessment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "assessments", b"assessments", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentResponse: _TypeAlias = GetIncidentResponse  # noqa: Y015
+
+@_typing.final
+class ListIncidentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    status: Global___IncidentStatus.ValueType
+    """Only incidents with this status; unspecified means all."""
+    page_size: _builtins.int
+    """At most this many incidents; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        status: Global___IncidentStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentsRequest: _TypeAlias = ListIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class ListIncidentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Incident]: ...
+    def __init__(
+        self,
+        *,
+        incidents: _abc.Iterable[Global___Incident] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incidents", b"incidents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentsResponse: _TypeAlias = ListIncidentsResponse  # noqa: Y015
+
+@_typing.final
+class Assessment(_message.Message):
+    """Assessment is one look at whether an action worked, at one delay after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    ASSESSED_AT_FIELD_NUMBER: _builtins.int
+    assessment_id: _builtins.str
+    """Chosen by the effectiveness service (a UUID); the idempotency key of the record."""
+    action_id: _builtins.str
+    verdict: _remediation_pb2.Verdict.ValueType
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """How long after the action this assessment looked."""
+
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The evidence behind the verdict, one fact an entry."""
+
+    @_builtins.property
+    def assessed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        assessment_id: _builtins.str = ...,
+        action_id: _builtins.str = ...,
+        delay: _duration_pb2.Duration | None = ...,
+        verdict: _remediation_pb2.Verdict.ValueType = ...,
+        evidence: _abc.Iterable[_builtins.str] | None = ...,
+        assessed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assessed_at", b"assessed_at", "delay", b"delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "assessed_at", b"assessed_at", "assessment_id", b"assessment_id", "delay", b"delay", "evidence", b"evidence", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assessment: _TypeAlias = Assessment  # noqa: Y015
+
+@_typing.final
+class RecordAssessmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSESSMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assessment(self) -> Global___Assessment: ...
+    def __init__(
+        self,
+        *,
+        assessment: Global___Assessment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assessment", b"assessment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment", b"assessment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAssessmentRequest: _TypeAlias = RecordAssessmentRequest  # noqa: Y015
+
+@_typing.final
+class RecordAssessmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when an identical record was already stored."""
+    def __init__(
+        self,
+        *,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAssessmentResponse: _TypeAlias = RecordAssessmentResponse  # noqa: Y015
+
+@_typing.final
+class SearchSimilarIncidentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    limit: _builtins.int
+    """At most this many; 0 means 5."""
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchSimilarIncidentsRequest: _TypeAlias = SearchSimilarIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class SimilarIncident(_message.Message):
+    """SimilarIncident is a past incident and how close it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    distance: _builtins.float
+    """Cosine distance between the two descriptions' embeddings (0 is identical)."""
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        distance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimilarIncident: _TypeAlias = SimilarIncident  # noqa: Y015
+
+@_typing.final
+class SearchSimilarIncidentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    embedding_model: _builtins.str
+    """The embedding model that produced the vectors."""
+    @_builtins.property
+    def incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___SimilarIncident]: ...
+    def __init__(
+        self,
+        *,
+        incidents: _abc.Iterable[Global___SimilarIncident] | None = ...,
+        embedding_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_model", b"embedding_model", "incidents", b"incidents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchSimilarIncidentsResponse: _TypeAlias = SearchSimilarIncidentsResponse  # noqa: Y015

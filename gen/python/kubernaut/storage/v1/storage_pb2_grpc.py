@@ -51,6 +51,36 @@ class StorageServiceStub(object):
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListActionRecordsRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListActionRecordsResponse.FromString,
                 _registered_method=True)
+        self.OpenIncident = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/OpenIncident',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.OpenIncidentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.OpenIncidentResponse.FromString,
+                _registered_method=True)
+        self.UpdateIncident = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/UpdateIncident',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentResponse.FromString,
+                _registered_method=True)
+        self.GetIncident = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/GetIncident',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentResponse.FromString,
+                _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/ListIncidents',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
+        self.RecordAssessment = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/RecordAssessment',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentResponse.FromString,
+                _registered_method=True)
+        self.SearchSimilarIncidents = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/SearchSimilarIncidents',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer(object):
@@ -91,6 +121,73 @@ class StorageServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenIncident(self, request, context):
+        """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
+        counts the alert on that one. Exactly one call per fingerprint and incident life
+        gets created=true, however many replicas call at once.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateIncident(self, request, context):
+        """UpdateIncident moves an incident to a new status, with the reason.
+        Returns OK with the incident; INVALID_ARGUMENT for a malformed request;
+        NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
+        already closed; UNAVAILABLE when the database cannot be reached;
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIncident(self, request, context):
+        """GetIncident returns one incident with its actions and assessments.
+        Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown
+        incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+        callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIncidents(self, request, context):
+        """ListIncidents returns incidents, newest first, optionally of one status only, a
+        page at a time.
+        Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
+        when the database cannot be reached; PERMISSION_DENIED for callers outside the
+        call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAssessment(self, request, context):
+        """RecordAssessment stores one effectiveness assessment of an action. Recording the
+        same assessment_id again with the same content is a no-op.
+        Returns OK; INVALID_ARGUMENT for a malformed record; NOT_FOUND when the action is
+        unknown; ALREADY_EXISTS when assessment_id is taken by a different record;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchSimilarIncidents(self, request, context):
+        """SearchSimilarIncidents returns the past incidents nearest to a given one by the
+        embedding of their description, nearest first, the incident itself excluded.
+        Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
+        incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+        callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +205,36 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ListActionRecords,
                     request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListActionRecordsRequest.FromString,
                     response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListActionRecordsResponse.SerializeToString,
+            ),
+            'OpenIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenIncident,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.OpenIncidentRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.OpenIncidentResponse.SerializeToString,
+            ),
+            'UpdateIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIncident,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentResponse.SerializeToString,
+            ),
+            'GetIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIncident,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentResponse.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsResponse.SerializeToString,
+            ),
+            'RecordAssessment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAssessment,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentResponse.SerializeToString,
+            ),
+            'SearchSimilarIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchSimilarIncidents,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -193,6 +320,168 @@ class StorageService(object):
             '/kubernaut.storage.v1.StorageService/ListActionRecords',
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListActionRecordsRequest.SerializeToString,
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListActionRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/OpenIncident',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.OpenIncidentRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.OpenIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/UpdateIncident',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/GetIncident',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/ListIncidents',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAssessment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/RecordAssessment',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSimilarIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/SearchSimilarIncidents',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

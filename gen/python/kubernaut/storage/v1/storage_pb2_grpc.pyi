@@ -56,6 +56,49 @@ class StorageServiceStub:
     the database cannot be reached (safe to retry); PERMISSION_DENIED for callers
     outside the call table.
     """
+    OpenIncident: _grpc.UnaryUnaryMultiCallable[_storage_pb2.OpenIncidentRequest, _storage_pb2.OpenIncidentResponse]
+    """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
+    counts the alert on that one. Exactly one call per fingerprint and incident life
+    gets created=true, however many replicas call at once.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
+    UpdateIncident: _grpc.UnaryUnaryMultiCallable[_storage_pb2.UpdateIncidentRequest, _storage_pb2.UpdateIncidentResponse]
+    """UpdateIncident moves an incident to a new status, with the reason.
+    Returns OK with the incident; INVALID_ARGUMENT for a malformed request;
+    NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
+    already closed; UNAVAILABLE when the database cannot be reached;
+    PERMISSION_DENIED for callers outside the call table.
+    """
+    GetIncident: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetIncidentRequest, _storage_pb2.GetIncidentResponse]
+    """GetIncident returns one incident with its actions and assessments.
+    Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown
+    incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+    callers outside the call table.
+    """
+    ListIncidents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListIncidentsRequest, _storage_pb2.ListIncidentsResponse]
+    """ListIncidents returns incidents, newest first, optionally of one status only, a
+    page at a time.
+    Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
+    when the database cannot be reached; PERMISSION_DENIED for callers outside the
+    call table.
+    """
+    RecordAssessment: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RecordAssessmentRequest, _storage_pb2.RecordAssessmentResponse]
+    """RecordAssessment stores one effectiveness assessment of an action. Recording the
+    same assessment_id again with the same content is a no-op.
+    Returns OK; INVALID_ARGUMENT for a malformed record; NOT_FOUND when the action is
+    unknown; ALREADY_EXISTS when assessment_id is taken by a different record;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
+    SearchSimilarIncidents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SearchSimilarIncidentsRequest, _storage_pb2.SearchSimilarIncidentsResponse]
+    """SearchSimilarIncidents returns the past incidents nearest to a given one by the
+    embedding of their description, nearest first, the incident itself excluded.
+    Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
+    incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+    callers outside the call table.
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -84,6 +127,49 @@ class StorageServiceAsyncStub(StorageServiceStub):
     Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE when
     the database cannot be reached (safe to retry); PERMISSION_DENIED for callers
     outside the call table.
+    """
+    OpenIncident: _aio.UnaryUnaryMultiCallable[_storage_pb2.OpenIncidentRequest, _storage_pb2.OpenIncidentResponse]  # type: ignore[assignment]
+    """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
+    counts the alert on that one. Exactly one call per fingerprint and incident life
+    gets created=true, however many replicas call at once.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
+    UpdateIncident: _aio.UnaryUnaryMultiCallable[_storage_pb2.UpdateIncidentRequest, _storage_pb2.UpdateIncidentResponse]  # type: ignore[assignment]
+    """UpdateIncident moves an incident to a new status, with the reason.
+    Returns OK with the incident; INVALID_ARGUMENT for a malformed request;
+    NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
+    already closed; UNAVAILABLE when the database cannot be reached;
+    PERMISSION_DENIED for callers outside the call table.
+    """
+    GetIncident: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetIncidentRequest, _storage_pb2.GetIncidentResponse]  # type: ignore[assignment]
+    """GetIncident returns one incident with its actions and assessments.
+    Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown
+    incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+    callers outside the call table.
+    """
+    ListIncidents: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListIncidentsRequest, _storage_pb2.ListIncidentsResponse]  # type: ignore[assignment]
+    """ListIncidents returns incidents, newest first, optionally of one status only, a
+    page at a time.
+    Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
+    when the database cannot be reached; PERMISSION_DENIED for callers outside the
+    call table.
+    """
+    RecordAssessment: _aio.UnaryUnaryMultiCallable[_storage_pb2.RecordAssessmentRequest, _storage_pb2.RecordAssessmentResponse]  # type: ignore[assignment]
+    """RecordAssessment stores one effectiveness assessment of an action. Recording the
+    same assessment_id again with the same content is a no-op.
+    Returns OK; INVALID_ARGUMENT for a malformed record; NOT_FOUND when the action is
+    unknown; ALREADY_EXISTS when assessment_id is taken by a different record;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
+    SearchSimilarIncidents: _aio.UnaryUnaryMultiCallable[_storage_pb2.SearchSimilarIncidentsRequest, _storage_pb2.SearchSimilarIncidentsResponse]  # type: ignore[assignment]
+    """SearchSimilarIncidents returns the past incidents nearest to a given one by the
+    embedding of their description, nearest first, the incident itself excluded.
+    Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
+    incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+    callers outside the call table.
     """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +214,85 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE when
         the database cannot be reached (safe to retry); PERMISSION_DENIED for callers
         outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenIncident(
+        self,
+        request: _storage_pb2.OpenIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.OpenIncidentResponse, _abc.Awaitable[_storage_pb2.OpenIncidentResponse]]:
+        """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
+        counts the alert on that one. Exactly one call per fingerprint and incident life
+        gets created=true, however many replicas call at once.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateIncident(
+        self,
+        request: _storage_pb2.UpdateIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.UpdateIncidentResponse, _abc.Awaitable[_storage_pb2.UpdateIncidentResponse]]:
+        """UpdateIncident moves an incident to a new status, with the reason.
+        Returns OK with the incident; INVALID_ARGUMENT for a malformed request;
+        NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
+        already closed; UNAVAILABLE when the database cannot be reached;
+        PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIncident(
+        self,
+        request: _storage_pb2.GetIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.GetIncidentResponse, _abc.Awaitable[_storage_pb2.GetIncidentResponse]]:
+        """GetIncident returns one incident with its actions and assessments.
+        Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown
+        incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+        callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ListIncidents(
+        self,
+        request: _storage_pb2.ListIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ListIncidentsResponse, _abc.Awaitable[_storage_pb2.ListIncidentsResponse]]:
+        """ListIncidents returns incidents, newest first, optionally of one status only, a
+        page at a time.
+        Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
+        when the database cannot be reached; PERMISSION_DENIED for callers outside the
+        call table.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordAssessment(
+        self,
+        request: _storage_pb2.RecordAssessmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.RecordAssessmentResponse, _abc.Awaitable[_storage_pb2.RecordAssessmentResponse]]:
+        """RecordAssessment stores one effectiveness assessment of an action. Recording the
+        same assessment_id again with the same content is a no-op.
+        Returns OK; INVALID_ARGUMENT for a malformed record; NOT_FOUND when the action is
+        unknown; ALREADY_EXISTS when assessment_id is taken by a different record;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchSimilarIncidents(
+        self,
+        request: _storage_pb2.SearchSimilarIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.SearchSimilarIncidentsResponse, _abc.Awaitable[_storage_pb2.SearchSimilarIncidentsResponse]]:
+        """SearchSimilarIncidents returns the past incidents nearest to a given one by the
+        embedding of their description, nearest first, the incident itself excluded.
+        Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
+        incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
+        callers outside the call table.
         """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
