@@ -3,6 +3,8 @@
 #   - Python 3.11 packages from uv.lock into .venv (uv from PyPI),
 #   - buf (npm @bufbuild/buf) and grpcurl (built from its Go module),
 #   - Prometheus and AlertManager (Debian packages),
+#   - kube-apiserver, etcd, controller-manager, scheduler, KWOK and kube-state-metrics,
+#     built from their Go modules by scripts/build-k8s.sh,
 # cached under the state directory keyed by version, so a warm run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,5 +56,8 @@ if [ ! -x "$TOOLS/grpcurl-$GRPCURL_VERSION/grpcurl" ]; then
     go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
 fi
 ln -sfn "$TOOLS/grpcurl-$GRPCURL_VERSION/grpcurl" "$BIN/grpcurl"
+
+step "Kubernetes control plane, KWOK, kube-state-metrics (built from Go modules; ~6 min cold)"
+bash scripts/build-k8s.sh
 
 step "ready: tools in $BIN, Python in .venv"

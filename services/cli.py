@@ -11,12 +11,16 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients
 from services.runtime.launcher import Fleet, wait_serving
 from services.runtime.names import ServiceName, all_accounts
 from services.runtime.settings import RuntimeSettings, Transport
+
+if TYPE_CHECKING:
+    from services.devstack.stack import DevStack
 
 EDGE = "gateway-http"
 
@@ -178,6 +182,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_stack(args: argparse.Namespace) -> DevStack:
+    from services.devstack.stack import DevStack
+
+    settings = RuntimeSettings()
+    return DevStack(
+        settings.state_dir,
+        nodes=args.nodes,
+        webhook_url=args.webhook_url,
+        alert_for=args.alert_for,
+        database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
+    )
+
+
+def cmd_dev_stack(args: argparse.Namespace) -> int:
+    from services.devstack.stack import DevStackError
+
+    stack = _dev_stack(args)
+    if args.action == "up":
+        print(f"dev stack in {stack.root}")
+        try:
+            info = stack.up()
+        except DevStackError as error:
+            print(f"dev-stack up: {error}", file=sys.stderr)
+            return 1
+        print("\npoint Kubernaut and the tests at it:")
+        print(f"  export KUBERNAUT_DATABASE_URL='{info.detail('postgres', 'dsn')}'")
+        print(f"  export KUBECONFIG={info.detail('kubernetes', 'kubeconfig')}")
+        print(f"  export KUBERNAUT_NOTIFICATION_SMTP_PORT={info.detail('smtp', 'port')}")
+        return 0
+    if args.action == "down":
+        stack.down()
+        return 0
+    rows = [["COMPONENT", "STATE", "URL", "LOG"], *map(list, stack.status())]
+    _print_table(rows)
+    return 0 if all(row[1].startswith(("running", "external")) for row in rows[1:]) else 1
+
+
 def cmd_render_istio(args: argparse.Namespace) -> int:
     from services.runtime.istio import render
 
@@ -215,6 +256,24 @@ def parser() -> argparse.ArgumentParser:
         "--keep-running", action="store_true", help="leave everything running afterwards"
     )
     demo.set_defaults(func=cmd_demo)
+    dev_stack = commands.add_parser(
+        "dev-stack", help="the local Kubernetes, PostgreSQL, Prometheus, AlertManager and SMTP"
+    )
+    dev_stack.add_argument("action", choices=["up", "down", "status"])
+    dev_stack.add_argument("--nodes", type=int, default=3, help="KWOK nodes (default 3)")
+    dev_stack.add_argument(
+        "--webhook-url",
+        default="http://127.0.0.1:8080/api/v1/alerts/alertmanager",
+        help="where AlertManager sends alerts (default: Kubernaut's HTTP edge)",
+    )
+    dev_stack.add_argument(
+        "--alert-for",
+        default=None,
+        metavar="DURATION",
+        help="replace the alerts' upstream `for:` durations (e.g. 30s) for demos and tests",
+    )
+    dev_stack.set_defaults(func=cmd_dev_stack)
+
     render = commands.add_parser("render", help="render deployment objects from the call table")
     render_commands = render.add_subparsers(dest="render_command", required=True)
     istio = render_commands.add_parser("istio", help="PeerAuthentication and AuthorizationPolicies")
