@@ -10,7 +10,6 @@ from services.runtime.identity import account_of, parse_xfcc
 from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
 from services.runtime.registry import protocol, service_of_path
 from services.runtime.settings import RuntimeSettings
-from services.runtime.topology import start_order
 
 SETTINGS = RuntimeSettings(trust_domain="cluster.local", namespace="kubernaut")
 
@@ -73,13 +72,6 @@ def test_operators_may_not_write_the_audit_trail_and_the_edge_only_submits() -> 
         if edges.is_allowed(EDGE_ACCOUNT, callee, method)
     ]
     assert allowed_for_edge == [(ServiceName.GATEWAY, "SubmitAlerts")]
-
-
-def test_services_start_after_the_services_they_call() -> None:
-    order = start_order()
-    assert sorted(order) == sorted(ServiceName)
-    for edge in edges.EDGES:
-        assert order.index(edge.callee) < order.index(edge.caller), edge
 
 
 def test_only_idempotent_methods_are_retried() -> None:
