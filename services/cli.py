@@ -1,5 +1,5 @@
-"""The `kubernaut` command: run services, bring the whole system up, check health, make
-certificates, run the demo."""
+"""The `kubernaut` command: run one service or the whole system, check health, make
+certificates, inspect incidents, run the local dev stack and the demo."""
 
 from __future__ import annotations
 
@@ -8,24 +8,24 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients
-from services.runtime.launcher import Fleet, wait_serving
+from services.runtime.launcher import wait_serving
 from services.runtime.names import ServiceName, all_accounts
-from services.runtime.settings import RuntimeSettings, Transport
+from services.runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from services.devstack.stack import DevStack
+    from services.system import System
 
 EDGE = "gateway-http"
+DEFAULT_WEBHOOK = "http://127.0.0.1:8080/api/v1/alerts/alertmanager"
 
 
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
+def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(
@@ -33,33 +33,17 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         )
 
 
-def ensure_certs(settings: RuntimeSettings, *, force: bool = False) -> Path:
-    certs_dir = settings.resolved_certs_dir
-    if force or not (certs_dir / "ca.crt").exists():
-        init_dev_pki(
-            certs_dir,
-            all_accounts(),
-            trust_domain=settings.trust_domain,
-            namespace=settings.namespace,
-            force=force,
-        )
-    return certs_dir
-
-
 def cmd_certs_init(args: argparse.Namespace) -> int:
     settings = RuntimeSettings()
-    certs_dir = ensure_certs(settings, force=True) if args.force else settings.resolved_certs_dir
-    if not args.force:
-        if (certs_dir / "ca.crt").exists():
-            # Keep the CA so that running processes keep trusting each other.
-            init_dev_pki(
-                certs_dir,
-                all_accounts(),
-                trust_domain=settings.trust_domain,
-                namespace=settings.namespace,
-            )
-        else:
-            ensure_certs(settings)
+    certs_dir = settings.resolved_certs_dir
+    # Without --force the CA stays, so that running processes keep trusting each other.
+    init_dev_pki(
+        certs_dir,
+        all_accounts(),
+        trust_domain=settings.trust_domain,
+        namespace=settings.namespace,
+        force=args.force,
+    )
     print(f"certificates for {', '.join(all_accounts())} in {certs_dir}")
     return 0
 
@@ -87,82 +71,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses = asyncio.run(_status(settings))
     rows = [["SERVICE", "ADDRESS", "HEALTH"]]
     rows += [[s.value, settings.address_of(s), statuses[s]] for s in ServiceName]
-    _print_table(rows)
+    print_table(rows)
     return 0 if all(v == "SERVING" for v in statuses.values()) else 1
 
 
-@dataclass
-class Stack:
-    settings: RuntimeSettings
-    fleet: Fleet
-    statuses: dict[ServiceName, str]
-    edge_url: str
+def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStack:
+    from services.devstack.stack import DevStack
+
+    return DevStack(
+        settings.state_dir,
+        nodes=getattr(args, "nodes", 3),
+        webhook_url=getattr(args, "webhook_url", DEFAULT_WEBHOOK),
+        alert_for=getattr(args, "alert_for", None),
+        database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
+    )
 
 
-@contextlib.asynccontextmanager
-async def running_stack(
-    settings: RuntimeSettings, *, timeout: float = 90.0
-) -> AsyncIterator[Stack]:
-    """Certificates, a database, the ten services and the HTTP edge, each process on
-    its own, all stopped again on exit."""
-    from services.devstack.postgres import EmbeddedPostgres
-
-    if settings.transport is Transport.MTLS:
-        ensure_certs(settings)
-    postgres = None
-    env: dict[str, str] = {}
-    if not os.environ.get("KUBERNAUT_DATABASE_URL"):
-        print("starting PostgreSQL (embedded) ...", flush=True)
-        postgres = EmbeddedPostgres(settings.state_dir / "postgres")
-        env["KUBERNAUT_DATABASE_URL"] = postgres.start()
-    fleet = Fleet(settings.state_dir / "logs", env=env)
-    edge_port = os.environ.get("KUBERNAUT_HTTP_PORT", "8080")
-    try:
-        print("starting the ten services and the HTTP edge ...", flush=True)
-        for service in ServiceName:
-            fleet.start_service(service)
-        fleet.start(EDGE, "serve", EDGE)
-        clients = Clients(settings)
-        try:
-            statuses = await wait_serving(clients, list(ServiceName), timeout, fleet)
-        finally:
-            await clients.close()
-        yield Stack(settings, fleet, statuses, f"http://127.0.0.1:{edge_port}")
-    finally:
-        codes = fleet.stop()
-        if postgres is not None:
-            postgres.stop()
-        failed = {name: code for name, code in codes.items() if code != 0}
-        if failed:
-            print(f"processes that did not exit cleanly: {failed}", file=sys.stderr)
-
-
-def print_readiness(stack: Stack) -> bool:
+def print_readiness(system: System) -> bool:
     rows = [["SERVICE", "ADDRESS", "HEALTH", "LOG"]]
     for service in ServiceName:
         rows.append(
             [
                 service.value,
-                stack.settings.address_of(service),
-                stack.statuses.get(service, "?"),
-                str(stack.fleet.log_dir / f"{service.value}.log"),
+                system.settings.address_of(service),
+                system.statuses.get(service, "?"),
+                str(system.fleet.log_dir / f"{service.value}.log"),
             ]
         )
-    rows.append([EDGE, stack.edge_url, "-", str(stack.fleet.log_dir / f"{EDGE}.log")])
-    _print_table(rows)
-    exited = stack.fleet.exited()
+    rows.append([EDGE, system.edge_url, "-", str(system.fleet.log_dir / f"{EDGE}.log")])
+    print_table(rows)
+    exited = system.fleet.exited()
     if exited:
         print(f"exited early: {exited}; see the logs above", file=sys.stderr)
-    return all(v == "SERVING" for v in stack.statuses.values()) and not exited
+    return system.ready
 
 
-async def _up() -> int:
+async def _up(args: argparse.Namespace) -> int:
+    from services.system import running_system
+
     settings = RuntimeSettings()
-    async with running_stack(settings) as stack:
-        ready = print_readiness(stack)
-        if not ready:
+    stack = dev_stack_of(args, settings)
+    print(f"dev stack in {stack.root}")
+    info = await asyncio.to_thread(stack.up)
+    print("starting the ten services and the HTTP edge ...", flush=True)
+    async with running_system(settings, info) as system:
+        if not print_readiness(system):
             return 1
-        print("all services SERVING; Ctrl-C stops them", flush=True)
+        print("all services SERVING; Ctrl-C stops them (the dev stack keeps running)", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     return 0
@@ -170,7 +125,52 @@ async def _up() -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_up())
+        return asyncio.run(_up(args))
+    return 0
+
+
+def cmd_dev_stack(args: argparse.Namespace) -> int:
+    from services.devstack.stack import DevStackError
+
+    stack = dev_stack_of(args, RuntimeSettings())
+    if args.action == "up":
+        print(f"dev stack in {stack.root}")
+        try:
+            info = stack.up()
+        except DevStackError as error:
+            print(f"dev-stack up: {error}", file=sys.stderr)
+            return 1
+        kube = info.components["kubernetes"].details
+        print("\npoint Kubernaut and the tests at it:")
+        print(f"  export KUBERNAUT_DATABASE_URL='{info.detail('postgres', 'dsn')}'")
+        print(f"  export KUBECONFIG={kube['kubeconfig']}  # admin")
+        print(f"  # the executor's least-privilege kubeconfig: {kube['executor_kubeconfig']}")
+        print(f"  export KUBERNAUT_NOTIFICATION_SMTP_PORT={info.detail('smtp', 'port')}")
+        return 0
+    if args.action == "down":
+        stack.down()
+        return 0
+    rows = [["COMPONENT", "STATE", "URL", "LOG"], *map(list, stack.status())]
+    print_table(rows)
+    return 0 if all(row[1].startswith(("running", "external")) for row in rows[1:]) else 1
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from services.incidents import list_incidents, show_incident
+
+    settings = RuntimeSettings()
+    if args.action == "show":
+        if not args.incident_id:
+            print("kubernaut incidents show: an incident id is needed", file=sys.stderr)
+            return 2
+        return asyncio.run(show_incident(settings, args.incident_id))
+    return asyncio.run(list_incidents(settings, args.limit))
+
+
+def cmd_render_istio(args: argparse.Namespace) -> int:
+    from services.runtime.istio import render
+
+    print(render(namespace=args.namespace, trust_domain=args.trust_domain), end="")
     return 0
 
 
@@ -179,50 +179,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_demo(keep_running=args.keep_running))
-    return 0
-
-
-def _dev_stack(args: argparse.Namespace) -> DevStack:
-    from services.devstack.stack import DevStack
-
-    settings = RuntimeSettings()
-    return DevStack(
-        settings.state_dir,
-        nodes=args.nodes,
-        webhook_url=args.webhook_url,
-        alert_for=args.alert_for,
-        database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
-    )
-
-
-def cmd_dev_stack(args: argparse.Namespace) -> int:
-    from services.devstack.stack import DevStackError
-
-    stack = _dev_stack(args)
-    if args.action == "up":
-        print(f"dev stack in {stack.root}")
-        try:
-            info = stack.up()
-        except DevStackError as error:
-            print(f"dev-stack up: {error}", file=sys.stderr)
-            return 1
-        print("\npoint Kubernaut and the tests at it:")
-        print(f"  export KUBERNAUT_DATABASE_URL='{info.detail('postgres', 'dsn')}'")
-        print(f"  export KUBECONFIG={info.detail('kubernetes', 'kubeconfig')}")
-        print(f"  export KUBERNAUT_NOTIFICATION_SMTP_PORT={info.detail('smtp', 'port')}")
-        return 0
-    if args.action == "down":
-        stack.down()
-        return 0
-    rows = [["COMPONENT", "STATE", "URL", "LOG"], *map(list, stack.status())]
-    _print_table(rows)
-    return 0 if all(row[1].startswith(("running", "external")) for row in rows[1:]) else 1
-
-
-def cmd_render_istio(args: argparse.Namespace) -> int:
-    from services.runtime.istio import render
-
-    print(render(namespace=args.namespace, trust_domain=args.trust_domain), end="")
     return 0
 
 
@@ -238,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     up = commands.add_parser(
-        "up", help="run all ten services and the HTTP edge, each in its own process"
+        "up",
+        help="the dev stack, then all ten services and the HTTP edge, each in its own process",
     )
     up.set_defaults(func=cmd_up)
 
@@ -251,11 +208,20 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace the CA too")
     init.set_defaults(func=cmd_certs_init)
 
-    demo = commands.add_parser("demo", help="bring everything up and send an alert through it")
+    incidents = commands.add_parser("incidents", help="what Kubernaut saw and did (over gRPC)")
+    incidents.add_argument("action", choices=["list", "show"])
+    incidents.add_argument("incident_id", nargs="?")
+    incidents.add_argument("--limit", type=int, default=20)
+    incidents.set_defaults(func=cmd_incidents)
+
+    demo = commands.add_parser(
+        "demo", help="everything up, a bad rollout, and Kubernaut fixing it, live"
+    )
     demo.add_argument(
         "--keep-running", action="store_true", help="leave everything running afterwards"
     )
     demo.set_defaults(func=cmd_demo)
+
     dev_stack = commands.add_parser(
         "dev-stack", help="the local Kubernetes, PostgreSQL, Prometheus, AlertManager and SMTP"
     )
@@ -263,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     dev_stack.add_argument("--nodes", type=int, default=3, help="KWOK nodes (default 3)")
     dev_stack.add_argument(
         "--webhook-url",
-        default="http://127.0.0.1:8080/api/v1/alerts/alertmanager",
+        default=DEFAULT_WEBHOOK,
         help="where AlertManager sends alerts (default: Kubernaut's HTTP edge)",
     )
     dev_stack.add_argument(

@@ -1,171 +1,248 @@
-"""`kubernaut demo`: the whole system on embedded defaults, one alert through it.
+"""`kubernaut demo` (the README's first command): Kubernaut's main job on embedded
+defaults, live.
 
-Starts PostgreSQL, a local SMTP sink, the ten services and the HTTP edge, then sends an
-AlertManager webhook to the edge and shows, step by step, what each service did with
-it: the analysis, the workflow plan, the email. Then a resolved alert, which must not
-become work.
+It brings up the dev stack (Kubernetes with KWOK nodes, PostgreSQL, Prometheus,
+AlertManager, SMTP) and the ten services, deploys a sample app, breaks it with a rollout
+whose pods crash-loop, and lets Prometheus and AlertManager raise KubePodCrashLooping for
+Kubernaut to fix by rolling back. It prints the incident's timeline as it happens, then
+where to look next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import time
+from email.message import EmailMessage
+from pathlib import Path
 
-import httpx
-from google.protobuf.json_format import ParseDict
+import grpc
 from kubernaut.common.v1 import remediation_pb2
-from kubernaut.gateway.v1 import gateway_pb2
-from kubernaut.notification.v1 import notification_pb2
-from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.cli import print_readiness, running_stack
-from services.devstack.smtp import MailSink
-from services.runtime.clients import Clients
+from services.cli import print_readiness
+from services.devstack.monitoring import fetch_alerts
+from services.devstack.smtp import read_mailbox
+from services.devstack.stack import DevStack, StackInfo
+from services.runtime.names import ServiceName
 from services.runtime.settings import RuntimeSettings
+from services.scenario import BAD_IMAGE, GOOD_IMAGE, BadRollout
+from services.system import System, Tuning, running_system
 
-RECIPIENT = "sre@example.com"
-
-
-def sample_webhook(status: str) -> dict[str, object]:
-    now = datetime.datetime.now(datetime.UTC).isoformat()
-    labels = {
-        "alertname": "KubeDeploymentRolloutStuck",
-        "namespace": "shop",
-        "deployment": "checkout",
-        "severity": "warning",
-        "cluster": "local",
-    }
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="KubeDeploymentRolloutStuck"}',
-        "status": status,
-        "receiver": "kubernaut",
-        "groupLabels": {"alertname": labels["alertname"]},
-        "commonLabels": labels,
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager.local",
-        "alerts": [
-            {
-                "status": status,
-                "labels": labels,
-                "annotations": {
-                    "description": "Rollout of deployment shop/checkout is not progressing."
-                },
-                "startsAt": now,
-                "endsAt": now if status == "resolved" else "0001-01-01T00:00:00Z",
-                "generatorURL": "http://prometheus.local/graph",
-                "fingerprint": "demo0001",
-            }
-        ],
-    }
+# Short enough to watch: the alerts' `for:` and the first assessments.
+DEMO_ALERT_FOR = "10s"
+DEMO_ASSESSMENTS = "10s,30s,30m"
+DEMO_TIMEOUT = 300.0
 
 
 class Timeline:
+    """Prints each event once, with the time since the demo broke the app."""
+
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.seen: set[str] = set()
 
-    def __call__(self, what: str, detail: str = "") -> None:
+    def __call__(self, key: str, what: str, detail: str = "") -> None:
+        if key in self.seen:
+            return
+        self.seen.add(key)
         elapsed = time.monotonic() - self.started
-        print(f"[{elapsed:6.2f}s] {what}" + (f"\n          {detail}" if detail else ""), flush=True)
+        text = f"[{elapsed:6.1f}s] {what}"
+        if detail:
+            text += "\n" + "\n".join(f"          {line}" for line in detail.splitlines())
+        print(text, flush=True)
+
+
+async def _incident_of(
+    storage: StorageServiceStub, namespace: str
+) -> storage_pb2.GetIncidentResponse | None:
+    listed = await storage.ListIncidents(storage_pb2.ListIncidentsRequest(page_size=50))
+    for incident in listed.incidents:
+        if incident.subject.namespace == namespace:
+            found: storage_pb2.GetIncidentResponse = await storage.GetIncident(
+                storage_pb2.GetIncidentRequest(incident_id=incident.incident_id)
+            )
+            return found
+    return None
+
+
+def _mails(mail_dir: Path) -> list[EmailMessage]:
+    return read_mailbox(mail_dir) if mail_dir.exists() else []
+
+
+async def watch(
+    system: System, scenario: BadRollout, mail_dir: Path, step: Timeline, timeout: float
+) -> str | None:
+    """Print the incident's timeline until it is fixed, assessed and reported; returns
+    the incident id (None if there never was one)."""
+    clients = system.clients()
+    storage = clients.stub(StorageServiceStub)
+    workflows = clients.stub(WorkflowServiceStub)
+    mail_before = len(await asyncio.to_thread(_mails, mail_dir))
+    incident_id: str | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            state = await scenario.state()
+            if state.simulate and state.updated:
+                step(
+                    "crash",
+                    f"pods crash-looping on {BAD_IMAGE}",
+                    f"{state.ready}/{state.replicas} Ready",
+                )
+            for alert in await fetch_alerts(system.dev.url("prometheus")):
+                if (
+                    alert.name == "KubePodCrashLooping"
+                    and alert.labels.get("namespace") == scenario.namespace
+                ):
+                    step(
+                        f"prom-{alert.state}",
+                        f"Prometheus: KubePodCrashLooping {alert.state}",
+                        f"pod {alert.labels.get('pod')}",
+                    )
+            found = await _incident_of(storage, scenario.namespace)
+            if found is not None:
+                incident = found.incident
+                incident_id = incident.incident_id
+                step(
+                    "incident",
+                    "alert received from AlertManager: incident opened",
+                    f"{incident.incident_id}: {incident.alert_name} on "
+                    f"{incident.subject.kind} {incident.subject.namespace}/{incident.subject.name}",
+                )
+                if incident.occurrences > 1:
+                    step(
+                        "dup",
+                        "AlertManager re-sent the alert: counted on the incident, not acted on",
+                    )
+                await _show_workflow(workflows, incident, step)
+                for action in found.actions:
+                    outcome = storage_pb2.ActionOutcome.Name(action.outcome)
+                    step(
+                        f"action-{action.action_id}",
+                        f"executor recorded {action.action}: {outcome}",
+                        action.message,
+                    )
+                for assessment in found.assessments:
+                    verdict = remediation_pb2.Verdict.Name(assessment.verdict)
+                    delay = assessment.delay.ToTimedelta().total_seconds()
+                    step(
+                        f"assess-{assessment.assessment_id}",
+                        f"effectiveness +{delay:g}s: {verdict}",
+                        "\n".join(assessment.evidence),
+                    )
+                if incident.status == storage_pb2.INCIDENT_STATUS_NO_ACTION:
+                    step("no-action", "no action taken", incident.status_reason)
+            if await scenario.healed():
+                step(
+                    "healed",
+                    f"recovered: {state.ready}/{state.replicas} pods Ready on {GOOD_IMAGE}",
+                )
+            mails = (await asyncio.to_thread(_mails, mail_dir))[mail_before:]
+            for mail in mails:
+                step(
+                    f"mail-{mail['Message-ID']}",
+                    f"email sent to {mail['To']}",
+                    str(mail["Subject"]),
+                )
+            done = (
+                {"healed"} <= step.seen
+                and any(k.startswith("assess-") for k in step.seen)
+                and mails
+            )
+            if done or "no-action" in step.seen:
+                break
+            await asyncio.sleep(1)
+    finally:
+        await clients.close()
+    return incident_id
+
+
+async def _show_workflow(
+    workflows: WorkflowServiceStub, incident: storage_pb2.Incident, step: Timeline
+) -> None:
+    try:
+        reply = await workflows.GetWorkflow(
+            workflow_pb2.GetWorkflowRequest(incident_id=incident.incident_id)
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.NOT_FOUND:
+            return
+        raise
+    workflow = reply.workflow
+    plan = workflow.plan
+    step(
+        "analysis",
+        f"ai_analysis decided: {plan.action} (risk {remediation_pb2.RiskLevel.Name(plan.risk)})",
+        plan.approval_reason,
+    )
+    for run in workflow.steps:
+        if run.state == workflow_pb2.STEP_STATE_DONE:
+            kind = workflow_pb2.StepKind.Name(run.kind).removeprefix("STEP_KIND_").lower()
+            step(f"step-{kind}", f"workflow step {kind} done", run.message)
+
+
+def _next_steps(settings: RuntimeSettings, incident_id: str | None, info: StackInfo) -> None:
+    certs = settings.resolved_certs_dir
+    storage_port = settings.grpc_port_of(ServiceName.STORAGE)
+    print("\nwhere to look next:")
+    if incident_id:
+        print(f"  .venv/bin/kubernaut incidents show {incident_id}")
+        tls = f"-cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key"
+        body = f'{{"incidentId":"{incident_id}"}}'
+        print(
+            f"  grpcurl {tls} -d '{body}' localhost:{storage_port} "
+            "kubernaut.storage.v1.StorageService/GetIncident"
+        )
+    print(
+        f"  logs: {settings.state_dir / 'logs'}/<service>.log (JSON, with trace_id and incident_id)"
+    )
+    print(
+        f"  dev stack: .venv/bin/kubernaut dev-stack status   (Prometheus {info.url('prometheus')})"
+    )
 
 
 async def run_demo(*, keep_running: bool = False) -> int:
     settings = RuntimeSettings()
-    mail = MailSink(settings.state_dir / "mail")
-    mail.start()
-    os.environ.update(
-        {
-            "KUBERNAUT_NOTIFICATION_SMTP_HOST": mail.host,
-            "KUBERNAUT_NOTIFICATION_SMTP_PORT": str(mail.port),
-            "KUBERNAUT_NOTIFICATION_EMAIL_TO": RECIPIENT,
-        }
+    edge_port = os.environ.get("KUBERNAUT_HTTP_PORT", "8080")
+    stack = DevStack(
+        settings.state_dir,
+        webhook_url=f"http://127.0.0.1:{edge_port}/api/v1/alerts/alertmanager",
+        alert_for=DEMO_ALERT_FOR,
+        group_interval="5s",
+        repeat_interval="15s",
     )
-    try:
-        async with running_stack(settings) as stack:
-            if not print_readiness(stack):
-                return 1
-            await _walk_through(stack.edge_url, settings, mail)
-            print(f"\nlogs: {stack.fleet.log_dir}/<service>.log   mail: {mail.directory}")
-            print("inspect with grpcurl: see README.md, 'Calling the services'")
-            if keep_running:
-                print("everything keeps running; Ctrl-C stops it", flush=True)
-                await asyncio.Event().wait()
-    finally:
-        mail.stop()
-    return 0
-
-
-async def _post(
-    client: httpx.AsyncClient, url: str, body: dict[str, object]
-) -> gateway_pb2.AlertOutcome:
-    """POST a webhook to the edge; returns the outcome of its one alert."""
-    for _ in range(50):  # the edge may still be binding its port
+    print(f"1/4  dev stack in {stack.root}", flush=True)
+    info = await asyncio.to_thread(stack.up)
+    print("2/4  the ten services and the HTTP edge", flush=True)
+    tuning = Tuning(assessment_delays=DEMO_ASSESSMENTS)
+    async with running_system(settings, info, tuning) as system:
+        if not print_readiness(system):
+            return 1
+        namespace = f"shop-{int(time.time()) % 100000}"
+        scenario = BadRollout(Path(info.detail("kubernetes", "kubeconfig")), namespace)
         try:
-            response = await client.post(url, json=body)
-            break
-        except httpx.ConnectError:
-            await asyncio.sleep(0.2)
-    else:
-        raise RuntimeError(f"the HTTP edge at {url} did not answer")
-    response.raise_for_status()
-    return ParseDict(response.json()["outcomes"][0], gateway_pb2.AlertOutcome())
-
-
-def _kind(step: workflow_pb2.WorkflowStep) -> str:
-    return workflow_pb2.StepKind.Name(step.kind).removeprefix("STEP_KIND_").lower()
-
-
-async def _walk_through(edge_url: str, settings: RuntimeSettings, mail: MailSink) -> None:
-    step = Timeline()
-    url = f"{edge_url}/api/v1/alerts/alertmanager"
-    clients = Clients(settings)
-    async with httpx.AsyncClient(timeout=30) as http:
-        step("alert sent", f"POST {url}: KubeDeploymentRolloutStuck firing on shop/checkout")
-        outcome = await _post(http, url, sample_webhook("firing"))
-        disposition = remediation_pb2.AlertDisposition.Name(outcome.disposition)
-        step(
-            "taken by gateway, triaged by alert_processor",
-            f"fingerprint {outcome.fingerprint}, {disposition}",
-        )
-        analysis = outcome.analysis
-        step(
-            "analysed by ai_analysis (rules, with knowledge from context_api)",
-            f"{remediation_pb2.Decision.Name(analysis.decision)}: {'; '.join(analysis.reasons)}"
-            f"\n          runbook {analysis.runbook_url or '-'}",
-        )
-        planned = await clients.stub(WorkflowServiceStub).PlanWorkflow(
-            workflow_pb2.PlanWorkflowRequest(recommendation=analysis.recommendation)
-        )
-        plan = planned.plan
-        steps = "\n          ".join(
-            f"{i}. {_kind(s)}: {s.description}" for i, s in enumerate(plan.steps, 1)
-        )
-        step(
-            f"planned by workflow against the executor's catalogue: {plan.action}",
-            f"approval needed: {plan.requires_approval} ({plan.approval_reason})"
-            f"\n          {steps}",
-        )
-        sent = await clients.stub(NotificationServiceStub).SendNotification(
-            notification_pb2.SendNotificationRequest(
-                subject=f"[kubernaut] {plan.action} planned for KubeDeploymentRolloutStuck",
-                body=f"Analysis: {'; '.join(analysis.reasons)}\nPlan:\n{steps}\n",
-                incident_id=outcome.fingerprint,
+            print(f"3/4  sample app {namespace}/checkout on {GOOD_IMAGE}", flush=True)
+            await scenario.deploy()
+            print(f"4/4  bad rollout to {BAD_IMAGE}; Kubernaut takes it from here\n", flush=True)
+            await scenario.break_it()
+            step = Timeline()
+            incident_id = await watch(
+                system, scenario, Path(info.detail("smtp", "mail_dir")), step, DEMO_TIMEOUT
             )
-        )
-        received = await mail.wait_for(1, timeout=10)
-        result = sent.results[0]
-        step(
-            "notified by notification over SMTP",
-            f"{result.channel}: delivered={result.delivered}; "
-            f"{len(received)} mail in {mail.directory}",
-        )
-        resolved = await _post(http, url, sample_webhook("resolved"))
-        step(
-            "resolved alert sent",
-            f"{remediation_pb2.AlertDisposition.Name(resolved.disposition)}: {resolved.reason}",
-        )
-    await clients.close()
+        finally:
+            await scenario.close()
+        _next_steps(settings, incident_id, info)
+        fixed = "healed" in step.seen
+        print("\nfixed." if fixed else "\nnot fixed within the demo's time; see the logs.")
+        if keep_running:
+            print(
+                "everything keeps running; Ctrl-C stops Kubernaut (then: kubernaut dev-stack down)"
+            )
+            await asyncio.Event().wait()
+    if not keep_running:
+        await asyncio.to_thread(stack.down)
+    return 0 if fixed else 1

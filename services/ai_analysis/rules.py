@@ -35,16 +35,20 @@ _CONFIDENCE_CRASHLOOP = 0.6
 _CONFIDENCE_OOM = 0.7
 _CONFIDENCE_REPLICAS = 0.5
 _CONFIDENCE_ROLLOUT = 0.7
+_CONFIDENCE_ROLLBACK = 0.8
 
 
 @dataclass(frozen=True)
 class RulesSettings:
-    """How the rules size a memory increase."""
+    """How the rules size a memory increase and what counts as a recent rollout."""
 
     # The new limit is the old one times this factor (1 < factor <= 4).
     memory_factor: float = 1.5
     # The limit never goes above this quantity (Kubernetes notation).
     memory_cap: str = "4Gi"
+    # A revision created this long before the alert started, or later, is "recent": the
+    # crashes probably followed it.
+    recent_rollout_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.memory_factor) and 1.0 < self.memory_factor <= _MAX_FACTOR):
@@ -63,8 +67,10 @@ def analyze(
     subject: alert_pb2.ResourceRef,
     knowledge: context_api_pb2.AlertKnowledge | None,
     settings: RulesSettings,
+    evidence: context_api_pb2.ResourceContext | None = None,
 ) -> remediation_pb2.Analysis:
-    """Decide what to do about one firing alert whose subject is `subject`.
+    """Decide what to do about one firing alert whose subject is `subject`, using what the
+    context API saw of the workload (`evidence`) when there is any.
 
     Raises ValueError for an alert that is not firing (a resolved alert never triggers an
     action, so callers must not send one) and for a recommendation that would fail
@@ -76,7 +82,7 @@ def analyze(
         # An unknown status is no evidence of a live problem, so never act on one.
         raise ValueError(f"alert status must be FIRING, got {alert.status}")
 
-    analysis = _decide(alert, subject, settings)
+    analysis = _decide(alert, subject, settings, evidence)
     analysis.analyzer = ANALYZER
     # Only a runbook for this very alert; a mismatched entry would mislead the operator.
     if knowledge is not None and knowledge.alert_name == alert.name:
@@ -87,15 +93,41 @@ def analyze(
     return analysis
 
 
+def _recent_rollout(
+    alert: alert_pb2.Alert,
+    evidence: context_api_pb2.ResourceContext | None,
+    settings: RulesSettings,
+) -> tuple[context_api_pb2.Revision, context_api_pb2.Revision] | None:
+    """(current, previous) revisions when the current one is recent enough to blame."""
+    if evidence is None or len(evidence.rollout.revisions) < 2:
+        return None
+    current, previous = evidence.rollout.revisions[0], evidence.rollout.revisions[1]
+    if not current.HasField("created_at"):
+        return None
+    started = alert.starts_at.ToSeconds() if alert.HasField("starts_at") else 0
+    if current.created_at.ToSeconds() < started - settings.recent_rollout_seconds:
+        return None
+    return current, previous
+
+
+def _oom_seen(evidence: context_api_pb2.ResourceContext | None) -> bool:
+    return evidence is not None and any(
+        pod.last_terminated_reason == "OOMKilled" for pod in evidence.pods
+    )
+
+
 def _decide(
-    alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef, settings: RulesSettings
+    alert: alert_pb2.Alert,
+    subject: alert_pb2.ResourceRef,
+    settings: RulesSettings,
+    evidence: context_api_pb2.ResourceContext | None,
 ) -> remediation_pb2.Analysis:
     name = alert.name
     reason = alert.labels.get("reason", "")
     what = _describe(subject)
 
     # OOM first: a known cause beats the symptom-level rules below.
-    if name == "KubeContainerOOMKilled" or reason == "OOMKilled":
+    if name == "KubeContainerOOMKilled" or reason == "OOMKilled" or _oom_seen(evidence):
         return _oom(alert, subject, settings)
 
     if name == "KubePodCrashLooping" or (
@@ -104,6 +136,26 @@ def _decide(
         refusal = _needs_deployment(name, subject, "restart_deployment")
         if refusal is not None:
             return refusal
+        rollout = _recent_rollout(alert, evidence, settings)
+        if rollout is not None:
+            current, previous = rollout
+            return _remediate(
+                remediation_pb2.ActionParams(
+                    rollback_deployment=remediation_pb2.RollbackDeploymentParams(
+                        to_revision=previous.number
+                    )
+                ),
+                subject,
+                _CONFIDENCE_ROLLBACK,
+                [
+                    f"{name}: pods of {what} are in CrashLoopBackOff.",
+                    f"Revision {current.number} ({', '.join(current.images)}) rolled out "
+                    f"shortly before the crashes; revision {previous.number} "
+                    f"({', '.join(previous.images)}) ran before it.",
+                    f"Rolling back to revision {previous.number} restores the pod template "
+                    "that ran, while the new one is fixed.",
+                ],
+            )
         return _remediate(
             remediation_pb2.ActionParams(
                 restart_deployment=remediation_pb2.RestartDeploymentParams()
@@ -114,8 +166,7 @@ def _decide(
                 f"{name}: pods of {what} are in CrashLoopBackOff.",
                 "A rolling restart clears crashes caused by transient start-up failures "
                 "at low risk; a crash that repeats deterministically will fail verification.",
-                "Rollback not chosen: it needs rollout evidence (a recent revision the crashes "
-                "followed), which the context API does not provide yet.",
+                "Rollback not chosen: no revision was rolled out shortly before the crashes.",
             ],
         )
 

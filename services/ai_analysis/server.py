@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2, ai_analysis_pb2_grpc
-from kubernaut.common.v1 import alert_pb2
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
+from kubernaut.workflow.v1 import workflow_pb2
+from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.ai_analysis.rules import RulesSettings, analyze
 from services.runtime.interceptors import abort_invalid
+from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+# The context API could not give evidence: analyse on the alert alone.
+_NO_EVIDENCE = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
 
 
 class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
-    def __init__(self, context_api: ContextAPIServiceStub, settings: RulesSettings) -> None:
+    def __init__(
+        self,
+        context_api: ContextAPIServiceStub,
+        workflow: WorkflowServiceStub,
+        settings: RulesSettings,
+    ) -> None:
         self.context_api = context_api
+        self.workflow = workflow
         self.settings = settings
 
     async def _knowledge(self, alert_name: str) -> context_api_pb2.AlertKnowledge | None:
@@ -32,6 +51,21 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         knowledge: context_api_pb2.AlertKnowledge = found.knowledge
         return knowledge
 
+    async def _evidence(
+        self, subject: alert_pb2.ResourceRef
+    ) -> context_api_pb2.ResourceContext | None:
+        try:
+            found = await self.context_api.GetResourceContext(
+                context_api_pb2.GetResourceContextRequest(resource=subject)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _NO_EVIDENCE:
+                log.info("no evidence for the analysis", extra={"why": error.details()})
+                return None
+            raise
+        evidence: context_api_pb2.ResourceContext = found.context
+        return evidence
+
     async def AnalyzeAlert(
         self, request: ai_analysis_pb2.AnalyzeAlertRequest, context: Any
     ) -> ai_analysis_pb2.AnalyzeAlertResponse:
@@ -42,6 +76,42 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             analysis=analyze(request.alert, request.subject, knowledge, self.settings)
         )
 
+    async def AnalyzeIncident(
+        self, request: ai_analysis_pb2.AnalyzeIncidentRequest, context: Any
+    ) -> ai_analysis_pb2.AnalyzeIncidentResponse:
+        incident = request.incident
+        incident_id_var.set(incident.incident_id)
+        if incident.alert.status != alert_pb2.ALERT_STATUS_FIRING:
+            await abort_invalid(context, "incident.alert.status", "only firing alerts are analysed")
+        knowledge = await self._knowledge(incident.alert.name)
+        evidence = await self._evidence(incident.subject)
+        analysis = analyze(incident.alert, incident.subject, knowledge, self.settings, evidence)
+        response = ai_analysis_pb2.AnalyzeIncidentResponse(analysis=analysis)
+        if analysis.decision == remediation_pb2.DECISION_REMEDIATE:
+            created = await self.workflow.CreateWorkflow(
+                workflow_pb2.CreateWorkflowRequest(
+                    incident_id=incident.incident_id,
+                    alert=incident.alert,
+                    recommendation=analysis.recommendation,
+                )
+            )
+            response.workflow_id = created.workflow.workflow_id
+        log.info(
+            "analysed",
+            extra={
+                "decision": remediation_pb2.Decision.Name(analysis.decision),
+                "action": analysis.recommendation.action.WhichOneof("params") or "",
+                "workflow_id": response.workflow_id,
+            },
+        )
+        return response
+
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(AIAnalysisServicer(ctx.clients.stub(ContextAPIServiceStub), RulesSettings()))
+    return ServiceSpec(
+        AIAnalysisServicer(
+            ctx.clients.stub(ContextAPIServiceStub),
+            ctx.clients.stub(WorkflowServiceStub),
+            RulesSettings(),
+        )
+    )

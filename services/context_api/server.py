@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import aiohttp
 import grpc
 from kubernaut.context_api.v1 import context_api_pb2, context_api_pb2_grpc
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.context_api import knowledge
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.context_api.resources import ResourceContextReader, ResourceNotFound, UnsupportedKind
+from services.runtime.interceptors import abort_invalid
+from services.runtime.kube import ClusterNotConfigured, KubeConnection
+from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+
+class ContextSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_CONTEXT_", frozen=True, extra="ignore")
+
+    # How long a resource's context is served from cache.
+    cache_seconds: float = 3.0
 
 
 class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
+    def __init__(self, cluster: KubeConnection, settings: ContextSettings) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self._reader: ResourceContextReader | None = None
+
     async def GetAlertKnowledge(
         self, request: context_api_pb2.GetAlertKnowledgeRequest, context: Any
     ) -> context_api_pb2.GetAlertKnowledgeResponse:
@@ -22,6 +43,48 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             raise
         return context_api_pb2.GetAlertKnowledgeResponse(knowledge=entry)
 
+    async def _resource_reader(self) -> ResourceContextReader:
+        if self._reader is None:
+            self._reader = ResourceContextReader(
+                await self.cluster.api(), self.settings.cache_seconds
+            )
+        return self._reader
+
+    async def GetResourceContext(
+        self, request: context_api_pb2.GetResourceContextRequest, context: Any
+    ) -> context_api_pb2.GetResourceContextResponse:
+        try:
+            found = await (await self._resource_reader()).context(request.resource)
+        except ClusterNotConfigured as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        except UnsupportedKind as error:
+            await abort_invalid(context, "resource.kind", str(error))
+            raise
+        except ResourceNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        except ApiException as error:
+            if error.status in (401, 403):
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"context_api's cluster identity may not read this: {error.reason}",
+                )
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster answered {error.status}")
+            raise
+        except (aiohttp.ClientError, OSError) as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster did not answer: {error}")
+            raise
+        return context_api_pb2.GetResourceContextResponse(context=found)
+
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(ContextAPIServicer())
+    cluster = KubeConnection()
+    readiness: list[tuple[str, ReadinessCheck]] = []
+    if cluster.configured:
+        readiness.append(("kubernetes", cluster.ready))
+    else:
+        log.warning("no Kubernetes cluster configured; GetResourceContext will refuse")
+    return ServiceSpec(
+        ContextAPIServicer(cluster, ContextSettings()), readiness=readiness, on_stop=[cluster.close]
+    )

@@ -15,7 +15,9 @@ separate processes, in dependency order, each listening on 127.0.0.1 only:
   kube-scheduler            default profile
   kwok                      manages every Node; KWOK's default Stages (node-initialize,
                             node-heartbeat-with-lease, pod-ready, pod-complete,
-                            pod-delete) make nodes Ready and pods Running and Ready
+                            pod-delete) make nodes Ready and pods Running and Ready;
+                            the `kubernaut.dev/simulate` annotation on a pod or node
+                            picks a failure instead (services/devstack/stages.py)
   kube-state-metrics        plain HTTP /metrics, read-only RBAC identity
 
 and creates `nodes` fake Nodes (`kwok-node-0`, ...). Identities are client certificates
@@ -62,6 +64,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.devstack.stages import kwok_config
 
 _log = logging.getLogger(__name__)
 
@@ -258,6 +262,7 @@ class LocalCluster:
             ports: dict[str, int] = config["ports"]
             ensure_pki(self.pki)
             self._write_kubeconfigs(ports)
+            self._restart_kwok_if_stages_changed()
             started: list[str] = []
             for name in COMPONENTS:
                 if self._running_pid(name) is not None:
@@ -420,6 +425,18 @@ class LocalCluster:
         _write_kubeconfig(self.kubeconfig, server, self.pki, "admin", "kubernaut-admin")
         for user in ("controller-manager", "scheduler", "kwok", "kube-state-metrics"):
             _write_kubeconfig(self._kubeconfigs / f"{user}.kubeconfig", server, self.pki, user)
+
+    def _restart_kwok_if_stages_changed(self) -> None:
+        """A KWOK running with other Stages than this code's is stopped (start() relaunches
+        it with the new ones): KWOK reads its config file only when it starts."""
+        if self._running_pid("kwok") is None:
+            return
+        stages = self.state_dir / "kwok.yaml"
+        with contextlib.suppress(OSError):
+            if stages.read_text() == _kwok_stages(self.bin_dir / MULTICALL):
+                return
+        _log.info("KWOK's Stages changed: restarting kwok")
+        self._stop_group(["kwok"], 20.0)
 
     # -- processes --------------------------------------------------------------------------
 
@@ -878,8 +895,9 @@ def _node_manifest(name: str, index: int) -> dict[str, Any]:
     }
 
 
-def _write_kwok_stages(multicall: Path, path: Path) -> None:
-    """KWOK's default Stages (what kwokctl configures), printed by the binary that embeds them."""
+def _kwok_stages(multicall: Path) -> str:
+    """KWOK's config: its default Stages (what kwokctl configures, printed by the binary
+    that embeds them) and the `kubernaut.dev/simulate` Stages of services.devstack.stages."""
     result = subprocess.run(
         [str(multicall), "kwok-stages"],
         stdin=subprocess.DEVNULL,
@@ -893,7 +911,14 @@ def _write_kwok_stages(multicall: Path, path: Path) -> None:
             f"`{multicall} kwok-stages` failed (exit {result.returncode}): "
             f"{result.stderr.decode(errors='replace')[-2000:]}",
         )
-    path.write_bytes(result.stdout)
+    try:
+        return kwok_config(result.stdout.decode())
+    except ValueError as exc:
+        raise KubeClusterError("kwok", str(exc)) from exc
+
+
+def _write_kwok_stages(multicall: Path, path: Path) -> None:
+    path.write_text(_kwok_stages(multicall))
 
 
 # -- PKI -----------------------------------------------------------------------------------

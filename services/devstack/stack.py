@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.devstack.identities import provision
 from services.devstack.kube import LocalCluster
 from services.devstack.monitoring import (
     KUBERNETES_MIXIN_RULES,
@@ -218,7 +219,10 @@ class DevStack:
         )
 
     def _start_kubernetes(self) -> Component:
-        info = self._cluster().start()
+        cluster = self._cluster()
+        info = cluster.start()
+        # Each cluster-facing service gets its own least-privilege identity.
+        kubeconfigs = provision(cluster, info, self.root / "identities")
         return Component(
             "kubernetes",
             None,  # several processes; LocalCluster tracks them by its own pid files
@@ -230,6 +234,7 @@ class DevStack:
                 "kube_state_metrics_url": info.kube_state_metrics_url,
                 "nodes": ",".join(info.nodes),
                 "kubernetes_version": info.versions.get("KUBERNETES_VERSION", ""),
+                **{f"{account}_kubeconfig": str(path) for account, path in kubeconfigs.items()},
             },
         )
 

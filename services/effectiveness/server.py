@@ -2,20 +2,65 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
 
+import grpc
+from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.effectiveness.v1 import effectiveness_pb2, effectiveness_pb2_grpc
 from kubernaut.intelligence.v1 import intelligence_pb2
 from kubernaut.intelligence.v1.intelligence_pb2_grpc import IntelligenceServiceStub
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
+from services.effectiveness.alertmanager import AlertmanagerClient
+from services.effectiveness.scheduler import Assessor, EvidenceSources
+from services.effectiveness.settings import AssessmentSettings
+from services.effectiveness.store import ScheduleDatabase, StoreUnavailable, redact_dsn
 from services.effectiveness.verdicts import VerdictSettings, verdict_of
+from services.runtime.interceptors import abort_invalid
+from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+# acted_at may be this far ahead of our clock (clock skew); further is a malformed request.
+MAX_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_as_status(context: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    except StoreUnavailable as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+
+
+def _response(
+    delays: Sequence[dt.timedelta], created: bool
+) -> effectiveness_pb2.ScheduleAssessmentResponse:
+    response = effectiveness_pb2.ScheduleAssessmentResponse(created=created)
+    for delay in delays:
+        response.delays.add().FromTimedelta(delay)
+    return response
 
 
 class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer):
-    def __init__(self, intelligence: IntelligenceServiceStub, settings: VerdictSettings) -> None:
+    def __init__(
+        self,
+        intelligence: IntelligenceServiceStub,
+        settings: VerdictSettings,
+        database: ScheduleDatabase,
+        sources: EvidenceSources,
+        assessment: AssessmentSettings,
+    ) -> None:
         self.intelligence = intelligence
         self.settings = settings
+        self.database = database
+        self.sources = sources
+        self.assessment = assessment
 
     async def GetActionEffectiveness(
         self, request: effectiveness_pb2.GetActionEffectivenessRequest, context: Any
@@ -28,8 +73,83 @@ class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer)
             actions=[verdict_of(entry, self.settings) for entry in stats.stats],
         )
 
+    async def ScheduleAssessment(
+        self, request: effectiveness_pb2.ScheduleAssessmentRequest, context: Any
+    ) -> effectiveness_pb2.ScheduleAssessmentResponse:
+        token = incident_id_var.set(request.incident_id)
+        try:
+            try:
+                acted_at = request.acted_at.ToDatetime(tzinfo=dt.UTC)
+            except (ValueError, OverflowError) as error:
+                await abort_invalid(context, "acted_at", f"not a valid time: {error}")
+                raise
+            if acted_at > dt.datetime.now(dt.UTC) + MAX_CLOCK_SKEW:
+                await abort_invalid(context, "acted_at", f"{acted_at.isoformat()} is in the future")
+            async with _unavailable_as_status(context):
+                store = await self.database.store()
+                existing = await store.delays_of(request.action_id)
+                if existing is not None:
+                    return _response(existing, created=False)
+                # Taken before storing, outside the transaction: a slow cluster must not
+                # hold a database connection. A concurrent repeat may take one too; only
+                # the first stored counts.
+                baseline = await self.sources.baseline(request.target)
+                delays, created = await store.schedule(
+                    request.action_id,
+                    request.incident_id,
+                    request.alert,
+                    request.target,
+                    acted_at,
+                    baseline,
+                    [dt.timedelta(seconds=s) for s in self.assessment.delays],
+                )
+            log.info(
+                "assessment scheduled" if created else "assessment already scheduled",
+                extra={
+                    "action_id": request.action_id,
+                    "delays": [d.total_seconds() for d in delays],
+                    "baseline": "taken" if baseline.restarts is not None else baseline.note,
+                },
+            )
+            return _response(delays, created)
+        finally:
+            incident_id_var.reset(token)
 
-async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(
-        EffectivenessServicer(ctx.clients.stub(IntelligenceServiceStub), VerdictSettings())
+
+async def build(ctx: ServiceContext, settings: AssessmentSettings | None = None) -> ServiceSpec:
+    settings = settings or AssessmentSettings()
+    # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
+    database = ScheduleDatabase(settings.database_url)
+    alertmanager = (
+        AlertmanagerClient(settings.alertmanager_url, settings.alertmanager_timeout_seconds)
+        if settings.alertmanager_url
+        else None
     )
+    if alertmanager is None:
+        log.warning(
+            "no AlertManager configured (KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL): "
+            "assessments lack the alert's evidence and never judge an action effective"
+        )
+    sources = EvidenceSources(ctx.clients.stub(ContextAPIServiceStub), alertmanager, settings)
+    assessor = Assessor(database, sources, ctx.clients.stub(StorageServiceStub), settings)
+    assessor.start()
+    log.info(
+        "assessment scheduler started",
+        extra={
+            "dsn": redact_dsn(settings.database_url),
+            "delays": list(settings.delays),
+            "alertmanager": alertmanager.display_url if alertmanager else "",
+            "owner": assessor.owner,
+        },
+    )
+
+    async def stop() -> None:
+        await assessor.stop()
+        if alertmanager is not None:
+            await alertmanager.close()
+        await database.close()
+
+    servicer = EffectivenessServicer(
+        ctx.clients.stub(IntelligenceServiceStub), VerdictSettings(), database, sources, settings
+    )
+    return ServiceSpec(servicer, readiness=[("postgresql", database.ready)], on_stop=[stop])

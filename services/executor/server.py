@@ -1,17 +1,42 @@
-"""executor: the only service that changes clusters. For now, its action catalogue."""
+"""executor: the only service that changes clusters. Its catalogue, and ExecuteAction
+(services.executor.engine does the work; this maps it to gRPC)."""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from kubernaut.executor.v1 import executor_pb2, executor_pb2_grpc
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from services.executor import catalogue
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.executor.engine import (
+    ClusterNotConfigured,
+    ClusterUnavailable,
+    Executor,
+    ExecutorStoreUnavailable,
+    RecordRejected,
+    StorageRecorder,
+    StorageUnavailable,
+)
+from services.executor.settings import ExecutorSettings
+from services.executor.store import ExecutorDatabase, redact_dsn
+from services.runtime.kube import KubeConnection
+from services.runtime.logs import incident_id_var
+from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+
+log = logging.getLogger(__name__)
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
+    """`executor` None: ExecuteAction answers FAILED_PRECONDITION (no database configured)."""
+
+    def __init__(self, executor: Executor | None = None) -> None:
+        self.executor = executor
+
     async def ListActions(
         self, request: executor_pb2.ListActionsRequest, context: Any
     ) -> executor_pb2.ListActionsResponse:
@@ -28,6 +53,73 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
             raise
 
+    async def ExecuteAction(
+        self, request: executor_pb2.ExecuteActionRequest, context: Any
+    ) -> executor_pb2.ExecuteActionResponse:
+        # The request was validated by the interceptor (protovalidate).
+        if self.executor is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the executor has no database (set KUBERNAUT_DATABASE_URL): it keeps its "
+                "snapshots there and does not act without them",
+            )
+            raise AssertionError("unreachable")  # abort raises
+        token = incident_id_var.set(request.incident_id)
+        try:
+            result = await self.executor.execute(request)
+        except ClusterNotConfigured as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        except (ClusterUnavailable, ExecutorStoreUnavailable, StorageUnavailable) as error:
+            log.warning(
+                "action interrupted; a retry with the same action_id continues it",
+                extra={"action_id": request.action_id, "error": str(error)},
+            )
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{error} (safe to retry with the same action_id)",
+            )
+            raise
+        except RecordRejected as error:
+            log.error("storage refused the record", extra={"action_id": request.action_id})
+            await context.abort(grpc.StatusCode.INTERNAL, str(error))
+            raise
+        finally:
+            incident_id_var.reset(token)
+        return executor_pb2.ExecuteActionResponse(record=result.record, stages=result.stages)
+
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(ExecutorServicer())
+    settings = ExecutorSettings()
+    cluster = KubeConnection()
+    readiness: list[tuple[str, ReadinessCheck]] = []
+    on_stop: list[Callable[[], Awaitable[None]]] = [cluster.close]
+    executor: Executor | None = None
+    if settings.database_url:
+        # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
+        database = ExecutorDatabase(
+            settings.database_url,
+            # One connection per action in progress, and two for readiness and reads.
+            max_size=settings.max_concurrent_actions + 2,
+            lock_timeout=settings.lock_wait,
+        )
+        readiness.append(("postgresql", database.ready))
+        on_stop.append(database.close)
+        recorder = StorageRecorder(
+            ctx.clients.stub(StorageServiceStub),
+            attempts=settings.record_attempts,
+            backoff_seconds=settings.record_backoff_seconds,
+        )
+        executor = Executor(cluster, database, recorder, settings)
+        # Before the database closes: actions still running get the shutdown grace period.
+        on_stop.insert(0, functools.partial(executor.drain, ctx.settings.shutdown_grace_seconds))
+        log.info("executor database configured", extra={"dsn": redact_dsn(database.dsn)})
+    else:
+        log.warning(
+            "no database configured: ExecuteAction is refused until KUBERNAUT_DATABASE_URL is set"
+        )
+    if cluster.configured:
+        readiness.append(("kubernetes", cluster.ready))
+    else:
+        log.warning("no Kubernetes cluster configured; ExecuteAction will refuse")
+    return ServiceSpec(ExecutorServicer(executor), readiness=readiness, on_stop=on_stop)

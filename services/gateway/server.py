@@ -31,6 +31,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             disposition=processed.disposition,
             reason=processed.reason,
             analysis=processed.analysis if processed.HasField("analysis") else None,
+            incident_id=processed.incident_id,
+            workflow_id=processed.workflow_id,
         )
 
     async def SubmitAlerts(

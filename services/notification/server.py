@@ -2,26 +2,78 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notification.channels import (
     ChannelKind,
+    DeliveryOutcome,
     NoChannelConfigured,
     Notifier,
     UnknownChannel,
 )
+from services.notification.outbox import (
+    InvalidOutboxEntry,
+    OutboxDatabase,
+    OutboxUnavailable,
+    redact_dsn,
+)
+from services.notification.rendering import EventRenderer, UnknownEventKind
 from services.runtime.interceptors import abort_invalid
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+
+log = logging.getLogger(__name__)
 
 _KINDS = {ChannelKind.EMAIL: notification_pb2.CHANNEL_KIND_EMAIL}
+# InvalidOutboxEntry.field -> the request field it is about.
+_REQUEST_FIELDS = {"idempotency_key": "idempotency_key", "incident_id": "event.incident_id"}
+
+
+class OutboxSettings(BaseSettings):
+    """Where the outbox lives: `KUBERNAUT_NOTIFICATION_DATABASE_URL`, else the shared
+    `KUBERNAUT_DATABASE_URL` (the service uses only its own schema there). Unset means no
+    outbox: NotifyIncidentEvent answers FAILED_PRECONDITION."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "KUBERNAUT_NOTIFICATION_DATABASE_URL", "KUBERNAUT_DATABASE_URL"
+        ),
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+
+def _results(outcomes: Sequence[DeliveryOutcome]) -> list[notification_pb2.DeliveryResult]:
+    return [
+        notification_pb2.DeliveryResult(
+            channel=outcome.channel, delivered=outcome.delivered, error=outcome.error
+        )
+        for outcome in outcomes
+    ]
 
 
 class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        outbox: OutboxDatabase | None = None,
+        renderer: EventRenderer | None = None,
+    ) -> None:
         self.notifier = notifier
+        self.outbox = outbox
+        self.renderer = renderer or EventRenderer()
 
     async def ListChannels(
         self, request: notification_pb2.ListChannelsRequest, context: Any
@@ -49,15 +101,64 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         except NoChannelConfigured as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
             raise
-        return notification_pb2.SendNotificationResponse(
-            results=[
-                notification_pb2.DeliveryResult(
-                    channel=outcome.channel, delivered=outcome.delivered, error=outcome.error
-                )
-                for outcome in outcomes
-            ]
+        return notification_pb2.SendNotificationResponse(results=_results(outcomes))
+
+    async def NotifyIncidentEvent(
+        self, request: notification_pb2.NotifyIncidentEventRequest, context: Any
+    ) -> notification_pb2.NotifyIncidentEventResponse:
+        if not self.notifier.channels():
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(NoChannelConfigured()))
+        if self.outbox is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no outbox database is configured (KUBERNAUT_DATABASE_URL), so delivery "
+                "once per idempotency key cannot be kept",
+            )
+            raise AssertionError("unreachable")  # abort raises
+        event = request.event
+        try:
+            message = self.renderer.render(event)
+        except UnknownEventKind as error:
+            await abort_invalid(context, "event.kind", str(error))
+            raise
+        try:
+            outbox = await self.outbox.outbox()
+            delivery = await outbox.deliver_once(
+                request.idempotency_key,
+                message,
+                self.notifier,
+                incident_id=event.incident_id,
+                event_kind=notification_pb2.IncidentEventKind.Name(event.kind),
+            )
+        except InvalidOutboxEntry as error:
+            await abort_invalid(context, _REQUEST_FIELDS.get(error.field, error.field), str(error))
+            raise
+        except NoChannelConfigured as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        except OutboxUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise
+        return notification_pb2.NotifyIncidentEventResponse(
+            results=_results(delivery.results), sent=delivery.sent
         )
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(NotificationServicer(Notifier.from_settings()))
+    notifier = Notifier.from_settings()
+    settings = OutboxSettings()
+    readiness: list[tuple[str, ReadinessCheck]] = []
+    on_stop: list[Callable[[], Awaitable[None]]] = []
+    outbox: OutboxDatabase | None = None
+    if settings.database_url:
+        # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
+        outbox = OutboxDatabase(settings.database_url)
+        readiness.append(("postgresql", outbox.ready))
+        on_stop.append(outbox.close)
+        log.info("notification outbox configured", extra={"dsn": redact_dsn(outbox.dsn)})
+    else:
+        log.warning(
+            "no database configured: NotifyIncidentEvent is refused until "
+            "KUBERNAUT_DATABASE_URL is set"
+        )
+    return ServiceSpec(NotificationServicer(notifier, outbox), readiness=readiness, on_stop=on_stop)

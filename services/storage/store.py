@@ -13,11 +13,10 @@ import datetime as dt
 import hashlib
 import logging
 import math
-import re
 import struct
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +27,11 @@ from google.protobuf import json_format
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 
+# AppliedMigration, MigrationError and load_migrations are re-exported (they lived here).
+from services.runtime.migrations import UNREACHABLE, applied_migrations, apply_migrations
+from services.runtime.migrations import AppliedMigration as AppliedMigration
+from services.runtime.migrations import MigrationError as MigrationError
+from services.runtime.migrations import load_migrations as load_migrations
 from services.storage.embeddings import Embedder, describe_incident, embedder_for
 
 _log = logging.getLogger(__name__)
@@ -49,11 +53,6 @@ FINAL_STATUSES: Final = frozenset(
     }
 )
 
-# pg_advisory_lock key for migrations: the bytes of "kubernau" (any constant works, it only
-# has to be the same in every process and unused by anything else in the database).
-_MIGRATION_LOCK: Final = int.from_bytes(b"kubernau", "big")
-_MIGRATION_FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
 # Page token: version, the last row's time in µs since the epoch and its id, and a digest of
 # the filter so a token cannot be replayed against another filter (or another listing).
 _TOKEN: Final = struct.Struct(">Bq16s8s")
@@ -62,18 +61,7 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND: Final = dt.timedelta(microseconds=1)
 
 # Errors meaning "the database cannot be reached right now": callers map them to UNAVAILABLE.
-_UNREACHABLE: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    # Raised when the pool (re)connects: a dropped database or changed credentials.
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-)
+_UNREACHABLE: Final = UNREACHABLE
 
 
 class StoreError(Exception):
@@ -117,47 +105,12 @@ class InvalidPageToken(StoreError, ValueError):
     """The page token is malformed or was issued for another filter."""
 
 
-class MigrationError(StoreError):
-    """A migration file is malformed or failed to apply (it was rolled back)."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    """A migration file, `NNNN_name.sql`."""
-
-    version: int
-    name: str
-    sql: str
-
-
-@dataclass(frozen=True)
-class AppliedMigration:
-    version: int
-    name: str
-    applied_at: dt.datetime
-
-
 @dataclass(frozen=True)
 class StoreStatus:
     server_version: str
     # Empty when the vector extension is not installed.
     pgvector_version: str
     migrations: list[AppliedMigration]
-
-
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migrations in `directory`, by version. Any other `.sql` name is an error, since a
-    misnamed migration would otherwise be skipped silently."""
-    found: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_FILE.match(path.name)
-        if match is None:
-            raise MigrationError(f"{path}: migration files are named NNNN_name.sql")
-        version = int(match.group(1))
-        if version in found:
-            raise MigrationError(f"{path}: version {version} is used twice")
-        found[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
-    return [found[v] for v in sorted(found)]
 
 
 class Store:
@@ -224,65 +177,17 @@ class Store:
         """Apply the migrations not yet applied, in order, each in its own transaction; return
         the versions applied now. Concurrent callers (several replicas starting at once) queue
         on an advisory lock, so each migration runs once."""
-        migrations = load_migrations(directory)
-        applied_now: list[int] = []
         async with self._connection() as conn:
-            # Session-level lock, held across the per-migration transactions. The pool's
-            # reset on release (pg_advisory_unlock_all) frees it even if unlock below fails.
-            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-            try:
-                # Created under the lock: concurrent CREATE TABLE IF NOT EXISTS can still fail.
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version integer PRIMARY KEY,"
-                    " name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {
-                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
-                }
-                for migration in migrations:
-                    if migration.version in done:
-                        continue
-                    try:
-                        async with conn.transaction():
-                            await conn.execute(migration.sql)
-                            await conn.execute(
-                                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                                migration.version,
-                                migration.name,
-                            )
-                    except _UNREACHABLE:
-                        raise  # the connection failed, not the migration: StoreUnavailable
-                    except asyncpg.PostgresError as exc:
-                        raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} failed "
-                            f"and was rolled back: {exc}"
-                        ) from exc
-                    _log.info("applied migration %04d_%s", migration.version, migration.name)
-                    applied_now.append(migration.version)
-            finally:
-                if not conn.is_closed():
-                    with suppress(*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-                        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-        return applied_now
+            return await apply_migrations(conn, load_migrations(directory))
 
     async def status(self) -> StoreStatus:
         async with self._connection() as conn:
             row = await conn.fetchrow(
                 "SELECT current_setting('server_version') AS server_version,"
-                " (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector,"
-                " to_regclass('schema_migrations') IS NOT NULL AS has_migrations"
+                " (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector"
             )
             assert row is not None
-            migrations: list[AppliedMigration] = []
-            if row["has_migrations"]:
-                migrations = [
-                    AppliedMigration(r["version"], r["name"], r["applied_at"])
-                    for r in await conn.fetch(
-                        "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
-                    )
-                ]
+            migrations = await applied_migrations(conn)
         return StoreStatus(
             server_version=str(row["server_version"]),
             pgvector_version=str(row["pgvector"] or ""),

@@ -1,28 +1,137 @@
-"""workflow: plans (and, later, runs) workflows from recommendations."""
+"""workflow: plans workflows from recommendations, persists them and runs their steps."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.effectiveness.v1 import effectiveness_pb2
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
+from kubernaut.notification.v1 import notification_pb2
+from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2, workflow_pb2_grpc
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runtime.interceptors import abort_invalid
+from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
+from services.workflow.engine import (
+    DownstreamError,
+    FailedPrecondition,
+    RunnerSettings,
+    Unavailable,
+    WorkflowEngine,
+)
 from services.workflow.planning import PlanningSettings, plan
+from services.workflow.store import StoreUnavailable, WorkflowDatabase
+
+# Downstream codes that mean "try again later".
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_", frozen=True, extra="ignore")
+
+    # The workflow service keeps its state in schema `workflow` of this database.
+    database_url: str = "postgresql://kubernaut@127.0.0.1:5432/kubernaut"
+
+
+@contextlib.asynccontextmanager
+async def _translated(operation: str) -> AsyncIterator[None]:
+    """gRPC errors of a downstream call as the engine's errors."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        detail = f"{error.code().name}: {error.details()}"
+        if error.code() in _TRANSIENT:
+            raise Unavailable(operation, detail) from error
+        if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+            raise FailedPrecondition(operation, detail) from error
+        raise DownstreamError(operation, detail) from error
+
+
+class GrpcDownstream:
+    """The engine's Downstream through the generated stubs (the clients retry UNAVAILABLE a
+    few times themselves; the engine keeps retrying after that)."""
+
+    def __init__(
+        self,
+        executor: ExecutorServiceStub,
+        storage: StorageServiceStub,
+        effectiveness: EffectivenessServiceStub,
+        notification: NotificationServiceStub,
+        execute_timeout_seconds: float,
+    ) -> None:
+        self.execute_timeout_seconds = execute_timeout_seconds
+        self.executor = executor
+        self.storage = storage
+        self.effectiveness = effectiveness
+        self.notification = notification
+
+    async def execute_action(
+        self, request: executor_pb2.ExecuteActionRequest
+    ) -> executor_pb2.ExecuteActionResponse:
+        async with _translated("ExecuteAction"):
+            # Verification takes minutes; the default call deadline would cut it short.
+            response: executor_pb2.ExecuteActionResponse = await self.executor.ExecuteAction(
+                request, timeout=self.execute_timeout_seconds
+            )
+        return response
+
+    async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None:
+        async with _translated("UpdateIncident"):
+            await self.storage.UpdateIncident(request)
+
+    async def schedule_assessment(
+        self, request: effectiveness_pb2.ScheduleAssessmentRequest
+    ) -> None:
+        async with _translated("ScheduleAssessment"):
+            await self.effectiveness.ScheduleAssessment(request)
+
+    async def notify_incident_event(
+        self, request: notification_pb2.NotifyIncidentEventRequest
+    ) -> bool:
+        async with _translated("NotifyIncidentEvent"):
+            response: notification_pb2.NotifyIncidentEventResponse = (
+                await self.notification.NotifyIncidentEvent(request)
+            )
+        return response.sent
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_as_status(context: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    except StoreUnavailable as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
 
 
 class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
-    def __init__(self, executor: ExecutorServiceStub, settings: PlanningSettings) -> None:
+    def __init__(
+        self, executor: ExecutorServiceStub, engine: WorkflowEngine, settings: PlanningSettings
+    ) -> None:
         self.executor = executor
+        self.engine = engine
         self.settings = settings
 
-    async def PlanWorkflow(
-        self, request: workflow_pb2.PlanWorkflowRequest, context: Any
-    ) -> workflow_pb2.PlanWorkflowResponse:
+    async def _plan(
+        self, recommendation: remediation_pb2.Recommendation, context: Any
+    ) -> workflow_pb2.WorkflowPlan:
         # Validation guarantees one action is set.
-        action = request.recommendation.action.WhichOneof("params") or ""
+        action = recommendation.action.WhichOneof("params") or ""
         try:
             described = await self.executor.DescribeAction(
                 executor_pb2.DescribeActionRequest(name=action)
@@ -34,10 +143,78 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     f"the executor does not offer {action!r}: {error.details()}",
                 )
             raise
+        return plan(recommendation, described.action, self.settings)
+
+    async def PlanWorkflow(
+        self, request: workflow_pb2.PlanWorkflowRequest, context: Any
+    ) -> workflow_pb2.PlanWorkflowResponse:
         return workflow_pb2.PlanWorkflowResponse(
-            plan=plan(request.recommendation, described.action, self.settings)
+            plan=await self._plan(request.recommendation, context)
         )
+
+    async def CreateWorkflow(
+        self, request: workflow_pb2.CreateWorkflowRequest, context: Any
+    ) -> workflow_pb2.CreateWorkflowResponse:
+        token = incident_id_var.set(request.incident_id)
+        try:
+            if request.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+                await abort_invalid(
+                    context, "alert.status", "a resolved alert never starts a workflow"
+                )
+            async with _unavailable_as_status(context):
+                # A repeat (a retry of the caller, another alert of the incident) gets the
+                # workflow there is, even while the executor is unreachable.
+                existing = await self.engine.get_by_incident(request.incident_id)
+            if existing is None:
+                planned = await self._plan(request.recommendation, context)
+                async with _unavailable_as_status(context):
+                    existing, created = await self.engine.create(
+                        request.incident_id, request.alert, request.recommendation, planned
+                    )
+            else:
+                created = False
+            return workflow_pb2.CreateWorkflowResponse(
+                workflow=existing.to_proto(), created=created
+            )
+        finally:
+            incident_id_var.reset(token)
+
+    async def GetWorkflow(
+        self, request: workflow_pb2.GetWorkflowRequest, context: Any
+    ) -> workflow_pb2.GetWorkflowResponse:
+        async with _unavailable_as_status(context):
+            if request.HasField("incident_id"):
+                workflow = await self.engine.get_by_incident(request.incident_id)
+            else:
+                workflow = await self.engine.get(request.workflow_id)
+        if workflow is None:
+            key = request.WhichOneof("key")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no workflow for {key} {getattr(request, key or '')}"
+            )
+            raise AssertionError("unreachable")  # abort raises
+        return workflow_pb2.GetWorkflowResponse(workflow=workflow.to_proto())
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(WorkflowServicer(ctx.clients.stub(ExecutorServiceStub), PlanningSettings()))
+    database = WorkflowDatabase(DatabaseSettings().database_url)
+    settings = RunnerSettings()
+    downstream = GrpcDownstream(
+        ctx.clients.stub(ExecutorServiceStub),
+        ctx.clients.stub(StorageServiceStub),
+        ctx.clients.stub(EffectivenessServiceStub),
+        ctx.clients.stub(NotificationServiceStub),
+        settings.execute_timeout_seconds,
+    )
+    engine = WorkflowEngine(database.store, downstream, settings)
+    engine.start()
+
+    async def stop() -> None:
+        await engine.stop()
+        await database.close()
+
+    return ServiceSpec(
+        WorkflowServicer(ctx.clients.stub(ExecutorServiceStub), engine, PlanningSettings()),
+        readiness=[("postgresql", database.ready)],
+        on_stop=[stop],
+    )

@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 STATE_DIR_ENV = "KUBERNAUT_KUBE_STATE_DIR"
 NODES = 3
+REVISION = "deployment.kubernetes.io/revision"
 T = TypeVar("T")
 
 
@@ -237,6 +238,111 @@ def test_scaling_changes_the_pod_count(kube_api: Any, namespace: str) -> None:
     pods = wait_for_ready_pods(core, namespace, "api", 1)
     assert len(live_pods(core, namespace, "api")) == 1
     assert pods[0].metadata.deletion_timestamp is None
+
+
+def rollout_complete(apps: Any, namespace: str, name: str) -> Any:
+    """The Deployment once its controller saw the latest spec and every replica is updated,
+    ready and available, with no old pods left (`kubectl rollout status`)."""
+
+    def check() -> Any:
+        d = apps.read_namespaced_deployment(name=name, namespace=namespace)
+        s, want = d.status, d.spec.replicas
+        done = (s.observed_generation or 0) >= d.metadata.generation and (
+            s.replicas == s.updated_replicas == s.ready_replicas == s.available_replicas == want
+        )
+        return d if done else None
+
+    return eventually(check, f"the rollout of {namespace}/{name} to complete")
+
+
+def owned_replica_sets(apps: Any, namespace: str, name: str) -> list[Any]:
+    """The Deployment's ReplicaSets, oldest revision first."""
+    found = [
+        rs
+        for rs in apps.list_namespaced_replica_set(namespace, label_selector=f"app={name}").items
+        if any(o.kind == "Deployment" and o.name == name for o in rs.metadata.owner_references)
+    ]
+    return sorted(found, key=lambda rs: int(rs.metadata.annotations[REVISION]))
+
+
+def test_rollout_to_a_new_image_then_undo(kube_api: Any, namespace: str) -> None:
+    apps = kubernetes.client.AppsV1Api(kube_api)
+    core = kubernetes.client.CoreV1Api(kube_api)
+    apps.create_namespaced_deployment(namespace, deployment("shop", 2))
+    rollout_complete(apps, namespace, "shop")
+    old_image = "registry.invalid/kubernaut/demo-app:1.0"
+    new_image = "registry.invalid/kubernaut/demo-app:2.0"
+
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": new_image}]}}}}
+    apps.patch_namespaced_deployment("shop", namespace, patch)
+    rolled = rollout_complete(apps, namespace, "shop")
+    assert rolled.metadata.annotations[REVISION] == "2"
+    first, second = owned_replica_sets(apps, namespace, "shop")
+    assert first.spec.template.spec.containers[0].image == old_image
+    assert second.spec.template.spec.containers[0].image == new_image
+    pods = wait_for_ready_pods(core, namespace, "shop", 2)
+    assert {p.spec.containers[0].image for p in pods} == {new_image}
+
+    # `kubectl rollout undo`: the previous ReplicaSet's template, without its hash label,
+    # replaces the Deployment's; the controller scales that ReplicaSet back up.
+    template = kube_api.sanitize_for_serialization(first.spec.template)
+    template["metadata"]["labels"].pop("pod-template-hash")
+    apps.patch_namespaced_deployment(
+        "shop", namespace, [{"op": "replace", "path": "/spec/template", "value": template}]
+    )
+    undone = rollout_complete(apps, namespace, "shop")
+    assert undone.spec.template.spec.containers[0].image == old_image
+    assert undone.metadata.annotations[REVISION] == "3"
+    replica_sets = owned_replica_sets(apps, namespace, "shop")
+    # No third ReplicaSet: the first one is reused and becomes revision 3.
+    assert [rs.metadata.name for rs in replica_sets] == [
+        second.metadata.name,
+        first.metadata.name,
+    ]
+    assert [rs.spec.replicas for rs in replica_sets] == [0, 2]
+    pods = wait_for_ready_pods(core, namespace, "shop", 2)
+    assert {p.spec.containers[0].image for p in pods} == {old_image}
+    assert {p.metadata.owner_references[0].name for p in pods} == {first.metadata.name}
+
+
+def test_server_side_dry_run_patch_changes_nothing(kube_api: Any, namespace: str) -> None:
+    apps = kubernetes.client.AppsV1Api(kube_api)
+    core = kubernetes.client.CoreV1Api(kube_api)
+    apps.create_namespaced_deployment(namespace, deployment("cart", 2))
+    before = rollout_complete(apps, namespace, "cart")
+    pods_before = {p.metadata.name for p in wait_for_ready_pods(core, namespace, "cart", 2)}
+    image = "registry.invalid/kubernaut/demo-app:9.9"
+
+    patch = {
+        "spec": {
+            "replicas": 5,
+            "template": {"spec": {"containers": [{"name": "app", "image": image}]}},
+        }
+    }
+    answer = apps.patch_namespaced_deployment("cart", namespace, patch, dry_run="All")
+    # The answer is what the object would be (admission and defaulting ran) ...
+    assert answer.spec.replicas == 5
+    assert answer.spec.template.spec.containers[0].image == image
+    assert answer.metadata.generation == before.metadata.generation + 1
+
+    # ... but nothing was stored, and no controller reacted.
+    time.sleep(2)
+    after = apps.read_namespaced_deployment(name="cart", namespace=namespace)
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert after.metadata.generation == before.metadata.generation
+    assert after.spec.replicas == 2
+    assert (
+        after.spec.template.spec.containers[0].image
+        == before.spec.template.spec.containers[0].image
+    )
+    assert len(owned_replica_sets(apps, namespace, "cart")) == 1
+    assert {p.metadata.name for p in live_pods(core, namespace, "cart")} == pods_before
+
+    with pytest.raises(kubernetes.client.ApiException) as invalid:
+        apps.patch_namespaced_deployment(
+            "cart", namespace, {"spec": {"replicas": -1}}, dry_run="All"
+        )
+    assert invalid.value.status == 422
 
 
 def test_kube_state_metrics_reports_pod_readiness(

@@ -18,9 +18,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kubernaut.alert_processor.v1 import alert_processor_pb2
-from kubernaut.alert_processor.v1.alert_processor_pb2_grpc import AlertProcessorServiceStub
-from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.effectiveness.v1 import effectiveness_pb2
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 from kubernaut.notification.v1 import notification_pb2
@@ -49,12 +48,15 @@ class Processes:
 
 @pytest.fixture
 async def processes(
-    request: pytest.FixtureRequest, pki: Path, tmp_path: Path
+    request: pytest.FixtureRequest, pki: Path, tmp_path: Path, database_dsn: str
 ) -> AsyncIterator[Processes]:
     """Starts the services named by the test's `services` marker, each on free ports."""
     marker = request.node.get_closest_marker("services")
     names: list[ServiceName] = marker.args[0]
-    extra_env: dict[str, str] = marker.kwargs.get("env", {})
+    extra_env: dict[str, str] = {
+        "KUBERNAUT_DATABASE_URL": database_dsn,
+        **marker.kwargs.get("env", {}),
+    }
     ports = {name: free_port() for name in names}
     metrics_ports = {name: free_port() for name in names}
     fleet = Fleet(tmp_path / "logs", env=subprocess_env(tmp_path, pki, ports, **extra_env))
@@ -146,23 +148,14 @@ async def test_sigterm_lets_the_slow_call_finish_then_exits_zero(processes: Proc
         controller.stop()
 
 
-@pytest.mark.services(
-    [ServiceName.ALERT_PROCESSOR, ServiceName.AI_ANALYSIS, ServiceName.CONTEXT_API]
-)
+@pytest.mark.services([ServiceName.EFFECTIVENESS, ServiceName.INTELLIGENCE, ServiceName.STORAGE])
 async def test_one_trace_id_across_three_services_in_their_logs(processes: Processes) -> None:
-    alert = alert_pb2.Alert(
-        name="KubeDeploymentRolloutStuck",
-        status=alert_pb2.ALERT_STATUS_FIRING,
-        labels={"namespace": "shop", "deployment": "checkout"},
-    )
-    alert.starts_at.GetCurrentTime()
-    stub = processes.clients.stub(AlertProcessorServiceStub)
-    reply = await stub.ProcessAlert(
-        alert_processor_pb2.ProcessAlertRequest(alert=alert),
+    stub = processes.clients.stub(EffectivenessServiceStub)
+    reply = await stub.GetActionEffectiveness(
+        effectiveness_pb2.GetActionEffectivenessRequest(alert_name="KubePodCrashLooping"),
         metadata=[("x-request-id", "trace-test-1")],
     )
-    assert reply.disposition == remediation_pb2.ALERT_DISPOSITION_ANALYZED
-    assert reply.analysis.recommendation.action.WhichOneof("params") == "rollback_deployment"
+    assert reply.alert_name == "KubePodCrashLooping"
     processes.fleet.stop()  # flush and close the logs
 
     def rpc_line(service: ServiceName, method: str) -> dict[str, object]:
@@ -175,9 +168,9 @@ async def test_one_trace_id_across_three_services_in_their_logs(processes: Proce
         return lines[0]
 
     hops = [
-        rpc_line(ServiceName.ALERT_PROCESSOR, "ProcessAlert"),
-        rpc_line(ServiceName.AI_ANALYSIS, "AnalyzeAlert"),
-        rpc_line(ServiceName.CONTEXT_API, "GetAlertKnowledge"),
+        rpc_line(ServiceName.EFFECTIVENESS, "GetActionEffectiveness"),
+        rpc_line(ServiceName.INTELLIGENCE, "GetActionStats"),
+        rpc_line(ServiceName.STORAGE, "ListActionRecords"),
     ]
     trace_ids = {hop.get("trace_id") for hop in hops}
     assert len(trace_ids) == 1 and None not in trace_ids, hops

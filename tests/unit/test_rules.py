@@ -92,7 +92,7 @@ def test_crashloop_on_deployment_restarts(alert: alert_pb2.Alert) -> None:
     assert action_of(analysis) == "restart_deployment"
     assert rec.confidence == pytest.approx(0.6)
     assert rec.target == DEPLOYMENT
-    assert any("rollout evidence" in r and "context API" in r for r in rec.reasons)
+    assert any("no revision was rolled out" in r for r in rec.reasons)
     assert list(analysis.reasons) == list(rec.reasons)
 
 
@@ -359,3 +359,53 @@ def test_settings_are_frozen() -> None:
 
 def test_analyzer_name() -> None:
     assert rules.ANALYZER == "rules"
+
+
+# --- evidence from the context API ----------------------------------------------------------
+
+
+def evidence_with_rollout(minutes_before_alert: float) -> context_api_pb2.ResourceContext:
+    alert_start = make_alert("KubePodCrashLooping").starts_at.ToSeconds()
+    evidence = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
+    current = evidence.rollout.revisions.add(number=4, images=["shop/checkout:2"])
+    current.created_at.FromSeconds(int(alert_start - minutes_before_alert * 60))
+    previous = evidence.rollout.revisions.add(number=3, images=["shop/checkout:1"])
+    previous.created_at.FromSeconds(int(alert_start - 86400))
+    return evidence
+
+
+def test_a_crash_loop_after_a_recent_rollout_rolls_back_to_the_previous_revision() -> None:
+    analysis = analyze(
+        make_alert("KubePodCrashLooping", {"pod": "checkout-1"}),
+        DEPLOYMENT,
+        None,
+        DEFAULTS,
+        evidence_with_rollout(minutes_before_alert=5),
+    )
+    assert action_of(analysis) == "rollback_deployment"
+    assert analysis.recommendation.action.rollback_deployment.to_revision == 3
+    assert any("shop/checkout:2" in r and "revision 3" in r for r in analysis.reasons)
+
+
+def test_a_crash_loop_long_after_the_last_rollout_restarts() -> None:
+    analysis = analyze(
+        make_alert("KubePodCrashLooping", {"pod": "checkout-1"}),
+        DEPLOYMENT,
+        None,
+        DEFAULTS,
+        evidence_with_rollout(minutes_before_alert=24 * 60),
+    )
+    assert action_of(analysis) == "restart_deployment"
+
+
+def test_an_oom_kill_seen_on_the_pods_raises_memory_even_for_a_crash_loop_alert() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=5)
+    evidence.pods.add(name="checkout-1", last_terminated_reason="OOMKilled")
+    analysis = analyze(
+        make_alert("KubePodCrashLooping", {"pod": "checkout-1", "container": "app"}),
+        DEPLOYMENT,
+        None,
+        DEFAULTS,
+        evidence,
+    )
+    assert action_of(analysis) == "increase_memory_limit"

@@ -41,6 +41,11 @@ class AIAnalysisServiceStub(object):
                 request_serializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeAlertRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeAlertResponse.FromString,
                 _registered_method=True)
+        self.AnalyzeIncident = channel.unary_unary(
+                '/kubernaut.ai_analysis.v1.AIAnalysisService/AnalyzeIncident',
+                request_serializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeIncidentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeIncidentResponse.FromString,
+                _registered_method=True)
 
 
 class AIAnalysisServiceServicer(object):
@@ -58,6 +63,20 @@ class AIAnalysisServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeIncident(self, request, context):
+        """AnalyzeIncident analyses a newly opened incident with the context the context API
+        gathers (the workload's state and rollout history, similar past incidents, how
+        past fixes fared) and, when it decides to remediate, creates the incident's
+        workflow. Analysing the same incident again creates no second workflow.
+        Returns OK with the analysis and the workflow id when one was created;
+        INVALID_ARGUMENT (with field violations) for a malformed incident;
+        UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
+        retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AIAnalysisServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +84,11 @@ def add_AIAnalysisServiceServicer_to_server(servicer, server):
                     servicer.AnalyzeAlert,
                     request_deserializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeAlertRequest.FromString,
                     response_serializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeAlertResponse.SerializeToString,
+            ),
+            'AnalyzeIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyzeIncident,
+                    request_deserializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeIncidentRequest.FromString,
+                    response_serializer=kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeIncidentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -96,6 +120,33 @@ class AIAnalysisService(object):
             '/kubernaut.ai_analysis.v1.AIAnalysisService/AnalyzeAlert',
             kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeAlertRequest.SerializeToString,
             kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.ai_analysis.v1.AIAnalysisService/AnalyzeIncident',
+            kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeIncidentRequest.SerializeToString,
+            kubernaut_dot_ai__analysis_dot_v1_dot_ai__analysis__pb2.AnalyzeIncidentResponse.FromString,
             options,
             channel_credentials,
             insecure,

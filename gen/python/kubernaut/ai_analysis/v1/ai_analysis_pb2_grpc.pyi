@@ -41,6 +41,16 @@ class AIAnalysisServiceStub:
     INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
     alert; PERMISSION_DENIED for callers outside the call table.
     """
+    AnalyzeIncident: _grpc.UnaryUnaryMultiCallable[_ai_analysis_pb2.AnalyzeIncidentRequest, _ai_analysis_pb2.AnalyzeIncidentResponse]
+    """AnalyzeIncident analyses a newly opened incident with the context the context API
+    gathers (the workload's state and rollout history, similar past incidents, how
+    past fixes fared) and, when it decides to remediate, creates the incident's
+    workflow. Analysing the same incident again creates no second workflow.
+    Returns OK with the analysis and the workflow id when one was created;
+    INVALID_ARGUMENT (with field violations) for a malformed incident;
+    UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
+    retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class AIAnalysisServiceAsyncStub(AIAnalysisServiceStub):
@@ -54,6 +64,16 @@ class AIAnalysisServiceAsyncStub(AIAnalysisServiceStub):
     Returns OK with the analysis (which may be DECISION_NO_ACTION, with reasons);
     INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
     alert; PERMISSION_DENIED for callers outside the call table.
+    """
+    AnalyzeIncident: _aio.UnaryUnaryMultiCallable[_ai_analysis_pb2.AnalyzeIncidentRequest, _ai_analysis_pb2.AnalyzeIncidentResponse]  # type: ignore[assignment]
+    """AnalyzeIncident analyses a newly opened incident with the context the context API
+    gathers (the workload's state and rollout history, similar past incidents, how
+    past fixes fared) and, when it decides to remediate, creates the incident's
+    workflow. Analysing the same incident again creates no second workflow.
+    Returns OK with the analysis and the workflow id when one was created;
+    INVALID_ARGUMENT (with field violations) for a malformed incident;
+    UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
+    retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class AIAnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +91,22 @@ class AIAnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK with the analysis (which may be DECISION_NO_ACTION, with reasons);
         INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
         alert; PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def AnalyzeIncident(
+        self,
+        request: _ai_analysis_pb2.AnalyzeIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_analysis_pb2.AnalyzeIncidentResponse, _abc.Awaitable[_ai_analysis_pb2.AnalyzeIncidentResponse]]:
+        """AnalyzeIncident analyses a newly opened incident with the context the context API
+        gathers (the workload's state and rollout history, similar past incidents, how
+        past fixes fared) and, when it decides to remediate, creates the incident's
+        workflow. Analysing the same incident again creates no second workflow.
+        Returns OK with the analysis and the workflow id when one was created;
+        INVALID_ARGUMENT (with field violations) for a malformed incident;
+        UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
+        retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_AIAnalysisServiceServicer_to_server(servicer: AIAnalysisServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

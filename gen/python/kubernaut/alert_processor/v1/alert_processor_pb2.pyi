@@ -47,10 +47,16 @@ class ProcessAlertResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ANALYSIS_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.str
     """Stable for one problem on one workload: cluster, namespace, alert name, subject."""
     disposition: _remediation_pb2.AlertDisposition.ValueType
     reason: _builtins.str
+    incident_id: _builtins.str
+    """The incident the alert opened or was counted on."""
+    workflow_id: _builtins.str
+    """The workflow the analysis created, when it decided to remediate."""
     @_builtins.property
     def subject(self) -> _alert_pb2.ResourceRef:
         """What the alert is about, from its labels."""
@@ -67,10 +73,12 @@ class ProcessAlertResponse(_message.Message):
         reason: _builtins.str = ...,
         subject: _alert_pb2.ResourceRef | None = ...,
         analysis: _remediation_pb2.Analysis | None = ...,
+        incident_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "disposition", b"disposition", "fingerprint", b"fingerprint", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "disposition", b"disposition", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "reason", b"reason", "subject", b"subject", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,9 +49,13 @@ class AlertProcessorServiceServicer(object):
     """
 
     def ProcessAlert(self, request, context):
-        """ProcessAlert processes one alert. A resolved alert is never turned into work.
+        """ProcessAlert processes one alert. A resolved alert is never turned into work. A
+        firing one has its subject resolved to the owning workload (through context_api),
+        opens or is counted on the incident of its fingerprint (through storage), and only
+        the alert that opened the incident is analysed.
         Returns OK with the disposition; INVALID_ARGUMENT (with field violations) for a
-        malformed alert; UNAVAILABLE when ai_analysis cannot be reached (safe to retry);
+        malformed alert; UNAVAILABLE when storage or ai_analysis cannot be reached (safe to
+        retry: a repeat is counted on the incident, not analysed again);
         PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -75,6 +75,8 @@ class _AlertDispositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Aler
     """Resolved alerts never become work."""
     ALERT_DISPOSITION_FILTERED: _AlertDisposition.ValueType  # 3
     """Filtered out by a rule (for example an informational alert); the reason says which."""
+    ALERT_DISPOSITION_DUPLICATE: _AlertDisposition.ValueType  # 4
+    """Another alert of an open incident: counted on it, not worked on again."""
 
 class AlertDisposition(_AlertDisposition, metaclass=_AlertDispositionEnumTypeWrapper):
     """AlertDisposition is what Kubernaut did with one alert."""
@@ -86,6 +88,8 @@ ALERT_DISPOSITION_IGNORED_RESOLVED: AlertDisposition.ValueType  # 2
 """Resolved alerts never become work."""
 ALERT_DISPOSITION_FILTERED: AlertDisposition.ValueType  # 3
 """Filtered out by a rule (for example an informational alert); the reason says which."""
+ALERT_DISPOSITION_DUPLICATE: AlertDisposition.ValueType  # 4
+"""Another alert of an open incident: counted on it, not worked on again."""
 Global___AlertDisposition: _TypeAlias = AlertDisposition  # noqa: Y015
 
 class _Verdict:

@@ -23,25 +23,45 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kubernaut/context_api/v1/context_api.proto\x12\x18kubernaut.context_api.v1\x1a\x1b\x62uf/validate/validate.proto\"E\n\x18GetAlertKnowledgeRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\xce\x01\n\x0e\x41lertKnowledge\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12\x18\n\x07summary\x18\x02 \x01(\tR\x07summary\x12\x1f\n\x0brunbook_url\x18\x03 \x01(\tR\nrunbookUrl\x12%\n\x0esubject_labels\x18\x04 \x03(\tR\rsubjectLabels\x12#\n\rlikely_causes\x18\x05 \x03(\tR\x0clikelyCauses\x12\x16\n\x06origin\x18\x06 \x01(\tR\x06origin\"c\n\x19GetAlertKnowledgeResponse\x12\x46\n\tknowledge\x18\x01 \x01(\x0b\x32(.kubernaut.context_api.v1.AlertKnowledgeR\tknowledge2\x97\x01\n\x11\x43ontextAPIService\x12\x81\x01\n\x11GetAlertKnowledge\x12\x32.kubernaut.context_api.v1.GetAlertKnowledgeRequest\x1a\x33.kubernaut.context_api.v1.GetAlertKnowledgeResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kubernaut/context_api/v1/context_api.proto\x12\x18kubernaut.context_api.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\"a\n\x19GetResourceContextRequest\x12\x44\n\x08resource\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x08resource\"\xd7\x01\n\x08PodState\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\x12\x14\n\x05ready\x18\x03 \x01(\x08R\x05ready\x12\x1a\n\x08restarts\x18\x04 \x01(\x05R\x08restarts\x12%\n\x0ewaiting_reason\x18\x05 \x01(\tR\rwaitingReason\x12\x34\n\x16last_terminated_reason\x18\x06 \x01(\tR\x14lastTerminatedReason\x12\x12\n\x04node\x18\x07 \x01(\tR\x04node\"\xbb\x01\n\x0c\x45ventSummary\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x16\n\x06object\x18\x04 \x01(\tR\x06object\x12\x14\n\x05\x63ount\x18\x05 \x01(\x05R\x05\x63ount\x12\x37\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08lastSeen\"\x9c\x01\n\x08Revision\x12\x16\n\x06number\x18\x01 \x01(\x03R\x06number\x12\x16\n\x06images\x18\x02 \x03(\tR\x06images\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12%\n\x0eready_replicas\x18\x04 \x01(\x05R\rreadyReplicas\"\xfc\x01\n\x0cRolloutState\x12@\n\trevisions\x18\x01 \x03(\x0b\x32\".kubernaut.context_api.v1.RevisionR\trevisions\x12)\n\x10\x64\x65sired_replicas\x18\x02 \x01(\x05R\x0f\x64\x65siredReplicas\x12%\n\x0eready_replicas\x18\x03 \x01(\x05R\rreadyReplicas\x12)\n\x10updated_replicas\x18\x04 \x01(\x05R\x0fupdatedReplicas\x12-\n\x12\x61vailable_replicas\x18\x05 \x01(\x05R\x11\x61vailableReplicas\"\xc5\x03\n\x0fResourceContext\x12<\n\x08resource\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x08resource\x12<\n\x08workload\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x08workload\x12\x18\n\x07managed\x18\x03 \x01(\x08R\x07managed\x12%\n\x0emanaged_reason\x18\x04 \x01(\tR\rmanagedReason\x12\x36\n\x04pods\x18\x05 \x03(\x0b\x32\".kubernaut.context_api.v1.PodStateR\x04pods\x12>\n\x06\x65vents\x18\x06 \x03(\x0b\x32&.kubernaut.context_api.v1.EventSummaryR\x06\x65vents\x12@\n\x07rollout\x18\x07 \x01(\x0b\x32&.kubernaut.context_api.v1.RolloutStateR\x07rollout\x12;\n\x0bobserved_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nobservedAt\"a\n\x1aGetResourceContextResponse\x12\x43\n\x07\x63ontext\x18\x01 \x01(\x0b\x32).kubernaut.context_api.v1.ResourceContextR\x07\x63ontext\"E\n\x18GetAlertKnowledgeRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\xce\x01\n\x0e\x41lertKnowledge\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12\x18\n\x07summary\x18\x02 \x01(\tR\x07summary\x12\x1f\n\x0brunbook_url\x18\x03 \x01(\tR\nrunbookUrl\x12%\n\x0esubject_labels\x18\x04 \x03(\tR\rsubjectLabels\x12#\n\rlikely_causes\x18\x05 \x03(\tR\x0clikelyCauses\x12\x16\n\x06origin\x18\x06 \x01(\tR\x06origin\"c\n\x19GetAlertKnowledgeResponse\x12\x46\n\tknowledge\x18\x01 \x01(\x0b\x32(.kubernaut.context_api.v1.AlertKnowledgeR\tknowledge2\x9e\x02\n\x11\x43ontextAPIService\x12\x81\x01\n\x11GetAlertKnowledge\x12\x32.kubernaut.context_api.v1.GetAlertKnowledgeRequest\x1a\x33.kubernaut.context_api.v1.GetAlertKnowledgeResponse\"\x03\x90\x02\x01\x12\x84\x01\n\x12GetResourceContext\x12\x33.kubernaut.context_api.v1.GetResourceContextRequest\x1a\x34.kubernaut.context_api.v1.GetResourceContextResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kubernaut.context_api.v1.context_api_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETRESOURCECONTEXTREQUEST'].fields_by_name['resource']._loaded_options = None
+  _globals['_GETRESOURCECONTEXTREQUEST'].fields_by_name['resource']._serialized_options = b'\272H\003\310\001\001'
   _globals['_GETALERTKNOWLEDGEREQUEST'].fields_by_name['alert_name']._loaded_options = None
   _globals['_GETALERTKNOWLEDGEREQUEST'].fields_by_name['alert_name']._serialized_options = b'\272H\007r\005\020\001\030\200\002'
   _globals['_CONTEXTAPISERVICE'].methods_by_name['GetAlertKnowledge']._loaded_options = None
   _globals['_CONTEXTAPISERVICE'].methods_by_name['GetAlertKnowledge']._serialized_options = b'\220\002\001'
-  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_start=101
-  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_end=170
-  _globals['_ALERTKNOWLEDGE']._serialized_start=173
-  _globals['_ALERTKNOWLEDGE']._serialized_end=379
-  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_start=381
-  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_end=480
-  _globals['_CONTEXTAPISERVICE']._serialized_start=483
-  _globals['_CONTEXTAPISERVICE']._serialized_end=634
+  _globals['_CONTEXTAPISERVICE'].methods_by_name['GetResourceContext']._loaded_options = None
+  _globals['_CONTEXTAPISERVICE'].methods_by_name['GetResourceContext']._serialized_options = b'\220\002\001'
+  _globals['_GETRESOURCECONTEXTREQUEST']._serialized_start=167
+  _globals['_GETRESOURCECONTEXTREQUEST']._serialized_end=264
+  _globals['_PODSTATE']._serialized_start=267
+  _globals['_PODSTATE']._serialized_end=482
+  _globals['_EVENTSUMMARY']._serialized_start=485
+  _globals['_EVENTSUMMARY']._serialized_end=672
+  _globals['_REVISION']._serialized_start=675
+  _globals['_REVISION']._serialized_end=831
+  _globals['_ROLLOUTSTATE']._serialized_start=834
+  _globals['_ROLLOUTSTATE']._serialized_end=1086
+  _globals['_RESOURCECONTEXT']._serialized_start=1089
+  _globals['_RESOURCECONTEXT']._serialized_end=1542
+  _globals['_GETRESOURCECONTEXTRESPONSE']._serialized_start=1544
+  _globals['_GETRESOURCECONTEXTRESPONSE']._serialized_end=1641
+  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_start=1643
+  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_end=1712
+  _globals['_ALERTKNOWLEDGE']._serialized_start=1715
+  _globals['_ALERTKNOWLEDGE']._serialized_end=1921
+  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_start=1923
+  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_end=2022
+  _globals['_CONTEXTAPISERVICE']._serialized_start=2025
+  _globals['_CONTEXTAPISERVICE']._serialized_end=2311
 # @@protoc_insertion_point(module_scope)

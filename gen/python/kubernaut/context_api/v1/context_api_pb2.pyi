@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +19,251 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class GetResourceContextRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resource(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        resource: _alert_pb2.ResourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResourceContextRequest: _TypeAlias = GetResourceContextRequest  # noqa: Y015
+
+@_typing.final
+class PodState(_message.Message):
+    """PodState is one pod of a workload, as its status says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    WAITING_REASON_FIELD_NUMBER: _builtins.int
+    LAST_TERMINATED_REASON_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    phase: _builtins.str
+    ready: _builtins.bool
+    restarts: _builtins.int
+    """Summed over the pod's containers."""
+    waiting_reason: _builtins.str
+    """The first waiting container's reason, e.g. CrashLoopBackOff."""
+    last_terminated_reason: _builtins.str
+    """The last termination reason of any container, e.g. OOMKilled."""
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        ready: _builtins.bool = ...,
+        restarts: _builtins.int = ...,
+        waiting_reason: _builtins.str = ...,
+        last_terminated_reason: _builtins.str = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_terminated_reason", b"last_terminated_reason", "name", b"name", "node", b"node", "phase", b"phase", "ready", b"ready", "restarts", b"restarts", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodState: _TypeAlias = PodState  # noqa: Y015
+
+@_typing.final
+class EventSummary(_message.Message):
+    """EventSummary is one recent Kubernetes event about the object or its pods."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    reason: _builtins.str
+    message: _builtins.str
+    object: _builtins.str
+    count: _builtins.int
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        object: _builtins.str = ...,
+        count: _builtins.int = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "last_seen", b"last_seen", "message", b"message", "object", b"object", "reason", b"reason", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventSummary: _TypeAlias = EventSummary  # noqa: Y015
+
+@_typing.final
+class Revision(_message.Message):
+    """Revision is one ReplicaSet revision of a Deployment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    READY_REPLICAS_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    ready_replicas: _builtins.int
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        images: _abc.Iterable[_builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        ready_replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "images", b"images", "number", b"number", "ready_replicas", b"ready_replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revision: _TypeAlias = Revision  # noqa: Y015
+
+@_typing.final
+class RolloutState(_message.Message):
+    """RolloutState is a Deployment's rollout history as its ReplicaSets tell it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    READY_REPLICAS_FIELD_NUMBER: _builtins.int
+    UPDATED_REPLICAS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_REPLICAS_FIELD_NUMBER: _builtins.int
+    desired_replicas: _builtins.int
+    ready_replicas: _builtins.int
+    updated_replicas: _builtins.int
+    available_replicas: _builtins.int
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revision]:
+        """Newest first; the first is the current revision."""
+
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___Revision] | None = ...,
+        desired_replicas: _builtins.int = ...,
+        ready_replicas: _builtins.int = ...,
+        updated_replicas: _builtins.int = ...,
+        available_replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "desired_replicas", b"desired_replicas", "ready_replicas", b"ready_replicas", "revisions", b"revisions", "updated_replicas", b"updated_replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutState: _TypeAlias = RolloutState  # noqa: Y015
+
+@_typing.final
+class ResourceContext(_message.Message):
+    """ResourceContext is what Kubernaut knows about one object and its workload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
+    MANAGED_FIELD_NUMBER: _builtins.int
+    MANAGED_REASON_FIELD_NUMBER: _builtins.int
+    PODS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    managed: _builtins.bool
+    """The kubernaut.ai/managed=true label is on the workload or its namespace."""
+    managed_reason: _builtins.str
+    """Why Kubernaut may or may not act on it."""
+    @_builtins.property
+    def resource(self) -> _alert_pb2.ResourceRef:
+        """The object asked about."""
+
+    @_builtins.property
+    def workload(self) -> _alert_pb2.ResourceRef:
+        """The workload that owns it (itself when it is a workload)."""
+
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedCompositeFieldContainer[Global___PodState]: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventSummary]:
+        """Newest first, at most 20."""
+
+    @_builtins.property
+    def rollout(self) -> Global___RolloutState:
+        """Set for Deployments."""
+
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        resource: _alert_pb2.ResourceRef | None = ...,
+        workload: _alert_pb2.ResourceRef | None = ...,
+        managed: _builtins.bool = ...,
+        managed_reason: _builtins.str = ...,
+        pods: _abc.Iterable[Global___PodState] | None = ...,
+        events: _abc.Iterable[Global___EventSummary] | None = ...,
+        rollout: Global___RolloutState | None = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at", "resource", b"resource", "rollout", b"rollout", "workload", b"workload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "managed", b"managed", "managed_reason", b"managed_reason", "observed_at", b"observed_at", "pods", b"pods", "resource", b"resource", "rollout", b"rollout", "workload", b"workload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceContext: _TypeAlias = ResourceContext  # noqa: Y015
+
+@_typing.final
+class GetResourceContextResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> Global___ResourceContext: ...
+    def __init__(
+        self,
+        *,
+        context: Global___ResourceContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResourceContextResponse: _TypeAlias = GetResourceContextResponse  # noqa: Y015
 
 @_typing.final
 class GetAlertKnowledgeRequest(_message.Message):

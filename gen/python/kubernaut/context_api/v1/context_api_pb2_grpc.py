@@ -40,6 +40,11 @@ class ContextAPIServiceStub(object):
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetAlertKnowledgeRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetAlertKnowledgeResponse.FromString,
                 _registered_method=True)
+        self.GetResourceContext = channel.unary_unary(
+                '/kubernaut.context_api.v1.ContextAPIService/GetResourceContext',
+                request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.FromString,
+                _registered_method=True)
 
 
 class ContextAPIServiceServicer(object):
@@ -57,6 +62,18 @@ class ContextAPIServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetResourceContext(self, request, context):
+        """GetResourceContext describes a Kubernetes object as it is now: the workload that
+        owns it (a Pod resolved through its owner references), whether Kubernaut may act on
+        it, its pods, recent events and rollout history. Answers are cached briefly.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
+        NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
+        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContextAPIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +81,11 @@ def add_ContextAPIServiceServicer_to_server(servicer, server):
                     servicer.GetAlertKnowledge,
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetAlertKnowledgeRequest.FromString,
                     response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetAlertKnowledgeResponse.SerializeToString,
+            ),
+            'GetResourceContext': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResourceContext,
+                    request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.FromString,
+                    response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +116,33 @@ class ContextAPIService(object):
             '/kubernaut.context_api.v1.ContextAPIService/GetAlertKnowledge',
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetAlertKnowledgeRequest.SerializeToString,
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetAlertKnowledgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResourceContext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.context_api.v1.ContextAPIService/GetResourceContext',
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.SerializeToString,
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,14 @@ class ContextAPIServiceStub:
     NOT_FOUND when the alert is not in the knowledge base; PERMISSION_DENIED for
     callers outside the call table.
     """
+    GetResourceContext: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetResourceContextRequest, _context_api_pb2.GetResourceContextResponse]
+    """GetResourceContext describes a Kubernetes object as it is now: the workload that
+    owns it (a Pod resolved through its owner references), whether Kubernaut may act on
+    it, its pods, recent events and rollout history. Answers are cached briefly.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
+    NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
+    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
@@ -52,6 +60,14 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name;
     NOT_FOUND when the alert is not in the knowledge base; PERMISSION_DENIED for
     callers outside the call table.
+    """
+    GetResourceContext: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetResourceContextRequest, _context_api_pb2.GetResourceContextResponse]  # type: ignore[assignment]
+    """GetResourceContext describes a Kubernetes object as it is now: the workload that
+    owns it (a Pod resolved through its owner references), whether Kubernaut may act on
+    it, its pods, recent events and rollout history. Answers are cached briefly.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
+    NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
+    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +84,20 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name;
         NOT_FOUND when the alert is not in the knowledge base; PERMISSION_DENIED for
         callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetResourceContext(
+        self,
+        request: _context_api_pb2.GetResourceContextRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_api_pb2.GetResourceContextResponse, _abc.Awaitable[_context_api_pb2.GetResourceContextResponse]]:
+        """GetResourceContext describes a Kubernetes object as it is now: the workload that
+        owns it (a Pod resolved through its owner references), whether Kubernaut may act on
+        it, its pods, recent events and rollout history. Answers are cached briefly.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
+        NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
+        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ContextAPIServiceServicer_to_server(servicer: ContextAPIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

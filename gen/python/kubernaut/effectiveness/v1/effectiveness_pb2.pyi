@@ -5,8 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +21,70 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class ScheduleAssessmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ACTED_AT_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    incident_id: _builtins.str
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """The alert the action answered: its name and labels find it in AlertManager."""
+
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef:
+        """The workload the action changed."""
+
+    @_builtins.property
+    def acted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
+        acted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acted_at", b"acted_at", "alert", b"alert", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acted_at", b"acted_at", "action_id", b"action_id", "alert", b"alert", "incident_id", b"incident_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleAssessmentRequest: _TypeAlias = ScheduleAssessmentRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleAssessmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELAYS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the action was already scheduled."""
+    @_builtins.property
+    def delays(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
+        """After acted_at, in order."""
+
+    def __init__(
+        self,
+        *,
+        delays: _abc.Iterable[_duration_pb2.Duration] | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "delays", b"delays"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleAssessmentResponse: _TypeAlias = ScheduleAssessmentResponse  # noqa: Y015
 
 @_typing.final
 class GetActionEffectivenessRequest(_message.Message):

@@ -40,6 +40,11 @@ class EffectivenessServiceStub(object):
                 request_serializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.GetActionEffectivenessRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.GetActionEffectivenessResponse.FromString,
                 _registered_method=True)
+        self.ScheduleAssessment = channel.unary_unary(
+                '/kubernaut.effectiveness.v1.EffectivenessService/ScheduleAssessment',
+                request_serializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.ScheduleAssessmentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.ScheduleAssessmentResponse.FromString,
+                _registered_method=True)
 
 
 class EffectivenessServiceServicer(object):
@@ -57,6 +62,20 @@ class EffectivenessServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScheduleAssessment(self, request, context):
+        """ScheduleAssessment plans the assessments of one action at the configured delays
+        (30 s, 2 min and 30 min by default). Each looks at the target's pods (Ready, no new
+        restarts) and at whether the alert still fires in AlertManager, and records a
+        verdict through storage; no evidence gives VERDICT_UNKNOWN. The schedule is
+        durable: a restart does not lose it. A repeated action_id changes nothing.
+        Returns OK with the delays; INVALID_ARGUMENT (with field violations) for a
+        malformed request; UNAVAILABLE when the database cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EffectivenessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +83,11 @@ def add_EffectivenessServiceServicer_to_server(servicer, server):
                     servicer.GetActionEffectiveness,
                     request_deserializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.GetActionEffectivenessRequest.FromString,
                     response_serializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.GetActionEffectivenessResponse.SerializeToString,
+            ),
+            'ScheduleAssessment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleAssessment,
+                    request_deserializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.ScheduleAssessmentRequest.FromString,
+                    response_serializer=kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.ScheduleAssessmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +118,33 @@ class EffectivenessService(object):
             '/kubernaut.effectiveness.v1.EffectivenessService/GetActionEffectiveness',
             kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.GetActionEffectivenessRequest.SerializeToString,
             kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.GetActionEffectivenessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleAssessment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.effectiveness.v1.EffectivenessService/ScheduleAssessment',
+            kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.ScheduleAssessmentRequest.SerializeToString,
+            kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2.ScheduleAssessmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

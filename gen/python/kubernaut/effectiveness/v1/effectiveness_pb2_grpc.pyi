@@ -40,6 +40,16 @@ class EffectivenessServiceStub:
     UNAVAILABLE when intelligence cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
     """
+    ScheduleAssessment: _grpc.UnaryUnaryMultiCallable[_effectiveness_pb2.ScheduleAssessmentRequest, _effectiveness_pb2.ScheduleAssessmentResponse]
+    """ScheduleAssessment plans the assessments of one action at the configured delays
+    (30 s, 2 min and 30 min by default). Each looks at the target's pods (Ready, no new
+    restarts) and at whether the alert still fires in AlertManager, and records a
+    verdict through storage; no evidence gives VERDICT_UNKNOWN. The schedule is
+    durable: a restart does not lose it. A repeated action_id changes nothing.
+    Returns OK with the delays; INVALID_ARGUMENT (with field violations) for a
+    malformed request; UNAVAILABLE when the database cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class EffectivenessServiceAsyncStub(EffectivenessServiceStub):
@@ -51,6 +61,16 @@ class EffectivenessServiceAsyncStub(EffectivenessServiceStub):
     has been tried for it. Too few attempts give VERDICT_UNKNOWN, never effective.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
     UNAVAILABLE when intelligence cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
+    ScheduleAssessment: _aio.UnaryUnaryMultiCallable[_effectiveness_pb2.ScheduleAssessmentRequest, _effectiveness_pb2.ScheduleAssessmentResponse]  # type: ignore[assignment]
+    """ScheduleAssessment plans the assessments of one action at the configured delays
+    (30 s, 2 min and 30 min by default). Each looks at the target's pods (Ready, no new
+    restarts) and at whether the alert still fires in AlertManager, and records a
+    verdict through storage; no evidence gives VERDICT_UNKNOWN. The schedule is
+    durable: a restart does not lose it. A repeated action_id changes nothing.
+    Returns OK with the delays; INVALID_ARGUMENT (with field violations) for a
+    malformed request; UNAVAILABLE when the database cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
     """
 
@@ -67,6 +87,22 @@ class EffectivenessServiceServicer(metaclass=_abc_1.ABCMeta):
         has been tried for it. Too few attempts give VERDICT_UNKNOWN, never effective.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
         UNAVAILABLE when intelligence cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ScheduleAssessment(
+        self,
+        request: _effectiveness_pb2.ScheduleAssessmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_effectiveness_pb2.ScheduleAssessmentResponse, _abc.Awaitable[_effectiveness_pb2.ScheduleAssessmentResponse]]:
+        """ScheduleAssessment plans the assessments of one action at the configured delays
+        (30 s, 2 min and 30 min by default). Each looks at the target's pods (Ready, no new
+        restarts) and at whether the alert still fires in AlertManager, and records a
+        verdict through storage; no evidence gives VERDICT_UNKNOWN. The schedule is
+        durable: a restart does not lose it. A repeated action_id changes nothing.
+        Returns OK with the delays; INVALID_ARGUMENT (with field violations) for a
+        malformed request; UNAVAILABLE when the database cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.
         """
 

@@ -7,7 +7,9 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
+from kubernaut.storage.v1 import storage_pb2 as _storage_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,68 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class ExecuteActionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    """Chosen by the caller (a UUID); the idempotency key of the action."""
+    incident_id: _builtins.str
+    alert_name: _builtins.str
+    @_builtins.property
+    def action(self) -> _remediation_pb2.ActionParams: ...
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        alert_name: _builtins.str = ...,
+        action: _remediation_pb2.ActionParams | None = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_id", b"action_id", "alert_name", b"alert_name", "incident_id", b"incident_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteActionRequest: _TypeAlias = ExecuteActionRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteActionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> _storage_pb2.ActionRecord:
+        """The audit record, as stored."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What happened, one stage a line (scope, dry-run, snapshot, apply, verify, rollback)."""
+
+    def __init__(
+        self,
+        *,
+        record: _storage_pb2.ActionRecord | None = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteActionResponse: _TypeAlias = ExecuteActionResponse  # noqa: Y015
 
 @_typing.final
 class ListActionsRequest(_message.Message):

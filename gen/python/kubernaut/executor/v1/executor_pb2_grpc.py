@@ -46,6 +46,11 @@ class ExecutorServiceStub(object):
                 request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeActionRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeActionResponse.FromString,
                 _registered_method=True)
+        self.ExecuteAction = channel.unary_unary(
+                '/kubernaut.executor.v1.ExecutorService/ExecuteAction',
+                request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer(object):
@@ -71,6 +76,21 @@ class ExecutorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteAction(self, request, context):
+        """ExecuteAction runs one catalogue action on its target: scope check (protected
+        namespaces, the kubernaut.ai/managed opt-in), server-side dry-run, snapshot, the
+        change, verification, and automatic rollback when verification fails; then records
+        the action through storage. A repeated action_id returns the first run's record and
+        acts no more. A refusal is an outcome (ACTION_OUTCOME_REFUSED), not an error.
+        Returns OK with the record; INVALID_ARGUMENT (with field violations) for a
+        malformed request; UNAVAILABLE when the cluster or storage cannot be reached (safe
+        to retry with the same action_id); PERMISSION_DENIED for callers outside the call
+        table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +103,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.DescribeAction,
                     request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeActionRequest.FromString,
                     response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeActionResponse.SerializeToString,
+            ),
+            'ExecuteAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteAction,
+                    request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionRequest.FromString,
+                    response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +166,33 @@ class ExecutorService(object):
             '/kubernaut.executor.v1.ExecutorService/DescribeAction',
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeActionRequest.SerializeToString,
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.executor.v1.ExecutorService/ExecuteAction',
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionRequest.SerializeToString,
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,17 @@ class ExecutorServiceStub:
     NOT_FOUND when no action has that name; PERMISSION_DENIED for callers outside the
     call table.
     """
+    ExecuteAction: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecuteActionRequest, _executor_pb2.ExecuteActionResponse]
+    """ExecuteAction runs one catalogue action on its target: scope check (protected
+    namespaces, the kubernaut.ai/managed opt-in), server-side dry-run, snapshot, the
+    change, verification, and automatic rollback when verification fails; then records
+    the action through storage. A repeated action_id returns the first run's record and
+    acts no more. A refusal is an outcome (ACTION_OUTCOME_REFUSED), not an error.
+    Returns OK with the record; INVALID_ARGUMENT (with field violations) for a
+    malformed request; UNAVAILABLE when the cluster or storage cannot be reached (safe
+    to retry with the same action_id); PERMISSION_DENIED for callers outside the call
+    table.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -62,6 +73,17 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name;
     NOT_FOUND when no action has that name; PERMISSION_DENIED for callers outside the
     call table.
+    """
+    ExecuteAction: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecuteActionRequest, _executor_pb2.ExecuteActionResponse]  # type: ignore[assignment]
+    """ExecuteAction runs one catalogue action on its target: scope check (protected
+    namespaces, the kubernaut.ai/managed opt-in), server-side dry-run, snapshot, the
+    change, verification, and automatic rollback when verification fails; then records
+    the action through storage. A repeated action_id returns the first run's record and
+    acts no more. A refusal is an outcome (ACTION_OUTCOME_REFUSED), not an error.
+    Returns OK with the record; INVALID_ARGUMENT (with field violations) for a
+    malformed request; UNAVAILABLE when the cluster or storage cannot be reached (safe
+    to retry with the same action_id); PERMISSION_DENIED for callers outside the call
+    table.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +111,23 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name;
         NOT_FOUND when no action has that name; PERMISSION_DENIED for callers outside the
         call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecuteAction(
+        self,
+        request: _executor_pb2.ExecuteActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ExecuteActionResponse, _abc.Awaitable[_executor_pb2.ExecuteActionResponse]]:
+        """ExecuteAction runs one catalogue action on its target: scope check (protected
+        namespaces, the kubernaut.ai/managed opt-in), server-side dry-run, snapshot, the
+        change, verification, and automatic rollback when verification fails; then records
+        the action through storage. A repeated action_id returns the first run's record and
+        acts no more. A refusal is an outcome (ACTION_OUTCOME_REFUSED), not an error.
+        Returns OK with the record; INVALID_ARGUMENT (with field violations) for a
+        malformed request; UNAVAILABLE when the cluster or storage cannot be reached (safe
+        to retry with the same action_id); PERMISSION_DENIED for callers outside the call
+        table.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -71,11 +71,17 @@ class AlertOutcome(_message.Message):
     DISPOSITION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ANALYSIS_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The alert's position in the request."""
     fingerprint: _builtins.str
     disposition: _remediation_pb2.AlertDisposition.ValueType
     reason: _builtins.str
+    incident_id: _builtins.str
+    """The incident the alert opened or was counted on."""
+    workflow_id: _builtins.str
+    """The workflow the analysis created, when it decided to remediate."""
     @_builtins.property
     def analysis(self) -> _remediation_pb2.Analysis:
         """Set when the alert was analysed."""
@@ -88,10 +94,12 @@ class AlertOutcome(_message.Message):
         disposition: _remediation_pb2.AlertDisposition.ValueType = ...,
         reason: _builtins.str = ...,
         analysis: _remediation_pb2.Analysis | None = ...,
+        incident_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "disposition", b"disposition", "fingerprint", b"fingerprint", "index", b"index", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "disposition", b"disposition", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "index", b"index", "reason", b"reason", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

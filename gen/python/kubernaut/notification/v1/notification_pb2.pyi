@@ -6,8 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _IncidentEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IncidentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IncidentEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INCIDENT_EVENT_KIND_UNSPECIFIED: _IncidentEventKind.ValueType  # 0
+    INCIDENT_EVENT_KIND_APPROVAL_NEEDED: _IncidentEventKind.ValueType  # 1
+    INCIDENT_EVENT_KIND_SUCCEEDED: _IncidentEventKind.ValueType  # 2
+    INCIDENT_EVENT_KIND_FAILED: _IncidentEventKind.ValueType  # 3
+    INCIDENT_EVENT_KIND_ROLLED_BACK: _IncidentEventKind.ValueType  # 4
+    INCIDENT_EVENT_KIND_REFUSED: _IncidentEventKind.ValueType  # 5
+
+class IncidentEventKind(_IncidentEventKind, metaclass=_IncidentEventKindEnumTypeWrapper):
+    """IncidentEventKind is what happened to an incident's workflow."""
+
+INCIDENT_EVENT_KIND_UNSPECIFIED: IncidentEventKind.ValueType  # 0
+INCIDENT_EVENT_KIND_APPROVAL_NEEDED: IncidentEventKind.ValueType  # 1
+INCIDENT_EVENT_KIND_SUCCEEDED: IncidentEventKind.ValueType  # 2
+INCIDENT_EVENT_KIND_FAILED: IncidentEventKind.ValueType  # 3
+INCIDENT_EVENT_KIND_ROLLED_BACK: IncidentEventKind.ValueType  # 4
+INCIDENT_EVENT_KIND_REFUSED: IncidentEventKind.ValueType  # 5
+Global___IncidentEventKind: _TypeAlias = IncidentEventKind  # noqa: Y015
 
 class _ChannelKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -34,6 +60,108 @@ class ChannelKind(_ChannelKind, metaclass=_ChannelKindEnumTypeWrapper):
 CHANNEL_KIND_UNSPECIFIED: ChannelKind.ValueType  # 0
 CHANNEL_KIND_EMAIL: ChannelKind.ValueType  # 1
 Global___ChannelKind: _TypeAlias = ChannelKind  # noqa: Y015
+
+@_typing.final
+class IncidentEvent(_message.Message):
+    """IncidentEvent is one thing worth telling people about an incident."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    kind: Global___IncidentEventKind.ValueType
+    action: _builtins.str
+    """The catalogue name of the action."""
+    verdict: _builtins.str
+    """The verdict so far, in words ("not assessed yet" until the first assessment)."""
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """What fired."""
+
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef:
+        """On what."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What was done, one stage a line."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        kind: Global___IncidentEventKind.ValueType = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
+        action: _builtins.str = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+        verdict: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "occurred_at", b"occurred_at", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "alert", b"alert", "incident_id", b"incident_id", "kind", b"kind", "occurred_at", b"occurred_at", "stages", b"stages", "target", b"target", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentEvent: _TypeAlias = IncidentEvent  # noqa: Y015
+
+@_typing.final
+class NotifyIncidentEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """One delivery per key, e.g. "<workflow id>/<event kind>"."""
+    @_builtins.property
+    def event(self) -> Global___IncidentEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___IncidentEvent | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyIncidentEventRequest: _TypeAlias = NotifyIncidentEventRequest  # noqa: Y015
+
+@_typing.final
+class NotifyIncidentEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    sent: _builtins.bool
+    """False when this key was already delivered."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___DeliveryResult] | None = ...,
+        sent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyIncidentEventResponse: _TypeAlias = NotifyIncidentEventResponse  # noqa: Y015
 
 @_typing.final
 class Channel(_message.Message):

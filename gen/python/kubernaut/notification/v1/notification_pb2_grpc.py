@@ -45,6 +45,11 @@ class NotificationServiceStub(object):
                 request_serializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.SendNotificationRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.SendNotificationResponse.FromString,
                 _registered_method=True)
+        self.NotifyIncidentEvent = channel.unary_unary(
+                '/kubernaut.notification.v1.NotificationService/NotifyIncidentEvent',
+                request_serializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.NotifyIncidentEventRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.NotifyIncidentEventResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationServiceServicer(object):
@@ -71,6 +76,20 @@ class NotificationServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NotifyIncidentEvent(self, request, context):
+        """NotifyIncidentEvent tells the configured channels about an incident's workflow:
+        what fired, on what, what was done, the verdict so far and the incident id, from
+        the notification templates. Each idempotency_key is delivered once: a repeat
+        returns the first delivery's results and sends nothing.
+        Returns OK with one result per channel; INVALID_ARGUMENT (with field violations)
+        for a malformed event; FAILED_PRECONDITION when no channel is configured;
+        UNAVAILABLE when the outbox database cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,6 +102,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.SendNotification,
                     request_deserializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.SendNotificationRequest.FromString,
                     response_serializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.SendNotificationResponse.SerializeToString,
+            ),
+            'NotifyIncidentEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyIncidentEvent,
+                    request_deserializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.NotifyIncidentEventRequest.FromString,
+                    response_serializer=kubernaut_dot_notification_dot_v1_dot_notification__pb2.NotifyIncidentEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +164,33 @@ class NotificationService(object):
             '/kubernaut.notification.v1.NotificationService/SendNotification',
             kubernaut_dot_notification_dot_v1_dot_notification__pb2.SendNotificationRequest.SerializeToString,
             kubernaut_dot_notification_dot_v1_dot_notification__pb2.SendNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyIncidentEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.notification.v1.NotificationService/NotifyIncidentEvent',
+            kubernaut_dot_notification_dot_v1_dot_notification__pb2.NotifyIncidentEventRequest.SerializeToString,
+            kubernaut_dot_notification_dot_v1_dot_notification__pb2.NotifyIncidentEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,16 @@ class NotificationServiceStub:
     channel name; FAILED_PRECONDITION when no channel is configured;
     PERMISSION_DENIED for callers outside the call table.
     """
+    NotifyIncidentEvent: _grpc.UnaryUnaryMultiCallable[_notification_pb2.NotifyIncidentEventRequest, _notification_pb2.NotifyIncidentEventResponse]
+    """NotifyIncidentEvent tells the configured channels about an incident's workflow:
+    what fired, on what, what was done, the verdict so far and the incident id, from
+    the notification templates. Each idempotency_key is delivered once: a repeat
+    returns the first delivery's results and sends nothing.
+    Returns OK with one result per channel; INVALID_ARGUMENT (with field violations)
+    for a malformed event; FAILED_PRECONDITION when no channel is configured;
+    UNAVAILABLE when the outbox database cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
@@ -61,6 +71,16 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     Returns OK with one result per channel (a channel that failed says why);
     INVALID_ARGUMENT (with field violations) for a malformed message or an unknown
     channel name; FAILED_PRECONDITION when no channel is configured;
+    PERMISSION_DENIED for callers outside the call table.
+    """
+    NotifyIncidentEvent: _aio.UnaryUnaryMultiCallable[_notification_pb2.NotifyIncidentEventRequest, _notification_pb2.NotifyIncidentEventResponse]  # type: ignore[assignment]
+    """NotifyIncidentEvent tells the configured channels about an incident's workflow:
+    what fired, on what, what was done, the verdict so far and the incident id, from
+    the notification templates. Each idempotency_key is delivered once: a repeat
+    returns the first delivery's results and sends nothing.
+    Returns OK with one result per channel; INVALID_ARGUMENT (with field violations)
+    for a malformed event; FAILED_PRECONDITION when no channel is configured;
+    UNAVAILABLE when the outbox database cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
     """
 
@@ -88,6 +108,22 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK with one result per channel (a channel that failed says why);
         INVALID_ARGUMENT (with field violations) for a malformed message or an unknown
         channel name; FAILED_PRECONDITION when no channel is configured;
+        PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def NotifyIncidentEvent(
+        self,
+        request: _notification_pb2.NotifyIncidentEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_pb2.NotifyIncidentEventResponse, _abc.Awaitable[_notification_pb2.NotifyIncidentEventResponse]]:
+        """NotifyIncidentEvent tells the configured channels about an incident's workflow:
+        what fired, on what, what was done, the verdict so far and the incident id, from
+        the notification templates. Each idempotency_key is delivered once: a repeat
+        returns the first delivery's results and sends nothing.
+        Returns OK with one result per channel; INVALID_ARGUMENT (with field violations)
+        for a malformed event; FAILED_PRECONDITION when no channel is configured;
+        UNAVAILABLE when the outbox database cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.
         """
 

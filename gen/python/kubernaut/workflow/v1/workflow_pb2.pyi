@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
@@ -20,6 +21,62 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WorkflowState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkflowStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkflowState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKFLOW_STATE_UNSPECIFIED: _WorkflowState.ValueType  # 0
+    WORKFLOW_STATE_RUNNING: _WorkflowState.ValueType  # 1
+    WORKFLOW_STATE_WAITING_APPROVAL: _WorkflowState.ValueType  # 2
+    """Stopped before acting until a person approves."""
+    WORKFLOW_STATE_SUCCEEDED: _WorkflowState.ValueType  # 3
+    WORKFLOW_STATE_FAILED: _WorkflowState.ValueType  # 4
+    WORKFLOW_STATE_ROLLED_BACK: _WorkflowState.ValueType  # 5
+    """Verification failed and the executor undid the change."""
+    WORKFLOW_STATE_REFUSED: _WorkflowState.ValueType  # 6
+    """A safety check refused the action; nothing changed."""
+
+class WorkflowState(_WorkflowState, metaclass=_WorkflowStateEnumTypeWrapper):
+    """WorkflowState is where a workflow is."""
+
+WORKFLOW_STATE_UNSPECIFIED: WorkflowState.ValueType  # 0
+WORKFLOW_STATE_RUNNING: WorkflowState.ValueType  # 1
+WORKFLOW_STATE_WAITING_APPROVAL: WorkflowState.ValueType  # 2
+"""Stopped before acting until a person approves."""
+WORKFLOW_STATE_SUCCEEDED: WorkflowState.ValueType  # 3
+WORKFLOW_STATE_FAILED: WorkflowState.ValueType  # 4
+WORKFLOW_STATE_ROLLED_BACK: WorkflowState.ValueType  # 5
+"""Verification failed and the executor undid the change."""
+WORKFLOW_STATE_REFUSED: WorkflowState.ValueType  # 6
+"""A safety check refused the action; nothing changed."""
+Global___WorkflowState: _TypeAlias = WorkflowState  # noqa: Y015
+
+class _StepState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STEP_STATE_UNSPECIFIED: _StepState.ValueType  # 0
+    STEP_STATE_PENDING: _StepState.ValueType  # 1
+    STEP_STATE_RUNNING: _StepState.ValueType  # 2
+    STEP_STATE_DONE: _StepState.ValueType  # 3
+    STEP_STATE_FAILED: _StepState.ValueType  # 4
+    STEP_STATE_SKIPPED: _StepState.ValueType  # 5
+
+class StepState(_StepState, metaclass=_StepStateEnumTypeWrapper):
+    """StepState is where one step is."""
+
+STEP_STATE_UNSPECIFIED: StepState.ValueType  # 0
+STEP_STATE_PENDING: StepState.ValueType  # 1
+STEP_STATE_RUNNING: StepState.ValueType  # 2
+STEP_STATE_DONE: StepState.ValueType  # 3
+STEP_STATE_FAILED: StepState.ValueType  # 4
+STEP_STATE_SKIPPED: StepState.ValueType  # 5
+Global___StepState: _TypeAlias = StepState  # noqa: Y015
 
 class _StepKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -48,6 +105,198 @@ STEP_KIND_APPLY: StepKind.ValueType  # 5
 STEP_KIND_VERIFY: StepKind.ValueType  # 6
 STEP_KIND_NOTIFY: StepKind.ValueType  # 7
 Global___StepKind: _TypeAlias = StepKind  # noqa: Y015
+
+@_typing.final
+class CreateWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """The alert that opened the incident: what fired, for the notifications."""
+
+    @_builtins.property
+    def recommendation(self) -> _remediation_pb2.Recommendation: ...
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        recommendation: _remediation_pb2.Recommendation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "recommendation", b"recommendation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "incident_id", b"incident_id", "recommendation", b"recommendation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWorkflowRequest: _TypeAlias = CreateWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class CreateWorkflowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the incident already had a workflow."""
+    @_builtins.property
+    def workflow(self) -> Global___Workflow: ...
+    def __init__(
+        self,
+        *,
+        workflow: Global___Workflow | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWorkflowResponse: _TypeAlias = CreateWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class GetWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    incident_id: _builtins.str
+    """The workflow of this incident (each incident has at most one)."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "key", b"key", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "key", b"key", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["workflow_id", "incident_id"]  # noqa: Y015
+    _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_key) -> _WhichOneofReturnType_key | None: ...
+
+Global___GetWorkflowRequest: _TypeAlias = GetWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class GetWorkflowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> Global___Workflow: ...
+    def __init__(
+        self,
+        *,
+        workflow: Global___Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkflowResponse: _TypeAlias = GetWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class StepRun(_message.Message):
+    """StepRun is one step of a workflow and how it went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    kind: Global___StepKind.ValueType
+    state: Global___StepState.ValueType
+    message: _builtins.str
+    attempts: _builtins.int
+    """How many times the step was started (more than one after a restart mid-step)."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___StepKind.ValueType = ...,
+        state: Global___StepState.ValueType = ...,
+        message: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "finished_at", b"finished_at", "kind", b"kind", "message", b"message", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepRun: _TypeAlias = StepRun  # noqa: Y015
+
+@_typing.final
+class Workflow(_message.Message):
+    """Workflow is one incident's remediation as Kubernaut runs it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    incident_id: _builtins.str
+    state: Global___WorkflowState.ValueType
+    action_id: _builtins.str
+    """The executor's idempotency key for the action."""
+    message: _builtins.str
+    """Why the workflow is in its state."""
+    @_builtins.property
+    def plan(self) -> Global___WorkflowPlan: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepRun]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert: ...
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        plan: Global___WorkflowPlan | None = ...,
+        state: Global___WorkflowState.ValueType = ...,
+        steps: _abc.Iterable[Global___StepRun] | None = ...,
+        action_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        alert: _alert_pb2.Alert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "created_at", b"created_at", "plan", b"plan", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "alert", b"alert", "created_at", b"created_at", "incident_id", b"incident_id", "message", b"message", "plan", b"plan", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
 
 @_typing.final
 class PlanWorkflowRequest(_message.Message):

@@ -40,6 +40,16 @@ class WorkflowServiceStub(object):
                 request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.PlanWorkflowRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.PlanWorkflowResponse.FromString,
                 _registered_method=True)
+        self.CreateWorkflow = channel.unary_unary(
+                '/kubernaut.workflow.v1.WorkflowService/CreateWorkflow',
+                request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.CreateWorkflowRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.CreateWorkflowResponse.FromString,
+                _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/kubernaut.workflow.v1.WorkflowService/GetWorkflow',
+                request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer(object):
@@ -58,6 +68,31 @@ class WorkflowServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWorkflow(self, request, context):
+        """CreateWorkflow plans, persists and starts the workflow for an incident's
+        recommendation. There is one workflow per incident: a repeat returns the existing
+        one with created=false. Steps run in the background and survive restarts; a step
+        that finished is never run again.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        FAILED_PRECONDITION when the executor does not offer the action; UNAVAILABLE when
+        the executor or the database cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflow(self, request, context):
+        """GetWorkflow returns a workflow, by its id or its incident's, and the state of each
+        of its steps.
+        Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +100,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.PlanWorkflow,
                     request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.PlanWorkflowRequest.FromString,
                     response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.PlanWorkflowResponse.SerializeToString,
+            ),
+            'CreateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWorkflow,
+                    request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.CreateWorkflowRequest.FromString,
+                    response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.CreateWorkflowResponse.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,6 +140,60 @@ class WorkflowService(object):
             '/kubernaut.workflow.v1.WorkflowService/PlanWorkflow',
             kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.PlanWorkflowRequest.SerializeToString,
             kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.PlanWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.workflow.v1.WorkflowService/CreateWorkflow',
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.CreateWorkflowRequest.SerializeToString,
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.CreateWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.workflow.v1.WorkflowService/GetWorkflow',
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowRequest.SerializeToString,
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

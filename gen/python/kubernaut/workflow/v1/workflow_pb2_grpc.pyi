@@ -41,6 +41,23 @@ class WorkflowServiceStub:
     UNAVAILABLE when the executor cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
     """
+    CreateWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.CreateWorkflowRequest, _workflow_pb2.CreateWorkflowResponse]
+    """CreateWorkflow plans, persists and starts the workflow for an incident's
+    recommendation. There is one workflow per incident: a repeat returns the existing
+    one with created=false. Steps run in the background and survive restarts; a step
+    that finished is never run again.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    FAILED_PRECONDITION when the executor does not offer the action; UNAVAILABLE when
+    the executor or the database cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
+    GetWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.GetWorkflowRequest, _workflow_pb2.GetWorkflowResponse]
+    """GetWorkflow returns a workflow, by its id or its incident's, and the state of each
+    of its steps.
+    Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -54,6 +71,23 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     recommendation; FAILED_PRECONDITION when the executor does not offer the action;
     UNAVAILABLE when the executor cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
+    """
+    CreateWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_pb2.CreateWorkflowRequest, _workflow_pb2.CreateWorkflowResponse]  # type: ignore[assignment]
+    """CreateWorkflow plans, persists and starts the workflow for an incident's
+    recommendation. There is one workflow per incident: a repeat returns the existing
+    one with created=false. Steps run in the background and survive restarts; a step
+    that finished is never run again.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    FAILED_PRECONDITION when the executor does not offer the action; UNAVAILABLE when
+    the executor or the database cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
+    GetWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_pb2.GetWorkflowRequest, _workflow_pb2.GetWorkflowResponse]  # type: ignore[assignment]
+    """GetWorkflow returns a workflow, by its id or its incident's, and the state of each
+    of its steps.
+    Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
     """
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +105,35 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         recommendation; FAILED_PRECONDITION when the executor does not offer the action;
         UNAVAILABLE when the executor cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWorkflow(
+        self,
+        request: _workflow_pb2.CreateWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.CreateWorkflowResponse, _abc.Awaitable[_workflow_pb2.CreateWorkflowResponse]]:
+        """CreateWorkflow plans, persists and starts the workflow for an incident's
+        recommendation. There is one workflow per incident: a repeat returns the existing
+        one with created=false. Steps run in the background and survive restarts; a step
+        that finished is never run again.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        FAILED_PRECONDITION when the executor does not offer the action; UNAVAILABLE when
+        the executor or the database cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWorkflow(
+        self,
+        request: _workflow_pb2.GetWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.GetWorkflowResponse, _abc.Awaitable[_workflow_pb2.GetWorkflowResponse]]:
+        """GetWorkflow returns a workflow, by its id or its incident's, and the state of each
+        of its steps.
+        Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
         """
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,22 @@
+"""context_api's RBAC: read-only access to what ResourceContextReader reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLE_NAME = "kubernaut-context-api"
+SERVICE_ACCOUNT = "context-api"
+
+READ = ["get", "list"]
+
+
+def policy_rules() -> list[dict[str, Any]]:
+    return [
+        {"apiGroups": [""], "resources": ["pods", "events", "namespaces", "nodes"], "verbs": READ},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"],
+            "verbs": READ,
+        },
+        {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": READ},
+    ]

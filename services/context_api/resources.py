@@ -1,0 +1,244 @@
+"""What a Kubernetes object looks like now: its owning workload, whether Kubernaut may
+act on it, its pods, recent events and rollout history. Read-only, cached briefly."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.common.v1 import alert_pb2
+from kubernaut.context_api.v1 import context_api_pb2
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from services.runtime.kube import MANAGED_LABEL, is_managed
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+MAX_EVENTS = 20
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+
+
+class ResourceNotFound(LookupError):
+    def __init__(self, ref: alert_pb2.ResourceRef) -> None:
+        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+        super().__init__(f"{ref.kind} {where} does not exist")
+
+
+class UnsupportedKind(ValueError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"kind {kind!r} is not supported (Pod, Node or a workload kind)")
+
+
+def _timestamp(value: datetime.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value if value.tzinfo else value.replace(tzinfo=datetime.UTC))
+    return stamp
+
+
+def _selector(match_labels: dict[str, str] | None) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted((match_labels or {}).items()))
+
+
+def _controller_of(meta: Any) -> Any | None:
+    for owner in meta.owner_references or []:
+        if owner.controller:
+            return owner
+    return None
+
+
+def pod_state(pod: Any) -> context_api_pb2.PodState:
+    statuses = pod.status.container_statuses or []
+    waiting = next((s.state.waiting.reason for s in statuses if s.state and s.state.waiting), "")
+    terminated = next(
+        (
+            s.last_state.terminated.reason
+            for s in statuses
+            if s.last_state and s.last_state.terminated and s.last_state.terminated.reason
+        ),
+        "",
+    )
+    ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    return context_api_pb2.PodState(
+        name=pod.metadata.name,
+        phase=pod.status.phase or "",
+        ready=ready,
+        restarts=sum(s.restart_count or 0 for s in statuses),
+        waiting_reason=waiting or "",
+        last_terminated_reason=terminated,
+        node=pod.spec.node_name or "",
+    )
+
+
+class ResourceContextReader:
+    """Reads through one API client; answers are cached for `ttl` seconds per object."""
+
+    def __init__(
+        self, api: client.ApiClient, ttl: float = 3.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[tuple[str, str, str], tuple[float, context_api_pb2.ResourceContext]] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    async def context(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+        key = (ref.namespace, ref.kind, ref.name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one read per object at a time; the others get the cached answer
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > self.clock():
+                return cached[1]
+            try:
+                fresh = await self._read(ref)
+            except ApiException as error:
+                if error.status == 404:
+                    raise ResourceNotFound(ref) from error
+                raise
+            self._cache[key] = (self.clock() + self.ttl, fresh)
+            return fresh
+
+    async def _read(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+        context = context_api_pb2.ResourceContext(resource=ref)
+        context.observed_at.GetCurrentTime()
+        if ref.kind == "Node":
+            node = await self.core.read_node(ref.name)
+            context.workload.CopyFrom(ref)
+            context.managed = is_managed(node.metadata.labels)
+            context.managed_reason = self._managed_reason(context.managed, "node", None)
+            return context
+        if ref.kind != "Pod" and ref.kind not in WORKLOAD_KINDS:
+            raise UnsupportedKind(ref.kind)
+        workload_kind, workload_name = await self._owner(ref)
+        workload_ref = alert_pb2.ResourceRef(
+            cluster=ref.cluster, namespace=ref.namespace, kind=workload_kind, name=workload_name
+        )
+        context.workload.CopyFrom(workload_ref)
+        workload = await self._read_workload(workload_ref) if workload_kind != "Pod" else None
+        namespace = await self.core.read_namespace(ref.namespace)
+        workload_labels = workload.metadata.labels if workload is not None else None
+        context.managed = is_managed(workload_labels) or is_managed(namespace.metadata.labels)
+        context.managed_reason = self._managed_reason(
+            context.managed,
+            f"{workload_kind} {ref.namespace}/{workload_name}",
+            is_managed(namespace.metadata.labels),
+        )
+        pods = await self._pods(ref, workload)
+        context.pods.extend(pod_state(pod) for pod in pods)
+        names = {workload_name, *(pod.metadata.name for pod in pods)}
+        context.events.extend(await self._events(ref.namespace, names))
+        if workload_kind == "Deployment" and workload is not None:
+            context.rollout.CopyFrom(await self._rollout(workload))
+        return context
+
+    @staticmethod
+    def _managed_reason(managed: bool, what: str, by_namespace: bool | None) -> str:
+        if not managed:
+            return f"{what} and its namespace do not carry {MANAGED_LABEL}=true"
+        where = "its namespace" if by_namespace else what
+        return f"{where} carries {MANAGED_LABEL}=true"
+
+    async def _owner(self, ref: alert_pb2.ResourceRef) -> tuple[str, str]:
+        """The workload that controls the object: Pod -> ReplicaSet -> Deployment etc."""
+        if ref.kind != "Pod":
+            return ref.kind, ref.name
+        pod = await self.core.read_namespaced_pod(ref.name, ref.namespace)
+        owner = _controller_of(pod.metadata)
+        if owner is None:
+            return "Pod", ref.name
+        if owner.kind == "ReplicaSet":
+            replica_set = await self.apps.read_namespaced_replica_set(owner.name, ref.namespace)
+            parent = _controller_of(replica_set.metadata)
+            if parent is not None and parent.kind == "Deployment":
+                return "Deployment", parent.name
+            return "ReplicaSet", owner.name
+        if owner.kind == "Job":
+            job = await self.batch.read_namespaced_job(owner.name, ref.namespace)
+            parent = _controller_of(job.metadata)
+            if parent is not None and parent.kind == "CronJob":
+                return "CronJob", parent.name
+        return owner.kind, owner.name
+
+    async def _read_workload(self, ref: alert_pb2.ResourceRef) -> Any:
+        readers = {
+            "Deployment": self.apps.read_namespaced_deployment,
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+            "DaemonSet": self.apps.read_namespaced_daemon_set,
+            "ReplicaSet": self.apps.read_namespaced_replica_set,
+            "Job": self.batch.read_namespaced_job,
+            "CronJob": self.batch.read_namespaced_cron_job,
+        }
+        return await readers[ref.kind](ref.name, ref.namespace)
+
+    async def _pods(self, ref: alert_pb2.ResourceRef, workload: Any) -> list[Any]:
+        if workload is None:
+            return [await self.core.read_namespaced_pod(ref.name, ref.namespace)]
+        selector = getattr(workload.spec, "selector", None)
+        match_labels = getattr(selector, "match_labels", None) if selector else None
+        if not match_labels:
+            return []
+        pods = await self.core.list_namespaced_pod(
+            ref.namespace, label_selector=_selector(match_labels)
+        )
+        return sorted(pods.items, key=lambda pod: pod.metadata.name)
+
+    async def _events(self, namespace: str, names: set[str]) -> list[context_api_pb2.EventSummary]:
+        events = await self.core.list_namespaced_event(namespace)
+        relevant = [
+            e for e in events.items if e.involved_object and e.involved_object.name in names
+        ]
+
+        def last_seen(event: Any) -> datetime.datetime:
+            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+        relevant.sort(key=last_seen, reverse=True)
+        return [
+            context_api_pb2.EventSummary(
+                type=event.type or "",
+                reason=event.reason or "",
+                message=(event.message or "")[:1024],
+                object=f"{event.involved_object.kind}/{event.involved_object.name}",
+                count=event.count or 1,
+                last_seen=_timestamp(last_seen(event)),
+            )
+            for event in relevant[:MAX_EVENTS]
+        ]
+
+    async def _rollout(self, deployment: Any) -> context_api_pb2.RolloutState:
+        namespace = deployment.metadata.namespace
+        replica_sets = await self.apps.list_namespaced_replica_set(
+            namespace, label_selector=_selector(deployment.spec.selector.match_labels)
+        )
+        owned = [
+            rs
+            for rs in replica_sets.items
+            if any(o.uid == deployment.metadata.uid for o in rs.metadata.owner_references or [])
+        ]
+        revisions = []
+        for rs in owned:
+            number = int((rs.metadata.annotations or {}).get(REVISION_ANNOTATION, "0") or 0)
+            revisions.append(
+                context_api_pb2.Revision(
+                    number=number,
+                    images=[c.image for c in rs.spec.template.spec.containers],
+                    created_at=_timestamp(rs.metadata.creation_timestamp),
+                    ready_replicas=rs.status.ready_replicas or 0,
+                )
+            )
+        revisions.sort(key=lambda revision: revision.number, reverse=True)
+        status = deployment.status
+        return context_api_pb2.RolloutState(
+            revisions=revisions,
+            desired_replicas=deployment.spec.replicas or 0,
+            ready_replicas=status.ready_replicas or 0,
+            updated_replicas=status.updated_replicas or 0,
+            available_replicas=status.available_replicas or 0,
+        )

@@ -1,0 +1,324 @@
+"""The executor's own state in PostgreSQL, schema `executor`: one row per action_id with the
+snapshot and the computed change (stored before anything is applied), how far the action
+got, and the final record. No other service reads or writes this schema.
+
+One call works on an action at a time, in any number of replicas: `ActionStore.claim()`
+holds a PostgreSQL advisory lock on the action_id for the whole call, on the connection
+the call uses for all its reads and writes. A second call with the same action_id waits
+for the first and then finds its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import asyncpg
+from google.protobuf import json_format
+from kubernaut.executor.v1 import executor_pb2
+from kubernaut.storage.v1 import storage_pb2
+
+from services.executor.changes import Change
+from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
+
+log = logging.getLogger(__name__)
+
+SCHEMA: Final = "executor"
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+
+__all__ = [
+    "SCHEMA",
+    "ActionBusy",
+    "ActionRow",
+    "ActionSession",
+    "ActionState",
+    "ActionStore",
+    "ExecutorDatabase",
+    "ExecutorStoreUnavailable",
+    "redact_dsn",
+]
+
+
+class ActionState(enum.StrEnum):
+    STARTED = "started"
+    PLANNED = "planned"
+    APPLIED = "applied"
+    RESTORING = "restoring"
+    FINISHED = "finished"
+    RECORDED = "recorded"
+
+
+class ExecutorStoreUnavailable(Exception):
+    """The executor's database cannot be reached; safe to retry."""
+
+
+class ActionBusy(ExecutorStoreUnavailable):
+    """Another call is still working on this action_id; retry later."""
+
+
+@dataclass
+class ActionRow:
+    action_id: str
+    request: executor_pb2.ExecuteActionRequest
+    state: ActionState
+    started_at: dt.datetime
+    snapshot: dict[str, Any] | None = None
+    change: Change | None = None
+    generation: int | None = None
+    stages: list[str] = field(default_factory=list)
+    record: storage_pb2.ActionRecord | None = None
+    attempts: int = 1
+
+
+def _lock_key(action_id: str) -> int:
+    digest = hashlib.sha256(f"kubernaut-executor-action:{action_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _row(row: asyncpg.Record) -> ActionRow:
+    request = json_format.Parse(row["request"], executor_pb2.ExecuteActionRequest())
+    record = None
+    if row["record"] is not None:
+        record = storage_pb2.ActionRecord.FromString(bytes(row["record"]))
+    return ActionRow(
+        action_id=str(row["action_id"]),
+        request=request,
+        state=ActionState(row["state"]),
+        started_at=row["started_at"],
+        snapshot=None if row["snapshot"] is None else json.loads(row["snapshot"]),
+        change=None if row["change"] is None else Change.from_json(json.loads(row["change"])),
+        generation=row["generation"],
+        stages=list(row["stages"]),
+        record=record,
+        attempts=row["attempts"],
+    )
+
+
+_COLUMNS: Final = (
+    "action_id, request, state, started_at, snapshot, change, generation, stages, record, attempts"
+)
+
+
+class ActionSession:
+    """One call's hold on one action: reads and writes its row on the locked connection."""
+
+    def __init__(self, conn: asyncpg.pool.PoolConnectionProxy, action_id: str) -> None:
+        self._conn = conn
+        self.action_id = action_id
+
+    async def load(self) -> ActionRow | None:
+        async with _unavailable():
+            row = await self._conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM executor.actions WHERE action_id = $1",
+                uuid.UUID(self.action_id),
+            )
+        return None if row is None else _row(row)
+
+    async def create(
+        self, request: executor_pb2.ExecuteActionRequest, started_at: dt.datetime
+    ) -> ActionRow:
+        async with _unavailable():
+            await self._conn.execute(
+                "INSERT INTO executor.actions (action_id, incident_id, action, request,"
+                " started_at) VALUES ($1, $2, $3, $4::jsonb, $5)",
+                uuid.UUID(self.action_id),
+                request.incident_id,
+                request.action.WhichOneof("params") or "",
+                json_format.MessageToJson(request, preserving_proto_field_name=True, indent=0),
+                started_at,
+            )
+        return ActionRow(self.action_id, request, ActionState.STARTED, started_at)
+
+    async def save(self, row: ActionRow) -> None:
+        """Store everything about `row` that can change."""
+        async with _unavailable():
+            await self._conn.execute(
+                "UPDATE executor.actions SET state = $2, snapshot = $3::jsonb,"
+                " change = $4::jsonb, generation = $5, stages = $6, record = $7,"
+                " attempts = $8, updated_at = now() WHERE action_id = $1",
+                uuid.UUID(row.action_id),
+                row.state.value,
+                _json(row.snapshot),
+                _json(None if row.change is None else row.change.to_json()),
+                row.generation,
+                row.stages,
+                None if row.record is None else row.record.SerializeToString(),
+                row.attempts,
+            )
+
+
+@asynccontextmanager
+async def _unavailable() -> AsyncIterator[None]:
+    try:
+        yield
+    except (*UNREACHABLE, asyncpg.InterfaceError) as exc:
+        raise ExecutorStoreUnavailable(
+            f"executor database unavailable: {exc or type(exc).__name__}"
+        ) from exc
+
+
+class ActionStore:
+    """The `executor` schema through a connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float) -> None:
+        """Use `ActionStore.connect()`."""
+        self._pool = pool
+        self._timeout = timeout
+        self._lock_timeout = lock_timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 20,
+        connect_timeout: float = 10.0,
+        lock_timeout: float = 600.0,
+    ) -> ActionStore:
+        """Open a pool; ExecutorStoreUnavailable (naming the server, never the password) when
+        it cannot connect. Each call in progress holds one connection, so `max_size` bounds
+        the actions in progress; `lock_timeout` bounds waiting for another call of the same
+        action_id."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
+            )
+        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
+            raise ExecutorStoreUnavailable(
+                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
+            ) from exc
+        return cls(pool, timeout=connect_timeout, lock_timeout=lock_timeout)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+    async def migrate(self) -> list[int]:
+        """Create or update the `executor` schema; the versions applied now."""
+        async with self._acquire() as conn, _unavailable():
+            return await apply_migrations(conn, load_migrations(MIGRATIONS_DIR), schema=SCHEMA)
+
+    async def get(self, action_id: str) -> ActionRow | None:
+        """The action's row as stored, without waiting for a call working on it."""
+        async with self._acquire() as conn:
+            return await ActionSession(conn, action_id).load()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection; only acquiring it is mapped to ExecutorStoreUnavailable, not
+        what the caller's block raises."""
+        try:
+            conn = await self._pool.acquire(timeout=self._timeout)
+        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ExecutorStoreUnavailable(
+                f"executor database unavailable: {exc or type(exc).__name__}"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            try:
+                await self._pool.release(conn)
+            except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("cannot return a connection to the pool", exc_info=True)
+
+    @asynccontextmanager
+    async def claim(self, action_id: str) -> AsyncIterator[ActionSession]:
+        """Hold the action's advisory lock for the block (waiting up to lock_timeout for
+        another call of the same action_id: ActionBusy after that)."""
+        key = _lock_key(action_id)
+        async with self._acquire() as conn:
+            try:
+                async with _unavailable():
+                    await conn.execute(
+                        "SELECT set_config('lock_timeout', $1, false)",
+                        f"{int(self._lock_timeout * 1000)}ms",
+                    )
+                    await conn.execute("SELECT pg_advisory_lock($1)", key)
+                    await conn.execute("SELECT set_config('lock_timeout', '0', false)")
+            except asyncpg.LockNotAvailableError as exc:
+                raise ActionBusy(
+                    f"another call is still working on action {action_id}; retry later"
+                ) from exc
+            try:
+                yield ActionSession(conn, action_id)
+            finally:
+                # Released on the way back to the pool too (asyncpg resets sessions with
+                # pg_advisory_unlock_all); this is the prompt path.
+                if not conn.is_closed():
+                    try:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
+                        log.warning("cannot release the lock of action %s", action_id)
+
+
+class ExecutorDatabase:
+    """Connects and migrates on first success, so the service starts (NOT_SERVING) while
+    PostgreSQL is still down and turns SERVING once it answers."""
+
+    def __init__(self, dsn: str, **connect_options: Any) -> None:
+        self.dsn = dsn
+        self._connect_options = connect_options
+        self._store: ActionStore | None = None
+        self._lock = asyncio.Lock()
+
+    async def store(self) -> ActionStore:
+        async with self._lock:
+            if self._store is None:
+                store = await ActionStore.connect(self.dsn, **self._connect_options)
+                try:
+                    applied = await store.migrate()
+                except BaseException:
+                    await store.close()
+                    raise
+                log.info(
+                    "executor database ready",
+                    extra={"dsn": redact_dsn(self.dsn), "schema": SCHEMA, "migrated": applied},
+                )
+                self._store = store
+            return self._store
+
+    async def ready(self) -> bool:
+        try:
+            return await (await self.store()).ping()
+        except ExecutorStoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` without its password, for messages."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return parts._replace(netloc=user + host).geturl()
+    except ValueError:
+        return "<unparseable DSN>"

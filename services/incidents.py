@@ -1,0 +1,92 @@
+"""`kubernaut incidents list|show`: what Kubernaut saw and did, read over gRPC from
+storage with the operator's identity."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+from kubernaut.common.v1 import remediation_pb2
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+
+from services.runtime.clients import Clients
+from services.runtime.settings import RuntimeSettings
+
+
+def _subject(ref: object) -> str:
+    kind, namespace, name = (getattr(ref, f) for f in ("kind", "namespace", "name"))
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _when(stamp: object) -> str:
+    if not stamp.ByteSize():  # type: ignore[attr-defined]
+        return "-"
+    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))  # type: ignore[attr-defined]
+
+
+def _status(value: storage_pb2.IncidentStatus.ValueType) -> str:
+    return str(storage_pb2.IncidentStatus.Name(value).removeprefix("INCIDENT_STATUS_").lower())
+
+
+async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
+    from services.cli import print_table
+
+    clients = Clients(settings)
+    try:
+        reply = await clients.stub(StorageServiceStub).ListIncidents(
+            storage_pb2.ListIncidentsRequest(page_size=limit)
+        )
+    except grpc.aio.AioRpcError as error:
+        print(f"kubernaut incidents: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    finally:
+        await clients.close()
+    rows = [["INCIDENT", "STATUS", "ALERT", "SUBJECT", "ALERTS", "OPENED (UTC)"]]
+    rows += [
+        [
+            i.incident_id,
+            _status(i.status),
+            i.alert_name,
+            _subject(i.subject),
+            str(i.occurrences),
+            _when(i.opened_at),
+        ]
+        for i in reply.incidents
+    ]
+    print_table(rows)
+    return 0
+
+
+async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
+    clients = Clients(settings)
+    try:
+        reply = await clients.stub(StorageServiceStub).GetIncident(
+            storage_pb2.GetIncidentRequest(incident_id=incident_id)
+        )
+    except grpc.aio.AioRpcError as error:
+        print(f"kubernaut incidents: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    finally:
+        await clients.close()
+    incident = reply.incident
+    print(f"incident   {incident.incident_id}")
+    print(f"status     {_status(incident.status)}  {incident.status_reason}")
+    print(f"alert      {incident.alert_name} ({incident.occurrences} alerts)")
+    print(f"subject    {_subject(incident.subject)}")
+    print(f"opened     {_when(incident.opened_at)}   closed {_when(incident.closed_at)}")
+    print(f"trace      {incident.trace_id or '-'}")
+    print("actions")
+    for action in reply.actions:
+        outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
+        print(f"  {_when(action.started_at)}  {action.action}  {outcome.lower()}  {action.message}")
+    if not reply.actions:
+        print("  none")
+    print("assessments")
+    for assessment in reply.assessments:
+        verdict = remediation_pb2.Verdict.Name(assessment.verdict).removeprefix("VERDICT_")
+        delay = assessment.delay.ToTimedelta().total_seconds()
+        print(f"  +{delay:g}s  {verdict.lower()}  {'; '.join(assessment.evidence)}")
+    if not reply.assessments:
+        print("  none yet")
+    return 0

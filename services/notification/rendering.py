@@ -1,0 +1,227 @@
+"""Incident event messages: a subject and a plain-text body from the jinja2 templates in
+`templates/`, one template per IncidentEventKind.
+
+Alert labels and annotations are data, never instructions: they reach the templates only
+as variable values, which jinja2 inserts as text and never evaluates, and control
+characters in them (terminal escapes, NUL, bidi overrides) are escaped first so a mail
+client or terminal shows them instead of acting on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import jinja2
+from google.protobuf import timestamp_pb2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from kubernaut.common.v1 import alert_pb2
+from kubernaut.notification.v1 import notification_pb2
+
+__all__ = [
+    "MAX_SUBJECT_LENGTH",
+    "TEMPLATES",
+    "TEMPLATES_DIR",
+    "AlertView",
+    "EventRenderer",
+    "EventView",
+    "RenderedMessage",
+    "TargetView",
+    "UnknownEventKind",
+    "plain_text",
+]
+
+TEMPLATES_DIR: Final = Path(__file__).with_name("templates")
+
+# One template file per kind; UNSPECIFIED has none (protovalidate refuses it).
+TEMPLATES: Final[Mapping[notification_pb2.IncidentEventKind.ValueType, str]] = {
+    notification_pb2.INCIDENT_EVENT_KIND_APPROVAL_NEEDED: "approval_needed.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_SUCCEEDED: "succeeded.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_FAILED: "failed.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_ROLLED_BACK: "rolled_back.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_REFUSED: "refused.txt",
+}
+
+# The limit SendNotification puts on a subject; longer ones are cut with an ellipsis.
+MAX_SUBJECT_LENGTH: Final = 200
+NOT_ASSESSED: Final = "not assessed yet"
+
+# Every line break Python's str.splitlines() knows, so that no later step splits on one we
+# did not normalise.
+_LINE_BREAK: Final = re.compile(r"\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# C0 and C1 controls except \t and \n, and the bidi embedding/override/isolate characters
+# (which can make text display in an order other than the one it is in).
+_UNSAFE: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plain_text(value: object) -> str:
+    """`value` as text that is safe to show: line breaks normalised to \\n, other control
+    characters escaped as \\xNN or \\uNNNN. Idempotent."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_escape, _LINE_BREAK.sub("\n", text))
+
+
+def _continued(value: object, width: int = 2) -> str:
+    """Indent every line after the first by `width` spaces (a template filter)."""
+    return plain_text(value).replace("\n", "\n" + " " * width)
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    if len(line) > MAX_SUBJECT_LENGTH:
+        line = line[: MAX_SUBJECT_LENGTH - 1].rstrip() + "…"
+    return line
+
+
+def _when(timestamp: timestamp_pb2.Timestamp) -> str:
+    at = timestamp.ToDatetime(tzinfo=dt.UTC)
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """What fired, as the templates see it. Every string is already `plain_text`."""
+
+    name: str
+    status: str
+    severity: str
+    summary: str
+    description: str
+    runbook_url: str
+    source_url: str
+    starts_at: str
+    # Sorted by key.
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    cluster: str
+    namespace: str
+    kind: str
+    name: str
+
+    @property
+    def ref(self) -> str:
+        """`Deployment shop/checkout`, or `Node worker-1` for cluster-scoped kinds."""
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    """The variables every template gets (as attributes of this object)."""
+
+    incident_id: str
+    alert: AlertView
+    target: TargetView
+    action: str
+    stages: tuple[str, ...]
+    verdict: str
+    occurred_at: str
+
+    @classmethod
+    def of(cls, event: notification_pb2.IncidentEvent) -> EventView:
+        return cls(
+            incident_id=plain_text(event.incident_id),
+            alert=_alert_view(event.alert),
+            target=_target_view(event.target),
+            action=plain_text(event.action),
+            stages=tuple(plain_text(stage) for stage in event.stages),
+            verdict=plain_text(event.verdict) or NOT_ASSESSED,
+            occurred_at=_when(event.occurred_at) if event.HasField("occurred_at") else "",
+        )
+
+    def variables(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def _alert_view(alert: alert_pb2.Alert) -> AlertView:
+    annotations = alert.annotations
+    status = {
+        alert_pb2.ALERT_STATUS_FIRING: "firing",
+        alert_pb2.ALERT_STATUS_RESOLVED: "resolved",
+    }.get(alert.status, "unknown status")
+    return AlertView(
+        name=plain_text(alert.name),
+        status=status,
+        severity=plain_text(alert.labels.get("severity", "")),
+        summary=plain_text(annotations.get("summary", "")),
+        description=plain_text(annotations.get("description", "")),
+        runbook_url=plain_text(annotations.get("runbook_url", "")),
+        source_url=plain_text(alert.generator_url),
+        starts_at=_when(alert.starts_at) if alert.HasField("starts_at") else "",
+        labels=tuple(sorted((plain_text(k), plain_text(v)) for k, v in alert.labels.items())),
+    )
+
+
+def _target_view(target: alert_pb2.ResourceRef) -> TargetView:
+    return TargetView(
+        cluster=plain_text(target.cluster),
+        namespace=plain_text(target.namespace),
+        kind=plain_text(target.kind),
+        name=plain_text(target.name),
+    )
+
+
+class UnknownEventKind(ValueError):
+    def __init__(self, kind: int) -> None:
+        super().__init__(f"no notification template for incident event kind {kind}")
+        self.kind = kind
+
+
+class EventRenderer:
+    """Renders incident events with the templates in `directory` (ours by default).
+
+    Templates are parsed when the renderer is made, so a broken one fails at start. The
+    environment is sandboxed and immutable (a template cannot call methods that change
+    data, or reach Python internals) and undefined variables are errors, not blanks.
+    """
+
+    def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
+        self._env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(directory),
+            # Plain-text email: HTML escaping would show "&lt;" to the reader.
+            autoescape=False,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            # The last guard on everything a template prints: data stays text.
+            finalize=plain_text,
+        )
+        self._env.filters["continued"] = _continued
+        self._templates: dict[int, jinja2.Template] = {}
+        for kind, name in TEMPLATES.items():
+            template = self._env.get_template(name)
+            if "subject" not in template.blocks:
+                raise ValueError(f"{directory / name}: no {{% block subject %}}")
+            self._templates[kind] = template
+
+    def render(self, event: notification_pb2.IncidentEvent) -> RenderedMessage:
+        """Subject (one line, at most MAX_SUBJECT_LENGTH characters) and body of `event`.
+        Raises UnknownEventKind for a kind without a template."""
+        template = self._templates.get(event.kind)
+        if template is None:
+            raise UnknownEventKind(event.kind)
+        variables = EventView.of(event).variables()
+        subject = "".join(template.blocks["subject"](template.new_context(variables)))
+        body = template.render(variables)
+        # Blank lines at the ends come from optional sections; one final newline stays.
+        return RenderedMessage(subject=_one_line(subject), body=body.strip("\n") + "\n")

@@ -1,0 +1,98 @@
+"""Kubernetes API clients for the services that talk to clusters (executor, context_api).
+
+Each service reads its own kubeconfig (`KUBECONFIG`), so each gets only the RBAC of its
+own identity: the executor its least-privilege role, context_api read-only access.
+In a pod without a kubeconfig the in-cluster ServiceAccount is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from kubernetes_asyncio import client, config
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The opt-in label: Kubernaut acts only on objects (or namespaces) that carry it.
+MANAGED_LABEL = "kubernaut.ai/managed"
+
+
+class KubeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_KUBE_", frozen=True, extra="ignore")
+
+    # Empty: $KUBECONFIG, else ~/.kube/config, else in-cluster.
+    kubeconfig: str = ""
+    context: str = ""
+    request_timeout_seconds: float = 10.0
+
+
+def _kubeconfig_path(settings: KubeSettings) -> Path | None:
+    for candidate in (settings.kubeconfig, os.environ.get("KUBECONFIG", "")):
+        if candidate:
+            return Path(candidate).expanduser()
+    default = Path("~/.kube/config").expanduser()
+    return default if default.exists() else None
+
+
+class ClusterNotConfigured(RuntimeError):
+    """No kubeconfig and not in a pod: the service runs without a cluster."""
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+class KubeConnection:
+    """One API client per service, made on first use, so that a service starts (and
+    says NOT_SERVING) while its cluster is unreachable, and runs without one at all when
+    none is configured (its cluster RPCs then answer FAILED_PRECONDITION)."""
+
+    def __init__(self, settings: KubeSettings | None = None) -> None:
+        self.settings = settings or KubeSettings()
+        self._client: client.ApiClient | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def configured(self) -> bool:
+        return _kubeconfig_path(self.settings) is not None or _in_cluster()
+
+    async def api(self) -> client.ApiClient:
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._connect()
+            return self._client
+
+    async def _connect(self) -> client.ApiClient:
+        configuration = client.Configuration()
+        path = _kubeconfig_path(self.settings)
+        if path is not None:
+            await config.load_kube_config(
+                config_file=str(path),
+                context=self.settings.context or None,
+                client_configuration=configuration,
+            )
+        elif _in_cluster():
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            raise ClusterNotConfigured(
+                "no Kubernetes cluster configured: set KUBECONFIG (or KUBERNAUT_KUBE_KUBECONFIG)"
+            )
+        return client.ApiClient(configuration)
+
+    async def ready(self) -> bool:
+        """The API server answers (a readiness check)."""
+        try:
+            await client.VersionApi(await self.api()).get_code(_request_timeout=5)
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def is_managed(labels: dict[str, str] | None) -> bool:
+    return (labels or {}).get(MANAGED_LABEL) == "true"

@@ -1,0 +1,543 @@
+"""The workflow service's durable state in PostgreSQL, schema `workflow`: workflows, their
+steps and the runners' leases. No other service reads or writes this schema."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.workflow.v1 import workflow_pb2
+
+from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
+
+log = logging.getLogger(__name__)
+
+SCHEMA: Final = "workflow"
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+
+
+class State(enum.StrEnum):
+    """WorkflowState without its prefix, as stored."""
+
+    RUNNING = "RUNNING"
+    WAITING_APPROVAL = "WAITING_APPROVAL"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    ROLLED_BACK = "ROLLED_BACK"
+    REFUSED = "REFUSED"
+
+    def to_proto(self) -> workflow_pb2.WorkflowState.ValueType:
+        return workflow_pb2.WorkflowState.Value(f"WORKFLOW_STATE_{self.value}")
+
+
+class StepStatus(enum.StrEnum):
+    """StepState without its prefix, as stored."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED)
+
+    def to_proto(self) -> workflow_pb2.StepState.ValueType:
+        return workflow_pb2.StepState.Value(f"STEP_STATE_{self.value}")
+
+
+def kind_name(kind: workflow_pb2.StepKind.ValueType) -> str:
+    """APPLY for STEP_KIND_APPLY."""
+    return workflow_pb2.StepKind.Name(kind).removeprefix("STEP_KIND_")
+
+
+def outcome_name(outcome: storage_pb2.ActionOutcome.ValueType) -> str:
+    """SUCCEEDED for ACTION_OUTCOME_SUCCEEDED."""
+    return storage_pb2.ActionOutcome.Name(outcome).removeprefix("ACTION_OUTCOME_")
+
+
+class WorkflowStoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(WorkflowStoreError):
+    """The database cannot be reached; safe to retry."""
+
+
+class LeaseLost(WorkflowStoreError):
+    """This runner no longer holds the workflow's lease: another runner took it over."""
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    kind: workflow_pb2.StepKind.ValueType
+    state: StepStatus
+    attempts: int
+    message: str
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    def to_proto(self) -> workflow_pb2.StepRun:
+        run = workflow_pb2.StepRun(
+            kind=self.kind,
+            state=self.state.to_proto(),
+            message=self.message,
+            attempts=self.attempts,
+        )
+        if self.started_at is not None:
+            run.started_at.FromDatetime(self.started_at)
+        if self.finished_at is not None:
+            run.finished_at.FromDatetime(self.finished_at)
+        return run
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One workflow as stored, with its steps in plan order."""
+
+    workflow_id: str
+    incident_id: str
+    alert: alert_pb2.Alert
+    recommendation: remediation_pb2.Recommendation
+    plan: workflow_pb2.WorkflowPlan
+    state: State
+    action_id: str
+    message: str
+    # What the executor answered, once it answered.
+    outcome: storage_pb2.ActionOutcome.ValueType | None
+    outcome_message: str
+    stages: list[str]
+    acted_at: dt.datetime | None
+    # The final state, once decided.
+    result: State | None
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    steps: tuple[Step, ...] = ()
+
+    def to_proto(self) -> workflow_pb2.Workflow:
+        workflow = workflow_pb2.Workflow(
+            workflow_id=self.workflow_id,
+            incident_id=self.incident_id,
+            plan=self.plan,
+            state=self.state.to_proto(),
+            steps=[step.to_proto() for step in self.steps],
+            action_id=self.action_id,
+            message=self.message,
+            alert=self.alert,
+        )
+        workflow.created_at.FromDatetime(self.created_at)
+        workflow.updated_at.FromDatetime(self.updated_at)
+        return workflow
+
+
+@dataclass(frozen=True)
+class StepChange:
+    """A new state for one step. RUNNING starts a new attempt (attempts + 1, started_at now);
+    DONE, FAILED and SKIPPED set finished_at."""
+
+    index: int
+    state: StepStatus
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class WorkflowChange:
+    """Changes to a workflow's own columns; None leaves a column as it is."""
+
+    state: State | None = None
+    message: str | None = None
+    result: State | None = None
+    outcome: storage_pb2.ActionOutcome.ValueType | None = None
+    outcome_message: str | None = None
+    stages: Sequence[str] | None = None
+    acted_at: dt.datetime | None = None
+    # Give up the lease (the workflow is finished, waits, or this runner stops).
+    release: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    workflow_id: str
+    incident_id: str
+    # Who held the lease before, when it was taken over from a runner that stopped renewing.
+    previous_owner: str | None = field(default=None)
+    # W3C trace context (traceparent, tracestate) of the request that created the workflow.
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+
+def _to_json(message: Message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _from_json(text: str, message: _M) -> _M:
+    return json_format.Parse(text, message, ignore_unknown_fields=True)
+
+
+_WORKFLOW_COLUMNS: Final = (
+    "workflow_id, incident_id, alert, recommendation, plan, state, action_id, message,"
+    " outcome, outcome_message, stages, acted_at, result, lease_owner, lease_expires_at,"
+    " created_at, updated_at"
+)
+
+
+class WorkflowStore:
+    """Workflows in PostgreSQL through a connection pool. Use `WorkflowStore.connect()`."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+    ) -> WorkflowStore:
+        """Open a pool to `dsn`; StoreUnavailable (naming the server, never the password)
+        when it cannot connect."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
+            )
+        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
+            ) from exc
+        return cls(pool, timeout=connect_timeout)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except UNREACHABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {exc or type(exc).__name__}") from exc
+
+    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[int]:
+        """Create schema `workflow` and apply its migrations not yet applied."""
+        async with self._connection() as conn:
+            return await apply_migrations(conn, load_migrations(directory), schema=SCHEMA)
+
+    # -- workflows ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        incident_id: str,
+        alert: alert_pb2.Alert,
+        recommendation: remediation_pb2.Recommendation,
+        plan: workflow_pb2.WorkflowPlan,
+        trace_context: dict[str, str] | None = None,
+    ) -> tuple[Workflow, bool]:
+        """Store a new RUNNING workflow with PENDING steps for the incident and a fresh
+        action_id; when the incident has a workflow already, return that one and False."""
+        async with self._connection() as conn, conn.transaction():
+            workflow_id = await conn.fetchval(
+                "INSERT INTO workflow.workflows"
+                " (workflow_id, incident_id, alert, recommendation, plan, state, action_id,"
+                "  trace_context)"
+                " VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, 'RUNNING', $6, $7::jsonb)"
+                " ON CONFLICT (incident_id) DO NOTHING RETURNING workflow_id",
+                uuid.uuid4(),
+                uuid.UUID(incident_id),
+                _to_json(alert),
+                _to_json(recommendation),
+                _to_json(plan),
+                uuid.uuid4(),
+                json.dumps(trace_context or {}),
+            )
+            created = workflow_id is not None
+            if created:
+                await conn.executemany(
+                    "INSERT INTO workflow.steps (workflow_id, index, kind) VALUES ($1, $2, $3)",
+                    [(workflow_id, i, kind_name(s.kind)) for i, s in enumerate(plan.steps)],
+                )
+            else:
+                workflow_id = await conn.fetchval(
+                    "SELECT workflow_id FROM workflow.workflows WHERE incident_id = $1",
+                    uuid.UUID(incident_id),
+                )
+            workflow = await self._load(conn, workflow_id)
+        assert workflow is not None  # inserted or conflicting, in this transaction
+        return workflow, created
+
+    async def get(self, workflow_id: str) -> Workflow | None:
+        """The workflow, or None when there is none with this id (or it is not a UUID)."""
+        try:
+            key = uuid.UUID(workflow_id)
+        except ValueError:
+            return None
+        async with self._connection() as conn:
+            return await self._load(conn, key)
+
+    async def get_by_incident(self, incident_id: str) -> Workflow | None:
+        async with self._connection() as conn:
+            key = await conn.fetchval(
+                "SELECT workflow_id FROM workflow.workflows WHERE incident_id = $1",
+                uuid.UUID(incident_id),
+            )
+            return None if key is None else await self._load(conn, key)
+
+    async def _load(
+        self, conn: asyncpg.pool.PoolConnectionProxy, workflow_id: uuid.UUID
+    ) -> Workflow | None:
+        row = await conn.fetchrow(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM workflow.workflows WHERE workflow_id = $1",
+            workflow_id,
+        )
+        if row is None:
+            return None
+        steps = await conn.fetch(
+            "SELECT index, kind, state, attempts, message, started_at, finished_at"
+            " FROM workflow.steps WHERE workflow_id = $1 ORDER BY index",
+            workflow_id,
+        )
+        return _workflow(row, steps)
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_seconds: float) -> Claim | None:
+        """Take the lease of the oldest RUNNING workflow that no live runner holds (no lease,
+        or one that expired), or return None. SKIP LOCKED: concurrent claimers never get the
+        same workflow and never wait on each other."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "WITH next AS ("
+                "  SELECT workflow_id, lease_owner FROM workflow.workflows"
+                "  WHERE state = 'RUNNING'"
+                "    AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())"
+                "  ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE workflow.workflows w SET lease_owner = $1,"
+                "  lease_expires_at = clock_timestamp() + make_interval(secs => $2)"
+                " FROM next WHERE w.workflow_id = next.workflow_id"
+                " RETURNING w.workflow_id, w.incident_id, next.lease_owner AS previous_owner,"
+                " w.trace_context",
+                owner,
+                lease_seconds,
+            )
+        if row is None:
+            return None
+        return Claim(
+            str(row["workflow_id"]),
+            str(row["incident_id"]),
+            row["previous_owner"],
+            json.loads(row["trace_context"]),
+        )
+
+    async def renew(self, workflow_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when `owner` does not hold it any more."""
+        async with self._connection() as conn:
+            renewed = await conn.fetchval(
+                "UPDATE workflow.workflows"
+                " SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)"
+                " WHERE workflow_id = $1 AND lease_owner = $2 RETURNING true",
+                uuid.UUID(workflow_id),
+                owner,
+                lease_seconds,
+            )
+        return bool(renewed)
+
+    async def release(self, workflow_id: str, owner: str) -> None:
+        """Give up the lease of one workflow, if `owner` holds it."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE workflow.workflows SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE workflow_id = $1 AND lease_owner = $2",
+                uuid.UUID(workflow_id),
+                owner,
+            )
+
+    async def release_all(self, owner: str) -> int:
+        """Give up every lease `owner` holds (a runner stopping); returns how many."""
+        async with self._connection() as conn:
+            released = await conn.fetch(
+                "UPDATE workflow.workflows SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner = $1 RETURNING workflow_id",
+                owner,
+            )
+        return len(released)
+
+    # -- progress -----------------------------------------------------------------------------
+
+    async def save(
+        self,
+        workflow_id: str,
+        owner: str,
+        steps: Sequence[StepChange] = (),
+        change: WorkflowChange | None = None,
+    ) -> None:
+        """Apply step and workflow changes in one transaction, only while `owner` holds the
+        lease (LeaseLost otherwise): a runner that lost its lease can never overwrite the
+        progress of the runner that took over."""
+        key = uuid.UUID(workflow_id)
+        change = change or WorkflowChange()
+        async with self._connection() as conn, conn.transaction():
+            held = await conn.fetchval(
+                "SELECT true FROM workflow.workflows"
+                " WHERE workflow_id = $1 AND lease_owner = $2 FOR UPDATE",
+                key,
+                owner,
+            )
+            if not held:
+                raise LeaseLost(f"workflow {workflow_id}: the lease is no longer held by {owner}")
+            for step in steps:
+                if step.state is StepStatus.RUNNING:
+                    await conn.execute(
+                        "UPDATE workflow.steps SET state = 'RUNNING', attempts = attempts + 1,"
+                        " message = $3, started_at = now(), finished_at = NULL"
+                        " WHERE workflow_id = $1 AND index = $2",
+                        key,
+                        step.index,
+                        step.message,
+                    )
+                else:
+                    await conn.execute(
+                        "UPDATE workflow.steps SET state = $3, message = $4,"
+                        " finished_at = CASE WHEN $5 THEN now() END"
+                        " WHERE workflow_id = $1 AND index = $2",
+                        key,
+                        step.index,
+                        step.state.value,
+                        step.message,
+                        step.state.finished,
+                    )
+            await conn.execute(
+                "UPDATE workflow.workflows SET"
+                " state = COALESCE($2, state),"
+                " message = COALESCE($3, message),"
+                " result = COALESCE($4, result),"
+                " outcome = COALESCE($5, outcome),"
+                " stages = COALESCE($6::jsonb, stages),"
+                " acted_at = COALESCE($7, acted_at),"
+                " outcome_message = COALESCE($9, outcome_message),"
+                " lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END,"
+                " lease_expires_at = CASE WHEN $8 THEN NULL ELSE lease_expires_at END,"
+                " updated_at = now()"
+                " WHERE workflow_id = $1",
+                key,
+                None if change.state is None else change.state.value,
+                change.message,
+                None if change.result is None else change.result.value,
+                None if change.outcome is None else outcome_name(change.outcome),
+                None if change.stages is None else json.dumps(list(change.stages)),
+                change.acted_at,
+                change.release,
+                change.outcome_message,
+            )
+
+
+def _workflow(row: asyncpg.Record, steps: Sequence[asyncpg.Record]) -> Workflow:
+    outcome = row["outcome"]
+    result = row["result"]
+    return Workflow(
+        workflow_id=str(row["workflow_id"]),
+        incident_id=str(row["incident_id"]),
+        alert=_from_json(row["alert"], alert_pb2.Alert()),
+        recommendation=_from_json(row["recommendation"], remediation_pb2.Recommendation()),
+        plan=_from_json(row["plan"], workflow_pb2.WorkflowPlan()),
+        state=State(row["state"]),
+        action_id=str(row["action_id"]),
+        message=row["message"],
+        outcome=None
+        if outcome is None
+        else storage_pb2.ActionOutcome.Value(f"ACTION_OUTCOME_{outcome}"),
+        outcome_message=row["outcome_message"],
+        stages=[str(s) for s in json.loads(row["stages"])],
+        acted_at=row["acted_at"],
+        result=None if result is None else State(result),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        steps=tuple(_step(s) for s in steps),
+    )
+
+
+def _step(row: asyncpg.Record) -> Step:
+    return Step(
+        index=row["index"],
+        kind=workflow_pb2.StepKind.Value(f"STEP_KIND_{row['kind']}"),
+        state=StepStatus(row["state"]),
+        attempts=row["attempts"],
+        message=row["message"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` without its password, for messages (as storage's)."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return parts._replace(netloc=user + host).geturl()
+    except ValueError:
+        return "<unparsable DSN>"
+
+
+class WorkflowDatabase:
+    """Connects and migrates on first success, so the service starts (NOT_SERVING) while
+    PostgreSQL is still down and turns SERVING once it answers."""
+
+    def __init__(self, dsn: str, **pool_options: Any) -> None:
+        self.dsn = dsn
+        self._pool_options = pool_options
+        self._store: WorkflowStore | None = None
+        self._lock = asyncio.Lock()
+
+    async def store(self) -> WorkflowStore:
+        """The migrated store; StoreUnavailable while the database cannot be reached."""
+        async with self._lock:
+            if self._store is None:
+                store = await WorkflowStore.connect(self.dsn, **self._pool_options)
+                try:
+                    applied = await store.migrate()
+                except BaseException:
+                    await store.close()
+                    raise
+                log.info("database ready", extra={"dsn": redact_dsn(self.dsn), "migrated": applied})
+                self._store = store
+            return self._store
+
+    async def ready(self) -> bool:
+        try:
+            return await (await self.store()).ping()
+        except StoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None

@@ -1,0 +1,196 @@
+"""Kubernaut's main job end to end, through the real AlertManager: a bad rollout
+crash-loops, the alert arrives (several times), exactly one rollback fixes it, the action
+and its assessment are stored, one email goes out, and the incident is one trace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+
+from services.devstack.kube import default_bin_dir
+from services.devstack.smtp import read_mailbox
+from services.devstack.stack import DevStack, StackInfo
+from services.runtime.settings import RuntimeSettings
+from services.scenario import GOOD_IMAGE, BadRollout
+from services.system import System, Tuning, running_system
+from tests.fixtures.kubernaut import free_port, free_port_base
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Loop:
+    system: System
+    dev: StackInfo
+    state_dir: Path
+
+    def storage(self) -> StorageServiceStub:
+        return self.system.clients().stub(StorageServiceStub)
+
+    def log_lines(self, service: str) -> list[dict[str, object]]:
+        path = self.state_dir / "logs" / f"{service}.log"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
+    state_dir = tmp_path_factory.mktemp("e2e")
+    edge_port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KUBERNAUT_STATE_DIR", str(state_dir))
+        env.setenv("KUBERNAUT_PORT_BASE", str(free_port_base()))
+        env.setenv("KUBERNAUT_HTTP_PORT", str(edge_port))
+        settings = RuntimeSettings()
+        stack = DevStack(
+            state_dir,
+            webhook_url=f"http://127.0.0.1:{edge_port}/api/v1/alerts/alertmanager",
+            alert_for="5s",
+            group_interval="2s",
+            # AlertManager re-sends the firing alert every few seconds: each must be
+            # counted on the incident, never acted on again.
+            repeat_interval="4s",
+            k8s_bin_dir=default_bin_dir(),
+        )
+        dev = await asyncio.to_thread(stack.up, lambda line: None)
+        tuning = Tuning(assessment_delays="3s,6s,30m", verify_timeout_seconds=60)
+        try:
+            async with running_system(settings, dev, tuning) as system:
+                assert system.ready, (system.statuses, system.fleet.exited())
+                yield Loop(system, dev, state_dir)
+        finally:
+            await asyncio.to_thread(stack.down, lambda line: None)
+
+
+async def _incident_for(loop: Loop, namespace: str) -> storage_pb2.GetIncidentResponse | None:
+    storage = loop.storage()
+    listed = await storage.ListIncidents(storage_pb2.ListIncidentsRequest(page_size=100))
+    for incident in listed.incidents:
+        if incident.subject.namespace == namespace:
+            found: storage_pb2.GetIncidentResponse = await storage.GetIncident(
+                storage_pb2.GetIncidentRequest(incident_id=incident.incident_id)
+            )
+            return found
+    return None
+
+
+async def _eventually(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(1)
+    raise AssertionError(f"{what} did not happen within {timeout}s (last: {last})")
+
+
+async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(loop: Loop) -> None:
+    scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), "shop")
+    mail_dir = Path(loop.dev.detail("smtp", "mail_dir"))
+    mails_before = len(read_mailbox(mail_dir)) if mail_dir.exists() else 0
+    try:
+        await scenario.deploy()
+        await scenario.break_it()
+        # Fixed by Kubernaut alone: the good revision, every pod Ready.
+        await _eventually(scenario.healed, 240, "the rollback")
+        state = await scenario.state()
+        assert state.image == GOOD_IMAGE and state.ready == state.replicas
+
+        async def assessed() -> storage_pb2.GetIncidentResponse | None:
+            found = await _incident_for(loop, "shop")
+            return found if found is not None and found.assessments else None
+
+        found = await _eventually(assessed, 120, "an assessment")
+
+        # AlertManager re-sent the alert while it fired; it was counted, not re-acted on.
+        async def resent() -> bool:
+            again = await _incident_for(loop, "shop")
+            return again is not None and again.incident.occurrences > 1
+
+        await _eventually(resent, 60, "a re-sent alert")
+        found = await _incident_for(loop, "shop")
+        assert found is not None
+        rollbacks = [a for a in found.actions if a.action == "rollback_deployment"]
+        assert len(rollbacks) == 1, found.actions
+        assert rollbacks[0].outcome == storage_pb2.ACTION_OUTCOME_SUCCEEDED
+        assert GOOD_IMAGE in rollbacks[0].spec_after_json
+        assert found.incident.subject.kind == "Deployment"
+        assert found.assessments[0].action_id == rollbacks[0].action_id
+
+        async def one_mail() -> list[object]:
+            mails = read_mailbox(mail_dir)[mails_before:] if mail_dir.exists() else []
+            return [m for m in mails if found.incident.incident_id in str(m)]
+
+        mails = await _eventually(one_mail, 60, "the email")
+        await asyncio.sleep(3)  # a second one would come now
+        assert len(await one_mail()) == 1, mails
+        # One trace id on every hop of the incident.
+        trace_id = found.incident.trace_id
+        assert trace_id
+        for service in (
+            "gateway",
+            "alert_processor",
+            "ai_analysis",
+            "context_api",
+            "workflow",
+            "executor",
+            "storage",
+            "notification",
+        ):
+            assert any(line.get("trace_id") == trace_id for line in loop.log_lines(service)), (
+                service
+            )
+    finally:
+        await scenario.close()
+
+
+async def test_a_resolved_only_webhook_causes_no_action(loop: Loop) -> None:
+    body = {
+        "version": "4",
+        "status": "resolved",
+        "receiver": "kubernaut",
+        "alerts": [
+            {
+                "status": "resolved",
+                "labels": {"alertname": "KubePodCrashLooping", "namespace": "quiet", "pod": "x-1"},
+                "annotations": {},
+                "startsAt": "2026-11-26T10:00:00Z",
+                "endsAt": "2026-11-26T10:05:00Z",
+            }
+        ],
+    }
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(f"{loop.system.edge_url}/api/v1/alerts/alertmanager", json=body)
+    assert reply.status_code == 200
+    assert reply.json()["outcomes"][0]["disposition"] == "ALERT_DISPOSITION_IGNORED_RESOLVED"
+    assert await _incident_for(loop, "quiet") is None
+
+
+async def test_a_namespace_not_opted_in_is_left_alone_and_the_incident_says_why(loop: Loop) -> None:
+    scenario = BadRollout(
+        Path(loop.dev.detail("kubernetes", "kubeconfig")), "untouched", opted_in=False
+    )
+    try:
+        await scenario.deploy()
+        await scenario.break_it()
+
+        async def closed() -> storage_pb2.GetIncidentResponse | None:
+            found = await _incident_for(loop, "untouched")
+            return found if found is not None and found.incident.closed_at.ByteSize() else None
+
+        found = await _eventually(closed, 180, "the incident to be closed")
+        assert found.incident.status == storage_pb2.INCIDENT_STATUS_NO_ACTION
+        assert "kubernaut.ai/managed" in found.incident.status_reason
+        assert all(a.outcome == storage_pb2.ACTION_OUTCOME_REFUSED for a in found.actions)
+        state = await scenario.state()
+        assert state.simulate, "the deployment must not have been changed"
+    finally:
+        await scenario.close()
