@@ -87,7 +87,7 @@ async def watch(
     try:
         while time.monotonic() < deadline:
             state = await scenario.state()
-            if state.simulate and state.updated:
+            if state.simulate and state.ready < state.replicas:
                 step(
                     "crash",
                     f"pods crash-looping on {BAD_IMAGE}",

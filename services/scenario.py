@@ -16,10 +16,9 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from services.devstack.stages import SIMULATE_ANNOTATION, PodSimulation
 from services.runtime.kube import MANAGED_LABEL
 
-SIMULATE_ANNOTATION = "kubernaut.dev/simulate"
-CRASHLOOP = "crashloop"
 GOOD_IMAGE = "registry.example/shop/checkout:1.4.2"
 BAD_IMAGE = "registry.example/shop/checkout:1.5.0"
 
@@ -105,7 +104,9 @@ class BadRollout:
         patch = {
             "spec": {
                 "template": {
-                    "metadata": {"annotations": {SIMULATE_ANNOTATION: CRASHLOOP}},
+                    "metadata": {
+                        "annotations": {SIMULATE_ANNOTATION: PodSimulation.CRASHLOOP.value}
+                    },
                     "spec": {"containers": [{"name": "app", "image": BAD_IMAGE}]},
                 }
             }

@@ -149,7 +149,14 @@ class ResourceContextReader:
         """The workload that controls the object: Pod -> ReplicaSet -> Deployment etc."""
         if ref.kind != "Pod":
             return ref.kind, ref.name
-        pod = await self.core.read_namespaced_pod(ref.name, ref.namespace)
+        try:
+            pod = await self.core.read_namespaced_pod(ref.name, ref.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # The pod is gone (a rollout or rollback replaced it) while alerts about it
+            # still arrive; its ReplicaSet, named by the pod's prefix, usually remains.
+            return await self._owner_of_gone_pod(ref, error)
         owner = _controller_of(pod.metadata)
         if owner is None:
             return "Pod", ref.name
@@ -165,6 +172,23 @@ class ResourceContextReader:
             if parent is not None and parent.kind == "CronJob":
                 return "CronJob", parent.name
         return owner.kind, owner.name
+
+    async def _owner_of_gone_pod(
+        self, ref: alert_pb2.ResourceRef, gone: ApiException
+    ) -> tuple[str, str]:
+        replica_set_name = ref.name.rsplit("-", 1)[0]
+        try:
+            replica_set = await self.apps.read_namespaced_replica_set(
+                replica_set_name, ref.namespace
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise gone from None
+            raise
+        parent = _controller_of(replica_set.metadata)
+        if parent is not None and parent.kind == "Deployment":
+            return "Deployment", parent.name
+        raise gone
 
     async def _read_workload(self, ref: alert_pb2.ResourceRef) -> Any:
         readers = {

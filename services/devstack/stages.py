@@ -13,10 +13,11 @@ for objects annotated `kubernaut.dev/simulate` (`SIMULATE_ANNOTATION`):
   node `notready`   Ready condition False (reason KubeletNotReady), heartbeat kept fresh
 
 Put the annotation on a pod template and every pod of that rollout misbehaves; roll back to
-a template without it and the new pods are healthy. Remove it from a running pod and a
-`crashloop`, `oomkilled` or `unready` pod turns Ready (restart count and last state kept),
-as a node turns Ready again. A `pending` pod stays Pending until deleted (no kubelet would
-start it either); deleting any of these pods works as usual.
+a template without it and the new pods are healthy. The annotation also works on a live
+object: added to a Running pod, `crashloop`/`oomkilled` start at the next restart interval
+and `unready` at once (`pending` only applies to pods not started yet); removed, a pod turns
+Running and Ready (restart count and last state kept) and a node turns Ready again. Other
+values mean nothing (the pod runs normally). Deleting any of these pods works as usual.
 
 How KWOK picks a Stage (sigs.k8s.io/kwok v0.8.0, pkg/utils/lifecycle `Lifecycle.Match`):
 every Stage whose selector matches the object is a candidate; one candidate wins outright;

@@ -36,13 +36,20 @@ class StorageSettings(BaseSettings):
     # Embeds incidents for SearchSimilarIncidents: a name from
     # services.storage.embeddings.EMBEDDERS, or package.module:factory.
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    # KUBERNAUT_INCIDENT_QUIET_SECONDS: alerts this long after their incident was closed
+    # (other than by resolving) count on it instead of opening a new one, so a fix is
+    # never repeated while the alert's lookback window drains.
+    incident_quiet_seconds: float = 1800.0
 
 
 class Database:
     """Connects and migrates on first success, so the service starts (NOT_SERVING)
     while PostgreSQL is still down and turns SERVING once it answers."""
 
-    def __init__(self, dsn: str, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, dsn: str, embedder: Embedder | None = None, quiet_seconds: float = 0.0
+    ) -> None:
+        self.quiet_seconds = quiet_seconds
         self.dsn = dsn
         self.embedder = embedder
         self._store: Store | None = None
@@ -51,7 +58,9 @@ class Database:
     async def store(self) -> Store:
         async with self._lock:
             if self._store is None:
-                store = await Store.connect(self.dsn, embedder=self.embedder)
+                store = await Store.connect(
+                    self.dsn, embedder=self.embedder, quiet_seconds=self.quiet_seconds
+                )
                 try:
                     applied = await store.migrate()
                 except BaseException:
@@ -205,7 +214,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 async def build(ctx: ServiceContext) -> ServiceSpec:
     settings = StorageSettings()
     # Fails here, at start, for an unknown model; the model itself loads on first use.
-    database = Database(settings.database_url, embedder_for(settings.embedding_model))
+    database = Database(
+        settings.database_url,
+        embedder_for(settings.embedding_model),
+        settings.incident_quiet_seconds,
+    )
     return ServiceSpec(
         StorageServicer(database),
         readiness=[("postgresql", database.ready)],

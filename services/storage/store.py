@@ -117,9 +117,15 @@ class Store:
     """The storage service's data, in one PostgreSQL database through a connection pool."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, timeout: float, embedder: Embedder | None = None
+        self,
+        pool: asyncpg.Pool,
+        *,
+        timeout: float,
+        embedder: Embedder | None = None,
+        quiet_seconds: float = 0.0,
     ) -> None:
         """Use `Store.connect()`."""
+        self._quiet_seconds = quiet_seconds
         self._pool = pool
         self._timeout = timeout
         self._embedder = embedder or embedder_for()
@@ -137,11 +143,14 @@ class Store:
         max_size: int = 10,
         connect_timeout: float = 10.0,
         embedder: Embedder | None = None,
+        quiet_seconds: float = 0.0,
     ) -> Store:
         """Open a pool to `dsn`. Raises StoreUnavailable, naming the server (never the
         password), when it cannot connect: min_size >= 1 makes that fail here, not later.
         `connect_timeout` also bounds waiting for a pooled connection and `ping()`.
-        `embedder` embeds incidents; None means the default model (loaded on first use)."""
+        `embedder` embeds incidents; None means the default model (loaded on first use).
+        An alert within `quiet_seconds` of its incident's closing (unless it closed
+        because the alert resolved) is counted on that incident instead of opening one."""
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
@@ -150,7 +159,7 @@ class Store:
             raise StoreUnavailable(
                 f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
             ) from exc
-        return cls(pool, timeout=connect_timeout, embedder=embedder)
+        return cls(pool, timeout=connect_timeout, embedder=embedder, quiet_seconds=quiet_seconds)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -278,6 +287,10 @@ class Store:
             # Fast path, the usual case for a repeated alert: no embedding needed.
             async with self._connection() as conn:
                 row = await conn.fetchrow(_COUNT_OCCURRENCE, fingerprint)
+                if row is None and self._quiet_seconds > 0:
+                    row = await conn.fetchrow(
+                        _COUNT_ON_RECENTLY_CLOSED, fingerprint, float(self._quiet_seconds)
+                    )
             if row is not None:
                 return _row_to_incident(row), False
             description = describe_incident(alert, subject)
@@ -569,6 +582,19 @@ _SELECT_INCIDENT: Final = f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE inci
 _COUNT_OCCURRENCE: Final = f"""
 UPDATE incidents SET occurrences = occurrences + 1, updated_at = now()
 WHERE fingerprint = $1 AND closed_at IS NULL
+RETURNING {_INCIDENT_COLUMNS}
+"""
+
+# An alert that keeps firing after its incident was remediated (the upstream crash-loop
+# rule looks back 5 minutes, AlertManager re-sends until it resolves) belongs to that
+# incident: a new one would analyse the fixed workload again and could act twice.
+_COUNT_ON_RECENTLY_CLOSED: Final = f"""
+UPDATE incidents SET occurrences = occurrences + 1, updated_at = now()
+WHERE incident_id = (
+    SELECT incident_id FROM incidents
+    WHERE fingerprint = $1 AND closed_at > now() - make_interval(secs => $2)
+      AND status <> 'INCIDENT_STATUS_RESOLVED'
+    ORDER BY closed_at DESC LIMIT 1)
 RETURNING {_INCIDENT_COLUMNS}
 """
 

@@ -18,6 +18,7 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from services.devstack.kube import default_bin_dir
 from services.devstack.smtp import read_mailbox
 from services.devstack.stack import DevStack, StackInfo
+from services.runtime.clients import Clients
 from services.runtime.settings import RuntimeSettings
 from services.scenario import GOOD_IMAGE, BadRollout
 from services.system import System, Tuning, running_system
@@ -31,9 +32,10 @@ class Loop:
     system: System
     dev: StackInfo
     state_dir: Path
+    clients: Clients
 
     def storage(self) -> StorageServiceStub:
-        return self.system.clients().stub(StorageServiceStub)
+        return self.clients.stub(StorageServiceStub)
 
     def log_lines(self, service: str) -> list[dict[str, object]]:
         path = self.state_dir / "logs" / f"{service}.log"
@@ -44,6 +46,7 @@ class Loop:
 async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
     state_dir = tmp_path_factory.mktemp("e2e")
     edge_port = free_port()
+    bin_dir = default_bin_dir()  # before KUBERNAUT_STATE_DIR points elsewhere
     with pytest.MonkeyPatch.context() as env:
         env.setenv("KUBERNAUT_STATE_DIR", str(state_dir))
         env.setenv("KUBERNAUT_PORT_BASE", str(free_port_base()))
@@ -57,14 +60,16 @@ async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
             # AlertManager re-sends the firing alert every few seconds: each must be
             # counted on the incident, never acted on again.
             repeat_interval="4s",
-            k8s_bin_dir=default_bin_dir(),
+            k8s_bin_dir=bin_dir,
         )
         dev = await asyncio.to_thread(stack.up, lambda line: None)
         tuning = Tuning(assessment_delays="3s,6s,30m", verify_timeout_seconds=60)
         try:
             async with running_system(settings, dev, tuning) as system:
                 assert system.ready, (system.statuses, system.fleet.exited())
-                yield Loop(system, dev, state_dir)
+                clients = system.clients()
+                yield Loop(system, dev, state_dir, clients)
+                await clients.close()
         finally:
             await asyncio.to_thread(stack.down, lambda line: None)
 
@@ -118,6 +123,10 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
         await _eventually(resent, 60, "a re-sent alert")
         found = await _incident_for(loop, "shop")
         assert found is not None
+        # Every alert (one per crashing pod, re-sent, some after their pod was gone) is
+        # the same problem: one incident on the Deployment.
+        listed = await loop.storage().ListIncidents(storage_pb2.ListIncidentsRequest())
+        assert [i.subject.namespace for i in listed.incidents].count("shop") == 1
         rollbacks = [a for a in found.actions if a.action == "rollback_deployment"]
         assert len(rollbacks) == 1, found.actions
         assert rollbacks[0].outcome == storage_pb2.ACTION_OUTCOME_SUCCEEDED

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from kubernetes_asyncio import client, config
 
 from services.devstack.kube import LocalCluster, default_bin_dir
@@ -26,9 +27,12 @@ from services.devstack.stack import DevStack, StackInfo
 from services.devstack.stages import (
     CRASHLOOP_RESTART_INTERVAL,
     SIMULATE_ANNOTATION,
+    STAGE_WEIGHT,
     NodeSimulation,
     PodSimulation,
+    kwok_config,
     simulate,
+    simulation_stages,
 )
 from tests.fixtures.devstack import WebhookReceiver
 
@@ -475,3 +479,44 @@ def test_down_leaves_no_process_alive(tmp_path: Path) -> None:
     leftover = _processes_mentioning(str(tmp_path))
     assert not leftover, f"processes still use the stack's directory: {leftover}"
     assert cluster.status().stopped
+
+
+# -- the Stage definitions themselves (no cluster) ------------------------------------------
+
+
+def test_simulation_stages_outweigh_the_defaults_and_spare_deleted_pods() -> None:
+    stages = simulation_stages()
+    assert all(s["spec"]["weight"] == STAGE_WEIGHT > 0 for s in stages)
+    claims = set()
+    for stage in stages:
+        spec = stage["spec"]
+        selector = spec["selector"]
+        expressions = [e["jq"] for e in selector["matchExpressions"]]
+        if spec["resourceRef"]["kind"] == "Pod":
+            # KWOK's pod-delete must stay the only Stage for a pod being deleted.
+            assert {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"} in (
+                expressions
+            ), stage["metadata"]["name"]
+        value = selector.get("matchAnnotations", {}).get(SIMULATE_ANNOTATION)
+        state = [e for e in expressions if e["key"] != ".metadata.deletionTimestamp"]
+        claim = (spec["resourceRef"]["kind"], value, repr(state))
+        assert claim not in claims, f"two Stages select {claim}"
+        claims.add(claim)
+    selected = {
+        s["spec"]["selector"].get("matchAnnotations", {}).get(SIMULATE_ANNOTATION) for s in stages
+    }
+    assert {v.value for v in (*PodSimulation, *NodeSimulation)} <= selected
+
+
+def test_kwok_config_refuses_weighted_default_stages() -> None:
+    weighted = (
+        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: Stage\nmetadata:\n  name: pod-ready\n"
+        "spec:\n  resourceRef:\n    kind: Pod\n  selector: {}\n  weight: 5\n"
+    )
+    with pytest.raises(ValueError, match="pod-ready"):
+        kwok_config(weighted)
+    config = kwok_config(weighted.replace("  weight: 5\n", ""))
+    documents = [d for d in yaml.safe_load_all(config) if d]
+    assert [d["metadata"]["name"] for d in documents] == ["pod-ready"] + [
+        s["metadata"]["name"] for s in simulation_stages()
+    ]

@@ -840,3 +840,26 @@ async def test_list_and_search_incidents_over_grpc(stack: InProcessStack) -> Non
         assert len(default_limit.incidents) == min(5, len(found))
     finally:
         await operator.close()
+
+
+async def test_an_alert_soon_after_its_incident_was_fixed_is_counted_not_reopened(
+    database_dsn: str,
+) -> None:
+    from services.storage.store import Store
+
+    store = await Store.connect(database_dsn, quiet_seconds=600)
+    try:
+        await store.migrate()
+        alert = alert_pb2.Alert(name="KubePodCrashLooping", status=alert_pb2.ALERT_STATUS_FIRING)
+        alert.starts_at.GetCurrentTime()
+        subject = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout")
+        first, created = await store.open_incident("fp-quiet", alert, subject)
+        assert created
+        await store.update_incident(
+            first.incident_id, storage_pb2.INCIDENT_STATUS_REMEDIATED, "rolled back"
+        )
+        again, created = await store.open_incident("fp-quiet", alert, subject)
+        assert not created and again.incident_id == first.incident_id
+        assert again.occurrences == 2
+    finally:
+        await store.close()
