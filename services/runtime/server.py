@@ -138,9 +138,15 @@ class RunningService:
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.settings.shutdown_drain_seconds)
         await self.server.stop(self.settings.shutdown_grace_seconds)
-        for hook in self.spec.on_stop:
-            await hook()
-        await self.clients.close()
+        # Each clean-up gets the grace period too: a stuck one must not keep the
+        # process from exiting.
+        for hook in (*self.spec.on_stop, self.clients.close):
+            try:
+                await asyncio.wait_for(hook(), self.settings.shutdown_grace_seconds)
+            except TimeoutError:
+                log.warning(
+                    "clean-up did not finish in the grace period", extra={"hook": repr(hook)}
+                )
         log.info("stopped")
 
 
