@@ -81,7 +81,7 @@ export CGO_ENABLED=0
 HASH="$(
   {
     printf '%s\n' "$GO_VERSION" "$(go env GOOS GOARCH)" "CGO_ENABLED=$CGO_ENABLED" "${BUILD_FLAGS[*]}" "layout=2"
-    sha256sum "$0"
+    sha256sum < "$0"  # the content only: the key must not depend on how the script is called
     (cd "$ROOT/tools/k8s" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort | xargs sha256sum)
   } | sha256sum | cut -c1-12
 )"

@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.kubernaut",
     "tests.fixtures.devstack",
+    "tests.fixtures.cluster",
 ]

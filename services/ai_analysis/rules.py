@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import protovalidate
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
+
+from services.ai_analysis.history import HistorySettings, HistoryUnavailable, weigh_history
 
 __all__ = ["ANALYZER", "RulesSettings", "analyze"]
 
@@ -30,10 +32,16 @@ _MAX_QUANTITY_LEN = 32
 # A container name is a DNS-1123 label; anything else in the label is not acted on.
 _CONTAINER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MAX_CONTAINER_LEN = 63
+# Waiting reasons a restart cannot clear: the pod template itself is wrong.
+_CANNOT_START = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
+)
 
 _CONFIDENCE_CRASHLOOP = 0.6
 _CONFIDENCE_OOM = 0.7
-_CONFIDENCE_REPLICAS = 0.5
+_CONFIDENCE_REPLICAS_BLIND = 0.5
+_CONFIDENCE_RESTART_STUCK = 0.6
+_CONFIDENCE_SCALE_TO_FIT = 0.55
 _CONFIDENCE_ROLLOUT = 0.7
 _CONFIDENCE_ROLLBACK = 0.8
 
@@ -49,6 +57,8 @@ class RulesSettings:
     # A revision created this long before the alert started, or later, is "recent": the
     # crashes probably followed it.
     recent_rollout_seconds: float = 3600.0
+    # How the past weighs on a decision.
+    history: HistorySettings = field(default_factory=HistorySettings)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.memory_factor) and 1.0 < self.memory_factor <= _MAX_FACTOR):
@@ -68,9 +78,11 @@ def analyze(
     knowledge: context_api_pb2.AlertKnowledge | None,
     settings: RulesSettings,
     evidence: context_api_pb2.ResourceContext | None = None,
+    history: context_api_pb2.IncidentHistory | HistoryUnavailable | None = None,
 ) -> remediation_pb2.Analysis:
     """Decide what to do about one firing alert whose subject is `subject`, using what the
-    context API saw of the workload (`evidence`) when there is any.
+    context API saw of the workload (`evidence`) when there is any, and weighing the
+    decision against the incident's `history` when it was asked for (None: not asked).
 
     Raises ValueError for an alert that is not firing (a resolved alert never triggers an
     action, so callers must not send one) and for a recommendation that would fail
@@ -83,6 +95,8 @@ def analyze(
         raise ValueError(f"alert status must be FIRING, got {alert.status}")
 
     analysis = _decide(alert, subject, settings, evidence)
+    if history is not None:
+        weigh_history(analysis, history, settings.history)
     analysis.analyzer = ANALYZER
     # Only a runbook for this very alert; a mismatched entry would mislead the operator.
     if knowledge is not None and knowledge.alert_name == alert.name:
@@ -136,58 +150,13 @@ def _decide(
         refusal = _needs_deployment(name, subject, "restart_deployment")
         if refusal is not None:
             return refusal
-        rollout = _recent_rollout(alert, evidence, settings)
-        if rollout is not None:
-            current, previous = rollout
-            return _remediate(
-                remediation_pb2.ActionParams(
-                    rollback_deployment=remediation_pb2.RollbackDeploymentParams(
-                        to_revision=previous.number
-                    )
-                ),
-                subject,
-                _CONFIDENCE_ROLLBACK,
-                [
-                    f"{name}: pods of {what} are in CrashLoopBackOff.",
-                    f"Revision {current.number} ({', '.join(current.images)}) rolled out "
-                    f"shortly before the crashes; revision {previous.number} "
-                    f"({', '.join(previous.images)}) ran before it.",
-                    f"Rolling back to revision {previous.number} restores the pod template "
-                    "that ran, while the new one is fixed.",
-                ],
-            )
-        return _remediate(
-            remediation_pb2.ActionParams(
-                restart_deployment=remediation_pb2.RestartDeploymentParams()
-            ),
-            subject,
-            _CONFIDENCE_CRASHLOOP,
-            [
-                f"{name}: pods of {what} are in CrashLoopBackOff.",
-                "A rolling restart clears crashes caused by transient start-up failures "
-                "at low risk; a crash that repeats deterministically will fail verification.",
-                "Rollback not chosen: no revision was rolled out shortly before the crashes.",
-            ],
-        )
+        return _crash_looping(alert, subject, settings, evidence)
 
     if name == "KubeDeploymentReplicasMismatch":
         refusal = _needs_deployment(name, subject, "restart_deployment")
         if refusal is not None:
             return refusal
-        return _remediate(
-            remediation_pb2.ActionParams(
-                restart_deployment=remediation_pb2.RestartDeploymentParams()
-            ),
-            subject,
-            _CONFIDENCE_REPLICAS,
-            [
-                f"{name}: {what} has had fewer available replicas than desired, with no "
-                "rollout progress, for 15 minutes.",
-                "A rolling restart replaces pods stuck in a bad state.",
-                "Confidence is low: a lack of capacity or quota causes the same alert, and a "
-                "restart does not fix that.",
-            ],
-        )
+        return _replicas_mismatch(alert, subject, settings, evidence)
 
     if name == "KubeDeploymentRolloutStuck":
         refusal = _needs_deployment(name, subject, "rollback_deployment")
@@ -207,6 +176,157 @@ def _decide(
         )
 
     return _no_action(f"No rule handles alert {name!r}; nothing is done automatically.")
+
+
+def _crash_looping(
+    alert: alert_pb2.Alert,
+    subject: alert_pb2.ResourceRef,
+    settings: RulesSettings,
+    evidence: context_api_pb2.ResourceContext | None,
+    symptom: str = "",
+) -> remediation_pb2.Analysis:
+    """Roll back a recent rollout the crashes followed; otherwise restart."""
+    what = _describe(subject)
+    symptom = symptom or f"{alert.name}: pods of {what} are in CrashLoopBackOff."
+    rollout = _recent_rollout(alert, evidence, settings)
+    if rollout is not None:
+        return _roll_back(rollout, subject, symptom)
+    return _remediate(
+        remediation_pb2.ActionParams(restart_deployment=remediation_pb2.RestartDeploymentParams()),
+        subject,
+        _CONFIDENCE_CRASHLOOP,
+        [
+            symptom,
+            "A rolling restart clears crashes caused by transient start-up failures "
+            "at low risk; a crash that repeats deterministically will fail verification.",
+            "Rollback not chosen: no revision was rolled out shortly before the crashes.",
+        ],
+    )
+
+
+def _roll_back(
+    rollout: tuple[context_api_pb2.Revision, context_api_pb2.Revision],
+    subject: alert_pb2.ResourceRef,
+    symptom: str,
+) -> remediation_pb2.Analysis:
+    current, previous = rollout
+    return _remediate(
+        remediation_pb2.ActionParams(
+            rollback_deployment=remediation_pb2.RollbackDeploymentParams(
+                to_revision=previous.number
+            )
+        ),
+        subject,
+        _CONFIDENCE_ROLLBACK,
+        [
+            symptom,
+            f"Revision {current.number} ({', '.join(current.images)}) rolled out "
+            f"shortly before the failures; revision {previous.number} "
+            f"({', '.join(previous.images)}) ran before it.",
+            f"Rolling back to revision {previous.number} restores the pod template "
+            "that ran, while the new one is fixed.",
+        ],
+    )
+
+
+def _replicas_mismatch(
+    alert: alert_pb2.Alert,
+    subject: alert_pb2.ResourceRef,
+    settings: RulesSettings,
+    evidence: context_api_pb2.ResourceContext | None,
+) -> remediation_pb2.Analysis:
+    """Scale or restart by what the pods and events show: no room for the missing
+    replicas is answered by scaling to what runs, stuck pods by a restart, crashes and
+    unpullable images of a fresh rollout by rolling it back."""
+    name, what = alert.name, _describe(subject)
+    symptom = f"{name}: {what} has had fewer available replicas than desired for 15 minutes."
+    if evidence is None:
+        return _remediate(
+            remediation_pb2.ActionParams(
+                restart_deployment=remediation_pb2.RestartDeploymentParams()
+            ),
+            subject,
+            _CONFIDENCE_REPLICAS_BLIND,
+            [
+                symptom,
+                "No evidence about its pods could be read; a rolling restart replaces pods "
+                "stuck in a bad state.",
+                "Confidence is low: a lack of capacity or quota causes the same alert, and a "
+                "restart does not fix that.",
+            ],
+        )
+
+    no_room = _no_room(evidence)
+    if no_room:
+        running = evidence.rollout.available_replicas
+        desired = evidence.rollout.desired_replicas
+        if running < 1:
+            return _no_action(
+                f"{symptom} The cluster has no room for its pods ({no_room}) and none "
+                "runs; scaling down would not help, so capacity must be added by a person."
+            )
+        return _remediate(
+            remediation_pb2.ActionParams(
+                scale_deployment=remediation_pb2.ScaleDeploymentParams(replicas=running)
+            ),
+            subject,
+            _CONFIDENCE_SCALE_TO_FIT,
+            [
+                symptom,
+                f"The missing replicas cannot be placed: {no_room}.",
+                f"Scaling from {desired} to the {running} replica(s) that run keeps the "
+                "serving capacity, frees the pending pods' reservations and lets rollouts "
+                "progress; restore the count once capacity is added.",
+                "A restart was not chosen: new pods would meet the same lack of room.",
+            ],
+        )
+
+    waiting = {pod.waiting_reason for pod in evidence.pods if pod.waiting_reason}
+    if waiting & _CANNOT_START:
+        rollout = _recent_rollout(alert, evidence, settings)
+        reasons = ", ".join(sorted(waiting & _CANNOT_START))
+        if rollout is not None:
+            return _roll_back(rollout, subject, f"{symptom} Its new pods cannot start: {reasons}.")
+        return _no_action(
+            f"{symptom} Its pods cannot start ({reasons}) and no recent rollout explains it; "
+            "a restart would meet the same error, so nothing is done automatically."
+        )
+    if "CrashLoopBackOff" in waiting:
+        return _crash_looping(
+            alert, subject, settings, evidence, f"{symptom} Its pods are in CrashLoopBackOff."
+        )
+
+    stuck = [pod.name for pod in evidence.pods if pod.phase == "Running" and not pod.ready]
+    if stuck:
+        return _remediate(
+            remediation_pb2.ActionParams(
+                restart_deployment=remediation_pb2.RestartDeploymentParams()
+            ),
+            subject,
+            _CONFIDENCE_RESTART_STUCK,
+            [
+                symptom,
+                f"{len(stuck)} pod(s) run but are not Ready ({', '.join(stuck[:5])}), with "
+                "room in the cluster for them.",
+                "A rolling restart replaces pods stuck in a bad state.",
+            ],
+        )
+    return _no_action(
+        f"{symptom} Its pods show no cause Kubernaut can fix (no pending, stuck or "
+        "crashing pod), so nothing is done automatically."
+    )
+
+
+def _no_room(evidence: context_api_pb2.ResourceContext) -> str:
+    """Why the cluster cannot run the missing replicas (the scheduler's or the quota's
+    words), or "" when nothing says so."""
+    for pod in evidence.pods:
+        if pod.phase == "Pending" and pod.unschedulable:
+            return f"pod {pod.name} is unschedulable: {pod.unschedulable}"
+    for event in evidence.events:
+        if event.reason == "FailedCreate" and "exceeded quota" in event.message:
+            return f"{event.object} cannot create pods: {event.message}"
+    return ""
 
 
 def _oom(

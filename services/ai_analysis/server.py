@@ -13,6 +13,7 @@ from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
+from services.ai_analysis.history import HistoryUnavailable
 from services.ai_analysis.rules import RulesSettings, analyze
 from services.runtime.interceptors import abort_invalid
 from services.runtime.logs import incident_id_var
@@ -66,6 +67,24 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         evidence: context_api_pb2.ResourceContext = found.context
         return evidence
 
+    async def _history(
+        self, incident_id: str
+    ) -> context_api_pb2.IncidentHistory | HistoryUnavailable:
+        # History only weighs on a decision the evidence already supports, so an outage of
+        # storage or effectiveness must not stop remediation: decide without it, and say so.
+        try:
+            found = await self.context_api.GetIncidentHistory(
+                context_api_pb2.GetIncidentHistoryRequest(incident_id=incident_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "no history for the analysis",
+                extra={"code": error.code().name, "why": error.details()},
+            )
+            return HistoryUnavailable(f"{error.code().name}: {error.details()}"[:256])
+        history: context_api_pb2.IncidentHistory = found.history
+        return history
+
     async def AnalyzeAlert(
         self, request: ai_analysis_pb2.AnalyzeAlertRequest, context: Any
     ) -> ai_analysis_pb2.AnalyzeAlertResponse:
@@ -85,7 +104,10 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             await abort_invalid(context, "incident.alert.status", "only firing alerts are analysed")
         knowledge = await self._knowledge(incident.alert.name)
         evidence = await self._evidence(incident.subject)
-        analysis = analyze(incident.alert, incident.subject, knowledge, self.settings, evidence)
+        history = await self._history(incident.incident_id)
+        analysis = analyze(
+            incident.alert, incident.subject, knowledge, self.settings, evidence, history
+        )
         response = ai_analysis_pb2.AnalyzeIncidentResponse(analysis=analysis)
         if analysis.decision == remediation_pb2.DECISION_REMEDIATE:
             created = await self.workflow.CreateWorkflow(

@@ -63,7 +63,16 @@ def pod_state(pod: Any) -> context_api_pb2.PodState:
         ),
         "",
     )
-    ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    conditions = pod.status.conditions or []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    unschedulable = next(
+        (
+            c.message or c.reason or "unschedulable"
+            for c in conditions
+            if c.type == "PodScheduled" and c.status == "False"
+        ),
+        "",
+    )
     return context_api_pb2.PodState(
         name=pod.metadata.name,
         phase=pod.status.phase or "",
@@ -72,6 +81,7 @@ def pod_state(pod: Any) -> context_api_pb2.PodState:
         waiting_reason=waiting or "",
         last_terminated_reason=terminated,
         node=pod.spec.node_name or "",
+        unschedulable=unschedulable[:1024],
     )
 
 
@@ -133,9 +143,12 @@ class ResourceContextReader:
         pods = await self._pods(ref, workload)
         context.pods.extend(pod_state(pod) for pod in pods)
         names = {workload_name, *(pod.metadata.name for pod in pods)}
-        context.events.extend(await self._events(ref.namespace, names))
         if workload_kind == "Deployment" and workload is not None:
-            context.rollout.CopyFrom(await self._rollout(workload))
+            rollout, replica_sets = await self._rollout(workload)
+            context.rollout.CopyFrom(rollout)
+            # A ReplicaSet's events say why pods were not even created (e.g. quota).
+            names.update(replica_sets)
+        context.events.extend(await self._events(ref.namespace, names))
         return context
 
     @staticmethod
@@ -236,7 +249,8 @@ class ResourceContextReader:
             for event in relevant[:MAX_EVENTS]
         ]
 
-    async def _rollout(self, deployment: Any) -> context_api_pb2.RolloutState:
+    async def _rollout(self, deployment: Any) -> tuple[context_api_pb2.RolloutState, list[str]]:
+        """The Deployment's rollout state and the names of its ReplicaSets."""
         namespace = deployment.metadata.namespace
         replica_sets = await self.apps.list_namespaced_replica_set(
             namespace, label_selector=_selector(deployment.spec.selector.match_labels)
@@ -259,10 +273,11 @@ class ResourceContextReader:
             )
         revisions.sort(key=lambda revision: revision.number, reverse=True)
         status = deployment.status
-        return context_api_pb2.RolloutState(
+        state = context_api_pb2.RolloutState(
             revisions=revisions,
             desired_replicas=deployment.spec.replicas or 0,
             ready_replicas=status.ready_replicas or 0,
             updated_replicas=status.updated_replicas or 0,
             available_replicas=status.available_replicas or 0,
         )
+        return state, [rs.metadata.name for rs in owned]

@@ -8,10 +8,13 @@ from typing import Any
 import aiohttp
 import grpc
 from kubernaut.context_api.v1 import context_api_pb2, context_api_pb2_grpc
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.context_api import knowledge
+from services.context_api.history import IncidentHistoryReader, UnknownIncident
 from services.context_api.resources import ResourceContextReader, ResourceNotFound, UnsupportedKind
 from services.runtime.interceptors import abort_invalid
 from services.runtime.kube import ClusterNotConfigured, KubeConnection
@@ -23,13 +26,16 @@ log = logging.getLogger(__name__)
 class ContextSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBERNAUT_CONTEXT_", frozen=True, extra="ignore")
 
-    # How long a resource's context is served from cache.
+    # How long a resource's context or an incident's history is served from cache.
     cache_seconds: float = 3.0
 
 
 class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
-    def __init__(self, cluster: KubeConnection, settings: ContextSettings) -> None:
+    def __init__(
+        self, cluster: KubeConnection, history: IncidentHistoryReader, settings: ContextSettings
+    ) -> None:
         self.cluster = cluster
+        self.history = history
         self.settings = settings
         self._reader: ResourceContextReader | None = None
 
@@ -77,6 +83,16 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             raise
         return context_api_pb2.GetResourceContextResponse(context=found)
 
+    async def GetIncidentHistory(
+        self, request: context_api_pb2.GetIncidentHistoryRequest, context: Any
+    ) -> context_api_pb2.GetIncidentHistoryResponse:
+        try:
+            history = await self.history.history(request.incident_id, request.limit)
+        except UnknownIncident as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        return context_api_pb2.GetIncidentHistoryResponse(history=history)
+
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     cluster = KubeConnection()
@@ -85,6 +101,14 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         readiness.append(("kubernetes", cluster.ready))
     else:
         log.warning("no Kubernetes cluster configured; GetResourceContext will refuse")
+    settings = ContextSettings()
+    history = IncidentHistoryReader(
+        ctx.clients.stub(StorageServiceStub),
+        ctx.clients.stub(EffectivenessServiceStub),
+        settings.cache_seconds,
+    )
     return ServiceSpec(
-        ContextAPIServicer(cluster, ContextSettings()), readiness=readiness, on_stop=[cluster.close]
+        ContextAPIServicer(cluster, history, settings),
+        readiness=readiness,
+        on_stop=[cluster.close],
     )

@@ -4,18 +4,15 @@ this schema; verdicts reach the shared record only through storage.RecordAssessm
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import enum
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 from google.protobuf import json_format
@@ -23,7 +20,8 @@ from google.protobuf.message import Message
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from services.effectiveness.assessment import Baseline, assessment_id
-from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
+from services.runtime.database import LazyDatabase, PooledStore
+from services.runtime.database import redact_dsn as redact_dsn  # re-exported: it lived here
 
 log = logging.getLogger(__name__)
 
@@ -148,51 +146,12 @@ def _checkpoint(row: asyncpg.Record) -> Checkpoint:
     )
 
 
-class ScheduleStore:
+class ScheduleStore(PooledStore):
     """The schedule through a connection pool. Use `ScheduleStore.connect()`."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
-        self._pool = pool
-        self._timeout = timeout
-
-    @classmethod
-    async def connect(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
-    ) -> ScheduleStore:
-        """Open a pool to `dsn`; StoreUnavailable (naming the server, never the password)
-        when it cannot connect."""
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
-            )
-        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
-            ) from exc
-        return cls(pool, timeout=connect_timeout)
-
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
-                return bool(await conn.fetchval("SELECT 1") == 1)
-        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except UNREACHABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {exc or type(exc).__name__}") from exc
-
-    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[int]:
-        """Create schema `effectiveness` and apply its migrations not yet applied."""
-        async with self._connection() as conn:
-            return await apply_migrations(conn, load_migrations(directory), schema=SCHEMA)
+    unavailable = StoreUnavailable
+    schema = SCHEMA
+    migrations_dir = MIGRATIONS_DIR
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -366,55 +325,9 @@ class ScheduleStore:
         return len(rows)
 
 
-def redact_dsn(dsn: str) -> str:
-    """`dsn` without its password, for messages."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return parts._replace(netloc=user + host).geturl()
-    except ValueError:
-        return "<unparsable DSN>"
-
-
-class ScheduleDatabase:
-    """Connects and migrates on first success, so the service starts (NOT_SERVING) while
-    PostgreSQL is still down and turns SERVING once it answers."""
+class ScheduleDatabase(LazyDatabase[ScheduleStore]):
+    """The schedule store, connected and migrated on first use (see LazyDatabase);
+    `pool_options` go to `ScheduleStore.connect()`."""
 
     def __init__(self, dsn: str, **pool_options: Any) -> None:
-        self.dsn = dsn
-        self._pool_options = pool_options
-        self._store: ScheduleStore | None = None
-        self._lock = asyncio.Lock()
-
-    async def store(self) -> ScheduleStore:
-        """The migrated store; StoreUnavailable while the database cannot be reached."""
-        async with self._lock:
-            if self._store is None:
-                store = await ScheduleStore.connect(self.dsn, **self._pool_options)
-                try:
-                    applied = await store.migrate()
-                except BaseException:
-                    await store.close()
-                    raise
-                log.info("database ready", extra={"dsn": redact_dsn(self.dsn), "migrated": applied})
-                self._store = store
-            return self._store
-
-    @property
-    def current(self) -> ScheduleStore | None:
-        """The store when connected already (never connects)."""
-        return self._store
-
-    async def ready(self) -> bool:
-        try:
-            return await (await self.store()).ping()
-        except StoreUnavailable:
-            return False
-
-    async def close(self) -> None:
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        super().__init__(dsn, ScheduleStore, **pool_options)

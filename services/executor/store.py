@@ -10,7 +10,6 @@ for the first and then finds its result.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import enum
 import hashlib
@@ -18,11 +17,10 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final, Self
 
 import asyncpg
 from google.protobuf import json_format
@@ -30,6 +28,7 @@ from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from services.executor.changes import Change
+from services.runtime.database import LazyDatabase, PooledStore, redact_dsn, unreachable_as
 from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
 
 log = logging.getLogger(__name__)
@@ -162,23 +161,24 @@ class ActionSession:
             )
 
 
-@asynccontextmanager
-async def _unavailable() -> AsyncIterator[None]:
-    try:
-        yield
-    except (*UNREACHABLE, asyncpg.InterfaceError) as exc:
-        raise ExecutorStoreUnavailable(
-            f"executor database unavailable: {exc or type(exc).__name__}"
-        ) from exc
+def _unavailable() -> AbstractAsyncContextManager[None]:
+    """Maps the database failing mid-call (or the pool closing) to ExecutorStoreUnavailable."""
+    return unreachable_as(
+        ExecutorStoreUnavailable, ActionStore.label, also=(asyncpg.InterfaceError,)
+    )
 
 
-class ActionStore:
+class ActionStore(PooledStore):
     """The `executor` schema through a connection pool."""
+
+    unavailable = ExecutorStoreUnavailable
+    label = "executor database"
+    schema = SCHEMA
+    migrations_dir = MIGRATIONS_DIR
 
     def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float) -> None:
         """Use `ActionStore.connect()`."""
-        self._pool = pool
-        self._timeout = timeout
+        super().__init__(pool, timeout=timeout)
         self._lock_timeout = lock_timeout
 
     @classmethod
@@ -190,35 +190,22 @@ class ActionStore:
         max_size: int = 20,
         connect_timeout: float = 10.0,
         lock_timeout: float = 600.0,
-    ) -> ActionStore:
+    ) -> Self:
         """Open a pool; ExecutorStoreUnavailable (naming the server, never the password) when
         it cannot connect. Each call in progress holds one connection, so `max_size` bounds
         the actions in progress; `lock_timeout` bounds waiting for another call of the same
         action_id."""
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
-            )
-        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
-            raise ExecutorStoreUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
-            ) from exc
+        pool = await cls.open_pool(
+            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
+        )
         return cls(pool, timeout=connect_timeout, lock_timeout=lock_timeout)
 
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
-                return bool(await conn.fetchval("SELECT 1") == 1)
-        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
-
-    async def migrate(self) -> list[int]:
-        """Create or update the `executor` schema; the versions applied now."""
+    async def migrate(self, directory: Path | None = None) -> list[int]:
+        """Create or update the `executor` schema; the versions applied now. Its own, so that
+        failures map as everywhere in this store (a closed pool is unavailable too)."""
         async with self._acquire() as conn, _unavailable():
-            return await apply_migrations(conn, load_migrations(MIGRATIONS_DIR), schema=SCHEMA)
+            migrations = load_migrations(directory or self.migrations_dir)
+            return await apply_migrations(conn, migrations, schema=SCHEMA)
 
     async def get(self, action_id: str) -> ActionRow | None:
         """The action's row as stored, without waiting for a call working on it."""
@@ -273,52 +260,9 @@ class ActionStore:
                         log.warning("cannot release the lock of action %s", action_id)
 
 
-class ExecutorDatabase:
-    """Connects and migrates on first success, so the service starts (NOT_SERVING) while
-    PostgreSQL is still down and turns SERVING once it answers."""
+class ExecutorDatabase(LazyDatabase[ActionStore]):
+    """The action store, connected and migrated on first use (see LazyDatabase);
+    `connect_options` go to `ActionStore.connect()`."""
 
     def __init__(self, dsn: str, **connect_options: Any) -> None:
-        self.dsn = dsn
-        self._connect_options = connect_options
-        self._store: ActionStore | None = None
-        self._lock = asyncio.Lock()
-
-    async def store(self) -> ActionStore:
-        async with self._lock:
-            if self._store is None:
-                store = await ActionStore.connect(self.dsn, **self._connect_options)
-                try:
-                    applied = await store.migrate()
-                except BaseException:
-                    await store.close()
-                    raise
-                log.info(
-                    "executor database ready",
-                    extra={"dsn": redact_dsn(self.dsn), "schema": SCHEMA, "migrated": applied},
-                )
-                self._store = store
-            return self._store
-
-    async def ready(self) -> bool:
-        try:
-            return await (await self.store()).ping()
-        except ExecutorStoreUnavailable:
-            return False
-
-    async def close(self) -> None:
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
-
-
-def redact_dsn(dsn: str) -> str:
-    """`dsn` without its password, for messages."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return parts._replace(netloc=user + host).geturl()
-    except ValueError:
-        return "<unparseable DSN>"
+        super().__init__(dsn, ActionStore, **connect_options)

@@ -34,18 +34,16 @@ import enum
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final, Self
 
 import asyncpg
 
 from services.notification.channels import DeliveryOutcome, NoChannelConfigured, Notifier
 from services.notification.rendering import RenderedMessage
-from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
+from services.runtime.database import LazyDatabase, PooledStore, redact_dsn
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -140,18 +138,6 @@ class Delivery:
     entry: OutboxEntry
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for logs and errors."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + host).geturl()
-
-
 def _entry(row: asyncpg.Record) -> OutboxEntry:
     results = json.loads(row["results"])
     return OutboxEntry(
@@ -186,12 +172,16 @@ def _check_text(value: str, field: str) -> None:
         raise InvalidOutboxEntry(f"{field} must not contain NUL characters", field=field)
 
 
-class Outbox:
+class Outbox(PooledStore):
     """The outbox table through a connection pool. Use `Outbox.connect()`."""
 
+    unavailable = OutboxUnavailable
+    label = "outbox database"
+    schema = SCHEMA
+    migrations_dir = MIGRATIONS_DIR
+
     def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float) -> None:
-        self._pool = pool
-        self._timeout = timeout
+        super().__init__(pool, timeout=timeout)
         self._lock_timeout = lock_timeout
         # One asyncio lock per key being delivered in this process; unused ones go away.
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
@@ -208,48 +198,20 @@ class Outbox:
         max_size: int = 10,
         connect_timeout: float = 10.0,
         lock_timeout: float = 120.0,
-    ) -> Outbox:
+    ) -> Self:
         """Open a pool to `dsn`; OutboxUnavailable (naming the server, never the password)
         when it cannot connect. `connect_timeout` also bounds waiting for a pooled
         connection; `lock_timeout` bounds waiting for another caller's delivery of a key."""
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
-            )
-        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
-            raise OutboxUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
-            ) from exc
+        pool = await cls.open_pool(
+            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
+        )
         return cls(pool, timeout=connect_timeout, lock_timeout=lock_timeout)
 
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Let deliveries in progress finish and record (up to `grace_seconds`), then close."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_seconds)
-        await self._pool.close()
-
-    async def ping(self) -> bool:
-        """True when the database answers a query within the timeout."""
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
-                return bool(await conn.fetchval("SELECT 1") == 1)
-        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except UNREACHABLE as exc:
-            raise OutboxUnavailable(
-                f"outbox database unavailable: {exc or type(exc).__name__}"
-            ) from exc
-
-    async def migrate(self) -> list[int]:
-        """Create or update the `notification` schema; the versions applied now."""
-        async with self._connection() as conn:
-            return await apply_migrations(conn, load_migrations(MIGRATIONS_DIR), schema=SCHEMA)
+        await super().close()
 
     async def get(self, idempotency_key: str) -> OutboxEntry | None:
         _check_text(idempotency_key, "idempotency_key")
@@ -392,41 +354,13 @@ class Outbox:
         return Delivery(tuple(outcomes), sent=delivered, entry=recorded)
 
 
-class OutboxDatabase:
-    """Connects and migrates on first success, so the service starts (NOT_SERVING) while
-    PostgreSQL is still down and turns SERVING once it answers."""
+class OutboxDatabase(LazyDatabase[Outbox]):
+    """The outbox, connected and migrated on first use (see LazyDatabase);
+    `connect_options` go to `Outbox.connect()`."""
 
     def __init__(self, dsn: str, **connect_options: Any) -> None:
-        self.dsn = dsn
-        self._connect_options = connect_options
-        self._outbox: Outbox | None = None
-        self._lock = asyncio.Lock()
+        super().__init__(dsn, Outbox, **connect_options)
 
     async def outbox(self) -> Outbox:
-        async with self._lock:
-            if self._outbox is None:
-                outbox = await Outbox.connect(self.dsn, **self._connect_options)
-                try:
-                    applied = await outbox.migrate()
-                except UNREACHABLE as exc:
-                    await outbox.close()
-                    raise OutboxUnavailable(f"outbox database unavailable: {exc}") from exc
-                except BaseException:
-                    await outbox.close()
-                    raise
-                log.info(
-                    "outbox ready",
-                    extra={"dsn": redact_dsn(self.dsn), "schema": SCHEMA, "migrated": applied},
-                )
-                self._outbox = outbox
-            return self._outbox
-
-    async def ready(self) -> bool:
-        try:
-            return await (await self.outbox()).ping()
-        except OutboxUnavailable:
-            return False
-
-    async def close(self) -> None:
-        if self._outbox is not None:
-            await self._outbox.close()
+        """The migrated outbox; OutboxUnavailable while the database cannot be reached."""
+        return await self.store()

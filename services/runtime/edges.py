@@ -51,8 +51,8 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.AI_ANALYSIS,
         S.CONTEXT_API,
-        "GetAlertKnowledge GetResourceContext",
-        "context for the analysis",
+        "GetAlertKnowledge GetResourceContext GetIncidentHistory",
+        "context for the analysis: evidence, similar incidents, how past fixes worked",
     ),
     _edge(
         S.AI_ANALYSIS,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +10,7 @@ import grpc
 from kubernaut.storage.v1 import storage_pb2, storage_pb2_grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runtime.database import LazyDatabase
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import ServiceContext, ServiceSpec
 from services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, embedder_for
@@ -23,10 +22,7 @@ from services.storage.store import (
     RecordConflict,
     Store,
     StoreUnavailable,
-    redact_dsn,
 )
-
-log = logging.getLogger(__name__)
 
 
 class StorageSettings(BaseSettings):
@@ -42,43 +38,13 @@ class StorageSettings(BaseSettings):
     incident_quiet_seconds: float = 1800.0
 
 
-class Database:
-    """Connects and migrates on first success, so the service starts (NOT_SERVING)
-    while PostgreSQL is still down and turns SERVING once it answers."""
+class Database(LazyDatabase[Store]):
+    """Storage's store, connected and migrated on first use (see LazyDatabase)."""
 
     def __init__(
         self, dsn: str, embedder: Embedder | None = None, quiet_seconds: float = 0.0
     ) -> None:
-        self.quiet_seconds = quiet_seconds
-        self.dsn = dsn
-        self.embedder = embedder
-        self._store: Store | None = None
-        self._lock = asyncio.Lock()
-
-    async def store(self) -> Store:
-        async with self._lock:
-            if self._store is None:
-                store = await Store.connect(
-                    self.dsn, embedder=self.embedder, quiet_seconds=self.quiet_seconds
-                )
-                try:
-                    applied = await store.migrate()
-                except BaseException:
-                    await store.close()
-                    raise
-                log.info("database ready", extra={"dsn": redact_dsn(self.dsn), "migrated": applied})
-                self._store = store
-            return self._store
-
-    async def ready(self) -> bool:
-        try:
-            return await (await self.store()).ping()
-        except StoreUnavailable:
-            return False
-
-    async def close(self) -> None:
-        if self._store is not None:
-            await self._store.close()
+        super().__init__(dsn, Store, embedder=embedder, quiet_seconds=quiet_seconds)
 
 
 @contextlib.asynccontextmanager

@@ -15,22 +15,21 @@ import logging
 import math
 import struct
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final, Self
 
 import asyncpg
 from google.protobuf import json_format
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 
+from services.runtime.database import PooledStore
+
 # AppliedMigration, MigrationError and load_migrations are re-exported (they lived here).
-from services.runtime.migrations import UNREACHABLE, applied_migrations, apply_migrations
 from services.runtime.migrations import AppliedMigration as AppliedMigration
 from services.runtime.migrations import MigrationError as MigrationError
+from services.runtime.migrations import applied_migrations
 from services.runtime.migrations import load_migrations as load_migrations
 from services.storage.embeddings import Embedder, describe_incident, embedder_for
 
@@ -59,9 +58,6 @@ _TOKEN: Final = struct.Struct(">Bq16s8s")
 _TOKEN_VERSION: Final = 1
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND: Final = dt.timedelta(microseconds=1)
-
-# Errors meaning "the database cannot be reached right now": callers map them to UNAVAILABLE.
-_UNREACHABLE: Final = UNREACHABLE
 
 
 class StoreError(Exception):
@@ -113,8 +109,11 @@ class StoreStatus:
     migrations: list[AppliedMigration]
 
 
-class Store:
+class Store(PooledStore):
     """The storage service's data, in one PostgreSQL database through a connection pool."""
+
+    unavailable = StoreUnavailable
+    migrations_dir = MIGRATIONS_DIR
 
     def __init__(
         self,
@@ -125,9 +124,8 @@ class Store:
         quiet_seconds: float = 0.0,
     ) -> None:
         """Use `Store.connect()`."""
+        super().__init__(pool, timeout=timeout)
         self._quiet_seconds = quiet_seconds
-        self._pool = pool
-        self._timeout = timeout
         self._embedder = embedder or embedder_for()
 
     @property
@@ -144,50 +142,19 @@ class Store:
         connect_timeout: float = 10.0,
         embedder: Embedder | None = None,
         quiet_seconds: float = 0.0,
-    ) -> Store:
+    ) -> Self:
         """Open a pool to `dsn`. Raises StoreUnavailable, naming the server (never the
         password), when it cannot connect: min_size >= 1 makes that fail here, not later.
         `connect_timeout` also bounds waiting for a pooled connection and `ping()`.
         `embedder` embeds incidents; None means the default model (loaded on first use).
         An alert within `quiet_seconds` of its incident's closing (unless it closed
         because the alert resolved) is counted on that incident instead of opening one."""
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
-            )
-        except (*_UNREACHABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
-            ) from exc
+        pool = await cls.open_pool(
+            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
+        )
         return cls(pool, timeout=connect_timeout, embedder=embedder, quiet_seconds=quiet_seconds)
 
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def ping(self) -> bool:
-        """True when the database answers a query within the timeout."""
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
-                return bool(await conn.fetchval("SELECT 1") == 1)
-        except (*_UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {exc or type(exc).__name__}") from exc
-
     # -- schema -------------------------------------------------------------------------------
-
-    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[int]:
-        """Apply the migrations not yet applied, in order, each in its own transaction; return
-        the versions applied now. Concurrent callers (several replicas starting at once) queue
-        on an advisory lock, so each migration runs once."""
-        async with self._connection() as conn:
-            return await apply_migrations(conn, load_migrations(directory))
 
     async def status(self) -> StoreStatus:
         async with self._connection() as conn:
@@ -774,16 +741,3 @@ def _decode_page_token(
     if digest != _filter_digest(filter_key):
         raise InvalidPageToken(f"page token was issued for a different {filter_name}")
     return at, uuid.UUID(bytes=id_bytes)
-
-
-def redact_dsn(dsn: str) -> str:
-    """`dsn` without its password, for messages."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return parts._replace(netloc=user + host).geturl()
-    except ValueError:
-        return "<unparsable DSN>"

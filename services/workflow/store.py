@@ -3,18 +3,15 @@ steps and the runners' leases. No other service reads or writes this schema."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import enum
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 from google.protobuf import json_format
@@ -23,7 +20,7 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
-from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
+from services.runtime.database import LazyDatabase, PooledStore
 
 log = logging.getLogger(__name__)
 
@@ -202,51 +199,12 @@ _WORKFLOW_COLUMNS: Final = (
 )
 
 
-class WorkflowStore:
+class WorkflowStore(PooledStore):
     """Workflows in PostgreSQL through a connection pool. Use `WorkflowStore.connect()`."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
-        self._pool = pool
-        self._timeout = timeout
-
-    @classmethod
-    async def connect(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
-    ) -> WorkflowStore:
-        """Open a pool to `dsn`; StoreUnavailable (naming the server, never the password)
-        when it cannot connect."""
-        try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
-            )
-        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(
-                f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
-            ) from exc
-        return cls(pool, timeout=connect_timeout)
-
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as conn:
-                return bool(await conn.fetchval("SELECT 1") == 1)
-        except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except UNREACHABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {exc or type(exc).__name__}") from exc
-
-    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[int]:
-        """Create schema `workflow` and apply its migrations not yet applied."""
-        async with self._connection() as conn:
-            return await apply_migrations(conn, load_migrations(directory), schema=SCHEMA)
+    unavailable = StoreUnavailable
+    schema = SCHEMA
+    migrations_dir = MIGRATIONS_DIR
 
     # -- workflows ----------------------------------------------------------------------------
 
@@ -494,50 +452,9 @@ def _step(row: asyncpg.Record) -> Step:
     )
 
 
-def redact_dsn(dsn: str) -> str:
-    """`dsn` without its password, for messages (as storage's)."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return parts._replace(netloc=user + host).geturl()
-    except ValueError:
-        return "<unparsable DSN>"
-
-
-class WorkflowDatabase:
-    """Connects and migrates on first success, so the service starts (NOT_SERVING) while
-    PostgreSQL is still down and turns SERVING once it answers."""
+class WorkflowDatabase(LazyDatabase[WorkflowStore]):
+    """The workflow store, connected and migrated on first use (see LazyDatabase);
+    `pool_options` go to `WorkflowStore.connect()`."""
 
     def __init__(self, dsn: str, **pool_options: Any) -> None:
-        self.dsn = dsn
-        self._pool_options = pool_options
-        self._store: WorkflowStore | None = None
-        self._lock = asyncio.Lock()
-
-    async def store(self) -> WorkflowStore:
-        """The migrated store; StoreUnavailable while the database cannot be reached."""
-        async with self._lock:
-            if self._store is None:
-                store = await WorkflowStore.connect(self.dsn, **self._pool_options)
-                try:
-                    applied = await store.migrate()
-                except BaseException:
-                    await store.close()
-                    raise
-                log.info("database ready", extra={"dsn": redact_dsn(self.dsn), "migrated": applied})
-                self._store = store
-            return self._store
-
-    async def ready(self) -> bool:
-        try:
-            return await (await self.store()).ping()
-        except StoreUnavailable:
-            return False
-
-    async def close(self) -> None:
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        super().__init__(dsn, WorkflowStore, **pool_options)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,8 +28,7 @@ from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServi
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.context_api.server import ContextAPIServicer, ContextSettings
-from services.devstack.kube import LocalCluster, build_binaries
+from services.devstack.kube import LocalCluster
 from services.devstack.monitoring import Alertmanager, fetch_alertmanager_alerts
 from services.effectiveness.assessment import Baseline, assessment_id
 from services.effectiveness.scheduler import Assessor, EvidenceSources, assessment_of
@@ -43,10 +42,10 @@ from services.effectiveness.store import (
     Status,
 )
 from services.runtime.clients import Clients
-from services.runtime.kube import KubeConnection, KubeSettings
 from services.runtime.names import ServiceName
 from services.runtime.server import RunningService, ServiceContext, ServiceSpec, start_service
 from services.runtime.settings import RuntimeSettings
+from tests.fixtures.cluster import create_deployment, eventually, kube_api
 from tests.fixtures.kubernaut import InProcessStack, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -71,18 +70,6 @@ def timestamp(at: dt.datetime) -> timestamp_pb2.Timestamp:
 
 def seconds(durations: Sequence[duration_pb2.Duration]) -> list[float]:
     return [d.ToTimedelta().total_seconds() for d in durations]
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30) -> T:
-    """Await `check` until it returns something truthy; the event loop keeps running."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 # -- an effectiveness server of the test's own --------------------------------------------------
@@ -629,73 +616,18 @@ async def test_storage_unreachable_is_retried_until_recorded(
 # -- pod evidence from a real control plane -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def kube(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
-    bin_dir = await asyncio.to_thread(build_binaries, 1500)
-    cluster = LocalCluster(tmp_path_factory.mktemp("kube"), nodes=1, bin_dir=bin_dir)
-    try:
-        await asyncio.to_thread(cluster.start)
-        yield cluster
-    finally:
-        await asyncio.to_thread(cluster.stop)
-
-
-@pytest.fixture(scope="module")
-async def cluster_context_api(
-    kube: LocalCluster, runtime_settings: RuntimeSettings
-) -> AsyncIterator[str]:
-    """A context_api server of the test's own reading the local cluster (no cache); its
-    address."""
-    connection = KubeConnection(KubeSettings(kubeconfig=str(kube.kubeconfig)))
-
-    async def builder(ctx: ServiceContext) -> ServiceSpec:
-        servicer = ContextAPIServicer(connection, ContextSettings(cache_seconds=0))
-        return ServiceSpec(servicer, on_stop=[connection.close])
-
-    running = await start_service(
-        ServiceName.CONTEXT_API,
-        runtime_settings.model_copy(update={"grpc_port": 0}),
-        builder=builder,
-        serve_metrics=False,
-    )
-    try:
-        yield running.address
-    finally:
-        await running.shutdown()
-
-
-async def kube_api(
-    cluster: LocalCluster, method: str, path: str, body: dict[str, Any] | None = None
-) -> Any:
-    status, answer = await asyncio.to_thread(cluster.api, method, path, body)
-    assert 200 <= status < 300, (method, path, status, answer)
-    return answer
-
-
 async def ready_deployment(
     cluster: LocalCluster, namespace: str, *, replicas: int = 2, schedulable: bool = True
 ) -> list[str]:
     """Create namespace and Deployment `checkout`; wait until its pods are Ready (or, not
     schedulable, exist); return the pod names."""
-    await kube_api(cluster, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    labels = {"app": "checkout"}
-    pod_spec: dict[str, Any] = {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}
-    if not schedulable:
-        pod_spec["nodeSelector"] = {"kubernaut.dev/no-such-node": "true"}
-    await kube_api(
+    unplaceable = {"nodeSelector": {"kubernaut.dev/no-such-node": "true"}}
+    await create_deployment(
         cluster,
-        "POST",
-        f"/apis/apps/v1/namespaces/{namespace}/deployments",
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "checkout", "labels": labels},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-            },
-        },
+        namespace,
+        "checkout",
+        replicas=replicas,
+        pod_spec=None if schedulable else unplaceable,
     )
 
     async def pods() -> list[str] | None:

@@ -172,7 +172,7 @@ def test_oom_on_pod_is_no_action() -> None:
 # --- deployments -----------------------------------------------------------------------------
 
 
-def test_replicas_mismatch_restarts() -> None:
+def test_replicas_mismatch_without_evidence_restarts_with_low_confidence() -> None:
     analysis = run(make_alert("KubeDeploymentReplicasMismatch", {"deployment": "checkout"}))
     assert action_of(analysis) == "restart_deployment"
     assert analysis.recommendation.confidence == pytest.approx(0.5)
@@ -409,3 +409,99 @@ def test_an_oom_kill_seen_on_the_pods_raises_memory_even_for_a_crash_loop_alert(
         evidence,
     )
     assert action_of(analysis) == "increase_memory_limit"
+
+
+# --- KubeDeploymentReplicasMismatch: scale or restart by evidence ---------------------------
+
+
+def mismatch(evidence: context_api_pb2.ResourceContext) -> remediation_pb2.Analysis:
+    return analyze(
+        make_alert("KubeDeploymentReplicasMismatch", {"deployment": "checkout"}),
+        DEPLOYMENT,
+        None,
+        DEFAULTS,
+        evidence,
+    )
+
+
+def replicas(desired: int, available: int) -> context_api_pb2.ResourceContext:
+    evidence = context_api_pb2.ResourceContext(resource=DEPLOYMENT, workload=DEPLOYMENT)
+    evidence.rollout.desired_replicas = desired
+    evidence.rollout.available_replicas = available
+    evidence.rollout.ready_replicas = available
+    for index in range(available):
+        evidence.pods.add(name=f"checkout-{index}", phase="Running", ready=True)
+    return evidence
+
+
+def test_replicas_that_cannot_be_scheduled_scale_the_deployment_to_what_runs() -> None:
+    evidence = replicas(desired=5, available=3)
+    evidence.pods.add(
+        name="checkout-p",
+        phase="Pending",
+        unschedulable="0/2 nodes are available: 2 Insufficient cpu",
+    )
+    analysis = mismatch(evidence)
+    assert action_of(analysis) == "scale_deployment"
+    assert analysis.recommendation.action.scale_deployment.replicas == 3
+    assert any("Insufficient cpu" in reason for reason in analysis.reasons)
+    assert any("from 5 to the 3" in reason for reason in analysis.reasons)
+
+
+def test_replicas_refused_by_quota_scale_the_deployment_to_what_runs() -> None:
+    evidence = replicas(desired=4, available=2)
+    evidence.events.add(
+        type="Warning",
+        reason="FailedCreate",
+        object="ReplicaSet/checkout-7d9f",
+        message='pods "checkout-7d9f-x" is forbidden: exceeded quota: compute, requested: cpu=1',
+    )
+    analysis = mismatch(evidence)
+    assert action_of(analysis) == "scale_deployment"
+    assert analysis.recommendation.action.scale_deployment.replicas == 2
+
+
+def test_no_room_and_nothing_running_is_left_to_a_person() -> None:
+    evidence = replicas(desired=2, available=0)
+    evidence.pods.add(name="checkout-p", phase="Pending", unschedulable="0/1 nodes are available")
+    analysis = mismatch(evidence)
+    assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    assert "capacity must be added by a person" in analysis.reasons[0]
+
+
+def test_pods_running_but_not_ready_restart_the_deployment() -> None:
+    evidence = replicas(desired=3, available=2)
+    evidence.pods.add(name="checkout-stuck", phase="Running", ready=False)
+    analysis = mismatch(evidence)
+    assert action_of(analysis) == "restart_deployment"
+    assert analysis.recommendation.confidence == pytest.approx(0.6)
+    assert any("checkout-stuck" in reason for reason in analysis.reasons)
+
+
+def test_unpullable_images_of_a_fresh_rollout_roll_it_back() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=5)
+    evidence.rollout.desired_replicas = 2
+    evidence.pods.add(name="checkout-new", phase="Pending", waiting_reason="ImagePullBackOff")
+    analysis = mismatch(evidence)
+    assert action_of(analysis) == "rollback_deployment"
+    assert analysis.recommendation.action.rollback_deployment.to_revision == 3
+
+
+def test_unpullable_images_without_a_rollout_are_left_to_a_person() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=24 * 60)
+    evidence.pods.add(name="checkout-new", phase="Pending", waiting_reason="ErrImagePull")
+    analysis = mismatch(evidence)
+    assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    assert "ErrImagePull" in analysis.reasons[0]
+
+
+def test_crash_looping_replicas_follow_the_crash_loop_rule() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=5)
+    evidence.pods.add(name="checkout-new", phase="Running", waiting_reason="CrashLoopBackOff")
+    assert action_of(mismatch(evidence)) == "rollback_deployment"
+
+
+def test_a_mismatch_with_healthy_pods_and_no_cause_is_no_action() -> None:
+    analysis = mismatch(replicas(desired=3, available=3))
+    assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    assert "no cause" in analysis.reasons[0]

@@ -25,9 +25,12 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_alert__pb2
+from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_dot_remediation__pb2
+from kubernaut.effectiveness.v1 import effectiveness_pb2 as kubernaut_dot_effectiveness_dot_v1_dot_effectiveness__pb2
+from kubernaut.storage.v1 import storage_pb2 as kubernaut_dot_storage_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kubernaut/context_api/v1/context_api.proto\x12\x18kubernaut.context_api.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\"a\n\x19GetResourceContextRequest\x12\x44\n\x08resource\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x08resource\"\xd7\x01\n\x08PodState\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\x12\x14\n\x05ready\x18\x03 \x01(\x08R\x05ready\x12\x1a\n\x08restarts\x18\x04 \x01(\x05R\x08restarts\x12%\n\x0ewaiting_reason\x18\x05 \x01(\tR\rwaitingReason\x12\x34\n\x16last_terminated_reason\x18\x06 \x01(\tR\x14lastTerminatedReason\x12\x12\n\x04node\x18\x07 \x01(\tR\x04node\"\xbb\x01\n\x0c\x45ventSummary\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x16\n\x06object\x18\x04 \x01(\tR\x06object\x12\x14\n\x05\x63ount\x18\x05 \x01(\x05R\x05\x63ount\x12\x37\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08lastSeen\"\x9c\x01\n\x08Revision\x12\x16\n\x06number\x18\x01 \x01(\x03R\x06number\x12\x16\n\x06images\x18\x02 \x03(\tR\x06images\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12%\n\x0eready_replicas\x18\x04 \x01(\x05R\rreadyReplicas\"\xfc\x01\n\x0cRolloutState\x12@\n\trevisions\x18\x01 \x03(\x0b\x32\".kubernaut.context_api.v1.RevisionR\trevisions\x12)\n\x10\x64\x65sired_replicas\x18\x02 \x01(\x05R\x0f\x64\x65siredReplicas\x12%\n\x0eready_replicas\x18\x03 \x01(\x05R\rreadyReplicas\x12)\n\x10updated_replicas\x18\x04 \x01(\x05R\x0fupdatedReplicas\x12-\n\x12\x61vailable_replicas\x18\x05 \x01(\x05R\x11\x61vailableReplicas\"\xc5\x03\n\x0fResourceContext\x12<\n\x08resource\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x08resource\x12<\n\x08workload\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x08workload\x12\x18\n\x07managed\x18\x03 \x01(\x08R\x07managed\x12%\n\x0emanaged_reason\x18\x04 \x01(\tR\rmanagedReason\x12\x36\n\x04pods\x18\x05 \x03(\x0b\x32\".kubernaut.context_api.v1.PodStateR\x04pods\x12>\n\x06\x65vents\x18\x06 \x03(\x0b\x32&.kubernaut.context_api.v1.EventSummaryR\x06\x65vents\x12@\n\x07rollout\x18\x07 \x01(\x0b\x32&.kubernaut.context_api.v1.RolloutStateR\x07rollout\x12;\n\x0bobserved_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nobservedAt\"a\n\x1aGetResourceContextResponse\x12\x43\n\x07\x63ontext\x18\x01 \x01(\x0b\x32).kubernaut.context_api.v1.ResourceContextR\x07\x63ontext\"E\n\x18GetAlertKnowledgeRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\xce\x01\n\x0e\x41lertKnowledge\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12\x18\n\x07summary\x18\x02 \x01(\tR\x07summary\x12\x1f\n\x0brunbook_url\x18\x03 \x01(\tR\nrunbookUrl\x12%\n\x0esubject_labels\x18\x04 \x03(\tR\rsubjectLabels\x12#\n\rlikely_causes\x18\x05 \x03(\tR\x0clikelyCauses\x12\x16\n\x06origin\x18\x06 \x01(\tR\x06origin\"c\n\x19GetAlertKnowledgeResponse\x12\x46\n\tknowledge\x18\x01 \x01(\x0b\x32(.kubernaut.context_api.v1.AlertKnowledgeR\tknowledge2\x9e\x02\n\x11\x43ontextAPIService\x12\x81\x01\n\x11GetAlertKnowledge\x12\x32.kubernaut.context_api.v1.GetAlertKnowledgeRequest\x1a\x33.kubernaut.context_api.v1.GetAlertKnowledgeResponse\"\x03\x90\x02\x01\x12\x84\x01\n\x12GetResourceContext\x12\x33.kubernaut.context_api.v1.GetResourceContextRequest\x1a\x34.kubernaut.context_api.v1.GetResourceContextResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kubernaut/context_api/v1/context_api.proto\x12\x18kubernaut.context_api.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a.kubernaut/effectiveness/v1/effectiveness.proto\x1a\"kubernaut/storage/v1/storage.proto\"a\n\x19GetResourceContextRequest\x12\x44\n\x08resource\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x08resource\"\xfd\x01\n\x08PodState\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05phase\x18\x02 \x01(\tR\x05phase\x12\x14\n\x05ready\x18\x03 \x01(\x08R\x05ready\x12\x1a\n\x08restarts\x18\x04 \x01(\x05R\x08restarts\x12%\n\x0ewaiting_reason\x18\x05 \x01(\tR\rwaitingReason\x12\x34\n\x16last_terminated_reason\x18\x06 \x01(\tR\x14lastTerminatedReason\x12\x12\n\x04node\x18\x07 \x01(\tR\x04node\x12$\n\runschedulable\x18\x08 \x01(\tR\runschedulable\"\xbb\x01\n\x0c\x45ventSummary\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x16\n\x06object\x18\x04 \x01(\tR\x06object\x12\x14\n\x05\x63ount\x18\x05 \x01(\x05R\x05\x63ount\x12\x37\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08lastSeen\"\x9c\x01\n\x08Revision\x12\x16\n\x06number\x18\x01 \x01(\x03R\x06number\x12\x16\n\x06images\x18\x02 \x03(\tR\x06images\x12\x39\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12%\n\x0eready_replicas\x18\x04 \x01(\x05R\rreadyReplicas\"\xfc\x01\n\x0cRolloutState\x12@\n\trevisions\x18\x01 \x03(\x0b\x32\".kubernaut.context_api.v1.RevisionR\trevisions\x12)\n\x10\x64\x65sired_replicas\x18\x02 \x01(\x05R\x0f\x64\x65siredReplicas\x12%\n\x0eready_replicas\x18\x03 \x01(\x05R\rreadyReplicas\x12)\n\x10updated_replicas\x18\x04 \x01(\x05R\x0fupdatedReplicas\x12-\n\x12\x61vailable_replicas\x18\x05 \x01(\x05R\x11\x61vailableReplicas\"\xc5\x03\n\x0fResourceContext\x12<\n\x08resource\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x08resource\x12<\n\x08workload\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x08workload\x12\x18\n\x07managed\x18\x03 \x01(\x08R\x07managed\x12%\n\x0emanaged_reason\x18\x04 \x01(\tR\rmanagedReason\x12\x36\n\x04pods\x18\x05 \x03(\x0b\x32\".kubernaut.context_api.v1.PodStateR\x04pods\x12>\n\x06\x65vents\x18\x06 \x03(\x0b\x32&.kubernaut.context_api.v1.EventSummaryR\x06\x65vents\x12@\n\x07rollout\x18\x07 \x01(\x0b\x32&.kubernaut.context_api.v1.RolloutStateR\x07rollout\x12;\n\x0bobserved_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nobservedAt\"a\n\x1aGetResourceContextResponse\x12\x43\n\x07\x63ontext\x18\x01 \x01(\x0b\x32).kubernaut.context_api.v1.ResourceContextR\x07\x63ontext\"E\n\x18GetAlertKnowledgeRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\xce\x01\n\x0e\x41lertKnowledge\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12\x18\n\x07summary\x18\x02 \x01(\tR\x07summary\x12\x1f\n\x0brunbook_url\x18\x03 \x01(\tR\nrunbookUrl\x12%\n\x0esubject_labels\x18\x04 \x03(\tR\rsubjectLabels\x12#\n\rlikely_causes\x18\x05 \x03(\tR\x0clikelyCauses\x12\x16\n\x06origin\x18\x06 \x01(\tR\x06origin\"c\n\x19GetAlertKnowledgeResponse\x12\x46\n\tknowledge\x18\x01 \x01(\x0b\x32(.kubernaut.context_api.v1.AlertKnowledgeR\tknowledge\"g\n\x19GetIncidentHistoryRequest\x12)\n\x0bincident_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nincidentId\x12\x1f\n\x05limit\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x14(\x00R\x05limit\"\x9b\x01\n\nPastAction\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12=\n\x07outcome\x18\x02 \x01(\x0e\x32#.kubernaut.storage.v1.ActionOutcomeR\x07outcome\x12\x36\n\x07verdict\x18\x03 \x01(\x0e\x32\x1c.kubernaut.common.v1.VerdictR\x07verdict\"\x82\x03\n\x0cPastIncident\x12\x1f\n\x0bincident_id\x18\x01 \x01(\tR\nincidentId\x12\x1d\n\nalert_name\x18\x02 \x01(\tR\talertName\x12:\n\x07subject\x18\x03 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x07subject\x12<\n\x06status\x18\x04 \x01(\x0e\x32$.kubernaut.storage.v1.IncidentStatusR\x06status\x12#\n\rstatus_reason\x18\x05 \x01(\tR\x0cstatusReason\x12\x1a\n\x08\x64istance\x18\x06 \x01(\x01R\x08\x64istance\x12\x37\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08openedAt\x12>\n\x07\x61\x63tions\x18\x08 \x03(\x0b\x32$.kubernaut.context_api.v1.PastActionR\x07\x61\x63tions\"\xb3\x02\n\x0fIncidentHistory\x12\x1f\n\x0bincident_id\x18\x01 \x01(\tR\nincidentId\x12\x1d\n\nalert_name\x18\x02 \x01(\tR\talertName\x12S\n\x11similar_incidents\x18\x03 \x03(\x0b\x32&.kubernaut.context_api.v1.PastIncidentR\x10similarIncidents\x12\x62\n\x14\x61\x63tion_effectiveness\x18\x04 \x03(\x0b\x32/.kubernaut.effectiveness.v1.ActionEffectivenessR\x13\x61\x63tionEffectiveness\x12\'\n\x0f\x65mbedding_model\x18\x05 \x01(\tR\x0e\x65mbeddingModel\"a\n\x1aGetIncidentHistoryResponse\x12\x43\n\x07history\x18\x01 \x01(\x0b\x32).kubernaut.context_api.v1.IncidentHistoryR\x07history2\xa5\x03\n\x11\x43ontextAPIService\x12\x81\x01\n\x11GetAlertKnowledge\x12\x32.kubernaut.context_api.v1.GetAlertKnowledgeRequest\x1a\x33.kubernaut.context_api.v1.GetAlertKnowledgeResponse\"\x03\x90\x02\x01\x12\x84\x01\n\x12GetResourceContext\x12\x33.kubernaut.context_api.v1.GetResourceContextRequest\x1a\x34.kubernaut.context_api.v1.GetResourceContextResponse\"\x03\x90\x02\x01\x12\x84\x01\n\x12GetIncidentHistory\x12\x33.kubernaut.context_api.v1.GetIncidentHistoryRequest\x1a\x34.kubernaut.context_api.v1.GetIncidentHistoryResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,30 +41,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESOURCECONTEXTREQUEST'].fields_by_name['resource']._serialized_options = b'\272H\003\310\001\001'
   _globals['_GETALERTKNOWLEDGEREQUEST'].fields_by_name['alert_name']._loaded_options = None
   _globals['_GETALERTKNOWLEDGEREQUEST'].fields_by_name['alert_name']._serialized_options = b'\272H\007r\005\020\001\030\200\002'
+  _globals['_GETINCIDENTHISTORYREQUEST'].fields_by_name['incident_id']._loaded_options = None
+  _globals['_GETINCIDENTHISTORYREQUEST'].fields_by_name['incident_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_GETINCIDENTHISTORYREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_GETINCIDENTHISTORYREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\006\032\004\030\024(\000'
   _globals['_CONTEXTAPISERVICE'].methods_by_name['GetAlertKnowledge']._loaded_options = None
   _globals['_CONTEXTAPISERVICE'].methods_by_name['GetAlertKnowledge']._serialized_options = b'\220\002\001'
   _globals['_CONTEXTAPISERVICE'].methods_by_name['GetResourceContext']._loaded_options = None
   _globals['_CONTEXTAPISERVICE'].methods_by_name['GetResourceContext']._serialized_options = b'\220\002\001'
-  _globals['_GETRESOURCECONTEXTREQUEST']._serialized_start=167
-  _globals['_GETRESOURCECONTEXTREQUEST']._serialized_end=264
-  _globals['_PODSTATE']._serialized_start=267
-  _globals['_PODSTATE']._serialized_end=482
-  _globals['_EVENTSUMMARY']._serialized_start=485
-  _globals['_EVENTSUMMARY']._serialized_end=672
-  _globals['_REVISION']._serialized_start=675
-  _globals['_REVISION']._serialized_end=831
-  _globals['_ROLLOUTSTATE']._serialized_start=834
-  _globals['_ROLLOUTSTATE']._serialized_end=1086
-  _globals['_RESOURCECONTEXT']._serialized_start=1089
-  _globals['_RESOURCECONTEXT']._serialized_end=1542
-  _globals['_GETRESOURCECONTEXTRESPONSE']._serialized_start=1544
-  _globals['_GETRESOURCECONTEXTRESPONSE']._serialized_end=1641
-  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_start=1643
-  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_end=1712
-  _globals['_ALERTKNOWLEDGE']._serialized_start=1715
-  _globals['_ALERTKNOWLEDGE']._serialized_end=1921
-  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_start=1923
-  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_end=2022
-  _globals['_CONTEXTAPISERVICE']._serialized_start=2025
-  _globals['_CONTEXTAPISERVICE']._serialized_end=2311
+  _globals['_CONTEXTAPISERVICE'].methods_by_name['GetIncidentHistory']._loaded_options = None
+  _globals['_CONTEXTAPISERVICE'].methods_by_name['GetIncidentHistory']._serialized_options = b'\220\002\001'
+  _globals['_GETRESOURCECONTEXTREQUEST']._serialized_start=290
+  _globals['_GETRESOURCECONTEXTREQUEST']._serialized_end=387
+  _globals['_PODSTATE']._serialized_start=390
+  _globals['_PODSTATE']._serialized_end=643
+  _globals['_EVENTSUMMARY']._serialized_start=646
+  _globals['_EVENTSUMMARY']._serialized_end=833
+  _globals['_REVISION']._serialized_start=836
+  _globals['_REVISION']._serialized_end=992
+  _globals['_ROLLOUTSTATE']._serialized_start=995
+  _globals['_ROLLOUTSTATE']._serialized_end=1247
+  _globals['_RESOURCECONTEXT']._serialized_start=1250
+  _globals['_RESOURCECONTEXT']._serialized_end=1703
+  _globals['_GETRESOURCECONTEXTRESPONSE']._serialized_start=1705
+  _globals['_GETRESOURCECONTEXTRESPONSE']._serialized_end=1802
+  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_start=1804
+  _globals['_GETALERTKNOWLEDGEREQUEST']._serialized_end=1873
+  _globals['_ALERTKNOWLEDGE']._serialized_start=1876
+  _globals['_ALERTKNOWLEDGE']._serialized_end=2082
+  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_start=2084
+  _globals['_GETALERTKNOWLEDGERESPONSE']._serialized_end=2183
+  _globals['_GETINCIDENTHISTORYREQUEST']._serialized_start=2185
+  _globals['_GETINCIDENTHISTORYREQUEST']._serialized_end=2288
+  _globals['_PASTACTION']._serialized_start=2291
+  _globals['_PASTACTION']._serialized_end=2446
+  _globals['_PASTINCIDENT']._serialized_start=2449
+  _globals['_PASTINCIDENT']._serialized_end=2835
+  _globals['_INCIDENTHISTORY']._serialized_start=2838
+  _globals['_INCIDENTHISTORY']._serialized_end=3145
+  _globals['_GETINCIDENTHISTORYRESPONSE']._serialized_start=3147
+  _globals['_GETINCIDENTHISTORYRESPONSE']._serialized_end=3244
+  _globals['_CONTEXTAPISERVICE']._serialized_start=3247
+  _globals['_CONTEXTAPISERVICE']._serialized_end=3668
 # @@protoc_insertion_point(module_scope)

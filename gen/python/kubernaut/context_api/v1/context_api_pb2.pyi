@@ -9,6 +9,9 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
+from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
+from kubernaut.effectiveness.v1 import effectiveness_pb2 as _effectiveness_pb2
+from kubernaut.storage.v1 import storage_pb2 as _storage_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -53,6 +56,7 @@ class PodState(_message.Message):
     WAITING_REASON_FIELD_NUMBER: _builtins.int
     LAST_TERMINATED_REASON_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     phase: _builtins.str
     ready: _builtins.bool
@@ -63,6 +67,10 @@ class PodState(_message.Message):
     last_terminated_reason: _builtins.str
     """The last termination reason of any container, e.g. OOMKilled."""
     node: _builtins.str
+    unschedulable: _builtins.str
+    """Why the scheduler cannot place the pod (its PodScheduled condition's message, e.g.
+    "0/3 nodes are available: 3 Insufficient cpu"); empty once it is placed.
+    """
     def __init__(
         self,
         *,
@@ -73,10 +81,11 @@ class PodState(_message.Message):
         waiting_reason: _builtins.str = ...,
         last_terminated_reason: _builtins.str = ...,
         node: _builtins.str = ...,
+        unschedulable: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_terminated_reason", b"last_terminated_reason", "name", b"name", "node", b"node", "phase", b"phase", "ready", b"ready", "restarts", b"restarts", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_terminated_reason", b"last_terminated_reason", "name", b"name", "node", b"node", "phase", b"phase", "ready", b"ready", "restarts", b"restarts", "unschedulable", b"unschedulable", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -84,7 +93,9 @@ Global___PodState: _TypeAlias = PodState  # noqa: Y015
 
 @_typing.final
 class EventSummary(_message.Message):
-    """EventSummary is one recent Kubernetes event about the object or its pods."""
+    """EventSummary is one recent Kubernetes event about the object, its pods or (for a
+    Deployment) its ReplicaSets.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -344,3 +355,163 @@ class GetAlertKnowledgeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAlertKnowledgeResponse: _TypeAlias = GetAlertKnowledgeResponse  # noqa: Y015
+
+@_typing.final
+class GetIncidentHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    limit: _builtins.int
+    """At most this many similar incidents; 0 means 5."""
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentHistoryRequest: _TypeAlias = GetIncidentHistoryRequest  # noqa: Y015
+
+@_typing.final
+class PastAction(_message.Message):
+    """PastAction is one action taken on a past incident and how it went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """The catalogue name of the action."""
+    outcome: _storage_pb2.ActionOutcome.ValueType
+    verdict: _remediation_pb2.Verdict.ValueType
+    """The verdict of the action's latest assessment; VERDICT_UNKNOWN before the first."""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        outcome: _storage_pb2.ActionOutcome.ValueType = ...,
+        verdict: _remediation_pb2.Verdict.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "outcome", b"outcome", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PastAction: _TypeAlias = PastAction  # noqa: Y015
+
+@_typing.final
+class PastIncident(_message.Message):
+    """PastIncident is a past incident like the one asked about, and how it was handled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    alert_name: _builtins.str
+    status: _storage_pb2.IncidentStatus.ValueType
+    status_reason: _builtins.str
+    distance: _builtins.float
+    """Cosine distance between the two descriptions' embeddings (0 is identical)."""
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef: ...
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PastAction]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        alert_name: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        status: _storage_pb2.IncidentStatus.ValueType = ...,
+        status_reason: _builtins.str = ...,
+        distance: _builtins.float = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        actions: _abc.Iterable[Global___PastAction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "alert_name", b"alert_name", "distance", b"distance", "incident_id", b"incident_id", "opened_at", b"opened_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PastIncident: _TypeAlias = PastIncident  # noqa: Y015
+
+@_typing.final
+class IncidentHistory(_message.Message):
+    """IncidentHistory is the past that bears on one incident."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    SIMILAR_INCIDENTS_FIELD_NUMBER: _builtins.int
+    ACTION_EFFECTIVENESS_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    alert_name: _builtins.str
+    embedding_model: _builtins.str
+    """The embedding model that placed the incidents."""
+    @_builtins.property
+    def similar_incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___PastIncident]:
+        """Nearest first."""
+
+    @_builtins.property
+    def action_effectiveness(self) -> _containers.RepeatedCompositeFieldContainer[_effectiveness_pb2.ActionEffectiveness]:
+        """How each action tried for this alert name has worked, sorted by action name."""
+
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        alert_name: _builtins.str = ...,
+        similar_incidents: _abc.Iterable[Global___PastIncident] | None = ...,
+        action_effectiveness: _abc.Iterable[_effectiveness_pb2.ActionEffectiveness] | None = ...,
+        embedding_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_effectiveness", b"action_effectiveness", "alert_name", b"alert_name", "embedding_model", b"embedding_model", "incident_id", b"incident_id", "similar_incidents", b"similar_incidents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentHistory: _TypeAlias = IncidentHistory  # noqa: Y015
+
+@_typing.final
+class GetIncidentHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HISTORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def history(self) -> Global___IncidentHistory: ...
+    def __init__(
+        self,
+        *,
+        history: Global___IncidentHistory | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["history", b"history"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentHistoryResponse: _TypeAlias = GetIncidentHistoryResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class ContextAPIServiceStub(object):
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.FromString,
                 _registered_method=True)
+        self.GetIncidentHistory = channel.unary_unary(
+                '/kubernaut.context_api.v1.ContextAPIService/GetIncidentHistory',
+                request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class ContextAPIServiceServicer(object):
@@ -74,6 +79,20 @@ class ContextAPIServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIncidentHistory(self, request, context):
+        """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
+        the nearest past incidents by the embedding of their description, each with the
+        actions taken on it and how they ended, and how each action tried for the incident's
+        alert name has worked (effectiveness verdicts on intelligence's success rates).
+        Answers are cached briefly.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
+        be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContextAPIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +105,11 @@ def add_ContextAPIServiceServicer_to_server(servicer, server):
                     servicer.GetResourceContext,
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.FromString,
                     response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.SerializeToString,
+            ),
+            'GetIncidentHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIncidentHistory,
+                    request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.FromString,
+                    response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +167,33 @@ class ContextAPIService(object):
             '/kubernaut.context_api.v1.ContextAPIService/GetResourceContext',
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.SerializeToString,
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIncidentHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.context_api.v1.ContextAPIService/GetIncidentHistory',
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.SerializeToString,
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,16 @@ class ContextAPIServiceStub:
     NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
     reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
+    GetIncidentHistory: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetIncidentHistoryRequest, _context_api_pb2.GetIncidentHistoryResponse]
+    """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
+    the nearest past incidents by the embedding of their description, each with the
+    actions taken on it and how they ended, and how each action tried for the incident's
+    alert name has worked (effectiveness verdicts on intelligence's success rates).
+    Answers are cached briefly.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
+    be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
@@ -68,6 +78,16 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
     NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
     reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetIncidentHistory: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetIncidentHistoryRequest, _context_api_pb2.GetIncidentHistoryResponse]  # type: ignore[assignment]
+    """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
+    the nearest past incidents by the embedding of their description, each with the
+    actions taken on it and how they ended, and how each action tried for the incident's
+    alert name has worked (effectiveness verdicts on intelligence's success rates).
+    Answers are cached briefly.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
+    be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +118,22 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
         NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
         reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIncidentHistory(
+        self,
+        request: _context_api_pb2.GetIncidentHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_api_pb2.GetIncidentHistoryResponse, _abc.Awaitable[_context_api_pb2.GetIncidentHistoryResponse]]:
+        """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
+        the nearest past incidents by the embedding of their description, each with the
+        actions taken on it and how they ended, and how each action tried for the incident's
+        alert name has worked (effectiveness verdicts on intelligence's success rates).
+        Answers are cached briefly.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
+        be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ContextAPIServiceServicer_to_server(servicer: ContextAPIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
