@@ -92,6 +92,17 @@ class System:
         return Clients(self.settings)
 
 
+def webhook_token_file(dev: StackInfo) -> str:
+    """The file of the bearer token AlertManager presents to the edge."""
+    token_file = dev.components["alertmanager"].details.get("webhook_token_file", "")
+    if not token_file:
+        raise RuntimeError(
+            "the running dev stack predates webhook tokens: run `kubernaut dev-stack down`, "
+            "then start it again"
+        )
+    return token_file
+
+
 @contextlib.asynccontextmanager
 async def running_system(
     settings: RuntimeSettings,
@@ -110,7 +121,10 @@ async def running_system(
     try:
         for service in ServiceName:
             fleet.start_service(service, env=per_service.get(service))
-        fleet.start(EDGE, "serve", EDGE)
+        # The edge accepts the token the dev stack gave AlertManager.
+        fleet.start(
+            EDGE, "serve", EDGE, env={"KUBERNAUT_HTTP_TOKENS_FILE": webhook_token_file(dev)}
+        )
         clients = Clients(settings)
         try:
             statuses = await wait_serving(clients, list(ServiceName), timeout, fleet)

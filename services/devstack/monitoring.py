@@ -492,6 +492,7 @@ class Alertmanager(_Daemon):
         group_by: Sequence[str] = ("alertname", "namespace"),
         receiver_name: str = "kubernaut",
         start_timeout: float = 30.0,
+        bearer_token_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(state_dir, port, start_timeout)
         for name, value in (
@@ -504,6 +505,9 @@ class Alertmanager(_Daemon):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"webhook_url {webhook_url!r} must be an http(s) URL")
         self.webhook_url = webhook_url
+        # The webhook's bearer token, read by AlertManager from this file (never inlined in
+        # the config it writes).
+        self.bearer_token_file = Path(bearer_token_file) if bearer_token_file else None
         self.group_wait = group_wait
         self.group_interval = group_interval
         self.repeat_interval = repeat_interval
@@ -514,6 +518,14 @@ class Alertmanager(_Daemon):
 
     def config(self) -> dict[str, Any]:
         """The alertmanager.yml that `start()` writes."""
+        webhook: dict[str, Any] = {"url": self.webhook_url, "send_resolved": True, "max_alerts": 0}
+        if self.bearer_token_file is not None:
+            webhook["http_config"] = {
+                "authorization": {
+                    "type": "Bearer",
+                    "credentials_file": str(self.bearer_token_file.resolve()),
+                }
+            }
         return {
             "route": {
                 "receiver": self.receiver_name,
@@ -525,9 +537,7 @@ class Alertmanager(_Daemon):
             "receivers": [
                 {
                     "name": self.receiver_name,
-                    "webhook_configs": [
-                        {"url": self.webhook_url, "send_resolved": True, "max_alerts": 0}
-                    ],
+                    "webhook_configs": [webhook],
                 }
             ],
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -168,6 +169,11 @@ class DevStack:
         step("smtp", self._start_smtp)
         step("kubernetes", self._start_kubernetes)
         ksm = components["kubernetes"].details["kube_state_metrics_url"]
+        outdated = components.get("alertmanager")
+        if outdated is not None and "webhook_token_file" not in outdated.details:
+            # Started by a version that sent no token: the edge would refuse its webhooks.
+            _stop_pid(outdated)
+            del components["alertmanager"]
         step("alertmanager", self._start_alertmanager)
         step("prometheus", lambda: self._start_prometheus(ksm, components["alertmanager"].url))
         return StackInfo(str(self.state_dir), components)
@@ -238,12 +244,30 @@ class DevStack:
             },
         )
 
+    @property
+    def webhook_token_file(self) -> Path:
+        """The bearer token AlertManager presents to Kubernaut's edge (made once, 0600)."""
+        return self.root / "webhook-token"
+
+    def _webhook_token(self) -> Path:
+        path = self.webhook_token_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: two racing `up`s never overwrite a token the other already handed out.
+            with contextlib.suppress(FileExistsError):
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as file:
+                    file.write(secrets.token_urlsafe(32) + "\n")
+        return path
+
     def _start_alertmanager(self) -> Component:
+        token_file = self._webhook_token()
         alertmanager = Alertmanager(
             self.root / "alertmanager",
             self.webhook_url,
             group_interval=self.group_interval,
             repeat_interval=self.repeat_interval,
+            bearer_token_file=token_file,
         )
         alertmanager.start()
         return Component(
@@ -252,7 +276,7 @@ class DevStack:
             "alertmanager",
             alertmanager.url,
             str(alertmanager.log_file),
-            {"webhook_url": self.webhook_url},
+            {"webhook_url": self.webhook_url, "webhook_token_file": str(token_file)},
         )
 
     def _start_prometheus(self, kube_state_metrics_url: str, alertmanager_url: str) -> Component:

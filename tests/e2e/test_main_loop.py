@@ -21,7 +21,7 @@ from services.devstack.stack import DevStack, StackInfo
 from services.runtime.clients import Clients
 from services.runtime.settings import RuntimeSettings
 from services.scenario import GOOD_IMAGE, BadRollout
-from services.system import System, Tuning, running_system
+from services.system import System, Tuning, running_system, webhook_token_file
 from tests.fixtures.kubernaut import free_port, free_port_base
 
 pytestmark = pytest.mark.e2e
@@ -176,8 +176,16 @@ async def test_a_resolved_only_webhook_causes_no_action(loop: Loop) -> None:
             }
         ],
     }
-    async with httpx.AsyncClient() as http:
+    token = Path(webhook_token_file(loop.dev)).read_text().strip()
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         reply = await http.post(f"{loop.system.edge_url}/api/v1/alerts/alertmanager", json=body)
+        # Without the token the edge refuses, before looking at the body.
+        stranger = await http.post(
+            f"{loop.system.edge_url}/api/v1/alerts/alertmanager",
+            json=body,
+            headers={"Authorization": "Bearer not-the-token"},
+        )
+    assert stranger.status_code == 401
     assert reply.status_code == 200
     assert reply.json()["outcomes"][0]["disposition"] == "ALERT_DISPOSITION_IGNORED_RESOLVED"
     assert await _incident_for(loop, "quiet") is None

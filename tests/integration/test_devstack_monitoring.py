@@ -79,7 +79,12 @@ class Receiver:
                 body = json.loads(self.rfile.read(length))
                 with receiver._lock:
                     receiver._notifications.append(
-                        {"path": self.path, "content_type": self.headers["Content-Type"], **body}
+                        {
+                            "path": self.path,
+                            "content_type": self.headers["Content-Type"],
+                            "authorization": self.headers.get("Authorization", ""),
+                            **body,
+                        }
                     )
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -287,12 +292,15 @@ async def test_firing_alert_reaches_the_webhook_and_its_resolution_follows(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     rule_file = write_rules(tmp_path / "test-rules.yaml", "vector(1)")
+    token_file = tmp_path / "webhook-token"
+    token_file.write_text("s3cret-token\n")
     alertmanager = Alertmanager(
         tmp_path / "alertmanager",
         receiver.webhook_url,
         group_wait="1s",
         group_interval="2s",
         repeat_interval="1h",
+        bearer_token_file=token_file,
     )
     async with running(alertmanager):
         prometheus = Prometheus(
@@ -318,6 +326,9 @@ async def test_firing_alert_reaches_the_webhook_and_its_resolution_follows(
             # Alertmanager's webhook payload, version 4.
             assert notification["path"] == "/alertmanager"
             assert notification["content_type"] == "application/json"
+            # The token from the file, which the written config names but does not contain.
+            assert notification["authorization"] == "Bearer s3cret-token"
+            assert "s3cret-token" not in alertmanager.config_file.read_text()
             assert notification["version"] == "4"
             assert notification["status"] == "firing"
             assert notification["receiver"] == "kubernaut"

@@ -11,11 +11,16 @@ import pytest
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 
 from gateway_http.app import ALERTMANAGER_PATH, create_app
+from gateway_http.security import Authenticator
 from services.runtime.clients import Clients
 from services.runtime.names import EDGE_ACCOUNT, ServiceName
 from tests.fixtures.kubernaut import InProcessStack, free_port
 
 pytestmark = pytest.mark.integration
+
+TOKEN = "edge-test-token"
+AUTHENTICATOR = Authenticator.of([TOKEN])
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def webhook(status: str = "firing", **label_overrides: str) -> dict[str, Any]:
@@ -48,9 +53,11 @@ def webhook(status: str = "firing", **label_overrides: str) -> dict[str, Any]:
 @pytest.fixture
 async def edge(stack: InProcessStack) -> AsyncIterator[httpx.AsyncClient]:
     clients = stack.clients(EDGE_ACCOUNT)
-    app = create_app(clients.stub(GatewayServiceStub).SubmitAlerts)
+    app = create_app(clients.stub(GatewayServiceStub).SubmitAlerts, AUTHENTICATOR)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://edge", headers=AUTH
+    ) as client:
         yield client
     await clients.close()
 
@@ -125,9 +132,9 @@ async def test_an_unreachable_gateway_is_a_503_so_alertmanager_retries(
     clients = Clients(
         stack.settings, EDGE_ACCOUNT, addresses={ServiceName.GATEWAY: f"localhost:{free_port()}"}
     )
-    app = create_app(clients.stub(GatewayServiceStub).SubmitAlerts)
+    app = create_app(clients.stub(GatewayServiceStub).SubmitAlerts, AUTHENTICATOR)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+        transport=httpx.ASGITransport(app=app), base_url="http://edge", headers=AUTH
     ) as client:
         response = await client.post(ALERTMANAGER_PATH, json=webhook())
     assert response.status_code == 503
