@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from kubernaut.gateway.v1 import gateway_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway_http.security import Authenticator, BodyLimit, SenderCheck
+from gateway_http.security import Authenticator, BodyLimit, SenderCheck, refusal_response
 from gateway_http.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
 
 log = logging.getLogger("kubernaut.edge")
@@ -75,9 +75,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": error.detail}, status_code=error.status_code, headers=error.headers
-        )
+        return refusal_response(error.status_code, error.detail, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:

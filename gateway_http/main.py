@@ -20,6 +20,8 @@ from services.runtime.names import EDGE_ACCOUNT
 from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import configure_tracing
 
+log = logging.getLogger("kubernaut.edge")
+
 
 class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBERNAUT_HTTP_", frozen=True, extra="ignore")
@@ -71,18 +73,15 @@ async def serve_edge(
     edge = edge or EdgeSettings()
     configure_logging("gateway-http", settings.log_level)
     configure_tracing("gateway-http", settings.otlp_endpoint)
-    clients = Clients(settings, EDGE_ACCOUNT)
-    gateway = clients.stub(GatewayServiceStub)
     try:
         authenticator = edge.authenticator()
     except (ValueError, OSError) as error:
-        logging.getLogger("kubernaut.edge").error("cannot start: %s", error)
-        await clients.close()
+        log.error("cannot start: %s", error)
         return 2
     if authenticator is None:
-        logging.getLogger("kubernaut.edge").warning(
-            "webhooks are accepted without authentication (KUBERNAUT_HTTP_ALLOW_ANONYMOUS)"
-        )
+        log.warning("webhooks are accepted without authentication (KUBERNAUT_HTTP_ALLOW_ANONYMOUS)")
+    clients = Clients(settings, EDGE_ACCOUNT)
+    gateway = clients.stub(GatewayServiceStub)
     app = create_app(gateway.SubmitAlerts, authenticator, max_body_bytes=edge.max_body_bytes)
     server = uvicorn.Server(
         uvicorn.Config(app, host=edge.host, port=edge.port, log_config=None, access_log=False)

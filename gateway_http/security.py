@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-# An ASGI application and its parts, as Starlette passes them.
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SIGNATURE_PREFIX = "sha256="
 
@@ -94,10 +89,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        declared = headers.get("content-length", "")
+        declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         seen = 0
         started = False
@@ -120,10 +114,11 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
-        await send_json_error(send, 413, f"the request body is larger than {self.max_bytes} bytes")
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = refusal_response(413, f"the request body is larger than {self.max_bytes} bytes")
+        await refusal(scope, receive, send)
 
 
 class SenderCheck:
@@ -147,7 +142,7 @@ class SenderCheck:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = Headers(scope=scope)
         chunks: list[bytes] = []
         while True:
             message = await receive()
@@ -162,18 +157,14 @@ class SenderCheck:
                 self.authenticator.check(headers, body)
             except Unauthorized as error:
                 self.on_refusal(401, str(error))
-                await send_json_error(
-                    send,
-                    401,
-                    str(error),
-                    [(b"www-authenticate", b'Bearer realm="kubernaut"')],
-                )
+                challenge = {"WWW-Authenticate": 'Bearer realm="kubernaut"'}
+                await refusal_response(401, str(error), challenge)(scope, receive, send)
                 return
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             why = f"the body must be application/json, not {content_type[:64]!r}"
             self.on_refusal(415, why)
-            await send_json_error(send, 415, why)
+            await refusal_response(415, why)(scope, receive, send)
             return
         replayed = False
 
@@ -187,20 +178,8 @@ class SenderCheck:
         await self.app(scope, replay, send)
 
 
-async def send_json_error(
-    send: Send, status: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    """A complete response whose JSON body names the reason."""
-    body = json.dumps({"error": reason}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def refusal_response(
+    status: int, reason: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """A refusal whose JSON body names the reason, as every refusal of the edge is."""
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from services.system import System
 
 EDGE = "gateway-http"
-DEFAULT_WEBHOOK = "http://127.0.0.1:8080/api/v1/alerts/alertmanager"
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -77,11 +76,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStack:
     from services.devstack.stack import DevStack
+    from services.system import edge_webhook_url
 
     return DevStack(
         settings.state_dir,
         nodes=getattr(args, "nodes", 3),
-        webhook_url=getattr(args, "webhook_url", DEFAULT_WEBHOOK),
+        webhook_url=getattr(args, "webhook_url", None) or edge_webhook_url(),
         alert_for=getattr(args, "alert_for", None),
         database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
     )
@@ -229,8 +229,9 @@ def parser() -> argparse.ArgumentParser:
     dev_stack.add_argument("--nodes", type=int, default=3, help="KWOK nodes (default 3)")
     dev_stack.add_argument(
         "--webhook-url",
-        default=DEFAULT_WEBHOOK,
-        help="where AlertManager sends alerts (default: Kubernaut's HTTP edge)",
+        default=None,
+        help="where AlertManager sends alerts (default: Kubernaut's HTTP edge, "
+        "at KUBERNAUT_HTTP_HOST and KUBERNAUT_HTTP_PORT)",
     )
     dev_stack.add_argument(
         "--alert-for",

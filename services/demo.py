@@ -11,7 +11,6 @@ where to look next.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -30,7 +29,7 @@ from services.devstack.stack import DevStack, StackInfo
 from services.runtime.names import ServiceName
 from services.runtime.settings import RuntimeSettings
 from services.scenario import BAD_IMAGE, GOOD_IMAGE, BadRollout
-from services.system import System, Tuning, running_system
+from services.system import System, Tuning, edge_webhook_url, running_system
 
 # Short enough to watch: the alerts' `for:` and the first assessments.
 DEMO_ALERT_FOR = "10s"
@@ -136,7 +135,7 @@ async def watch(
                     )
                 if incident.status == storage_pb2.INCIDENT_STATUS_NO_ACTION:
                     step("no-action", "no action taken", incident.status_reason)
-            if await scenario.healed():
+            if state.healed:
                 step(
                     "healed",
                     f"recovered: {state.ready}/{state.replicas} pods Ready on {GOOD_IMAGE}",
@@ -207,10 +206,9 @@ def _next_steps(settings: RuntimeSettings, incident_id: str | None, info: StackI
 
 async def run_demo(*, keep_running: bool = False) -> int:
     settings = RuntimeSettings()
-    edge_port = os.environ.get("KUBERNAUT_HTTP_PORT", "8080")
     stack = DevStack(
         settings.state_dir,
-        webhook_url=f"http://127.0.0.1:{edge_port}/api/v1/alerts/alertmanager",
+        webhook_url=edge_webhook_url(),
         alert_for=DEMO_ALERT_FOR,
         group_interval="5s",
         repeat_interval="15s",

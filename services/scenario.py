@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from services.devstack.stages import SIMULATE_ANNOTATION, PodSimulation
-from services.runtime.kube import MANAGED_LABEL
+from services.runtime.kube import MANAGED_LABEL, KubeConnection, KubeSettings
 
 GOOD_IMAGE = "registry.example/shop/checkout:1.4.2"
 BAD_IMAGE = "registry.example/shop/checkout:1.5.0"
@@ -36,6 +36,11 @@ class DeploymentState:
     def healthy(self) -> bool:
         return self.replicas > 0 and self.ready == self.updated == self.available == self.replicas
 
+    @property
+    def healed(self) -> bool:
+        """Every pod Ready on the good image, none simulating a failure."""
+        return self.healthy and self.image == GOOD_IMAGE and not self.simulate
+
 
 class BadRollout:
     """A Deployment `checkout` in `namespace`, opted in to Kubernaut or not."""
@@ -48,20 +53,13 @@ class BadRollout:
         self.name = "checkout"
         self.opted_in = opted_in
         self.replicas = replicas
-        self._api: client.ApiClient | None = None
+        self._connection = KubeConnection(KubeSettings(kubeconfig=str(kubeconfig)))
 
     async def _client(self) -> client.ApiClient:
-        if self._api is None:
-            configuration = client.Configuration()
-            await config.load_kube_config(
-                config_file=str(self.kubeconfig), client_configuration=configuration
-            )
-            self._api = client.ApiClient(configuration)
-        return self._api
+        return await self._connection.api()
 
     async def close(self) -> None:
-        if self._api is not None:
-            await self._api.close()
+        await self._connection.close()
 
     def _deployment(self) -> dict[str, Any]:
         labels = {"app": self.name}
@@ -131,8 +129,7 @@ class BadRollout:
         )
 
     async def healed(self) -> bool:
-        state = await self.state()
-        return state.healthy and state.image == GOOD_IMAGE and not state.simulate
+        return (await self.state()).healed
 
     async def wait(self, predicate: Any, timeout: float) -> DeploymentState:
         deadline = asyncio.get_running_loop().time() + timeout

@@ -8,19 +8,43 @@ with its own least-privilege identity), AlertManager and SMTP server.
 from __future__ import annotations
 
 import contextlib
-import os
+import ipaddress
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from services.devstack.stack import StackInfo
+from gateway_http.app import ALERTMANAGER_PATH
+from gateway_http.main import EdgeSettings
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients
 from services.runtime.launcher import Fleet, wait_serving
 from services.runtime.names import ServiceName, all_accounts
 from services.runtime.settings import RuntimeSettings, Transport
 
+if TYPE_CHECKING:
+    # Only for annotations: the dev stack imports edge_webhook_url from here.
+    from services.devstack.stack import StackInfo
+
 EDGE = "gateway-http"
 DEFAULT_RECIPIENT = "sre@example.com"
+
+
+def edge_url() -> str:
+    """Where the HTTP edge listens (`KUBERNAUT_HTTP_HOST`/`_PORT`), as a client reaches it:
+    a wildcard address becomes loopback."""
+    edge = EdgeSettings()
+    host = edge.host or "127.0.0.1"
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        host = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{host}:{edge.port}"
+
+
+def edge_webhook_url() -> str:
+    """The edge's AlertManager webhook: where the dev stack's AlertManager sends alerts."""
+    return edge_url() + ALERTMANAGER_PATH
 
 
 @dataclass(frozen=True)
@@ -63,15 +87,14 @@ def service_env(
     return common, per_service
 
 
-def ensure_certs(settings: RuntimeSettings, *, force: bool = False) -> None:
+def ensure_certs(settings: RuntimeSettings) -> None:
     certs_dir = settings.resolved_certs_dir
-    if force or not (certs_dir / "ca.crt").exists():
+    if not (certs_dir / "ca.crt").exists():
         init_dev_pki(
             certs_dir,
             all_accounts(),
             trust_domain=settings.trust_domain,
             namespace=settings.namespace,
-            force=force,
         )
 
 
@@ -117,7 +140,6 @@ async def running_system(
         ensure_certs(settings)
     common, per_service = service_env(dev, tuning)
     fleet = Fleet(settings.state_dir / "logs", env=common)
-    edge_port = os.environ.get("KUBERNAUT_HTTP_PORT", "8080")
     try:
         for service in ServiceName:
             fleet.start_service(service, env=per_service.get(service))
@@ -130,6 +152,6 @@ async def running_system(
             statuses = await wait_serving(clients, list(ServiceName), timeout, fleet)
         finally:
             await clients.close()
-        yield System(settings, dev, fleet, statuses, f"http://127.0.0.1:{edge_port}")
+        yield System(settings, dev, fleet, statuses, edge_url())
     finally:
         fleet.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,18 +16,11 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.ai_analysis.history import HistoryUnavailable
 from services.ai_analysis.rules import RulesSettings, analyze
+from services.context_api.client import resource_context
 from services.runtime.interceptors import abort_invalid
-from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
-
-# The context API could not give evidence: analyse on the alert alone.
-_NO_EVIDENCE = {
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.INVALID_ARGUMENT,
-}
 
 
 class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
@@ -51,21 +45,6 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             raise
         knowledge: context_api_pb2.AlertKnowledge = found.knowledge
         return knowledge
-
-    async def _evidence(
-        self, subject: alert_pb2.ResourceRef
-    ) -> context_api_pb2.ResourceContext | None:
-        try:
-            found = await self.context_api.GetResourceContext(
-                context_api_pb2.GetResourceContextRequest(resource=subject)
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() in _NO_EVIDENCE:
-                log.info("no evidence for the analysis", extra={"why": error.details()})
-                return None
-            raise
-        evidence: context_api_pb2.ResourceContext = found.context
-        return evidence
 
     async def _history(
         self, incident_id: str
@@ -99,12 +78,14 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         self, request: ai_analysis_pb2.AnalyzeIncidentRequest, context: Any
     ) -> ai_analysis_pb2.AnalyzeIncidentResponse:
         incident = request.incident
-        incident_id_var.set(incident.incident_id)
         if incident.alert.status != alert_pb2.ALERT_STATUS_FIRING:
             await abort_invalid(context, "incident.alert.status", "only firing alerts are analysed")
-        knowledge = await self._knowledge(incident.alert.name)
-        evidence = await self._evidence(incident.subject)
-        history = await self._history(incident.incident_id)
+        # Independent reads: one round trip's wait instead of three.
+        knowledge, evidence, history = await asyncio.gather(
+            self._knowledge(incident.alert.name),
+            resource_context(self.context_api, incident.subject),
+            self._history(incident.incident_id),
+        )
         analysis = analyze(
             incident.alert, incident.subject, knowledge, self.settings, evidence, history
         )

@@ -11,13 +11,13 @@ from kubernaut.ai_analysis.v1 import ai_analysis_pb2
 from kubernaut.ai_analysis.v1.ai_analysis_pb2_grpc import AIAnalysisServiceStub
 from kubernaut.alert_processor.v1 import alert_processor_pb2, alert_processor_pb2_grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
-from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from opentelemetry import trace
 
 from services.alert_processor.processing import fingerprint_of, triage
+from services.context_api.client import resource_context
 from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
 
@@ -38,17 +38,10 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
     async def _workload(self, subject: alert_pb2.ResourceRef) -> alert_pb2.ResourceRef:
         """The workload that owns the subject (a Pod's Deployment), or the subject itself
         when the cluster cannot tell (the pod is gone, no cluster configured)."""
-        try:
-            found = await self.context_api.GetResourceContext(
-                context_api_pb2.GetResourceContextRequest(resource=subject)
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                log.info("subject not resolved", extra={"why": error.details()})
-                return subject
-            raise
-        workload: alert_pb2.ResourceRef = found.context.workload
-        return workload if workload.name else subject
+        found = await resource_context(self.context_api, subject)
+        if found is None or not found.workload.name:
+            return subject
+        return found.workload
 
     async def ProcessAlert(
         self, request: alert_processor_pb2.ProcessAlertRequest, context: Any
@@ -88,7 +81,11 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
                 f"counted on open incident {incident.incident_id} "
                 f"({incident.occurrences} alerts so far)"
             )
-            return response
+            if incident.status != storage_pb2.INCIDENT_STATUS_OPEN:
+                return response
+            # Still OPEN: the analysis of the alert that opened it may have failed (and
+            # that alert's retry is this duplicate). Analysing again is safe: an incident
+            # has at most one workflow.
 
         analyzed = await self.ai_analysis.AnalyzeIncident(
             ai_analysis_pb2.AnalyzeIncidentRequest(incident=incident)
@@ -96,13 +93,18 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
         response.analysis.CopyFrom(analyzed.analysis)
         response.workflow_id = analyzed.workflow_id
         if analyzed.analysis.decision != remediation_pb2.DECISION_REMEDIATE:
-            await self.storage.UpdateIncident(
-                storage_pb2.UpdateIncidentRequest(
-                    incident_id=incident.incident_id,
-                    status=storage_pb2.INCIDENT_STATUS_NO_ACTION,
-                    status_reason="; ".join(analyzed.analysis.reasons)[:4096],
+            try:
+                await self.storage.UpdateIncident(
+                    storage_pb2.UpdateIncidentRequest(
+                        incident_id=incident.incident_id,
+                        status=storage_pb2.INCIDENT_STATUS_NO_ACTION,
+                        status_reason="; ".join(analyzed.analysis.reasons)[:4096],
+                    )
                 )
-            )
+            except grpc.aio.AioRpcError as error:
+                # A concurrent analysis of the same incident closed it first.
+                if error.code() is not grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
         return response
 
 

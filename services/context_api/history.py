@@ -15,6 +15,8 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.storage.v1 import storage_pb2
 
+from services.runtime.cache import TtlCache
+
 DEFAULT_LIMIT = 5
 
 
@@ -91,31 +93,13 @@ class IncidentHistoryReader:
     ) -> None:
         self.storage = storage
         self.effectiveness = effectiveness
-        self.ttl = ttl
-        self.clock = clock
-        self._cache: dict[tuple[str, int], tuple[float, context_api_pb2.IncidentHistory]] = {}
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.cache: TtlCache[tuple[str, int], context_api_pb2.IncidentHistory] = TtlCache(
+            ttl, clock
+        )
 
     async def history(self, incident_id: str, limit: int = 0) -> context_api_pb2.IncidentHistory:
-        key = (incident_id, limit or DEFAULT_LIMIT)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # one read per incident at a time; the others get the cached answer
-            now = self.clock()
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > now:
-                return cached[1]
-            self._forget_expired(now)
-            fresh = await self._read(*key)
-            self._cache[key] = (self.clock() + self.ttl, fresh)
-            return fresh
-
-    def _forget_expired(self, now: float) -> None:
-        # Incident ids never repeat, so without this the cache would only grow.
-        for key in [key for key, (expires, _) in self._cache.items() if expires <= now]:
-            del self._cache[key]
-            lock = self._locks.get(key)
-            if lock is not None and not lock.locked():
-                del self._locks[key]
+        limit = limit or DEFAULT_LIMIT
+        return await self.cache.get((incident_id, limit), lambda: self._read(incident_id, limit))
 
     async def _read(self, incident_id: str, limit: int) -> context_api_pb2.IncidentHistory:
         try:

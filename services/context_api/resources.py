@@ -15,6 +15,7 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from services.runtime.cache import TtlCache
 from services.runtime.kube import MANAGED_LABEL, is_managed
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
@@ -89,31 +90,34 @@ class ResourceContextReader:
     """Reads through one API client; answers are cached for `ttl` seconds per object."""
 
     def __init__(
-        self, api: client.ApiClient, ttl: float = 3.0, clock: Callable[[], float] = time.monotonic
+        self,
+        api: client.ApiClient,
+        ttl: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        timeout: float = 10.0,
     ) -> None:
+        """`timeout` bounds one context read (its several API calls together); a hung API
+        server then raises TimeoutError instead of holding the caller until its deadline."""
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
-        self.ttl = ttl
-        self.clock = clock
-        self._cache: dict[tuple[str, str, str], tuple[float, context_api_pb2.ResourceContext]] = {}
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.timeout = timeout
+        self.cache: TtlCache[tuple[str, str, str], context_api_pb2.ResourceContext] = TtlCache(
+            ttl, clock
+        )
 
     async def context(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
-        key = (ref.namespace, ref.kind, ref.name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # one read per object at a time; the others get the cached answer
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > self.clock():
-                return cached[1]
-            try:
-                fresh = await self._read(ref)
-            except ApiException as error:
-                if error.status == 404:
-                    raise ResourceNotFound(ref) from error
-                raise
-            self._cache[key] = (self.clock() + self.ttl, fresh)
-            return fresh
+        return await self.cache.get((ref.namespace, ref.kind, ref.name), lambda: self._load(ref))
+
+    async def _load(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._read(ref)
+        except ApiException as error:
+            if error.status == 404:
+                raise ResourceNotFound(ref) from error
+            raise
 
     async def _read(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
         context = context_api_pb2.ResourceContext(resource=ref)

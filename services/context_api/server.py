@@ -52,7 +52,9 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
     async def _resource_reader(self) -> ResourceContextReader:
         if self._reader is None:
             self._reader = ResourceContextReader(
-                await self.cluster.api(), self.settings.cache_seconds
+                await self.cluster.api(),
+                self.settings.cache_seconds,
+                timeout=self.cluster.settings.request_timeout_seconds,
             )
         return self._reader
 

@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -65,14 +64,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.devstack.processes import LOOPBACK, free_ports, is_zombie, start_time, tail
 from services.devstack.stages import kwok_config
+from services.runtime.certs import create_ca, write_private_key
+from services.runtime.settings import RuntimeSettings
 
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-k8s.sh"
 
-LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 """The `kubernetes` Service's ClusterIP: the first address of SERVICE_CIDR."""
@@ -91,7 +92,6 @@ COMPONENTS = (
     "kube-state-metrics",
 )
 """In start order; `stop()` goes the other way."""
-_BINARIES = {name: name for name in COMPONENTS}
 _PORTS = (
     "etcd_client",
     "etcd_peer",
@@ -117,9 +117,9 @@ class KubeClusterError(RuntimeError):
         text = f"{component}: {message}" if component else message
         if log_file is not None:
             text += f"\n  log: {log_file}"
-            tail = _tail(log_file)
-            if tail:
-                text += f"\n  last lines:\n{tail}"
+            last = tail(log_file, _LOG_TAIL_LINES, indent="    ")
+            if last:
+                text += f"\n  last lines:\n{last}"
         super().__init__(text)
 
 
@@ -134,12 +134,8 @@ class ClusterInfo:
     """`https://127.0.0.1:PORT`"""
     ca_file: Path
     """The cluster CA (PEM): it signed every serving and client certificate."""
-    admin_cert: Path
-    admin_key: Path
     kube_state_metrics_url: str
     """`http://127.0.0.1:PORT`; metrics at `/metrics`."""
-    etcd_url: str
-    """`https://127.0.0.1:PORT` (client certificates: pki/apiserver-etcd-client.*)."""
     nodes: tuple[str, ...]
     pids: Mapping[str, int]
     log_dir: Path
@@ -154,7 +150,6 @@ class ComponentStatus:
     name: str
     pid: int | None
     running: bool
-    log_file: Path
 
 
 @dataclass(frozen=True)
@@ -174,12 +169,12 @@ class ClusterStatus:
 
 
 def default_bin_dir() -> Path:
-    """`$KUBERNAUT_K8S_BIN_DIR`, else `$KUBERNAUT_STATE_DIR/bin` (build-k8s.sh links there)."""
+    """`$KUBERNAUT_K8S_BIN_DIR`, else `<state_dir>/bin` of the runtime settings
+    (`$KUBERNAUT_STATE_DIR`; build-k8s.sh links there)."""
     explicit = os.environ.get("KUBERNAUT_K8S_BIN_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    state = os.environ.get("KUBERNAUT_STATE_DIR") or str(Path.home() / ".local/state/kubernaut")
-    return Path(state).expanduser() / "bin"
+    return RuntimeSettings().state_dir.expanduser() / "bin"
 
 
 def build_binaries(timeout: float | None = None) -> Path:
@@ -227,6 +222,10 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._info: ClusterInfo | None = None
+        # Per client certificate; cleared whenever ensure_pki() may have replaced the PKI.
+        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        # KWOK's config, made once per LocalCluster (it runs the multi-call binary).
+        self._stages_text: str | None = None
 
         self.pki = self.state_dir / "pki"
         self.log_dir = self.state_dir / "logs"
@@ -261,6 +260,7 @@ class LocalCluster:
             config = self._load_config()
             ports: dict[str, int] = config["ports"]
             ensure_pki(self.pki)
+            self._ssl_contexts.clear()
             self._write_kubeconfigs(ports)
             self._restart_kwok_if_stages_changed()
             started: list[str] = []
@@ -302,10 +302,7 @@ class LocalCluster:
                 kubeconfig=self.kubeconfig,
                 apiserver_url=f"https://{LOOPBACK}:{ports['apiserver']}",
                 ca_file=self.pki / "ca.crt",
-                admin_cert=self.pki / "admin.crt",
-                admin_key=self.pki / "admin.key",
                 kube_state_metrics_url=f"http://{LOOPBACK}:{ports['kube_state_metrics']}",
-                etcd_url=f"https://{LOOPBACK}:{ports['etcd_client']}",
                 nodes=self.node_names,
                 pids=pids,
                 log_dir=self.log_dir,
@@ -336,7 +333,7 @@ class LocalCluster:
         components = []
         for name in COMPONENTS:
             pid = self._running_pid(name)
-            components.append(ComponentStatus(name, pid, pid is not None, self.log_file(name)))
+            components.append(ComponentStatus(name, pid, pid is not None))
         ready = False
         nodes_ready: tuple[str, ...] = ()
         ports = self._saved_ports()
@@ -403,7 +400,7 @@ class LocalCluster:
         ports = self._saved_ports()
         if ports is None or set(ports) != set(_PORTS):
             # A fresh cluster: nothing of ours can be running on these.
-            ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
+            ports = dict(zip(_PORTS, free_ports(len(_PORTS)), strict=True))
         config = {"ports": ports, "nodes": self.nodes}
         tmp = self._config_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2) + "\n")
@@ -433,16 +430,21 @@ class LocalCluster:
             return
         stages = self.state_dir / "kwok.yaml"
         with contextlib.suppress(OSError):
-            if stages.read_text() == _kwok_stages(self.bin_dir / MULTICALL):
+            if stages.read_text() == self._stages_config():
                 return
         _log.info("KWOK's Stages changed: restarting kwok")
         self._stop_group(["kwok"], 20.0)
+
+    def _stages_config(self) -> str:
+        if self._stages_text is None:
+            self._stages_text = _kwok_stages(self.bin_dir / MULTICALL)
+        return self._stages_text
 
     # -- processes --------------------------------------------------------------------------
 
     def _argv(self, name: str, ports: Mapping[str, int]) -> tuple[list[str], dict[str, str]]:
         pki = self.pki
-        binary = str(self.bin_dir / _BINARIES[name])
+        binary = str(self.bin_dir / name)
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "HOME")}
         env["HOME"] = str(self.state_dir)
         etcd_url = f"https://{LOOPBACK}:{ports['etcd_client']}"
@@ -565,7 +567,7 @@ class LocalCluster:
             ], env
         if name == "kwok":
             stages = self.state_dir / "kwok.yaml"
-            _write_kwok_stages(self.bin_dir / MULTICALL, stages)
+            stages.write_text(self._stages_config())
             return [
                 binary,
                 f"--kubeconfig={kc / 'kwok.kubeconfig'}",
@@ -605,7 +607,7 @@ class LocalCluster:
             except OSError as exc:
                 raise KubeClusterError(name, f"could not run {argv[0]}: {exc}", log_path) from exc
         self._children[name] = process
-        record = {"pid": process.pid, "start_time": _start_time(process.pid), "argv": argv}
+        record = {"pid": process.pid, "start_time": start_time(process.pid), "argv": argv}
         (self.run_dir / f"{name}.pid").write_text(json.dumps(record) + "\n")
 
     def _running_pid(self, name: str) -> int | None:
@@ -623,7 +625,7 @@ class LocalCluster:
             pid = int(record["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if _start_time(pid) != record.get("start_time") or _is_zombie(pid):
+        if start_time(pid) != record.get("start_time") or is_zombie(pid):
             return None
         # The same pid and start time cannot be another process; the command line check
         # guards against a pid file copied from elsewhere.
@@ -642,7 +644,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while pids and time.monotonic() < deadline:
             time.sleep(0.1)
-            pids = [p for p in pids if not _is_zombie(p)]
+            pids = [p for p in pids if not is_zombie(p)]
         for pid in pids:
             _signal_group(pid, signal.SIGKILL)
 
@@ -659,9 +661,9 @@ class LocalCluster:
                 continue
             if (
                 argv
-                and os.path.basename(argv[0].decode(errors="replace")) in _BINARIES
+                and os.path.basename(argv[0].decode(errors="replace")) in COMPONENTS
                 and any(marker in arg for arg in argv[1:])
-                and not _is_zombie(int(entry.name))
+                and not is_zombie(int(entry.name))
             ):
                 found.append(int(entry.name))
         return found
@@ -743,10 +745,12 @@ class LocalCluster:
         }
         self._wait(name, checks[name], self.start_timeout)
 
-    def _ssl_context(self, client: str | None = "admin") -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        if client is not None:
+    def _ssl_context(self, client: str = "admin") -> ssl.SSLContext:
+        context = self._ssl_contexts.get(client)
+        if context is None:
+            context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
             context.load_cert_chain(self.pki / f"{client}.crt", self.pki / f"{client}.key")
+            self._ssl_contexts[client] = context
         return context
 
     def _etcd_healthy(self, ports: Mapping[str, int]) -> str | None:
@@ -917,10 +921,6 @@ def _kwok_stages(multicall: Path) -> str:
         raise KubeClusterError("kwok", str(exc)) from exc
 
 
-def _write_kwok_stages(multicall: Path, path: Path) -> None:
-    path.write_text(_kwok_stages(multicall))
-
-
 # -- PKI -----------------------------------------------------------------------------------
 
 
@@ -974,28 +974,11 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def _ensure_ca(pki: Path, file_name: str, cn: str, now: dt.datetime) -> bool:
+def _ensure_ca(pki: Path, file_name: str, cn: str) -> bool:
     """Create the CA `file_name` when missing; True when it was created."""
-    cert_path, key_path = pki / f"{file_name}.crt", pki / f"{file_name}.key"
-    if cert_path.exists() and key_path.exists():
+    if (pki / f"{file_name}.crt").exists() and (pki / f"{file_name}.key").exists():
         return False
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    _write_key(key_path, key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    create_ca(pki, common_name=cn, name=file_name, path_length=None)
     return True
 
 
@@ -1010,7 +993,7 @@ def ensure_pki(pki: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     cas: dict[str, tuple[x509.Certificate, ec.EllipticCurvePrivateKey]] = {}
     for ca_name, ca_cn in _CAS.items():
-        if _ensure_ca(pki, ca_name, ca_cn, now):
+        if _ensure_ca(pki, ca_name, ca_cn):
             for file_name, spec in _CERTS.items():
                 if spec.ca == ca_name:
                     (pki / f"{file_name}.crt").unlink(missing_ok=True)
@@ -1054,28 +1037,17 @@ def ensure_pki(pki: Path) -> None:
             names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in _SANS_IP]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
-        _write_key(key_path, key)
+        write_private_key(key_path, key)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     sa_key_path, sa_pub_path = pki / "sa.key", pki / "sa.pub"
     if not (sa_key_path.exists() and sa_pub_path.exists()):
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        _write_key(sa_key_path, sa_key)
+        write_private_key(sa_key_path, sa_key)
         sa_pub_path.write_bytes(
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    data = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _write_kubeconfig(
@@ -1166,39 +1138,6 @@ def _https_health(port: int, context: ssl.SSLContext) -> str | None:
     return None if status == 200 else f"/healthz answered {status}: {str(body)[:300]}"
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _start_time(pid: int) -> int | None:
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None  # field 22: starttime
-
-
-def _is_zombie(pid: int) -> bool:
-    fields = _proc_stat(pid)
-    return fields is None or fields[0] in ("Z", "X")
-
-
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the process group that `pid` leads (we start each with its own session)."""
     with contextlib.suppress(ProcessLookupError):
@@ -1210,14 +1149,3 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
             os.killpg(pgid, sig)
         else:
             os.kill(pid, sig)
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("    " + ln for ln in text.splitlines()[-lines:])

@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,8 @@ from typing import Any, Self
 
 import httpx
 import yaml
+
+from services.devstack.processes import free_port, tail
 
 __all__ = [
     "ALERTMANAGER_BIN",
@@ -57,6 +58,7 @@ __all__ = [
     "RULES_DIR",
     "Alertmanager",
     "AlertmanagerAlert",
+    "BlockDumper",
     "MonitoringError",
     "Prometheus",
     "PrometheusAlert",
@@ -106,8 +108,9 @@ class MonitoringError(RuntimeError):
 # -- rule files ----------------------------------------------------------------------------
 
 
-class _BlockDumper(yaml.SafeDumper):
-    """Writes multi-line strings (PromQL) as `|` blocks, the way rule files are written."""
+class BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (PromQL, KWOK templates) as `|` blocks, the way rule and
+    Stage files are written by hand."""
 
 
 def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -115,7 +118,7 @@ def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_BlockDumper.add_representer(str, _str_presenter)
+BlockDumper.add_representer(str, _str_presenter)
 
 
 def _check_duration(name: str, value: str) -> None:
@@ -158,7 +161,7 @@ def render_rule_file(
         ]
     else:
         header.append("# Durations are the source's own.")
-    body = yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=100_000)
+    body = yaml.dump(document, Dumper=BlockDumper, sort_keys=False, width=100_000)
     dest_path = Path(dest)
     dest_path.parent.mkdir(parents=True, exist_ok=True)
     dest_path.write_text("\n".join(header) + "\n" + body)
@@ -226,7 +229,7 @@ class _Daemon:
         # A picked free port can be taken before the binary binds it: then try another one.
         attempts = 3 if self._requested_port == 0 else 1
         for attempt in range(1, attempts + 1):
-            port = self._requested_port or _free_port()
+            port = self._requested_port or free_port()
             offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             try:
                 self._spawn(port)
@@ -245,6 +248,9 @@ class _Daemon:
 
     def _started(self) -> None:
         """After /-/ready: anything more to wait for before start() returns."""
+
+    def _log_tail(self) -> str:
+        return tail(self.log_file, _LOG_TAIL_LINES, missing="(no log)")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM our child by pid, wait up to `timeout`, then SIGKILL."""
@@ -298,7 +304,7 @@ class _Daemon:
                 if code is not None:
                     raise MonitoringError(
                         f"{self._name} exited with code {code} while starting; "
-                        f"see {self.log_file}:\n{_tail(self.log_file)}"
+                        f"see {self.log_file}:\n{self._log_tail()}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(ready_url).status_code == 200:
@@ -309,7 +315,7 @@ class _Daemon:
                     process.wait()
                     raise MonitoringError(
                         f"{self._name} did not become ready on {ready_url} within "
-                        f"{self._start_timeout:.0f}s; see {self.log_file}:\n{_tail(self.log_file)}"
+                        f"{self._start_timeout:.0f}s; see {self.log_file}:\n{self._log_tail()}"
                     )
                 time.sleep(0.05)
 
@@ -706,18 +712,3 @@ def _run_check(command: list[str], what: str, timeout: float) -> str:
             f"{what} failed `{' '.join(command)}` (exit {result.returncode}):\n{output}"
         )
     return output
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])

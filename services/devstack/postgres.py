@@ -29,7 +29,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -39,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
+
+from services.devstack.processes import free_port, pid_alive, port_open, stop_pid, tail
 
 
 def _bin_path() -> Path:
@@ -201,23 +202,21 @@ class EmbeddedPostgres:
             self.stop(timeout)
             return True
         info = _read_pid_file(self.data_dir)
-        if info is None or not _pid_alive(info.pid):
+        if info is None or not pid_alive(info.pid):
             return False
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(info.pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not _pid_alive(info.pid):
-                    return True
-                time.sleep(0.05)
-            _log.warning("PostgreSQL pid %d ignored %s", info.pid, sig.name)
+        pid = info.pid
+        stop_pid(
+            pid,
+            ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)),
+            lambda: pid_alive(pid),
+            on_ignored=lambda sig: _log.warning("PostgreSQL pid %d ignored %s", pid, sig.name),
+        )
         return True
 
     def running_pid(self) -> int | None:
         """The pid of a live server of this data directory, whoever started it."""
         info = _read_pid_file(self.data_dir)
-        return info.pid if info is not None and _pid_alive(info.pid) else None
+        return info.pid if info is not None and pid_alive(info.pid) else None
 
     def __enter__(self) -> Self:
         self.start()
@@ -320,7 +319,7 @@ class EmbeddedPostgres:
             if result.returncode != 0:
                 raise PostgresStartError(
                     f"initdb failed (exit {result.returncode}) for {self.data_dir}; "
-                    f"see {self.log_file}:\n{_tail(self.log_file)}"
+                    f"see {self.log_file}:\n{tail(self.log_file, _LOG_TAIL_LINES)}"
                 )
         finally:
             shutil.rmtree(pw_dir, ignore_errors=True)
@@ -340,7 +339,7 @@ class EmbeddedPostgres:
     def _launch(self, run_as: _RunAs | None) -> int:
         attempts = 3 if self._port == 0 else 1
         for attempt in range(1, attempts + 1):
-            port = self._port or _free_port()
+            port = self._port or free_port()
             offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             try:
                 self._spawn(port, run_as)
@@ -388,14 +387,14 @@ class EmbeddedPostgres:
             if code is not None:
                 raise PostgresStartError(
                     f"PostgreSQL exited with code {code} while starting; "
-                    f"see {self.log_file}:\n{_tail(self.log_file)}"
+                    f"see {self.log_file}:\n{tail(self.log_file, _LOG_TAIL_LINES)}"
                 )
             info = _read_pid_file(self.data_dir)
             if (
                 info is not None
                 and info.pid == process.pid
                 and info.status == "ready"
-                and _port_open(port)
+                and port_open(port)
             ):
                 self._process = process
                 return
@@ -404,20 +403,20 @@ class EmbeddedPostgres:
                 process.wait()
                 raise PostgresStartError(
                     f"PostgreSQL did not become ready within {self._start_timeout:.0f}s; "
-                    f"see {self.log_file}:\n{_tail(self.log_file)}"
+                    f"see {self.log_file}:\n{tail(self.log_file, _LOG_TAIL_LINES)}"
                 )
             time.sleep(0.05)
 
     def _running_server(self) -> tuple[int, str] | None:
         """(port, password) of a live server of this data directory, else None."""
         info = _read_pid_file(self.data_dir)
-        if info is None or not _pid_alive(info.pid):
+        if info is None or not pid_alive(info.pid):
             return None  # a stale postmaster.pid is removed by postgres itself on start
         deadline = time.monotonic() + self._start_timeout
         while info.status in ("", "starting") and time.monotonic() < deadline:
             time.sleep(0.1)  # started by someone else a moment ago
             refreshed = _read_pid_file(self.data_dir)
-            if refreshed is None or not _pid_alive(refreshed.pid):
+            if refreshed is None or not pid_alive(refreshed.pid):
                 return None
             info = refreshed
         if info.port is None or info.listen_address not in ("127.0.0.1", "localhost", "*"):
@@ -425,7 +424,7 @@ class EmbeddedPostgres:
                 f"a PostgreSQL (pid {info.pid}) is running on {self.data_dir} but does not "
                 f"listen on 127.0.0.1 (listen_addresses={info.listen_address!r}); stop it first"
             )
-        if info.status != "ready" or not _port_open(info.port):
+        if info.status != "ready" or not port_open(info.port):
             raise PostgresStartError(
                 f"a PostgreSQL (pid {info.pid}) holds {self.data_dir} but is not accepting "
                 f"connections on 127.0.0.1:{info.port} (status {info.status!r}); "
@@ -509,36 +508,6 @@ def _read_pid_file(data_dir: Path) -> _PidFile | None:
         return None
     port = int(lines[3]) if lines[3].strip().isdigit() else None
     return _PidFile(pid=pid, port=port, listen_address=lines[5].strip(), status=lines[7].strip())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, belongs to another user
-    try:
-        proc_stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs (macOS): trust kill()
-    # The state follows the parenthesised command name; a zombie has already exited.
-    return proc_stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def _clean_env() -> dict[str, str]:
@@ -628,8 +597,3 @@ def _read_from(path: Path, offset: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    text = _read_from(path, 0)
-    return "\n".join(text.splitlines()[-lines:])

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,8 +35,16 @@ from services.devstack.monitoring import (
     render_rule_file,
 )
 from services.devstack.postgres import EmbeddedPostgres
+from services.devstack.processes import (
+    LOOPBACK,
+    cmdline,
+    free_port,
+    is_zombie,
+    stop_pid,
+    wait_port,
+)
+from services.system import edge_webhook_url
 
-DEFAULT_WEBHOOK = "http://127.0.0.1:8080/api/v1/alerts/alertmanager"
 # Start order; `down` goes backwards.
 COMPONENTS = ("postgres", "smtp", "kubernetes", "alertmanager", "prometheus")
 
@@ -73,40 +80,27 @@ class StackInfo:
         return self.components[name].details[key]
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _alive(component: Component) -> bool:
     """The recorded pid runs the recorded program (a reused pid does not count)."""
-    if component.pid is None:
-        return False
-    try:
-        state = Path(f"/proc/{component.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X") and component.program in _cmdline(component.pid)
+    pid = component.pid
+    return pid is not None and not is_zombie(pid) and component.program in cmdline(pid)
 
 
 def _stop_pid(component: Component, timeout: float = 15.0) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not _alive(component):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(component.pid or 0, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(component):
-            time.sleep(0.05)
+    if component.pid is not None:
+        stop_pid(
+            component.pid,
+            ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)),
+            lambda: _alive(component),
+        )
 
 
 @dataclass
 class DevStack:
     state_dir: Path
     nodes: int = 3
-    webhook_url: str = DEFAULT_WEBHOOK
+    # Where AlertManager sends alerts; by default Kubernaut's HTTP edge (KUBERNAUT_HTTP_*).
+    webhook_url: str = field(default_factory=edge_webhook_url)
     # Tests and the demo cannot wait 15 minutes for `for:`; the rule copy says so.
     alert_for: str | None = None
     group_interval: str = "5s"
@@ -197,7 +191,7 @@ class DevStack:
     def _start_smtp(self) -> Component:
         mail_dir = self.root / "mail"
         log = self.root / "smtp.log"
-        port = _free_port()
+        port = free_port()
         with log.open("ab") as out:
             process = subprocess.Popen(
                 [
@@ -214,7 +208,8 @@ class DevStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        _wait_port(port, 10, f"smtp did not listen on 127.0.0.1:{port}; see {log}")
+        if not wait_port(port, 10):
+            raise DevStackError(f"smtp did not listen on {LOOPBACK}:{port}; see {log}")
         return Component(
             "smtp",
             process.pid,
@@ -348,20 +343,3 @@ class DevStack:
 
     def info(self) -> StackInfo:
         return StackInfo(str(self.state_dir), self._load())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise DevStackError(message)

@@ -44,6 +44,8 @@ from typing import Any, Final
 
 import yaml
 
+from services.devstack.monitoring import BlockDumper
+
 __all__ = [
     "CRASHLOOP_RESTART_INTERVAL",
     "CRASHLOOP_START_DELAY",
@@ -239,39 +241,8 @@ $c.name $pod.metadata.name $pod.metadata.namespace $pod.metadata.uid | Quote }}
     )
 
 
-_UNREADY_TEMPLATE = (
-    """\
-{{ $now := Now }}
-{{ $previous := or .status.containerStatuses list }}
-"""
-    + _POD_NOT_READY_CONDITIONS
-    + """\
-containerStatuses:
-{{ range $i, $c := .spec.containers }}
-"""
-    + _PREVIOUS
-    + """\
-- name: {{ $c.name | Quote }}
-  image: {{ $c.image | Quote }}
-  ready: false
-  started: true
-  restartCount: {{ dig "restartCount" 0 $old }}
-  {{ with dig "lastState" "" $old }}
-  lastState: {{ toJson . }}
-  {{ end }}
-  state:
-    running:
-      startedAt: {{ dig "state" "running" "startedAt" $now $old | Quote }}
-{{ end }}
-"""
-    + _POD_ADDRESSES
-)
-
-# A pod whose annotation went away: running and ready, restart count and last state kept.
-_RECOVER_TEMPLATE = (
-    """\
-{{ $now := Now }}
-{{ $previous := or .status.containerStatuses list }}
+# Ready and ContainersReady True, as for a healthy pod.
+_POD_READY_CONDITIONS = """\
 conditions:
 - type: Initialized
   status: "True"
@@ -288,14 +259,26 @@ conditions:
   reason: ""
   message: ""
   lastTransitionTime: {{ $now | Quote }}
+"""
+
+
+def _running_template(*, ready: bool) -> str:
+    """Every container running (restart count and last state kept), ready or not."""
+    return (
+        """\
+{{ $now := Now }}
+{{ $previous := or .status.containerStatuses list }}
+"""
+        + (_POD_READY_CONDITIONS if ready else _POD_NOT_READY_CONDITIONS)
+        + """\
 containerStatuses:
 {{ range $i, $c := .spec.containers }}
 """
-    + _PREVIOUS
-    + """\
+        + _PREVIOUS
+        + """\
 - name: {{ $c.name | Quote }}
   image: {{ $c.image | Quote }}
-  ready: true
+  ready: CONTAINER_READY
   started: true
   restartCount: {{ dig "restartCount" 0 $old }}
   {{ with dig "lastState" "" $old }}
@@ -306,8 +289,13 @@ containerStatuses:
       startedAt: {{ dig "state" "running" "startedAt" $now $old | Quote }}
 {{ end }}
 """
-    + _POD_ADDRESSES
-)
+        + _POD_ADDRESSES
+    ).replace("CONTAINER_READY", "true" if ready else "false")
+
+
+_UNREADY_TEMPLATE = _running_template(ready=False)
+# A pod whose annotation went away: running and ready, restart count and last state kept.
+_RECOVER_TEMPLATE = _running_template(ready=True)
 
 _NODE_NOT_READY_TEMPLATE = f"""\
 {{{{ $now := Now }}}}
@@ -426,19 +414,6 @@ def simulation_stages() -> list[dict[str, Any]]:
     return stages
 
 
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (templates) as `|` blocks, as KWOK's own Stage files are written."""
-
-
-def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar(
-        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
-    )
-
-
-_BlockDumper.add_representer(str, _str_presenter)
-
-
 def _check_default_weights(default_stages: str) -> None:
     """Raise ValueError when a default Stage has a weight (ours would no longer always win)."""
     for document in yaml.safe_load_all(default_stages):
@@ -453,6 +428,6 @@ def _check_default_weights(default_stages: str) -> None:
 def kwok_config(default_stages: str) -> str:
     """KWOK's `--config` file: its default Stages (YAML documents) followed by ours."""
     _check_default_weights(default_stages)
-    ours = yaml.dump_all(simulation_stages(), Dumper=_BlockDumper, sort_keys=False, width=100_000)
+    ours = yaml.dump_all(simulation_stages(), Dumper=BlockDumper, sort_keys=False, width=100_000)
     header = f"# Stages for {SIMULATE_ANNOTATION} (services/devstack/stages.py)\n"
     return default_stages.rstrip("\n") + "\n---\n" + header + ours

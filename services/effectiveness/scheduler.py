@@ -21,9 +21,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-import socket
-import uuid
 from typing import Final
 
 import grpc
@@ -54,6 +51,8 @@ from services.effectiveness.store import (
     ScheduleError,
     StoreUnavailable,
 )
+from services.runtime.database import replica_id
+from services.runtime.interceptors import RETRYABLE
 from services.runtime.logs import incident_id_var
 
 log = logging.getLogger(__name__)
@@ -65,25 +64,13 @@ ASSESSMENTS_RECORDED: Final = Counter(
 )
 
 # Storage answers after which the record is tried again later.
-_TRANSIENT: Final = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-    }
-)
+_TRANSIENT: Final = RETRYABLE | {grpc.StatusCode.ABORTED}
 # NOT_FOUND (the action is not recorded) is retried this many attempts: the executor
 # records an action before the workflow schedules its assessment, so it should not last.
 NOT_FOUND_ATTEMPTS: Final = 5
 # A checkpoint whose assessment fails unexpectedly this many times is marked failed.
 MAX_ATTEMPTS: Final = 10
 STOP_GRACE_SECONDS: Final = 10.0
-
-
-def replica_id() -> str:
-    """Who holds a lease: host, process and a random part (unique per start)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 class EvidenceSources:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
-import grpc
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.effectiveness.v1 import effectiveness_pb2, effectiveness_pb2_grpc
 from kubernaut.intelligence.v1 import intelligence_pb2
@@ -18,24 +16,16 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from services.effectiveness.alertmanager import AlertmanagerClient
 from services.effectiveness.scheduler import Assessor, EvidenceSources
 from services.effectiveness.settings import AssessmentSettings
-from services.effectiveness.store import ScheduleDatabase, StoreUnavailable, redact_dsn
+from services.effectiveness.store import ScheduleDatabase, StoreUnavailable
 from services.effectiveness.verdicts import VerdictSettings, verdict_of
+from services.runtime.database import redact_dsn, unavailable_as_status
 from services.runtime.interceptors import abort_invalid
-from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
 
 # acted_at may be this far ahead of our clock (clock skew); further is a malformed request.
 MAX_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
-
-
-@contextlib.asynccontextmanager
-async def _unavailable_as_status(context: Any) -> AsyncIterator[None]:
-    try:
-        yield
-    except StoreUnavailable as error:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
 
 
 def _response(
@@ -76,44 +66,40 @@ class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer)
     async def ScheduleAssessment(
         self, request: effectiveness_pb2.ScheduleAssessmentRequest, context: Any
     ) -> effectiveness_pb2.ScheduleAssessmentResponse:
-        token = incident_id_var.set(request.incident_id)
         try:
-            try:
-                acted_at = request.acted_at.ToDatetime(tzinfo=dt.UTC)
-            except (ValueError, OverflowError) as error:
-                await abort_invalid(context, "acted_at", f"not a valid time: {error}")
-                raise
-            if acted_at > dt.datetime.now(dt.UTC) + MAX_CLOCK_SKEW:
-                await abort_invalid(context, "acted_at", f"{acted_at.isoformat()} is in the future")
-            async with _unavailable_as_status(context):
-                store = await self.database.store()
-                existing = await store.delays_of(request.action_id)
-                if existing is not None:
-                    return _response(existing, created=False)
-                # Taken before storing, outside the transaction: a slow cluster must not
-                # hold a database connection. A concurrent repeat may take one too; only
-                # the first stored counts.
-                baseline = await self.sources.baseline(request.target)
-                delays, created = await store.schedule(
-                    request.action_id,
-                    request.incident_id,
-                    request.alert,
-                    request.target,
-                    acted_at,
-                    baseline,
-                    [dt.timedelta(seconds=s) for s in self.assessment.delays],
-                )
-            log.info(
-                "assessment scheduled" if created else "assessment already scheduled",
-                extra={
-                    "action_id": request.action_id,
-                    "delays": [d.total_seconds() for d in delays],
-                    "baseline": "taken" if baseline.restarts is not None else baseline.note,
-                },
+            acted_at = request.acted_at.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError) as error:
+            await abort_invalid(context, "acted_at", f"not a valid time: {error}")
+            raise
+        if acted_at > dt.datetime.now(dt.UTC) + MAX_CLOCK_SKEW:
+            await abort_invalid(context, "acted_at", f"{acted_at.isoformat()} is in the future")
+        async with unavailable_as_status(context, StoreUnavailable):
+            store = await self.database.store()
+            existing = await store.delays_of(request.action_id)
+            if existing is not None:
+                return _response(existing, created=False)
+            # Taken before storing, outside the transaction: a slow cluster must not
+            # hold a database connection. A concurrent repeat may take one too; only
+            # the first stored counts.
+            baseline = await self.sources.baseline(request.target)
+            delays, created = await store.schedule(
+                request.action_id,
+                request.incident_id,
+                request.alert,
+                request.target,
+                acted_at,
+                baseline,
+                [dt.timedelta(seconds=s) for s in self.assessment.delays],
             )
-            return _response(delays, created)
-        finally:
-            incident_id_var.reset(token)
+        log.info(
+            "assessment scheduled" if created else "assessment already scheduled",
+            extra={
+                "action_id": request.action_id,
+                "delays": [d.total_seconds() for d in delays],
+                "baseline": "taken" if baseline.restarts is not None else baseline.note,
+            },
+        )
+        return _response(delays, created)
 
 
 async def build(ctx: ServiceContext, settings: AssessmentSettings | None = None) -> ServiceSpec:

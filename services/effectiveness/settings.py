@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.runtime.settings import database_url_field
 
 DEFAULT_DELAYS: Final = (30.0, 120.0, 1800.0)
 MAX_DELAYS: Final = 16
@@ -70,12 +72,7 @@ class AssessmentSettings(BaseSettings):
     retry_initial_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=60.0, gt=0)
     # The schedule lives in schema `effectiveness` of this database.
-    database_url: str = Field(
-        default="postgresql://kubernaut@127.0.0.1:5432/kubernaut",
-        validation_alias=AliasChoices(
-            "KUBERNAUT_EFFECTIVENESS_DATABASE_URL", "KUBERNAUT_DATABASE_URL"
-        ),
-    )
+    database_url: str = database_url_field("EFFECTIVENESS")
 
     @field_validator("delays", mode="before")
     @classmethod

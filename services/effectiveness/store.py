@@ -12,16 +12,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import asyncpg
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from services.effectiveness.assessment import Baseline, assessment_id
-from services.runtime.database import LazyDatabase, PooledStore
-from services.runtime.database import redact_dsn as redact_dsn  # re-exported: it lived here
+from services.runtime.database import LazyDatabase, PooledStore, proto_from_json, proto_to_json
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +75,6 @@ class Checkpoint:
     baseline: Baseline
 
 
-_M = TypeVar("_M", bound=Message)
-
-
-def _to_json(message: Message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
-
-
-def _from_json(text: str, message: _M) -> _M:
-    return json_format.Parse(text, message, ignore_unknown_fields=True)
-
-
 _CHECKPOINT_COLUMNS: Final = (
     "c.action_id, c.delay, c.assessment_id, c.final, c.due_at, c.status, c.attempts,"
     " c.last_error, c.lease_owner, c.verdict, c.evidence, c.assessed_at, c.recorded_at,"
@@ -136,8 +122,8 @@ def _checkpoint(row: asyncpg.Record) -> Checkpoint:
         result=result,
         recorded_at=row["recorded_at"],
         incident_id=row["incident_id"],
-        alert=_from_json(row["alert"], alert_pb2.Alert()),
-        target=_from_json(row["target"], alert_pb2.ResourceRef()),
+        alert=proto_from_json(row["alert"], alert_pb2.Alert()),
+        target=proto_from_json(row["target"], alert_pb2.ResourceRef()),
         acted_at=row["acted_at"],
         baseline=Baseline(
             None if restarts is None else {str(k): int(v) for k, v in json.loads(restarts).items()},
@@ -194,8 +180,8 @@ class ScheduleStore(PooledStore):
                 " ON CONFLICT (action_id) DO NOTHING RETURNING true",
                 key,
                 incident_id,
-                _to_json(alert),
-                _to_json(target),
+                proto_to_json(alert),
+                proto_to_json(target),
                 acted_at,
                 restarts,
                 baseline.note,

@@ -23,9 +23,9 @@ from services.executor.engine import (
     StorageUnavailable,
 )
 from services.executor.settings import ExecutorSettings
-from services.executor.store import ExecutorDatabase, redact_dsn
+from services.executor.store import ExecutorDatabase
+from services.runtime.database import redact_dsn
 from services.runtime.kube import KubeConnection
-from services.runtime.logs import incident_id_var
 from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 "snapshots there and does not act without them",
             )
             raise AssertionError("unreachable")  # abort raises
-        token = incident_id_var.set(request.incident_id)
         try:
             result = await self.executor.execute(request)
         except ClusterNotConfigured as error:
@@ -84,8 +83,6 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             log.error("storage refused the record", extra={"action_id": request.action_id})
             await context.abort(grpc.StatusCode.INTERNAL, str(error))
             raise
-        finally:
-            incident_id_var.reset(token)
         return executor_pb2.ExecuteActionResponse(record=result.record, stages=result.stages)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Final
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.runtime.settings import OptionalDatabaseUrl, database_url_field
 
 DEFAULT_PROTECTED_NAMESPACES: Final = frozenset(
     {"kube-system", "kube-public", "kube-node-lease", "istio-system", "kubernaut"}
@@ -39,10 +41,7 @@ class ExecutorSettings(BaseSettings):
     # The executor's own schema (snapshots, progress): KUBERNAUT_EXECUTOR_DATABASE_URL,
     # else the shared KUBERNAUT_DATABASE_URL. Unset: ExecuteAction answers
     # FAILED_PRECONDITION (without its snapshots it could not retry or roll back safely).
-    database_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("KUBERNAUT_EXECUTOR_DATABASE_URL", "KUBERNAUT_DATABASE_URL"),
-    )
+    database_url: OptionalDatabaseUrl = database_url_field("EXECUTOR", default=None)
 
     @field_validator("protected_namespaces", mode="before")
     @classmethod
@@ -52,11 +51,6 @@ class ExecutorSettings(BaseSettings):
         if isinstance(value, Iterable):
             return frozenset(s for item in value if (s := str(item).strip()))
         return value
-
-    @field_validator("database_url")
-    @classmethod
-    def _blank_is_unset(cls, value: str | None) -> str | None:
-        return value.strip() or None if value is not None else None
 
     @property
     def lock_wait(self) -> float:

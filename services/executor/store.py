@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import asyncpg
 from google.protobuf import json_format
@@ -28,8 +28,8 @@ from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from services.executor.changes import Change
-from services.runtime.database import LazyDatabase, PooledStore, redact_dsn, unreachable_as
-from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
+from services.runtime.database import LazyDatabase, PooledStore, unreachable_as
+from services.runtime.migrations import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ __all__ = [
     "ActionStore",
     "ExecutorDatabase",
     "ExecutorStoreUnavailable",
-    "redact_dsn",
 ]
 
 
@@ -164,7 +163,7 @@ class ActionSession:
 def _unavailable() -> AbstractAsyncContextManager[None]:
     """Maps the database failing mid-call (or the pool closing) to ExecutorStoreUnavailable."""
     return unreachable_as(
-        ExecutorStoreUnavailable, ActionStore.label, also=(asyncpg.InterfaceError,)
+        ExecutorStoreUnavailable, ActionStore.label, also=ActionStore.unreachable_also
     )
 
 
@@ -175,37 +174,16 @@ class ActionStore(PooledStore):
     label = "executor database"
     schema = SCHEMA
     migrations_dir = MIGRATIONS_DIR
+    # A closed pool is unavailable too, as everywhere in this store.
+    unreachable_also = (asyncpg.InterfaceError,)
+    pool_max_size = 20
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float) -> None:
-        """Use `ActionStore.connect()`."""
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float = 600.0) -> None:
+        """Use `ActionStore.connect()`. Each call in progress holds one connection, so the
+        pool's `max_size` bounds the actions in progress; `lock_timeout` bounds waiting for
+        another call of the same action_id."""
         super().__init__(pool, timeout=timeout)
         self._lock_timeout = lock_timeout
-
-    @classmethod
-    async def connect(
-        cls,
-        dsn: str,
-        *,
-        min_size: int = 1,
-        max_size: int = 20,
-        connect_timeout: float = 10.0,
-        lock_timeout: float = 600.0,
-    ) -> Self:
-        """Open a pool; ExecutorStoreUnavailable (naming the server, never the password) when
-        it cannot connect. Each call in progress holds one connection, so `max_size` bounds
-        the actions in progress; `lock_timeout` bounds waiting for another call of the same
-        action_id."""
-        pool = await cls.open_pool(
-            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
-        )
-        return cls(pool, timeout=connect_timeout, lock_timeout=lock_timeout)
-
-    async def migrate(self, directory: Path | None = None) -> list[int]:
-        """Create or update the `executor` schema; the versions applied now. Its own, so that
-        failures map as everywhere in this store (a closed pool is unavailable too)."""
-        async with self._acquire() as conn, _unavailable():
-            migrations = load_migrations(directory or self.migrations_dir)
-            return await apply_migrations(conn, migrations, schema=SCHEMA)
 
     async def get(self, action_id: str) -> ActionRow | None:
         """The action's row as stored, without waiting for a call working on it."""

@@ -37,13 +37,13 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import asyncpg
 
 from services.notification.channels import DeliveryOutcome, NoChannelConfigured, Notifier
 from services.notification.rendering import RenderedMessage
-from services.runtime.database import LazyDatabase, PooledStore, redact_dsn
+from services.runtime.database import LazyDatabase, PooledStore
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -56,7 +56,6 @@ __all__ = [
     "OutboxEntry",
     "OutboxError",
     "OutboxUnavailable",
-    "redact_dsn",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,8 +178,11 @@ class Outbox(PooledStore):
     label = "outbox database"
     schema = SCHEMA
     migrations_dir = MIGRATIONS_DIR
+    # A closed pool (the service stopping) is unavailable too.
+    unreachable_also = (asyncpg.InterfaceError,)
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float = 120.0) -> None:
+        """`lock_timeout` bounds waiting for another caller's delivery of a key."""
         super().__init__(pool, timeout=timeout)
         self._lock_timeout = lock_timeout
         # One asyncio lock per key being delivered in this process; unused ones go away.
@@ -188,24 +190,6 @@ class Outbox(PooledStore):
             weakref.WeakValueDictionary()
         )
         self._tasks: set[asyncio.Task[Delivery]] = set()
-
-    @classmethod
-    async def connect(
-        cls,
-        dsn: str,
-        *,
-        min_size: int = 1,
-        max_size: int = 10,
-        connect_timeout: float = 10.0,
-        lock_timeout: float = 120.0,
-    ) -> Self:
-        """Open a pool to `dsn`; OutboxUnavailable (naming the server, never the password)
-        when it cannot connect. `connect_timeout` also bounds waiting for a pooled
-        connection; `lock_timeout` bounds waiting for another caller's delivery of a key."""
-        pool = await cls.open_pool(
-            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
-        )
-        return cls(pool, timeout=connect_timeout, lock_timeout=lock_timeout)
 
     async def close(self, grace_seconds: float = 30.0) -> None:
         """Let deliveries in progress finish and record (up to `grace_seconds`), then close."""
@@ -286,8 +270,6 @@ class Outbox(PooledStore):
             raise OutboxUnavailable(
                 f"another delivery of {key!r} is still in progress; retry later"
             ) from exc
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            raise OutboxUnavailable(f"outbox database unavailable: {exc}") from exc
 
     async def _deliver_locked(self, key: str, seen_attempts: int, notifier: Notifier) -> Delivery:
         lock = self._key_locks.get(key)

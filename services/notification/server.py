@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
-from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notification.channels import (
@@ -18,15 +17,12 @@ from services.notification.channels import (
     Notifier,
     UnknownChannel,
 )
-from services.notification.outbox import (
-    InvalidOutboxEntry,
-    OutboxDatabase,
-    OutboxUnavailable,
-    redact_dsn,
-)
+from services.notification.outbox import InvalidOutboxEntry, OutboxDatabase, OutboxUnavailable
 from services.notification.rendering import EventRenderer, UnknownEventKind
+from services.runtime.database import redact_dsn
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+from services.runtime.settings import OptionalDatabaseUrl, database_url_field
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +38,7 @@ class OutboxSettings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
-    database_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices(
-            "KUBERNAUT_NOTIFICATION_DATABASE_URL", "KUBERNAUT_DATABASE_URL"
-        ),
-    )
-
-    @field_validator("database_url")
-    @classmethod
-    def _blank_is_unset(cls, value: str | None) -> str | None:
-        return value.strip() or None if value is not None else None
+    database_url: OptionalDatabaseUrl = database_url_field("NOTIFICATION", default=None)
 
 
 def _results(outcomes: Sequence[DeliveryOutcome]) -> list[notification_pb2.DeliveryResult]:

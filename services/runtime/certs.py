@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -49,29 +49,41 @@ def _write_private(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    """Write `key` as unencrypted PKCS#8 PEM, readable by its owner only (0600)."""
+    _write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
     )
 
 
-def create_ca(certs_dir: Path, *, common_name: str = "Kubernaut dev CA", days: int = 3650) -> None:
-    """Write ca.crt and ca.key into certs_dir."""
+def create_ca(
+    certs_dir: Path,
+    *,
+    common_name: str = "Kubernaut dev CA",
+    days: int = 3650,
+    name: str = "ca",
+    path_length: int | None = 0,
+) -> None:
+    """Write `<name>.crt` and `<name>.key` into certs_dir (`path_length`: how many
+    intermediate CAs may sit below it; None for no limit)."""
     certs_dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -89,8 +101,8 @@ def create_ca(certs_dir: Path, *, common_name: str = "Kubernaut dev CA", days: i
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    (certs_dir / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(certs_dir / "ca.key", _key_pem(key))
+    write_private_key(certs_dir / f"{name}.key", key)
+    (certs_dir / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def issue_certificate(
@@ -150,7 +162,7 @@ def issue_certificate(
     )
     paths = CertPaths(certs_dir, account)
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(paths.key, _key_pem(key))
+    write_private_key(paths.key, key)
     return paths
 
 

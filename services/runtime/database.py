@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +21,9 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migrations
 
@@ -81,6 +87,29 @@ async def unreachable_as(
         raise unavailable(f"{label} unavailable: {exc or type(exc).__name__}") from exc
 
 
+@asynccontextmanager
+async def unavailable_as_status(context: Any, error_type: type[Exception]) -> AsyncIterator[None]:
+    """`error_type` (a store's "unavailable") from the block as gRPC UNAVAILABLE, with the
+    error's message; other errors pass as they are."""
+    try:
+        yield
+    except error_type as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+
+
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+def proto_to_json(message: Message) -> str:
+    """`message` as JSON for a jsonb column (proto field names, one line)."""
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+
+
+def proto_from_json(text: str, message: MessageT) -> MessageT:
+    """`message` filled from a jsonb column's text (fields it does not know are ignored)."""
+    return json_format.Parse(text, message, ignore_unknown_fields=True)
+
+
 class PooledStore:
     """Base of a service's store: its schema through an asyncpg pool. Subclasses set the
     class attributes below and add their queries; use `connect()`."""
@@ -92,6 +121,10 @@ class PooledStore:
     # The store's own schema, created by `migrate()`; None for storage's unqualified tables.
     schema: ClassVar[str | None] = None
     migrations_dir: ClassVar[Path]
+    # Errors that also mean "unavailable" in `_connection()`, beyond UNREACHABLE.
+    unreachable_also: ClassVar[tuple[type[Exception], ...]] = ()
+    # The pool's size when `connect()` is not given one.
+    pool_max_size: ClassVar[int] = 10
 
     def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
         """`timeout` bounds waiting for a pooled connection and `ping()`."""
@@ -100,27 +133,26 @@ class PooledStore:
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int | None = None,
+        connect_timeout: float = 10.0,
+        **options: Any,
     ) -> Self:
         """Open a pool to `dsn`; `unavailable` (naming the server, never the password) when
-        it cannot connect."""
-        pool = await cls.open_pool(
-            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
-        )
-        return cls(pool, timeout=connect_timeout)
-
-    @classmethod
-    async def open_pool(
-        cls, dsn: str, *, min_size: int, max_size: int, connect_timeout: float
-    ) -> asyncpg.Pool:
-        """The pool of a `connect()`, for subclasses whose constructor takes more."""
-        return await connect_pool(
+        it cannot connect: min_size >= 1 makes that fail here, not later. `max_size` None
+        means the class's `pool_max_size`. `connect_timeout` also bounds waiting for a
+        pooled connection and `ping()`. `options` go to the constructor."""
+        pool = await connect_pool(
             dsn,
             unavailable=cls.unavailable,
             min_size=min_size,
-            max_size=max_size,
+            max_size=cls.pool_max_size if max_size is None else max_size,
             timeout=connect_timeout,
         )
+        return cls(pool, timeout=connect_timeout, **options)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -134,7 +166,7 @@ class PooledStore:
         """A pooled connection; the database becoming unreachable while taking it or in the
         block raises `unavailable`."""
         async with (
-            unreachable_as(self.unavailable, self.label),
+            unreachable_as(self.unavailable, self.label, also=self.unreachable_also),
             self._pool.acquire(timeout=self._timeout) as conn,
         ):
             yield conn
@@ -200,3 +232,9 @@ class LazyDatabase(Generic[StoreT]):
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+
+def replica_id() -> str:
+    """Who holds a lease: host, process and a random part, so that runners in one process,
+    and a restarted process, never pass for each other."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"

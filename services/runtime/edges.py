@@ -33,13 +33,13 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.ALERT_PROCESSOR,
         S.AI_ANALYSIS,
-        "AnalyzeAlert AnalyzeIncident",
+        "AnalyzeIncident",
         "get recommendations (BR-AP-016)",
     ),
     _edge(
         S.ALERT_PROCESSOR,
         S.CONTEXT_API,
-        "GetAlertKnowledge GetResourceContext",
+        "GetResourceContext",
         "enrich alerts: owner resolution, pod status, events",
     ),
     _edge(
@@ -57,13 +57,13 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.AI_ANALYSIS,
         S.WORKFLOW,
-        "PlanWorkflow CreateWorkflow",
+        "CreateWorkflow",
         "turn recommendations into workflows (BR-AI-007)",
     ),
     _edge(
         S.WORKFLOW,
         S.EXECUTOR,
-        "ListActions DescribeAction ExecuteAction",
+        "DescribeAction ExecuteAction",
         "check and run actions (BR-WF-010)",
     ),
     _edge(S.WORKFLOW, S.STORAGE, "UpdateIncident", "move incidents through remediation"),
@@ -71,7 +71,7 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.WORKFLOW,
         S.NOTIFICATION,
-        "SendNotification NotifyIncidentEvent",
+        "NotifyIncidentEvent",
         "tell people about workflows",
     ),
     _edge(S.EXECUTOR, S.STORAGE, "RecordAction", "store action results (BR-EX-020)"),
@@ -87,7 +87,7 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.CONTEXT_API,
         S.STORAGE,
-        "ListActionRecords GetIncident SearchSimilarIncidents",
+        "GetIncident SearchSimilarIncidents",
         "history and similar incidents as context",
     ),
     _edge(S.CONTEXT_API, S.EFFECTIVENESS, "GetActionEffectiveness", "how past fixes worked"),

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import protovalidate
@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from services.runtime import edges
 from services.runtime.identity import Peer, peer_of
-from services.runtime.logs import request_id_var
+from services.runtime.logs import incident_id_var, request_id_var
 from services.runtime.names import ServiceName
 from services.runtime.registry import service_of_path
 from services.runtime.settings import RuntimeSettings
@@ -33,11 +33,25 @@ log = logging.getLogger("kubernaut.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
 # Downstream failures that mean "try again later" to our own caller.
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
+RETRYABLE: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def incident_id_of(request: Message) -> str:
+    """The incident a request is about (its `incident_id`, or its `incident`'s), for the
+    logs of everything the call does; "" when it names none."""
+    fields = request.DESCRIPTOR.fields_by_name
+    named: Any = request  # checked against the descriptor, not the static type
+    if "incident_id" in fields:
+        return str(named.incident_id)
+    if "incident" in fields and request.HasField("incident"):
+        return str(named.incident.incident_id)
+    return ""
 
 
 def bad_request_status(violations: list[tuple[str, str]]) -> grpc.Status:
@@ -175,6 +189,7 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
     ) -> Any:
         request_id = _metadata(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        incident_token = incident_id_var.set(incident_id_of(request))
         full_service, _, method = path.lstrip("/").partition("/")
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -193,7 +208,7 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             # A downstream call failed and the servicer did not map it.
             code = (
                 grpc.StatusCode.UNAVAILABLE
-                if error.code() in _RETRYABLE
+                if error.code() in RETRYABLE
                 else grpc.StatusCode.INTERNAL
             )
             log.warning(
@@ -227,3 +242,4 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                 },
             )
             request_id_var.reset(token)
+            incident_id_var.reset(incident_token)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Annotated, Any, Final
 
-from pydantic import Field
+from pydantic import AfterValidator, AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.names import DEFAULT_PORT_BASE, METRICS_PORT_OFFSET, ServiceName
@@ -21,6 +22,40 @@ class Transport(enum.StrEnum):
     MESH = "mesh"
     # No transport security, the caller named by a header: local experiments only.
     INSECURE = "insecure"
+
+
+# The database every service keeps its own schema in, unless told otherwise.
+DEFAULT_DATABASE_URL: Final = "postgresql://kubernaut@127.0.0.1:5432/kubernaut"
+
+
+def database_url_field(
+    service_prefix: str = "", *, default: str | None = DEFAULT_DATABASE_URL
+) -> Any:
+    """A settings field for a service's database URL, read from
+    KUBERNAUT_<service_prefix>_DATABASE_URL (when `service_prefix` is given), else from the
+    shared KUBERNAUT_DATABASE_URL, whatever the settings' env_prefix. Set it by its field
+    name in code only where the settings' config has populate_by_name."""
+    names = [f"KUBERNAUT_{service_prefix}_DATABASE_URL"] if service_prefix else []
+    return Field(default=default, validation_alias=AliasChoices(*names, "KUBERNAUT_DATABASE_URL"))
+
+
+def blank_is_unset(value: str | None) -> str | None:
+    """None for None or a blank string; the string stripped otherwise."""
+    return value.strip() or None if value is not None else None
+
+
+# A database URL that may be unset; a blank variable counts as unset.
+OptionalDatabaseUrl = Annotated[str | None, AfterValidator(blank_is_unset)]
+
+
+class DatabaseSettings(BaseSettings):
+    """The shared database, KUBERNAUT_DATABASE_URL, where a service keeps its own schema."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = database_url_field()
 
 
 def default_state_dir() -> Path:

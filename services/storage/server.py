@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 from kubernaut.storage.v1 import storage_pb2, storage_pb2_grpc
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.runtime.database import LazyDatabase
+from services.runtime.database import LazyDatabase, unavailable_as_status
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.settings import DatabaseSettings
 from services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, embedder_for
 from services.storage.store import (
     IncidentClosed,
@@ -25,10 +25,9 @@ from services.storage.store import (
 )
 
 
-class StorageSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_", frozen=True, extra="ignore")
+class StorageSettings(DatabaseSettings):
+    """KUBERNAUT_<FIELD>: the database (KUBERNAUT_DATABASE_URL) and what follows."""
 
-    database_url: str = "postgresql://kubernaut@127.0.0.1:5432/kubernaut"
     # Embeds incidents for SearchSimilarIncidents: a name from
     # services.storage.embeddings.EMBEDDERS, or package.module:factory.
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
@@ -45,14 +44,6 @@ class Database(LazyDatabase[Store]):
         self, dsn: str, embedder: Embedder | None = None, quiet_seconds: float = 0.0
     ) -> None:
         super().__init__(dsn, Store, embedder=embedder, quiet_seconds=quiet_seconds)
-
-
-@contextlib.asynccontextmanager
-async def unavailable_as_status(context: Any) -> AsyncIterator[None]:
-    try:
-        yield
-    except StoreUnavailable as error:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +73,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def GetStoreStatus(
         self, request: storage_pb2.GetStoreStatusRequest, context: Any
     ) -> storage_pb2.GetStoreStatusResponse:
-        async with unavailable_as_status(context):
+        async with unavailable_as_status(context, StoreUnavailable):
             status = await (await self.database.store()).status()
         response = storage_pb2.GetStoreStatusResponse(
             server_version=status.server_version, pgvector_version=status.pgvector_version
@@ -95,25 +86,17 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def RecordAction(
         self, request: storage_pb2.RecordActionRequest, context: Any
     ) -> storage_pb2.RecordActionResponse:
-        async with unavailable_as_status(context):
-            try:
-                created = await (await self.database.store()).record_action(request.record)
-            except RecordConflict as error:
-                await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
-            except InvalidRecord as error:
-                await abort_invalid(context, "record", str(error))
+        async with store_errors_as_status(context, "record"):
+            created = await (await self.database.store()).record_action(request.record)
         return storage_pb2.RecordActionResponse(created=created)
 
     async def ListActionRecords(
         self, request: storage_pb2.ListActionRecordsRequest, context: Any
     ) -> storage_pb2.ListActionRecordsResponse:
-        async with unavailable_as_status(context):
-            try:
-                records, token = await (await self.database.store()).list_actions(
-                    request.alert_name, request.page_size, request.page_token
-                )
-            except InvalidPageToken as error:
-                await abort_invalid(context, "page_token", str(error))
+        async with store_errors_as_status(context):
+            records, token = await (await self.database.store()).list_actions(
+                request.alert_name, request.page_size, request.page_token
+            )
         return storage_pb2.ListActionRecordsResponse(records=records, next_page_token=token)
 
     async def OpenIncident(

@@ -17,7 +17,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import asyncpg
 from google.protobuf import json_format
@@ -123,36 +123,13 @@ class Store(PooledStore):
         embedder: Embedder | None = None,
         quiet_seconds: float = 0.0,
     ) -> None:
-        """Use `Store.connect()`."""
+        """Use `Store.connect()`. `embedder` embeds incidents; None means the default model
+        (loaded on first use). An alert within `quiet_seconds` of its incident's closing
+        (unless it closed because the alert resolved) is counted on that incident instead of
+        opening one."""
         super().__init__(pool, timeout=timeout)
         self._quiet_seconds = quiet_seconds
         self._embedder = embedder or embedder_for()
-
-    @property
-    def embedder(self) -> Embedder:
-        return self._embedder
-
-    @classmethod
-    async def connect(
-        cls,
-        dsn: str,
-        *,
-        min_size: int = 1,
-        max_size: int = 10,
-        connect_timeout: float = 10.0,
-        embedder: Embedder | None = None,
-        quiet_seconds: float = 0.0,
-    ) -> Self:
-        """Open a pool to `dsn`. Raises StoreUnavailable, naming the server (never the
-        password), when it cannot connect: min_size >= 1 makes that fail here, not later.
-        `connect_timeout` also bounds waiting for a pooled connection and `ping()`.
-        `embedder` embeds incidents; None means the default model (loaded on first use).
-        An alert within `quiet_seconds` of its incident's closing (unless it closed
-        because the alert resolved) is counted on that incident instead of opening one."""
-        pool = await cls.open_pool(
-            dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
-        )
-        return cls(pool, timeout=connect_timeout, embedder=embedder, quiet_seconds=quiet_seconds)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -203,33 +180,57 @@ class Store(PooledStore):
         """Action records newest first (started_at, then action_id, descending), for one
         alert name or all when it is empty; returns (records, next_page_token), the token
         empty on the last page. page_size 0 means 100; above 1000 means 1000."""
-        if page_size < 0:
-            raise ValueError(f"page_size must be >= 0, got {page_size}")
-        limit = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+        limit = _page_limit(page_size)
+        rows, next_token = await self._keyset_page(
+            f"SELECT {_ACTION_COLUMNS} FROM action_records",
+            order=("started_at", "action_id"),
+            filter_column="alert_name",
+            filter_value=alert_name,
+            filter_key=alert_name,
+            limit=limit,
+            page_token=page_token,
+        )
+        return [_row_to_record(row) for row in rows], next_token
+
+    async def _keyset_page(
+        self,
+        select: str,
+        *,
+        order: tuple[str, str],
+        filter_column: str,
+        filter_value: str,
+        filter_key: str,
+        limit: int,
+        page_token: str,
+    ) -> tuple[list[asyncpg.Record], str]:
+        """Up to `limit` rows of `select` newest first, by `order` (a time column, then an id
+        column, both descending), where `filter_column` is `filter_value` unless that is
+        empty, after the row `page_token` names; and the next page's token, empty on the
+        last page. Tokens carry a digest of `filter_key`, so a token of another filter is
+        InvalidPageToken."""
+        time_column, id_column = order
         conditions: list[str] = []
         args: list[Any] = []
-        if alert_name:
-            args.append(alert_name)
-            conditions.append(f"alert_name = ${len(args)}")
+        if filter_value:
+            args.append(filter_value)
+            conditions.append(f"{filter_column} = ${len(args)}")
         if page_token:
-            after_time, after_id = _decode_page_token(page_token, alert_name)
+            after_time, after_id = _decode_page_token(page_token, filter_key, filter_column)
             args += [after_time, after_id]
-            conditions.append(f"(started_at, action_id) < (${len(args) - 1}, ${len(args)})")
+            conditions.append(f"({time_column}, {id_column}) < (${len(args) - 1}, ${len(args)})")
         args.append(limit + 1)  # one extra row tells whether another page follows
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        # Only placeholders are interpolated into the SQL text; values travel as parameters.
-        query = (
-            f"SELECT {_ACTION_COLUMNS} FROM action_records {where}"
-            f" ORDER BY started_at DESC, action_id DESC LIMIT ${len(args)}"
-        )
+        # Only column names of this module and placeholders are interpolated into the SQL
+        # text; values travel as parameters.
+        query = f"{select} {where} ORDER BY {time_column} DESC, {id_column} DESC LIMIT ${len(args)}"
         async with self._connection() as conn:
             rows = await conn.fetch(query, *args)
-        page = rows[:limit]
+        page: list[asyncpg.Record] = rows[:limit]
         next_token = ""
         if len(rows) > limit:
             last = page[-1]
-            next_token = _encode_page_token(last["started_at"], last["action_id"], alert_name)
-        return [_row_to_record(row) for row in page], next_token
+            next_token = _encode_page_token(last[time_column], last[id_column], filter_key)
+        return page, next_token
 
     # -- incidents ----------------------------------------------------------------------------
 
@@ -364,36 +365,20 @@ class Store(PooledStore):
         """Incidents newest first (opened_at, then incident_id, descending), of one status or
         all when it is unspecified; returns (incidents, next_page_token), the token empty on
         the last page. page_size 0 means 100; above 1000 means 1000."""
-        if page_size < 0:
-            raise ValueError(f"page_size must be >= 0, got {page_size}")
-        limit = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+        limit = _page_limit(page_size)
         status_name = (
             "" if status == storage_pb2.INCIDENT_STATUS_UNSPECIFIED else _status_name(status)
         )
-        filter_key = f"incidents:{status_name}"
-        conditions: list[str] = []
-        args: list[Any] = []
-        if status_name:
-            args.append(status_name)
-            conditions.append(f"status = ${len(args)}")
-        if page_token:
-            after_time, after_id = _decode_page_token(page_token, filter_key, "status")
-            args += [after_time, after_id]
-            conditions.append(f"(opened_at, incident_id) < (${len(args) - 1}, ${len(args)})")
-        args.append(limit + 1)  # one extra row tells whether another page follows
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        query = (
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents {where}"
-            f" ORDER BY opened_at DESC, incident_id DESC LIMIT ${len(args)}"
+        rows, next_token = await self._keyset_page(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents",
+            order=("opened_at", "incident_id"),
+            filter_column="status",
+            filter_value=status_name,
+            filter_key=f"incidents:{status_name}",
+            limit=limit,
+            page_token=page_token,
         )
-        async with self._connection() as conn:
-            rows = await conn.fetch(query, *args)
-        page = rows[:limit]
-        next_token = ""
-        if len(rows) > limit:
-            last = page[-1]
-            next_token = _encode_page_token(last["opened_at"], last["incident_id"], filter_key)
-        return [_row_to_incident(row) for row in page], next_token
+        return [_row_to_incident(row) for row in rows], next_token
 
     async def search_similar(
         self, incident_id: str, limit: int
@@ -717,6 +702,13 @@ def _row_to_assessment(row: asyncpg.Record) -> storage_pb2.Assessment:
     return assessment
 
 
+def _page_limit(page_size: int) -> int:
+    """Rows per page: page_size, 0 meaning the default, at most the maximum."""
+    if page_size < 0:
+        raise ValueError(f"page_size must be >= 0, got {page_size}")
+    return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+
+
 def _filter_digest(filter_key: str) -> bytes:
     return hashlib.sha256(filter_key.encode()).digest()[:8]
 
@@ -728,7 +720,7 @@ def _encode_page_token(at: dt.datetime, row_id: uuid.UUID, filter_key: str) -> s
 
 
 def _decode_page_token(
-    token: str, filter_key: str, filter_name: str = "alert_name"
+    token: str, filter_key: str, filter_name: str
 ) -> tuple[dt.datetime, uuid.UUID]:
     try:
         raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)

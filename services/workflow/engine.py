@@ -26,11 +26,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import random
 import re
-import socket
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, TypeVar
 
@@ -43,6 +40,7 @@ from kubernaut.workflow.v1 import workflow_pb2
 from opentelemetry import propagate, trace
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runtime.database import replica_id
 from services.runtime.logs import incident_id_var
 from services.workflow.store import (
     Claim,
@@ -168,11 +166,6 @@ class RunnerSettings(BaseSettings):
 StoreSource = Callable[[], Awaitable[WorkflowStore]]
 
 
-def default_owner() -> str:
-    """A runner id unique across hosts, processes and runners in one process."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-
-
 # -- the engine -------------------------------------------------------------------------------
 
 
@@ -188,13 +181,20 @@ class WorkflowEngine:
         *,
         owner: str | None = None,
     ) -> None:
-        self._store = store
+        self._store_source = store
+        # The store once reached: stop() releases leases through it and never connects
+        # (a database that never came up holds no leases of ours).
+        self._reached: WorkflowStore | None = None
         self.downstream = downstream
         self.settings = settings or RunnerSettings()
-        self.owner = owner or default_owner()
+        self.owner = owner or replica_id()
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._main: asyncio.Task[None] | None = None
+
+    async def _store(self) -> WorkflowStore:
+        self._reached = await self._store_source()
+        return self._reached
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -243,8 +243,10 @@ class WorkflowEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
             self._main = None
+        if self._reached is None:
+            return
         try:
-            released = await (await self._store()).release_all(self.owner)
+            released = await self._reached.release_all(self.owner)
         except StoreUnavailable as error:
             log.warning("leases not released; they expire", extra={"error": str(error)})
         else:

@@ -17,11 +17,11 @@ from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceS
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2, workflow_pb2_grpc
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.runtime.interceptors import abort_invalid
-from services.runtime.logs import incident_id_var
+from services.runtime.database import unavailable_as_status
+from services.runtime.interceptors import RETRYABLE, abort_invalid
 from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.settings import DatabaseSettings
 from services.workflow.engine import (
     DownstreamError,
     FailedPrecondition,
@@ -32,22 +32,6 @@ from services.workflow.engine import (
 from services.workflow.planning import PlanningSettings, plan
 from services.workflow.store import StoreUnavailable, WorkflowDatabase
 
-# Downstream codes that mean "try again later".
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
-
-
-class DatabaseSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_", frozen=True, extra="ignore")
-
-    # The workflow service keeps its state in schema `workflow` of this database.
-    database_url: str = "postgresql://kubernaut@127.0.0.1:5432/kubernaut"
-
 
 @contextlib.asynccontextmanager
 async def _translated(operation: str) -> AsyncIterator[None]:
@@ -56,7 +40,7 @@ async def _translated(operation: str) -> AsyncIterator[None]:
         yield
     except grpc.aio.AioRpcError as error:
         detail = f"{error.code().name}: {error.details()}"
-        if error.code() in _TRANSIENT:
+        if error.code() in RETRYABLE:
             raise Unavailable(operation, detail) from error
         if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
             raise FailedPrecondition(operation, detail) from error
@@ -111,14 +95,6 @@ class GrpcDownstream:
         return response.sent
 
 
-@contextlib.asynccontextmanager
-async def _unavailable_as_status(context: Any) -> AsyncIterator[None]:
-    try:
-        yield
-    except StoreUnavailable as error:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-
-
 class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(
         self, executor: ExecutorServiceStub, engine: WorkflowEngine, settings: PlanningSettings
@@ -155,34 +131,26 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     async def CreateWorkflow(
         self, request: workflow_pb2.CreateWorkflowRequest, context: Any
     ) -> workflow_pb2.CreateWorkflowResponse:
-        token = incident_id_var.set(request.incident_id)
-        try:
-            if request.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
-                await abort_invalid(
-                    context, "alert.status", "a resolved alert never starts a workflow"
+        if request.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+            await abort_invalid(context, "alert.status", "a resolved alert never starts a workflow")
+        async with unavailable_as_status(context, StoreUnavailable):
+            # A repeat (a retry of the caller, another alert of the incident) gets the
+            # workflow there is, even while the executor is unreachable.
+            existing = await self.engine.get_by_incident(request.incident_id)
+        if existing is None:
+            planned = await self._plan(request.recommendation, context)
+            async with unavailable_as_status(context, StoreUnavailable):
+                existing, created = await self.engine.create(
+                    request.incident_id, request.alert, request.recommendation, planned
                 )
-            async with _unavailable_as_status(context):
-                # A repeat (a retry of the caller, another alert of the incident) gets the
-                # workflow there is, even while the executor is unreachable.
-                existing = await self.engine.get_by_incident(request.incident_id)
-            if existing is None:
-                planned = await self._plan(request.recommendation, context)
-                async with _unavailable_as_status(context):
-                    existing, created = await self.engine.create(
-                        request.incident_id, request.alert, request.recommendation, planned
-                    )
-            else:
-                created = False
-            return workflow_pb2.CreateWorkflowResponse(
-                workflow=existing.to_proto(), created=created
-            )
-        finally:
-            incident_id_var.reset(token)
+        else:
+            created = False
+        return workflow_pb2.CreateWorkflowResponse(workflow=existing.to_proto(), created=created)
 
     async def GetWorkflow(
         self, request: workflow_pb2.GetWorkflowRequest, context: Any
     ) -> workflow_pb2.GetWorkflowResponse:
-        async with _unavailable_as_status(context):
+        async with unavailable_as_status(context, StoreUnavailable):
             if request.HasField("incident_id"):
                 workflow = await self.engine.get_by_incident(request.incident_id)
             else:
@@ -197,6 +165,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
+    # The workflow service keeps its state in schema `workflow` of this database.
     database = WorkflowDatabase(DatabaseSettings().database_url)
     settings = RunnerSettings()
     downstream = GrpcDownstream(

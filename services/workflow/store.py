@@ -11,16 +11,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import asyncpg
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
-from services.runtime.database import LazyDatabase, PooledStore
+from services.runtime.database import LazyDatabase, PooledStore, proto_from_json, proto_to_json
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +179,6 @@ class Claim:
     trace_context: dict[str, str] = field(default_factory=dict)
 
 
-def _to_json(message: Message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
-
-
-_M = TypeVar("_M", bound=Message)
-
-
-def _from_json(text: str, message: _M) -> _M:
-    return json_format.Parse(text, message, ignore_unknown_fields=True)
-
-
 _WORKFLOW_COLUMNS: Final = (
     "workflow_id, incident_id, alert, recommendation, plan, state, action_id, message,"
     " outcome, outcome_message, stages, acted_at, result, lease_owner, lease_expires_at,"
@@ -227,9 +214,9 @@ class WorkflowStore(PooledStore):
                 " ON CONFLICT (incident_id) DO NOTHING RETURNING workflow_id",
                 uuid.uuid4(),
                 uuid.UUID(incident_id),
-                _to_json(alert),
-                _to_json(recommendation),
-                _to_json(plan),
+                proto_to_json(alert),
+                proto_to_json(recommendation),
+                proto_to_json(plan),
                 uuid.uuid4(),
                 json.dumps(trace_context or {}),
             )
@@ -419,9 +406,9 @@ def _workflow(row: asyncpg.Record, steps: Sequence[asyncpg.Record]) -> Workflow:
     return Workflow(
         workflow_id=str(row["workflow_id"]),
         incident_id=str(row["incident_id"]),
-        alert=_from_json(row["alert"], alert_pb2.Alert()),
-        recommendation=_from_json(row["recommendation"], remediation_pb2.Recommendation()),
-        plan=_from_json(row["plan"], workflow_pb2.WorkflowPlan()),
+        alert=proto_from_json(row["alert"], alert_pb2.Alert()),
+        recommendation=proto_from_json(row["recommendation"], remediation_pb2.Recommendation()),
+        plan=proto_from_json(row["plan"], workflow_pb2.WorkflowPlan()),
         state=State(row["state"]),
         action_id=str(row["action_id"]),
         message=row["message"],

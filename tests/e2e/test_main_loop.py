@@ -23,6 +23,7 @@ from services.runtime.settings import RuntimeSettings
 from services.scenario import GOOD_IMAGE, BadRollout
 from services.system import System, Tuning, running_system, webhook_token_file
 from tests.fixtures.kubernaut import free_port, free_port_base
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -86,17 +87,6 @@ async def _incident_for(loop: Loop, namespace: str) -> storage_pb2.GetIncidentRe
     return None
 
 
-async def _eventually(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    last = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(1)
-    raise AssertionError(f"{what} did not happen within {timeout}s (last: {last})")
-
-
 async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(loop: Loop) -> None:
     scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), "shop")
     mail_dir = Path(loop.dev.detail("smtp", "mail_dir"))
@@ -105,7 +95,7 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
         await scenario.deploy()
         await scenario.break_it()
         # Fixed by Kubernaut alone: the good revision, every pod Ready.
-        await _eventually(scenario.healed, 240, "the rollback")
+        await eventually(scenario.healed, "the rollback", 240, interval=1)
         state = await scenario.state()
         assert state.image == GOOD_IMAGE and state.ready == state.replicas
 
@@ -113,16 +103,14 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
             found = await _incident_for(loop, "shop")
             return found if found is not None and found.assessments else None
 
-        found = await _eventually(assessed, 120, "an assessment")
+        found = await eventually(assessed, "an assessment", 120, interval=1)
 
         # AlertManager re-sent the alert while it fired; it was counted, not re-acted on.
-        async def resent() -> bool:
+        async def resent() -> storage_pb2.GetIncidentResponse | None:
             again = await _incident_for(loop, "shop")
-            return again is not None and again.incident.occurrences > 1
+            return again if again is not None and again.incident.occurrences > 1 else None
 
-        await _eventually(resent, 60, "a re-sent alert")
-        found = await _incident_for(loop, "shop")
-        assert found is not None
+        found = await eventually(resent, "a re-sent alert", 60, interval=1)
         # Every alert (one per crashing pod, re-sent, some after their pod was gone) is
         # the same problem: one incident on the Deployment.
         listed = await loop.storage().ListIncidents(storage_pb2.ListIncidentsRequest())
@@ -138,7 +126,7 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
             mails = read_mailbox(mail_dir)[mails_before:] if mail_dir.exists() else []
             return [m for m in mails if found.incident.incident_id in str(m)]
 
-        mails = await _eventually(one_mail, 60, "the email")
+        mails = await eventually(one_mail, "the email", 60, interval=1)
         await asyncio.sleep(3)  # a second one would come now
         assert len(await one_mail()) == 1, mails
         # One trace id on every hop of the incident.
@@ -203,7 +191,7 @@ async def test_a_namespace_not_opted_in_is_left_alone_and_the_incident_says_why(
             found = await _incident_for(loop, "untouched")
             return found if found is not None and found.incident.closed_at.ByteSize() else None
 
-        found = await _eventually(closed, 180, "the incident to be closed")
+        found = await eventually(closed, "the incident to be closed", 180, interval=1)
         assert found.incident.status == storage_pb2.INCIDENT_STATUS_NO_ACTION
         assert "kubernaut.ai/managed" in found.incident.status_reason
         assert all(a.outcome == storage_pb2.ACTION_OUTCOME_REFUSED for a in found.actions)

@@ -5,6 +5,7 @@ never turn Ready restart it."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,8 +19,8 @@ from services.devstack.kube import LocalCluster
 from services.devstack.stages import PodSimulation, simulate
 from services.runtime.clients import Clients
 from services.runtime.names import ServiceName
+from services.runtime.settings import RuntimeSettings
 from tests.fixtures.cluster import create_deployment, eventually, one_pod_per_node
-from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -71,12 +72,19 @@ def replicas_mismatch(subject: alert_pb2.ResourceRef) -> alert_pb2.Alert:
 
 
 @pytest.fixture
-def analysis_clients(stack: InProcessStack, cluster_context_api: str) -> Clients:
-    return Clients(
-        stack.settings,
+async def analysis_clients(
+    runtime_settings: RuntimeSettings, cluster_context_api: str
+) -> AsyncIterator[Clients]:
+    """Calls the module's context_api (reading the cluster) as ai_analysis does."""
+    clients = Clients(
+        runtime_settings,
         ServiceName.AI_ANALYSIS.account,
         addresses={ServiceName.CONTEXT_API: cluster_context_api},
     )
+    try:
+        yield clients
+    finally:
+        await clients.close()
 
 
 async def test_replicas_the_scheduler_cannot_place_scale_the_deployment_to_what_runs(
@@ -85,17 +93,13 @@ async def test_replicas_the_scheduler_cannot_place_scale_the_deployment_to_what_
     # One node, and no two pods on one node: one replica runs, two can never be placed.
     one_per_node = {"affinity": one_pod_per_node({"app": "web"})}
     subject = await deploy(kube, replicas=3, pod_spec=one_per_node)
-    try:
-        evidence = await evidence_once(
-            analysis_clients,
-            subject,
-            lambda c: (
-                c.rollout.available_replicas == 1
-                and sum(bool(p.unschedulable) for p in c.pods) == 2
-            ),
-        )
-    finally:
-        await analysis_clients.close()
+    evidence = await evidence_once(
+        analysis_clients,
+        subject,
+        lambda c: (
+            c.rollout.available_replicas == 1 and sum(bool(p.unschedulable) for p in c.pods) == 2
+        ),
+    )
     pending = [pod for pod in evidence.pods if pod.unschedulable]
     assert all(pod.phase == "Pending" and not pod.node for pod in pending)
     assert "anti-affinity" in pending[0].unschedulable
@@ -111,16 +115,11 @@ async def test_pods_that_run_but_never_turn_ready_restart_the_deployment(
     kube: LocalCluster, analysis_clients: Clients
 ) -> None:
     subject = await deploy(kube, replicas=2, pod_annotations=simulate(PodSimulation.UNREADY))
-    try:
-        evidence = await evidence_once(
-            analysis_clients,
-            subject,
-            lambda c: (
-                len(c.pods) == 2 and all(p.phase == "Running" and not p.ready for p in c.pods)
-            ),
-        )
-    finally:
-        await analysis_clients.close()
+    evidence = await evidence_once(
+        analysis_clients,
+        subject,
+        lambda c: len(c.pods) == 2 and all(p.phase == "Running" and not p.ready for p in c.pods),
+    )
     assert not any(pod.unschedulable for pod in evidence.pods)
 
     analysis = analyze(replicas_mismatch(subject), subject, None, RulesSettings(), evidence)

@@ -33,6 +33,8 @@ from services.devstack.kube import (
     LocalCluster,
     build_binaries,
 )
+from tests.fixtures.cluster import deployment_body
+from tests.fixtures.waiting import eventually_sync
 
 # A cold build of the binaries runs inside the first test's fixture setup.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -93,41 +95,17 @@ def namespace(kube_api: Any) -> Iterator[str]:
 
 
 def eventually(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll `check` until it returns something truthy (not None, False or empty)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
+    """`tests.fixtures.waiting.eventually_sync`, for 60 s by default."""
+    return eventually_sync(check, what, timeout)
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "app",
-                            # Never pulled: KWOK plays the pod lifecycle, nothing runs.
-                            "image": "registry.invalid/kubernaut/demo-app:1.0",
-                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    return deployment_body(
+        name,
+        "registry.invalid/kubernaut/demo-app:1.0",
+        replicas=replicas,
+        container={"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+    )
 
 
 def live_pods(core: Any, namespace: str, app: str) -> list[Any]:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,11 +38,11 @@ from services.devstack.monitoring import (
     fetch_rules,
     render_rule_file,
 )
+from tests.fixtures.devstack import WEBHOOK_PATH, Notification, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-Notification = dict[str, Any]
 
 RUNBOOK = "https://github.com/kubernetes-monitoring/kubernetes-mixin/tree/master/runbook.md"
 UPSTREAM_FOR_SECONDS = {
@@ -61,82 +58,12 @@ UPSTREAM_FOR_SECONDS = {
 }
 
 
-# -- the receiver / kube-state-metrics stand-in -----------------------------------------------
-
-
-class Receiver:
-    """A threaded HTTP server on 127.0.0.1: POST keeps JSON bodies, GET /metrics serves text."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._notifications: list[Notification] = []
-        self._metrics = ""
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length))
-                with receiver._lock:
-                    receiver._notifications.append(
-                        {
-                            "path": self.path,
-                            "content_type": self.headers["Content-Type"],
-                            "authorization": self.headers.get("Authorization", ""),
-                            **body,
-                        }
-                    )
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def do_GET(self) -> None:
-                if self.path != "/metrics":
-                    self.send_error(404)
-                    return
-                with receiver._lock:
-                    payload = receiver._metrics.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
-
-    @property
-    def webhook_url(self) -> str:
-        return f"http://{self.address}/alertmanager"
-
-    def set_metrics(self, text: str) -> None:
-        with self._lock:
-            self._metrics = text
-
-    def notifications(self) -> list[Notification]:
-        with self._lock:
-            return list(self._notifications)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+# -- the receiver / kube-state-metrics stand-in (tests/fixtures/devstack.py) ------------------
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
     server.start()
     try:
         yield server
@@ -289,14 +216,14 @@ async def test_all_mixin_alerts_load_in_prometheus(tmp_path: Path) -> None:
 
 
 async def test_firing_alert_reaches_the_webhook_and_its_resolution_follows(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     rule_file = write_rules(tmp_path / "test-rules.yaml", "vector(1)")
     token_file = tmp_path / "webhook-token"
     token_file.write_text("s3cret-token\n")
     alertmanager = Alertmanager(
         tmp_path / "alertmanager",
-        receiver.webhook_url,
+        receiver.url,
         group_wait="1s",
         group_interval="2s",
         repeat_interval="1h",
@@ -324,7 +251,7 @@ async def test_firing_alert_reaches_the_webhook_and_its_resolution_follows(
             fired_after = time.monotonic() - started
 
             # Alertmanager's webhook payload, version 4.
-            assert notification["path"] == "/alertmanager"
+            assert notification["path"] == WEBHOOK_PATH
             assert notification["content_type"] == "application/json"
             # The token from the file, which the written config names but does not contain.
             assert notification["authorization"] == "Bearer s3cret-token"
@@ -434,7 +361,7 @@ EXPECTED_FROM_KSM = {
 
 
 async def test_scraped_kube_state_metrics_fire_the_mixin_alerts(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     """kube-state-metrics-shaped series fire all seven drivable mixin alerts (test `for:`).
 
@@ -443,7 +370,7 @@ async def test_scraped_kube_state_metrics_fire_the_mixin_alerts(
     """
     receiver.set_metrics(KSM_METRICS)
     fast = render_rule_file(KUBERNETES_MIXIN_RULES, tmp_path / "mixin-fast.yaml", for_override="1s")
-    alertmanager = Alertmanager(tmp_path / "alertmanager", receiver.webhook_url)
+    alertmanager = Alertmanager(tmp_path / "alertmanager", receiver.url)
     async with running(alertmanager):
         prometheus = Prometheus(
             tmp_path / "prometheus",
@@ -517,8 +444,10 @@ async def test_a_taken_port_fails_naming_the_log_file(tmp_path: Path) -> None:
     assert "address already in use" in str(caught.value)
 
 
-async def test_alertmanager_runs_without_clustering(tmp_path: Path, receiver: Receiver) -> None:
-    alertmanager = Alertmanager(tmp_path / "alertmanager", receiver.webhook_url)
+async def test_alertmanager_runs_without_clustering(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    alertmanager = Alertmanager(tmp_path / "alertmanager", receiver.url)
     async with running(alertmanager):
         async with httpx.AsyncClient() as client:
             status = (await client.get(f"{alertmanager.url}/api/v2/status")).json()

@@ -9,8 +9,6 @@ small second DevStack of its own and checks that `down()` leaves no process behi
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -34,6 +32,8 @@ from services.devstack.stages import (
     simulate,
     simulation_stages,
 )
+from tests.fixtures import waiting
+from tests.fixtures.cluster import deployment_body
 from tests.fixtures.devstack import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -80,32 +80,14 @@ async def namespace(kube: client.ApiClient) -> AsyncIterator[str]:
 async def eventually(
     check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60.0
 ) -> T:
-    """Await `check` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.5)
+    """`tests.fixtures.waiting.eventually`, polling every 0.5 s for 60 s by default."""
+    return await waiting.eventually(check, what, timeout, interval=0.5)
 
 
 def deployment(
     name: str, image: str, replicas: int, annotations: dict[str, str] | None = None
 ) -> Any:
-    labels = {"app": name}
-    return {
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels, "annotations": annotations or {}},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
+    return deployment_body(name, image, replicas=replicas, pod_annotations=annotations)
 
 
 async def pods_of(kube: client.ApiClient, namespace: str, app: str) -> list[Any]:
@@ -193,9 +175,14 @@ async def test_bad_rollout_crash_loops_fires_kube_pod_crash_looping_and_undo_hea
     # The old ReplicaSet's pods keep serving: the rollout is stuck, as on a real cluster.
     assert len(await pods_of(kube, namespace, "shop")) == 3
 
-    await asyncio.sleep(CRASHLOOP_RESTART_INTERVAL + 1)
-    again = await client.CoreV1Api(kube).read_namespaced_pod(pod.metadata.name, namespace)
-    assert again.status.container_statuses[0].restart_count > first
+    async def restarted_again() -> Any:
+        again = await client.CoreV1Api(kube).read_namespaced_pod(pod.metadata.name, namespace)
+        return again if again.status.container_statuses[0].restart_count > first else None
+
+    # A restart every CRASHLOOP_RESTART_INTERVAL seconds; a busy machine may lag behind.
+    again = await eventually(
+        restarted_again, "the pod to restart again", 10 * CRASHLOOP_RESTART_INTERVAL
+    )
     assert waiting_reason(again) == "CrashLoopBackOff"
 
     prometheus = dev_stack.url("prometheus")

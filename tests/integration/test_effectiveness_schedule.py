@@ -575,7 +575,8 @@ async def test_storage_unreachable_is_retried_until_recorded(
     await scheduled(schedule_store, action, [0.1], now() - dt.timedelta(seconds=1))
     settings = AssessmentSettings(
         database_url=database_dsn,
-        retry_initial_seconds=0.3,
+        # Long enough that the second run_once below surely comes before the retry.
+        retry_initial_seconds=3,
         call_timeout_seconds=3,
         baseline_timeout_seconds=3,
     )
@@ -744,7 +745,8 @@ async def test_a_pod_restarting_after_the_action_is_ineffective(
         database_dsn,
         context_api=cluster_context_api,
         alertmanager_url=alertmanager.url,
-        delays=(2.0,),
+        # Time to write the restarts below before the assessment, on a busy machine too.
+        delays=(10.0,),
     ) as service:
         await service.stub.ScheduleAssessment(schedule_request(action))
         # After the baseline: the container of one pod restarts three times (what the

@@ -1,11 +1,11 @@
 """ExecuteAction against a real control plane (KWOK nodes), a real PostgreSQL and the real
 storage service: nothing of Kubernetes or storage is mocked.
 
-The cluster is this module's own (a LocalCluster under the session's temporary directory,
-stopped at the end). Most tests drive `services.executor.engine.Executor` directly, with its
-own KubeConnection to that cluster and the in-process stack's storage as the executor's
-identity records; the last ones go through the gRPC service as `kubernaut serve executor`
-builds it. Each test works in namespaces of its own.
+The cluster is the session's shared one-node LocalCluster (`kube` in
+tests/fixtures/cluster.py). Most tests drive `services.executor.engine.Executor` directly,
+with its own KubeConnection to that cluster and the in-process stack's storage as the
+executor's identity records; the last ones go through the gRPC service as
+`kubernaut serve executor` builds it. Each test works in namespaces of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
@@ -30,7 +29,7 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernetes_asyncio import client
 
-from services.devstack.kube import ClusterInfo, LocalCluster, build_binaries
+from services.devstack.kube import ClusterInfo, LocalCluster
 from services.executor.changes import POD_TEMPLATE_HASH, RESTARTED_AT, REVISION
 from services.executor.cluster import ApiError, Cluster
 from services.executor.engine import (
@@ -43,10 +42,13 @@ from services.executor.settings import ExecutorSettings
 from services.executor.store import ActionRow, ActionState, ExecutorDatabase
 from services.runtime.clients import Clients
 from services.runtime.kube import MANAGED_LABEL, KubeConnection, KubeSettings
+from services.runtime.launcher import health_of, wait_serving
 from services.runtime.names import ServiceName
 from services.runtime.server import start_service
 from services.runtime.settings import RuntimeSettings
+from tests.fixtures.cluster import deployment_body
 from tests.fixtures.kubernaut import InProcessStack
+from tests.fixtures.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -58,14 +60,10 @@ NOWHERE = {"kubernaut.test/nowhere": "true"}  # a nodeSelector no node matches
 
 
 @pytest.fixture(scope="session")
-def executor_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("executor-kube"), nodes=3, bin_dir=build_binaries(timeout=1500)
-    )
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+def executor_cluster(kube: LocalCluster) -> ClusterInfo:
+    """The session's shared one-node cluster (tests/fixtures/cluster.py): nothing here
+    needs more nodes, and every test works in a namespace of its own."""
+    return kube.info
 
 
 class Admin:
@@ -98,27 +96,15 @@ class Admin:
         node_selector: dict[str, str] | None = None,
         wait: bool = True,
     ) -> dict[str, Any]:
-        labels = {"app": name}
-        container: dict[str, Any] = {"name": "app", "image": image}
-        if memory is not None:
-            container["resources"] = {
-                "limits": {"memory": memory},
-                "requests": {"memory": "64Mi"},
-            }
-        pod_spec: dict[str, Any] = {"containers": [container]}
-        if node_selector:
-            pod_spec["nodeSelector"] = node_selector
-        body = {
-            "metadata": {
-                "name": name,
-                "labels": {**labels, **({MANAGED_LABEL: "true"} if managed else {})},
-            },
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-            },
-        }
+        resources = {"limits": {"memory": memory}, "requests": {"memory": "64Mi"}}
+        body = deployment_body(
+            name,
+            image,
+            replicas=replicas,
+            labels={MANAGED_LABEL: "true"} if managed else None,
+            container={"resources": resources} if memory is not None else None,
+            pod_spec={"nodeSelector": node_selector} if node_selector else None,
+        )
         await self.apps.create_namespaced_deployment(namespace, as_model(body))
         return await self.rolled_out(namespace, name) if wait else await self.get(namespace, name)
 
@@ -574,15 +560,16 @@ async def test_a_change_the_api_server_rejects_in_the_dry_run_is_not_applied(
     )
     try:
         # The policy takes effect once the API server has loaded it.
-        deadline = time.monotonic() + 30
         probe = [{"op": "replace", "path": "/spec/replicas", "value": 9}]
-        while True:
+
+        async def refused() -> bool:
             try:
                 await admin.raw.patch_deployment(ns, "web", probe, dry_run=True)
             except ApiError:
-                break
-            assert time.monotonic() < deadline, "the admission policy never took effect"
-            await asyncio.sleep(0.2)
+                return True
+            return False
+
+        await eventually(refused, "the admission policy to take effect", timeout=30, interval=0.2)
         request = action_request(ns, scale_deployment={"replicas": 9})
         result = await make_executor().execute(request)
         assert outcome(result) == "ACTION_OUTCOME_FAILED", result.stages
@@ -922,24 +909,6 @@ async def test_a_change_to_status_or_annotations_only_does_not_stop_the_action(
 # -- the gRPC service -------------------------------------------------------------------------
 
 
-async def _health(address: str, settings: RuntimeSettings) -> str:
-    clients = Clients(settings, "operator", addresses={ServiceName.EXECUTOR: address})
-    try:
-        channel = clients.channel(ServiceName.EXECUTOR)
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        return name
-    finally:
-        await clients.close()
-
-
-async def _until_health(address: str, settings: RuntimeSettings, wanted: str) -> None:
-    deadline = time.monotonic() + 20
-    while (status := await _health(address, settings)) != wanted:
-        assert time.monotonic() < deadline, status
-        await asyncio.sleep(0.1)
-
-
 async def test_the_service_executes_through_grpc_and_maps_failures_to_status_codes(
     admin: Admin,
     stack: InProcessStack,
@@ -962,7 +931,8 @@ async def test_the_service_executes_through_grpc_and_maps_failures_to_status_cod
     running = await start_service(ServiceName.EXECUTOR, settings, serve_metrics=False)
     workflow = Clients(settings, "workflow", addresses={ServiceName.EXECUTOR: running.address})
     try:
-        await _until_health(running.address, settings, "SERVING")
+        statuses = await wait_serving(workflow, [ServiceName.EXECUTOR], timeout=20)
+        assert statuses == {ServiceName.EXECUTOR: "SERVING"}, statuses
         stub = workflow.stub(ExecutorServiceStub)
         request = action_request(ns, scale_deployment={"replicas": 3})
         response = await stub.ExecuteAction(request, timeout=60)
@@ -986,8 +956,14 @@ async def test_the_service_executes_through_grpc_and_maps_failures_to_status_cod
     running = await start_service(ServiceName.EXECUTOR, settings, serve_metrics=False)
     workflow = Clients(settings, "workflow", addresses={ServiceName.EXECUTOR: running.address})
     try:
+        # The readiness check itself fails (not only the NOT_SERVING every service starts
+        # with), and only the cluster's.
+        checks = dict(running.spec.readiness)
+        assert sorted(checks) == ["kubernetes", "postgresql"]
+        assert await checks["kubernetes"]() is False
+        assert await checks["postgresql"]() is True
         await asyncio.sleep(0.5)
-        assert await _health(running.address, settings) == "NOT_SERVING"
+        assert await health_of(workflow, ServiceName.EXECUTOR) == "NOT_SERVING"
         with pytest.raises(grpc.aio.AioRpcError) as unavailable:
             await workflow.stub(ExecutorServiceStub).ExecuteAction(
                 action_request(ns, scale_deployment={"replicas": 4}), timeout=30

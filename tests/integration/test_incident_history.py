@@ -4,7 +4,6 @@ changes ai_analysis' decision."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 
@@ -23,7 +22,9 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.runtime.clients import Clients
 from services.runtime.names import ServiceName
+from tests.fixtures.grpc_errors import code_of
 from tests.fixtures.kubernaut import InProcessStack
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -98,13 +99,6 @@ async def failed_restart(
         )
     )
     return action.action_id
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    code: grpc.StatusCode = caught.value.code()
-    return code
 
 
 async def test_history_names_similar_incidents_their_actions_and_success_rates(
@@ -211,12 +205,13 @@ async def test_a_fix_that_failed_on_the_same_workload_is_not_repeated_without_a_
         # The workflow stops before acting until a person approves.
         workflows = operator.stub(WorkflowServiceStub)
         request = workflow_pb2.GetWorkflowRequest(workflow_id=reply.workflow_id)
-        deadline = asyncio.get_running_loop().time() + 30
-        while (found := await workflows.GetWorkflow(request)).workflow.state == (
-            workflow_pb2.WORKFLOW_STATE_RUNNING
-        ):
-            assert asyncio.get_running_loop().time() < deadline, found.workflow
-            await asyncio.sleep(0.2)
+
+        async def stopped() -> workflow_pb2.GetWorkflowResponse | None:
+            found = await workflows.GetWorkflow(request)
+            running = found.workflow.state == workflow_pb2.WORKFLOW_STATE_RUNNING
+            return None if running else found
+
+        found = await eventually(stopped, "the workflow to stop running", 30, interval=0.2)
         assert found.workflow.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL
         applied = [s for s in found.workflow.steps if s.kind == workflow_pb2.STEP_KIND_APPLY]
         assert all(step.state == workflow_pb2.STEP_STATE_PENDING for step in applied)

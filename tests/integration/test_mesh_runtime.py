@@ -8,10 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import descriptor_pool, message_factory
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
@@ -21,6 +19,7 @@ from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from services.runtime import edges
 from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
 from services.runtime.registry import protocol
+from tests.fixtures.grpc_errors import field_violations
 from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = pytest.mark.integration
@@ -165,17 +164,6 @@ async def test_operators_and_the_edge_have_their_own_rules(stack: InProcessStack
     )
 
 
-def _field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad_request)
-        found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
-
-
 async def test_a_malformed_request_gets_invalid_argument_naming_the_field(
     stack: InProcessStack,
 ) -> None:
@@ -185,7 +173,7 @@ async def test_a_malformed_request_gets_invalid_argument_naming_the_field(
             executor_pb2.DescribeActionRequest(name="Restart Everything")
         )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "name" in _field_violations(caught.value)
+    assert "name" in field_violations(caught.value)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await clients.stub(GatewayServiceStub).SubmitAlerts(
@@ -194,7 +182,7 @@ async def test_a_malformed_request_gets_invalid_argument_naming_the_field(
             )
         )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    violations = _field_violations(caught.value)
+    violations = field_violations(caught.value)
     assert "alerts[0].name" in violations
     assert "alerts[0].starts_at" in violations
     await clients.close()

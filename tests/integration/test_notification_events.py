@@ -15,7 +15,6 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
 
@@ -37,6 +36,7 @@ from services.notification.outbox import (
 )
 from services.notification.rendering import EventRenderer, RenderedMessage
 from services.runtime.clients import Clients
+from services.runtime.launcher import health_of, wait_serving
 from services.runtime.names import ServiceName
 from services.runtime.server import RunningService, start_service
 from services.runtime.settings import RuntimeSettings
@@ -441,15 +441,8 @@ async def test_notify_incident_event_refusals_over_grpc(stack: InProcessStack) -
 async def test_notification_is_serving_with_its_database(stack: InProcessStack) -> None:
     clients = stack.clients()
     try:
-        health = health_pb2_grpc.HealthStub(clients.channel(ServiceName.NOTIFICATION))
-        status = None
-        for _ in range(50):
-            response = await health.Check(health_pb2.HealthCheckRequest(service=""))
-            status = response.status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            await asyncio.sleep(0.1)
-        assert status == health_pb2.HealthCheckResponse.SERVING
+        statuses = await wait_serving(clients, [ServiceName.NOTIFICATION], timeout=10)
+        assert statuses == {ServiceName.NOTIFICATION: "SERVING"}, statuses
         spec = stack.services[ServiceName.NOTIFICATION].spec
         assert [name for name, _ in spec.readiness] == ["postgresql"]
     finally:
@@ -531,14 +524,18 @@ async def test_an_unreachable_database_is_unavailable_and_not_serving(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.NotifyIncidentEvent(incident_request())
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        # The readiness check itself fails (not only the NOT_SERVING every service starts
+        # with).
+        checks = dict(running.spec.readiness)
+        assert list(checks) == ["postgresql"]
+        assert await checks["postgresql"]() is False
         await asyncio.sleep(3 * running.settings.health_interval_seconds)
         operator = Clients(
             runtime_settings, "operator", addresses={ServiceName.NOTIFICATION: running.address}
         )
         try:
-            health = health_pb2_grpc.HealthStub(operator.channel(ServiceName.NOTIFICATION))
-            response = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            status = await health_of(operator, ServiceName.NOTIFICATION)
         finally:
             await operator.close()
-        assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status == "NOT_SERVING"
     await settle(mail_sink, 0)

@@ -14,8 +14,6 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
@@ -31,6 +29,7 @@ from services.storage.store import (
     UnknownAction,
     UnknownIncident,
 )
+from tests.fixtures.grpc_errors import code_of, field_violations
 from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = pytest.mark.integration
@@ -638,17 +637,6 @@ async def test_an_incident_that_cannot_be_embedded_is_still_opened(
 # -- over gRPC --------------------------------------------------------------------------------
 
 
-def _field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad_request)
-        found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
-
-
 async def test_incident_life_over_grpc(stack: InProcessStack) -> None:
     # The call table has no edges to these RPCs yet: the operator may call them all.
     operator = stack.clients()
@@ -710,12 +698,6 @@ async def test_incident_life_over_grpc(stack: InProcessStack) -> None:
         assert closed.incident.HasField("closed_at")
         assert (await storage.UpdateIncident(close)).incident == closed.incident  # a retry
 
-        async def code_of(call: object) -> grpc.StatusCode:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call  # type: ignore[misc]
-            code: grpc.StatusCode = caught.value.code()
-            return code
-
         reopen = storage_pb2.UpdateIncidentRequest(
             incident_id=incident_id, status=storage_pb2.INCIDENT_STATUS_OPEN
         )
@@ -758,15 +740,15 @@ async def test_incident_life_over_grpc(stack: InProcessStack) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await storage.GetIncident(storage_pb2.GetIncidentRequest(incident_id="inc-1"))
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "incident_id" in _field_violations(caught.value)
+        assert "incident_id" in field_violations(caught.value)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await storage.ListIncidents(storage_pb2.ListIncidentsRequest(page_token="garbage!"))
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "page_token" in _field_violations(caught.value)
+        assert "page_token" in field_violations(caught.value)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await storage.OpenIncident(storage_pb2.OpenIncidentRequest(fingerprint=fp))
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert {"alert", "subject"} <= set(_field_violations(caught.value))
+        assert {"alert", "subject"} <= set(field_violations(caught.value))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await storage.OpenIncident(
                 storage_pb2.OpenIncidentRequest(
@@ -774,7 +756,7 @@ async def test_incident_life_over_grpc(stack: InProcessStack) -> None:
                 )
             )
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "alert" in _field_violations(caught.value)
+        assert "alert" in field_violations(caught.value)
     finally:
         await operator.close()
         await executor.close()

@@ -56,11 +56,15 @@ def _xfcc(account: str, trust_domain: str = "cluster.local") -> str:
     )
 
 
-async def _list_actions(address: str, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+# A call the table grants the workflow (and nobody else but operators).
+DESCRIBE = executor_pb2.DescribeActionRequest(name="restart_deployment")
+
+
+async def _describe_action(address: str, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            await ExecutorServiceStub(channel).ListActions(
-                executor_pb2.ListActionsRequest(), metadata=metadata, timeout=5
+            await ExecutorServiceStub(channel).DescribeAction(
+                DESCRIBE, metadata=metadata, timeout=5
             )
         except grpc.aio.AioRpcError as error:
             return error.code()
@@ -71,11 +75,11 @@ async def test_mesh_mode_takes_the_caller_from_the_sidecar_header(
     mesh_executor: RunningService,
 ) -> None:
     address = mesh_executor.address
-    assert await _list_actions(address, [(XFCC_HEADER, _xfcc("workflow"))]) is grpc.StatusCode.OK
+    assert await _describe_action(address, [(XFCC_HEADER, _xfcc("workflow"))]) is grpc.StatusCode.OK
     denied = grpc.StatusCode.PERMISSION_DENIED
-    assert await _list_actions(address, [(XFCC_HEADER, _xfcc("gateway"))]) is denied
-    assert await _list_actions(address, [(XFCC_HEADER, _xfcc("workflow", "evil.org"))]) is denied
-    assert await _list_actions(address, []) is denied
+    assert await _describe_action(address, [(XFCC_HEADER, _xfcc("gateway"))]) is denied
+    assert await _describe_action(address, [(XFCC_HEADER, _xfcc("workflow", "evil.org"))]) is denied
+    assert await _describe_action(address, []) is denied
     # Kubelet probes come without an identity and may still ask for health.
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -99,9 +103,7 @@ async def test_insecure_mode_warns_and_still_applies_the_call_table(
         ):
             clients = Clients(settings, account, addresses=addresses)
             try:
-                await clients.stub(ExecutorServiceStub).ListActions(
-                    executor_pb2.ListActionsRequest()
-                )
+                await clients.stub(ExecutorServiceStub).DescribeAction(DESCRIBE)
                 code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as error:
                 code = error.code()

@@ -3,21 +3,20 @@ workflow that waits for approval (so that nothing needs a cluster)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import pytest_asyncio
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.runtime.names import ServiceName
+from tests.fixtures.grpc_errors import field_violations
 from tests.fixtures.kubernaut import InProcessStack
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -61,17 +60,6 @@ def _recommendation(confidence: float) -> remediation_pb2.Recommendation:
     )
 
 
-def _violations(error: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    fields: set[str] = set()
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            fields |= {v.field for v in bad_request.field_violations}
-    return fields
-
-
 async def test_create_workflow_validates_the_request(ai_analysis: WorkflowServiceStub) -> None:
     resolved = _alert()
     resolved.status = alert_pb2.ALERT_STATUS_RESOLVED  # never starts a workflow
@@ -105,7 +93,7 @@ async def test_create_workflow_validates_the_request(ai_analysis: WorkflowServic
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ai_analysis.CreateWorkflow(request)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert field in _violations(caught.value)
+        assert field in field_violations(caught.value)
 
 
 async def test_get_workflow_not_found_and_malformed(operator: WorkflowServiceStub) -> None:
@@ -116,7 +104,7 @@ async def test_get_workflow_not_found_and_malformed(operator: WorkflowServiceStu
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await operator.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id="wf-1"))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "workflow_id" in _violations(caught.value)
+    assert "workflow_id" in field_violations(caught.value)
 
 
 async def test_ai_analysis_may_not_read_workflows(ai_analysis: WorkflowServiceStub) -> None:
@@ -153,16 +141,15 @@ async def test_create_workflow_persists_once_and_waits_for_approval(
     assert again.workflow.workflow_id == workflow.workflow_id
     assert again.workflow.action_id == workflow.action_id
 
-    got = workflow_pb2.Workflow()
-    for _ in range(100):
+    async def waiting_approval() -> workflow_pb2.Workflow | None:
         got = (
             await operator.GetWorkflow(
                 workflow_pb2.GetWorkflowRequest(workflow_id=workflow.workflow_id)
             )
         ).workflow
-        if got.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL:
-            break
-        await asyncio.sleep(0.1)
+        return got if got.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL else None
+
+    got = await eventually(waiting_approval, "the workflow to wait for approval", 30)
     assert got.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL
     assert "waiting for approval" in got.message
     assert [s.state for s in got.steps][:3] == [

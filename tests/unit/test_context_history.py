@@ -112,7 +112,7 @@ async def test_expired_answers_are_dropped_so_the_cache_does_not_grow() -> None:
     await reader.history(NOW_ID, limit=2)
     clock.now = 5.0
     await reader.history(NOW_ID, limit=3)
-    assert list(reader._cache) == [(NOW_ID, 3)]
+    assert reader.cache.keys() == [(NOW_ID, 3)]
 
 
 async def test_an_unknown_incident_is_named() -> None:

@@ -111,7 +111,11 @@ async def test_a_missing_or_wrong_token_is_a_401_naming_the_check(
     assert reply.status_code == 401
     assert reply.headers["www-authenticate"].startswith("Bearer")
     assert reason in reply.json()["error"]
-    assert "wrong" not in reply.text  # the presented token is never echoed
+    # Neither the presented credential nor a configured token is ever echoed.
+    presented = (authorization or "").partition(" ")[2]
+    answer = reply.text + "".join(f"{k}: {v}\n" for k, v in reply.headers.items())
+    for secret in (presented, OLD, NEW):
+        assert not secret or secret not in answer, secret
     assert gateway.requests == []
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from kubernaut.ai_analysis.v1 import ai_analysis_pb2
+from kubernaut.gateway.v1 import gateway_pb2
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.workflow.v1 import workflow_pb2
 
 from services.runtime import edges
 from services.runtime.clients import service_config
 from services.runtime.identity import account_of, parse_xfcc
+from services.runtime.interceptors import incident_id_of
 from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
 from services.runtime.registry import protocol, service_of_path
 from services.runtime.settings import RuntimeSettings
@@ -109,3 +114,13 @@ def test_ports_follow_the_base() -> None:
     assert settings.metrics_port_of(ServiceName.GATEWAY) == 20100
     assert settings.address_of(ServiceName.STORAGE) == "localhost:20005"
     assert ServiceName.parse("alert-processor") is ServiceName.ALERT_PROCESSOR
+
+
+def test_the_incident_a_request_is_about_is_read_for_the_logs() -> None:
+    assert incident_id_of(workflow_pb2.CreateWorkflowRequest(incident_id="i-1")) == "i-1"
+    analysed = ai_analysis_pb2.AnalyzeIncidentRequest(
+        incident=storage_pb2.Incident(incident_id="i-2")
+    )
+    assert incident_id_of(analysed) == "i-2"
+    assert incident_id_of(ai_analysis_pb2.AnalyzeIncidentRequest()) == ""
+    assert incident_id_of(gateway_pb2.SubmitAlertsRequest()) == ""

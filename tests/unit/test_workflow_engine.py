@@ -8,9 +8,9 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
@@ -42,11 +42,13 @@ from services.workflow.store import (
     WorkflowStore,
     kind_name,
 )
+from tests.fixtures.waiting import eventually
 
-T = TypeVar("T")
-
+# Long enough that a busy machine never misses a renewal (every third of it); the tests of
+# a crashed runner give that runner SHORT_LEASE_SECONDS, for its lease to run out soon.
+SHORT_LEASE_SECONDS = 1.0
 SETTINGS = RunnerSettings(
-    lease_seconds=1.0,
+    lease_seconds=30.0,
     poll_seconds=0.05,
     max_concurrent=8,
     retry_initial_seconds=0.01,
@@ -269,23 +271,13 @@ async def create(
     return workflow
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    """The first truthy result of `check()`, polled until `timeout`."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.02)
-
-
 async def finished(store: WorkflowStore, workflow_id: str, timeout: float = 10.0) -> Workflow:
     async def check() -> Workflow | None:
         workflow = await store.get(workflow_id)
         assert workflow is not None
         return workflow if workflow.state is not State.RUNNING else None
 
-    return await eventually(check, timeout)
+    return await eventually(check, f"workflow {workflow_id} to finish", timeout, interval=0.02)
 
 
 def states(workflow: Workflow) -> dict[str, str]:
@@ -597,7 +589,7 @@ async def test_killed_mid_apply_resumes_without_repeating_finished_steps(
     engines: Engines, store: WorkflowStore
 ) -> None:
     downstream = Downstream(hang_first_execute=True)
-    first = engines(downstream)
+    first = engines(downstream, lease_seconds=SHORT_LEASE_SECONDS)
     crashed = first.start()
     workflow = await create(first)
     await asyncio.wait_for(downstream.arrived.wait(), 10)
@@ -635,7 +627,7 @@ async def test_killed_mid_notify_sends_no_second_notification(
     engines: Engines, store: WorkflowStore
 ) -> None:
     downstream = Downstream(hang_first_notify=True)
-    first = engines(downstream)
+    first = engines(downstream, lease_seconds=SHORT_LEASE_SECONDS)
     crashed = first.start()
     workflow = await create(first)
     await asyncio.wait_for(downstream.arrived.wait(), 10)

@@ -1,0 +1,141 @@
+"""Process and port helpers the dev stack's components share: loopback ports, /proc
+lookups, stopping a pid with signal escalation, and the tail of a log for error messages."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+_TAIL_BYTES = 64 * 1024
+
+
+# -- ports ---------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    return free_ports(1)[0]
+
+
+def port_open(port: int, timeout: float = 1.0) -> bool:
+    """Something accepts connections on the loopback `port`."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    """Poll until the loopback `port` accepts connections; False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- /proc ---------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first); None when
+    unreadable (no such process, or no procfs)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None  # field 22: starttime
+
+
+def is_zombie(pid: int) -> bool:
+    """The process is gone or has exited (a zombie not yet reaped)."""
+    fields = proc_stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def cmdline(pid: int) -> str:
+    """The process's arguments joined by spaces ("" when unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (without procfs, as far as kill() tells)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, belongs to another user
+    fields = proc_stat(pid)
+    return fields is None or fields[0] not in ("Z", "X")
+
+
+def stop_pid(
+    pid: int,
+    steps: Sequence[tuple[signal.Signals, float]],
+    alive: Callable[[], bool],
+    *,
+    on_ignored: Callable[[signal.Signals], None] | None = None,
+) -> bool:
+    """Send each signal of `steps` in turn while `alive()`, waiting up to its seconds for
+    the process to go; `on_ignored` hears of each signal it outlived. True when it went."""
+    for sig, wait in steps:
+        if not alive():
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not alive():
+                return True
+            time.sleep(0.05)
+        if on_ignored is not None:
+            on_ignored(sig)
+    return not alive()
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+def tail(path: Path, lines: int, *, indent: str = "", missing: str = "") -> str:
+    """The last `lines` lines of `path` (from its last 64 KiB), each prefixed by `indent`;
+    `missing` when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - _TAIL_BYTES))
+            text = file.read().decode(errors="replace")
+    except OSError:
+        return missing
+    return "\n".join(indent + line for line in text.splitlines()[-lines:])
