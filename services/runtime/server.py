@@ -4,7 +4,6 @@ health, reflection, metrics, transport security and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import signal
@@ -132,22 +131,30 @@ class RunningService:
         """NOT_SERVING, a drain pause, then in-flight calls get the grace period."""
         log.info("shutting down", extra={"grace_seconds": self.settings.shutdown_grace_seconds})
         if self._readiness_task:
+            # A check may be deep in a client library that ignores cancellation: give it
+            # the grace period, never more.
             self._readiness_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._readiness_task
+            await _bounded(self._readiness_task, self.settings.shutdown_grace_seconds, "readiness")
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.settings.shutdown_drain_seconds)
         await self.server.stop(self.settings.shutdown_grace_seconds)
         # Each clean-up gets the grace period too: a stuck one must not keep the
         # process from exiting.
         for hook in (*self.spec.on_stop, self.clients.close):
-            try:
-                await asyncio.wait_for(hook(), self.settings.shutdown_grace_seconds)
-            except TimeoutError:
-                log.warning(
-                    "clean-up did not finish in the grace period", extra={"hook": repr(hook)}
-                )
+            clean_up: asyncio.Future[None] = asyncio.ensure_future(hook())
+            await _bounded(clean_up, self.settings.shutdown_grace_seconds, repr(hook))
         log.info("stopped")
+
+
+async def _bounded(task: asyncio.Future[Any], seconds: float, what: str) -> None:
+    """Wait at most `seconds` for `task` to end, then cancel it and go on without waiting:
+    asyncio.wait_for would wait for as long as a task that ignores cancellation runs."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("clean-up did not finish in the grace period", extra={"hook": what})
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("clean-up failed", extra={"hook": what, "error": repr(task.exception())})
 
 
 async def start_service(

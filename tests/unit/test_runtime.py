@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2
 from kubernaut.gateway.v1 import gateway_pb2
@@ -14,6 +16,7 @@ from services.runtime.identity import account_of, parse_xfcc
 from services.runtime.interceptors import incident_id_of
 from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
 from services.runtime.registry import protocol, service_of_path
+from services.runtime.server import _bounded
 from services.runtime.settings import RuntimeSettings
 
 SETTINGS = RuntimeSettings(trust_domain="cluster.local", namespace="kubernaut")
@@ -124,3 +127,28 @@ def test_the_incident_a_request_is_about_is_read_for_the_logs() -> None:
     assert incident_id_of(analysed) == "i-2"
     assert incident_id_of(ai_analysis_pb2.AnalyzeIncidentRequest()) == ""
     assert incident_id_of(gateway_pb2.SubmitAlertsRequest()) == ""
+
+
+async def test_a_clean_up_that_ignores_cancellation_cannot_hold_shutdown() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await release.wait()  # swallows the cancellation, as some client libraries do
+
+    task = asyncio.ensure_future(stubborn())
+    # asyncio.wait_for(task, 0.2) would wait here until `release` is set.
+    await asyncio.wait_for(_bounded(task, 0.2, "stubborn"), timeout=10)
+    assert not task.done()
+    release.set()
+    await task
+
+
+async def test_a_failing_clean_up_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    async def failing() -> None:
+        raise RuntimeError("boom")
+
+    await _bounded(asyncio.ensure_future(failing()), 1, "failing")
+    assert "clean-up failed" in caplog.text
