@@ -12,13 +12,15 @@ from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway_http.app import DEFAULT_MAX_BODY_BYTES, create_app
-from gateway_http.security import Authenticator
+from gateway_http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, create_app
+from gateway_http.security import Authenticator, TokenReview
+from gateway_http.tokenreview import TokenReviewSettings
+from services.gateway.limits import RateLimiter
 from services.runtime.clients import Clients
 from services.runtime.logs import configure_logging
-from services.runtime.names import EDGE_ACCOUNT
+from services.runtime.names import EDGE_ACCOUNT, METRICS_PORT_OFFSET, ServiceName
 from services.runtime.settings import RuntimeSettings
-from services.runtime.telemetry import configure_tracing
+from services.runtime.telemetry import configure_tracing, start_metrics_server
 
 log = logging.getLogger("kubernaut.edge")
 
@@ -40,6 +42,15 @@ class EdgeSettings(BaseSettings):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
     # Accept webhooks without a token. Only for a loopback demo: it must be chosen.
     allow_anonymous: bool = False
+    # Per sender (token, reviewed service account, or client address when anonymous):
+    # webhook requests per second and burst; 0 turns the limit off.
+    rate_per_second: float = Field(default=50.0, ge=0)
+    rate_burst: float = Field(default=200.0, ge=1)
+    # Requests in progress at once, over all senders; beyond it 503. 0 turns it off.
+    max_concurrent: int = Field(default=DEFAULT_MAX_CONCURRENT, ge=0)
+    # Where /metrics is served (not on the webhook port: that one faces the senders).
+    # Unset: KUBERNAUT_PORT_BASE + 100 + 10, after the ten services'. 0: any free port.
+    metrics_port: int | None = None
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -48,22 +59,32 @@ class EdgeSettings(BaseSettings):
             return tuple(token.strip() for token in value.split(",") if token.strip())
         return value
 
-    def authenticator(self) -> Authenticator | None:
+    def authenticator(self, reviewer: TokenReview | None = None) -> Authenticator | None:
         """The configured authentication; None for anonymous. ValueError when neither
-        tokens nor anonymous access are configured (an open door is never a default)."""
+        tokens, nor a token reviewer, nor anonymous access are configured (an open door is
+        never a default)."""
         tokens = [token.get_secret_value() for token in self.tokens]
         if self.tokens_file is not None:
             lines = self.tokens_file.read_text(encoding="utf-8").splitlines()
             tokens += [line.strip() for line in lines if line.strip()]
-        if not tokens:
+        if not tokens and reviewer is None:
             if self.allow_anonymous:
                 return None
             raise ValueError(
-                "no webhook tokens: set KUBERNAUT_HTTP_TOKENS or KUBERNAUT_HTTP_TOKENS_FILE "
-                "(or KUBERNAUT_HTTP_ALLOW_ANONYMOUS=true on a loopback-only demo)"
+                "no webhook tokens: set KUBERNAUT_HTTP_TOKENS or KUBERNAUT_HTTP_TOKENS_FILE, "
+                "or enable KUBERNAUT_HTTP_TOKEN_REVIEW_ENABLED (or "
+                "KUBERNAUT_HTTP_ALLOW_ANONYMOUS=true on a loopback-only demo)"
             )
         secret = self.hmac_secret.get_secret_value() if self.hmac_secret else None
-        return Authenticator.of(tokens, secret, self.signature_header)
+        return Authenticator.of(tokens, secret, self.signature_header, reviewer=reviewer)
+
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(self.rate_per_second, self.rate_burst)
+
+    def metrics_port_for(self, settings: RuntimeSettings) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return settings.port_base + METRICS_PORT_OFFSET + len(ServiceName)
 
 
 async def serve_edge(
@@ -74,15 +95,24 @@ async def serve_edge(
     configure_logging("gateway-http", settings.log_level)
     configure_tracing("gateway-http", settings.otlp_endpoint)
     try:
-        authenticator = edge.authenticator()
+        reviewer = TokenReviewSettings().reviewer()
+        authenticator = edge.authenticator(reviewer)
     except (ValueError, OSError) as error:
         log.error("cannot start: %s", error)
         return 2
     if authenticator is None:
         log.warning("webhooks are accepted without authentication (KUBERNAUT_HTTP_ALLOW_ANONYMOUS)")
+    metrics_port = start_metrics_server(settings.metrics_host, edge.metrics_port_for(settings))
+    log.info("edge metrics", extra={"metrics_port": metrics_port})
     clients = Clients(settings, EDGE_ACCOUNT)
     gateway = clients.stub(GatewayServiceStub)
-    app = create_app(gateway.SubmitAlerts, authenticator, max_body_bytes=edge.max_body_bytes)
+    app = create_app(
+        gateway.SubmitAlerts,
+        authenticator,
+        max_body_bytes=edge.max_body_bytes,
+        rate_limiter=edge.rate_limiter(),
+        max_concurrent=edge.max_concurrent,
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host=edge.host, port=edge.port, log_config=None, access_log=False)
     )
@@ -94,4 +124,6 @@ async def serve_edge(
         await server.serve()
     finally:
         await clients.close()
+        if reviewer is not None:
+            await reviewer.close()
     return 0

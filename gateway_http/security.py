@@ -1,7 +1,11 @@
 """Who may post alerts to the edge, and how much: bearer tokens (two at once, for rotation),
+optionally Kubernetes ServiceAccount tokens checked by TokenReview (gateway_http.tokenreview),
 an optional HMAC-SHA256 signature of the body, and a cap on the body's size.
 
-Tokens and secrets are compared in constant time and never logged or echoed.
+Tokens and secrets are compared in constant time and never logged or echoed. Each accepted
+request carries its sender's identity in `scope["state"]["sender"]` (`request.state.sender`):
+`token#N` for the N-th static token, the username for a reviewed token, the client's
+address for anonymous senders; never a secret.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -22,47 +27,84 @@ class Unauthorized(Exception):
     """The request is not from a known sender; the message says which check failed."""
 
 
+class ReviewUnavailable(Exception):
+    """The token could not be checked now (its reviewer is unreachable or failing): the edge
+    answers 503, so the sender retries. The message is for the logs, never for the sender."""
+
+
+class TokenReview(Protocol):
+    """Says whose a bearer token is: the sender's identity; Unauthorized for a token it does
+    not accept, ReviewUnavailable when it cannot tell now."""
+
+    async def review(self, token: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Authenticator:
-    """Checks a request's Authorization header and, when a secret is set, its signature."""
+    """Checks a request's Authorization header and, when a secret is set, its signature.
 
-    tokens: tuple[bytes, ...]
-    hmac_secret: bytes | None = None
+    A bearer token that is none of `tokens` goes to `reviewer` when one is set. The
+    signature, when a secret is set, is required from every sender, reviewed ones too: the
+    secret is a second factor, and a token alone (which any pod of that ServiceAccount can
+    read) is then not enough.
+    """
+
+    # Kept out of repr(), so that logging the authenticator never shows a secret.
+    tokens: tuple[bytes, ...] = field(repr=False)
+    hmac_secret: bytes | None = field(default=None, repr=False)
     signature_header: str = "X-Kubernaut-Signature"
+    reviewer: TokenReview | None = None
 
     @classmethod
     def of(
-        cls, tokens: Sequence[str], hmac_secret: str | None = None, signature_header: str = ""
+        cls,
+        tokens: Sequence[str],
+        hmac_secret: str | None = None,
+        signature_header: str = "",
+        *,
+        reviewer: TokenReview | None = None,
     ) -> Authenticator:
         return cls(
             tuple(token.encode() for token in tokens),
             hmac_secret.encode() if hmac_secret else None,
             signature_header or cls.signature_header,
+            reviewer,
         )
 
-    def check(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Raise Unauthorized unless the request carries a valid token (and signature)."""
+    async def check(self, headers: Mapping[str, str], body: bytes) -> str:
+        """The sender's identity; Unauthorized unless the request carries a valid token (and
+        signature); ReviewUnavailable when the reviewer cannot tell now."""
         scheme, _, presented = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
+        token = presented.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-        offered = presented.strip().encode()
+        offered = token.encode()
         # Every configured token is compared, so the time taken says nothing about which
         # one (if any) nearly matched.
-        matched = False
-        for token in self.tokens:
-            matched |= hmac.compare_digest(offered, token)
-        if not matched:
+        matched = 0
+        for number, candidate in enumerate(self.tokens, start=1):
+            equal = hmac.compare_digest(offered, candidate)
+            matched = number if equal and not matched else matched
+        if matched:
+            self._check_signature(headers, body)
+            return f"token#{matched}"
+        if self.reviewer is None:
             raise Unauthorized("the bearer token is not valid")
-        if self.hmac_secret is not None:
-            self._check_signature(headers.get(self.signature_header.lower(), ""), body)
+        # The signature first: it is checked here, while a review costs the API server a
+        # call, so a sender without the secret never causes one.
+        self._check_signature(headers, body)
+        return await self.reviewer.review(token)
 
-    def _check_signature(self, signature: str, body: bytes) -> None:
+    def _check_signature(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self.hmac_secret is None:
+            return
+        signature = headers.get(self.signature_header.lower(), "")
         if not signature.startswith(SIGNATURE_PREFIX):
             raise Unauthorized(
                 f"the {self.signature_header} header must be {SIGNATURE_PREFIX}<hex HMAC-SHA256 "
                 "of the body>"
             )
-        expected = hmac.new(self.hmac_secret or b"", body, hashlib.sha256).hexdigest()
+        expected = hmac.new(self.hmac_secret, body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(signature[len(SIGNATURE_PREFIX) :].lower(), expected):
             raise Unauthorized(f"the {self.signature_header} signature does not match the body")
 
@@ -124,7 +166,9 @@ class BodyLimit:
 class SenderCheck:
     """ASGI middleware in front of the webhook routes: authentication first, so that a
     stranger learns nothing about what would be accepted, then the content type; only then
-    does the application see (and parse) the body, replayed as it was read."""
+    does the application see (and parse) the body, replayed as it was read. A token that
+    cannot be reviewed now is a 503 (retry). The sender's identity goes to
+    `scope["state"]["sender"]`; without an authenticator it is the client's address."""
 
     def __init__(
         self,
@@ -152,13 +196,22 @@ class SenderCheck:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if self.authenticator is not None:
+        if self.authenticator is None:
+            client = scope.get("client")
+            sender = client[0] if client else "anonymous"
+        else:
             try:
-                self.authenticator.check(headers, body)
+                sender = await self.authenticator.check(headers, body)
             except Unauthorized as error:
                 self.on_refusal(401, str(error))
                 challenge = {"WWW-Authenticate": 'Bearer realm="kubernaut"'}
                 await refusal_response(401, str(error), challenge)(scope, receive, send)
+                return
+            except ReviewUnavailable as error:
+                # Nothing was accepted; a 5xx makes AlertManager send it again.
+                self.on_refusal(503, str(error))
+                refusal = refusal_response(503, "cannot verify the token now; retry")
+                await refusal(scope, receive, send)
                 return
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
@@ -166,6 +219,8 @@ class SenderCheck:
             self.on_refusal(415, why)
             await refusal_response(415, why)(scope, receive, send)
             return
+        # Starlette's request.state is this dict: later code can limit per sender.
+        scope.setdefault("state", {})["sender"] = sender
         replayed = False
 
         async def replay() -> Message:

@@ -1,16 +1,26 @@
-"""AlertManager webhook payloads (version 4) and their translation to gateway alerts."""
+"""AlertManager webhook payloads (version 4) and their translation to gateway alerts.
+
+`translate_alert` turns one AlertManager-shaped alert into a gateway alert; every webhook
+source whose alerts have that shape (AlertManager, Grafana) goes through it.
+"""
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-# AlertManager sends this for "no end" on firing alerts.
+# AlertManager (and Grafana) send this for "no end" on firing alerts.
 _ZERO_TIME_YEAR = 1
+
+# alert.proto's limits on Alert.annotations: extras we add must never push an alert past them.
+MAX_ANNOTATIONS = 128
+MAX_ANNOTATION_VALUE_CHARS = 16384
+_TRUNCATION_MARK = "…"
 
 
 class AlertmanagerAlert(BaseModel):
@@ -18,7 +28,7 @@ class AlertmanagerAlert(BaseModel):
 
     status: Literal["firing", "resolved"]
     labels: dict[str, str] = Field(max_length=128)
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=128)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=MAX_ANNOTATIONS)
     startsAt: datetime.datetime
     endsAt: datetime.datetime | None = None
     generatorURL: str = Field(default="", max_length=2048)
@@ -50,33 +60,62 @@ def _timestamp(value: datetime.datetime | None) -> Timestamp | None:
     return stamp
 
 
+def _fit_annotation_value(value: str) -> str:
+    if len(value) <= MAX_ANNOTATION_VALUE_CHARS:
+        return value
+    # Marked, so that nobody reads a cut value as the whole one.
+    return value[: MAX_ANNOTATION_VALUE_CHARS - len(_TRUNCATION_MARK)] + _TRUNCATION_MARK
+
+
 class MissingAlertName(ValueError):
     def __init__(self, index: int) -> None:
         super().__init__(f"alerts[{index}].labels: the alertname label is required")
         self.field = f"alerts[{index}].labels.alertname"
 
 
+def translate_alert(
+    alert: AlertmanagerAlert,
+    *,
+    index: int,
+    source: alert_pb2.AlertSource.ValueType,
+    extra_annotations: Mapping[str, str] | None = None,
+) -> alert_pb2.Alert:
+    """One AlertManager-shaped alert, the `index`-th of its webhook, as a gateway alert.
+
+    `extra_annotations` are added in their order, each only where the alert has no annotation
+    of that name and only while the alert stays within alert.proto's annotation limit; a
+    value over the proto's length limit is cut. The source's own annotations are passed on
+    untouched: the gateway validates them and names any that break the limits.
+    Raises MissingAlertName when the alert has no alertname label.
+    """
+    name = alert.labels.get("alertname", "")
+    if not name:
+        raise MissingAlertName(index)
+    annotations = dict(alert.annotations)
+    for key, value in (extra_annotations or {}).items():
+        if len(annotations) >= MAX_ANNOTATIONS:
+            break
+        if value and key not in annotations:
+            annotations[key] = _fit_annotation_value(value)
+    return alert_pb2.Alert(
+        name=name,
+        status=(
+            alert_pb2.ALERT_STATUS_FIRING
+            if alert.status == "firing"
+            else alert_pb2.ALERT_STATUS_RESOLVED
+        ),
+        labels=alert.labels,
+        annotations=annotations,
+        starts_at=_timestamp(alert.startsAt),
+        ends_at=_timestamp(alert.endsAt),
+        generator_url=alert.generatorURL,
+        source_fingerprint=alert.fingerprint,
+        source=source,
+    )
+
+
 def to_alerts(webhook: AlertmanagerWebhook) -> list[alert_pb2.Alert]:
-    alerts = []
-    for index, alert in enumerate(webhook.alerts):
-        name = alert.labels.get("alertname", "")
-        if not name:
-            raise MissingAlertName(index)
-        alerts.append(
-            alert_pb2.Alert(
-                name=name,
-                status=(
-                    alert_pb2.ALERT_STATUS_FIRING
-                    if alert.status == "firing"
-                    else alert_pb2.ALERT_STATUS_RESOLVED
-                ),
-                labels=alert.labels,
-                annotations=alert.annotations,
-                starts_at=_timestamp(alert.startsAt),
-                ends_at=_timestamp(alert.endsAt),
-                generator_url=alert.generatorURL,
-                source_fingerprint=alert.fingerprint,
-                source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
-            )
-        )
-    return alerts
+    return [
+        translate_alert(alert, index=index, source=alert_pb2.ALERT_SOURCE_ALERTMANAGER)
+        for index, alert in enumerate(webhook.alerts)
+    ]

@@ -3,6 +3,7 @@ incident, and have the alert that opened it analysed."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -16,12 +17,22 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from opentelemetry import trace
 
-from services.alert_processor.processing import fingerprint_of, triage
+from services.alert_processor.processing import triage
+from services.alerts import fingerprint_of
 from services.context_api.client import resource_context
 from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
+
+
+class _ClosedMeanwhile(Exception):
+    """The incident was closed by someone else first."""
+
+
+def _trace_id() -> str:
+    span = trace.get_current_span().get_span_context()
+    return format(span.trace_id, "032x") if span.is_valid else ""
 
 
 class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServicer):
@@ -43,6 +54,75 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
             return subject
         return found.workload
 
+    async def _resolve(self, request: alert_processor_pb2.ProcessAlertRequest) -> tuple[str, str]:
+        """Resolve the incident the gateway named: (incident_id, what happened)."""
+        alert = request.alert
+        try:
+            resolved = await self.storage.ResolveIncident(
+                storage_pb2.ResolveIncidentRequest(
+                    incident_id=request.incident_id,
+                    resolved_at=alert.ends_at if alert.HasField("ends_at") else None,
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.NOT_FOUND:
+                raise
+            return "", f"the alert is resolved; incident {request.incident_id} is unknown"
+        incident = resolved.incident
+        if resolved.closed:
+            why = "closed: every alert of it resolved before anything acted on it"
+        else:
+            status = storage_pb2.IncidentStatus.Name(incident.status)
+            why = f"marked resolved, left {status}"
+        return incident.incident_id, f"the alert is resolved; incident {incident.incident_id} {why}"
+
+    async def _count_in_storm(
+        self,
+        request: alert_processor_pb2.ProcessAlertRequest,
+        subject: alert_pb2.ResourceRef,
+        response: alert_processor_pb2.ProcessAlertResponse,
+    ) -> alert_processor_pb2.ProcessAlertResponse:
+        """List the alert's subject on the storm's one incident. A storm is left to people:
+        one alert on many resources at once has a shared cause that acting on each
+        resource would not fix (and acting on all at once could make worse)."""
+        alert = request.alert
+        opened = await self.storage.OpenIncident(
+            storage_pb2.OpenIncidentRequest(
+                fingerprint=request.storm_id, alert=alert, subject=subject, trace_id=_trace_id()
+            )
+        )
+        incident = opened.incident
+        incident_id_var.set(incident.incident_id)
+        response.fingerprint = request.storm_id
+        response.incident_id = incident.incident_id
+        response.disposition = remediation_pb2.ALERT_DISPOSITION_STORM
+        response.reason = f"listed on storm incident {incident.incident_id}"
+        if opened.created:
+            with contextlib.suppress(_ClosedMeanwhile):
+                await self._update_incident(
+                    incident.incident_id,
+                    storage_pb2.INCIDENT_STATUS_OPEN,
+                    f"storm: {alert.name} fires on many resources at once; a shared cause is "
+                    "likely, so nothing is done to each one; the affected resources are "
+                    "listed on the incident",
+                )
+        return response
+
+    async def _update_incident(
+        self, incident_id: str, status: storage_pb2.IncidentStatus.ValueType, reason: str
+    ) -> None:
+        try:
+            await self.storage.UpdateIncident(
+                storage_pb2.UpdateIncidentRequest(
+                    incident_id=incident_id, status=status, status_reason=reason[:4096]
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            # Closed concurrently (another analysis, or its alerts resolved).
+            if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                raise _ClosedMeanwhile from error
+            raise
+
     async def ProcessAlert(
         self, request: alert_processor_pb2.ProcessAlertRequest, context: Any
     ) -> alert_processor_pb2.ProcessAlertResponse:
@@ -54,22 +134,24 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
             reason=result.reason,
             subject=result.subject,
         )
+        if alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+            if request.incident_id:
+                response.incident_id, response.reason = await self._resolve(request)
+            return response
         if (
             result.disposition != remediation_pb2.ALERT_DISPOSITION_ANALYZED
             or result.subject is None
         ):
             return response
+        if request.storm_id:
+            return await self._count_in_storm(request, result.subject, response)
 
         subject = await self._workload(result.subject)
         response.subject.CopyFrom(subject)
         response.fingerprint = fingerprint_of(alert, subject)
-        span = trace.get_current_span().get_span_context()
         opened = await self.storage.OpenIncident(
             storage_pb2.OpenIncidentRequest(
-                fingerprint=response.fingerprint,
-                alert=alert,
-                subject=subject,
-                trace_id=format(span.trace_id, "032x") if span.is_valid else "",
+                fingerprint=response.fingerprint, alert=alert, subject=subject, trace_id=_trace_id()
             )
         )
         incident = opened.incident
@@ -93,18 +175,12 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
         response.analysis.CopyFrom(analyzed.analysis)
         response.workflow_id = analyzed.workflow_id
         if analyzed.analysis.decision != remediation_pb2.DECISION_REMEDIATE:
-            try:
-                await self.storage.UpdateIncident(
-                    storage_pb2.UpdateIncidentRequest(
-                        incident_id=incident.incident_id,
-                        status=storage_pb2.INCIDENT_STATUS_NO_ACTION,
-                        status_reason="; ".join(analyzed.analysis.reasons)[:4096],
-                    )
+            with contextlib.suppress(_ClosedMeanwhile):
+                await self._update_incident(
+                    incident.incident_id,
+                    storage_pb2.INCIDENT_STATUS_NO_ACTION,
+                    "; ".join(analyzed.analysis.reasons),
                 )
-            except grpc.aio.AioRpcError as error:
-                # A concurrent analysis of the same incident closed it first.
-                if error.code() is not grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
         return response
 
 

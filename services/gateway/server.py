@@ -1,53 +1,129 @@
-"""gateway: takes alerts (from the HTTP edge or integrators) and hands them on."""
+"""gateway: takes alerts (from the HTTP edge or integrators), decides once for all replicas
+which become work, and hands those to the alert processor in the background."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import logging
+from typing import Any, Final
 
-from kubernaut.alert_processor.v1 import alert_processor_pb2
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from kubernaut.alert_processor.v1.alert_processor_pb2_grpc import AlertProcessorServiceStub
+from kubernaut.common.v1 import remediation_pb2
 from kubernaut.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+from prometheus_client import Counter
 
+from services.gateway.forwarding import Forwarder
+from services.gateway.intake import GatewaySettings, IntakeDatabase, IntakeUnavailable, Outcome
+from services.gateway.limits import RateLimiter
+from services.runtime.database import redact_dsn
+from services.runtime.identity import peer_of
+from services.runtime.names import EDGE_ACCOUNT
 from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.settings import RuntimeSettings
 
-# How many alerts of one batch are processed at once.
-CONCURRENCY = 16
+log = logging.getLogger(__name__)
+
+ALERTS: Final = Counter(
+    "kubernaut_gateway_alerts_total",
+    "Alerts the gateway decided on, by disposition (accepted, duplicate, storm, refused, "
+    "ignored_resolved).",
+    ["disposition"],
+)
+
+
+def _disposition_label(outcome: Outcome) -> str:
+    name = remediation_pb2.AlertDisposition.Name(outcome.disposition)
+    return name.removeprefix("ALERT_DISPOSITION_").lower()
+
+
+def rate_limited_status(retry_after: float, who: str) -> grpc.Status:
+    """RESOURCE_EXHAUSTED carrying google.rpc.RetryInfo, as gRPC clients expect."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(retry_after * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=f"{who} sends alerts faster than its rate limit; retry in {retry_after:.1f}s",
+            details=[detail],
+        )
+    )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, alert_processor: AlertProcessorServiceStub) -> None:
-        self.alert_processor = alert_processor
-        self.slots = asyncio.Semaphore(CONCURRENCY)
-
-    async def _process(
-        self, index: int, request: alert_processor_pb2.ProcessAlertRequest
-    ) -> gateway_pb2.AlertOutcome:
-        async with self.slots:
-            processed = await self.alert_processor.ProcessAlert(request)
-        return gateway_pb2.AlertOutcome(
-            index=index,
-            fingerprint=processed.fingerprint,
-            disposition=processed.disposition,
-            reason=processed.reason,
-            analysis=processed.analysis if processed.HasField("analysis") else None,
-            incident_id=processed.incident_id,
-            workflow_id=processed.workflow_id,
-        )
+    def __init__(
+        self,
+        database: IntakeDatabase,
+        forwarder: Forwarder,
+        limiter: RateLimiter,
+        runtime: RuntimeSettings,
+    ) -> None:
+        self.database = database
+        self.forwarder = forwarder
+        self.limiter = limiter
+        self.runtime = runtime
 
     async def SubmitAlerts(
         self, request: gateway_pb2.SubmitAlertsRequest, context: Any
     ) -> gateway_pb2.SubmitAlertsResponse:
         # The whole batch was validated by the interceptor before we got here, so a
         # malformed alert never lets part of a batch through.
-        outcomes = await asyncio.gather(
-            *(
-                self._process(index, alert_processor_pb2.ProcessAlertRequest(alert=alert))
-                for index, alert in enumerate(request.alerts)
-            )
+        peer = peer_of(context, self.runtime)
+        if peer.account != EDGE_ACCOUNT:  # the edge limits each of its own senders
+            verdict = self.limiter.take(peer.label, len(request.alerts))
+            if not verdict.allowed:
+                await context.abort_with_status(
+                    rate_limited_status(verdict.retry_after, peer.label)
+                )
+        try:
+            outcomes = await (await self.database.store()).take(request.alerts)
+        except IntakeUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing was taken: {error}")
+            raise
+        self.forwarder.wake()
+        for outcome in outcomes:
+            ALERTS.labels(_disposition_label(outcome)).inc()
+        return gateway_pb2.SubmitAlertsResponse(
+            outcomes=[
+                gateway_pb2.AlertOutcome(
+                    index=index,
+                    fingerprint=outcome.fingerprint,
+                    disposition=outcome.disposition,
+                    reason=outcome.reason,
+                    incident_id=outcome.incident_id,
+                    flags=outcome.flags,
+                )
+                for index, outcome in enumerate(outcomes)
+            ]
         )
-        return gateway_pb2.SubmitAlertsResponse(outcomes=outcomes)
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    return ServiceSpec(GatewayServicer(ctx.clients.stub(AlertProcessorServiceStub)))
+    settings = GatewaySettings()
+    # Connects lazily: the gateway starts NOT_SERVING while PostgreSQL is down, and
+    # accepts nothing it could not keep.
+    database = IntakeDatabase(settings.database_url, settings)
+    forwarder = Forwarder(
+        database,
+        ctx.clients.stub(AlertProcessorServiceStub).ProcessAlert,
+        ctx.clients.stub(StorageServiceStub).CountIncidentAlerts,
+        settings,
+    )
+    forwarder.start()
+    log.info("gateway intake configured", extra={"dsn": redact_dsn(settings.database_url)})
+
+    async def stop() -> None:
+        await forwarder.stop()
+        await database.close()
+
+    limiter = RateLimiter(settings.caller_rate_per_second, settings.caller_burst)
+    return ServiceSpec(
+        GatewayServicer(database, forwarder, limiter, ctx.settings),
+        readiness=[("postgresql", database.ready)],
+        on_stop=[stop],
+    )

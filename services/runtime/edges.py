@@ -31,6 +31,12 @@ def _edge(caller: ServiceName, callee: ServiceName, methods: str, reason: str) -
 EDGES: tuple[Edge, ...] = (
     _edge(S.GATEWAY, S.ALERT_PROCESSOR, "ProcessAlert", "route validated alerts (BR-WH-001)"),
     _edge(
+        S.GATEWAY,
+        S.STORAGE,
+        "CountIncidentAlerts",
+        "count duplicates on their incident instead of forwarding them (BR-WH-008)",
+    ),
+    _edge(
         S.ALERT_PROCESSOR,
         S.AI_ANALYSIS,
         "AnalyzeIncident",
@@ -45,8 +51,8 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.ALERT_PROCESSOR,
         S.STORAGE,
-        "OpenIncident UpdateIncident",
-        "open or update the incident of a fingerprint",
+        "OpenIncident UpdateIncident ResolveIncident",
+        "open, update or resolve the incident of a fingerprint",
     ),
     _edge(
         S.AI_ANALYSIS,

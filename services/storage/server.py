@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,15 +118,37 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             )
         return storage_pb2.UpdateIncidentResponse(incident=incident)
 
+    async def CountIncidentAlerts(
+        self, request: storage_pb2.CountIncidentAlertsRequest, context: Any
+    ) -> storage_pb2.CountIncidentAlertsResponse:
+        async with store_errors_as_status(context, "incident_id"):
+            incident = await (await self.database.store()).count_incident_alerts(
+                request.incident_id, request.count
+            )
+        return storage_pb2.CountIncidentAlertsResponse(incident=incident)
+
+    async def ResolveIncident(
+        self, request: storage_pb2.ResolveIncidentRequest, context: Any
+    ) -> storage_pb2.ResolveIncidentResponse:
+        resolved_at = (
+            request.resolved_at.ToDatetime(dt.UTC) if request.HasField("resolved_at") else None
+        )
+        async with store_errors_as_status(context, "incident_id"):
+            incident, closed = await (await self.database.store()).resolve_incident(
+                request.incident_id, resolved_at
+            )
+        return storage_pb2.ResolveIncidentResponse(incident=incident, closed=closed)
+
     async def GetIncident(
         self, request: storage_pb2.GetIncidentRequest, context: Any
     ) -> storage_pb2.GetIncidentResponse:
         async with store_errors_as_status(context, "incident_id"):
-            incident, actions, assessments = await (await self.database.store()).get_incident(
-                request.incident_id
-            )
+            detail = await (await self.database.store()).get_incident(request.incident_id)
         return storage_pb2.GetIncidentResponse(
-            incident=incident, actions=actions, assessments=assessments
+            incident=detail.incident,
+            actions=detail.actions,
+            assessments=detail.assessments,
+            affected_resources=detail.affected_resources,
         )
 
     async def ListIncidents(

@@ -17,7 +17,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 from google.protobuf import json_format
@@ -40,6 +40,7 @@ DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
 DEFAULT_SIMILAR_LIMIT: Final = 5
 MAX_SIMILAR_LIMIT: Final = 50
+MAX_AFFECTED_RESOURCES: Final = 1000
 
 # An incident in one of these is closed: it has closed_at, and the next alert with its
 # fingerprint opens a new incident.
@@ -99,6 +100,15 @@ class IncidentClosed(StoreError):
 
 class InvalidPageToken(StoreError, ValueError):
     """The page token is malformed or was issued for another filter."""
+
+
+class IncidentDetail(NamedTuple):
+    incident: storage_pb2.Incident
+    # Oldest first.
+    actions: list[storage_pb2.ActionRecord]
+    assessments: list[storage_pb2.Assessment]
+    # The subject first; more for a storm.
+    affected_resources: list[alert_pb2.ResourceRef]
 
 
 @dataclass(frozen=True)
@@ -259,6 +269,8 @@ class Store(PooledStore):
                     row = await conn.fetchrow(
                         _COUNT_ON_RECENTLY_CLOSED, fingerprint, float(self._quiet_seconds)
                     )
+                if row is not None:
+                    await _add_resource(conn, row["incident_id"], subject)
             if row is not None:
                 return _row_to_incident(row), False
             description = describe_incident(alert, subject)
@@ -282,10 +294,11 @@ class Store(PooledStore):
                     model,
                     vector,
                 )
+                assert row is not None  # INSERT ... ON CONFLICT DO UPDATE always returns it
+                await _add_resource(conn, row["incident_id"], subject)
         except asyncpg.DataError as exc:
             # NUL characters in text, which PostgreSQL cannot store.
             raise InvalidRecord(f"incident for {fingerprint}: {exc}", field="alert") from exc
-        assert row is not None  # INSERT ... ON CONFLICT DO UPDATE always returns the row
         return _row_to_incident(row), row["incident_id"] == incident_id
 
     async def _embed(self, text: str) -> tuple[str | None, str | None]:
@@ -335,11 +348,41 @@ class Store(PooledStore):
             f"incident {incident_id} is closed ({row['status']}) and cannot become {status_name}"
         )
 
-    async def get_incident(
-        self, incident_id: str
-    ) -> tuple[storage_pb2.Incident, list[storage_pb2.ActionRecord], list[storage_pb2.Assessment]]:
+    async def count_incident_alerts(self, incident_id: str, count: int) -> storage_pb2.Incident:
+        """Add `count` alerts to the incident's occurrences, whatever its status.
+        UnknownIncident for an unknown id."""
+        row_id = _parse_uuid(incident_id, "incident_id")
+        if count < 1:
+            raise InvalidRecord("count must be at least 1", field="count")
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_COUNT_ALERTS, row_id, count)
+        if row is None:
+            raise UnknownIncident(f"incident {incident_id} does not exist")
+        return _row_to_incident(row)
+
+    async def resolve_incident(
+        self, incident_id: str, resolved_at: dt.datetime | None = None
+    ) -> tuple[storage_pb2.Incident, bool]:
+        """Record that every alert of the incident resolved (at `resolved_at`, default now):
+        an OPEN incident (nothing acted on it) is closed as RESOLVED, any other is only
+        marked. Returns the incident and whether this call closed it. UnknownIncident for
+        an unknown id."""
+        row_id = _parse_uuid(incident_id, "incident_id")
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                _RESOLVE_INCIDENT,
+                row_id,
+                resolved_at,
+                "every alert of the incident resolved before anything acted on it",
+            )
+        if row is None:
+            raise UnknownIncident(f"incident {incident_id} does not exist")
+        return _row_to_incident(row), bool(row["closed_now"])
+
+    async def get_incident(self, incident_id: str) -> IncidentDetail:
         """The incident, its actions (action records with its incident_id) and their
-        assessments, both oldest first, read from one snapshot. UnknownIncident if none."""
+        assessments, both oldest first, and its affected resources, read from one snapshot.
+        UnknownIncident if none."""
         row_id = _parse_uuid(incident_id, "incident_id")
         async with (
             self._connection() as conn,
@@ -350,10 +393,17 @@ class Store(PooledStore):
                 raise UnknownIncident(f"incident {incident_id} does not exist")
             actions = await conn.fetch(_INCIDENT_ACTIONS, str(row_id))
             assessments = await conn.fetch(_INCIDENT_ASSESSMENTS, str(row_id))
-        return (
+            resources = await conn.fetch(_INCIDENT_RESOURCES, row_id, MAX_AFFECTED_RESOURCES)
+        return IncidentDetail(
             _row_to_incident(row),
             [_row_to_record(r) for r in actions],
             [_row_to_assessment(r) for r in assessments],
+            [
+                alert_pb2.ResourceRef(
+                    cluster=r["cluster"], namespace=r["namespace"], kind=r["kind"], name=r["name"]
+                )
+                for r in resources
+            ],
         )
 
     async def list_incidents(
@@ -526,7 +576,7 @@ def _row_to_record(row: asyncpg.Record) -> storage_pb2.ActionRecord:
 _INCIDENT_COLUMNS: Final = (
     "incident_id, fingerprint, status, status_reason, alert_name, subject_cluster,"
     " subject_namespace, subject_kind, subject_name, alert, occurrences, opened_at,"
-    " updated_at, closed_at, trace_id"
+    " updated_at, closed_at, trace_id, alert_resolved_at"
 )
 
 _SELECT_INCIDENT: Final = f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE incident_id = $1"
@@ -570,6 +620,56 @@ SET status = $2, status_reason = $3, updated_at = now(),
 WHERE incident_id = $1 AND closed_at IS NULL
 RETURNING {_INCIDENT_COLUMNS}
 """
+
+_COUNT_ALERTS: Final = f"""
+UPDATE incidents SET occurrences = occurrences + $2, updated_at = now()
+WHERE incident_id = $1
+RETURNING {_INCIDENT_COLUMNS}
+"""
+
+# One statement, so that a workflow moving the incident to REMEDIATING at the same moment
+# either comes first (then the incident is only marked) or finds it closed (and never acts).
+_RESOLVE_INCIDENT: Final = f"""
+UPDATE incidents
+SET alert_resolved_at = COALESCE(alert_resolved_at, $2, now()),
+    updated_at = now(),
+    status = CASE WHEN status = 'INCIDENT_STATUS_OPEN' THEN 'INCIDENT_STATUS_RESOLVED'
+                  ELSE status END,
+    status_reason = CASE WHEN status = 'INCIDENT_STATUS_OPEN' THEN $3 ELSE status_reason END,
+    closed_at = CASE WHEN status = 'INCIDENT_STATUS_OPEN' THEN now() ELSE closed_at END
+WHERE incident_id = $1
+RETURNING {_INCIDENT_COLUMNS},
+          status = 'INCIDENT_STATUS_RESOLVED' AND closed_at = now() AS closed_now
+"""
+
+# The resource list is bounded: a storm over a whole fleet is listed up to the cap, its
+# size is still in `occurrences`.
+_ADD_RESOURCE: Final = """
+INSERT INTO incident_resources (incident_id, cluster, namespace, kind, name)
+SELECT $1, $2, $3, $4, $5
+WHERE (SELECT count(*) FROM incident_resources WHERE incident_id = $1) < $6
+ON CONFLICT DO NOTHING
+"""
+
+_INCIDENT_RESOURCES: Final = """
+SELECT cluster, namespace, kind, name FROM incident_resources
+WHERE incident_id = $1 ORDER BY added_at, kind, namespace, name LIMIT $2
+"""
+
+
+async def _add_resource(
+    conn: asyncpg.pool.PoolConnectionProxy, incident_id: uuid.UUID, subject: alert_pb2.ResourceRef
+) -> None:
+    await conn.execute(
+        _ADD_RESOURCE,
+        incident_id,
+        subject.cluster,
+        subject.namespace,
+        subject.kind,
+        subject.name,
+        MAX_AFFECTED_RESOURCES,
+    )
+
 
 _INCIDENT_ACTIONS: Final = f"""
 SELECT {_ACTION_COLUMNS} FROM action_records WHERE incident_id = $1
@@ -655,6 +755,8 @@ def _row_to_incident(row: asyncpg.Record) -> storage_pb2.Incident:
     incident.updated_at.FromDatetime(row["updated_at"])
     if row["closed_at"] is not None:
         incident.closed_at.FromDatetime(row["closed_at"])
+    if row["alert_resolved_at"] is not None:
+        incident.alert_resolved_at.FromDatetime(row["alert_resolved_at"])
     return incident
 
 

@@ -13,7 +13,8 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.alert_processor.processing import fingerprint_of, triage
+from services.alert_processor.processing import triage
+from services.alerts import fingerprint_of
 from services.runtime.names import ServiceName
 from tests.fixtures.kubernaut import InProcessStack
 

@@ -23,16 +23,30 @@ class ProcessAlertRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ALERT_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    STORM_ID_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    """For a resolved alert: the incident the gateway counted its firing alerts on, every
+    one of which has now resolved. That incident is resolved: closed if nothing acted on
+    it yet, otherwise only marked. Without it a resolved alert changes nothing.
+    """
+    storm_id: _builtins.str
+    """Set when the gateway counted the alert in a storm (one alert name on many resources
+    at once): the alert is listed on the storm's one incident, whose fingerprint this is,
+    and is not analysed on its own.
+    """
     @_builtins.property
     def alert(self) -> _alert_pb2.Alert: ...
     def __init__(
         self,
         *,
         alert: _alert_pb2.Alert | None = ...,
+        incident_id: _builtins.str = ...,
+        storm_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "incident_id", b"incident_id", "storm_id", b"storm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

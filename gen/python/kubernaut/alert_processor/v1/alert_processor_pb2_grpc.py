@@ -49,10 +49,12 @@ class AlertProcessorServiceServicer(object):
     """
 
     def ProcessAlert(self, request, context):
-        """ProcessAlert processes one alert. A resolved alert is never turned into work. A
-        firing one has its subject resolved to the owning workload (through context_api),
-        opens or is counted on the incident of its fingerprint (through storage), and only
-        the alert that opened the incident is analysed.
+        """ProcessAlert processes one alert. A resolved alert is never turned into work: with an
+        incident_id it resolves that incident (through storage). A firing one has its subject
+        resolved to the owning workload (through context_api), opens or is counted on the
+        incident of its fingerprint (through storage), and only the alert that opened the
+        incident is analysed. An alert of a storm is counted on the storm's incident, which
+        lists every resource and is left to people.
         Returns OK with the disposition; INVALID_ARGUMENT (with field violations) for a
         malformed alert; UNAVAILABLE when storage or ai_analysis cannot be reached (safe to
         retry: a repeat is counted on the incident, not analysed again);

@@ -36,10 +36,12 @@ class AlertProcessorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AlertProcessorServiceAsyncStub: ...
     ProcessAlert: _grpc.UnaryUnaryMultiCallable[_alert_processor_pb2.ProcessAlertRequest, _alert_processor_pb2.ProcessAlertResponse]
-    """ProcessAlert processes one alert. A resolved alert is never turned into work. A
-    firing one has its subject resolved to the owning workload (through context_api),
-    opens or is counted on the incident of its fingerprint (through storage), and only
-    the alert that opened the incident is analysed.
+    """ProcessAlert processes one alert. A resolved alert is never turned into work: with an
+    incident_id it resolves that incident (through storage). A firing one has its subject
+    resolved to the owning workload (through context_api), opens or is counted on the
+    incident of its fingerprint (through storage), and only the alert that opened the
+    incident is analysed. An alert of a storm is counted on the storm's incident, which
+    lists every resource and is left to people.
     Returns OK with the disposition; INVALID_ARGUMENT (with field violations) for a
     malformed alert; UNAVAILABLE when storage or ai_analysis cannot be reached (safe to
     retry: a repeat is counted on the incident, not analysed again);
@@ -54,10 +56,12 @@ class AlertProcessorServiceAsyncStub(AlertProcessorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ProcessAlert: _aio.UnaryUnaryMultiCallable[_alert_processor_pb2.ProcessAlertRequest, _alert_processor_pb2.ProcessAlertResponse]  # type: ignore[assignment]
-    """ProcessAlert processes one alert. A resolved alert is never turned into work. A
-    firing one has its subject resolved to the owning workload (through context_api),
-    opens or is counted on the incident of its fingerprint (through storage), and only
-    the alert that opened the incident is analysed.
+    """ProcessAlert processes one alert. A resolved alert is never turned into work: with an
+    incident_id it resolves that incident (through storage). A firing one has its subject
+    resolved to the owning workload (through context_api), opens or is counted on the
+    incident of its fingerprint (through storage), and only the alert that opened the
+    incident is analysed. An alert of a storm is counted on the storm's incident, which
+    lists every resource and is left to people.
     Returns OK with the disposition; INVALID_ARGUMENT (with field violations) for a
     malformed alert; UNAVAILABLE when storage or ai_analysis cannot be reached (safe to
     retry: a repeat is counted on the incident, not analysed again);
@@ -75,10 +79,12 @@ class AlertProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _alert_processor_pb2.ProcessAlertRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_alert_processor_pb2.ProcessAlertResponse, _abc.Awaitable[_alert_processor_pb2.ProcessAlertResponse]]:
-        """ProcessAlert processes one alert. A resolved alert is never turned into work. A
-        firing one has its subject resolved to the owning workload (through context_api),
-        opens or is counted on the incident of its fingerprint (through storage), and only
-        the alert that opened the incident is analysed.
+        """ProcessAlert processes one alert. A resolved alert is never turned into work: with an
+        incident_id it resolves that incident (through storage). A firing one has its subject
+        resolved to the owning workload (through context_api), opens or is counted on the
+        incident of its fingerprint (through storage), and only the alert that opened the
+        incident is analysed. An alert of a storm is counted on the storm's incident, which
+        lists every resource and is left to people.
         Returns OK with the disposition; INVALID_ARGUMENT (with field violations) for a
         malformed alert; UNAVAILABLE when storage or ai_analysis cannot be reached (safe to
         retry: a repeat is counted on the incident, not analysed again);

@@ -77,6 +77,16 @@ class _AlertDispositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Aler
     """Filtered out by a rule (for example an informational alert); the reason says which."""
     ALERT_DISPOSITION_DUPLICATE: _AlertDisposition.ValueType  # 4
     """Another alert of an open incident: counted on it, not worked on again."""
+    ALERT_DISPOSITION_ACCEPTED: _AlertDisposition.ValueType  # 5
+    """Durably accepted by the gateway, which hands it to the alert processor."""
+    ALERT_DISPOSITION_REFUSED: _AlertDisposition.ValueType  # 6
+    """Refused by a gateway rule (started too long ago, or in the future); the reason says
+    which. Refused alerts are not retried by the sender and never become work.
+    """
+    ALERT_DISPOSITION_STORM: _AlertDisposition.ValueType  # 7
+    """One of many resources with the same alert at once: listed on the storm's one
+    incident instead of opening its own.
+    """
 
 class AlertDisposition(_AlertDisposition, metaclass=_AlertDispositionEnumTypeWrapper):
     """AlertDisposition is what Kubernaut did with one alert."""
@@ -90,6 +100,16 @@ ALERT_DISPOSITION_FILTERED: AlertDisposition.ValueType  # 3
 """Filtered out by a rule (for example an informational alert); the reason says which."""
 ALERT_DISPOSITION_DUPLICATE: AlertDisposition.ValueType  # 4
 """Another alert of an open incident: counted on it, not worked on again."""
+ALERT_DISPOSITION_ACCEPTED: AlertDisposition.ValueType  # 5
+"""Durably accepted by the gateway, which hands it to the alert processor."""
+ALERT_DISPOSITION_REFUSED: AlertDisposition.ValueType  # 6
+"""Refused by a gateway rule (started too long ago, or in the future); the reason says
+which. Refused alerts are not retried by the sender and never become work.
+"""
+ALERT_DISPOSITION_STORM: AlertDisposition.ValueType  # 7
+"""One of many resources with the same alert at once: listed on the storm's one
+incident instead of opening its own.
+"""
 Global___AlertDisposition: _TypeAlias = AlertDisposition  # noqa: Y015
 
 class _Verdict:

@@ -27,7 +27,7 @@ from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_ale
 from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_dot_remediation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"kubernaut/gateway/v1/gateway.proto\x12\x14kubernaut.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"V\n\x13SubmitAlertsRequest\x12?\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xe8\x07R\x06\x61lerts\"V\n\x14SubmitAlertsResponse\x12>\n\x08outcomes\x18\x01 \x03(\x0b\x32\".kubernaut.gateway.v1.AlertOutcomeR\x08outcomes\"\xa4\x02\n\x0c\x41lertOutcome\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12 \n\x0b\x66ingerprint\x18\x02 \x01(\tR\x0b\x66ingerprint\x12G\n\x0b\x64isposition\x18\x03 \x01(\x0e\x32%.kubernaut.common.v1.AlertDispositionR\x0b\x64isposition\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x39\n\x08\x61nalysis\x18\x05 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis\x12\x1f\n\x0bincident_id\x18\x06 \x01(\tR\nincidentId\x12\x1f\n\x0bworkflow_id\x18\x07 \x01(\tR\nworkflowId2w\n\x0eGatewayService\x12\x65\n\x0cSubmitAlerts\x12).kubernaut.gateway.v1.SubmitAlertsRequest\x1a*.kubernaut.gateway.v1.SubmitAlertsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"kubernaut/gateway/v1/gateway.proto\x12\x14kubernaut.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"V\n\x13SubmitAlertsRequest\x12?\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xe8\x07R\x06\x61lerts\"V\n\x14SubmitAlertsResponse\x12>\n\x08outcomes\x18\x01 \x03(\x0b\x32\".kubernaut.gateway.v1.AlertOutcomeR\x08outcomes\"\xc2\x02\n\x0c\x41lertOutcome\x12\x14\n\x05index\x18\x01 \x01(\x05R\x05index\x12 \n\x0b\x66ingerprint\x18\x02 \x01(\tR\x0b\x66ingerprint\x12G\n\x0b\x64isposition\x18\x03 \x01(\x0e\x32%.kubernaut.common.v1.AlertDispositionR\x0b\x64isposition\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12=\n\x08\x61nalysis\x18\x05 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisB\x02\x18\x01R\x08\x61nalysis\x12\x1f\n\x0bincident_id\x18\x06 \x01(\tR\nincidentId\x12#\n\x0bworkflow_id\x18\x07 \x01(\tB\x02\x18\x01R\nworkflowId\x12\x14\n\x05\x66lags\x18\x08 \x03(\tR\x05\x66lags2w\n\x0eGatewayService\x12\x65\n\x0cSubmitAlerts\x12).kubernaut.gateway.v1.SubmitAlertsRequest\x1a*.kubernaut.gateway.v1.SubmitAlertsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITALERTSREQUEST'].fields_by_name['alerts']._loaded_options = None
   _globals['_SUBMITALERTSREQUEST'].fields_by_name['alerts']._serialized_options = b'\272H\010\222\001\005\010\001\020\350\007'
+  _globals['_ALERTOUTCOME'].fields_by_name['analysis']._loaded_options = None
+  _globals['_ALERTOUTCOME'].fields_by_name['analysis']._serialized_options = b'\030\001'
+  _globals['_ALERTOUTCOME'].fields_by_name['workflow_id']._loaded_options = None
+  _globals['_ALERTOUTCOME'].fields_by_name['workflow_id']._serialized_options = b'\030\001'
   _globals['_SUBMITALERTSREQUEST']._serialized_start=161
   _globals['_SUBMITALERTSREQUEST']._serialized_end=247
   _globals['_SUBMITALERTSRESPONSE']._serialized_start=249
   _globals['_SUBMITALERTSRESPONSE']._serialized_end=335
   _globals['_ALERTOUTCOME']._serialized_start=338
-  _globals['_ALERTOUTCOME']._serialized_end=630
-  _globals['_GATEWAYSERVICE']._serialized_start=632
-  _globals['_GATEWAYSERVICE']._serialized_end=751
+  _globals['_ALERTOUTCOME']._serialized_end=660
+  _globals['_GATEWAYSERVICE']._serialized_start=662
+  _globals['_GATEWAYSERVICE']._serialized_end=781
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -73,18 +78,36 @@ class AlertOutcome(_message.Message):
     ANALYSIS_FIELD_NUMBER: _builtins.int
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    FLAGS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The alert's position in the request."""
     fingerprint: _builtins.str
     disposition: _remediation_pb2.AlertDisposition.ValueType
     reason: _builtins.str
     incident_id: _builtins.str
-    """The incident the alert opened or was counted on."""
-    workflow_id: _builtins.str
-    """The workflow the analysis created, when it decided to remediate."""
+    """The incident the alert was counted on, when the gateway knows it already (a
+    duplicate of a forwarded alert); empty for a new alert.
+    """
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def workflow_id(self) -> _builtins.str:
+        """Never set, see analysis."""
+
+    @workflow_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def workflow_id(self, value: _builtins.str) -> None:
+        """Never set, see analysis."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def analysis(self) -> _remediation_pb2.Analysis:
-        """Set when the alert was analysed."""
+        """Never set: the gateway answers once an alert is durably accepted, before it is
+        analysed. The incident (storage.v1 GetIncident) tells what became of it.
+        """
+
+    @_builtins.property
+    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Things worth knowing about an accepted alert, e.g. that it started long ago."""
 
     def __init__(
         self,
@@ -96,10 +119,11 @@ class AlertOutcome(_message.Message):
         analysis: _remediation_pb2.Analysis | None = ...,
         incident_id: _builtins.str = ...,
         workflow_id: _builtins.str = ...,
+        flags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "disposition", b"disposition", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "index", b"index", "reason", b"reason", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "disposition", b"disposition", "fingerprint", b"fingerprint", "flags", b"flags", "incident_id", b"incident_id", "index", b"index", "reason", b"reason", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

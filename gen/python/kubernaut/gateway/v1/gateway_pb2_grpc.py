@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class GatewayServiceStub(object):
     """GatewayService is the door for alerts. The HTTP edge translates AlertManager and
-    Grafana webhooks into calls to it; integrators call it directly.
+    Grafana webhooks into calls to it; integrators call it directly, under the same rules.
     """
 
     def __init__(self, channel):
@@ -45,15 +45,25 @@ class GatewayServiceStub(object):
 
 class GatewayServiceServicer(object):
     """GatewayService is the door for alerts. The HTTP edge translates AlertManager and
-    Grafana webhooks into calls to it; integrators call it directly.
+    Grafana webhooks into calls to it; integrators call it directly, under the same rules.
     """
 
     def SubmitAlerts(self, request, context):
-        """SubmitAlerts takes a batch of alerts and hands each to the alert processor.
-        Returns OK with one outcome per alert, in request order;
-        INVALID_ARGUMENT (with field violations) when any alert is malformed, and then no
-        alert of the batch is taken; UNAVAILABLE when the alert processor cannot be reached
-        (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """SubmitAlerts takes a batch of alerts. It answers once every alert of the batch is
+        durably recorded (one transaction) and hands the new ones to the alert processor in
+        the background. Each alert is, by its fingerprint: ACCEPTED (new: it will be
+        processed), DUPLICATE (its problem is already being handled: counted on the incident,
+        not forwarded), STORM (one of many resources with the same alert at once: listed on
+        the storm's incident), REFUSED (too old or in the future; the reason says which) or
+        IGNORED_RESOLVED (a resolved alert never becomes work; it closes the incident once
+        every alert of it resolved). Replicas share the state, so a repeated alert is never
+        forwarded twice, whichever replica takes it.
+        Returns OK with one outcome per alert, in request order; INVALID_ARGUMENT (with field
+        violations) when any alert is malformed, and then no alert of the batch is taken;
+        RESOURCE_EXHAUSTED when the caller sends faster than its rate limit (RetryInfo says
+        when to retry; nothing was taken); UNAVAILABLE when the gateway's database cannot be
+        reached (safe to retry: nothing was taken); PERMISSION_DENIED for callers outside the
+        call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,7 +87,7 @@ def add_GatewayServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class GatewayService(object):
     """GatewayService is the door for alerts. The HTTP edge translates AlertManager and
-    Grafana webhooks into calls to it; integrators call it directly.
+    Grafana webhooks into calls to it; integrators call it directly, under the same rules.
     """
 
     @staticmethod

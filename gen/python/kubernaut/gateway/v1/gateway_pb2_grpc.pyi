@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class GatewayServiceStub:
     """GatewayService is the door for alerts. The HTTP edge translates AlertManager and
-    Grafana webhooks into calls to it; integrators call it directly.
+    Grafana webhooks into calls to it; integrators call it directly, under the same rules.
     """
 
     @_typing.overload
@@ -36,31 +36,51 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     SubmitAlerts: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitAlertsRequest, _gateway_pb2.SubmitAlertsResponse]
-    """SubmitAlerts takes a batch of alerts and hands each to the alert processor.
-    Returns OK with one outcome per alert, in request order;
-    INVALID_ARGUMENT (with field violations) when any alert is malformed, and then no
-    alert of the batch is taken; UNAVAILABLE when the alert processor cannot be reached
-    (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """SubmitAlerts takes a batch of alerts. It answers once every alert of the batch is
+    durably recorded (one transaction) and hands the new ones to the alert processor in
+    the background. Each alert is, by its fingerprint: ACCEPTED (new: it will be
+    processed), DUPLICATE (its problem is already being handled: counted on the incident,
+    not forwarded), STORM (one of many resources with the same alert at once: listed on
+    the storm's incident), REFUSED (too old or in the future; the reason says which) or
+    IGNORED_RESOLVED (a resolved alert never becomes work; it closes the incident once
+    every alert of it resolved). Replicas share the state, so a repeated alert is never
+    forwarded twice, whichever replica takes it.
+    Returns OK with one outcome per alert, in request order; INVALID_ARGUMENT (with field
+    violations) when any alert is malformed, and then no alert of the batch is taken;
+    RESOURCE_EXHAUSTED when the caller sends faster than its rate limit (RetryInfo says
+    when to retry; nothing was taken); UNAVAILABLE when the gateway's database cannot be
+    reached (safe to retry: nothing was taken); PERMISSION_DENIED for callers outside the
+    call table.
     """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the door for alerts. The HTTP edge translates AlertManager and
-    Grafana webhooks into calls to it; integrators call it directly.
+    Grafana webhooks into calls to it; integrators call it directly, under the same rules.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitAlerts: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitAlertsRequest, _gateway_pb2.SubmitAlertsResponse]  # type: ignore[assignment]
-    """SubmitAlerts takes a batch of alerts and hands each to the alert processor.
-    Returns OK with one outcome per alert, in request order;
-    INVALID_ARGUMENT (with field violations) when any alert is malformed, and then no
-    alert of the batch is taken; UNAVAILABLE when the alert processor cannot be reached
-    (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """SubmitAlerts takes a batch of alerts. It answers once every alert of the batch is
+    durably recorded (one transaction) and hands the new ones to the alert processor in
+    the background. Each alert is, by its fingerprint: ACCEPTED (new: it will be
+    processed), DUPLICATE (its problem is already being handled: counted on the incident,
+    not forwarded), STORM (one of many resources with the same alert at once: listed on
+    the storm's incident), REFUSED (too old or in the future; the reason says which) or
+    IGNORED_RESOLVED (a resolved alert never becomes work; it closes the incident once
+    every alert of it resolved). Replicas share the state, so a repeated alert is never
+    forwarded twice, whichever replica takes it.
+    Returns OK with one outcome per alert, in request order; INVALID_ARGUMENT (with field
+    violations) when any alert is malformed, and then no alert of the batch is taken;
+    RESOURCE_EXHAUSTED when the caller sends faster than its rate limit (RetryInfo says
+    when to retry; nothing was taken); UNAVAILABLE when the gateway's database cannot be
+    reached (safe to retry: nothing was taken); PERMISSION_DENIED for callers outside the
+    call table.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the door for alerts. The HTTP edge translates AlertManager and
-    Grafana webhooks into calls to it; integrators call it directly.
+    Grafana webhooks into calls to it; integrators call it directly, under the same rules.
     """
 
     @_abc_1.abstractmethod
@@ -69,11 +89,21 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.SubmitAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SubmitAlertsResponse, _abc.Awaitable[_gateway_pb2.SubmitAlertsResponse]]:
-        """SubmitAlerts takes a batch of alerts and hands each to the alert processor.
-        Returns OK with one outcome per alert, in request order;
-        INVALID_ARGUMENT (with field violations) when any alert is malformed, and then no
-        alert of the batch is taken; UNAVAILABLE when the alert processor cannot be reached
-        (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """SubmitAlerts takes a batch of alerts. It answers once every alert of the batch is
+        durably recorded (one transaction) and hands the new ones to the alert processor in
+        the background. Each alert is, by its fingerprint: ACCEPTED (new: it will be
+        processed), DUPLICATE (its problem is already being handled: counted on the incident,
+        not forwarded), STORM (one of many resources with the same alert at once: listed on
+        the storm's incident), REFUSED (too old or in the future; the reason says which) or
+        IGNORED_RESOLVED (a resolved alert never becomes work; it closes the incident once
+        every alert of it resolved). Replicas share the state, so a repeated alert is never
+        forwarded twice, whichever replica takes it.
+        Returns OK with one outcome per alert, in request order; INVALID_ARGUMENT (with field
+        violations) when any alert is malformed, and then no alert of the batch is taken;
+        RESOURCE_EXHAUSTED when the caller sends faster than its rate limit (RetryInfo says
+        when to retry; nothing was taken); UNAVAILABLE when the gateway's database cannot be
+        reached (safe to retry: nothing was taken); PERMISSION_DENIED for callers outside the
+        call table.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -328,6 +328,7 @@ class Incident(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    ALERT_RESOLVED_AT_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     fingerprint: _builtins.str
     status: Global___IncidentStatus.ValueType
@@ -352,6 +353,12 @@ class Incident(_message.Message):
     def closed_at(self) -> _timestamp_pb2.Timestamp:
         """Set once the incident reached a final status."""
 
+    @_builtins.property
+    def alert_resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """When its source said the last of the incident's alerts resolved; unset while any
+        fires.
+        """
+
     def __init__(
         self,
         *,
@@ -367,10 +374,11 @@ class Incident(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.str = ...,
+        alert_resolved_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "closed_at", b"closed_at", "opened_at", b"opened_at", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "alert_resolved_at", b"alert_resolved_at", "closed_at", b"closed_at", "opened_at", b"opened_at", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "alert_name", b"alert_name", "closed_at", b"closed_at", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "occurrences", b"occurrences", "opened_at", b"opened_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "alert_name", b"alert_name", "alert_resolved_at", b"alert_resolved_at", "closed_at", b"closed_at", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "occurrences", b"occurrences", "opened_at", b"opened_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,6 +484,98 @@ class UpdateIncidentResponse(_message.Message):
 Global___UpdateIncidentResponse: _TypeAlias = UpdateIncidentResponse  # noqa: Y015
 
 @_typing.final
+class CountIncidentAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    count: _builtins.int
+    """How many more alerts to count."""
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "incident_id", b"incident_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountIncidentAlertsRequest: _TypeAlias = CountIncidentAlertsRequest  # noqa: Y015
+
+@_typing.final
+class CountIncidentAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountIncidentAlertsResponse: _TypeAlias = CountIncidentAlertsResponse  # noqa: Y015
+
+@_typing.final
+class ResolveIncidentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """When the source says the alert resolved (its endsAt); unset means now."""
+
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIncidentRequest: _TypeAlias = ResolveIncidentRequest  # noqa: Y015
+
+@_typing.final
+class ResolveIncidentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    closed: _builtins.bool
+    """True only for the call that closed the incident."""
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        incident: Global___Incident | None = ...,
+        closed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveIncidentResponse: _TypeAlias = ResolveIncidentResponse  # noqa: Y015
+
+@_typing.final
 class GetIncidentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -501,6 +601,7 @@ class GetIncidentResponse(_message.Message):
     INCIDENT_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
     ASSESSMENTS_FIELD_NUMBER: _builtins.int
+    AFFECTED_RESOURCES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def incident(self) -> Global___Incident: ...
     @_builtins.property
@@ -511,16 +612,23 @@ class GetIncidentResponse(_message.Message):
     def assessments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assessment]:
         """Oldest first."""
 
+    @_builtins.property
+    def affected_resources(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.ResourceRef]:
+        """Every resource whose alerts were counted on the incident (its subject first; many for
+        a storm), at most 1000.
+        """
+
     def __init__(
         self,
         *,
         incident: Global___Incident | None = ...,
         actions: _abc.Iterable[Global___ActionRecord] | None = ...,
         assessments: _abc.Iterable[Global___Assessment] | None = ...,
+        affected_resources: _abc.Iterable[_alert_pb2.ResourceRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "assessments", b"assessments", "incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "affected_resources", b"affected_resources", "assessments", b"assessments", "incident", b"incident"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,6 +61,16 @@ class StorageServiceStub(object):
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentResponse.FromString,
                 _registered_method=True)
+        self.CountIncidentAlerts = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/CountIncidentAlerts',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.CountIncidentAlertsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.CountIncidentAlertsResponse.FromString,
+                _registered_method=True)
+        self.ResolveIncident = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/ResolveIncident',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ResolveIncidentRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ResolveIncidentResponse.FromString,
+                _registered_method=True)
         self.GetIncident = channel.unary_unary(
                 '/kubernaut.storage.v1.StorageService/GetIncident',
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.GetIncidentRequest.SerializeToString,
@@ -124,7 +134,8 @@ class StorageServiceServicer(object):
     def OpenIncident(self, request, context):
         """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
         counts the alert on that one. Exactly one call per fingerprint and incident life
-        gets created=true, however many replicas call at once.
+        gets created=true, however many replicas call at once. The subject is added to the
+        incident's affected resources (a storm's incident lists many).
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
         outside the call table.
@@ -139,6 +150,30 @@ class StorageServiceServicer(object):
         NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
         already closed; UNAVAILABLE when the database cannot be reached;
         PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountIncidentAlerts(self, request, context):
+        """CountIncidentAlerts adds alerts the gateway counted as duplicates to an incident's
+        occurrences, whatever its status (they were about it).
+        Returns OK with the incident (its status tells the gateway whether its life ended);
+        INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown incident;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveIncident(self, request, context):
+        """ResolveIncident records that every alert of an incident resolved. An incident that
+        is still OPEN (nothing acted on it) is closed as RESOLVED, so that no workflow acts
+        on it any more; one being remediated or closed is only marked (alert_resolved_at).
+        Returns OK with the incident and whether this call closed it; INVALID_ARGUMENT for a
+        malformed request; NOT_FOUND for an unknown incident; UNAVAILABLE when the database
+        cannot be reached; PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +250,16 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.UpdateIncident,
                     request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentRequest.FromString,
                     response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentResponse.SerializeToString,
+            ),
+            'CountIncidentAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountIncidentAlerts,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.CountIncidentAlertsRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.CountIncidentAlertsResponse.SerializeToString,
+            ),
+            'ResolveIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveIncident,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ResolveIncidentRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ResolveIncidentResponse.SerializeToString,
             ),
             'GetIncident': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIncident,
@@ -374,6 +419,60 @@ class StorageService(object):
             '/kubernaut.storage.v1.StorageService/UpdateIncident',
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentRequest.SerializeToString,
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.UpdateIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountIncidentAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/CountIncidentAlerts',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.CountIncidentAlertsRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.CountIncidentAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/ResolveIncident',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ResolveIncidentRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ResolveIncidentResponse.FromString,
             options,
             channel_credentials,
             insecure,

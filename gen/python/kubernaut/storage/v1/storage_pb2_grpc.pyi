@@ -59,7 +59,8 @@ class StorageServiceStub:
     OpenIncident: _grpc.UnaryUnaryMultiCallable[_storage_pb2.OpenIncidentRequest, _storage_pb2.OpenIncidentResponse]
     """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
     counts the alert on that one. Exactly one call per fingerprint and incident life
-    gets created=true, however many replicas call at once.
+    gets created=true, however many replicas call at once. The subject is added to the
+    incident's affected resources (a storm's incident lists many).
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
     UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
     outside the call table.
@@ -70,6 +71,22 @@ class StorageServiceStub:
     NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
     already closed; UNAVAILABLE when the database cannot be reached;
     PERMISSION_DENIED for callers outside the call table.
+    """
+    CountIncidentAlerts: _grpc.UnaryUnaryMultiCallable[_storage_pb2.CountIncidentAlertsRequest, _storage_pb2.CountIncidentAlertsResponse]
+    """CountIncidentAlerts adds alerts the gateway counted as duplicates to an incident's
+    occurrences, whatever its status (they were about it).
+    Returns OK with the incident (its status tells the gateway whether its life ended);
+    INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown incident;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
+    ResolveIncident: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ResolveIncidentRequest, _storage_pb2.ResolveIncidentResponse]
+    """ResolveIncident records that every alert of an incident resolved. An incident that
+    is still OPEN (nothing acted on it) is closed as RESOLVED, so that no workflow acts
+    on it any more; one being remediated or closed is only marked (alert_resolved_at).
+    Returns OK with the incident and whether this call closed it; INVALID_ARGUMENT for a
+    malformed request; NOT_FOUND for an unknown incident; UNAVAILABLE when the database
+    cannot be reached; PERMISSION_DENIED for callers outside the call table.
     """
     GetIncident: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetIncidentRequest, _storage_pb2.GetIncidentResponse]
     """GetIncident returns one incident with its actions and assessments.
@@ -131,7 +148,8 @@ class StorageServiceAsyncStub(StorageServiceStub):
     OpenIncident: _aio.UnaryUnaryMultiCallable[_storage_pb2.OpenIncidentRequest, _storage_pb2.OpenIncidentResponse]  # type: ignore[assignment]
     """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
     counts the alert on that one. Exactly one call per fingerprint and incident life
-    gets created=true, however many replicas call at once.
+    gets created=true, however many replicas call at once. The subject is added to the
+    incident's affected resources (a storm's incident lists many).
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
     UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
     outside the call table.
@@ -142,6 +160,22 @@ class StorageServiceAsyncStub(StorageServiceStub):
     NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
     already closed; UNAVAILABLE when the database cannot be reached;
     PERMISSION_DENIED for callers outside the call table.
+    """
+    CountIncidentAlerts: _aio.UnaryUnaryMultiCallable[_storage_pb2.CountIncidentAlertsRequest, _storage_pb2.CountIncidentAlertsResponse]  # type: ignore[assignment]
+    """CountIncidentAlerts adds alerts the gateway counted as duplicates to an incident's
+    occurrences, whatever its status (they were about it).
+    Returns OK with the incident (its status tells the gateway whether its life ended);
+    INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown incident;
+    UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+    outside the call table.
+    """
+    ResolveIncident: _aio.UnaryUnaryMultiCallable[_storage_pb2.ResolveIncidentRequest, _storage_pb2.ResolveIncidentResponse]  # type: ignore[assignment]
+    """ResolveIncident records that every alert of an incident resolved. An incident that
+    is still OPEN (nothing acted on it) is closed as RESOLVED, so that no workflow acts
+    on it any more; one being remediated or closed is only marked (alert_resolved_at).
+    Returns OK with the incident and whether this call closed it; INVALID_ARGUMENT for a
+    malformed request; NOT_FOUND for an unknown incident; UNAVAILABLE when the database
+    cannot be reached; PERMISSION_DENIED for callers outside the call table.
     """
     GetIncident: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetIncidentRequest, _storage_pb2.GetIncidentResponse]  # type: ignore[assignment]
     """GetIncident returns one incident with its actions and assessments.
@@ -224,7 +258,8 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_storage_pb2.OpenIncidentResponse, _abc.Awaitable[_storage_pb2.OpenIncidentResponse]]:
         """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
         counts the alert on that one. Exactly one call per fingerprint and incident life
-        gets created=true, however many replicas call at once.
+        gets created=true, however many replicas call at once. The subject is added to the
+        incident's affected resources (a storm's incident lists many).
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
         outside the call table.
@@ -241,6 +276,34 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         NOT_FOUND for an unknown incident; FAILED_PRECONDITION when the incident is
         already closed; UNAVAILABLE when the database cannot be reached;
         PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def CountIncidentAlerts(
+        self,
+        request: _storage_pb2.CountIncidentAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.CountIncidentAlertsResponse, _abc.Awaitable[_storage_pb2.CountIncidentAlertsResponse]]:
+        """CountIncidentAlerts adds alerts the gateway counted as duplicates to an incident's
+        occurrences, whatever its status (they were about it).
+        Returns OK with the incident (its status tells the gateway whether its life ended);
+        INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown incident;
+        UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
+        outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveIncident(
+        self,
+        request: _storage_pb2.ResolveIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ResolveIncidentResponse, _abc.Awaitable[_storage_pb2.ResolveIncidentResponse]]:
+        """ResolveIncident records that every alert of an incident resolved. An incident that
+        is still OPEN (nothing acted on it) is closed as RESOLVED, so that no workflow acts
+        on it any more; one being remediated or closed is only marked (alert_resolved_at).
+        Returns OK with the incident and whether this call closed it; INVALID_ARGUMENT for a
+        malformed request; NOT_FOUND for an unknown incident; UNAVAILABLE when the database
+        cannot be reached; PERMISSION_DENIED for callers outside the call table.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,236 @@
+"""The gateway's forwarder: hands queued alerts to the alert processor and counts
+duplicates on their incidents, in the background of every replica.
+
+Replicas share the queue: a row is claimed for a lease, forwarded, then deleted, so each
+accepted alert reaches the alert processor once (twice only if a replica dies after the
+alert processor answered and before the row was deleted; the alert processor counts such
+a repeat on the incident, it does not act twice). Nothing accepted is lost: a failure
+that may pass is retried with backoff for as long as it takes, and only an alert the
+alert processor refuses as malformed is set aside (kept, never retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import grpc
+from kubernaut.alert_processor.v1 import alert_processor_pb2
+from kubernaut.storage.v1 import storage_pb2
+from prometheus_client import Counter, Gauge
+
+from services.gateway.intake import GatewaySettings, IntakeDatabase, IntakeUnavailable, QueuedAlert
+
+log = logging.getLogger(__name__)
+
+FORWARDED = Counter(
+    "kubernaut_gateway_forwarded_total",
+    "Queued alerts handed on by the forwarder, by kind and result.",
+    ["kind", "result"],
+)
+QUEUE_DEPTH = Gauge(
+    "kubernaut_gateway_queue_depth", "Accepted alerts not yet taken by the alert processor."
+)
+QUEUE_OLDEST = Gauge(
+    "kubernaut_gateway_queue_oldest_seconds", "Age of the oldest alert waiting to be forwarded."
+)
+
+ProcessAlert = Callable[
+    [alert_processor_pb2.ProcessAlertRequest], Awaitable[alert_processor_pb2.ProcessAlertResponse]
+]
+CountIncidentAlerts = Callable[
+    [storage_pb2.CountIncidentAlertsRequest], Awaitable[storage_pb2.CountIncidentAlertsResponse]
+]
+
+# How often the queue depth is measured and finished lives are forgotten.
+_GAUGE_INTERVAL = 5.0
+_HOUSEKEEPING_INTERVAL = 600.0
+
+
+class Forwarder:
+    def __init__(
+        self,
+        database: IntakeDatabase,
+        process_alert: ProcessAlert,
+        count_incident_alerts: CountIncidentAlerts,
+        settings: GatewaySettings,
+    ) -> None:
+        self.database = database
+        self.process_alert = process_alert
+        self.count_incident_alerts = count_incident_alerts
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(settings.forward_concurrency)
+        self._next_count = 0.0
+        self._next_gauge = 0.0
+        self._next_housekeeping = 0.0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="gateway-forwarder")
+
+    async def stop(self) -> None:
+        """Stop taking rows; rows in flight keep their lease and are taken again after it
+        by any replica, so stopping loses nothing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """New rows were queued by this replica: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                worked = await self.run_once()
+                failures = 0
+                if not worked:
+                    await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                delay = min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(failures, 8))
+                if isinstance(error, IntakeUnavailable):
+                    log.warning("forwarder waits for its database", extra={"error": str(error)})
+                else:
+                    log.exception("forwarder failed; retrying")
+                await asyncio.sleep(delay)
+
+    async def _idle(self) -> None:
+        store = await self.database.store()
+        due = await store.next_due_in()
+        timeout = self.settings.forward_poll_seconds
+        if due is not None:
+            timeout = min(timeout, max(due, 0.01))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def run_once(self) -> bool:
+        """Forward what is due, count what is uncounted, keep house; True when it forwarded
+        something (there may be more)."""
+        store = await self.database.store()
+        claimed = await store.claim(
+            self.settings.forward_batch, self.settings.forward_lease_seconds
+        )
+        if claimed:
+            await asyncio.gather(*(self._forward(queued) for queued in claimed))
+        now = time.monotonic()
+        if now >= self._next_count:
+            self._next_count = now + self.settings.count_interval_seconds
+            await self.count_duplicates()
+        if now >= self._next_gauge:
+            self._next_gauge = now + _GAUGE_INTERVAL
+            depth, oldest = await store.queue_depth()
+            QUEUE_DEPTH.set(depth)
+            QUEUE_OLDEST.set(oldest)
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + _HOUSEKEEPING_INTERVAL
+            removed = await store.forget_finished()
+            if removed:
+                log.info("forgot finished alert lives", extra={"count": removed})
+        return bool(claimed)
+
+    async def _forward(self, queued: QueuedAlert) -> None:
+        store = await self.database.store()
+        async with self._slots:
+            try:
+                if queued.kind == "resolved":
+                    result = await self._forward_resolution(queued)
+                else:
+                    response = await asyncio.wait_for(
+                        self.process_alert(
+                            alert_processor_pb2.ProcessAlertRequest(
+                                alert=queued.alert, storm_id=queued.storm_id
+                            )
+                        ),
+                        self.settings.forward_timeout_seconds,
+                    )
+                    await store.forwarded(queued, response.incident_id)
+                    result = "forwarded"
+            except grpc.aio.AioRpcError as error:
+                message = f"{error.code().name}: {error.details()}"
+                if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                    log.error(
+                        "the alert processor refused a queued alert; set aside",
+                        extra={"fingerprint": queued.fingerprint, "error": message},
+                    )
+                    await store.give_up(queued, message)
+                    result = "refused"
+                else:
+                    await self._retry_later(queued, message)
+                    result = "retry"
+            except TimeoutError:
+                await self._retry_later(queued, "timed out")
+                result = "retry"
+        FORWARDED.labels(queued.kind, result).inc()
+
+    async def _retry_later(self, queued: QueuedAlert, error: str) -> None:
+        delay = min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(queued.attempts, 8))
+        log.warning(
+            "forwarding failed; will retry",
+            extra={
+                "fingerprint": queued.fingerprint,
+                "error": error,
+                "attempt": queued.attempts,
+                "retry_in_seconds": delay,
+            },
+        )
+        await (await self.database.store()).retry_later(queued, error, delay)
+
+    async def _forward_resolution(self, queued: QueuedAlert) -> str:
+        """Resolve the incident once the last of its fingerprints resolved."""
+        store = await self.database.store()
+        incident_id, still_firing = await store.resolution_target(queued)
+        if incident_id and not still_firing:
+            await asyncio.wait_for(
+                self.process_alert(
+                    alert_processor_pb2.ProcessAlertRequest(
+                        alert=queued.alert, incident_id=incident_id
+                    )
+                ),
+                self.settings.forward_timeout_seconds,
+            )
+            result = "resolved"
+        else:
+            # No incident (the alert was filtered), or others of it still fire.
+            result = "dropped"
+        await store.forwarded(queued, "")
+        return result
+
+    async def count_duplicates(self) -> None:
+        """Add the duplicates counted since the last time to their incidents. An incident
+        found closed ends the lives of its fingerprints: the next alert is new work."""
+        store = await self.database.store()
+        by_incident: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for fingerprint, incident_id, count in await store.uncounted(500):
+            by_incident[incident_id].append((fingerprint, count))
+        for incident_id, counts in by_incident.items():
+            try:
+                counted = await self.count_incident_alerts(
+                    storage_pb2.CountIncidentAlertsRequest(
+                        incident_id=incident_id, count=sum(c for _, c in counts)
+                    )
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() is grpc.StatusCode.NOT_FOUND:
+                    # The incident is gone (storage was reset): start afresh.
+                    await store.counted(incident_id, counts, incident_closed=True)
+                else:
+                    log.warning(
+                        "cannot count duplicates yet",
+                        extra={"incident_id": incident_id, "error": error.code().name},
+                    )
+                continue
+            closed = counted.incident.HasField("closed_at")
+            await store.counted(incident_id, counts, incident_closed=closed)

@@ -1,0 +1,621 @@
+"""The gateway's intake: which alerts become work, decided once for all replicas in the
+gateway's own PostgreSQL schema (`gateway`, migrations in `migrations/`). Plain logic over
+asyncpg, no gRPC here.
+
+An alert's fingerprint (cluster, namespace, alert name and subject, from its labels) has a
+*life*: it starts with a firing alert and ends when the alert resolves or when the incident
+it was counted on closes. Within a life:
+
+- the first firing alert is ACCEPTED: queued for the alert processor (held briefly, so a
+  flapping alert or the start of a storm is seen before anything opens);
+- every further firing alert is a DUPLICATE: counted, and the count later added to the
+  incident, never forwarded;
+- a resolved alert ends the life. If the firing alert was still queued it is dropped (it
+  never becomes work); otherwise a resolution is queued, and the incident is resolved once
+  every fingerprint counted on it has resolved.
+
+A storm is one alert name starting on `storm_threshold` or more resources of one cluster
+within `storm_window_seconds`: from then on (and for the members still queued) the alerts
+are listed on the storm's one incident instead of opening one each.
+
+Freshness: a firing alert that started longer ago than `max_age_seconds`, or further in the
+future than `future_skew_seconds`, is refused or flagged, as the settings say.
+
+A batch is decided in one transaction: the answer comes only once every alert of it is
+durably recorded, and two replicas taking the same alert at once serialize on its row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+from google.protobuf import json_format
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.alerts import fingerprint_of, subject_of
+from services.runtime.database import LazyDatabase, PooledStore, proto_to_json
+from services.runtime.settings import database_url_field
+
+SCHEMA: Final = "gateway"
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+# Where a flag on a forwarded alert is written, for the analysis and for people.
+FLAGS_ANNOTATION: Final = "kubernaut_gateway_flags"
+_MAX_ANNOTATIONS: Final = 128
+
+ACCEPTED: Final = remediation_pb2.ALERT_DISPOSITION_ACCEPTED
+DUPLICATE: Final = remediation_pb2.ALERT_DISPOSITION_DUPLICATE
+STORM: Final = remediation_pb2.ALERT_DISPOSITION_STORM
+REFUSED: Final = remediation_pb2.ALERT_DISPOSITION_REFUSED
+IGNORED_RESOLVED: Final = remediation_pb2.ALERT_DISPOSITION_IGNORED_RESOLVED
+
+
+class FreshnessPolicy(enum.StrEnum):
+    # The alert is refused (disposition REFUSED, never work).
+    REFUSE = "refuse"
+    # The alert is accepted and carries a flag saying what is odd about it.
+    FLAG = "flag"
+
+
+class GatewaySettings(BaseSettings):
+    """`KUBERNAUT_GATEWAY_*`; the database is `KUBERNAUT_GATEWAY_DATABASE_URL`, else the
+    shared `KUBERNAUT_DATABASE_URL` (the gateway uses only its own schema there)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_GATEWAY_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = database_url_field("GATEWAY")
+    # A new alert waits this long before it is forwarded: an alert that resolves within it
+    # never becomes work, and a storm starting within it opens one incident, not many.
+    hold_seconds: float = Field(default=2.0, ge=0)
+    # Storms: this many resources starting one alert within the window.
+    storm_threshold: int = Field(default=10, ge=2)
+    storm_window_seconds: float = Field(default=60.0, gt=0)
+    # Firing alerts that started longer ago than this are stale.
+    max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
+    stale_policy: FreshnessPolicy = FreshnessPolicy.REFUSE
+    # Firing alerts starting further in the future than this come from a wrong clock.
+    future_skew_seconds: float = Field(default=300.0, ge=0)
+    future_policy: FreshnessPolicy = FreshnessPolicy.REFUSE
+    # Integrators calling SubmitAlerts directly: alerts per second and burst per calling
+    # identity (the HTTP edge limits its own senders). 0 turns the limit off.
+    caller_rate_per_second: float = Field(default=100.0, ge=0)
+    caller_burst: float = Field(default=1000.0, ge=1)
+    # Finished lives (resolved or ended) are forgotten after this long.
+    retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # The forwarder: rows taken at once, alerts processed at once, how long a claimed row
+    # is kept from other replicas (longer than the processing timeout, which includes the
+    # analysis), how long it waits for work when idle.
+    forward_batch: int = Field(default=32, ge=1)
+    forward_concurrency: int = Field(default=8, ge=1)
+    forward_timeout_seconds: float = Field(default=120.0, gt=0)
+    forward_lease_seconds: float = Field(default=180.0, gt=0)
+    forward_poll_seconds: float = Field(default=1.0, gt=0)
+    # Retries back off exponentially up to this.
+    forward_max_backoff_seconds: float = Field(default=60.0, gt=0)
+    # How often duplicates are added to their incidents.
+    count_interval_seconds: float = Field(default=2.0, gt=0)
+
+
+class IntakeUnavailable(Exception):
+    """The gateway's database cannot be reached; nothing of the batch was taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    fingerprint: str
+    disposition: remediation_pb2.AlertDisposition.ValueType
+    reason: str
+    incident_id: str = ""
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """Whether a firing alert is too old or from the future."""
+
+    refusal: str = ""
+    flags: tuple[str, ...] = ()
+
+
+def judge_freshness(
+    alert: alert_pb2.Alert, now: dt.datetime, settings: GatewaySettings
+) -> Freshness:
+    """Resolved alerts are never judged: they never become work."""
+    if alert.status != alert_pb2.ALERT_STATUS_FIRING:
+        return Freshness()
+    started = alert.starts_at.ToDatetime(dt.UTC)
+    age = (now - started).total_seconds()
+    if age > settings.max_age_seconds:
+        why = (
+            f"stale: started {_duration(age)} ago, longer than the "
+            f"{_duration(settings.max_age_seconds)} allowed"
+        )
+        policy = settings.stale_policy
+    elif -age > settings.future_skew_seconds:
+        why = (
+            f"from the future: starts {_duration(-age)} from now, beyond the "
+            f"{_duration(settings.future_skew_seconds)} clock skew allowed"
+        )
+        policy = settings.future_policy
+    else:
+        return Freshness()
+    if policy is FreshnessPolicy.REFUSE:
+        return Freshness(refusal=why)
+    return Freshness(flags=(why,))
+
+
+def _duration(seconds: float) -> str:
+    seconds = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def flagged(alert: alert_pb2.Alert, flags: Sequence[str]) -> alert_pb2.Alert:
+    """A copy of `alert` carrying `flags` in an annotation, when there is room."""
+    if not flags:
+        return alert
+    copy = alert_pb2.Alert()
+    copy.CopyFrom(alert)
+    if FLAGS_ANNOTATION in copy.annotations or len(copy.annotations) < _MAX_ANNOTATIONS:
+        copy.annotations[FLAGS_ANNOTATION] = "; ".join(flags)[:16384]
+    return copy
+
+
+def storm_id_of(alert_name: str, cluster: str, started: dt.datetime) -> str:
+    key = "\x1f".join(["storm", cluster, alert_name, started.isoformat()])
+    return "storm-" + hashlib.sha256(key.encode()).hexdigest()[:26]
+
+
+@dataclass
+class _Item:
+    index: int
+    alert: alert_pb2.Alert
+    fingerprint: str
+    cluster: str
+    freshness: Freshness = field(default_factory=Freshness)
+
+
+_FINGERPRINT_COLUMNS: Final = (
+    "fingerprint, alert_name, cluster, state, incident_id, storm_id, occurrences, ended"
+)
+
+_INSERT_FINGERPRINT: Final = f"""
+INSERT INTO gateway.fingerprints (fingerprint, alert_name, cluster, state, alert)
+VALUES ($1, $2, $3, 'firing', $4::jsonb)
+ON CONFLICT (fingerprint) DO NOTHING
+RETURNING {_FINGERPRINT_COLUMNS}
+"""
+
+_LOCK_FINGERPRINT: Final = f"""
+SELECT {_FINGERPRINT_COLUMNS} FROM gateway.fingerprints WHERE fingerprint = $1 FOR UPDATE
+"""
+
+_COUNT_DUPLICATE: Final = """
+UPDATE gateway.fingerprints
+SET occurrences = occurrences + 1, uncounted = uncounted + 1, last_seen_at = now(),
+    alert = $2::jsonb
+WHERE fingerprint = $1
+RETURNING occurrences
+"""
+
+_RESTART_LIFE: Final = """
+UPDATE gateway.fingerprints
+SET state = 'firing', alert = $2::jsonb, incident_id = '', storm_id = '', occurrences = 1,
+    uncounted = 0, ended = false, life_started_at = now(), last_seen_at = now(),
+    resolved_at = NULL
+WHERE fingerprint = $1
+"""
+
+_ACTIVE_STORM: Final = """
+SELECT storm_id FROM gateway.storms WHERE alert_name = $1 AND cluster = $2 AND ended_at IS NULL
+"""
+
+_RECENT_STARTS: Final = """
+SELECT count(*) FROM gateway.fingerprints
+WHERE alert_name = $1 AND cluster = $2 AND state = 'firing' AND NOT ended AND storm_id = ''
+  AND life_started_at > now() - make_interval(secs => $3)
+"""
+
+_START_STORM: Final = """
+INSERT INTO gateway.storms (storm_id, alert_name, cluster) VALUES ($1, $2, $3)
+ON CONFLICT (alert_name, cluster) WHERE ended_at IS NULL DO NOTHING
+RETURNING storm_id
+"""
+
+# The recent members join the storm. Those still queued and never tried are switched to
+# storm members; the others keep their own incident and are listed on the storm's too.
+_JOIN_RECENT: Final = """
+UPDATE gateway.fingerprints SET storm_id = $4
+WHERE alert_name = $1 AND cluster = $2 AND state = 'firing' AND NOT ended AND storm_id = ''
+  AND life_started_at > now() - make_interval(secs => $3)
+RETURNING fingerprint, alert::text AS alert
+"""
+
+_SWITCH_QUEUED_TO_STORM: Final = """
+UPDATE gateway.queue SET storm_id = $2
+WHERE fingerprint = ANY($1::text[]) AND kind = 'firing' AND attempts = 0 AND failed_at IS NULL
+RETURNING fingerprint
+"""
+
+_SET_STORM: Final = "UPDATE gateway.fingerprints SET storm_id = $2 WHERE fingerprint = $1"
+
+_STORM_SIZE: Final = "SELECT count(*) FROM gateway.fingerprints WHERE storm_id = $1"
+
+_ENQUEUE: Final = """
+INSERT INTO gateway.queue (fingerprint, kind, alert, storm_id, incident_id, not_before)
+VALUES ($1, $2, $3::jsonb, $4, $5, now() + make_interval(secs => $6))
+"""
+
+_RESOLVE_FINGERPRINT: Final = """
+UPDATE gateway.fingerprints
+SET state = 'resolved', resolved_at = now(), last_seen_at = now()
+WHERE fingerprint = $1
+"""
+
+# A firing alert nobody tried to forward yet: dropping it means it never became work.
+_DROP_UNTRIED: Final = """
+DELETE FROM gateway.queue
+WHERE fingerprint = $1 AND kind = 'firing' AND attempts = 0 AND failed_at IS NULL
+RETURNING id
+"""
+
+_END_STORM_IF_QUIET: Final = """
+UPDATE gateway.storms SET ended_at = now()
+WHERE storm_id = $1 AND ended_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM gateway.fingerprints WHERE storm_id = $1 AND state = 'firing')
+"""
+
+
+class IntakeStore(PooledStore):
+    unavailable = IntakeUnavailable
+    label = "gateway database"
+    schema = SCHEMA
+    migrations_dir = MIGRATIONS_DIR
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float, settings: GatewaySettings) -> None:
+        super().__init__(pool, timeout=timeout)
+        self.settings = settings
+
+    async def take(self, alerts: Sequence[alert_pb2.Alert]) -> list[Outcome]:
+        """Decide every alert of a batch, in one transaction; outcomes in request order.
+        IntakeUnavailable (nothing taken) when the database cannot be reached."""
+        now = dt.datetime.now(dt.UTC)
+        items = []
+        for index, alert in enumerate(alerts):
+            subject = subject_of(alert)
+            items.append(
+                _Item(
+                    index,
+                    alert,
+                    fingerprint_of(alert, subject),
+                    subject.cluster if subject else alert.labels.get("cluster", ""),
+                    judge_freshness(alert, now, self.settings),
+                )
+            )
+        outcomes: dict[int, Outcome] = {}
+        async with self._connection() as conn, conn.transaction():
+            # Rows are locked in fingerprint order, so two batches never deadlock.
+            for item in sorted(items, key=lambda i: (i.fingerprint, i.index)):
+                if item.freshness.refusal:
+                    outcomes[item.index] = Outcome(
+                        item.fingerprint, REFUSED, item.freshness.refusal
+                    )
+                elif item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+                    outcomes[item.index] = await self._resolved(conn, item)
+                else:
+                    outcomes[item.index] = await self._firing(conn, item)
+        return [outcomes[i] for i in range(len(items))]
+
+    async def _firing(self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item) -> Outcome:
+        alert = flagged(item.alert, item.freshness.flags)
+        alert_json = proto_to_json(alert)
+        row = await conn.fetchrow(
+            _INSERT_FINGERPRINT, item.fingerprint, alert.name, item.cluster, alert_json
+        )
+        if row is None:
+            row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
+            assert row is not None  # it conflicted, and rows are only deleted when finished
+            if row["state"] == "firing" and not row["ended"]:
+                occurrences = await conn.fetchval(_COUNT_DUPLICATE, item.fingerprint, alert_json)
+                incident = row["incident_id"]
+                where = f"incident {incident}" if incident else "its first alert, still queued"
+                return Outcome(
+                    item.fingerprint,
+                    DUPLICATE,
+                    f"counted on {where} ({occurrences} alerts so far); not forwarded",
+                    incident,
+                    item.freshness.flags,
+                )
+            await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
+        return await self._new_life(conn, item, alert_json)
+
+    async def _new_life(
+        self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item, alert_json: str
+    ) -> Outcome:
+        settings = self.settings
+        name = item.alert.name
+        storm_id = await conn.fetchval(_ACTIVE_STORM, name, item.cluster)
+        if storm_id is None:
+            recent = await conn.fetchval(
+                _RECENT_STARTS, name, item.cluster, settings.storm_window_seconds
+            )
+            if recent >= settings.storm_threshold:
+                storm_id = await self._start_storm(conn, name, item.cluster)
+        if storm_id is None:
+            await conn.execute(
+                _ENQUEUE, item.fingerprint, "firing", alert_json, "", "", settings.hold_seconds
+            )
+            return Outcome(
+                item.fingerprint,
+                ACCEPTED,
+                "new; queued for the alert processor",
+                flags=item.freshness.flags,
+            )
+        await conn.execute(_SET_STORM, item.fingerprint, storm_id)
+        await conn.execute(_ENQUEUE, item.fingerprint, "firing", alert_json, storm_id, "", 0.0)
+        size = await conn.fetchval(_STORM_SIZE, storm_id)
+        return Outcome(
+            item.fingerprint,
+            STORM,
+            f"storm {storm_id}: {name} started on {size} resources at once; listed on the "
+            "storm's one incident",
+            flags=item.freshness.flags,
+        )
+
+    async def _start_storm(
+        self, conn: asyncpg.pool.PoolConnectionProxy, name: str, cluster: str
+    ) -> str:
+        settings = self.settings
+        storm_id = await conn.fetchval(
+            _START_STORM, storm_id_of(name, cluster, dt.datetime.now(dt.UTC)), name, cluster
+        )
+        if storm_id is None:  # another replica started it a moment ago
+            storm_id = await conn.fetchval(_ACTIVE_STORM, name, cluster)
+            assert storm_id is not None
+        members = await conn.fetch(
+            _JOIN_RECENT, name, cluster, settings.storm_window_seconds, storm_id
+        )
+        fingerprints = [m["fingerprint"] for m in members]
+        switched = {
+            r["fingerprint"]
+            for r in await conn.fetch(_SWITCH_QUEUED_TO_STORM, fingerprints, storm_id)
+        }
+        for member in members:
+            if member["fingerprint"] not in switched:
+                await conn.execute(
+                    _ENQUEUE, member["fingerprint"], "firing", member["alert"], storm_id, "", 0.0
+                )
+        return str(storm_id)
+
+    async def _resolved(self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item) -> Outcome:
+        row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
+        if row is None or row["state"] != "firing":
+            return Outcome(
+                item.fingerprint,
+                IGNORED_RESOLVED,
+                "the alert is resolved and nothing of it fires here; resolved alerts never "
+                "become work",
+            )
+        await conn.execute(_RESOLVE_FINGERPRINT, item.fingerprint)
+        dropped = await conn.fetch(_DROP_UNTRIED, item.fingerprint)
+        if row["storm_id"]:
+            await conn.execute(_END_STORM_IF_QUIET, row["storm_id"])
+        if dropped and not row["incident_id"]:
+            return Outcome(
+                item.fingerprint,
+                IGNORED_RESOLVED,
+                "resolved before it was forwarded: it never became work",
+            )
+        await conn.execute(
+            _ENQUEUE,
+            item.fingerprint,
+            "resolved",
+            proto_to_json(item.alert),
+            row["storm_id"],
+            row["incident_id"],
+            0.0,
+        )
+        incident = row["incident_id"]
+        return Outcome(
+            item.fingerprint,
+            IGNORED_RESOLVED,
+            "resolved; never work. Its incident is resolved once every alert of it resolved",
+            incident,
+        )
+
+    # -- what the forwarder uses ------------------------------------------------------------
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[QueuedAlert]:
+        """Take up to `limit` due rows for `lease_seconds`: the oldest of each fingerprint
+        only, so that a fingerprint's firing alert is always forwarded before its
+        resolution. A row whose lease ran out (its forwarder died) is due again."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_CLAIM, limit, lease_seconds)
+        return [
+            QueuedAlert(
+                row["id"],
+                row["fingerprint"],
+                row["kind"],
+                json_format.Parse(row["alert"], alert_pb2.Alert(), ignore_unknown_fields=True),
+                row["storm_id"],
+                row["incident_id"],
+                row["attempts"],
+            )
+            for row in sorted(rows, key=lambda r: r["id"])
+        ]
+
+    async def forwarded(self, queued: QueuedAlert, incident_id: str) -> None:
+        """The alert processor took it: remember the incident the fingerprint's alerts are
+        counted on (a member of a storm listed late keeps its own), drop the row."""
+        async with self._connection() as conn, conn.transaction():
+            if incident_id and queued.kind == "firing":
+                await conn.execute(_SET_INCIDENT, queued.fingerprint, incident_id)
+            await conn.execute(_DELETE_QUEUED, queued.row_id)
+
+    async def retry_later(self, queued: QueuedAlert, error: str, delay_seconds: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_RETRY_LATER, queued.row_id, error[:4096], delay_seconds)
+
+    async def give_up(self, queued: QueuedAlert, error: str) -> None:
+        """Refused for good: kept for operators, and the fingerprint's life ends so that
+        the next alert of it is tried afresh."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(_GIVE_UP, queued.row_id, error[:4096])
+            await conn.execute(_END_LIFE, queued.fingerprint)
+
+    async def resolution_target(self, queued: QueuedAlert) -> tuple[str, int]:
+        """(the incident a resolution is about, how many of its fingerprints still fire)."""
+        async with self._connection() as conn:
+            incident_id = queued.incident_id or await conn.fetchval(
+                _INCIDENT_OF, queued.fingerprint
+            )
+            if not incident_id:
+                return "", 0
+            firing = await conn.fetchval(_STILL_FIRING, incident_id)
+        return str(incident_id), int(firing)
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the next queued row is due (0 when one is); None when none waits."""
+        async with self._connection() as conn:
+            value = await conn.fetchval(_NEXT_DUE)
+        return None if value is None else max(0.0, float(value))
+
+    async def uncounted(self, limit: int) -> list[tuple[str, str, int]]:
+        """(fingerprint, incident_id, duplicates not yet counted on it)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_UNCOUNTED, limit)
+        return [(r["fingerprint"], r["incident_id"], r["uncounted"]) for r in rows]
+
+    async def counted(
+        self, incident_id: str, counts: Sequence[tuple[str, int]], incident_closed: bool
+    ) -> None:
+        """The duplicates were added to the incident; a closed incident ends the life of
+        every fingerprint counted on it."""
+        async with self._connection() as conn, conn.transaction():
+            for fingerprint, count in counts:
+                await conn.execute(_COUNTED, fingerprint, count)
+            if incident_closed:
+                await conn.execute(_END_LIVES_OF_INCIDENT, incident_id)
+
+    async def forget_finished(self) -> int:
+        """Delete lives that finished longer than the retention ago; how many."""
+        async with self._connection() as conn, conn.transaction():
+            removed = await conn.fetchval(_FORGET_FINISHED, self.settings.retention_seconds)
+            await conn.execute(_FORGET_STORMS, self.settings.retention_seconds)
+        return int(removed)
+
+    async def queue_depth(self) -> tuple[int, float]:
+        """(rows waiting to be forwarded, age of the oldest in seconds)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_QUEUE_DEPTH)
+        assert row is not None
+        return int(row["depth"]), float(row["oldest"] or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAlert:
+    row_id: int
+    fingerprint: str
+    kind: str  # "firing" or "resolved"
+    alert: alert_pb2.Alert
+    storm_id: str
+    incident_id: str
+    attempts: int
+
+
+_CLAIM: Final = """
+UPDATE gateway.queue SET claimed_until = now() + make_interval(secs => $2),
+                         attempts = attempts + 1
+WHERE id IN (
+    SELECT q.id FROM gateway.queue q
+    WHERE q.failed_at IS NULL AND q.not_before <= now()
+      AND (q.claimed_until IS NULL OR q.claimed_until < now())
+      AND NOT EXISTS (
+          SELECT 1 FROM gateway.queue e
+          WHERE e.fingerprint = q.fingerprint AND e.id < q.id AND e.failed_at IS NULL)
+    ORDER BY q.id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, fingerprint, kind, alert::text AS alert, storm_id, incident_id, attempts
+"""
+
+_SET_INCIDENT: Final = """
+UPDATE gateway.fingerprints SET incident_id = $2 WHERE fingerprint = $1 AND incident_id = ''
+"""
+
+_DELETE_QUEUED: Final = "DELETE FROM gateway.queue WHERE id = $1"
+
+_RETRY_LATER: Final = """
+UPDATE gateway.queue
+SET claimed_until = NULL, last_error = $2, not_before = now() + make_interval(secs => $3)
+WHERE id = $1
+"""
+
+_GIVE_UP: Final = """
+UPDATE gateway.queue SET claimed_until = NULL, last_error = $2, failed_at = now() WHERE id = $1
+"""
+
+_END_LIFE: Final = "UPDATE gateway.fingerprints SET ended = true WHERE fingerprint = $1"
+
+_INCIDENT_OF: Final = "SELECT incident_id FROM gateway.fingerprints WHERE fingerprint = $1"
+
+_STILL_FIRING: Final = """
+SELECT count(*) FROM gateway.fingerprints
+WHERE incident_id = $1 AND state = 'firing' AND NOT ended
+"""
+
+_NEXT_DUE: Final = """
+SELECT extract(epoch FROM min(GREATEST(not_before, COALESCE(claimed_until, not_before))) - now())
+FROM gateway.queue WHERE failed_at IS NULL
+"""
+
+_UNCOUNTED: Final = """
+SELECT fingerprint, incident_id, uncounted FROM gateway.fingerprints
+WHERE uncounted > 0 AND incident_id <> ''
+ORDER BY last_seen_at
+LIMIT $1
+"""
+
+_COUNTED: Final = """
+UPDATE gateway.fingerprints SET uncounted = GREATEST(uncounted - $2, 0) WHERE fingerprint = $1
+"""
+
+_END_LIVES_OF_INCIDENT: Final = """
+UPDATE gateway.fingerprints SET ended = true WHERE incident_id = $1 AND state = 'firing'
+"""
+
+_FORGET_FINISHED: Final = """
+WITH gone AS (
+    DELETE FROM gateway.fingerprints f
+    WHERE (f.state = 'resolved' OR f.ended)
+      AND f.last_seen_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM gateway.queue q WHERE q.fingerprint = f.fingerprint)
+    RETURNING 1)
+SELECT count(*) FROM gone
+"""
+
+_FORGET_STORMS: Final = """
+DELETE FROM gateway.storms WHERE ended_at < now() - make_interval(secs => $1)
+"""
+
+_QUEUE_DEPTH: Final = """
+SELECT count(*) AS depth, extract(epoch FROM now() - min(enqueued_at)) AS oldest
+FROM gateway.queue WHERE failed_at IS NULL
+"""
+
+
+class IntakeDatabase(LazyDatabase[IntakeStore]):
+    def __init__(self, dsn: str, settings: GatewaySettings) -> None:
+        super().__init__(dsn, IntakeStore, settings=settings)
