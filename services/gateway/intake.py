@@ -244,7 +244,7 @@ RETURNING fingerprint, alert::text AS alert
 """
 
 _SWITCH_QUEUED_TO_STORM: Final = """
-UPDATE gateway.queue SET storm_id = $2
+UPDATE gateway.queue SET storm_id = $2, not_before = now()
 WHERE fingerprint = ANY($1::text[]) AND kind = 'firing' AND attempts = 0 AND failed_at IS NULL
 RETURNING fingerprint
 """
@@ -278,6 +278,18 @@ WHERE storm_id = $1 AND ended_at IS NULL
 """
 
 
+def _as_joined(outcome: Outcome, joined: dict[str, str]) -> Outcome:
+    storm_id = joined.get(outcome.fingerprint)
+    if outcome.disposition != ACCEPTED or storm_id is None:
+        return outcome
+    return Outcome(
+        outcome.fingerprint,
+        STORM,
+        f"storm {storm_id}: listed on the storm's one incident",
+        flags=outcome.flags,
+    )
+
+
 class IntakeStore(PooledStore):
     unavailable = IntakeUnavailable
     label = "gateway database"
@@ -305,6 +317,9 @@ class IntakeStore(PooledStore):
                 )
             )
         outcomes: dict[int, Outcome] = {}
+        # Fingerprint -> storm, for alerts a storm took in after they were accepted (a
+        # storm started later in this batch, or in an earlier one).
+        joined: dict[str, str] = {}
         async with self._connection() as conn, conn.transaction():
             # Rows are locked in fingerprint order, so two batches never deadlock.
             for item in sorted(items, key=lambda i: (i.fingerprint, i.index)):
@@ -315,10 +330,12 @@ class IntakeStore(PooledStore):
                 elif item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
                     outcomes[item.index] = await self._resolved(conn, item)
                 else:
-                    outcomes[item.index] = await self._firing(conn, item)
-        return [outcomes[i] for i in range(len(items))]
+                    outcomes[item.index] = await self._firing(conn, item, joined)
+        return [_as_joined(outcomes[i], joined) for i in range(len(items))]
 
-    async def _firing(self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item) -> Outcome:
+    async def _firing(
+        self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item, joined: dict[str, str]
+    ) -> Outcome:
         alert = flagged(item.alert, item.freshness.flags)
         alert_json = proto_to_json(alert)
         row = await conn.fetchrow(
@@ -339,10 +356,14 @@ class IntakeStore(PooledStore):
                     item.freshness.flags,
                 )
             await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
-        return await self._new_life(conn, item, alert_json)
+        return await self._new_life(conn, item, alert_json, joined)
 
     async def _new_life(
-        self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item, alert_json: str
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        item: _Item,
+        alert_json: str,
+        joined: dict[str, str],
     ) -> Outcome:
         settings = self.settings
         name = item.alert.name
@@ -352,7 +373,9 @@ class IntakeStore(PooledStore):
                 _RECENT_STARTS, name, item.cluster, settings.storm_window_seconds
             )
             if recent >= settings.storm_threshold:
-                storm_id = await self._start_storm(conn, name, item.cluster)
+                storm_id = await self._start_storm(
+                    conn, name, item.cluster, item.fingerprint, joined
+                )
         if storm_id is None:
             await conn.execute(
                 _ENQUEUE, item.fingerprint, "firing", alert_json, "", "", settings.hold_seconds
@@ -375,8 +398,16 @@ class IntakeStore(PooledStore):
         )
 
     async def _start_storm(
-        self, conn: asyncpg.pool.PoolConnectionProxy, name: str, cluster: str
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        name: str,
+        cluster: str,
+        starter: str,
+        joined: dict[str, str],
     ) -> str:
+        """Start (or join, when another replica just did) the storm of `name` on `cluster`;
+        the recent members join it (and are noted in `joined`). `starter`, the alert that
+        tipped it, is queued by the caller."""
         settings = self.settings
         storm_id = await conn.fetchval(
             _START_STORM, storm_id_of(name, cluster, dt.datetime.now(dt.UTC)), name, cluster
@@ -388,12 +419,13 @@ class IntakeStore(PooledStore):
             _JOIN_RECENT, name, cluster, settings.storm_window_seconds, storm_id
         )
         fingerprints = [m["fingerprint"] for m in members]
+        joined.update(dict.fromkeys(fingerprints, str(storm_id)))
         switched = {
             r["fingerprint"]
             for r in await conn.fetch(_SWITCH_QUEUED_TO_STORM, fingerprints, storm_id)
         }
         for member in members:
-            if member["fingerprint"] not in switched:
+            if member["fingerprint"] not in switched and member["fingerprint"] != starter:
                 await conn.execute(
                     _ENQUEUE, member["fingerprint"], "firing", member["alert"], storm_id, "", 0.0
                 )

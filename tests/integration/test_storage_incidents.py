@@ -845,3 +845,105 @@ async def test_an_alert_soon_after_its_incident_was_fixed_is_counted_not_reopene
         assert again.occurrences == 2
     finally:
         await store.close()
+
+
+async def test_an_incident_lists_every_resource_its_alerts_named(store: Store) -> None:
+    fp = fingerprint()
+    alert, subject = CRASH
+    incident, _ = await store.open_incident(fp, alert, subject)
+    for name in ("b", "a", "b"):
+        await store.open_incident(fp, alert, make_subject(name=name, kind="Pod"))
+    detail = await store.get_incident(incident.incident_id)
+    assert [(r.kind, r.name) for r in detail.affected_resources] == [
+        ("Deployment", "checkout"),
+        ("Pod", "b"),
+        ("Pod", "a"),
+    ]
+    assert detail.incident.occurrences == 4
+
+
+async def test_count_incident_alerts_adds_to_any_incident(store: Store) -> None:
+    incident, _ = await store.open_incident(fingerprint(), *CRASH)
+    counted = await store.count_incident_alerts(incident.incident_id, 5)
+    assert counted.occurrences == 6
+    await store.update_incident(
+        incident.incident_id, storage_pb2.INCIDENT_STATUS_NO_ACTION, "not opted in"
+    )
+    # Alerts about a closed incident are still about it.
+    closed = await store.count_incident_alerts(incident.incident_id, 1)
+    assert closed.occurrences == 7 and closed.HasField("closed_at")
+    with pytest.raises(UnknownIncident):
+        await store.count_incident_alerts(str(uuid.uuid4()), 1)
+    with pytest.raises(InvalidRecord):
+        await store.count_incident_alerts(incident.incident_id, 0)
+
+
+async def test_resolve_incident_closes_only_what_nothing_acted_on(store: Store) -> None:
+    waiting, _ = await store.open_incident(fingerprint(), *CRASH)
+    resolved_at = T0 + dt.timedelta(minutes=3)
+    closed, did_close = await store.resolve_incident(waiting.incident_id, resolved_at)
+    assert did_close
+    assert closed.status == storage_pb2.INCIDENT_STATUS_RESOLVED
+    assert closed.HasField("closed_at")
+    assert closed.alert_resolved_at.ToDatetime(dt.UTC) == resolved_at
+    # A retry changes nothing and does not claim to have closed it.
+    again, did_close = await store.resolve_incident(waiting.incident_id)
+    assert not did_close and again.status == storage_pb2.INCIDENT_STATUS_RESOLVED
+    # A workflow that wants to act now finds it closed.
+    with pytest.raises(IncidentClosed):
+        await store.update_incident(
+            waiting.incident_id, storage_pb2.INCIDENT_STATUS_REMEDIATING, "acting"
+        )
+
+    acting, _ = await store.open_incident(fingerprint(), *CRASH_ELSEWHERE)
+    await store.update_incident(acting.incident_id, storage_pb2.INCIDENT_STATUS_REMEDIATING, "go")
+    marked, did_close = await store.resolve_incident(acting.incident_id)
+    assert not did_close
+    assert marked.status == storage_pb2.INCIDENT_STATUS_REMEDIATING
+    assert marked.HasField("alert_resolved_at") and not marked.HasField("closed_at")
+    with pytest.raises(UnknownIncident):
+        await store.resolve_incident(str(uuid.uuid4()))
+
+
+async def test_resolving_and_counting_over_grpc(stack: InProcessStack) -> None:
+    operator = stack.clients()
+    gateway = stack.clients(ServiceName.GATEWAY.account)
+    processor = stack.clients(ServiceName.ALERT_PROCESSOR.account)
+    try:
+        opened = await processor.stub(StorageServiceStub).OpenIncident(
+            storage_pb2.OpenIncidentRequest(
+                fingerprint=fingerprint(), alert=CRASH[0], subject=CRASH[1]
+            )
+        )
+        incident_id = opened.incident.incident_id
+        counted = await gateway.stub(StorageServiceStub).CountIncidentAlerts(
+            storage_pb2.CountIncidentAlertsRequest(incident_id=incident_id, count=3)
+        )
+        assert counted.incident.occurrences == 4
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway.stub(StorageServiceStub).CountIncidentAlerts(
+                storage_pb2.CountIncidentAlertsRequest(incident_id=incident_id, count=0)
+            )
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "count" in field_violations(refused.value)
+        # Only the alert processor resolves incidents; the gateway only counts.
+        denied = gateway.stub(StorageServiceStub).ResolveIncident(
+            storage_pb2.ResolveIncidentRequest(incident_id=incident_id)
+        )
+        assert await code_of(denied) is grpc.StatusCode.PERMISSION_DENIED
+        resolved = await processor.stub(StorageServiceStub).ResolveIncident(
+            storage_pb2.ResolveIncidentRequest(incident_id=incident_id)
+        )
+        assert resolved.closed
+        got = await operator.stub(StorageServiceStub).GetIncident(
+            storage_pb2.GetIncidentRequest(incident_id=incident_id)
+        )
+        assert got.incident.status == storage_pb2.INCIDENT_STATUS_RESOLVED
+        assert list(got.affected_resources) == [CRASH[1]]
+        unknown = processor.stub(StorageServiceStub).ResolveIncident(
+            storage_pb2.ResolveIncidentRequest(incident_id=str(uuid.uuid4()))
+        )
+        assert await code_of(unknown) is grpc.StatusCode.NOT_FOUND
+    finally:
+        for clients in (operator, gateway, processor):
+            await clients.close()

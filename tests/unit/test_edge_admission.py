@@ -1,0 +1,222 @@
+"""How much the edge takes: the token bucket, 429 per sender with Retry-After, the global
+concurrency cap (503), the request metrics; and the gateway's freshness judgement."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.common.v1 import alert_pb2
+from kubernaut.gateway.v1 import gateway_pb2
+from prometheus_client import REGISTRY
+
+from gateway_http.app import ALERTMANAGER_PATH, GRAFANA_PATH, create_app
+from gateway_http.security import Authenticator
+from services.gateway.intake import (
+    FLAGS_ANNOTATION,
+    FreshnessPolicy,
+    GatewaySettings,
+    flagged,
+    judge_freshness,
+)
+from services.gateway.limits import RateLimiter, retry_after_header
+from tests.fixtures.waiting import eventually
+
+TOKENS = ["sender-a-token", "sender-b-token"]
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=2, burst=3, clock=clock)
+    assert [limiter.take("a").allowed for _ in range(4)] == [True, True, True, False]
+    refused = limiter.take("a")
+    assert not refused.allowed and refused.retry_after == pytest.approx(0.5)
+    # Another sender has a bucket of its own.
+    assert limiter.take("b").allowed
+    clock.now = 0.5
+    assert limiter.take("a").allowed
+    assert not limiter.take("a").allowed
+    # A batch costing more than the burst waits for a full bucket, not forever.
+    clock.now = 100
+    assert limiter.take("a", cost=50).allowed
+    assert limiter.take("a", cost=50).retry_after == pytest.approx(1.5)
+
+
+def test_a_limiter_forgets_the_least_recent_sources_beyond_its_size() -> None:
+    limiter = RateLimiter(rate=1, burst=1, max_sources=2, clock=Clock())
+    for source in ("a", "b", "c"):
+        assert limiter.take(source).allowed
+    # "a" was forgotten: it starts again with a full bucket; "c" was not.
+    assert limiter.take("a").allowed
+    assert not limiter.take("c").allowed
+
+
+def test_a_rate_of_zero_turns_limiting_off() -> None:
+    limiter = RateLimiter(rate=0, burst=1)
+    assert not limiter.enabled
+    assert all(limiter.take("a").allowed for _ in range(1000))
+
+
+def test_retry_after_is_whole_seconds_never_zero() -> None:
+    assert [retry_after_header(s) for s in (0.0, 0.2, 1.0, 1.01)] == ["1", "1", "1", "2"]
+
+
+def webhook() -> bytes:
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "KubePodCrashLooping", "namespace": "a", "pod": "p"},
+                    "startsAt": "2026-11-26T10:00:00Z",
+                }
+            ],
+        }
+    ).encode()
+
+
+class SlowGateway:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(
+        self, request: gateway_pb2.SubmitAlertsRequest
+    ) -> gateway_pb2.SubmitAlertsResponse:
+        self.calls += 1
+        await self.release.wait()
+        return gateway_pb2.SubmitAlertsResponse()
+
+
+async def post(client: httpx.AsyncClient, token: str, path: str = ALERTMANAGER_PATH) -> Any:
+    return await client.post(
+        path,
+        content=webhook(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+
+
+def sample(route: str, result: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "kubernaut_edge_requests_total", {"route": route, "result": result}
+    )
+    return value or 0.0
+
+
+async def test_each_sender_has_its_own_rate_limit_and_learns_when_to_retry() -> None:
+    gateway = SlowGateway()
+    gateway.release.set()
+    app = create_app(gateway, Authenticator.of(TOKENS), rate_limiter=RateLimiter(rate=0.5, burst=2))
+    limited_before = sample(ALERTMANAGER_PATH, "rate_limited")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as client:
+        answers = [await post(client, TOKENS[0]) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        refusal = answers[2]
+        assert refusal.headers["Retry-After"] == "2"
+        assert "token#1" in refusal.json()["error"]
+        assert TOKENS[0] not in refusal.text
+        # The other sender is not held back.
+        assert (await post(client, TOKENS[1])).status_code == 200
+    # The refused request never reached the gateway.
+    assert gateway.calls == 3
+    assert sample(ALERTMANAGER_PATH, "rate_limited") == limited_before + 1
+
+
+async def test_beyond_the_concurrency_cap_requests_are_shed_at_once() -> None:
+    gateway = SlowGateway()
+    app = create_app(gateway, Authenticator.of(TOKENS), max_concurrent=2)
+    before = sample(ALERTMANAGER_PATH, "overloaded")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as client:
+        held = [asyncio.create_task(post(client, TOKENS[0])) for _ in range(2)]
+        await eventually(lambda: asyncio.sleep(0, gateway.calls == 2), "two requests held")
+        shed = await post(client, TOKENS[1])
+        assert shed.status_code == 503
+        assert shed.headers["Retry-After"] == "1"
+        assert "limit of 2 requests in progress" in shed.json()["error"]
+        gateway.release.set()
+        assert [(await task).status_code for task in held] == [200, 200]
+        # Room again.
+        assert (await post(client, TOKENS[1])).status_code == 200
+    assert sample(ALERTMANAGER_PATH, "overloaded") == before + 1
+
+
+async def test_requests_are_counted_by_result_and_timed() -> None:
+    gateway = SlowGateway()
+    gateway.release.set()
+    app = create_app(gateway, Authenticator.of(TOKENS))
+    ok, unauthenticated = sample(GRAFANA_PATH, "ok"), sample(GRAFANA_PATH, "unauthenticated")
+    timed = (
+        REGISTRY.get_sample_value("kubernaut_edge_request_seconds_count", {"route": GRAFANA_PATH})
+        or 0.0
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as client:
+        body = json.loads(webhook())
+        body["version"] = "1"
+        answer = await client.post(
+            GRAFANA_PATH, json=body, headers={"Authorization": f"Bearer {TOKENS[0]}"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert (await post(client, "wrong", GRAFANA_PATH)).status_code == 401
+    assert sample(GRAFANA_PATH, "ok") == ok + 1
+    assert sample(GRAFANA_PATH, "unauthenticated") == unauthenticated + 1
+    assert REGISTRY.get_sample_value(
+        "kubernaut_edge_request_seconds_count", {"route": GRAFANA_PATH}
+    ) == (timed + 2)
+
+
+def firing(started: dt.datetime, status: int = alert_pb2.ALERT_STATUS_FIRING) -> alert_pb2.Alert:
+    stamp = Timestamp()
+    stamp.FromDatetime(started)
+    return alert_pb2.Alert(name="X", status=status, starts_at=stamp)  # type: ignore[arg-type]
+
+
+def test_freshness_refuses_or_flags_as_configured() -> None:
+    settings = GatewaySettings(max_age_seconds=3600, future_skew_seconds=300)
+    assert judge_freshness(firing(NOW - dt.timedelta(minutes=59)), NOW, settings).refusal == ""
+    old = judge_freshness(firing(NOW - dt.timedelta(days=2)), NOW, settings)
+    assert old.refusal == "stale: started 2.0d ago, longer than the 1.0h allowed"
+    ahead = judge_freshness(firing(NOW + dt.timedelta(minutes=10)), NOW, settings)
+    assert ahead.refusal.startswith("from the future: starts 10.0m from now")
+    assert judge_freshness(firing(NOW + dt.timedelta(minutes=4)), NOW, settings).refusal == ""
+    # A resolved alert is never judged: it never becomes work.
+    resolved = firing(NOW - dt.timedelta(days=30), alert_pb2.ALERT_STATUS_RESOLVED)
+    assert judge_freshness(resolved, NOW, settings).refusal == ""
+    flagging = GatewaySettings(
+        max_age_seconds=3600,
+        stale_policy=FreshnessPolicy.FLAG,
+        future_policy=FreshnessPolicy.FLAG,
+    )
+    stale = judge_freshness(firing(NOW - dt.timedelta(hours=2)), NOW, flagging)
+    assert stale.refusal == "" and stale.flags[0].startswith("stale")
+
+
+def test_a_flag_is_written_into_a_copy_of_the_alert_when_there_is_room() -> None:
+    alert = firing(NOW)
+    marked = flagged(alert, ["stale: started 2.0h ago"])
+    assert marked.annotations[FLAGS_ANNOTATION] == "stale: started 2.0h ago"
+    assert FLAGS_ANNOTATION not in alert.annotations
+    full = firing(NOW)
+    full.annotations.update({f"a{i}": "x" for i in range(128)})
+    assert FLAGS_ANNOTATION not in flagged(full, ["stale"]).annotations
