@@ -3,9 +3,11 @@
 # one (idempotent: a package already installed is left alone):
 #   - prometheus (2.42 on bookworm): /usr/bin/prometheus, /usr/bin/promtool
 #   - prometheus-alertmanager (0.25 on bookworm): /usr/bin/prometheus-alertmanager, /usr/bin/amtool
+#   - redis-server (7.0 on bookworm): /usr/bin/redis-server (and redis-cli from redis-tools), for
+#     the gateway's Redis intake backend and its tests
 #
-# We run our own instances on loopback (services/devstack/monitoring.py), so the packages'
-# own daemons must not run and must not start at boot. The packages' postinst does
+# We run our own instances on loopback (services/devstack/monitoring.py, tests/fixtures/redis.py),
+# so the packages' own daemons must not run and must not start at boot. The packages' postinst does
 # `update-rc.d NAME defaults` + `invoke-rc.d NAME start` (sysvinit) and
 # `deb-systemd-helper enable` + `deb-systemd-invoke start` (only when systemd is PID 1).
 # This script:
@@ -18,11 +20,13 @@
 # Recommends are not installed (they would bring prometheus-node-exporter and its daemon).
 set -euo pipefail
 
-PACKAGES=(prometheus prometheus-alertmanager)
-# The packaged services, each with the pidfile its /etc/init.d script writes.
+PACKAGES=(prometheus prometheus-alertmanager redis-server)
+# The packaged services, each with the pidfile its /etc/init.d script writes (redis-server's is
+# the `pidfile` of /etc/redis/redis.conf).
 declare -A PIDFILES=(
   [prometheus]=/run/prometheus/prometheus.pid
   [prometheus-alertmanager]=/run/prometheus/prometheus-alertmanager.pid
+  [redis-server]=/run/redis/redis-server.pid
 )
 
 step() { printf '==> %s\n' "$*"; }
@@ -77,6 +81,9 @@ systemd_running=false
 [ -d /run/systemd/system ] && systemd_running=true
 for svc in "${PACKAGES[@]}"; do
   pidfile=${PIDFILES[$svc]}
+  # The binary the daemon runs as: /usr/bin/redis-server is a symlink (to redis-check-rdb), and
+  # /proc/PID/exe names the file it resolves to.
+  binary=$(readlink -f "/usr/bin/$svc")
   if "$systemd_running" && systemctl is-active --quiet "$svc.service"; then
     step "stopping the packaged $svc.service (systemctl)"
     systemctl stop "$svc.service"
@@ -84,7 +91,7 @@ for svc in "${PACKAGES[@]}"; do
   if [ -s "$pidfile" ]; then
     pid=$(cat "$pidfile")
     # Only a pid that is really this package's binary (a stale pidfile's pid may be reused).
-    if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" = "/usr/bin/$svc" ]; then
+    if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" = "$binary" ]; then
       step "stopping the packaged $svc daemon (pid $pid from $pidfile)"
       # The init script's stop is start-stop-daemon --pidfile (TERM, then KILL after 30s).
       # `service` runs it directly: invoke-rc.d would ask policy-rc.d, which may deny it.
@@ -94,7 +101,7 @@ for svc in "${PACKAGES[@]}"; do
           kill -0 "$pid" 2>/dev/null || break
           sleep 0.1
         done
-        if [ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" = "/usr/bin/$svc" ]; then
+        if [ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" = "$binary" ]; then
           kill -KILL "$pid" 2>/dev/null || true
         fi
       fi
@@ -114,3 +121,4 @@ done
 
 step "ready: $(/usr/bin/prometheus --version 2>&1 | head -n1)"
 step "ready: $(/usr/bin/prometheus-alertmanager --version 2>&1 | head -n1)"
+step "ready: $(/usr/bin/redis-server --version 2>&1 | head -n1)"

@@ -10,6 +10,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.postgres",
+    "tests.fixtures.redis",
     "tests.fixtures.smtp",
     "tests.fixtures.kubernaut",
     "tests.fixtures.devstack",

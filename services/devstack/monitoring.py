@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +44,7 @@ from typing import Any, Self
 import httpx
 import yaml
 
-from services.devstack.processes import free_port, tail
+from services.devstack.processes import free_port, stop_child, tail
 
 __all__ = [
     "ALERTMANAGER_BIN",
@@ -255,19 +254,15 @@ class _Daemon:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM our child by pid, wait up to `timeout`, then SIGKILL."""
         process, self._process, self._port = self._process, None, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _log.warning(
+        stop_child(
+            process,
+            timeout,
+            on_ignored=lambda: _log.warning(
                 "%s pid %d ignored SIGTERM for %.0fs; killing", self._name, process.pid, timeout
-            )
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait()
+            ),
+        )
 
     def __enter__(self) -> Self:
         self.start()

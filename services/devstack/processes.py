@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,6 +124,28 @@ def stop_pid(
         if on_ignored is not None:
             on_ignored(sig)
     return not alive()
+
+
+def stop_child(
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    *,
+    on_ignored: Callable[[], None] | None = None,
+) -> None:
+    """SIGTERM our own child, wait up to `timeout`, then SIGKILL; reaped either way (so
+    its pid cannot be recycled under us). `on_ignored` hears that it outlived SIGTERM."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if on_ignored is not None:
+            on_ignored()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
 
 
 # -- logs ----------------------------------------------------------------------------------

@@ -21,11 +21,13 @@ from collections.abc import Awaitable, Callable
 import grpc
 from kubernaut.alert_processor.v1 import alert_processor_pb2
 from kubernaut.storage.v1 import storage_pb2
+from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
-from services.gateway.intake import GatewaySettings, IntakeDatabase, IntakeUnavailable, QueuedAlert
+from services.gateway.intake import GatewaySettings, IntakeSource, IntakeUnavailable, QueuedAlert
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 FORWARDED = Counter(
     "kubernaut_gateway_forwarded_total",
@@ -54,7 +56,7 @@ _HOUSEKEEPING_INTERVAL = 600.0
 class Forwarder:
     def __init__(
         self,
-        database: IntakeDatabase,
+        database: IntakeSource,
         process_alert: ProcessAlert,
         count_incident_alerts: CountIncidentAlerts,
         settings: GatewaySettings,
@@ -142,6 +144,14 @@ class Forwarder:
         return bool(claimed)
 
     async def _forward(self, queued: QueuedAlert) -> None:
+        # Continues the trace of the request that queued it: one trace per incident, from
+        # the webhook on.
+        parent = propagate.extract({"traceparent": queued.trace_context})
+        with _tracer.start_as_current_span(f"forward {queued.kind} alert", context=parent):
+            result = await self._forward_in_span(queued)
+        FORWARDED.labels(queued.kind, result).inc()
+
+    async def _forward_in_span(self, queued: QueuedAlert) -> str:
         store = await self.database.store()
         async with self._slots:
             try:
@@ -158,6 +168,14 @@ class Forwarder:
                     )
                     await store.forwarded(queued, response.incident_id)
                     result = "forwarded"
+                    log.info(
+                        "alert forwarded",
+                        extra={
+                            "fingerprint": queued.fingerprint,
+                            "incident_id": response.incident_id,
+                            "disposition": response.disposition,
+                        },
+                    )
             except grpc.aio.AioRpcError as error:
                 message = f"{error.code().name}: {error.details()}"
                 if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
@@ -173,7 +191,7 @@ class Forwarder:
             except TimeoutError:
                 await self._retry_later(queued, "timed out")
                 result = "retry"
-        FORWARDED.labels(queued.kind, result).inc()
+        return result
 
     async def _retry_later(self, queued: QueuedAlert, error: str) -> None:
         delay = min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(queued.attempts, 8))

@@ -30,22 +30,28 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import asyncpg
 from google.protobuf import json_format
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
-from pydantic import Field
+from opentelemetry import propagate
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.alerts import fingerprint_of, subject_of
 from services.runtime.database import LazyDatabase, PooledStore, proto_to_json
 from services.runtime.settings import database_url_field
 
+log = logging.getLogger(__name__)
+
 SCHEMA: Final = "gateway"
+# A batch is taken again this many times at most after PostgreSQL broke a deadlock.
+_DEADLOCK_RETRIES: Final = 3
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 # Where a flag on a forwarded alert is written, for the analysis and for people.
 FLAGS_ANNOTATION: Final = "kubernaut_gateway_flags"
@@ -74,6 +80,11 @@ class GatewaySettings(BaseSettings):
     )
 
     database_url: str = database_url_field("GATEWAY")
+    # When set (redis://, rediss://), the shared state lives in Redis instead of the
+    # database. Redis must run with appendonly yes and appendfsync always: the gateway
+    # answers 2xx once an alert is recorded, and only an fsynced write survives a crash.
+    redis_url: SecretStr | None = None
+    redis_key_prefix: str = "kubernaut:gateway:"
     # A new alert waits this long before it is forwarded: an alert that resolves within it
     # never becomes work, and a storm starting within it opens one incident, not many.
     hold_seconds: float = Field(default=2.0, ge=0)
@@ -179,12 +190,121 @@ def storm_id_of(alert_name: str, cluster: str, started: dt.datetime) -> str:
 
 
 @dataclass
-class _Item:
+class IntakeItem:
+    """One alert of a batch, with what the intake decides it by."""
+
     index: int
     alert: alert_pb2.Alert
     fingerprint: str
     cluster: str
     freshness: Freshness = field(default_factory=Freshness)
+
+
+def items_of(
+    alerts: Sequence[alert_pb2.Alert], now: dt.datetime, settings: GatewaySettings
+) -> list[IntakeItem]:
+    items = []
+    for index, alert in enumerate(alerts):
+        subject = subject_of(alert)
+        items.append(
+            IntakeItem(
+                index,
+                alert,
+                fingerprint_of(alert, subject),
+                subject.cluster if subject else alert.labels.get("cluster", ""),
+                judge_freshness(alert, now, settings),
+            )
+        )
+    return items
+
+
+def in_decision_order(items: Sequence[IntakeItem]) -> list[IntakeItem]:
+    """Rows are locked in fingerprint order, so two batches never deadlock on them."""
+    return sorted(items, key=lambda i: (i.fingerprint, i.index))
+
+
+# What the intake answers, worded once for every backend.
+
+
+def refused(item: IntakeItem) -> Outcome:
+    return Outcome(item.fingerprint, REFUSED, item.freshness.refusal)
+
+
+def accepted(item: IntakeItem) -> Outcome:
+    return Outcome(
+        item.fingerprint,
+        ACCEPTED,
+        "new; queued for the alert processor",
+        flags=item.freshness.flags,
+    )
+
+
+def duplicate(item: IntakeItem, occurrences: int, incident_id: str) -> Outcome:
+    where = f"incident {incident_id}" if incident_id else "its first alert, still queued"
+    return Outcome(
+        item.fingerprint,
+        DUPLICATE,
+        f"counted on {where} ({occurrences} alerts so far); not forwarded",
+        incident_id,
+        item.freshness.flags,
+    )
+
+
+def in_storm(item: IntakeItem, storm_id: str, size: int) -> Outcome:
+    return Outcome(
+        item.fingerprint,
+        STORM,
+        f"storm {storm_id}: {item.alert.name} started on {size} resources at once; listed on "
+        "the storm's one incident",
+        flags=item.freshness.flags,
+    )
+
+
+def not_firing(item: IntakeItem) -> Outcome:
+    return Outcome(
+        item.fingerprint,
+        IGNORED_RESOLVED,
+        "the alert is resolved and nothing of it fires here; resolved alerts never become work",
+    )
+
+
+def dropped_before_forwarding(item: IntakeItem) -> Outcome:
+    return Outcome(
+        item.fingerprint,
+        IGNORED_RESOLVED,
+        "resolved before it was forwarded: it never became work",
+    )
+
+
+def resolution_queued(item: IntakeItem, incident_id: str) -> Outcome:
+    return Outcome(
+        item.fingerprint,
+        IGNORED_RESOLVED,
+        "resolved; never work. Its incident is resolved once every alert of it resolved",
+        incident_id,
+    )
+
+
+def as_joined(outcome: Outcome, joined: dict[str, str]) -> Outcome:
+    """An alert accepted earlier in a batch that a storm started later in the same batch
+    took in is told so."""
+    storm_id = joined.get(outcome.fingerprint)
+    if outcome.disposition != ACCEPTED or storm_id is None:
+        return outcome
+    return Outcome(
+        outcome.fingerprint,
+        STORM,
+        f"storm {storm_id}: listed on the storm's one incident",
+        flags=outcome.flags,
+    )
+
+
+def current_trace_context() -> str:
+    """The caller's W3C traceparent, kept with a queued alert so that forwarding it later
+    continues the trace of the request that brought it."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
 
 
 _FINGERPRINT_COLUMNS: Final = (
@@ -254,8 +374,9 @@ _SET_STORM: Final = "UPDATE gateway.fingerprints SET storm_id = $2 WHERE fingerp
 _STORM_SIZE: Final = "SELECT count(*) FROM gateway.fingerprints WHERE storm_id = $1"
 
 _ENQUEUE: Final = """
-INSERT INTO gateway.queue (fingerprint, kind, alert, storm_id, incident_id, not_before)
-VALUES ($1, $2, $3::jsonb, $4, $5, now() + make_interval(secs => $6))
+INSERT INTO gateway.queue (fingerprint, kind, alert, storm_id, incident_id, not_before,
+                           trace_context)
+VALUES ($1, $2, $3::jsonb, $4, $5, now() + make_interval(secs => $6), $7)
 """
 
 _RESOLVE_FINGERPRINT: Final = """
@@ -274,20 +395,16 @@ RETURNING id
 _END_STORM_IF_QUIET: Final = """
 UPDATE gateway.storms SET ended_at = now()
 WHERE storm_id = $1 AND ended_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM gateway.fingerprints WHERE storm_id = $1 AND state = 'firing')
+  AND NOT EXISTS (
+      SELECT 1 FROM gateway.fingerprints WHERE storm_id = $1 AND state = 'firing' AND NOT ended)
 """
 
-
-def _as_joined(outcome: Outcome, joined: dict[str, str]) -> Outcome:
-    storm_id = joined.get(outcome.fingerprint)
-    if outcome.disposition != ACCEPTED or storm_id is None:
-        return outcome
-    return Outcome(
-        outcome.fingerprint,
-        STORM,
-        f"storm {storm_id}: listed on the storm's one incident",
-        flags=outcome.flags,
-    )
+# A firing row of the fingerprint that a forwarder took (or is taking) already.
+_FIRING_IN_FLIGHT: Final = """
+SELECT EXISTS (
+    SELECT 1 FROM gateway.queue
+    WHERE fingerprint = $1 AND kind = 'firing' AND failed_at IS NULL)
+"""
 
 
 class IntakeStore(PooledStore):
@@ -300,115 +417,96 @@ class IntakeStore(PooledStore):
         super().__init__(pool, timeout=timeout)
         self.settings = settings
 
-    async def take(self, alerts: Sequence[alert_pb2.Alert]) -> list[Outcome]:
+    async def take(
+        self, alerts: Sequence[alert_pb2.Alert], trace_context: str = ""
+    ) -> list[Outcome]:
         """Decide every alert of a batch, in one transaction; outcomes in request order.
-        IntakeUnavailable (nothing taken) when the database cannot be reached."""
-        now = dt.datetime.now(dt.UTC)
-        items = []
-        for index, alert in enumerate(alerts):
-            subject = subject_of(alert)
-            items.append(
-                _Item(
-                    index,
-                    alert,
-                    fingerprint_of(alert, subject),
-                    subject.cluster if subject else alert.labels.get("cluster", ""),
-                    judge_freshness(alert, now, self.settings),
-                )
-            )
+        IntakeUnavailable (nothing taken) when the database cannot be reached.
+        `trace_context` (a W3C traceparent) is kept with what is queued."""
+        items = items_of(alerts, dt.datetime.now(dt.UTC), self.settings)
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                return await self._take(items, trace_context)
+            except asyncpg.exceptions.DeadlockDetectedError:
+                # Two replicas racing into one storm can lock the same rows in two orders
+                # (a row and the storm's unique index); PostgreSQL undid one transaction
+                # whole, so taking the batch again is safe.
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                log.info("intake transaction deadlocked; retrying", extra={"attempt": attempt})
+        raise AssertionError("unreachable")
+
+    async def _take(self, items: Sequence[IntakeItem], trace_context: str) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
-        # Fingerprint -> storm, for alerts a storm took in after they were accepted (a
-        # storm started later in this batch, or in an earlier one).
+        # Fingerprint -> storm, for alerts of this batch a storm started later in the
+        # batch took in.
         joined: dict[str, str] = {}
         async with self._connection() as conn, conn.transaction():
-            # Rows are locked in fingerprint order, so two batches never deadlock.
-            for item in sorted(items, key=lambda i: (i.fingerprint, i.index)):
+            for item in in_decision_order(items):
                 if item.freshness.refusal:
-                    outcomes[item.index] = Outcome(
-                        item.fingerprint, REFUSED, item.freshness.refusal
-                    )
+                    outcomes[item.index] = refused(item)
                 elif item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
-                    outcomes[item.index] = await self._resolved(conn, item)
+                    outcomes[item.index] = await self._resolved(conn, item, trace_context)
                 else:
-                    outcomes[item.index] = await self._firing(conn, item, joined)
-        return [_as_joined(outcomes[i], joined) for i in range(len(items))]
+                    outcomes[item.index] = await self._firing(conn, item, joined, trace_context)
+        return [as_joined(outcomes[i], joined) for i in range(len(items))]
 
     async def _firing(
-        self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item, joined: dict[str, str]
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        item: IntakeItem,
+        joined: dict[str, str],
+        trace_context: str,
     ) -> Outcome:
-        alert = flagged(item.alert, item.freshness.flags)
-        alert_json = proto_to_json(alert)
+        alert_json = proto_to_json(flagged(item.alert, item.freshness.flags))
         row = await conn.fetchrow(
-            _INSERT_FINGERPRINT, item.fingerprint, alert.name, item.cluster, alert_json
+            _INSERT_FINGERPRINT, item.fingerprint, item.alert.name, item.cluster, alert_json
         )
         if row is None:
             row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
             assert row is not None  # it conflicted, and rows are only deleted when finished
             if row["state"] == "firing" and not row["ended"]:
                 occurrences = await conn.fetchval(_COUNT_DUPLICATE, item.fingerprint, alert_json)
-                incident = row["incident_id"]
-                where = f"incident {incident}" if incident else "its first alert, still queued"
-                return Outcome(
-                    item.fingerprint,
-                    DUPLICATE,
-                    f"counted on {where} ({occurrences} alerts so far); not forwarded",
-                    incident,
-                    item.freshness.flags,
-                )
+                return duplicate(item, occurrences, row["incident_id"])
             await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
-        return await self._new_life(conn, item, alert_json, joined)
-
-    async def _new_life(
-        self,
-        conn: asyncpg.pool.PoolConnectionProxy,
-        item: _Item,
-        alert_json: str,
-        joined: dict[str, str],
-    ) -> Outcome:
         settings = self.settings
-        name = item.alert.name
-        storm_id = await conn.fetchval(_ACTIVE_STORM, name, item.cluster)
+        name, cluster = item.alert.name, item.cluster
+        storm_id = await conn.fetchval(_ACTIVE_STORM, name, cluster)
         if storm_id is None:
             recent = await conn.fetchval(
-                _RECENT_STARTS, name, item.cluster, settings.storm_window_seconds
+                _RECENT_STARTS, name, cluster, settings.storm_window_seconds
             )
             if recent >= settings.storm_threshold:
-                storm_id = await self._start_storm(
-                    conn, name, item.cluster, item.fingerprint, joined
-                )
+                storm_id = await self._start_storm(conn, item, joined, trace_context)
         if storm_id is None:
             await conn.execute(
-                _ENQUEUE, item.fingerprint, "firing", alert_json, "", "", settings.hold_seconds
-            )
-            return Outcome(
+                _ENQUEUE,
                 item.fingerprint,
-                ACCEPTED,
-                "new; queued for the alert processor",
-                flags=item.freshness.flags,
+                "firing",
+                alert_json,
+                "",
+                "",
+                settings.hold_seconds,
+                trace_context,
             )
+            return accepted(item)
         await conn.execute(_SET_STORM, item.fingerprint, storm_id)
-        await conn.execute(_ENQUEUE, item.fingerprint, "firing", alert_json, storm_id, "", 0.0)
-        size = await conn.fetchval(_STORM_SIZE, storm_id)
-        return Outcome(
-            item.fingerprint,
-            STORM,
-            f"storm {storm_id}: {name} started on {size} resources at once; listed on the "
-            "storm's one incident",
-            flags=item.freshness.flags,
+        await conn.execute(
+            _ENQUEUE, item.fingerprint, "firing", alert_json, storm_id, "", 0.0, trace_context
         )
+        return in_storm(item, storm_id, await conn.fetchval(_STORM_SIZE, storm_id))
 
     async def _start_storm(
         self,
         conn: asyncpg.pool.PoolConnectionProxy,
-        name: str,
-        cluster: str,
-        starter: str,
+        starter: IntakeItem,
         joined: dict[str, str],
+        trace_context: str,
     ) -> str:
-        """Start (or join, when another replica just did) the storm of `name` on `cluster`;
-        the recent members join it (and are noted in `joined`). `starter`, the alert that
-        tipped it, is queued by the caller."""
-        settings = self.settings
+        """Start (or join, when another replica just did) the storm of the starter's alert
+        name on its cluster; the recent members join it (and are noted in `joined`). The
+        starter itself is queued by the caller."""
+        name, cluster = starter.alert.name, starter.cluster
         storm_id = await conn.fetchval(
             _START_STORM, storm_id_of(name, cluster, dt.datetime.now(dt.UTC)), name, cluster
         )
@@ -416,7 +514,7 @@ class IntakeStore(PooledStore):
             storm_id = await conn.fetchval(_ACTIVE_STORM, name, cluster)
             assert storm_id is not None
         members = await conn.fetch(
-            _JOIN_RECENT, name, cluster, settings.storm_window_seconds, storm_id
+            _JOIN_RECENT, name, cluster, self.settings.storm_window_seconds, storm_id
         )
         fingerprints = [m["fingerprint"] for m in members]
         joined.update(dict.fromkeys(fingerprints, str(storm_id)))
@@ -425,31 +523,35 @@ class IntakeStore(PooledStore):
             for r in await conn.fetch(_SWITCH_QUEUED_TO_STORM, fingerprints, storm_id)
         }
         for member in members:
-            if member["fingerprint"] not in switched and member["fingerprint"] != starter:
+            fingerprint = member["fingerprint"]
+            if fingerprint not in switched and fingerprint != starter.fingerprint:
                 await conn.execute(
-                    _ENQUEUE, member["fingerprint"], "firing", member["alert"], storm_id, "", 0.0
+                    _ENQUEUE,
+                    fingerprint,
+                    "firing",
+                    member["alert"],
+                    storm_id,
+                    "",
+                    0.0,
+                    trace_context,
                 )
         return str(storm_id)
 
-    async def _resolved(self, conn: asyncpg.pool.PoolConnectionProxy, item: _Item) -> Outcome:
+    async def _resolved(
+        self, conn: asyncpg.pool.PoolConnectionProxy, item: IntakeItem, trace_context: str
+    ) -> Outcome:
         row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
         if row is None or row["state"] != "firing":
-            return Outcome(
-                item.fingerprint,
-                IGNORED_RESOLVED,
-                "the alert is resolved and nothing of it fires here; resolved alerts never "
-                "become work",
-            )
+            return not_firing(item)
         await conn.execute(_RESOLVE_FINGERPRINT, item.fingerprint)
         dropped = await conn.fetch(_DROP_UNTRIED, item.fingerprint)
         if row["storm_id"]:
             await conn.execute(_END_STORM_IF_QUIET, row["storm_id"])
-        if dropped and not row["incident_id"]:
-            return Outcome(
-                item.fingerprint,
-                IGNORED_RESOLVED,
-                "resolved before it was forwarded: it never became work",
-            )
+        # Never work only if nothing of this life reached (or is reaching) the alert
+        # processor: no incident yet, and no firing row of it being tried.
+        in_flight = await conn.fetchval(_FIRING_IN_FLIGHT, item.fingerprint)
+        if dropped and not row["incident_id"] and not in_flight:
+            return dropped_before_forwarding(item)
         await conn.execute(
             _ENQUEUE,
             item.fingerprint,
@@ -458,14 +560,9 @@ class IntakeStore(PooledStore):
             row["storm_id"],
             row["incident_id"],
             0.0,
+            trace_context,
         )
-        incident = row["incident_id"]
-        return Outcome(
-            item.fingerprint,
-            IGNORED_RESOLVED,
-            "resolved; never work. Its incident is resolved once every alert of it resolved",
-            incident,
-        )
+        return resolution_queued(item, row["incident_id"])
 
     # -- what the forwarder uses ------------------------------------------------------------
 
@@ -484,6 +581,7 @@ class IntakeStore(PooledStore):
                 row["storm_id"],
                 row["incident_id"],
                 row["attempts"],
+                row["trace_context"],
             )
             for row in sorted(rows, key=lambda r: r["id"])
         ]
@@ -565,6 +663,8 @@ class QueuedAlert:
     storm_id: str
     incident_id: str
     attempts: int
+    # The W3C traceparent of the request that queued it ("" when none).
+    trace_context: str = ""
 
 
 _CLAIM: Final = """
@@ -580,7 +680,8 @@ WHERE id IN (
     ORDER BY q.id
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
-RETURNING id, fingerprint, kind, alert::text AS alert, storm_id, incident_id, attempts
+RETURNING id, fingerprint, kind, alert::text AS alert, storm_id, incident_id, attempts,
+          trace_context
 """
 
 _SET_INCIDENT: Final = """
@@ -651,3 +752,33 @@ FROM gateway.queue WHERE failed_at IS NULL
 class IntakeDatabase(LazyDatabase[IntakeStore]):
     def __init__(self, dsn: str, settings: GatewaySettings) -> None:
         super().__init__(dsn, IntakeStore, settings=settings)
+
+
+class Intake(Protocol):
+    """What the gateway's servicer and forwarder need of the shared intake state; the
+    PostgreSQL IntakeStore is the reference, and every backend answers as it does."""
+
+    async def take(
+        self, alerts: Sequence[alert_pb2.Alert], trace_context: str = ""
+    ) -> list[Outcome]: ...
+    async def claim(self, limit: int, lease_seconds: float) -> list[QueuedAlert]: ...
+    async def forwarded(self, queued: QueuedAlert, incident_id: str) -> None: ...
+    async def retry_later(self, queued: QueuedAlert, error: str, delay_seconds: float) -> None: ...
+    async def give_up(self, queued: QueuedAlert, error: str) -> None: ...
+    async def resolution_target(self, queued: QueuedAlert) -> tuple[str, int]: ...
+    async def next_due_in(self) -> float | None: ...
+    async def uncounted(self, limit: int) -> list[tuple[str, str, int]]: ...
+    async def counted(
+        self, incident_id: str, counts: Sequence[tuple[str, int]], incident_closed: bool
+    ) -> None: ...
+    async def forget_finished(self) -> int: ...
+    async def queue_depth(self) -> tuple[int, float]: ...
+
+
+class IntakeSource(Protocol):
+    """Where the intake lives, connected lazily: the gateway starts NOT_SERVING while it
+    cannot be reached. `store()` raises IntakeUnavailable then."""
+
+    async def store(self) -> Intake: ...
+    async def ready(self) -> bool: ...
+    async def close(self) -> None: ...

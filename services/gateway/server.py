@@ -17,8 +17,16 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from prometheus_client import Counter
 
 from services.gateway.forwarding import Forwarder
-from services.gateway.intake import GatewaySettings, IntakeDatabase, IntakeUnavailable, Outcome
+from services.gateway.intake import (
+    GatewaySettings,
+    IntakeDatabase,
+    IntakeSource,
+    IntakeUnavailable,
+    Outcome,
+    current_trace_context,
+)
 from services.gateway.limits import RateLimiter
+from services.gateway.redis_intake import RedisIntakeSource, redact_redis_url
 from services.runtime.database import redact_dsn
 from services.runtime.identity import peer_of
 from services.runtime.names import EDGE_ACCOUNT
@@ -58,7 +66,7 @@ def rate_limited_status(retry_after: float, who: str) -> grpc.Status:
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
-        database: IntakeDatabase,
+        database: IntakeSource,
         forwarder: Forwarder,
         limiter: RateLimiter,
         runtime: RuntimeSettings,
@@ -81,7 +89,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     rate_limited_status(verdict.retry_after, peer.label)
                 )
         try:
-            outcomes = await (await self.database.store()).take(request.alerts)
+            outcomes = await (await self.database.store()).take(
+                request.alerts, current_trace_context()
+            )
         except IntakeUnavailable as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing was taken: {error}")
             raise
@@ -103,11 +113,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
 
+def intake_source(settings: GatewaySettings) -> tuple[IntakeSource, str]:
+    """Where the shared state lives, and the readiness check's name: Redis when
+    KUBERNAUT_GATEWAY_REDIS_URL is set, else the gateway's schema in PostgreSQL. Both
+    connect lazily: the gateway starts NOT_SERVING while its state cannot be reached, and
+    accepts nothing it could not keep."""
+    if settings.redis_url is not None:
+        url = settings.redis_url.get_secret_value()
+        log.info("gateway intake in Redis", extra={"redis": redact_redis_url(url)})
+        return RedisIntakeSource(url, settings, key_prefix=settings.redis_key_prefix), "redis"
+    log.info("gateway intake in PostgreSQL", extra={"dsn": redact_dsn(settings.database_url)})
+    return IntakeDatabase(settings.database_url, settings), "postgresql"
+
+
 async def build(ctx: ServiceContext) -> ServiceSpec:
     settings = GatewaySettings()
-    # Connects lazily: the gateway starts NOT_SERVING while PostgreSQL is down, and
-    # accepts nothing it could not keep.
-    database = IntakeDatabase(settings.database_url, settings)
+    database, check = intake_source(settings)
     forwarder = Forwarder(
         database,
         ctx.clients.stub(AlertProcessorServiceStub).ProcessAlert,
@@ -115,7 +136,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         settings,
     )
     forwarder.start()
-    log.info("gateway intake configured", extra={"dsn": redact_dsn(settings.database_url)})
 
     async def stop() -> None:
         await forwarder.stop()
@@ -124,6 +144,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     limiter = RateLimiter(settings.caller_rate_per_second, settings.caller_burst)
     return ServiceSpec(
         GatewayServicer(database, forwarder, limiter, ctx.settings),
-        readiness=[("postgresql", database.ready)],
+        readiness=[(check, database.ready)],
         on_stop=[stop],
     )
