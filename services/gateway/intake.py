@@ -342,9 +342,12 @@ _ACTIVE_STORM: Final = """
 SELECT storm_id FROM gateway.storms WHERE alert_name = $1 AND cluster = $2 AND ended_at IS NULL
 """
 
+# Members of a storm count too: a replica that looked for an active storm a moment before
+# another one's storm committed still counts that storm's members, tips over the threshold
+# and joins it (_START_STORM), instead of accepting the alert on its own.
 _RECENT_STARTS: Final = """
 SELECT count(*) FROM gateway.fingerprints
-WHERE alert_name = $1 AND cluster = $2 AND state = 'firing' AND NOT ended AND storm_id = ''
+WHERE alert_name = $1 AND cluster = $2 AND state = 'firing' AND NOT ended
   AND life_started_at > now() - make_interval(secs => $3)
 """
 

@@ -648,4 +648,4 @@ async def test_replicas_racing_into_one_storm_never_fail(intake: StoreFactory) -
             replicas[0].take(batches[0]), replicas[1].take(batches[1])
         )
         news = [o for o in left[2:] + right[2:]]
-        assert all(o.disposition == STORM for o in news), news
+        assert all(o.disposition == STORM for o in news), [(o.disposition, o.reason) for o in news]
