@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway_http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, create_app
+from gateway_http.coalescing import Coalescer
 from gateway_http.security import Authenticator, TokenReview
 from gateway_http.tokenreview import TokenReviewSettings
 from services.gateway.limits import RateLimiter
@@ -48,6 +50,8 @@ class EdgeSettings(BaseSettings):
     rate_burst: float = Field(default=200.0, ge=1)
     # Requests in progress at once, over all senders; beyond it 503. 0 turns it off.
     max_concurrent: int = Field(default=DEFAULT_MAX_CONCURRENT, ge=0)
+    # Calls to the gateway at once; webhooks arriving meanwhile go together in the next.
+    max_gateway_calls: int = Field(default=2, ge=1)
     # Where /metrics is served (not on the webhook port: that one faces the senders).
     # Unset: KUBERNAUT_PORT_BASE + 100 + 10, after the ten services'. 0: any free port.
     metrics_port: int | None = None
@@ -107,7 +111,8 @@ async def serve_edge(
     clients = Clients(settings, EDGE_ACCOUNT)
     gateway = clients.stub(GatewayServiceStub)
     app = create_app(
-        gateway.SubmitAlerts,
+        # Webhooks arriving together go to the gateway in one call (one transaction).
+        Coalescer(gateway.SubmitAlerts, max_in_flight=edge.max_gateway_calls),
         authenticator,
         max_body_bytes=edge.max_body_bytes,
         rate_limiter=edge.rate_limiter(),
@@ -120,6 +125,9 @@ async def serve_edge(
     # handler that was there before it; a no-op one lets the edge exit 0 like the services.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
+    # Everything built so far lives as long as the process: keep the collector from
+    # walking it again and again under load.
+    gc.freeze()
     try:
         await server.serve()
     finally:

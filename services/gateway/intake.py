@@ -324,10 +324,9 @@ SELECT {_FINGERPRINT_COLUMNS} FROM gateway.fingerprints WHERE fingerprint = $1 F
 
 _COUNT_DUPLICATE: Final = """
 UPDATE gateway.fingerprints
-SET occurrences = occurrences + 1, uncounted = uncounted + 1, last_seen_at = now(),
-    alert = $2::jsonb
-WHERE fingerprint = $1
-RETURNING occurrences
+SET occurrences = occurrences + 1, uncounted = uncounted + 1, last_seen_at = now()
+WHERE fingerprint = $1 AND state = 'firing' AND NOT ended
+RETURNING occurrences, incident_id
 """
 
 _RESTART_LIFE: Final = """
@@ -345,10 +344,14 @@ SELECT storm_id FROM gateway.storms WHERE alert_name = $1 AND cluster = $2 AND e
 # Members of a storm count too: a replica that looked for an active storm a moment before
 # another one's storm committed still counts that storm's members, tips over the threshold
 # and joins it (_START_STORM), instead of accepting the alert on its own.
+# Counted up to the threshold only ($4): beyond it the answer is the same, and a busy
+# alert name would otherwise cost a scan of every recent start on each new one.
 _RECENT_STARTS: Final = """
-SELECT count(*) FROM gateway.fingerprints
-WHERE alert_name = $1 AND cluster = $2 AND state = 'firing' AND NOT ended
-  AND life_started_at > now() - make_interval(secs => $3)
+SELECT count(*) FROM (
+    SELECT 1 FROM gateway.fingerprints
+    WHERE alert_name = $1 AND cluster = $2 AND state = 'firing' AND NOT ended
+      AND life_started_at > now() - make_interval(secs => $3)
+    LIMIT $4) AS recent
 """
 
 _START_STORM: Final = """
@@ -415,6 +418,9 @@ class IntakeStore(PooledStore):
     label = "gateway database"
     schema = SCHEMA
     migrations_dir = MIGRATIONS_DIR
+    # Every use is a statement or a transaction, never session state (the migration's
+    # advisory lock is unlocked by the migration itself): skip the reset round trip.
+    reset_on_release = False
 
     def __init__(self, pool: asyncpg.Pool, *, timeout: float, settings: GatewaySettings) -> None:
         super().__init__(pool, timeout=timeout)
@@ -461,6 +467,11 @@ class IntakeStore(PooledStore):
         joined: dict[str, str],
         trace_context: str,
     ) -> Outcome:
+        # The usual case, a repeat within a life, in one statement (it locks the row). It
+        # changes no indexed column, so PostgreSQL updates the row in place (HOT).
+        counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
+        if counted is not None:
+            return duplicate(item, counted["occurrences"], counted["incident_id"])
         alert_json = proto_to_json(flagged(item.alert, item.freshness.flags))
         row = await conn.fetchrow(
             _INSERT_FINGERPRINT, item.fingerprint, item.alert.name, item.cluster, alert_json
@@ -469,15 +480,21 @@ class IntakeStore(PooledStore):
             row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
             assert row is not None  # it conflicted, and rows are only deleted when finished
             if row["state"] == "firing" and not row["ended"]:
-                occurrences = await conn.fetchval(_COUNT_DUPLICATE, item.fingerprint, alert_json)
-                return duplicate(item, occurrences, row["incident_id"])
+                # Another replica started its life since our first look.
+                counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
+                assert counted is not None  # the row is locked, and live
+                return duplicate(item, counted["occurrences"], counted["incident_id"])
             await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
         settings = self.settings
         name, cluster = item.alert.name, item.cluster
         storm_id = await conn.fetchval(_ACTIVE_STORM, name, cluster)
         if storm_id is None:
             recent = await conn.fetchval(
-                _RECENT_STARTS, name, cluster, settings.storm_window_seconds
+                _RECENT_STARTS,
+                name,
+                cluster,
+                settings.storm_window_seconds,
+                settings.storm_threshold,
             )
             if recent >= settings.storm_threshold:
                 storm_id = await self._start_storm(conn, item, joined, trace_context)
@@ -672,6 +689,8 @@ class QueuedAlert:
 
 _CLAIM: Final = """
 UPDATE gateway.queue SET claimed_until = now() + make_interval(secs => $2),
+                         -- Due again when the lease runs out (its forwarder died).
+                         not_before = GREATEST(not_before, now() + make_interval(secs => $2)),
                          attempts = attempts + 1
 WHERE id IN (
     SELECT q.id FROM gateway.queue q
@@ -712,9 +731,10 @@ SELECT count(*) FROM gateway.fingerprints
 WHERE incident_id = $1 AND state = 'firing' AND NOT ended
 """
 
+# A claimed row's not_before is its lease's end, so the index answers this alone.
 _NEXT_DUE: Final = """
-SELECT extract(epoch FROM min(GREATEST(not_before, COALESCE(claimed_until, not_before))) - now())
-FROM gateway.queue WHERE failed_at IS NULL
+SELECT extract(epoch FROM not_before - now()) FROM gateway.queue
+WHERE failed_at IS NULL ORDER BY not_before LIMIT 1
 """
 
 _UNCOUNTED: Final = """

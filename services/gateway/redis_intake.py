@@ -416,7 +416,6 @@ local function firing(fp, alert_name, cluster, alert, storm_candidate)
     counted.occurrences = num(tonumber(f.occurrences) + 1)
     counted.uncounted = num(tonumber(f.uncounted) + 1)
     counted.last_seen_at = num(now)
-    counted.alert = alert
     save_fp(fp, f, counted)
     return {'duplicate', counted.occurrences, f.incident_id}
   end
@@ -508,7 +507,10 @@ local lease_end = num(now + lease)
 for _, id in ipairs(redis.call('ZRANGE', ready, 0, limit - 1)) do
   local key = P .. 'row:' .. id
   local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-  redis.call('HSET', key, 'claimed_until', lease_end)
+  -- Due again when the lease runs out (its forwarder died), as in PostgreSQL.
+  local not_before = tonumber(redis.call('HGET', key, 'not_before'))
+  redis.call('HSET', key, 'claimed_until', lease_end,
+    'not_before', num(math.max(not_before, tonumber(lease_end))))
   local row = as_table(redis.call('HGETALL', key))
   local due = num(due_of(row.not_before, lease_end))
   redis.call('ZREM', ready, id)

@@ -43,6 +43,12 @@ ALERTS: Final = Counter(
 )
 
 
+# Dispositions that never queue anything for the forwarder.
+_NOTHING_QUEUED: Final = frozenset(
+    {remediation_pb2.ALERT_DISPOSITION_DUPLICATE, remediation_pb2.ALERT_DISPOSITION_REFUSED}
+)
+
+
 def _disposition_label(outcome: Outcome) -> str:
     name = remediation_pb2.AlertDisposition.Name(outcome.disposition)
     return name.removeprefix("ALERT_DISPOSITION_").lower()
@@ -95,7 +101,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except IntakeUnavailable as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing was taken: {error}")
             raise
-        self.forwarder.wake()
+        if any(o.disposition not in _NOTHING_QUEUED for o in outcomes):
+            self.forwarder.wake()
         for outcome in outcomes:
             ALERTS.labels(_disposition_label(outcome)).inc()
         return gateway_pb2.SubmitAlertsResponse(

@@ -48,17 +48,27 @@ async def connect_pool(
     min_size: int = 1,
     max_size: int = 10,
     timeout: float = 10.0,
+    reset_on_release: bool = True,
 ) -> asyncpg.Pool:
     """A pool to `dsn`; `unavailable` (naming the server, never the password) when it cannot
     connect. min_size >= 1 makes a dead server fail here, not on first use. `timeout` bounds
-    each connection attempt."""
+    each connection attempt. `reset_on_release` False skips asyncpg's reset query (unlock
+    advisory locks, close cursors, unlisten, reset settings) when a connection goes back:
+    one round trip less per use, for stores that never leave session state behind."""
+    options: dict[str, Any] = {} if reset_on_release else {"reset": _keep_session}
     try:
-        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=timeout)
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=timeout, **options
+        )
     except (*UNREACHABLE, asyncpg.PostgresError) as exc:
         # PostgresError too: a missing database or a refused login is "not reachable" here.
         raise unavailable(
             f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc or type(exc).__name__}"
         ) from exc
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A reset that leaves the session as it is."""
 
 
 async def ping(pool: asyncpg.Pool, timeout: float) -> bool:
@@ -125,6 +135,8 @@ class PooledStore:
     unreachable_also: ClassVar[tuple[type[Exception], ...]] = ()
     # The pool's size when `connect()` is not given one.
     pool_max_size: ClassVar[int] = 10
+    # False for a store that never leaves session state on a connection (see connect_pool).
+    reset_on_release: ClassVar[bool] = True
 
     def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
         """`timeout` bounds waiting for a pooled connection and `ping()`."""
@@ -151,6 +163,7 @@ class PooledStore:
             min_size=min_size,
             max_size=cls.pool_max_size if max_size is None else max_size,
             timeout=connect_timeout,
+            reset_on_release=cls.reset_on_release,
         )
         return cls(pool, timeout=connect_timeout, **options)
 
