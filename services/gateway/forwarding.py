@@ -101,12 +101,16 @@ class Forwarder:
                 raise
             except Exception as error:
                 failures += 1
-                delay = min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(failures, 8))
+                delay = self._backoff(failures)
                 if isinstance(error, IntakeUnavailable):
                     log.warning("forwarder waits for its database", extra={"error": str(error)})
                 else:
                     log.exception("forwarder failed; retrying")
                 await asyncio.sleep(delay)
+
+    def _backoff(self, attempts: int) -> float:
+        """Seconds to wait after `attempts` failures: doubling from 1 s, capped."""
+        return min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(attempts, 8))
 
     async def _idle(self) -> None:
         store = await self.database.store()
@@ -194,7 +198,7 @@ class Forwarder:
         return result
 
     async def _retry_later(self, queued: QueuedAlert, error: str) -> None:
-        delay = min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(queued.attempts, 8))
+        delay = self._backoff(queued.attempts)
         log.warning(
             "forwarding failed; will retry",
             extra={

@@ -731,10 +731,16 @@ SELECT count(*) FROM gateway.fingerprints
 WHERE incident_id = $1 AND state = 'firing' AND NOT ended
 """
 
-# A claimed row's not_before is its lease's end, so the index answers this alone.
+# A claimed row's not_before is its lease's end. Only the first row of a fingerprint can be
+# claimed: one waiting behind a row in flight is not due, or an idle forwarder would spin
+# while another replica forwards that row.
 _NEXT_DUE: Final = """
-SELECT extract(epoch FROM not_before - now()) FROM gateway.queue
-WHERE failed_at IS NULL ORDER BY not_before LIMIT 1
+SELECT extract(epoch FROM q.not_before - now()) FROM gateway.queue q
+WHERE q.failed_at IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM gateway.queue e
+      WHERE e.fingerprint = q.fingerprint AND e.id < q.id AND e.failed_at IS NULL)
+ORDER BY q.not_before LIMIT 1
 """
 
 _UNCOUNTED: Final = """

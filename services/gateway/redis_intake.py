@@ -36,11 +36,11 @@ microseconds of Redis's clock; `<pair>` is `len(alert_name):alert_name cluster`,
   incident_id, enqueued_at, not_before, claimed_until, attempts, last_error, failed_at. Ids
   come from the counter `row-id`. `fp-queue:<fingerprint>` zset (its unfailed rows by id: the
   per-fingerprint order) and `fp-failed:<fingerprint>` zset (its failed rows, kept for
-  operators, never claimed; `queue:failed` lists them all by failed_at). `queue:wake` zset
-  (every unfailed row by when it is due: next_due_in), `queue:enqueued` zset (every
-  unfailed row by enqueued_at: queue_depth). Only the oldest unfailed row of a fingerprint
-  may be claimed: that head waits in `queue:pending` (by when it is due) until a claim finds
-  it due and moves it to `queue:ready` (by id), from which claims take the oldest first.
+  operators, never claimed; `queue:failed` lists them all by failed_at). `queue:enqueued`
+  zset (every unfailed row by enqueued_at: queue_depth). Only the oldest unfailed row of a
+  fingerprint may be claimed: that head waits in `queue:pending` (by when it is due) until
+  a claim finds it due and moves it to `queue:ready` (by id), from which claims take the
+  oldest first; next_due_in reads the two.
 
 Redis Cluster: the scripts compute their key names, so every key must live on one node;
 give the prefix a hash tag (e.g. `{kubernaut-gateway}:`) to put them in one slot.
@@ -254,7 +254,6 @@ end
 -- After an unfailed row's not_before or claimed_until changed.
 local function reposition(id, fp, not_before, claimed_until)
   local due = num(due_of(not_before, claimed_until))
-  redis.call('ZADD', P .. 'queue:wake', due, id)
   redis.call('ZREM', P .. 'queue:ready', id)
   redis.call('ZREM', P .. 'queue:pending', id)
   if head_of(fp) == id then redis.call('ZADD', P .. 'queue:pending', due, id) end
@@ -263,7 +262,6 @@ end
 -- Take an unfailed row out of the queue's indexes (deleted or failed).
 local function unqueue(id, fp)
   local was_head = head_of(fp) == id
-  redis.call('ZREM', P .. 'queue:wake', id)
   redis.call('ZREM', P .. 'queue:enqueued', id)
   redis.call('ZREM', P .. 'queue:ready', id)
   redis.call('ZREM', P .. 'queue:pending', id)
@@ -279,7 +277,6 @@ local function enqueue(fp, kind, alert, storm_id, incident_id, not_before, now)
     'attempts', '0', 'last_error', '', 'failed_at', '', 'trace_context', TRACE)
   redis.call('ZADD', P .. 'fp-queue:' .. fp, id, id)
   redis.call('ZADD', P .. 'queue:enqueued', num(now), id)
-  redis.call('ZADD', P .. 'queue:wake', num(not_before), id)
   if head_of(fp) == id then redis.call('ZADD', P .. 'queue:pending', num(not_before), id) end
   return id
 end
@@ -515,7 +512,6 @@ for _, id in ipairs(redis.call('ZRANGE', ready, 0, limit - 1)) do
   local due = num(due_of(row.not_before, lease_end))
   redis.call('ZREM', ready, id)
   redis.call('ZADD', pending, due, id)
-  redis.call('ZADD', P .. 'queue:wake', due, id)
   claimed[#claimed + 1] = {id, row.fingerprint, row.kind, row.alert, row.storm_id,
     row.incident_id, num(attempts), row.trace_context or ''}
 end
@@ -594,7 +590,10 @@ return {incident_id, redis.call('SCARD', P .. 'incident-live:' .. incident_id)}
 _NEXT_DUE_IN: Final = (
     _LIBRARY
     + r"""
-local first = redis.call('ZRANGE', P .. 'queue:wake', 0, 0, 'WITHSCORES')
+-- Only a fingerprint's first row can be claimed: a row waiting behind one in flight is not
+-- due, or an idle forwarder would spin while another replica forwards that row.
+if redis.call('ZCARD', P .. 'queue:ready') > 0 then return '0' end
+local first = redis.call('ZRANGE', P .. 'queue:pending', 0, 0, 'WITHSCORES')
 if #first == 0 then return false end
 return num(tonumber(first[2]) - now_us())
 """

@@ -273,8 +273,11 @@ async def test_a_fingerprints_rows_are_claimed_in_order_one_at_a_time(
     await store.take([alert("ordered")])
     [firing] = await store.claim(10, 60)
     await store.take([alert("ordered", resolved=True)])
-    # The resolution waits while its firing alert is being forwarded.
+    # The resolution waits while its firing alert is being forwarded: nothing is due
+    # until that lease runs out (an idle forwarder must not spin on it).
     assert await store.claim(10, 60) == []
+    due = await store.next_due_in()
+    assert due is not None and 50 < due <= 60
     await store.forwarded(firing, str(uuid.uuid4()))
     [resolution] = await store.claim(10, 60)
     assert resolution.kind == "resolved"
