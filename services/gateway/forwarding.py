@@ -110,7 +110,7 @@ class Forwarder:
 
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after `attempts` failures: doubling from 1 s, capped."""
-        return min(self.settings.forward_max_backoff_seconds, 0.5 * 2 ** min(attempts, 8))
+        return min(self.settings.forward_max_backoff_seconds, 0.5 * 2.0 ** min(attempts, 8))
 
     async def _idle(self) -> None:
         store = await self.database.store()
