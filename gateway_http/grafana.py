@@ -14,7 +14,7 @@ from typing import Literal
 from kubernaut.common.v1 import alert_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway_http.webhooks import AlertmanagerAlert, translate_alert
+from gateway_http.webhooks import AlertmanagerAlert, Text, translate_alert
 
 # Annotation names for the Grafana-only fields we keep; the alert's own annotations win.
 DASHBOARD_URL_ANNOTATION = "grafana_dashboard_url"
@@ -35,12 +35,12 @@ class GrafanaAlert(AlertmanagerAlert):
     """One alert of a Grafana webhook: AlertManager's fields and bounds, plus Grafana's."""
 
     silenceURL: str = Field(default="", max_length=_DROPPED_URL_MAX)
-    dashboardURL: str = Field(default="", max_length=_KEPT_URL_MAX)
-    panelURL: str = Field(default="", max_length=_KEPT_URL_MAX)
+    dashboardURL: Text = Field(default="", max_length=_KEPT_URL_MAX)
+    panelURL: Text = Field(default="", max_length=_KEPT_URL_MAX)
     # Grafana sends null when the rule produced no values (e.g. a test notification).
-    values: dict[str, float] | None = Field(default=None, max_length=128)
+    values: dict[Text, float] | None = Field(default=None, max_length=128)
     # Deprecated by Grafana in favour of `values`, but it names each series' labels.
-    valueString: str = Field(default="", max_length=_TEXT_MAX)
+    valueString: Text = Field(default="", max_length=_TEXT_MAX)
     imageURL: str = Field(default="", max_length=_DROPPED_URL_MAX)
 
 

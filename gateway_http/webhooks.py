@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # AlertManager (and Grafana) send this for "no end" on firing alerts.
 _ZERO_TIME_YEAR = 1
@@ -21,18 +21,55 @@ _ZERO_TIME_YEAR = 1
 MAX_ANNOTATIONS = 128
 MAX_ANNOTATION_VALUE_CHARS = 16384
 _TRUNCATION_MARK = "…"
+# ResourceRef.cluster's limit: a longer cluster label names no cluster of ours.
+MAX_CLUSTER_CHARS = 253
+
+
+def _storable(value: str) -> str:
+    """Text an alert can carry: no NUL character (no store keeps one) and valid Unicode (a
+    lone surrogate, which JSON allows, has no UTF-8 form, so neither protobuf nor
+    PostgreSQL takes it)."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+def _in_utc_range(value: datetime.datetime) -> datetime.datetime:
+    """The instant in UTC; a time whose UTC form falls outside years 1 to 9999 (e.g.
+    9999-12-31T23:00:00-05:00) is refused, as no timestamp can hold it."""
+    aware = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    try:
+        return aware.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 1 to 9999 in UTC") from None
+
+
+# What a webhook's alerts are made of.
+Text = Annotated[str, AfterValidator(_storable)]
+Instant = Annotated[datetime.datetime, AfterValidator(_in_utc_range)]
 
 
 class AlertmanagerAlert(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(max_length=128)
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=MAX_ANNOTATIONS)
-    startsAt: datetime.datetime
-    endsAt: datetime.datetime | None = None
-    generatorURL: str = Field(default="", max_length=2048)
-    fingerprint: str = Field(default="", max_length=128)
+    labels: dict[Text, Text] = Field(max_length=128)
+    annotations: dict[Text, Text] = Field(default_factory=dict, max_length=MAX_ANNOTATIONS)
+    startsAt: Instant
+    endsAt: Instant | None = None
+    generatorURL: Text = Field(default="", max_length=2048)
+    fingerprint: Text = Field(default="", max_length=128)
+
+    @field_validator("labels")
+    @classmethod
+    def _cluster_is_a_name(cls, labels: dict[str, str]) -> dict[str, str]:
+        if len(labels.get("cluster", "")) > MAX_CLUSTER_CHARS:
+            raise ValueError(f"the cluster label must be at most {MAX_CLUSTER_CHARS} characters")
+        return labels
 
 
 class AlertmanagerWebhook(BaseModel):
@@ -53,10 +90,11 @@ class AlertmanagerWebhook(BaseModel):
 
 
 def _timestamp(value: datetime.datetime | None) -> Timestamp | None:
+    """`value` is in UTC already (Instant)."""
     if value is None or value.year <= _ZERO_TIME_YEAR:
         return None
     stamp = Timestamp()
-    stamp.FromDatetime(value if value.tzinfo else value.replace(tzinfo=datetime.UTC))
+    stamp.FromDatetime(value)
     return stamp
 
 

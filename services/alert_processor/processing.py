@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from services.alerts import fingerprint_of, subject_of
+from services.runtime.validation import violations_of
 
 # Alerts that exist to prove the pipeline works or to inhibit others, never to be fixed.
 PIPELINE_ALERTS = {
@@ -52,6 +53,17 @@ def triage(alert: alert_pb2.Alert) -> Triage:
         return Triage(
             remediation_pb2.ALERT_DISPOSITION_FILTERED,
             "the alert names no Kubernetes object (no deployment, pod, node or similar label)",
+            None,
+            fingerprint,
+        )
+    invalid = violations_of(subject)
+    if invalid:
+        # Labels no Kubernetes object could have (a namespace "Shop_1", a 300-character
+        # name): nothing to look at, and storage would refuse the incident.
+        named = "; ".join(f"{field}: {description}" for field, description in invalid)
+        return Triage(
+            remediation_pb2.ALERT_DISPOSITION_FILTERED,
+            f"the alert's labels name no valid Kubernetes object ({named})",
             None,
             fingerprint,
         )

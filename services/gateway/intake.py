@@ -56,6 +56,8 @@ MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 # Where a flag on a forwarded alert is written, for the analysis and for people.
 FLAGS_ANNOTATION: Final = "kubernaut_gateway_flags"
 _MAX_ANNOTATIONS: Final = 128
+# ResourceRef.cluster's limit.
+MAX_CLUSTER_CHARS: Final = 253
 
 ACCEPTED: Final = remediation_pb2.ALERT_DISPOSITION_ACCEPTED
 DUPLICATE: Final = remediation_pb2.ALERT_DISPOSITION_DUPLICATE
@@ -132,7 +134,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Freshness:
-    """Whether a firing alert is too old or from the future."""
+    """Whether the intake refuses an alert (too old, from the future, or a cluster label
+    that names no cluster) or flags it."""
 
     refusal: str = ""
     flags: tuple[str, ...] = ()
@@ -206,15 +209,15 @@ def items_of(
     items = []
     for index, alert in enumerate(alerts):
         subject = subject_of(alert)
-        items.append(
-            IntakeItem(
-                index,
-                alert,
-                fingerprint_of(alert, subject),
-                subject.cluster if subject else alert.labels.get("cluster", ""),
-                judge_freshness(alert, now, settings),
+        cluster = subject.cluster if subject else alert.labels.get("cluster", "")
+        judged = judge_freshness(alert, now, settings)
+        if len(cluster) > MAX_CLUSTER_CHARS:
+            # It names no cluster of ours, and no index could hold it.
+            judged = Freshness(
+                refusal=f"the cluster label is longer than {MAX_CLUSTER_CHARS} characters"
             )
-        )
+            cluster = ""
+        items.append(IntakeItem(index, alert, fingerprint_of(alert, subject), cluster, judged))
     return items
 
 

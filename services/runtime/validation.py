@@ -10,7 +10,7 @@ protovalidate does, for the rules our protos use:
   semantics (unset for fields with presence, empty for repeated and maps, the zero value
   otherwise); oneof `required`;
 - string `min_len`, `max_len` (code points), `pattern` (RE2, an unanchored search, as
-  protovalidate's `matches()`), `uuid`;
+  protovalidate's `matches()`), `not_contains`, `uuid`;
 - int32, int64 and double `gt`, `gte`, `lt`, `lte`;
 - enum `defined_only`, `in`, `not_in`;
 - repeated `min_items`, `max_items`, `unique` (scalar items), `items` (scalar rules);
@@ -88,7 +88,7 @@ SCALAR_RULE_TYPES: Final = {
     "enum": _Type.TYPE_ENUM,
 }
 SUPPORTED_RULES: Final = {
-    "string": frozenset({"min_len", "max_len", "pattern", "uuid"}),
+    "string": frozenset({"min_len", "max_len", "pattern", "not_contains", "uuid"}),
     "int32": frozenset({"gt", "gte", "lt", "lte"}),
     "int64": frozenset({"gt", "gte", "lt", "lte"}),
     "double": frozenset({"gt", "gte", "lt", "lte"}),
@@ -494,9 +494,20 @@ def _string_rules(rule: str, bound: Any, where: str) -> list[ValueRule]:
         except re2.error as error:
             raise Unsupported(f"{where}: pattern {bound!r}: {error}") from error
         return [_pattern_rule(pattern.search, f"does not match regex pattern `{bound}`")]
+    if rule == "not_contains":
+        return [_not_contains_rule(bound)]
     if rule == "uuid":
         return [_uuid, _uuid_empty] if bound else []
     raise Unsupported(f"{where}: string.{rule}")
+
+
+def _not_contains_rule(substring: str) -> ValueRule:
+    text = f"contains substring `{substring}`"
+
+    def not_contains(value: str) -> str | None:
+        return text if substring in value else None
+
+    return not_contains
 
 
 def _size_rule(bound: int, *, below: bool, text: str) -> ValueRule:

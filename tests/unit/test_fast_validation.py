@@ -334,8 +334,13 @@ class InstanceGenerator:
             return "".join(self.rng.choice(alphabet) for _ in range(length))
         # One character repeated: at max_len code points "é" is valid though twice as many bytes.
         if self.rng.random() < 0.5:
-            return self.rng.choice(CHARACTERS) * length
-        return "".join(self.rng.choice(CHARACTERS) for _ in range(length))
+            text = self.rng.choice(CHARACTERS) * length
+        else:
+            text = "".join(self.rng.choice(CHARACTERS) for _ in range(length))
+        if rules.not_contains and self.rng.random() < 0.4:
+            at = self.rng.randint(0, len(text))
+            text = text[:at] + rules.not_contains + text[at:]
+        return text
 
     def enum(self, field: FieldDescriptor, rules: validate_pb2.EnumRules) -> int:
         assert field.enum_type is not None

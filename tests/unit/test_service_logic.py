@@ -32,6 +32,12 @@ def test_a_resolved_alert_is_never_work_even_with_a_subject() -> None:
         ({"alertname": "Watchdog"}, "heartbeat"),
         ({"namespace": "shop", "pod": "p", "severity": "info"}, "informational"),
         ({"namespace": "shop"}, "names no Kubernetes object"),
+        (
+            {"namespace": "Shop_1", "deployment": "web"},
+            "name no valid Kubernetes object (namespace",
+        ),
+        ({"namespace": "shop", "pod": "p" * 254}, "(name: must be at most 253 characters)"),
+        ({"namespace": "shop", "pod": "p", "cluster": "c" * 300}, "(cluster: must be at most"),
     ],
 )
 def test_filtered_alerts_say_why(labels: dict[str, str], reason: str) -> None:

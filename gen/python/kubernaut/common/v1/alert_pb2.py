@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkubernaut/common/v1/alert.proto\x12\x13kubernaut.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x05\n\x05\x41lert\x12\x1e\n\x04name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\x04name\x12\x44\n\x06status\x18\x02 \x01(\x0e\x32 .kubernaut.common.v1.AlertStatusB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00R\x06status\x12Y\n\x06labels\x18\x03 \x03(\x0b\x32&.kubernaut.common.v1.Alert.LabelsEntryB\x19\xbaH\x16\x9a\x01\x13\x10\x80\x01\"\x07r\x05\x10\x01\x18\x80\x02*\x05r\x03\x18\x80 R\x06labels\x12i\n\x0b\x61nnotations\x18\x04 \x03(\x0b\x32+.kubernaut.common.v1.Alert.AnnotationsEntryB\x1a\xbaH\x17\x9a\x01\x14\x10\x80\x01\"\x07r\x05\x10\x01\x18\x80\x02*\x06r\x04\x18\x80\x80\x01R\x0b\x61nnotations\x12?\n\tstarts_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x08startsAt\x12\x33\n\x07\x65nds_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06\x65ndsAt\x12-\n\rgenerator_url\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x10R\x0cgeneratorUrl\x12\x37\n\x12source_fingerprint\x18\x08 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01R\x11sourceFingerprint\x12\x42\n\x06source\x18\t \x01(\x0e\x32 .kubernaut.common.v1.AlertSourceB\x08\xbaH\x05\x82\x01\x02\x10\x01R\x06source\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x1a>\n\x10\x41nnotationsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xd0\x01\n\x0bResourceRef\x12\"\n\x07\x63luster\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xfd\x01R\x07\x63luster\x12I\n\tnamespace\x18\x02 \x01(\tB+\xbaH(r&\x18?2\"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$R\tnamespace\x12\x32\n\x04kind\x18\x03 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18?2\x13^[A-Z][A-Za-z0-9]*$R\x04kind\x12\x1e\n\x04name\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xfd\x01R\x04name*_\n\x0b\x41lertStatus\x12\x1c\n\x18\x41LERT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_STATUS_FIRING\x10\x01\x12\x19\n\x15\x41LERT_STATUS_RESOLVED\x10\x02*z\n\x0b\x41lertSource\x12\x1c\n\x18\x41LERT_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41LERT_SOURCE_ALERTMANAGER\x10\x01\x12\x18\n\x14\x41LERT_SOURCE_GRAFANA\x10\x02\x12\x14\n\x10\x41LERT_SOURCE_API\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkubernaut/common/v1/alert.proto\x12\x13kubernaut.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x05\n\x05\x41lert\x12\"\n\x04name\x18\x01 \x01(\tB\x0e\xbaH\x0br\t\x10\x01\x18\x80\x02\xba\x01\x01\x00R\x04name\x12\x44\n\x06status\x18\x02 \x01(\x0e\x32 .kubernaut.common.v1.AlertStatusB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00R\x06status\x12\x61\n\x06labels\x18\x03 \x03(\x0b\x32&.kubernaut.common.v1.Alert.LabelsEntryB!\xbaH\x1e\x9a\x01\x1b\x10\x80\x01\"\x0br\t\x10\x01\x18\x80\x02\xba\x01\x01\x00*\tr\x07\x18\x80 \xba\x01\x01\x00R\x06labels\x12q\n\x0b\x61nnotations\x18\x04 \x03(\x0b\x32+.kubernaut.common.v1.Alert.AnnotationsEntryB\"\xbaH\x1f\x9a\x01\x1c\x10\x80\x01\"\x0br\t\x10\x01\x18\x80\x02\xba\x01\x01\x00*\nr\x08\x18\x80\x80\x01\xba\x01\x01\x00R\x0b\x61nnotations\x12?\n\tstarts_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x08startsAt\x12\x33\n\x07\x65nds_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06\x65ndsAt\x12\x31\n\rgenerator_url\x18\x07 \x01(\tB\x0c\xbaH\tr\x07\x18\x80\x10\xba\x01\x01\x00R\x0cgeneratorUrl\x12;\n\x12source_fingerprint\x18\x08 \x01(\tB\x0c\xbaH\tr\x07\x18\x80\x01\xba\x01\x01\x00R\x11sourceFingerprint\x12\x42\n\x06source\x18\t \x01(\x0e\x32 .kubernaut.common.v1.AlertSourceB\x08\xbaH\x05\x82\x01\x02\x10\x01R\x06source\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x1a>\n\x10\x41nnotationsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xd0\x01\n\x0bResourceRef\x12\"\n\x07\x63luster\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\xfd\x01R\x07\x63luster\x12I\n\tnamespace\x18\x02 \x01(\tB+\xbaH(r&\x18?2\"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$R\tnamespace\x12\x32\n\x04kind\x18\x03 \x01(\tB\x1e\xbaH\x1br\x19\x10\x01\x18?2\x13^[A-Z][A-Za-z0-9]*$R\x04kind\x12\x1e\n\x04name\x18\x04 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xfd\x01R\x04name*_\n\x0b\x41lertStatus\x12\x1c\n\x18\x41LERT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_STATUS_FIRING\x10\x01\x12\x19\n\x15\x41LERT_STATUS_RESOLVED\x10\x02*z\n\x0b\x41lertSource\x12\x1c\n\x18\x41LERT_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41LERT_SOURCE_ALERTMANAGER\x10\x01\x12\x18\n\x14\x41LERT_SOURCE_GRAFANA\x10\x02\x12\x14\n\x10\x41LERT_SOURCE_API\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERT_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_ALERT_ANNOTATIONSENTRY']._serialized_options = b'8\001'
   _globals['_ALERT'].fields_by_name['name']._loaded_options = None
-  _globals['_ALERT'].fields_by_name['name']._serialized_options = b'\272H\007r\005\020\001\030\200\002'
+  _globals['_ALERT'].fields_by_name['name']._serialized_options = b'\272H\013r\t\020\001\030\200\002\272\001\001\000'
   _globals['_ALERT'].fields_by_name['status']._loaded_options = None
   _globals['_ALERT'].fields_by_name['status']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
   _globals['_ALERT'].fields_by_name['labels']._loaded_options = None
-  _globals['_ALERT'].fields_by_name['labels']._serialized_options = b'\272H\026\232\001\023\020\200\001\"\007r\005\020\001\030\200\002*\005r\003\030\200 '
+  _globals['_ALERT'].fields_by_name['labels']._serialized_options = b'\272H\036\232\001\033\020\200\001\"\013r\t\020\001\030\200\002\272\001\001\000*\tr\007\030\200 \272\001\001\000'
   _globals['_ALERT'].fields_by_name['annotations']._loaded_options = None
-  _globals['_ALERT'].fields_by_name['annotations']._serialized_options = b'\272H\027\232\001\024\020\200\001\"\007r\005\020\001\030\200\002*\006r\004\030\200\200\001'
+  _globals['_ALERT'].fields_by_name['annotations']._serialized_options = b'\272H\037\232\001\034\020\200\001\"\013r\t\020\001\030\200\002\272\001\001\000*\nr\010\030\200\200\001\272\001\001\000'
   _globals['_ALERT'].fields_by_name['starts_at']._loaded_options = None
   _globals['_ALERT'].fields_by_name['starts_at']._serialized_options = b'\272H\003\310\001\001'
   _globals['_ALERT'].fields_by_name['generator_url']._loaded_options = None
-  _globals['_ALERT'].fields_by_name['generator_url']._serialized_options = b'\272H\005r\003\030\200\020'
+  _globals['_ALERT'].fields_by_name['generator_url']._serialized_options = b'\272H\tr\007\030\200\020\272\001\001\000'
   _globals['_ALERT'].fields_by_name['source_fingerprint']._loaded_options = None
-  _globals['_ALERT'].fields_by_name['source_fingerprint']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_ALERT'].fields_by_name['source_fingerprint']._serialized_options = b'\272H\tr\007\030\200\001\272\001\001\000'
   _globals['_ALERT'].fields_by_name['source']._loaded_options = None
   _globals['_ALERT'].fields_by_name['source']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_RESOURCEREF'].fields_by_name['cluster']._loaded_options = None
@@ -61,16 +61,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCEREF'].fields_by_name['kind']._serialized_options = b'\272H\033r\031\020\001\030?2\023^[A-Z][A-Za-z0-9]*$'
   _globals['_RESOURCEREF'].fields_by_name['name']._loaded_options = None
   _globals['_RESOURCEREF'].fields_by_name['name']._serialized_options = b'\272H\007r\005\020\001\030\375\001'
-  _globals['_ALERTSTATUS']._serialized_start=1052
-  _globals['_ALERTSTATUS']._serialized_end=1147
-  _globals['_ALERTSOURCE']._serialized_start=1149
-  _globals['_ALERTSOURCE']._serialized_end=1271
+  _globals['_ALERTSTATUS']._serialized_start=1080
+  _globals['_ALERTSTATUS']._serialized_end=1175
+  _globals['_ALERTSOURCE']._serialized_start=1177
+  _globals['_ALERTSOURCE']._serialized_end=1299
   _globals['_ALERT']._serialized_start=119
-  _globals['_ALERT']._serialized_end=839
-  _globals['_ALERT_LABELSENTRY']._serialized_start=718
-  _globals['_ALERT_LABELSENTRY']._serialized_end=775
-  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_start=777
-  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_end=839
-  _globals['_RESOURCEREF']._serialized_start=842
-  _globals['_RESOURCEREF']._serialized_end=1050
+  _globals['_ALERT']._serialized_end=867
+  _globals['_ALERT_LABELSENTRY']._serialized_start=746
+  _globals['_ALERT_LABELSENTRY']._serialized_end=803
+  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_start=805
+  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_end=867
+  _globals['_RESOURCEREF']._serialized_start=870
+  _globals['_RESOURCEREF']._serialized_end=1078
 # @@protoc_insertion_point(module_scope)

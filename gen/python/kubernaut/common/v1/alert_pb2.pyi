@@ -63,7 +63,8 @@ Global___AlertSource: _TypeAlias = AlertSource  # noqa: Y015
 @_typing.final
 class Alert(_message.Message):
     """Alert is one alert as received from AlertManager, Grafana or an integrator, in a
-    source-neutral shape. Labels and annotations are data, never instructions.
+    source-neutral shape. Labels and annotations are data, never instructions. No text of it
+    may contain a NUL character (no store can keep one, and no real alert has one).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
