@@ -8,11 +8,14 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2
 from kubernaut.ai_analysis.v1.ai_analysis_pb2_grpc import AIAnalysisServiceStub
 from kubernaut.alert_processor.v1 import alert_processor_pb2, alert_processor_pb2_grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
+from kubernaut.notification.v1 import notification_pb2
+from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from opentelemetry import trace
@@ -41,10 +44,12 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
         context_api: ContextAPIServiceStub,
         storage: StorageServiceStub,
         ai_analysis: AIAnalysisServiceStub,
+        notification: NotificationServiceStub,
     ) -> None:
         self.context_api = context_api
         self.storage = storage
         self.ai_analysis = ai_analysis
+        self.notification = notification
 
     async def _workload(self, subject: alert_pb2.ResourceRef) -> alert_pb2.ResourceRef:
         """The workload that owns the subject (a Pod's Deployment), or the subject itself
@@ -106,7 +111,37 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
                     "likely, so nothing is done to each one; the affected resources are "
                     "listed on the incident",
                 )
+            await self._tell_of_storm(incident.incident_id, alert, subject)
         return response
+
+    async def _tell_of_storm(
+        self, incident_id: str, alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef
+    ) -> None:
+        """People are told once per storm (the key makes a repeat send nothing). Best
+        effort: the alert is taken whether or not the message goes out, since a retry of
+        it would count it twice."""
+        occurred_at = Timestamp()
+        occurred_at.GetCurrentTime()
+        try:
+            await self.notification.NotifyIncidentEvent(
+                notification_pb2.NotifyIncidentEventRequest(
+                    idempotency_key=f"{incident_id}/storm",
+                    event=notification_pb2.IncidentEvent(
+                        incident_id=incident_id,
+                        kind=notification_pb2.INCIDENT_EVENT_KIND_STORM,
+                        alert=alert,
+                        target=subject,
+                        stages=["listed on the storm's one incident; nothing done to each"],
+                        verdict="left to people",
+                        occurred_at=occurred_at,
+                    ),
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "storm notification not delivered",
+                extra={"incident_id": incident_id, "code": error.code().name},
+            )
 
     async def _update_incident(
         self, incident_id: str, status: storage_pb2.IncidentStatus.ValueType, reason: str
@@ -190,5 +225,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             ctx.clients.stub(ContextAPIServiceStub),
             ctx.clients.stub(StorageServiceStub),
             ctx.clients.stub(AIAnalysisServiceStub),
+            ctx.clients.stub(NotificationServiceStub),
         )
     )

@@ -45,6 +45,7 @@ TEMPLATES: Final[Mapping[notification_pb2.IncidentEventKind.ValueType, str]] = {
     notification_pb2.INCIDENT_EVENT_KIND_FAILED: "failed.txt",
     notification_pb2.INCIDENT_EVENT_KIND_ROLLED_BACK: "rolled_back.txt",
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: "refused.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_STORM: "storm.txt",
 }
 
 # The limit SendNotification puts on a subject; longer ones are cut with an ellipsis.

@@ -50,6 +50,12 @@ EDGES: tuple[Edge, ...] = (
     ),
     _edge(
         S.ALERT_PROCESSOR,
+        S.NOTIFICATION,
+        "NotifyIncidentEvent",
+        "tell people of a storm, which is left to them",
+    ),
+    _edge(
+        S.ALERT_PROCESSOR,
         S.STORAGE,
         "OpenIncident UpdateIncident ResolveIncident",
         "open, update or resolve the incident of a fingerprint",

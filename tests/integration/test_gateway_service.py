@@ -233,6 +233,18 @@ async def test_a_storm_opens_one_incident_listing_its_resources(stack: InProcess
                 workflow_pb2.GetWorkflowRequest(incident_id=got.incident.incident_id)
             )
         assert none.value.code() is grpc.StatusCode.NOT_FOUND
+
+        # People are told, once.
+        async def told() -> list[str] | None:
+            subjects = [
+                str(m.message["Subject"])
+                for m in stack.mail.messages()
+                if got.incident.incident_id in m.message.get_content()
+            ]
+            return subjects or None
+
+        subjects = await eventually(told, "the storm's email", 30)
+        assert subjects == [f"[kubernaut] Storm: {name} on many resources"]
         # Once every member resolved, the storm's incident is resolved.
         await edge.stub(GatewayServiceStub).SubmitAlerts(
             gateway_pb2.SubmitAlertsRequest(

@@ -33,6 +33,10 @@ class _IncidentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Inc
     INCIDENT_EVENT_KIND_FAILED: _IncidentEventKind.ValueType  # 3
     INCIDENT_EVENT_KIND_ROLLED_BACK: _IncidentEventKind.ValueType  # 4
     INCIDENT_EVENT_KIND_REFUSED: _IncidentEventKind.ValueType  # 5
+    INCIDENT_EVENT_KIND_STORM: _IncidentEventKind.ValueType  # 6
+    """One alert fires on many resources at once: one incident lists them all, and nothing is
+    done to each one; people look for the shared cause.
+    """
 
 class IncidentEventKind(_IncidentEventKind, metaclass=_IncidentEventKindEnumTypeWrapper):
     """IncidentEventKind is what happened to an incident's workflow."""
@@ -43,6 +47,10 @@ INCIDENT_EVENT_KIND_SUCCEEDED: IncidentEventKind.ValueType  # 2
 INCIDENT_EVENT_KIND_FAILED: IncidentEventKind.ValueType  # 3
 INCIDENT_EVENT_KIND_ROLLED_BACK: IncidentEventKind.ValueType  # 4
 INCIDENT_EVENT_KIND_REFUSED: IncidentEventKind.ValueType  # 5
+INCIDENT_EVENT_KIND_STORM: IncidentEventKind.ValueType  # 6
+"""One alert fires on many resources at once: one incident lists them all, and nothing is
+done to each one; people look for the shared cause.
+"""
 Global___IncidentEventKind: _TypeAlias = IncidentEventKind  # noqa: Y015
 
 class _ChannelKind:
