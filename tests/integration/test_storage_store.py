@@ -95,7 +95,11 @@ def free_port() -> int:
 
 async def test_migrations_are_applied_once_and_recorded(store: Store) -> None:
     first = await store.status()
-    assert [(m.version, m.name) for m in first.migrations] == [(1, "init"), (2, "incidents")]
+    assert [(m.version, m.name) for m in first.migrations] == [
+        (1, "init"),
+        (2, "incidents"),
+        (3, "incident_resources"),
+    ]
     assert first.migrations[0].applied_at.tzinfo is not None
 
     assert await store.migrate() == []  # the fixture already migrated: a no-op now
@@ -107,11 +111,11 @@ async def test_concurrent_migrate_applies_each_migration_once(database_dsn: str)
     stores = [await Store.connect(database_dsn) for _ in range(4)]
     try:
         results = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(results) == [[], [], [], [1, 2]]
+        assert sorted(results) == [[], [], [], [1, 2, 3]]
         conn = await asyncpg.connect(database_dsn)
         try:
             rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
-            assert [r["version"] for r in rows] == [1, 2]
+            assert [r["version"] for r in rows] == [1, 2, 3]
         finally:
             await conn.close()
     finally:
