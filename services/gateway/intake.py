@@ -1,6 +1,7 @@
 """The gateway's intake: which alerts become work, decided once for all replicas in the
 gateway's own PostgreSQL schema (`gateway`, migrations in `migrations/`). Plain logic over
-asyncpg, no gRPC here.
+asyncpg, no gRPC here. This store is the reference: `redis_intake.py` keeps the same state
+in Redis and answers every call as this one does (the tests run on both).
 
 An alert's fingerprint (cluster, namespace, alert name and subject, from its labels) has a
 *life*: it starts with a firing alert and ends when the alert resolves or when the incident

@@ -141,7 +141,9 @@ async def test_the_table_has_the_spec_edges_and_denies_most_pairs() -> None:
     assert spec_rows <= pairs
     distinct = {(a, b) for a in ServiceName for b in ServiceName if a != b}
     assert len(distinct) == 90
-    assert len(pairs & distinct) < 20  # least privilege: most pairs have no edge
+    # Least privilege: under a quarter of the pairs have an edge (20 since the gateway
+    # counts duplicates on incidents and the alert processor tells people of storms).
+    assert len(pairs & distinct) < len(distinct) // 4
 
 
 async def test_operators_and_the_edge_have_their_own_rules(stack: InProcessStack) -> None:
