@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import asyncpg
@@ -58,7 +58,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway_http.app import ALERTMANAGER_PATH
-from services.devstack.postgres import EmbeddedPostgres
+from services.devstack.postgres import EmbeddedPostgres, create_database, drop_database
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients
 from services.runtime.launcher import wait_serving
@@ -706,20 +706,11 @@ def database(root: Path, url: str | None) -> Iterator[tuple[str, int | None]]:
         finally:
             server.stop()
         return
-    name = f"kubernaut_bench_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    dsn = asyncio.run(create_database(url, "kubernaut_bench"))
     try:
-        yield urlsplit(url)._replace(path="/" + name).geturl(), None
+        yield dsn, None
     finally:
-        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+        asyncio.run(drop_database(url, dsn))
 
 
 async def _intake_counts(dsn: str) -> dict[str, int]:

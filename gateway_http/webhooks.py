@@ -14,15 +14,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from services.alerts import MAX_ANNOTATION_VALUE_CHARS, MAX_ANNOTATIONS, MAX_CLUSTER_CHARS
+
 # AlertManager (and Grafana) send this for "no end" on firing alerts.
 _ZERO_TIME_YEAR = 1
 
-# alert.proto's limits on Alert.annotations: extras we add must never push an alert past them.
-MAX_ANNOTATIONS = 128
-MAX_ANNOTATION_VALUE_CHARS = 16384
+# Marks a value cut to fit alert.proto's limit.
 _TRUNCATION_MARK = "…"
-# ResourceRef.cluster's limit: a longer cluster label names no cluster of ours.
-MAX_CLUSTER_CHARS = 253
 
 
 def _storable(value: str) -> str:

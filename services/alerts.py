@@ -7,6 +7,12 @@ import hashlib
 
 from kubernaut.common.v1 import alert_pb2
 
+# alert.proto's limits on Alert.annotations (a test reads them from the proto), and
+# ResourceRef.cluster's: a longer cluster label names no cluster.
+MAX_ANNOTATIONS = 128
+MAX_ANNOTATION_VALUE_CHARS = 16384
+MAX_CLUSTER_CHARS = 253
+
 # Labels that name an alert's subject, most specific workload first. The kubernetes-mixin
 # alerts carry these (kube-state-metrics label names).
 SUBJECT_LABELS: tuple[tuple[str, str], ...] = (

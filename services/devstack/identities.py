@@ -94,6 +94,35 @@ def _apply(cluster: LocalCluster, collection: str, name: str, obj: dict[str, Any
         raise RuntimeError(f"could not apply {collection}/{name}: HTTP {status}: {body}")
 
 
+def write_token_kubeconfig(path: Path, server: str, ca_file: Path, user: str, token: str) -> Path:
+    """A kubeconfig (mode 0600) in which `user` presents a bearer `token` to `server`."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "dev",
+                        "cluster": {
+                            "server": server,
+                            "certificate-authority-data": base64.b64encode(
+                                ca_file.read_bytes()
+                            ).decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [{"name": user, "context": {"cluster": "dev", "user": user}}],
+                "current-context": user,
+            }
+        )
+    )
+    return path
+
+
 def provision(cluster: LocalCluster, info: ClusterInfo, out_dir: Path) -> dict[str, Path]:
     """Apply every identity and write `<account>.kubeconfig` files; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +134,6 @@ def provision(cluster: LocalCluster, info: ClusterInfo, out_dir: Path) -> dict[s
     if status >= 300 and status != 409:
         raise RuntimeError(f"could not create namespace {NAMESPACE}: HTTP {status}: {body}")
     kubeconfigs = {}
-    ca = base64.b64encode(info.ca_file.read_bytes()).decode()
     for identity in IDENTITIES:
         for collection, name, obj in manifests(identity):
             _apply(cluster, collection, name, obj)
@@ -122,34 +150,12 @@ def provision(cluster: LocalCluster, info: ClusterInfo, out_dir: Path) -> dict[s
             raise RuntimeError(
                 f"TokenRequest for {identity.account} failed: HTTP {status}: {token}"
             )
-        path = out_dir / f"{identity.account}.kubeconfig"
-        path.touch(mode=0o600, exist_ok=True)
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "dev",
-                            "cluster": {
-                                "server": info.apiserver_url,
-                                "certificate-authority-data": ca,
-                            },
-                        }
-                    ],
-                    "users": [
-                        {"name": identity.account, "user": {"token": token["status"]["token"]}}
-                    ],
-                    "contexts": [
-                        {
-                            "name": identity.account,
-                            "context": {"cluster": "dev", "user": identity.account},
-                        }
-                    ],
-                    "current-context": identity.account,
-                }
-            )
+        path = write_token_kubeconfig(
+            out_dir / f"{identity.account}.kubeconfig",
+            info.apiserver_url,
+            info.ca_file,
+            identity.account,
+            token["status"]["token"],
         )
         kubeconfigs[identity.account] = path
     return kubeconfigs

@@ -33,11 +33,15 @@ import stat
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
+from urllib.parse import quote, unquote, urlsplit
+
+import asyncpg
 
 from services.devstack.processes import free_port, pid_alive, port_open, stop_pid, tail
 
@@ -597,3 +601,34 @@ def _read_from(path: Path, offset: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+# -- databases on a server we may not run ----------------------------------------------------
+
+
+def dsn_for_database(dsn: str, database: str) -> str:
+    """`dsn` with its database replaced, keeping credentials, host and query options."""
+    return urlsplit(dsn)._replace(path="/" + quote(database)).geturl()
+
+
+async def create_database(dsn: str, prefix: str) -> str:
+    """A new, empty database named `<prefix>_<random>` on the server of `dsn` (its role
+    needs CREATEDB); the DSN for it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    await _admin_sql(dsn, f'CREATE DATABASE "{name}"')
+    return dsn_for_database(dsn, name)
+
+
+async def drop_database(admin_dsn: str, dsn: str) -> None:
+    """Drop the database `dsn` names, through `admin_dsn` (another database of the server),
+    even with connections still open to it (a test that failed halfway)."""
+    name = unquote(urlsplit(dsn).path.lstrip("/"))
+    await _admin_sql(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin_sql(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

@@ -44,7 +44,13 @@ from opentelemetry import propagate
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.alerts import fingerprint_of, subject_of
+from services.alerts import (
+    MAX_ANNOTATION_VALUE_CHARS,
+    MAX_ANNOTATIONS,
+    MAX_CLUSTER_CHARS,
+    fingerprint_of,
+    subject_of,
+)
 from services.runtime.database import LazyDatabase, PooledStore, proto_to_json
 from services.runtime.settings import database_url_field
 
@@ -56,9 +62,6 @@ _DEADLOCK_RETRIES: Final = 3
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 # Where a flag on a forwarded alert is written, for the analysis and for people.
 FLAGS_ANNOTATION: Final = "kubernaut_gateway_flags"
-_MAX_ANNOTATIONS: Final = 128
-# ResourceRef.cluster's limit.
-MAX_CLUSTER_CHARS: Final = 253
 
 ACCEPTED: Final = remediation_pb2.ALERT_DISPOSITION_ACCEPTED
 DUPLICATE: Final = remediation_pb2.ALERT_DISPOSITION_DUPLICATE
@@ -183,8 +186,8 @@ def flagged(alert: alert_pb2.Alert, flags: Sequence[str]) -> alert_pb2.Alert:
         return alert
     copy = alert_pb2.Alert()
     copy.CopyFrom(alert)
-    if FLAGS_ANNOTATION in copy.annotations or len(copy.annotations) < _MAX_ANNOTATIONS:
-        copy.annotations[FLAGS_ANNOTATION] = "; ".join(flags)[:16384]
+    if FLAGS_ANNOTATION in copy.annotations or len(copy.annotations) < MAX_ANNOTATIONS:
+        copy.annotations[FLAGS_ANNOTATION] = "; ".join(flags)[:MAX_ANNOTATION_VALUE_CHARS]
     return copy
 
 

@@ -51,11 +51,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import redis.asyncio
 import redis.exceptions
@@ -110,19 +108,6 @@ _UNREACHABLE: Final = (
 # The same, told by the error code of a plain ResponseError: MISCONF (the AOF or a snapshot
 # cannot be written, so Redis refuses writes), BUSY (a script runs too long), NOREPLICAS.
 _UNAVAILABLE_CODES: Final = frozenset({"MISCONF", "BUSY", "NOREPLICAS"})
-
-
-def redact_redis_url(url: str) -> str:
-    """`url` without its password (in the user part, or a `password=` query option, which
-    redis-py also reads), for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable Redis URL>"
-    if parts.query:
-        query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-        url = url.replace("?" + parts.query, "?" + query, 1)
-    return redact_dsn(url)
 
 
 def _micros(seconds: float) -> int:
@@ -720,7 +705,7 @@ class RedisIntake:
         self.client = client
         self.settings = settings
         self.key_prefix = key_prefix
-        self.server = redact_redis_url(url)
+        self.server = redact_dsn(url)
         self._timeout = timeout
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(source)

@@ -26,7 +26,7 @@ from services.gateway.intake import (
     current_trace_context,
 )
 from services.gateway.limits import RateLimiter
-from services.gateway.redis_intake import RedisIntakeSource, redact_redis_url
+from services.gateway.redis_intake import RedisIntakeSource
 from services.runtime.database import redact_dsn
 from services.runtime.identity import peer_of
 from services.runtime.names import EDGE_ACCOUNT
@@ -127,7 +127,7 @@ def intake_source(settings: GatewaySettings) -> tuple[IntakeSource, str]:
     accepts nothing it could not keep."""
     if settings.redis_url is not None:
         url = settings.redis_url.get_secret_value()
-        log.info("gateway intake in Redis", extra={"redis": redact_redis_url(url)})
+        log.info("gateway intake in Redis", extra={"redis": redact_dsn(url)})
         return RedisIntakeSource(url, settings, key_prefix=settings.redis_key_prefix), "redis"
     log.info("gateway intake in PostgreSQL", extra={"dsn": redact_dsn(settings.database_url)})
     return IntakeDatabase(settings.database_url, settings), "postgresql"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -29,16 +30,27 @@ from services.runtime.migrations import UNREACHABLE, apply_migrations, load_migr
 
 
 def redact_dsn(dsn: str) -> str:
-    """`dsn` without its password, for messages and logs."""
+    """`dsn` (a PostgreSQL or Redis URL) without its password, for messages and logs: the
+    one in the user part, and a `password=` query option, which libpq and redis-py read
+    too."""
     try:
         parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return parts._replace(netloc=user + host).geturl()
+        redacted = dsn
+        if parts.query:
+            # Replaced as text: rebuilding would drop an empty host (unix:///run/redis.sock).
+            query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
+            redacted = redacted.replace("?" + parts.query, "?" + query, 1)
+        if parts.password is not None:
+            parts = urlsplit(redacted)
+            host = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}:***@" if parts.username else ":***@"
+            redacted = parts._replace(netloc=user + host).geturl()
+        return redacted
     except ValueError:
-        return "<unparsable DSN>"
+        return "<unparsable URL>"
+
+
+_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*")
 
 
 async def connect_pool(

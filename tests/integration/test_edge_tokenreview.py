@@ -5,7 +5,6 @@ reached means "retry", never "accepted" or "refused"."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,6 +20,7 @@ from starlette.routing import Route
 
 from gateway_http.security import Authenticator, ReviewUnavailable, SenderCheck, Unauthorized
 from gateway_http.tokenreview import TokenReviewer, TokenReviewSettings
+from services.devstack.identities import write_token_kubeconfig
 from services.devstack.kube import LocalCluster
 from services.runtime.kube import KubeConnection, KubeSettings
 from tests.fixtures.cluster import eventually, kube_api
@@ -99,30 +98,7 @@ async def token_for(
 
 
 def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "dev",
-                        "cluster": {
-                            "server": server,
-                            "certificate-authority-data": base64.b64encode(
-                                ca_file.read_bytes()
-                            ).decode(),
-                        },
-                    }
-                ],
-                "users": [{"name": "edge", "user": {"token": token}}],
-                "contexts": [{"name": "edge", "context": {"cluster": "dev", "user": "edge"}}],
-                "current-context": "edge",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
+    return write_token_kubeconfig(path, server, ca_file, "edge", token)
 
 
 def reviewer_for(

@@ -30,7 +30,8 @@ from services.gateway.intake import (
     Outcome,
     QueuedAlert,
 )
-from services.gateway.redis_intake import RedisIntake, RedisIntakeSource, redact_redis_url
+from services.gateway.redis_intake import RedisIntake, RedisIntakeSource
+from services.runtime.database import redact_dsn
 from tests.fixtures.redis import running_redis_server
 
 pytestmark = pytest.mark.integration
@@ -398,14 +399,14 @@ async def test_a_refused_alert_is_set_aside_and_its_life_ends(intake: StoreFacto
 # -- the Redis backend's own concerns ---------------------------------------------------------
 
 
-def test_redis_urls_are_redacted() -> None:
-    assert redact_redis_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
-    assert redact_redis_url("rediss://gw:s3cret@cache/1") == "rediss://gw:***@cache/1"
+def test_redis_urls_are_redacted_like_database_urls() -> None:
+    assert redact_dsn("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redact_dsn("rediss://gw:s3cret@cache/1") == "rediss://gw:***@cache/1"
     assert (
-        redact_redis_url("redis://cache?db=2&password=s3cret&ssl_cert_reqs=none")
+        redact_dsn("redis://cache?db=2&password=s3cret&ssl_cert_reqs=none")
         == "redis://cache?db=2&password=***&ssl_cert_reqs=none"
     )
-    assert redact_redis_url("unix:///run/redis.sock?password=s3cret") == (
+    assert redact_dsn("unix:///run/redis.sock?password=s3cret") == (
         "unix:///run/redis.sock?password=***"
     )
 

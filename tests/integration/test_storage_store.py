@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.storage.v1 import storage_pb2
 
+from services.devstack.postgres import dsn_for_database
 from services.storage.store import (
     InvalidPageToken,
     InvalidRecord,
@@ -25,7 +26,6 @@ from services.storage.store import (
     StoreUnavailable,
     load_migrations,
 )
-from tests.fixtures.postgres import dsn_for_database
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,8 @@ from gateway_http.grafana import (
     GrafanaWebhook,
     grafana_to_alerts,
 )
-from gateway_http.webhooks import (
-    MAX_ANNOTATION_VALUE_CHARS,
-    MAX_ANNOTATIONS,
-    AlertmanagerWebhook,
-    MissingAlertName,
-    to_alerts,
-)
+from gateway_http.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
+from services.alerts import MAX_ANNOTATION_VALUE_CHARS, MAX_ANNOTATIONS
 
 GRAFANA = "https://grafana.example.com"
 DASHBOARD = f"{GRAFANA}/d/shop-overview?from=1772437863157&orgId=1&to=1772441463157"
