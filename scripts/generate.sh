@@ -11,3 +11,5 @@ export PATH="$PWD/.venv/bin:$STATE/bin:$PATH"
 buf generate
 # The mesh's AuthorizationPolicies come from the same call table as runtime authz.
 kubernaut render istio > istio/kubernaut-authz.yaml
+# The docs' table of remediation actions comes from the executor's catalogue.
+kubernaut render actions > docs/actions.md

@@ -174,6 +174,13 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_actions(args: argparse.Namespace) -> int:
+    from services.executor.docs import render_catalogue
+
+    print(render_catalogue(), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -241,12 +248,14 @@ def parser() -> argparse.ArgumentParser:
     )
     dev_stack.set_defaults(func=cmd_dev_stack)
 
-    render = commands.add_parser("render", help="render deployment objects from the call table")
+    render = commands.add_parser("render", help="render deployment objects and docs")
     render_commands = render.add_subparsers(dest="render_command", required=True)
     istio = render_commands.add_parser("istio", help="PeerAuthentication and AuthorizationPolicies")
     istio.add_argument("--namespace", default="kubernaut")
     istio.add_argument("--trust-domain", default="cluster.local")
     istio.set_defaults(func=cmd_render_istio)
+    actions = render_commands.add_parser("actions", help="the action catalogue as Markdown")
+    actions.set_defaults(func=cmd_render_actions)
     return top
 
 

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.kubernaut",
     "tests.fixtures.devstack",
     "tests.fixtures.cluster",
+    "tests.fixtures.executor",
 ]
 
 

@@ -10,16 +10,79 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-__all__ = ["ApiError", "Cluster", "ClusterUnavailable"]
+__all__ = ["KINDS", "ApiError", "Cluster", "ClusterUnavailable", "Kind", "UnknownKind"]
 
 _RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+FIELD_MANAGER: Final = "kubernaut-executor"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where the API server serves a kind: `/apis/<group>/<version>` (core: `/api/v1`)."""
+
+    name: str
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def base(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def path(self, namespace: str = "", name: str = "", subresource: str = "") -> str:
+        parts = [self.base]
+        if self.namespaced and namespace:
+            parts.append(f"namespaces/{quote(namespace, safe='')}")
+        parts.append(self.plural)
+        if name:
+            parts.append(quote(name, safe=""))
+        if subresource:
+            parts.append(subresource)
+        return "/".join(parts)
+
+
+KINDS: Final[Mapping[str, Kind]] = {
+    k.name: k
+    for k in (
+        Kind("Deployment", "apps", "v1", "deployments"),
+        Kind("StatefulSet", "apps", "v1", "statefulsets"),
+        Kind("DaemonSet", "apps", "v1", "daemonsets"),
+        Kind("ReplicaSet", "apps", "v1", "replicasets"),
+        Kind("Pod", "", "v1", "pods"),
+        Kind("Node", "", "v1", "nodes", namespaced=False),
+        Kind("Namespace", "", "v1", "namespaces", namespaced=False),
+        Kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims"),
+        Kind("PersistentVolume", "", "v1", "persistentvolumes", namespaced=False),
+        Kind("StorageClass", "storage.k8s.io", "v1", "storageclasses", namespaced=False),
+        Kind("ConfigMap", "", "v1", "configmaps"),
+        Kind("Service", "", "v1", "services"),
+        Kind("Event", "", "v1", "events"),
+        Kind("Job", "batch", "v1", "jobs"),
+        Kind("CronJob", "batch", "v1", "cronjobs"),
+        Kind("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers"),
+    )
+}
+
+
+class UnknownKind(LookupError):
+    """The executor does not know where the API server serves this kind."""
+
+
+def kind_of(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnknownKind(f"the executor does not handle objects of kind {name!r}") from None
 
 
 class ClusterUnavailable(Exception):
@@ -49,6 +112,19 @@ class ApiError(Exception):
         return self.status == 409
 
 
+def _delete_options(*, dry_run: bool, uid: str, grace_period_seconds: int | None) -> dict[str, Any]:
+    """DeleteOptions (of a delete or an eviction): dry-run, a uid precondition (only this
+    object, not a newer one of the same name), a grace period."""
+    options: dict[str, Any] = {}
+    if dry_run:
+        options["dryRun"] = ["All"]
+    if uid:
+        options["preconditions"] = {"uid": uid}
+    if grace_period_seconds is not None:
+        options["gracePeriodSeconds"] = grace_period_seconds
+    return options
+
+
 def _error_of(status: int, body: bytes) -> ApiError:
     try:
         data = json.loads(body)
@@ -63,17 +139,15 @@ class Cluster:
     def __init__(self, api: client.ApiClient, *, timeout: float = 10.0) -> None:
         self.api = api
         self.timeout = timeout
-        self.core = client.CoreV1Api(api)
-        self.apps = client.AppsV1Api(api)
-        self.authorization = client.AuthorizationV1Api(api)
 
-    async def _json(self, call: Awaitable[Any]) -> Any:
-        """Run a generated client call made with _preload_content=False; its JSON body."""
+    async def _read(self, call: Awaitable[Any]) -> bytes:
+        """Run a generated client call made with _preload_content=False; its body, once
+        the status says it succeeded."""
         try:
             async with asyncio.timeout(self.timeout * 2):
                 response: Any = await call
                 try:
-                    body = await response.read()
+                    body: bytes = await response.read()
                 finally:
                     response.release()
         except ApiException as error:  # raised by the client itself (status 0: no answer)
@@ -93,65 +167,177 @@ class Cluster:
                 f"the API server rejected the executor's credentials: {_error_of(status, body)}"
             )
         if status in _RETRYABLE_STATUS:
-            raise ClusterUnavailable(f"the API server answered {_error_of(status, body)}")
+            answer = _error_of(status, body)
+            raise ClusterUnavailable(f"the API server answered {answer}") from answer
         if not 200 <= status <= 299:
             raise _error_of(status, body)
-        return json.loads(body)
+        return body
+
+    async def _json(self, call: Awaitable[Any]) -> Any:
+        return json.loads(await self._read(call))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        raw: bool = False,
+    ) -> Any:
+        """One request to the API server on `path`; its JSON answer (its text with `raw`)."""
+        headers = {"Accept": "text/plain" if raw else "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        call = self.api.call_api(
+            path,
+            method,
+            query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=self.timeout,
+        )
+        if raw:
+            return (await self._read(call)).decode("utf-8", "replace")
+        return await self._json(call)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", kind_of(kind).path(namespace, name))
+        return result
+
+    async def list_objects(
+        self,
+        kind: str,
+        namespace: str = "",
+        *,
+        labels: str | None = None,
+        fields: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        result = await self._call(
+            "GET",
+            kind_of(kind).path(namespace),
+            query={
+                "labelSelector": labels or None,
+                "fieldSelector": fields or None,
+                "limit": limit,
+            },
+        )
+        return list(result.get("items") or [])
+
+    async def patch(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: list[dict[str, Any]],
+        *,
+        dry_run: bool,
+        subresource: str = "",
+    ) -> dict[str, Any]:
+        """A JSON patch; with `dry_run`, dryRun=All: admission and validation run, nothing
+        is stored."""
+        result: dict[str, Any] = await self._call(
+            "PATCH",
+            kind_of(kind).path(namespace, name, subresource),
+            query={"dryRun": "All" if dry_run else None, "fieldManager": FIELD_MANAGER},
+            body=patch,
+            content_type="application/json-patch+json",
+        )
+        return result
+
+    async def create(
+        self, kind: str, namespace: str, body: Mapping[str, Any], *, dry_run: bool
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST",
+            kind_of(kind).path(namespace),
+            query={"dryRun": "All" if dry_run else None, "fieldManager": FIELD_MANAGER},
+            body=dict(body),
+        )
+        return result
+
+    async def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        dry_run: bool,
+        uid: str = "",
+        grace_period_seconds: int | None = None,
+        propagation: str = "Background",
+    ) -> dict[str, Any]:
+        """Delete, only if the object still has `uid` (a precondition: a recreated
+        object of the same name is not deleted)."""
+        options = {
+            "propagationPolicy": propagation,
+            **_delete_options(dry_run=dry_run, uid=uid, grace_period_seconds=grace_period_seconds),
+        }
+        result: dict[str, Any] = await self._call(
+            "DELETE", kind_of(kind).path(namespace, name), body=options
+        )
+        return result
+
+    async def evict(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        dry_run: bool,
+        uid: str = "",
+        grace_period_seconds: int | None = None,
+    ) -> None:
+        """Evict a pod through the Eviction API, which honours PodDisruptionBudgets: an
+        ApiError with status 429 when a budget does not allow it now."""
+        options = _delete_options(
+            dry_run=dry_run, uid=uid, grace_period_seconds=grace_period_seconds
+        )
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": options,
+        }
+        try:
+            await self._call("POST", KINDS["Pod"].path(namespace, name, "eviction"), body=body)
+        except ClusterUnavailable as error:
+            # 429 here is a PodDisruptionBudget's answer, not an overloaded server.
+            cause = error.__cause__
+            if isinstance(cause, ApiError) and cause.status == 429:
+                raise cause from None
+            raise
+
+    async def logs(
+        self, namespace: str, pod: str, container: str, *, tail_lines: int, limit_bytes: int
+    ) -> str:
+        text: str = await self._call(
+            "GET",
+            KINDS["Pod"].path(namespace, pod, "log"),
+            query={"container": container, "tailLines": tail_lines, "limitBytes": limit_bytes},
+            raw=True,
+        )
+        return text
 
     async def deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._json(
-            self.apps.read_namespaced_deployment(
-                name, namespace, _preload_content=False, _request_timeout=self.timeout
-            )
-        )
-        return result
+        return await self.get("Deployment", namespace, name)
 
     async def namespace(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._json(
-            self.core.read_namespace(name, _preload_content=False, _request_timeout=self.timeout)
-        )
-        return result
+        return await self.get("Namespace", "", name)
 
     async def replica_sets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = await self._json(
-            self.apps.list_namespaced_replica_set(
-                namespace,
-                label_selector=selector,
-                _preload_content=False,
-                _request_timeout=self.timeout,
-            )
-        )
-        return list(result.get("items") or [])
+        return await self.list_objects("ReplicaSet", namespace, labels=selector)
 
     async def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = await self._json(
-            self.core.list_namespaced_pod(
-                namespace,
-                label_selector=selector,
-                _preload_content=False,
-                _request_timeout=self.timeout,
-            )
-        )
-        return list(result.get("items") or [])
+        return await self.list_objects("Pod", namespace, labels=selector)
 
     async def patch_deployment(
         self, namespace: str, name: str, patch: list[dict[str, Any]], *, dry_run: bool
     ) -> dict[str, Any]:
-        """A JSON patch (a list body is sent as application/json-patch+json); with
-        `dry_run`, dryRun=All: admission and validation run, nothing is stored."""
-        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
-        result: dict[str, Any] = await self._json(
-            self.apps.patch_namespaced_deployment(
-                name,
-                namespace,
-                patch,
-                field_manager="kubernaut-executor",
-                _preload_content=False,
-                _request_timeout=self.timeout,
-                **kwargs,
-            )
-        )
-        return result
+        return await self.patch("Deployment", namespace, name, patch, dry_run=dry_run)
 
     async def allowed(
         self,
@@ -178,12 +364,8 @@ class Cluster:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": {k: v for k, v in attributes.items() if v}},
         }
-        result = await self._json(
-            self.authorization.create_self_subject_access_review(
-                review,  # type: ignore[arg-type]  # a plain dict is serialized as is
-                _preload_content=False,
-                _request_timeout=self.timeout,
-            )
+        result = await self._call(
+            "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review
         )
         status = result.get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or "")

@@ -1,38 +1,46 @@
-"""ExecuteAction without gRPC: scope, RBAC, the change, dry-run, snapshot, apply, verify,
-rollback, record.
+"""ExecuteAction without gRPC: scope, RBAC, guards, the change, dry-run, snapshot, apply,
+verify, rollback, record.
 
 One call runs these stages in order, each reported as a line of `stages`:
 
-  scope     refuse protected namespaces and objects that have not opted in
-            (kubernaut.ai/managed=true on the Deployment or its namespace); FAILED when the
-            target does not exist
-  rbac      a SelfSubjectAccessReview for every permission the catalogue lists for the action
-  plan      compute the change from the Deployment as it is and the parameters
-  dry-run   the exact patch with dryRun=All; a rejection FAILS with the API's message
-  snapshot  the Deployment's spec, resourceVersion and pod-template hashes, and the
-            computed change, stored in the executor's schema before anything is applied
-  apply     the patch, with the snapshot's resourceVersion as a precondition: a Deployment
+  scope     refuse kinds the action does not act on, protected namespaces and nodes,
+            namespaces outside the cluster's allow list or inside its deny list, and
+            objects that have not opted in (kubernaut.ai/managed=true on the object or its
+            namespace); FAILED when the target does not exist
+  rbac      a SelfSubjectAccessReview for every permission the catalogue lists for the
+            action (and the target's kind); refused naming each missing verb
+  guards    one action at a time per target, a cooldown per (target, action), a limit of
+            actions per cluster per minute (services.executor.guards)
+  plan      compute the change from the target as it is and the parameters
+  dry-run   the exact request with dryRun=All; a rejection FAILS with the API's message;
+            in the executor's dry-run mode the action ends here as DRY_RUN
+  snapshot  the target's content, resourceVersion and pod-template hashes, and the change,
+            stored in the executor's schema before anything is applied
+  apply     the change, with the snapshot's resourceVersion as a precondition: a target
             changed by someone else since FAILS ("changed concurrently"), never clobbered
-  verify    the rollout completes within the timeout (observedGeneration, updated == ready
-            == available == desired, no pods left over, none in CrashLoopBackOff)
-  rollback  on failed verification: the snapshot's value restored (with the same
+  verify    the rollout completes (workloads) or the change reads back and settles
+  rollback  on failed verification: the snapshot's values restored (with the same
             precondition), and verified; the outcome is ROLLED_BACK
   record    the ActionRecord through storage.RecordAction
 
-The stored row (services.executor.store) makes every step resumable: a retry with the same
-action_id after a crash continues from where the first call was, with the same change; a
-retry after the record was stored returns it without touching the cluster.
+What differs between actions (how they plan, apply, verify and undo) lives in
+services.executor.operations. The stored row (services.executor.store) makes every step
+resumable: a retry with the same action_id after a crash continues from where the first
+call was, with the same change; a retry after the record was stored returns it without
+touching the cluster. `rollback()` (RollbackAction) undoes a recorded action from its
+stored snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fnmatch
+import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, Protocol, TypeAlias
+from typing import Any, Final, NoReturn, Protocol
 
 import grpc
 from kubernaut.common.v1 import alert_pb2
@@ -40,19 +48,21 @@ from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.executor import catalogue
-from services.executor.changes import (
-    POD_TEMPLATE_HASH,
-    Change,
-    ChangeRefused,
-    assess_rollout,
-    changes_template,
-    compute_change,
-    equivalent,
-    label_selector,
-    spec_json,
+from services.executor import catalogue, guards
+from services.executor.changes import Change, label_selector, template_hash_label
+from services.executor.cluster import KINDS, ApiError, Cluster, ClusterUnavailable
+from services.executor.clusters import CircuitOpen, ClusterRegistry, UnknownCluster
+from services.executor.operations import (
+    DRY_RUN,
+    FAILED,
+    REFUSED,
+    SUCCEEDED,
+    Operation,
+    Outcome,
+    content_of,
+    operation_for,
+    undo_operation_for,
 )
-from services.executor.cluster import ApiError, Cluster, ClusterUnavailable
 from services.executor.settings import ExecutorSettings
 from services.executor.store import (
     ActionRow,
@@ -61,12 +71,13 @@ from services.executor.store import (
     ExecutorDatabase,
     ExecutorStoreUnavailable,
 )
-from services.runtime.kube import MANAGED_LABEL, ClusterNotConfigured, KubeConnection, is_managed
+from services.runtime.kube import MANAGED_LABEL, ClusterNotConfigured, is_managed
 from services.runtime.logs import incident_id_var
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ActionNotFound",
     "Checkpoint",
     "ClusterNotConfigured",
     "ClusterUnavailable",
@@ -75,22 +86,18 @@ __all__ = [
     "ExecutorStoreUnavailable",
     "RecordRejected",
     "Recorder",
+    "RollbackRefused",
     "StorageRecorder",
     "StorageUnavailable",
+    "UnknownCluster",
 ]
-
-Outcome: TypeAlias = storage_pb2.ActionOutcome.ValueType
-SUCCEEDED: Final = storage_pb2.ACTION_OUTCOME_SUCCEEDED
-FAILED: Final = storage_pb2.ACTION_OUTCOME_FAILED
-ROLLED_BACK: Final = storage_pb2.ACTION_OUTCOME_ROLLED_BACK
-DRY_RUN: Final = storage_pb2.ACTION_OUTCOME_DRY_RUN
-REFUSED: Final = storage_pb2.ACTION_OUTCOME_REFUSED
 
 _MAX_MESSAGE: Final = 4096
 _MAX_SPEC: Final = 1048576
-# Conflicts tolerated while only the Deployment's status moves under us (the controller
-# writes status, which changes resourceVersion but not what we change).
-_MAX_CONFLICTS: Final = 5
+CONTROL_PLANE_LABELS: Final = (
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+)
 
 
 class StorageUnavailable(Exception):
@@ -100,6 +107,14 @@ class StorageUnavailable(Exception):
 
 class RecordRejected(Exception):
     """storage refused the record (not a transient failure)."""
+
+
+class ActionNotFound(LookupError):
+    """RollbackAction named an action the executor has no record of."""
+
+
+class RollbackRefused(Exception):
+    """RollbackAction cannot undo this action; the message says why."""
 
 
 class Recorder(Protocol):
@@ -167,12 +182,6 @@ class _Finished(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class _Verified:
-    ok: bool
-    summary: str
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -182,24 +191,47 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _where(ref: alert_pb2.ResourceRef) -> str:
-    return f"{ref.kind} {ref.namespace}/{ref.name}"
+    name = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+    return f"{ref.kind} {name}"
+
+
+def _matches(name: str, patterns: tuple[str, ...] | frozenset[str]) -> str | None:
+    return next((p for p in sorted(patterns) if fnmatch.fnmatchcase(name, p)), None)
+
+
+def record_view(obj: Mapping[str, Any] | None, change: Change | None) -> str:
+    """What the record shows of an object: its spec when the change is all in the spec,
+    else the object without status and server-kept metadata. Compact JSON, sorted keys."""
+    if obj is None:
+        return ""
+    edits = change.edits if change is not None else ()
+    if "spec" in obj and all(e.path.startswith("/spec") for e in edits):
+        view: Any = obj.get("spec") or {}
+    else:
+        meta = obj.get("metadata") or {}
+        view = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+        view["metadata"] = {
+            k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta
+        }
+    return json.dumps(view, sort_keys=True, separators=(",", ":"))
 
 
 class Executor:
-    """Runs ExecuteAction. `cluster` is the executor's own identity (its RBAC is what the
-    SelfSubjectAccessReviews check); `database` holds the executor's schema; `recorder`
-    stores the final record (StorageRecorder in the service)."""
+    """Runs ExecuteAction and RollbackAction. `clusters` holds the executor's own identity
+    on each cluster (its RBAC is what the SelfSubjectAccessReviews check); `database` holds
+    the executor's schema; `recorder` stores the final record (StorageRecorder in the
+    service)."""
 
     def __init__(
         self,
-        cluster: KubeConnection,
+        clusters: ClusterRegistry,
         database: ExecutorDatabase,
         recorder: Recorder,
         settings: ExecutorSettings | None = None,
         *,
         checkpoint: Checkpoint | None = None,
     ) -> None:
-        self.cluster = cluster
+        self.clusters = clusters
         self.database = database
         self.recorder = recorder
         self.settings = settings or ExecutorSettings()
@@ -209,21 +241,83 @@ class Executor:
     async def execute(self, request: executor_pb2.ExecuteActionRequest) -> ExecuteResult:
         """Run (or resume, or answer again) the action `request.action_id` names.
 
-        Raises ClusterNotConfigured; ClusterUnavailable, ExecutorStoreUnavailable and
+        Raises UnknownCluster (nothing recorded: the request is wrong); ClusterNotConfigured;
+        ClusterUnavailable (also CircuitOpen), ExecutorStoreUnavailable and
         StorageUnavailable when a dependency cannot be reached (a retry with the same
         action_id continues safely); RecordRejected when storage refuses the record.
         The action runs to its end even when the caller goes away."""
-        if not self.cluster.configured:
+        cluster = self.clusters.resolve(request.target.cluster)
+        if not self.clusters.connection(cluster).configured:
             raise ClusterNotConfigured(
-                "no Kubernetes cluster configured: set KUBECONFIG (or KUBERNAUT_KUBE_KUBECONFIG)"
+                f"cluster {cluster} is not configured: set KUBECONFIG (or "
+                "KUBERNAUT_KUBE_KUBECONFIG, or KUBERNAUT_EXECUTOR_CLUSTERS)"
             )
-        task = self._running.get(request.action_id)
+        return await self._once(request.action_id, lambda: self._execute(request, cluster))
+
+    async def rollback(self, request: executor_pb2.RollbackActionRequest) -> ExecuteResult:
+        """Undo the recorded action `request.action_id` as the action `rollback_id` (see
+        RollbackAction). Raises ActionNotFound and RollbackRefused (nothing recorded), and
+        what `execute` raises."""
+        store = await self.database.store()
+        original = await store.get(request.action_id)
+        if original is None:
+            raise ActionNotFound(f"the executor has no action {request.action_id}")
+        existing = await store.get(request.rollback_id)
+        if existing is not None:
+            if existing.undo_of != request.action_id:
+                raise RollbackRefused(
+                    f"rollback_id {request.rollback_id} is the id of another action; choose "
+                    "a new one"
+                )
+        else:
+            await self._check_undoable(store, original)
+        undo = executor_pb2.ExecuteActionRequest()
+        undo.CopyFrom(original.request)
+        undo.action_id = request.rollback_id
+        cluster = self.clusters.resolve(undo.target.cluster)
+        return await self._once(
+            request.rollback_id,
+            lambda: self._execute(undo, cluster, undo_of=original, reason=request.reason),
+        )
+
+    async def _check_undoable(self, store: Any, original: ActionRow) -> None:
+        action = catalogue.action_name(original.request.action)
+        what = f"action {original.action_id} ({action})"
+        if original.undo_of is not None:
+            raise RollbackRefused(
+                f"{what} is itself a rollback (of {original.undo_of}); run the action again"
+            )
+        if original.state not in (ActionState.FINISHED, ActionState.RECORDED):
+            raise RollbackRefused(f"{what} is still in progress; retry once it finished")
+        assert original.record is not None
+        if original.record.outcome != SUCCEEDED:
+            outcome = storage_pb2.ActionOutcome.Name(original.record.outcome)
+            raise RollbackRefused(
+                f"{what} ended {outcome.removeprefix('ACTION_OUTCOME_')}: nothing of it is "
+                "in place to undo"
+            )
+        definition = catalogue.describe_action(action)
+        if not definition.reversible:
+            raise RollbackRefused(f"{what} is not reversible: {definition.rollback}")
+        age = (_now() - original.started_at).total_seconds()
+        if age > self.settings.rollback_retention_seconds:
+            raise RollbackRefused(
+                f"{what} started {age:.0f}s ago, beyond the rollback window of "
+                f"{self.settings.rollback_retention_seconds:.0f}s "
+                "(KUBERNAUT_EXECUTOR_ROLLBACK_RETENTION_SECONDS)"
+            )
+        for undo in await store.undos_of(original.action_id):
+            if undo.state not in (ActionState.FINISHED, ActionState.RECORDED):
+                raise RollbackRefused(f"{what} is being rolled back by {undo.action_id}")
+            if undo.record is not None and undo.record.outcome == SUCCEEDED:
+                raise RollbackRefused(f"{what} was rolled back already by {undo.action_id}")
+
+    async def _once(self, key: str, work: Callable[[], Awaitable[ExecuteResult]]) -> ExecuteResult:
+        task = self._running.get(key)
         if task is None:
-            task = asyncio.create_task(
-                self._execute(request), name=f"executor action {request.action_id}"
-            )
-            self._running[request.action_id] = task
-            task.add_done_callback(lambda done: self._finished(request.action_id, done))
+            task = asyncio.create_task(_await(work), name=f"executor action {key}")
+            self._running[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
         # Shielded: a caller that gives up (deadline) does not cut an action in half.
         return await asyncio.shield(task)
 
@@ -249,15 +343,33 @@ class Executor:
         if not task.cancelled() and (error := task.exception()) is not None:
             log.debug("action %s ended with %r", action_id, error)
 
-    async def _execute(self, request: executor_pb2.ExecuteActionRequest) -> ExecuteResult:
+    async def _execute(
+        self,
+        request: executor_pb2.ExecuteActionRequest,
+        cluster: str,
+        *,
+        undo_of: ActionRow | None = None,
+        reason: str = "",
+    ) -> ExecuteResult:
         token = incident_id_var.set(request.incident_id)
+        breaker = self.clusters.breaker(cluster)
         try:
             store = await self.database.store()
             async with store.claim(request.action_id) as session:
                 row = await session.load()
+                if row is not None and row.state is ActionState.RECORDED:
+                    assert row.record is not None
+                    log.info(
+                        "already done: returning the stored record",
+                        extra={"action_id": row.action_id},
+                    )
+                    return ExecuteResult(row.record, list(row.stages))
+                breaker.check()
                 if row is None:
-                    row = await session.create(request, _now())
-                elif row.state is not ActionState.RECORDED:
+                    row = await session.create(
+                        request, _now(), undo_of=None if undo_of is None else undo_of.action_id
+                    )
+                else:
                     row.attempts += 1
                     if row.request != request:
                         log.warning(
@@ -265,26 +377,63 @@ class Executor:
                             "first one",
                             extra={"action_id": request.action_id},
                         )
-                return await _Run(self, session, row).run()
+                try:
+                    result = await _Run(
+                        self, session, row, cluster, undo_of=undo_of, reason=reason
+                    ).run()
+                except ClusterUnavailable as error:
+                    if not isinstance(error, CircuitOpen):
+                        breaker.failure()
+                    raise
+                breaker.success()
+                return result
         finally:
             incident_id_var.reset(token)
+
+
+async def _await(work: Callable[[], Awaitable[ExecuteResult]]) -> ExecuteResult:
+    return await work()
 
 
 class _Run:
     """One call's work on one action."""
 
-    def __init__(self, executor: Executor, session: ActionSession, row: ActionRow) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        session: ActionSession,
+        row: ActionRow,
+        cluster_name: str,
+        *,
+        undo_of: ActionRow | None = None,
+        reason: str = "",
+    ) -> None:
         self.executor = executor
         self.settings = executor.settings
         self.session = session
         self.row = row
         self.request = row.request
         self.ref = row.request.target
+        self.cluster_name = cluster_name
         self.action = catalogue.action_name(row.request.action)
+        # A rollback (RollbackAction): the action it undoes, and why.
+        self.undo_of = undo_of
+        self.reason = reason
+        self.operation: Operation = (
+            operation_for(self.action) if undo_of is None else undo_operation_for(undo_of)
+        )
+        # The guards' name for what runs: a rollback cools down apart from its action.
+        self.guarded_action = self.action if undo_of is None else f"undo:{self.action}"
+        self.target_key = guards.TargetKey(
+            cluster_name, self.ref.kind, self.ref.namespace, self.ref.name
+        )
         self._cluster: Cluster | None = None
-        # The Deployment as last read (the record's spec after).
+        self._admitted = False
+        # What a read-only action gathered (collect_diagnostics), for the record.
+        self.details = ""
+        # The target as last read (the record's after).
         self.current: dict[str, Any] | None = None
-        # The Deployment as first read by this call (the spec before, until a snapshot).
+        # The target as first read by this call (the before, until a snapshot).
         self.seen: dict[str, Any] | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -295,6 +444,7 @@ class _Run:
             "incident_id": self.request.incident_id,
             "action": self.action,
             "target": _where(self.ref),
+            "cluster": self.cluster_name,
         }
 
     def stage(self, line: str) -> None:
@@ -309,6 +459,14 @@ class _Run:
         self.stage(line)
         raise _Finished(FAILED, message)
 
+    def what(self) -> str:
+        where = f" in cluster {self.cluster_name}" if self.ref.cluster else ""
+        action = self.action
+        if self.undo_of is not None:
+            why = f" ({self.reason})" if self.reason else ""
+            action = f"rollback of {action} {self.undo_of.action_id}{why}"
+        return f"{action} on {_where(self.ref)}{where}"
+
     async def save(self, state: ActionState | None = None) -> None:
         if state is not None:
             self.row.state = state
@@ -316,22 +474,23 @@ class _Run:
 
     async def cluster(self) -> Cluster:
         if self._cluster is None:
-            connection = self.executor.cluster
+            connection = self.executor.clusters.connection(self.cluster_name)
             try:
                 api = await connection.api()
             except ClusterNotConfigured:
                 raise
             except Exception as error:  # a kubeconfig that cannot be loaded
                 raise ClusterNotConfigured(
-                    f"the cluster configuration cannot be loaded: {error}"
+                    f"the configuration of cluster {self.cluster_name} cannot be loaded: {error}"
                 ) from error
             self._cluster = Cluster(api, timeout=connection.settings.request_timeout_seconds)
         return self._cluster
 
     async def read(self) -> dict[str, Any]:
-        deployment = await (await self.cluster()).deployment(self.ref.namespace, self.ref.name)
-        self.current = deployment
-        return deployment
+        ref = self.ref
+        obj = await (await self.cluster()).get(ref.kind, ref.namespace, ref.name)
+        self.current = obj
+        return obj
 
     async def _checkpoint(self, name: str) -> None:
         if self.executor.checkpoint is not None:
@@ -351,36 +510,47 @@ class _Run:
 
     async def run(self) -> ExecuteResult:
         row = self.row
-        if row.state is ActionState.RECORDED:
-            assert row.record is not None
-            log.info("already done: returning the stored record", extra=self._fields())
-            return ExecuteResult(row.record, list(row.stages))
         if row.state is not ActionState.FINISHED:
             if row.attempts > 1:
                 if row.state is ActionState.STARTED:
                     row.stages.clear()  # nothing was applied: start over
                 self.stage(f"resume: attempt {row.attempts} continues from {row.state.value}")
             try:
-                outcome, message = await self._act()
-            except _Finished as finished:
-                outcome, message = finished.outcome, finished.message
+                try:
+                    outcome, message = await self._act()
+                except _Finished as finished:
+                    outcome, message = finished.outcome, finished.message
+            finally:
+                if self._admitted:
+                    await guards.release(self.session.connection, self.target_key)
             await self._finish(outcome, message)
         return await self._record()
 
     async def _act(self) -> tuple[Outcome, str]:
         row = self.row
+        operation = self.operation
         if row.state is ActionState.STARTED:
-            await self._prepare()
+            target = await self._scope()
+            await self._rbac()
+            if not operation.changes_cluster:
+                return await self._observe(target)
+            assert target is not None
+            await self._admit()
+            await self._prepare(target)
+        elif row.state is not ActionState.FINISHED:
+            await self._admit()  # a resumed action holds its target again
         if row.state is ActionState.PLANNED:
-            await self._apply()
+            row.generation = await operation.apply(self)
+            await self.save(ActionState.APPLIED)
+            await guards.mark_applied(self.session.connection, row.action_id, _now())
+            await self._checkpoint("apply")
         failure = ""
         if row.state is ActionState.APPLIED:
-            assert row.generation is not None
-            verified = await self._verify(row.generation, self._old_hashes(), "verify")
+            verified = await operation.verify(self, row.generation, "verify")
             if verified.ok:
                 return (
                     SUCCEEDED,
-                    f"{self._what()}: {self.change.summary}; verified: {verified.summary}",
+                    f"{self.what()}: {self.change.summary}; verified: {verified.summary}",
                 )
             failure = verified.summary
             await self.save(ActionState.RESTORING)
@@ -395,25 +565,30 @@ class _Run:
                     ),
                     "verification failed",
                 )
-            return await self._restore(failure)
+            outcome, message = await operation.restore(self, failure)
+            await self.save()
+            return outcome, message
         raise AssertionError(f"unexpected state {row.state}")
 
-    def _what(self) -> str:
-        return f"{self.action} on {_where(self.ref)}"
+    async def _observe(self, target: dict[str, Any] | None) -> tuple[Outcome, str]:
+        message, details = await self.operation.observe(self, target)
+        self.details = details
+        if self.settings.dry_run:
+            return DRY_RUN, f"{self.what()}: dry-run mode (nothing changes either way): {message}"
+        return SUCCEEDED, f"{self.what()}: {message}"
 
-    def _old_hashes(self) -> frozenset[str]:
-        return frozenset(self.snapshot.get("podTemplateHashes") or ())
+    # -- scope, rbac, guards, plan, dry-run, snapshot -------------------------------------------
 
-    # -- scope, rbac, plan, dry-run, snapshot ---------------------------------------------------
+    async def _prepare(self, target: dict[str, Any]) -> None:
+        operation = self.operation
+        change = await operation.plan(self, target)
+        self.stage(f"plan: {change.summary}")
+        await operation.dry_run(self, target, change)
+        if self.settings.dry_run:
+            raise _Finished(DRY_RUN, f"{self.what()}: dry-run only, not applied: {change.summary}")
+        await self._snapshot(target, change)
 
-    async def _prepare(self) -> None:
-        deployment = await self._scope()
-        await self._rbac()
-        change = await self._plan(deployment)
-        await self._dry_run(deployment, change)
-        await self._snapshot(deployment, change)
-
-    async def _scope(self) -> dict[str, Any]:
+    async def _scope(self) -> dict[str, Any] | None:
         ref, settings = self.ref, self.settings
         definition = catalogue.describe_action(self.action)
         if ref.kind not in definition.target_kinds:
@@ -422,25 +597,50 @@ class _Run:
                 f"not {ref.kind or 'an unnamed kind'}",
                 f"{self.action} cannot act on {ref.kind or 'an unnamed kind'}",
             )
-        if not ref.namespace:
+        namespaced = KINDS[ref.kind].namespaced
+        if namespaced and not ref.namespace:
             self.refuse("scope: refused: the target names no namespace", "no namespace given")
-        if ref.namespace in settings.protected_namespaces:
+        if not namespaced and ref.namespace:
             self.refuse(
-                f"scope: refused: namespace {ref.namespace} is protected "
-                "(KUBERNAUT_EXECUTOR_PROTECTED_NAMESPACES)",
-                f"{self._what()} refused: namespace {ref.namespace} is protected",
+                f"scope: refused: a {ref.kind} has no namespace (got {ref.namespace})",
+                f"{self.what()} refused: a {ref.kind} has no namespace",
             )
+        if namespaced:
+            self._namespace_scope(ref.namespace)
+        elif ref.kind == "Node" and (pattern := _matches(ref.name, settings.protected_nodes)):
+            self.refuse(
+                f"scope: refused: node {ref.name} is protected ({pattern} in "
+                "KUBERNAUT_EXECUTOR_PROTECTED_NODES)",
+                f"{self.what()} refused: node {ref.name} is protected",
+            )
+        if not self.operation.reads_target:
+            self.stage("scope: ok: the action reads and changes nothing")
+            return None
         cluster = await self.cluster()
         try:
-            deployment = await self.read()
+            target = await self.read()
         except ApiError as error:
-            self._scope_read_error(error, f"deployments.apps {ref.name}")
-        self.seen = deployment
-        labels = (deployment.get("metadata") or {}).get("labels")
+            self._scope_read_error(error, f"{KINDS[ref.kind].plural} {ref.name}")
+        self.seen = target
+        labels = (target.get("metadata") or {}).get("labels") or {}
+        if ref.kind == "Node" and (
+            role := next((k for k in CONTROL_PLANE_LABELS if k in labels), None)
+        ):
+            self.refuse(
+                f"scope: refused: node {ref.name} is a control-plane node ({role})",
+                f"{self.what()} refused: node {ref.name} is a control-plane node",
+            )
         if not settings.require_opt_in:
             self.stage("scope: ok: opt-in not required by the settings")
         elif is_managed(labels):
-            self.stage(f"scope: ok: the Deployment carries {MANAGED_LABEL}=true")
+            self.stage(f"scope: ok: the {ref.kind} carries {MANAGED_LABEL}=true")
+        elif not namespaced:
+            self.refuse(
+                f"scope: refused: {_where(ref)} does not carry the label {MANAGED_LABEL}=true "
+                "(not opted in)",
+                f"{self.what()} refused: not opted in (label {MANAGED_LABEL}=true on the "
+                f"{ref.kind})",
+            )
         else:
             try:
                 namespace = await cluster.namespace(ref.namespace)
@@ -452,43 +652,88 @@ class _Run:
                 self.refuse(
                     f"scope: refused: neither {_where(ref)} nor its namespace carries the label "
                     f"{MANAGED_LABEL}=true (not opted in)",
-                    f"{self._what()} refused: not opted in (label {MANAGED_LABEL}=true on the "
-                    "Deployment or its namespace)",
+                    f"{self.what()} refused: not opted in (label {MANAGED_LABEL}=true on the "
+                    f"{ref.kind} or its namespace)",
                 )
-        return deployment
+        return target
+
+    def _namespace_scope(self, namespace: str) -> None:
+        settings = self.settings
+        if namespace in settings.protected_namespaces:
+            self.refuse(
+                f"scope: refused: namespace {namespace} is protected "
+                "(KUBERNAUT_EXECUTOR_PROTECTED_NAMESPACES)",
+                f"{self.what()} refused: namespace {namespace} is protected",
+            )
+        scope = settings.cluster_scopes.get(self.cluster_name)
+        if scope is None:
+            return
+        if pattern := _matches(namespace, scope.deny):
+            self.refuse(
+                f"scope: refused: namespace {namespace} is in cluster {self.cluster_name}'s deny "
+                f"list ({pattern}; KUBERNAUT_EXECUTOR_CLUSTER_SCOPES)",
+                f"{self.what()} refused: namespace {namespace} is denied in cluster "
+                f"{self.cluster_name}",
+            )
+        if scope.allow and not _matches(namespace, scope.allow):
+            self.refuse(
+                f"scope: refused: namespace {namespace} is not in cluster {self.cluster_name}'s "
+                f"allow list ({', '.join(scope.allow)}; KUBERNAUT_EXECUTOR_CLUSTER_SCOPES)",
+                f"{self.what()} refused: namespace {namespace} is not allowed in cluster "
+                f"{self.cluster_name}",
+            )
 
     def _scope_read_error(self, error: ApiError, what: str) -> NoReturn:
         if error.not_found:
             self.fail(
                 f"scope: failed: {error.message or what + ' not found'}",
-                f"{self._what()} failed: the target does not exist ({error.message})",
+                f"{self.what()} failed: the target does not exist ({error.message})",
             )
         if error.forbidden:
             self.refuse(
                 f"scope: refused: the executor's identity may not get {what}: {error.message}",
-                f"{self._what()} refused: the executor may not read {what}",
+                f"{self.what()} refused: the executor may not read {what}",
             )
-        self.fail(f"scope: failed: reading {what}: {error}", f"{self._what()} failed: {error}")
+        self.fail(f"scope: failed: reading {what}: {error}", f"{self.what()} failed: {error}")
 
     async def _rbac(self) -> None:
         ref = self.ref
-        cluster = await self.cluster()
+        definition = catalogue.describe_action(self.action)
+        target_plural = KINDS[ref.kind].plural
+        namespaced = KINDS[ref.kind].namespaced
         checks: list[tuple[str, str, str, str, str]] = []
-        for permission in catalogue.describe_action(self.action).permissions:
+        for permission in definition.permissions:
+            if permission.target_kinds and ref.kind not in permission.target_kinds:
+                continue
             name = ""
-            if permission.resource == "deployments":
+            if permission.resource == target_plural and not permission.subresource:
                 name = ref.name
             elif permission.resource == "namespaces":
                 name = ref.namespace
             for verb in permission.verbs:
+                if verb in ("list", "create") and permission.resource == target_plural:
+                    name_for_verb = ""  # list and create name no object
+                else:
+                    name_for_verb = name
                 checks.append(
-                    (permission.api_group, permission.resource, permission.subresource, verb, name)
+                    (
+                        permission.api_group,
+                        permission.resource,
+                        permission.subresource,
+                        verb,
+                        name_for_verb,
+                    )
                 )
+        if not checks:
+            self.stage("rbac: ok: the action needs no permission")
+            return
+        cluster = await self.cluster()
         try:
             answers = await asyncio.gather(
                 *(
                     cluster.allowed(
-                        namespace=ref.namespace,
+                        # Cluster-scoped targets (nodes) act on pods in every namespace.
+                        namespace=ref.namespace if namespaced else "",
                         group=group,
                         resource=resource,
                         subresource=subresource,
@@ -501,7 +746,7 @@ class _Run:
         except ApiError as error:
             self.fail(
                 f"rbac: failed: SelfSubjectAccessReview: {error}",
-                f"{self._what()} failed: cannot check RBAC: {error}",
+                f"{self.what()} failed: cannot check RBAC: {error}",
             )
 
         def label(group: str, resource: str, subresource: str) -> str:
@@ -515,11 +760,11 @@ class _Run:
             )
             if not allowed
         ]
+        where = f"in namespace {ref.namespace}" if namespaced else "cluster-wide"
         if missing:
             self.refuse(
-                f"rbac: refused: the executor's identity may not {'; '.join(missing)} in "
-                f"namespace {ref.namespace}",
-                f"{self._what()} refused: missing RBAC permission: {'; '.join(missing)}",
+                f"rbac: refused: the executor's identity may not {'; '.join(missing)} {where}",
+                f"{self.what()} refused: missing RBAC permission: {'; '.join(missing)}",
             )
         granted: dict[str, list[str]] = {}
         for group, resource, subresource, verb, _ in checks:
@@ -529,246 +774,83 @@ class _Run:
             + "; ".join(f"{', '.join(verbs)} {what}" for what, verbs in granted.items())
         )
 
-    async def _plan(self, deployment: dict[str, Any]) -> Change:
-        params = self.request.action
-        replica_sets: list[dict[str, Any]] = []
-        if changes_template(params) and (deployment.get("spec") or {}).get("paused"):
-            self.fail(
-                "plan: failed: the Deployment is paused (a paused Deployment does not roll out)",
-                f"{self._what()} failed: the Deployment is paused",
+    async def _admit(self) -> None:
+        settings = self.settings
+        try:
+            await guards.admit(
+                self.session.connection,
+                action_id=self.row.action_id,
+                action=self.guarded_action,
+                target=self.target_key,
+                cooldown_seconds=settings.cooldown_seconds,
+                max_per_minute=settings.max_actions_per_cluster_per_minute,
+                now=_now(),
             )
-        if self.action == "rollback_deployment":
-            selector = label_selector(deployment["spec"].get("selector"))
+        except guards.GuardRefused as refused:
+            if self.row.state is not ActionState.STARTED:
+                # A resumed action whose target another action took meanwhile: wait.
+                raise ExecutorStoreUnavailable(
+                    f"cannot resume: {refused.reason}; retry later"
+                ) from refused
+            self.refuse(
+                f"guards: refused: {refused.reason}", f"{self.what()} refused: {refused.reason}"
+            )
+        self._admitted = True
+        if self.row.state is ActionState.STARTED:
+            self.stage(
+                "guards: ok: the target is free, not cooling down, within the cluster's rate"
+            )
+
+    async def _snapshot(self, target: dict[str, Any], change: Change) -> None:
+        ref = self.ref
+        hashes: list[str] = []
+        if "template" in (target.get("spec") or {}) and "selector" in (target.get("spec") or {}):
             try:
-                replica_sets = await (await self.cluster()).replica_sets(
-                    self.ref.namespace, selector
+                pods = await (await self.cluster()).pods(
+                    ref.namespace, label_selector(target["spec"].get("selector"))
                 )
             except ApiError as error:
                 self.fail(
-                    f"plan: failed: listing the ReplicaSets: {error}",
-                    f"{self._what()} failed: {error}",
+                    f"snapshot: failed: listing pods: {error}", f"{self.what()} failed: {error}"
                 )
-        try:
-            change = compute_change(
-                deployment, params, at=self.row.started_at, replica_sets=replica_sets
+            label = template_hash_label(ref.kind)
+            hashes = sorted(
+                {
+                    h
+                    for pod in pods
+                    if (h := ((pod.get("metadata") or {}).get("labels") or {}).get(label))
+                }
             )
-        except ChangeRefused as error:
-            self.fail(f"plan: failed: {error}", f"{self._what()} failed: {error}")
-        self.stage(f"plan: {change.summary}")
-        return change
-
-    async def _dry_run(self, deployment: dict[str, Any], change: Change) -> None:
-        rv = deployment["metadata"]["resourceVersion"]
-        try:
-            await (await self.cluster()).patch_deployment(
-                self.ref.namespace, self.ref.name, change.patch(rv), dry_run=True
-            )
-        except ApiError as error:
-            if error.conflict:
-                self.fail(
-                    "dry-run: failed: the Deployment changed concurrently; nothing applied",
-                    f"{self._what()} failed: the Deployment changed concurrently",
-                )
-            self.fail(
-                f"dry-run: failed: the API server rejected the change ({error}); nothing applied",
-                f"{self._what()} failed in the dry-run: {error.message or error}",
-            )
-        self.stage("dry-run: ok: the API server accepted the change (dryRun=All)")
-        if self.settings.dry_run:
-            raise _Finished(
-                DRY_RUN,
-                f"{self._what()}: dry-run only, not applied: {change.summary}",
-            )
-
-    async def _snapshot(self, deployment: dict[str, Any], change: Change) -> None:
-        selector = label_selector(deployment["spec"].get("selector"))
-        try:
-            pods = await (await self.cluster()).pods(self.ref.namespace, selector)
-        except ApiError as error:
-            self.fail(f"snapshot: failed: listing pods: {error}", f"{self._what()} failed: {error}")
-        hashes = sorted(
-            {
-                h
-                for pod in pods
-                if (h := ((pod.get("metadata") or {}).get("labels") or {}).get(POD_TEMPLATE_HASH))
-            }
-        )
-        meta = deployment["metadata"]
+        meta = target["metadata"]
         self.row.snapshot = {
             "resourceVersion": meta["resourceVersion"],
             "generation": meta.get("generation"),
-            "spec": deployment.get("spec") or {},
-            "labels": meta.get("labels") or {},
+            "uid": meta.get("uid"),
+            "content": content_of(target),
+            "view": record_view(target, change),
             "podTemplateHashes": hashes,
+            "extra": self.operation.snapshot_extra(self, target),
         }
         self.row.change = change
         self.stage(
-            f"snapshot: stored the Deployment spec at resourceVersion {meta['resourceVersion']} "
-            "and the change"
+            f"snapshot: stored the {ref.kind} at resourceVersion {meta['resourceVersion']} and the "
+            "change"
         )
         await self.save(ActionState.PLANNED)
         await self._checkpoint("snapshot")
-
-    # -- apply, verify, rollback --------------------------------------------------------------
-
-    def _unchanged_since_snapshot(self, deployment: Mapping[str, Any]) -> bool:
-        """Only status or bookkeeping moved: the spec and labels are as in the snapshot."""
-        snapshot = self.snapshot
-        labels = (deployment.get("metadata") or {}).get("labels") or {}
-        return equivalent(deployment.get("spec") or {}, snapshot["spec"]) and equivalent(
-            labels, snapshot["labels"]
-        )
-
-    async def _patch(self, patch: list[dict[str, Any]]) -> dict[str, Any]:
-        result = await (await self.cluster()).patch_deployment(
-            self.ref.namespace, self.ref.name, patch, dry_run=False
-        )
-        self.current = result
-        return result
-
-    async def _apply(self) -> None:
-        change = self.change
-        rv = str(self.snapshot["resourceVersion"])
-        generation: int | None = None
-        for _ in range(_MAX_CONFLICTS):
-            try:
-                applied = await self._patch(change.patch(rv))
-                generation = int(applied["metadata"]["generation"])
-                self.stage(f"apply: {change.summary} (generation {generation})")
-                break
-            except ApiError as error:
-                if not error.conflict:
-                    self.fail(
-                        f"apply: failed: the API server rejected the change ({error}); "
-                        "nothing applied",
-                        f"{self._what()} failed: {error.message or error}",
-                    )
-            current = await self.read()
-            if change.is_applied(current):
-                generation = int(current["metadata"]["generation"])
-                self.stage(
-                    f"apply: already applied by an earlier attempt (generation {generation})"
-                )
-                break
-            if not self._unchanged_since_snapshot(current):
-                self.fail(
-                    "apply: failed: the Deployment changed concurrently since the snapshot "
-                    f"(resourceVersion {self.snapshot['resourceVersion']} -> "
-                    f"{current['metadata']['resourceVersion']}); nothing applied, the other "
-                    "change is kept",
-                    f"{self._what()} failed: the Deployment changed concurrently; nothing applied",
-                )
-            rv = current["metadata"]["resourceVersion"]  # only its status moved: try again
-        if generation is None:
-            self.fail(
-                "apply: failed: the Deployment kept changing; nothing applied",
-                f"{self._what()} failed: the Deployment changed concurrently; nothing applied",
-            )
-        self.row.generation = generation
-        await self.save(ActionState.APPLIED)
-        await self._checkpoint("apply")
-
-    async def _verify(
-        self, generation: int, old_hashes: frozenset[str] | None, phase: str
-    ) -> _Verified:
-        cluster = await self.cluster()
-        timeout = self.settings.verify_timeout_seconds
-        started = time.monotonic()
-        deadline = started + timeout
-        while True:
-            try:
-                deployment = await self.read()
-                pods = await cluster.pods(
-                    self.ref.namespace, label_selector(deployment["spec"].get("selector"))
-                )
-            except ApiError as error:
-                if error.not_found:
-                    self.fail(
-                        f"{phase}: failed: the Deployment was deleted",
-                        f"{self._what()} failed: the Deployment was deleted during {phase}",
-                    )
-                raise ClusterUnavailable(f"cannot read the rollout: {error}") from error
-            state = assess_rollout(deployment, pods, generation=generation, old_hashes=old_hashes)
-            elapsed = time.monotonic() - started
-            if state.done:
-                summary = f"{state.summary} after {elapsed:.1f}s"
-                self.stage(f"{phase}: ok: {summary}")
-                return _Verified(True, summary)
-            if state.broken:
-                summary = f"{state.summary} after {elapsed:.1f}s"
-                self.stage(f"{phase}: failed: {summary}")
-                return _Verified(False, summary)
-            if time.monotonic() >= deadline:
-                summary = f"timed out after {timeout:g}s: {state.summary}"
-                self.stage(f"{phase}: failed: {summary}")
-                return _Verified(False, summary)
-            await asyncio.sleep(
-                min(self.settings.poll_interval_seconds, deadline - time.monotonic())
-            )
-
-    async def _restore(self, failure: str) -> tuple[Outcome, str]:
-        change = self.change
-        what = self._what()
-        generation: int | None = None
-        for _ in range(_MAX_CONFLICTS):
-            current = await self.read()
-            if change.is_restored(current):
-                generation = int(current["metadata"]["generation"])
-                self.stage(
-                    f"rollback: the snapshot's {change.path} is in place (generation {generation})"
-                )
-                break
-            if not change.is_applied(current):
-                self.fail(
-                    "rollback: failed: the Deployment changed concurrently after the change; "
-                    "not restoring over someone else's change",
-                    f"{what}: verification failed ({failure}); the rollback was not applied "
-                    "because the Deployment changed concurrently",
-                )
-            try:
-                restored = await self._patch(
-                    change.restore_patch(current["metadata"]["resourceVersion"])
-                )
-            except ApiError as error:
-                if error.conflict:
-                    continue
-                self.fail(
-                    f"rollback: failed: the API server rejected the restore ({error})",
-                    f"{what}: verification failed ({failure}); the rollback failed: {error}",
-                )
-            generation = int(restored["metadata"]["generation"])
-            self.stage(
-                f"rollback: restored {change.path} from the snapshot (generation {generation})"
-            )
-            break
-        if generation is None:
-            self.fail(
-                "rollback: failed: the Deployment kept changing; not restored",
-                f"{what}: verification failed ({failure}); the rollback was not applied",
-            )
-        self.row.generation = generation
-        await self.save()
-        verified = await self._verify(generation, None, "rollback verify")
-        if verified.ok:
-            return ROLLED_BACK, (
-                f"{what}: {change.summary}; verification failed: {failure}; rolled back to the "
-                f"snapshot and verified: {verified.summary}"
-            )
-        return ROLLED_BACK, (
-            f"{what}: {change.summary}; verification failed: {failure}; rolled back to the "
-            f"snapshot, but the restored Deployment is not healthy either: {verified.summary}"
-        )
 
     # -- the record ---------------------------------------------------------------------------
 
     async def _finish(self, outcome: Outcome, message: str) -> None:
         row = self.row
-        before = ""
+        change = row.change
         if row.snapshot is not None:
-            before = spec_json({"spec": row.snapshot["spec"]})
-        elif self.seen is not None:
-            before = spec_json(self.seen)
-        after = spec_json(self.current) if self.current is not None else before
+            before = str(row.snapshot.get("view") or "")
+        else:
+            before = record_view(self.seen, change)
+        after = record_view(self.current, change) if self.current is not None else before
+        if self.details:
+            after = self.details
         if len(before) > _MAX_SPEC or len(after) > _MAX_SPEC:
             message += " (specs left out of the record: over 1 MiB)"
             before = after = ""

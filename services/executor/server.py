@@ -13,19 +13,25 @@ from kubernaut.executor.v1 import executor_pb2, executor_pb2_grpc
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from services.executor import catalogue
+from services.executor.clusters import ClusterRegistry
 from services.executor.engine import (
+    ActionNotFound,
     ClusterNotConfigured,
     ClusterUnavailable,
+    ExecuteResult,
     Executor,
     ExecutorStoreUnavailable,
     RecordRejected,
+    RollbackRefused,
     StorageRecorder,
     StorageUnavailable,
+    UnknownCluster,
 )
+from services.executor.requests import execute_problems, rollback_problems
 from services.executor.settings import ExecutorSettings
 from services.executor.store import ExecutorDatabase
 from services.runtime.database import redact_dsn
-from services.runtime.kube import KubeConnection
+from services.runtime.interceptors import abort_invalid, bad_request_status
 from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,25 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def ExecuteAction(
         self, request: executor_pb2.ExecuteActionRequest, context: Any
     ) -> executor_pb2.ExecuteActionResponse:
-        # The request was validated by the interceptor (protovalidate).
+        # The interceptor validated each field (protovalidate); these relate two fields.
+        await _refuse_problems(context, execute_problems(request))
+        executor = await self._executor(context)
+        result = await self._run(
+            context, request.action_id, "action_id", lambda: executor.execute(request)
+        )
+        return executor_pb2.ExecuteActionResponse(record=result.record, stages=result.stages)
+
+    async def RollbackAction(
+        self, request: executor_pb2.RollbackActionRequest, context: Any
+    ) -> executor_pb2.RollbackActionResponse:
+        await _refuse_problems(context, rollback_problems(request))
+        executor = await self._executor(context)
+        result = await self._run(
+            context, request.rollback_id, "rollback_id", lambda: executor.rollback(request)
+        )
+        return executor_pb2.RollbackActionResponse(record=result.record, stages=result.stages)
+
+    async def _executor(self, context: Any) -> Executor:
         if self.executor is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -64,33 +88,52 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 "snapshots there and does not act without them",
             )
             raise AssertionError("unreachable")  # abort raises
+        return self.executor
+
+    async def _run(
+        self,
+        context: Any,
+        key: str,
+        key_name: str,
+        work: Callable[[], Awaitable[ExecuteResult]],
+    ) -> ExecuteResult:
+        """Map the engine's errors to status codes; `key` is the call's idempotency key."""
         try:
-            result = await self.executor.execute(request)
-        except ClusterNotConfigured as error:
+            return await work()
+        except UnknownCluster as error:
+            await abort_invalid(context, "target.cluster", str(error))
+            raise
+        except ActionNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        except (ClusterNotConfigured, RollbackRefused) as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
             raise
         except (ClusterUnavailable, ExecutorStoreUnavailable, StorageUnavailable) as error:
             log.warning(
-                "action interrupted; a retry with the same action_id continues it",
-                extra={"action_id": request.action_id, "error": str(error)},
+                "action interrupted; a retry with the same id continues it",
+                extra={key_name: key, "error": str(error)},
             )
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{error} (safe to retry with the same action_id)",
+                grpc.StatusCode.UNAVAILABLE, f"{error} (safe to retry with the same {key_name})"
             )
             raise
         except RecordRejected as error:
-            log.error("storage refused the record", extra={"action_id": request.action_id})
+            log.error("storage refused the record", extra={key_name: key})
             await context.abort(grpc.StatusCode.INTERNAL, str(error))
             raise
-        return executor_pb2.ExecuteActionResponse(record=result.record, stages=result.stages)
+
+
+async def _refuse_problems(context: Any, problems: list[tuple[str, str]]) -> None:
+    if problems:
+        await context.abort_with_status(bad_request_status(problems))
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     settings = ExecutorSettings()
-    cluster = KubeConnection()
+    clusters = ClusterRegistry(settings)
     readiness: list[tuple[str, ReadinessCheck]] = []
-    on_stop: list[Callable[[], Awaitable[None]]] = [cluster.close]
+    on_stop: list[Callable[[], Awaitable[None]]] = [clusters.close]
     executor: Executor | None = None
     if settings.database_url:
         # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
@@ -107,7 +150,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             attempts=settings.record_attempts,
             backoff_seconds=settings.record_backoff_seconds,
         )
-        executor = Executor(cluster, database, recorder, settings)
+        executor = Executor(clusters, database, recorder, settings)
         # Before the database closes: actions still running get the shutdown grace period.
         on_stop.insert(0, functools.partial(executor.drain, ctx.settings.shutdown_grace_seconds))
         log.info("executor database configured", extra={"dsn": redact_dsn(database.dsn)})
@@ -115,8 +158,9 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         log.warning(
             "no database configured: ExecuteAction is refused until KUBERNAUT_DATABASE_URL is set"
         )
-    if cluster.configured:
-        readiness.append(("kubernetes", cluster.ready))
+    if clusters.configured:
+        readiness.append(("kubernetes", clusters.ready))
+        log.info("clusters configured", extra={"clusters": list(clusters.names)})
     else:
         log.warning("no Kubernetes cluster configured; ExecuteAction will refuse")
     return ServiceSpec(ExecutorServicer(executor), readiness=readiness, on_stop=on_stop)

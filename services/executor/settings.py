@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Final
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.runtime.settings import OptionalDatabaseUrl, database_url_field
@@ -13,6 +13,43 @@ from services.runtime.settings import OptionalDatabaseUrl, database_url_field
 DEFAULT_PROTECTED_NAMESPACES: Final = frozenset(
     {"kube-system", "kube-public", "kube-node-lease", "istio-system", "kubernaut"}
 )
+
+
+# What patch_resource may touch unless configured otherwise: fields whose change is
+# reversible and does not replace the workload's code.
+DEFAULT_PATCH_ALLOWED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "Deployment": (
+        "/spec/minReadySeconds",
+        "/spec/progressDeadlineSeconds",
+        "/spec/template/metadata/annotations/*",
+    ),
+    "StatefulSet": ("/spec/minReadySeconds", "/spec/template/metadata/annotations/*"),
+    "DaemonSet": ("/spec/minReadySeconds", "/spec/template/metadata/annotations/*"),
+    "HorizontalPodAutoscaler": ("/spec/behavior/*",),
+    "ConfigMap": ("/data/*",),
+}
+
+
+class ClusterConfig(BaseModel):
+    """How to reach one named cluster: a kubeconfig context, or the pod's own ServiceAccount
+    (`in_cluster`). Empty `kubeconfig` means $KUBECONFIG (or KUBERNAUT_KUBE_KUBECONFIG)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kubeconfig: str = ""
+    context: str = ""
+    in_cluster: bool = False
+
+
+class ClusterScope(BaseModel):
+    """Which namespaces of one cluster the executor may act in, besides the protected ones:
+    `allow` (empty: every namespace) and `deny` (wins over allow); shell-style patterns
+    ("shop-*")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
 
 
 class ExecutorSettings(BaseSettings):
@@ -43,7 +80,39 @@ class ExecutorSettings(BaseSettings):
     # FAILED_PRECONDITION (without its snapshots it could not retry or roll back safely).
     database_url: OptionalDatabaseUrl = database_url_field("EXECUTOR", default=None)
 
-    @field_validator("protected_namespaces", mode="before")
+    # Named clusters, as JSON: {"prod": {"context": "prod-admin"}, "local": {"in_cluster":
+    # true}}. Empty: one cluster, `default_cluster`, from KUBERNAUT_KUBE_* / $KUBECONFIG (or
+    # in-cluster). A ResourceRef with an empty cluster means `default_cluster`.
+    clusters: dict[str, ClusterConfig] = Field(default_factory=dict)
+    default_cluster: str = "default"
+    # Per-cluster namespace allow and deny lists, as JSON: {"prod": {"deny": ["payments"]}}.
+    cluster_scopes: dict[str, ClusterScope] = Field(default_factory=dict)
+    # Nodes the executor never cordons, drains or taints (shell-style patterns); nodes
+    # labelled node-role.kubernetes.io/control-plane are protected whatever this says.
+    protected_nodes: Annotated[frozenset[str], NoDecode] = frozenset()
+    # The circuit breaker of each cluster: after this many API failures in a row
+    # (unreachable, 5xx, 429), actions on that cluster are refused at once (UNAVAILABLE)
+    # for `breaker_open_seconds`; then one action may try again.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+    # Guards. No second action starts on a target while one runs; the same action on the
+    # same target is refused for `cooldown_seconds` after it last changed something (0:
+    # no cooldown); at most `max_actions_per_cluster_per_minute` actions start per cluster
+    # in any 60 s (0: no limit).
+    cooldown_seconds: float = Field(default=300.0, ge=0)
+    max_actions_per_cluster_per_minute: int = Field(default=30, ge=0)
+    # How long RollbackAction can undo a recorded action.
+    rollback_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Bounds of collect_diagnostics: log lines per container and bytes stored in total.
+    diagnostics_log_lines: int = Field(default=200, ge=1, le=10000)
+    diagnostics_max_bytes: int = Field(default=512 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # Kinds and JSON pointers patch_resource may change, as JSON: {"Deployment":
+    # ["/spec/minReadySeconds"]}; a pointer ending in "/*" allows everything beneath it.
+    patch_allowed_fields: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: dict(DEFAULT_PATCH_ALLOWED_FIELDS)
+    )
+
+    @field_validator("protected_namespaces", "protected_nodes", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):

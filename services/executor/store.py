@@ -45,6 +45,7 @@ __all__ = [
     "ActionStore",
     "ExecutorDatabase",
     "ExecutorStoreUnavailable",
+    "unavailable",
 ]
 
 
@@ -77,6 +78,8 @@ class ActionRow:
     stages: list[str] = field(default_factory=list)
     record: storage_pb2.ActionRecord | None = None
     attempts: int = 1
+    # A rollback's row: the action it undoes (RollbackAction).
+    undo_of: str | None = None
 
 
 def _lock_key(action_id: str) -> int:
@@ -104,11 +107,13 @@ def _row(row: asyncpg.Record) -> ActionRow:
         stages=list(row["stages"]),
         record=record,
         attempts=row["attempts"],
+        undo_of=None if row["undo_of"] is None else str(row["undo_of"]),
     )
 
 
 _COLUMNS: Final = (
-    "action_id, request, state, started_at, snapshot, change, generation, stages, record, attempts"
+    "action_id, request, state, started_at, snapshot, change, generation, stages, record,"
+    " attempts, undo_of"
 )
 
 
@@ -119,8 +124,13 @@ class ActionSession:
         self._conn = conn
         self.action_id = action_id
 
+    @property
+    def connection(self) -> asyncpg.pool.PoolConnectionProxy:
+        """The call's connection, which holds its session-level locks (the guards' too)."""
+        return self._conn
+
     async def load(self) -> ActionRow | None:
-        async with _unavailable():
+        async with unavailable():
             row = await self._conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM executor.actions WHERE action_id = $1",
                 uuid.UUID(self.action_id),
@@ -128,23 +138,30 @@ class ActionSession:
         return None if row is None else _row(row)
 
     async def create(
-        self, request: executor_pb2.ExecuteActionRequest, started_at: dt.datetime
+        self,
+        request: executor_pb2.ExecuteActionRequest,
+        started_at: dt.datetime,
+        *,
+        undo_of: str | None = None,
     ) -> ActionRow:
-        async with _unavailable():
+        """The action's row; a rollback's (`undo_of`) is labelled "undo:<name>"."""
+        name = request.action.WhichOneof("params") or ""
+        async with unavailable():
             await self._conn.execute(
                 "INSERT INTO executor.actions (action_id, incident_id, action, request,"
-                " started_at) VALUES ($1, $2, $3, $4::jsonb, $5)",
+                " started_at, undo_of) VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
                 uuid.UUID(self.action_id),
                 request.incident_id,
-                request.action.WhichOneof("params") or "",
+                f"undo:{name}" if undo_of else name,
                 json_format.MessageToJson(request, preserving_proto_field_name=True, indent=0),
                 started_at,
+                None if undo_of is None else uuid.UUID(undo_of),
             )
-        return ActionRow(self.action_id, request, ActionState.STARTED, started_at)
+        return ActionRow(self.action_id, request, ActionState.STARTED, started_at, undo_of=undo_of)
 
     async def save(self, row: ActionRow) -> None:
         """Store everything about `row` that can change."""
-        async with _unavailable():
+        async with unavailable():
             await self._conn.execute(
                 "UPDATE executor.actions SET state = $2, snapshot = $3::jsonb,"
                 " change = $4::jsonb, generation = $5, stages = $6, record = $7,"
@@ -160,7 +177,7 @@ class ActionSession:
             )
 
 
-def _unavailable() -> AbstractAsyncContextManager[None]:
+def unavailable() -> AbstractAsyncContextManager[None]:
     """Maps the database failing mid-call (or the pool closing) to ExecutorStoreUnavailable."""
     return unreachable_as(
         ExecutorStoreUnavailable, ActionStore.label, also=ActionStore.unreachable_also
@@ -190,6 +207,15 @@ class ActionStore(PooledStore):
         async with self._acquire() as conn:
             return await ActionSession(conn, action_id).load()
 
+    async def undos_of(self, action_id: str) -> list[ActionRow]:
+        """The rollbacks of an action, oldest first."""
+        async with self._acquire() as conn, unavailable():
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM executor.actions WHERE undo_of = $1 ORDER BY started_at",
+                uuid.UUID(action_id),
+            )
+        return [_row(row) for row in rows]
+
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         """A pooled connection; only acquiring it is mapped to ExecutorStoreUnavailable, not
@@ -215,7 +241,7 @@ class ActionStore(PooledStore):
         key = _lock_key(action_id)
         async with self._acquire() as conn:
             try:
-                async with _unavailable():
+                async with unavailable():
                     await conn.execute(
                         "SELECT set_config('lock_timeout', $1, false)",
                         f"{int(self._lock_timeout * 1000)}ms",

@@ -24,10 +24,15 @@ class KubeSettings(BaseSettings):
     # Empty: $KUBECONFIG, else ~/.kube/config, else in-cluster.
     kubeconfig: str = ""
     context: str = ""
+    # The pod's own ServiceAccount even when KUBECONFIG or ~/.kube/config is there: an
+    # executor cluster configured `in_cluster` next to others reached by kubeconfig.
+    in_cluster: bool = False
     request_timeout_seconds: float = 10.0
 
 
 def _kubeconfig_path(settings: KubeSettings) -> Path | None:
+    if settings.in_cluster:
+        return None
     for candidate in (settings.kubeconfig, os.environ.get("KUBECONFIG", "")):
         if candidate:
             return Path(candidate).expanduser()
@@ -74,6 +79,11 @@ class KubeConnection:
             )
         elif _in_cluster():
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        elif self.settings.in_cluster:
+            raise ClusterNotConfigured(
+                "the cluster is configured in-cluster, but this process does not run in a pod"
+                " (KUBERNETES_SERVICE_HOST is unset)"
+            )
         else:
             raise ClusterNotConfigured(
                 "no Kubernetes cluster configured: set KUBECONFIG (or KUBERNAUT_KUBE_KUBECONFIG)"

@@ -3,7 +3,7 @@ storage service: nothing of Kubernetes or storage is mocked.
 
 The cluster is the session's shared one-node LocalCluster (`kube` in
 tests/fixtures/cluster.py). Most tests drive `services.executor.engine.Executor` directly,
-with its own KubeConnection to that cluster and the in-process stack's storage as the
+with its own ClusterRegistry for that cluster and the in-process stack's storage as the
 executor's identity records; the last ones go through the gRPC service as
 `kubernaut serve executor` builds it. Each test works in namespaces of its own.
 """
@@ -11,294 +11,53 @@ executor's identity records; the last ones go through the gRPC service as
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-import yaml
-from kubernaut.common.v1 import alert_pb2, remediation_pb2
-from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
-from kubernetes_asyncio import client
 
-from services.devstack.kube import ClusterInfo, LocalCluster
 from services.executor.changes import POD_TEMPLATE_HASH, RESTARTED_AT, REVISION
-from services.executor.cluster import ApiError, Cluster
+from services.executor.cluster import ApiError
 from services.executor.engine import (
     ClusterUnavailable,
-    ExecuteResult,
-    Executor,
-    StorageRecorder,
 )
-from services.executor.settings import ExecutorSettings
 from services.executor.store import ActionRow, ActionState, ExecutorDatabase
 from services.runtime.clients import Clients
-from services.runtime.kube import MANAGED_LABEL, KubeConnection, KubeSettings
+from services.runtime.kube import MANAGED_LABEL
 from services.runtime.launcher import health_of, wait_serving
 from services.runtime.names import ServiceName
 from services.runtime.server import start_service
 from services.runtime.settings import RuntimeSettings
-from tests.fixtures.cluster import deployment_body
+from tests.fixtures.executor import (
+    NOWHERE,
+    Admin,
+    ExecutorFactory,
+    action_request,
+    as_model,
+    dead_kubeconfig,
+    image_of,
+    outcome,
+    ready,
+    same_record,
+    specs,
+    stage,
+    stored,
+    write_kubeconfig,
+)
 from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(600),
+    pytest.mark.usefixtures("cleanup"),
+]
 
 O = storage_pb2  # noqa: E741 - outcome constants read as O.ACTION_OUTCOME_...
-NOWHERE = {"kubernaut.test/nowhere": "true"}  # a nodeSelector no node matches
-
-
-# -- the cluster and the admin's view of it ---------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def executor_cluster(kube: LocalCluster) -> ClusterInfo:
-    """The session's shared one-node cluster (tests/fixtures/cluster.py): nothing here
-    needs more nodes, and every test works in a namespace of its own."""
-    return kube.info
-
-
-class Admin:
-    """The test's own (cluster-admin) hands on the cluster, for setup and for checking."""
-
-    def __init__(self, api: client.ApiClient, info: ClusterInfo) -> None:
-        self.api = api
-        self.info = info
-        self.raw = Cluster(api)
-        self.core = client.CoreV1Api(api)
-        self.apps = client.AppsV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-        self.admission = client.AdmissionregistrationV1Api(api)
-
-    async def namespace(self, *, managed: bool = False) -> str:
-        name = f"ex-{uuid.uuid4().hex[:10]}"
-        labels = {MANAGED_LABEL: "true"} if managed else {}
-        await self.core.create_namespace(as_model({"metadata": {"name": name, "labels": labels}}))
-        return name
-
-    async def create(
-        self,
-        namespace: str,
-        name: str = "web",
-        *,
-        image: str = "registry.invalid/app:v1",
-        replicas: int = 2,
-        managed: bool = True,
-        memory: str | None = "256Mi",
-        node_selector: dict[str, str] | None = None,
-        wait: bool = True,
-    ) -> dict[str, Any]:
-        resources = {"limits": {"memory": memory}, "requests": {"memory": "64Mi"}}
-        body = deployment_body(
-            name,
-            image,
-            replicas=replicas,
-            labels={MANAGED_LABEL: "true"} if managed else None,
-            container={"resources": resources} if memory is not None else None,
-            pod_spec={"nodeSelector": node_selector} if node_selector else None,
-        )
-        await self.apps.create_namespaced_deployment(namespace, as_model(body))
-        return await self.rolled_out(namespace, name) if wait else await self.get(namespace, name)
-
-    async def get(self, namespace: str, name: str = "web") -> dict[str, Any]:
-        return await self.raw.deployment(namespace, name)
-
-    async def patch(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
-        await self.raw.patch_deployment(namespace, name, patch, dry_run=False)
-
-    async def set_image(self, namespace: str, image: str, name: str = "web") -> dict[str, Any]:
-        await self.patch(
-            namespace,
-            name,
-            [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": image}],
-        )
-        return await self.rolled_out(namespace, name)
-
-    async def rolled_out(
-        self, namespace: str, name: str = "web", timeout: float = 30
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            deployment = await self.get(namespace, name)
-            status, spec = deployment.get("status") or {}, deployment["spec"]
-            counts = [
-                status.get(k) or 0
-                for k in ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
-            ]
-            observed = status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
-            if observed and all(c == spec["replicas"] for c in counts):
-                return deployment
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{namespace}/{name} did not roll out: {status}")
-            await asyncio.sleep(0.1)
-
-    async def pods(self, namespace: str, app: str = "web") -> list[dict[str, Any]]:
-        pods = await self.raw.pods(namespace, f"app={app}")
-        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-
-    async def replica_sets(self, namespace: str, app: str = "web") -> list[dict[str, Any]]:
-        return await self.raw.replica_sets(namespace, f"app={app}")
-
-
-@pytest.fixture(scope="session")
-async def admin(executor_cluster: ClusterInfo) -> AsyncIterator[Admin]:
-    connection = KubeConnection(KubeSettings(kubeconfig=str(executor_cluster.kubeconfig)))
-    yield Admin(await connection.api(), executor_cluster)
-    await connection.close()
-
-
-def as_model(body: dict[str, Any]) -> Any:
-    """A plain dict where the client's stubs want a model: it is sent as it is."""
-    return body
-
-
-def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def dead_kubeconfig(info: ClusterInfo, path: Path) -> Path:
-    """The admin kubeconfig pointed at a port where nothing listens."""
-    config = yaml.safe_load(info.kubeconfig.read_text())
-    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
-    return write_kubeconfig(path, config)
-
-
-def image_of(deployment: dict[str, Any]) -> str:
-    image: str = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-    return image
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-# -- the executor under test ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-async def executor_database(postgres_dsn: str) -> AsyncIterator[ExecutorDatabase]:
-    database = ExecutorDatabase(postgres_dsn)
-    yield database
-    await database.close()
-
-
-@pytest.fixture(scope="session")
-async def executor_identity(stack: InProcessStack) -> AsyncIterator[Clients]:
-    """Calls the stack's storage as the executor (the only caller allowed RecordAction)."""
-    clients = stack.clients(ServiceName.EXECUTOR.account)
-    yield clients
-    await clients.close()
-
-
-@pytest.fixture(scope="session")
-async def operator(stack: InProcessStack) -> AsyncIterator[StorageServiceStub]:
-    clients = stack.clients()
-    yield clients.stub(StorageServiceStub)
-    await clients.close()
-
-
-Checkpoint = Callable[[str, ActionRow], Awaitable[None]]
-
-
-@dataclass
-class ExecutorFactory:
-    info: ClusterInfo
-    database: ExecutorDatabase
-    identity: Clients
-    connections: list[KubeConnection] = field(default_factory=list)
-
-    def __call__(
-        self,
-        *,
-        kubeconfig: Path | None = None,
-        checkpoint: Checkpoint | None = None,
-        **settings: Any,
-    ) -> Executor:
-        connection = KubeConnection(
-            KubeSettings(kubeconfig=str(kubeconfig or self.info.kubeconfig))
-        )
-        self.connections.append(connection)
-        options: dict[str, Any] = {"verify_timeout_seconds": 30, "poll_interval_seconds": 0.1}
-        return Executor(
-            connection,
-            self.database,
-            StorageRecorder(self.identity.stub(StorageServiceStub), backoff_seconds=0.1),
-            ExecutorSettings(**{**options, **settings}),
-            checkpoint=checkpoint,
-        )
-
-
-@pytest.fixture
-async def make_executor(
-    executor_cluster: ClusterInfo,
-    executor_database: ExecutorDatabase,
-    executor_identity: Clients,
-) -> AsyncIterator[ExecutorFactory]:
-    factory = ExecutorFactory(executor_cluster, executor_database, executor_identity)
-    yield factory
-    for connection in factory.connections:
-        await connection.close()
-
-
-def action_request(
-    namespace: str, name: str = "web", *, alert: str = "", **action: Any
-) -> executor_pb2.ExecuteActionRequest:
-    return executor_pb2.ExecuteActionRequest(
-        action_id=str(uuid.uuid4()),
-        incident_id=str(uuid.uuid4()),
-        alert_name=alert or f"ExecutorTest{uuid.uuid4().hex[:8]}",
-        action=remediation_pb2.ActionParams(**action),
-        target=alert_pb2.ResourceRef(namespace=namespace, kind="Deployment", name=name),
-    )
-
-
-async def stored(
-    operator: StorageServiceStub, request: executor_pb2.ExecuteActionRequest
-) -> storage_pb2.ActionRecord:
-    """The record storage holds for the request's action."""
-    listed = await operator.ListActionRecords(
-        storage_pb2.ListActionRecordsRequest(alert_name=request.alert_name)
-    )
-    records: list[storage_pb2.ActionRecord] = [
-        r for r in listed.records if r.action_id == request.action_id
-    ]
-    assert len(records) == 1, listed
-    return records[0]
-
-
-def same_record(a: storage_pb2.ActionRecord, b: storage_pb2.ActionRecord) -> bool:
-    """Equal, with the specs compared as JSON values (storage keeps them as jsonb)."""
-    plain_a, plain_b = storage_pb2.ActionRecord(), storage_pb2.ActionRecord()
-    plain_a.CopyFrom(a)
-    plain_b.CopyFrom(b)
-    for plain in (plain_a, plain_b):
-        plain.ClearField("spec_before_json")
-        plain.ClearField("spec_after_json")
-    return plain_a == plain_b and specs(a) == specs(b)
-
-
-def specs(record: storage_pb2.ActionRecord) -> tuple[dict[str, Any], dict[str, Any]]:
-    return json.loads(record.spec_before_json), json.loads(record.spec_after_json)
-
-
-def outcome(result: ExecuteResult) -> str:
-    return storage_pb2.ActionOutcome.Name(result.record.outcome)
-
-
-def stage(result: ExecuteResult, prefix: str) -> str:
-    lines = [line for line in result.stages if line.startswith(prefix)]
-    assert lines, (prefix, result.stages)
-    return lines[-1]
 
 
 # -- the four actions -------------------------------------------------------------------------
@@ -325,7 +84,7 @@ async def test_rollback_restores_the_previous_revision_and_its_pods_become_ready
     # The template is revision 2's exactly, without the controller's hash label.
     assert after["spec"]["template"]["metadata"]["labels"] == {"app": "web"}
     assert [line.split(":")[0] for line in result.stages] == [
-        "scope", "rbac", "plan", "dry-run", "snapshot", "apply", "verify", "record",
+        "scope", "rbac", "guards", "plan", "dry-run", "snapshot", "apply", "verify", "record",
     ]  # fmt: skip
     assert "revision 3 back to revision 2" in stage(result, "plan:")
 

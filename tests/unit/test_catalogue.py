@@ -12,21 +12,62 @@ from kubernaut.executor.v1 import executor_pb2
 from services.executor import catalogue
 
 ONEOF_FIELDS = list(remediation_pb2.ActionParams.DESCRIPTOR.oneofs_by_name["params"].fields)
-EXPECTED_NAMES = [
-    "increase_memory_limit",
+EXPECTED_NAMES = sorted(
+    [
+        "collect_diagnostics",
+        "cordon_node",
+        "delete_pod",
+        "drain_node",
+        "expand_pvc",
+        "increase_cpu_limit",
+        "increase_memory_limit",
+        "notify_only",
+        "patch_resource",
+        "quarantine_pod",
+        "rerun_failed_job",
+        "restart_daemonset",
+        "restart_deployment",
+        "restart_statefulset",
+        "resume_cronjob",
+        "rollback_deployment",
+        "scale_deployment",
+        "scale_statefulset",
+        "suspend_cronjob",
+        "taint_node",
+        "uncordon_node",
+        "untaint_node",
+        "update_configmap_key",
+        "update_hpa",
+        "update_resource_requests",
+    ]
+)
+# Actions that only read or do nothing: no dry-run, nothing to undo.
+READ_ONLY = {"collect_diagnostics", "notify_only"}
+IRREVERSIBLE = {"collect_diagnostics", "delete_pod", "expand_pvc", "notify_only"}
+HIGH = {"drain_node", "patch_resource", "scale_statefulset"}
+LOW = {
+    "collect_diagnostics",
+    "notify_only",
+    "rerun_failed_job",
     "restart_deployment",
-    "rollback_deployment",
-    "scale_deployment",
-]
+    "resume_cronjob",
+    "suspend_cronjob",
+    "uncordon_node",
+    "untaint_node",
+}
 
 
 def _verbs(action: executor_pb2.ActionDefinition) -> dict[tuple[str, str, str], set[str]]:
-    return {(p.api_group, p.resource, p.subresource): set(p.verbs) for p in action.permissions}
+    verbs: dict[tuple[str, str, str], set[str]] = {}
+    for p in action.permissions:
+        verbs.setdefault((p.api_group, p.resource, p.subresource), set()).update(p.verbs)
+    return verbs
 
 
 def test_list_actions_sorted_and_complete() -> None:
     names = [a.name for a in catalogue.list_actions()]
     assert names == EXPECTED_NAMES
+    assert len(names) >= 25
     assert names == sorted(f.name for f in ONEOF_FIELDS)
 
 
@@ -45,22 +86,26 @@ def test_parameters_type_is_the_oneof_field_message(field: FieldDescriptor) -> N
 
 def test_parameters_type_full_names() -> None:
     types = {a.name: a.parameters_type for a in catalogue.list_actions()}
-    assert types == {
-        "increase_memory_limit": "kubernaut.common.v1.IncreaseMemoryLimitParams",
-        "restart_deployment": "kubernaut.common.v1.RestartDeploymentParams",
-        "rollback_deployment": "kubernaut.common.v1.RollbackDeploymentParams",
-        "scale_deployment": "kubernaut.common.v1.ScaleDeploymentParams",
-    }
+    assert types["increase_memory_limit"] == "kubernaut.common.v1.IncreaseMemoryLimitParams"
+    assert types["update_configmap_key"] == "kubernaut.common.v1.UpdateConfigMapKeyParams"
+    assert all(
+        t.startswith("kubernaut.common.v1.") and t.endswith("Params") for t in types.values()
+    )
 
 
 def test_risk_levels() -> None:
     risks = {a.name: a.risk for a in catalogue.list_actions()}
-    assert risks == {
-        "restart_deployment": remediation_pb2.RISK_LEVEL_LOW,
-        "rollback_deployment": remediation_pb2.RISK_LEVEL_MEDIUM,
-        "scale_deployment": remediation_pb2.RISK_LEVEL_MEDIUM,
-        "increase_memory_limit": remediation_pb2.RISK_LEVEL_MEDIUM,
-    }
+    assert {n for n, r in risks.items() if r == remediation_pb2.RISK_LEVEL_HIGH} == HIGH
+    assert {n for n, r in risks.items() if r == remediation_pb2.RISK_LEVEL_LOW} == LOW
+    assert remediation_pb2.RISK_LEVEL_UNSPECIFIED not in risks.values()
+
+
+def test_reversibility() -> None:
+    irreversible = {a.name for a in catalogue.list_actions() if not a.reversible}
+    assert irreversible == IRREVERSIBLE
+    for name in IRREVERSIBLE:
+        rollback = catalogue.describe_action(name).rollback
+        assert rollback.startswith(("Not reversible", "Nothing to undo")), rollback
 
 
 @pytest.mark.parametrize("name", EXPECTED_NAMES)
@@ -75,18 +120,25 @@ def test_every_entry_is_filled_in(name: str) -> None:
         action.rollback,
     ):
         assert text.strip()
-    assert list(action.target_kinds) == ["Deployment"]
+    assert action.target_kinds
     assert action.preconditions
-    assert any("dryRun=All" in p for p in action.preconditions)
-    assert any("kubernaut.ai/managed=true" in p for p in action.preconditions)
+    if name not in READ_ONLY:
+        assert any("dryRun=All" in p for p in action.preconditions)
+        assert any("kubernaut.ai/managed=true" in p for p in action.preconditions)
 
 
-@pytest.mark.parametrize("name", EXPECTED_NAMES)
-def test_permissions_cover_patch_snapshot_and_verification(name: str) -> None:
-    verbs = _verbs(catalogue.describe_action(name))
-    assert verbs[("apps", "deployments", "")] == {"get", "patch"}
-    assert verbs[("", "pods", "")] == {"list"}
-    assert verbs[("", "namespaces", "")] == {"get"}
+def test_deployment_actions_cover_patch_snapshot_and_verification() -> None:
+    for name in ("restart_deployment", "rollback_deployment", "scale_deployment"):
+        verbs = _verbs(catalogue.describe_action(name))
+        assert verbs[("apps", "deployments", "")] == {"get", "patch"}
+        assert verbs[("", "pods", "")] == {"list"}
+        assert verbs[("", "namespaces", "")] == {"get"}
+
+
+def test_permissions_scoped_to_a_kind_name_one_of_the_action_targets() -> None:
+    for action in catalogue.list_actions():
+        for rule in action.permissions:
+            assert set(rule.target_kinds) <= set(action.target_kinds), (action.name, rule)
 
 
 def test_only_rollback_lists_replicasets() -> None:
@@ -97,13 +149,29 @@ def test_only_rollback_lists_replicasets() -> None:
     assert rollback[("apps", "replicasets", "")] == {"list"}
 
 
+# The only verbs beyond get/list/patch, and who needs them.
+_EXTRA_VERBS = {
+    ("delete_pod", ("", "pods", ""), "delete"),
+    ("drain_node", ("", "pods", "eviction"), "create"),
+    ("rerun_failed_job", ("batch", "jobs", ""), "create"),
+    ("rerun_failed_job", ("batch", "jobs", ""), "delete"),
+}
+_SUBRESOURCES = {("drain_node", "eviction"), ("collect_diagnostics", "log")}
+
+
 @pytest.mark.parametrize("name", EXPECTED_NAMES)
 def test_least_privilege(name: str) -> None:
-    # No action may delete, escalate, or touch anything beyond what it names.
+    # No action may escalate, touch secrets, or use a verb beyond what it needs.
     for rule in catalogue.describe_action(name).permissions:
-        assert set(rule.verbs) <= {"get", "list", "patch"}, rule
+        key = (rule.api_group, rule.resource, rule.subresource)
+        for verb in set(rule.verbs) - {"get", "list", "patch"}:
+            assert (name, key, verb) in _EXTRA_VERBS, (name, rule)
         assert "*" not in rule.resource and "*" not in rule.api_group
-        assert rule.subresource == ""
+        assert rule.resource not in {"secrets", "roles", "clusterroles", "rolebindings"}
+        if rule.subresource:
+            assert (name, rule.subresource) in _SUBRESOURCES, (name, rule)
+    if name == "notify_only":
+        assert not catalogue.describe_action(name).permissions
 
 
 def test_describe_unknown_action() -> None:
@@ -122,7 +190,7 @@ def test_results_are_fresh_copies() -> None:
     assert all(p.resource != "secrets" for p in again.permissions)
     listed = catalogue.list_actions()
     listed[0].name = "tampered"
-    assert catalogue.list_actions()[0].name == "increase_memory_limit"
+    assert catalogue.list_actions()[0].name == EXPECTED_NAMES[0]
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from services.executor.changes import (
     REVISION,
     Change,
     ChangeRefused,
+    Edit,
+    PlanContext,
     assess_rollout,
-    compute_change,
     equivalent,
     format_memory,
     label_selector,
@@ -27,9 +28,31 @@ from services.executor.changes import (
     scale_memory,
     spec_json,
 )
+from services.executor.changes import (
+    compute_change as _compute_change,
+)
 from services.executor.settings import DEFAULT_PROTECTED_NAMESPACES, ExecutorSettings
 
 AT = dt.datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
+
+
+def compute_change(
+    deployment: dict[str, Any],
+    params: remediation_pb2.ActionParams,
+    *,
+    at: dt.datetime,
+    replica_sets: list[dict[str, Any]] | None = None,
+) -> Change:
+    context = PlanContext(at=at, kind="Deployment", replica_sets=replica_sets or [])
+    return _compute_change(deployment, params, context)
+
+
+def only(change: Change) -> Edit:
+    """The one edit of a change."""
+    (edit,) = change.edits
+    return edit
+
+
 UID = "0b7c6f0e-1111-2222-3333-444455556666"
 
 
@@ -195,11 +218,11 @@ def test_rollback_to_zero_takes_the_highest_revision_below_the_current() -> None
     change = compute_change(
         deployment, _params(rollback_deployment={}), at=AT, replica_sets=replica_sets
     )
-    assert change.path == "/spec/template"
-    assert change.before == deployment["spec"]["template"]
-    assert change.after["spec"]["containers"][0]["image"] == "app:v2"
+    assert only(change).path == "/spec/template"
+    assert only(change).before == deployment["spec"]["template"]
+    assert only(change).after["spec"]["containers"][0]["image"] == "app:v2"
     # The controller's hash label is not part of the Deployment's template.
-    assert change.after["metadata"]["labels"] == {"app": "web"}
+    assert only(change).after["metadata"]["labels"] == {"app": "web"}
     assert "revision 3 back to revision 2" in change.summary
     # The ReplicaSet itself is not modified.
     assert POD_TEMPLATE_HASH in replica_sets[1]["spec"]["template"]["metadata"]["labels"]
@@ -214,7 +237,7 @@ def test_rollback_to_a_named_revision_and_its_refusals() -> None:
         at=AT,
         replica_sets=replica_sets,
     )
-    assert change.after["spec"]["containers"][0]["image"] == "app:v1"
+    assert only(change).after["spec"]["containers"][0]["image"] == "app:v1"
     with pytest.raises(
         ChangeRefused, match=r"revision 2 .* not retained \(retained revisions: 1, 3"
     ):
@@ -243,9 +266,9 @@ def test_rollback_to_a_named_revision_and_its_refusals() -> None:
 def test_restart_sets_the_annotation_to_the_action_time() -> None:
     deployment = _deployment()
     change = compute_change(deployment, _params(restart_deployment={}), at=AT)
-    annotations = change.after["metadata"]["annotations"]
+    annotations = only(change).after["metadata"]["annotations"]
     assert annotations == {RESTARTED_AT: "2025-03-04T05:06:07.890123Z"}
-    assert "annotations" not in change.before["metadata"]
+    assert "annotations" not in only(change).before["metadata"]
     with pytest.raises(ChangeRefused, match="0 replicas"):
         compute_change(_deployment(replicas=0), _params(restart_deployment={}), at=AT)
 
@@ -254,7 +277,7 @@ def test_scale_changes_only_the_replicas() -> None:
     change = compute_change(
         _deployment(replicas=2), _params(scale_deployment={"replicas": 5}), at=AT
     )
-    assert (change.path, change.before, change.after) == ("/spec/replicas", 2, 5)
+    assert (only(change).path, only(change).before, only(change).after) == ("/spec/replicas", 2, 5)
     assert change.summary == "replicas 2 -> 5"
     with pytest.raises(ChangeRefused, match="has 2 replicas already"):
         compute_change(_deployment(replicas=2), _params(scale_deployment={"replicas": 2}), at=AT)
@@ -266,7 +289,7 @@ def test_increase_memory_limit_changes_one_container() -> None:
         increase_memory_limit={"container": "sidecar", "factor": 1.5, "max_limit": "1Gi"}
     )
     change = compute_change(deployment, params, at=AT)
-    containers = change.after["spec"]["containers"]
+    containers = only(change).after["spec"]["containers"]
     assert containers[1]["resources"]["limits"]["memory"] == "96Mi"
     assert containers[1]["resources"]["requests"]["memory"] == "64Mi"  # requests untouched
     assert containers[0] == deployment["spec"]["template"]["spec"]["containers"][0]

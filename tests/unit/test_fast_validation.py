@@ -128,6 +128,22 @@ PATTERN_SAMPLES = [
     "r",
     "ABC",
     "AB C",
+    # CPU quantities, JSON pointers, taint and ConfigMap keys (the executor's actions).
+    "500m",
+    "1.5",
+    "m",
+    "2Pi",
+    "/spec/minReadySeconds",
+    "/data/LOG_LEVEL",
+    "spec/replicas",
+    "//x",
+    "/",
+    "example.com/maintenance",
+    "Example.com/x",
+    "node/",
+    "LOG_LEVEL",
+    "a.b-c",
+    "bad key",
 ]
 MAP_KEYS = [
     "alertname",

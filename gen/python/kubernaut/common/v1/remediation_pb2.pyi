@@ -40,6 +40,26 @@ RISK_LEVEL_MEDIUM: RiskLevel.ValueType  # 2
 RISK_LEVEL_HIGH: RiskLevel.ValueType  # 3
 Global___RiskLevel: _TypeAlias = RiskLevel  # noqa: Y015
 
+class _TaintEffect:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaintEffectEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaintEffect.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TAINT_EFFECT_UNSPECIFIED: _TaintEffect.ValueType  # 0
+    TAINT_EFFECT_NO_SCHEDULE: _TaintEffect.ValueType  # 1
+    TAINT_EFFECT_PREFER_NO_SCHEDULE: _TaintEffect.ValueType  # 2
+    TAINT_EFFECT_NO_EXECUTE: _TaintEffect.ValueType  # 3
+
+class TaintEffect(_TaintEffect, metaclass=_TaintEffectEnumTypeWrapper):
+    """TaintEffect is the effect of a node taint."""
+
+TAINT_EFFECT_UNSPECIFIED: TaintEffect.ValueType  # 0
+TAINT_EFFECT_NO_SCHEDULE: TaintEffect.ValueType  # 1
+TAINT_EFFECT_PREFER_NO_SCHEDULE: TaintEffect.ValueType  # 2
+TAINT_EFFECT_NO_EXECUTE: TaintEffect.ValueType  # 3
+Global___TaintEffect: _TypeAlias = TaintEffect  # noqa: Y015
+
 class _Decision:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -225,6 +245,482 @@ class IncreaseMemoryLimitParams(_message.Message):
 Global___IncreaseMemoryLimitParams: _TypeAlias = IncreaseMemoryLimitParams  # noqa: Y015
 
 @_typing.final
+class ScaleStatefulSetParams(_message.Message):
+    """ActionParams holds the typed parameters of exactly one catalogue action; the field
+    name is the action's catalogue name.
+    ScaleStatefulSetParams sets a StatefulSet's replica count.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    replicas: _builtins.int
+    def __init__(
+        self,
+        *,
+        replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleStatefulSetParams: _TypeAlias = ScaleStatefulSetParams  # noqa: Y015
+
+@_typing.final
+class RestartStatefulSetParams(_message.Message):
+    """RestartStatefulSetParams restarts a StatefulSet's pods by a rolling restart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartStatefulSetParams: _TypeAlias = RestartStatefulSetParams  # noqa: Y015
+
+@_typing.final
+class RestartDaemonSetParams(_message.Message):
+    """RestartDaemonSetParams restarts a DaemonSet's pods by a rolling restart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartDaemonSetParams: _TypeAlias = RestartDaemonSetParams  # noqa: Y015
+
+@_typing.final
+class DeletePodParams(_message.Message):
+    """DeletePodParams deletes one pod so that its controller replaces it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    grace_period_seconds: _builtins.int
+    """Seconds the pod gets to stop; unset means the pod's own terminationGracePeriodSeconds."""
+    def __init__(
+        self,
+        *,
+        grace_period_seconds: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds", "grace_period_seconds", b"grace_period_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds", "grace_period_seconds", b"grace_period_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grace_period_seconds: _TypeAlias = _typing.Literal["grace_period_seconds"]  # noqa: Y015
+    _WhichOneofArgType__grace_period_seconds: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_period_seconds) -> _WhichOneofReturnType__grace_period_seconds | None: ...
+
+Global___DeletePodParams: _TypeAlias = DeletePodParams  # noqa: Y015
+
+@_typing.final
+class IncreaseCpuLimitParams(_message.Message):
+    """IncreaseCpuLimitParams raises one container's CPU limit by a factor, within a cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    FACTOR_FIELD_NUMBER: _builtins.int
+    MAX_LIMIT_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """The container to change; empty means the only container of the pod template."""
+    factor: _builtins.float
+    """The new limit is the old one times this factor."""
+    max_limit: _builtins.str
+    """The limit never goes above this quantity (Kubernetes notation, e.g. "2" or "1500m")."""
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+        factor: _builtins.float = ...,
+        max_limit: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "factor", b"factor", "max_limit", b"max_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncreaseCpuLimitParams: _TypeAlias = IncreaseCpuLimitParams  # noqa: Y015
+
+@_typing.final
+class UpdateResourceRequestsParams(_message.Message):
+    """UpdateResourceRequestsParams sets one container's CPU and/or memory requests; at least
+    one of them must be set (INVALID_ARGUMENT otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    CPU_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """The container to change; empty means the only container of the pod template."""
+    cpu: _builtins.str
+    """The new CPU request ("250m"); empty leaves it as it is."""
+    memory: _builtins.str
+    """The new memory request ("512Mi"); empty leaves it as it is."""
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+        cpu: _builtins.str = ...,
+        memory: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "cpu", b"cpu", "memory", b"memory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateResourceRequestsParams: _TypeAlias = UpdateResourceRequestsParams  # noqa: Y015
+
+@_typing.final
+class UpdateHpaParams(_message.Message):
+    """UpdateHpaParams sets a HorizontalPodAutoscaler's replica bounds; at least one must be
+    set, and min_replicas may not exceed max_replicas (INVALID_ARGUMENT otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    """0 leaves minReplicas as it is."""
+    max_replicas: _builtins.int
+    """0 leaves maxReplicas as it is."""
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int = ...,
+        max_replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_replicas", b"max_replicas", "min_replicas", b"min_replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateHpaParams: _TypeAlias = UpdateHpaParams  # noqa: Y015
+
+@_typing.final
+class CordonNodeParams(_message.Message):
+    """CordonNodeParams marks a node unschedulable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CordonNodeParams: _TypeAlias = CordonNodeParams  # noqa: Y015
+
+@_typing.final
+class UncordonNodeParams(_message.Message):
+    """UncordonNodeParams marks a node schedulable again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UncordonNodeParams: _TypeAlias = UncordonNodeParams  # noqa: Y015
+
+@_typing.final
+class DrainNodeParams(_message.Message):
+    """DrainNodeParams cordons a node and evicts its pods through the Eviction API."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    grace_period_seconds: _builtins.int
+    """Seconds each evicted pod gets to stop; unset means the pod's own grace period."""
+    timeout_seconds: _builtins.int
+    """How long to keep retrying evictions a PodDisruptionBudget refuses; 0 means the
+    executor's verification timeout.
+    """
+    def __init__(
+        self,
+        *,
+        grace_period_seconds: _builtins.int | None = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds", "grace_period_seconds", b"grace_period_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds", "grace_period_seconds", b"grace_period_seconds", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grace_period_seconds: _TypeAlias = _typing.Literal["grace_period_seconds"]  # noqa: Y015
+    _WhichOneofArgType__grace_period_seconds: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_period_seconds) -> _WhichOneofReturnType__grace_period_seconds | None: ...
+
+Global___DrainNodeParams: _TypeAlias = DrainNodeParams  # noqa: Y015
+
+@_typing.final
+class TaintNodeParams(_message.Message):
+    """TaintNodeParams adds (or changes the value of) one taint on a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """A label-style key ("example.com/maintenance")."""
+    value: _builtins.str
+    effect: Global___TaintEffect.ValueType
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        effect: Global___TaintEffect.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effect", b"effect", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaintNodeParams: _TypeAlias = TaintNodeParams  # noqa: Y015
+
+@_typing.final
+class UntaintNodeParams(_message.Message):
+    """UntaintNodeParams removes one taint from a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    effect: Global___TaintEffect.ValueType
+    """Unspecified removes the key with any effect."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        effect: Global___TaintEffect.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effect", b"effect", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UntaintNodeParams: _TypeAlias = UntaintNodeParams  # noqa: Y015
+
+@_typing.final
+class ExpandPvcParams(_message.Message):
+    """ExpandPvcParams grows a PersistentVolumeClaim's storage request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    size: _builtins.str
+    """The new size ("20Gi"); must be larger than the current request."""
+    def __init__(
+        self,
+        *,
+        size: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpandPvcParams: _TypeAlias = ExpandPvcParams  # noqa: Y015
+
+@_typing.final
+class QuarantinePodParams(_message.Message):
+    """QuarantinePodParams takes a pod out of its Service and its controller, keeping it for
+    inspection.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinePodParams: _TypeAlias = QuarantinePodParams  # noqa: Y015
+
+@_typing.final
+class UpdateConfigMapKeyParams(_message.Message):
+    """UpdateConfigMapKeyParams sets one key of a ConfigMap's data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConfigMapKeyParams: _TypeAlias = UpdateConfigMapKeyParams  # noqa: Y015
+
+@_typing.final
+class SuspendCronJobParams(_message.Message):
+    """SuspendCronJobParams stops a CronJob from starting new Jobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendCronJobParams: _TypeAlias = SuspendCronJobParams  # noqa: Y015
+
+@_typing.final
+class ResumeCronJobParams(_message.Message):
+    """ResumeCronJobParams lets a suspended CronJob start Jobs again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeCronJobParams: _TypeAlias = ResumeCronJobParams  # noqa: Y015
+
+@_typing.final
+class RerunFailedJobParams(_message.Message):
+    """RerunFailedJobParams starts a new Job from a failed Job's template."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerunFailedJobParams: _TypeAlias = RerunFailedJobParams  # noqa: Y015
+
+@_typing.final
+class PatchResourceParams(_message.Message):
+    """PatchResourceParams sets one allow-listed field of one object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """A JSON pointer (RFC 6901) into the object, e.g. "/spec/minReadySeconds"; it must be
+    allowed for the target's kind by the executor's settings.
+    """
+    value_json: _builtins.str
+    """The new value, as JSON ("30", "\\"text\\"", "{...}")."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        value_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "value_json", b"value_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatchResourceParams: _TypeAlias = PatchResourceParams  # noqa: Y015
+
+@_typing.final
+class CollectDiagnosticsParams(_message.Message):
+    """CollectDiagnosticsParams gathers a target's description, events and recent logs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_LINES_FIELD_NUMBER: _builtins.int
+    log_lines: _builtins.int
+    """Log lines per container; 0 means the executor's setting."""
+    def __init__(
+        self,
+        *,
+        log_lines: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_lines", b"log_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectDiagnosticsParams: _TypeAlias = CollectDiagnosticsParams  # noqa: Y015
+
+@_typing.final
+class NotifyOnlyParams(_message.Message):
+    """NotifyOnlyParams records a decision to tell people instead of acting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyOnlyParams: _TypeAlias = NotifyOnlyParams  # noqa: Y015
+
+@_typing.final
 class ActionParams(_message.Message):
     """ActionParams holds the typed parameters of exactly one catalogue action; the field
     name is the action's catalogue name.
@@ -236,6 +732,27 @@ class ActionParams(_message.Message):
     RESTART_DEPLOYMENT_FIELD_NUMBER: _builtins.int
     SCALE_DEPLOYMENT_FIELD_NUMBER: _builtins.int
     INCREASE_MEMORY_LIMIT_FIELD_NUMBER: _builtins.int
+    SCALE_STATEFULSET_FIELD_NUMBER: _builtins.int
+    RESTART_STATEFULSET_FIELD_NUMBER: _builtins.int
+    RESTART_DAEMONSET_FIELD_NUMBER: _builtins.int
+    DELETE_POD_FIELD_NUMBER: _builtins.int
+    INCREASE_CPU_LIMIT_FIELD_NUMBER: _builtins.int
+    UPDATE_RESOURCE_REQUESTS_FIELD_NUMBER: _builtins.int
+    UPDATE_HPA_FIELD_NUMBER: _builtins.int
+    CORDON_NODE_FIELD_NUMBER: _builtins.int
+    UNCORDON_NODE_FIELD_NUMBER: _builtins.int
+    DRAIN_NODE_FIELD_NUMBER: _builtins.int
+    TAINT_NODE_FIELD_NUMBER: _builtins.int
+    UNTAINT_NODE_FIELD_NUMBER: _builtins.int
+    EXPAND_PVC_FIELD_NUMBER: _builtins.int
+    QUARANTINE_POD_FIELD_NUMBER: _builtins.int
+    UPDATE_CONFIGMAP_KEY_FIELD_NUMBER: _builtins.int
+    SUSPEND_CRONJOB_FIELD_NUMBER: _builtins.int
+    RESUME_CRONJOB_FIELD_NUMBER: _builtins.int
+    RERUN_FAILED_JOB_FIELD_NUMBER: _builtins.int
+    PATCH_RESOURCE_FIELD_NUMBER: _builtins.int
+    COLLECT_DIAGNOSTICS_FIELD_NUMBER: _builtins.int
+    NOTIFY_ONLY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def rollback_deployment(self) -> Global___RollbackDeploymentParams: ...
     @_builtins.property
@@ -244,6 +761,48 @@ class ActionParams(_message.Message):
     def scale_deployment(self) -> Global___ScaleDeploymentParams: ...
     @_builtins.property
     def increase_memory_limit(self) -> Global___IncreaseMemoryLimitParams: ...
+    @_builtins.property
+    def scale_statefulset(self) -> Global___ScaleStatefulSetParams: ...
+    @_builtins.property
+    def restart_statefulset(self) -> Global___RestartStatefulSetParams: ...
+    @_builtins.property
+    def restart_daemonset(self) -> Global___RestartDaemonSetParams: ...
+    @_builtins.property
+    def delete_pod(self) -> Global___DeletePodParams: ...
+    @_builtins.property
+    def increase_cpu_limit(self) -> Global___IncreaseCpuLimitParams: ...
+    @_builtins.property
+    def update_resource_requests(self) -> Global___UpdateResourceRequestsParams: ...
+    @_builtins.property
+    def update_hpa(self) -> Global___UpdateHpaParams: ...
+    @_builtins.property
+    def cordon_node(self) -> Global___CordonNodeParams: ...
+    @_builtins.property
+    def uncordon_node(self) -> Global___UncordonNodeParams: ...
+    @_builtins.property
+    def drain_node(self) -> Global___DrainNodeParams: ...
+    @_builtins.property
+    def taint_node(self) -> Global___TaintNodeParams: ...
+    @_builtins.property
+    def untaint_node(self) -> Global___UntaintNodeParams: ...
+    @_builtins.property
+    def expand_pvc(self) -> Global___ExpandPvcParams: ...
+    @_builtins.property
+    def quarantine_pod(self) -> Global___QuarantinePodParams: ...
+    @_builtins.property
+    def update_configmap_key(self) -> Global___UpdateConfigMapKeyParams: ...
+    @_builtins.property
+    def suspend_cronjob(self) -> Global___SuspendCronJobParams: ...
+    @_builtins.property
+    def resume_cronjob(self) -> Global___ResumeCronJobParams: ...
+    @_builtins.property
+    def rerun_failed_job(self) -> Global___RerunFailedJobParams: ...
+    @_builtins.property
+    def patch_resource(self) -> Global___PatchResourceParams: ...
+    @_builtins.property
+    def collect_diagnostics(self) -> Global___CollectDiagnosticsParams: ...
+    @_builtins.property
+    def notify_only(self) -> Global___NotifyOnlyParams: ...
     def __init__(
         self,
         *,
@@ -251,12 +810,33 @@ class ActionParams(_message.Message):
         restart_deployment: Global___RestartDeploymentParams | None = ...,
         scale_deployment: Global___ScaleDeploymentParams | None = ...,
         increase_memory_limit: Global___IncreaseMemoryLimitParams | None = ...,
+        scale_statefulset: Global___ScaleStatefulSetParams | None = ...,
+        restart_statefulset: Global___RestartStatefulSetParams | None = ...,
+        restart_daemonset: Global___RestartDaemonSetParams | None = ...,
+        delete_pod: Global___DeletePodParams | None = ...,
+        increase_cpu_limit: Global___IncreaseCpuLimitParams | None = ...,
+        update_resource_requests: Global___UpdateResourceRequestsParams | None = ...,
+        update_hpa: Global___UpdateHpaParams | None = ...,
+        cordon_node: Global___CordonNodeParams | None = ...,
+        uncordon_node: Global___UncordonNodeParams | None = ...,
+        drain_node: Global___DrainNodeParams | None = ...,
+        taint_node: Global___TaintNodeParams | None = ...,
+        untaint_node: Global___UntaintNodeParams | None = ...,
+        expand_pvc: Global___ExpandPvcParams | None = ...,
+        quarantine_pod: Global___QuarantinePodParams | None = ...,
+        update_configmap_key: Global___UpdateConfigMapKeyParams | None = ...,
+        suspend_cronjob: Global___SuspendCronJobParams | None = ...,
+        resume_cronjob: Global___ResumeCronJobParams | None = ...,
+        rerun_failed_job: Global___RerunFailedJobParams | None = ...,
+        patch_resource: Global___PatchResourceParams | None = ...,
+        collect_diagnostics: Global___CollectDiagnosticsParams | None = ...,
+        notify_only: Global___NotifyOnlyParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["increase_memory_limit", b"increase_memory_limit", "params", b"params", "restart_deployment", b"restart_deployment", "rollback_deployment", b"rollback_deployment", "scale_deployment", b"scale_deployment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collect_diagnostics", b"collect_diagnostics", "cordon_node", b"cordon_node", "delete_pod", b"delete_pod", "drain_node", b"drain_node", "expand_pvc", b"expand_pvc", "increase_cpu_limit", b"increase_cpu_limit", "increase_memory_limit", b"increase_memory_limit", "notify_only", b"notify_only", "params", b"params", "patch_resource", b"patch_resource", "quarantine_pod", b"quarantine_pod", "rerun_failed_job", b"rerun_failed_job", "restart_daemonset", b"restart_daemonset", "restart_deployment", b"restart_deployment", "restart_statefulset", b"restart_statefulset", "resume_cronjob", b"resume_cronjob", "rollback_deployment", b"rollback_deployment", "scale_deployment", b"scale_deployment", "scale_statefulset", b"scale_statefulset", "suspend_cronjob", b"suspend_cronjob", "taint_node", b"taint_node", "uncordon_node", b"uncordon_node", "untaint_node", b"untaint_node", "update_configmap_key", b"update_configmap_key", "update_hpa", b"update_hpa", "update_resource_requests", b"update_resource_requests"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["increase_memory_limit", b"increase_memory_limit", "params", b"params", "restart_deployment", b"restart_deployment", "rollback_deployment", b"rollback_deployment", "scale_deployment", b"scale_deployment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collect_diagnostics", b"collect_diagnostics", "cordon_node", b"cordon_node", "delete_pod", b"delete_pod", "drain_node", b"drain_node", "expand_pvc", b"expand_pvc", "increase_cpu_limit", b"increase_cpu_limit", "increase_memory_limit", b"increase_memory_limit", "notify_only", b"notify_only", "params", b"params", "patch_resource", b"patch_resource", "quarantine_pod", b"quarantine_pod", "rerun_failed_job", b"rerun_failed_job", "restart_daemonset", b"restart_daemonset", "restart_deployment", b"restart_deployment", "restart_statefulset", b"restart_statefulset", "resume_cronjob", b"resume_cronjob", "rollback_deployment", b"rollback_deployment", "scale_deployment", b"scale_deployment", "scale_statefulset", b"scale_statefulset", "suspend_cronjob", b"suspend_cronjob", "taint_node", b"taint_node", "uncordon_node", b"uncordon_node", "untaint_node", b"untaint_node", "update_configmap_key", b"update_configmap_key", "update_hpa", b"update_hpa", "update_resource_requests", b"update_resource_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["rollback_deployment", "restart_deployment", "scale_deployment", "increase_memory_limit"]  # noqa: Y015
+    _WhichOneofReturnType_params: _TypeAlias = _typing.Literal["rollback_deployment", "restart_deployment", "scale_deployment", "increase_memory_limit", "scale_statefulset", "restart_statefulset", "restart_daemonset", "delete_pod", "increase_cpu_limit", "update_resource_requests", "update_hpa", "cordon_node", "uncordon_node", "drain_node", "taint_node", "untaint_node", "expand_pvc", "quarantine_pod", "update_configmap_key", "suspend_cronjob", "resume_cronjob", "rerun_failed_job", "patch_resource", "collect_diagnostics", "notify_only"]  # noqa: Y015
     _WhichOneofArgType_params: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_params) -> _WhichOneofReturnType_params | None: ...
 

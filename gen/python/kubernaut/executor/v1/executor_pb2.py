@@ -28,13 +28,19 @@ from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_d
 from kubernaut.storage.v1 import storage_pb2 as kubernaut_dot_storage_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kubernaut/executor/v1/executor.proto\x12\x15kubernaut.executor.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a\"kubernaut/storage/v1/storage.proto\"\x97\x02\n\x14\x45xecuteActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12(\n\x0bincident_id\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\x12)\n\nalert_name\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\x12\x41\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32!.kubernaut.common.v1.ActionParamsB\x06\xbaH\x03\xc8\x01\x01R\x06\x61\x63tion\x12@\n\x06target\x18\x05 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\"k\n\x15\x45xecuteActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\x14\n\x12ListActionsRequest\"X\n\x13ListActionsResponse\x12\x41\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x07\x61\x63tions\"I\n\x15\x44\x65scribeActionRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18?2\x11^[a-z][a-z0-9_]*$R\x04name\"Y\n\x16\x44\x65scribeActionResponse\x12?\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x06\x61\x63tion\"\x81\x01\n\x0ePermissionRule\x12\x1b\n\tapi_group\x18\x01 \x01(\tR\x08\x61piGroup\x12\x1a\n\x08resource\x18\x02 \x01(\tR\x08resource\x12 \n\x0bsubresource\x18\x03 \x01(\tR\x0bsubresource\x12\x14\n\x05verbs\x18\x04 \x03(\tR\x05verbs\"\xbe\x03\n\x10\x41\x63tionDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\x0bwhen_to_use\x18\x03 \x01(\tR\twhenToUse\x12%\n\x0fwhen_not_to_use\x18\x04 \x01(\tR\x0cwhenNotToUse\x12\x32\n\x04risk\x18\x05 \x01(\x0e\x32\x1e.kubernaut.common.v1.RiskLevelR\x04risk\x12!\n\x0ctarget_kinds\x18\x06 \x03(\tR\x0btargetKinds\x12G\n\x0bpermissions\x18\x07 \x03(\x0b\x32%.kubernaut.executor.v1.PermissionRuleR\x0bpermissions\x12\'\n\x0fparameters_type\x18\x08 \x01(\tR\x0eparametersType\x12$\n\rpreconditions\x18\t \x03(\tR\rpreconditions\x12\"\n\x0cverification\x18\n \x01(\tR\x0cverification\x12\x1a\n\x08rollback\x18\x0b \x01(\tR\x08rollback2\xe1\x02\n\x0f\x45xecutorService\x12i\n\x0bListActions\x12).kubernaut.executor.v1.ListActionsRequest\x1a*.kubernaut.executor.v1.ListActionsResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65scribeAction\x12,.kubernaut.executor.v1.DescribeActionRequest\x1a-.kubernaut.executor.v1.DescribeActionResponse\"\x03\x90\x02\x01\x12o\n\rExecuteAction\x12+.kubernaut.executor.v1.ExecuteActionRequest\x1a,.kubernaut.executor.v1.ExecuteActionResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kubernaut/executor/v1/executor.proto\x12\x15kubernaut.executor.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a\"kubernaut/storage/v1/storage.proto\"\x8b\x01\n\x15RollbackActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12)\n\x0brollback_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nrollbackId\x12 \n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08R\x06reason\"l\n\x16RollbackActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\x97\x02\n\x14\x45xecuteActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12(\n\x0bincident_id\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\x12)\n\nalert_name\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\x12\x41\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32!.kubernaut.common.v1.ActionParamsB\x06\xbaH\x03\xc8\x01\x01R\x06\x61\x63tion\x12@\n\x06target\x18\x05 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\"k\n\x15\x45xecuteActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\x14\n\x12ListActionsRequest\"X\n\x13ListActionsResponse\x12\x41\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x07\x61\x63tions\"I\n\x15\x44\x65scribeActionRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18?2\x11^[a-z][a-z0-9_]*$R\x04name\"Y\n\x16\x44\x65scribeActionResponse\x12?\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x06\x61\x63tion\"\xa4\x01\n\x0ePermissionRule\x12\x1b\n\tapi_group\x18\x01 \x01(\tR\x08\x61piGroup\x12\x1a\n\x08resource\x18\x02 \x01(\tR\x08resource\x12 \n\x0bsubresource\x18\x03 \x01(\tR\x0bsubresource\x12\x14\n\x05verbs\x18\x04 \x03(\tR\x05verbs\x12!\n\x0ctarget_kinds\x18\x05 \x03(\tR\x0btargetKinds\"\xde\x03\n\x10\x41\x63tionDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\x0bwhen_to_use\x18\x03 \x01(\tR\twhenToUse\x12%\n\x0fwhen_not_to_use\x18\x04 \x01(\tR\x0cwhenNotToUse\x12\x32\n\x04risk\x18\x05 \x01(\x0e\x32\x1e.kubernaut.common.v1.RiskLevelR\x04risk\x12!\n\x0ctarget_kinds\x18\x06 \x03(\tR\x0btargetKinds\x12G\n\x0bpermissions\x18\x07 \x03(\x0b\x32%.kubernaut.executor.v1.PermissionRuleR\x0bpermissions\x12\'\n\x0fparameters_type\x18\x08 \x01(\tR\x0eparametersType\x12$\n\rpreconditions\x18\t \x03(\tR\rpreconditions\x12\"\n\x0cverification\x18\n \x01(\tR\x0cverification\x12\x1a\n\x08rollback\x18\x0b \x01(\tR\x08rollback\x12\x1e\n\nreversible\x18\x0c \x01(\x08R\nreversible2\xd5\x03\n\x0f\x45xecutorService\x12i\n\x0bListActions\x12).kubernaut.executor.v1.ListActionsRequest\x1a*.kubernaut.executor.v1.ListActionsResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65scribeAction\x12,.kubernaut.executor.v1.DescribeActionRequest\x1a-.kubernaut.executor.v1.DescribeActionResponse\"\x03\x90\x02\x01\x12o\n\rExecuteAction\x12+.kubernaut.executor.v1.ExecuteActionRequest\x1a,.kubernaut.executor.v1.ExecuteActionResponse\"\x03\x90\x02\x02\x12r\n\x0eRollbackAction\x12,.kubernaut.executor.v1.RollbackActionRequest\x1a-.kubernaut.executor.v1.RollbackActionResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kubernaut.executor.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ROLLBACKACTIONREQUEST'].fields_by_name['action_id']._loaded_options = None
+  _globals['_ROLLBACKACTIONREQUEST'].fields_by_name['action_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_ROLLBACKACTIONREQUEST'].fields_by_name['rollback_id']._loaded_options = None
+  _globals['_ROLLBACKACTIONREQUEST'].fields_by_name['rollback_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_ROLLBACKACTIONREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_ROLLBACKACTIONREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_EXECUTEACTIONREQUEST'].fields_by_name['action_id']._loaded_options = None
   _globals['_EXECUTEACTIONREQUEST'].fields_by_name['action_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_EXECUTEACTIONREQUEST'].fields_by_name['incident_id']._loaded_options = None
@@ -53,22 +59,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTORSERVICE'].methods_by_name['DescribeAction']._serialized_options = b'\220\002\001'
   _globals['_EXECUTORSERVICE'].methods_by_name['ExecuteAction']._loaded_options = None
   _globals['_EXECUTORSERVICE'].methods_by_name['ExecuteAction']._serialized_options = b'\220\002\002'
-  _globals['_EXECUTEACTIONREQUEST']._serialized_start=201
-  _globals['_EXECUTEACTIONREQUEST']._serialized_end=480
-  _globals['_EXECUTEACTIONRESPONSE']._serialized_start=482
-  _globals['_EXECUTEACTIONRESPONSE']._serialized_end=589
-  _globals['_LISTACTIONSREQUEST']._serialized_start=591
-  _globals['_LISTACTIONSREQUEST']._serialized_end=611
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=613
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=701
-  _globals['_DESCRIBEACTIONREQUEST']._serialized_start=703
-  _globals['_DESCRIBEACTIONREQUEST']._serialized_end=776
-  _globals['_DESCRIBEACTIONRESPONSE']._serialized_start=778
-  _globals['_DESCRIBEACTIONRESPONSE']._serialized_end=867
-  _globals['_PERMISSIONRULE']._serialized_start=870
-  _globals['_PERMISSIONRULE']._serialized_end=999
-  _globals['_ACTIONDEFINITION']._serialized_start=1002
-  _globals['_ACTIONDEFINITION']._serialized_end=1448
-  _globals['_EXECUTORSERVICE']._serialized_start=1451
-  _globals['_EXECUTORSERVICE']._serialized_end=1804
+  _globals['_EXECUTORSERVICE'].methods_by_name['RollbackAction']._loaded_options = None
+  _globals['_EXECUTORSERVICE'].methods_by_name['RollbackAction']._serialized_options = b'\220\002\002'
+  _globals['_ROLLBACKACTIONREQUEST']._serialized_start=201
+  _globals['_ROLLBACKACTIONREQUEST']._serialized_end=340
+  _globals['_ROLLBACKACTIONRESPONSE']._serialized_start=342
+  _globals['_ROLLBACKACTIONRESPONSE']._serialized_end=450
+  _globals['_EXECUTEACTIONREQUEST']._serialized_start=453
+  _globals['_EXECUTEACTIONREQUEST']._serialized_end=732
+  _globals['_EXECUTEACTIONRESPONSE']._serialized_start=734
+  _globals['_EXECUTEACTIONRESPONSE']._serialized_end=841
+  _globals['_LISTACTIONSREQUEST']._serialized_start=843
+  _globals['_LISTACTIONSREQUEST']._serialized_end=863
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=865
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=953
+  _globals['_DESCRIBEACTIONREQUEST']._serialized_start=955
+  _globals['_DESCRIBEACTIONREQUEST']._serialized_end=1028
+  _globals['_DESCRIBEACTIONRESPONSE']._serialized_start=1030
+  _globals['_DESCRIBEACTIONRESPONSE']._serialized_end=1119
+  _globals['_PERMISSIONRULE']._serialized_start=1122
+  _globals['_PERMISSIONRULE']._serialized_end=1286
+  _globals['_ACTIONDEFINITION']._serialized_start=1289
+  _globals['_ACTIONDEFINITION']._serialized_end=1767
+  _globals['_EXECUTORSERVICE']._serialized_start=1770
+  _globals['_EXECUTORSERVICE']._serialized_end=2239
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,64 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RollbackActionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    ROLLBACK_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    """The recorded action to undo."""
+    rollback_id: _builtins.str
+    """Chosen by the caller (a UUID): the idempotency key of the rollback, and the
+    action_id of its own record; not action_id (INVALID_ARGUMENT).
+    """
+    reason: _builtins.str
+    """Why, in plain words; kept in the record."""
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        rollback_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "reason", b"reason", "rollback_id", b"rollback_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackActionRequest: _TypeAlias = RollbackActionRequest  # noqa: Y015
+
+@_typing.final
+class RollbackActionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> _storage_pb2.ActionRecord:
+        """The rollback's own audit record, as stored (its action is the undone action's name)."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What happened, one stage a line."""
+
+    def __init__(
+        self,
+        *,
+        record: _storage_pb2.ActionRecord | None = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackActionResponse: _TypeAlias = RollbackActionResponse  # noqa: Y015
+
+@_typing.final
 class ExecuteActionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -167,12 +225,17 @@ class PermissionRule(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     SUBRESOURCE_FIELD_NUMBER: _builtins.int
     VERBS_FIELD_NUMBER: _builtins.int
+    TARGET_KINDS_FIELD_NUMBER: _builtins.int
     api_group: _builtins.str
     """Empty for the core API group."""
     resource: _builtins.str
     subresource: _builtins.str
     @_builtins.property
     def verbs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def target_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Needed only when the action's target is one of these kinds; empty means always."""
+
     def __init__(
         self,
         *,
@@ -180,10 +243,11 @@ class PermissionRule(_message.Message):
         resource: _builtins.str = ...,
         subresource: _builtins.str = ...,
         verbs: _abc.Iterable[_builtins.str] | None = ...,
+        target_kinds: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_group", b"api_group", "resource", b"resource", "subresource", b"subresource", "verbs", b"verbs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_group", b"api_group", "resource", b"resource", "subresource", b"subresource", "target_kinds", b"target_kinds", "verbs", b"verbs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +270,7 @@ class ActionDefinition(_message.Message):
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    REVERSIBLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The catalogue name; also the field name in kubernaut.common.v1.ActionParams."""
     description: _builtins.str
@@ -218,6 +283,10 @@ class ActionDefinition(_message.Message):
     """How success is checked after the change."""
     rollback: _builtins.str
     """How the change is undone."""
+    reversible: _builtins.bool
+    """Whether RollbackAction can undo the action (deleting a pod or growing a volume
+    cannot be undone; the text in `rollback` says what can be done instead).
+    """
     @_builtins.property
     def target_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Kubernetes kinds the action acts on."""
@@ -240,10 +309,11 @@ class ActionDefinition(_message.Message):
         preconditions: _abc.Iterable[_builtins.str] | None = ...,
         verification: _builtins.str = ...,
         rollback: _builtins.str = ...,
+        reversible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_type", b"parameters_type", "permissions", b"permissions", "preconditions", b"preconditions", "risk", b"risk", "rollback", b"rollback", "target_kinds", b"target_kinds", "verification", b"verification", "when_not_to_use", b"when_not_to_use", "when_to_use", b"when_to_use"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_type", b"parameters_type", "permissions", b"permissions", "preconditions", b"preconditions", "reversible", b"reversible", "risk", b"risk", "rollback", b"rollback", "target_kinds", b"target_kinds", "verification", b"verification", "when_not_to_use", b"when_not_to_use", "when_to_use", b"when_to_use"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

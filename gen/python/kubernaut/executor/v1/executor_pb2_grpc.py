@@ -51,6 +51,11 @@ class ExecutorServiceStub(object):
                 request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionResponse.FromString,
                 _registered_method=True)
+        self.RollbackAction = channel.unary_unary(
+                '/kubernaut.executor.v1.ExecutorService/RollbackAction',
+                request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer(object):
@@ -91,6 +96,25 @@ class ExecutorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RollbackAction(self, request, context):
+        """RollbackAction undoes a recorded action that succeeded, within the retention window
+        (KUBERNAUT_EXECUTOR_ROLLBACK_RETENTION_SECONDS): it puts back the values the action's
+        snapshot holds (or deletes the Job rerun_failed_job made), through the same stages as
+        ExecuteAction (scope, RBAC, guards, dry-run, snapshot, apply with optimistic
+        concurrency, verification, automatic rollback) and records the result under
+        rollback_id. It refuses to undo over a change someone made since. A repeated
+        rollback_id returns the first run's record and acts no more.
+        Returns OK with the record; INVALID_ARGUMENT (with field violations) for a malformed
+        request; NOT_FOUND when the executor has no action with that id; FAILED_PRECONDITION
+        when the action cannot be undone (still running, did not succeed, not reversible,
+        already rolled back, outside the retention window); UNAVAILABLE when the cluster or
+        storage cannot be reached (safe to retry with the same rollback_id);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +132,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ExecuteAction,
                     request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionRequest.FromString,
                     response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionResponse.SerializeToString,
+            ),
+            'RollbackAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackAction,
+                    request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionRequest.FromString,
+                    response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -193,6 +222,33 @@ class ExecutorService(object):
             '/kubernaut.executor.v1.ExecutorService/ExecuteAction',
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionRequest.SerializeToString,
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.ExecuteActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.executor.v1.ExecutorService/RollbackAction',
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionRequest.SerializeToString,
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,21 @@ class ExecutorServiceStub:
     to retry with the same action_id); PERMISSION_DENIED for callers outside the call
     table.
     """
+    RollbackAction: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RollbackActionRequest, _executor_pb2.RollbackActionResponse]
+    """RollbackAction undoes a recorded action that succeeded, within the retention window
+    (KUBERNAUT_EXECUTOR_ROLLBACK_RETENTION_SECONDS): it puts back the values the action's
+    snapshot holds (or deletes the Job rerun_failed_job made), through the same stages as
+    ExecuteAction (scope, RBAC, guards, dry-run, snapshot, apply with optimistic
+    concurrency, verification, automatic rollback) and records the result under
+    rollback_id. It refuses to undo over a change someone made since. A repeated
+    rollback_id returns the first run's record and acts no more.
+    Returns OK with the record; INVALID_ARGUMENT (with field violations) for a malformed
+    request; NOT_FOUND when the executor has no action with that id; FAILED_PRECONDITION
+    when the action cannot be undone (still running, did not succeed, not reversible,
+    already rolled back, outside the retention window); UNAVAILABLE when the cluster or
+    storage cannot be reached (safe to retry with the same rollback_id);
+    PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -84,6 +99,21 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     malformed request; UNAVAILABLE when the cluster or storage cannot be reached (safe
     to retry with the same action_id); PERMISSION_DENIED for callers outside the call
     table.
+    """
+    RollbackAction: _aio.UnaryUnaryMultiCallable[_executor_pb2.RollbackActionRequest, _executor_pb2.RollbackActionResponse]  # type: ignore[assignment]
+    """RollbackAction undoes a recorded action that succeeded, within the retention window
+    (KUBERNAUT_EXECUTOR_ROLLBACK_RETENTION_SECONDS): it puts back the values the action's
+    snapshot holds (or deletes the Job rerun_failed_job made), through the same stages as
+    ExecuteAction (scope, RBAC, guards, dry-run, snapshot, apply with optimistic
+    concurrency, verification, automatic rollback) and records the result under
+    rollback_id. It refuses to undo over a change someone made since. A repeated
+    rollback_id returns the first run's record and acts no more.
+    Returns OK with the record; INVALID_ARGUMENT (with field violations) for a malformed
+    request; NOT_FOUND when the executor has no action with that id; FAILED_PRECONDITION
+    when the action cannot be undone (still running, did not succeed, not reversible,
+    already rolled back, outside the retention window); UNAVAILABLE when the cluster or
+    storage cannot be reached (safe to retry with the same rollback_id);
+    PERMISSION_DENIED for callers outside the call table.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +158,27 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         malformed request; UNAVAILABLE when the cluster or storage cannot be reached (safe
         to retry with the same action_id); PERMISSION_DENIED for callers outside the call
         table.
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackAction(
+        self,
+        request: _executor_pb2.RollbackActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.RollbackActionResponse, _abc.Awaitable[_executor_pb2.RollbackActionResponse]]:
+        """RollbackAction undoes a recorded action that succeeded, within the retention window
+        (KUBERNAUT_EXECUTOR_ROLLBACK_RETENTION_SECONDS): it puts back the values the action's
+        snapshot holds (or deletes the Job rerun_failed_job made), through the same stages as
+        ExecuteAction (scope, RBAC, guards, dry-run, snapshot, apply with optimistic
+        concurrency, verification, automatic rollback) and records the result under
+        rollback_id. It refuses to undo over a change someone made since. A repeated
+        rollback_id returns the first run's record and acts no more.
+        Returns OK with the record; INVALID_ARGUMENT (with field violations) for a malformed
+        request; NOT_FOUND when the executor has no action with that id; FAILED_PRECONDITION
+        when the action cannot be undone (still running, did not succeed, not reversible,
+        already rolled back, outside the retention window); UNAVAILABLE when the cluster or
+        storage cannot be reached (safe to retry with the same rollback_id);
+        PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
