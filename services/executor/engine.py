@@ -61,6 +61,7 @@ from services.executor.operations import (
     Outcome,
     content_of,
     operation_for,
+    snapshot_content,
     undo_operation_for,
 )
 from services.executor.settings import ExecutorSettings
@@ -365,6 +366,9 @@ class Executor:
                     )
                     return ExecuteResult(row.record, list(row.stages))
                 breaker.check()
+                if row is not None and row.undo_of is not None and undo_of is None:
+                    # A rollback's id sent to ExecuteAction: it goes on as that rollback.
+                    undo_of = await store.get(row.undo_of)
                 if row is None:
                     row = await session.create(
                         request, _now(), undo_of=None if undo_of is None else undo_of.action_id
@@ -845,7 +849,10 @@ class _Run:
         row = self.row
         change = row.change
         if row.snapshot is not None:
-            before = str(row.snapshot.get("view") or "")
+            # Older snapshots (Deployments only) keep the spec, which was the record's view.
+            before = str(
+                row.snapshot.get("view") or record_view(snapshot_content(row.snapshot), None)
+            )
         else:
             before = record_view(self.seen, change)
         after = record_view(self.current, change) if self.current is not None else before

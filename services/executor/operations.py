@@ -58,6 +58,7 @@ __all__ = [
     "Verified",
     "content_of",
     "operation_for",
+    "snapshot_content",
     "undo_operation_for",
 ]
 
@@ -132,6 +133,14 @@ def content_of(obj: Mapping[str, Any]) -> dict[str, Any]:
         if taints := own_taints(spec["taints"]):
             content["spec"]["taints"] = taints
     return content
+
+
+def snapshot_content(snapshot: Mapping[str, Any]) -> Any:
+    """The content a snapshot holds. Snapshots stored before there were other kinds than
+    Deployments hold only the spec and labels, which is all a Deployment's content is."""
+    if "content" in snapshot:
+        return snapshot["content"]
+    return {"spec": snapshot["spec"], "labels": snapshot.get("labels") or {}}
 
 
 def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -284,7 +293,7 @@ class PatchOperation(Operation):
 
     def _unchanged_since_snapshot(self, run: RunContext, obj: Mapping[str, Any]) -> bool:
         """Only status or bookkeeping moved: the content is as in the snapshot."""
-        return equivalent(content_of(obj), run.snapshot["content"])
+        return equivalent(content_of(obj), snapshot_content(run.snapshot))
 
     async def apply(self, run: RunContext) -> int | None:
         change = run.change

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from kubernaut.common.v1 import remediation_pb2
 
 from services.executor.changes import (
+    ABSENT,
     POD_TEMPLATE_HASH,
     RESTARTED_AT,
     REVISION,
@@ -19,18 +21,23 @@ from services.executor.changes import (
     ChangeRefused,
     Edit,
     PlanContext,
+    allowed_pointer,
     assess_rollout,
+    edit_at,
     equivalent,
     format_memory,
     label_selector,
+    own_taints,
     parse_quantity,
     pointer_get,
+    scale_cpu,
     scale_memory,
     spec_json,
 )
 from services.executor.changes import (
     compute_change as _compute_change,
 )
+from services.executor.operations import content_of, snapshot_content
 from services.executor.settings import DEFAULT_PROTECTED_NAMESPACES, ExecutorSettings
 
 AT = dt.datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
@@ -453,3 +460,189 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.database_url == "postgresql://shared/db"
     monkeypatch.setenv("KUBERNAUT_EXECUTOR_DATABASE_URL", "postgresql://own/db")
     assert ExecutorSettings().database_url == "postgresql://own/db"
+
+
+# -- the wider catalogue: edits, quantities, nodes, requests --------------------------------------
+
+
+def test_edit_at_makes_missing_parents_and_round_trips_absent_values() -> None:
+    configmap = {"metadata": {"name": "settings"}}
+    edit = edit_at(configmap, "/data/LOG_LEVEL", "info")
+    assert (edit.path, edit.before, edit.after) == ("/data", ABSENT, {"LOG_LEVEL": "info"})
+    change = Change("set", (edit,))
+    assert change.patch("7")[1] == {"op": "add", "path": "/data", "value": {"LOG_LEVEL": "info"}}
+    assert change.restore_patch("8")[1] == {"op": "remove", "path": "/data"}
+    assert Change.from_json(json.loads(json.dumps(change.to_json()))) == change
+    existing = edit_at({"data": {"a/b": "1"}}, "/data/a~1b", "2")
+    assert (existing.path, existing.before, existing.after) == ("/data/a~1b", "1", "2")
+    assert Change("x", (existing,)).patch("1")[1]["op"] == "replace"
+
+
+def test_a_change_stored_before_several_edits_still_loads() -> None:
+    legacy = {"summary": "replicas 2 -> 3", "path": "/spec/replicas", "before": 2, "after": 3}
+    change = Change.from_json(legacy)
+    assert change.edits == (Edit("/spec/replicas", 2, 3),)
+
+
+def test_snapshots_stored_before_other_kinds_give_their_content() -> None:
+    legacy = {"spec": {"replicas": 2}, "labels": {"app": "web"}, "resourceVersion": "1"}
+    assert snapshot_content(legacy) == content_of(
+        {"spec": {"replicas": 2}, "metadata": {"labels": {"app": "web"}}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "factor", "cap", "expected"),
+    [
+        ("500m", 1.5, "2", ("750m", False)),
+        ("1", 2.0, "2", ("2", True)),
+        ("1500m", 2.0, "2", ("2", True)),
+        ("333m", 1.1, "4", ("367m", False)),
+    ],
+)
+def test_scale_cpu(current: str, factor: float, cap: str, expected: tuple[str, bool]) -> None:
+    assert scale_cpu(current, factor, cap) == expected
+
+
+def test_scale_cpu_refuses_at_the_cap() -> None:
+    with pytest.raises(ChangeRefused, match="already at or above max_limit"):
+        scale_cpu("2", 1.5, "2")
+    with pytest.raises(ChangeRefused, match="CPU limit 'x' is not a quantity"):
+        scale_cpu("x", 1.5, "2")
+
+
+def _node(taints: list[dict[str, str]] | None = None, **spec: Any) -> dict[str, Any]:
+    node: dict[str, Any] = {"metadata": {"name": "n1"}, "spec": dict(spec)}
+    if taints is not None:
+        node["spec"]["taints"] = taints
+    return node
+
+
+def _plan(obj: dict[str, Any], kind: str, **action: Any) -> Change:
+    return _compute_change(obj, _params(**action), PlanContext(at=AT, kind=kind))
+
+
+def test_cordon_and_uncordon() -> None:
+    cordon = only(_plan(_node(), "Node", cordon_node={}))
+    assert (cordon.path, cordon.before, cordon.after) == ("/spec/unschedulable", ABSENT, True)
+    uncordon = only(_plan(_node(unschedulable=True), "Node", uncordon_node={}))
+    assert (uncordon.before, uncordon.after) == (True, ABSENT)
+    with pytest.raises(ChangeRefused, match="cordoned already"):
+        _plan(_node(unschedulable=True), "Node", cordon_node={})
+    with pytest.raises(ChangeRefused, match="schedulable already"):
+        _plan(_node(), "Node", uncordon_node={})
+
+
+def test_taints_replace_the_same_key_and_effect_and_untaint_clears_the_field() -> None:
+    ours = {"key": "example.com/disk", "value": "bad", "effect": "NoSchedule"}
+    controller = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+    change = _plan(
+        _node([controller, ours]),
+        "Node",
+        taint_node={
+            "key": "example.com/disk",
+            "value": "worse",
+            "effect": "TAINT_EFFECT_NO_SCHEDULE",
+        },
+    )
+    assert only(change).after == [controller, {**ours, "value": "worse"}]
+    with pytest.raises(ChangeRefused, match=r"has the taint example\.com/disk=bad:NoSchedule"):
+        _plan(
+            _node([ours]),
+            "Node",
+            taint_node={
+                "key": "example.com/disk",
+                "value": "bad",
+                "effect": "TAINT_EFFECT_NO_SCHEDULE",
+            },
+        )
+    removed = only(_plan(_node([ours]), "Node", untaint_node={"key": "example.com/disk"}))
+    assert removed.after is ABSENT
+    # The node controller's own taints do not count when reading a change back.
+    applied = Change("t", (removed,))
+    assert applied.is_applied(_node([controller]))
+    assert own_taints([controller, ours]) == [ours]
+
+
+def test_patch_resource_allow_list() -> None:
+    allowed = {"Deployment": ("/spec/minReadySeconds", "/spec/template/metadata/annotations/*")}
+    assert allowed_pointer("Deployment", "/spec/minReadySeconds", allowed)
+    assert allowed_pointer("Deployment", "/spec/template/metadata/annotations/x", allowed)
+    assert not allowed_pointer("Deployment", "/spec/template/metadata/annotations", allowed)
+    assert not allowed_pointer("Deployment", "/spec/replicas", allowed)
+    assert not allowed_pointer("StatefulSet", "/spec/minReadySeconds", allowed)
+    context = PlanContext(at=AT, kind="Deployment", patch_allowed_fields=allowed)
+    with pytest.raises(ChangeRefused, match="may not set /spec/replicas of a Deployment"):
+        _compute_change(
+            _deployment(),
+            _params(patch_resource={"path": "/spec/replicas", "value_json": "9"}),
+            context,
+        )
+    with pytest.raises(ChangeRefused, match="value_json is not JSON"):
+        _compute_change(
+            _deployment(),
+            _params(patch_resource={"path": "/spec/minReadySeconds", "value_json": "{"}),
+            context,
+        )
+
+
+def test_requests_and_hpa_refusals() -> None:
+    deployment = _deployment(containers=[_container()])
+    with pytest.raises(ChangeRefused, match="would exceed container 'app''s limit 256Mi"):
+        _plan(deployment, "Deployment", update_resource_requests={"memory": "1Gi"})
+    change = only(_plan(deployment, "Deployment", update_resource_requests={"memory": "128Mi"}))
+    assert change.after["spec"]["containers"][0]["resources"]["requests"] == {"memory": "128Mi"}
+    hpa = {"metadata": {"name": "web"}, "spec": {"minReplicas": 2, "maxReplicas": 4}}
+    with pytest.raises(ChangeRefused, match="minReplicas 5 would exceed maxReplicas 4"):
+        _plan(hpa, "HorizontalPodAutoscaler", update_hpa={"min_replicas": 5})
+
+
+def test_request_checks_relate_fields() -> None:
+    from kubernaut.executor.v1 import executor_pb2
+
+    from services.executor.requests import execute_problems, rollback_problems
+
+    def execute(**action: Any) -> executor_pb2.ExecuteActionRequest:
+        return executor_pb2.ExecuteActionRequest(action=_params(**action))
+
+    assert execute_problems(execute(update_resource_requests={})) == [
+        ("action.update_resource_requests", "set cpu, memory or both")
+    ]
+    assert execute_problems(execute(update_hpa={"min_replicas": 3, "max_replicas": 2})) == [
+        ("action.update_hpa.min_replicas", "min_replicas 3 exceeds max_replicas 2")
+    ]
+    assert execute_problems(execute(update_hpa={"max_replicas": 2})) == []
+    same = "0b7c6f0e-1111-2222-3333-444455556666"
+    request = executor_pb2.RollbackActionRequest(action_id=same, rollback_id=same.upper())
+    assert [field for field, _ in rollback_problems(request)] == ["rollback_id"]
+
+
+def test_drain_evicts_what_kubectl_drain_evicts() -> None:
+    from services.executor.operations import _evictable
+
+    def pod(owner: str | None = None, phase: str = "Running", mirror: bool = False) -> Any:
+        meta: dict[str, Any] = {"name": "p", "namespace": "ns"}
+        if owner:
+            meta["ownerReferences"] = [{"kind": owner, "name": "o", "controller": True}]
+        if mirror:
+            meta["annotations"] = {"kubernetes.io/config.mirror": "x"}
+        return {"metadata": meta, "status": {"phase": phase}}
+
+    assert _evictable(pod("ReplicaSet"))
+    assert _evictable(pod())  # a bare pod is evictable, and the plan refuses to lose it
+    assert not _evictable(pod("DaemonSet"))
+    assert not _evictable(pod(mirror=True))
+    assert not _evictable(pod("ReplicaSet", phase="Succeeded"))
+
+
+def test_diagnostics_bundles_stay_within_their_bound() -> None:
+    from services.executor.operations import _bounded_json
+
+    bundle = {
+        "object": {"metadata": {"name": "p"}},
+        "events": [{"reason": "x" * 100}] * 50,
+        "logs": {"p/app": "line\n" * 5000, "p/side": "y" * 100},
+    }
+    text = _bounded_json(bundle, 4096)
+    assert len(text.encode()) <= 4096
+    assert json.loads(text)["object"] == {"metadata": {"name": "p"}}
