@@ -24,7 +24,13 @@ from kubernaut.storage.v1 import storage_pb2
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
-from services.gateway.intake import GatewaySettings, IntakeSource, IntakeUnavailable, QueuedAlert
+from services.gateway.intake import (
+    GatewaySettings,
+    Intake,
+    IntakeSource,
+    IntakeUnavailable,
+    QueuedAlert,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -234,6 +240,11 @@ class Forwarder:
         """Add the duplicates counted since the last time to their incidents. An incident
         found closed ends the lives of its fingerprints: the next alert is new work."""
         store = await self.database.store()
+        async with store.counting_lease() as held:
+            if held:  # else another replica is counting these very rows
+                await self._count(store)
+
+    async def _count(self, store: Intake) -> None:
         by_incident: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for fingerprint, incident_id, count in await store.uncounted(500):
             by_incident[incident_id].append((fingerprint, count))

@@ -32,7 +32,8 @@ import datetime as dt
 import enum
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -655,6 +656,19 @@ class IntakeStore(PooledStore):
             rows = await conn.fetch(_UNCOUNTED, limit)
         return [(r["fingerprint"], r["incident_id"], r["uncounted"]) for r in rows]
 
+    @asynccontextmanager
+    async def counting_lease(self) -> AsyncIterator[bool]:
+        """Whether this replica may count duplicates now. One replica at a time: two that
+        read the same uncounted rows would both add them to the incident. A session-level
+        advisory lock, so a replica that dies frees it with its connection."""
+        async with self._connection() as conn:
+            held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _COUNT_LOCK))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _COUNT_LOCK)
+
     async def counted(
         self, incident_id: str, counts: Sequence[tuple[str, int]], incident_closed: bool
     ) -> None:
@@ -750,6 +764,11 @@ WHERE q.failed_at IS NULL
 ORDER BY q.not_before LIMIT 1
 """
 
+# The advisory lock of the duplicate counting (one replica at a time).
+_COUNT_LOCK: Final = int.from_bytes(
+    hashlib.sha256(b"kubernaut-gateway:count-duplicates").digest()[:8], "big", signed=True
+)
+
 _UNCOUNTED: Final = """
 SELECT fingerprint, incident_id, uncounted FROM gateway.fingerprints
 WHERE uncounted > 0 AND incident_id <> ''
@@ -804,6 +823,7 @@ class Intake(Protocol):
     async def resolution_target(self, queued: QueuedAlert) -> tuple[str, int]: ...
     async def next_due_in(self) -> float | None: ...
     async def uncounted(self, limit: int) -> list[tuple[str, str, int]]: ...
+    def counting_lease(self) -> AbstractAsyncContextManager[bool]: ...
     async def counted(
         self, incident_id: str, counts: Sequence[tuple[str, int]], incident_closed: bool
     ) -> None: ...

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -689,6 +690,18 @@ def _client(url: str, timeout: float) -> redis.asyncio.Redis:
     )
 
 
+# KEYS: the lease; ARGV: the holder's token. Deletes the lease only if this holder still
+# has it (it may have expired and been taken by another replica).
+_RELEASE_LEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Longer than any counting round takes; a replica that dies holding it frees it then.
+_COUNT_LEASE_MS: Final = 60_000
+
+
 class RedisIntake:
     """The intake in Redis; see the module docstring. Use `connect()`."""
 
@@ -721,6 +734,7 @@ class RedisIntake:
                 ("counted", _COUNTED),
                 ("forget_finished", _FORGET_FINISHED),
                 ("queue_depth", _QUEUE_DEPTH),
+                ("release_lease", _RELEASE_LEASE),
             )
         }
 
@@ -906,6 +920,21 @@ class RedisIntake:
         """(fingerprint, incident_id, duplicates not yet counted on it)."""
         rows = await self._run("uncounted", limit)
         return [(fingerprint, incident, int(count)) for fingerprint, incident, count in rows]
+
+    @asynccontextmanager
+    async def counting_lease(self) -> AsyncIterator[bool]:
+        """Whether this replica may count duplicates now (see IntakeStore.counting_lease):
+        a key set only if absent, expiring on its own if the replica dies."""
+        token = uuid.uuid4().hex
+        key = self.key("count-lease")
+        async with self._reaching():
+            held = await self.client.set(key, token, nx=True, px=_COUNT_LEASE_MS)
+        try:
+            yield bool(held)
+        finally:
+            if held:
+                async with self._reaching():
+                    await self._scripts["release_lease"](keys=[key], args=[token])
 
     async def counted(
         self, incident_id: str, counts: Sequence[tuple[str, int]], incident_closed: bool

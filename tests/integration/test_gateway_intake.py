@@ -385,6 +385,20 @@ async def test_duplicates_are_counted_once_and_a_closed_incident_ends_the_life(
     assert next_life.disposition == ACCEPTED
 
 
+async def test_one_replica_at_a_time_counts_duplicates(intake: StoreFactory) -> None:
+    """Two replicas reading the same uncounted rows would both add them to the incident:
+    the counting lease lets one count while the other skips its round."""
+    first, second = await intake(), await intake()
+    async with first.counting_lease() as held:
+        assert held
+        async with second.counting_lease() as also:
+            assert not also
+        async with first.counting_lease() as again:  # not even the holder twice
+            assert not again
+    async with second.counting_lease() as held:
+        assert held
+
+
 async def test_a_refused_alert_is_set_aside_and_its_life_ends(intake: StoreFactory) -> None:
     store = await intake()
     await store.take([alert("poison")])
