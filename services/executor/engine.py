@@ -709,24 +709,17 @@ class _Run:
         for permission in definition.permissions:
             if permission.target_kinds and ref.kind not in permission.target_kinds:
                 continue
-            name = ""
-            if permission.resource == target_plural and not permission.subresource:
-                name = ref.name
-            elif permission.resource == "namespaces":
-                name = ref.namespace
+            own = permission.resource == target_plural and not permission.subresource
             for verb in permission.verbs:
-                if verb in ("list", "create") and permission.resource == target_plural:
-                    name_for_verb = ""  # list and create name no object
-                else:
-                    name_for_verb = name
+                # Checked on the very object where the action names one (list and create
+                # name none), so RBAC restricted by resourceNames is honoured.
+                name = ""
+                if own and verb not in ("list", "create"):
+                    name = ref.name
+                elif permission.resource == "namespaces":
+                    name = ref.namespace
                 checks.append(
-                    (
-                        permission.api_group,
-                        permission.resource,
-                        permission.subresource,
-                        verb,
-                        name_for_verb,
-                    )
+                    (permission.api_group, permission.resource, permission.subresource, verb, name)
                 )
         if not checks:
             self.stage("rbac: ok: the action needs no permission")

@@ -21,7 +21,7 @@ import asyncio
 import copy
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, Protocol, TypeAlias
 
@@ -186,14 +186,14 @@ class Operation:
         raise NotImplementedError
 
 
-async def _poll(
-    run: RunContext,
-    phase: str,
-    look: Any,
-) -> Verified:
-    """Call `look()` until it says done or broken, or the verification timeout passes.
-    `look` returns (done, broken, summary)."""
-    timeout = run.settings.verify_timeout_seconds
+# One look during verification: (done, broken, what was seen).
+Look = Callable[[], Awaitable[tuple[bool, bool, str]]]
+
+
+async def _poll(run: RunContext, phase: str, look: Look, timeout: float | None = None) -> Verified:
+    """Call `look()` until it says done or broken, or `timeout` (by default the
+    verification timeout) passes."""
+    timeout = timeout or run.settings.verify_timeout_seconds
     started = time.monotonic()
     deadline = started + timeout
     while True:
@@ -628,10 +628,7 @@ class DrainOperation(PatchOperation):
             why = f"; blocked by PodDisruptionBudgets: {', '.join(blocked)}" if blocked else ""
             return False, False, f"{len(pods)} pods left ({left}){why}"
 
-        if timeout:
-            settings = run.settings.model_copy(update={"verify_timeout_seconds": float(timeout)})
-            return await _poll(_WithSettings(run, settings), phase, look)
-        return await _poll(run, phase, look)
+        return await _poll(run, phase, look, timeout=float(timeout) or None)
 
     async def restore(self, run: RunContext, failure: str) -> tuple[Outcome, str]:
         if not run.change.edits:
@@ -642,17 +639,6 @@ class DrainOperation(PatchOperation):
 
 
 _CORDON: Final = remediation_pb2.ActionParams(cordon_node=remediation_pb2.CordonNodeParams())
-
-
-class _WithSettings:
-    """A run seen with other settings (drain_node's own timeout)."""
-
-    def __init__(self, run: RunContext, settings: ExecutorSettings) -> None:
-        self._run = run
-        self.settings = settings
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._run, name)
 
 
 def _drain_grace(run: RunContext) -> int | None:
