@@ -142,6 +142,13 @@ _PATCH_WORKLOADS = (
     _PATCH_DAEMONSET.only_for("DaemonSet"),
 )
 _WORKLOAD_PODS = _LIST_PODS.only_for(*_WORKLOADS)
+# A StatefulSet's rollback deletes the pods of the failed template that never became ready
+# (it does not replace them by itself), so its template changes need pods delete too.
+_UNSTICK_STATEFULSET = _Permission("", "pods", ("delete",)).only_for("StatefulSet")
+_TEMPLATE_ROLLBACK = (
+    "Restore the pod template from the snapshot. For a StatefulSet, also delete the pods of "
+    "the failed template that never became ready: it does not replace them by itself."
+)
 _PATCH_NODE = _Permission("", "nodes", ("get", "patch"))
 _ROLLOUT_VERIFICATION = (
     "The rollout completes within the verification timeout (the controller observed the new "
@@ -272,7 +279,7 @@ _ACTIONS: tuple[_Action, ...] = (
         # exceed quota or stay Pending; the factor and max_limit bound the change.
         risk=remediation_pb2.RISK_LEVEL_MEDIUM,
         target_kinds=_WORKLOADS,
-        permissions=(*_PATCH_WORKLOADS, _WORKLOAD_PODS, _GET_NAMESPACE),
+        permissions=(*_PATCH_WORKLOADS, _WORKLOAD_PODS, _UNSTICK_STATEFULSET, _GET_NAMESPACE),
         preconditions=(
             *_preconditions("workload"),
             "The named container exists in the pod template; with no name, the template has "
@@ -286,7 +293,7 @@ _ACTIONS: tuple[_Action, ...] = (
             "The rollout completes within progressDeadlineSeconds, the pods are Ready, and the "
             "container is not OOM-killed during the verification window."
         ),
-        rollback="Restore the container's resources from the snapshot.",
+        rollback=_TEMPLATE_ROLLBACK,
     ),
     _Action(
         name="scale_statefulset",
@@ -325,14 +332,14 @@ _ACTIONS: tuple[_Action, ...] = (
         ),
         risk=remediation_pb2.RISK_LEVEL_MEDIUM,
         target_kinds=("StatefulSet",),
-        permissions=(_PATCH_STATEFULSET, _LIST_PODS, _GET_NAMESPACE),
+        permissions=(_PATCH_STATEFULSET, _LIST_PODS, _UNSTICK_STATEFULSET, _GET_NAMESPACE),
         preconditions=_preconditions(
             "StatefulSet",
             "spec.replicas is greater than 0.",
             "The update strategy is RollingUpdate (OnDelete would not restart anything).",
         ),
         verification=_ROLLOUT_VERIFICATION,
-        rollback="Restore the pod template from the snapshot.",
+        rollback=_TEMPLATE_ROLLBACK,
     ),
     _Action(
         name="restart_daemonset",
@@ -403,14 +410,14 @@ _ACTIONS: tuple[_Action, ...] = (
         ),
         risk=remediation_pb2.RISK_LEVEL_MEDIUM,
         target_kinds=_WORKLOADS,
-        permissions=(*_PATCH_WORKLOADS, _WORKLOAD_PODS, _GET_NAMESPACE),
+        permissions=(*_PATCH_WORKLOADS, _WORKLOAD_PODS, _UNSTICK_STATEFULSET, _GET_NAMESPACE),
         preconditions=_preconditions(
             "workload",
             "The named container exists (with no name, the template has exactly one).",
             "The container has a CPU limit to multiply, and the new limit is above it.",
         ),
         verification=_ROLLOUT_VERIFICATION,
-        rollback="Restore the pod template (and so the container's resources) from the snapshot.",
+        rollback=_TEMPLATE_ROLLBACK,
     ),
     _Action(
         name="update_resource_requests",
@@ -426,14 +433,14 @@ _ACTIONS: tuple[_Action, ...] = (
         ),
         risk=remediation_pb2.RISK_LEVEL_MEDIUM,
         target_kinds=_WORKLOADS,
-        permissions=(*_PATCH_WORKLOADS, _WORKLOAD_PODS, _GET_NAMESPACE),
+        permissions=(*_PATCH_WORKLOADS, _WORKLOAD_PODS, _UNSTICK_STATEFULSET, _GET_NAMESPACE),
         preconditions=_preconditions(
             "workload",
             "The named container exists (with no name, the template has exactly one).",
             "Each new request is at most the container's limit of that resource.",
         ),
         verification=_ROLLOUT_VERIFICATION,
-        rollback="Restore the pod template (and so the container's resources) from the snapshot.",
+        rollback=_TEMPLATE_ROLLBACK,
     ),
     _Action(
         name="update_hpa",
@@ -702,6 +709,7 @@ _ACTIONS: tuple[_Action, ...] = (
             ),
             _Permission("", "configmaps", ("get", "patch")).only_for("ConfigMap"),
             _WORKLOAD_PODS,
+            _UNSTICK_STATEFULSET,
             _GET_NAMESPACE,
         ),
         preconditions=_preconditions(

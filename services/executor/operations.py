@@ -41,6 +41,7 @@ from services.executor.changes import (
     equivalent,
     label_selector,
     own_taints,
+    template_hash_label,
 )
 from services.executor.cluster import ApiError, Cluster, ClusterUnavailable
 from services.executor.settings import ExecutorSettings
@@ -417,6 +418,8 @@ class PatchOperation(Operation):
         run.stage(restored_line + _generation(generation))
         run.row.generation = None if generation is None else int(generation)
         await run.save()  # a crash from here on verifies the restore, not the change
+        if run.ref.kind == "StatefulSet" and changes_template(change):
+            await _unstick_statefulset(run)
         verified = await self.verify(run, run.row.generation, "rollback verify")
         if verified.ok:
             return ROLLED_BACK, (
@@ -426,6 +429,46 @@ class PatchOperation(Operation):
         return ROLLED_BACK, (
             f"{what}: {change.summary}; verification failed: {failure}; rolled back to the "
             f"snapshot, but the restored {run.ref.kind} is not healthy either: {verified.summary}"
+        )
+
+
+async def _unstick_statefulset(run: RunContext) -> None:
+    """Delete the pods of the failed template that never became ready. A StatefulSet does
+    not replace them by itself when its template is restored (Kubernetes' "forced
+    rollback"): it waits for them forever, and the rollback would never heal."""
+    cluster = await run.cluster()
+    ref = run.ref
+    statefulset = await run.read()
+    old = frozenset(run.snapshot.get("podTemplateHashes") or ())
+    try:
+        pods = await cluster.pods(
+            ref.namespace, label_selector(statefulset["spec"].get("selector"))
+        )
+    except ApiError as error:
+        raise ClusterUnavailable(f"cannot list the StatefulSet's pods: {error}") from error
+    stuck = [
+        pod
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+        and (pod["metadata"].get("labels") or {}).get(template_hash_label("StatefulSet")) not in old
+        and (_condition(pod, "Ready") or {}).get("status") != "True"
+    ]
+    for pod in stuck:
+        meta = pod["metadata"]
+        try:
+            await cluster.delete("Pod", ref.namespace, meta["name"], dry_run=False, uid=meta["uid"])
+        except ApiError as error:
+            if not (error.not_found or error.conflict):  # gone, or replaced already
+                run.fail(
+                    f"rollback: failed: deleting pod {meta['name']} of the failed revision: "
+                    f"{error}",
+                    f"{run.what()}: the rollback could not delete a stuck pod: {error}",
+                )
+    if stuck:
+        names = ", ".join(p["metadata"]["name"] for p in stuck)
+        run.stage(
+            f"rollback: deleted pods of the failed revision that never became ready ({names}); "
+            "a StatefulSet does not replace them by itself"
         )
 
 

@@ -241,7 +241,12 @@ async def hpa(admin: Admin, ns: str) -> Target:
 
 
 async def node(
-    admin: Admin, ns: str, *, cordoned: bool = False, taints: list[dict[str, str]] | None = None
+    admin: Admin,
+    ns: str,
+    *,
+    cordoned: bool = False,
+    taints: list[dict[str, str]] | None = None,
+    memory: str = "256Gi",
 ) -> Target:
     """A fake node of its own (KWOK plays its kubelet), tainted so that only pods that
     tolerate it land there: the other tests keep their one-node cluster."""
@@ -249,7 +254,7 @@ async def node(
     spec: dict[str, Any] = {"taints": [DEDICATED, *(taints or [])]}
     if cordoned:
         spec["unschedulable"] = True
-    resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    resources = {"cpu": "32", "memory": memory, "pods": "110"}
     body = {
         "apiVersion": "v1",
         "kind": "Node",

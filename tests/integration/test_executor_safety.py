@@ -375,3 +375,55 @@ async def test_the_service_lists_the_catalogue_and_checks_requests(
         await workflow.close()
         await operator.close()
         await running.shutdown()
+
+
+async def test_a_statefulset_whose_new_pods_cannot_start_is_rolled_back_and_healthy(
+    admin: Admin, make_executor: ExecutorFactory
+) -> None:
+    """A StatefulSet does not replace a pod of a failed revision by itself once the
+    template is restored (Kubernetes' "forced rollback"): the rollback does it, so the
+    StatefulSet is healthy again on its old template."""
+    from tests.integration.test_executor_actions import (
+        RESOURCES,
+        TOLERATE_DEDICATED,
+        _statefulset_ready,
+        node,
+        wait_for,
+    )
+
+    ns = await admin.namespace()
+    target = await node(admin, ns, memory="2Gi")
+    resources = {**RESOURCES, "limits": {**RESOURCES["limits"], "memory": "4Gi"}}
+    resources["requests"] = {**RESOURCES["requests"], "memory": "256Mi"}
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "labels": {"app": "db", "kubernaut.ai/managed": "true"}},
+        "spec": {
+            "serviceName": "db",
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {
+                    "containers": [
+                        {"name": "app", "image": "registry.invalid/db:1", "resources": resources}
+                    ],
+                    "tolerations": TOLERATE_DEDICATED,
+                    "nodeSelector": {"kubernetes.io/hostname": target.name},
+                },
+            },
+        },
+    }
+    await admin.raw.create("StatefulSet", ns, body, dry_run=False)
+    before = await wait_for(admin, "StatefulSet", ns, "db", _statefulset_ready)
+    # 256Mi + 1900Mi does not fit in the node's 2Gi: the updated pod stays Pending.
+    result = await make_executor(verify_timeout_seconds=6).execute(
+        action_request(ns, "db", kind="StatefulSet", update_resource_requests={"memory": "1900Mi"})
+    )
+    assert outcome(result) == "ACTION_OUTCOME_ROLLED_BACK", result.stages
+    assert stage(result, "verify:").startswith("verify: failed")
+    assert "deleted pods of the failed revision" in stage(result, "rollback:")
+    assert stage(result, "rollback verify:").startswith("rollback verify: ok"), result.stages
+    after = await wait_for(admin, "StatefulSet", ns, "db", _statefulset_ready)
+    assert after["spec"]["template"] == before["spec"]["template"]

@@ -152,6 +152,18 @@ def test_only_rollback_lists_replicasets() -> None:
 # The only verbs beyond get/list/patch, and who needs them.
 _EXTRA_VERBS = {
     ("delete_pod", ("", "pods", ""), "delete"),
+    # A StatefulSet's rollback deletes the pods of the failed template that never became
+    # ready (it does not replace them by itself).
+    *(
+        (name, ("", "pods", ""), "delete")
+        for name in (
+            "increase_cpu_limit",
+            "increase_memory_limit",
+            "patch_resource",
+            "restart_statefulset",
+            "update_resource_requests",
+        )
+    ),
     ("drain_node", ("", "pods", "eviction"), "create"),
     ("rerun_failed_job", ("batch", "jobs", ""), "create"),
     ("rerun_failed_job", ("batch", "jobs", ""), "delete"),
