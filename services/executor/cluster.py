@@ -322,9 +322,6 @@ class Cluster:
         )
         return text
 
-    async def deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self.get("Deployment", namespace, name)
-
     async def namespace(self, name: str) -> dict[str, Any]:
         return await self.get("Namespace", "", name)
 
@@ -333,11 +330,6 @@ class Cluster:
 
     async def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return await self.list_objects("Pod", namespace, labels=selector)
-
-    async def patch_deployment(
-        self, namespace: str, name: str, patch: list[dict[str, Any]], *, dry_run: bool
-    ) -> dict[str, Any]:
-        return await self.patch("Deployment", namespace, name, patch, dry_run=dry_run)
 
     async def allowed(
         self,

@@ -49,7 +49,12 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from services.executor import catalogue, guards
-from services.executor.changes import Change, label_selector, template_hash_label
+from services.executor.changes import (
+    WORKLOAD_KINDS,
+    Change,
+    label_selector,
+    template_hash_label,
+)
 from services.executor.cluster import KINDS, ApiError, Cluster, ClusterUnavailable
 from services.executor.clusters import CircuitOpen, ClusterRegistry, UnknownCluster
 from services.executor.operations import (
@@ -69,6 +74,7 @@ from services.executor.store import (
     ActionRow,
     ActionSession,
     ActionState,
+    ActionStore,
     ExecutorDatabase,
     ExecutorStoreUnavailable,
 )
@@ -281,7 +287,7 @@ class Executor:
             lambda: self._execute(undo, cluster, undo_of=original, reason=request.reason),
         )
 
-    async def _check_undoable(self, store: Any, original: ActionRow) -> None:
+    async def _check_undoable(self, store: ActionStore, original: ActionRow) -> None:
         action = catalogue.action_name(original.request.action)
         what = f"action {original.action_id} ({action})"
         if original.undo_of is not None:
@@ -801,7 +807,7 @@ class _Run:
     async def _snapshot(self, target: dict[str, Any], change: Change) -> None:
         ref = self.ref
         hashes: list[str] = []
-        if "template" in (target.get("spec") or {}) and "selector" in (target.get("spec") or {}):
+        if ref.kind in WORKLOAD_KINDS:  # its pods' template hashes tell new pods from old
             try:
                 pods = await (await self.cluster()).pods(
                     ref.namespace, label_selector(target["spec"].get("selector"))

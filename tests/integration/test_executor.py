@@ -323,7 +323,7 @@ async def test_a_change_the_api_server_rejects_in_the_dry_run_is_not_applied(
 
         async def refused() -> bool:
             try:
-                await admin.raw.patch_deployment(ns, "web", probe, dry_run=True)
+                await admin.raw.patch("Deployment", ns, "web", probe, dry_run=True)
             except ApiError:
                 return True
             return False
