@@ -77,6 +77,8 @@ class Forwarder:
         self._next_count = 0.0
         self._next_gauge = 0.0
         self._next_housekeeping = 0.0
+        # While idle: when it looks at the queue next (time.monotonic()).
+        self._idle_until: float | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -91,8 +93,13 @@ class Forwarder:
                 await self._task
             self._task = None
 
-    def wake(self) -> None:
-        """New rows were queued by this replica: look now rather than at the next poll."""
+    def wake(self, due_in: float = 0.0) -> None:
+        """New rows were queued by this replica, due in `due_in` seconds: look for them
+        then rather than at the next poll. An idle forwarder that looks by then anyway is
+        left alone (a held alert is due only after the hold: waking for each would cost a
+        query per request)."""
+        if self._idle_until is not None and self._idle_until <= time.monotonic() + due_in:
+            return
         self._wake.set()
 
     async def _run(self) -> None:
@@ -125,8 +132,12 @@ class Forwarder:
         if due is not None:
             timeout = min(timeout, max(due, 0.01))
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._idle_until = time.monotonic() + timeout
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            self._idle_until = None
 
     async def run_once(self) -> bool:
         """Forward what is due, count what is uncounted, keep house; True when it forwarded

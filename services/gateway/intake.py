@@ -32,6 +32,7 @@ import datetime as dt
 import enum
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -226,9 +227,23 @@ def items_of(
     return items
 
 
+def decision_parts(
+    items: Sequence[IntakeItem],
+) -> tuple[list[IntakeItem], list[IntakeItem]]:
+    """How a batch is decided, the same for every backend: first the firing alerts, then
+    the fingerprints with a resolved alert in the batch (their firing alerts too, so that
+    each fingerprint's alerts keep the order they came in). Each part is in fingerprint
+    order: rows are locked in that order, so two batches rarely deadlock on them. Deciding
+    the firing alerts apart lets PostgreSQL count their duplicates in one statement."""
+    resolving = {i.fingerprint for i in items if i.alert.status == alert_pb2.ALERT_STATUS_RESOLVED}
+    ordered = sorted(items, key=lambda i: (i.fingerprint, i.index))
+    firing = [i for i in ordered if i.fingerprint not in resolving]
+    return firing, [i for i in ordered if i.fingerprint in resolving]
+
+
 def in_decision_order(items: Sequence[IntakeItem]) -> list[IntakeItem]:
-    """Rows are locked in fingerprint order, so two batches never deadlock on them."""
-    return sorted(items, key=lambda i: (i.fingerprint, i.index))
+    firing, resolving = decision_parts(items)
+    return firing + resolving
 
 
 # What the intake answers, worded once for every backend.
@@ -345,6 +360,55 @@ SET state = 'firing', alert = $2::jsonb, incident_id = '', storm_id = '', occurr
 WHERE fingerprint = $1
 """
 
+# The usual case, repeats within a life, for a whole batch in one statement: the rows are
+# locked in fingerprint order first (as every batch locks them), then counted, `n` each.
+# No indexed column changes, so PostgreSQL updates the rows in place (HOT).
+_COUNT_DUPLICATES: Final = """
+WITH live AS (
+    SELECT fingerprint FROM gateway.fingerprints
+    WHERE fingerprint = ANY($1::text[]) AND state = 'firing' AND NOT ended
+    ORDER BY fingerprint
+    FOR UPDATE)
+UPDATE gateway.fingerprints f
+SET occurrences = f.occurrences + c.n, uncounted = f.uncounted + c.n, last_seen_at = now()
+FROM unnest($1::text[], $2::bigint[]) AS c(fingerprint, n)
+JOIN live USING (fingerprint)
+WHERE f.fingerprint = c.fingerprint AND f.state = 'firing' AND NOT f.ended
+RETURNING f.fingerprint, f.occurrences, f.incident_id
+"""
+
+# Per (alert name, cluster): its active storm, and its recent starts up to the threshold.
+_STORM_STATES: Final = """
+SELECT g.alert_name, g.cluster,
+       (SELECT s.storm_id FROM gateway.storms s
+        WHERE s.alert_name = g.alert_name AND s.cluster = g.cluster AND s.ended_at IS NULL)
+           AS storm_id,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM gateway.fingerprints f
+            WHERE f.alert_name = g.alert_name AND f.cluster = g.cluster AND f.state = 'firing'
+              AND NOT f.ended AND f.life_started_at > now() - make_interval(secs => $3)
+            LIMIT $4) AS recent) AS recent
+FROM unnest($1::text[], $2::text[]) AS g(alert_name, cluster)
+"""
+
+_INSERT_FINGERPRINTS: Final = """
+INSERT INTO gateway.fingerprints (fingerprint, alert_name, cluster, state, alert)
+SELECT n.fingerprint, n.alert_name, n.cluster, 'firing', n.alert::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+     AS n(fingerprint, alert_name, cluster, alert)
+ORDER BY n.fingerprint
+ON CONFLICT (fingerprint) DO NOTHING
+RETURNING fingerprint
+"""
+
+# New firing alerts, queued in the order given (queue ids keep it), held for $3 seconds.
+_ENQUEUE_FIRING: Final = """
+INSERT INTO gateway.queue (fingerprint, kind, alert, not_before, trace_context)
+SELECT q.fingerprint, 'firing', q.alert::jsonb, now() + make_interval(secs => $3), $4
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(fingerprint, alert, position)
+ORDER BY q.position
+"""
+
 _ACTIVE_STORM: Final = """
 SELECT storm_id FROM gateway.storms WHERE alert_name = $1 AND cluster = $2 AND ended_at IS NULL
 """
@@ -458,15 +522,131 @@ class IntakeStore(PooledStore):
         # Fingerprint -> storm, for alerts of this batch a storm started later in the
         # batch took in.
         joined: dict[str, str] = {}
+        firing, resolving = decision_parts(items)
+        for item in items:
+            if item.freshness.refusal:
+                outcomes[item.index] = refused(item)
+        firing = [item for item in firing if item.index not in outcomes]
         async with self._connection() as conn, conn.transaction():
-            for item in in_decision_order(items):
-                if item.freshness.refusal:
-                    outcomes[item.index] = refused(item)
-                elif item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+            uncounted = await self._count_duplicates(conn, firing, outcomes)
+            one_by_one = await self._start_lives(conn, uncounted, outcomes, trace_context)
+            for item in one_by_one + resolving:
+                if item.index in outcomes:
+                    continue
+                if item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
                     outcomes[item.index] = await self._resolved(conn, item, trace_context)
                 else:
                     outcomes[item.index] = await self._firing(conn, item, joined, trace_context)
         return [as_joined(outcomes[i], joined) for i in range(len(items))]
+
+    async def _count_duplicates(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        firing: Sequence[IntakeItem],
+        outcomes: dict[int, Outcome],
+    ) -> list[IntakeItem]:
+        """Count every firing alert whose fingerprint lives, in one statement; the
+        others, in decision order."""
+        if not firing:
+            return []
+        repeats: dict[str, list[IntakeItem]] = {}
+        for item in firing:
+            repeats.setdefault(item.fingerprint, []).append(item)
+        rows = await conn.fetch(
+            _COUNT_DUPLICATES, list(repeats), [len(group) for group in repeats.values()]
+        )
+        for row in rows:
+            group = repeats[row["fingerprint"]]
+            # Occurrences as each alert was counted, one after the other.
+            first = row["occurrences"] - len(group)
+            for number, item in enumerate(group, start=1):
+                outcomes[item.index] = duplicate(item, first + number, row["incident_id"])
+        return [item for item in firing if item.index not in outcomes]
+
+    async def _start_lives(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        items: Sequence[IntakeItem],
+        outcomes: dict[int, Outcome],
+        trace_context: str,
+    ) -> list[IntakeItem]:
+        """Start the lives of firing alerts no live row counted. The alerts of an alert name
+        and cluster that cannot start a storm even all together (no storm is active, and
+        the recent starts with them stay below the threshold) are started together, in
+        three statements for the whole batch. The others are returned, to be decided one
+        at a time (in decision order), as is any fingerprint the batch holds twice."""
+        if not items:
+            return []
+        settings = self.settings
+        groups: dict[tuple[str, str], list[IntakeItem]] = {}
+        for item in items:
+            groups.setdefault((item.alert.name, item.cluster), []).append(item)
+        counts = Counter(item.fingerprint for item in items)
+        states = await conn.fetch(
+            _STORM_STATES,
+            [name for name, _ in groups],
+            [cluster for _, cluster in groups],
+            settings.storm_window_seconds,
+            settings.storm_threshold,
+        )
+        together: list[IntakeItem] = []
+        for state in states:
+            group = groups[(state["alert_name"], state["cluster"])]
+            if (
+                state["storm_id"] is None
+                and state["recent"] + len(group) < settings.storm_threshold
+                and all(counts[item.fingerprint] == 1 for item in group)
+            ):
+                together += group
+        if not together:
+            return list(items)
+        together.sort(key=lambda i: (i.fingerprint, i.index))
+        alert_jsons = [proto_to_json(flagged(i.alert, i.freshness.flags)) for i in together]
+        inserted = {
+            row["fingerprint"]
+            for row in await conn.fetch(
+                _INSERT_FINGERPRINTS,
+                [i.fingerprint for i in together],
+                [i.alert.name for i in together],
+                [i.cluster for i in together],
+                alert_jsons,
+            )
+        }
+        queued: list[tuple[IntakeItem, str]] = []
+        for item, alert_json in zip(together, alert_jsons, strict=True):
+            if item.fingerprint not in inserted:
+                counted = await self._restart_life(conn, item, alert_json)
+                if counted is not None:
+                    outcomes[item.index] = counted
+                    continue
+            queued.append((item, alert_json))
+        if queued:
+            await conn.execute(
+                _ENQUEUE_FIRING,
+                [item.fingerprint for item, _ in queued],
+                [alert_json for _, alert_json in queued],
+                settings.hold_seconds,
+                trace_context,
+            )
+            for item, _ in queued:
+                outcomes[item.index] = accepted(item)
+        started = {item.index for item in together}
+        return [item for item in items if item.index not in started]
+
+    async def _restart_life(
+        self, conn: asyncpg.pool.PoolConnectionProxy, item: IntakeItem, alert_json: str
+    ) -> Outcome | None:
+        """The fingerprint's row exists (its insert conflicted): a live row means another
+        replica started the life since our first look, and the alert is its duplicate;
+        else a new life starts on the row (None)."""
+        row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
+        assert row is not None  # it conflicted, and rows are only deleted when finished
+        if row["state"] == "firing" and not row["ended"]:
+            counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
+            assert counted is not None  # the row is locked, and live
+            return duplicate(item, counted["occurrences"], counted["incident_id"])
+        await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
+        return None
 
     async def _firing(
         self,
@@ -475,8 +655,6 @@ class IntakeStore(PooledStore):
         joined: dict[str, str],
         trace_context: str,
     ) -> Outcome:
-        # The usual case, a repeat within a life, in one statement (it locks the row). It
-        # changes no indexed column, so PostgreSQL updates the row in place (HOT).
         counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
         if counted is not None:
             return duplicate(item, counted["occurrences"], counted["incident_id"])
@@ -485,14 +663,9 @@ class IntakeStore(PooledStore):
             _INSERT_FINGERPRINT, item.fingerprint, item.alert.name, item.cluster, alert_json
         )
         if row is None:
-            row = await conn.fetchrow(_LOCK_FINGERPRINT, item.fingerprint)
-            assert row is not None  # it conflicted, and rows are only deleted when finished
-            if row["state"] == "firing" and not row["ended"]:
-                # Another replica started its life since our first look.
-                counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
-                assert counted is not None  # the row is locked, and live
-                return duplicate(item, counted["occurrences"], counted["incident_id"])
-            await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
+            repeat = await self._restart_life(conn, item, alert_json)
+            if repeat is not None:
+                return repeat
         settings = self.settings
         name, cluster = item.alert.name, item.cluster
         storm_id = await conn.fetchval(_ACTIVE_STORM, name, cluster)

@@ -101,8 +101,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except IntakeUnavailable as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing was taken: {error}")
             raise
-        if any(o.disposition not in _NOTHING_QUEUED for o in outcomes):
-            self.forwarder.wake()
+        queued = [o.disposition for o in outcomes if o.disposition not in _NOTHING_QUEUED]
+        if queued:
+            # New alerts are held; storm members and resolutions are due at once.
+            held = all(d == remediation_pb2.ALERT_DISPOSITION_ACCEPTED for d in queued)
+            self.forwarder.wake(due_in=self.forwarder.settings.hold_seconds if held else 0.0)
         for outcome in outcomes:
             ALERTS.labels(_disposition_label(outcome)).inc()
         return gateway_pb2.SubmitAlertsResponse(

@@ -195,6 +195,47 @@ async def test_the_first_alert_is_accepted_and_repeats_are_counted_not_queued(
     assert [q["kind"] for q in queued] == ["firing"]
 
 
+async def test_one_batch_decides_each_fingerprints_alerts_in_the_order_they_came(
+    intake: StoreFactory,
+) -> None:
+    store = await intake()
+    [web] = await store.take([alert("web")])
+    outcomes = await store.take(
+        [
+            alert("api"),
+            alert("web"),
+            alert("api"),
+            alert("web"),
+            alert("db"),
+            alert("db", resolved=True),
+            alert("cache", resolved=True),
+            alert("cache"),
+        ]
+    )
+    told = [(o.disposition, o.reason.split(" (")[-1].split(" alerts")[0]) for o in outcomes]
+    assert [d for d, _ in told] == [
+        ACCEPTED,
+        DUPLICATE,
+        DUPLICATE,
+        DUPLICATE,
+        ACCEPTED,
+        IGNORED_RESOLVED,
+        IGNORED_RESOLVED,
+        ACCEPTED,
+    ]
+    # Repeats are counted one after the other: the occurrences so far, in order.
+    assert [n for d, n in told if d == DUPLICATE] == ["2", "2", "3"]
+    assert outcomes[1].fingerprint == web.fingerprint
+    assert "never became work" in outcomes[5].reason
+    assert "nothing of it fires" in outcomes[6].reason
+    queued = await queue_rows(store)
+    assert sorted(q["fingerprint"] for q in queued) == sorted(
+        [web.fingerprint, outcomes[0].fingerprint, outcomes[7].fingerprint]
+    )
+    rows = {r["fingerprint"]: r["occurrences"] for r in await fingerprint_rows(store)}
+    assert (rows[web.fingerprint], rows[outcomes[0].fingerprint]) == (3, 2)
+
+
 async def test_two_replicas_racing_on_identical_batches_accept_each_alert_once(
     intake: StoreFactory,
 ) -> None:
@@ -503,7 +544,7 @@ async def test_redis_answers_as_postgresql_on_a_random_workload(
 ) -> None:
     """The same random alerts and forwarder steps on both backends, one step at a time:
     every answer, and what each keeps, is the same. Row and storm ids differ; storms are
-    compared by their order of appearance."""
+    compared by their order of appearance, claimed rows by fingerprint."""
     settings: dict[str, Any] = {"hold_seconds": 0, "storm_threshold": 3, "retention_seconds": 1e-6}
     postgres = await IntakeStore.connect(
         database_dsn, settings=GatewaySettings(database_url=database_dsn, **settings)
@@ -569,8 +610,10 @@ async def test_redis_answers_as_postgresql_on_a_random_workload(
             elif action == "claim":
                 claimed = await both("claim", 100, 3600)
                 assert len(claimed[0]) == len(claimed[1]), f"step {step}: claim"
-                by_id = [sorted(rows, key=attrgetter("row_id")) for rows in claimed]
-                for pair in zip(*by_id, strict=True):
+                # One row per fingerprint at most; the order of one batch's rows is the
+                # backend's own (PostgreSQL queues the alerts it starts together first).
+                by_fingerprint = [sorted(rows, key=attrgetter("fingerprint")) for rows in claimed]
+                for pair in zip(*by_fingerprint, strict=True):
                     seen = [
                         (
                             q.fingerprint,
