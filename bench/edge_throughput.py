@@ -666,6 +666,8 @@ def start_stack(
     }
     if args.storm_threshold is not None:
         gateway_env["KUBERNAUT_GATEWAY_STORM_THRESHOLD"] = str(args.storm_threshold)
+    # Settings to try, e.g. --set KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=1 (both get them).
+    tried = dict(setting.split("=", 1) for setting in args.set)
     edge_env = {
         **common,
         "KUBERNAUT_METRICS_PORT": "0",
@@ -675,7 +677,9 @@ def start_stack(
         "KUBERNAUT_HTTP_TOKENS": TOKEN,
         "KUBERNAUT_HTTP_RATE_PER_SECOND": str(EDGE_RATE_LIMIT),
         "KUBERNAUT_HTTP_RATE_BURST": str(EDGE_RATE_LIMIT),
+        **tried,
     }
+    gateway_env.update(tried)
     gateway = children.start("gateway", ["-m", "services.cli", "serve", "gateway"], gateway_env)
     bare = children.start(
         "bare",
@@ -1120,6 +1124,8 @@ def run(args: argparse.Namespace) -> int:
                 f"than the run), alert processor at {stack.forward_to} where nothing listens: "
                 "nothing is forwarded, the run measures the door"
             )
+            if args.set:
+                print(f"settings tried: {' '.join(args.set)}")
             print(f"logs: {root / 'logs'}", flush=True)
             plan = (
                 ("bare", "closed", "a"),
@@ -1181,6 +1187,14 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--seed", type=int, default=7)
     top.add_argument(
+        "--set",
+        metavar="KUBERNAUT_X=VALUE",
+        action="append",
+        default=[],
+        help="a setting for the edge and the gateway, to compare (e.g. "
+        "KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=1); repeatable",
+    )
+    top.add_argument(
         "--database-url",
         default=None,
         help="an existing PostgreSQL (a role with CREATEDB); a fresh database is made and "
@@ -1210,6 +1224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.storm_threshold == 0:
         args.storm_threshold = None
+    if any(not s.startswith("KUBERNAUT_") or "=" not in s for s in args.set):
+        print("--set takes KUBERNAUT_NAME=VALUE", file=sys.stderr)
+        return 2
     if not 0 <= args.new_fraction <= 1 or args.alerts_per_request < 1 or args.rate <= 0:
         print("--new-fraction in [0, 1], --alerts-per-request >= 1, --rate > 0", file=sys.stderr)
         return 2

@@ -8,11 +8,16 @@ from __future__ import annotations
 import time
 from typing import Final
 
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_http.security import refusal_response
 from services.gateway.limits import RateLimiter, retry_after_header
+
+_tracer = trace.get_tracer("kubernaut.edge")
 
 REQUESTS: Final = Counter(
     "kubernaut_edge_requests_total",
@@ -50,7 +55,9 @@ def mark_refusal(scope: Scope, result: str) -> None:
 
 
 class Measured:
-    """Outermost: counts every request of `routes` by result and times it."""
+    """Outermost: counts every request of `routes` by result and times it, in a server
+    span that continues the sender's trace (W3C traceparent): the gateway call made for
+    the request carries it on."""
 
     def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
         self.app = app
@@ -69,17 +76,32 @@ class Measured:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = scope["path"]
-            if status < 400:
-                result = "ok"
-            else:
-                refusal = _state(scope).get("refusal")
-                result = str(refusal) if refusal else _RESULT_OF_STATUS.get(status, str(status))
-            REQUESTS.labels(route, result).inc()
-            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+        route = scope["path"]
+        method = scope["method"]
+        with _tracer.start_as_current_span(
+            f"{method} {route}",
+            context=propagate.extract(Headers(scope=scope)),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "http.route": route},
+        ) as span:
+            try:
+                await self.app(scope, receive, recording_send)
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                self._count(scope, status, time.perf_counter() - started)
+
+    @staticmethod
+    def _count(scope: Scope, status: int, seconds: float) -> None:
+        route = scope["path"]
+        if status < 400:
+            result = "ok"
+        else:
+            refusal = _state(scope).get("refusal")
+            result = str(refusal) if refusal else _RESULT_OF_STATUS.get(status, str(status))
+        REQUESTS.labels(route, result).inc()
+        REQUEST_SECONDS.labels(route).observe(seconds)
 
 
 class ConcurrencyCap:

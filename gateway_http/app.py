@@ -1,4 +1,12 @@
-"""The HTTP edge: the only HTTP listener for alerts. It turns webhooks into gateway calls."""
+"""The HTTP edge: the only HTTP listener for alerts. It turns webhooks into gateway calls.
+
+A webhook request takes a short path of plain ASGI steps: measured and traced, the
+concurrency cap, the size limit, the sender (authentication, content type), its rate
+limit, then the webhook itself. FastAPI's routing, dependency and exception layers cost
+more CPU per request than all of those together (bench/edge_throughput), so they serve
+the rest: the OpenAPI document (which describes the webhook routes too), /docs, /healthz,
+and JSON 404s.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +18,25 @@ from typing import Any, Final
 
 import grpc
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.gateway.v1 import gateway_pb2
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway_http.admission import ConcurrencyCap, Measured, SenderRateLimit, mark_refusal
 from gateway_http.grafana import GrafanaWebhook, grafana_to_alerts
-from gateway_http.security import Authenticator, BodyLimit, SenderCheck, refusal_response
+from gateway_http.security import (
+    Authenticator,
+    BodyLimit,
+    SenderCheck,
+    read_body,
+    refusal_response,
+)
 from gateway_http.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
 from services.gateway.limits import RateLimiter
 
@@ -36,13 +52,15 @@ Submit = Callable[[gateway_pb2.SubmitAlertsRequest], Awaitable[gateway_pb2.Submi
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_CONCURRENT = 256
 
-_REFUSALS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "malformed body; the violations name the fields"},
-    401: {"description": "missing or invalid bearer token or signature"},
-    413: {"description": "body over the size limit"},
-    415: {"description": "not application/json"},
-    429: {"description": "the sender is over its rate limit; Retry-After says when to retry"},
-    503: {"description": "not accepted (overloaded, or the gateway is unreachable); retry"},
+_ANSWERS: Final[dict[str, str]] = {
+    "200": "every alert of the body is durably accepted; the outcomes say what became of each",
+    "400": "malformed body; the violations name the fields",
+    "401": "missing or invalid bearer token or signature",
+    "405": "not a POST",
+    "413": "body over the size limit",
+    "415": "not application/json",
+    "429": "the sender is over its rate limit; Retry-After says when to retry",
+    "503": "not accepted (overloaded, or the gateway is unreachable); retry",
 }
 
 
@@ -91,6 +109,7 @@ _WEBHOOKS: Final = (
         "grafana", GRAFANA_PATH, "Grafana unified-alerting webhook", GrafanaWebhook, _grafana_alerts
     ),
 )
+_BY_PATH: Final = {webhook.path: webhook for webhook in _WEBHOOKS}
 
 
 def _outcome(outcome: gateway_pb2.AlertOutcome) -> dict[str, Any]:
@@ -121,85 +140,72 @@ def accepted_body(accepted: int, outcomes: Iterable[gateway_pb2.AlertOutcome]) -
     ).encode()
 
 
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a webhook route (the route parses the body itself)."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _document_bodies(app: FastAPI, models: Iterable[type[BaseModel]]) -> None:
-    """Adds the webhook body models to the OpenAPI document's schemas."""
-    generate = app.openapi
+def _document_webhooks(api: FastAPI) -> None:
+    """Adds the webhook routes, and the models of their bodies, to FastAPI's OpenAPI
+    document (the routes themselves are not FastAPI's, see the module's docstring)."""
+    generate = api.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            # FastAPI's own document, which it keeps as app.openapi_schema.
-            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        if api.openapi_schema is None:
+            document = generate()  # FastAPI keeps it as api.openapi_schema
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for webhook in _WEBHOOKS:
+                schema = webhook.model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
                 schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-        assert app.openapi_schema is not None
-        return app.openapi_schema
+                schemas[webhook.model.__name__] = schema
+                body = {"$ref": f"#/components/schemas/{webhook.model.__name__}"}
+                document.setdefault("paths", {})[webhook.path] = {
+                    "post": {
+                        "summary": webhook.summary,
+                        "operationId": webhook.name,
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": body}},
+                        },
+                        "responses": {
+                            status: {
+                                "description": description,
+                                "content": {"application/json": {"schema": {"type": "object"}}},
+                            }
+                            for status, description in _ANSWERS.items()
+                        },
+                    }
+                }
+        assert api.openapi_schema is not None
+        return api.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(
-    submit: Submit,
-    authenticator: Authenticator | None,
-    *,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    rate_limiter: RateLimiter | None = None,
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
-) -> FastAPI:
-    """The edge's application. `authenticator` None accepts anonymous senders: only for a
-    loopback demo, and the settings make that an explicit choice. `rate_limiter` None (or
-    a rate of 0) and `max_concurrent` 0 turn those limits off."""
-    app = FastAPI(
-        title="Kubernaut HTTP edge",
-        version="1",
-        description=(
-            "Webhooks in: AlertManager (version 4) and Grafana unified alerting. A 200 "
-            "means every alert of the body is durably accepted; its outcome says what "
-            "became of each. Every refusal is a JSON body naming the reason: 400 "
-            "malformed, 401 unauthenticated, 413 too large, 415 not JSON, 429 over the "
-            "sender's rate limit; 503 means retry (nothing was accepted)."
-        ),
-        # FastAPI's own telemetry keeps only the request span (it carries a caller's
-        # traceparent on to the gateway). Its metrics, logs and per-stage spans would repeat
-        # the edge's Prometheus metrics and logs at a fifth of the edge's CPU per request.
-        telemetry={"metrics": False, "logs": False, "operation_spans": False},
-    )
+class WebhookRoutes:
+    """The webhooks themselves, at the end of the short path: the body (read and checked
+    by then) parsed by pydantic straight from its bytes, translated, and submitted."""
 
-    def refused(status: int, why: str) -> None:
-        # The reason names the check, never the presented token.
-        log.info("webhook refused", extra={"status": status, "why": why})
+    def __init__(self, submit: Submit) -> None:
+        self.submit = submit
 
-    # Added last runs first: measuring, the concurrency cap, the size limit, the sender,
-    # its rate limit, then the application.
-    if rate_limiter is not None and rate_limiter.enabled:
-        app.add_middleware(SenderRateLimit, limiter=rate_limiter, routes=WEBHOOK_PATHS)
-    app.add_middleware(
-        SenderCheck, authenticator=authenticator, paths=WEBHOOK_PATHS, on_refusal=refused
-    )
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(ConcurrencyCap, limit=max_concurrent, routes=WEBHOOK_PATHS)
-    app.add_middleware(Measured, routes=WEBHOOK_PATHS)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return refusal_response(error.status_code, error.detail, error.headers)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    async def accept(request: Request, parse: Parse) -> Response:
-        # The body is parsed here, not by FastAPI: pydantic reads the JSON bytes itself,
-        # several times faster than decoding them to Python objects first.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        webhook = _BY_PATH[scope["path"]]
+        if scope["method"] != "POST":
+            refusal = refusal_response(405, "Method Not Allowed", {"Allow": "POST"})
+            await refusal(scope, receive, send)
+            return
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away
         try:
-            translated = parse(await request.body())
+            response = await self.accept(scope, body, webhook.parse)
+        except Exception:
+            # A bug, not the sender's fault: a 5xx makes it send the alerts again.
+            log.exception("webhook failed", extra={"route": scope["path"]})
+            response = JSONResponse({"error": "internal error; retry"}, status_code=500)
+        await response(scope, receive, send)
+
+    async def accept(self, scope: Scope, body: bytes, parse: Parse) -> Response:
+        try:
+            translated = parse(body)
         except ValidationError as error:
             problems = [
                 {"field": ".".join(str(p) for p in e["loc"]), "description": e["msg"]}
@@ -217,35 +223,82 @@ def create_app(
                 status_code=400,
             )
         try:
-            response = await submit(gateway_pb2.SubmitAlertsRequest(alerts=translated))
+            response = await self.submit(gateway_pb2.SubmitAlertsRequest(alerts=translated))
         except grpc.aio.AioRpcError as error:
-            body: dict[str, Any] = {"error": f"{error.code().name}: {error.details()}"}
+            answer: dict[str, Any] = {"error": f"{error.code().name}: {error.details()}"}
             if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
-                body["violations"] = _violations(error)
-                return JSONResponse(body, status_code=400)
+                answer["violations"] = _violations(error)
+                return JSONResponse(answer, status_code=400)
             log.warning("gateway call failed", extra={"code": error.code().name})
-            mark_refusal(request.scope, "unavailable")
+            mark_refusal(scope, "unavailable")
             # 5xx makes AlertManager and Grafana retry: nothing was lost.
-            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+            return JSONResponse(answer, status_code=503, headers={"Retry-After": "1"})
         return Response(
             accepted_body(len(translated), response.outcomes), media_type="application/json"
         )
 
-    def endpoint(parse: Parse) -> Callable[[Request], Awaitable[Response]]:
-        async def webhook_route(request: Request) -> Response:
-            return await accept(request, parse)
 
-        return webhook_route
+class Edge:
+    """The edge's ASGI application: webhook requests take the short path, everything
+    else goes to FastAPI (`api`)."""
 
-    for webhook in _WEBHOOKS:
-        app.add_api_route(
-            webhook.path,
-            endpoint(webhook.parse),
-            methods=["POST"],
-            name=webhook.name,
-            summary=webhook.summary,
-            responses=_REFUSALS,
-            openapi_extra=_json_body(webhook.model),
-        )
-    _document_bodies(app, [webhook.model for webhook in _WEBHOOKS])
-    return app
+    def __init__(self, webhooks: ASGIApp, api: FastAPI) -> None:
+        self.webhooks = webhooks
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in WEBHOOK_PATHS:
+            await self.webhooks(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(
+    submit: Submit,
+    authenticator: Authenticator | None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rate_limiter: RateLimiter | None = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+) -> Edge:
+    """The edge's application. `authenticator` None accepts anonymous senders: only for a
+    loopback demo, and the settings make that an explicit choice. `rate_limiter` None (or
+    a rate of 0) and `max_concurrent` 0 turn those limits off."""
+    api = FastAPI(
+        title="Kubernaut HTTP edge",
+        version="1",
+        description=(
+            "Webhooks in: AlertManager (version 4) and Grafana unified alerting. A 200 "
+            "means every alert of the body is durably accepted; its outcome says what "
+            "became of each. Every refusal is a JSON body naming the reason: 400 "
+            "malformed, 401 unauthenticated, 413 too large, 415 not JSON, 429 over the "
+            "sender's rate limit; 503 means retry (nothing was accepted)."
+        ),
+        # Only documents and health here; webhook requests are measured and traced by the
+        # edge's own first step.
+        telemetry={"metrics": False, "logs": False, "operation_spans": False},
+    )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return refusal_response(error.status_code, error.detail, error.headers)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    _document_webhooks(api)
+
+    def refused(status: int, why: str) -> None:
+        # The reason names the check, never the presented token.
+        log.info("webhook refused", extra={"status": status, "why": why})
+
+    # The short path, from the last step to the first.
+    webhooks: ASGIApp = WebhookRoutes(submit)
+    if rate_limiter is not None and rate_limiter.enabled:
+        webhooks = SenderRateLimit(webhooks, limiter=rate_limiter, routes=WEBHOOK_PATHS)
+    webhooks = SenderCheck(webhooks, authenticator, paths=WEBHOOK_PATHS, on_refusal=refused)
+    webhooks = BodyLimit(webhooks, max_bytes=max_body_bytes)
+    webhooks = ConcurrencyCap(webhooks, limit=max_concurrent, routes=WEBHOOK_PATHS)
+    webhooks = Measured(webhooks, routes=WEBHOOK_PATHS)
+    return Edge(webhooks, api)

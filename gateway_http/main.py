@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 from pathlib import Path
@@ -21,6 +20,7 @@ from services.gateway.limits import RateLimiter
 from services.runtime.clients import Clients
 from services.runtime.logs import configure_logging
 from services.runtime.names import EDGE_ACCOUNT, METRICS_PORT_OFFSET, ServiceName
+from services.runtime.server import freeze_startup_heap
 from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import configure_tracing, start_metrics_server
 
@@ -125,9 +125,7 @@ async def serve_edge(
     # handler that was there before it; a no-op one lets the edge exit 0 like the services.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    # Everything built so far lives as long as the process: keep the collector from
-    # walking it again and again under load.
-    gc.freeze()
+    freeze_startup_heap()
     try:
         await server.serve()
     finally:

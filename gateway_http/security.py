@@ -187,15 +187,9 @@ class SenderCheck:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away
         if self.authenticator is None:
             client = scope.get("client")
             sender = client[0] if client else "anonymous"
@@ -231,6 +225,18 @@ class SenderCheck:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """A request's whole body; None when the client went away before sending it all."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def refusal_response(

@@ -32,7 +32,6 @@ import datetime as dt
 import enum
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,10 +49,11 @@ from services.alerts import (
     MAX_ANNOTATION_VALUE_CHARS,
     MAX_ANNOTATIONS,
     MAX_CLUSTER_CHARS,
+    alert_json,
     fingerprint_of,
     subject_of,
 )
-from services.runtime.database import LazyDatabase, PooledStore, proto_to_json
+from services.runtime.database import LazyDatabase, PooledStore
 from services.runtime.settings import database_url_field
 
 log = logging.getLogger(__name__)
@@ -360,54 +360,12 @@ SET state = 'firing', alert = $2::jsonb, incident_id = '', storm_id = '', occurr
 WHERE fingerprint = $1
 """
 
-# The usual case, repeats within a life, for a whole batch in one statement: the rows are
-# locked in fingerprint order first (as every batch locks them), then counted, `n` each.
-# No indexed column changes, so PostgreSQL updates the rows in place (HOT).
-_COUNT_DUPLICATES: Final = """
-WITH live AS (
-    SELECT fingerprint FROM gateway.fingerprints
-    WHERE fingerprint = ANY($1::text[]) AND state = 'firing' AND NOT ended
-    ORDER BY fingerprint
-    FOR UPDATE)
-UPDATE gateway.fingerprints f
-SET occurrences = f.occurrences + c.n, uncounted = f.uncounted + c.n, last_seen_at = now()
-FROM unnest($1::text[], $2::bigint[]) AS c(fingerprint, n)
-JOIN live USING (fingerprint)
-WHERE f.fingerprint = c.fingerprint AND f.state = 'firing' AND NOT f.ended
-RETURNING f.fingerprint, f.occurrences, f.incident_id
+_TAKE_FIRING: Final = """
+SELECT fingerprint, occurrences, incident_id, started
+FROM gateway.take_firing($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
-
-# Per (alert name, cluster): its active storm, and its recent starts up to the threshold.
-_STORM_STATES: Final = """
-SELECT g.alert_name, g.cluster,
-       (SELECT s.storm_id FROM gateway.storms s
-        WHERE s.alert_name = g.alert_name AND s.cluster = g.cluster AND s.ended_at IS NULL)
-           AS storm_id,
-       (SELECT count(*) FROM (
-            SELECT 1 FROM gateway.fingerprints f
-            WHERE f.alert_name = g.alert_name AND f.cluster = g.cluster AND f.state = 'firing'
-              AND NOT f.ended AND f.life_started_at > now() - make_interval(secs => $3)
-            LIMIT $4) AS recent) AS recent
-FROM unnest($1::text[], $2::text[]) AS g(alert_name, cluster)
-"""
-
-_INSERT_FINGERPRINTS: Final = """
-INSERT INTO gateway.fingerprints (fingerprint, alert_name, cluster, state, alert)
-SELECT n.fingerprint, n.alert_name, n.cluster, 'firing', n.alert::jsonb
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-     AS n(fingerprint, alert_name, cluster, alert)
-ORDER BY n.fingerprint
-ON CONFLICT (fingerprint) DO NOTHING
-RETURNING fingerprint
-"""
-
-# New firing alerts, queued in the order given (queue ids keep it), held for $3 seconds.
-_ENQUEUE_FIRING: Final = """
-INSERT INTO gateway.queue (fingerprint, kind, alert, not_before, trace_context)
-SELECT q.fingerprint, 'firing', q.alert::jsonb, now() + make_interval(secs => $3), $4
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(fingerprint, alert, position)
-ORDER BY q.position
-"""
+# What take_firing raises when another replica started a life it was starting.
+_RACED: Final = "KG409"
 
 _ACTIVE_STORM: Final = """
 SELECT storm_id FROM gateway.storms WHERE alert_name = $1 AND cluster = $2 AND ended_at IS NULL
@@ -505,9 +463,10 @@ class IntakeStore(PooledStore):
         IntakeUnavailable (nothing taken) when the database cannot be reached.
         `trace_context` (a W3C traceparent) is kept with what is queued."""
         items = items_of(alerts, dt.datetime.now(dt.UTC), self.settings)
+        at_once = True
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                return await self._take(items, trace_context)
+                return await self._take(items, trace_context, at_once=at_once)
             except asyncpg.exceptions.DeadlockDetectedError:
                 # Two replicas racing into one storm can lock the same rows in two orders
                 # (a row and the storm's unique index); PostgreSQL undid one transaction
@@ -515,123 +474,86 @@ class IntakeStore(PooledStore):
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise
                 log.info("intake transaction deadlocked; retrying", extra={"attempt": attempt})
+            except asyncpg.PostgresError as error:
+                if error.sqlstate != _RACED or attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                # Nothing was taken; a replica racing on the same new alert is settled
+                # by deciding each alert with its row locked.
+                at_once = False
+                log.info("intake raced another replica; deciding one at a time")
         raise AssertionError("unreachable")
 
-    async def _take(self, items: Sequence[IntakeItem], trace_context: str) -> list[Outcome]:
-        outcomes: dict[int, Outcome] = {}
+    async def _take(
+        self, items: Sequence[IntakeItem], trace_context: str, *, at_once: bool
+    ) -> list[Outcome]:
+        outcomes = {item.index: refused(item) for item in items if item.freshness.refusal}
+        firing, resolving = decision_parts(items)
+        firing = [item for item in firing if item.index not in outcomes]
         # Fingerprint -> storm, for alerts of this batch a storm started later in the
         # batch took in.
         joined: dict[str, str] = {}
-        firing, resolving = decision_parts(items)
-        for item in items:
-            if item.freshness.refusal:
-                outcomes[item.index] = refused(item)
-        firing = [item for item in firing if item.index not in outcomes]
-        async with self._connection() as conn, conn.transaction():
-            uncounted = await self._count_duplicates(conn, firing, outcomes)
-            one_by_one = await self._start_lives(conn, uncounted, outcomes, trace_context)
-            for item in one_by_one + resolving:
-                if item.index in outcomes:
-                    continue
-                if item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
-                    outcomes[item.index] = await self._resolved(conn, item, trace_context)
-                else:
-                    outcomes[item.index] = await self._firing(conn, item, joined, trace_context)
+        async with self._connection() as conn:
+            # The usual batch, in one statement (its own transaction) when it can be.
+            if (
+                at_once
+                and firing
+                and not resolving
+                and await self._take_firing(conn, firing, outcomes, trace_context, partial=False)
+            ):
+                return [outcomes[i] for i in range(len(items))]
+            async with conn.transaction():
+                if at_once and firing:
+                    await self._take_firing(conn, firing, outcomes, trace_context, partial=True)
+                for item in firing + resolving:
+                    if item.index in outcomes:
+                        continue
+                    if item.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
+                        outcomes[item.index] = await self._resolved(conn, item, trace_context)
+                    else:
+                        outcomes[item.index] = await self._firing(conn, item, joined, trace_context)
         return [as_joined(outcomes[i], joined) for i in range(len(items))]
 
-    async def _count_duplicates(
+    async def _take_firing(
         self,
         conn: asyncpg.pool.PoolConnectionProxy,
         firing: Sequence[IntakeItem],
         outcomes: dict[int, Outcome],
-    ) -> list[IntakeItem]:
-        """Count every firing alert whose fingerprint lives, in one statement; the
-        others, in decision order."""
-        if not firing:
-            return []
-        repeats: dict[str, list[IntakeItem]] = {}
-        for item in firing:
-            repeats.setdefault(item.fingerprint, []).append(item)
+        trace_context: str,
+        *,
+        partial: bool,
+    ) -> bool:
+        """Decide firing alerts in one statement (gateway.take_firing, migration 0004):
+        repeats within a life are counted, and new lives start where no storm may start.
+        With `partial` it leaves the others to the caller; without, it decides all or
+        nothing. Whether it decided any."""
+        settings = self.settings
+        by_fingerprint: dict[str, list[IntakeItem]] = {}
+        for item in firing:  # in decision order: fingerprint, then arrival
+            by_fingerprint.setdefault(item.fingerprint, []).append(item)
+        firsts = [group[0] for group in by_fingerprint.values()]
         rows = await conn.fetch(
-            _COUNT_DUPLICATES, list(repeats), [len(group) for group in repeats.values()]
+            _TAKE_FIRING,
+            list(by_fingerprint),
+            [len(group) for group in by_fingerprint.values()],
+            [item.alert.name for item in firsts],
+            [item.cluster for item in firsts],
+            [alert_json(flagged(item.alert, item.freshness.flags)) for item in firsts],
+            settings.hold_seconds,
+            trace_context,
+            settings.storm_window_seconds,
+            settings.storm_threshold,
+            partial,
         )
         for row in rows:
-            group = repeats[row["fingerprint"]]
+            group = by_fingerprint[row["fingerprint"]]
+            if row["started"]:
+                outcomes[group[0].index] = accepted(group[0])
+                continue
             # Occurrences as each alert was counted, one after the other.
             first = row["occurrences"] - len(group)
             for number, item in enumerate(group, start=1):
                 outcomes[item.index] = duplicate(item, first + number, row["incident_id"])
-        return [item for item in firing if item.index not in outcomes]
-
-    async def _start_lives(
-        self,
-        conn: asyncpg.pool.PoolConnectionProxy,
-        items: Sequence[IntakeItem],
-        outcomes: dict[int, Outcome],
-        trace_context: str,
-    ) -> list[IntakeItem]:
-        """Start the lives of firing alerts no live row counted. The alerts of an alert name
-        and cluster that cannot start a storm even all together (no storm is active, and
-        the recent starts with them stay below the threshold) are started together, in
-        three statements for the whole batch. The others are returned, to be decided one
-        at a time (in decision order), as is any fingerprint the batch holds twice."""
-        if not items:
-            return []
-        settings = self.settings
-        groups: dict[tuple[str, str], list[IntakeItem]] = {}
-        for item in items:
-            groups.setdefault((item.alert.name, item.cluster), []).append(item)
-        counts = Counter(item.fingerprint for item in items)
-        states = await conn.fetch(
-            _STORM_STATES,
-            [name for name, _ in groups],
-            [cluster for _, cluster in groups],
-            settings.storm_window_seconds,
-            settings.storm_threshold,
-        )
-        together: list[IntakeItem] = []
-        for state in states:
-            group = groups[(state["alert_name"], state["cluster"])]
-            if (
-                state["storm_id"] is None
-                and state["recent"] + len(group) < settings.storm_threshold
-                and all(counts[item.fingerprint] == 1 for item in group)
-            ):
-                together += group
-        if not together:
-            return list(items)
-        together.sort(key=lambda i: (i.fingerprint, i.index))
-        alert_jsons = [proto_to_json(flagged(i.alert, i.freshness.flags)) for i in together]
-        inserted = {
-            row["fingerprint"]
-            for row in await conn.fetch(
-                _INSERT_FINGERPRINTS,
-                [i.fingerprint for i in together],
-                [i.alert.name for i in together],
-                [i.cluster for i in together],
-                alert_jsons,
-            )
-        }
-        queued: list[tuple[IntakeItem, str]] = []
-        for item, alert_json in zip(together, alert_jsons, strict=True):
-            if item.fingerprint not in inserted:
-                counted = await self._restart_life(conn, item, alert_json)
-                if counted is not None:
-                    outcomes[item.index] = counted
-                    continue
-            queued.append((item, alert_json))
-        if queued:
-            await conn.execute(
-                _ENQUEUE_FIRING,
-                [item.fingerprint for item, _ in queued],
-                [alert_json for _, alert_json in queued],
-                settings.hold_seconds,
-                trace_context,
-            )
-            for item, _ in queued:
-                outcomes[item.index] = accepted(item)
-        started = {item.index for item in together}
-        return [item for item in items if item.index not in started]
+        return bool(rows)
 
     async def _restart_life(
         self, conn: asyncpg.pool.PoolConnectionProxy, item: IntakeItem, alert_json: str
@@ -658,12 +580,12 @@ class IntakeStore(PooledStore):
         counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
         if counted is not None:
             return duplicate(item, counted["occurrences"], counted["incident_id"])
-        alert_json = proto_to_json(flagged(item.alert, item.freshness.flags))
+        stored = alert_json(flagged(item.alert, item.freshness.flags))
         row = await conn.fetchrow(
-            _INSERT_FINGERPRINT, item.fingerprint, item.alert.name, item.cluster, alert_json
+            _INSERT_FINGERPRINT, item.fingerprint, item.alert.name, item.cluster, stored
         )
         if row is None:
-            repeat = await self._restart_life(conn, item, alert_json)
+            repeat = await self._restart_life(conn, item, stored)
             if repeat is not None:
                 return repeat
         settings = self.settings
@@ -684,7 +606,7 @@ class IntakeStore(PooledStore):
                 _ENQUEUE,
                 item.fingerprint,
                 "firing",
-                alert_json,
+                stored,
                 "",
                 "",
                 settings.hold_seconds,
@@ -693,7 +615,7 @@ class IntakeStore(PooledStore):
             return accepted(item)
         await conn.execute(_SET_STORM, item.fingerprint, storm_id)
         await conn.execute(
-            _ENQUEUE, item.fingerprint, "firing", alert_json, storm_id, "", 0.0, trace_context
+            _ENQUEUE, item.fingerprint, "firing", stored, storm_id, "", 0.0, trace_context
         )
         return in_storm(item, storm_id, await conn.fetchval(_STORM_SIZE, storm_id))
 
@@ -757,7 +679,7 @@ class IntakeStore(PooledStore):
             _ENQUEUE,
             item.fingerprint,
             "resolved",
-            proto_to_json(item.alert),
+            alert_json(item.alert),
             row["storm_id"],
             row["incident_id"],
             0.0,

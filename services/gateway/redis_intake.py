@@ -65,6 +65,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
+from services.alerts import alert_json
 from services.gateway.intake import (
     GatewaySettings,
     IntakeItem,
@@ -84,7 +85,7 @@ from services.gateway.intake import (
     resolution_queued,
     storm_id_of,
 )
-from services.runtime.database import proto_to_json, redact_dsn
+from services.runtime.database import redact_dsn
 
 log = logging.getLogger(__name__)
 
@@ -852,7 +853,7 @@ class RedisIntake:
                 "firing" if firing else "resolved",
                 item.alert.name,
                 item.cluster,
-                proto_to_json(alert),
+                alert_json(alert),
                 storm_id if firing else "",
             ]
             decided.append(item)

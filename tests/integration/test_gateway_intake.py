@@ -29,6 +29,7 @@ from services.gateway.intake import (
     IntakeUnavailable,
     Outcome,
     QueuedAlert,
+    items_of,
 )
 from services.gateway.redis_intake import RedisIntake, RedisIntakeSource
 from services.runtime.database import redact_dsn
@@ -710,3 +711,36 @@ async def test_replicas_racing_into_one_storm_never_fail(intake: StoreFactory) -
         )
         news = [o for o in left[2:] + right[2:]]
         assert all(o.disposition == STORM for o in news), [(o.disposition, o.reason) for o in news]
+
+
+async def test_a_replica_that_starts_a_life_another_just_started_counts_its_alert(
+    database_dsn: str,
+) -> None:
+    """PostgreSQL decides a batch's firing alerts in one statement; when another replica
+    inserts one of its new fingerprints between that statement's look and its own insert,
+    the statement changes nothing and the batch is taken again one alert at a time."""
+    settings = GatewaySettings(database_url=database_dsn, hold_seconds=0)
+    first = await IntakeStore.connect(database_dsn, settings=settings)
+    second = await IntakeStore.connect(database_dsn, settings=settings)
+    await first.migrate()
+    try:
+        racing = alert("raced")
+        [item] = items_of([racing], dt.datetime.now(dt.UTC), settings)
+        async with first._connection() as conn, conn.transaction():
+            outcomes: dict[int, Outcome] = {}
+            assert await first._take_firing(conn, [item], outcomes, "", partial=True)
+            assert outcomes[0].disposition == ACCEPTED
+            # The other replica looks now (nothing committed yet) and waits on the row.
+            taking = asyncio.create_task(second.take([racing, alert("alone")]))
+            await asyncio.sleep(0.5)
+            assert not taking.done()
+        counted, alone = await taking
+        assert (counted.disposition, alone.disposition) == (DUPLICATE, ACCEPTED)
+        assert "2 alerts so far" in counted.reason
+        queued = await queue_rows(first)
+        assert sorted(q["fingerprint"] for q in queued) == sorted(
+            [item.fingerprint, alone.fingerprint]
+        )
+    finally:
+        await first.close()
+        await second.close()

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.gateway.v1 import gateway_pb2
+from opentelemetry import trace
 from prometheus_client import REGISTRY
 
 from gateway_http.app import ALERTMANAGER_PATH, GRAFANA_PATH, create_app
@@ -184,6 +185,32 @@ async def test_requests_are_counted_by_result_and_timed() -> None:
     assert REGISTRY.get_sample_value(
         "kubernaut_edge_request_seconds_count", {"route": GRAFANA_PATH}
     ) == (timed + 2)
+
+
+async def test_the_gateway_call_continues_the_senders_trace() -> None:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    seen: list[str] = []
+
+    async def gateway(request: gateway_pb2.SubmitAlertsRequest) -> gateway_pb2.SubmitAlertsResponse:
+        # What the client interceptor sends on as the call's traceparent.
+        seen.append(format(trace.get_current_span().get_span_context().trace_id, "032x"))
+        return gateway_pb2.SubmitAlertsResponse()
+
+    app = create_app(gateway, Authenticator.of(TOKENS))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as client:
+        answer = await client.post(
+            ALERTMANAGER_PATH,
+            content=webhook(),
+            headers={
+                "Authorization": f"Bearer {TOKENS[0]}",
+                "Content-Type": "application/json",
+                "traceparent": f"00-{trace_id}-b7ad6b7169203331-01",
+            },
+        )
+    assert answer.status_code == 200, answer.text
+    assert seen == [trace_id]
 
 
 def firing(started: dt.datetime, status: int = alert_pb2.ALERT_STATUS_FIRING) -> alert_pb2.Alert:
