@@ -24,7 +24,7 @@ from kubernaut.executor.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.server import ExecutorServicer
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients, channel_credentials
-from services.runtime.names import ServiceName, all_accounts
+from services.runtime.names import OPERATOR_ACCOUNT, ServiceName, all_accounts
 from services.runtime.server import server_credentials, start_service
 from services.runtime.settings import RuntimeSettings
 
@@ -62,8 +62,9 @@ async def main(calls: int, concurrency: int) -> None:
         settings = RuntimeSettings(certs_dir=certs, state_dir=certs, grpc_port=0, metrics_port=0)
 
         full = await start_service(ServiceName.EXECUTOR, settings, serve_metrics=False)
+        # An operator (grpcurl, the CLI) lists the catalogue; services describe one action.
         clients = Clients(
-            settings, ServiceName.WORKFLOW.account, addresses={ServiceName.EXECUTOR: full.address}
+            settings, OPERATOR_ACCOUNT, addresses={ServiceName.EXECUTOR: full.address}
         )
         full_rate, full_latencies = await measure(
             clients.stub(executor_pb2_grpc.ExecutorServiceStub), calls, concurrency
@@ -78,7 +79,7 @@ async def main(calls: int, concurrency: int) -> None:
         )
         await bare.start()
         channel = grpc.aio.secure_channel(
-            f"localhost:{port}", channel_credentials(settings, "workflow")
+            f"localhost:{port}", channel_credentials(settings, OPERATOR_ACCOUNT)
         )
         bare_rate, bare_latencies = await measure(
             executor_pb2_grpc.ExecutorServiceStub(channel), calls, concurrency

@@ -51,7 +51,9 @@ class EdgeSettings(BaseSettings):
     # Requests in progress at once, over all senders; beyond it 503. 0 turns it off.
     max_concurrent: int = Field(default=DEFAULT_MAX_CONCURRENT, ge=0)
     # Calls to the gateway at once; webhooks arriving meanwhile go together in the next.
-    max_gateway_calls: int = Field(default=2, ge=1)
+    # One gives the largest batches: the least CPU per alert and the shortest tail under
+    # load (bench/edge_throughput --set KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=2 compares).
+    max_gateway_calls: int = Field(default=1, ge=1)
     # Where /metrics is served (not on the webhook port: that one faces the senders).
     # Unset: KUBERNAUT_PORT_BASE + 100 + 10, after the ten services'. 0: any free port.
     metrics_port: int | None = None
