@@ -12,7 +12,7 @@ from kubernaut.common.v1 import alert_pb2
 
 from services.alerts import alert_json
 
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 
 
 def every_field_set() -> alert_pb2.Alert:
@@ -24,10 +24,10 @@ def every_field_set() -> alert_pb2.Alert:
             getattr(alert, field.name)["key-" + field.name] = "value ünï " + field.name
         elif field.message_type is Timestamp.DESCRIPTOR:
             getattr(alert, field.name).FromNanoseconds(1_764_158_400_123_456_789 + field.number)
-        elif field.type == FieldDescriptor.TYPE_ENUM:
+        elif field.enum_type is not None:
             setattr(alert, field.name, field.enum_type.values[-1].number)
         elif field.type == FieldDescriptor.TYPE_STRING:
-            setattr(alert, field.name, f"{field.name} \"quoted\" \\ ü")
+            setattr(alert, field.name, f'{field.name} "quoted" \\ ü')
         else:
             raise AssertionError(f"Alert.{field.name}: a field kind this test cannot set")
     return alert
