@@ -15,6 +15,7 @@ from operator import attrgetter
 from random import Random
 from typing import Any
 
+import asyncpg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -744,3 +745,54 @@ async def test_a_replica_that_starts_a_life_another_just_started_counts_its_aler
     finally:
         await first.close()
         await second.close()
+
+
+async def test_counting_duplicates_reads_by_key_though_planned_on_an_empty_table(
+    database_dsn: str,
+) -> None:
+    """A connection keeps the plans it made for take_firing's statements; a gateway's first
+    call makes them on an empty table. Counting duplicates must still read the rows by key
+    once the table has grown: no sequential scan, and not the storm index (whose scan grows
+    with every firing fingerprint of the alert name)."""
+    settings = GatewaySettings(database_url=database_dsn, hold_seconds=0)
+    store = await IntakeStore.connect(database_dsn, settings=settings)
+    await store.migrate()
+    await store.close()
+    conn = await asyncpg.connect(database_dsn)
+    # Counters read as they are now, not as the transaction first saw them.
+    await conn.execute("SET stats_fetch_consistency = none")
+
+    async def take(fingerprints: list[str]) -> list[asyncpg.Record]:
+        count = len(fingerprints)
+        return await conn.fetch(
+            "SELECT * FROM gateway.take_firing($1, $2, $3, $4, $5, 0, '', 60, 1000000, false)",
+            fingerprints,
+            [1] * count,
+            ["KubePodCrashLooping"] * count,
+            [""] * count,
+            ['{"name": "KubePodCrashLooping"}'] * count,
+        )
+
+    async def reads() -> tuple[int, int]:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        row = await conn.fetchrow(
+            """
+            SELECT t.seq_scan, i.idx_scan AS by_name
+            FROM pg_stat_user_tables t, pg_stat_user_indexes i
+            WHERE t.relid = 'gateway.fingerprints'::regclass
+              AND i.indexrelid = 'gateway.fingerprints_by_name'::regclass
+            """
+        )
+        assert row is not None
+        return row["seq_scan"], row["by_name"]
+
+    try:
+        assert [r["started"] for r in await take(["first"])] == [True]  # plans made here
+        for start in range(0, 2000, 500):
+            await take([f"fp-{n:05d}" for n in range(start, start + 500)])
+        before = await reads()
+        counted = await take([f"fp-{n:05d}" for n in range(0, 2000, 100)])
+        assert [(r["started"], r["occurrences"]) for r in counted] == [(False, 2)] * 20
+        assert await reads() == before
+    finally:
+        await conn.close()
