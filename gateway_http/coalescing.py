@@ -71,9 +71,20 @@ class Coalescer:
             call.add_done_callback(self._calls.discard)
 
     async def _send(self, batch: list[_Waiting]) -> None:
+        released = False
+
+        def release() -> None:
+            # The slot frees as soon as the gateway answered: the next batch leaves before
+            # this one's webhooks are answered, so the gateway is idle for less time.
+            nonlocal released
+            if not released:
+                released = True
+                self._in_flight -= 1
+                self._send_what_waits()
+
         try:
             if len(batch) == 1:
-                await _answer(batch[0], self._submit(batch[0].request))
+                await _answer(batch[0], self._submit(batch[0].request), release)
                 return
             combined = gateway_pb2.SubmitAlertsRequest(
                 alerts=[alert for waiting in batch for alert in waiting.request.alerts]
@@ -82,6 +93,7 @@ class Coalescer:
                 response = await self._submit(combined)
             except grpc.aio.AioRpcError as error:
                 if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+                    release()
                     for waiting in batch:
                         _settle(waiting, error=error)
                     return
@@ -94,6 +106,7 @@ class Coalescer:
                 for waiting in batch:
                     _settle(waiting, error=error)
                 raise
+            release()
             start = 0
             for waiting in batch:
                 count = len(waiting.request.alerts)
@@ -103,16 +116,22 @@ class Coalescer:
                 _settle(waiting, gateway_pb2.SubmitAlertsResponse(outcomes=outcomes))
                 start += count
         finally:
-            self._in_flight -= 1
-            self._send_what_waits()
+            release()
 
 
-async def _answer(waiting: _Waiting, call: Awaitable[gateway_pb2.SubmitAlertsResponse]) -> None:
+async def _answer(
+    waiting: _Waiting,
+    call: Awaitable[gateway_pb2.SubmitAlertsResponse],
+    answered: Callable[[], None] = lambda: None,
+) -> None:
+    """Settle `waiting` with what `call` gives; `answered` runs first, once it gave it."""
     try:
         response = await call
     except Exception as error:
+        answered()
         _settle(waiting, error=error)
     else:
+        answered()
         _settle(waiting, response)
 
 

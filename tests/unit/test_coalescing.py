@@ -72,6 +72,35 @@ async def test_an_idle_edge_sends_at_once_and_a_busy_one_batches() -> None:
     assert [fingerprints(a) for a in answers] == [[(0, "b"), (1, "c")], [(0, "d")]]
 
 
+@pytest.mark.parametrize("first_batch", [["a"], ["a", "b"]])
+async def test_the_next_batch_leaves_before_the_last_ones_webhooks_are_answered(
+    first_batch: list[str],
+) -> None:
+    gateway = Gateway()
+    coalescer = Coalescer(gateway, max_in_flight=1)
+    # How many calls the gateway had received when each webhook heard back.
+    calls_when_answered: dict[str, int] = {}
+
+    async def webhook(name: str) -> None:
+        await coalescer(request(name))
+        calls_when_answered[name] = len(gateway.calls)
+
+    blocker = asyncio.create_task(webhook("blocker"))
+    await asyncio.sleep(0)
+    firsts = [asyncio.create_task(webhook(name)) for name in first_batch]
+    await asyncio.sleep(0)
+    held, gateway.release = gateway.release, asyncio.Event()  # the next call waits
+    held.set()
+    await blocker
+    nexts = [asyncio.create_task(webhook(name)) for name in ("x", "y")]
+    await asyncio.sleep(0)
+    gateway.release.set()
+    await asyncio.gather(*firsts, *nexts)
+    assert gateway.calls == [["blocker"], first_batch, ["x", "y"]]
+    assert calls_when_answered["blocker"] == 2
+    assert {calls_when_answered[name] for name in first_batch} == {3}
+
+
 async def test_a_batch_never_exceeds_the_alert_limit() -> None:
     gateway = Gateway()
     coalescer = Coalescer(gateway, max_in_flight=1, max_alerts=3)
