@@ -1056,6 +1056,22 @@ def report(phases: dict[str, Phase], args: argparse.Namespace, counts: dict[str,
             f"(ours {ours:.2f}, others {max(0.0, busy / wall - ours):.2f})"
         )
 
+    # What the throughput ratio could be if CPU were all that bound it: each closed loop
+    # keeping every core busy at the CPU it spent per request (load generator included).
+    cores = os.cpu_count() or 1
+    ceilings = {
+        name: cores * phases[name].result.ok / spent
+        for name in ("bare-closed", "edge-closed")
+        if (spent := sum(phases[name].cpu.values())) > 0
+    }
+    if len(ceilings) == 2:
+        print(
+            f"at that CPU per request, {cores} busy cores serve at most "
+            f"{ceilings['bare-closed']:.0f} requests/s bare and {ceilings['edge-closed']:.0f} "
+            f"through the edge: a ratio of {ceilings['edge-closed'] / ceilings['bare-closed']:.2f} "
+            "at best"
+        )
+
     if any(phase.profile for phase in phases.values()):
         print()
         print(
