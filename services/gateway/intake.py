@@ -407,7 +407,11 @@ RETURNING fingerprint
 
 _SET_STORM: Final = "UPDATE gateway.fingerprints SET storm_id = $2 WHERE fingerprint = $1"
 
-_STORM_SIZE: Final = "SELECT count(*) FROM gateway.fingerprints WHERE storm_id = $1"
+# `storm_id <> ''` names the partial index's predicate, so that a generic plan (one made for
+# any $1) may read it.
+_STORM_SIZE: Final = (
+    "SELECT count(*) FROM gateway.fingerprints WHERE storm_id = $1 AND storm_id <> ''"
+)
 
 _ENQUEUE: Final = """
 INSERT INTO gateway.queue (fingerprint, kind, alert, storm_id, incident_id, not_before,
@@ -432,7 +436,8 @@ _END_STORM_IF_QUIET: Final = """
 UPDATE gateway.storms SET ended_at = now()
 WHERE storm_id = $1 AND ended_at IS NULL
   AND NOT EXISTS (
-      SELECT 1 FROM gateway.fingerprints WHERE storm_id = $1 AND state = 'firing' AND NOT ended)
+      SELECT 1 FROM gateway.fingerprints
+      WHERE storm_id = $1 AND storm_id <> '' AND state = 'firing' AND NOT ended)
 """
 
 # A firing row of the fingerprint that a forwarder took (or is taking) already.

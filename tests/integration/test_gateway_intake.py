@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from services.devstack.processes import free_port
+from services.gateway import intake as intake_module
 from services.gateway.intake import (
     FLAGS_ANNOTATION,
     FreshnessPolicy,
@@ -794,5 +795,25 @@ async def test_counting_duplicates_reads_by_key_though_planned_on_an_empty_table
         counted = await take([f"fp-{n:05d}" for n in range(0, 2000, 100)])
         assert [(r["started"], r["occurrences"]) for r in counted] == [(False, 2)] * 20
         assert await reads() == before
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("query", ["_STORM_SIZE", "_END_STORM_IF_QUIET"])
+async def test_a_storms_members_are_found_through_their_index(
+    database_dsn: str, query: str
+) -> None:
+    """Storm sizes are counted per member alert: through the partial index on storm_id,
+    also in a plan made for any storm (a prepared statement's generic plan)."""
+    settings = GatewaySettings(database_url=database_dsn, hold_seconds=0)
+    store = await IntakeStore.connect(database_dsn, settings=settings)
+    await store.migrate()
+    await store.close()
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
+        await conn.execute(f"PREPARE storm_query(text) AS {getattr(intake_module, query)}")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE storm_query('s-1')"))
+        assert "fingerprints_by_storm" in plan, plan
     finally:
         await conn.close()
