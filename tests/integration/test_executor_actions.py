@@ -94,11 +94,25 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
 
 
 def unchanged(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """Nothing of the object changed. Nodes' resourceVersion moves with every heartbeat,
-    so for them the content is compared; for the rest, the resourceVersion."""
+    """Nothing an action could do to the object happened: the same object (uid), not being
+    deleted, the same content (spec and labels, see content_of) and, but for nodes, the
+    same annotations other than the ones Kubernetes' controllers keep. Not the
+    resourceVersion: it moves with the status, which controllers update on their own
+    schedule (a node's heartbeat; a Deployment's conditions a moment after its rollout)."""
+    identity = [
+        (obj["metadata"]["uid"], obj["metadata"].get("deletionTimestamp"))
+        for obj in (before, after)
+    ]
+    if identity[0] != identity[1] or changed(before, after):
+        return False
     if before.get("kind") == "Node" or "nodeInfo" in (before.get("status") or {}):
-        return changed(before, after) == set()
-    return bool(before["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"])
+        return True
+    return _annotations(before) == _annotations(after)
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return {k: v for k, v in annotations.items() if not k.startswith("deployment.kubernetes.io/")}
 
 
 async def wait_for(
