@@ -4,6 +4,7 @@ lines that README.md shows operators."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import re
@@ -54,9 +55,12 @@ async def test_readme_grpcurl_line(
     stack: InProcessStack, pki: Path, grpcurl: str, line: str
 ) -> None:
     by_default_port = {service.default_grpc_port: service for service in ServiceName}
+    # What the README's `NOW=$(date -u ...)` line gives the shell.
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     args: list[str] = []
     service = None
     for token in shlex.split(line)[1:]:
+        token = token.replace("$NOW", now)
         if token == "$TLS":
             args += [
                 "-cacert",
@@ -89,3 +93,5 @@ async def test_readme_grpcurl_line(
         assert isinstance(reply, dict)
         # Each README call shows a real result, not an empty reply.
         assert reply, f"{line} answered nothing"
+        # An example alert the gateway refuses (stale, say) shows operators nothing useful.
+        assert "REFUSED" not in output, output
