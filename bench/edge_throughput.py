@@ -75,6 +75,10 @@ HOLD_SECONDS: Final = 24 * 3600.0
 EDGE_RATE_LIMIT: Final = 1_000_000
 # The open loop waits this long after its last send for the answers still due.
 DRAIN_SECONDS: Final = 5.0
+# New alerts stay on the ordinary path: the bench's new pod alerts, of few alert names,
+# are storms by the production threshold (10 a minute), whose members are forwarded at
+# once and keep the forwarder busy failing (nothing listens).
+STORM_THRESHOLD: Final = 1_000_000
 UNANSWERED: Final = f"unanswered {DRAIN_SECONDS:g} s after the last send"
 DISPOSITIONS: Final = ("ACCEPTED", "DUPLICATE", "STORM", "REFUSED", "IGNORED_RESOLVED")
 
@@ -638,12 +642,24 @@ def _wait_http(url: str, children: Children, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def start_stack(
-    root: Path, dsn: str, postgres_pid: int | None, children: Children, args: argparse.Namespace
-) -> Stack:
+@dataclass
+class Gateway:
+    """`kubernaut serve gateway` as the bench runs it, and how to reach it."""
+
+    child: Child
+    address: str
+    settings: RuntimeSettings  # the run's certificates, for clients
+    common_env: dict[str, str]  # what the edge shares with it
+    forward_to: str  # where its forwarder sends: nothing listens there
+
+
+def start_gateway(root: Path, dsn: str, children: Children, args: argparse.Namespace) -> Gateway:
+    """The gateway under mTLS on a fresh PKI, SERVING on `dsn`, holding new alerts for
+    longer than any run (nothing is forwarded), with `args.storm_threshold` and the
+    `args.set` settings."""
     certs = root / "certs"
     init_dev_pki(certs, all_accounts(), trust_domain="cluster.local", namespace="kubernaut")
-    gateway_port, edge_port, bare_port = free_port(), free_port(), free_port()
+    gateway_port = free_port()
     # Nothing listens there: the forwarder (held anyway) and duplicate counting go nowhere.
     nowhere = f"localhost:{free_port()}"
     common = {
@@ -666,10 +682,27 @@ def start_stack(
     }
     if args.storm_threshold is not None:
         gateway_env["KUBERNAUT_GATEWAY_STORM_THRESHOLD"] = str(args.storm_threshold)
-    # Settings to try, e.g. --set KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=1 (both get them).
-    tried = dict(setting.split("=", 1) for setting in args.set)
+    # Settings to try, e.g. --set KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=1 (the edge gets them too).
+    gateway_env.update(setting.split("=", 1) for setting in args.set)
+    child = children.start("gateway", ["-m", "services.cli", "serve", "gateway"], gateway_env)
+    settings = RuntimeSettings(state_dir=root / "state", certs_dir=certs, transport=Transport.MTLS)
+    address = f"localhost:{gateway_port}"
+    asyncio.run(_wait_gateway(settings, address, children))
+    return Gateway(child, address, settings, common, nowhere)
+
+
+def start_stack(
+    root: Path, dsn: str, postgres_pid: int | None, children: Children, args: argparse.Namespace
+) -> Stack:
+    edge_port, bare_port = free_port(), free_port()
+    bare = children.start(
+        "bare",
+        ["-m", "bench.edge_throughput", "--serve-bare", str(bare_port)],
+        base_env(),
+    )
+    gateway = start_gateway(root, dsn, children, args)
     edge_env = {
-        **common,
+        **gateway.common_env,
         "KUBERNAUT_METRICS_PORT": "0",
         "KUBERNAUT_HTTP_HOST": "127.0.0.1",
         "KUBERNAUT_HTTP_PORT": str(edge_port),
@@ -677,26 +710,17 @@ def start_stack(
         "KUBERNAUT_HTTP_TOKENS": TOKEN,
         "KUBERNAUT_HTTP_RATE_PER_SECOND": str(EDGE_RATE_LIMIT),
         "KUBERNAUT_HTTP_RATE_BURST": str(EDGE_RATE_LIMIT),
-        **tried,
+        **dict(setting.split("=", 1) for setting in args.set),
     }
-    gateway_env.update(tried)
-    gateway = children.start("gateway", ["-m", "services.cli", "serve", "gateway"], gateway_env)
-    bare = children.start(
-        "bare",
-        ["-m", "bench.edge_throughput", "--serve-bare", str(bare_port)],
-        base_env(),
-    )
-    settings = RuntimeSettings(state_dir=root / "state", certs_dir=certs, transport=Transport.MTLS)
-    asyncio.run(_wait_gateway(settings, f"localhost:{gateway_port}", children))
     edge = children.start("edge", ["-m", "services.cli", "serve", "gateway-http"], edge_env)
     edge_url = f"http://127.0.0.1:{edge_port}"
     bare_url = f"http://127.0.0.1:{bare_port}"
     _wait_http(edge_url, children)
     _wait_http(bare_url, children)
-    roots = {"edge": edge.popen.pid, "gateway": gateway.popen.pid, "bare": bare.popen.pid}
+    roots = {"edge": edge.popen.pid, "gateway": gateway.child.popen.pid, "bare": bare.popen.pid}
     if postgres_pid is not None:
         roots["postgres"] = postgres_pid
-    return Stack(children, edge_url, bare_url, dsn, roots, gateway, edge, nowhere)
+    return Stack(children, edge_url, bare_url, dsn, roots, gateway.child, edge, gateway.forward_to)
 
 
 @contextlib.contextmanager
@@ -1195,7 +1219,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--storm-threshold",
         type=int,
-        default=1_000_000,
+        default=STORM_THRESHOLD,
         help="the gateway's storm threshold (KUBERNAUT_GATEWAY_STORM_THRESHOLD); the default "
         "keeps new alerts on the ordinary path (100 new pod alerts/s of six alert names is "
         "a storm by the production threshold of 10 a minute); 0 keeps the production value, and "

@@ -57,3 +57,11 @@ def test_the_edge_bench_runs_and_every_request_is_answered() -> None:
     assert "edge p99 at 50 alerts/s" in printed
     # Nothing refused or unanswered in any measurement.
     assert "errors of" not in printed, printed
+
+
+def test_the_gateway_calls_bench_runs() -> None:
+    printed = run(
+        "-m", "bench.gateway_calls", "--calls", "20", "--sizes", "1,8", "--fingerprints", "50"
+    )
+    assert "fitted: CPU ms = fixed per call + per alert x alerts" in printed
+    assert "a webhook of one alert in a call of 16" in printed
