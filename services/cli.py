@@ -167,6 +167,28 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return asyncio.run(list_incidents(settings, args.limit))
 
 
+def cmd_workflows(args: argparse.Namespace) -> int:
+    from services.runtime.clients import Clients
+    from services.workflows import decide_workflow, show_workflow
+
+    if args.action != "show" and not (args.by or "").strip():
+        print(f"kubernaut workflows {args.action}: --by NAME says who decides", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        clients = Clients(RuntimeSettings())
+        try:
+            if args.action == "show":
+                return await show_workflow(clients, args.workflow_id)
+            return await decide_workflow(
+                clients, args.workflow_id, args.action, args.by, args.reason
+            )
+        finally:
+            await clients.close()
+
+    return asyncio.run(run())
+
+
 def cmd_render_istio(args: argparse.Namespace) -> int:
     from services.runtime.istio import render
 
@@ -220,6 +242,15 @@ def parser() -> argparse.ArgumentParser:
     incidents.add_argument("incident_id", nargs="?")
     incidents.add_argument("--limit", type=int, default=20)
     incidents.set_defaults(func=cmd_incidents)
+
+    workflows = commands.add_parser(
+        "workflows", help="a workflow's steps; approve or reject one that waits (over gRPC)"
+    )
+    workflows.add_argument("action", choices=["show", "approve", "reject"])
+    workflows.add_argument("workflow_id", help="a workflow id (show: or its incident's id)")
+    workflows.add_argument("--by", help="who decides (approve, reject): kept on the workflow")
+    workflows.add_argument("--reason", default="", help="why, in a sentence")
+    workflows.set_defaults(func=cmd_workflows)
 
     demo = commands.add_parser(
         "demo", help="everything up, a bad rollout, and Kubernaut fixing it, live"

@@ -44,6 +44,7 @@ from services.runtime.database import replica_id
 from services.runtime.logs import incident_id_var
 from services.workflow.store import (
     Claim,
+    Decision,
     LeaseLost,
     State,
     Step,
@@ -223,6 +224,25 @@ class WorkflowEngine:
 
     async def get(self, workflow_id: str) -> Workflow | None:
         return await (await self._store()).get(workflow_id)
+
+    async def decide(
+        self, workflow_id: str, decision: Decision, approver: str, reason: str
+    ) -> tuple[Workflow, bool] | None:
+        """Record a person's decision on a workflow that waits for approval and wake the
+        runner to carry it out (see WorkflowStore.decide). StoreUnavailable when the
+        database is down, NotWaitingApproval when the workflow does not wait."""
+        decided = await (await self._store()).decide(workflow_id, decision, approver, reason)
+        if decided is not None and decided[1]:
+            log.info(
+                "approval decided",
+                extra={
+                    "workflow_id": workflow_id,
+                    "decision": decision.name.lower(),
+                    "approver": approver,
+                },
+            )
+            self.wake()
+        return decided
 
     async def get_by_incident(self, incident_id: str) -> Workflow | None:
         return await (await self._store()).get_by_incident(incident_id)
@@ -458,6 +478,24 @@ class WorkflowRun:
         plan = workflow.plan
         group = [s for s in workflow.steps if s.kind in ACTING_KINDS and not s.state.finished]
         where = _where(plan.target)
+        rejection = next(
+            (
+                s.message
+                for s in workflow.steps
+                if s.kind == K.STEP_KIND_APPROVAL and s.state is Decision.REJECT.value
+            ),
+            None,
+        )
+        if rejection is not None:
+            # A person said no: nothing acts, the incident closes, NOTIFY tells people.
+            await self._close_incident(
+                workflow, storage_pb2.INCIDENT_STATUS_NO_ACTION, f"not acting: {rejection}"
+            )
+            await self._save(
+                [StepChange(s.index, StepStatus.SKIPPED, f"not run: {rejection}") for s in group],
+                WorkflowChange(result=State.REFUSED, message=f"not acting: {rejection}"),
+            )
+            return
         await self._start(group)
         outcome = workflow.outcome
         outcome_message = workflow.outcome_message

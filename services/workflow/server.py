@@ -30,7 +30,17 @@ from services.workflow.engine import (
     WorkflowEngine,
 )
 from services.workflow.planning import PlanningSettings, plan
-from services.workflow.store import StoreUnavailable, WorkflowDatabase
+from services.workflow.store import (
+    Decision,
+    NotWaitingApproval,
+    StoreUnavailable,
+    WorkflowDatabase,
+)
+
+_DECISIONS = {
+    workflow_pb2.APPROVAL_DECISION_APPROVE: Decision.APPROVE,
+    workflow_pb2.APPROVAL_DECISION_REJECT: Decision.REJECT,
+}
 
 
 @contextlib.asynccontextmanager
@@ -162,6 +172,28 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             )
             raise AssertionError("unreachable")  # abort raises
         return workflow_pb2.GetWorkflowResponse(workflow=workflow.to_proto())
+
+    async def DecideApproval(
+        self, request: workflow_pb2.DecideApprovalRequest, context: Any
+    ) -> workflow_pb2.DecideApprovalResponse:
+        try:
+            async with unavailable_as_status(context, StoreUnavailable):
+                decided = await self.engine.decide(
+                    request.workflow_id,
+                    _DECISIONS[request.decision],  # validation allows only these
+                    request.approver.strip(),
+                    request.reason.strip(),
+                )
+        except NotWaitingApproval as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise AssertionError("unreachable") from error  # abort raises
+        if decided is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no workflow for workflow_id {request.workflow_id}"
+            )
+            raise AssertionError("unreachable")  # abort raises
+        workflow, new = decided
+        return workflow_pb2.DecideApprovalResponse(workflow=workflow.to_proto(), decided=new)
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:

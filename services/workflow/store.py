@@ -79,6 +79,22 @@ class LeaseLost(WorkflowStoreError):
     """This runner no longer holds the workflow's lease: another runner took it over."""
 
 
+class NotWaitingApproval(WorkflowStoreError):
+    """An approval decision on a workflow that does not wait for one."""
+
+
+class Decision(enum.Enum):
+    """A person's decision on a workflow that waits for approval: what its approval step
+    becomes (DONE lets the workflow act; FAILED makes it refuse without acting)."""
+
+    APPROVE = StepStatus.DONE
+    REJECT = StepStatus.FAILED
+
+    @property
+    def verb(self) -> str:
+        return "approved" if self is Decision.APPROVE else "rejected"
+
+
 @dataclass(frozen=True)
 class Step:
     index: int
@@ -268,6 +284,58 @@ class WorkflowStore(PooledStore):
         )
         return _workflow(row, steps)
 
+    async def decide(
+        self, workflow_id: str, decision: Decision, approver: str, reason: str
+    ) -> tuple[Workflow, bool] | None:
+        """Record `decision` on a workflow that waits for approval: its approval step
+        finishes (DONE or FAILED) with who decided and why, and the workflow turns RUNNING
+        again for a runner to claim. Returns (the workflow, True); (the workflow, False)
+        when this decision was recorded before; None for an unknown workflow. Raises
+        NotWaitingApproval when the workflow does not wait (it never needed approval, or
+        the other decision was recorded)."""
+        key = uuid.UUID(workflow_id)
+        message = f"{decision.verb} by {approver}" + (f": {reason}" if reason else "")
+        async with self._connection() as conn, conn.transaction():
+            # Locked: two people deciding at once are taken one after the other.
+            state = await conn.fetchval(
+                "SELECT state FROM workflow.workflows WHERE workflow_id = $1 FOR UPDATE", key
+            )
+            if state is None:
+                return None
+            step = await conn.fetchrow(
+                "SELECT index, state FROM workflow.steps"
+                " WHERE workflow_id = $1 AND kind = 'APPROVAL'",
+                key,
+            )
+            if state != State.WAITING_APPROVAL:
+                workflow = await self._load(conn, key)
+                assert workflow is not None  # locked above
+                if step is not None and step["state"] == decision.value.value:
+                    return workflow, False
+                raise NotWaitingApproval(_not_waiting(workflow, step is not None))
+            if step is None or step["state"] != StepStatus.RUNNING:
+                # The runner sets WAITING_APPROVAL only with the approval step running.
+                raise WorkflowStoreError(
+                    f"workflow {workflow_id} waits for approval without a running approval step"
+                )
+            await conn.execute(
+                "UPDATE workflow.steps SET state = $3, message = $4, finished_at = now()"
+                " WHERE workflow_id = $1 AND index = $2",
+                key,
+                step["index"],
+                decision.value.value,
+                message,
+            )
+            await conn.execute(
+                "UPDATE workflow.workflows SET state = 'RUNNING', message = $2,"
+                " updated_at = now() WHERE workflow_id = $1",
+                key,
+                message,
+            )
+            workflow = await self._load(conn, key)
+        assert workflow is not None
+        return workflow, True
+
     # -- leases -------------------------------------------------------------------------------
 
     async def claim(self, owner: str, lease_seconds: float) -> Claim | None:
@@ -398,6 +466,16 @@ class WorkflowStore(PooledStore):
                 change.release,
                 change.outcome_message,
             )
+
+
+def _not_waiting(workflow: Workflow, has_approval_step: bool) -> str:
+    state = workflow.state.value
+    if not has_approval_step:
+        return f"workflow {workflow.workflow_id} never needed approval (it is {state})"
+    approval = next(s for s in workflow.steps if s.kind == workflow_pb2.STEP_KIND_APPROVAL)
+    if approval.state.finished:
+        return f"workflow {workflow.workflow_id} was decided already: {approval.message}"
+    return f"workflow {workflow.workflow_id} does not wait for approval yet (it is {state})"
 
 
 def _workflow(row: asyncpg.Record, steps: Sequence[asyncpg.Record]) -> Workflow:

@@ -22,6 +22,24 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ApprovalDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_DECISION_UNSPECIFIED: _ApprovalDecision.ValueType  # 0
+    APPROVAL_DECISION_APPROVE: _ApprovalDecision.ValueType  # 1
+    APPROVAL_DECISION_REJECT: _ApprovalDecision.ValueType  # 2
+
+class ApprovalDecision(_ApprovalDecision, metaclass=_ApprovalDecisionEnumTypeWrapper):
+    """ApprovalDecision is what a person decided on a workflow that waits for approval."""
+
+APPROVAL_DECISION_UNSPECIFIED: ApprovalDecision.ValueType  # 0
+APPROVAL_DECISION_APPROVE: ApprovalDecision.ValueType  # 1
+APPROVAL_DECISION_REJECT: ApprovalDecision.ValueType  # 2
+Global___ApprovalDecision: _TypeAlias = ApprovalDecision  # noqa: Y015
+
 class _WorkflowState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -105,6 +123,60 @@ STEP_KIND_APPLY: StepKind.ValueType  # 5
 STEP_KIND_VERIFY: StepKind.ValueType  # 6
 STEP_KIND_NOTIFY: StepKind.ValueType  # 7
 Global___StepKind: _TypeAlias = StepKind  # noqa: Y015
+
+@_typing.final
+class DecideApprovalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    APPROVER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    decision: Global___ApprovalDecision.ValueType
+    approver: _builtins.str
+    """Who decided (a person's name or handle), kept on the workflow."""
+    reason: _builtins.str
+    """Why, in a sentence; kept on the workflow and told to people on a rejection."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        decision: Global___ApprovalDecision.ValueType = ...,
+        approver: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "decision", b"decision", "reason", b"reason", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideApprovalRequest: _TypeAlias = DecideApprovalRequest  # noqa: Y015
+
+@_typing.final
+class DecideApprovalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    DECIDED_FIELD_NUMBER: _builtins.int
+    decided: _builtins.bool
+    """False when this decision had been recorded before (a repeat)."""
+    @_builtins.property
+    def workflow(self) -> Global___Workflow: ...
+    def __init__(
+        self,
+        *,
+        workflow: Global___Workflow | None = ...,
+        decided: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided", b"decided", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideApprovalResponse: _TypeAlias = DecideApprovalResponse  # noqa: Y015
 
 @_typing.final
 class CreateWorkflowRequest(_message.Message):

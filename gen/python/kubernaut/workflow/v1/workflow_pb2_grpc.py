@@ -50,6 +50,11 @@ class WorkflowServiceStub(object):
                 request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowResponse.FromString,
                 _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/kubernaut.workflow.v1.WorkflowService/DecideApproval',
+                request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer(object):
@@ -93,6 +98,24 @@ class WorkflowServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideApproval(self, request, context):
+        """DecideApproval records a person's decision on a workflow that waits for approval
+        (WORKFLOW_STATE_WAITING_APPROVAL). APPROVE lets it go on to act: the executor still
+        runs every check, and a workflow whose incident closed meanwhile (its alert
+        resolved) does not act. REJECT ends it REFUSED without acting: the incident closes
+        as NO_ACTION and people are told. The decision, who made it and why are kept on the
+        approval step. A repeat of the recorded decision returns the workflow with
+        decided=false.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        NOT_FOUND for an unknown workflow; FAILED_PRECONDITION when the workflow does not
+        wait for approval (it never needed it, or the other decision was recorded);
+        UNAVAILABLE when the database cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +133,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.GetWorkflow,
                     request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowRequest.FromString,
                     response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowResponse.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,6 +222,33 @@ class WorkflowService(object):
             '/kubernaut.workflow.v1.WorkflowService/GetWorkflow',
             kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowRequest.SerializeToString,
             kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.GetWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.workflow.v1.WorkflowService/DecideApproval',
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalRequest.SerializeToString,
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

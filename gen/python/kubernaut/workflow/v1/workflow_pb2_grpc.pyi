@@ -58,6 +58,20 @@ class WorkflowServiceStub:
     UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
     outside the call table.
     """
+    DecideApproval: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.DecideApprovalRequest, _workflow_pb2.DecideApprovalResponse]
+    """DecideApproval records a person's decision on a workflow that waits for approval
+    (WORKFLOW_STATE_WAITING_APPROVAL). APPROVE lets it go on to act: the executor still
+    runs every check, and a workflow whose incident closed meanwhile (its alert
+    resolved) does not act. REJECT ends it REFUSED without acting: the incident closes
+    as NO_ACTION and people are told. The decision, who made it and why are kept on the
+    approval step. A repeat of the recorded decision returns the workflow with
+    decided=false.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    NOT_FOUND for an unknown workflow; FAILED_PRECONDITION when the workflow does not
+    wait for approval (it never needed it, or the other decision was recorded);
+    UNAVAILABLE when the database cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -88,6 +102,20 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
     UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
     outside the call table.
+    """
+    DecideApproval: _aio.UnaryUnaryMultiCallable[_workflow_pb2.DecideApprovalRequest, _workflow_pb2.DecideApprovalResponse]  # type: ignore[assignment]
+    """DecideApproval records a person's decision on a workflow that waits for approval
+    (WORKFLOW_STATE_WAITING_APPROVAL). APPROVE lets it go on to act: the executor still
+    runs every check, and a workflow whose incident closed meanwhile (its alert
+    resolved) does not act. REJECT ends it REFUSED without acting: the incident closes
+    as NO_ACTION and people are told. The decision, who made it and why are kept on the
+    approval step. A repeat of the recorded decision returns the workflow with
+    decided=false.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    NOT_FOUND for an unknown workflow; FAILED_PRECONDITION when the workflow does not
+    wait for approval (it never needed it, or the other decision was recorded);
+    UNAVAILABLE when the database cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
     """
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +162,26 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
         UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
         outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def DecideApproval(
+        self,
+        request: _workflow_pb2.DecideApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.DecideApprovalResponse, _abc.Awaitable[_workflow_pb2.DecideApprovalResponse]]:
+        """DecideApproval records a person's decision on a workflow that waits for approval
+        (WORKFLOW_STATE_WAITING_APPROVAL). APPROVE lets it go on to act: the executor still
+        runs every check, and a workflow whose incident closed meanwhile (its alert
+        resolved) does not act. REJECT ends it REFUSED without acting: the incident closes
+        as NO_ACTION and people are told. The decision, who made it and why are kept on the
+        approval step. A repeat of the recorded decision returns the workflow with
+        decided=false.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        NOT_FOUND for an unknown workflow; FAILED_PRECONDITION when the workflow does not
+        wait for approval (it never needed it, or the other decision was recorded);
+        UNAVAILABLE when the database cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
