@@ -1,27 +1,34 @@
 """Kubernaut's main job end to end, through the real AlertManager: a bad rollout
 crash-loops, the alert arrives (several times), exactly one rollback fixes it, the action
-and its assessment are stored, one email goes out, and the incident is one trace."""
+and its assessment are stored, one email goes out, and the incident is one trace. And a
+workflow held for approval acts on the cluster once a person approves it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+from kubernaut.workflow.v1 import workflow_pb2
+from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.devstack.kube import default_bin_dir
 from services.devstack.smtp import read_mailbox
 from services.devstack.stack import DevStack, StackInfo
 from services.runtime.clients import Clients
+from services.runtime.names import ServiceName
 from services.runtime.settings import RuntimeSettings
 from services.scenario import GOOD_IMAGE, BadRollout
 from services.system import System, Tuning, running_system, webhook_token_file
+from services.workflows import decide_workflow
 from tests.fixtures.kubernaut import free_port, free_port_base
 from tests.fixtures.waiting import eventually
 
@@ -198,4 +205,81 @@ async def test_a_namespace_not_opted_in_is_left_alone_and_the_incident_says_why(
         state = await scenario.state()
         assert state.simulate, "the deployment must not have been changed"
     finally:
+        await scenario.close()
+
+
+async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Loop) -> None:
+    scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), "approvals")
+    target = alert_pb2.ResourceRef(namespace="approvals", kind="Deployment", name=scenario.name)
+    alert = alert_pb2.Alert(
+        name="KubeDeploymentReplicasMismatch",
+        status=alert_pb2.ALERT_STATUS_FIRING,
+        labels={"namespace": "approvals", "deployment": scenario.name},
+        source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
+    )
+    alert.starts_at.GetCurrentTime()
+    analysis = Clients(loop.system.settings, ServiceName.AI_ANALYSIS.account)
+    try:
+        await scenario.deploy()
+        opened = await loop.storage().OpenIncident(
+            storage_pb2.OpenIncidentRequest(
+                fingerprint=uuid.uuid4().hex, alert=alert, subject=target
+            )
+        )
+        incident_id = opened.incident.incident_id
+        # What ai_analysis does with a recommendation it is unsure of.
+        created = await analysis.stub(WorkflowServiceStub).CreateWorkflow(
+            workflow_pb2.CreateWorkflowRequest(
+                incident_id=incident_id,
+                alert=alert,
+                recommendation=remediation_pb2.Recommendation(
+                    action=remediation_pb2.ActionParams(
+                        restart_deployment=remediation_pb2.RestartDeploymentParams()
+                    ),
+                    target=target,
+                    confidence=0.2,
+                ),
+            )
+        )
+        workflows = loop.clients.stub(WorkflowServiceStub)
+
+        async def in_state(*states: int) -> workflow_pb2.Workflow | None:
+            got = await workflows.GetWorkflow(
+                workflow_pb2.GetWorkflowRequest(workflow_id=created.workflow.workflow_id)
+            )
+            return got.workflow if got.workflow.state in states else None
+
+        await eventually(
+            lambda: in_state(workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL), "waiting", 60
+        )
+        # Nothing acted while it waited.
+        waiting = await _incident_for(loop, "approvals")
+        assert waiting is not None and not waiting.actions
+
+        decided = await decide_workflow(
+            loop.clients, created.workflow.workflow_id, "approve", "alice", "restart is safe"
+        )
+        assert decided == 0
+        done = await eventually(
+            lambda: in_state(
+                workflow_pb2.WORKFLOW_STATE_SUCCEEDED,
+                workflow_pb2.WORKFLOW_STATE_FAILED,
+                workflow_pb2.WORKFLOW_STATE_ROLLED_BACK,
+                workflow_pb2.WORKFLOW_STATE_REFUSED,
+            ),
+            "the approved workflow to end",
+            180,
+            interval=1,
+        )
+        assert done.state == workflow_pb2.WORKFLOW_STATE_SUCCEEDED, done.message
+        found = await _incident_for(loop, "approvals")
+        assert found is not None
+        (restart,) = found.actions
+        assert restart.action == "restart_deployment"
+        assert restart.outcome == storage_pb2.ACTION_OUTCOME_SUCCEEDED
+        assert "kubectl.kubernetes.io/restartedAt" in restart.spec_after_json
+        assert found.incident.status == storage_pb2.INCIDENT_STATUS_REMEDIATED
+        assert (await scenario.state()).healthy
+    finally:
+        await analysis.close()
         await scenario.close()
