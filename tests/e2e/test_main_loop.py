@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.common.v1 import alert_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
@@ -31,6 +30,7 @@ from services.system import System, Tuning, running_system, webhook_token_file
 from services.workflows import decide_workflow
 from tests.fixtures.kubernaut import free_port, free_port_base
 from tests.fixtures.waiting import eventually
+from tests.fixtures.workflows import restart_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -221,31 +221,15 @@ async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Lo
     analysis = Clients(loop.system.settings, ServiceName.AI_ANALYSIS.account)
     try:
         await scenario.deploy()
-        opened = await loop.storage().OpenIncident(
-            storage_pb2.OpenIncidentRequest(
-                fingerprint=uuid.uuid4().hex, alert=alert, subject=target
-            )
-        )
-        incident_id = opened.incident.incident_id
         # What ai_analysis does with a recommendation it is unsure of.
-        created = await analysis.stub(WorkflowServiceStub).CreateWorkflow(
-            workflow_pb2.CreateWorkflowRequest(
-                incident_id=incident_id,
-                alert=alert,
-                recommendation=remediation_pb2.Recommendation(
-                    action=remediation_pb2.ActionParams(
-                        restart_deployment=remediation_pb2.RestartDeploymentParams()
-                    ),
-                    target=target,
-                    confidence=0.2,
-                ),
-            )
+        _, created = await restart_workflow(
+            loop.storage(), analysis.stub(WorkflowServiceStub), alert, target, confidence=0.2
         )
         workflows = loop.clients.stub(WorkflowServiceStub)
 
         async def in_state(*states: int) -> workflow_pb2.Workflow | None:
             got = await workflows.GetWorkflow(
-                workflow_pb2.GetWorkflowRequest(workflow_id=created.workflow.workflow_id)
+                workflow_pb2.GetWorkflowRequest(workflow_id=created.workflow_id)
             )
             return got.workflow if got.workflow.state in states else None
 
@@ -257,7 +241,7 @@ async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Lo
         assert waiting is not None and not waiting.actions
 
         decided = await decide_workflow(
-            loop.clients, created.workflow.workflow_id, "approve", "alice", "restart is safe"
+            loop.clients, created.workflow_id, "approve", "alice", "restart is safe"
         )
         assert decided == 0
         done = await eventually(

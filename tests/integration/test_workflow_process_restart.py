@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.common.v1 import alert_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
@@ -29,6 +29,7 @@ from services.runtime.launcher import Fleet, wait_serving
 from services.runtime.names import ServiceName
 from tests.fixtures.cluster import create_deployment, eventually, kube_api, one_pod_per_node
 from tests.fixtures.kubernaut import InProcessStack, free_port, subprocess_env
+from tests.fixtures.workflows import restart_workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -150,27 +151,15 @@ async def test_a_killed_workflow_process_resumes_without_repeating_a_finished_st
             source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
         )
         alert.starts_at.GetCurrentTime()
-        opened = await operator.stub(StorageServiceStub).OpenIncident(
-            storage_pb2.OpenIncidentRequest(
-                fingerprint=uuid.uuid4().hex, alert=alert, subject=target
-            )
+        incident_id, created = await restart_workflow(
+            operator.stub(StorageServiceStub),
+            ai_analysis.stub(WorkflowServiceStub),
+            alert,
+            target,
+            confidence=0.9,
+            reasons=["a test restart that cannot finish rolling out"],
         )
-        incident_id = opened.incident.incident_id
-        created = await ai_analysis.stub(WorkflowServiceStub).CreateWorkflow(
-            workflow_pb2.CreateWorkflowRequest(
-                incident_id=incident_id,
-                alert=alert,
-                recommendation=remediation_pb2.Recommendation(
-                    action=remediation_pb2.ActionParams(
-                        restart_deployment=remediation_pb2.RestartDeploymentParams()
-                    ),
-                    target=target,
-                    confidence=0.9,
-                    reasons=["a test restart that cannot finish rolling out"],
-                ),
-            )
-        )
-        workflow_id = created.workflow.workflow_id
+        workflow_id = created.workflow_id
 
         # The restart is applied (a second ReplicaSet) and the executor is verifying it.
         async def restarted() -> bool:

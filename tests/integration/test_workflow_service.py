@@ -21,6 +21,7 @@ from services.workflows import decide_workflow, show_workflow
 from tests.fixtures.grpc_errors import field_violations
 from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
+from tests.fixtures.workflows import restart_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +55,15 @@ def _alert() -> alert_pb2.Alert:
     return alert
 
 
+_TARGET = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web")
+
+
 def _recommendation(confidence: float) -> remediation_pb2.Recommendation:
     return remediation_pb2.Recommendation(
         action=remediation_pb2.ActionParams(
             restart_deployment=remediation_pb2.RestartDeploymentParams()
         ),
-        target=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web"),
+        target=_TARGET,
         confidence=confidence,
     )
 
@@ -202,24 +206,14 @@ async def _waiting_workflow(
     """A workflow waiting for approval, on an incident open in storage: (it, incident id)."""
     clients = stack.clients()
     try:
-        opened = await clients.stub(StorageServiceStub).OpenIncident(
-            storage_pb2.OpenIncidentRequest(
-                fingerprint=uuid.uuid4().hex,
-                alert=_alert(),
-                subject=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web"),
-            )
+        incident_id, created = await restart_workflow(
+            clients.stub(StorageServiceStub), ai_analysis, _alert(), _TARGET, confidence=0.2
         )
     finally:
         await clients.close()
-    incident_id = opened.incident.incident_id
-    created = await ai_analysis.CreateWorkflow(
-        workflow_pb2.CreateWorkflowRequest(
-            incident_id=incident_id, alert=_alert(), recommendation=_recommendation(0.2)
-        )
-    )
     waiting = await _workflow_in(
         operator,
-        created.workflow.workflow_id,
+        created.workflow_id,
         (workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL,),
         "the workflow to wait for approval",
     )
