@@ -18,7 +18,7 @@ How a key is delivered once (`Outbox.deliver_once`):
    waited, is answered from the table (the loser reads the winner's result). Otherwise this
    caller delivers through the Notifier and records the outcome: `sent` when at least one
    channel delivered, `failed` (with the errors) when none did, so that the next call with
-   the key tries again.
+   the key tries again, and so does the background redelivery (`redelivery.py`).
 
 Once it starts, a delivery finishes and is recorded even if the caller goes away (the gRPC
 call is cancelled at its deadline): it runs in its own task, shielded from the caller.
@@ -56,6 +56,7 @@ __all__ = [
     "OutboxEntry",
     "OutboxError",
     "OutboxUnavailable",
+    "RedeliveryPolicy",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,36 @@ SET status = $2,
 WHERE idempotency_key = $1
 RETURNING {_COLUMNS}
 """
+
+
+# Messages that still owe a delivery and are due for another attempt: failed ones once
+# their backoff (doubling from $4, capped at $5) has passed, and pending ones left by an
+# attempt cut short (a crash) for longer than $3; not after $2 attempts, nor once older
+# than $1 seconds. Oldest attempt first.
+_DUE: Final = f"""
+SELECT {_COLUMNS} FROM notification.outbox
+WHERE status <> 'sent'
+  AND created_at > now() - make_interval(secs => $1)
+  AND attempts < $2
+  AND (status = 'failed' OR updated_at < now() - make_interval(secs => $3))
+  AND updated_at <= now() - make_interval(
+        secs => least($4 * power(2, greatest(attempts - 1, 0)), $5))
+ORDER BY updated_at
+LIMIT $6
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedeliveryPolicy:
+    """Which undelivered messages are attempted again, and when."""
+
+    # Pending longer than this means the attempt was cut short (it holds its row's lock
+    # while it delivers, for at most the lock timeout).
+    stale_pending_seconds: float
+    first_backoff_seconds: float
+    max_backoff_seconds: float
+    max_attempts: int
+    max_age_seconds: float
 
 
 class OutboxError(Exception):
@@ -202,6 +233,28 @@ class Outbox(PooledStore):
         async with self._connection() as conn:
             row = await conn.fetchrow(_SELECT, idempotency_key)
         return None if row is None else _entry(row)
+
+    async def due(self, policy: RedeliveryPolicy, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` undelivered messages due for another attempt (see `_DUE`)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _DUE,
+                policy.max_age_seconds,
+                policy.max_attempts,
+                policy.stale_pending_seconds,
+                policy.first_backoff_seconds,
+                policy.max_backoff_seconds,
+                limit,
+            )
+        return [_entry(row) for row in rows]
+
+    async def undelivered(self) -> int:
+        """Messages not delivered on any channel yet, whatever their age."""
+        async with self._connection() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM notification.outbox WHERE status <> 'sent'"
+            )
+        return int(count)
 
     async def deliver_once(
         self,

@@ -18,6 +18,7 @@ from services.notification.channels import (
     UnknownChannel,
 )
 from services.notification.outbox import InvalidOutboxEntry, OutboxDatabase, OutboxUnavailable
+from services.notification.redelivery import Redelivery, RedeliverySettings
 from services.notification.rendering import EventRenderer, UnknownEventKind
 from services.runtime.database import redact_dsn
 from services.runtime.interceptors import abort_invalid
@@ -140,7 +141,11 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
         outbox = OutboxDatabase(settings.database_url)
         readiness.append(("postgresql", outbox.ready))
-        on_stop.append(outbox.close)
+        # What no channel took is attempted again in the background; stopped before the
+        # outbox closes (which lets a delivery in progress record).
+        redelivery = Redelivery(outbox, notifier, RedeliverySettings())
+        redelivery.start()
+        on_stop += [redelivery.stop, outbox.close]
         log.info("notification outbox configured", extra={"dsn": redact_dsn(outbox.dsn)})
     else:
         log.warning(

@@ -29,6 +29,7 @@ import logging
 import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -139,9 +140,34 @@ class Downstream(Protocol):
 
     async def notify_incident_event(
         self, request: notification_pb2.NotifyIncidentEventRequest
-    ) -> bool:
-        """True when sent now, False when the idempotency key was delivered before."""
-        ...
+    ) -> Notified: ...
+
+
+@dataclass(frozen=True)
+class Notified:
+    """What NotifyIncidentEvent answered."""
+
+    # Delivered by this call.
+    sent: bool
+    # Delivered on some channel, by this call or an earlier one with the key. When no
+    # channel took it, the notification service keeps it and delivers it later.
+    delivered: bool
+    # Why no channel took it, when none did.
+    errors: str = ""
+
+    @staticmethod
+    def of(response: notification_pb2.NotifyIncidentEventResponse) -> Notified:
+        return Notified(
+            sent=response.sent,
+            delivered=any(result.delivered for result in response.results),
+            errors="; ".join(f"{r.channel}: {r.error}" for r in response.results if r.error),
+        )
+
+    def undelivered(self, what: str) -> str:
+        return (
+            f"{what} was not delivered yet ({self.errors or 'no channel took it'}); "
+            "the notification service keeps trying"
+        )
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -465,10 +491,14 @@ class WorkflowRun:
         )
         message = reason
         try:
-            await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
+            notified = await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
         except DownstreamError as error:
             log.warning("approval request not delivered", extra={"error": str(error)})
             message = f"{reason}; the approval request was not delivered: {error}"
+        else:
+            if not notified.delivered:
+                log.warning("approval request not delivered yet", extra={"error": notified.errors})
+                message = f"{reason}; {notified.undelivered('the approval request')}"
         await self._save(
             change=WorkflowChange(state=State.WAITING_APPROVAL, message=message, release=True)
         )
@@ -599,18 +629,25 @@ class WorkflowRun:
             verdict=_verdict(workflow),
         )
         try:
-            sent = await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
+            notified = await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
         except DownstreamError as error:
             # Telling people failed; what happened to the cluster stands.
             log.warning("notification not delivered", extra={"error": str(error)})
             await self._save([StepChange(step.index, StepStatus.FAILED, f"not delivered: {error}")])
             return
-        message = "delivered" if sent else "delivered before"
-        await self._save([StepChange(step.index, StepStatus.DONE, message)])
+        if not notified.delivered:
+            # Kept by the notification service, which delivers it later; the step says so
+            # rather than "delivered".
+            log.warning("notification not delivered yet", extra={"error": notified.errors})
+            change = StepChange(step.index, StepStatus.FAILED, notified.undelivered("the report"))
+        else:
+            message = "delivered" if notified.sent else "delivered before"
+            change = StepChange(step.index, StepStatus.DONE, message)
+        await self._save([change])
 
     def _notify_call(
         self, workflow: Workflow, event: notification_pb2.IncidentEvent
-    ) -> Callable[[], Awaitable[bool]]:
+    ) -> Callable[[], Awaitable[Notified]]:
         kind = notification_pb2.IncidentEventKind.Name(event.kind).removeprefix(
             "INCIDENT_EVENT_KIND_"
         )

@@ -25,6 +25,7 @@ from services.runtime.settings import DatabaseSettings
 from services.workflow.engine import (
     DownstreamError,
     FailedPrecondition,
+    Notified,
     RunnerSettings,
     Unavailable,
     WorkflowEngine,
@@ -97,12 +98,12 @@ class GrpcDownstream:
 
     async def notify_incident_event(
         self, request: notification_pb2.NotifyIncidentEventRequest
-    ) -> bool:
+    ) -> Notified:
         async with _translated("NotifyIncidentEvent"):
             response: notification_pb2.NotifyIncidentEventResponse = (
                 await self.notification.NotifyIncidentEvent(request)
             )
-        return response.sent
+        return Notified.of(response)
 
 
 class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):

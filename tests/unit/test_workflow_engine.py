@@ -27,6 +27,7 @@ from services.runtime.logs import incident_id_var
 from services.workflow.engine import (
     DownstreamError,
     FailedPrecondition,
+    Notified,
     RunnerSettings,
     Unavailable,
     WorkflowEngine,
@@ -101,6 +102,8 @@ class Downstream:
     errors: dict[str, DownstreamError] = field(default_factory=dict)
     # Seconds ExecuteAction takes.
     execute_seconds: float = 0.0
+    # No channel takes a notification (the mail server is down): kept for later.
+    mail_down: bool = False
 
     calls: list[Call] = field(default_factory=list)
     records: dict[str, executor_pb2.ExecuteActionResponse] = field(default_factory=dict)
@@ -176,14 +179,16 @@ class Downstream:
 
     async def notify_incident_event(
         self, request: notification_pb2.NotifyIncidentEventRequest
-    ) -> bool:
+    ) -> Notified:
         self._enter("NotifyIncidentEvent", request)
+        if self.mail_down:
+            return Notified(sent=False, delivered=False, errors="email: connection refused")
         sent = request.idempotency_key not in self.delivered
         self.delivered.setdefault(request.idempotency_key, request.event)
         if self.hang_first_notify and len(self.of("NotifyIncidentEvent")) == 1:
             self.arrived.set()  # delivered, but the answer never comes back
             await asyncio.Event().wait()
-        return sent
+        return Notified(sent=sent, delivered=True)
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------
@@ -491,6 +496,31 @@ async def test_approval_stops_before_acting(engines: Engines, store: WorkflowSto
 
     await asyncio.sleep(0.3)  # several polls: a waiting workflow is not runnable
     assert len(downstream.calls) == 1
+
+
+async def test_an_undelivered_notification_is_not_called_delivered(
+    engines: Engines, store: WorkflowStore
+) -> None:
+    # The notification service kept both messages but no channel took them yet.
+    downstream = Downstream(mail_down=True)
+    engine = engines(downstream)
+    engine.start()
+    waiting = await finished(
+        store, (await create(engine, risk=remediation_pb2.RISK_LEVEL_HIGH)).workflow_id
+    )
+    assert waiting.state is State.WAITING_APPROVAL
+    assert waiting.message.endswith(
+        "; the approval request was not delivered yet (email: connection refused); "
+        "the notification service keeps trying"
+    )
+
+    done = await finished(store, (await create(engine)).workflow_id, timeout=5)
+    assert done.state is State.SUCCEEDED  # what happened to the cluster stands
+    assert states(done)["NOTIFY"] == "FAILED"
+    assert messages(done)["NOTIFY"] == (
+        "the report was not delivered yet (email: connection refused); "
+        "the notification service keeps trying"
+    )
 
 
 async def test_closed_incident_is_never_acted_on(engines: Engines, store: WorkflowStore) -> None:
