@@ -551,8 +551,11 @@ class _Run:
             await self._admit()  # a resumed action holds its target again
         if row.state is ActionState.PLANNED:
             row.generation = await operation.apply(self)
-            await self.save(ActionState.APPLIED)
-            await guards.mark_applied(self.session.connection, row.action_id, _now())
+            # One transaction: a crash cannot leave an applied action without the time its
+            # cooldown runs from.
+            async with self.session.connection.transaction():
+                await self.save(ActionState.APPLIED)
+                await guards.mark_applied(self.session.connection, row.action_id, _now())
             await self._checkpoint("apply")
         failure = ""
         if row.state is ActionState.APPLIED:

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
+from services.executor import guards
 from services.executor.changes import POD_TEMPLATE_HASH, RESTARTED_AT, REVISION
 from services.executor.cluster import ApiError
 from services.executor.engine import (
@@ -501,6 +504,43 @@ async def test_a_repeated_action_acts_once_even_across_a_crash(
     assert a.record == b.record
     assert outcome(a) == "ACTION_OUTCOME_SUCCEEDED"
     assert image_of(await admin.rolled_out(ns)) == "registry.invalid/app:v3"
+
+
+async def test_an_applied_action_never_lacks_the_start_of_its_cooldown(
+    admin: Admin,
+    make_executor: ExecutorFactory,
+    executor_database: ExecutorDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ns = await admin.namespace()
+    await admin.create(ns)
+    request = action_request(ns, scale_deployment={"replicas": 3})
+
+    async def dies(*_: object) -> None:
+        raise Crash()
+
+    # The process dies as it records when the action changed its target.
+    monkeypatch.setattr(guards, "mark_applied", dies)
+    with pytest.raises(Crash):
+        await make_executor().execute(request)
+    store = await executor_database.store()
+    row = await store.get(request.action_id)
+    # Not APPLIED without applied_at (a cooldown that never starts): neither was kept.
+    assert row is not None and row.state is ActionState.PLANNED
+    monkeypatch.undo()
+    # "After the restart": the change is found applied, and its cooldown starts now.
+    resumed = await make_executor().execute(request)
+    assert outcome(resumed) == "ACTION_OUTCOME_SUCCEEDED", resumed.stages
+    assert any(line.startswith("apply: already applied") for line in resumed.stages)
+    conn = await asyncpg.connect(executor_database.dsn)
+    try:
+        applied_at = await conn.fetchval(
+            "SELECT applied_at FROM executor.actions WHERE action_id = $1",
+            uuid.UUID(request.action_id),
+        )
+    finally:
+        await conn.close()
+    assert applied_at is not None
 
 
 async def test_a_crash_before_recording_records_the_same_record_on_retry(
