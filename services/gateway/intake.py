@@ -54,6 +54,7 @@ from services.alerts import (
     subject_of,
 )
 from services.runtime.database import LazyDatabase, PooledStore
+from services.runtime.durations import human_duration
 from services.runtime.settings import database_url_field
 
 log = logging.getLogger(__name__)
@@ -157,14 +158,14 @@ def judge_freshness(
     age = (now - started).total_seconds()
     if age > settings.max_age_seconds:
         why = (
-            f"stale: started {_duration(age)} ago, longer than the "
-            f"{_duration(settings.max_age_seconds)} allowed"
+            f"stale: started {human_duration(age)} ago, longer than the "
+            f"{human_duration(settings.max_age_seconds)} allowed"
         )
         policy = settings.stale_policy
     elif -age > settings.future_skew_seconds:
         why = (
-            f"from the future: starts {_duration(-age)} from now, beyond the "
-            f"{_duration(settings.future_skew_seconds)} clock skew allowed"
+            f"from the future: starts {human_duration(-age)} from now, beyond the "
+            f"{human_duration(settings.future_skew_seconds)} clock skew allowed"
         )
         policy = settings.future_policy
     else:
@@ -172,14 +173,6 @@ def judge_freshness(
     if policy is FreshnessPolicy.REFUSE:
         return Freshness(refusal=why)
     return Freshness(flags=(why,))
-
-
-def _duration(seconds: float) -> str:
-    seconds = abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def flagged(alert: alert_pb2.Alert, flags: Sequence[str]) -> alert_pb2.Alert:

@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
@@ -39,9 +40,11 @@ from kubernaut.notification.v1 import notification_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 from opentelemetry import propagate, trace
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.database import replica_id
+from services.runtime.durations import human_duration
 from services.runtime.logs import incident_id_var
 from services.workflow.store import (
     Claim,
@@ -188,6 +191,12 @@ class RunnerSettings(BaseSettings):
     # Backoff of a call to an unavailable service: doubles from initial to max, forever.
     retry_initial_seconds: float = 0.5
     retry_max_seconds: float = 30.0
+    # A workflow nobody approved or rejected within this long is rejected as expired
+    # (nothing acts; people are told): a fix decided on a day later would act on a
+    # cluster nobody looked at since. 0 waits for a decision forever.
+    approval_timeout_seconds: float = Field(default=24 * 3600.0, ge=0)
+    # How often a runner looks for expired approvals.
+    approval_sweep_seconds: float = Field(default=60.0, gt=0)
 
 
 StoreSource = Callable[[], Awaitable[WorkflowStore]]
@@ -218,6 +227,8 @@ class WorkflowEngine:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._main: asyncio.Task[None] | None = None
+        # When this runner looks for expired approvals next (time.monotonic()).
+        self._next_expiry = 0.0
 
     async def _store(self) -> WorkflowStore:
         self._reached = await self._store_source()
@@ -313,6 +324,7 @@ class WorkflowEngine:
         try:
             while True:
                 self._wake.clear()
+                await self._expire_approvals()
                 await self._claim_available()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.poll_seconds):
@@ -322,6 +334,21 @@ class WorkflowEngine:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _expire_approvals(self) -> None:
+        timeout = self.settings.approval_timeout_seconds
+        if not timeout or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + self.settings.approval_sweep_seconds
+        try:
+            expired = await (await self._store()).expire_approvals(
+                timeout, f"expired: no decision within {human_duration(timeout)}"
+            )
+        except StoreUnavailable as error:
+            log.warning("cannot look for expired approvals", extra={"error": str(error)})
+            return
+        for workflow_id in expired:
+            log.warning("approval expired", extra={"workflow_id": workflow_id})
 
     async def _claim_available(self) -> None:
         try:

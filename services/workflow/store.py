@@ -336,6 +336,33 @@ class WorkflowStore(PooledStore):
         assert workflow is not None
         return workflow, True
 
+    async def expire_approvals(self, timeout_seconds: float, message: str) -> list[str]:
+        """Reject, with `message`, every workflow that has waited for approval longer than
+        `timeout_seconds`: as DecideApproval's REJECT does, it turns RUNNING for a runner to
+        end it without acting. Returns their ids. SKIP LOCKED: a person deciding one right
+        now goes first."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "WITH expired AS ("
+                "  SELECT workflow_id FROM workflow.workflows"
+                "  WHERE state = 'WAITING_APPROVAL'"
+                "    AND updated_at < now() - make_interval(secs => $1)"
+                "  FOR UPDATE SKIP LOCKED),"
+                " steps AS ("
+                "  UPDATE workflow.steps s SET state = $3, message = $2, finished_at = now()"
+                "  FROM expired e WHERE s.workflow_id = e.workflow_id"
+                "    AND s.kind = 'APPROVAL' AND s.state = 'RUNNING'"
+                "  RETURNING s.workflow_id)"
+                " UPDATE workflow.workflows w SET state = 'RUNNING', message = $2,"
+                "  updated_at = now()"
+                " FROM steps WHERE w.workflow_id = steps.workflow_id"
+                " RETURNING w.workflow_id",
+                timeout_seconds,
+                message,
+                Decision.REJECT.value.value,
+            )
+        return [str(row["workflow_id"]) for row in rows]
+
     # -- leases -------------------------------------------------------------------------------
 
     async def claim(self, owner: str, lease_seconds: float) -> Claim | None:

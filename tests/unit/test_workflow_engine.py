@@ -498,6 +498,39 @@ async def test_approval_stops_before_acting(engines: Engines, store: WorkflowSto
     assert len(downstream.calls) == 1
 
 
+async def test_an_approval_nobody_gives_expires_without_acting(
+    engines: Engines, store: WorkflowStore
+) -> None:
+    downstream = Downstream()
+    engine = engines(
+        downstream, approval_timeout_seconds=0.5, approval_sweep_seconds=0.1, poll_seconds=0.1
+    )
+    engine.start()
+    workflow = await create(engine, risk=remediation_pb2.RISK_LEVEL_HIGH)
+    waiting = await finished(store, workflow.workflow_id)
+    assert waiting.state is State.WAITING_APPROVAL
+
+    async def ended() -> Workflow | None:
+        found = await store.get(workflow.workflow_id)
+        return found if found is not None and found.state is State.REFUSED else None
+
+    done = await eventually(ended, "the approval to expire", 10)
+    assert done.message == "not acting: expired: no decision within 0s"
+    assert states(done) == {
+        "VALIDATE": "DONE",
+        "APPROVAL": "FAILED",
+        **dict.fromkeys(ACTING, "SKIPPED"),
+        "NOTIFY": "DONE",
+    }
+    assert attempts(done)["APPLY"] == 0
+    assert downstream.operations == [
+        "NotifyIncidentEvent APPROVAL_NEEDED",
+        "UpdateIncident NO_ACTION",
+        "NotifyIncidentEvent REFUSED",
+    ]
+    assert "ExecuteAction" not in [call.operation for call in downstream.calls]
+
+
 async def test_an_undelivered_notification_is_not_called_delivered(
     engines: Engines, store: WorkflowStore
 ) -> None:
