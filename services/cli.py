@@ -247,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
         "workflows", help="a workflow's steps; approve or reject one that waits (over gRPC)"
     )
     workflows.add_argument("action", choices=["show", "approve", "reject"])
-    workflows.add_argument("workflow_id", help="a workflow id (show: or its incident's id)")
+    workflows.add_argument("workflow_id", help="a workflow's id, or its incident's")
     workflows.add_argument("--by", help="who decides (approve, reject): kept on the workflow")
     workflows.add_argument("--reason", default="", help="why, in a sentence")
     workflows.set_defaults(func=cmd_workflows)

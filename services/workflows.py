@@ -49,32 +49,46 @@ def print_workflow(workflow: workflow_pb2.Workflow) -> None:
     print_table(rows)
 
 
+async def _find(stub: WorkflowServiceStub, key: str) -> workflow_pb2.Workflow:
+    """The workflow with id `key`, or the one of the incident `key` (emails name the
+    incident). Raises the call's error when there is neither."""
+    try:
+        reply = await stub.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id=key))
+    except grpc.aio.AioRpcError as error:
+        if error.code() is not grpc.StatusCode.NOT_FOUND:
+            raise
+        reply = await stub.GetWorkflow(workflow_pb2.GetWorkflowRequest(incident_id=key))
+    found: workflow_pb2.Workflow = reply.workflow
+    return found
+
+
 async def show_workflow(clients: Clients, key: str) -> int:
     """Print the workflow with id `key`, or the one of the incident `key`."""
-    stub = clients.stub(WorkflowServiceStub)
     try:
-        try:
-            reply = await stub.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id=key))
-        except grpc.aio.AioRpcError as error:
-            if error.code() is not grpc.StatusCode.NOT_FOUND:
-                raise
-            reply = await stub.GetWorkflow(workflow_pb2.GetWorkflowRequest(incident_id=key))
+        workflow = await _find(clients.stub(WorkflowServiceStub), key)
     except grpc.aio.AioRpcError as error:
         print(f"kubernaut workflows: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
-    print_workflow(reply.workflow)
+    print_workflow(workflow)
     return 0
 
 
 async def decide_workflow(
-    clients: Clients, workflow_id: str, decision: str, approver: str, reason: str
+    clients: Clients, key: str, decision: str, approver: str, reason: str
 ) -> int:
-    """Approve or reject a workflow that waits for approval; print what it became."""
-    request = workflow_pb2.DecideApprovalRequest(
-        workflow_id=workflow_id, decision=DECISIONS[decision], approver=approver, reason=reason
-    )
+    """Approve or reject the workflow `key` (its id, or its incident's) that waits for
+    approval; print what it became."""
+    stub = clients.stub(WorkflowServiceStub)
     try:
-        reply = await clients.stub(WorkflowServiceStub).DecideApproval(request)
+        workflow = await _find(stub, key)
+        reply = await stub.DecideApproval(
+            workflow_pb2.DecideApprovalRequest(
+                workflow_id=workflow.workflow_id,
+                decision=DECISIONS[decision],
+                approver=approver,
+                reason=reason,
+            )
+        )
     except grpc.aio.AioRpcError as error:
         print(f"kubernaut workflows: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1

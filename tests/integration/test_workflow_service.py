@@ -389,9 +389,8 @@ async def test_operators_decide_from_the_cli(
         assert "waiting_approval" in shown
         assert "approval   needed" in shown
 
-        decided = await decide_workflow(
-            clients, waiting.workflow_id, "reject", "dana", "the change freeze"
-        )
+        # By the incident's id, as the approval email names it.
+        decided = await decide_workflow(clients, incident_id, "reject", "dana", "the change freeze")
         assert decided == 0
         printed = capsys.readouterr().out
         assert printed.startswith("rejected\n")
