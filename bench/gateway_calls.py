@@ -71,7 +71,7 @@ def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 
 async def measure(
-    address: str, gateway_clients: Clients, roots: dict[str, int], args: argparse.Namespace
+    gateway_clients: Clients, roots: dict[str, int], args: argparse.Namespace
 ) -> list[Cost]:
     stub = gateway_clients.stub(gateway_pb2_grpc.GatewayServiceStub)
     started = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                     addresses={ServiceName.GATEWAY: gateway.address},
                 )
                 try:
-                    return await measure(gateway.address, clients, roots, args)
+                    return await measure(clients, roots, args)
                 finally:
                     await clients.close()
 

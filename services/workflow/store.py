@@ -303,8 +303,7 @@ class WorkflowStore(PooledStore):
             if state is None:
                 return None
             step = await conn.fetchrow(
-                "SELECT index, state FROM workflow.steps"
-                " WHERE workflow_id = $1 AND kind = 'APPROVAL'",
+                "SELECT state FROM workflow.steps WHERE workflow_id = $1 AND kind = 'APPROVAL'",
                 key,
             )
             if state != State.WAITING_APPROVAL:
@@ -313,25 +312,11 @@ class WorkflowStore(PooledStore):
                 if step is not None and step["state"] == decision.value.value:
                     return workflow, False
                 raise NotWaitingApproval(_not_waiting(workflow, step is not None))
-            if step is None or step["state"] != StepStatus.RUNNING:
+            if not await _record_decision(conn, [key], decision, message):
                 # The runner sets WAITING_APPROVAL only with the approval step running.
                 raise WorkflowStoreError(
                     f"workflow {workflow_id} waits for approval without a running approval step"
                 )
-            await conn.execute(
-                "UPDATE workflow.steps SET state = $3, message = $4, finished_at = now()"
-                " WHERE workflow_id = $1 AND index = $2",
-                key,
-                step["index"],
-                decision.value.value,
-                message,
-            )
-            await conn.execute(
-                "UPDATE workflow.workflows SET state = 'RUNNING', message = $2,"
-                " updated_at = now() WHERE workflow_id = $1",
-                key,
-                message,
-            )
             workflow = await self._load(conn, key)
         assert workflow is not None
         return workflow, True
@@ -341,27 +326,17 @@ class WorkflowStore(PooledStore):
         `timeout_seconds`: as DecideApproval's REJECT does, it turns RUNNING for a runner to
         end it without acting. Returns their ids. SKIP LOCKED: a person deciding one right
         now goes first."""
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "WITH expired AS ("
-                "  SELECT workflow_id FROM workflow.workflows"
-                "  WHERE state = 'WAITING_APPROVAL'"
-                "    AND updated_at < now() - make_interval(secs => $1)"
-                "  FOR UPDATE SKIP LOCKED),"
-                " steps AS ("
-                "  UPDATE workflow.steps s SET state = $3, message = $2, finished_at = now()"
-                "  FROM expired e WHERE s.workflow_id = e.workflow_id"
-                "    AND s.kind = 'APPROVAL' AND s.state = 'RUNNING'"
-                "  RETURNING s.workflow_id)"
-                " UPDATE workflow.workflows w SET state = 'RUNNING', message = $2,"
-                "  updated_at = now()"
-                " FROM steps WHERE w.workflow_id = steps.workflow_id"
-                " RETURNING w.workflow_id",
+        async with self._connection() as conn, conn.transaction():
+            expired = await conn.fetch(
+                "SELECT workflow_id FROM workflow.workflows"
+                " WHERE state = 'WAITING_APPROVAL'"
+                "   AND updated_at < now() - make_interval(secs => $1)"
+                " FOR UPDATE SKIP LOCKED",
                 timeout_seconds,
-                message,
-                Decision.REJECT.value.value,
             )
-        return [str(row["workflow_id"]) for row in rows]
+            ids = [row["workflow_id"] for row in expired]
+            decided = await _record_decision(conn, ids, Decision.REJECT, message) if ids else []
+        return [str(workflow_id) for workflow_id in decided]
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -493,6 +468,30 @@ class WorkflowStore(PooledStore):
                 change.release,
                 change.outcome_message,
             )
+
+
+async def _record_decision(
+    conn: asyncpg.pool.PoolConnectionProxy,
+    workflow_ids: Sequence[uuid.UUID],
+    decision: Decision,
+    message: str,
+) -> list[uuid.UUID]:
+    """Finish the running approval step of each workflow (locked by the caller) as
+    `decision` says, with `message`, and turn the workflow RUNNING for a runner to claim;
+    returns the ids it changed."""
+    rows = await conn.fetch(
+        "WITH steps AS ("
+        "  UPDATE workflow.steps SET state = $3, message = $2, finished_at = now()"
+        "  WHERE workflow_id = ANY($1::uuid[]) AND kind = 'APPROVAL' AND state = 'RUNNING'"
+        "  RETURNING workflow_id)"
+        " UPDATE workflow.workflows w SET state = 'RUNNING', message = $2, updated_at = now()"
+        " FROM steps WHERE w.workflow_id = steps.workflow_id"
+        " RETURNING w.workflow_id",
+        list(workflow_ids),
+        message,
+        decision.value.value,
+    )
+    return [row["workflow_id"] for row in rows]
 
 
 def _not_waiting(workflow: Workflow, has_approval_step: bool) -> str:
