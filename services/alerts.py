@@ -25,10 +25,69 @@ SUBJECT_LABELS: tuple[tuple[str, str], ...] = (
     ("job_name", "Job"),
     ("cronjob", "CronJob"),
     ("persistentvolumeclaim", "PersistentVolumeClaim"),
+    ("horizontalpodautoscaler", "HorizontalPodAutoscaler"),
     ("pod", "Pod"),
     ("node", "Node"),
 )
 CLUSTER_SCOPED = {"Node"}
+
+# Alerts that report one kind of problem, so one's past is evidence for another's: similar
+# incidents are looked for within the family (kubernetes-mixin names, and the variants seen
+# in the wild). An alert in no family is compared with every alert on the same kind.
+ALERT_FAMILIES: tuple[frozenset[str], ...] = (
+    frozenset(
+        {
+            "KubePodCrashLooping",
+            "PodCrashLooping",
+            "KubeContainerWaiting",
+            "KubePodNotReady",
+            "KubeContainerOOMKilled",
+        }
+    ),
+    frozenset(
+        {
+            "KubeDeploymentReplicasMismatch",
+            "KubeDeploymentRolloutStuck",
+            "KubeDeploymentGenerationMismatch",
+            "KubeStatefulSetReplicasMismatch",
+            "KubeStatefulSetGenerationMismatch",
+            "KubeStatefulSetUpdateNotRolledOut",
+            "KubeDaemonSetRolloutStuck",
+            "KubeDaemonSetNotScheduled",
+            "KubeDaemonSetMisScheduled",
+        }
+    ),
+    frozenset(
+        {
+            "KubeNodeNotReady",
+            "KubeNodeUnreachable",
+            "KubeNodeReadinessFlapping",
+            "KubeNodePressure",
+            "KubeNodeEviction",
+            "KubeletTooManyPods",
+            "KubeletDown",
+            "NodeNotReady",
+        }
+    ),
+    frozenset({"KubeJobFailed", "KubeJobNotCompleted", "KubeCronJobRunning", "KubeJobCompletion"}),
+    frozenset({"KubeHpaReplicasMismatch", "KubeHpaMaxedOut"}),
+    frozenset(
+        {
+            "KubePersistentVolumeFillingUp",
+            "KubePersistentVolumeInodesFillingUp",
+            "KubePersistentVolumeErrors",
+        }
+    ),
+    frozenset({"CPUThrottlingHigh", "KubeCPUOvercommit", "KubeMemoryOvercommit"}),
+)
+
+
+def alert_family(alert_name: str) -> list[str]:
+    """The alert names of `alert_name`'s family, sorted; empty when it is in none."""
+    for family in ALERT_FAMILIES:
+        if alert_name in family:
+            return sorted(family)
+    return []
 
 
 def subject_of(alert: alert_pb2.Alert) -> alert_pb2.ResourceRef | None:

@@ -167,6 +167,19 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return asyncio.run(list_incidents(settings, args.limit))
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from services.dropped_alerts import list_dropped_alerts
+
+    async def run() -> int:
+        clients = Clients(RuntimeSettings())
+        try:
+            return await list_dropped_alerts(clients, args.limit)
+        finally:
+            await clients.close()
+
+    return asyncio.run(run())
+
+
 def cmd_workflows(args: argparse.Namespace) -> int:
     from services.runtime.clients import Clients
     from services.workflows import decide_workflow, show_workflow
@@ -242,6 +255,13 @@ def parser() -> argparse.ArgumentParser:
     incidents.add_argument("incident_id", nargs="?")
     incidents.add_argument("--limit", type=int, default=20)
     incidents.set_defaults(func=cmd_incidents)
+
+    alerts = commands.add_parser(
+        "alerts", help="alerts that did not become incidents, and why (over gRPC)"
+    )
+    alerts.add_argument("action", choices=["list"])
+    alerts.add_argument("--limit", type=int, default=20)
+    alerts.set_defaults(func=cmd_alerts)
 
     workflows = commands.add_parser(
         "workflows", help="a workflow's steps; approve or reject one that waits (over gRPC)"

@@ -9,6 +9,7 @@ import grpc
 from kubernaut.common.v1 import remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.runtime.clients import Clients
 from services.runtime.settings import RuntimeSettings
@@ -59,11 +60,27 @@ async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
 
 
 async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
+    """The incident as storage records it, with its workflow when it has one: why the
+    action was chosen, and its steps as they run."""
+    from services.workflows import (
+        acting,
+        print_reasons,
+        print_steps,
+        state_of,
+        workflow_of_incident,
+    )
+
     clients = Clients(settings)
     try:
         reply = await clients.stub(StorageServiceStub).GetIncident(
             storage_pb2.GetIncidentRequest(incident_id=incident_id)
         )
+        try:
+            workflow = await workflow_of_incident(clients.stub(WorkflowServiceStub), incident_id)
+            unreadable = ""
+        except grpc.aio.AioRpcError as error:
+            # The record stands on its own; say why the workflow part is missing.
+            workflow, unreadable = None, f"{error.code().name}: {error.details()}"
     except grpc.aio.AioRpcError as error:
         print(f"kubernaut incidents: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
@@ -76,12 +93,30 @@ async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
     print(f"subject    {_subject(incident.subject)}")
     print(f"opened     {_when(incident.opened_at)}   closed {_when(incident.closed_at)}")
     print(f"trace      {incident.trace_id or '-'}")
+    if workflow is not None:
+        plan = workflow.plan
+        print(f"analysis   recommended {plan.action} on {_subject(plan.target)}")
+        print_reasons(workflow, "")
+        print(f"workflow   {workflow.workflow_id}  {state_of(workflow)}  {workflow.message}")
+        print_steps(workflow)
+    elif unreadable:
+        print(f"analysis   - (the workflow could not be read: {unreadable})")
+    else:
+        # Nothing recommended: the status reason is the analysis' decline.
+        print(f"analysis   no action recommended: {incident.status_reason or '-'}")
+    if not reply.actions and workflow is not None and acting(workflow):
+        print("actions: in progress (see workflow)")
+        return _print_assessments(reply)
     print("actions")
     for action in reply.actions:
         outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
         print(f"  {_when(action.started_at)}  {action.action}  {outcome.lower()}  {action.message}")
     if not reply.actions:
         print("  none")
+    return _print_assessments(reply)
+
+
+def _print_assessments(reply: storage_pb2.GetIncidentResponse) -> int:
     print("assessments")
     for assessment in reply.assessments:
         verdict = remediation_pb2.Verdict.Name(assessment.verdict).removeprefix("VERDICT_")

@@ -23,30 +23,77 @@ def _name(enum: object, value: int, prefix: str) -> str:
     return str(enum.Name(value)).removeprefix(prefix).lower()  # type: ignore[attr-defined]
 
 
-def print_workflow(workflow: workflow_pb2.Workflow) -> None:
+def state_of(workflow: workflow_pb2.Workflow) -> str:
+    return _name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
+
+
+def acting(workflow: workflow_pb2.Workflow) -> bool:
+    """Whether the workflow is running its action now (a DRY_RUN to VERIFY step runs)."""
+    kinds = (
+        workflow_pb2.STEP_KIND_DRY_RUN,
+        workflow_pb2.STEP_KIND_SNAPSHOT,
+        workflow_pb2.STEP_KIND_APPLY,
+        workflow_pb2.STEP_KIND_VERIFY,
+    )
+    return workflow.state == workflow_pb2.WORKFLOW_STATE_RUNNING and any(
+        step.kind in kinds and step.state == workflow_pb2.STEP_STATE_RUNNING
+        for step in workflow.steps
+    )
+
+
+def print_reasons(workflow: workflow_pb2.Workflow, label: str = "analysis") -> None:
+    """Why the analysis recommended the action: its confidence and reasons."""
+    recommendation = workflow.recommendation
+    print(f"{label:<10} confidence {recommendation.confidence:.2f}")
+    for reason in recommendation.reasons:
+        print(f"  - {reason}")
+
+
+def print_steps(workflow: workflow_pb2.Workflow) -> None:
+    """The steps with when each started and finished; a running one says what it does
+    ("applied 18:41:19, verifying, 45 s of 120 s")."""
     from services.cli import print_table
 
-    plan = workflow.plan
-    state = _name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
-    print(f"workflow   {workflow.workflow_id}")
-    print(f"incident   {workflow.incident_id}")
-    print(f"state      {state}  {workflow.message}")
-    risk = _name(remediation_pb2.RiskLevel, plan.risk, "RISK_LEVEL_")
-    print(f"action     {plan.action} on {_subject(plan.target)} (risk {risk})")
-    approval = "needed" if plan.requires_approval else "not needed"
-    print(f"approval   {approval}: {plan.approval_reason or '-'}")
-    rows = [["STEP", "STATE", "ATTEMPTS", "FINISHED (UTC)", "MESSAGE"]]
+    rows = [["STEP", "STATE", "ATTEMPTS", "STARTED (UTC)", "FINISHED (UTC)", "MESSAGE"]]
     rows += [
         [
             _name(workflow_pb2.StepKind, step.kind, "STEP_KIND_"),
             _name(workflow_pb2.StepState, step.state, "STEP_STATE_"),
             str(step.attempts),
+            _when(step.started_at),
             _when(step.finished_at),
             step.message,
         ]
         for step in workflow.steps
     ]
     print_table(rows)
+
+
+def print_workflow(workflow: workflow_pb2.Workflow) -> None:
+    plan = workflow.plan
+    print(f"workflow   {workflow.workflow_id}")
+    print(f"incident   {workflow.incident_id}")
+    print(f"state      {state_of(workflow)}  {workflow.message}")
+    risk = _name(remediation_pb2.RiskLevel, plan.risk, "RISK_LEVEL_")
+    print(f"action     {plan.action} on {_subject(plan.target)} (risk {risk})")
+    print_reasons(workflow)
+    approval = "needed" if plan.requires_approval else "not needed"
+    print(f"approval   {approval}: {plan.approval_reason or '-'}")
+    print_steps(workflow)
+
+
+async def workflow_of_incident(
+    stub: WorkflowServiceStub, incident_id: str
+) -> workflow_pb2.Workflow | None:
+    """The incident's workflow; None when it has none (nothing was recommended)."""
+    try:
+        reply = await stub.GetWorkflow(workflow_pb2.GetWorkflowRequest(incident_id=incident_id))
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    found: workflow_pb2.Workflow = reply.workflow
+    return found
 
 
 async def _find(stub: WorkflowServiceStub, key: str) -> workflow_pb2.Workflow:

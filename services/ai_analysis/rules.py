@@ -107,21 +107,112 @@ def analyze(
     return analysis
 
 
+_NO_RECENT_ROLLOUT = "no revision was rolled out shortly before the crashes"
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """A rollout to blame, with its evidence."""
+
+    # The newest revision that is not Kubernaut's own: the one rolled back.
+    current: context_api_pb2.Revision
+    # The revision before it that is not Kubernaut's own: the one rolled back to.
+    previous: context_api_pb2.Revision
+    # The failing pods, all of which run `current` (or Kubernaut's changes on top of it).
+    failing: tuple[str, ...]
+    # Kubernaut's own revisions newer than `current`, passed over.
+    own: tuple[context_api_pb2.Revision, ...]
+    # Ready pods of `previous` (and of Kubernaut's own revisions made on top of it).
+    ready: int
+
+
+def _own_change(revision: context_api_pb2.Revision) -> str:
+    """E.g. "revision 3 is Kubernaut's own restart_deployment (action a-1)". The change-cause
+    names the action only when it is this revision's (the annotation is sticky)."""
+    action_id = revision.kubernaut_action_id
+    cause = revision.change_cause
+    what = "change"
+    if cause.startswith("kubernaut: ") and cause.endswith(f"(action {action_id})"):
+        what = cause.removeprefix("kubernaut: ").removesuffix(f"(action {action_id})").strip()
+    return f"revision {revision.number} is Kubernaut's own {what} (action {action_id})"
+
+
 def _recent_rollout(
     alert: alert_pb2.Alert,
     evidence: context_api_pb2.ResourceContext | None,
     settings: RulesSettings,
-) -> tuple[context_api_pb2.Revision, context_api_pb2.Revision] | None:
-    """(current, previous) revisions when the current one is recent enough to blame."""
-    if evidence is None or len(evidence.rollout.revisions) < 2:
-        return None
-    current, previous = evidence.rollout.revisions[0], evidence.rollout.revisions[1]
-    if not current.HasField("created_at"):
-        return None
+) -> tuple[_Rollout | None, str]:
+    """The rollout the failures follow, or None and which piece of evidence is missing.
+
+    Kubernaut's own revisions (a restart's, a raised limit's) are never blamed nor rolled
+    back to. The newest other revision is blamed only when it was created shortly before
+    the alert started, the failing pods run its template (or Kubernaut's changes on top of
+    it), the previous other revision still has Ready pods (or Kubernaut's own revisions made
+    on top of it do), and the rollout never became
+    fully available (a release that ran healthy and crashed later is not blamed by the
+    rules alone)."""
+    if evidence is None or not evidence.rollout.revisions:
+        return None, _NO_RECENT_ROLLOUT
+    revisions = sorted(evidence.rollout.revisions, key=lambda r: r.number, reverse=True)
+    theirs = [r for r in revisions if not r.kubernaut_action_id]
+    if not theirs:
+        own = "; ".join(_own_change(r) for r in revisions)
+        return None, f"every retained revision is Kubernaut's own ({own})"
+    current = theirs[0]
+    newer_own = tuple(r for r in revisions if r.number > current.number)
+    passed_over = "; ".join(_own_change(r) for r in newer_own)
+    skipped = f" ({passed_over}, not blamed)" if passed_over else ""
     started = alert.starts_at.ToSeconds() if alert.HasField("starts_at") else 0
-    if current.created_at.ToSeconds() < started - settings.recent_rollout_seconds:
-        return None
-    return current, previous
+    if (
+        not current.HasField("created_at")
+        or current.created_at.ToSeconds() < started - settings.recent_rollout_seconds
+    ):
+        if newer_own:
+            return None, f"{_NO_RECENT_ROLLOUT}{skipped}"
+        return None, _NO_RECENT_ROLLOUT
+    earlier = [r for r in revisions if r.number < current.number]
+    previous = next((r for r in earlier if not r.kubernaut_action_id), None)
+    if previous is None:
+        if earlier:
+            own = "; ".join(_own_change(r) for r in earlier)
+            return None, (
+                f"revision {current.number} is recent, but no earlier revision other than "
+                f"Kubernaut's own is retained to roll back to ({own})"
+            )
+        return None, f"revision {current.number} is recent, but no earlier revision is retained"
+
+    missing: list[str] = []
+    hashes = {current.pod_template_hash, *(r.pod_template_hash for r in newer_own)} - {""}
+    failing = [pod for pod in evidence.pods if pod.waiting_reason or not pod.ready]
+    elsewhere = [pod.name for pod in failing if pod.pod_template_hash not in hashes]
+    if not failing:
+        missing.append("no pod is failing now")
+    elif elsewhere:
+        missing.append(
+            f"failing pods do not run revision {current.number}'s template "
+            f"({', '.join(elsewhere[:5])})"
+        )
+    # Kubernaut's own revisions between the two are its changes on top of the previous
+    # one (a restart of it, say): their Ready pods show that its template works, too.
+    lineage = [
+        previous,
+        *(r for r in earlier if previous.number < r.number and r.kubernaut_action_id),
+    ]
+    ready = sum(r.ready_replicas for r in lineage)
+    if ready < 1:
+        missing.append(
+            f"revision {previous.number}'s pods are not Ready now, so it is not known to work"
+        )
+    if evidence.rollout.rollout_completed:
+        newest = revisions[0]
+        whose = "" if newest.number == current.number else ", Kubernaut's own,"
+        missing.append(
+            f"revision {newest.number}{whose} became fully available before the crashes "
+            f"({evidence.rollout.progressing_reason})"
+        )
+    if missing:
+        return None, f"revision {current.number} is recent{skipped}, but " + "; ".join(missing)
+    return _Rollout(current, previous, tuple(pod.name for pod in failing), newer_own, ready), ""
 
 
 def _oom_seen(evidence: context_api_pb2.ResourceContext | None) -> bool:
@@ -188,7 +279,7 @@ def _crash_looping(
     """Roll back a recent rollout the crashes followed; otherwise restart."""
     what = _describe(subject)
     symptom = symptom or f"{alert.name}: pods of {what} are in CrashLoopBackOff."
-    rollout = _recent_rollout(alert, evidence, settings)
+    rollout, why_not = _recent_rollout(alert, evidence, settings)
     if rollout is not None:
         return _roll_back(rollout, subject, symptom)
     return _remediate(
@@ -199,17 +290,32 @@ def _crash_looping(
             symptom,
             "A rolling restart clears crashes caused by transient start-up failures "
             "at low risk; a crash that repeats deterministically will fail verification.",
-            "Rollback not chosen: no revision was rolled out shortly before the crashes.",
+            f"Rollback not chosen: {why_not}.",
         ],
     )
 
 
 def _roll_back(
-    rollout: tuple[context_api_pb2.Revision, context_api_pb2.Revision],
+    rollout: _Rollout,
     subject: alert_pb2.ResourceRef,
     symptom: str,
 ) -> remediation_pb2.Analysis:
-    current, previous = rollout
+    current, previous = rollout.current, rollout.previous
+    failing = ", ".join(rollout.failing[:5]) + (", ..." if len(rollout.failing) > 5 else "")
+    reasons = [
+        symptom,
+        f"Revision {current.number} ({', '.join(current.images)}) rolled out "
+        f"shortly before the failures and never became fully available; the failing pods "
+        f"({failing}) run its template; revision {previous.number} "
+        f"({', '.join(previous.images)}) ran before it and {rollout.ready} of its "
+        "pods are Ready.",
+    ]
+    if rollout.own:
+        reasons.append("Not blamed: " + "; ".join(_own_change(r) for r in rollout.own) + ".")
+    reasons.append(
+        f"Rolling back to revision {previous.number} restores the pod template "
+        "that ran, while the new one is fixed."
+    )
     return _remediate(
         remediation_pb2.ActionParams(
             rollback_deployment=remediation_pb2.RollbackDeploymentParams(
@@ -218,14 +324,7 @@ def _roll_back(
         ),
         subject,
         _CONFIDENCE_ROLLBACK,
-        [
-            symptom,
-            f"Revision {current.number} ({', '.join(current.images)}) rolled out "
-            f"shortly before the failures; revision {previous.number} "
-            f"({', '.join(previous.images)}) ran before it.",
-            f"Rolling back to revision {previous.number} restores the pod template "
-            "that ran, while the new one is fixed.",
-        ],
+        reasons,
     )
 
 
@@ -283,13 +382,14 @@ def _replicas_mismatch(
 
     waiting = {pod.waiting_reason for pod in evidence.pods if pod.waiting_reason}
     if waiting & _CANNOT_START:
-        rollout = _recent_rollout(alert, evidence, settings)
+        rollout, why_not = _recent_rollout(alert, evidence, settings)
         reasons = ", ".join(sorted(waiting & _CANNOT_START))
         if rollout is not None:
             return _roll_back(rollout, subject, f"{symptom} Its new pods cannot start: {reasons}.")
         return _no_action(
             f"{symptom} Its pods cannot start ({reasons}) and no recent rollout explains it; "
-            "a restart would meet the same error, so nothing is done automatically."
+            "a restart would meet the same error, so nothing is done automatically. "
+            f"Rollback not chosen: {why_not}."
         )
     if "CrashLoopBackOff" in waiting:
         return _crash_looping(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.storage.v1 import storage_pb2
 
-from services.alerts import fingerprint_of, subject_of
+from services.alerts import SUBJECT_LABELS, fingerprint_of, subject_of
 from services.runtime.validation import violations_of
 
 # Alerts that exist to prove the pipeline works or to inhibit others, never to be fixed.
@@ -22,6 +23,8 @@ class Triage:
     reason: str
     subject: alert_pb2.ResourceRef | None
     fingerprint: str
+    # Why a firing alert that does not become an incident is dropped (recorded as such).
+    drop_reason: storage_pb2.AlertDropReason.ValueType = storage_pb2.ALERT_DROP_REASON_UNSPECIFIED
 
 
 def triage(alert: alert_pb2.Alert) -> Triage:
@@ -41,6 +44,7 @@ def triage(alert: alert_pb2.Alert) -> Triage:
             PIPELINE_ALERTS[alert.name],
             subject,
             fingerprint,
+            storage_pb2.ALERT_DROP_REASON_PIPELINE,
         )
     if alert.labels.get("severity") in ("none", "info"):
         return Triage(
@@ -48,13 +52,17 @@ def triage(alert: alert_pb2.Alert) -> Triage:
             f"severity {alert.labels['severity']!r} is informational",
             subject,
             fingerprint,
+            storage_pb2.ALERT_DROP_REASON_INFORMATIONAL,
         )
     if subject is None:
         return Triage(
             remediation_pb2.ALERT_DISPOSITION_FILTERED,
-            "the alert names no Kubernetes object (no deployment, pod, node or similar label)",
+            "the alert names no Kubernetes object: none of its labels is one this version maps "
+            f"({', '.join(label for label, _ in SUBJECT_LABELS)}); its labels: "
+            f"{_label_names(alert)}",
             None,
             fingerprint,
+            storage_pb2.ALERT_DROP_REASON_NO_SUBJECT,
         )
     invalid = violations_of(subject)
     if invalid:
@@ -66,5 +74,17 @@ def triage(alert: alert_pb2.Alert) -> Triage:
             f"the alert's labels name no valid Kubernetes object ({named})",
             None,
             fingerprint,
+            storage_pb2.ALERT_DROP_REASON_INVALID_SUBJECT,
         )
     return Triage(remediation_pb2.ALERT_DISPOSITION_ANALYZED, "firing", subject, fingerprint)
+
+
+_MAX_LABEL_NAMES = 20
+
+
+def _label_names(alert: alert_pb2.Alert) -> str:
+    """The alert's label names (not values: those are untrusted and may be long), bounded."""
+    names = sorted(alert.labels)
+    shown = ", ".join(name[:64] for name in names[:_MAX_LABEL_NAMES])
+    more = len(names) - _MAX_LABEL_NAMES
+    return (shown + (f" and {more} more" if more > 0 else "")) or "none"

@@ -13,6 +13,7 @@ from kubernaut.ai_analysis.v1 import ai_analysis_pb2
 from kubernaut.ai_analysis.v1.ai_analysis_pb2_grpc import AIAnalysisServiceStub
 from kubernaut.alert_processor.v1 import alert_processor_pb2, alert_processor_pb2_grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.notification.v1 import notification_pb2
 from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
@@ -22,7 +23,7 @@ from opentelemetry import trace
 
 from services.alert_processor.processing import triage
 from services.alerts import fingerprint_of
-from services.context_api.client import resource_context
+from services.context_api.client import NO_CONTEXT
 from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 class _ClosedMeanwhile(Exception):
     """The incident was closed by someone else first."""
+
+
+class _SubjectGone(Exception):
+    """The cluster says the alert's object does not exist."""
 
 
 def _trace_id() -> str:
@@ -51,13 +56,60 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
         self.ai_analysis = ai_analysis
         self.notification = notification
 
-    async def _workload(self, subject: alert_pb2.ResourceRef) -> alert_pb2.ResourceRef:
-        """The workload that owns the subject (a Pod's Deployment), or the subject itself
-        when the cluster cannot tell (the pod is gone, no cluster configured)."""
-        found = await resource_context(self.context_api, subject)
-        if found is None or not found.workload.name:
-            return subject
-        return found.workload
+    async def _context(
+        self, subject: alert_pb2.ResourceRef
+    ) -> context_api_pb2.ResourceContext | None:
+        """What the cluster says of the subject: its owning workload (a Pod's Deployment)
+        and state; None when it cannot say (no cluster configured, a kind it does not
+        read). _SubjectGone when the object does not exist."""
+        try:
+            found = await self.context_api.GetResourceContext(
+                context_api_pb2.GetResourceContextRequest(resource=subject)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                raise _SubjectGone(error.details() or "the object does not exist") from error
+            if error.code() in NO_CONTEXT:
+                log.info(
+                    "no context for the subject",
+                    extra={"code": error.code().name, "why": error.details()},
+                )
+                return None
+            raise
+        context: context_api_pb2.ResourceContext = found.context
+        return context
+
+    async def _drop(
+        self,
+        response: alert_processor_pb2.ProcessAlertResponse,
+        alert: alert_pb2.Alert,
+        reason_code: storage_pb2.AlertDropReason.ValueType,
+        reason: str,
+        subject: alert_pb2.ResourceRef | None,
+    ) -> alert_processor_pb2.ProcessAlertResponse:
+        """Record the alert as dropped, with why, before answering: an accepted alert is
+        an incident or a recorded drop, never nothing. A storage outage fails the call, so
+        the gateway hands the alert over again."""
+        recorded = await self.storage.RecordDroppedAlert(
+            storage_pb2.RecordDroppedAlertRequest(
+                dedup_key=response.fingerprint,
+                alert=alert,
+                reason_code=reason_code,
+                reason=reason[:4096],
+                subject=subject,
+            )
+        )
+        response.disposition = remediation_pb2.ALERT_DISPOSITION_FILTERED
+        response.reason = f"{reason}; recorded as dropped alert {recorded.dropped.drop_id}"
+        log.info(
+            "alert dropped",
+            extra={
+                "alert": alert.name,
+                "why": storage_pb2.AlertDropReason.Name(reason_code),
+                "drop_id": recorded.dropped.drop_id,
+            },
+        )
+        return response
 
     async def _resolve(self, request: alert_processor_pb2.ProcessAlertRequest) -> tuple[str, str]:
         """Resolve the incident the gateway named: (incident_id, what happened)."""
@@ -111,36 +163,51 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
                     "likely, so nothing is done to each one; the affected resources are "
                     "listed on the incident",
                 )
-            await self._tell_of_storm(incident.incident_id, alert, subject)
+            await self._tell(
+                incident.incident_id,
+                notification_pb2.INCIDENT_EVENT_KIND_STORM,
+                alert,
+                subject,
+                ["listed on the storm's one incident; nothing done to each"],
+                "left to people",
+            )
         return response
 
-    async def _tell_of_storm(
-        self, incident_id: str, alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef
+    async def _tell(
+        self,
+        incident_id: str,
+        kind: notification_pb2.IncidentEventKind.ValueType,
+        alert: alert_pb2.Alert,
+        subject: alert_pb2.ResourceRef,
+        stages: list[str],
+        verdict: str,
     ) -> None:
-        """People are told once per storm (the key makes a repeat send nothing). Best
-        effort: the alert is taken whether or not the message goes out, since a retry of
-        it would count it twice."""
+        """People are told once per incident and kind (the key makes a repeat send
+        nothing). Best effort: the alert is taken whether or not the message goes out,
+        since a retry of it would count it twice; the notification service's outbox
+        delivers what it took later."""
         occurred_at = Timestamp()
         occurred_at.GetCurrentTime()
+        name = notification_pb2.IncidentEventKind.Name(kind).removeprefix("INCIDENT_EVENT_KIND_")
         try:
             await self.notification.NotifyIncidentEvent(
                 notification_pb2.NotifyIncidentEventRequest(
-                    idempotency_key=f"{incident_id}/storm",
+                    idempotency_key=f"{incident_id}/{name.lower()}",
                     event=notification_pb2.IncidentEvent(
                         incident_id=incident_id,
-                        kind=notification_pb2.INCIDENT_EVENT_KIND_STORM,
+                        kind=kind,
                         alert=alert,
                         target=subject,
-                        stages=["listed on the storm's one incident; nothing done to each"],
-                        verdict="left to people",
+                        stages=stages,
+                        verdict=verdict,
                         occurred_at=occurred_at,
                     ),
                 )
             )
         except grpc.aio.AioRpcError as error:
             log.warning(
-                "storm notification not delivered",
-                extra={"incident_id": incident_id, "code": error.code().name},
+                "notification not delivered",
+                extra={"incident_id": incident_id, "kind": name, "code": error.code().name},
             )
 
     async def _update_incident(
@@ -177,25 +244,51 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
             result.disposition != remediation_pb2.ALERT_DISPOSITION_ANALYZED
             or result.subject is None
         ):
+            if result.drop_reason != storage_pb2.ALERT_DROP_REASON_UNSPECIFIED:
+                return await self._drop(
+                    response, alert, result.drop_reason, result.reason, result.subject
+                )
             return response
         if request.storm_id:
             return await self._count_in_storm(request, result.subject, response)
 
-        subject = await self._workload(result.subject)
+        try:
+            found = await self._context(result.subject)
+        except _SubjectGone as gone:
+            return await self._drop(
+                response,
+                alert,
+                storage_pb2.ALERT_DROP_REASON_SUBJECT_NOT_FOUND,
+                f"the object it names does not exist: {gone}",
+                result.subject,
+            )
+        subject = found.workload if found is not None and found.workload.name else result.subject
         response.subject.CopyFrom(subject)
         response.fingerprint = fingerprint_of(alert, subject)
         opened = await self.storage.OpenIncident(
             storage_pb2.OpenIncidentRequest(
-                fingerprint=response.fingerprint, alert=alert, subject=subject, trace_id=_trace_id()
+                fingerprint=response.fingerprint,
+                alert=alert,
+                subject=subject,
+                trace_id=_trace_id(),
+                # Tells a new failure from the old one within the quiet period after a fix.
+                workload_state=found.state
+                if found is not None and found.HasField("state")
+                else None,
             )
         )
         incident = opened.incident
         response.incident_id = incident.incident_id
         incident_id_var.set(incident.incident_id)
+        if opened.quiet_period:
+            response.reason = f"firing; {opened.quiet_period}"
         if not opened.created:
             response.disposition = remediation_pb2.ALERT_DISPOSITION_DUPLICATE
-            response.reason = (
-                f"counted on open incident {incident.incident_id} "
+            open_or_closed = (
+                "open" if incident.status == storage_pb2.INCIDENT_STATUS_OPEN else "closed"
+            )
+            response.reason = opened.quiet_period or (
+                f"counted on {open_or_closed} incident {incident.incident_id} "
                 f"({incident.occurrences} alerts so far)"
             )
             if incident.status != storage_pb2.INCIDENT_STATUS_OPEN:
@@ -210,12 +303,24 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
         response.analysis.CopyFrom(analyzed.analysis)
         response.workflow_id = analyzed.workflow_id
         if analyzed.analysis.decision != remediation_pb2.DECISION_REMEDIATE:
-            with contextlib.suppress(_ClosedMeanwhile):
+            try:
                 await self._update_incident(
                     incident.incident_id,
                     storage_pb2.INCIDENT_STATUS_NO_ACTION,
                     "; ".join(analyzed.analysis.reasons),
                 )
+            except _ClosedMeanwhile:
+                return response
+            # A decline is news too: people learn that the alert was seen and why nothing
+            # was done, as they do of a refusal.
+            await self._tell(
+                incident.incident_id,
+                notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON,
+                alert,
+                subject,
+                [reason[:2048] for reason in analyzed.analysis.reasons[:64]],
+                "not acted on",
+            )
         return response
 
 

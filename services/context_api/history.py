@@ -15,6 +15,7 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.storage.v1 import storage_pb2
 
+from services.alerts import alert_family
 from services.runtime.cache import TtlCache
 
 DEFAULT_LIMIT = 5
@@ -113,7 +114,14 @@ class IncidentHistoryReader:
         alert_name = found.incident.alert_name
         similar, effectiveness = await asyncio.gather(
             self.storage.SearchSimilarIncidents(
-                storage_pb2.SearchSimilarIncidentsRequest(incident_id=incident_id, limit=limit)
+                # Only the past of the same kind of object and, where known, the same
+                # family of alerts: a node's crash loops say nothing about a Deployment.
+                storage_pb2.SearchSimilarIncidentsRequest(
+                    incident_id=incident_id,
+                    limit=limit,
+                    subject_kind=found.incident.subject.kind,
+                    alert_names=alert_family(alert_name),
+                )
             ),
             self.effectiveness.GetActionEffectiveness(
                 effectiveness_pb2.GetActionEffectivenessRequest(alert_name=alert_name)

@@ -5,20 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
+from kubernaut.common.v1 import remediation_pb2 as common_remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from services.runtime.cache import TtlCache
-from services.runtime.kube import MANAGED_LABEL, is_managed
+from services.runtime.kube import (
+    ACTION_ID_ANNOTATION,
+    CHANGE_CAUSE_ANNOTATION,
+    MANAGED_LABEL,
+    is_managed,
+    is_own_template,
+)
+from services.runtime.workload_state import STATE_KINDS, workload_state
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+POD_TEMPLATE_HASH = "pod-template-hash"
+MAX_CHANGE_CAUSE = 256
+# The Deployment's Progressing condition's reason once its newest ReplicaSet was available.
+ROLLOUT_COMPLETE_REASON = "NewReplicaSetAvailable"
 MAX_EVENTS = 20
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 
@@ -83,6 +96,43 @@ def pod_state(pod: Any) -> context_api_pb2.PodState:
         last_terminated_reason=terminated,
         node=pod.spec.node_name or "",
         unschedulable=unschedulable[:1024],
+        pod_template_hash=(pod.metadata.labels or {}).get(POD_TEMPLATE_HASH, ""),
+    )
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def revision_of(replica_set: dict[str, Any]) -> context_api_pb2.Revision:
+    """One ReplicaSet (the API server's JSON: its template must digest exactly as the
+    executor's did) as a Revision, with whether it is Kubernaut's own."""
+    meta = replica_set.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    template = (replica_set.get("spec") or {}).get("template") or {}
+    try:
+        number = int(annotations.get(REVISION_ANNOTATION) or 0)
+    except ValueError:
+        number = 0
+    own = ""
+    if is_own_template(template):
+        template_annotations = (template.get("metadata") or {}).get("annotations") or {}
+        own = (
+            template_annotations.get(ACTION_ID_ANNOTATION)
+            or annotations.get(ACTION_ID_ANNOTATION)
+            or "unknown"
+        )
+    containers = (template.get("spec") or {}).get("containers") or []
+    return context_api_pb2.Revision(
+        number=number,
+        images=[str(c.get("image") or "") for c in containers],
+        created_at=_timestamp(_parse_time(meta.get("creationTimestamp"))),
+        ready_replicas=int((replica_set.get("status") or {}).get("readyReplicas") or 0),
+        kubernaut_action_id=own,
+        pod_template_hash=(meta.get("labels") or {}).get(POD_TEMPLATE_HASH, ""),
+        change_cause=str(annotations.get(CHANGE_CAUSE_ANNOTATION) or "")[:MAX_CHANGE_CAUSE],
     )
 
 
@@ -99,6 +149,7 @@ class ResourceContextReader:
     ) -> None:
         """`timeout` bounds one context read (its several API calls together); a hung API
         server then raises TimeoutError instead of holding the caller until its deadline."""
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
@@ -146,6 +197,8 @@ class ResourceContextReader:
         )
         pods = await self._pods(ref, workload)
         context.pods.extend(pod_state(pod) for pod in pods)
+        if workload_kind in STATE_KINDS and workload is not None:
+            context.state.CopyFrom(await self._workload_state(workload_ref, pods))
         names = {workload_name, *(pod.metadata.name for pod in pods)}
         if workload_kind == "Deployment" and workload is not None:
             rollout, replica_sets = await self._rollout(workload)
@@ -218,6 +271,26 @@ class ResourceContextReader:
         }
         return await readers[ref.kind](ref.name, ref.namespace)
 
+    async def _workload_state(
+        self, ref: alert_pb2.ResourceRef, pods: list[Any]
+    ) -> common_remediation_pb2.WorkloadState:
+        """The workload's state as the executor records it after a fix. The workload is read
+        again as the API server's JSON, not through the client's models: a model drops
+        fields newer than the client, and its template would then never digest as the
+        executor's (which reads JSON) does."""
+        readers = {
+            "Deployment": self.apps.read_namespaced_deployment,
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+            "DaemonSet": self.apps.read_namespaced_daemon_set,
+        }
+        response: Any = await readers[ref.kind](ref.name, ref.namespace, _preload_content=False)
+        try:
+            raw = json.loads(await response.read())
+        finally:
+            response.release()
+        serialize = self.api.sanitize_for_serialization
+        return workload_state(raw, [serialize(pod) for pod in pods])
+
     async def _pods(self, ref: alert_pb2.ResourceRef, workload: Any) -> list[Any]:
         if workload is None:
             return [await self.core.read_namespaced_pod(ref.name, ref.namespace)]
@@ -254,34 +327,41 @@ class ResourceContextReader:
         ]
 
     async def _rollout(self, deployment: Any) -> tuple[context_api_pb2.RolloutState, list[str]]:
-        """The Deployment's rollout state and the names of its ReplicaSets."""
+        """The Deployment's rollout state and the names of its ReplicaSets. They are read
+        as the API server's JSON, not through the client's models: a model drops fields
+        newer than the client, and a template would then not digest as the executor's did
+        (Revision.kubernaut_action_id)."""
         namespace = deployment.metadata.namespace
-        replica_sets = await self.apps.list_namespaced_replica_set(
-            namespace, label_selector=_selector(deployment.spec.selector.match_labels)
+        response: Any = await self.apps.list_namespaced_replica_set(
+            namespace,
+            label_selector=_selector(deployment.spec.selector.match_labels),
+            _preload_content=False,
         )
+        try:
+            replica_sets = json.loads(await response.read()).get("items") or []
+        finally:
+            response.release()
         owned = [
             rs
-            for rs in replica_sets.items
-            if any(o.uid == deployment.metadata.uid for o in rs.metadata.owner_references or [])
-        ]
-        revisions = []
-        for rs in owned:
-            number = int((rs.metadata.annotations or {}).get(REVISION_ANNOTATION, "0") or 0)
-            revisions.append(
-                context_api_pb2.Revision(
-                    number=number,
-                    images=[c.image for c in rs.spec.template.spec.containers],
-                    created_at=_timestamp(rs.metadata.creation_timestamp),
-                    ready_replicas=rs.status.ready_replicas or 0,
-                )
+            for rs in replica_sets
+            if any(
+                o.get("uid") == deployment.metadata.uid
+                for o in (rs.get("metadata") or {}).get("ownerReferences") or []
             )
-        revisions.sort(key=lambda revision: revision.number, reverse=True)
+        ]
+        revisions = sorted(
+            (revision_of(rs) for rs in owned), key=lambda revision: revision.number, reverse=True
+        )
         status = deployment.status
+        progressing = next((c for c in status.conditions or [] if c.type == "Progressing"), None)
+        reason = (progressing.reason or "") if progressing is not None else ""
         state = context_api_pb2.RolloutState(
             revisions=revisions,
             desired_replicas=deployment.spec.replicas or 0,
             ready_replicas=status.ready_replicas or 0,
             updated_replicas=status.updated_replicas or 0,
             available_replicas=status.available_replicas or 0,
+            rollout_completed=reason == ROLLOUT_COMPLETE_REASON,
+            progressing_reason=reason,
         )
-        return state, [rs.metadata.name for rs in owned]
+        return state, [str(rs["metadata"]["name"]) for rs in owned]

@@ -27,6 +27,7 @@ from kubernetes.utils.quantity import (  # type: ignore[import-untyped]
 )
 
 from services.executor.catalogue import action_name
+from services.runtime.kube import ACTION_ID_ANNOTATION, TEMPLATE_DIGEST_ANNOTATION
 
 __all__ = [
     "ABSENT",
@@ -50,7 +51,10 @@ __all__ = [
     "equivalent",
     "format_cpu",
     "format_memory",
+    "has_annotations",
     "label_selector",
+    "mark_ops",
+    "mark_template",
     "own_taints",
     "parse_quantity",
     "pointer_get",
@@ -59,6 +63,7 @@ __all__ = [
     "scale_memory",
     "single",
     "spec_json",
+    "template_after",
     "template_hash_label",
 ]
 
@@ -149,11 +154,16 @@ class Change:
         """The changed fields, for messages."""
         return ", ".join(e.path for e in self.edits)
 
-    def patch(self, resource_version: str) -> list[dict[str, Any]]:
-        return [_precondition(resource_version), *(e.forward() for e in self.edits)]
+    def patch(
+        self, resource_version: str, marks: Sequence[dict[str, Any]] = ()
+    ) -> list[dict[str, Any]]:
+        """The JSON patch; `marks` (mark_ops) set Kubernaut's annotations in the same write."""
+        return [_precondition(resource_version), *(e.forward() for e in self.edits), *marks]
 
-    def restore_patch(self, resource_version: str) -> list[dict[str, Any]]:
-        return [_precondition(resource_version), *(e.backward() for e in self.edits)]
+    def restore_patch(
+        self, resource_version: str, marks: Sequence[dict[str, Any]] = ()
+    ) -> list[dict[str, Any]]:
+        return [_precondition(resource_version), *(e.backward() for e in self.edits), *marks]
 
     def is_applied(self, obj: Mapping[str, Any]) -> bool:
         return all(_holds(obj, e.path, e.after) for e in self.edits)
@@ -813,6 +823,83 @@ def compute_change(
 def changes_template(change: Change) -> bool:
     """Whether the change rolls out a new pod template."""
     return any(e.path.startswith(TEMPLATE_PATH) for e in change.edits)
+
+
+# -- Kubernaut's marks ------------------------------------------------------------------------
+
+
+def _in_template(path: str) -> bool:
+    return path == TEMPLATE_PATH or path.startswith(TEMPLATE_PATH + "/")
+
+
+def _apply_edit(document: Any, edit: Edit) -> None:
+    """Apply one edit to `document` in place (the paths edit_at and the actions build)."""
+    parts = pointer_parts(edit.path)
+    node = document
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if edit.after is ABSENT:
+            del node[int(last)]
+        elif last == "-":
+            node.append(copy.deepcopy(edit.after))
+        else:
+            node[int(last)] = copy.deepcopy(edit.after)
+    elif edit.after is ABSENT:
+        node.pop(last, None)
+    else:
+        node[last] = copy.deepcopy(edit.after)
+
+
+def template_after(obj: Mapping[str, Any], change: Change) -> dict[str, Any]:
+    """The workload's pod template once the change's template edits are applied."""
+    document = {"spec": {"template": copy.deepcopy(obj["spec"]["template"])}}
+    for edit in change.edits:
+        if _in_template(edit.path):
+            _apply_edit(document, edit)
+    template: dict[str, Any] = document["spec"]["template"]
+    return template
+
+
+def mark_template(obj: Mapping[str, Any], change: Change, digest: str, action_id: str) -> Change:
+    """The change with its template edits made one edit of the whole pod template, which
+    carries `digest` (pod_spec_digest of the new template's spec as the API server stores
+    it) in the annotation kubernaut.ai/template-digest, and the action's id. A revision made
+    of it is then known as Kubernaut's, also once the object's sticky annotations are
+    copied onto a person's later revision (whose changed spec no longer matches the
+    digest). The restore still puts back the snapshot's template, byte for byte."""
+    if not changes_template(change):
+        return change
+    after = template_after(obj, change)
+    metadata = after.setdefault("metadata", {})
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        TEMPLATE_DIGEST_ANNOTATION: digest,
+        ACTION_ID_ANNOTATION: action_id,
+    }
+    kept = tuple(e for e in change.edits if not _in_template(e.path))
+    before = copy.deepcopy(obj["spec"]["template"])
+    return Change(change.summary, (*kept, Edit(TEMPLATE_PATH, before, after)))
+
+
+def has_annotations(obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("annotations"))
+
+
+def mark_ops(annotated: bool, marks: Mapping[str, str]) -> list[dict[str, Any]]:
+    """JSON patch operations that set `marks` in the object's metadata.annotations.
+    `annotated`: the object has annotations at the resourceVersion the patch carries (its
+    precondition, so this cannot have changed): then one "add" per key (which replaces an
+    existing key), else the whole map."""
+    if not marks:
+        return []
+    if not annotated:
+        return [{"op": "add", "path": "/metadata/annotations", "value": dict(marks)}]
+    return [
+        {"op": "add", "path": pointer_join(["metadata", "annotations", key]), "value": value}
+        for key, value in marks.items()
+    ]
 
 
 # -- judging a rollout ------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol
 
 import grpc
-from kubernaut.common.v1 import alert_pb2
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
@@ -69,6 +69,7 @@ from services.executor.operations import (
     snapshot_content,
     undo_operation_for,
 )
+from services.executor.progress import progress_of
 from services.executor.settings import ExecutorSettings
 from services.executor.store import (
     ActionRow,
@@ -80,6 +81,7 @@ from services.executor.store import (
 )
 from services.runtime.kube import MANAGED_LABEL, ClusterNotConfigured, is_managed
 from services.runtime.logs import incident_id_var
+from services.runtime.workload_state import STATE_KINDS, workload_state
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +289,17 @@ class Executor:
             lambda: self._execute(undo, cluster, undo_of=original, reason=request.reason),
         )
 
+    async def progress(self, action_id: str) -> executor_pb2.GetActionProgressResponse | None:
+        """How far the action got (GetActionProgress), from the stored row, without waiting
+        for a call working on it; None when there is no such action. Raises
+        ExecutorStoreUnavailable."""
+        store = await self.database.store()
+        row = await store.get(action_id)
+        if row is None:
+            return None
+        running = action_id in self._running or await store.working_on(action_id)
+        return progress_of(row, self.settings, running=running)
+
     async def _check_undoable(self, store: ActionStore, original: ActionRow) -> None:
         action = catalogue.action_name(original.request.action)
         what = f"action {original.action_id} ({action})"
@@ -459,6 +472,7 @@ class _Run:
 
     def stage(self, line: str) -> None:
         self.row.stages.append(line)
+        self.row.stage_times.append(_now())  # for GetActionProgress
         log.info(line, extra=self._fields())
 
     def refuse(self, line: str, message: str) -> NoReturn:
@@ -524,6 +538,7 @@ class _Run:
             if row.attempts > 1:
                 if row.state is ActionState.STARTED:
                     row.stages.clear()  # nothing was applied: start over
+                    row.stage_times.clear()
                 self.stage(f"resume: attempt {row.attempts} continues from {row.state.value}")
             try:
                 try:
@@ -559,6 +574,9 @@ class _Run:
             await self._checkpoint("apply")
         failure = ""
         if row.state is ActionState.APPLIED:
+            # Saved so that GetActionProgress can say how long verification has run.
+            row.verify_started_at = _now()
+            await self.save()
             verified = await operation.verify(self, row.generation, "verify")
             if verified.ok:
                 return (
@@ -597,6 +615,7 @@ class _Run:
         change = await operation.plan(self, target)
         self.stage(f"plan: {change.summary}")
         await operation.dry_run(self, target, change)
+        await self.save()  # the stages so far, for GetActionProgress
         if self.settings.dry_run:
             raise _Finished(DRY_RUN, f"{self.what()}: dry-run only, not applied: {change.summary}")
         await self._snapshot(target, change)
@@ -870,12 +889,19 @@ class _Run:
             action=self.action,
             target=self.ref,
             outcome=outcome,
+            # The workflow's guard tells a repeat of the same action with the same
+            # parameters from another by these.
+            params=self.request.action,
             spec_before_json=before,
             spec_after_json=after,
             message=_clip(message, _MAX_MESSAGE),
         )
         record.started_at.FromDatetime(row.started_at)
         record.finished_at.FromDatetime(_now())
+        if outcome == SUCCEEDED and self.operation.changes_cluster and self.undo_of is None:
+            observed = await self._verified_state()
+            if observed is not None:
+                record.observed_after.CopyFrom(observed)
         row.record = record
         log.info(
             "action finished",
@@ -886,6 +912,27 @@ class _Run:
             },
         )
         await self.save(ActionState.FINISHED)
+
+    async def _verified_state(self) -> remediation_pb2.WorkloadState | None:
+        """The workload and its pods as verified: storage's baseline for telling a new failure
+        from the old one in the quiet period. None when the target is not a workload, or
+        cannot be read now (the record is not held up for it; without a baseline storage
+        counts later alerts on the incident, as before)."""
+        ref = self.ref
+        if ref.kind not in STATE_KINDS:
+            return None
+        try:
+            cluster = await self.cluster()
+            workload = await cluster.get(ref.kind, ref.namespace, ref.name)
+            selector = label_selector((workload.get("spec") or {}).get("selector"))
+            pods = await cluster.pods(ref.namespace, selector) if selector else []
+        except (ApiError, ClusterUnavailable) as error:
+            log.warning(
+                "cannot read the verified workload's state; recorded without it",
+                extra={**self._fields(), "error": str(error)},
+            )
+            return None
+        return workload_state(workload, pods)
 
     async def _record(self) -> ExecuteResult:
         row = self.row

@@ -39,13 +39,18 @@ from services.executor.changes import (
     changes_template,
     compute_change,
     equivalent,
+    has_annotations,
     label_selector,
+    mark_ops,
+    mark_template,
     own_taints,
+    template_after,
     template_hash_label,
 )
 from services.executor.cluster import ApiError, Cluster, ClusterUnavailable
 from services.executor.settings import ExecutorSettings
 from services.executor.store import ActionRow, ActionState
+from services.runtime.kube import ACTION_ID_ANNOTATION, CHANGE_CAUSE_ANNOTATION, pod_spec_digest
 
 __all__ = [
     "DRY_RUN",
@@ -74,7 +79,10 @@ REFUSED: Final = storage_pb2.ACTION_OUTCOME_REFUSED
 # status, which changes resourceVersion but not what we change).
 _MAX_CONFLICTS: Final = 5
 RERUN_OF: Final = "kubernaut.ai/rerun-of"
-ACTION_ID: Final = "kubernaut.ai/action-id"
+ACTION_ID: Final = ACTION_ID_ANNOTATION
+# kubernetes.io/change-cause is shown by `kubectl rollout history`; longer text is clipped.
+_MAX_CHANGE_CAUSE: Final = 256
+_ANNOTATIONS: Final = "/metadata/annotations"
 # Labels the Job controller puts on a Job and its pods; a copy must not carry them.
 _JOB_CONTROLLER_LABELS: Final = frozenset(
     {
@@ -260,16 +268,79 @@ class PatchOperation(Operation):
                 "plan: failed: the ConfigMap is immutable",
                 f"{run.what()} failed: the ConfigMap is immutable",
             )
+        # A rollback puts back a template that ran before, exactly (no digest): the
+        # controller then re-uses that revision's ReplicaSet and its running pods instead of
+        # rolling out a copy. Only new templates are marked as Kubernaut's.
+        if (
+            kind in WORKLOAD_KINDS
+            and changes_template(change)
+            and run.action != "rollback_deployment"
+        ):
+            change = await self._digest_template(run, target, change)
         return change
+
+    async def _digest_template(
+        self, run: RunContext, target: dict[str, Any], change: Change
+    ) -> Change:
+        """The change with the digest of its new template's spec in the template (see
+        mark_template). The API server stores some values otherwise than they are written
+        (quantities such as "0.5" as "500m", defaulted fields), and the digest must be of
+        the spec as stored, which the ReplicaSets copy: when the spec changes, a dry-run of
+        the change shows it. When that dry-run fails, the digest is of the spec as written;
+        the dry-run stage then reports the failure."""
+        spec = template_after(target, change).get("spec")
+        if spec != target["spec"]["template"].get("spec"):
+            ref = run.ref
+            try:
+                stored = await (await run.cluster()).patch(
+                    ref.kind,
+                    ref.namespace,
+                    ref.name,
+                    change.patch(target["metadata"]["resourceVersion"]),
+                    dry_run=True,
+                )
+                spec = ((stored.get("spec") or {}).get("template") or {}).get("spec", spec)
+            except ApiError:
+                pass
+        return mark_template(target, change, pod_spec_digest(spec), run.row.action_id)
+
+    def snapshot_extra(self, run: RunContext, target: dict[str, Any]) -> dict[str, Any]:
+        # How the apply sets the marks at the snapshot's resourceVersion (mark_ops).
+        return {"annotated": has_annotations(target)}
+
+    def _cause(self, run: RunContext, phase: str) -> str:
+        """What the write does, for kubernetes.io/change-cause."""
+        if phase == "restore":
+            return f"undo of {run.action} after failed verification"
+        return run.action
+
+    def _marks(
+        self, run: RunContext, change: Change, phase: str, annotated: bool | None
+    ) -> list[dict[str, Any]]:
+        """Patch operations for Kubernaut's annotations on the object it writes ("apply" or
+        "restore"): kubernaut.ai/action-id, and kubernetes.io/change-cause when a workload's
+        pod template changes (the Deployment controller copies the Deployment's annotations
+        onto the ReplicaSet that becomes its new one). None for `annotated`: not known (an
+        action stored before the marks were written), so none are set."""
+        if annotated is None or any(e.path.startswith(_ANNOTATIONS) for e in change.edits):
+            # A patch_resource of the annotations themselves (if configured) keeps its own.
+            return []
+        action_id = run.row.action_id
+        marks = {ACTION_ID: action_id}
+        if run.ref.kind in WORKLOAD_KINDS and changes_template(change):
+            cause = f"kubernaut: {self._cause(run, phase)} (action {action_id})"
+            marks[CHANGE_CAUSE_ANNOTATION] = cause[:_MAX_CHANGE_CAUSE]
+        return mark_ops(annotated, marks)
 
     async def dry_run(self, run: RunContext, target: dict[str, Any], change: Change) -> None:
         ref = run.ref
         planned = content_of(target)
         for _ in range(_MAX_CONFLICTS):
             rv = target["metadata"]["resourceVersion"]
+            marks = self._marks(run, change, "apply", has_annotations(target))
             try:
                 await (await run.cluster()).patch(
-                    ref.kind, ref.namespace, ref.name, change.patch(rv), dry_run=True
+                    ref.kind, ref.namespace, ref.name, change.patch(rv, marks), dry_run=True
                 )
                 run.stage("dry-run: ok: the API server accepted the change (dryRun=All)")
                 return
@@ -299,9 +370,11 @@ class PatchOperation(Operation):
     async def apply(self, run: RunContext) -> int | None:
         change = run.change
         rv = str(run.snapshot["resourceVersion"])
+        annotated = (run.snapshot.get("extra") or {}).get("annotated")
         for _ in range(_MAX_CONFLICTS):
+            marks = self._marks(run, change, "apply", annotated)
             try:
-                applied = await self._patch(run, change.patch(rv))
+                applied = await self._patch(run, change.patch(rv, marks))
                 generation = applied["metadata"].get("generation")
                 run.stage(f"apply: {change.summary}{_generation(generation)}")
                 return None if generation is None else int(generation)
@@ -327,6 +400,7 @@ class PatchOperation(Operation):
                     "nothing applied",
                 )
             rv = current["metadata"]["resourceVersion"]  # only its status moved: try again
+            annotated = has_annotations(current)
         run.fail(
             f"apply: failed: the {run.ref.kind} kept changing; nothing applied",
             f"{run.what()} failed: the {run.ref.kind} changed concurrently; nothing applied",
@@ -396,9 +470,10 @@ class PatchOperation(Operation):
                     f"{what}: verification failed ({failure}); the rollback was not applied "
                     f"because the {run.ref.kind} changed concurrently",
                 )
+            marks = self._marks(run, change, "restore", has_annotations(current))
             try:
                 restored = await self._patch(
-                    run, change.restore_patch(current["metadata"]["resourceVersion"])
+                    run, change.restore_patch(current["metadata"]["resourceVersion"], marks)
                 )
             except ApiError as error:
                 if error.conflict:
@@ -987,6 +1062,12 @@ class UndoPatchOperation(PatchOperation):
         self, run: RunContext, obj: Mapping[str, Any], phase: str
     ) -> tuple[bool, bool, str]:
         return True, False, f"{run.change.path} reads back as set"
+
+    def _cause(self, run: RunContext, phase: str) -> str:
+        original = f"{run.action} {self.original.action_id}"
+        if phase == "restore":
+            return f"{original} put back after its undo failed verification"
+        return f"undo of {original}"
 
 
 class UndoRerunOperation(Operation):

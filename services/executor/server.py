@@ -80,6 +80,22 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         )
         return executor_pb2.RollbackActionResponse(record=result.record, stages=result.stages)
 
+    async def GetActionProgress(
+        self, request: executor_pb2.GetActionProgressRequest, context: Any
+    ) -> executor_pb2.GetActionProgressResponse:
+        executor = await self._executor(context)
+        try:
+            progress = await executor.progress(request.action_id)
+        except ExecutorStoreUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error} (safe to retry)")
+            raise
+        if progress is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"the executor has no action {request.action_id}"
+            )
+            raise AssertionError("unreachable")  # abort raises
+        return progress
+
     async def _executor(self, context: Any) -> Executor:
         if self.executor is None:
             await context.abort(

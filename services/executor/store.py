@@ -80,6 +80,14 @@ class ActionRow:
     attempts: int = 1
     # A rollback's row: the action it undoes (RollbackAction).
     undo_of: str | None = None
+    # When each line of `stages` was reached (None for lines stored before times were).
+    stage_times: list[dt.datetime | None] = field(default_factory=list)
+    # When the latest verification started (saved by the run), and when the change was
+    # applied (saved by guards.mark_applied; read-only here).
+    verify_started_at: dt.datetime | None = None
+    applied_at: dt.datetime | None = None
+    # When the row was last saved; read-only.
+    updated_at: dt.datetime | None = None
 
 
 def _lock_key(action_id: str) -> int:
@@ -96,6 +104,9 @@ def _row(row: asyncpg.Record) -> ActionRow:
     record = None
     if row["record"] is not None:
         record = storage_pb2.ActionRecord.FromString(bytes(row["record"]))
+    stages = list(row["stages"])
+    times: list[dt.datetime | None] = list(row["stage_times"])[: len(stages)]
+    times += [None] * (len(stages) - len(times))
     return ActionRow(
         action_id=str(row["action_id"]),
         request=request,
@@ -104,16 +115,20 @@ def _row(row: asyncpg.Record) -> ActionRow:
         snapshot=None if row["snapshot"] is None else json.loads(row["snapshot"]),
         change=None if row["change"] is None else Change.from_json(json.loads(row["change"])),
         generation=row["generation"],
-        stages=list(row["stages"]),
+        stages=stages,
         record=record,
         attempts=row["attempts"],
         undo_of=None if row["undo_of"] is None else str(row["undo_of"]),
+        stage_times=times,
+        verify_started_at=row["verify_started_at"],
+        applied_at=row["applied_at"],
+        updated_at=row["updated_at"],
     )
 
 
 _COLUMNS: Final = (
     "action_id, request, state, started_at, snapshot, change, generation, stages, record,"
-    " attempts, undo_of"
+    " attempts, undo_of, stage_times, verify_started_at, applied_at, updated_at"
 )
 
 
@@ -165,7 +180,8 @@ class ActionSession:
             await self._conn.execute(
                 "UPDATE executor.actions SET state = $2, snapshot = $3::jsonb,"
                 " change = $4::jsonb, generation = $5, stages = $6, record = $7,"
-                " attempts = $8, updated_at = now() WHERE action_id = $1",
+                " attempts = $8, stage_times = $9, verify_started_at = $10,"
+                " updated_at = now() WHERE action_id = $1",
                 uuid.UUID(row.action_id),
                 row.state.value,
                 _json(row.snapshot),
@@ -174,6 +190,8 @@ class ActionSession:
                 row.stages,
                 None if row.record is None else row.record.SerializeToString(),
                 row.attempts,
+                row.stage_times,
+                row.verify_started_at,
             )
 
 
@@ -206,6 +224,21 @@ class ActionStore(PooledStore):
         """The action's row as stored, without waiting for a call working on it."""
         async with self._acquire() as conn:
             return await ActionSession(conn, action_id).load()
+
+    async def working_on(self, action_id: str) -> bool:
+        """Whether a call (of any replica) holds the action's lock, i.e. works on it now."""
+        key = _lock_key(action_id) & 0xFFFFFFFFFFFFFFFF
+        async with self._acquire() as conn, unavailable():
+            # A bigint advisory lock shows in pg_locks as its two 32-bit halves.
+            held = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1"
+                " AND granted)",
+                key >> 32,
+                key & 0xFFFFFFFF,
+            )
+        return bool(held)
 
     async def undos_of(self, action_id: str) -> list[ActionRow]:
         """The rollbacks of an action, oldest first."""

@@ -255,8 +255,19 @@ def accepted(item: IntakeItem) -> Outcome:
     )
 
 
-def duplicate(item: IntakeItem, occurrences: int, incident_id: str) -> Outcome:
-    where = f"incident {incident_id}" if incident_id else "its first alert, still queued"
+def duplicate(
+    item: IntakeItem, occurrences: int, incident_id: str, first_queued: bool = False
+) -> Outcome:
+    """A repeat within a life. Without an incident its first alert is either still queued
+    (or being forwarded) or was forwarded and opened none (filtered, dropped): only the
+    first is "still queued". An incident named may have closed since; the next count
+    learns that and ends the life, so the alert after it is decided afresh."""
+    if incident_id:
+        where = f"incident {incident_id}"
+    elif first_queued:
+        where = "its first alert, still queued"
+    else:
+        where = "its first alert, which was forwarded and opened no incident"
     return Outcome(
         item.fingerprint,
         DUPLICATE,
@@ -441,6 +452,29 @@ SELECT EXISTS (
 """
 
 
+_FIRING_QUEUED: Final = """
+SELECT DISTINCT fingerprint FROM gateway.queue
+WHERE fingerprint = ANY($1::text[]) AND kind = 'firing' AND failed_at IS NULL
+"""
+
+
+async def _firing_queued(
+    conn: asyncpg.pool.PoolConnectionProxy, fingerprints: Sequence[str]
+) -> set[str]:
+    """Which of `fingerprints` have a firing alert queued or in flight."""
+    if not fingerprints:
+        return set()
+    return {row["fingerprint"] for row in await conn.fetch(_FIRING_QUEUED, list(fingerprints))}
+
+
+async def _counted_duplicate(
+    conn: asyncpg.pool.PoolConnectionProxy, item: IntakeItem, counted: asyncpg.Record
+) -> Outcome:
+    incident_id = counted["incident_id"]
+    queued = not incident_id and bool(await conn.fetchval(_FIRING_IN_FLIGHT, item.fingerprint))
+    return duplicate(item, counted["occurrences"], incident_id, queued)
+
+
 class IntakeStore(PooledStore):
     unavailable = IntakeUnavailable
     label = "gateway database"
@@ -542,6 +576,10 @@ class IntakeStore(PooledStore):
             settings.storm_threshold,
             partial,
         )
+        # Only a life without an incident needs to know whether its first alert waits.
+        queued = await _firing_queued(
+            conn, [r["fingerprint"] for r in rows if not r["started"] and not r["incident_id"]]
+        )
         for row in rows:
             group = by_fingerprint[row["fingerprint"]]
             if row["started"]:
@@ -550,7 +588,9 @@ class IntakeStore(PooledStore):
             # Occurrences as each alert was counted, one after the other.
             first = row["occurrences"] - len(group)
             for number, item in enumerate(group, start=1):
-                outcomes[item.index] = duplicate(item, first + number, row["incident_id"])
+                outcomes[item.index] = duplicate(
+                    item, first + number, row["incident_id"], row["fingerprint"] in queued
+                )
         return bool(rows)
 
     async def _restart_life(
@@ -564,7 +604,7 @@ class IntakeStore(PooledStore):
         if row["state"] == "firing" and not row["ended"]:
             counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
             assert counted is not None  # the row is locked, and live
-            return duplicate(item, counted["occurrences"], counted["incident_id"])
+            return await _counted_duplicate(conn, item, counted)
         await conn.execute(_RESTART_LIFE, item.fingerprint, alert_json)
         return None
 
@@ -577,7 +617,7 @@ class IntakeStore(PooledStore):
     ) -> Outcome:
         counted = await conn.fetchrow(_COUNT_DUPLICATE, item.fingerprint)
         if counted is not None:
-            return duplicate(item, counted["occurrences"], counted["incident_id"])
+            return await _counted_duplicate(conn, item, counted)
         stored = alert_json(flagged(item.alert, item.freshness.flags))
         row = await conn.fetchrow(
             _INSERT_FINGERPRINT, item.fingerprint, item.alert.name, item.cluster, stored

@@ -401,7 +401,15 @@ local function firing(fp, alert_name, cluster, alert, storm_candidate)
     counted.uncounted = num(tonumber(f.uncounted) + 1)
     counted.last_seen_at = num(now)
     save_fp(fp, f, counted)
-    return {'duplicate', counted.occurrences, f.incident_id}
+    -- Without an incident, whether its first alert still waits (or is in flight) or was
+    -- forwarded and opened none: the answer says which.
+    local queued = '0'
+    if f.incident_id == '' then
+      for _, id in ipairs(redis.call('ZRANGE', P .. 'fp-queue:' .. fp, 0, -1)) do
+        if redis.call('HGET', P .. 'row:' .. id, 'kind') == 'firing' then queued = '1' end
+      end
+    end
+    return {'duplicate', counted.occurrences, f.incident_id, queued}
   end
   -- A new life (a resolved or ended one restarts, keeping its name and cluster).
   local life = f and copy(f) or {alert_name = alert_name, cluster = cluster}
@@ -969,8 +977,8 @@ def _outcome(item: IntakeItem, result: list[str]) -> Outcome:
     match result:
         case ["accepted"]:
             return accepted(item)
-        case ["duplicate", occurrences, incident]:
-            return duplicate(item, int(occurrences), incident)
+        case ["duplicate", occurrences, incident, queued]:
+            return duplicate(item, int(occurrences), incident, queued == "1")
         case ["storm", storm_id, size]:
             return in_storm(item, storm_id, int(size))
         case ["not-firing"]:

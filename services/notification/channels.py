@@ -20,6 +20,8 @@ import aiosmtplib
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.notification.links import check_host_pattern
+
 __all__ = [
     "EMAIL_CHANNEL_NAME",
     "INCIDENT_HEADER",
@@ -61,8 +63,12 @@ class NotificationSettings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Hosts whose URLs in an alert (runbook_url, generator URL, URLs in the text) are shown
+    # as links: "host" exactly, "*.domain" its subdomains. Comma-separated; empty: none,
+    # because an alert's annotations are written by whoever can send alerts.
+    link_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
-    @field_validator("email_to", mode="before")
+    @field_validator("email_to", "link_hosts", mode="before")
     @classmethod
     def _split_recipients(cls, value: object) -> object:
         if isinstance(value, str):
@@ -71,6 +77,11 @@ class NotificationSettings(BaseSettings):
             # Blanks are dropped so "a@x, ,b@x," and an empty variable both work.
             return tuple(s for item in value if (s := str(item).strip()))
         return value
+
+    @field_validator("link_hosts")
+    @classmethod
+    def _check_link_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_host_pattern(host) for host in value)
 
     @field_validator("email_to")
     @classmethod

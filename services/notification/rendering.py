@@ -4,15 +4,20 @@
 Alert labels and annotations are data, never instructions: they reach the templates only
 as variable values, which jinja2 inserts as text and never evaluates, and control
 characters in them (terminal escapes, NUL, bidi overrides) are escaped first so a mail
-client or terminal shows them instead of acting on them.
+client or terminal shows them instead of acting on them. URLs in them are links only when
+the link policy allows their host (services.notification.links); others are defanged.
+
+Subjects say what happened to the workload, not to Kubernaut's action: what the executor's
+stage lines tell about the change (applied, undone, never made) is read by `what_changed`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -23,17 +28,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2
 
+from services.notification.links import LinkPolicy, ShownUrl
+
 __all__ = [
     "MAX_SUBJECT_LENGTH",
     "TEMPLATES",
     "TEMPLATES_DIR",
     "AlertView",
+    "Changed",
     "EventRenderer",
     "EventView",
     "RenderedMessage",
     "TargetView",
     "UnknownEventKind",
     "plain_text",
+    "what_changed",
 ]
 
 TEMPLATES_DIR: Final = Path(__file__).with_name("templates")
@@ -46,6 +55,7 @@ TEMPLATES: Final[Mapping[notification_pb2.IncidentEventKind.ValueType, str]] = {
     notification_pb2.INCIDENT_EVENT_KIND_ROLLED_BACK: "rolled_back.txt",
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: "refused.txt",
     notification_pb2.INCIDENT_EVENT_KIND_STORM: "storm.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON: "not_acted_on.txt",
 }
 
 # The limit SendNotification puts on a subject; longer ones are cut with an ellipsis.
@@ -89,6 +99,59 @@ def _when(timestamp: timestamp_pb2.Timestamp) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+class Changed(enum.StrEnum):
+    """What the executor's stage lines say about the change to the target."""
+
+    # No stage line of the executor's: it did not answer (the workflow failed first).
+    UNKNOWN = "unknown"
+    # It stopped before applying (refused, dry-run mode, an action that only reads), or the
+    # API server rejected the change.
+    NOTHING = "nothing"
+    # Applied, and no undo was needed or tried.
+    APPLIED = "applied"
+    # Applied, then restored from the snapshot.
+    UNDONE = "undone"
+    # Applied, and the undo failed or is not possible: Kubernaut's change is still there.
+    NOT_UNDONE = "not_undone"
+
+
+# The executor's stage lines start "<phase>: " (services/executor/engine.py, operations.py).
+_EXECUTOR_PHASES: Final = frozenset(
+    {
+        "resume",
+        "scope",
+        "rbac",
+        "guards",
+        "plan",
+        "dry-run",
+        "snapshot",
+        "apply",
+        "verify",
+        "rollback",
+        "rollback verify",
+        "record",
+        "collect",
+        "notify",
+    }
+)
+
+
+def what_changed(stages: Sequence[str]) -> Changed:
+    """What `stages` (the executor's stage lines, as the workflow passes them on) say about
+    the change. Says UNKNOWN rather than guess when they are not the executor's."""
+    lines = [line.strip().lower() for line in stages]
+    if not any(line.partition(":")[0] in _EXECUTOR_PHASES for line in lines):
+        return Changed.UNKNOWN
+    rollback = [line for line in lines if line.startswith("rollback:")]
+    if any(line.startswith(("rollback: failed", "rollback: not possible")) for line in rollback):
+        return Changed.NOT_UNDONE
+    if any(line.startswith(("rollback: restored", "rollback: deleted")) for line in rollback):
+        return Changed.UNDONE
+    if any(line.startswith("apply:") and not line.startswith("apply: failed") for line in lines):
+        return Changed.APPLIED
+    return Changed.NOTHING
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedMessage:
     subject: str
@@ -97,18 +160,22 @@ class RenderedMessage:
 
 @dataclass(frozen=True, slots=True)
 class AlertView:
-    """What fired, as the templates see it. Every string is already `plain_text`."""
+    """What fired, as the templates see it. Every string is already `plain_text`, and URLs
+    in the annotations and labels that may not be links are defanged."""
 
     name: str
     status: str
     severity: str
     summary: str
     description: str
-    runbook_url: str
-    source_url: str
+    # From the annotations / the alert's generator URL; None when the alert has none.
+    runbook: ShownUrl | None
+    source: ShownUrl | None
     starts_at: str
     # Sorted by key.
     labels: tuple[tuple[str, str], ...]
+    # Whether a URL in the summary, description or labels was defanged.
+    defanged_text: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,39 +203,61 @@ class EventView:
     stages: tuple[str, ...]
     verdict: str
     occurred_at: str
+    # What the stages say about the change (a Changed value, as text for the templates).
+    changed: str
 
     @classmethod
-    def of(cls, event: notification_pb2.IncidentEvent) -> EventView:
+    def of(
+        cls, event: notification_pb2.IncidentEvent, links: LinkPolicy | None = None
+    ) -> EventView:
         return cls(
             incident_id=plain_text(event.incident_id),
-            alert=_alert_view(event.alert),
+            alert=_alert_view(event.alert, links or LinkPolicy()),
             target=_target_view(event.target),
             action=plain_text(event.action),
             stages=tuple(plain_text(stage) for stage in event.stages),
             verdict=plain_text(event.verdict) or NOT_ASSESSED,
             occurred_at=_when(event.occurred_at) if event.HasField("occurred_at") else "",
+            changed=what_changed(event.stages).value,
         )
 
     def variables(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
-def _alert_view(alert: alert_pb2.Alert) -> AlertView:
+def _alert_view(alert: alert_pb2.Alert, links: LinkPolicy) -> AlertView:
     annotations = alert.annotations
     status = {
         alert_pb2.ALERT_STATUS_FIRING: "firing",
         alert_pb2.ALERT_STATUS_RESOLVED: "resolved",
     }.get(alert.status, "unknown status")
+    defanged = False
+
+    def text(value: str) -> str:
+        nonlocal defanged
+        shown, changed = links.defang_text(plain_text(value))
+        defanged = defanged or changed
+        return shown
+
+    def url(value: str) -> ShownUrl | None:
+        # Whitespace around a URL is not part of it; inside one, it makes it no link.
+        value = plain_text(value).strip()
+        return links.show(value) if value else None
+
+    summary = text(annotations.get("summary", ""))
+    description = text(annotations.get("description", ""))
+    labels = tuple(sorted((plain_text(k), text(v)) for k, v in alert.labels.items()))
     return AlertView(
-        name=plain_text(alert.name),
+        name=text(alert.name),
         status=status,
         severity=plain_text(alert.labels.get("severity", "")),
-        summary=plain_text(annotations.get("summary", "")),
-        description=plain_text(annotations.get("description", "")),
-        runbook_url=plain_text(annotations.get("runbook_url", "")),
-        source_url=plain_text(alert.generator_url),
+        summary=summary,
+        description=description,
+        runbook=url(annotations.get("runbook_url", "")),
+        source=url(alert.generator_url),
         starts_at=_when(alert.starts_at) if alert.HasField("starts_at") else "",
-        labels=tuple(sorted((plain_text(k), plain_text(v)) for k, v in alert.labels.items())),
+        labels=labels,
+        defanged_text=defanged,
     )
 
 
@@ -195,7 +284,9 @@ class EventRenderer:
     data, or reach Python internals) and undefined variables are errors, not blanks.
     """
 
-    def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
+    def __init__(self, directory: Path = TEMPLATES_DIR, links: LinkPolicy | None = None) -> None:
+        # Which URLs from an alert may be links; by default none.
+        self._links = links or LinkPolicy()
         self._env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader(directory),
             # Plain-text email: HTML escaping would show "&lt;" to the reader.
@@ -221,7 +312,7 @@ class EventRenderer:
         template = self._templates.get(event.kind)
         if template is None:
             raise UnknownEventKind(event.kind)
-        variables = EventView.of(event).variables()
+        variables = EventView.of(event, self._links).variables()
         subject = "".join(template.blocks["subject"](template.new_context(variables)))
         body = template.render(variables)
         # Blank lines at the ends come from optional sections; one final newline stays.

@@ -14,9 +14,11 @@ from services.notification.channels import (
     ChannelKind,
     DeliveryOutcome,
     NoChannelConfigured,
+    NotificationSettings,
     Notifier,
     UnknownChannel,
 )
+from services.notification.links import LinkPolicy
 from services.notification.outbox import InvalidOutboxEntry, OutboxDatabase, OutboxUnavailable
 from services.notification.redelivery import Redelivery, RedeliverySettings
 from services.notification.rendering import EventRenderer, UnknownEventKind
@@ -132,7 +134,10 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    notifier = Notifier.from_settings()
+    # Read once: channels and the link allow-list come from the same frozen settings.
+    channel_settings = NotificationSettings()
+    notifier = Notifier.from_settings(channel_settings)
+    renderer = EventRenderer(links=LinkPolicy(channel_settings.link_hosts))
     settings = OutboxSettings()
     readiness: list[tuple[str, ReadinessCheck]] = []
     on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -152,4 +157,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             "no database configured: NotifyIncidentEvent is refused until "
             "KUBERNAUT_DATABASE_URL is set"
         )
-    return ServiceSpec(NotificationServicer(notifier, outbox), readiness=readiness, on_stop=on_stop)
+    return ServiceSpec(
+        NotificationServicer(notifier, outbox, renderer), readiness=readiness, on_stop=on_stop
+    )

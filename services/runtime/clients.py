@@ -32,17 +32,18 @@ RETRY_POLICY = {
 }
 
 
-def service_config(service: ServiceName, timeout_seconds: float) -> dict[str, Any]:
-    """Deadline for every method; retries only where a repeat cannot do harm."""
+def service_config(service: ServiceName) -> dict[str, Any]:
+    """Retries only where a repeat cannot do harm. No deadline here: gRPC takes the shorter
+    of a service config's timeout and the call's own deadline, so one here would cut short
+    the calls that ask for longer (ExecuteAction waits minutes for verification). The
+    default deadline is set per call instead (`_CallMetadata`)."""
     proto = protocol(service)
-    timeout = f"{timeout_seconds:g}s"
-    configs: list[dict[str, Any]] = [{"name": [{"service": proto.full_name}], "timeout": timeout}]
+    configs: list[dict[str, Any]] = [{"name": [{"service": proto.full_name}]}]
     for method in proto.method_names:
         if proto.is_idempotent(method):
             configs.append(
                 {
                     "name": [{"service": proto.full_name, "method": method}],
-                    "timeout": timeout,
                     "retryPolicy": RETRY_POLICY,
                 }
             )
@@ -50,12 +51,16 @@ def service_config(service: ServiceName, timeout_seconds: float) -> dict[str, An
 
 
 class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Carries the request id across hops; names the caller under transport insecure."""
+    """Carries the request id across hops; names the caller under transport insecure; gives
+    a call that sets no deadline the default one."""
 
-    def __init__(self, insecure_caller: str | None) -> None:
+    def __init__(self, insecure_caller: str | None, timeout_seconds: float) -> None:
         self.insecure_caller = insecure_caller
+        self.timeout_seconds = timeout_seconds
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.timeout is None:
+            details = details._replace(timeout=self.timeout_seconds)
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         if (request_id := request_id_var.get()) and "x-request-id" not in metadata:
             metadata.add("x-request-id", request_id)
@@ -105,13 +110,13 @@ class Clients:
             ("grpc.enable_retries", 1),
             (
                 "grpc.service_config",
-                json.dumps(service_config(service, self.settings.call_timeout_seconds)),
+                json.dumps(service_config(service)),
             ),
         ]
         insecure_caller = self.account if self.settings.transport is Transport.INSECURE else None
         interceptors = [
             *aio_client_interceptors(),  # type: ignore[no-untyped-call]
-            _CallMetadata(insecure_caller),
+            _CallMetadata(insecure_caller, self.settings.call_timeout_seconds),
         ]
         target = self.address(service)
         if self.settings.transport is Transport.MTLS:

@@ -52,13 +52,13 @@ EDGES: tuple[Edge, ...] = (
         S.ALERT_PROCESSOR,
         S.NOTIFICATION,
         "NotifyIncidentEvent",
-        "tell people of a storm, which is left to them",
+        "tell people of a storm, which is left to them, and of alerts not acted on",
     ),
     _edge(
         S.ALERT_PROCESSOR,
         S.STORAGE,
-        "OpenIncident UpdateIncident ResolveIncident",
-        "open, update or resolve the incident of a fingerprint",
+        "OpenIncident UpdateIncident ResolveIncident RecordDroppedAlert",
+        "open, update or resolve the incident of a fingerprint; record alerts dropped",
     ),
     _edge(
         S.AI_ANALYSIS,
@@ -75,10 +75,15 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.WORKFLOW,
         S.EXECUTOR,
-        "DescribeAction ExecuteAction",
-        "check and run actions (BR-WF-010)",
+        "DescribeAction ExecuteAction GetActionProgress",
+        "check and run actions (BR-WF-010), and follow one while it runs",
     ),
-    _edge(S.WORKFLOW, S.STORAGE, "UpdateIncident", "move incidents through remediation"),
+    _edge(
+        S.WORKFLOW,
+        S.STORAGE,
+        "UpdateIncident ListActionRecords",
+        "move incidents through remediation; what failed on a target before (the guard)",
+    ),
     _edge(S.WORKFLOW, S.EFFECTIVENESS, "ScheduleAssessment", "assess each action that ran"),
     _edge(
         S.WORKFLOW,
@@ -107,8 +112,11 @@ EDGES: tuple[Edge, ...] = (
 )
 
 # Operators (grpcurl, the kubernaut CLI) may call everything except the audit-trail
-# writes: only the service that acted records what it did.
-OPERATOR_DENIED: frozenset[tuple[ServiceName, str]] = frozenset({(S.STORAGE, "RecordAction")})
+# writes: only the service that acted records what it did, and only the alert processor
+# what it dropped.
+OPERATOR_DENIED: frozenset[tuple[ServiceName, str]] = frozenset(
+    {(S.STORAGE, "RecordAction"), (S.STORAGE, "RecordDroppedAlert")}
+)
 
 # The HTTP edge only submits alerts.
 EDGE_ALLOWED: frozenset[tuple[ServiceName, str]] = frozenset({(S.GATEWAY, "SubmitAlerts")})

@@ -8,14 +8,26 @@ In a pod without a kubeconfig the in-cluster ServiceAccount is used.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from kubernetes_asyncio import client, config
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The opt-in label: Kubernaut acts only on objects (or namespaces) that carry it.
 MANAGED_LABEL = "kubernaut.ai/managed"
+# Kubernaut's marks on what it writes. On the object: the action that last changed it,
+# and (workloads whose pod template it changes) kubernetes.io/change-cause. In a pod
+# template it writes: the action, and the digest of the template's spec as the API server
+# stores it, which tells a ReplicaSet of Kubernaut's own making from one that merely
+# inherited these sticky annotations (is_own_template).
+ACTION_ID_ANNOTATION = "kubernaut.ai/action-id"
+CHANGE_CAUSE_ANNOTATION = "kubernetes.io/change-cause"
+TEMPLATE_DIGEST_ANNOTATION = "kubernaut.ai/template-digest"
 
 
 class KubeSettings(BaseSettings):
@@ -106,3 +118,35 @@ class KubeConnection:
 
 def is_managed(labels: dict[str, str] | None) -> bool:
     return (labels or {}).get(MANAGED_LABEL) == "true"
+
+
+def without_nulls(value: Any) -> Any:
+    """`value` with None dropped from every mapping, recursively (the API server and the
+    client models differ in whether they send absent fields as null)."""
+    if isinstance(value, Mapping):
+        return {str(k): without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def pod_spec_digest(spec: Mapping[str, Any] | None) -> str:
+    """sha256 (hex) of a pod template's `spec` as canonical JSON: keys sorted, null
+    values dropped recursively. The same for the API server's JSON (the executor) and for
+    kubernetes_asyncio models turned into JSON by `ApiClient().sanitize_for_serialization`
+    (context_api), which write absent fields as null. Field names must be the API's
+    (camelCase) in both."""
+    text = json.dumps(
+        without_nulls(spec or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_own_template(template: Mapping[str, Any] | None) -> bool:
+    """Whether a pod template (API JSON) is as Kubernaut wrote it: it carries the digest
+    annotation and the digest still equals its spec's."""
+    template = template or {}
+    digest = ((template.get("metadata") or {}).get("annotations") or {}).get(
+        TEMPLATE_DIGEST_ANNOTATION
+    )
+    return bool(digest) and digest == pod_spec_digest(template.get("spec"))

@@ -34,7 +34,8 @@ class StorageSettings(DatabaseSettings):
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     # KUBERNAUT_INCIDENT_QUIET_SECONDS: alerts this long after their incident was closed
     # (other than by resolving) count on it instead of opening a new one, so a fix is
-    # never repeated while the alert's lookback window drains.
+    # never repeated while the alert's lookback window drains; unless the workload changed
+    # since the fix (template, images, more restarts), which is a new failure.
     incident_quiet_seconds: float = 1800.0
 
 
@@ -96,7 +97,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.ListActionRecordsResponse:
         async with store_errors_as_status(context):
             records, token = await (await self.database.store()).list_actions(
-                request.alert_name, request.page_size, request.page_token
+                request.alert_name,
+                request.page_size,
+                request.page_token,
+                request.target if request.HasField("target") else None,
             )
         return storage_pb2.ListActionRecordsResponse(records=records, next_page_token=token)
 
@@ -104,10 +108,16 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.OpenIncidentRequest, context: Any
     ) -> storage_pb2.OpenIncidentResponse:
         async with store_errors_as_status(context, "alert"):
-            incident, created = await (await self.database.store()).open_incident(
-                request.fingerprint, request.alert, request.subject, request.trace_id
+            opened = await (await self.database.store()).open_or_count(
+                request.fingerprint,
+                request.alert,
+                request.subject,
+                request.trace_id,
+                request.workload_state if request.HasField("workload_state") else None,
             )
-        return storage_pb2.OpenIncidentResponse(incident=incident, created=created)
+        return storage_pb2.OpenIncidentResponse(
+            incident=opened.incident, created=opened.created, quiet_period=opened.quiet_period
+        )
 
     async def UpdateIncident(
         self, request: storage_pb2.UpdateIncidentRequest, context: Any
@@ -172,7 +182,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.SearchSimilarIncidentsResponse:
         async with store_errors_as_status(context, "incident_id"):
             similar, model = await (await self.database.store()).search_similar(
-                request.incident_id, request.limit
+                request.incident_id,
+                request.limit,
+                subject_kind=request.subject_kind,
+                alert_names=list(request.alert_names),
             )
         return storage_pb2.SearchSimilarIncidentsResponse(
             incidents=[
@@ -181,6 +194,28 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             ],
             embedding_model=model,
         )
+
+    async def RecordDroppedAlert(
+        self, request: storage_pb2.RecordDroppedAlertRequest, context: Any
+    ) -> storage_pb2.RecordDroppedAlertResponse:
+        async with store_errors_as_status(context, "alert"):
+            dropped, created = await (await self.database.store()).record_dropped_alert(
+                request.dedup_key,
+                request.alert,
+                request.reason_code,
+                request.reason,
+                request.subject if request.HasField("subject") else None,
+            )
+        return storage_pb2.RecordDroppedAlertResponse(dropped=dropped, created=created)
+
+    async def ListDroppedAlerts(
+        self, request: storage_pb2.ListDroppedAlertsRequest, context: Any
+    ) -> storage_pb2.ListDroppedAlertsResponse:
+        async with store_errors_as_status(context, "page_token"):
+            dropped, token = await (await self.database.store()).list_dropped_alerts(
+                request.page_size, request.page_token
+            )
+        return storage_pb2.ListDroppedAlertsResponse(alerts=dropped, next_page_token=token)
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:

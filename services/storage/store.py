@@ -31,6 +31,7 @@ from services.runtime.migrations import AppliedMigration as AppliedMigration
 from services.runtime.migrations import MigrationError as MigrationError
 from services.runtime.migrations import applied_migrations
 from services.runtime.migrations import load_migrations as load_migrations
+from services.storage import quiet_period
 from services.storage.embeddings import Embedder, describe_incident, embedder_for
 
 _log = logging.getLogger(__name__)
@@ -111,6 +112,14 @@ class IncidentDetail(NamedTuple):
     affected_resources: list[alert_pb2.ResourceRef]
 
 
+class OpenedIncident(NamedTuple):
+    incident: storage_pb2.Incident
+    # Whether this call opened it.
+    created: bool
+    # What the quiet period after a closed incident decided; empty when it did not apply.
+    quiet_period: str = ""
+
+
 @dataclass(frozen=True)
 class StoreStatus:
     server_version: str
@@ -136,7 +145,7 @@ class Store(PooledStore):
         """Use `Store.connect()`. `embedder` embeds incidents; None means the default model
         (loaded on first use). An alert within `quiet_seconds` of its incident's closing
         (unless it closed because the alert resolved) is counted on that incident instead of
-        opening one."""
+        opening one, unless its workload changed since the incident's fix (`open_or_count`)."""
         super().__init__(pool, timeout=timeout)
         self._quiet_seconds = quiet_seconds
         self._embedder = embedder or embedder_for()
@@ -185,18 +194,36 @@ class Store(PooledStore):
         return False
 
     async def list_actions(
-        self, alert_name: str, page_size: int, page_token: str
+        self,
+        alert_name: str,
+        page_size: int,
+        page_token: str,
+        target: alert_pb2.ResourceRef | None = None,
     ) -> tuple[list[storage_pb2.ActionRecord], str]:
         """Action records newest first (started_at, then action_id, descending), for one
-        alert name or all when it is empty; returns (records, next_page_token), the token
+        alert name or all when it is empty, and of one target (all four of its names
+        compared) when `target` is given; returns (records, next_page_token), the token
         empty on the last page. page_size 0 means 100; above 1000 means 1000."""
         limit = _page_limit(page_size)
+        filters = {"alert_name": alert_name}
+        if target is not None:
+            # Every part compared, the empty ones too: "" is a name here (no cluster label
+            # means the default cluster, a Node has no namespace).
+            filters |= {
+                "target_cluster": target.cluster,
+                "target_namespace": target.namespace,
+                "target_kind": target.kind,
+                "target_name": target.name,
+            }
         rows, next_token = await self._keyset_page(
             f"SELECT {_ACTION_COLUMNS} FROM action_records",
             order=("started_at", "action_id"),
-            filter_column="alert_name",
-            filter_value=alert_name,
-            filter_key=alert_name,
+            filters=filters,
+            keep_empty=frozenset(filters) - {"alert_name"},
+            filter_key="\x1f".join(
+                [alert_name, *([] if target is None else list(filters.values())[1:])]
+            ),
+            filter_name="alert_name" if target is None else "alert_name or target",
             limit=limit,
             page_token=page_token,
         )
@@ -207,25 +234,28 @@ class Store(PooledStore):
         select: str,
         *,
         order: tuple[str, str],
-        filter_column: str,
-        filter_value: str,
+        filters: dict[str, str],
         filter_key: str,
+        filter_name: str,
         limit: int,
         page_token: str,
+        keep_empty: frozenset[str] = frozenset(),
     ) -> tuple[list[asyncpg.Record], str]:
         """Up to `limit` rows of `select` newest first, by `order` (a time column, then an id
-        column, both descending), where `filter_column` is `filter_value` unless that is
-        empty, after the row `page_token` names; and the next page's token, empty on the
-        last page. Tokens carry a digest of `filter_key`, so a token of another filter is
-        InvalidPageToken."""
+        column, both descending), where each column of `filters` equals its value (an empty
+        value means any, unless the column is in `keep_empty`), after the row `page_token`
+        names; and the next page's token, empty on the last page. Tokens carry a digest of
+        `filter_key`, so a token of another filter is InvalidPageToken (naming
+        `filter_name`)."""
         time_column, id_column = order
         conditions: list[str] = []
         args: list[Any] = []
-        if filter_value:
-            args.append(filter_value)
-            conditions.append(f"{filter_column} = ${len(args)}")
+        for column, value in filters.items():
+            if value or column in keep_empty:
+                args.append(value)
+                conditions.append(f"{column} = ${len(args)}")
         if page_token:
-            after_time, after_id = _decode_page_token(page_token, filter_key, filter_column)
+            after_time, after_id = _decode_page_token(page_token, filter_key, filter_name)
             args += [after_time, after_id]
             conditions.append(f"({time_column}, {id_column}) < (${len(args) - 1}, ${len(args)})")
         args.append(limit + 1)  # one extra row tells whether another page follows
@@ -250,29 +280,62 @@ class Store(PooledStore):
         alert: alert_pb2.Alert,
         subject: alert_pb2.ResourceRef,
         trace_id: str = "",
+        workload_state: remediation_pb2.WorkloadState | None = None,
     ) -> tuple[storage_pb2.Incident, bool]:
+        """`open_or_count` without what the quiet period decided."""
+        opened = await self.open_or_count(fingerprint, alert, subject, trace_id, workload_state)
+        return opened.incident, opened.created
+
+    async def open_or_count(
+        self,
+        fingerprint: str,
+        alert: alert_pb2.Alert,
+        subject: alert_pb2.ResourceRef,
+        trace_id: str = "",
+        workload_state: remediation_pb2.WorkloadState | None = None,
+    ) -> OpenedIncident:
         """Open an incident for `fingerprint`, or count the alert on the open one. Returns the
         incident and whether this call opened it: of any number of concurrent callers (in any
         number of processes) exactly one gets True while no incident is open for the
         fingerprint, the others increment `occurrences` on that one.
+
+        With none open, an incident of the fingerprint closed within the quiet period (not by
+        resolving) takes the alert, unless `workload_state` (the workload now) shows that
+        the workload changed since that incident's verified fix: then a new incident opens,
+        its status_reason saying why. `quiet_period` says which (services.storage.quiet_period).
 
         A new incident's description is embedded (in a worker thread) before it is inserted;
         when embedding fails the incident is stored without an embedding, so that the loop
         that acts on incidents never depends on the model."""
         if not fingerprint:
             raise InvalidRecord("fingerprint is required", field="fingerprint")
+        status_reason = f"opened by alert {alert.name}"
+        quiet_note = ""
         try:
             # Fast path, the usual case for a repeated alert: no embedding needed.
             async with self._connection() as conn:
                 row = await conn.fetchrow(_COUNT_OCCURRENCE, fingerprint)
                 if row is None and self._quiet_seconds > 0:
-                    row = await conn.fetchrow(
-                        _COUNT_ON_RECENTLY_CLOSED, fingerprint, float(self._quiet_seconds)
+                    closed = await conn.fetchrow(
+                        _RECENTLY_CLOSED, fingerprint, float(self._quiet_seconds)
                     )
+                    if closed is not None:
+                        decision = quiet_period.decide(
+                            alert_name=alert.name,
+                            closed_incident_id=str(closed["incident_id"]),
+                            closed_seconds_ago=float(closed["closed_seconds_ago"]),
+                            baseline=_workload_state_of(closed["observed_after"]),
+                            current=workload_state,
+                        )
+                        quiet_note = decision.note
+                        if decision.opens:
+                            status_reason = decision.status_reason
+                        else:
+                            row = await conn.fetchrow(_COUNT_ALERTS, closed["incident_id"], 1)
                 if row is not None:
                     await _add_resource(conn, row["incident_id"], subject)
             if row is not None:
-                return _row_to_incident(row), False
+                return OpenedIncident(_row_to_incident(row), False, quiet_note)
             description = describe_incident(alert, subject)
             model, vector = await self._embed(description)
             incident_id = uuid.uuid4()
@@ -282,7 +345,7 @@ class Store(PooledStore):
                     _OPEN_INCIDENT,
                     incident_id,
                     fingerprint,
-                    f"opened by alert {alert.name}",
+                    status_reason[:4096],
                     alert.name,
                     subject.cluster,
                     subject.namespace,
@@ -299,7 +362,10 @@ class Store(PooledStore):
         except asyncpg.DataError as exc:
             # NUL characters in text, which PostgreSQL cannot store.
             raise InvalidRecord(f"incident for {fingerprint}: {exc}", field="alert") from exc
-        return _row_to_incident(row), row["incident_id"] == incident_id
+        created = row["incident_id"] == incident_id
+        # A caller that lost the race to open counts on the winner's incident: the quiet
+        # period's note was about the closed one, and the winner's answer says it.
+        return OpenedIncident(_row_to_incident(row), created, quiet_note if created else "")
 
     async def _embed(self, text: str) -> tuple[str | None, str | None]:
         """(model name, vector as pgvector text), or (None, None) when embedding fails."""
@@ -422,21 +488,28 @@ class Store(PooledStore):
         rows, next_token = await self._keyset_page(
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents",
             order=("opened_at", "incident_id"),
-            filter_column="status",
-            filter_value=status_name,
+            filters={"status": status_name},
             filter_key=f"incidents:{status_name}",
+            filter_name="status",
             limit=limit,
             page_token=page_token,
         )
         return [_row_to_incident(row) for row in rows], next_token
 
     async def search_similar(
-        self, incident_id: str, limit: int
+        self,
+        incident_id: str,
+        limit: int,
+        *,
+        subject_kind: str = "",
+        alert_names: list[str] | None = None,
     ) -> tuple[list[tuple[storage_pb2.Incident, float]], str]:
         """The incidents nearest to `incident_id` by cosine distance between the embeddings
         of their descriptions, nearest first, itself excluded, with the distances; and the
         embedding model. Only incidents embedded by the same model are compared; an incident
-        without an embedding has no neighbours. limit 0 means 5; above 50 means 50."""
+        without an embedding has no neighbours. Only incidents about a `subject_kind` and
+        opened by one of `alert_names` count, where those are given. limit 0 means 5;
+        above 50 means 50."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         limit = DEFAULT_SIMILAR_LIMIT if limit == 0 else min(limit, MAX_SIMILAR_LIMIT)
@@ -452,10 +525,81 @@ class Store(PooledStore):
             await conn.execute(
                 "SELECT set_config('hnsw.ef_search', $1, true)", str(max(40, limit + 1))
             )
+            # Filters drop rows after the index found them: an iterative scan goes on
+            # until `limit` rows pass them (pgvector 0.8), instead of answering fewer.
+            await conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
             # The dimension is an int from the database, so interpolating it is safe; it has
             # to be literal for the per-model expression index to apply.
-            rows = await conn.fetch(_similar_query(int(target["dims"])), row_id, model, limit)
+            rows = await conn.fetch(
+                _similar_query(int(target["dims"])),
+                row_id,
+                model,
+                limit,
+                subject_kind,
+                alert_names or [],
+            )
         return [(_row_to_incident(r), float(r["distance"])) for r in rows], model
+
+    # -- dropped alerts -----------------------------------------------------------------------
+
+    async def record_dropped_alert(
+        self,
+        dedup_key: str,
+        alert: alert_pb2.Alert,
+        reason_code: storage_pb2.AlertDropReason.ValueType,
+        reason: str,
+        subject: alert_pb2.ResourceRef | None,
+    ) -> tuple[storage_pb2.DroppedAlert, bool]:
+        """Record that a firing alert did not become an incident, and why. One row per
+        alert life (dedup key, alert name, start): a repeat returns the stored row and
+        False."""
+        if reason_code == storage_pb2.ALERT_DROP_REASON_UNSPECIFIED:
+            raise InvalidRecord("reason_code must be specified", field="reason_code")
+        subject = subject or alert_pb2.ResourceRef()
+        starts_at = alert.starts_at.ToDatetime(dt.UTC) if alert.HasField("starts_at") else None
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(
+                    _INSERT_DROPPED_ALERT,
+                    uuid.uuid4(),
+                    dedup_key,
+                    alert.name,
+                    storage_pb2.AlertDropReason.Name(reason_code),
+                    reason,
+                    subject.cluster,
+                    subject.namespace,
+                    subject.kind,
+                    subject.name,
+                    json_format.MessageToJson(alert, preserving_proto_field_name=True, indent=0),
+                    starts_at,
+                )
+                created = row is not None
+                if row is None:
+                    row = await conn.fetchrow(
+                        _SELECT_DROPPED_ALERT, dedup_key, alert.name, starts_at
+                    )
+        except asyncpg.DataError as exc:
+            raise InvalidRecord(f"dropped alert {alert.name}: {exc}", field="alert") from exc
+        if row is None:
+            # Only reachable if the row vanished between the statements; nothing deletes rows.
+            raise StoreError(f"dropped alert {alert.name} conflicted but is not stored")
+        return _row_to_dropped(row), created
+
+    async def list_dropped_alerts(
+        self, page_size: int, page_token: str
+    ) -> tuple[list[storage_pb2.DroppedAlert], str]:
+        """Dropped alerts newest first; (alerts, next_page_token), the token empty on the
+        last page. page_size 0 means 100; above 1000 means 1000."""
+        rows, next_token = await self._keyset_page(
+            f"SELECT {_DROPPED_COLUMNS} FROM dropped_alerts",
+            order=("dropped_at", "drop_id"),
+            filters={},
+            filter_key="dropped_alerts",
+            filter_name="listing",
+            limit=_page_limit(page_size),
+            page_token=page_token,
+        )
+        return [_row_to_dropped(row) for row in rows], next_token
 
     # -- assessments --------------------------------------------------------------------------
 
@@ -492,12 +636,13 @@ class Store(PooledStore):
 _ACTION_COLUMNS: Final = (
     "action_id, incident_id, alert_name, action, target_cluster, target_namespace,"
     " target_kind, target_name, outcome, spec_before, spec_after, message,"
-    " started_at, finished_at"
+    " started_at, finished_at, params, observed_after"
 )
 
 _INSERT_ACTION: Final = f"""
 INSERT INTO action_records ({_ACTION_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14, $15::jsonb,
+        $16::jsonb)
 ON CONFLICT (action_id) DO NOTHING
 RETURNING true
 """
@@ -505,10 +650,12 @@ RETURNING true
 # Compared in SQL so jsonb equality and timestamp rounding are PostgreSQL's own.
 _SAME_ACTION: Final = """
 SELECT (incident_id, alert_name, action, target_cluster, target_namespace, target_kind,
-        target_name, outcome, spec_before, spec_after, message, started_at, finished_at)
+        target_name, outcome, spec_before, spec_after, message, started_at, finished_at,
+        params, observed_after)
        IS NOT DISTINCT FROM
        ($2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text,
-        $10::jsonb, $11::jsonb, $12::text, $13::timestamptz, $14::timestamptz)
+        $10::jsonb, $11::jsonb, $12::text, $13::timestamptz, $14::timestamptz, $15::jsonb,
+        $16::jsonb)
 FROM action_records WHERE action_id = $1
 """
 
@@ -547,7 +694,30 @@ def _record_values(record: storage_pb2.ActionRecord) -> tuple[Any, ...]:
         record.message,
         started_at,
         finished_at,
+        _params_json(record),
+        _observed_after_json(record),
     )
+
+
+def _params_json(record: storage_pb2.ActionRecord) -> str | None:
+    if not record.HasField("params"):
+        return None
+    return json_format.MessageToJson(record.params, preserving_proto_field_name=True, indent=0)
+
+
+def _observed_after_json(record: storage_pb2.ActionRecord) -> str | None:
+    if not record.HasField("observed_after"):
+        return None
+    return json_format.MessageToJson(
+        record.observed_after, preserving_proto_field_name=True, indent=0
+    )
+
+
+def _workload_state_of(stored: str | None) -> remediation_pb2.WorkloadState | None:
+    """A stored observed_after (protobuf JSON) as the message; None when there is none."""
+    if stored is None:
+        return None
+    return json_format.Parse(stored, remediation_pb2.WorkloadState(), ignore_unknown_fields=True)
 
 
 def _row_to_record(row: asyncpg.Record) -> storage_pb2.ActionRecord:
@@ -570,7 +740,53 @@ def _row_to_record(row: asyncpg.Record) -> storage_pb2.ActionRecord:
     record.started_at.FromDatetime(row["started_at"])
     if row["finished_at"] is not None:
         record.finished_at.FromDatetime(row["finished_at"])
+    if row["params"] is not None:
+        json_format.Parse(row["params"], record.params, ignore_unknown_fields=True)
+    observed_after = _workload_state_of(row["observed_after"])
+    if observed_after is not None:
+        record.observed_after.CopyFrom(observed_after)
     return record
+
+
+_DROPPED_COLUMNS: Final = (
+    "drop_id, dedup_key, alert_name, reason_code, reason, subject_cluster, subject_namespace,"
+    " subject_kind, subject_name, alert, starts_at, dropped_at"
+)
+
+_INSERT_DROPPED_ALERT: Final = f"""
+INSERT INTO dropped_alerts (drop_id, dedup_key, alert_name, reason_code, reason,
+    subject_cluster, subject_namespace, subject_kind, subject_name, alert, starts_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
+ON CONFLICT (dedup_key, alert_name, coalesce(starts_at, 'epoch'::timestamptz)) DO NOTHING
+RETURNING {_DROPPED_COLUMNS}
+"""
+
+_SELECT_DROPPED_ALERT: Final = f"""
+SELECT {_DROPPED_COLUMNS} FROM dropped_alerts
+WHERE dedup_key = $1 AND alert_name = $2
+  AND coalesce(starts_at, 'epoch'::timestamptz) = coalesce($3, 'epoch'::timestamptz)
+"""
+
+
+def _row_to_dropped(row: asyncpg.Record) -> storage_pb2.DroppedAlert:
+    dropped = storage_pb2.DroppedAlert(
+        drop_id=str(row["drop_id"]),
+        dedup_key=row["dedup_key"],
+        reason_code=storage_pb2.AlertDropReason.Value(row["reason_code"]),
+        reason=row["reason"],
+    )
+    json_format.Parse(row["alert"], dropped.alert, ignore_unknown_fields=True)
+    if row["subject_kind"]:
+        dropped.subject.CopyFrom(
+            alert_pb2.ResourceRef(
+                cluster=row["subject_cluster"],
+                namespace=row["subject_namespace"],
+                kind=row["subject_kind"],
+                name=row["subject_name"],
+            )
+        )
+    dropped.dropped_at.FromDatetime(row["dropped_at"])
+    return dropped
 
 
 _INCIDENT_COLUMNS: Final = (
@@ -590,14 +806,20 @@ RETURNING {_INCIDENT_COLUMNS}
 # An alert that keeps firing after its incident was remediated (the upstream crash-loop
 # rule looks back 5 minutes, AlertManager re-sends until it resolves) belongs to that
 # incident: a new one would analyse the fixed workload again and could act twice.
-_COUNT_ON_RECENTLY_CLOSED: Final = f"""
-UPDATE incidents SET occurrences = occurrences + 1, updated_at = now()
-WHERE incident_id = (
-    SELECT incident_id FROM incidents
-    WHERE fingerprint = $1 AND closed_at > now() - make_interval(secs => $2)
-      AND status <> 'INCIDENT_STATUS_RESOLVED'
-    ORDER BY closed_at DESC LIMIT 1)
-RETURNING {_INCIDENT_COLUMNS}
+# Unless the workload changed since that incident's fix (services.storage.quiet_period):
+# the baseline is the state verified by its last SUCCEEDED change (read-only actions, and
+# records from before 0006, have none), NULL when none has one.
+_RECENTLY_CLOSED: Final = """
+SELECT i.incident_id,
+       extract(epoch FROM now() - i.closed_at) AS closed_seconds_ago,
+       (SELECT r.observed_after FROM action_records r
+        WHERE r.incident_id = i.incident_id::text AND r.outcome = 'ACTION_OUTCOME_SUCCEEDED'
+          AND r.observed_after IS NOT NULL
+        ORDER BY r.started_at DESC, r.action_id DESC LIMIT 1) AS observed_after
+FROM incidents i
+WHERE i.fingerprint = $1 AND i.closed_at > now() - make_interval(secs => $2)
+  AND i.status <> 'INCIDENT_STATUS_RESOLVED'
+ORDER BY i.closed_at DESC LIMIT 1
 """
 
 # The conflict target names the partial unique index of open incidents, so the insert and
@@ -700,6 +922,8 @@ SELECT {_INCIDENT_COLUMNS},
            AS distance
 FROM incidents
 WHERE embedding_model = $2 AND incident_id <> $1
+  AND ($4 = '' OR subject_kind = $4)
+  AND (cardinality($5::text[]) = 0 OR alert_name = ANY($5::text[]))
 ORDER BY embedding::{vector} <=> (SELECT embedding FROM incidents WHERE incident_id = $1)::{vector}
 LIMIT $3
 """

@@ -13,10 +13,15 @@ after running it. From what is stored it always knows where to resume:
   are idempotent too.
 
 One ExecuteAction call performs DRY_RUN, SNAPSHOT, APPLY and VERIFY (the executor does
-dry-run, snapshot, change, verification and rollback itself); the four steps start together
-and are marked from the returned outcome and stage lines.
+dry-run, snapshot, change, verification and rollback itself). While it runs, the runner
+polls the executor's GetActionProgress and moves the four steps along as the executor does
+("applied 18:41:19, verifying, 45 s of 120 s"); the answer decides how they end, with the
+times the executor reached each stage. The call's deadline is made from the executor's
+verification timeout (twice it, for a rollback's verification, plus a margin); a call that
+ends while the executor still works on the action (a deadline, or a retry that met the
+first call) is "still running", and the runner waits on.
 
-The downstream services are reached through `Downstream`, four async operations; the
+The downstream services are reached through `Downstream`, five async operations; the
 servicer wires gRPC stubs to it, tests wire plain functions.
 """
 
@@ -29,10 +34,11 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Final, Protocol, TypeVar
 
+from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.executor.v1 import executor_pb2
@@ -132,8 +138,14 @@ class Downstream(Protocol):
     backoff), FailedPrecondition or DownstreamError for the others."""
 
     async def execute_action(
-        self, request: executor_pb2.ExecuteActionRequest
-    ) -> executor_pb2.ExecuteActionResponse: ...
+        self, request: executor_pb2.ExecuteActionRequest, timeout: float
+    ) -> executor_pb2.ExecuteActionResponse:
+        """ExecuteAction with a deadline of `timeout` seconds."""
+        ...
+
+    async def get_action_progress(
+        self, request: executor_pb2.GetActionProgressRequest
+    ) -> executor_pb2.GetActionProgressResponse: ...
 
     async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None: ...
 
@@ -186,8 +198,13 @@ class RunnerSettings(BaseSettings):
     poll_seconds: float = 5.0
     # Workflows one runner runs at the same time.
     max_concurrent: int = 8
-    # ExecuteAction's deadline: longer than the executor's verification timeout.
-    execute_timeout_seconds: float = 300.0
+    # The executor's verification timeout until its progress says (it answers it with
+    # every GetActionProgress): ExecuteAction's deadline is twice it (the change's
+    # verification, and a rollback's) plus `execute_margin_seconds` for the other stages.
+    executor_verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    execute_margin_seconds: float = Field(default=60.0, ge=0)
+    # How often the executor's progress is asked while ExecuteAction runs.
+    progress_poll_seconds: float = Field(default=2.0, gt=0)
     # Backoff of a call to an unavailable service: doubles from initial to max, forever.
     retry_initial_seconds: float = 0.5
     retry_max_seconds: float = 30.0
@@ -229,6 +246,7 @@ class WorkflowEngine:
         self._main: asyncio.Task[None] | None = None
         # When this runner looks for expired approvals next (time.monotonic()).
         self._next_expiry = 0.0
+        self._executor = ExecutorFacts(self.settings.executor_verify_timeout_seconds)
 
     async def _store(self) -> WorkflowStore:
         self._reached = await self._store_source()
@@ -403,7 +421,9 @@ class WorkflowEngine:
                 context=propagate.extract(claim.trace_context),
                 attributes={"workflow.id": claim.workflow_id, "incident.id": claim.incident_id},
             ):
-                await WorkflowRun(store, self.downstream, self.settings, self.owner, claim).run()
+                await WorkflowRun(
+                    store, self.downstream, self.settings, self.owner, claim, self._executor
+                ).run()
         except LeaseLost as error:
             log.warning("lost the lease; another runner continues", extra={"error": str(error)})
         except StoreUnavailable as error:
@@ -438,6 +458,13 @@ class WorkflowEngine:
                 return
 
 
+@dataclass
+class ExecutorFacts:
+    """What a runner learned from the executor's progress answers, for the next calls."""
+
+    verify_timeout_seconds: float
+
+
 class WorkflowRun:
     """One runner's pass over one claimed workflow: from the stored state to the end, or to
     a wait for approval."""
@@ -449,12 +476,14 @@ class WorkflowRun:
         settings: RunnerSettings,
         owner: str,
         claim: Claim,
+        executor: ExecutorFacts | None = None,
     ) -> None:
         self.store = store
         self.downstream = downstream
         self.settings = settings
         self.owner = owner
         self.workflow_id = claim.workflow_id
+        self.executor = executor or ExecutorFacts(settings.executor_verify_timeout_seconds)
 
     async def run(self) -> None:
         while True:
@@ -553,7 +582,8 @@ class WorkflowRun:
                 WorkflowChange(result=State.REFUSED, message=f"not acting: {rejection}"),
             )
             return
-        await self._start(group)
+        # Only the first: the others start as the executor gets to them (_watch_progress).
+        await self._start(group[:1])
         outcome = workflow.outcome
         outcome_message = workflow.outcome_message
         stages = workflow.stages
@@ -581,17 +611,15 @@ class WorkflowRun:
                     WorkflowChange(result=State.REFUSED, message=message),
                 )
                 return
-            response = await self._call(
-                "ExecuteAction",
-                lambda: self.downstream.execute_action(
-                    executor_pb2.ExecuteActionRequest(
-                        action_id=workflow.action_id,
-                        incident_id=workflow.incident_id,
-                        alert_name=workflow.alert.name or "unknown",
-                        action=workflow.recommendation.action,
-                        target=plan.target,
-                    )
+            response = await self._execute(
+                executor_pb2.ExecuteActionRequest(
+                    action_id=workflow.action_id,
+                    incident_id=workflow.incident_id,
+                    alert_name=workflow.alert.name or "unknown",
+                    action=workflow.recommendation.action,
+                    target=plan.target,
                 ),
+                group,
             )
             record = response.record
             if record.outcome not in _RESULT_OF_OUTCOME:
@@ -641,10 +669,129 @@ class WorkflowRun:
                 # The action ran; its result stands even if it cannot be assessed.
                 log.warning("assessment not scheduled", extra={"error": str(error)})
                 notes.append(f"assessment not scheduled: {error}")
+        # When the executor reached each stage: the steps' real times.
+        progress = await self._progress(workflow.action_id)
+        times = {} if progress is None else _step_times(progress)
         await self._save(
-            _acting_steps(group, outcome, outcome_message, stages),
+            _acting_steps(group, outcome, outcome_message, stages, times),
             WorkflowChange(result=result, message="; ".join([summary, *notes])),
         )
+
+    async def _execute(
+        self, request: executor_pb2.ExecuteActionRequest, group: Sequence[Step]
+    ) -> executor_pb2.ExecuteActionResponse:
+        """ExecuteAction, while the acting steps follow the executor's progress."""
+        watcher = asyncio.create_task(self._watch_progress(request.action_id, group))
+        try:
+            return await self._call_execute(request)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    def _verify_seconds(self, request: executor_pb2.ExecuteActionRequest) -> float:
+        verify = self.executor.verify_timeout_seconds
+        if request.action.HasField("drain_node"):  # waits for evictions up to its own timeout
+            verify = max(verify, float(request.action.drain_node.timeout_seconds))
+        return verify
+
+    async def _call_execute(
+        self, request: executor_pb2.ExecuteActionRequest
+    ) -> executor_pb2.ExecuteActionResponse:
+        """ExecuteAction with a deadline that covers the executor's verification (and a
+        rollback's); repeated while the executor still works on the action (it answers a
+        repeat with the first call's result) and, with backoff, while it is unavailable."""
+        delay = self.settings.retry_initial_seconds
+        attempt = 1
+        while True:
+            verify = self._verify_seconds(request)
+            deadline = 2 * verify + self.settings.execute_margin_seconds
+            log.info(
+                f"calling ExecuteAction; deadline {deadline:g} s (verification up to "
+                f"{verify:g} s, a rollback's as long again)",
+                extra={
+                    "workflow_id": self.workflow_id,
+                    "action_id": request.action_id,
+                    "attempt": attempt,
+                    "deadline_seconds": deadline,
+                    "verify_timeout_seconds": verify,
+                },
+            )
+            try:
+                return await self.downstream.execute_action(request, deadline)
+            except Unavailable as error:
+                progress = await self._progress(request.action_id)
+                if progress is not None and progress.running:
+                    # Busy, not down: the deadline ran out, or this call met the first one's
+                    # lock. The executor finishes the action either way; ask again.
+                    log.info(
+                        "ExecuteAction still running; waiting for it",
+                        extra={
+                            "workflow_id": self.workflow_id,
+                            "action_id": request.action_id,
+                            "attempt": attempt,
+                            "state": _action_state(progress),
+                            "error": str(error),
+                        },
+                    )
+                    attempt += 1
+                    await asyncio.sleep(self.settings.progress_poll_seconds)
+                    continue
+                log.warning(
+                    "downstream unavailable; retrying",
+                    extra={
+                        "workflow_id": self.workflow_id,
+                        "operation": "ExecuteAction",
+                        "attempt": attempt,
+                        "retry_in_seconds": round(delay, 3),
+                        "error": str(error),
+                    },
+                )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.settings.retry_max_seconds)
+            attempt += 1
+
+    async def _progress(self, action_id: str) -> executor_pb2.GetActionProgressResponse | None:
+        """The executor's progress on the action, or None when it cannot say (not started,
+        unreachable): progress only informs, it never fails the workflow."""
+        try:
+            progress = await self.downstream.get_action_progress(
+                executor_pb2.GetActionProgressRequest(action_id=action_id)
+            )
+        except Exception as error:
+            log.info(
+                "no progress from the executor",
+                extra={"workflow_id": self.workflow_id, "error": str(error)},
+            )
+            return None
+        if progress.HasField("verify_timeout"):
+            self.executor.verify_timeout_seconds = (
+                progress.verify_timeout.ToTimedelta().total_seconds()
+            )
+        return progress
+
+    async def _watch_progress(self, action_id: str, group: Sequence[Step]) -> None:
+        """Every few seconds, move the acting steps along as the executor reports; failures
+        only log."""
+        saved: dict[int, StepChange] = {}
+        while True:
+            await asyncio.sleep(self.settings.progress_poll_seconds)
+            progress = await self._progress(action_id)
+            if progress is None:
+                continue
+            changes = [
+                change
+                for change in _progress_steps(group, progress, dt.datetime.now(dt.UTC))
+                if saved.get(change.index) != change
+            ]
+            if not changes:
+                continue
+            try:
+                await self._save(changes)
+            except Exception as error:  # progress only informs: the run goes on regardless
+                log.warning("progress not saved", extra={"error": str(error)})
+                continue
+            saved.update((change.index, change) for change in changes)
 
     async def _notify(self, workflow: Workflow, step: Step) -> None:
         await self._start([step])
@@ -787,13 +934,146 @@ def _stage_lines(stages: Sequence[str], prefixes: tuple[str, ...]) -> list[str]:
     return [line for line in stages if line.strip().lower().startswith(prefixes)]
 
 
+Times = Mapping[workflow_pb2.StepKind.ValueType, tuple[dt.datetime | None, dt.datetime | None]]
+
+
+def _at(stamp: timestamp_pb2.Timestamp) -> dt.datetime | None:
+    return stamp.ToDatetime(tzinfo=dt.UTC) if stamp.seconds or stamp.nanos else None
+
+
+def _action_state(progress: executor_pb2.GetActionProgressResponse) -> str:
+    return executor_pb2.ActionState.Name(progress.state).removeprefix("ACTION_STATE_").lower()
+
+
+def _step_times(progress: executor_pb2.GetActionProgressResponse) -> Times:
+    """When each acting step started and ended, from when the executor reached its stage
+    lines: DRY_RUN from the action's start to its dry-run line, SNAPSHOT to its snapshot
+    line, APPLY to the change, VERIFY from the verification's start to its last verify or
+    rollback line. None where the executor did not say."""
+
+    def first(prefixes: tuple[str, ...]) -> dt.datetime | None:
+        return next(
+            (_at(s.at) for s in progress.stages if s.line.strip().lower().startswith(prefixes)),
+            None,
+        )
+
+    def last(prefixes: tuple[str, ...]) -> dt.datetime | None:
+        found = [_at(s.at) for s in progress.stages if s.line.strip().lower().startswith(prefixes)]
+        return found[-1] if found else None
+
+    dry_run = first(_STAGE_PREFIXES[K.STEP_KIND_DRY_RUN])
+    snapshot = first(_STAGE_PREFIXES[K.STEP_KIND_SNAPSHOT])
+    applied = _at(progress.applied_at) or first(_STAGE_PREFIXES[K.STEP_KIND_APPLY])
+    verify_start = _at(progress.verify_started_at) or applied
+    verified = last(_STAGE_PREFIXES[K.STEP_KIND_VERIFY] + _ROLLBACK_PREFIXES)
+    return {
+        K.STEP_KIND_DRY_RUN: (_at(progress.started_at), dry_run),
+        K.STEP_KIND_SNAPSHOT: (dry_run, snapshot),
+        K.STEP_KIND_APPLY: (snapshot, applied),
+        K.STEP_KIND_VERIFY: (verify_start, verified),
+    }
+
+
+def _clock(at: dt.datetime | None) -> str:
+    return "-" if at is None else at.astimezone(dt.UTC).strftime("%H:%M:%S")
+
+
+def _progress_steps(
+    group: Sequence[Step], progress: executor_pb2.GetActionProgressResponse, now: dt.datetime
+) -> list[StepChange]:
+    """The acting steps as the executor's progress shows them mid-action: the stages it
+    finished DONE, the one it works on RUNNING (with what it does), the rest untouched.
+    How the action ends is left to its answer."""
+    state = progress.state
+    if state in (executor_pb2.ACTION_STATE_FINISHED, executor_pb2.ACTION_STATE_RECORDED):
+        return []
+    lines = [s.line for s in progress.stages]
+    times = _step_times(progress)
+    planned = state in (
+        executor_pb2.ACTION_STATE_PLANNED,
+        executor_pb2.ACTION_STATE_APPLIED,
+        executor_pb2.ACTION_STATE_RESTORING,
+    )
+    applied = state in (executor_pb2.ACTION_STATE_APPLIED, executor_pb2.ACTION_STATE_RESTORING)
+    dry_run_lines = _stage_lines(lines, _STAGE_PREFIXES[K.STEP_KIND_DRY_RUN])
+    dry_run_ok = bool(dry_run_lines) and not _FAILURE_WORDS.search(dry_run_lines[-1].lower())
+    done = {
+        K.STEP_KIND_DRY_RUN: planned or dry_run_ok,
+        K.STEP_KIND_SNAPSHOT: planned,
+        K.STEP_KIND_APPLY: applied,
+        K.STEP_KIND_VERIFY: False,
+    }
+    timeout = progress.verify_timeout.ToTimedelta().total_seconds()
+    verify_start, _ = times[K.STEP_KIND_VERIFY]
+    running = {
+        K.STEP_KIND_DRY_RUN: (lines[-1] if lines else "checking scope, RBAC and guards"),
+        K.STEP_KIND_SNAPSHOT: "storing the snapshot",
+        K.STEP_KIND_APPLY: "applying the change",
+        K.STEP_KIND_VERIFY: "verifying",
+    }
+    if state == executor_pb2.ACTION_STATE_APPLIED and verify_start is not None:
+        elapsed = max(0.0, (now - verify_start).total_seconds())
+        running[K.STEP_KIND_VERIFY] = (
+            f"applied {_clock(times[K.STEP_KIND_APPLY][1])}, verifying, "
+            f"{elapsed:.0f} s of {timeout:g} s"
+        )
+    elif state == executor_pb2.ACTION_STATE_RESTORING:
+        failed = _stage_lines(lines, _STAGE_PREFIXES[K.STEP_KIND_VERIFY])
+        why = failed[-1] if failed else "verification failed"
+        running[K.STEP_KIND_VERIFY] = (
+            f"applied {_clock(times[K.STEP_KIND_APPLY][1])}; {why}; rolling back to the snapshot"
+        )
+    changes: list[StepChange] = []
+    current_found = False
+    for step in sorted(group, key=lambda s: s.index):
+        start, end = times[step.kind]
+        if done[step.kind]:
+            line = "; ".join(_stage_lines(lines, _STAGE_PREFIXES[step.kind])) or "done"
+            changes.append(
+                StepChange(step.index, StepStatus.DONE, line, started_at=start, finished_at=end)
+            )
+        elif not current_found:
+            current_found = True
+            changes.append(
+                StepChange(
+                    step.index,
+                    StepStatus.RUNNING,
+                    running[step.kind],
+                    started_at=start,
+                    new_attempt=False,
+                )
+            )
+    return changes
+
+
 def _acting_steps(
     group: Sequence[Step],
     outcome: storage_pb2.ActionOutcome.ValueType,
     detail: str,
     stages: Sequence[str],
+    times: Times | None = None,
 ) -> list[StepChange]:
-    """The states of DRY_RUN, SNAPSHOT, APPLY and VERIFY from the executor's answer."""
+    """The states of DRY_RUN, SNAPSHOT, APPLY and VERIFY from the executor's answer, with
+    when each really started and ended where `times` (from its progress) says."""
+    changes = _acting_states(group, outcome, detail, stages)
+    if not times:
+        return changes
+    timed = []
+    kinds = {step.index: step.kind for step in group}
+    for change in changes:
+        start, end = times.get(kinds[change.index], (None, None))
+        if change.state in (StepStatus.DONE, StepStatus.FAILED):
+            change = replace(change, started_at=start, finished_at=end)
+        timed.append(change)
+    return timed
+
+
+def _acting_states(
+    group: Sequence[Step],
+    outcome: storage_pb2.ActionOutcome.ValueType,
+    detail: str,
+    stages: Sequence[str],
+) -> list[StepChange]:
     lines = {kind: "; ".join(_stage_lines(stages, p)) for kind, p in _STAGE_PREFIXES.items()}
     rollback = "; ".join(_stage_lines(stages, _ROLLBACK_PREFIXES))
     ordered = sorted(group, key=lambda s: s.index)

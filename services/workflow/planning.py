@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kubernaut.common.v1 import remediation_pb2
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
+from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.runtime.durations import human_duration
 
 RISK_NAMES = {
     remediation_pb2.RISK_LEVEL_LOW: "low",
@@ -23,6 +29,17 @@ class PlanningSettings(BaseSettings):
     approval_min_risk: int = remediation_pb2.RISK_LEVEL_HIGH
     # Recommendations less sure than this wait for approval too.
     approval_min_confidence: float = 0.5
+    # KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS: after an action failed or was undone
+    # on a workload, any plan for that workload waits for a person this long, whatever
+    # alert leads to it (a second guess on a workload Kubernaut just failed to fix is
+    # more likely to make it worse). 0 turns the hold off; the rule below stays.
+    failed_target_hold_seconds: float = Field(default=6 * 3600.0, ge=0)
+
+
+# Outcomes after which the workload was left as it was before, or worse: the fix failed.
+FAILED_OUTCOMES = frozenset(
+    {storage_pb2.ACTION_OUTCOME_FAILED, storage_pb2.ACTION_OUTCOME_ROLLED_BACK}
+)
 
 
 @dataclass(frozen=True)
@@ -31,11 +48,83 @@ class Approval:
     reason: str
 
 
+@dataclass(frozen=True)
+class TargetHistory:
+    """What was done to the recommendation's target before (its action records, newest
+    first), or why that could not be read."""
+
+    records: Sequence[storage_pb2.ActionRecord] = ()
+    unreadable: str = ""
+
+
+def guard_for(
+    recommendation: remediation_pb2.Recommendation,
+    history: TargetHistory,
+    now: dt.datetime,
+    settings: PlanningSettings,
+) -> Approval | None:
+    """The hard guard, independent of how similar past incidents look: a person must
+    approve a plan for a workload where a fix failed recently, and any repeat of an action
+    with the same parameters that failed there before. None when it does not apply."""
+    target = recommendation.target
+    where = _where(target)
+    if history.unreadable:
+        # Fail closed: without the target's past, a repeat of a failed fix cannot be ruled out.
+        return Approval(
+            True,
+            f"what was done to {where} before could not be read ({history.unreadable}); "
+            "a person decides",
+        )
+    action = recommendation.action.WhichOneof("params") or ""
+    failed = [r for r in history.records if r.outcome in FAILED_OUTCOMES]
+    for record in failed:
+        same_params = not record.HasField("params") or record.params == recommendation.action
+        if record.action == action and same_params:
+            return Approval(
+                True,
+                f"{action} with the same parameters {_how(record, now)} on {where}; it is "
+                "never repeated automatically",
+            )
+    hold = settings.failed_target_hold_seconds
+    for record in failed:
+        age = (now - _finished_at(record)).total_seconds()
+        if hold and age < hold:
+            return Approval(
+                True,
+                f"{record.action} {_how(record, now)} on {where}; no automatic action on it "
+                f"for {human_duration(hold)} after a failed fix "
+                "(KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS)",
+            )
+    return None
+
+
+def _finished_at(record: storage_pb2.ActionRecord) -> dt.datetime:
+    stamp = record.finished_at if record.HasField("finished_at") else record.started_at
+    return stamp.ToDatetime(dt.UTC)
+
+
+def _how(record: storage_pb2.ActionRecord, now: dt.datetime) -> str:
+    ended = {
+        storage_pb2.ACTION_OUTCOME_FAILED: "failed",
+        storage_pb2.ACTION_OUTCOME_ROLLED_BACK: "failed verification and was undone",
+    }.get(record.outcome, "ended")
+    ago = human_duration((now - _finished_at(record)).total_seconds())
+    incident = f", incident {record.incident_id}" if record.incident_id else ""
+    return f"{ended} {ago} ago (action {record.action_id}{incident})"
+
+
+def _where(target: alert_pb2.ResourceRef) -> str:
+    return f"{target.kind} {target.namespace}/{target.name}".replace(" /", " ")
+
+
 def approval_for(
     recommendation: remediation_pb2.Recommendation,
     risk: remediation_pb2.RiskLevel.ValueType,
     settings: PlanningSettings,
+    guard: Approval | None = None,
 ) -> Approval:
+    if guard is not None and guard.required:
+        return guard
     risk_name = RISK_NAMES.get(risk, "unknown")
     if risk >= settings.approval_min_risk or risk == remediation_pb2.RISK_LEVEL_UNSPECIFIED:
         return Approval(True, f"{risk_name} risk actions need approval")
@@ -52,10 +141,11 @@ def plan(
     recommendation: remediation_pb2.Recommendation,
     definition: executor_pb2.ActionDefinition,
     settings: PlanningSettings,
+    guard: Approval | None = None,
 ) -> workflow_pb2.WorkflowPlan:
     target = recommendation.target
-    where = f"{target.kind} {target.namespace}/{target.name}".replace(" /", " ")
-    approval = approval_for(recommendation, definition.risk, settings)
+    where = _where(target)
+    approval = approval_for(recommendation, definition.risk, settings, guard)
     kinds = workflow_pb2
     steps = [
         (kinds.STEP_KIND_VALIDATE, f"check the {definition.name} parameters and {where}'s scope"),

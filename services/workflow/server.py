@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,13 +32,15 @@ from services.workflow.engine import (
     Unavailable,
     WorkflowEngine,
 )
-from services.workflow.planning import PlanningSettings, plan
+from services.workflow.planning import PlanningSettings, TargetHistory, guard_for, plan
 from services.workflow.store import (
     Decision,
     NotWaitingApproval,
     StoreUnavailable,
     WorkflowDatabase,
 )
+
+log = logging.getLogger(__name__)
 
 _DECISIONS = {
     workflow_pb2.APPROVAL_DECISION_APPROVE: Decision.APPROVE,
@@ -68,21 +72,28 @@ class GrpcDownstream:
         storage: StorageServiceStub,
         effectiveness: EffectivenessServiceStub,
         notification: NotificationServiceStub,
-        execute_timeout_seconds: float,
     ) -> None:
-        self.execute_timeout_seconds = execute_timeout_seconds
         self.executor = executor
         self.storage = storage
         self.effectiveness = effectiveness
         self.notification = notification
 
     async def execute_action(
-        self, request: executor_pb2.ExecuteActionRequest
+        self, request: executor_pb2.ExecuteActionRequest, timeout: float
     ) -> executor_pb2.ExecuteActionResponse:
         async with _translated("ExecuteAction"):
             # Verification takes minutes; the default call deadline would cut it short.
             response: executor_pb2.ExecuteActionResponse = await self.executor.ExecuteAction(
-                request, timeout=self.execute_timeout_seconds
+                request, timeout=timeout
+            )
+        return response
+
+    async def get_action_progress(
+        self, request: executor_pb2.GetActionProgressRequest
+    ) -> executor_pb2.GetActionProgressResponse:
+        async with _translated("GetActionProgress"):
+            response: executor_pb2.GetActionProgressResponse = (
+                await self.executor.GetActionProgress(request)
             )
         return response
 
@@ -108,9 +119,14 @@ class GrpcDownstream:
 
 class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     def __init__(
-        self, executor: ExecutorServiceStub, engine: WorkflowEngine, settings: PlanningSettings
+        self,
+        executor: ExecutorServiceStub,
+        storage: StorageServiceStub,
+        engine: WorkflowEngine,
+        settings: PlanningSettings,
     ) -> None:
         self.executor = executor
+        self.storage = storage
         self.engine = engine
         self.settings = settings
 
@@ -130,7 +146,25 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     f"the executor does not offer {action!r}: {error.details()}",
                 )
             raise
-        return plan(recommendation, described.action, self.settings)
+        history = await self._target_history(recommendation.target)
+        guard = guard_for(recommendation, history, dt.datetime.now(dt.UTC), self.settings)
+        if guard is not None:
+            log.warning(
+                "plan held for a person by the guard",
+                extra={"action": action, "why": guard.reason},
+            )
+        return plan(recommendation, described.action, self.settings, guard)
+
+    async def _target_history(self, target: alert_pb2.ResourceRef) -> TargetHistory:
+        """The target's action records, newest first (one page: the guard looks at the
+        recent past), or why they could not be read."""
+        try:
+            listed = await self.storage.ListActionRecords(
+                storage_pb2.ListActionRecordsRequest(target=target, page_size=100)
+            )
+        except grpc.aio.AioRpcError as error:
+            return TargetHistory(unreadable=f"{error.code().name}: {error.details()}"[:256])
+        return TargetHistory(records=list(listed.records))
 
     async def PlanWorkflow(
         self, request: workflow_pb2.PlanWorkflowRequest, context: Any
@@ -206,7 +240,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         ctx.clients.stub(StorageServiceStub),
         ctx.clients.stub(EffectivenessServiceStub),
         ctx.clients.stub(NotificationServiceStub),
-        settings.execute_timeout_seconds,
     )
     engine = WorkflowEngine(database.store, downstream, settings)
     engine.start()
@@ -216,7 +249,12 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         await database.close()
 
     return ServiceSpec(
-        WorkflowServicer(ctx.clients.stub(ExecutorServiceStub), engine, PlanningSettings()),
+        WorkflowServicer(
+            ctx.clients.stub(ExecutorServiceStub),
+            ctx.clients.stub(StorageServiceStub),
+            engine,
+            PlanningSettings(),
+        ),
         readiness=[("postgresql", database.ready)],
         on_stop=[stop],
     )

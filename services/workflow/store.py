@@ -154,6 +154,7 @@ class Workflow:
             action_id=self.action_id,
             message=self.message,
             alert=self.alert,
+            recommendation=self.recommendation,
         )
         workflow.created_at.FromDatetime(self.created_at)
         workflow.updated_at.FromDatetime(self.updated_at)
@@ -162,12 +163,19 @@ class Workflow:
 
 @dataclass(frozen=True)
 class StepChange:
-    """A new state for one step. RUNNING starts a new attempt (attempts + 1, started_at now);
-    DONE, FAILED and SKIPPED set finished_at."""
+    """A new state for one step. RUNNING starts a new attempt (attempts + 1, started_at now),
+    unless `new_attempt` is False and the step is running already (then only its message,
+    and a `started_at` given, change). DONE, FAILED and SKIPPED set finished_at; a step
+    that goes from PENDING straight to DONE or FAILED counts one attempt and gets a
+    started_at. `started_at`/`finished_at`, when given, are when it really happened (the
+    executor's times) instead of now."""
 
     index: int
     state: StepStatus
     message: str = ""
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    new_attempt: bool = True
 
 
 @dataclass(frozen=True)
@@ -426,24 +434,39 @@ class WorkflowStore(PooledStore):
                 raise LeaseLost(f"workflow {workflow_id}: the lease is no longer held by {owner}")
             for step in steps:
                 if step.state is StepStatus.RUNNING:
+                    # Every expression sees the row as it was (`state` is the old state).
                     await conn.execute(
-                        "UPDATE workflow.steps SET state = 'RUNNING', attempts = attempts + 1,"
-                        " message = $3, started_at = now(), finished_at = NULL"
+                        "UPDATE workflow.steps SET state = 'RUNNING', message = $3,"
+                        " attempts = attempts + CASE WHEN $4 OR state <> 'RUNNING'"
+                        "  THEN 1 ELSE 0 END,"
+                        " started_at = CASE WHEN $4 OR state <> 'RUNNING'"
+                        "  THEN COALESCE($5, now()) ELSE COALESCE($5, started_at) END,"
+                        " finished_at = NULL"
                         " WHERE workflow_id = $1 AND index = $2",
                         key,
                         step.index,
                         step.message,
+                        step.new_attempt,
+                        step.started_at,
                     )
                 else:
+                    ran = step.state in (StepStatus.DONE, StepStatus.FAILED)
                     await conn.execute(
                         "UPDATE workflow.steps SET state = $3, message = $4,"
-                        " finished_at = CASE WHEN $5 THEN now() END"
+                        " attempts = attempts + CASE WHEN $6 AND state = 'PENDING'"
+                        "  THEN 1 ELSE 0 END,"
+                        " started_at = CASE WHEN $6"
+                        "  THEN COALESCE($7, started_at, $8, now()) ELSE started_at END,"
+                        " finished_at = CASE WHEN $5 THEN COALESCE($8, now()) END"
                         " WHERE workflow_id = $1 AND index = $2",
                         key,
                         step.index,
                         step.state.value,
                         step.message,
                         step.state.finished,
+                        ran,
+                        step.started_at,
+                        step.finished_at,
                     )
             await conn.execute(
                 "UPDATE workflow.workflows SET"

@@ -30,7 +30,12 @@ from services.executor.engine import (
 )
 from services.executor.store import ActionRow, ActionState, ExecutorDatabase
 from services.runtime.clients import Clients
-from services.runtime.kube import MANAGED_LABEL
+from services.runtime.kube import (
+    ACTION_ID_ANNOTATION,
+    MANAGED_LABEL,
+    TEMPLATE_DIGEST_ANNOTATION,
+    pod_spec_digest,
+)
 from services.runtime.launcher import health_of, wait_serving
 from services.runtime.names import ServiceName
 from services.runtime.server import start_service
@@ -128,7 +133,12 @@ async def test_restart_rolls_out_a_new_replica_set(
     }
     spec_before, spec_after = specs(await stored(operator, request))
     assert spec_before == before["spec"]
-    assert spec_after["template"]["metadata"]["annotations"] == {RESTARTED_AT: stamp}
+    # Kubernaut marks the template it writes: the digest of its spec, and the action.
+    assert spec_after["template"]["metadata"]["annotations"] == {
+        RESTARTED_AT: stamp,
+        TEMPLATE_DIGEST_ANNOTATION: pod_spec_digest(spec_after["template"]["spec"]),
+        ACTION_ID_ANNOTATION: request.action_id,
+    }
 
 
 async def test_scale_changes_the_pod_count(

@@ -85,12 +85,24 @@ def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+# The marks the executor adds to a pod template it writes (changes.mark_template; checked
+# in tests/integration/test_own_changes.py), not a change the action is asked for.
+_TEMPLATE_MARKS = frozenset(
+    {
+        "/spec/template/metadata/annotations/kubernaut.ai~1template-digest",
+        "/spec/template/metadata/annotations/kubernaut.ai~1action-id",
+    }
+)
+
+
 def changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
-    """The pointers whose leaves differ between two objects' contents."""
+    """The pointers whose leaves differ between two objects' contents, but for
+    Kubernaut's own marks."""
     # content_of leaves out the taints the node controller manages by itself.
     a = leaves(content_of(before))
     b = leaves(content_of(after))
-    return {k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    differ = {k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    return differ - _TEMPLATE_MARKS
 
 
 def unchanged(before: dict[str, Any], after: dict[str, Any]) -> bool:

@@ -429,6 +429,48 @@ async def test_duplicates_are_counted_once_and_a_closed_incident_ends_the_life(
     assert next_life.disposition == ACCEPTED
 
 
+async def test_a_duplicate_says_still_queued_only_while_its_first_alert_is(
+    intake: StoreFactory,
+) -> None:
+    """Issue 15: a duplicate answered after its first alert was forwarded said "still
+    queued". It says where its first alert is: queued, forwarded without an incident, or
+    counted on an incident (its own, or a closed one the quiet period counted it on)."""
+    store = await intake(hold_seconds=60)
+    await store.take([alert("quiet")])
+    [waiting] = await store.take([alert("quiet")])
+    assert waiting.disposition == DUPLICATE
+    assert (
+        waiting.reason
+        == "counted on its first alert, still queued (2 alerts so far); not forwarded"
+    )
+
+    # Forwarded, and the alert processor opened no incident for it (filtered, dropped).
+    store = await intake()
+    await store.take([alert("filtered"), alert("counted-on-closed")])
+    claimed = {q.alert.labels["deployment"]: q for q in await store.claim(10, 60)}
+    await store.forwarded(claimed["filtered"], "")
+    closed_incident = str(uuid.uuid4())
+    await store.forwarded(claimed["counted-on-closed"], closed_incident)
+    filtered, counted = await store.take([alert("filtered"), alert("counted-on-closed")])
+    for outcome in (filtered, counted):
+        assert outcome.disposition == DUPLICATE
+        assert "still queued" not in outcome.reason
+    assert filtered.reason == (
+        "counted on its first alert, which was forwarded and opened no incident (2 alerts so"
+        " far); not forwarded"
+    )
+    assert (
+        counted.reason == f"counted on incident {closed_incident} (2 alerts so far); not forwarded"
+    )
+    assert counted.incident_id == closed_incident
+    # Once the count finds the incident closed the life ends: the next alert is decided
+    # afresh (and storage's quiet period decides whether it is the old failure).
+    [(fingerprint, _, uncounted)] = await store.uncounted(10)
+    await store.counted(closed_incident, [(fingerprint, uncounted)], incident_closed=True)
+    [fresh] = await store.take([alert("counted-on-closed")])
+    assert fresh.disposition == ACCEPTED
+
+
 async def test_one_replica_at_a_time_counts_duplicates(intake: StoreFactory) -> None:
     """Two replicas reading the same uncounted rows would both add them to the incident:
     the counting lease lets one count while the other skips its round."""

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
+import re
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernaut.common.v1 import alert_pb2
+from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
 
 from services.devstack.smtp import MailSink, read_mailbox
 from services.notification.channels import (
@@ -24,6 +29,10 @@ from services.notification.channels import (
     RetryPolicy,
     UnknownChannel,
 )
+from services.runtime.clients import Clients
+from services.runtime.names import ServiceName
+from services.runtime.server import start_service
+from services.runtime.settings import RuntimeSettings
 
 pytestmark = pytest.mark.integration
 
@@ -319,3 +328,127 @@ async def test_settings_from_environment(
     [mail] = await mail_sink.wait_for(1)
     assert mail.mail_from == "bot@cluster.example"
     assert mail.message["From"] == "Kubernaut <bot@cluster.example>"
+
+
+# -- incident events as the service renders them, from its environment -----------------------
+
+EVIL_RUNBOOK = "https://evil.example/runbooks/fix-it-now"
+GOOD_RUNBOOK = "https://runbooks.example.com/kubernetes/kubepodcrashlooping"
+# What mail clients turn into links in plain text: a scheme, "www.", a bare domain name.
+LINKABLE = re.compile(
+    r"(?i)\b(?:https?|ftp|file|mailto|javascript|data):\S+|\bwww\.\S+"
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)+\b"
+)
+
+
+def incident_event(
+    kind: notification_pb2.IncidentEventKind.ValueType, runbook: str, stages: list[str]
+) -> notification_pb2.NotifyIncidentEventRequest:
+    event = notification_pb2.IncidentEvent(
+        incident_id=str(uuid.uuid4()),
+        kind=kind,
+        alert=alert_pb2.Alert(
+            name="KubePodCrashLooping",
+            status=alert_pb2.ALERT_STATUS_FIRING,
+            labels={"severity": "warning", "namespace": "shop"},
+            annotations={"summary": "Pod is crash looping.", "runbook_url": runbook},
+        ),
+        target=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout"),
+        stages=stages,
+    )
+    event.alert.starts_at.FromDatetime(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    event.occurred_at.FromDatetime(dt.datetime.now(dt.UTC))
+    kind_name = notification_pb2.IncidentEventKind.Name(kind).removeprefix("INCIDENT_EVENT_KIND_")
+    return notification_pb2.NotifyIncidentEventRequest(
+        event=event, idempotency_key=f"{event.incident_id}/{kind_name.lower()}"
+    )
+
+
+async def test_incident_mail_says_what_happened_and_links_only_allowed_hosts(
+    runtime_settings: RuntimeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    mail_sink: MailSink,
+    database_dsn: str,
+) -> None:
+    # The service as deployed: every setting from its environment, read once at start.
+    env = {
+        "SMTP_HOST": mail_sink.host,
+        "SMTP_PORT": str(mail_sink.port),
+        "EMAIL_TO": "oncall@example.com",
+        "DATABASE_URL": database_dsn,
+        "LINK_HOSTS": "runbooks.example.com",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(ENV_PREFIX + key, value)
+    monkeypatch.delenv("KUBERNAUT_DATABASE_URL", raising=False)
+    running = await start_service(
+        ServiceName.NOTIFICATION,
+        runtime_settings.model_copy(update={"grpc_port": 0}),
+        serve_metrics=False,
+    )
+    # Each event from the service that sends it: declines from the alert processor,
+    # results from the workflow.
+    addresses = {ServiceName.NOTIFICATION: running.address}
+    callers = [
+        Clients(runtime_settings, account, addresses=addresses)
+        for account in ("alert-processor", "workflow")
+    ]
+    try:
+        declined = incident_event(
+            notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON,
+            EVIL_RUNBOOK,
+            ["No rule handles alert KubePodCrashLooping for this workload"],
+        )
+        declined.event.verdict = "not acted on"
+        undone = incident_event(
+            notification_pb2.INCIDENT_EVENT_KIND_ROLLED_BACK,
+            GOOD_RUNBOOK,
+            [
+                "apply: rollout restarted (generation 4)",
+                "verify: failed: timed out after 120s: 0/3 ready",
+                "rollback: restored spec.template from the snapshot (generation 5)",
+            ],
+        )
+        undone.event.action = "restart_deployment"
+        for clients, request in zip(callers, (declined, undone), strict=True):
+            stub = clients.stub(notification_pb2_grpc.NotificationServiceStub)
+            response = await stub.NotifyIncidentEvent(request)
+            assert response.sent and [r.delivered for r in response.results] == [True]
+        received = await mail_sink.wait_for(2)
+    finally:
+        for clients in callers:
+            await clients.close()
+        await running.shutdown()
+
+    mails = {mail.message[INCIDENT_HEADER]: mail.message for mail in received}
+    decline = mails[declined.event.incident_id]
+    # As a mail client shows it (Python folds a long Subject after "Subject:").
+    assert " ".join(str(decline["Subject"]).split()) == (
+        "[kubernaut] Not acted on: KubePodCrashLooping on Deployment shop/checkout"
+    )
+    body = decline.get_content()
+    assert body.startswith(
+        "Kubernaut saw KubePodCrashLooping on Deployment shop/checkout and did not act on it."
+    )
+    assert (
+        "Why it was not acted on\n  - No rule handles alert KubePodCrashLooping for this workload\n"
+    ) in body
+    # The evil runbook is labelled, defanged, and nothing in the mail is linkable to it.
+    assert (
+        "  Runbook (from the alert's annotations): hxxps://evil[.]example/runbooks/fix-it-now\n"
+        "    (not a link: host not on KUBERNAUT_NOTIFICATION_LINK_HOSTS)\n"
+    ) in body
+    assert not [link for link in LINKABLE.findall(body) if "evil" in link]
+
+    rolled_back = mails[undone.event.incident_id]
+    assert " ".join(str(rolled_back["Subject"]).split()) == (
+        "[kubernaut] Fix failed, undone: KubePodCrashLooping on Deployment shop/checkout "
+        "still broken, needs a person"
+    )
+    body = rolled_back.get_content()
+    assert body.startswith(
+        "KubePodCrashLooping on Deployment shop/checkout is still broken and needs a person."
+    )
+    # On the allow-list: shown as it is, and still said to come from the alert.
+    assert f"  Runbook (from the alert's annotations): {GOOD_RUNBOOK}\n" in body
+    assert "not a link" not in body

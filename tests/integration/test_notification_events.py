@@ -96,7 +96,12 @@ def make_event(
         ),
         target=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout"),
         action="restart_deployment",
-        stages=["dry-run: accepted", "applied", "verified: 3/3 ready"],
+        # As the executor writes them: the change was applied.
+        stages=[
+            "dry-run: ok: the API server accepted the change (dryRun=All)",
+            "apply: rollout restarted (generation 4)",
+            "verify: ok: 3/3 ready after 21.0s",
+        ],
         verdict="not assessed yet",
         occurred_at=timestamp(dt.datetime(2025, 3, 14, 9, 31, 2, tzinfo=dt.UTC)),
     )
@@ -386,12 +391,14 @@ async def test_notify_incident_event_over_grpc_as_the_workflow(stack: InProcessS
         received = await mail.wait_for(before + 1)
         [ours] = [m for m in received if m.message[INCIDENT_HEADER] == incident_id]
         assert subject_of(ours) == (
-            "[kubernaut] Rolled back: KubePodCrashLooping on Deployment shop/checkout"
+            "[kubernaut] Fix failed, undone: KubePodCrashLooping on Deployment shop/checkout "
+            "still broken, needs a person"
         )
         assert ours.rcpt_tos == ("sre@example.com",)
         body = ours.message.get_content()
         assert f"Incident:      {incident_id}" in body
-        assert "  - verified: 3/3 ready" in body
+        assert "  - verify: ok: 3/3 ready after 21.0s" in body
+        assert "is still broken and needs a person" in body
         assert "{{ 7*7 }}" in body
 
         repeat = await stub.NotifyIncidentEvent(request)

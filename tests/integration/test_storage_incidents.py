@@ -559,8 +559,11 @@ async def test_the_search_uses_the_hnsw_index(store: Store, database_dsn: str) -
                 uuid.UUID(incident.incident_id),
                 DEFAULT_EMBEDDING_MODEL,
                 5,
+                "Deployment",
+                ["KubePodCrashLooping"],
             )
         )
+        # Filtered too (a kind, an alert family): the index still answers.
         assert "incidents_embedding_minilm" in plan, plan
         dims = await conn.fetchval("SELECT vector_dims(embedding) FROM incidents LIMIT 1")
         assert dims == 384
@@ -849,6 +852,161 @@ async def test_an_alert_soon_after_its_incident_was_fixed_is_counted_not_reopene
         assert again.occurrences == 2
     finally:
         await store.close()
+
+
+def verified_state(
+    digest: str = "a" * 64, image: str = "shop/checkout:v2", restarts: int = 0
+) -> remediation_pb2.WorkloadState:
+    state = remediation_pb2.WorkloadState(
+        generation=3, template_digest=digest, images=[image], restarts=restarts
+    )
+    state.observed_at.GetCurrentTime()
+    return state
+
+
+async def fixed_incident(
+    store: Store, fp: str, baseline: remediation_pb2.WorkloadState | None
+) -> storage_pb2.Incident:
+    """An incident of `fp` remediated by a verified change whose state was `baseline`, and a
+    later read-only action (which has no state and must not hide it)."""
+    incident, created = await store.open_incident(fp, *CRASH)
+    assert created
+    now = dt.datetime.now(dt.UTC)
+    fix = make_action(incident.incident_id, now - dt.timedelta(seconds=30), "rollback_deployment")
+    if baseline is not None:
+        fix.observed_after.CopyFrom(baseline)
+    await store.record_action(fix)
+    await store.record_action(
+        make_action(incident.incident_id, now - dt.timedelta(seconds=10), "collect_diagnostics")
+    )
+    return await store.update_incident(
+        incident.incident_id, storage_pb2.INCIDENT_STATUS_REMEDIATED, "rolled back"
+    )
+
+
+async def test_an_action_record_keeps_the_state_it_verified(store: Store) -> None:
+    incident, _ = await store.open_incident(fingerprint(), *CRASH)
+    record = make_action(incident.incident_id, T0, "rollback_deployment")
+    record.observed_after.CopyFrom(verified_state(restarts=4))
+    assert await store.record_action(record)
+    assert not await store.record_action(record)  # a retry with the same content
+    changed = storage_pb2.ActionRecord()
+    changed.CopyFrom(record)
+    changed.observed_after.restarts = 5
+    with pytest.raises(RecordConflict):
+        await store.record_action(changed)
+    [stored] = (await store.get_incident(incident.incident_id)).actions
+    assert stored.observed_after == record.observed_after
+
+
+async def test_in_the_quiet_period_an_unchanged_workload_is_counted_on_the_fixed_incident(
+    database_dsn: str,
+) -> None:
+    store = await Store.connect(database_dsn, quiet_seconds=600)
+    try:
+        await store.migrate()
+        fp = fingerprint()
+        fixed = await fixed_incident(store, fp, verified_state(restarts=2))
+        # The alert's lookback window still sees the old crashes; the pods were replaced
+        # (fewer restarts), the template is the one verified.
+        opened = await store.open_or_count(fp, *CRASH, workload_state=verified_state(restarts=0))
+        assert not opened.created
+        assert opened.incident.incident_id == fixed.incident_id
+        assert opened.incident.occurrences == 2
+        assert opened.quiet_period.startswith(f"counted on incident {fixed.incident_id}, closed ")
+        assert opened.quiet_period.endswith("; the workload has not changed since its fix")
+        # No state now, or an incident whose fix recorded none: counted, as before.
+        again = await store.open_or_count(fp, *CRASH)
+        assert not again.created and "current state is unknown" in again.quiet_period
+        other_fp = fingerprint()
+        unverified = await fixed_incident(store, other_fp, None)
+        counted = await store.open_or_count(
+            other_fp, *CRASH, workload_state=verified_state(digest="b" * 64)
+        )
+        assert not counted.created and counted.incident.incident_id == unverified.incident_id
+        assert "no workload state was verified after its fix" in counted.quiet_period
+    finally:
+        await store.close()
+
+
+async def test_in_the_quiet_period_a_changed_workload_opens_a_new_incident(
+    database_dsn: str,
+) -> None:
+    """The repro of issue 15: after a fix, a new rollout (v3) crash-loops and fires the
+    same alert. It is a new failure, not the tail of the old one."""
+    store = await Store.connect(database_dsn, quiet_seconds=600)
+    try:
+        await store.migrate()
+        fp = fingerprint()
+        fixed = await fixed_incident(store, fp, verified_state())
+        new_rollout = verified_state(digest="c" * 64, image="shop/checkout:v3", restarts=7)
+        opened = await store.open_or_count(fp, *CRASH, workload_state=new_rollout)
+        assert opened.created
+        assert opened.incident.incident_id != fixed.incident_id
+        assert opened.incident.status == storage_pb2.INCIDENT_STATUS_OPEN
+        why = (
+            "template aaaaaaaaaaaa→cccccccccccc, images shop/checkout:v2→shop/checkout:v3,"
+            " restarts 0→7"
+        )
+        assert opened.incident.status_reason.startswith(
+            f"opened by alert KubePodCrashLooping: incident {fixed.incident_id} was fixed "
+        )
+        assert opened.incident.status_reason.endswith(
+            f"ago, but the workload changed since ({why})"
+        )
+        assert opened.quiet_period.startswith(f"incident {fixed.incident_id} closed ")
+        assert opened.quiet_period.endswith(
+            f"ago but the workload changed since its fix ({why}): opened a new incident"
+        )
+        # The closed incident is untouched; the next alert counts on the new, open one.
+        assert (await store.get_incident(fixed.incident_id))[0].occurrences == 1
+        counted = await store.open_or_count(fp, *CRASH, workload_state=new_rollout)
+        assert not counted.created and counted.quiet_period == ""
+        assert counted.incident.incident_id == opened.incident.incident_id
+        # Restarts alone rising since verification is a new failure too.
+        restarted_fp = fingerprint()
+        await fixed_incident(store, restarted_fp, verified_state(restarts=1))
+        crashing = await store.open_or_count(
+            restarted_fp, *CRASH, workload_state=verified_state(restarts=6)
+        )
+        assert crashing.created and "(restarts 1→6)" in crashing.incident.status_reason
+    finally:
+        await store.close()
+
+
+async def test_the_quiet_period_is_said_over_grpc(stack: InProcessStack) -> None:
+    storage = stack.clients().stub(StorageServiceStub)
+    executor = stack.clients(ServiceName.EXECUTOR.account).stub(StorageServiceStub)
+    fp = fingerprint()
+    alert, subject = CRASH
+    opened = await storage.OpenIncident(
+        storage_pb2.OpenIncidentRequest(fingerprint=fp, alert=alert, subject=subject)
+    )
+    fix = make_action(opened.incident.incident_id, dt.datetime.now(dt.UTC), "restart_deployment")
+    fix.observed_after.CopyFrom(verified_state())
+    await executor.RecordAction(storage_pb2.RecordActionRequest(record=fix))
+    await storage.UpdateIncident(
+        storage_pb2.UpdateIncidentRequest(
+            incident_id=opened.incident.incident_id,
+            status=storage_pb2.INCIDENT_STATUS_REMEDIATED,
+            status_reason="restarted",
+        )
+    )
+    request = storage_pb2.OpenIncidentRequest(
+        fingerprint=fp, alert=alert, subject=subject, workload_state=verified_state()
+    )
+    counted = await storage.OpenIncident(request)
+    assert not counted.created
+    assert counted.quiet_period.endswith("the workload has not changed since its fix")
+    request.workload_state.images[:] = ["shop/checkout:v3"]
+    new = await storage.OpenIncident(request)
+    assert new.created and new.quiet_period.endswith("opened a new incident")
+    # A malformed state is refused, naming the field.
+    request.workload_state.template_digest = "not-a-digest"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await storage.OpenIncident(request)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "workload_state.template_digest" in field_violations(refused.value)
 
 
 async def test_an_incident_lists_every_resource_its_alerts_named(store: Store) -> None:

@@ -119,6 +119,7 @@ async def processes(
         KUBERNAUT_EXECUTOR_POLL_INTERVAL_SECONDS="0.5",
         KUBERNAUT_WORKFLOW_LEASE_SECONDS=str(LEASE_SECONDS),
         KUBERNAUT_WORKFLOW_POLL_SECONDS="0.5",
+        KUBERNAUT_WORKFLOW_PROGRESS_POLL_SECONDS="0.3",
     )
     fleet = Fleet(tmp_path / "logs")
     clients = Clients(stack.settings, addresses={n: f"localhost:{p}" for n, p in ports.items()})
@@ -166,11 +167,22 @@ async def test_a_killed_workflow_process_resumes_without_repeating_a_finished_st
             return len(await replica_sets(kube, target.namespace)) == 2
 
         await eventually(restarted, "the restart to be applied", timeout=60)
+        workflows = processes.clients.stub(WorkflowServiceStub)
+
+        async def verifying() -> bool:
+            found = await workflows.GetWorkflow(
+                workflow_pb2.GetWorkflowRequest(workflow_id=workflow_id)
+            )
+            verify = next(
+                s for s in found.workflow.steps if s.kind == workflow_pb2.STEP_KIND_VERIFY
+            )
+            return bool(verify.state == workflow_pb2.STEP_STATE_RUNNING)
+
+        # The workflow follows the executor's progress: it shows the verification running.
+        await eventually(verifying, "the workflow to show the verification", timeout=30)
         processes.kill_workflow()
         processes.start(ServiceName.WORKFLOW)
         await processes.serving(ServiceName.WORKFLOW)
-
-        workflows = processes.clients.stub(WorkflowServiceStub)
 
         async def finished() -> workflow_pb2.Workflow | None:
             found = await workflows.GetWorkflow(
@@ -186,10 +198,16 @@ async def test_a_killed_workflow_process_resumes_without_repeating_a_finished_st
         steps = {
             workflow_pb2.StepKind.Name(s.kind).removeprefix("STEP_KIND_"): s for s in done.steps
         }
-        # VALIDATE finished before the kill and was not run again; the acting steps were
-        # in progress and resumed (a second attempt that joined the executor's first).
+        # VALIDATE and the stages the executor had finished were done before the kill and
+        # were not run again; VERIFY was in progress and resumed (a second attempt that
+        # joined the executor's first).
         assert steps["VALIDATE"].attempts == 1
-        assert {kind: steps[kind].attempts for kind in ACTING} == dict.fromkeys(ACTING, 2)
+        assert {kind: steps[kind].attempts for kind in ACTING} == {
+            "DRY_RUN": 1,
+            "SNAPSHOT": 1,
+            "APPLY": 1,
+            "VERIFY": 2,
+        }
         assert steps["NOTIFY"].attempts == 1
         states = {kind: workflow_pb2.StepState.Name(step.state) for kind, step in steps.items()}
         assert states == {

@@ -364,14 +364,80 @@ def test_analyzer_name() -> None:
 # --- evidence from the context API ----------------------------------------------------------
 
 
-def evidence_with_rollout(minutes_before_alert: float) -> context_api_pb2.ResourceContext:
-    alert_start = make_alert("KubePodCrashLooping").starts_at.ToSeconds()
+ALERT_START = make_alert("KubePodCrashLooping").starts_at.ToSeconds()
+
+
+def revision(
+    evidence: context_api_pb2.ResourceContext,
+    number: int,
+    image: str,
+    *,
+    minutes_before_alert: float,
+    ready: int = 0,
+    own: str = "",
+    cause: str = "",
+) -> context_api_pb2.Revision:
+    """A revision whose ReplicaSet's pod-template-hash is "h<number>"; `own`: the action id
+    when it is Kubernaut's own."""
+    added = evidence.rollout.revisions.add(
+        number=number,
+        images=[image],
+        ready_replicas=ready,
+        pod_template_hash=f"h{number}",
+        kubernaut_action_id=own,
+        change_cause=cause,
+    )
+    added.created_at.FromSeconds(int(ALERT_START - minutes_before_alert * 60))
+    # Newest first, as context_api reports them.
+    ordered = sorted(evidence.rollout.revisions, key=lambda r: r.number, reverse=True)
+    del evidence.rollout.revisions[:]
+    evidence.rollout.revisions.extend(ordered)
+    return added
+
+
+def crashing_pod(
+    evidence: context_api_pb2.ResourceContext, name: str, revision_number: int
+) -> None:
+    evidence.pods.add(
+        name=name,
+        phase="Running",
+        ready=False,
+        waiting_reason="CrashLoopBackOff",
+        restarts=5,
+        pod_template_hash=f"h{revision_number}",
+    )
+
+
+def ready_pod(evidence: context_api_pb2.ResourceContext, name: str, revision_number: int) -> None:
+    evidence.pods.add(
+        name=name, phase="Running", ready=True, pod_template_hash=f"h{revision_number}"
+    )
+
+
+def evidence_with_rollout(
+    minutes_before_alert: float, *, crashing: bool = True
+) -> context_api_pb2.ResourceContext:
+    """A genuine bad rollout: revision 4 rolled out `minutes_before_alert` ago and never
+    became available; its pod crash-loops while revision 3's pods are still Ready."""
     evidence = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
-    current = evidence.rollout.revisions.add(number=4, images=["shop/checkout:2"])
-    current.created_at.FromSeconds(int(alert_start - minutes_before_alert * 60))
-    previous = evidence.rollout.revisions.add(number=3, images=["shop/checkout:1"])
-    previous.created_at.FromSeconds(int(alert_start - 86400))
+    revision(evidence, 4, "shop/checkout:2", minutes_before_alert=minutes_before_alert)
+    revision(evidence, 3, "shop/checkout:1", minutes_before_alert=24 * 60, ready=2)
+    evidence.rollout.progressing_reason = "ReplicaSetUpdated"
+    ready_pod(evidence, "checkout-old-1", 3)
+    ready_pod(evidence, "checkout-old-2", 3)
+    if crashing:
+        crashing_pod(evidence, "checkout-new-1", 4)
     return evidence
+
+
+def crash_loop(evidence: context_api_pb2.ResourceContext) -> remediation_pb2.Analysis:
+    return analyze(
+        make_alert("KubePodCrashLooping", {"pod": "checkout-1"}),
+        DEPLOYMENT,
+        None,
+        DEFAULTS,
+        evidence,
+    )
 
 
 def test_a_crash_loop_after_a_recent_rollout_rolls_back_to_the_previous_revision() -> None:
@@ -385,6 +451,7 @@ def test_a_crash_loop_after_a_recent_rollout_rolls_back_to_the_previous_revision
     assert action_of(analysis) == "rollback_deployment"
     assert analysis.recommendation.action.rollback_deployment.to_revision == 3
     assert any("shop/checkout:2" in r and "revision 3" in r for r in analysis.reasons)
+    assert any("checkout-new-1" in r and "2 of its pods are Ready" in r for r in analysis.reasons)
 
 
 def test_a_crash_loop_long_after_the_last_rollout_restarts() -> None:
@@ -396,6 +463,126 @@ def test_a_crash_loop_long_after_the_last_rollout_restarts() -> None:
         evidence_with_rollout(minutes_before_alert=24 * 60),
     )
     assert action_of(analysis) == "restart_deployment"
+
+
+def test_kubernauts_own_restart_revision_is_not_blamed() -> None:
+    """The issue's repro: a young Deployment with one revision crash-loops; Kubernaut's
+    restart made revision 2 (crash-looping too), whose undo put revision 1's template back
+    as revision 3. Nothing may roll back to Kubernaut's restart."""
+    evidence = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
+    revision(evidence, 3, "shop/checkout:1", minutes_before_alert=20)
+    revision(
+        evidence,
+        2,
+        "shop/checkout:1",
+        minutes_before_alert=4,
+        own="act-restart",
+        cause="kubernaut: restart_deployment (action act-restart)",
+        ready=1,  # a crash-looping pod can read Ready between two crashes
+    )
+    crashing_pod(evidence, "checkout-a", 3)
+    crashing_pod(evidence, "checkout-b", 3)
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "restart_deployment"
+    assert any(
+        "Rollback not chosen" in r
+        and "revision 2 is Kubernaut's own restart_deployment (action act-restart)" in r
+        for r in analysis.reasons
+    ), analysis.reasons
+    # Before the undo: Kubernaut's restart is the newest revision; it is not blamed either
+    # (revision 1, the Deployment's only other one, has nothing before it).
+    before_undo = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
+    revision(before_undo, 2, "shop/checkout:1", minutes_before_alert=4, own="act-restart")
+    revision(before_undo, 1, "shop/checkout:1", minutes_before_alert=20, ready=1)
+    crashing_pod(before_undo, "checkout-c", 2)
+    analysis = crash_loop(before_undo)
+    assert action_of(analysis) == "restart_deployment"
+    assert any("no earlier revision is retained" in r for r in analysis.reasons)
+
+
+def test_only_kubernauts_revisions_are_never_blamed() -> None:
+    evidence = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
+    revision(evidence, 5, "shop/checkout:1", minutes_before_alert=2, own="act-b")
+    revision(evidence, 4, "shop/checkout:1", minutes_before_alert=9, own="act-a", ready=2)
+    crashing_pod(evidence, "checkout-a", 5)
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "restart_deployment"
+    assert any("every retained revision is Kubernaut's own" in r for r in analysis.reasons)
+
+
+def test_a_persons_rollout_after_a_kubernaut_change_is_still_a_rollout() -> None:
+    """Kubernaut restarted revision 1 (revision 2, healthy); then a person set a new image
+    (revision 3). The Deployment's sticky change-cause and the template's digest annotation
+    came along, but the digest no longer matches: revision 3 is the person's, and it is
+    rolled back to revision 1 (whose template runs healthy as Kubernaut's restart of it)."""
+    evidence = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
+    revision(
+        evidence,
+        3,
+        "shop/checkout:2",
+        minutes_before_alert=3,
+        cause="kubernaut: restart_deployment (action act-restart)",
+    )
+    revision(
+        evidence,
+        2,
+        "shop/checkout:1",
+        minutes_before_alert=50,
+        own="act-restart",
+        cause="kubernaut: restart_deployment (action act-restart)",
+        ready=2,
+    )
+    revision(evidence, 1, "shop/checkout:1", minutes_before_alert=24 * 60)
+    ready_pod(evidence, "checkout-r1", 2)
+    ready_pod(evidence, "checkout-r2", 2)
+    crashing_pod(evidence, "checkout-new", 3)
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "rollback_deployment", analysis.reasons
+    assert analysis.recommendation.action.rollback_deployment.to_revision == 1
+    assert any("Revision 3 (shop/checkout:2)" in r for r in analysis.reasons)
+
+
+def test_a_fresh_person_rollout_after_kubernauts_restart_of_it_is_rolled_back() -> None:
+    """Pods of Kubernaut's restart of the bad release are the bad release's pods."""
+    evidence = evidence_with_rollout(minutes_before_alert=20, crashing=False)
+    revision(evidence, 5, "shop/checkout:2", minutes_before_alert=5, own="act-restart")
+    crashing_pod(evidence, "checkout-restarted", 5)
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "rollback_deployment", analysis.reasons
+    assert analysis.recommendation.action.rollback_deployment.to_revision == 3
+    assert any("Not blamed: revision 5 is Kubernaut's own" in r for r in analysis.reasons)
+
+
+def test_a_release_that_became_available_and_crashed_later_is_not_rolled_back() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=10)
+    evidence.rollout.rollout_completed = True
+    evidence.rollout.progressing_reason = "NewReplicaSetAvailable"
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "restart_deployment"
+    assert any(
+        "Rollback not chosen" in r
+        and "revision 4 became fully available before the crashes (NewReplicaSetAvailable)" in r
+        for r in analysis.reasons
+    ), analysis.reasons
+
+
+def test_a_rollout_is_not_blamed_when_the_failing_pods_run_another_template() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=5, crashing=False)
+    crashing_pod(evidence, "checkout-old-3", 3)
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "restart_deployment"
+    assert any(
+        "failing pods do not run revision 4's template (checkout-old-3)" in r
+        for r in analysis.reasons
+    )
+
+
+def test_a_rollout_is_not_blamed_when_the_previous_revision_has_no_ready_pods() -> None:
+    evidence = evidence_with_rollout(minutes_before_alert=5)
+    evidence.rollout.revisions[1].ready_replicas = 0
+    analysis = crash_loop(evidence)
+    assert action_of(analysis) == "restart_deployment"
+    assert any("revision 3's pods are not Ready now" in r for r in analysis.reasons)
 
 
 def test_an_oom_kill_seen_on_the_pods_raises_memory_even_for_a_crash_loop_alert() -> None:
@@ -481,7 +668,12 @@ def test_pods_running_but_not_ready_restart_the_deployment() -> None:
 def test_unpullable_images_of_a_fresh_rollout_roll_it_back() -> None:
     evidence = evidence_with_rollout(minutes_before_alert=5)
     evidence.rollout.desired_replicas = 2
-    evidence.pods.add(name="checkout-new", phase="Pending", waiting_reason="ImagePullBackOff")
+    evidence.pods.add(
+        name="checkout-new",
+        phase="Pending",
+        waiting_reason="ImagePullBackOff",
+        pod_template_hash="h4",
+    )
     analysis = mismatch(evidence)
     assert action_of(analysis) == "rollback_deployment"
     assert analysis.recommendation.action.rollback_deployment.to_revision == 3
@@ -497,7 +689,12 @@ def test_unpullable_images_without_a_rollout_are_left_to_a_person() -> None:
 
 def test_crash_looping_replicas_follow_the_crash_loop_rule() -> None:
     evidence = evidence_with_rollout(minutes_before_alert=5)
-    evidence.pods.add(name="checkout-new", phase="Running", waiting_reason="CrashLoopBackOff")
+    evidence.pods.add(
+        name="checkout-new",
+        phase="Running",
+        waiting_reason="CrashLoopBackOff",
+        pod_template_hash="h4",
+    )
     assert action_of(mismatch(evidence)) == "rollback_deployment"
 
 

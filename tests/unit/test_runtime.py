@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2
 from kubernaut.gateway.v1 import gateway_pb2
@@ -11,7 +12,7 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
 from services.runtime import edges
-from services.runtime.clients import service_config
+from services.runtime.clients import _CallMetadata, service_config
 from services.runtime.identity import account_of, parse_xfcc
 from services.runtime.interceptors import incident_id_of
 from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
@@ -71,6 +72,8 @@ def test_the_call_table_names_only_methods_that_exist() -> None:
 def test_operators_may_not_write_the_audit_trail_and_the_edge_only_submits() -> None:
     assert edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "ListActionRecords")
     assert not edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "RecordAction")
+    assert not edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "RecordDroppedAlert")
+    assert edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "ListDroppedAlerts")
     assert edges.is_allowed(ServiceName.EXECUTOR.account, ServiceName.STORAGE, "RecordAction")
     assert edges.is_allowed(EDGE_ACCOUNT, ServiceName.GATEWAY, "SubmitAlerts")
     allowed_for_edge = [
@@ -83,7 +86,7 @@ def test_operators_may_not_write_the_audit_trail_and_the_edge_only_submits() -> 
 
 
 def test_only_idempotent_methods_are_retried() -> None:
-    config = service_config(ServiceName.STORAGE, 7.5)
+    config = service_config(ServiceName.STORAGE)
     retried = {
         entry["name"][0]["method"] for entry in config["methodConfig"] if "retryPolicy" in entry
     }
@@ -92,6 +95,8 @@ def test_only_idempotent_methods_are_retried() -> None:
         "GetStoreStatus",
         "RecordAction",
         "ListActionRecords",
+        "RecordDroppedAlert",
+        "ListDroppedAlerts",
         "UpdateIncident",
         "ResolveIncident",
         "GetIncident",
@@ -99,9 +104,24 @@ def test_only_idempotent_methods_are_retried() -> None:
         "RecordAssessment",
         "SearchSimilarIncidents",
     }
-    gateway = service_config(ServiceName.GATEWAY, 7.5)["methodConfig"]
+    gateway = service_config(ServiceName.GATEWAY)["methodConfig"]
     assert all("retryPolicy" not in entry for entry in gateway)
-    assert all(entry["timeout"] == "7.5s" for entry in gateway)
+    # No deadline in the service config: gRPC would cut every longer call to it.
+    assert all("timeout" not in entry for entry in config["methodConfig"] + gateway)
+
+
+async def test_the_default_deadline_applies_only_to_calls_that_set_none() -> None:
+    seen: list[float | None] = []
+
+    async def continuation(details: grpc.aio.ClientCallDetails, request: object) -> None:
+        seen.append(details.timeout)
+
+    interceptor = _CallMetadata(None, 10.0)
+    for timeout in (None, 300.0, 2.0):
+        details = grpc.aio.ClientCallDetails("/x.S/M", timeout, None, None, None)
+        await interceptor.intercept_unary_unary(continuation, details, b"")
+    # A long call (ExecuteAction) keeps its own deadline, longer than the default.
+    assert seen == [10.0, 300.0, 2.0]
 
 
 def test_paths_map_back_to_services() -> None:

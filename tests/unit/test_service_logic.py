@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
@@ -13,7 +15,7 @@ from services.alert_processor.processing import triage
 from services.effectiveness.verdicts import VerdictSettings, verdict_of
 from services.executor.catalogue import describe_action
 from services.intelligence.stats import action_stats
-from services.workflow.planning import PlanningSettings, plan
+from services.workflow.planning import PlanningSettings, TargetHistory, guard_for, plan
 
 
 def alert(status: int = alert_pb2.ALERT_STATUS_FIRING, **labels: str) -> alert_pb2.Alert:
@@ -44,6 +46,26 @@ def test_filtered_alerts_say_why(labels: dict[str, str], reason: str) -> None:
     result = triage(alert(alert_pb2.ALERT_STATUS_FIRING, **labels))
     assert result.disposition == remediation_pb2.ALERT_DISPOSITION_FILTERED
     assert reason in result.reason
+    # Each is recorded as a drop, with its kind of reason.
+    assert result.drop_reason != storage_pb2.ALERT_DROP_REASON_UNSPECIFIED
+
+
+@pytest.mark.parametrize(
+    ("label", "kind"),
+    [
+        ("horizontalpodautoscaler", "HorizontalPodAutoscaler"),
+        ("persistentvolumeclaim", "PersistentVolumeClaim"),
+        ("job_name", "Job"),
+        ("cronjob", "CronJob"),
+        ("daemonset", "DaemonSet"),
+        ("statefulset", "StatefulSet"),
+    ],
+)
+def test_kube_state_metrics_subject_labels_are_recognised(label: str, kind: str) -> None:
+    labels = {"alertname": "KubeHpaMaxedOut", "namespace": "shop", label: "web"}
+    result = triage(alert(alert_pb2.ALERT_STATUS_FIRING, **labels))
+    assert result.disposition == remediation_pb2.ALERT_DISPOSITION_ANALYZED
+    assert result.subject == alert_pb2.ResourceRef(namespace="shop", kind=kind, name="web")
 
 
 def test_the_subject_is_the_most_specific_workload_and_nodes_have_no_namespace() -> None:
@@ -144,3 +166,87 @@ def test_verdicts_need_evidence(attempts: int, succeeded: int, verdict: int) -> 
         success_rate=succeeded / attempts if attempts else 0.0,
     )
     assert verdict_of(stats, VerdictSettings()).verdict == verdict
+
+
+_NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+
+
+def failed_record(
+    action: str,
+    ago: dt.timedelta,
+    outcome: int = storage_pb2.ACTION_OUTCOME_ROLLED_BACK,
+    params: remediation_pb2.ActionParams | None = None,
+) -> storage_pb2.ActionRecord:
+    record = storage_pb2.ActionRecord(
+        action_id="a1",
+        incident_id="i1",
+        action=action,
+        outcome=outcome,  # type: ignore[arg-type]
+    )
+    if params is not None:
+        record.params.CopyFrom(params)
+    else:
+        getattr(record.params, action).SetInParent()
+    record.finished_at.FromDatetime(_NOW - ago)
+    return record
+
+
+def test_the_guard_holds_any_plan_for_a_workload_whose_fix_failed_recently() -> None:
+    history = TargetHistory([failed_record("restart_deployment", dt.timedelta(minutes=15))])
+    guard = guard_for(recommendation("rollback_deployment", 0.9), history, _NOW, PlanningSettings())
+    assert guard is not None and guard.required
+    assert "restart_deployment failed verification and was undone 15.0m ago" in guard.reason
+    held = plan(
+        recommendation("rollback_deployment", 0.9),
+        describe_action("rollback_deployment"),
+        PlanningSettings(),
+        guard,
+    )
+    assert held.requires_approval and held.approval_reason == guard.reason
+    assert workflow_pb2.STEP_KIND_APPROVAL in kinds(held)
+    # After the hold, another action is planned as usual; a refusal never counted.
+    old = TargetHistory([failed_record("restart_deployment", dt.timedelta(hours=7))])
+    assert (
+        guard_for(recommendation("rollback_deployment", 0.9), old, _NOW, PlanningSettings()) is None
+    )
+    refused = TargetHistory(
+        [
+            failed_record(
+                "restart_deployment", dt.timedelta(minutes=1), storage_pb2.ACTION_OUTCOME_REFUSED
+            )
+        ]
+    )
+    assert (
+        guard_for(recommendation("restart_deployment", 0.9), refused, _NOW, PlanningSettings())
+        is None
+    )
+
+
+def test_the_same_action_with_the_same_parameters_is_never_repeated_on_its_own() -> None:
+    raise_memory = remediation_pb2.ActionParams(
+        increase_memory_limit=remediation_pb2.IncreaseMemoryLimitParams(factor=1.5, max_limit="4Gi")
+    )
+    history = TargetHistory(
+        [failed_record("increase_memory_limit", dt.timedelta(days=30), params=raise_memory)]
+    )
+    again = remediation_pb2.Recommendation(
+        action=raise_memory,
+        target=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout"),
+        confidence=0.9,
+    )
+    guard = guard_for(again, history, _NOW, PlanningSettings())
+    assert guard is not None and "never repeated automatically" in guard.reason
+    different = remediation_pb2.Recommendation()
+    different.CopyFrom(again)
+    different.action.increase_memory_limit.factor = 2.0
+    assert guard_for(different, history, _NOW, PlanningSettings()) is None
+
+
+def test_the_guard_fails_closed_when_the_past_cannot_be_read() -> None:
+    guard = guard_for(
+        recommendation("restart_deployment", 0.9),
+        TargetHistory(unreadable="UNAVAILABLE: storage down"),
+        _NOW,
+        PlanningSettings(),
+    )
+    assert guard is not None and guard.required and "could not be read" in guard.reason

@@ -1,5 +1,5 @@
 """The workflow engine against a real PostgreSQL, with plain async functions standing in for
-the four downstream operations at the engine's boundary (no gRPC)."""
+the five downstream operations at the engine's boundary (no gRPC)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +105,17 @@ class Downstream:
     execute_seconds: float = 0.0
     # No channel takes a notification (the mail server is down): kept for later.
     mail_down: bool = False
+    # What GetActionProgress answers (None: NOT_FOUND, as before the executor starts).
+    progress: executor_pb2.GetActionProgressResponse | None = None
+    # ExecuteAction waits for this before it answers (the action is in progress meanwhile).
+    gate: asyncio.Event | None = None
+    # How many times ExecuteAction answers UNAVAILABLE because the first call still holds
+    # the action (the executor's ActionBusy), while the progress says it runs.
+    busy: int = 0
 
     calls: list[Call] = field(default_factory=list)
+    # The deadline of each ExecuteAction call.
+    deadlines: list[float] = field(default_factory=list)
     records: dict[str, executor_pb2.ExecuteActionResponse] = field(default_factory=dict)
     delivered: dict[str, notification_pb2.IncidentEvent] = field(default_factory=dict)
     executing: set[str] = field(default_factory=set)
@@ -139,9 +149,19 @@ class Downstream:
         return names
 
     async def execute_action(
-        self, request: executor_pb2.ExecuteActionRequest
+        self, request: executor_pb2.ExecuteActionRequest, timeout: float
     ) -> executor_pb2.ExecuteActionResponse:
         self._enter("ExecuteAction", request)
+        self.deadlines.append(timeout)
+        if self.busy > 0:
+            self.busy -= 1
+            raise Unavailable(
+                "ExecuteAction",
+                f"UNAVAILABLE: another call is still working on action {request.action_id}",
+            )
+        if self.gate is not None:
+            self.arrived.set()
+            await self.gate.wait()
         if request.action_id in self.executing:
             self.overlaps.append(request.action_id)
         self.executing.add(request.action_id)
@@ -168,6 +188,14 @@ class Downstream:
             return self.records[request.action_id]
         finally:
             self.executing.discard(request.action_id)
+
+    async def get_action_progress(
+        self, request: executor_pb2.GetActionProgressRequest
+    ) -> executor_pb2.GetActionProgressResponse:
+        # Not in `calls`: how often it is asked depends on timing.
+        if self.progress is None:
+            raise DownstreamError("GetActionProgress", f"NOT_FOUND: no action {request.action_id}")
+        return self.progress
 
     async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None:
         self._enter("UpdateIncident", request)
@@ -605,12 +633,207 @@ async def test_other_errors_fail_the_workflow(engines: Engines, store: WorkflowS
     assert len(downstream.of("ExecuteAction")) == 1  # not retried
     assert downstream.operations[-2:] == ["UpdateIncident FAILED", "NotifyIncidentEvent FAILED"]
     assert "ScheduleAssessment" not in downstream.operations
+    # The executor refused the request before any stage: the first step failed, the
+    # others never ran.
     assert states(done) == {
         "VALIDATE": "DONE",
-        **dict.fromkeys(ACTING, "FAILED"),
+        "DRY_RUN": "FAILED",
+        **dict.fromkeys(ACTING[1:], "SKIPPED"),
         "NOTIFY": "DONE",
     }
-    assert "INVALID_ARGUMENT" in messages(done)["APPLY"]
+    assert "INVALID_ARGUMENT" in messages(done)["DRY_RUN"]
+
+
+# -- progress while the executor acts ----------------------------------------------------------
+
+
+def progress(
+    state: executor_pb2.ActionState.ValueType,
+    lines: list[tuple[str, dt.datetime]],
+    started: dt.datetime,
+    *,
+    applied: dt.datetime | None = None,
+    verify_started: dt.datetime | None = None,
+    running: bool = True,
+    verify_timeout: float = 120.0,
+) -> executor_pb2.GetActionProgressResponse:
+    """What the executor's GetActionProgress answers."""
+    answer = executor_pb2.GetActionProgressResponse(state=state, running=running)
+    for line, at in lines:
+        answer.stages.add(line=line).at.FromDatetime(at)
+    answer.started_at.FromDatetime(started)
+    if applied is not None:
+        answer.applied_at.FromDatetime(applied)
+    if verify_started is not None:
+        answer.verify_started_at.FromDatetime(verify_started)
+    answer.verify_timeout.FromTimedelta(dt.timedelta(seconds=verify_timeout))
+    return answer
+
+
+def step(workflow: Workflow, kind: str) -> Any:
+    return next(s for s in workflow.steps if kind_name(s.kind) == kind)
+
+
+async def reached(
+    store: WorkflowStore, workflow_id: str, wanted: dict[str, str], what: str
+) -> Workflow:
+    async def check() -> Workflow | None:
+        workflow = await store.get(workflow_id)
+        assert workflow is not None
+        return workflow if {k: states(workflow)[k] for k in wanted} == wanted else None
+
+    return await eventually(check, what, 10, interval=0.02)
+
+
+async def test_acting_steps_follow_the_executors_progress_with_its_times(
+    engines: Engines, store: WorkflowStore
+) -> None:
+    gate = asyncio.Event()
+    downstream = Downstream(gate=gate)
+    engine = engines(downstream, progress_poll_seconds=0.05)
+    engine.start()
+    workflow = await create(engine)
+    await asyncio.wait_for(downstream.arrived.wait(), 10)  # ExecuteAction is in flight
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    t0 = now - dt.timedelta(seconds=60)
+    lines = [
+        (
+            "scope: ok: the Deployment carries kubernaut.ai/managed=true",
+            t0 + dt.timedelta(seconds=1),
+        ),
+        ("rbac: ok: patch deployments.apps", t0 + dt.timedelta(seconds=2)),
+        ("guards: ok: the target is free", t0 + dt.timedelta(seconds=3)),
+        ("plan: restart the pods", t0 + dt.timedelta(seconds=4)),
+        ("dry-run: ok: the API server accepted the change", t0 + dt.timedelta(seconds=5)),
+    ]
+    downstream.progress = progress(executor_pb2.ACTION_STATE_STARTED, lines, t0)
+    dry_run_done = {"DRY_RUN": "DONE", "SNAPSHOT": "RUNNING", "APPLY": "PENDING"}
+    mid = await reached(store, workflow.workflow_id, dry_run_done, "the dry-run to be done")
+    assert step(mid, "DRY_RUN").started_at == t0
+    assert step(mid, "DRY_RUN").finished_at == t0 + dt.timedelta(seconds=5)
+    assert step(mid, "DRY_RUN").message == "dry-run: ok: the API server accepted the change"
+    assert step(mid, "SNAPSHOT").started_at == t0 + dt.timedelta(seconds=5)
+
+    # Applied 45 s ago and verifying since.
+    applied = now - dt.timedelta(seconds=45)
+    lines += [
+        ("snapshot: stored the Deployment at resourceVersion 7", t0 + dt.timedelta(seconds=6)),
+        ("apply: restart the pods (generation 3)", applied),
+    ]
+    downstream.progress = progress(
+        executor_pb2.ACTION_STATE_APPLIED, lines, t0, applied=applied, verify_started=applied
+    )
+    verifying = {"DRY_RUN": "DONE", "SNAPSHOT": "DONE", "APPLY": "DONE", "VERIFY": "RUNNING"}
+    mid = await reached(store, workflow.workflow_id, verifying, "verification to run")
+    finishes = [step(mid, kind).finished_at for kind in ("DRY_RUN", "SNAPSHOT", "APPLY")]
+    assert finishes == [t0 + dt.timedelta(seconds=5), t0 + dt.timedelta(seconds=6), applied]
+    assert step(mid, "VERIFY").started_at == applied
+    assert step(mid, "VERIFY").finished_at is None
+    assert re.fullmatch(
+        rf"applied {applied:%H:%M:%S}, verifying, 4[5-9] s of 120 s", step(mid, "VERIFY").message
+    ), step(mid, "VERIFY").message
+    await asyncio.sleep(0.3)  # polls go on; a step's message changes, not its attempts
+    assert attempts(await store.get(workflow.workflow_id)) == {  # type: ignore[arg-type]
+        "VALIDATE": 1,
+        **dict.fromkeys(ACTING, 1),
+        "NOTIFY": 0,
+    }
+
+    verified = now - dt.timedelta(seconds=2)
+    lines += [("verify: ok: 3/3 replicas ready", verified)]
+    downstream.stages = [line for line, _ in lines]
+    downstream.progress = progress(
+        executor_pb2.ACTION_STATE_RECORDED,
+        lines,
+        t0,
+        applied=applied,
+        verify_started=applied,
+        running=False,
+    )
+    gate.set()
+    done = await finished(store, workflow.workflow_id)
+    assert done.state is State.SUCCEEDED
+    assert states(done) == dict.fromkeys(ALL_STEPS, "DONE")
+    assert attempts(done) == dict.fromkeys(ALL_STEPS, 1)
+    # Each step ends when the executor finished its stage, not when the answer came.
+    assert [(step(done, k).started_at, step(done, k).finished_at) for k in ACTING] == [
+        (t0, t0 + dt.timedelta(seconds=5)),
+        (t0 + dt.timedelta(seconds=5), t0 + dt.timedelta(seconds=6)),
+        (t0 + dt.timedelta(seconds=6), applied),
+        (applied, verified),
+    ]
+    assert step(done, "VERIFY").message == "verify: ok: 3/3 replicas ready"
+
+
+class Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def engine_logs() -> Iterator[Captured]:
+    handler = Captured()
+    logger = logging.getLogger("services.workflow.engine")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+async def test_a_busy_executor_is_still_running_not_an_outage(
+    engines: Engines, store: WorkflowStore
+) -> None:
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)
+    applied = started + dt.timedelta(seconds=2)
+    verifying = progress(
+        executor_pb2.ACTION_STATE_APPLIED,
+        [("apply: restart the pods", applied)],
+        started,
+        applied=applied,
+        verify_started=applied,
+        verify_timeout=30,
+    )
+    # The first call's deadline ran out (or a retry met its lock) twice while the executor
+    # verified.
+    downstream = Downstream(busy=2, progress=verifying)
+    engine = engines(downstream, progress_poll_seconds=0.05)
+    with engine_logs() as logs:
+        engine.start()
+        done = await finished(store, (await create(engine)).workflow_id)
+    assert done.state is State.SUCCEEDED
+    # The executor's verification timeout (120 s until it says 30 s): twice it (for a
+    # rollback's verification) plus the margin.
+    assert downstream.deadlines == [300.0, 120.0, 120.0]
+    assert (
+        "calling ExecuteAction; deadline 300 s (verification up to 120 s, a rollback's as "
+        "long again)" in logs.messages
+    )
+    assert (
+        "calling ExecuteAction; deadline 120 s (verification up to 30 s, a rollback's as "
+        "long again)" in logs.messages
+    )
+    assert logs.messages.count("ExecuteAction still running; waiting for it") == 2
+    assert "downstream unavailable; retrying" not in logs.messages
+
+    # Nothing works on the action and the executor answers UNAVAILABLE: that is an outage.
+    stalled = progress(executor_pb2.ACTION_STATE_STARTED, [], started, running=False)
+    downstream = Downstream(unavailable={"ExecuteAction": 1}, progress=stalled)
+    engine = engines(downstream, progress_poll_seconds=0.05)
+    with engine_logs() as logs:
+        engine.start()
+        done = await finished(store, (await create(engine)).workflow_id)
+    assert done.state is State.SUCCEEDED
+    assert "downstream unavailable; retrying" in logs.messages
+    assert "ExecuteAction still running; waiting for it" not in logs.messages
 
 
 async def test_logs_carry_the_incident_id(engines: Engines, store: WorkflowStore) -> None:
@@ -658,11 +881,15 @@ async def test_killed_mid_apply_resumes_without_repeating_finished_steps(
     await asyncio.wait_for(downstream.arrived.wait(), 10)
     mid = await store.get(workflow.workflow_id)
     assert mid is not None
-    assert states(mid) == {
-        "VALIDATE": "DONE",
-        **dict.fromkeys(ACTING, "RUNNING"),
-        "NOTIFY": "PENDING",
-    }
+    assert (
+        states(mid)
+        == {
+            "VALIDATE": "DONE",
+            "DRY_RUN": "RUNNING",  # the others start as the executor gets to them
+            **dict.fromkeys(ACTING[1:], "PENDING"),
+            "NOTIFY": "PENDING",
+        }
+    )
     await abandon(crashed)
     left = await store.get(workflow.workflow_id)
     assert left is not None
@@ -678,7 +905,13 @@ async def test_killed_mid_apply_resumes_without_repeating_finished_steps(
     assert [e.action_id for e in executes] == [workflow.action_id] * 2  # the executor acts once
     resumed_at = [c.at for c in downstream.calls if c.operation == "ExecuteAction"][1]
     assert resumed_at >= left.lease_expires_at  # taken over only once the lease expired
-    assert attempts(done) == {"VALIDATE": 1, **dict.fromkeys(ACTING, 2), "NOTIFY": 1}
+    # DRY_RUN was started twice; the others ran once, within the second call.
+    assert attempts(done) == {
+        "VALIDATE": 1,
+        "DRY_RUN": 2,
+        **dict.fromkeys(ACTING[1:], 1),
+        "NOTIFY": 1,
+    }
     assert states(done) == dict.fromkeys(ALL_STEPS, "DONE")
     assert len(downstream.of("NotifyIncidentEvent")) == 1
     assert list(downstream.delivered) == [f"{workflow.workflow_id}/succeeded"]
@@ -717,12 +950,12 @@ async def test_stop_hands_workflows_over_at_once(engines: Engines, store: Workfl
     released = await store.get(workflow.workflow_id)
     assert released is not None
     assert released.lease_owner is None
-    assert states(released)["APPLY"] == "RUNNING"
+    assert states(released)["DRY_RUN"] == "RUNNING"
 
     engines(downstream, lease_seconds=60).start()
     done = await finished(store, workflow.workflow_id, timeout=5)
     assert done.state is State.SUCCEEDED
-    assert attempts(done)["APPLY"] == 2
+    assert attempts(done)["DRY_RUN"] == 2
 
 
 async def test_two_runners_never_run_the_same_workflow(

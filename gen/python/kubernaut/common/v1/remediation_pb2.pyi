@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
@@ -918,3 +919,52 @@ class Analysis(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Analysis: _TypeAlias = Analysis  # noqa: Y015
+
+@_typing.final
+class WorkloadState(_message.Message):
+    """WorkloadState is what tells one version of a workload, and how its pods fare, from
+    another: it is read when a fix is verified and again when the alert fires after the
+    incident closed, so that a new failure is told from the tail of the old one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    TEMPLATE_DIGEST_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    """The workload's metadata.generation: it rises with every change of its spec."""
+    template_digest: _builtins.str
+    """sha256 (hex) of the pod template as canonical JSON (keys sorted, nulls dropped,
+    Kubernaut's own kubernaut.ai/* annotations left out); empty when unknown.
+    """
+    restarts: _builtins.int
+    """The sum of the container restart counts of the workload's pods (not those being
+    deleted).
+    """
+    @_builtins.property
+    def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The images of the pod template's containers (init containers first), in order."""
+
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was read."""
+
+    def __init__(
+        self,
+        *,
+        generation: _builtins.int = ...,
+        template_digest: _builtins.str = ...,
+        images: _abc.Iterable[_builtins.str] | None = ...,
+        restarts: _builtins.int = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "images", b"images", "observed_at", b"observed_at", "restarts", b"restarts", "template_digest", b"template_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadState: _TypeAlias = WorkloadState  # noqa: Y015

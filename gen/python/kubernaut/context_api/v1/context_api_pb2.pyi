@@ -57,6 +57,7 @@ class PodState(_message.Message):
     LAST_TERMINATED_REASON_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
+    POD_TEMPLATE_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     phase: _builtins.str
     ready: _builtins.bool
@@ -71,6 +72,10 @@ class PodState(_message.Message):
     """Why the scheduler cannot place the pod (its PodScheduled condition's message, e.g.
     "0/3 nodes are available: 3 Insufficient cpu"); empty once it is placed.
     """
+    pod_template_hash: _builtins.str
+    """The pod's pod-template-hash label: which Revision's template it runs (empty for pods
+    not made by a Deployment's ReplicaSet).
+    """
     def __init__(
         self,
         *,
@@ -82,10 +87,11 @@ class PodState(_message.Message):
         last_terminated_reason: _builtins.str = ...,
         node: _builtins.str = ...,
         unschedulable: _builtins.str = ...,
+        pod_template_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_terminated_reason", b"last_terminated_reason", "name", b"name", "node", b"node", "phase", b"phase", "ready", b"ready", "restarts", b"restarts", "unschedulable", b"unschedulable", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_terminated_reason", b"last_terminated_reason", "name", b"name", "node", b"node", "phase", b"phase", "pod_template_hash", b"pod_template_hash", "ready", b"ready", "restarts", b"restarts", "unschedulable", b"unschedulable", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,8 +146,26 @@ class Revision(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     READY_REPLICAS_FIELD_NUMBER: _builtins.int
+    KUBERNAUT_ACTION_ID_FIELD_NUMBER: _builtins.int
+    POD_TEMPLATE_HASH_FIELD_NUMBER: _builtins.int
+    CHANGE_CAUSE_FIELD_NUMBER: _builtins.int
     number: _builtins.int
     ready_replicas: _builtins.int
+    kubernaut_action_id: _builtins.str
+    """Set when the revision is Kubernaut's own change: its pod template carries the
+    kubernaut.ai/template-digest annotation and the digest still equals its template's
+    spec (a person's later change of the spec breaks the match). The id of the action
+    that made it. Empty for revisions made by anyone else.
+    """
+    pod_template_hash: _builtins.str
+    """The ReplicaSet's pod-template-hash label; PodState.pod_template_hash tells which
+    pods run this revision.
+    """
+    change_cause: _builtins.str
+    """The ReplicaSet's kubernetes.io/change-cause annotation, at most 256 characters. The
+    controller copies it from the Deployment, where it outlives the change that set it:
+    informative only, not evidence of who made the revision.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -153,10 +177,13 @@ class Revision(_message.Message):
         images: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         ready_replicas: _builtins.int = ...,
+        kubernaut_action_id: _builtins.str = ...,
+        pod_template_hash: _builtins.str = ...,
+        change_cause: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "images", b"images", "number", b"number", "ready_replicas", b"ready_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_cause", b"change_cause", "created_at", b"created_at", "images", b"images", "kubernaut_action_id", b"kubernaut_action_id", "number", b"number", "pod_template_hash", b"pod_template_hash", "ready_replicas", b"ready_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,10 +200,21 @@ class RolloutState(_message.Message):
     READY_REPLICAS_FIELD_NUMBER: _builtins.int
     UPDATED_REPLICAS_FIELD_NUMBER: _builtins.int
     AVAILABLE_REPLICAS_FIELD_NUMBER: _builtins.int
+    ROLLOUT_COMPLETED_FIELD_NUMBER: _builtins.int
+    PROGRESSING_REASON_FIELD_NUMBER: _builtins.int
     desired_replicas: _builtins.int
     ready_replicas: _builtins.int
     updated_replicas: _builtins.int
     available_replicas: _builtins.int
+    rollout_completed: _builtins.bool
+    """The Deployment's Progressing condition says NewReplicaSetAvailable: the newest
+    revision became fully available at some point (it stays so when its pods crash
+    later, until the next rollout).
+    """
+    progressing_reason: _builtins.str
+    """The Progressing condition's reason (e.g. NewReplicaSetAvailable, ReplicaSetUpdated,
+    ProgressDeadlineExceeded); empty when the Deployment has none.
+    """
     @_builtins.property
     def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revision]:
         """Newest first; the first is the current revision."""
@@ -189,10 +227,12 @@ class RolloutState(_message.Message):
         ready_replicas: _builtins.int = ...,
         updated_replicas: _builtins.int = ...,
         available_replicas: _builtins.int = ...,
+        rollout_completed: _builtins.bool = ...,
+        progressing_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "desired_replicas", b"desired_replicas", "ready_replicas", b"ready_replicas", "revisions", b"revisions", "updated_replicas", b"updated_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "desired_replicas", b"desired_replicas", "progressing_reason", b"progressing_reason", "ready_replicas", b"ready_replicas", "revisions", b"revisions", "rollout_completed", b"rollout_completed", "updated_replicas", b"updated_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,6 +252,7 @@ class ResourceContext(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     ROLLOUT_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     managed: _builtins.bool
     """The kubernaut.ai/managed=true label is on the workload or its namespace."""
     managed_reason: _builtins.str
@@ -236,6 +277,12 @@ class ResourceContext(_message.Message):
 
     @_builtins.property
     def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def state(self) -> _remediation_pb2.WorkloadState:
+        """The workload's version and its pods' restarts (Deployments, StatefulSets and
+        DaemonSets); unset for other kinds.
+        """
+
     def __init__(
         self,
         *,
@@ -247,10 +294,11 @@ class ResourceContext(_message.Message):
         events: _abc.Iterable[Global___EventSummary] | None = ...,
         rollout: Global___RolloutState | None = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
+        state: _remediation_pb2.WorkloadState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at", "resource", b"resource", "rollout", b"rollout", "workload", b"workload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "managed", b"managed", "managed_reason", b"managed_reason", "observed_at", b"observed_at", "pods", b"pods", "resource", b"resource", "rollout", b"rollout", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "managed", b"managed", "managed_reason", b"managed_reason", "observed_at", b"observed_at", "pods", b"pods", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

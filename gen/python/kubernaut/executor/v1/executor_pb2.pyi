@@ -5,8 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
 from kubernaut.storage.v1 import storage_pb2 as _storage_pb2
@@ -20,6 +23,158 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ActionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTION_STATE_UNSPECIFIED: _ActionState.ValueType  # 0
+    ACTION_STATE_STARTED: _ActionState.ValueType  # 1
+    """Checking scope, RBAC and guards, planning, dry-running; nothing applied."""
+    ACTION_STATE_PLANNED: _ActionState.ValueType  # 2
+    """The snapshot and the change are stored; applying."""
+    ACTION_STATE_APPLIED: _ActionState.ValueType  # 3
+    """The change is applied; verifying."""
+    ACTION_STATE_RESTORING: _ActionState.ValueType  # 4
+    """Verification failed; restoring the snapshot."""
+    ACTION_STATE_FINISHED: _ActionState.ValueType  # 5
+    """The outcome is final; storage may not have the record yet."""
+    ACTION_STATE_RECORDED: _ActionState.ValueType  # 6
+    """Storage has the record."""
+
+class ActionState(_ActionState, metaclass=_ActionStateEnumTypeWrapper):
+    """ActionState is how far the executor got with one action, as its own store says."""
+
+ACTION_STATE_UNSPECIFIED: ActionState.ValueType  # 0
+ACTION_STATE_STARTED: ActionState.ValueType  # 1
+"""Checking scope, RBAC and guards, planning, dry-running; nothing applied."""
+ACTION_STATE_PLANNED: ActionState.ValueType  # 2
+"""The snapshot and the change are stored; applying."""
+ACTION_STATE_APPLIED: ActionState.ValueType  # 3
+"""The change is applied; verifying."""
+ACTION_STATE_RESTORING: ActionState.ValueType  # 4
+"""Verification failed; restoring the snapshot."""
+ACTION_STATE_FINISHED: ActionState.ValueType  # 5
+"""The outcome is final; storage may not have the record yet."""
+ACTION_STATE_RECORDED: ActionState.ValueType  # 6
+"""Storage has the record."""
+Global___ActionState: _TypeAlias = ActionState  # noqa: Y015
+
+@_typing.final
+class GetActionProgressRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    """The action_id of ExecuteAction (or the rollback_id of RollbackAction)."""
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetActionProgressRequest: _TypeAlias = GetActionProgressRequest  # noqa: Y015
+
+@_typing.final
+class ActionStage(_message.Message):
+    """ActionStage is one stage line and when the executor reached it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    line: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """Unset for lines of actions from before the executor kept these times."""
+
+    def __init__(
+        self,
+        *,
+        line: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "line", b"line"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionStage: _TypeAlias = ActionStage  # noqa: Y015
+
+@_typing.final
+class GetActionProgressResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    APPLIED_AT_FIELD_NUMBER: _builtins.int
+    VERIFY_STARTED_AT_FIELD_NUMBER: _builtins.int
+    VERIFY_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    state: Global___ActionState.ValueType
+    running: _builtins.bool
+    """A call is working on the action now (in any replica of the executor)."""
+    outcome: _storage_pb2.ActionOutcome.ValueType
+    """The outcome, once the state is FINISHED or RECORDED."""
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionStage]:
+        """What happened so far, one stage a line (as in ExecuteActionResponse.stages)."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def applied_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was applied; unset until then."""
+
+    @_builtins.property
+    def verify_started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the latest verification started; unset until then."""
+
+    @_builtins.property
+    def verify_timeout(self) -> _duration_pb2.Duration:
+        """How long verification may take before the change is rolled back
+        (KUBERNAUT_EXECUTOR_VERIFY_TIMEOUT_SECONDS, or the action's own timeout); a
+        rollback's verification may take as long again.
+        """
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the executor last saved the action's progress."""
+
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        state: Global___ActionState.ValueType = ...,
+        stages: _abc.Iterable[Global___ActionStage] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        applied_at: _timestamp_pb2.Timestamp | None = ...,
+        verify_started_at: _timestamp_pb2.Timestamp | None = ...,
+        verify_timeout: _duration_pb2.Duration | None = ...,
+        running: _builtins.bool = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _storage_pb2.ActionOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["applied_at", b"applied_at", "started_at", b"started_at", "updated_at", b"updated_at", "verify_started_at", b"verify_started_at", "verify_timeout", b"verify_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "applied_at", b"applied_at", "outcome", b"outcome", "running", b"running", "stages", b"stages", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at", "verify_started_at", b"verify_started_at", "verify_timeout", b"verify_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetActionProgressResponse: _TypeAlias = GetActionProgressResponse  # noqa: Y015
 
 @_typing.final
 class RollbackActionRequest(_message.Message):

@@ -56,6 +56,11 @@ class ExecutorServiceStub(object):
                 request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionResponse.FromString,
                 _registered_method=True)
+        self.GetActionProgress = channel.unary_unary(
+                '/kubernaut.executor.v1.ExecutorService/GetActionProgress',
+                request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer(object):
@@ -115,6 +120,22 @@ class ExecutorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetActionProgress(self, request, context):
+        """GetActionProgress says how far an action (or a rollback) got, from the executor's own
+        store, without waiting for the call that works on it: its state, the stage lines so
+        far with when each was reached, when the change was applied, when verification
+        started and how long it may take, and whether a call is working on it now. The
+        workflow polls it while ExecuteAction runs.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed action_id;
+        NOT_FOUND when the executor has no action with that id (never asked, or not started
+        yet); FAILED_PRECONDITION when the executor has no database; UNAVAILABLE when its
+        database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+        call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +158,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.RollbackAction,
                     request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionRequest.FromString,
                     response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionResponse.SerializeToString,
+            ),
+            'GetActionProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActionProgress,
+                    request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressRequest.FromString,
+                    response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -249,6 +275,33 @@ class ExecutorService(object):
             '/kubernaut.executor.v1.ExecutorService/RollbackAction',
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionRequest.SerializeToString,
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.RollbackActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActionProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.executor.v1.ExecutorService/GetActionProgress',
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressRequest.SerializeToString,
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,18 @@ class ExecutorServiceStub:
     storage cannot be reached (safe to retry with the same rollback_id);
     PERMISSION_DENIED for callers outside the call table.
     """
+    GetActionProgress: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetActionProgressRequest, _executor_pb2.GetActionProgressResponse]
+    """GetActionProgress says how far an action (or a rollback) got, from the executor's own
+    store, without waiting for the call that works on it: its state, the stage lines so
+    far with when each was reached, when the change was applied, when verification
+    started and how long it may take, and whether a call is working on it now. The
+    workflow polls it while ExecuteAction runs.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed action_id;
+    NOT_FOUND when the executor has no action with that id (never asked, or not started
+    yet); FAILED_PRECONDITION when the executor has no database; UNAVAILABLE when its
+    database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+    call table.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -114,6 +126,18 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     already rolled back, outside the retention window); UNAVAILABLE when the cluster or
     storage cannot be reached (safe to retry with the same rollback_id);
     PERMISSION_DENIED for callers outside the call table.
+    """
+    GetActionProgress: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetActionProgressRequest, _executor_pb2.GetActionProgressResponse]  # type: ignore[assignment]
+    """GetActionProgress says how far an action (or a rollback) got, from the executor's own
+    store, without waiting for the call that works on it: its state, the stage lines so
+    far with when each was reached, when the change was applied, when verification
+    started and how long it may take, and whether a call is working on it now. The
+    workflow polls it while ExecuteAction runs.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed action_id;
+    NOT_FOUND when the executor has no action with that id (never asked, or not started
+    yet); FAILED_PRECONDITION when the executor has no database; UNAVAILABLE when its
+    database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+    call table.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +203,24 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         already rolled back, outside the retention window); UNAVAILABLE when the cluster or
         storage cannot be reached (safe to retry with the same rollback_id);
         PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetActionProgress(
+        self,
+        request: _executor_pb2.GetActionProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetActionProgressResponse, _abc.Awaitable[_executor_pb2.GetActionProgressResponse]]:
+        """GetActionProgress says how far an action (or a rollback) got, from the executor's own
+        store, without waiting for the call that works on it: its state, the stage lines so
+        far with when each was reached, when the change was applied, when verification
+        started and how long it may take, and whether a call is working on it now. The
+        workflow polls it while ExecuteAction runs.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed action_id;
+        NOT_FOUND when the executor has no action with that id (never asked, or not started
+        yet); FAILED_PRECONDITION when the executor has no database; UNAVAILABLE when its
+        database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+        call table.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -37,6 +37,10 @@ class _IncidentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Inc
     """One alert fires on many resources at once: one incident lists them all, and nothing is
     done to each one; people look for the shared cause.
     """
+    INCIDENT_EVENT_KIND_NOT_ACTED_ON: _IncidentEventKind.ValueType  # 7
+    """Kubernaut saw the alert and did not act on it (no rule handles it, nothing to do): the
+    stages are the analysis' reasons, so that a decline is never silent.
+    """
 
 class IncidentEventKind(_IncidentEventKind, metaclass=_IncidentEventKindEnumTypeWrapper):
     """IncidentEventKind is what happened to an incident's workflow."""
@@ -50,6 +54,10 @@ INCIDENT_EVENT_KIND_REFUSED: IncidentEventKind.ValueType  # 5
 INCIDENT_EVENT_KIND_STORM: IncidentEventKind.ValueType  # 6
 """One alert fires on many resources at once: one incident lists them all, and nothing is
 done to each one; people look for the shared cause.
+"""
+INCIDENT_EVENT_KIND_NOT_ACTED_ON: IncidentEventKind.ValueType  # 7
+"""Kubernaut saw the alert and did not act on it (no rule handles it, nothing to do): the
+stages are the analysis' reasons, so that a decline is never silent.
 """
 Global___IncidentEventKind: _TypeAlias = IncidentEventKind  # noqa: Y015
 

@@ -91,6 +91,44 @@ INCIDENT_STATUS_RESOLVED: IncidentStatus.ValueType  # 6
 """The alert resolved."""
 Global___IncidentStatus: _TypeAlias = IncidentStatus  # noqa: Y015
 
+class _AlertDropReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertDropReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertDropReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_DROP_REASON_UNSPECIFIED: _AlertDropReason.ValueType  # 0
+    ALERT_DROP_REASON_PIPELINE: _AlertDropReason.ValueType  # 1
+    """It exists to test the pipeline or inhibit others (Watchdog, InfoInhibitor)."""
+    ALERT_DROP_REASON_INFORMATIONAL: _AlertDropReason.ValueType  # 2
+    """Its severity is informational (none, info)."""
+    ALERT_DROP_REASON_NO_SUBJECT: _AlertDropReason.ValueType  # 3
+    """Its labels name no Kubernetes object this version maps (no deployment, pod, node,
+    horizontalpodautoscaler or similar label).
+    """
+    ALERT_DROP_REASON_INVALID_SUBJECT: _AlertDropReason.ValueType  # 4
+    """Its labels name an object no Kubernetes object could be (an invalid name)."""
+    ALERT_DROP_REASON_SUBJECT_NOT_FOUND: _AlertDropReason.ValueType  # 5
+    """The object it names does not exist in its cluster."""
+
+class AlertDropReason(_AlertDropReason, metaclass=_AlertDropReasonEnumTypeWrapper):
+    """AlertDropReason is why a firing alert did not become an incident."""
+
+ALERT_DROP_REASON_UNSPECIFIED: AlertDropReason.ValueType  # 0
+ALERT_DROP_REASON_PIPELINE: AlertDropReason.ValueType  # 1
+"""It exists to test the pipeline or inhibit others (Watchdog, InfoInhibitor)."""
+ALERT_DROP_REASON_INFORMATIONAL: AlertDropReason.ValueType  # 2
+"""Its severity is informational (none, info)."""
+ALERT_DROP_REASON_NO_SUBJECT: AlertDropReason.ValueType  # 3
+"""Its labels name no Kubernetes object this version maps (no deployment, pod, node,
+horizontalpodautoscaler or similar label).
+"""
+ALERT_DROP_REASON_INVALID_SUBJECT: AlertDropReason.ValueType  # 4
+"""Its labels name an object no Kubernetes object could be (an invalid name)."""
+ALERT_DROP_REASON_SUBJECT_NOT_FOUND: AlertDropReason.ValueType  # 5
+"""The object it names does not exist in its cluster."""
+Global___AlertDropReason: _TypeAlias = AlertDropReason  # noqa: Y015
+
 @_typing.final
 class GetStoreStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -178,6 +216,8 @@ class ActionRecord(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    OBSERVED_AFTER_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     """Chosen by the executor (a UUID); the idempotency key of the record."""
     incident_id: _builtins.str
@@ -195,6 +235,19 @@ class ActionRecord(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def params(self) -> _remediation_pb2.ActionParams:
+        """What the action was asked to do, so that the same action with the same parameters
+        can be told apart from another; unset in records from before it was kept.
+        """
+
+    @_builtins.property
+    def observed_after(self) -> _remediation_pb2.WorkloadState:
+        """The workload as it was when a change to it was verified (set only for SUCCEEDED
+        actions on Deployments, StatefulSets and DaemonSets): the baseline an alert after the
+        incident closed is compared with.
+        """
+
     def __init__(
         self,
         *,
@@ -209,10 +262,12 @@ class ActionRecord(_message.Message):
         message: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        params: _remediation_pb2.ActionParams | None = ...,
+        observed_after: _remediation_pb2.WorkloadState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "observed_after", b"observed_after", "params", b"params", "started_at", b"started_at", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_id", b"action_id", "alert_name", b"alert_name", "finished_at", b"finished_at", "incident_id", b"incident_id", "message", b"message", "outcome", b"outcome", "spec_after_json", b"spec_after_json", "spec_before_json", b"spec_before_json", "started_at", b"started_at", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_id", b"action_id", "alert_name", b"alert_name", "finished_at", b"finished_at", "incident_id", b"incident_id", "message", b"message", "observed_after", b"observed_after", "outcome", b"outcome", "params", b"params", "spec_after_json", b"spec_after_json", "spec_before_json", b"spec_before_json", "started_at", b"started_at", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -265,22 +320,30 @@ class ListActionRecordsRequest(_message.Message):
     ALERT_NAME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
     alert_name: _builtins.str
     """Only records for this alert name; empty means all."""
     page_size: _builtins.int
     """At most this many records; 0 means 100."""
     page_token: _builtins.str
     """From a previous response's next_page_token."""
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef:
+        """Only records of this target (cluster, namespace, kind and name all equal, as the
+        action was asked for); unset means all targets.
+        """
+
     def __init__(
         self,
         *,
         alert_name: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "page_size", b"page_size", "page_token", b"page_token", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,12 +455,21 @@ class OpenIncidentRequest(_message.Message):
     ALERT_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    WORKLOAD_STATE_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.str
     trace_id: _builtins.str
     @_builtins.property
     def alert(self) -> _alert_pb2.Alert: ...
     @_builtins.property
     def subject(self) -> _alert_pb2.ResourceRef: ...
+    @_builtins.property
+    def workload_state(self) -> _remediation_pb2.WorkloadState:
+        """The subject workload as it is now (from context_api). When the fingerprint's last
+        incident closed within the quiet period, an alert opens a new incident if the
+        workload changed since that incident's fix, and is counted on it otherwise; unset
+        means counted.
+        """
+
     def __init__(
         self,
         *,
@@ -405,10 +477,11 @@ class OpenIncidentRequest(_message.Message):
         alert: _alert_pb2.Alert | None = ...,
         subject: _alert_pb2.ResourceRef | None = ...,
         trace_id: _builtins.str = ...,
+        workload_state: _remediation_pb2.WorkloadState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "subject", b"subject", "workload_state", b"workload_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "fingerprint", b"fingerprint", "subject", b"subject", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "fingerprint", b"fingerprint", "subject", b"subject", "trace_id", b"trace_id", "workload_state", b"workload_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,8 +493,13 @@ class OpenIncidentResponse(_message.Message):
 
     INCIDENT_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    QUIET_PERIOD_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """True only for the call that opened the incident."""
+    quiet_period: _builtins.str
+    """Empty unless the quiet period after a closed incident decided: says whether the
+    alert was counted on that incident or opened a new one, and why.
+    """
     @_builtins.property
     def incident(self) -> Global___Incident: ...
     def __init__(
@@ -429,10 +507,11 @@ class OpenIncidentResponse(_message.Message):
         *,
         incident: Global___Incident | None = ...,
         created: _builtins.bool = ...,
+        quiet_period: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "incident", b"incident", "quiet_period", b"quiet_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -775,19 +854,33 @@ class SearchSimilarIncidentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_KIND_FIELD_NUMBER: _builtins.int
+    ALERT_NAMES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
+    subject_kind: _builtins.str
+    """Only incidents whose subject is of this kind (a node alert's past is nodes'); empty
+    means any kind.
+    """
     limit: _builtins.int
     """At most this many; 0 means 5."""
+    @_builtins.property
+    def alert_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only incidents opened by one of these alerts (the alert's family, where known);
+        empty means any alert.
+        """
+
     def __init__(
         self,
         *,
         incident_id: _builtins.str = ...,
+        subject_kind: _builtins.str = ...,
+        alert_names: _abc.Iterable[_builtins.str] | None = ...,
         limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_names", b"alert_names", "incident_id", b"incident_id", "limit", b"limit", "subject_kind", b"subject_kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -842,3 +935,154 @@ class SearchSimilarIncidentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchSimilarIncidentsResponse: _TypeAlias = SearchSimilarIncidentsResponse  # noqa: Y015
+
+@_typing.final
+class DroppedAlert(_message.Message):
+    """DroppedAlert is a firing alert that did not become an incident."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROP_ID_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DROPPED_AT_FIELD_NUMBER: _builtins.int
+    drop_id: _builtins.str
+    dedup_key: _builtins.str
+    """The gateway's key for the alert's life."""
+    reason_code: Global___AlertDropReason.ValueType
+    reason: _builtins.str
+    """Why, in plain words."""
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert: ...
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef:
+        """The object its labels named, when they named one."""
+
+    @_builtins.property
+    def dropped_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        drop_id: _builtins.str = ...,
+        dedup_key: _builtins.str = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        reason_code: Global___AlertDropReason.ValueType = ...,
+        reason: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        dropped_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "dropped_at", b"dropped_at", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "dedup_key", b"dedup_key", "drop_id", b"drop_id", "dropped_at", b"dropped_at", "reason", b"reason", "reason_code", b"reason_code", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DroppedAlert: _TypeAlias = DroppedAlert  # noqa: Y015
+
+@_typing.final
+class RecordDroppedAlertRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    dedup_key: _builtins.str
+    reason_code: Global___AlertDropReason.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert: ...
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        dedup_key: _builtins.str = ...,
+        alert: _alert_pb2.Alert | None = ...,
+        reason_code: Global___AlertDropReason.ValueType = ...,
+        reason: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "dedup_key", b"dedup_key", "reason", b"reason", "reason_code", b"reason_code", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDroppedAlertRequest: _TypeAlias = RecordDroppedAlertRequest  # noqa: Y015
+
+@_typing.final
+class RecordDroppedAlertResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROPPED_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when this alert life was recorded before (the stored one is returned)."""
+    @_builtins.property
+    def dropped(self) -> Global___DroppedAlert: ...
+    def __init__(
+        self,
+        *,
+        dropped: Global___DroppedAlert | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dropped", b"dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDroppedAlertResponse: _TypeAlias = RecordDroppedAlertResponse  # noqa: Y015
+
+@_typing.final
+class ListDroppedAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDroppedAlertsRequest: _TypeAlias = ListDroppedAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListDroppedAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DroppedAlert]: ...
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___DroppedAlert] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDroppedAlertsResponse: _TypeAlias = ListDroppedAlertsResponse  # noqa: Y015

@@ -91,6 +91,16 @@ class StorageServiceStub(object):
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsResponse.FromString,
                 _registered_method=True)
+        self.RecordDroppedAlert = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/RecordDroppedAlert',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordDroppedAlertRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordDroppedAlertResponse.FromString,
+                _registered_method=True)
+        self.ListDroppedAlerts = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/ListDroppedAlerts',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer(object):
@@ -135,7 +145,10 @@ class StorageServiceServicer(object):
         """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
         counts the alert on that one. Exactly one call per fingerprint and incident life
         gets created=true, however many replicas call at once. The subject is added to the
-        incident's affected resources (a storm's incident lists many).
+        incident's affected resources (a storm's incident lists many). Within the quiet
+        period after the fingerprint's incident closed (other than by resolving), the alert
+        is counted on that incident unless its workload changed since the fix
+        (workload_state against the verified state), which opens a new one.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
         outside the call table.
@@ -223,6 +236,29 @@ class StorageServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordDroppedAlert(self, request, context):
+        """RecordDroppedAlert records a firing alert that did not become an incident, and why,
+        so that no accepted alert vanishes. Recording the same alert life (dedup key, alert
+        name and start) again is a no-op, so retries are safe.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        UNAVAILABLE when the database cannot be reached (safe to retry); PERMISSION_DENIED
+        for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDroppedAlerts(self, request, context):
+        """ListDroppedAlerts returns the alerts that did not become incidents, newest first, a
+        page at a time.
+        Returns OK; INVALID_ARGUMENT for a malformed page token; UNAVAILABLE when the
+        database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+        call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +316,16 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.SearchSimilarIncidents,
                     request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsRequest.FromString,
                     response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsResponse.SerializeToString,
+            ),
+            'RecordDroppedAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDroppedAlert,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordDroppedAlertRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordDroppedAlertResponse.SerializeToString,
+            ),
+            'ListDroppedAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDroppedAlerts,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -581,6 +627,60 @@ class StorageService(object):
             '/kubernaut.storage.v1.StorageService/SearchSimilarIncidents',
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsRequest.SerializeToString,
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.SearchSimilarIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDroppedAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/RecordDroppedAlert',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordDroppedAlertRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordDroppedAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDroppedAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/ListDroppedAlerts',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,7 +60,10 @@ class StorageServiceStub:
     """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
     counts the alert on that one. Exactly one call per fingerprint and incident life
     gets created=true, however many replicas call at once. The subject is added to the
-    incident's affected resources (a storm's incident lists many).
+    incident's affected resources (a storm's incident lists many). Within the quiet
+    period after the fingerprint's incident closed (other than by resolving), the alert
+    is counted on that incident unless its workload changed since the fix
+    (workload_state against the verified state), which opens a new one.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
     UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
     outside the call table.
@@ -116,6 +119,21 @@ class StorageServiceStub:
     incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
     callers outside the call table.
     """
+    RecordDroppedAlert: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RecordDroppedAlertRequest, _storage_pb2.RecordDroppedAlertResponse]
+    """RecordDroppedAlert records a firing alert that did not become an incident, and why,
+    so that no accepted alert vanishes. Recording the same alert life (dedup key, alert
+    name and start) again is a no-op, so retries are safe.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    UNAVAILABLE when the database cannot be reached (safe to retry); PERMISSION_DENIED
+    for callers outside the call table.
+    """
+    ListDroppedAlerts: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListDroppedAlertsRequest, _storage_pb2.ListDroppedAlertsResponse]
+    """ListDroppedAlerts returns the alerts that did not become incidents, newest first, a
+    page at a time.
+    Returns OK; INVALID_ARGUMENT for a malformed page token; UNAVAILABLE when the
+    database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+    call table.
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -149,7 +167,10 @@ class StorageServiceAsyncStub(StorageServiceStub):
     """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
     counts the alert on that one. Exactly one call per fingerprint and incident life
     gets created=true, however many replicas call at once. The subject is added to the
-    incident's affected resources (a storm's incident lists many).
+    incident's affected resources (a storm's incident lists many). Within the quiet
+    period after the fingerprint's incident closed (other than by resolving), the alert
+    is counted on that incident unless its workload changed since the fix
+    (workload_state against the verified state), which opens a new one.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
     UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
     outside the call table.
@@ -205,6 +226,21 @@ class StorageServiceAsyncStub(StorageServiceStub):
     incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
     callers outside the call table.
     """
+    RecordDroppedAlert: _aio.UnaryUnaryMultiCallable[_storage_pb2.RecordDroppedAlertRequest, _storage_pb2.RecordDroppedAlertResponse]  # type: ignore[assignment]
+    """RecordDroppedAlert records a firing alert that did not become an incident, and why,
+    so that no accepted alert vanishes. Recording the same alert life (dedup key, alert
+    name and start) again is a no-op, so retries are safe.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    UNAVAILABLE when the database cannot be reached (safe to retry); PERMISSION_DENIED
+    for callers outside the call table.
+    """
+    ListDroppedAlerts: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListDroppedAlertsRequest, _storage_pb2.ListDroppedAlertsResponse]  # type: ignore[assignment]
+    """ListDroppedAlerts returns the alerts that did not become incidents, newest first, a
+    page at a time.
+    Returns OK; INVALID_ARGUMENT for a malformed page token; UNAVAILABLE when the
+    database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+    call table.
+    """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     """StorageService owns Kubernaut's shared record in PostgreSQL; no other service reads
@@ -259,7 +295,10 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         """OpenIncident opens an incident for a fingerprint, or, when one is open for it,
         counts the alert on that one. Exactly one call per fingerprint and incident life
         gets created=true, however many replicas call at once. The subject is added to the
-        incident's affected resources (a storm's incident lists many).
+        incident's affected resources (a storm's incident lists many). Within the quiet
+        period after the fingerprint's incident closed (other than by resolving), the alert
+        is counted on that incident unless its workload changed since the fix
+        (workload_state against the verified state), which opens a new one.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for callers
         outside the call table.
@@ -356,6 +395,33 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
         incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
         callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordDroppedAlert(
+        self,
+        request: _storage_pb2.RecordDroppedAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.RecordDroppedAlertResponse, _abc.Awaitable[_storage_pb2.RecordDroppedAlertResponse]]:
+        """RecordDroppedAlert records a firing alert that did not become an incident, and why,
+        so that no accepted alert vanishes. Recording the same alert life (dedup key, alert
+        name and start) again is a no-op, so retries are safe.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        UNAVAILABLE when the database cannot be reached (safe to retry); PERMISSION_DENIED
+        for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDroppedAlerts(
+        self,
+        request: _storage_pb2.ListDroppedAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ListDroppedAlertsResponse, _abc.Awaitable[_storage_pb2.ListDroppedAlertsResponse]]:
+        """ListDroppedAlerts returns the alerts that did not become incidents, newest first, a
+        page at a time.
+        Returns OK; INVALID_ARGUMENT for a malformed page token; UNAVAILABLE when the
+        database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+        call table.
         """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -331,6 +331,7 @@ class Workflow(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ALERT_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     incident_id: _builtins.str
     state: Global___WorkflowState.ValueType
@@ -348,6 +349,10 @@ class Workflow(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def alert(self) -> _alert_pb2.Alert: ...
+    @_builtins.property
+    def recommendation(self) -> _remediation_pb2.Recommendation:
+        """What the analysis recommended: the action, its confidence and the reasons why."""
+
     def __init__(
         self,
         *,
@@ -361,10 +366,11 @@ class Workflow(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         alert: _alert_pb2.Alert | None = ...,
+        recommendation: _remediation_pb2.Recommendation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "created_at", b"created_at", "plan", b"plan", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "created_at", b"created_at", "plan", b"plan", "recommendation", b"recommendation", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "alert", b"alert", "created_at", b"created_at", "incident_id", b"incident_id", "message", b"message", "plan", b"plan", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "alert", b"alert", "created_at", b"created_at", "incident_id", b"incident_id", "message", b"message", "plan", b"plan", "recommendation", b"recommendation", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
