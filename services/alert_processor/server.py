@@ -26,6 +26,7 @@ from services.alerts import fingerprint_of
 from services.context_api.client import NO_CONTEXT
 from services.runtime.logs import incident_id_var
 from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.validation import violations_of
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
         """Record the alert as dropped, with why, before answering: an accepted alert is
         an incident or a recorded drop, never nothing. A storage outage fails the call, so
         the gateway hands the alert over again."""
+        if subject is not None and violations_of(subject):
+            # Labels no object could have (a pipeline or informational alert is dropped
+            # before they are checked): the alert itself is kept, the subject is not.
+            subject = None
         recorded = await self.storage.RecordDroppedAlert(
             storage_pb2.RecordDroppedAlertRequest(
                 dedup_key=response.fingerprint,

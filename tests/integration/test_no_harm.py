@@ -324,3 +324,28 @@ async def test_similar_incidents_are_of_the_same_kind_and_alert_family(
     assert past_node in listed
     assert past_crash not in listed
     assert all(p.subject.kind == "Node" for p in history.history.similar_incidents)
+
+
+async def test_a_drop_whose_labels_name_no_valid_object_is_still_recorded(
+    operator: Clients, gateway: AlertProcessorServiceStub
+) -> None:
+    """An informational or pipeline alert is dropped before its labels are checked; labels
+    no object could have must not make the record fail (the gateway would hand the alert
+    over again and again)."""
+    marker = uuid.uuid4().hex[:8]
+    informational = _alert(
+        "KubeletTooManyPods",
+        {"namespace": "Shop_1", "pod": "p" * 300, "severity": "info", "marker": marker},
+    )
+    watchdog = _alert("Watchdog", {"namespace": "x" * 80, "marker": marker})
+    for alert in (informational, watchdog):
+        dropped = await gateway.ProcessAlert(alert_processor_pb2.ProcessAlertRequest(alert=alert))
+        assert "recorded as dropped alert" in dropped.reason
+    listed = await operator.stub(StorageServiceStub).ListDroppedAlerts(
+        storage_pb2.ListDroppedAlertsRequest(page_size=100)
+    )
+    ours = {d.alert.name: d for d in listed.alerts if d.alert.labels.get("marker") == marker}
+    assert set(ours) == {"KubeletTooManyPods", "Watchdog"}
+    assert not ours["KubeletTooManyPods"].HasField("subject")
+    assert ours["KubeletTooManyPods"].reason_code == storage_pb2.ALERT_DROP_REASON_INFORMATIONAL
+    assert ours["Watchdog"].reason_code == storage_pb2.ALERT_DROP_REASON_PIPELINE
