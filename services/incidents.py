@@ -89,6 +89,8 @@ async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
     incident = reply.incident
     print(f"incident   {incident.incident_id}")
     print(f"status     {_status(incident.status)}  {incident.status_reason}")
+    if incident.after_close:
+        print(f"after close {incident.after_close}")
     print(f"alert      {incident.alert_name} ({incident.occurrences} alerts)")
     print(f"subject    {_subject(incident.subject)}")
     print(f"opened     {_when(incident.opened_at)}   closed {_when(incident.closed_at)}")

@@ -267,7 +267,10 @@ def duplicate(
     elif first_queued:
         where = "its first alert, still queued"
     else:
-        where = "its first alert, which was forwarded and opened no incident"
+        where = (
+            "its first alert, which was forwarded and opened no incident (dropped, with "
+            "why: kubernaut alerts list)"
+        )
     return Outcome(
         item.fingerprint,
         DUPLICATE,

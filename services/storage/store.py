@@ -331,7 +331,9 @@ class Store(PooledStore):
                         if decision.opens:
                             status_reason = decision.status_reason
                         else:
-                            row = await conn.fetchrow(_COUNT_ALERTS, closed["incident_id"], 1)
+                            row = await conn.fetchrow(
+                                _COUNT_AFTER_CLOSE, closed["incident_id"], decision.note[:4096]
+                            )
                 if row is not None:
                     await _add_resource(conn, row["incident_id"], subject)
             if row is not None:
@@ -792,7 +794,7 @@ def _row_to_dropped(row: asyncpg.Record) -> storage_pb2.DroppedAlert:
 _INCIDENT_COLUMNS: Final = (
     "incident_id, fingerprint, status, status_reason, alert_name, subject_cluster,"
     " subject_namespace, subject_kind, subject_name, alert, occurrences, opened_at,"
-    " updated_at, closed_at, trace_id, alert_resolved_at"
+    " updated_at, closed_at, trace_id, alert_resolved_at, after_close"
 )
 
 _SELECT_INCIDENT: Final = f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE incident_id = $1"
@@ -840,6 +842,13 @@ UPDATE incidents
 SET status = $2, status_reason = $3, updated_at = now(),
     closed_at = CASE WHEN $4::boolean THEN now() END
 WHERE incident_id = $1 AND closed_at IS NULL
+RETURNING {_INCIDENT_COLUMNS}
+"""
+
+# An alert the quiet period counts on a closed incident: the incident keeps why.
+_COUNT_AFTER_CLOSE: Final = f"""
+UPDATE incidents SET occurrences = occurrences + 1, after_close = $2, updated_at = now()
+WHERE incident_id = $1
 RETURNING {_INCIDENT_COLUMNS}
 """
 
@@ -973,6 +982,7 @@ def _row_to_incident(row: asyncpg.Record) -> storage_pb2.Incident:
         ),
         occurrences=row["occurrences"],
         trace_id=row["trace_id"],
+        after_close=row["after_close"],
     )
     json_format.Parse(row["alert"], incident.alert, ignore_unknown_fields=True)
     incident.opened_at.FromDatetime(row["opened_at"])

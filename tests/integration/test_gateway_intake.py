@@ -456,8 +456,8 @@ async def test_a_duplicate_says_still_queued_only_while_its_first_alert_is(
         assert outcome.disposition == DUPLICATE
         assert "still queued" not in outcome.reason
     assert filtered.reason == (
-        "counted on its first alert, which was forwarded and opened no incident (2 alerts so"
-        " far); not forwarded"
+        "counted on its first alert, which was forwarded and opened no incident (dropped, with"
+        " why: kubernaut alerts list) (2 alerts so far); not forwarded"
     )
     assert (
         counted.reason == f"counted on incident {closed_incident} (2 alerts so far); not forwarded"

@@ -915,6 +915,11 @@ async def test_in_the_quiet_period_an_unchanged_workload_is_counted_on_the_fixed
         assert opened.incident.occurrences == 2
         assert opened.quiet_period.startswith(f"counted on incident {fixed.incident_id}, closed ")
         assert opened.quiet_period.endswith("; the workload has not changed since its fix")
+        # The incident says so too, though its status cannot change any more.
+        assert opened.incident.after_close == opened.quiet_period
+        detail = await store.get_incident(fixed.incident_id)
+        assert detail.incident.after_close == opened.quiet_period
+        assert detail.incident.status_reason == fixed.status_reason
         # No state now, or an incident whose fix recorded none: counted, as before.
         again = await store.open_or_count(fp, *CRASH)
         assert not again.created and "current state is unknown" in again.quiet_period

@@ -392,6 +392,7 @@ class Incident(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     ALERT_RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    AFTER_CLOSE_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     fingerprint: _builtins.str
     status: Global___IncidentStatus.ValueType
@@ -402,6 +403,10 @@ class Incident(_message.Message):
     """How many alerts were counted on this incident."""
     trace_id: _builtins.str
     """The W3C trace id of the request that opened the incident."""
+    after_close: _builtins.str
+    """Why the latest alert that came after the incident closed was counted on it (within the
+    quiet period the workload had not changed since its fix); empty while none came.
+    """
     @_builtins.property
     def subject(self) -> _alert_pb2.ResourceRef: ...
     @_builtins.property
@@ -438,10 +443,11 @@ class Incident(_message.Message):
         closed_at: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.str = ...,
         alert_resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        after_close: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "alert_resolved_at", b"alert_resolved_at", "closed_at", b"closed_at", "opened_at", b"opened_at", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "alert_name", b"alert_name", "alert_resolved_at", b"alert_resolved_at", "closed_at", b"closed_at", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "occurrences", b"occurrences", "opened_at", b"opened_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_close", b"after_close", "alert", b"alert", "alert_name", b"alert_name", "alert_resolved_at", b"alert_resolved_at", "closed_at", b"closed_at", "fingerprint", b"fingerprint", "incident_id", b"incident_id", "occurrences", b"occurrences", "opened_at", b"opened_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
