@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_http.security import refusal_response
-from services.gateway.limits import RateLimiter, retry_after_header
+from services.runtime.ratelimit import RateLimiter, retry_after_header
 
 _tracer = trace.get_tracer("kubernaut.edge")
 

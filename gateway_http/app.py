@@ -38,7 +38,7 @@ from gateway_http.security import (
     refusal_response,
 )
 from gateway_http.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
-from services.gateway.limits import RateLimiter
+from services.runtime.ratelimit import RateLimiter
 
 log = logging.getLogger("kubernaut.edge")
 

@@ -16,10 +16,10 @@ from gateway_http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, cre
 from gateway_http.coalescing import Coalescer
 from gateway_http.security import Authenticator, TokenReview
 from gateway_http.tokenreview import TokenReviewSettings
-from services.gateway.limits import RateLimiter
 from services.runtime.clients import Clients
 from services.runtime.logs import configure_logging
 from services.runtime.names import EDGE_ACCOUNT, METRICS_PORT_OFFSET, ServiceName
+from services.runtime.ratelimit import RateLimiter
 from services.runtime.server import freeze_startup_heap
 from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import configure_tracing, start_metrics_server

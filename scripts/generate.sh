@@ -13,3 +13,5 @@ buf generate
 kubernaut render istio > istio/kubernaut-authz.yaml
 # The docs' table of remediation actions comes from the executor's catalogue.
 kubernaut render actions > docs/actions.md
+# The settings reference comes from the settings classes and the comments on their fields.
+kubernaut render settings > docs/settings.md

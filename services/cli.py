@@ -48,6 +48,13 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from services.settings_reference import UnknownSettings, check_environment
+
+    try:
+        check_environment(os.environ)
+    except UnknownSettings as error:
+        print(f"kubernaut serve {args.service}: {error}", file=sys.stderr)
+        return 2
     if args.service == EDGE:
         from gateway_http.main import serve_edge
 
@@ -216,6 +223,13 @@ def cmd_render_actions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_settings(args: argparse.Namespace) -> int:
+    from services.settings_reference import render_markdown
+
+    sys.stdout.write(render_markdown())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -307,6 +321,10 @@ def parser() -> argparse.ArgumentParser:
     istio.set_defaults(func=cmd_render_istio)
     actions = render_commands.add_parser("actions", help="the action catalogue as Markdown")
     actions.set_defaults(func=cmd_render_actions)
+    settings = render_commands.add_parser(
+        "settings", help="every KUBERNAUT_* setting as Markdown (docs/settings.md)"
+    )
+    settings.set_defaults(func=cmd_render_settings)
     return top
 
 

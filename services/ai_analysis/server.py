@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import grpc
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2, ai_analysis_pb2_grpc
@@ -18,7 +17,7 @@ from services.ai_analysis.history import HistoryUnavailable
 from services.ai_analysis.rules import RulesSettings, analyze
 from services.context_api.client import resource_context
 from services.runtime.interceptors import abort_invalid
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         return history
 
     async def AnalyzeAlert(
-        self, request: ai_analysis_pb2.AnalyzeAlertRequest, context: Any
+        self, request: ai_analysis_pb2.AnalyzeAlertRequest, context: Context
     ) -> ai_analysis_pb2.AnalyzeAlertResponse:
         if request.alert.status != alert_pb2.ALERT_STATUS_FIRING:
             await abort_invalid(context, "alert.status", "only firing alerts are analysed")
@@ -75,7 +74,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         )
 
     async def AnalyzeIncident(
-        self, request: ai_analysis_pb2.AnalyzeIncidentRequest, context: Any
+        self, request: ai_analysis_pb2.AnalyzeIncidentRequest, context: Context
     ) -> ai_analysis_pb2.AnalyzeIncidentResponse:
         incident = request.incident
         if incident.alert.status != alert_pb2.ALERT_STATUS_FIRING:

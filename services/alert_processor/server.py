@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,7 +24,7 @@ from services.alert_processor.processing import triage
 from services.alerts import fingerprint_of
 from services.context_api.client import NO_CONTEXT
 from services.runtime.logs import incident_id_var
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 from services.runtime.validation import violations_of
 
 log = logging.getLogger(__name__)
@@ -231,7 +230,7 @@ class AlertProcessorServicer(alert_processor_pb2_grpc.AlertProcessorServiceServi
             raise
 
     async def ProcessAlert(
-        self, request: alert_processor_pb2.ProcessAlertRequest, context: Any
+        self, request: alert_processor_pb2.ProcessAlertRequest, context: Context
     ) -> alert_processor_pb2.ProcessAlertResponse:
         alert = request.alert
         result = triage(alert)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import aiohttp
 import grpc
@@ -18,7 +17,7 @@ from services.context_api.history import IncidentHistoryReader, UnknownIncident
 from services.context_api.resources import ResourceContextReader, ResourceNotFound, UnsupportedKind
 from services.runtime.interceptors import abort_invalid
 from services.runtime.kube import ClusterNotConfigured, KubeConnection
-from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+from services.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
         self._reader: ResourceContextReader | None = None
 
     async def GetAlertKnowledge(
-        self, request: context_api_pb2.GetAlertKnowledgeRequest, context: Any
+        self, request: context_api_pb2.GetAlertKnowledgeRequest, context: Context
     ) -> context_api_pb2.GetAlertKnowledgeResponse:
         try:
             entry = knowledge.get_alert_knowledge(request.alert_name)
@@ -59,7 +58,7 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
         return self._reader
 
     async def GetResourceContext(
-        self, request: context_api_pb2.GetResourceContextRequest, context: Any
+        self, request: context_api_pb2.GetResourceContextRequest, context: Context
     ) -> context_api_pb2.GetResourceContextResponse:
         try:
             found = await (await self._resource_reader()).context(request.resource)
@@ -86,7 +85,7 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
         return context_api_pb2.GetResourceContextResponse(context=found)
 
     async def GetIncidentHistory(
-        self, request: context_api_pb2.GetIncidentHistoryRequest, context: Any
+        self, request: context_api_pb2.GetIncidentHistoryRequest, context: Context
     ) -> context_api_pb2.GetIncidentHistoryResponse:
         try:
             history = await self.history.history(request.incident_id, request.limit)

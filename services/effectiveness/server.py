@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.effectiveness.v1 import effectiveness_pb2, effectiveness_pb2_grpc
@@ -20,7 +20,7 @@ from services.effectiveness.store import ScheduleDatabase, StoreUnavailable
 from services.effectiveness.verdicts import VerdictSettings, verdict_of
 from services.runtime.database import redact_dsn, unavailable_as_status
 from services.runtime.interceptors import abort_invalid
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer)
         self.assessment = assessment
 
     async def GetActionEffectiveness(
-        self, request: effectiveness_pb2.GetActionEffectivenessRequest, context: Any
+        self, request: effectiveness_pb2.GetActionEffectivenessRequest, context: Context
     ) -> effectiveness_pb2.GetActionEffectivenessResponse:
         stats = await self.intelligence.GetActionStats(
             intelligence_pb2.GetActionStatsRequest(alert_name=request.alert_name)
@@ -64,7 +64,7 @@ class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer)
         )
 
     async def ScheduleAssessment(
-        self, request: effectiveness_pb2.ScheduleAssessmentRequest, context: Any
+        self, request: effectiveness_pb2.ScheduleAssessmentRequest, context: Context
     ) -> effectiveness_pb2.ScheduleAssessmentResponse:
         try:
             acted_at = request.acted_at.ToDatetime(tzinfo=dt.UTC)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from kubernaut.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -32,7 +31,7 @@ from services.executor.settings import ExecutorSettings
 from services.executor.store import ExecutorDatabase
 from services.runtime.database import redact_dsn
 from services.runtime.interceptors import abort_invalid, bad_request_status
-from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+from services.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +43,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self.executor = executor
 
     async def ListActions(
-        self, request: executor_pb2.ListActionsRequest, context: Any
+        self, request: executor_pb2.ListActionsRequest, context: Context
     ) -> executor_pb2.ListActionsResponse:
         return executor_pb2.ListActionsResponse(actions=catalogue.list_actions())
 
     async def DescribeAction(
-        self, request: executor_pb2.DescribeActionRequest, context: Any
+        self, request: executor_pb2.DescribeActionRequest, context: Context
     ) -> executor_pb2.DescribeActionResponse:
         try:
             return executor_pb2.DescribeActionResponse(
@@ -60,7 +59,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise
 
     async def ExecuteAction(
-        self, request: executor_pb2.ExecuteActionRequest, context: Any
+        self, request: executor_pb2.ExecuteActionRequest, context: Context
     ) -> executor_pb2.ExecuteActionResponse:
         # The interceptor validated each field (protovalidate); these relate two fields.
         await _refuse_problems(context, execute_problems(request))
@@ -71,7 +70,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         return executor_pb2.ExecuteActionResponse(record=result.record, stages=result.stages)
 
     async def RollbackAction(
-        self, request: executor_pb2.RollbackActionRequest, context: Any
+        self, request: executor_pb2.RollbackActionRequest, context: Context
     ) -> executor_pb2.RollbackActionResponse:
         await _refuse_problems(context, rollback_problems(request))
         executor = await self._executor(context)
@@ -81,7 +80,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         return executor_pb2.RollbackActionResponse(record=result.record, stages=result.stages)
 
     async def GetActionProgress(
-        self, request: executor_pb2.GetActionProgressRequest, context: Any
+        self, request: executor_pb2.GetActionProgressRequest, context: Context
     ) -> executor_pb2.GetActionProgressResponse:
         executor = await self._executor(context)
         try:
@@ -96,7 +95,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise AssertionError("unreachable")  # abort raises
         return progress
 
-    async def _executor(self, context: Any) -> Executor:
+    async def _executor(self, context: Context) -> Executor:
         if self.executor is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -108,7 +107,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     async def _run(
         self,
-        context: Any,
+        context: Context,
         key: str,
         key_name: str,
         work: Callable[[], Awaitable[ExecuteResult]],
@@ -140,7 +139,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise
 
 
-async def _refuse_problems(context: Any, problems: list[tuple[str, str]]) -> None:
+async def _refuse_problems(context: Context, problems: list[tuple[str, str]]) -> None:
     if problems:
         await context.abort_with_status(bad_request_status(problems))
 

@@ -4,7 +4,7 @@ which become work, and hands those to the alert processor in the background."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import Final
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -25,12 +25,12 @@ from services.gateway.intake import (
     Outcome,
     current_trace_context,
 )
-from services.gateway.limits import RateLimiter
 from services.gateway.redis_intake import RedisIntakeSource
 from services.runtime.database import redact_dsn
 from services.runtime.identity import peer_of
 from services.runtime.names import EDGE_ACCOUNT
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.ratelimit import RateLimiter
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.runtime = runtime
 
     async def SubmitAlerts(
-        self, request: gateway_pb2.SubmitAlertsRequest, context: Any
+        self, request: gateway_pb2.SubmitAlertsRequest, context: Context
     ) -> gateway_pb2.SubmitAlertsResponse:
         # The whole batch was validated by the interceptor before we got here, so a
         # malformed alert never lets part of a batch through.

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from kubernaut.intelligence.v1 import intelligence_pb2, intelligence_pb2_grpc
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from services.intelligence.stats import action_stats
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 
 PAGE_SIZE = 1000
 # Bounds the history read per request; older records than this many are not counted.
@@ -40,7 +39,7 @@ class IntelligenceServicer(intelligence_pb2_grpc.IntelligenceServiceServicer):
         self.storage = storage
 
     async def GetActionStats(
-        self, request: intelligence_pb2.GetActionStatsRequest, context: Any
+        self, request: intelligence_pb2.GetActionStatsRequest, context: Context
     ) -> intelligence_pb2.GetActionStatsResponse:
         records = [record async for record in history(self.storage, request.alert_name)]
         return intelligence_pb2.GetActionStatsResponse(

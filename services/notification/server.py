@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import grpc
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
@@ -24,7 +23,7 @@ from services.notification.redelivery import Redelivery, RedeliverySettings
 from services.notification.rendering import EventRenderer, UnknownEventKind
 from services.runtime.database import redact_dsn
 from services.runtime.interceptors import abort_invalid
-from services.runtime.server import ReadinessCheck, ServiceContext, ServiceSpec
+from services.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 from services.runtime.settings import OptionalDatabaseUrl, database_url_field
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self.renderer = renderer or EventRenderer()
 
     async def ListChannels(
-        self, request: notification_pb2.ListChannelsRequest, context: Any
+        self, request: notification_pb2.ListChannelsRequest, context: Context
     ) -> notification_pb2.ListChannelsResponse:
         return notification_pb2.ListChannelsResponse(
             channels=[
@@ -77,7 +76,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         )
 
     async def SendNotification(
-        self, request: notification_pb2.SendNotificationRequest, context: Any
+        self, request: notification_pb2.SendNotificationRequest, context: Context
     ) -> notification_pb2.SendNotificationResponse:
         try:
             outcomes = await self.notifier.send(
@@ -93,7 +92,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         return notification_pb2.SendNotificationResponse(results=_results(outcomes))
 
     async def NotifyIncidentEvent(
-        self, request: notification_pb2.NotifyIncidentEventRequest, context: Any
+        self, request: notification_pb2.NotifyIncidentEventRequest, context: Context
     ) -> notification_pb2.NotifyIncidentEventResponse:
         if not self.notifier.channels():
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(NoChannelConfigured()))

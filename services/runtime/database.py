@@ -110,7 +110,9 @@ async def unreachable_as(
 
 
 @asynccontextmanager
-async def unavailable_as_status(context: Any, error_type: type[Exception]) -> AsyncIterator[None]:
+async def unavailable_as_status(
+    context: grpc.aio.ServicerContext[Any, Any], error_type: type[Exception]
+) -> AsyncIterator[None]:
     """`error_type` (a store's "unavailable") from the block as gRPC UNAVAILABLE, with the
     error's message; other errors pass as they are."""
     try:

@@ -29,18 +29,18 @@ def _edge(caller: ServiceName, callee: ServiceName, methods: str, reason: str) -
 
 
 EDGES: tuple[Edge, ...] = (
-    _edge(S.GATEWAY, S.ALERT_PROCESSOR, "ProcessAlert", "route validated alerts (BR-WH-001)"),
+    _edge(S.GATEWAY, S.ALERT_PROCESSOR, "ProcessAlert", "route validated alerts"),
     _edge(
         S.GATEWAY,
         S.STORAGE,
         "CountIncidentAlerts",
-        "count duplicates on their incident instead of forwarding them (BR-WH-008)",
+        "count duplicates on their incident instead of forwarding them",
     ),
     _edge(
         S.ALERT_PROCESSOR,
         S.AI_ANALYSIS,
         "AnalyzeIncident",
-        "get recommendations (BR-AP-016)",
+        "get recommendations",
     ),
     _edge(
         S.ALERT_PROCESSOR,
@@ -70,13 +70,13 @@ EDGES: tuple[Edge, ...] = (
         S.AI_ANALYSIS,
         S.WORKFLOW,
         "CreateWorkflow",
-        "turn recommendations into workflows (BR-AI-007)",
+        "turn recommendations into workflows",
     ),
     _edge(
         S.WORKFLOW,
         S.EXECUTOR,
         "DescribeAction ExecuteAction GetActionProgress",
-        "check and run actions (BR-WF-010), and follow one while it runs",
+        "check and run actions, and follow one while it runs",
     ),
     _edge(
         S.WORKFLOW,
@@ -91,7 +91,7 @@ EDGES: tuple[Edge, ...] = (
         "NotifyIncidentEvent",
         "tell people about workflows",
     ),
-    _edge(S.EXECUTOR, S.STORAGE, "RecordAction", "store action results (BR-EX-020)"),
+    _edge(S.EXECUTOR, S.STORAGE, "RecordAction", "store action results"),
     _edge(S.INTELLIGENCE, S.STORAGE, "ListActionRecords", "history for pattern discovery"),
     _edge(S.EFFECTIVENESS, S.INTELLIGENCE, "GetActionStats", "pattern insights for verdicts"),
     _edge(S.EFFECTIVENESS, S.STORAGE, "RecordAssessment", "record verdicts"),
@@ -99,7 +99,7 @@ EDGES: tuple[Edge, ...] = (
         S.EFFECTIVENESS,
         S.CONTEXT_API,
         "GetResourceContext",
-        "assessment context: pods Ready, restarts (BR-INS-010)",
+        "assessment context: pods Ready, restarts",
     ),
     _edge(
         S.CONTEXT_API,

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from services.runtime.settings import RuntimeSettings, Transport
 
 XFCC_HEADER = "x-forwarded-client-cert"
@@ -71,7 +73,7 @@ def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str
     return None
 
 
-def peer_of(context: Any, settings: RuntimeSettings) -> Peer:
+def peer_of(context: grpc.aio.ServicerContext[Any, Any], settings: RuntimeSettings) -> Peer:
     """Read the caller's identity from a grpc.aio ServicerContext."""
     spiffe_id: str | None = None
     if settings.transport is Transport.MTLS:

@@ -73,7 +73,9 @@ def bad_request_status(violations: list[tuple[str, str]]) -> grpc.Status:
     )
 
 
-async def abort_invalid(context: Any, field: str, description: str) -> None:
+async def abort_invalid(
+    context: grpc.aio.ServicerContext[Any, Any], field: str, description: str
+) -> None:
     """Refuse a request that protovalidate passed but the service's own rules refuse."""
     await context.abort_with_status(bad_request_status([(field, description)]))
 
@@ -111,7 +113,9 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary_unary(request: Message, context: Any) -> Any:
+            async def unary_unary(
+                request: Message, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
                 return await self._handle(path, request, context, inner)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -127,7 +131,9 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         streaming: Callable[[Any, Any], Any]
         if inspect.isasyncgenfunction(inner_stream):
 
-            async def streaming_generator(request: Any, context: Any) -> AsyncIterator[Any]:
+            async def streaming_generator(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 await self._authorize(path, context)
                 async for item in inner_stream(request, context):
                     yield item
@@ -135,7 +141,9 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             streaming = streaming_generator
         else:
 
-            async def streaming_coroutine(request: Any, context: Any) -> Any:
+            async def streaming_coroutine(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
                 await self._authorize(path, context)
                 return await inner_stream(request, context)
 
@@ -147,7 +155,7 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             response_serializer=handler.response_serializer,
         )
 
-    async def _authorize(self, path: str, context: Any) -> Peer:
+    async def _authorize(self, path: str, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
         peer = peer_of(context, self.settings)
         target = service_of_path(path)
         full_service = path.lstrip("/").partition("/")[0]
@@ -170,8 +178,8 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         self,
         path: str,
         request: Message,
-        context: Any,
-        inner: Callable[[Message, Any], Awaitable[Any]],
+        context: grpc.aio.ServicerContext[Any, Any],
+        inner: Callable[[Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
     ) -> Any:
         request_id = _metadata(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
         token = request_id_var.set(request_id)

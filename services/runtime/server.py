@@ -10,7 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +31,12 @@ from services.runtime.telemetry import configure_tracing, start_metrics_server
 log = logging.getLogger("kubernaut.server")
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+# What every servicer method (and a helper that aborts on its behalf) gets as `context`.
+# grpc's class is generic in request and response types; one alias keeps the servicers'
+# signatures short, and nothing here depends on those types. The runtime modules below this
+# one (identity, interceptors, database) spell the type out rather than import the server.
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass

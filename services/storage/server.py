@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from kubernaut.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from services.runtime.database import LazyDatabase, unavailable_as_status
 from services.runtime.interceptors import abort_invalid
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 from services.runtime.settings import DatabaseSettings
 from services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, embedder_for
 from services.storage.store import (
@@ -49,7 +48,7 @@ class Database(LazyDatabase[Store]):
 
 
 @contextlib.asynccontextmanager
-async def store_errors_as_status(context: Any, field: str = "") -> AsyncIterator[None]:
+async def store_errors_as_status(context: Context, field: str = "") -> AsyncIterator[None]:
     """The store's errors as the status codes the proto documents; `field` is the request
     field an InvalidRecord without a field of its own is about."""
     try:
@@ -73,7 +72,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self.database = database
 
     async def GetStoreStatus(
-        self, request: storage_pb2.GetStoreStatusRequest, context: Any
+        self, request: storage_pb2.GetStoreStatusRequest, context: Context
     ) -> storage_pb2.GetStoreStatusResponse:
         async with unavailable_as_status(context, StoreUnavailable):
             status = await (await self.database.store()).status()
@@ -86,14 +85,14 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return response
 
     async def RecordAction(
-        self, request: storage_pb2.RecordActionRequest, context: Any
+        self, request: storage_pb2.RecordActionRequest, context: Context
     ) -> storage_pb2.RecordActionResponse:
         async with store_errors_as_status(context, "record"):
             created = await (await self.database.store()).record_action(request.record)
         return storage_pb2.RecordActionResponse(created=created)
 
     async def ListActionRecords(
-        self, request: storage_pb2.ListActionRecordsRequest, context: Any
+        self, request: storage_pb2.ListActionRecordsRequest, context: Context
     ) -> storage_pb2.ListActionRecordsResponse:
         async with store_errors_as_status(context):
             records, token = await (await self.database.store()).list_actions(
@@ -105,7 +104,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.ListActionRecordsResponse(records=records, next_page_token=token)
 
     async def OpenIncident(
-        self, request: storage_pb2.OpenIncidentRequest, context: Any
+        self, request: storage_pb2.OpenIncidentRequest, context: Context
     ) -> storage_pb2.OpenIncidentResponse:
         async with store_errors_as_status(context, "alert"):
             opened = await (await self.database.store()).open_or_count(
@@ -120,7 +119,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         )
 
     async def UpdateIncident(
-        self, request: storage_pb2.UpdateIncidentRequest, context: Any
+        self, request: storage_pb2.UpdateIncidentRequest, context: Context
     ) -> storage_pb2.UpdateIncidentResponse:
         async with store_errors_as_status(context, "incident_id"):
             incident = await (await self.database.store()).update_incident(
@@ -129,7 +128,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.UpdateIncidentResponse(incident=incident)
 
     async def CountIncidentAlerts(
-        self, request: storage_pb2.CountIncidentAlertsRequest, context: Any
+        self, request: storage_pb2.CountIncidentAlertsRequest, context: Context
     ) -> storage_pb2.CountIncidentAlertsResponse:
         async with store_errors_as_status(context, "incident_id"):
             incident = await (await self.database.store()).count_incident_alerts(
@@ -138,7 +137,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.CountIncidentAlertsResponse(incident=incident)
 
     async def ResolveIncident(
-        self, request: storage_pb2.ResolveIncidentRequest, context: Any
+        self, request: storage_pb2.ResolveIncidentRequest, context: Context
     ) -> storage_pb2.ResolveIncidentResponse:
         resolved_at = (
             request.resolved_at.ToDatetime(dt.UTC) if request.HasField("resolved_at") else None
@@ -150,7 +149,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.ResolveIncidentResponse(incident=incident, closed=closed)
 
     async def GetIncident(
-        self, request: storage_pb2.GetIncidentRequest, context: Any
+        self, request: storage_pb2.GetIncidentRequest, context: Context
     ) -> storage_pb2.GetIncidentResponse:
         async with store_errors_as_status(context, "incident_id"):
             detail = await (await self.database.store()).get_incident(request.incident_id)
@@ -162,7 +161,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         )
 
     async def ListIncidents(
-        self, request: storage_pb2.ListIncidentsRequest, context: Any
+        self, request: storage_pb2.ListIncidentsRequest, context: Context
     ) -> storage_pb2.ListIncidentsResponse:
         async with store_errors_as_status(context, "status"):
             incidents, token = await (await self.database.store()).list_incidents(
@@ -171,14 +170,14 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.ListIncidentsResponse(incidents=incidents, next_page_token=token)
 
     async def RecordAssessment(
-        self, request: storage_pb2.RecordAssessmentRequest, context: Any
+        self, request: storage_pb2.RecordAssessmentRequest, context: Context
     ) -> storage_pb2.RecordAssessmentResponse:
         async with store_errors_as_status(context, "assessment"):
             created = await (await self.database.store()).record_assessment(request.assessment)
         return storage_pb2.RecordAssessmentResponse(created=created)
 
     async def SearchSimilarIncidents(
-        self, request: storage_pb2.SearchSimilarIncidentsRequest, context: Any
+        self, request: storage_pb2.SearchSimilarIncidentsRequest, context: Context
     ) -> storage_pb2.SearchSimilarIncidentsResponse:
         async with store_errors_as_status(context, "incident_id"):
             similar, model = await (await self.database.store()).search_similar(
@@ -196,7 +195,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         )
 
     async def RecordDroppedAlert(
-        self, request: storage_pb2.RecordDroppedAlertRequest, context: Any
+        self, request: storage_pb2.RecordDroppedAlertRequest, context: Context
     ) -> storage_pb2.RecordDroppedAlertResponse:
         async with store_errors_as_status(context, "alert"):
             dropped, created = await (await self.database.store()).record_dropped_alert(
@@ -209,7 +208,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.RecordDroppedAlertResponse(dropped=dropped, created=created)
 
     async def ListDroppedAlerts(
-        self, request: storage_pb2.ListDroppedAlertsRequest, context: Any
+        self, request: storage_pb2.ListDroppedAlertsRequest, context: Context
     ) -> storage_pb2.ListDroppedAlertsResponse:
         async with store_errors_as_status(context, "page_token"):
             dropped, token = await (await self.database.store()).list_dropped_alerts(

@@ -701,9 +701,8 @@ class WorkflowRun:
         """ExecuteAction with a deadline that covers the executor's verification (and a
         rollback's); repeated while the executor still works on the action (it answers a
         repeat with the first call's result) and, with backoff, while it is unavailable."""
-        delay = self.settings.retry_initial_seconds
-        attempt = 1
-        while True:
+
+        async def call() -> executor_pb2.ExecuteActionResponse:
             verify = self._verify_seconds(request)
             deadline = 2 * verify + self.settings.execute_margin_seconds
             log.info(
@@ -712,44 +711,30 @@ class WorkflowRun:
                 extra={
                     "workflow_id": self.workflow_id,
                     "action_id": request.action_id,
-                    "attempt": attempt,
                     "deadline_seconds": deadline,
                     "verify_timeout_seconds": verify,
                 },
             )
-            try:
-                return await self.downstream.execute_action(request, deadline)
-            except Unavailable as error:
-                progress = await self._progress(request.action_id)
-                if progress is not None and progress.running:
-                    # Busy, not down: the deadline ran out, or this call met the first one's
-                    # lock. The executor finishes the action either way; ask again.
-                    log.info(
-                        "ExecuteAction still running; waiting for it",
-                        extra={
-                            "workflow_id": self.workflow_id,
-                            "action_id": request.action_id,
-                            "attempt": attempt,
-                            "state": _action_state(progress),
-                            "error": str(error),
-                        },
-                    )
-                    attempt += 1
-                    await asyncio.sleep(self.settings.progress_poll_seconds)
-                    continue
-                log.warning(
-                    "downstream unavailable; retrying",
-                    extra={
-                        "workflow_id": self.workflow_id,
-                        "operation": "ExecuteAction",
-                        "attempt": attempt,
-                        "retry_in_seconds": round(delay, 3),
-                        "error": str(error),
-                    },
-                )
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.settings.retry_max_seconds)
-            attempt += 1
+            return await self.downstream.execute_action(request, deadline)
+
+        async def still_running(error: Unavailable) -> bool:
+            # Busy, not down: the deadline ran out, or this call met the first one's lock.
+            # The executor finishes the action either way; ask again.
+            progress = await self._progress(request.action_id)
+            if progress is None or not progress.running:
+                return False
+            log.info(
+                "ExecuteAction still running; waiting for it",
+                extra={
+                    "workflow_id": self.workflow_id,
+                    "action_id": request.action_id,
+                    "state": _action_state(progress),
+                    "error": str(error),
+                },
+            )
+            return True
+
+        return await self._call("ExecuteAction", call, still_running)
 
     async def _progress(self, action_id: str) -> executor_pb2.GetActionProgressResponse | None:
         """The executor's progress on the action, or None when it cannot say (not started,
@@ -872,15 +857,25 @@ class WorkflowRun:
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        still_running: Callable[[Unavailable], Awaitable[bool]] | None = None,
+    ) -> T:
         """`call()`, repeated with capped exponential backoff (and jitter) while the callee
-        is unavailable. The lease keeps being renewed meanwhile."""
+        is unavailable, or at the progress poll's pace while `still_running` says the
+        callee is busy with it rather than down. The lease keeps being renewed meanwhile."""
         delay = self.settings.retry_initial_seconds
         attempt = 1
         while True:
             try:
                 return await call()
             except Unavailable as error:
+                if still_running is not None and await still_running(error):
+                    attempt += 1
+                    await asyncio.sleep(self.settings.progress_poll_seconds)
+                    continue
                 log.warning(
                     "downstream unavailable; retrying",
                     extra={

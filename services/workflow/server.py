@@ -6,7 +6,6 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -22,7 +21,7 @@ from kubernaut.workflow.v1 import workflow_pb2, workflow_pb2_grpc
 
 from services.runtime.database import unavailable_as_status
 from services.runtime.interceptors import RETRYABLE, abort_invalid
-from services.runtime.server import ServiceContext, ServiceSpec
+from services.runtime.server import Context, ServiceContext, ServiceSpec
 from services.runtime.settings import DatabaseSettings
 from services.workflow.engine import (
     DownstreamError,
@@ -131,7 +130,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         self.settings = settings
 
     async def _plan(
-        self, recommendation: remediation_pb2.Recommendation, context: Any
+        self, recommendation: remediation_pb2.Recommendation, context: Context
     ) -> workflow_pb2.WorkflowPlan:
         # Validation guarantees one action is set.
         action = recommendation.action.WhichOneof("params") or ""
@@ -167,14 +166,14 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         return TargetHistory(records=list(listed.records))
 
     async def PlanWorkflow(
-        self, request: workflow_pb2.PlanWorkflowRequest, context: Any
+        self, request: workflow_pb2.PlanWorkflowRequest, context: Context
     ) -> workflow_pb2.PlanWorkflowResponse:
         return workflow_pb2.PlanWorkflowResponse(
             plan=await self._plan(request.recommendation, context)
         )
 
     async def CreateWorkflow(
-        self, request: workflow_pb2.CreateWorkflowRequest, context: Any
+        self, request: workflow_pb2.CreateWorkflowRequest, context: Context
     ) -> workflow_pb2.CreateWorkflowResponse:
         if request.alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
             await abort_invalid(context, "alert.status", "a resolved alert never starts a workflow")
@@ -193,7 +192,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         return workflow_pb2.CreateWorkflowResponse(workflow=existing.to_proto(), created=created)
 
     async def GetWorkflow(
-        self, request: workflow_pb2.GetWorkflowRequest, context: Any
+        self, request: workflow_pb2.GetWorkflowRequest, context: Context
     ) -> workflow_pb2.GetWorkflowResponse:
         async with unavailable_as_status(context, StoreUnavailable):
             if request.HasField("incident_id"):
@@ -209,7 +208,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         return workflow_pb2.GetWorkflowResponse(workflow=workflow.to_proto())
 
     async def DecideApproval(
-        self, request: workflow_pb2.DecideApprovalRequest, context: Any
+        self, request: workflow_pb2.DecideApprovalRequest, context: Context
     ) -> workflow_pb2.DecideApprovalResponse:
         try:
             async with unavailable_as_status(context, StoreUnavailable):

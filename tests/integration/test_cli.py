@@ -67,3 +67,21 @@ def test_serve_without_certificates_says_how_to_make_them(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "kubernaut certs init" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_misspelt_setting_naming_the_valid_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
+    env["KUBERNAUT_STATE_DIR"] = str(tmp_path)
+    env["KUBERNAUT_EXECUTOR_COOLDOWN_SECOND"] = "5"
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "serve", "executor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        "KUBERNAUT_EXECUTOR_COOLDOWN_SECOND (did you mean KUBERNAUT_EXECUTOR_COOLDOWN_SECONDS?)"
+        in result.stderr
+    )

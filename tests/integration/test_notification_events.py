@@ -131,12 +131,36 @@ def subject_of(mail: ReceivedMail) -> str:
     return " ".join(str(mail.message["Subject"]).split())
 
 
-async def settle(sink: MailSink, expected: int) -> None:
-    """Wait for `expected` messages, then a moment more: nothing else may arrive."""
-    if expected:
-        await sink.wait_for(expected)
-    await asyncio.sleep(0.3)
-    assert len(sink.messages()) == expected
+async def settle(
+    sink: MailSink, expected: int, dsn: str, *keys: str, incident_id: str | None = None
+) -> None:
+    """Assert that `sink` got exactly `expected` messages (about `incident_id`, when given)
+    and will get no more for `keys`.
+
+    No pause: a delivery holds its key's outbox row locked from before it sends until it
+    has recorded the attempt, and the sink stores a message before it answers DATA. So once
+    each key's row can be locked, no delivery of it is in flight and everything ever sent
+    for it is in the sink; a late duplicate is counted, not raced. (Call it after every
+    caller has returned: a caller still on its way to the lock is not waited for.)"""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for key in keys:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT status FROM notification.outbox WHERE idempotency_key = $1 FOR UPDATE",
+                    key,
+                )
+            assert row is not None, f"no outbox row for {key!r}"
+            # Pending: a delivery started and never recorded its outcome.
+            assert row["status"] != "pending", f"{key!r} is still pending"
+    finally:
+        await conn.close()
+    received = [
+        m
+        for m in sink.messages()
+        if incident_id is None or m.message[INCIDENT_HEADER] == incident_id
+    ]
+    assert len(received) == expected, [subject_of(m) for m in received]
 
 
 # -- the outbox, with a real PostgreSQL and a real SMTP server ----------------------------------
@@ -196,7 +220,7 @@ async def test_one_mail_per_key_and_a_repeat_sends_nothing(
     assert repeat.results == first.results
     assert repeat.entry.status is DeliveryStatus.SENT
     assert repeat.entry.attempts == 1
-    await settle(mail_sink, 1)
+    await settle(mail_sink, 1, database_dsn, "wf-1/succeeded")
     row = await outbox_row(database_dsn, "wf-1/succeeded")
     assert (row["status"], row["attempts"], row["last_error"]) == ("sent", 1, "")
     assert row["sent_at"] is not None
@@ -206,7 +230,7 @@ async def test_one_mail_per_key_and_a_repeat_sends_nothing(
         "wf-1/rolled_back", message, notifier, incident_id="inc-42", event_kind=KIND_NAME
     )
     assert other.sent
-    await settle(mail_sink, 2)
+    await settle(mail_sink, 2, database_dsn, "wf-1/succeeded", "wf-1/rolled_back")
 
 
 async def test_a_repeat_after_a_restart_sends_nothing(
@@ -230,11 +254,11 @@ async def test_a_repeat_after_a_restart_sends_nothing(
 
     assert first.sent and not repeat.sent
     assert repeat.results == first.results
-    await settle(mail_sink, 1)
+    await settle(mail_sink, 1, database_dsn, "wf-2/succeeded")
 
 
 async def test_ten_concurrent_calls_with_one_key_deliver_once(
-    outbox: Outbox, mail_sink: MailSink
+    outbox: Outbox, mail_sink: MailSink, database_dsn: str
 ) -> None:
     notifier = notifier_for(mail_sink.port)
     message = rendered()
@@ -251,7 +275,7 @@ async def test_ten_concurrent_calls_with_one_key_deliver_once(
     assert sum(d.sent for d in deliveries) == 1
     assert {d.results for d in deliveries} == {(DeliveryOutcome("email", True, ""),)}
     assert {d.entry.attempts for d in deliveries} == {1}
-    await settle(mail_sink, 1)
+    await settle(mail_sink, 1, database_dsn, "wf-3/succeeded")
 
 
 async def test_concurrent_calls_on_two_replicas_deliver_once(
@@ -278,7 +302,7 @@ async def test_concurrent_calls_on_two_replicas_deliver_once(
 
     assert sum(d.sent for d in deliveries) == 1
     assert all(d.results == (DeliveryOutcome("email", True, ""),) for d in deliveries)
-    await settle(mail_sink, 1)
+    await settle(mail_sink, 1, database_dsn, "wf-4/succeeded")
 
 
 async def test_smtp_down_then_up_the_retry_delivers(
@@ -308,7 +332,7 @@ async def test_smtp_down_then_up_the_retry_delivers(
         again = await outbox.deliver_once(
             "wf-5/failed", message, notifier, incident_id="inc-1", event_kind=KIND_NAME
         )
-        await settle(restarted, 1)
+        await settle(restarted, 1, database_dsn, "wf-5/failed")
 
     assert up.sent and up.results == (DeliveryOutcome("email", True, ""),)
     assert not again.sent and again.results == up.results
@@ -318,7 +342,7 @@ async def test_smtp_down_then_up_the_retry_delivers(
 
 
 async def test_a_retry_delivers_the_message_stored_first(
-    outbox: Outbox, mail_sink: MailSink
+    outbox: Outbox, mail_sink: MailSink, database_dsn: str
 ) -> None:
     notifier = notifier_for(mail_sink.port)
     mail_sink.refuse_recipient("oncall@example.com", "550 5.1.1 No such user", times=1)
@@ -336,7 +360,8 @@ async def test_a_retry_delivers_the_message_stored_first(
     )
 
     assert retry.sent
-    [mail] = await mail_sink.wait_for(1)
+    await settle(mail_sink, 1, database_dsn, "wf-6/succeeded")
+    [mail] = mail_sink.messages()
     assert subject_of(mail) == first.subject
 
 
@@ -372,7 +397,9 @@ async def test_unreachable_database_is_unavailable_and_not_ready() -> None:
 # -- through gRPC, in the in-process stack, as the workflow engine -------------------------------
 
 
-async def test_notify_incident_event_over_grpc_as_the_workflow(stack: InProcessStack) -> None:
+async def test_notify_incident_event_over_grpc_as_the_workflow(
+    stack: InProcessStack, postgres_dsn: str
+) -> None:
     mail = stack.mail  # session-wide: count, do not assume it is empty
     clients = stack.clients("workflow")
     try:
@@ -405,7 +432,9 @@ async def test_notify_incident_event_over_grpc_as_the_workflow(stack: InProcessS
 
         assert not repeat.sent
         assert list(repeat.results) == list(first.results)
-        await asyncio.sleep(0.3)
+        # The stack's outbox is on the session database (the stack's KUBERNAUT_DATABASE_URL).
+        # Other tests' mail arrives meanwhile, so count only ours.
+        await settle(mail, 1, postgres_dsn, request.idempotency_key, incident_id=incident_id)
         assert [m for m in mail.messages() if m.message[INCIDENT_HEADER] == incident_id] == [ours]
     finally:
         await clients.close()
@@ -515,7 +544,9 @@ async def test_without_a_channel_or_a_database_it_is_a_failed_precondition(
             await stub.NotifyIncidentEvent(incident_request())
         assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert "KUBERNAUT_DATABASE_URL" in (caught.value.details() or "")
-    await settle(mail_sink, 0)
+    # Both services have stopped, and a stopping one lets its deliveries finish first:
+    # whatever they would ever send has arrived.
+    assert mail_sink.messages() == []
 
 
 async def test_an_unreachable_database_is_unavailable_and_not_serving(
@@ -545,4 +576,5 @@ async def test_an_unreachable_database_is_unavailable_and_not_serving(
         finally:
             await operator.close()
         assert status == "NOT_SERVING"
-    await settle(mail_sink, 0)
+    # Stopped, after its deliveries in progress (none, without an outbox): nothing more comes.
+    assert mail_sink.messages() == []

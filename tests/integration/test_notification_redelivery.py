@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from services.devstack.smtp import MailSink
 from services.notification.outbox import Outbox, OutboxDatabase
 from services.notification.redelivery import Redelivery, RedeliverySettings, Sweep
+from tests.fixtures.waiting import eventually
 from tests.integration.test_notification_events import (
     KIND_NAME,
     notifier_for,
@@ -62,6 +63,17 @@ async def _failed(outbox: Outbox, sink: MailSink, key: str) -> int:
     return port
 
 
+class CountedRedelivery(Redelivery):
+    """Redelivery that counts its finished sweeps, for a test to wait for sweeps, not time."""
+
+    sweeps = 0
+
+    async def sweep(self) -> Sweep:
+        done = await super().sweep()
+        self.sweeps += 1
+        return done
+
+
 def _undelivered_gauge() -> float | None:
     return REGISTRY.get_sample_value("kubernaut_notification_undelivered")
 
@@ -84,16 +96,23 @@ async def test_a_message_no_channel_took_is_delivered_once_the_mail_server_is_ba
 
     with MailSink(tmp_path / "mail-again", port=port) as restarted:
         # The background loop, as the service runs it.
-        running = Redelivery(
+        running = CountedRedelivery(
             database, notifier_for(port), RedeliverySettings(interval_seconds=0.05, **AT_ONCE)
         )
         running.start()
         try:
             [mail] = await restarted.wait_for(1)
-            await asyncio.sleep(0.3)  # more sweeps: nothing is sent again
+            # More sweeps: nothing is sent again. Counted, not slept: three sweeps that
+            # started after the delivery have finished.
+            after = running.sweeps + 1
+
+            async def three_more_sweeps() -> bool:
+                return running.sweeps >= after + 3
+
+            await eventually(three_more_sweeps, "three more sweeps", timeout=10)
         finally:
             await running.stop()
-        await settle(restarted, 1)
+        await settle(restarted, 1, database_dsn, "wf-1/approval_needed")
     assert rendered().subject in " ".join(str(mail.message["Subject"]).split())
     row = await outbox_row(database_dsn, "wf-1/approval_needed")
     assert (row["status"], row["attempts"], row["last_error"]) == ("sent", 3, "")
@@ -126,7 +145,7 @@ async def test_backoff_attempts_and_age_bound_what_is_attempted_again(
         )
         assert await at_once.sweep() == Sweep()
         assert (await outbox_row(database_dsn, "wf-2/failed"))["attempts"] == 1
-        await settle(restarted, 0)
+        await settle(restarted, 0, database_dsn, "wf-2/failed")
 
         # Pending: an attempt in progress is left alone; one a crash cut short is taken again.
         message = rendered("inc-3")
@@ -143,7 +162,7 @@ async def test_backoff_attempts_and_age_bound_what_is_attempted_again(
                 minutes,
             )
         assert await at_once.sweep() == Sweep(sent=1)
-        await settle(restarted, 1)
+        await settle(restarted, 1, database_dsn, "wf-2/failed", "wf-3/cut-short")
         assert (await outbox_row(database_dsn, "wf-3/cut-short"))["status"] == "sent"
         assert (await outbox_row(database_dsn, "wf-3/in-progress"))["status"] == "pending"
 
@@ -166,7 +185,7 @@ async def test_a_sweep_and_a_callers_repeat_deliver_once(
                 "wf-4/succeeded", rendered(), notifier, incident_id="inc-1", event_kind=KIND_NAME
             ),
         )
-        await settle(restarted, 1)
+        await settle(restarted, 1, database_dsn, "wf-4/succeeded")
 
     assert sum(s.sent for s in swept) + repeat.sent == 1
     assert sum(s.failed for s in swept) == 0
