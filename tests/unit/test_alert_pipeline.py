@@ -1,0 +1,170 @@
+"""The alert processor's pipeline without gRPC: what it asks of the other services for
+each kind of alert, through a Downstream that records the calls."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+from kubernaut.ai_analysis.v1 import ai_analysis_pb2
+from kubernaut.alert_processor.v1 import alert_processor_pb2
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
+from kubernaut.notification.v1 import notification_pb2
+from kubernaut.storage.v1 import storage_pb2
+
+from services.alert_processor.pipeline import (
+    AlertPipeline,
+    NotDelivered,
+    SubjectGone,
+    UnknownIncident,
+)
+
+
+@dataclass
+class RecordingDownstream:
+    """Answers as the services would, and keeps every request."""
+
+    context: context_api_pb2.ResourceContext | None = None
+    gone: bool = False
+    decision: remediation_pb2.Decision.ValueType = remediation_pb2.DECISION_NO_ACTION
+    notification_down: bool = False
+    incident_known: bool = True
+    calls: list[tuple[str, object]] = field(default_factory=list)
+
+    async def resource_context(
+        self, subject: alert_pb2.ResourceRef
+    ) -> context_api_pb2.ResourceContext | None:
+        self.calls.append(("resource_context", subject))
+        if self.gone:
+            raise SubjectGone(f"{subject.kind} {subject.name} does not exist")
+        return self.context
+
+    async def open_incident(
+        self, request: storage_pb2.OpenIncidentRequest
+    ) -> storage_pb2.OpenIncidentResponse:
+        self.calls.append(("open_incident", request))
+        incident = storage_pb2.Incident(
+            incident_id=str(uuid.uuid4()),
+            status=storage_pb2.INCIDENT_STATUS_OPEN,
+            subject=request.subject,
+            alert=request.alert,
+            occurrences=1,
+        )
+        return storage_pb2.OpenIncidentResponse(incident=incident, created=True)
+
+    async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None:
+        self.calls.append(("update_incident", request))
+
+    async def resolve_incident(
+        self, request: storage_pb2.ResolveIncidentRequest
+    ) -> storage_pb2.ResolveIncidentResponse:
+        self.calls.append(("resolve_incident", request))
+        if not self.incident_known:
+            raise UnknownIncident(request.incident_id)
+        incident = storage_pb2.Incident(
+            incident_id=request.incident_id, status=storage_pb2.INCIDENT_STATUS_RESOLVED
+        )
+        return storage_pb2.ResolveIncidentResponse(incident=incident, closed=True)
+
+    async def record_dropped_alert(
+        self, request: storage_pb2.RecordDroppedAlertRequest
+    ) -> storage_pb2.RecordDroppedAlertResponse:
+        self.calls.append(("record_dropped_alert", request))
+        dropped = storage_pb2.DroppedAlert(drop_id="d-1", reason_code=request.reason_code)
+        return storage_pb2.RecordDroppedAlertResponse(dropped=dropped, created=True)
+
+    async def analyze_incident(
+        self, request: ai_analysis_pb2.AnalyzeIncidentRequest
+    ) -> ai_analysis_pb2.AnalyzeIncidentResponse:
+        self.calls.append(("analyze_incident", request))
+        analysis = remediation_pb2.Analysis(decision=self.decision, reasons=["No rule fits."])
+        return ai_analysis_pb2.AnalyzeIncidentResponse(analysis=analysis)
+
+    async def notify_incident_event(
+        self, request: notification_pb2.NotifyIncidentEventRequest
+    ) -> None:
+        self.calls.append(("notify_incident_event", request))
+        if self.notification_down:
+            raise NotDelivered("UNAVAILABLE")
+
+    def called(self, name: str) -> list[object]:
+        return [request for called, request in self.calls if called == name]
+
+
+def firing(**labels: str) -> alert_processor_pb2.ProcessAlertRequest:
+    name = labels.pop("alertname", "KubePodCrashLooping")
+    alert = alert_pb2.Alert(name=name, status=alert_pb2.ALERT_STATUS_FIRING, labels=labels)
+    alert.starts_at.GetCurrentTime()
+    return alert_processor_pb2.ProcessAlertRequest(alert=alert)
+
+
+async def test_an_alert_about_no_object_is_recorded_as_dropped_and_nothing_else() -> None:
+    downstream = RecordingDownstream()
+    response = await AlertPipeline(downstream).process(firing(job="scrape"))
+    assert response.disposition == remediation_pb2.ALERT_DISPOSITION_FILTERED
+    assert response.reason.endswith("recorded as dropped alert d-1")
+    [drop] = downstream.called("record_dropped_alert")
+    assert isinstance(drop, storage_pb2.RecordDroppedAlertRequest)
+    assert drop.reason_code == storage_pb2.ALERT_DROP_REASON_NO_SUBJECT
+    assert drop.dedup_key == response.fingerprint
+    assert [name for name, _ in downstream.calls] == ["record_dropped_alert"]
+
+
+async def test_an_object_that_does_not_exist_is_dropped_before_any_incident() -> None:
+    downstream = RecordingDownstream(gone=True)
+    response = await AlertPipeline(downstream).process(firing(namespace="shop", deployment="gone"))
+    assert "does not exist" in response.reason
+    [drop] = downstream.called("record_dropped_alert")
+    assert isinstance(drop, storage_pb2.RecordDroppedAlertRequest)
+    assert drop.reason_code == storage_pb2.ALERT_DROP_REASON_SUBJECT_NOT_FOUND
+    assert drop.subject.name == "gone"
+    assert not downstream.called("open_incident")
+
+
+async def test_the_incident_is_about_the_owning_workload_and_carries_its_state() -> None:
+    workload = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web")
+    state = remediation_pb2.WorkloadState(generation=3, restarts=7)
+    downstream = RecordingDownstream(
+        context_api_pb2.ResourceContext(workload=workload, state=state),
+        decision=remediation_pb2.DECISION_REMEDIATE,
+    )
+    response = await AlertPipeline(downstream).process(
+        firing(namespace="shop", pod="web-5d8f-abcde")
+    )
+    assert response.subject == workload
+    [opened] = downstream.called("open_incident")
+    assert isinstance(opened, storage_pb2.OpenIncidentRequest)
+    assert opened.subject == workload and opened.workload_state == state
+    assert not downstream.called("notify_incident_event")  # acting is told by the workflow
+
+
+@pytest.mark.parametrize("notification_down", [False, True])
+async def test_a_decline_closes_the_incident_and_tells_people_best_effort(
+    notification_down: bool,
+) -> None:
+    downstream = RecordingDownstream(notification_down=notification_down)
+    response = await AlertPipeline(downstream).process(
+        firing(alertname="KubeHpaMaxedOut", namespace="shop", horizontalpodautoscaler="web")
+    )
+    assert response.analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    [update] = downstream.called("update_incident")
+    assert isinstance(update, storage_pb2.UpdateIncidentRequest)
+    assert update.status == storage_pb2.INCIDENT_STATUS_NO_ACTION
+    [told] = downstream.called("notify_incident_event")
+    assert isinstance(told, notification_pb2.NotifyIncidentEventRequest)
+    assert told.event.kind == notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON
+    assert told.idempotency_key == f"{response.incident_id}/not_acted_on"
+    assert list(told.event.stages) == ["No rule fits."]
+
+
+async def test_a_resolved_alert_of_an_unknown_incident_says_so() -> None:
+    downstream = RecordingDownstream(incident_known=False)
+    request = firing(namespace="shop", deployment="web")
+    request.alert.status = alert_pb2.ALERT_STATUS_RESOLVED
+    request.incident_id = str(uuid.uuid4())
+    response = await AlertPipeline(downstream).process(request)
+    assert response.incident_id == ""
+    assert response.reason.endswith("is unknown")
+    assert not downstream.called("analyze_incident")
