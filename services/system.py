@@ -71,6 +71,10 @@ def service_env(
             "KUBERNAUT_NOTIFICATION_SMTP_HOST": info.detail("smtp", "host"),
             "KUBERNAUT_NOTIFICATION_SMTP_PORT": info.detail("smtp", "port"),
             "KUBERNAUT_NOTIFICATION_EMAIL_TO": tuning.recipients,
+            # The shipped rules' runbooks (the kubernetes-mixin's, on github.com) and the
+            # local Prometheus behind each alert's generator URL are links in the dev
+            # stack's mail; any other host in an alert stays plain text.
+            "KUBERNAUT_NOTIFICATION_LINK_HOSTS": "github.com,127.0.0.1",
         },
         ServiceName.EFFECTIVENESS: {
             "KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL": info.url("alertmanager"),
