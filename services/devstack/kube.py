@@ -56,15 +56,22 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.devstack.processes import LOOPBACK, free_ports, is_zombie, start_time, tail
+from services.devstack.daemon import Lifecycle
+from services.devstack.processes import (
+    LOOPBACK,
+    free_ports,
+    is_zombie,
+    spawn_logged,
+    start_time,
+    tail,
+)
 from services.devstack.stages import kwok_config
 from services.runtime.certs import create_ca, write_private_key
 from services.runtime.settings import RuntimeSettings
@@ -201,7 +208,7 @@ def build_binaries(timeout: float | None = None) -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-class LocalCluster:
+class LocalCluster(Lifecycle):
     """A local control plane and `nodes` KWOK nodes, state and logs in `state_dir`."""
 
     def __init__(
@@ -354,18 +361,6 @@ class LocalCluster:
         if ports is None:
             raise RuntimeError("LocalCluster has never been started in this state directory")
         return self._api(ports, method, path, body)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -592,18 +587,9 @@ class LocalCluster:
         log_path = self.log_file(name)
         with open(log_path, "ab") as log:
             stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            log.write(f"\n=== {stamp} kube.py starting: {' '.join(argv)}\n".encode())
-            log.flush()
+            header = f"\n=== {stamp} kube.py starting: {' '.join(argv)}\n"
             try:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.state_dir,
-                    env=env,
-                    start_new_session=True,
-                )
+                process = spawn_logged(argv, log, header, cwd=self.state_dir, env=env)
             except OSError as exc:
                 raise KubeClusterError(name, f"could not run {argv[0]}: {exc}", log_path) from exc
         self._children[name] = process

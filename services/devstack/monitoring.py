@@ -30,6 +30,7 @@ its config, data and log under its `state_dir`, listening on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import re
@@ -38,13 +39,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import yaml
 
-from services.devstack.processes import free_port, stop_child, tail
+from services.devstack.daemon import Daemon
+from services.devstack.processes import LOOPBACK
 
 __all__ = [
     "ALERTMANAGER_BIN",
@@ -178,141 +179,51 @@ def check_rules(*rule_files: str | os.PathLike[str], timeout: float = 30.0) -> s
 # -- processes ------------------------------------------------------------------------------
 
 
-class _Daemon:
-    """One binary run as our child on 127.0.0.1, with its state under `state_dir`."""
+class _Daemon(Daemon):
+    """One binary run as our child on 127.0.0.1, with its config, data and log under
+    `state_dir`; ready when GET /-/ready answers 200."""
 
-    _name = "daemon"
+    error = MonitoringError
+    port_taken = "address already in use"
+    log_tail_lines = _LOG_TAIL_LINES
 
     def __init__(self, state_dir: str | os.PathLike[str], port: int, start_timeout: float) -> None:
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} out of range")
-        self.state_dir = Path(state_dir).expanduser().resolve()
-        self.log_file = self.state_dir / f"{self._name}.log"
-        self._requested_port = port
-        self._start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
+        state = Path(state_dir).expanduser().resolve()
+        super().__init__(state / f"{self.name}.log", port, start_timeout, cwd=state)
+        self.state_dir = state
+        self.config_file = state / f"{self.name}.yml"
+        self.data_dir = state / "data"
 
-    # Subclasses: check and write the config, then the command line for a port.
-    def _prepare(self) -> None:
+    # Subclasses: the config start() writes, and the checks around writing it.
+    def config(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _command(self, port: int) -> list[str]:
-        raise NotImplementedError
+    def _check_inputs(self) -> None:
+        """Before the config is written: the binaries are there, the inputs are valid."""
 
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError(f"{self._name} is not started")
-        return self._port
+    def _check_config(self) -> None:
+        """After it is written: the binary's own check accepts it."""
 
     @property
     def url(self) -> str:
         """`http://127.0.0.1:PORT`; only after `start()`."""
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def start(self) -> None:
-        """Write and check the config, start the binary and wait until /-/ready answers 200.
-
-        Raises MonitoringError, naming the log file, when a check fails or the binary exits or
-        does not become ready within `start_timeout`.
-        """
-        if self._process is not None:
-            raise RuntimeError(f"{self._name} already started")
+    def _prepare(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare()
-        # A picked free port can be taken before the binary binds it: then try another one.
-        attempts = 3 if self._requested_port == 0 else 1
-        for attempt in range(1, attempts + 1):
-            port = self._requested_port or free_port()
-            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-            try:
-                self._spawn(port)
-            except MonitoringError:
-                recent = self.log_file.read_bytes()[offset:].decode(errors="replace")
-                if attempt < attempts and "address already in use" in recent:
-                    _log.info("%s: port %d was taken, retrying with another", self._name, port)
-                    continue
-                raise
-            try:
-                self._started()
-            except BaseException:
-                self.stop()
-                raise
-            return
+        self._check_inputs()
+        self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self._check_config()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
 
-    def _started(self) -> None:
-        """After /-/ready: anything more to wait for before start() returns."""
+    def _ready(self, process: subprocess.Popen[bytes], port: int) -> bool:
+        return _http_ok(port, "/-/ready")
 
-    def _log_tail(self) -> str:
-        return tail(self.log_file, _LOG_TAIL_LINES, missing="(no log)")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM our child by pid, wait up to `timeout`, then SIGKILL."""
-        process, self._process, self._port = self._process, None, None
-        if process is None:
-            return
-        stop_child(
-            process,
-            timeout,
-            on_ignored=lambda: _log.warning(
-                "%s pid %d ignored SIGTERM for %.0fs; killing", self._name, process.pid, timeout
-            ),
+    def _not_ready_message(self, port: int) -> str:
+        return (
+            f"{self.name} did not become ready on http://127.0.0.1:{port}/-/ready within "
+            f"{self._start_timeout:.0f}s; see {self.log_file}:\n{self._log_tail()}"
         )
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _spawn(self, port: int) -> None:
-        command = self._command(port)
-        with self.log_file.open("ab") as log:
-            log.write(f"--- {' '.join(command)}\n".encode())
-            log.flush()
-            # Our own child, in its own session (a Ctrl-C in the terminal does not reach it);
-            # stop() signals this pid, which cannot be recycled before we reap it.
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                start_new_session=True,
-            )
-        ready_url = f"http://127.0.0.1:{port}/-/ready"
-        deadline = time.monotonic() + self._start_timeout
-        with httpx.Client(timeout=1.0) as client:
-            while True:
-                code = process.poll()
-                if code is not None:
-                    raise MonitoringError(
-                        f"{self._name} exited with code {code} while starting; "
-                        f"see {self.log_file}:\n{self._log_tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(ready_url).status_code == 200:
-                        self._process, self._port = process, port
-                        return
-                if time.monotonic() > deadline:
-                    process.kill()
-                    process.wait()
-                    raise MonitoringError(
-                        f"{self._name} did not become ready on {ready_url} within "
-                        f"{self._start_timeout:.0f}s; see {self.log_file}:\n{self._log_tail()}"
-                    )
-                time.sleep(0.05)
 
 
 class Prometheus(_Daemon):
@@ -323,7 +234,7 @@ class Prometheus(_Daemon):
     `rule_files` are used in place (not copied), so editing one and calling `reload()` works.
     """
 
-    _name = "prometheus"
+    name = "prometheus"
 
     def __init__(
         self,
@@ -361,8 +272,6 @@ class Prometheus(_Daemon):
         self.scrape_job = scrape_job
         self.external_labels = dict(external_labels or {})
         self.resend_delay = resend_delay
-        self.config_file = self.state_dir / "prometheus.yml"
-        self.data_dir = self.state_dir / "data"
 
     def config(self) -> dict[str, Any]:
         """The prometheus.yml that `start()` writes."""
@@ -399,18 +308,18 @@ class Prometheus(_Daemon):
             config["alerting"] = {"alertmanagers": [alertmanager]}
         return config
 
-    def _prepare(self) -> None:
+    def _check_inputs(self) -> None:
         _require(PROMETHEUS_BIN)
         _require(PROMTOOL_BIN)
         if self.rule_files:
             check_rules(*self.rule_files, timeout=self._start_timeout)
-        self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+    def _check_config(self) -> None:
         _run_check(
             [str(PROMTOOL_BIN), "check", "config", str(self.config_file)],
             f"Prometheus config {self.config_file}",
             self._start_timeout,
         )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def _command(self, port: int) -> list[str]:
         return [
@@ -479,7 +388,7 @@ class Alertmanager(_Daemon):
     notification per alert. Resolved notifications are sent (`send_resolved: true`).
     """
 
-    _name = "alertmanager"
+    name = "alertmanager"
 
     def __init__(
         self,
@@ -514,8 +423,6 @@ class Alertmanager(_Daemon):
         self.repeat_interval = repeat_interval
         self.group_by = list(group_by)
         self.receiver_name = receiver_name
-        self.config_file = self.state_dir / "alertmanager.yml"
-        self.data_dir = self.state_dir / "data"
 
     def config(self) -> dict[str, Any]:
         """The alertmanager.yml that `start()` writes."""
@@ -543,16 +450,16 @@ class Alertmanager(_Daemon):
             ],
         }
 
-    def _prepare(self) -> None:
+    def _check_inputs(self) -> None:
         _require(ALERTMANAGER_BIN)
-        self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+    def _check_config(self) -> None:
         if AMTOOL_BIN.exists():
             _run_check(
                 [str(AMTOOL_BIN), "check-config", str(self.config_file)],
                 f"Alertmanager config {self.config_file}",
                 self._start_timeout,
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def _command(self, port: int) -> list[str]:
         return [
@@ -682,6 +589,18 @@ async def fetch_alertmanager_alerts(
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _http_ok(port: int, path: str) -> bool:
+    """GET http://127.0.0.1:PORT/PATH answers 200 (within a second)."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=1.0)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
 
 
 def _require(binary: Path) -> None:

@@ -34,16 +34,16 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
 
-from services.devstack.processes import free_port, pid_alive, port_open, stop_pid, tail
+from services.devstack.daemon import Daemon
+from services.devstack.processes import pid_alive, port_open, stop_pid, tail
 
 
 def _bin_path() -> Path:
@@ -69,6 +69,11 @@ _DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LOG_TAIL_LINES = 40
 
 
+def _shutdown_signals(timeout: float) -> tuple[tuple[signal.Signals, float], ...]:
+    # Fast shutdown (SIGINT), then immediate (SIGQUIT), then SIGKILL.
+    return ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))
+
+
 class PostgresStartError(RuntimeError):
     """The embedded server could not be initialised, started or reached."""
 
@@ -90,12 +95,17 @@ class _RunAs:
     name: str
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Daemon):
     """One PostgreSQL server on 127.0.0.1, its cluster in `data_dir`.
 
     `start()` initialises the data directory when it is empty, or reuses it; when a server of
     this data directory is already running it is reused and `stop()` leaves it running.
     """
+
+    name = "PostgreSQL"
+    error = PostgresStartError
+    port_taken = "could not bind"
+    log_tail_lines = _LOG_TAIL_LINES
 
     def __init__(
         self,
@@ -113,21 +123,21 @@ class EmbeddedPostgres:
         """
         if not _DATABASE_NAME.match(database):
             raise ValueError(f"database name {database!r} must match {_DATABASE_NAME.pattern}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} out of range")
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.database = database
-        self.log_file = (
-            Path(log_file).expanduser().resolve()
-            if log_file is not None
-            else self.data_dir.with_name(self.data_dir.name + ".log")
+        super().__init__(
+            (
+                Path(log_file).expanduser().resolve()
+                if log_file is not None
+                else self.data_dir.with_name(self.data_dir.name + ".log")
+            ),
+            port,
+            start_timeout,
+            cwd=Path("/"),
         )
-        self._port = port
+        self.database = database
         self._run_as_name = run_as
-        self._start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
+        self._run_as: _RunAs | None = None
         self._dsn: str | None = None
-        self._actual_port: int | None = None
 
     # -- public API -----------------------------------------------------------------------
 
@@ -139,18 +149,13 @@ class EmbeddedPostgres:
         return self._dsn
 
     @property
-    def port(self) -> int:
-        """The port the server listens on; only after `start()`."""
-        if self._actual_port is None:
-            raise RuntimeError("EmbeddedPostgres is not started")
-        return self._actual_port
-
-    @property
     def started_here(self) -> bool:
         """True when this object started the server (and `stop()` will stop it)."""
         return self._process is not None
 
-    def start(self) -> str:
+    # Daemon.start() returns nothing; this one also hands back the DSN (a str is an object
+    # too, so only the declared type differs).
+    def start(self) -> str:  # type: ignore[override]
         """Initialise if needed, start (or reuse) the server, ensure the database; return a DSN."""
         if self._dsn is not None:
             return self._dsn
@@ -168,13 +173,14 @@ class EmbeddedPostgres:
                 if not (self.data_dir / "PG_VERSION").exists():
                     self._initdb(run_as)
                 password = self._read_password()
-                port = self._launch(run_as)
+                self._run_as = run_as
+                port = self._launch()
         try:
             self._ensure_database(port, password)
         except BaseException:
             self.stop()
             raise
-        self._actual_port = port
+        self._port = port
         self._dsn = _dsn(password, port, self.database)
         return self._dsn
 
@@ -185,18 +191,11 @@ class EmbeddedPostgres:
         (SIGQUIT) and SIGKILL if it does not exit in time. It is our child, so the pid cannot
         have been reused by another process before we reap it.
         """
-        process, self._process, self._dsn, self._actual_port = self._process, None, None, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
-            try:
-                process.wait(wait)
-            except subprocess.TimeoutExpired:
-                _log.warning("PostgreSQL pid %d ignored %s", process.pid, sig.name)
-                continue
-            return
+        self._dsn = None
+        super().stop(timeout)
+
+    def _stop_steps(self, timeout: float) -> tuple[tuple[signal.Signals, float], ...]:
+        return _shutdown_signals(timeout)
 
     def stop_running(self, timeout: float = 30.0) -> bool:
         """Stop the server of this data directory whoever started it (`dev-stack down`
@@ -211,7 +210,7 @@ class EmbeddedPostgres:
         pid = info.pid
         stop_pid(
             pid,
-            ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)),
+            _shutdown_signals(timeout),
             lambda: pid_alive(pid),
             on_ignored=lambda sig: _log.warning("PostgreSQL pid %d ignored %s", pid, sig.name),
         )
@@ -221,18 +220,6 @@ class EmbeddedPostgres:
         """The pid of a live server of this data directory, whoever started it."""
         info = _read_pid_file(self.data_dir)
         return info.pid if info is not None and pid_alive(info.pid) else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- running as root --------------------------------------------------------------------
 
@@ -340,25 +327,10 @@ class EmbeddedPostgres:
             # Initialised by something else (e.g. the wheel's get_server, trust auth).
             return ""
 
-    def _launch(self, run_as: _RunAs | None) -> int:
-        attempts = 3 if self._port == 0 else 1
-        for attempt in range(1, attempts + 1):
-            port = self._port or free_port()
-            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-            try:
-                self._spawn(port, run_as)
-                return port
-            except PostgresStartError:
-                recent = _read_from(self.log_file, offset)
-                # Another process took the port we picked between probing and binding.
-                if attempt < attempts and "could not bind" in recent:
-                    _log.info("port %d was taken, retrying with another", port)
-                    continue
-                raise
-        raise AssertionError("unreachable")
+    # -- the Daemon's parts: PostgreSQL as our child ----------------------------------------
 
-    def _spawn(self, port: int, run_as: _RunAs | None) -> None:
-        args = [
+    def _command(self, port: int) -> list[str]:
+        return [
             str(POSTGRES_BIN_PATH / "postgres"),
             "-D",
             str(self.data_dir),
@@ -370,46 +342,25 @@ class EmbeddedPostgres:
             "-c",
             "unix_socket_directories=",
         ]
-        with _open_log(self.log_file) as log:
-            log.write(f"--- postgres on 127.0.0.1:{port}\n".encode())
-            log.flush()
-            # Our own child (not via pg_ctl) so stop() signals a pid that cannot be recycled;
-            # its own session so a Ctrl-C in the terminal does not reach it.
-            process = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                env=_clean_env(),
-                start_new_session=True,
-                **_user_kwargs(run_as),
-            )
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            code = process.poll()
-            if code is not None:
-                raise PostgresStartError(
-                    f"PostgreSQL exited with code {code} while starting; "
-                    f"see {self.log_file}:\n{tail(self.log_file, _LOG_TAIL_LINES)}"
-                )
-            info = _read_pid_file(self.data_dir)
-            if (
-                info is not None
-                and info.pid == process.pid
-                and info.status == "ready"
-                and port_open(port)
-            ):
-                self._process = process
-                return
-            if time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise PostgresStartError(
-                    f"PostgreSQL did not become ready within {self._start_timeout:.0f}s; "
-                    f"see {self.log_file}:\n{tail(self.log_file, _LOG_TAIL_LINES)}"
-                )
-            time.sleep(0.05)
+
+    # Our own child (not via pg_ctl) so stop() signals a pid that cannot be recycled.
+    def _popen_options(self) -> dict[str, Any]:
+        return {"env": _clean_env(), **_user_kwargs(self._run_as)}
+
+    def _open_log(self) -> BinaryIO:
+        return _open_log(self.log_file)
+
+    def _log_header(self, command: Sequence[str], port: int) -> str:
+        return f"--- postgres on 127.0.0.1:{port}\n"
+
+    def _ready(self, process: subprocess.Popen[bytes], port: int) -> bool:
+        info = _read_pid_file(self.data_dir)
+        return (
+            info is not None
+            and info.pid == process.pid
+            and info.status == "ready"
+            and port_open(port)
+        )
 
     def _running_server(self) -> tuple[int, str] | None:
         """(port, password) of a live server of this data directory, else None."""
@@ -592,15 +543,6 @@ def _open_log(path: Path) -> BinaryIO:
     # 0600: error lines can quote statements and their data.
     path.parent.mkdir(parents=True, exist_ok=True)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 # -- databases on a server we may not run ----------------------------------------------------

@@ -1,5 +1,6 @@
 """Process and port helpers the dev stack's components share: loopback ports, /proc
-lookups, stopping a pid with signal escalation, and the tail of a log for error messages."""
+lookups, starting a child with its output in a log, stopping a pid or a child with signal
+escalation, and the tail of a log for error messages."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 LOOPBACK = "127.0.0.1"
 _TAIL_BYTES = 64 * 1024
@@ -126,26 +128,66 @@ def stop_pid(
     return not alive()
 
 
+def end_child(
+    process: subprocess.Popen[bytes],
+    steps: Sequence[tuple[signal.Signals, float | None]],
+    *,
+    on_ignored: Callable[[signal.Signals, float | None], None] | None = None,
+) -> None:
+    """Send our own child each signal of `steps` in turn, waiting up to its seconds (None:
+    until it exits) for it to exit, which reaps it (so its pid cannot be recycled under
+    us); `on_ignored` hears of each signal it outlived."""
+    for sig, wait in steps:
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            if on_ignored is not None:
+                on_ignored(sig, wait)
+            continue
+        return
+
+
 def stop_child(
     process: subprocess.Popen[bytes],
     timeout: float,
     *,
     on_ignored: Callable[[], None] | None = None,
 ) -> None:
-    """SIGTERM our own child, wait up to `timeout`, then SIGKILL; reaped either way (so
+    """SIGTERM our child, wait up to `timeout`, then SIGKILL; reaped either way (so
     its pid cannot be recycled under us). `on_ignored` hears that it outlived SIGTERM."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        if on_ignored is not None:
-            on_ignored()
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait()
+    end_child(
+        process,
+        ((signal.SIGTERM, timeout), (signal.SIGKILL, None)),
+        on_ignored=None if on_ignored is None else lambda _sig, _wait: on_ignored(),
+    )
+
+
+def spawn_logged(
+    command: Sequence[str],
+    log: BinaryIO,
+    header: str | None,
+    *,
+    cwd: Path | None = None,
+    **options: Any,
+) -> subprocess.Popen[bytes]:
+    """Start `command` as our child with its output appended to `log` (after `header`),
+    no stdin, in its own session (a Ctrl-C in the terminal does not reach it)."""
+    if header is not None:
+        log.write(header.encode())
+        log.flush()
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+        **options,
+    )
 
 
 # -- logs ----------------------------------------------------------------------------------

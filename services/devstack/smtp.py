@@ -15,18 +15,23 @@ import email
 import email.policy
 import itertools
 import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-__all__ = ["MAILBOX_SUFFIX", "MailSink", "ReceivedMail", "read_mailbox"]
+from services.devstack.daemon import Daemon, Lifecycle
+from services.devstack.processes import LOOPBACK, port_open
+
+__all__ = ["MAILBOX_SUFFIX", "MailSink", "MailSinkProcess", "ReceivedMail", "read_mailbox"]
 
 MAILBOX_SUFFIX = ".eml"
 
@@ -74,7 +79,7 @@ class _Refusal:
     remaining: int | None
 
 
-class MailSink:
+class MailSink(Lifecycle):
     """An SMTP server on loopback that accepts everything unless told to refuse."""
 
     def __init__(
@@ -118,18 +123,6 @@ class MailSink:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # Where it listens and writes
 
@@ -273,6 +266,44 @@ class _Handler:
             content = content.encode("utf-8")
         self._sink._store(envelope.mail_from or "", list(envelope.rcpt_tos), content)
         return "250 OK: queued in mail sink"
+
+
+class MailSinkProcess(Daemon):
+    """`main()` below as our child: the dev stack's SMTP sink, which outlives the
+    `kubernaut dev-stack up` that starts it (`down` stops it by the recorded pid)."""
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        log_file: Path,
+        *,
+        port: int = 0,
+        start_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(log_file, port, start_timeout)
+        self.directory = Path(directory)
+
+    def _command(self, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "services.devstack.smtp",
+            "--dir",
+            str(self.directory),
+            "--port",
+            str(port),
+        ]
+
+    def _ready(self, process: subprocess.Popen[bytes], port: int) -> bool:
+        return port_open(port)
+
+    def _log_header(self, command: Sequence[str], port: int) -> None:
+        return None  # the log holds the sink's own output only
+
+    def _not_ready_message(self, port: int) -> str:
+        return f"smtp did not listen on {LOOPBACK}:{port}; see {self.log_file}"
 
 
 def main(argv: list[str] | None = None) -> int:

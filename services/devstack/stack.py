@@ -19,8 +19,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,14 +33,8 @@ from services.devstack.monitoring import (
     render_rule_file,
 )
 from services.devstack.postgres import EmbeddedPostgres
-from services.devstack.processes import (
-    LOOPBACK,
-    cmdline,
-    free_port,
-    is_zombie,
-    stop_pid,
-    wait_port,
-)
+from services.devstack.processes import cmdline, is_zombie, stop_pid
+from services.devstack.smtp import MailSinkProcess
 from services.system import edge_webhook_url
 
 # Start order; `down` goes backwards.
@@ -190,33 +182,15 @@ class DevStack:
 
     def _start_smtp(self) -> Component:
         mail_dir = self.root / "mail"
-        log = self.root / "smtp.log"
-        port = free_port()
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.devstack.smtp",
-                    "--dir",
-                    str(mail_dir),
-                    "--port",
-                    str(port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        if not wait_port(port, 10):
-            raise DevStackError(f"smtp did not listen on {LOOPBACK}:{port}; see {log}")
+        smtp = MailSinkProcess(mail_dir, self.root / "smtp.log")
+        smtp.start()
         return Component(
             "smtp",
-            process.pid,
+            smtp.pid,
             "services.devstack.smtp",
-            f"smtp://127.0.0.1:{port}",
-            str(log),
-            {"host": "127.0.0.1", "port": str(port), "mail_dir": str(mail_dir)},
+            f"smtp://127.0.0.1:{smtp.port}",
+            str(smtp.log_file),
+            {"host": "127.0.0.1", "port": str(smtp.port), "mail_dir": str(mail_dir)},
         )
 
     def _start_kubernetes(self) -> Component:
