@@ -115,7 +115,7 @@ class Changed(enum.StrEnum):
     NOT_UNDONE = "not_undone"
 
 
-# The executor's stage lines start "<phase>: " (services/executor/engine.py, operations.py).
+# The executor's stage lines start "<phase>: " (the stage modules of services/executor/).
 _EXECUTOR_PHASES: Final = frozenset(
     {
         "resume",

@@ -42,7 +42,7 @@ SUBJECTS = {
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: f"[kubernaut] Not acted on (refused): {ON}",
     notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON: f"[kubernaut] Not acted on: {ON}",
 }
-# Stage lines as the executor writes them (services/executor/engine.py, operations.py).
+# Stage lines as the executor writes them (the stage modules of services/executor/).
 APPLIED_STAGES = [
     "dry-run: ok: the API server accepted the change (dryRun=All)",
     "apply: rollout restarted (generation 4)",
