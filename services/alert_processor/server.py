@@ -25,7 +25,7 @@ from services.alert_processor.pipeline import (
     SubjectGone,
     UnknownIncident,
 )
-from services.context_api.client import NO_CONTEXT
+from services.context_api.client import ResourceGone, resource_context
 from services.runtime.server import Context, ServiceContext, ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -50,21 +50,9 @@ class GrpcDownstream:
         self, subject: alert_pb2.ResourceRef
     ) -> context_api_pb2.ResourceContext | None:
         try:
-            found = await self.context_api.GetResourceContext(
-                context_api_pb2.GetResourceContextRequest(resource=subject)
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                raise SubjectGone(error.details() or "the object does not exist") from error
-            if error.code() in NO_CONTEXT:
-                log.info(
-                    "no context for the subject",
-                    extra={"code": error.code().name, "why": error.details()},
-                )
-                return None
-            raise
-        context: context_api_pb2.ResourceContext = found.context
-        return context
+            return await resource_context(self.context_api, subject, gone_is_none=False)
+        except ResourceGone as gone:
+            raise SubjectGone(str(gone)) from gone
 
     async def open_incident(
         self, request: storage_pb2.OpenIncidentRequest

@@ -25,15 +25,25 @@ NO_CONTEXT = frozenset(
 )
 
 
+class ResourceGone(LookupError):
+    """context_api says the resource does not exist."""
+
+
 async def resource_context(
-    context_api: ContextAPIServiceStub, resource: alert_pb2.ResourceRef
+    context_api: ContextAPIServiceStub,
+    resource: alert_pb2.ResourceRef,
+    *,
+    gone_is_none: bool = True,
 ) -> context_api_pb2.ResourceContext | None:
-    """The resource's context, or None when context_api cannot describe it."""
+    """The resource's context, or None when context_api cannot describe it. With
+    `gone_is_none` false, a resource that does not exist raises ResourceGone instead."""
     try:
         found = await context_api.GetResourceContext(
             context_api_pb2.GetResourceContextRequest(resource=resource)
         )
     except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.NOT_FOUND and not gone_is_none:
+            raise ResourceGone(error.details() or "the object does not exist") from error
         if error.code() in NO_CONTEXT:
             log.info(
                 "no context for the resource",

@@ -125,3 +125,40 @@ async def test_pods_that_run_but_never_turn_ready_restart_the_deployment(
     analysis = analyze(replicas_mismatch(subject), subject, None, RulesSettings(), evidence)
     assert analysis.recommendation.action.WhichOneof("params") == "restart_deployment"
     assert any("run but are not Ready" in reason for reason in analysis.reasons)
+
+
+async def test_the_alert_processor_tells_a_gone_object_from_an_unreadable_one(
+    kube: LocalCluster, runtime_settings: RuntimeSettings, cluster_context_api: str
+) -> None:
+    """Against the real cluster: an alert about a Deployment that does not exist is a
+    recorded drop (SubjectGone), one about a kind context_api does not read goes on
+    without context (None), one that exists gives its owner."""
+    from kubernaut.ai_analysis.v1.ai_analysis_pb2_grpc import AIAnalysisServiceStub
+    from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
+    from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+
+    from services.alert_processor.pipeline import SubjectGone
+    from services.alert_processor.server import GrpcDownstream
+
+    clients = Clients(
+        runtime_settings,
+        ServiceName.ALERT_PROCESSOR.account,
+        addresses={ServiceName.CONTEXT_API: cluster_context_api},
+    )
+    try:
+        downstream = GrpcDownstream(
+            clients.stub(ContextAPIServiceStub),
+            clients.stub(StorageServiceStub),
+            clients.stub(AIAnalysisServiceStub),
+            clients.stub(NotificationServiceStub),
+        )
+        subject = await deploy(kube, replicas=1)
+        found = await downstream.resource_context(subject)
+        assert found is not None and found.workload == subject
+        gone = alert_pb2.ResourceRef(namespace=subject.namespace, kind="Deployment", name="nope")
+        with pytest.raises(SubjectGone, match="does not exist"):
+            await downstream.resource_context(gone)
+        unread = alert_pb2.ResourceRef(namespace=subject.namespace, kind="ConfigMap", name="x")
+        assert await downstream.resource_context(unread) is None
+    finally:
+        await clients.close()
