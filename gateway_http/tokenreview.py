@@ -18,21 +18,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway_http.security import ReviewUnavailable, Unauthorized
 from services.runtime.kube import ClusterNotConfigured, KubeConnection
 
+if TYPE_CHECKING:
+    # Only named in annotations: the settings build the reviewer, so they import this.
+    from gateway_http.settings import TokenReviewSettings
+
 __all__ = [
     "ReviewUnavailable",
-    "TokenReviewSettings",
     "TokenReviewer",
     "Unauthorized",
 ]
@@ -42,40 +43,6 @@ log = logging.getLogger("kubernaut.edge")
 # Verdicts kept at most; the oldest go first. Tokens are few in practice (one per sender
 # and rotation), so this only matters when strangers send many different tokens.
 MAX_CACHED_VERDICTS = 4096
-
-
-def _split(value: object) -> object:
-    if isinstance(value, str):
-        return tuple(item.strip() for item in value.split(",") if item.strip())
-    return value
-
-
-class TokenReviewSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="KUBERNAUT_HTTP_TOKEN_REVIEW_", frozen=True, extra="ignore"
-    )
-
-    # Off by default: then only the static tokens of EdgeSettings are accepted.
-    enabled: bool = False
-    # Comma-separated. When set, a token must have been issued for one of these audiences
-    # (e.g. a projected token with `audience: kubernaut`); empty: the API server's own.
-    audiences: Annotated[tuple[str, ...], NoDecode] = ()
-    # Comma-separated usernames, e.g. system:serviceaccount:monitoring:alertmanager.
-    # Required when enabled: any ServiceAccount in the cluster can get a valid token.
-    allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
-    # How long the API server's verdict on a token is reused.
-    cache_seconds: float = Field(default=60.0, ge=0)
-    negative_cache_seconds: float = Field(default=5.0, ge=0)
-
-    @field_validator("audiences", "allowed_users", mode="before")
-    @classmethod
-    def _split_lists(cls, value: object) -> object:
-        return _split(value)
-
-    def reviewer(self, connection: KubeConnection | None = None) -> TokenReviewer | None:
-        """The configured reviewer, None when disabled; ValueError when enabled without an
-        allow list."""
-        return TokenReviewer(self, connection) if self.enabled else None
 
 
 @dataclass(frozen=True)
@@ -88,13 +55,12 @@ class _Verdict:
 
 class TokenReviewer:
     """Asks the API server who a bearer token belongs to (TokenReview) and accepts only
-    the allowed users. Owns `connection` (default: KubeConnection from KUBERNAUT_KUBE_*,
-    kubeconfig or in-cluster) and closes it in `close()`."""
+    the allowed users. Owns `connection` and closes it in `close()`."""
 
     def __init__(
         self,
         settings: TokenReviewSettings,
-        connection: KubeConnection | None = None,
+        connection: KubeConnection,
         *,
         clock: Callable[[], float] = time.monotonic,
         max_cached: int = MAX_CACHED_VERDICTS,
@@ -106,7 +72,7 @@ class TokenReviewer:
                 "the cluster can get a valid token"
             )
         self.settings = settings
-        self.connection = connection or KubeConnection()
+        self.connection = connection
         self.clock = clock
         self.max_cached = max_cached
         self._allowed = frozenset(settings.allowed_users)

@@ -57,11 +57,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.service == EDGE:
         from gateway_http.main import serve_edge
+        from gateway_http.settings import EdgeSettings
 
-        return asyncio.run(serve_edge())
+        return asyncio.run(serve_edge(RuntimeSettings(), EdgeSettings()))
     from services.runtime.server import serve
 
-    return asyncio.run(serve(ServiceName.parse(args.service)))
+    return asyncio.run(serve(ServiceName.parse(args.service), RuntimeSettings()))
 
 
 async def _status(settings: RuntimeSettings) -> dict[ServiceName, str]:

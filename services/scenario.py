@@ -17,7 +17,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from services.devstack.stages import SIMULATE_ANNOTATION, PodSimulation
-from services.runtime.kube import MANAGED_LABEL, KubeConnection, KubeSettings
+from services.runtime.kube import MANAGED_LABEL, KubeConnection
+from services.runtime.settings import KubeSettings
 
 GOOD_IMAGE = "registry.example/shop/checkout:1.4.2"
 BAD_IMAGE = "registry.example/shop/checkout:1.5.0"

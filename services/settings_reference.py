@@ -25,21 +25,19 @@ PREFIX = "KUBERNAUT_"
 def settings_classes() -> list[type[BaseSettings]]:
     """The settings classes, in the order the reference lists them. Imported here, not at
     module level: the CLI reads this only when it starts a service or renders the docs."""
-    from gateway_http.main import EdgeSettings
-    from gateway_http.tokenreview import TokenReviewSettings
-    from services.context_api.server import ContextSettings
-    from services.effectiveness.settings import AssessmentSettings
-    from services.effectiveness.verdicts import VerdictSettings
+    from gateway_http.settings import EdgeSettings, TokenReviewSettings
+    from services.context_api.settings import ContextSettings
+    from services.effectiveness.settings import AssessmentSettings, VerdictSettings
     from services.executor.settings import ExecutorSettings
-    from services.gateway.intake import GatewaySettings
-    from services.notification.channels import NotificationSettings
-    from services.notification.redelivery import RedeliverySettings
-    from services.notification.server import OutboxSettings
-    from services.runtime.kube import KubeSettings
-    from services.runtime.settings import DatabaseSettings, RuntimeSettings
-    from services.storage.server import StorageSettings
-    from services.workflow.engine import RunnerSettings
-    from services.workflow.planning import PlanningSettings
+    from services.gateway.settings import GatewaySettings
+    from services.notification.settings import (
+        NotificationSettings,
+        OutboxSettings,
+        RedeliverySettings,
+    )
+    from services.runtime.settings import DatabaseSettings, KubeSettings, RuntimeSettings
+    from services.storage.settings import StorageSettings
+    from services.workflow.settings import PlanningSettings, RunnerSettings
 
     return [
         RuntimeSettings,

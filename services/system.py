@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway_http.app import ALERTMANAGER_PATH
-from gateway_http.main import EdgeSettings
+from gateway_http.settings import EdgeSettings
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients
 from services.runtime.launcher import Fleet, wait_serving

@@ -10,23 +10,17 @@ from kubernaut.context_api.v1 import context_api_pb2, context_api_pb2_grpc
 from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernetes_asyncio.client.exceptions import ApiException
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.context_api import knowledge
 from services.context_api.history import IncidentHistoryReader, UnknownIncident
 from services.context_api.resources import ResourceContextReader, ResourceNotFound, UnsupportedKind
+from services.context_api.settings import ContextSettings
 from services.runtime.interceptors import abort_invalid
 from services.runtime.kube import ClusterNotConfigured, KubeConnection
 from services.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
+from services.runtime.settings import KubeSettings
 
 log = logging.getLogger(__name__)
-
-
-class ContextSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_CONTEXT_", frozen=True, extra="ignore")
-
-    # How long a resource's context or an incident's history is served from cache.
-    cache_seconds: float = 3.0
 
 
 class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
@@ -96,7 +90,7 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    cluster = KubeConnection()
+    cluster = KubeConnection(KubeSettings())
     readiness: list[tuple[str, ReadinessCheck]] = []
     if cluster.configured:
         readiness.append(("kubernetes", cluster.ready))

@@ -15,9 +15,9 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from services.effectiveness.alertmanager import AlertmanagerClient
 from services.effectiveness.scheduler import Assessor, EvidenceSources
-from services.effectiveness.settings import AssessmentSettings
+from services.effectiveness.settings import AssessmentSettings, VerdictSettings
 from services.effectiveness.store import ScheduleDatabase, StoreUnavailable
-from services.effectiveness.verdicts import VerdictSettings, verdict_of
+from services.effectiveness.verdicts import verdict_of
 from services.runtime.database import redact_dsn, unavailable_as_status
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import Context, ServiceContext, ServiceSpec
@@ -102,8 +102,14 @@ class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer)
         return _response(delays, created)
 
 
-async def build(ctx: ServiceContext, settings: AssessmentSettings | None = None) -> ServiceSpec:
-    settings = settings or AssessmentSettings()
+async def build(ctx: ServiceContext) -> ServiceSpec:
+    return await build_with(ctx, AssessmentSettings(), VerdictSettings())
+
+
+async def build_with(
+    ctx: ServiceContext, settings: AssessmentSettings, verdicts: VerdictSettings
+) -> ServiceSpec:
+    """The service from settings read once by `build` (tests pass their own)."""
     # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
     database = ScheduleDatabase(settings.database_url)
     alertmanager = (
@@ -136,6 +142,6 @@ async def build(ctx: ServiceContext, settings: AssessmentSettings | None = None)
         await database.close()
 
     servicer = EffectivenessServicer(
-        ctx.clients.stub(IntelligenceServiceStub), VerdictSettings(), database, sources, settings
+        ctx.clients.stub(IntelligenceServiceStub), verdicts, database, sources, settings
     )
     return ServiceSpec(servicer, readiness=[("postgresql", database.ready)], on_stop=[stop])

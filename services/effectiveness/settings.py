@@ -1,4 +1,5 @@
-"""Settings of the staged assessments, from KUBERNAUT_EFFECTIVENESS_* variables."""
+"""The effectiveness service's settings, from KUBERNAUT_EFFECTIVENESS_* variables: the
+staged assessments' and the verdicts'."""
 
 from __future__ import annotations
 
@@ -95,3 +96,14 @@ class AssessmentSettings(BaseSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"alertmanager_url {value!r} must be http(s)://host[:port]")
         return value.rstrip("/")
+
+
+class VerdictSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_EFFECTIVENESS_", frozen=True, extra="ignore"
+    )
+
+    # Fewer attempts than this give VERDICT_UNKNOWN.
+    min_attempts: int = 3
+    # A success rate at or above this is effective.
+    effective_rate: float = 0.7

@@ -5,18 +5,8 @@ from __future__ import annotations
 from kubernaut.common.v1 import remediation_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.intelligence.v1 import intelligence_pb2
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class VerdictSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="KUBERNAUT_EFFECTIVENESS_", frozen=True, extra="ignore"
-    )
-
-    # Fewer attempts than this give VERDICT_UNKNOWN.
-    min_attempts: int = 3
-    # A success rate at or above this is effective.
-    effective_rate: float = 0.7
+from services.effectiveness.settings import VerdictSettings
 
 
 def verdict_of(

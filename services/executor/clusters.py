@@ -22,7 +22,8 @@ from prometheus_client import Gauge
 
 from services.executor.cluster import ClusterUnavailable
 from services.executor.settings import ClusterConfig, ExecutorSettings
-from services.runtime.kube import KubeConnection, KubeSettings
+from services.runtime.kube import KubeConnection
+from services.runtime.settings import KubeSettings
 
 __all__ = [
     "CIRCUIT_OPEN",
@@ -164,13 +165,12 @@ class ClusterRegistry:
     """The executor's clusters by name: one KubeConnection and one CircuitBreaker each,
     made when the registry is (a connection connects on first use)."""
 
-    def __init__(self, settings: ExecutorSettings, kube: KubeSettings | None = None) -> None:
-        base = kube if kube is not None else KubeSettings()
+    def __init__(self, settings: ExecutorSettings, kube: KubeSettings) -> None:
         if not settings.clusters:
-            kube_settings = {settings.default_cluster: base}
+            kube_settings = {settings.default_cluster: kube}
         else:
             kube_settings = {
-                name: _named_kube_settings(base, config)
+                name: _named_kube_settings(kube, config)
                 for name, config in settings.clusters.items()
             }
         if "" in kube_settings:

@@ -122,14 +122,14 @@ class Executor:
         clusters: ClusterRegistry,
         database: ExecutorDatabase,
         recorder: Recorder,
-        settings: ExecutorSettings | None = None,
+        settings: ExecutorSettings,
         *,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.clusters = clusters
         self.database = database
         self.recorder = recorder
-        self.settings = settings or ExecutorSettings()
+        self.settings = settings
         self.checkpoint = checkpoint
         self._running: dict[str, asyncio.Task[ExecuteResult]] = {}
 

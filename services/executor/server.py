@@ -32,6 +32,7 @@ from services.executor.store import ExecutorDatabase
 from services.runtime.database import redact_dsn
 from services.runtime.interceptors import abort_invalid, bad_request_status
 from services.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
+from services.runtime.settings import KubeSettings
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ async def _refuse_problems(context: Context, problems: list[tuple[str, str]]) ->
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     settings = ExecutorSettings()
-    clusters = ClusterRegistry(settings)
+    clusters = ClusterRegistry(settings, KubeSettings())
     readiness: list[tuple[str, ReadinessCheck]] = []
     on_stop: list[Callable[[], Awaitable[None]]] = [clusters.close]
     executor: Executor | None = None

@@ -24,13 +24,8 @@ from kubernaut.storage.v1 import storage_pb2
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
-from services.gateway.intake import (
-    GatewaySettings,
-    Intake,
-    IntakeSource,
-    IntakeUnavailable,
-    QueuedAlert,
-)
+from services.gateway.backend import Intake, IntakeSource, IntakeUnavailable, QueuedAlert
+from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

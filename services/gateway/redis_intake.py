@@ -1,7 +1,7 @@
 """The gateway's intake kept in Redis, for deployments that configure it instead of
-PostgreSQL. It answers exactly as the PostgreSQL `IntakeStore` (services/gateway/intake.py,
-whose docstring says what a fingerprint's life, a duplicate, the hold, a storm and the queue
-are); only where the state lives differs.
+PostgreSQL. It answers exactly as the PostgreSQL `IntakeStore` (`postgres_intake.py`;
+`decisions.py` says what a fingerprint's life, a duplicate, the hold and a storm are, and
+`backend.py` why there are two backends); only where the state lives differs.
 
 Every decision that reads or writes more than one key runs server-side in one Lua script, so
 it is atomic: replicas racing on the same alerts serialize in Redis as they do on PostgreSQL's
@@ -66,12 +66,10 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from services.alerts import alert_json
-from services.gateway.intake import (
-    GatewaySettings,
+from services.gateway.backend import MAX_ERROR_CHARS, IntakeUnavailable, QueuedAlert
+from services.gateway.decisions import (
     IntakeItem,
-    IntakeUnavailable,
     Outcome,
-    QueuedAlert,
     accepted,
     as_joined,
     dropped_before_forwarding,
@@ -85,6 +83,7 @@ from services.gateway.intake import (
     resolution_queued,
     storm_id_of,
 )
+from services.gateway.settings import GatewaySettings
 from services.runtime.database import redact_dsn
 
 log = logging.getLogger(__name__)
@@ -906,12 +905,14 @@ class RedisIntake:
         await self._run("forwarded", queued.row_id, queued.fingerprint, queued.kind, incident_id)
 
     async def retry_later(self, queued: QueuedAlert, error: str, delay_seconds: float) -> None:
-        await self._run("retry_later", queued.row_id, error[:4096], _micros(delay_seconds))
+        await self._run(
+            "retry_later", queued.row_id, error[:MAX_ERROR_CHARS], _micros(delay_seconds)
+        )
 
     async def give_up(self, queued: QueuedAlert, error: str) -> None:
         """Refused for good: kept for operators, and the fingerprint's life ends so that
         the next alert of it is tried afresh."""
-        await self._run("give_up", queued.row_id, queued.fingerprint, error[:4096])
+        await self._run("give_up", queued.row_id, queued.fingerprint, error[:MAX_ERROR_CHARS])
 
     async def resolution_target(self, queued: QueuedAlert) -> tuple[str, int]:
         """(the incident a resolution is about, how many of its fingerprints still fire)."""

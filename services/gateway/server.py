@@ -3,7 +3,6 @@ which become work, and hands those to the alert processor in the background."""
 
 from __future__ import annotations
 
-import logging
 from typing import Final
 
 import grpc
@@ -16,24 +15,16 @@ from kubernaut.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from prometheus_client import Counter
 
+from services.gateway.backend import IntakeSource, IntakeUnavailable, current_trace_context
+from services.gateway.decisions import Outcome
 from services.gateway.forwarding import Forwarder
-from services.gateway.intake import (
-    GatewaySettings,
-    IntakeDatabase,
-    IntakeSource,
-    IntakeUnavailable,
-    Outcome,
-    current_trace_context,
-)
-from services.gateway.redis_intake import RedisIntakeSource
-from services.runtime.database import redact_dsn
+from services.gateway.intake import intake_source
+from services.gateway.settings import GatewaySettings
 from services.runtime.identity import peer_of
 from services.runtime.names import EDGE_ACCOUNT
 from services.runtime.ratelimit import RateLimiter
 from services.runtime.server import Context, ServiceContext, ServiceSpec
 from services.runtime.settings import RuntimeSettings
-
-log = logging.getLogger(__name__)
 
 ALERTS: Final = Counter(
     "kubernaut_gateway_alerts_total",
@@ -121,19 +112,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 for index, outcome in enumerate(outcomes)
             ]
         )
-
-
-def intake_source(settings: GatewaySettings) -> tuple[IntakeSource, str]:
-    """Where the shared state lives, and the readiness check's name: Redis when
-    KUBERNAUT_GATEWAY_REDIS_URL is set, else the gateway's schema in PostgreSQL. Both
-    connect lazily: the gateway starts NOT_SERVING while its state cannot be reached, and
-    accepts nothing it could not keep."""
-    if settings.redis_url is not None:
-        url = settings.redis_url.get_secret_value()
-        log.info("gateway intake in Redis", extra={"redis": redact_dsn(url)})
-        return RedisIntakeSource(url, settings, key_prefix=settings.redis_key_prefix), "redis"
-    log.info("gateway intake in PostgreSQL", extra={"dsn": redact_dsn(settings.database_url)})
-    return IntakeDatabase(settings.database_url, settings), "postgresql"
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:

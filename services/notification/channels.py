@@ -11,16 +11,17 @@ import email.utils
 import enum
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from services.notification.links import check_host_pattern
+if TYPE_CHECKING:
+    # Only named in annotations: the settings module imports the outbox, which imports
+    # this one.
+    from services.notification.settings import NotificationSettings
 
 __all__ = [
     "EMAIL_CHANNEL_NAME",
@@ -32,7 +33,6 @@ __all__ = [
     "EmailChannel",
     "NoChannelConfigured",
     "NotificationError",
-    "NotificationSettings",
     "Notifier",
     "RetryPolicy",
     "UnknownChannel",
@@ -42,54 +42,6 @@ log = logging.getLogger(__name__)
 
 EMAIL_CHANNEL_NAME = "email"
 INCIDENT_HEADER = "X-Kubernaut-Incident"
-
-
-class NotificationSettings(BaseSettings):
-    """Channel configuration, read from `KUBERNAUT_NOTIFICATION_*` environment variables."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="KUBERNAUT_NOTIFICATION_",
-        frozen=True,
-        # Other KUBERNAUT_NOTIFICATION_* variables (ports, TLS) belong to the service.
-        extra="ignore",
-    )
-
-    smtp_host: str = "localhost"
-    smtp_port: int = Field(default=25, ge=1, le=65535)
-    smtp_from: str = "kubernaut@localhost"
-    # NoDecode: the variable is a plain comma-separated list, not JSON.
-    email_to: Annotated[tuple[str, ...], NoDecode] = ()
-    smtp_starttls: bool = False
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Hosts whose URLs in an alert (runbook_url, generator URL, URLs in the text) are shown
-    # as links: "host" exactly, "*.domain" its subdomains. Comma-separated; empty: none,
-    # because an alert's annotations are written by whoever can send alerts.
-    link_hosts: Annotated[tuple[str, ...], NoDecode] = ()
-
-    @field_validator("email_to", "link_hosts", mode="before")
-    @classmethod
-    def _split_recipients(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, Iterable):
-            # Blanks are dropped so "a@x, ,b@x," and an empty variable both work.
-            return tuple(s for item in value if (s := str(item).strip()))
-        return value
-
-    @field_validator("link_hosts")
-    @classmethod
-    def _check_link_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_host_pattern(host) for host in value)
-
-    @field_validator("email_to")
-    @classmethod
-    def _check_recipients(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for address in value:
-            if "@" not in email.utils.parseaddr(address)[1]:
-                raise ValueError(f"not an email address: {address!r}")
-        return value
 
 
 class ChannelKind(enum.StrEnum):
@@ -337,10 +289,9 @@ class Notifier:
 
     @classmethod
     def from_settings(
-        cls, settings: NotificationSettings | None = None, *, retry: RetryPolicy | None = None
+        cls, settings: NotificationSettings, *, retry: RetryPolicy | None = None
     ) -> Notifier:
-        """The channels the settings (by default: the environment) configure."""
-        settings = settings if settings is not None else NotificationSettings()
+        """The channels the settings configure."""
         channels: list[Channel] = []
         if settings.email_to:
             channels.append(EmailChannel(settings, retry=retry))

@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import Counter, Gauge
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notification.channels import Notifier
 from services.notification.outbox import (
     DeliveryStatus,
     OutboxDatabase,
     OutboxUnavailable,
-    RedeliveryPolicy,
 )
+from services.notification.settings import RedeliverySettings
 
 log = logging.getLogger(__name__)
 
@@ -44,33 +42,6 @@ UNDELIVERED: Final = Gauge(
     "Messages the outbox took that no channel delivered yet, including those no longer "
     "attempted (too old, too many attempts): alert when it stays above zero.",
 )
-
-
-class RedeliverySettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="KUBERNAUT_NOTIFICATION_REDELIVERY_", frozen=True, extra="ignore"
-    )
-
-    # How often the outbox is swept; 0 turns redelivery off.
-    interval_seconds: float = Field(default=30.0, ge=0)
-    first_backoff_seconds: float = Field(default=60.0, ge=0)
-    max_backoff_seconds: float = Field(default=1800.0, ge=0)
-    max_attempts: int = Field(default=12, ge=1)
-    max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
-    # Messages attempted per sweep, one after the other.
-    batch: int = Field(default=50, ge=1)
-    # A message pending this long was left by an attempt cut short. Longer than the
-    # outbox's lock timeout, which bounds an attempt in progress.
-    stale_pending_seconds: float = Field(default=300.0, gt=0)
-
-    def policy(self) -> RedeliveryPolicy:
-        return RedeliveryPolicy(
-            stale_pending_seconds=self.stale_pending_seconds,
-            first_backoff_seconds=self.first_backoff_seconds,
-            max_backoff_seconds=self.max_backoff_seconds,
-            max_attempts=self.max_attempts,
-            max_age_seconds=self.max_age_seconds,
-        )
 
 
 @dataclass(frozen=True)

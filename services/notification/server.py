@@ -7,40 +7,32 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.notification.channels import (
     ChannelKind,
     DeliveryOutcome,
     NoChannelConfigured,
-    NotificationSettings,
     Notifier,
     UnknownChannel,
 )
 from services.notification.links import LinkPolicy
 from services.notification.outbox import InvalidOutboxEntry, OutboxDatabase, OutboxUnavailable
-from services.notification.redelivery import Redelivery, RedeliverySettings
+from services.notification.redelivery import Redelivery
 from services.notification.rendering import EventRenderer, UnknownEventKind
+from services.notification.settings import (
+    NotificationSettings,
+    OutboxSettings,
+    RedeliverySettings,
+)
 from services.runtime.database import redact_dsn
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
-from services.runtime.settings import OptionalDatabaseUrl, database_url_field
 
 log = logging.getLogger(__name__)
 
 _KINDS = {ChannelKind.EMAIL: notification_pb2.CHANNEL_KIND_EMAIL}
 # InvalidOutboxEntry.field -> the request field it is about.
 _REQUEST_FIELDS = {"idempotency_key": "idempotency_key", "incident_id": "event.incident_id"}
-
-
-class OutboxSettings(BaseSettings):
-    """Where the outbox lives: `KUBERNAUT_NOTIFICATION_DATABASE_URL`, else the shared
-    `KUBERNAUT_DATABASE_URL` (the service uses only its own schema there). Unset means no
-    outbox: NotifyIncidentEvent answers FAILED_PRECONDITION."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
-
-    database_url: OptionalDatabaseUrl = database_url_field("NOTIFICATION", default=None)
 
 
 def _results(outcomes: Sequence[DeliveryOutcome]) -> list[notification_pb2.DeliveryResult]:

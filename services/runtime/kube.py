@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.runtime.settings import KubeSettings
 
 # The opt-in label: Kubernaut acts only on objects (or namespaces) that carry it.
 MANAGED_LABEL = "kubernaut.ai/managed"
@@ -28,18 +29,6 @@ MANAGED_LABEL = "kubernaut.ai/managed"
 ACTION_ID_ANNOTATION = "kubernaut.ai/action-id"
 CHANGE_CAUSE_ANNOTATION = "kubernetes.io/change-cause"
 TEMPLATE_DIGEST_ANNOTATION = "kubernaut.ai/template-digest"
-
-
-class KubeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_KUBE_", frozen=True, extra="ignore")
-
-    # Empty: $KUBECONFIG, else ~/.kube/config, else in-cluster.
-    kubeconfig: str = ""
-    context: str = ""
-    # The pod's own ServiceAccount even when KUBECONFIG or ~/.kube/config is there: an
-    # executor cluster configured `in_cluster` next to others reached by kubeconfig.
-    in_cluster: bool = False
-    request_timeout_seconds: float = 10.0
 
 
 def _kubeconfig_path(settings: KubeSettings) -> Path | None:
@@ -65,8 +54,8 @@ class KubeConnection:
     says NOT_SERVING) while its cluster is unreachable, and runs without one at all when
     none is configured (its cluster RPCs then answer FAILED_PRECONDITION)."""
 
-    def __init__(self, settings: KubeSettings | None = None) -> None:
-        self.settings = settings or KubeSettings()
+    def __init__(self, settings: KubeSettings) -> None:
+        self.settings = settings
         self._client: client.ApiClient | None = None
         self._lock = asyncio.Lock()
 

@@ -234,9 +234,8 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def serve(name: ServiceName, settings: RuntimeSettings | None = None) -> int:
+async def serve(name: ServiceName, settings: RuntimeSettings) -> int:
     """Run one service until SIGTERM or SIGINT; returns the process exit code."""
-    settings = settings or RuntimeSettings()
     configure_logging(name.value, settings.log_level)
     running = await start_service(name, settings)
     freeze_startup_heap()

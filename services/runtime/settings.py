@@ -58,6 +58,18 @@ class DatabaseSettings(BaseSettings):
     database_url: str = database_url_field()
 
 
+class KubeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_KUBE_", frozen=True, extra="ignore")
+
+    # Empty: $KUBECONFIG, else ~/.kube/config, else in-cluster.
+    kubeconfig: str = ""
+    context: str = ""
+    # The pod's own ServiceAccount even when KUBECONFIG or ~/.kube/config is there: an
+    # executor cluster configured `in_cluster` next to others reached by kubeconfig.
+    in_cluster: bool = False
+    request_timeout_seconds: float = 10.0
+
+
 def default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "kubernaut"
 

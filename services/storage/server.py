@@ -12,8 +12,8 @@ from kubernaut.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.runtime.database import LazyDatabase, unavailable_as_status
 from services.runtime.interceptors import abort_invalid
 from services.runtime.server import Context, ServiceContext, ServiceSpec
-from services.runtime.settings import DatabaseSettings
-from services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, Embedder, embedder_for
+from services.storage.embeddings import Embedder, embedder_for
+from services.storage.settings import StorageSettings
 from services.storage.store import (
     IncidentClosed,
     InvalidPageToken,
@@ -23,19 +23,6 @@ from services.storage.store import (
     Store,
     StoreUnavailable,
 )
-
-
-class StorageSettings(DatabaseSettings):
-    """KUBERNAUT_<FIELD>: the database (KUBERNAUT_DATABASE_URL) and what follows."""
-
-    # Embeds incidents for SearchSimilarIncidents: a name from
-    # services.storage.embeddings.EMBEDDERS, or package.module:factory.
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    # KUBERNAUT_INCIDENT_QUIET_SECONDS: alerts this long after their incident was closed
-    # (other than by resolving) count on it instead of opening a new one, so a fix is
-    # never repeated while the alert's lookback window drains; unless the workload changed
-    # since the fix (template, images, more restarts), which is a new failure.
-    incident_quiet_seconds: float = 1800.0
 
 
 class Database(LazyDatabase[Store]):

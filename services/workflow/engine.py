@@ -46,12 +46,11 @@ from kubernaut.notification.v1 import notification_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 from opentelemetry import propagate, trace
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.database import replica_id
 from services.runtime.durations import human_duration
 from services.runtime.logs import incident_id_var
+from services.workflow.settings import RunnerSettings
 from services.workflow.store import (
     Claim,
     Decision,
@@ -185,37 +184,6 @@ class Notified:
         )
 
 
-# -- settings ---------------------------------------------------------------------------------
-
-
-class RunnerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_WORKFLOW_", frozen=True, extra="ignore")
-
-    # How long a claim lasts without renewal; renewed every third of it. A runner that dies
-    # holds its workflows this long at most.
-    lease_seconds: float = 30.0
-    # How often an idle runner looks for workflows (CreateWorkflow wakes it at once).
-    poll_seconds: float = 5.0
-    # Workflows one runner runs at the same time.
-    max_concurrent: int = 8
-    # The executor's verification timeout until its progress says (it answers it with
-    # every GetActionProgress): ExecuteAction's deadline is twice it (the change's
-    # verification, and a rollback's) plus `execute_margin_seconds` for the other stages.
-    executor_verify_timeout_seconds: float = Field(default=120.0, gt=0)
-    execute_margin_seconds: float = Field(default=60.0, ge=0)
-    # How often the executor's progress is asked while ExecuteAction runs.
-    progress_poll_seconds: float = Field(default=2.0, gt=0)
-    # Backoff of a call to an unavailable service: doubles from initial to max, forever.
-    retry_initial_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
-    # A workflow nobody approved or rejected within this long is rejected as expired
-    # (nothing acts; people are told): a fix decided on a day later would act on a
-    # cluster nobody looked at since. 0 waits for a decision forever.
-    approval_timeout_seconds: float = Field(default=24 * 3600.0, ge=0)
-    # How often a runner looks for expired approvals.
-    approval_sweep_seconds: float = Field(default=60.0, gt=0)
-
-
 StoreSource = Callable[[], Awaitable[WorkflowStore]]
 
 
@@ -230,7 +198,7 @@ class WorkflowEngine:
         self,
         store: StoreSource,
         downstream: Downstream,
-        settings: RunnerSettings | None = None,
+        settings: RunnerSettings,
         *,
         owner: str | None = None,
     ) -> None:
@@ -239,7 +207,7 @@ class WorkflowEngine:
         # (a database that never came up holds no leases of ours).
         self._reached: WorkflowStore | None = None
         self.downstream = downstream
-        self.settings = settings or RunnerSettings()
+        self.settings = settings
         self.owner = owner or replica_id()
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}

@@ -10,30 +10,15 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.durations import human_duration
+from services.workflow.settings import PlanningSettings
 
 RISK_NAMES = {
     remediation_pb2.RISK_LEVEL_LOW: "low",
     remediation_pb2.RISK_LEVEL_MEDIUM: "medium",
     remediation_pb2.RISK_LEVEL_HIGH: "high",
 }
-
-
-class PlanningSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_WORKFLOW_", frozen=True, extra="ignore")
-
-    # Actions at or above this risk wait for a person's approval.
-    approval_min_risk: int = remediation_pb2.RISK_LEVEL_HIGH
-    # Recommendations less sure than this wait for approval too.
-    approval_min_confidence: float = 0.5
-    # KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS: after an action failed or was undone
-    # on a workload, any plan for that workload waits for a person this long, whatever
-    # alert leads to it (a second guess on a workload Kubernaut just failed to fix is
-    # more likely to make it worse). 0 turns the hold off; the rule below stays.
-    failed_target_hold_seconds: float = Field(default=6 * 3600.0, ge=0)
 
 
 # Outcomes after which the workload was left as it was before, or worse: the fix failed.

@@ -27,11 +27,11 @@ from services.workflow.engine import (
     DownstreamError,
     FailedPrecondition,
     Notified,
-    RunnerSettings,
     Unavailable,
     WorkflowEngine,
 )
-from services.workflow.planning import PlanningSettings, TargetHistory, guard_for, plan
+from services.workflow.planning import TargetHistory, guard_for, plan
+from services.workflow.settings import PlanningSettings, RunnerSettings
 from services.workflow.store import (
     Decision,
     NotWaitingApproval,

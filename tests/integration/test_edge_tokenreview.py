@@ -19,10 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway_http.security import Authenticator, ReviewUnavailable, SenderCheck, Unauthorized
-from gateway_http.tokenreview import TokenReviewer, TokenReviewSettings
+from gateway_http.settings import TokenReviewSettings
+from gateway_http.tokenreview import TokenReviewer
 from services.devstack.identities import write_token_kubeconfig
 from services.devstack.kube import LocalCluster
-from services.runtime.kube import KubeConnection, KubeSettings
+from services.runtime.kube import KubeConnection
+from services.runtime.settings import KubeSettings
 from tests.fixtures.cluster import eventually, kube_api
 from tests.fixtures.kubernaut import free_port
 

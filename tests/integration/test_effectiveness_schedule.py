@@ -32,8 +32,8 @@ from services.devstack.kube import LocalCluster
 from services.devstack.monitoring import Alertmanager, fetch_alertmanager_alerts
 from services.effectiveness.assessment import Baseline, assessment_id
 from services.effectiveness.scheduler import Assessor, EvidenceSources, assessment_of
-from services.effectiveness.server import build
-from services.effectiveness.settings import AssessmentSettings
+from services.effectiveness.server import build_with
+from services.effectiveness.settings import AssessmentSettings, VerdictSettings
 from services.effectiveness.store import (
     Checkpoint,
     Result,
@@ -109,7 +109,7 @@ async def effectiveness(
     runtime = stack.settings.model_copy(update={**addresses, "grpc_port": 0})
 
     async def builder(ctx: ServiceContext) -> ServiceSpec:
-        return await build(ctx, assessment)
+        return await build_with(ctx, assessment, VerdictSettings())
 
     running = await start_service(
         ServiceName.EFFECTIVENESS, runtime, builder=builder, serve_metrics=False

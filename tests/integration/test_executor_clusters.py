@@ -18,6 +18,7 @@ from kubernetes_asyncio import client
 from services.devstack.kube import LocalCluster
 from services.executor.clusters import ClusterRegistry
 from services.executor.settings import ClusterConfig, ExecutorSettings
+from services.runtime.settings import KubeSettings
 from tests.fixtures.cluster import kube_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -67,7 +68,7 @@ def _settings(kubeconfig: Path, *contexts: str) -> ExecutorSettings:
 
 @pytest.fixture
 async def registry(kubeconfig: Path) -> AsyncIterator[ClusterRegistry]:
-    registry = ClusterRegistry(_settings(kubeconfig, "one", "two"))
+    registry = ClusterRegistry(_settings(kubeconfig, "one", "two"), KubeSettings())
     try:
         yield registry
     finally:
@@ -112,7 +113,7 @@ async def test_ready_while_every_cluster_answers(registry: ClusterRegistry) -> N
 async def test_a_cluster_that_does_not_answer_makes_the_registry_not_ready(
     kubeconfig: Path,
 ) -> None:
-    registry = ClusterRegistry(_settings(kubeconfig, "one", "two", "dead"))
+    registry = ClusterRegistry(_settings(kubeconfig, "one", "two", "dead"), KubeSettings())
     try:
         assert registry.connection("dead").configured  # configured, yet nobody answers
         assert await registry.connection("one").ready()

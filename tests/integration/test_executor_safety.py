@@ -22,11 +22,11 @@ from services.executor.engine import ClusterUnavailable
 from services.executor.settings import ClusterConfig, ClusterScope
 from services.executor.store import ActionRow
 from services.runtime.clients import Clients
-from services.runtime.kube import KubeConnection, KubeSettings
+from services.runtime.kube import KubeConnection
 from services.runtime.launcher import wait_serving
 from services.runtime.names import ServiceName
 from services.runtime.server import start_service
-from services.runtime.settings import RuntimeSettings
+from services.runtime.settings import KubeSettings, RuntimeSettings
 from tests.fixtures.executor import (
     Admin,
     ExecutorFactory,

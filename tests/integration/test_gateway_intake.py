@@ -21,19 +21,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from services.devstack.processes import free_port
-from services.gateway import intake as intake_module
-from services.gateway.intake import (
-    FLAGS_ANNOTATION,
-    FreshnessPolicy,
-    GatewaySettings,
-    IntakeSource,
-    IntakeStore,
-    IntakeUnavailable,
-    Outcome,
-    QueuedAlert,
-    items_of,
-)
+from services.gateway import postgres_intake
+from services.gateway.backend import IntakeSource, IntakeUnavailable, QueuedAlert
+from services.gateway.decisions import FLAGS_ANNOTATION, Outcome, items_of
+from services.gateway.postgres_intake import IntakeStore
 from services.gateway.redis_intake import RedisIntake, RedisIntakeSource
+from services.gateway.settings import FreshnessPolicy, GatewaySettings
 from services.runtime.database import redact_dsn
 from tests.fixtures.redis import running_redis_server
 
@@ -854,7 +847,7 @@ async def test_a_storms_members_are_found_through_their_index(
     conn = await asyncpg.connect(database_dsn)
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
-        await conn.execute(f"PREPARE storm_query(text) AS {getattr(intake_module, query)}")
+        await conn.execute(f"PREPARE storm_query(text) AS {getattr(postgres_intake, query)}")
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN EXECUTE storm_query('s-1')"))
         assert "fingerprints_by_storm" in plan, plan
     finally:

@@ -24,11 +24,11 @@ from services.notification.channels import (
     DeliveryOutcome,
     EmailChannel,
     NoChannelConfigured,
-    NotificationSettings,
     Notifier,
     RetryPolicy,
     UnknownChannel,
 )
+from services.notification.settings import NotificationSettings
 from services.runtime.clients import Clients
 from services.runtime.names import ServiceName
 from services.runtime.server import start_service
@@ -318,7 +318,7 @@ async def test_settings_from_environment(
 
     # The sink offers no AUTH; deliver without credentials, as a dev stack would.
     monkeypatch.delenv(ENV_PREFIX + "SMTP_PASSWORD")
-    notifier = Notifier.from_settings()
+    notifier = Notifier.from_settings(NotificationSettings())
     assert notifier.channels() == [
         ChannelInfo("email", ChannelKind.EMAIL, ("oncall@example.com", "sre@example.com"))
     ]

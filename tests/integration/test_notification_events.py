@@ -23,7 +23,6 @@ from services.notification.channels import (
     INCIDENT_HEADER,
     DeliveryOutcome,
     NoChannelConfigured,
-    NotificationSettings,
     Notifier,
     RetryPolicy,
 )
@@ -35,6 +34,7 @@ from services.notification.outbox import (
     OutboxUnavailable,
 )
 from services.notification.rendering import EventRenderer, RenderedMessage
+from services.notification.settings import NotificationSettings
 from services.runtime.clients import Clients
 from services.runtime.launcher import health_of, wait_serving
 from services.runtime.names import ServiceName

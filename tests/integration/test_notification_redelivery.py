@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY
 
 from services.devstack.smtp import MailSink
 from services.notification.outbox import Outbox, OutboxDatabase
-from services.notification.redelivery import Redelivery, RedeliverySettings, Sweep
+from services.notification.redelivery import Redelivery, Sweep
+from services.notification.settings import RedeliverySettings
 from tests.fixtures.waiting import eventually
 from tests.integration.test_notification_events import (
     KIND_NAME,

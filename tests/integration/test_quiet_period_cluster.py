@@ -23,9 +23,9 @@ from services.devstack.stages import PodSimulation, simulate
 from services.executor.changes import label_selector
 from services.executor.cluster import Cluster
 from services.runtime.clients import Clients
-from services.runtime.kube import KubeConnection, KubeSettings
+from services.runtime.kube import KubeConnection
 from services.runtime.names import ServiceName
-from services.runtime.settings import RuntimeSettings
+from services.runtime.settings import KubeSettings, RuntimeSettings
 from services.runtime.workload_state import workload_state
 from services.storage.store import Store
 from tests.fixtures.cluster import create_deployment, eventually, kube_api

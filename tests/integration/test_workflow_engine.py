@@ -29,11 +29,11 @@ from services.workflow.engine import (
     DownstreamError,
     FailedPrecondition,
     Notified,
-    RunnerSettings,
     Unavailable,
     WorkflowEngine,
 )
-from services.workflow.planning import PlanningSettings, plan
+from services.workflow.planning import plan
+from services.workflow.settings import PlanningSettings, RunnerSettings
 from services.workflow.store import (
     LeaseLost,
     State,

@@ -17,13 +17,8 @@ from prometheus_client import REGISTRY
 
 from gateway_http.app import ALERTMANAGER_PATH, GRAFANA_PATH, create_app
 from gateway_http.security import Authenticator
-from services.gateway.intake import (
-    FLAGS_ANNOTATION,
-    FreshnessPolicy,
-    GatewaySettings,
-    flagged,
-    judge_freshness,
-)
+from services.gateway.decisions import FLAGS_ANNOTATION, flagged, judge_freshness
+from services.gateway.settings import FreshnessPolicy, GatewaySettings
 from services.runtime.ratelimit import RateLimiter
 from tests.fixtures.waiting import eventually
 

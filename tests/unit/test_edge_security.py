@@ -21,7 +21,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway_http.app import ALERTMANAGER_PATH, create_app
-from gateway_http.main import EdgeSettings
 from gateway_http.security import (
     Authenticator,
     ReviewUnavailable,
@@ -29,8 +28,10 @@ from gateway_http.security import (
     Unauthorized,
     sign,
 )
-from gateway_http.tokenreview import TokenReviewer, TokenReviewSettings
-from services.runtime.kube import KubeConnection, KubeSettings
+from gateway_http.settings import EdgeSettings, TokenReviewSettings
+from gateway_http.tokenreview import TokenReviewer
+from services.runtime.kube import KubeConnection
+from services.runtime.settings import KubeSettings
 
 OLD, NEW = "old-token-0123456789", "new-token-9876543210"
 SECRET = "hmac-secret"
@@ -474,14 +475,14 @@ def test_token_review_settings_from_the_environment(monkeypatch: pytest.MonkeyPa
     prefix = "KUBERNAUT_HTTP_TOKEN_REVIEW_"
     for key in ("ENABLED", "AUDIENCES", "ALLOWED_USERS", "CACHE_SECONDS"):
         monkeypatch.delenv(prefix + key, raising=False)
-    assert TokenReviewSettings().reviewer() is None  # off unless chosen
+    assert TokenReviewSettings().reviewer(KubeSettings()) is None  # off unless chosen
     monkeypatch.setenv(prefix + "ENABLED", "true")
     with pytest.raises(ValueError, match="allow list"):
-        TokenReviewSettings().reviewer()
+        TokenReviewSettings().reviewer(KubeSettings())
     monkeypatch.setenv(prefix + "AUDIENCES", "kubernaut, ")
     monkeypatch.setenv(prefix + "ALLOWED_USERS", f"{ALERTMANAGER}, {STRANGER}")
     settings = TokenReviewSettings()
     assert settings.audiences == ("kubernaut",)
     assert settings.allowed_users == (ALERTMANAGER, STRANGER)
     assert settings.cache_seconds == 60
-    assert isinstance(settings.reviewer(), TokenReviewer)
+    assert isinstance(settings.reviewer(KubeSettings()), TokenReviewer)

@@ -20,7 +20,8 @@ from services.executor.clusters import (
     UnknownCluster,
 )
 from services.executor.settings import ClusterConfig, ExecutorSettings
-from services.runtime.kube import ClusterNotConfigured, KubeSettings
+from services.runtime.kube import ClusterNotConfigured
+from services.runtime.settings import KubeSettings
 
 
 class FakeClock:
@@ -203,7 +204,7 @@ def test_no_clusters_configured_is_one_default_cluster_from_kube_settings(
     executor_env.setenv("KUBERNAUT_KUBE_KUBECONFIG", "/etc/kubernaut/kubeconfig")
     executor_env.setenv("KUBERNAUT_KUBE_CONTEXT", "admin@prod")
 
-    registry = ClusterRegistry(ExecutorSettings())
+    registry = ClusterRegistry(ExecutorSettings(), KubeSettings())
 
     assert registry.names == ("default",)
     assert registry.default == "default"

@@ -11,7 +11,6 @@ from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2
 
-from services.notification.channels import NotificationSettings
 from services.notification.links import LinkPolicy, defang
 from services.notification.rendering import (
     MAX_SUBJECT_LENGTH,
@@ -23,6 +22,7 @@ from services.notification.rendering import (
     plain_text,
     what_changed,
 )
+from services.notification.settings import NotificationSettings
 
 KIND = notification_pb2.IncidentEventKind
 SUCCEEDED = notification_pb2.INCIDENT_EVENT_KIND_SUCCEEDED

@@ -1,0 +1,50 @@
+"""The workflow service's settings, from KUBERNAUT_WORKFLOW_* variables: planning's (when
+a person must approve) and the runner's."""
+
+from __future__ import annotations
+
+from kubernaut.common.v1 import remediation_pb2
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PlanningSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_WORKFLOW_", frozen=True, extra="ignore")
+
+    # Actions at or above this risk wait for a person's approval.
+    approval_min_risk: int = remediation_pb2.RISK_LEVEL_HIGH
+    # Recommendations less sure than this wait for approval too.
+    approval_min_confidence: float = 0.5
+    # KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS: after an action failed or was undone
+    # on a workload, any plan for that workload waits for a person this long, whatever
+    # alert leads to it (a second guess on a workload Kubernaut just failed to fix is
+    # more likely to make it worse). 0 turns the hold off; the rule below stays.
+    failed_target_hold_seconds: float = Field(default=6 * 3600.0, ge=0)
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_WORKFLOW_", frozen=True, extra="ignore")
+
+    # How long a claim lasts without renewal; renewed every third of it. A runner that dies
+    # holds its workflows this long at most.
+    lease_seconds: float = 30.0
+    # How often an idle runner looks for workflows (CreateWorkflow wakes it at once).
+    poll_seconds: float = 5.0
+    # Workflows one runner runs at the same time.
+    max_concurrent: int = 8
+    # The executor's verification timeout until its progress says (it answers it with
+    # every GetActionProgress): ExecuteAction's deadline is twice it (the change's
+    # verification, and a rollback's) plus `execute_margin_seconds` for the other stages.
+    executor_verify_timeout_seconds: float = Field(default=120.0, gt=0)
+    execute_margin_seconds: float = Field(default=60.0, ge=0)
+    # How often the executor's progress is asked while ExecuteAction runs.
+    progress_poll_seconds: float = Field(default=2.0, gt=0)
+    # Backoff of a call to an unavailable service: doubles from initial to max, forever.
+    retry_initial_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    # A workflow nobody approved or rejected within this long is rejected as expired
+    # (nothing acts; people are told): a fix decided on a day later would act on a
+    # cluster nobody looked at since. 0 waits for a decision forever.
+    approval_timeout_seconds: float = Field(default=24 * 3600.0, ge=0)
+    # How often a runner looks for expired approvals.
+    approval_sweep_seconds: float = Field(default=60.0, gt=0)
