@@ -11,6 +11,7 @@ from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from gateway_http.app import create_app
 from gateway_http.coalescing import Coalescer
 from gateway_http.settings import EdgeSettings, TokenReviewSettings
+from gateway_http.tokenreview import reviewer_for
 from services.runtime.clients import Clients
 from services.runtime.logs import configure_logging
 from services.runtime.names import EDGE_ACCOUNT
@@ -28,7 +29,7 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         # Read here, where a bad value is logged as the reason the edge cannot start;
         # KUBERNAUT_KUBE_* only when token review asks the cluster.
         token_review = TokenReviewSettings()
-        reviewer = token_review.reviewer(KubeSettings()) if token_review.enabled else None
+        reviewer = reviewer_for(token_review, KubeSettings()) if token_review.enabled else None
         authenticator = edge.authenticator(reviewer)
     except (ValueError, OSError) as error:
         log.error("cannot start: %s", error)

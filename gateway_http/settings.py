@@ -11,11 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway_http.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT
 from gateway_http.security import Authenticator, TokenReview
-from gateway_http.tokenreview import TokenReviewer
-from services.runtime.kube import KubeConnection
 from services.runtime.names import METRICS_PORT_OFFSET, ServiceName
 from services.runtime.ratelimit import RateLimiter
-from services.runtime.settings import KubeSettings, RuntimeSettings
+from services.runtime.settings import RuntimeSettings
 
 
 class EdgeSettings(BaseSettings):
@@ -111,8 +109,3 @@ class TokenReviewSettings(BaseSettings):
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return _split(value)
-
-    def reviewer(self, kube: KubeSettings) -> TokenReviewer | None:
-        """The configured reviewer, asking the cluster `kube` configures; None when
-        disabled; ValueError when enabled without an allow list."""
-        return TokenReviewer(self, KubeConnection(kube)) if self.enabled else None

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -26,11 +26,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
 from gateway_http.security import ReviewUnavailable, Unauthorized
+from gateway_http.settings import TokenReviewSettings
 from services.runtime.kube import ClusterNotConfigured, KubeConnection
-
-if TYPE_CHECKING:
-    # Only named in annotations: the settings build the reviewer, so they import this.
-    from gateway_http.settings import TokenReviewSettings
+from services.runtime.settings import KubeSettings
 
 __all__ = [
     "ReviewUnavailable",
@@ -172,3 +170,9 @@ class TokenReviewer:
     def _unavailable(why: str) -> ReviewUnavailable:
         log.warning("token review unavailable", extra={"why": why})
         return ReviewUnavailable(f"the Kubernetes API server cannot review tokens now: {why}")
+
+
+def reviewer_for(settings: TokenReviewSettings, kube: KubeSettings) -> TokenReviewer | None:
+    """The configured reviewer, asking the cluster `kube` configures; None when disabled;
+    ValueError when enabled without an allow list."""
+    return TokenReviewer(settings, KubeConnection(kube)) if settings.enabled else None

@@ -16,20 +16,10 @@ from services.runtime.clients import Clients
 from services.runtime.launcher import wait_serving
 from services.runtime.names import ServiceName, all_accounts
 from services.runtime.settings import RuntimeSettings
+from services.tables import EDGE, print_readiness, print_table
 
 if TYPE_CHECKING:
     from services.devstack.stack import DevStack
-    from services.system import System
-
-EDGE = "gateway-http"
-
-
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
 
 
 def cmd_certs_init(args: argparse.Namespace) -> int:
@@ -93,25 +83,6 @@ def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStac
         alert_for=getattr(args, "alert_for", None),
         database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
     )
-
-
-def print_readiness(system: System) -> bool:
-    rows = [["SERVICE", "ADDRESS", "HEALTH", "LOG"]]
-    for service in ServiceName:
-        rows.append(
-            [
-                service.value,
-                system.settings.address_of(service),
-                system.statuses.get(service, "?"),
-                str(system.fleet.log_dir / f"{service.value}.log"),
-            ]
-        )
-    rows.append([EDGE, system.edge_url, "-", str(system.fleet.log_dir / f"{EDGE}.log")])
-    print_table(rows)
-    exited = system.fleet.exited()
-    if exited:
-        print(f"exited early: {exited}; see the logs above", file=sys.stderr)
-    return system.ready
 
 
 async def _up(args: argparse.Namespace) -> int:

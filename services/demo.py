@@ -22,7 +22,6 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.cli import print_readiness
 from services.devstack.monitoring import fetch_alerts
 from services.devstack.smtp import read_mailbox
 from services.devstack.stack import DevStack, StackInfo
@@ -30,6 +29,7 @@ from services.runtime.names import ServiceName
 from services.runtime.settings import RuntimeSettings
 from services.scenario import BAD_IMAGE, GOOD_IMAGE, BadRollout
 from services.system import System, Tuning, edge_webhook_url, running_system
+from services.tables import print_readiness
 
 # Short enough to watch: the alerts' `for:` and the first assessments.
 DEMO_ALERT_FOR = "10s"

@@ -10,8 +10,8 @@ import grpc
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.incidents import _subject, _when
 from services.runtime.clients import Clients
+from services.tables import print_table, subject_text, when_text
 
 # Reasons are long sentences; the table keeps them readable on a terminal.
 _REASON_CHARS = 120
@@ -23,8 +23,6 @@ def _why(dropped: storage_pb2.DroppedAlert) -> str:
 
 
 async def list_dropped_alerts(clients: Clients, limit: int) -> int:
-    from services.cli import print_table
-
     try:
         reply = await clients.stub(StorageServiceStub).ListDroppedAlerts(
             storage_pb2.ListDroppedAlertsRequest(page_size=limit)
@@ -42,10 +40,10 @@ async def list_dropped_alerts(clients: Clients, limit: int) -> int:
             reason = reason[: _REASON_CHARS - 1] + "…"
         rows.append(
             [
-                _when(dropped.dropped_at),
+                when_text(dropped.dropped_at),
                 dropped.alert.name,
                 _why(dropped),
-                _subject(dropped.subject) if dropped.HasField("subject") else "-",
+                subject_text(dropped.subject) if dropped.HasField("subject") else "-",
                 reason,
             ]
         )

@@ -13,17 +13,7 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from services.runtime.clients import Clients
 from services.runtime.settings import RuntimeSettings
-
-
-def _subject(ref: object) -> str:
-    kind, namespace, name = (getattr(ref, f) for f in ("kind", "namespace", "name"))
-    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
-
-
-def _when(stamp: object) -> str:
-    if not stamp.ByteSize():  # type: ignore[attr-defined]
-        return "-"
-    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))  # type: ignore[attr-defined]
+from services.tables import print_table, subject_text, when_text
 
 
 def _status(value: storage_pb2.IncidentStatus.ValueType) -> str:
@@ -31,8 +21,6 @@ def _status(value: storage_pb2.IncidentStatus.ValueType) -> str:
 
 
 async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
-    from services.cli import print_table
-
     clients = Clients(settings)
     try:
         reply = await clients.stub(StorageServiceStub).ListIncidents(
@@ -49,9 +37,9 @@ async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
             i.incident_id,
             _status(i.status),
             i.alert_name,
-            _subject(i.subject),
+            subject_text(i.subject),
             str(i.occurrences),
-            _when(i.opened_at),
+            when_text(i.opened_at),
         ]
         for i in reply.incidents
     ]
@@ -92,12 +80,12 @@ async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
     if incident.after_close:
         print(f"after close {incident.after_close}")
     print(f"alert      {incident.alert_name} ({incident.occurrences} alerts)")
-    print(f"subject    {_subject(incident.subject)}")
-    print(f"opened     {_when(incident.opened_at)}   closed {_when(incident.closed_at)}")
+    print(f"subject    {subject_text(incident.subject)}")
+    print(f"opened     {when_text(incident.opened_at)}   closed {when_text(incident.closed_at)}")
     print(f"trace      {incident.trace_id or '-'}")
     if workflow is not None:
         plan = workflow.plan
-        print(f"analysis   recommended {plan.action} on {_subject(plan.target)}")
+        print(f"analysis   recommended {plan.action} on {subject_text(plan.target)}")
         print_reasons(workflow, "")
         print(f"workflow   {workflow.workflow_id}  {state_of(workflow)}  {workflow.message}")
         print_steps(workflow)
@@ -112,7 +100,8 @@ async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
     print("actions")
     for action in reply.actions:
         outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
-        print(f"  {_when(action.started_at)}  {action.action}  {outcome.lower()}  {action.message}")
+        when = when_text(action.started_at)
+        print(f"  {when}  {action.action}  {outcome.lower()}  {action.message}")
     if not reply.actions:
         print("  none")
     return _print_assessments(reply)

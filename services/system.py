@@ -8,43 +8,20 @@ with its own least-privilege identity), AlertManager and SMTP server.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from gateway_http.app import ALERTMANAGER_PATH
-from gateway_http.settings import EdgeSettings
+from gateway_http.urls import edge_url as edge_url
+from gateway_http.urls import edge_webhook_url as edge_webhook_url
+from services.devstack.stack import StackInfo
 from services.runtime.certs import init_dev_pki
 from services.runtime.clients import Clients
 from services.runtime.launcher import Fleet, wait_serving
 from services.runtime.names import ServiceName, all_accounts
 from services.runtime.settings import RuntimeSettings, Transport
 
-if TYPE_CHECKING:
-    # Only for annotations: the dev stack imports edge_webhook_url from here.
-    from services.devstack.stack import StackInfo
-
 EDGE = "gateway-http"
 DEFAULT_RECIPIENT = "sre@example.com"
-
-
-def edge_url() -> str:
-    """Where the HTTP edge listens (`KUBERNAUT_HTTP_HOST`/`_PORT`), as a client reaches it:
-    a wildcard address becomes loopback."""
-    edge = EdgeSettings()
-    host = edge.host or "127.0.0.1"
-    with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(host)
-        if address.is_unspecified:
-            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-        host = f"[{address}]" if address.version == 6 else str(address)
-    return f"http://{host}:{edge.port}"
-
-
-def edge_webhook_url() -> str:
-    """The edge's AlertManager webhook: where the dev stack's AlertManager sends alerts."""
-    return edge_url() + ALERTMANAGER_PATH
 
 
 @dataclass(frozen=True)

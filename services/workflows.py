@@ -10,8 +10,8 @@ from kubernaut.common.v1 import remediation_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.incidents import _subject, _when
 from services.runtime.clients import Clients
+from services.tables import print_table, subject_text, when_text
 
 DECISIONS = {
     "approve": workflow_pb2.APPROVAL_DECISION_APPROVE,
@@ -52,16 +52,14 @@ def print_reasons(workflow: workflow_pb2.Workflow, label: str = "analysis") -> N
 def print_steps(workflow: workflow_pb2.Workflow) -> None:
     """The steps with when each started and finished; a running one says what it does
     ("applied 18:41:19, verifying, 45 s of 120 s")."""
-    from services.cli import print_table
-
     rows = [["STEP", "STATE", "ATTEMPTS", "STARTED (UTC)", "FINISHED (UTC)", "MESSAGE"]]
     rows += [
         [
             _name(workflow_pb2.StepKind, step.kind, "STEP_KIND_"),
             _name(workflow_pb2.StepState, step.state, "STEP_STATE_"),
             str(step.attempts),
-            _when(step.started_at),
-            _when(step.finished_at),
+            when_text(step.started_at),
+            when_text(step.finished_at),
             step.message,
         ]
         for step in workflow.steps
@@ -75,7 +73,7 @@ def print_workflow(workflow: workflow_pb2.Workflow) -> None:
     print(f"incident   {workflow.incident_id}")
     print(f"state      {state_of(workflow)}  {workflow.message}")
     risk = _name(remediation_pb2.RiskLevel, plan.risk, "RISK_LEVEL_")
-    print(f"action     {plan.action} on {_subject(plan.target)} (risk {risk})")
+    print(f"action     {plan.action} on {subject_text(plan.target)} (risk {risk})")
     print_reasons(workflow)
     approval = "needed" if plan.requires_approval else "not needed"
     print(f"approval   {approval}: {plan.approval_reason or '-'}")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gateway_http.urls import edge_webhook_url
 from services.devstack.identities import provision
 from services.devstack.kube import LocalCluster
 from services.devstack.monitoring import (
@@ -35,7 +36,6 @@ from services.devstack.monitoring import (
 from services.devstack.postgres import EmbeddedPostgres
 from services.devstack.processes import cmdline, is_zombie, stop_pid
 from services.devstack.smtp import MailSinkProcess
-from services.system import edge_webhook_url
 
 # Start order; `down` goes backwards.
 COMPONENTS = ("postgres", "smtp", "kubernetes", "alertmanager", "prometheus")

@@ -14,14 +14,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import aiosmtplib
 
-if TYPE_CHECKING:
-    # Only named in annotations: the settings module imports the outbox, which imports
-    # this one.
-    from services.notification.settings import NotificationSettings
+from services.notification.settings import NotificationSettings
 
 __all__ = [
     "EMAIL_CHANNEL_NAME",

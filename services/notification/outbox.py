@@ -43,6 +43,7 @@ import asyncpg
 
 from services.notification.channels import DeliveryOutcome, NoChannelConfigured, Notifier
 from services.notification.rendering import RenderedMessage
+from services.notification.settings import RedeliveryPolicy
 from services.runtime.database import LazyDatabase, PooledStore
 
 __all__ = [
@@ -104,19 +105,6 @@ WHERE status <> 'sent'
 ORDER BY updated_at
 LIMIT $6
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RedeliveryPolicy:
-    """Which undelivered messages are attempted again, and when."""
-
-    # Pending longer than this means the attempt was cut short (it holds its row's lock
-    # while it delivers, for at most the lock timeout).
-    stale_pending_seconds: float
-    first_backoff_seconds: float
-    max_backoff_seconds: float
-    max_attempts: int
-    max_age_seconds: float
 
 
 class OutboxError(Exception):

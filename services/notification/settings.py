@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.notification.links import check_host_pattern
-from services.notification.outbox import RedeliveryPolicy
 from services.runtime.settings import OptionalDatabaseUrl, database_url_field
+
+
+@dataclass(frozen=True, slots=True)
+class RedeliveryPolicy:
+    """Which undelivered messages are attempted again, and when."""
+
+    # Pending longer than this means the attempt was cut short (it holds its row's lock
+    # while it delivers, for at most the lock timeout).
+    stale_pending_seconds: float
+    first_backoff_seconds: float
+    max_backoff_seconds: float
+    max_attempts: int
+    max_age_seconds: float
 
 
 class NotificationSettings(BaseSettings):

@@ -29,7 +29,7 @@ from gateway_http.security import (
     sign,
 )
 from gateway_http.settings import EdgeSettings, TokenReviewSettings
-from gateway_http.tokenreview import TokenReviewer
+from gateway_http.tokenreview import TokenReviewer, reviewer_for
 from services.runtime.kube import KubeConnection
 from services.runtime.settings import KubeSettings
 
@@ -475,14 +475,14 @@ def test_token_review_settings_from_the_environment(monkeypatch: pytest.MonkeyPa
     prefix = "KUBERNAUT_HTTP_TOKEN_REVIEW_"
     for key in ("ENABLED", "AUDIENCES", "ALLOWED_USERS", "CACHE_SECONDS"):
         monkeypatch.delenv(prefix + key, raising=False)
-    assert TokenReviewSettings().reviewer(KubeSettings()) is None  # off unless chosen
+    assert reviewer_for(TokenReviewSettings(), KubeSettings()) is None  # off unless chosen
     monkeypatch.setenv(prefix + "ENABLED", "true")
     with pytest.raises(ValueError, match="allow list"):
-        TokenReviewSettings().reviewer(KubeSettings())
+        reviewer_for(TokenReviewSettings(), KubeSettings())
     monkeypatch.setenv(prefix + "AUDIENCES", "kubernaut, ")
     monkeypatch.setenv(prefix + "ALLOWED_USERS", f"{ALERTMANAGER}, {STRANGER}")
     settings = TokenReviewSettings()
     assert settings.audiences == ("kubernaut",)
     assert settings.allowed_users == (ALERTMANAGER, STRANGER)
     assert settings.cache_seconds == 60
-    assert isinstance(settings.reviewer(KubeSettings()), TokenReviewer)
+    assert isinstance(reviewer_for(settings, KubeSettings()), TokenReviewer)
