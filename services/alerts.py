@@ -1,5 +1,6 @@
-"""What an alert is about and its fingerprint, from its labels alone: the gateway dedups by
-it, the alert processor refines it with the owning workload. No gRPC here."""
+"""What an alert is about and its two keys: the gateway dedups by the object its labels
+name (`dedup_key_of`), the alert processor keys incidents by the workload that owns it
+(`incident_key_of`). No gRPC here."""
 
 from __future__ import annotations
 
@@ -105,8 +106,21 @@ def subject_of(alert: alert_pb2.Alert) -> alert_pb2.ResourceRef | None:
     return None
 
 
+def dedup_key_of(alert: alert_pb2.Alert) -> str:
+    """The gateway's key for an alert's life: the alert and the object its labels name
+    (a pod, say), whatever else changes in the labels."""
+    return fingerprint_of(alert, subject_of(alert))
+
+
+def incident_key_of(alert: alert_pb2.Alert, workload: alert_pb2.ResourceRef) -> str:
+    """The incident's key: the alert and the workload that owns its object (the pod's
+    Deployment), so that every pod's alert is one problem."""
+    return fingerprint_of(alert, workload)
+
+
 def fingerprint_of(alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef | None) -> str:
-    """Stable for one problem on one object, whatever else changes in the labels."""
+    """Stable for one problem on one object, whatever else changes in the labels: the
+    digest both keys above are made of."""
     if subject is None:
         key = "\x1f".join([alert.name, *sorted(f"{k}={v}" for k, v in alert.labels.items())])
     else:

@@ -63,6 +63,15 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         history: context_api_pb2.IncidentHistory = found.history
         return history
 
+    async def _evidence(
+        self, request: ai_analysis_pb2.AnalyzeIncidentRequest
+    ) -> context_api_pb2.ResourceContext | None:
+        """The evidence the alert processor read moments ago, when it sent it; else read
+        now."""
+        if request.HasField("evidence"):
+            return request.evidence
+        return await resource_context(self.context_api, request.incident.subject)
+
     async def AnalyzeAlert(
         self, request: ai_analysis_pb2.AnalyzeAlertRequest, context: Context
     ) -> ai_analysis_pb2.AnalyzeAlertResponse:
@@ -82,7 +91,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         # Independent reads: one round trip's wait instead of three.
         knowledge, evidence, history = await asyncio.gather(
             self._knowledge(incident.alert.name),
-            resource_context(self.context_api, incident.subject),
+            self._evidence(request),
             self._history(incident.incident_id),
         )
         analysis = analyze(

@@ -19,7 +19,7 @@ from kubernaut.storage.v1 import storage_pb2
 from opentelemetry import trace
 
 from services.alert_processor.processing import triage
-from services.alerts import fingerprint_of
+from services.alerts import dedup_key_of, incident_key_of
 from services.runtime.logs import incident_id_var
 from services.runtime.validation import violations_of
 
@@ -95,8 +95,9 @@ class AlertPipeline:
     ) -> alert_processor_pb2.ProcessAlertResponse:
         alert = request.alert
         result = triage(alert)
+        # Until an incident key is known, the answer names the gateway's key.
         response = alert_processor_pb2.ProcessAlertResponse(
-            fingerprint=result.fingerprint,
+            fingerprint=request.dedup_key or dedup_key_of(alert),
             disposition=result.disposition,
             reason=result.reason,
             subject=result.subject,
@@ -129,7 +130,7 @@ class AlertPipeline:
             )
         subject = found.workload if found is not None and found.workload.name else result.subject
         response.subject.CopyFrom(subject)
-        response.fingerprint = fingerprint_of(alert, subject)
+        response.fingerprint = incident_key_of(alert, subject)
         opened = await self.downstream.open_incident(
             storage_pb2.OpenIncidentRequest(
                 fingerprint=response.fingerprint,
@@ -162,8 +163,11 @@ class AlertPipeline:
             # that alert's retry is this duplicate). Analysing again is safe: an incident
             # has at most one workflow.
 
+        # The evidence read above travels with the incident when it is about the same
+        # workload, so the analysis need not read it again.
+        evidence = found if found is not None and found.workload == incident.subject else None
         analyzed = await self.downstream.analyze_incident(
-            ai_analysis_pb2.AnalyzeIncidentRequest(incident=incident)
+            ai_analysis_pb2.AnalyzeIncidentRequest(incident=incident, evidence=evidence)
         )
         response.analysis.CopyFrom(analyzed.analysis)
         response.workflow_id = analyzed.workflow_id

@@ -1,4 +1,4 @@
-"""Alert processing logic: filter, find the subject, fingerprint. No gRPC here."""
+"""Alert processing logic: filter and find the subject. No gRPC here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 
-from services.alerts import SUBJECT_LABELS, fingerprint_of, subject_of
+from services.alerts import SUBJECT_LABELS, subject_of
 from services.runtime.validation import violations_of
 
 # Alerts that exist to prove the pipeline works or to inhibit others, never to be fixed.
@@ -22,7 +22,6 @@ class Triage:
     disposition: remediation_pb2.AlertDisposition.ValueType
     reason: str
     subject: alert_pb2.ResourceRef | None
-    fingerprint: str
     # Why a firing alert that does not become an incident is dropped (recorded as such).
     drop_reason: storage_pb2.AlertDropReason.ValueType = storage_pb2.ALERT_DROP_REASON_UNSPECIFIED
 
@@ -30,20 +29,17 @@ class Triage:
 def triage(alert: alert_pb2.Alert) -> Triage:
     """Decide whether an alert becomes work. Resolved alerts never do."""
     subject = subject_of(alert)
-    fingerprint = fingerprint_of(alert, subject)
     if alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
         return Triage(
             remediation_pb2.ALERT_DISPOSITION_IGNORED_RESOLVED,
             "the alert is resolved; resolved alerts never become work",
             subject,
-            fingerprint,
         )
     if alert.name in PIPELINE_ALERTS:
         return Triage(
             remediation_pb2.ALERT_DISPOSITION_FILTERED,
             PIPELINE_ALERTS[alert.name],
             subject,
-            fingerprint,
             storage_pb2.ALERT_DROP_REASON_PIPELINE,
         )
     if alert.labels.get("severity") in ("none", "info"):
@@ -51,7 +47,6 @@ def triage(alert: alert_pb2.Alert) -> Triage:
             remediation_pb2.ALERT_DISPOSITION_FILTERED,
             f"severity {alert.labels['severity']!r} is informational",
             subject,
-            fingerprint,
             storage_pb2.ALERT_DROP_REASON_INFORMATIONAL,
         )
     if subject is None:
@@ -61,7 +56,6 @@ def triage(alert: alert_pb2.Alert) -> Triage:
             f"({', '.join(label for label, _ in SUBJECT_LABELS)}); its labels: "
             f"{_label_names(alert)}",
             None,
-            fingerprint,
             storage_pb2.ALERT_DROP_REASON_NO_SUBJECT,
         )
     invalid = violations_of(subject)
@@ -73,10 +67,9 @@ def triage(alert: alert_pb2.Alert) -> Triage:
             remediation_pb2.ALERT_DISPOSITION_FILTERED,
             f"the alert's labels name no valid Kubernetes object ({named})",
             None,
-            fingerprint,
             storage_pb2.ALERT_DROP_REASON_INVALID_SUBJECT,
         )
-    return Triage(remediation_pb2.ALERT_DISPOSITION_ANALYZED, "firing", subject, fingerprint)
+    return Triage(remediation_pb2.ALERT_DISPOSITION_ANALYZED, "firing", subject)
 
 
 _MAX_LABEL_NAMES = 20

@@ -177,7 +177,9 @@ class Forwarder:
                     response = await asyncio.wait_for(
                         self.process_alert(
                             alert_processor_pb2.ProcessAlertRequest(
-                                alert=queued.alert, storm_id=queued.storm_id
+                                alert=queued.alert,
+                                storm_id=queued.storm_id,
+                                dedup_key=queued.fingerprint,
                             )
                         ),
                         self.settings.forward_timeout_seconds,

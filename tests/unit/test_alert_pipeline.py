@@ -20,6 +20,7 @@ from services.alert_processor.pipeline import (
     SubjectGone,
     UnknownIncident,
 )
+from services.alerts import dedup_key_of, incident_key_of
 
 
 @dataclass
@@ -137,7 +138,25 @@ async def test_the_incident_is_about_the_owning_workload_and_carries_its_state()
     [opened] = downstream.called("open_incident")
     assert isinstance(opened, storage_pb2.OpenIncidentRequest)
     assert opened.subject == workload and opened.workload_state == state
+    assert opened.fingerprint == incident_key_of(opened.alert, workload)
+    # What was read travels with the incident: the analysis need not read it again.
+    [analysed] = downstream.called("analyze_incident")
+    assert isinstance(analysed, ai_analysis_pb2.AnalyzeIncidentRequest)
+    assert analysed.evidence.workload == workload and analysed.evidence.state == state
     assert not downstream.called("notify_incident_event")  # acting is told by the workflow
+
+
+async def test_a_drop_is_recorded_under_the_gateways_key_as_it_sent_it() -> None:
+    downstream = RecordingDownstream()
+    request = firing(job="scrape")
+    request.dedup_key = "f" * 32
+    response = await AlertPipeline(downstream).process(request)
+    [drop] = downstream.called("record_dropped_alert")
+    assert isinstance(drop, storage_pb2.RecordDroppedAlertRequest)
+    assert drop.dedup_key == response.fingerprint == "f" * 32
+    # Without one (a caller other than the gateway), the same key is worked out.
+    response = await AlertPipeline(downstream).process(firing(job="scrape"))
+    assert response.fingerprint == dedup_key_of(firing(job="scrape").alert)
 
 
 @pytest.mark.parametrize("notification_down", [False, True])

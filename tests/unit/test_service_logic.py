@@ -12,6 +12,7 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
 from services.alert_processor.processing import triage
+from services.alerts import dedup_key_of, incident_key_of
 from services.effectiveness.settings import VerdictSettings
 from services.effectiveness.verdicts import verdict_of
 from services.executor.catalogue import describe_action
@@ -79,11 +80,20 @@ def test_the_subject_is_the_most_specific_workload_and_nodes_have_no_namespace()
     assert node.subject == alert_pb2.ResourceRef(kind="Node", name="worker-1")
 
 
-def test_fingerprints_ignore_labels_that_do_not_name_the_problem() -> None:
-    one = triage(alert(namespace="shop", deployment="checkout", instance="a"))
-    two = triage(alert(namespace="shop", deployment="checkout", instance="b"))
-    other = triage(alert(namespace="shop", deployment="cart"))
-    assert one.fingerprint == two.fingerprint != other.fingerprint
+def test_keys_ignore_labels_that_do_not_name_the_problem() -> None:
+    one = dedup_key_of(alert(namespace="shop", deployment="checkout", instance="a"))
+    two = dedup_key_of(alert(namespace="shop", deployment="checkout", instance="b"))
+    other = dedup_key_of(alert(namespace="shop", deployment="cart"))
+    assert one == two != other
+
+
+def test_the_dedup_key_is_the_pods_and_the_incident_key_the_workloads() -> None:
+    """Two pods of one Deployment: two lives in the gateway, one incident."""
+    first = alert(namespace="shop", pod="checkout-5d8f-aaaaa")
+    second = alert(namespace="shop", pod="checkout-5d8f-bbbbb")
+    assert dedup_key_of(first) != dedup_key_of(second)
+    workload = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout")
+    assert incident_key_of(first, workload) == incident_key_of(second, workload)
 
 
 def recommendation(action: str, confidence: float) -> remediation_pb2.Recommendation:

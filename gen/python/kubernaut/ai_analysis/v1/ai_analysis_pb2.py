@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_alert__pb2
 from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_dot_remediation__pb2
+from kubernaut.context_api.v1 import context_api_pb2 as kubernaut_dot_context__api_dot_v1_dot_context__api__pb2
 from kubernaut.storage.v1 import storage_pb2 as kubernaut_dot_storage_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kubernaut/ai_analysis/v1/ai_analysis.proto\x12\x18kubernaut.ai_analysis.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a\"kubernaut/storage/v1/storage.proto\"\\\n\x16\x41nalyzeIncidentRequest\x12\x42\n\x08incident\x18\x01 \x01(\x0b\x32\x1e.kubernaut.storage.v1.IncidentB\x06\xbaH\x03\xc8\x01\x01R\x08incident\"u\n\x17\x41nalyzeIncidentResponse\x12\x39\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis\x12\x1f\n\x0bworkflow_id\x18\x02 \x01(\tR\nworkflowId\"\x93\x01\n\x13\x41nalyzeAlertRequest\x12\x38\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12\x42\n\x07subject\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x07subject\"Q\n\x14\x41nalyzeAlertResponse\x12\x39\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis2\x84\x02\n\x11\x41IAnalysisService\x12r\n\x0c\x41nalyzeAlert\x12-.kubernaut.ai_analysis.v1.AnalyzeAlertRequest\x1a..kubernaut.ai_analysis.v1.AnalyzeAlertResponse\"\x03\x90\x02\x01\x12{\n\x0f\x41nalyzeIncident\x12\x30.kubernaut.ai_analysis.v1.AnalyzeIncidentRequest\x1a\x31.kubernaut.ai_analysis.v1.AnalyzeIncidentResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kubernaut/ai_analysis/v1/ai_analysis.proto\x12\x18kubernaut.ai_analysis.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a*kubernaut/context_api/v1/context_api.proto\x1a\"kubernaut/storage/v1/storage.proto\"\xa3\x01\n\x16\x41nalyzeIncidentRequest\x12\x42\n\x08incident\x18\x01 \x01(\x0b\x32\x1e.kubernaut.storage.v1.IncidentB\x06\xbaH\x03\xc8\x01\x01R\x08incident\x12\x45\n\x08\x65vidence\x18\x02 \x01(\x0b\x32).kubernaut.context_api.v1.ResourceContextR\x08\x65vidence\"u\n\x17\x41nalyzeIncidentResponse\x12\x39\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis\x12\x1f\n\x0bworkflow_id\x18\x02 \x01(\tR\nworkflowId\"\x93\x01\n\x13\x41nalyzeAlertRequest\x12\x38\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12\x42\n\x07subject\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x07subject\"Q\n\x14\x41nalyzeAlertResponse\x12\x39\n\x08\x61nalysis\x18\x01 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis2\x84\x02\n\x11\x41IAnalysisService\x12r\n\x0c\x41nalyzeAlert\x12-.kubernaut.ai_analysis.v1.AnalyzeAlertRequest\x1a..kubernaut.ai_analysis.v1.AnalyzeAlertResponse\"\x03\x90\x02\x01\x12{\n\x0f\x41nalyzeIncident\x12\x30.kubernaut.ai_analysis.v1.AnalyzeIncidentRequest\x1a\x31.kubernaut.ai_analysis.v1.AnalyzeIncidentResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,14 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AIANALYSISSERVICE'].methods_by_name['AnalyzeAlert']._serialized_options = b'\220\002\001'
   _globals['_AIANALYSISSERVICE'].methods_by_name['AnalyzeIncident']._loaded_options = None
   _globals['_AIANALYSISSERVICE'].methods_by_name['AnalyzeIncident']._serialized_options = b'\220\002\002'
-  _globals['_ANALYZEINCIDENTREQUEST']._serialized_start=209
-  _globals['_ANALYZEINCIDENTREQUEST']._serialized_end=301
-  _globals['_ANALYZEINCIDENTRESPONSE']._serialized_start=303
-  _globals['_ANALYZEINCIDENTRESPONSE']._serialized_end=420
-  _globals['_ANALYZEALERTREQUEST']._serialized_start=423
-  _globals['_ANALYZEALERTREQUEST']._serialized_end=570
-  _globals['_ANALYZEALERTRESPONSE']._serialized_start=572
-  _globals['_ANALYZEALERTRESPONSE']._serialized_end=653
-  _globals['_AIANALYSISSERVICE']._serialized_start=656
-  _globals['_AIANALYSISSERVICE']._serialized_end=916
+  _globals['_ANALYZEINCIDENTREQUEST']._serialized_start=254
+  _globals['_ANALYZEINCIDENTREQUEST']._serialized_end=417
+  _globals['_ANALYZEINCIDENTRESPONSE']._serialized_start=419
+  _globals['_ANALYZEINCIDENTRESPONSE']._serialized_end=536
+  _globals['_ANALYZEALERTREQUEST']._serialized_start=539
+  _globals['_ANALYZEALERTREQUEST']._serialized_end=686
+  _globals['_ANALYZEALERTRESPONSE']._serialized_start=688
+  _globals['_ANALYZEALERTRESPONSE']._serialized_end=769
+  _globals['_AIANALYSISSERVICE']._serialized_start=772
+  _globals['_AIANALYSISSERVICE']._serialized_end=1032
 # @@protoc_insertion_point(module_scope)

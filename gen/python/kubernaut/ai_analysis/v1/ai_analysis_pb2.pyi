@@ -7,6 +7,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2 as _context_api_pb2
 from kubernaut.storage.v1 import storage_pb2 as _storage_pb2
 import builtins as _builtins
 import sys
@@ -24,16 +25,24 @@ class AnalyzeIncidentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCIDENT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def incident(self) -> _storage_pb2.Incident: ...
+    @_builtins.property
+    def evidence(self) -> _context_api_pb2.ResourceContext:
+        """What the cluster showed of the incident's workload when its alert was processed,
+        read once by the alert processor; unset means the analysis reads it itself.
+        """
+
     def __init__(
         self,
         *,
         incident: _storage_pb2.Incident | None = ...,
+        evidence: _context_api_pb2.ResourceContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "incident", b"incident"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_ale
 from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_dot_remediation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2kubernaut/alert_processor/v1/alert_processor.proto\x12\x1ckubernaut.alert_processor.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"\xa2\x01\n\x13ProcessAlertRequest\x12\x38\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12,\n\x0bincident_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01R\nincidentId\x12#\n\x08storm_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01R\x07stormId\"\xd2\x02\n\x14ProcessAlertResponse\x12 \n\x0b\x66ingerprint\x18\x01 \x01(\tR\x0b\x66ingerprint\x12G\n\x0b\x64isposition\x18\x02 \x01(\x0e\x32%.kubernaut.common.v1.AlertDispositionR\x0b\x64isposition\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12:\n\x07subject\x18\x04 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x07subject\x12\x39\n\x08\x61nalysis\x18\x05 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis\x12\x1f\n\x0bincident_id\x18\x06 \x01(\tR\nincidentId\x12\x1f\n\x0bworkflow_id\x18\x07 \x01(\tR\nworkflowId2\x8e\x01\n\x15\x41lertProcessorService\x12u\n\x0cProcessAlert\x12\x31.kubernaut.alert_processor.v1.ProcessAlertRequest\x1a\x32.kubernaut.alert_processor.v1.ProcessAlertResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2kubernaut/alert_processor/v1/alert_processor.proto\x12\x1ckubernaut.alert_processor.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"\xc9\x01\n\x13ProcessAlertRequest\x12\x38\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12,\n\x0bincident_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01R\nincidentId\x12#\n\x08storm_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01R\x07stormId\x12%\n\tdedup_key\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01R\x08\x64\x65\x64upKey\"\xd2\x02\n\x14ProcessAlertResponse\x12 \n\x0b\x66ingerprint\x18\x01 \x01(\tR\x0b\x66ingerprint\x12G\n\x0b\x64isposition\x18\x02 \x01(\x0e\x32%.kubernaut.common.v1.AlertDispositionR\x0b\x64isposition\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12:\n\x07subject\x18\x04 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x07subject\x12\x39\n\x08\x61nalysis\x18\x05 \x01(\x0b\x32\x1d.kubernaut.common.v1.AnalysisR\x08\x61nalysis\x12\x1f\n\x0bincident_id\x18\x06 \x01(\tR\nincidentId\x12\x1f\n\x0bworkflow_id\x18\x07 \x01(\tR\nworkflowId2\x8e\x01\n\x15\x41lertProcessorService\x12u\n\x0cProcessAlert\x12\x31.kubernaut.alert_processor.v1.ProcessAlertRequest\x1a\x32.kubernaut.alert_processor.v1.ProcessAlertResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROCESSALERTREQUEST'].fields_by_name['incident_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_PROCESSALERTREQUEST'].fields_by_name['storm_id']._loaded_options = None
   _globals['_PROCESSALERTREQUEST'].fields_by_name['storm_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_PROCESSALERTREQUEST'].fields_by_name['dedup_key']._loaded_options = None
+  _globals['_PROCESSALERTREQUEST'].fields_by_name['dedup_key']._serialized_options = b'\272H\005r\003\030\200\001'
   _globals['_PROCESSALERTREQUEST']._serialized_start=186
-  _globals['_PROCESSALERTREQUEST']._serialized_end=348
-  _globals['_PROCESSALERTRESPONSE']._serialized_start=351
-  _globals['_PROCESSALERTRESPONSE']._serialized_end=689
-  _globals['_ALERTPROCESSORSERVICE']._serialized_start=692
-  _globals['_ALERTPROCESSORSERVICE']._serialized_end=834
+  _globals['_PROCESSALERTREQUEST']._serialized_end=387
+  _globals['_PROCESSALERTRESPONSE']._serialized_start=390
+  _globals['_PROCESSALERTRESPONSE']._serialized_end=728
+  _globals['_ALERTPROCESSORSERVICE']._serialized_start=731
+  _globals['_ALERTPROCESSORSERVICE']._serialized_end=873
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,7 @@ class ProcessAlertRequest(_message.Message):
     ALERT_FIELD_NUMBER: _builtins.int
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     STORM_ID_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     """For a resolved alert: the incident the gateway counted its firing alerts on, every
     one of which has now resolved. That incident is resolved: closed if nothing acted on
@@ -35,6 +36,11 @@ class ProcessAlertRequest(_message.Message):
     at once): the alert is listed on the storm's one incident, whose fingerprint this is,
     and is not analysed on its own.
     """
+    dedup_key: _builtins.str
+    """The gateway's key for this alert's life (from the alert's name and the object its
+    labels name), so that the processor need not work it out again; empty for callers
+    that have none (then the processor computes it the same way).
+    """
     @_builtins.property
     def alert(self) -> _alert_pb2.Alert: ...
     def __init__(
@@ -43,10 +49,11 @@ class ProcessAlertRequest(_message.Message):
         alert: _alert_pb2.Alert | None = ...,
         incident_id: _builtins.str = ...,
         storm_id: _builtins.str = ...,
+        dedup_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "incident_id", b"incident_id", "storm_id", b"storm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "dedup_key", b"dedup_key", "incident_id", b"incident_id", "storm_id", b"storm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -64,7 +71,10 @@ class ProcessAlertResponse(_message.Message):
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.str
-    """Stable for one problem on one workload: cluster, namespace, alert name, subject."""
+    """The incident key: stable for one problem on one workload (cluster, namespace, alert
+    name, the owning workload); storage opens one incident per key at a time. For a drop,
+    the dedup key; for a storm, the storm's id.
+    """
     disposition: _remediation_pb2.AlertDisposition.ValueType
     reason: _builtins.str
     incident_id: _builtins.str
