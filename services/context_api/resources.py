@@ -12,10 +12,10 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
-from kubernaut.common.v1 import remediation_pb2 as common_remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.rest import RESTResponse
 
 from services.runtime.cache import TtlCache
 from services.runtime.kube import (
@@ -98,6 +98,22 @@ def pod_state(pod: Any) -> context_api_pb2.PodState:
         unschedulable=unschedulable[:1024],
         pod_template_hash=(pod.metadata.labels or {}).get(POD_TEMPLATE_HASH, ""),
     )
+
+
+async def _read_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> RESTResponse:
+    """The API server's answer to `call` with its JSON body unparsed in `.data` (errors
+    raise as usual): for the JSON itself, and for ApiClient.deserialize."""
+    response = await call(*args, _preload_content=False, **kwargs)
+    try:
+        answer = RESTResponse(response, await response.read())
+    finally:
+        response.release()
+    # Unparsed answers skip the client's status check: a 404 must still be an ApiException.
+    if not 200 <= answer.status <= 299:
+        error = ApiException(status=answer.status, reason=answer.reason)
+        error.body = answer.data
+        raise error
+    return answer
 
 
 def _parse_time(text: str | None) -> datetime.datetime | None:
@@ -186,7 +202,9 @@ class ResourceContextReader:
             cluster=ref.cluster, namespace=ref.namespace, kind=workload_kind, name=workload_name
         )
         context.workload.CopyFrom(workload_ref)
-        workload = await self._read_workload(workload_ref) if workload_kind != "Pod" else None
+        workload, raw_workload = (
+            await self._read_workload(workload_ref) if workload_kind != "Pod" else (None, None)
+        )
         namespace = await self.core.read_namespace(ref.namespace)
         workload_labels = workload.metadata.labels if workload is not None else None
         context.managed = is_managed(workload_labels) or is_managed(namespace.metadata.labels)
@@ -197,8 +215,9 @@ class ResourceContextReader:
         )
         pods = await self._pods(ref, workload)
         context.pods.extend(pod_state(pod) for pod in pods)
-        if workload_kind in STATE_KINDS and workload is not None:
-            context.state.CopyFrom(await self._workload_state(workload_ref, pods))
+        if workload_kind in STATE_KINDS and raw_workload is not None:
+            serialize = self.api.sanitize_for_serialization
+            context.state.CopyFrom(workload_state(raw_workload, [serialize(p) for p in pods]))
         names = {workload_name, *(pod.metadata.name for pod in pods)}
         if workload_kind == "Deployment" and workload is not None:
             rollout, replica_sets = await self._rollout(workload)
@@ -260,36 +279,22 @@ class ResourceContextReader:
             return "Deployment", parent.name
         raise gone
 
-    async def _read_workload(self, ref: alert_pb2.ResourceRef) -> Any:
+    async def _read_workload(self, ref: alert_pb2.ResourceRef) -> tuple[Any, dict[str, Any]]:
+        """The workload as the client's model and as the API server's JSON, from one read.
+        The JSON is what the workload's state digests: a model drops fields newer than the
+        client, and its template would then never digest as the executor's (which reads
+        JSON) does."""
         readers = {
-            "Deployment": self.apps.read_namespaced_deployment,
-            "StatefulSet": self.apps.read_namespaced_stateful_set,
-            "DaemonSet": self.apps.read_namespaced_daemon_set,
-            "ReplicaSet": self.apps.read_namespaced_replica_set,
-            "Job": self.batch.read_namespaced_job,
-            "CronJob": self.batch.read_namespaced_cron_job,
+            "Deployment": (self.apps.read_namespaced_deployment, "V1Deployment"),
+            "StatefulSet": (self.apps.read_namespaced_stateful_set, "V1StatefulSet"),
+            "DaemonSet": (self.apps.read_namespaced_daemon_set, "V1DaemonSet"),
+            "ReplicaSet": (self.apps.read_namespaced_replica_set, "V1ReplicaSet"),
+            "Job": (self.batch.read_namespaced_job, "V1Job"),
+            "CronJob": (self.batch.read_namespaced_cron_job, "V1CronJob"),
         }
-        return await readers[ref.kind](ref.name, ref.namespace)
-
-    async def _workload_state(
-        self, ref: alert_pb2.ResourceRef, pods: list[Any]
-    ) -> common_remediation_pb2.WorkloadState:
-        """The workload's state as the executor records it after a fix. The workload is read
-        again as the API server's JSON, not through the client's models: a model drops
-        fields newer than the client, and its template would then never digest as the
-        executor's (which reads JSON) does."""
-        readers = {
-            "Deployment": self.apps.read_namespaced_deployment,
-            "StatefulSet": self.apps.read_namespaced_stateful_set,
-            "DaemonSet": self.apps.read_namespaced_daemon_set,
-        }
-        response: Any = await readers[ref.kind](ref.name, ref.namespace, _preload_content=False)
-        try:
-            raw = json.loads(await response.read())
-        finally:
-            response.release()
-        serialize = self.api.sanitize_for_serialization
-        return workload_state(raw, [serialize(pod) for pod in pods])
+        read, model = readers[ref.kind]
+        response = await _read_json(read, ref.name, ref.namespace)
+        return self.api.deserialize(response, model), json.loads(response.data)
 
     async def _pods(self, ref: alert_pb2.ResourceRef, workload: Any) -> list[Any]:
         if workload is None:
@@ -332,15 +337,12 @@ class ResourceContextReader:
         newer than the client, and a template would then not digest as the executor's did
         (Revision.kubernaut_action_id)."""
         namespace = deployment.metadata.namespace
-        response: Any = await self.apps.list_namespaced_replica_set(
+        response = await _read_json(
+            self.apps.list_namespaced_replica_set,
             namespace,
             label_selector=_selector(deployment.spec.selector.match_labels),
-            _preload_content=False,
         )
-        try:
-            replica_sets = json.loads(await response.read()).get("items") or []
-        finally:
-            response.release()
+        replica_sets = json.loads(response.data).get("items") or []
         owned = [
             rs
             for rs in replica_sets
