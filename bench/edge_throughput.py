@@ -57,13 +57,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway_http.app import ALERTMANAGER_PATH
-from services.devstack.postgres import EmbeddedPostgres, create_database, drop_database
-from services.runtime.certs import init_dev_pki
-from services.runtime.clients import Clients
-from services.runtime.launcher import wait_serving
-from services.runtime.names import ServiceName, all_accounts
-from services.runtime.settings import RuntimeSettings, Transport
+from kubernaut.devstack.postgres import EmbeddedPostgres, create_database, drop_database
+from kubernaut.edge.app import ALERTMANAGER_PATH
+from kubernaut.runtime.certs import init_dev_pki
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.launcher import wait_serving
+from kubernaut.runtime.names import ServiceName, all_accounts
+from kubernaut.runtime.settings import RuntimeSettings, Transport
 
 TOKEN: Final = "bench-" + uuid.uuid4().hex
 P99_TARGET_MS: Final = 20.0
@@ -298,7 +298,7 @@ def bare_app() -> FastAPI:
 
 
 def serve_bare(host: str, port: int) -> None:
-    # The edge's uvicorn settings (gateway_http.main.serve_edge): one process, default loop
+    # The edge's uvicorn settings (kubernaut.edge.main.serve_edge): one process, default loop
     # and HTTP implementation, no access log.
     server = uvicorn.Server(
         uvicorn.Config(bare_app(), host=host, port=port, log_config=None, access_log=False)
@@ -684,7 +684,7 @@ def start_gateway(root: Path, dsn: str, children: Children, args: argparse.Names
         gateway_env["KUBERNAUT_GATEWAY_STORM_THRESHOLD"] = str(args.storm_threshold)
     # Settings to try, e.g. --set KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=1 (the edge gets them too).
     gateway_env.update(setting.split("=", 1) for setting in args.set)
-    child = children.start("gateway", ["-m", "services.cli", "serve", "gateway"], gateway_env)
+    child = children.start("gateway", ["-m", "kubernaut.cli.main", "serve", "gateway"], gateway_env)
     settings = RuntimeSettings(state_dir=root / "state", certs_dir=certs, transport=Transport.MTLS)
     address = f"localhost:{gateway_port}"
     asyncio.run(_wait_gateway(settings, address, children))
@@ -712,7 +712,7 @@ def start_stack(
         "KUBERNAUT_HTTP_RATE_BURST": str(EDGE_RATE_LIMIT),
         **dict(setting.split("=", 1) for setting in args.set),
     }
-    edge = children.start("edge", ["-m", "services.cli", "serve", "gateway-http"], edge_env)
+    edge = children.start("edge", ["-m", "kubernaut.cli.main", "serve", "gateway-http"], edge_env)
     edge_url = f"http://127.0.0.1:{edge_port}"
     bare_url = f"http://127.0.0.1:{bare_port}"
     _wait_http(edge_url, children)
@@ -890,7 +890,7 @@ def _where(location: str) -> tuple[str, str]:
     if location.startswith(str(REPO) + "/"):
         short = location.removeprefix(str(REPO) + "/")
         parts = short.split("/")
-        return short, "/".join(parts[:2]) if parts[0] == "services" else parts[0]
+        return short, "/".join(parts[:3]) if parts[0] == "kubernaut" else parts[0]
     if location.startswith("<frozen"):
         return location, "stdlib"
     marker = f"/python{sys.version_info.major}.{sys.version_info.minor}/"
@@ -928,8 +928,8 @@ def profile_summary(path: Path, top: int) -> list[str]:
         name, package = frames[-1]
         own[name] += count
         by_package[package] += count
-        for frame in {f for f, p in frames if p.startswith(("services/", "gateway_http"))}:
-            if "(services/cli.py)" not in frame and "(gateway_http/main.py)" not in frame:
+        for frame in {f for f, p in frames if p.startswith("kubernaut/")}:
+            if "(kubernaut/cli/main.py)" not in frame and "(kubernaut/edge/main.py)" not in frame:
                 ours[frame] += count
     if not samples:
         return ["    (no samples)"]

@@ -40,8 +40,8 @@ from bench.edge_throughput import (
     start_gateway,
 )
 from bench.validation import kube_state_metrics_alert
-from services.runtime.clients import Clients
-from services.runtime.names import EDGE_ACCOUNT, ServiceName
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName
 
 
 def firing_alert(index: int, started: dt.datetime) -> alert_pb2.Alert:

@@ -21,12 +21,12 @@ from pathlib import Path
 import grpc
 from kubernaut.executor.v1 import executor_pb2, executor_pb2_grpc
 
-from services.executor.server import ExecutorServicer
-from services.runtime.certs import init_dev_pki
-from services.runtime.clients import Clients, channel_credentials
-from services.runtime.names import OPERATOR_ACCOUNT, ServiceName, all_accounts
-from services.runtime.server import server_credentials, start_service
-from services.runtime.settings import RuntimeSettings
+from kubernaut.runtime.certs import init_dev_pki
+from kubernaut.runtime.clients import Clients, channel_credentials
+from kubernaut.runtime.names import OPERATOR_ACCOUNT, ServiceName, all_accounts
+from kubernaut.runtime.server import server_credentials, start_service
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.executor.server import ExecutorServicer
 
 
 async def measure(

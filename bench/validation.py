@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.gateway.v1 import gateway_pb2
 
-from services.runtime import validation
+from kubernaut.runtime import validation
 
 BATCH_SIZES = (1, 50)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the local Kubernetes control plane that services/devstack/kube.py runs,
+# Builds the local Kubernetes control plane that kubernaut/devstack/kube.py runs,
 # from Go modules only (no prebuilt downloads):
 #   kubernaut-k8s       tools/k8s/controlplane: kube-apiserver,
 #                       kube-controller-manager, kube-scheduler, etcd, kwok

@@ -6,7 +6,7 @@
 #   - redis-server (7.0 on bookworm): /usr/bin/redis-server (and redis-cli from redis-tools), for
 #     the gateway's Redis intake backend and its tests
 #
-# We run our own instances on loopback (services/devstack/monitoring.py, tests/fixtures/redis.py),
+# We run our own instances on loopback (kubernaut/devstack/monitoring.py, tests/fixtures/redis.py),
 # so the packages' own daemons must not run and must not start at boot. The packages' postinst does
 # `update-rc.d NAME defaults` + `invoke-rc.d NAME start` (sysvinit) and
 # `deb-systemd-helper enable` + `deb-systemd-invoke start` (only when systemd is PID 1).

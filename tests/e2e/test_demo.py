@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.devstack.kube import default_bin_dir
-from services.runtime.names import ServiceName
+from kubernaut.devstack.kube import default_bin_dir
+from kubernaut.runtime.names import ServiceName
 from tests.fixtures.kubernaut import free_port, free_port_base
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "kubernaut.cli.main",
         "demo",
         env=env,
         stdout=asyncio.subprocess.PIPE,

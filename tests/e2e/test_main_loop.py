@@ -19,15 +19,15 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.devstack.kube import default_bin_dir
-from services.devstack.smtp import read_mailbox
-from services.devstack.stack import DevStack, StackInfo
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
-from services.runtime.settings import RuntimeSettings
-from services.scenario import GOOD_IMAGE, BadRollout
-from services.system import System, Tuning, running_system, webhook_token_file
-from services.workflows import decide_workflow
+from kubernaut.cli.workflows import decide_workflow
+from kubernaut.devstack.kube import default_bin_dir
+from kubernaut.devstack.scenario import GOOD_IMAGE, BadRollout
+from kubernaut.devstack.smtp import read_mailbox
+from kubernaut.devstack.stack import DevStack, StackInfo
+from kubernaut.devstack.system import System, Tuning, running_system, webhook_token_file
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.kubernaut import free_port, free_port_base
 from tests.fixtures.waiting import eventually
 from tests.fixtures.workflows import restart_workflow

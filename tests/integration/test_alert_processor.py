@@ -13,9 +13,9 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.alert_processor.processing import triage
-from services.alerts import fingerprint_of
-from services.runtime.names import ServiceName
+from kubernaut.runtime.names import ServiceName
+from kubernaut.services.alert_processor.processing import triage
+from kubernaut.services.alerts import fingerprint_of
 from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = pytest.mark.integration

@@ -14,12 +14,12 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 
-from services.ai_analysis.rules import RulesSettings, analyze
-from services.devstack.kube import LocalCluster
-from services.devstack.stages import PodSimulation, simulate
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
-from services.runtime.settings import RuntimeSettings
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.stages import PodSimulation, simulate
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from tests.fixtures.cluster import create_deployment, eventually, one_pod_per_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -137,8 +137,8 @@ async def test_the_alert_processor_tells_a_gone_object_from_an_unreadable_one(
     from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
     from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-    from services.alert_processor.pipeline import SubjectGone
-    from services.alert_processor.server import GrpcDownstream
+    from kubernaut.services.alert_processor.pipeline import SubjectGone
+    from kubernaut.services.alert_processor.server import GrpcDownstream
 
     clients = Clients(
         runtime_settings,

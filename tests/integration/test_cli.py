@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from services.runtime.names import all_accounts
+from kubernaut.runtime.names import all_accounts
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def kubernaut(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env["KUBERNAUT_STATE_DIR"] = str(state)
     env["KUBERNAUT_PORT_BASE"] = "1"  # nothing listens on ports 1..10
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "kubernaut.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -74,7 +74,7 @@ def test_serve_refuses_a_misspelt_setting_naming_the_valid_one(tmp_path: Path) -
     env["KUBERNAUT_STATE_DIR"] = str(tmp_path)
     env["KUBERNAUT_EXECUTOR_COOLDOWN_SECOND"] = "5"
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "serve", "executor"],
+        [sys.executable, "-m", "kubernaut.cli.main", "serve", "executor"],
         env=env,
         capture_output=True,
         text=True,

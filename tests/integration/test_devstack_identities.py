@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config  # type: ignore[import-untyped]
 
-from services.devstack.stack import StackInfo
+from kubernaut.devstack.stack import StackInfo
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """A real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler),
-KWOK fake nodes and kube-state-metrics, from `services.devstack.kube`.
+KWOK fake nodes and kube-state-metrics, from `kubernaut.devstack.kube`.
 
 The session fixture builds the binaries when they are missing (scripts/build-k8s.sh: seconds
 when built, several minutes cold, hence the long timeout below) and starts one cluster for
@@ -26,7 +26,7 @@ import kubernetes  # type: ignore[import-untyped]
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.devstack.kube import (
+from kubernaut.devstack.kube import (
     COMPONENTS,
     ClusterInfo,
     KubeClusterError,

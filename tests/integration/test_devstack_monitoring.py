@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from services.devstack.monitoring import (
+from kubernaut.devstack.monitoring import (
     KUBE_STATE_METRICS_JOB,
     KUBERNAUT_ALERTS,
     KUBERNETES_MIXIN_RULES,

@@ -1,4 +1,4 @@
-"""Failure scenarios on the dev stack: KWOK Stages (services/devstack/stages.py) make chosen
+"""Failure scenarios on the dev stack: KWOK Stages (kubernaut/devstack/stages.py) make chosen
 pods and nodes misbehave, and the real kube-state-metrics, Prometheus (kubernetes-mixin
 rules, `for:` shortened to 5 s) and AlertManager turn that into the upstream alerts.
 
@@ -19,10 +19,10 @@ import pytest
 import yaml
 from kubernetes_asyncio import client, config
 
-from services.devstack.kube import LocalCluster, default_bin_dir
-from services.devstack.monitoring import KUBE_STATE_METRICS_JOB, fetch_alerts, fetch_rules
-from services.devstack.stack import DevStack, StackInfo
-from services.devstack.stages import (
+from kubernaut.devstack.kube import LocalCluster, default_bin_dir
+from kubernaut.devstack.monitoring import KUBE_STATE_METRICS_JOB, fetch_alerts, fetch_rules
+from kubernaut.devstack.stack import DevStack, StackInfo
+from kubernaut.devstack.stages import (
     CRASHLOOP_RESTART_INTERVAL,
     SIMULATE_ANNOTATION,
     STAGE_WEIGHT,

@@ -19,10 +19,10 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from prometheus_client import REGISTRY
 
-from gateway_http.app import ALERTMANAGER_PATH, create_app
-from gateway_http.security import Authenticator
-from services.devstack.monitoring import Alertmanager
-from services.runtime.names import EDGE_ACCOUNT
+from kubernaut.devstack.monitoring import Alertmanager
+from kubernaut.edge.app import ALERTMANAGER_PATH, create_app
+from kubernaut.edge.security import Authenticator
+from kubernaut.runtime.names import EDGE_ACCOUNT
 from tests.fixtures.kubernaut import InProcessStack, free_port
 from tests.fixtures.waiting import eventually
 

@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 
-from gateway_http.app import ALERTMANAGER_PATH, DEFAULT_MAX_BODY_BYTES, GRAFANA_PATH, create_app
-from gateway_http.security import Authenticator
-from services.runtime.names import EDGE_ACCOUNT
+from kubernaut.edge.app import ALERTMANAGER_PATH, DEFAULT_MAX_BODY_BYTES, GRAFANA_PATH, create_app
+from kubernaut.edge.security import Authenticator
+from kubernaut.runtime.names import EDGE_ACCOUNT
 from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

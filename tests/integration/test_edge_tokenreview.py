@@ -18,13 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway_http.security import Authenticator, ReviewUnavailable, SenderCheck, Unauthorized
-from gateway_http.settings import TokenReviewSettings
-from gateway_http.tokenreview import TokenReviewer
-from services.devstack.identities import write_token_kubeconfig
-from services.devstack.kube import LocalCluster
-from services.runtime.kube import KubeConnection
-from services.runtime.settings import KubeSettings
+from kubernaut.devstack.identities import write_token_kubeconfig
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.edge.security import Authenticator, ReviewUnavailable, SenderCheck, Unauthorized
+from kubernaut.edge.settings import TokenReviewSettings
+from kubernaut.edge.tokenreview import TokenReviewer
+from kubernaut.runtime.kube import KubeConnection
+from kubernaut.runtime.settings import KubeSettings
 from tests.fixtures.cluster import eventually, kube_api
 from tests.fixtures.kubernaut import free_port
 

@@ -28,23 +28,23 @@ from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServi
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.devstack.kube import LocalCluster
-from services.devstack.monitoring import Alertmanager, fetch_alertmanager_alerts
-from services.effectiveness.assessment import Baseline, assessment_id
-from services.effectiveness.scheduler import Assessor, EvidenceSources, assessment_of
-from services.effectiveness.server import build_with
-from services.effectiveness.settings import AssessmentSettings, VerdictSettings
-from services.effectiveness.store import (
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.monitoring import Alertmanager, fetch_alertmanager_alerts
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import RunningService, ServiceContext, ServiceSpec, start_service
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.effectiveness.assessment import Baseline, assessment_id
+from kubernaut.services.effectiveness.scheduler import Assessor, EvidenceSources, assessment_of
+from kubernaut.services.effectiveness.server import build_with
+from kubernaut.services.effectiveness.settings import AssessmentSettings, VerdictSettings
+from kubernaut.services.effectiveness.store import (
     Checkpoint,
     Result,
     ScheduleDatabase,
     ScheduleStore,
     Status,
 )
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
-from services.runtime.server import RunningService, ServiceContext, ServiceSpec, start_service
-from services.runtime.settings import RuntimeSettings
 from tests.fixtures.cluster import create_deployment, eventually, kube_api
 from tests.fixtures.kubernaut import InProcessStack, free_port
 

@@ -20,7 +20,7 @@ socket.create_connection = no_network
 socket.getaddrinfo = no_network
 
 started = time.perf_counter()
-from services.storage.embeddings import embedder_for
+from kubernaut.services.storage.embeddings import embedder_for
 model = embedder_for()
 model.load()
 loaded = time.perf_counter() - started

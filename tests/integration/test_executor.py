@@ -2,7 +2,7 @@
 storage service: nothing of Kubernetes or storage is mocked.
 
 The cluster is the session's shared one-node LocalCluster (`kube` in
-tests/fixtures/cluster.py). Most tests drive `services.executor.engine.Executor` directly,
+tests/fixtures/cluster.py). Most tests drive `kubernaut.services.executor.engine.Executor` directly,
 with its own ClusterRegistry for that cluster and the in-process stack's storage as the
 executor's identity records; the last ones go through the gRPC service as
 `kubernaut serve executor` builds it. Each test works in namespaces of its own.
@@ -22,24 +22,24 @@ from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.executor import guards
-from services.executor.changes import POD_TEMPLATE_HASH, RESTARTED_AT, REVISION
-from services.executor.cluster import ApiError
-from services.executor.engine import (
-    ClusterUnavailable,
-)
-from services.executor.store import ActionRow, ActionState, ExecutorDatabase
-from services.runtime.clients import Clients
-from services.runtime.kube import (
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import (
     ACTION_ID_ANNOTATION,
     MANAGED_LABEL,
     TEMPLATE_DIGEST_ANNOTATION,
     pod_spec_digest,
 )
-from services.runtime.launcher import health_of, wait_serving
-from services.runtime.names import ServiceName
-from services.runtime.server import start_service
-from services.runtime.settings import RuntimeSettings
+from kubernaut.runtime.launcher import health_of, wait_serving
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import start_service
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.executor import guards
+from kubernaut.services.executor.changes import POD_TEMPLATE_HASH, RESTARTED_AT, REVISION
+from kubernaut.services.executor.cluster import ApiError
+from kubernaut.services.executor.engine import (
+    ClusterUnavailable,
+)
+from kubernaut.services.executor.store import ActionRow, ActionState, ExecutorDatabase
 from tests.fixtures.executor import (
     NOWHERE,
     Admin,

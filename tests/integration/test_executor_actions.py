@@ -21,12 +21,12 @@ from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.devstack.identities import write_token_kubeconfig
-from services.executor import catalogue, rbac
-from services.executor.changes import QUARANTINED, RESTARTED_AT
-from services.executor.cluster import KINDS, ApiError
-from services.executor.engine import ActionNotFound, RollbackRefused
-from services.executor.operations import content_of
+from kubernaut.devstack.identities import write_token_kubeconfig
+from kubernaut.services.executor import catalogue, rbac
+from kubernaut.services.executor.changes import QUARANTINED, RESTARTED_AT
+from kubernaut.services.executor.cluster import KINDS, ApiError
+from kubernaut.services.executor.engine import ActionNotFound, RollbackRefused
+from kubernaut.services.executor.operations import content_of
 from tests.fixtures.cluster import deployment_body
 from tests.fixtures.executor import (
     NOWHERE,

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from services.devstack.kube import LocalCluster
-from services.executor.clusters import ClusterRegistry
-from services.executor.settings import ClusterConfig, ExecutorSettings
-from services.runtime.settings import KubeSettings
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.runtime.settings import KubeSettings
+from kubernaut.services.executor.clusters import ClusterRegistry
+from kubernaut.services.executor.settings import ClusterConfig, ExecutorSettings
 from tests.fixtures.cluster import kube_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]

@@ -1,4 +1,4 @@
-"""The executor's guards (services/executor/guards.py) against a real PostgreSQL: target
+"""The executor's guards (kubernaut/services/executor/guards.py) against a real PostgreSQL: target
 busy, cooldown and the per-cluster rate limit, across connections as replicas would use
 them. Every time is passed as `now`, so nothing sleeps; every test works in clusters of
 its own, so the tests share one migrated database.
@@ -18,8 +18,8 @@ import pytest
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
 
-from services.executor.guards import GuardRefused, TargetKey, admit, mark_applied, release
-from services.executor.store import ActionSession, ActionStore, ExecutorDatabase
+from kubernaut.services.executor.guards import GuardRefused, TargetKey, admit, mark_applied, release
+from kubernaut.services.executor.store import ActionSession, ActionStore, ExecutorDatabase
 from tests.fixtures.postgres import fresh_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

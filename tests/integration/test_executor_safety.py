@@ -16,17 +16,17 @@ import yaml
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 
-from services.devstack.kube import LocalCluster
-from services.executor.clusters import CircuitOpen, UnknownCluster
-from services.executor.engine import ClusterUnavailable
-from services.executor.settings import ClusterConfig, ClusterScope
-from services.executor.store import ActionRow
-from services.runtime.clients import Clients
-from services.runtime.kube import KubeConnection
-from services.runtime.launcher import wait_serving
-from services.runtime.names import ServiceName
-from services.runtime.server import start_service
-from services.runtime.settings import KubeSettings, RuntimeSettings
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import KubeConnection
+from kubernaut.runtime.launcher import wait_serving
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import start_service
+from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
+from kubernaut.services.executor.clusters import CircuitOpen, UnknownCluster
+from kubernaut.services.executor.engine import ClusterUnavailable
+from kubernaut.services.executor.settings import ClusterConfig, ClusterScope
+from kubernaut.services.executor.store import ActionRow
 from tests.fixtures.executor import (
     Admin,
     ExecutorFactory,

@@ -20,14 +20,14 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
-from services.devstack.processes import free_port
-from services.gateway import postgres_intake
-from services.gateway.backend import IntakeSource, IntakeUnavailable, QueuedAlert
-from services.gateway.decisions import FLAGS_ANNOTATION, Outcome, items_of
-from services.gateway.postgres_intake import IntakeStore
-from services.gateway.redis_intake import RedisIntake, RedisIntakeSource
-from services.gateway.settings import FreshnessPolicy, GatewaySettings
-from services.runtime.database import redact_dsn
+from kubernaut.devstack.processes import free_port
+from kubernaut.runtime.database import redact_dsn
+from kubernaut.services.gateway import postgres_intake
+from kubernaut.services.gateway.backend import IntakeSource, IntakeUnavailable, QueuedAlert
+from kubernaut.services.gateway.decisions import FLAGS_ANNOTATION, Outcome, items_of
+from kubernaut.services.gateway.postgres_intake import IntakeStore
+from kubernaut.services.gateway.redis_intake import RedisIntake, RedisIntakeSource
+from kubernaut.services.gateway.settings import FreshnessPolicy, GatewaySettings
 from tests.fixtures.redis import running_redis_server
 
 pytestmark = pytest.mark.integration
@@ -553,7 +553,7 @@ async def test_an_accepted_alert_outlives_a_redis_crash() -> None:
 async def test_redis_without_fsync_on_every_write_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    logger = "services.gateway.redis_intake"
+    logger = "kubernaut.services.gateway.redis_intake"
     caplog.set_level(logging.INFO, logger=logger)
     async with running_redis_server(config=["appendfsync everysec"]) as server:
         store = await RedisIntake.connect(server.url, GatewaySettings())

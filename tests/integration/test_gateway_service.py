@@ -23,13 +23,13 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.devstack.smtp import MailSink
-from services.runtime.clients import Clients
-from services.runtime.launcher import wait_serving
-from services.runtime.logs import incident_id_var
-from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
-from services.runtime.server import RunningService, start_service
-from services.runtime.settings import RuntimeSettings
+from kubernaut.devstack.smtp import MailSink
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.launcher import wait_serving
+from kubernaut.runtime.logs import incident_id_var
+from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from kubernaut.runtime.server import RunningService, start_service
+from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.kubernaut import InProcessStack, stack_env, start_stack
 from tests.fixtures.postgres import fresh_database
 from tests.fixtures.waiting import eventually

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.names import ServiceName
-from services.runtime.registry import protocol
-from services.runtime.settings import default_state_dir
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.registry import protocol
+from kubernaut.runtime.settings import default_state_dir
 from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = pytest.mark.integration

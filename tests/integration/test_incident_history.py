@@ -20,8 +20,8 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
 from tests.fixtures.grpc_errors import code_of
 from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually

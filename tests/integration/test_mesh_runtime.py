@@ -16,9 +16,9 @@ from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 from kubernaut.gateway.v1 import gateway_pb2
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 
-from services.runtime import edges
-from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
-from services.runtime.registry import protocol
+from kubernaut.runtime import edges
+from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from kubernaut.runtime.registry import protocol
 from tests.fixtures.grpc_errors import field_violations
 from tests.fixtures.kubernaut import InProcessStack
 

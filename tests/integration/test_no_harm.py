@@ -23,9 +23,9 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.dropped_alerts import list_dropped_alerts
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
+from kubernaut.cli.dropped_alerts import list_dropped_alerts
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
 from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
 

@@ -16,8 +16,12 @@ import pytest
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
 
-from services.devstack.smtp import MailSink, read_mailbox
-from services.notification.channels import (
+from kubernaut.devstack.smtp import MailSink, read_mailbox
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import start_service
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.notification.channels import (
     INCIDENT_HEADER,
     ChannelInfo,
     ChannelKind,
@@ -28,11 +32,7 @@ from services.notification.channels import (
     RetryPolicy,
     UnknownChannel,
 )
-from services.notification.settings import NotificationSettings
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
-from services.runtime.server import start_service
-from services.runtime.settings import RuntimeSettings
+from kubernaut.services.notification.settings import NotificationSettings
 
 pytestmark = pytest.mark.integration
 

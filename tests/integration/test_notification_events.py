@@ -18,28 +18,28 @@ from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
 
-from services.devstack.smtp import MailSink, ReceivedMail
-from services.notification.channels import (
+from kubernaut.devstack.smtp import MailSink, ReceivedMail
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.launcher import health_of, wait_serving
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import RunningService, start_service
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.notification.channels import (
     INCIDENT_HEADER,
     DeliveryOutcome,
     NoChannelConfigured,
     Notifier,
     RetryPolicy,
 )
-from services.notification.outbox import (
+from kubernaut.services.notification.outbox import (
     DeliveryStatus,
     InvalidOutboxEntry,
     Outbox,
     OutboxDatabase,
     OutboxUnavailable,
 )
-from services.notification.rendering import EventRenderer, RenderedMessage
-from services.notification.settings import NotificationSettings
-from services.runtime.clients import Clients
-from services.runtime.launcher import health_of, wait_serving
-from services.runtime.names import ServiceName
-from services.runtime.server import RunningService, start_service
-from services.runtime.settings import RuntimeSettings
+from kubernaut.services.notification.rendering import EventRenderer, RenderedMessage
+from kubernaut.services.notification.settings import NotificationSettings
 from tests.fixtures.kubernaut import InProcessStack, free_port
 
 SUCCEEDED = notification_pb2.INCIDENT_EVENT_KIND_SUCCEEDED

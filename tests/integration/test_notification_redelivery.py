@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from services.devstack.smtp import MailSink
-from services.notification.outbox import Outbox, OutboxDatabase
-from services.notification.redelivery import Redelivery, Sweep
-from services.notification.settings import RedeliverySettings
+from kubernaut.devstack.smtp import MailSink
+from kubernaut.services.notification.outbox import Outbox, OutboxDatabase
+from kubernaut.services.notification.redelivery import Redelivery, Sweep
+from kubernaut.services.notification.settings import RedeliverySettings
 from tests.fixtures.waiting import eventually
 from tests.integration.test_notification_events import (
     KIND_NAME,

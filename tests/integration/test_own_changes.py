@@ -17,21 +17,21 @@ from kubernaut.common.v1 import alert_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 
-from services.ai_analysis.rules import RulesSettings, analyze
-from services.devstack.kube import LocalCluster
-from services.devstack.stages import SIMULATE_ANNOTATION, PodSimulation, simulate
-from services.executor.changes import POD_TEMPLATE_HASH
-from services.runtime.clients import Clients
-from services.runtime.kube import (
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.scenario import BAD_IMAGE, BadRollout
+from kubernaut.devstack.stages import SIMULATE_ANNOTATION, PodSimulation, simulate
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import (
     ACTION_ID_ANNOTATION,
     CHANGE_CAUSE_ANNOTATION,
     MANAGED_LABEL,
     TEMPLATE_DIGEST_ANNOTATION,
     pod_spec_digest,
 )
-from services.runtime.names import ServiceName
-from services.runtime.settings import RuntimeSettings
-from services.scenario import BAD_IMAGE, BadRollout
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
+from kubernaut.services.executor.changes import POD_TEMPLATE_HASH
 from tests.fixtures.cluster import create_deployment, eventually
 from tests.fixtures.executor import Admin, ExecutorFactory, action_request, outcome
 
@@ -252,7 +252,7 @@ async def test_a_persons_rollout_after_kubernauts_restart_is_theirs_and_rolled_b
 async def test_the_demos_bad_rollout_carries_the_evidence_for_its_rollback(
     kube: LocalCluster, admin: Admin, context_clients: Clients
 ) -> None:
-    """services/scenario.py's BadRollout, as `make demo` runs it: the new pods crash-loop
+    """kubernaut/devstack/scenario.py's BadRollout, as `make demo` runs it: the new pods crash-loop
     while the previous revision's stay Ready, and the rollout never completes."""
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     admin.created_namespaces.append(namespace)

@@ -18,16 +18,16 @@ from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.devstack.kube import LocalCluster
-from services.devstack.stages import PodSimulation, simulate
-from services.executor.changes import label_selector
-from services.executor.cluster import Cluster
-from services.runtime.clients import Clients
-from services.runtime.kube import KubeConnection
-from services.runtime.names import ServiceName
-from services.runtime.settings import KubeSettings, RuntimeSettings
-from services.runtime.workload_state import workload_state
-from services.storage.store import Store
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.stages import PodSimulation, simulate
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import KubeConnection
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
+from kubernaut.runtime.workload_state import workload_state
+from kubernaut.services.executor.changes import label_selector
+from kubernaut.services.executor.cluster import Cluster
+from kubernaut.services.storage.store import Store
 from tests.fixtures.cluster import create_deployment, eventually, kube_api
 from tests.fixtures.executor import (
     Admin,

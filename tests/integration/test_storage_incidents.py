@@ -18,9 +18,9 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.runtime.names import ServiceName
-from services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, embedder_for
-from services.storage.store import (
+from kubernaut.runtime.names import ServiceName
+from kubernaut.services.storage.embeddings import DEFAULT_EMBEDDING_MODEL, embedder_for
+from kubernaut.services.storage.store import (
     IncidentClosed,
     InvalidPageToken,
     InvalidRecord,
@@ -547,7 +547,7 @@ async def test_identical_descriptions_are_at_distance_zero(store: Store) -> None
 async def test_the_search_uses_the_hnsw_index(store: Store, database_dsn: str) -> None:
     incident, _ = await store.open_incident(fingerprint(), *CRASH)
     await store.open_incident(fingerprint(), *DISK_FULL)
-    from services.storage.store import _similar_query
+    from kubernaut.services.storage.store import _similar_query
 
     conn = await asyncpg.connect(database_dsn)
     try:
@@ -834,7 +834,7 @@ async def test_list_and_search_incidents_over_grpc(stack: InProcessStack) -> Non
 async def test_an_alert_soon_after_its_incident_was_fixed_is_counted_not_reopened(
     database_dsn: str,
 ) -> None:
-    from services.storage.store import Store
+    from kubernaut.services.storage.store import Store
 
     store = await Store.connect(database_dsn, quiet_seconds=600)
     try:

@@ -18,11 +18,11 @@ from kubernaut.intelligence.v1.intelligence_pb2_grpc import IntelligenceServiceS
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from services.devstack.postgres import EmbeddedPostgres
-from services.runtime.clients import Clients
-from services.runtime.names import ServiceName
-from services.runtime.server import start_service
-from services.runtime.settings import RuntimeSettings
+from kubernaut.devstack.postgres import EmbeddedPostgres
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import start_service
+from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.kubernaut import InProcessStack, free_port
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.storage.v1 import storage_pb2
 
-from services.devstack.postgres import dsn_for_database
-from services.storage.store import (
+from kubernaut.devstack.postgres import dsn_for_database
+from kubernaut.services.storage.store import (
     InvalidPageToken,
     InvalidRecord,
     MigrationError,

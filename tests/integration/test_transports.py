@@ -15,11 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 
-from services.runtime.clients import Clients
-from services.runtime.identity import XFCC_HEADER
-from services.runtime.names import ServiceName
-from services.runtime.server import RunningService, start_service
-from services.runtime.settings import RuntimeSettings, Transport
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.identity import XFCC_HEADER
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import RunningService, start_service
+from kubernaut.runtime.settings import RuntimeSettings, Transport
 from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = pytest.mark.integration

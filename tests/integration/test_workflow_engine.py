@@ -24,17 +24,17 @@ from kubernaut.notification.v1 import notification_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
-from services.runtime.logs import incident_id_var
-from services.workflow.engine import (
+from kubernaut.runtime.logs import incident_id_var
+from kubernaut.services.workflow.engine import (
     DownstreamError,
     FailedPrecondition,
     Notified,
     Unavailable,
     WorkflowEngine,
 )
-from services.workflow.planning import plan
-from services.workflow.settings import PlanningSettings, RunnerSettings
-from services.workflow.store import (
+from kubernaut.services.workflow.planning import plan
+from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings
+from kubernaut.services.workflow.store import (
     LeaseLost,
     State,
     StepChange,
@@ -778,7 +778,7 @@ class Captured(logging.Handler):
 @contextlib.contextmanager
 def engine_logs() -> Iterator[Captured]:
     handler = Captured()
-    logger = logging.getLogger("services.workflow.engine")
+    logger = logging.getLogger("kubernaut.services.workflow.engine")
     logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging.INFO)
@@ -844,7 +844,7 @@ async def test_logs_carry_the_incident_id(engines: Engines, store: WorkflowStore
             seen.append((record.getMessage(), incident_id_var.get()))
 
     handler = Capture(logging.INFO)
-    logger = logging.getLogger("services.workflow.engine")
+    logger = logging.getLogger("kubernaut.services.workflow.engine")
     logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging.INFO)

@@ -22,11 +22,11 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.devstack.kube import LocalCluster
-from services.runtime.clients import Clients
-from services.runtime.kube import MANAGED_LABEL
-from services.runtime.launcher import Fleet, wait_serving
-from services.runtime.names import ServiceName
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import MANAGED_LABEL
+from kubernaut.runtime.launcher import Fleet, wait_serving
+from kubernaut.runtime.names import ServiceName
 from tests.fixtures.cluster import create_deployment, eventually, kube_api, one_pod_per_node
 from tests.fixtures.kubernaut import InProcessStack, free_port, subprocess_env
 from tests.fixtures.workflows import restart_workflow

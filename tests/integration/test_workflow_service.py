@@ -22,13 +22,13 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from services.incidents import show_incident
-from services.runtime.clients import Clients
-from services.runtime.launcher import wait_serving
-from services.runtime.names import ServiceName
-from services.runtime.server import start_service
-from services.runtime.settings import RuntimeSettings
-from services.workflows import decide_workflow, show_workflow
+from kubernaut.cli.incidents import show_incident
+from kubernaut.cli.workflows import decide_workflow, show_workflow
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.launcher import wait_serving
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import start_service
+from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.executor import NOWHERE, Admin
 from tests.fixtures.grpc_errors import field_violations
 from tests.fixtures.kubernaut import InProcessStack
@@ -561,7 +561,7 @@ async def test_steps_advance_with_the_executor_and_a_long_action_is_no_outage(
     operator = stack.clients(settings=settings)
     operator.addresses.update(here)
     logs = _Logs()
-    engine_log = logging.getLogger("services.workflow.engine")
+    engine_log = logging.getLogger("kubernaut.services.workflow.engine")
     engine_log.addHandler(logs)
     level = engine_log.level
     engine_log.setLevel(logging.INFO)

@@ -1,4 +1,4 @@
-"""The gateway stores alerts as JSON it writes itself (services.alerts.alert_json): what it
+"""The gateway stores alerts as JSON it writes itself (services/alerts.py, alert_json): what it
 writes reads back as the same alert with json_format, for every field Alert has."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernaut.common.v1 import alert_pb2
 
-from services.alerts import alert_json
+from kubernaut.services.alerts import alert_json
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 

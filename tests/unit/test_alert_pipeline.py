@@ -14,13 +14,13 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.notification.v1 import notification_pb2
 from kubernaut.storage.v1 import storage_pb2
 
-from services.alert_processor.pipeline import (
+from kubernaut.services.alert_processor.pipeline import (
     AlertPipeline,
     NotDelivered,
     SubjectGone,
     UnknownIncident,
 )
-from services.alerts import dedup_key_of, incident_key_of
+from kubernaut.services.alerts import dedup_key_of, incident_key_of
 
 
 @dataclass

@@ -8,8 +8,8 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.storage.v1 import storage_pb2
 
-from services.ai_analysis.history import HistorySettings, HistoryUnavailable
-from services.ai_analysis.rules import RulesSettings, analyze
+from kubernaut.services.ai_analysis.history import HistorySettings, HistoryUnavailable
+from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from tests.unit.test_rules import DEPLOYMENT, make_alert
 
 DEFAULTS = RulesSettings()

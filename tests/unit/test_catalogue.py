@@ -9,7 +9,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from kubernaut.common.v1 import remediation_pb2
 from kubernaut.executor.v1 import executor_pb2
 
-from services.executor import catalogue
+from kubernaut.services.executor import catalogue
 
 ONEOF_FIELDS = list(remediation_pb2.ActionParams.DESCRIPTOR.oneofs_by_name["params"].fields)
 EXPECTED_NAMES = sorted(

@@ -9,7 +9,7 @@ import pytest
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.gateway.v1 import gateway_pb2
 
-from gateway_http.coalescing import Coalescer
+from kubernaut.edge.coalescing import Coalescer
 
 ACCEPTED = remediation_pb2.ALERT_DISPOSITION_ACCEPTED
 

@@ -11,7 +11,7 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.storage.v1 import storage_pb2
 
-from services.context_api.history import IncidentHistoryReader, UnknownIncident
+from kubernaut.services.context_api.history import IncidentHistoryReader, UnknownIncident
 
 NOW_ID = "00000000-0000-4000-8000-000000000001"
 PAST_ID = "00000000-0000-4000-8000-000000000002"

@@ -15,11 +15,11 @@ from kubernaut.gateway.v1 import gateway_pb2
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 
-from gateway_http.app import ALERTMANAGER_PATH, GRAFANA_PATH, create_app
-from gateway_http.security import Authenticator
-from services.gateway.decisions import FLAGS_ANNOTATION, flagged, judge_freshness
-from services.gateway.settings import FreshnessPolicy, GatewaySettings
-from services.runtime.ratelimit import RateLimiter
+from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH, create_app
+from kubernaut.edge.security import Authenticator
+from kubernaut.runtime.ratelimit import RateLimiter
+from kubernaut.services.gateway.decisions import FLAGS_ANNOTATION, flagged, judge_freshness
+from kubernaut.services.gateway.settings import FreshnessPolicy, GatewaySettings
 from tests.fixtures.waiting import eventually
 
 TOKENS = ["sender-a-token", "sender-b-token"]

@@ -9,7 +9,7 @@ from google.protobuf.json_format import MessageToDict
 from kubernaut.common.v1 import remediation_pb2
 from kubernaut.gateway.v1 import gateway_pb2
 
-from gateway_http.app import accepted_body
+from kubernaut.edge.app import accepted_body
 
 
 def test_the_answer_is_what_json_format_writes() -> None:

@@ -6,17 +6,19 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from services.runtime.names import ServiceName
+from kubernaut.runtime.names import ServiceName
 
-EDGE = Path(__file__).resolve().parents[2] / "gateway_http"
+EDGE = Path(__file__).resolve().parents[2] / "kubernaut" / "edge"
 
-# What the edge may take from the `services` package: shared code that belongs to no service.
-ALLOWED = ("services.runtime", "services.alerts")
+# The product's packages the edge must keep out of, and what it may take from them: shared
+# code that belongs to no service. The generated API (kubernaut.<service>.v1) is its contract.
+PRODUCT = ("kubernaut.services", "kubernaut.cli", "kubernaut.devstack")
+ALLOWED = ("kubernaut.services.alerts",)
 
 
 def imported_modules(source: str) -> set[str]:
     """Every module a file imports, at any depth (function-level imports included);
-    `from services import gateway` counts as `services.gateway`."""
+    `from kubernaut.services import gateway` counts as `kubernaut.services.gateway`."""
     modules: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -28,12 +30,13 @@ def imported_modules(source: str) -> set[str]:
 
 
 def forbidden(module: str) -> bool:
-    if module != "services" and not module.startswith("services."):
+    def within(prefixes: tuple[str, ...]) -> bool:
+        return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+    if module == "kubernaut.services":
+        # `from kubernaut.services import alerts` adds kubernaut.services.alerts, judged on its own.
         return False
-    if module == "services":
-        # `from services import runtime` adds services.runtime, judged on its own.
-        return False
-    return not any(module == allowed or module.startswith(allowed + ".") for allowed in ALLOWED)
+    return within(PRODUCT) and not within(ALLOWED)
 
 
 def test_the_edge_imports_no_service_internals() -> None:
@@ -45,24 +48,28 @@ def test_the_edge_imports_no_service_internals() -> None:
         for module in imported_modules(path.read_text())
         if forbidden(module)
     }
-    assert not offending, "gateway_http imports service internals:\n" + "\n".join(sorted(offending))
+    assert not offending, "kubernaut.edge imports service internals:\n" + "\n".join(
+        sorted(offending)
+    )
 
 
 def test_the_check_catches_every_way_of_importing_a_service() -> None:
     for name in ServiceName:
         for source in (
-            f"import services.{name}.server",
-            f"from services.{name}.server import x",
-            f"from services import {name}",
-            f"def f():\n    from services.{name} import y\n",
+            f"import kubernaut.services.{name}.server",
+            f"from kubernaut.services.{name}.server import x",
+            f"from kubernaut.services import {name}",
+            f"def f():\n    from kubernaut.services.{name} import y\n",
+            "from kubernaut.cli.main import main",
+            "import kubernaut.devstack.system",
         ):
             assert any(forbidden(m) for m in imported_modules(source)), source
     assert not any(
         forbidden(m)
         for m in imported_modules(
-            "from services.runtime.ratelimit import RateLimiter\n"
-            "from services import runtime\n"
-            "from services.alerts import MAX_CLUSTER_CHARS\n"
+            "from kubernaut.runtime.ratelimit import RateLimiter\n"
+            "from kubernaut import runtime\n"
+            "from kubernaut.services.alerts import MAX_CLUSTER_CHARS\n"
             "import kubernaut.gateway.v1.gateway_pb2\n"
         )
     )

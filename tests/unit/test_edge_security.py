@@ -20,18 +20,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway_http.app import ALERTMANAGER_PATH, create_app
-from gateway_http.security import (
+from kubernaut.edge.app import ALERTMANAGER_PATH, create_app
+from kubernaut.edge.security import (
     Authenticator,
     ReviewUnavailable,
     SenderCheck,
     Unauthorized,
     sign,
 )
-from gateway_http.settings import EdgeSettings, TokenReviewSettings
-from gateway_http.tokenreview import TokenReviewer, reviewer_for
-from services.runtime.kube import KubeConnection
-from services.runtime.settings import KubeSettings
+from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
+from kubernaut.edge.tokenreview import TokenReviewer, reviewer_for
+from kubernaut.runtime.kube import KubeConnection
+from kubernaut.runtime.settings import KubeSettings
 
 OLD, NEW = "old-token-0123456789", "new-token-9876543210"
 SECRET = "hmac-secret"

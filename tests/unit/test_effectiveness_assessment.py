@@ -12,8 +12,8 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from pydantic import ValidationError
 
-from services.effectiveness.alertmanager import redact_url
-from services.effectiveness.assessment import (
+from kubernaut.services.effectiveness.alertmanager import redact_url
+from kubernaut.services.effectiveness.assessment import (
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_LINES,
     ActiveAlert,
@@ -30,7 +30,7 @@ from services.effectiveness.assessment import (
     judge,
     pod_evidence,
 )
-from services.effectiveness.settings import DEFAULT_DELAYS, AssessmentSettings
+from kubernaut.services.effectiveness.settings import DEFAULT_DELAYS, AssessmentSettings
 
 EFFECTIVE = remediation_pb2.VERDICT_EFFECTIVE
 INEFFECTIVE = remediation_pb2.VERDICT_INEFFECTIVE

@@ -12,8 +12,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 
-from services.storage import embeddings
-from services.storage.embeddings import (
+from kubernaut.services.storage import embeddings
+from kubernaut.services.storage.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     Embedder,
     EmbeddingModelError,

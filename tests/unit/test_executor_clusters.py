@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from services.executor.cluster import ClusterUnavailable
-from services.executor.clusters import (
+from kubernaut.runtime.kube import ClusterNotConfigured
+from kubernaut.runtime.settings import KubeSettings
+from kubernaut.services.executor.cluster import ClusterUnavailable
+from kubernaut.services.executor.clusters import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
     ClusterRegistry,
     UnknownCluster,
 )
-from services.executor.settings import ClusterConfig, ExecutorSettings
-from services.runtime.kube import ClusterNotConfigured
-from services.runtime.settings import KubeSettings
+from kubernaut.services.executor.settings import ClusterConfig, ExecutorSettings
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernaut.common.v1 import remediation_pb2
 
-from services.executor.changes import (
+from kubernaut.services.executor.changes import (
     ABSENT,
     POD_TEMPLATE_HASH,
     RESTARTED_AT,
@@ -34,11 +34,11 @@ from services.executor.changes import (
     scale_memory,
     spec_json,
 )
-from services.executor.changes import (
+from kubernaut.services.executor.changes import (
     compute_change as _compute_change,
 )
-from services.executor.operations import content_of, snapshot_content
-from services.executor.settings import DEFAULT_PROTECTED_NAMESPACES, ExecutorSettings
+from kubernaut.services.executor.operations import content_of, snapshot_content
+from kubernaut.services.executor.settings import DEFAULT_PROTECTED_NAMESPACES, ExecutorSettings
 
 AT = dt.datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
 
@@ -600,7 +600,7 @@ def test_requests_and_hpa_refusals() -> None:
 def test_request_checks_relate_fields() -> None:
     from kubernaut.executor.v1 import executor_pb2
 
-    from services.executor.requests import execute_problems, rollback_problems
+    from kubernaut.services.executor.requests import execute_problems, rollback_problems
 
     def execute(**action: Any) -> executor_pb2.ExecuteActionRequest:
         return executor_pb2.ExecuteActionRequest(action=_params(**action))
@@ -618,7 +618,7 @@ def test_request_checks_relate_fields() -> None:
 
 
 def test_drain_evicts_what_kubectl_drain_evicts() -> None:
-    from services.executor.operations import _evictable
+    from kubernaut.services.executor.operations import _evictable
 
     def pod(owner: str | None = None, phase: str = "Running", mirror: bool = False) -> Any:
         meta: dict[str, Any] = {"name": "p", "namespace": "ns"}
@@ -636,7 +636,7 @@ def test_drain_evicts_what_kubectl_drain_evicts() -> None:
 
 
 def test_diagnostics_bundles_stay_within_their_bound() -> None:
-    from services.executor.operations import _bounded_json
+    from kubernaut.services.executor.operations import _bounded_json
 
     bundle = {
         "object": {"metadata": {"name": "p"}},

@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.gateway.v1 import gateway_pb2
 
-from services.runtime import interceptors, validation
+from kubernaut.runtime import interceptors, validation
 
 # protovalidate takes most of the time (up to 100 ms an instance); CI can ask for more.
 EXAMPLES = int(os.environ.get("KUBERNAUT_VALIDATION_EXAMPLES", "20"))
@@ -426,7 +426,7 @@ def instances(descriptor: Descriptor, count: int, depth: int = 3) -> Iterator[Me
 @pytest.mark.parametrize("descriptor", MESSAGE_TYPES, ids=lambda d: d.full_name)
 def test_the_fast_validator_answers_as_protovalidate_does(descriptor: Descriptor) -> None:
     reason = validation.fallback_reason(descriptor)
-    # Still correct (protovalidate answers), but slow: teach services/runtime/validation.py.
+    # Still correct (protovalidate answers), but slow: teach kubernaut/runtime/validation.py.
     assert reason is None, f"{descriptor.full_name} falls back to protovalidate: {reason}"
     answers = {"valid": 0, "invalid": 0, "raised": 0}
     for message in instances(descriptor, EXAMPLES):

@@ -12,7 +12,7 @@ _FORBIDDEN = frozenset({"asyncpg", "redis", "grpc"})
 
 
 def _imports(module: str) -> set[str]:
-    """Every module `module` imports, followed through the project's own (`services.*`)."""
+    """Every module `module` imports, followed through the project's own (`kubernaut.*`)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -20,7 +20,7 @@ def _imports(module: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        if not name.startswith("services"):
+        if not name.startswith("kubernaut."):
             continue
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
@@ -31,14 +31,14 @@ def _imports(module: str) -> set[str]:
                 todo += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 todo.append(node.module)
-                # `from services.x import y` names a submodule y when services.x is a package.
+                # `from kubernaut.x import y` names a submodule y when kubernaut.x is a package.
                 if _is_package(node.module):
                     todo += [f"{node.module}.{alias.name}" for alias in node.names]
     return seen
 
 
 def _is_package(name: str) -> bool:
-    if not name.startswith("services"):
+    if not name.startswith("kubernaut."):
         return False
     spec = importlib.util.find_spec(name)
     return spec is not None and spec.submodule_search_locations is not None
@@ -49,12 +49,12 @@ def _top_level(names: set[str]) -> set[str]:
 
 
 def test_decisions_and_settings_import_no_store_and_no_grpc() -> None:
-    for module in ("services.gateway.decisions", "services.gateway.settings"):
+    for module in ("kubernaut.services.gateway.decisions", "kubernaut.services.gateway.settings"):
         pulled = _top_level(_imports(module)) & _FORBIDDEN
         assert not pulled, f"{module} pulls in {sorted(pulled)}"
 
 
 def test_the_backends_do_import_their_stores() -> None:
     """The check above can see a store: each backend's module is found to use its own."""
-    assert "asyncpg" in _top_level(_imports("services.gateway.postgres_intake"))
-    assert "redis" in _top_level(_imports("services.gateway.redis_intake"))
+    assert "asyncpg" in _top_level(_imports("kubernaut.services.gateway.postgres_intake"))
+    assert "redis" in _top_level(_imports("kubernaut.services.gateway.redis_intake"))

@@ -13,15 +13,15 @@ from buf.validate import validate_pb2
 from kubernaut.common.v1 import alert_pb2
 from pydantic import ValidationError
 
-from gateway_http.grafana import (
+from kubernaut.edge.grafana import (
     DASHBOARD_URL_ANNOTATION,
     PANEL_URL_ANNOTATION,
     VALUES_ANNOTATION,
     GrafanaWebhook,
     grafana_to_alerts,
 )
-from gateway_http.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
-from services.alerts import MAX_ANNOTATION_VALUE_CHARS, MAX_ANNOTATIONS
+from kubernaut.edge.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
+from kubernaut.services.alerts import MAX_ANNOTATION_VALUE_CHARS, MAX_ANNOTATIONS
 
 GRAFANA = "https://grafana.example.com"
 DASHBOARD = f"{GRAFANA}/d/shop-overview?from=1772437863157&orgId=1&to=1772441463157"

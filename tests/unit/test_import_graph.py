@@ -1,5 +1,5 @@
-"""No import circles among the product's modules (services/, gateway_http/), counting
-every import: at the top, inside functions and under TYPE_CHECKING. A circle means two
+"""No import circles among the product's modules (kubernaut/, not the generated API),
+counting every import: at the top, inside functions and under TYPE_CHECKING. A circle means two
 modules that cannot be understood, tested or moved apart."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("services", "gateway_http")
+PACKAGES = ("kubernaut",)
 
 
 def _modules() -> dict[str, Path]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import yaml
 
-from services.runtime import edges
-from services.runtime.istio import render
-from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
-from services.runtime.registry import protocol
+from kubernaut.runtime import edges
+from kubernaut.runtime.istio import render
+from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from kubernaut.runtime.registry import protocol
 
 COMMITTED = Path(__file__).resolve().parents[2] / "istio" / "kubernaut-authz.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.context_api import knowledge
+from kubernaut.services.context_api import knowledge
 
 UPSTREAM = [
     "KubePodCrashLooping",

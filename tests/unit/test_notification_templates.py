@@ -11,8 +11,8 @@ from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2
 
-from services.notification.links import LinkPolicy, defang
-from services.notification.rendering import (
+from kubernaut.services.notification.links import LinkPolicy, defang
+from kubernaut.services.notification.rendering import (
     MAX_SUBJECT_LENGTH,
     TEMPLATES,
     TEMPLATES_DIR,
@@ -22,7 +22,7 @@ from services.notification.rendering import (
     plain_text,
     what_changed,
 )
-from services.notification.settings import NotificationSettings
+from kubernaut.services.notification.settings import NotificationSettings
 
 KIND = notification_pb2.IncidentEventKind
 SUCCEEDED = notification_pb2.INCIDENT_EVENT_KIND_SUCCEEDED
@@ -42,7 +42,7 @@ SUBJECTS = {
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: f"[kubernaut] Not acted on (refused): {ON}",
     notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON: f"[kubernaut] Not acted on: {ON}",
 }
-# Stage lines as the executor writes them (the stage modules of services/executor/).
+# Stage lines as the executor writes them (the stage modules of kubernaut/services/executor/).
 APPLIED_STAGES = [
     "dry-run: ok: the API server accepted the change (dryRun=All)",
     "apply: rollout restarted (generation 4)",

@@ -1,5 +1,5 @@
-"""Kubernaut's marks on what it writes (services/executor/changes.py) and how context_api
-tells its own revisions from others' (services/context_api/resources.py), without a
+"""Kubernaut's marks on what it writes (kubernaut/services/executor/changes.py) and how context_api
+tells its own revisions from others' (kubernaut/services/context_api/resources.py), without a
 cluster."""
 
 from __future__ import annotations
@@ -11,8 +11,15 @@ from typing import Any
 from kubernaut.common.v1 import remediation_pb2
 from kubernetes_asyncio import client
 
-from services.context_api.resources import revision_of
-from services.executor.changes import (
+from kubernaut.runtime.kube import (
+    ACTION_ID_ANNOTATION,
+    CHANGE_CAUSE_ANNOTATION,
+    TEMPLATE_DIGEST_ANNOTATION,
+    is_own_template,
+    pod_spec_digest,
+)
+from kubernaut.services.context_api.resources import revision_of
+from kubernaut.services.executor.changes import (
     ABSENT,
     RESTARTED_AT,
     TEMPLATE_PATH,
@@ -23,13 +30,6 @@ from services.executor.changes import (
     mark_ops,
     mark_template,
     template_after,
-)
-from services.runtime.kube import (
-    ACTION_ID_ANNOTATION,
-    CHANGE_CAUSE_ANNOTATION,
-    TEMPLATE_DIGEST_ANNOTATION,
-    is_own_template,
-    pod_spec_digest,
 )
 
 POD_SPEC: dict[str, Any] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.ratelimit import RateLimiter, retry_after_header
+from kubernaut.runtime.ratelimit import RateLimiter, retry_after_header
 
 
 class Clock:

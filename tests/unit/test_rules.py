@@ -8,9 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 
-from services.ai_analysis import rules
-from services.ai_analysis.rules import RulesSettings, analyze
-from services.context_api.knowledge import get_alert_knowledge
+from kubernaut.services.ai_analysis import rules
+from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
+from kubernaut.services.context_api.knowledge import get_alert_knowledge
 
 DEFAULTS = RulesSettings()
 

@@ -11,14 +11,14 @@ from kubernaut.gateway.v1 import gateway_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
-from services.runtime import edges
-from services.runtime.clients import _CallMetadata, service_config
-from services.runtime.identity import account_of, parse_xfcc
-from services.runtime.interceptors import incident_id_of
-from services.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
-from services.runtime.registry import protocol, service_of_path
-from services.runtime.server import _bounded
-from services.runtime.settings import RuntimeSettings
+from kubernaut.runtime import edges
+from kubernaut.runtime.clients import _CallMetadata, service_config
+from kubernaut.runtime.identity import account_of, parse_xfcc
+from kubernaut.runtime.interceptors import incident_id_of
+from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from kubernaut.runtime.registry import protocol, service_of_path
+from kubernaut.runtime.server import _bounded
+from kubernaut.runtime.settings import RuntimeSettings
 
 SETTINGS = RuntimeSettings(trust_domain="cluster.local", namespace="kubernaut")
 

@@ -11,14 +11,14 @@ from kubernaut.intelligence.v1 import intelligence_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
-from services.alert_processor.processing import triage
-from services.alerts import dedup_key_of, incident_key_of
-from services.effectiveness.settings import VerdictSettings
-from services.effectiveness.verdicts import verdict_of
-from services.executor.catalogue import describe_action
-from services.intelligence.stats import action_stats
-from services.workflow.planning import TargetHistory, guard_for, plan
-from services.workflow.settings import PlanningSettings
+from kubernaut.services.alert_processor.processing import triage
+from kubernaut.services.alerts import dedup_key_of, incident_key_of
+from kubernaut.services.effectiveness.settings import VerdictSettings
+from kubernaut.services.effectiveness.verdicts import verdict_of
+from kubernaut.services.executor.catalogue import describe_action
+from kubernaut.services.intelligence.stats import action_stats
+from kubernaut.services.workflow.planning import TargetHistory, guard_for, plan
+from kubernaut.services.workflow.settings import PlanningSettings
 
 
 def alert(status: int = alert_pb2.ALERT_STATUS_FIRING, **labels: str) -> alert_pb2.Alert:

@@ -15,16 +15,16 @@ from typing import Any
 import grpc
 import pytest
 
-from services.runtime.database import unavailable_as_status
-from services.runtime.identity import peer_of
-from services.runtime.interceptors import abort_invalid
-from services.runtime.names import ServiceName
-from services.runtime.server import Context
+from kubernaut.runtime.database import unavailable_as_status
+from kubernaut.runtime.identity import peer_of
+from kubernaut.runtime.interceptors import abort_invalid
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import Context
 
 
 def _servicer_methods(name: ServiceName) -> list[tuple[str, Callable[..., Any]]]:
     """The RPC methods a service's servicer implements: those its generated base declares."""
-    module = importlib.import_module(f"services.{name.value}.server")
+    module = importlib.import_module(f"kubernaut.services.{name.value}.server")
     methods = []
     for _, cls in inspect.getmembers(module, inspect.isclass):
         if cls.__module__ != module.__name__:

@@ -9,9 +9,12 @@ import pkgutil
 import pytest
 from pydantic_settings import BaseSettings
 
-import gateway_http
-import services
-from services.settings_reference import (
+import kubernaut.cli
+import kubernaut.devstack
+import kubernaut.edge
+import kubernaut.runtime
+import kubernaut.services
+from kubernaut.cli.settings_reference import (
     UnknownSettings,
     all_settings,
     check_environment,
@@ -58,7 +61,13 @@ def test_a_misspelt_variable_is_refused_naming_the_closest_valid_one() -> None:
 
 def _product_modules() -> list[str]:
     names = []
-    for package in (services, gateway_http):
+    for package in (
+        kubernaut.runtime,
+        kubernaut.services,
+        kubernaut.edge,
+        kubernaut.cli,
+        kubernaut.devstack,
+    ):
         for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             names.append(module.name)
     return names
@@ -77,11 +86,7 @@ def test_every_settings_class_of_the_product_is_in_the_reference() -> None:
             found += [sub, *subclasses(sub)]
         return found
 
-    ours = {
-        cls
-        for cls in subclasses(BaseSettings)
-        if cls.__module__.startswith(("services.", "gateway_http."))
-    }
+    ours = {cls for cls in subclasses(BaseSettings) if cls.__module__.startswith("kubernaut.")}
     assert ours - listed == set()
 
 

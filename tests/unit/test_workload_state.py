@@ -1,5 +1,5 @@
-"""A workload's state (services.runtime.workload_state) and the quiet period's decision
-(services.storage.quiet_period): what counts as a change since a fix, and what is said."""
+"""A workload's state (kubernaut.runtime.workload_state) and the quiet period's decision
+(kubernaut.services.storage.quiet_period): what counts as a change since a fix, and what is said."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 from kubernaut.common.v1 import remediation_pb2
 
-from services.runtime.workload_state import (
+from kubernaut.runtime.workload_state import (
     canonical_template,
     changes_since,
     template_digest,
     workload_state,
 )
-from services.storage.quiet_period import decide
+from kubernaut.services.storage.quiet_period import decide
 
 INCIDENT = "3f2b1c4e-0000-4000-8000-000000000001"
 

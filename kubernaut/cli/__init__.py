@@ -1,0 +1,1 @@
+"""The `kubernaut` command and its subcommands (incidents, workflows, alerts, the demo)."""

@@ -1,0 +1,315 @@
+"""The `kubernaut` command: run one service or the whole system, check health, make
+certificates, inspect incidents, run the local dev stack and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from kubernaut.cli.tables import EDGE, print_readiness, print_table
+from kubernaut.runtime.certs import init_dev_pki
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.launcher import wait_serving
+from kubernaut.runtime.names import ServiceName, all_accounts
+from kubernaut.runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from kubernaut.devstack.stack import DevStack
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    settings = RuntimeSettings()
+    certs_dir = settings.resolved_certs_dir
+    # Without --force the CA stays, so that running processes keep trusting each other.
+    init_dev_pki(
+        certs_dir,
+        all_accounts(),
+        trust_domain=settings.trust_domain,
+        namespace=settings.namespace,
+        force=args.force,
+    )
+    print(f"certificates for {', '.join(all_accounts())} in {certs_dir}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kubernaut.cli.settings_reference import UnknownSettings, check_environment
+
+    try:
+        check_environment(os.environ)
+    except UnknownSettings as error:
+        print(f"kubernaut serve {args.service}: {error}", file=sys.stderr)
+        return 2
+    if args.service == EDGE:
+        from kubernaut.edge.main import serve_edge
+        from kubernaut.edge.settings import EdgeSettings
+
+        return asyncio.run(serve_edge(RuntimeSettings(), EdgeSettings()))
+    from kubernaut.runtime.server import serve
+
+    return asyncio.run(serve(ServiceName.parse(args.service), RuntimeSettings()))
+
+
+async def _status(settings: RuntimeSettings) -> dict[ServiceName, str]:
+    clients = Clients(settings)
+    try:
+        return await wait_serving(clients, list(ServiceName), timeout=0)
+    finally:
+        await clients.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = RuntimeSettings()
+    statuses = asyncio.run(_status(settings))
+    rows = [["SERVICE", "ADDRESS", "HEALTH"]]
+    rows += [[s.value, settings.address_of(s), statuses[s]] for s in ServiceName]
+    print_table(rows)
+    return 0 if all(v == "SERVING" for v in statuses.values()) else 1
+
+
+def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStack:
+    from kubernaut.devstack.stack import DevStack
+    from kubernaut.devstack.system import edge_webhook_url
+
+    return DevStack(
+        settings.state_dir,
+        nodes=getattr(args, "nodes", 3),
+        webhook_url=getattr(args, "webhook_url", None) or edge_webhook_url(),
+        alert_for=getattr(args, "alert_for", None),
+        database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
+    )
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from kubernaut.devstack.system import running_system
+
+    settings = RuntimeSettings()
+    stack = dev_stack_of(args, settings)
+    print(f"dev stack in {stack.root}")
+    info = await asyncio.to_thread(stack.up)
+    print("starting the ten services and the HTTP edge ...", flush=True)
+    async with running_system(settings, info) as system:
+        if not print_readiness(system):
+            return 1
+        print("all services SERVING; Ctrl-C stops them (the dev stack keeps running)", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_up(args))
+    return 0
+
+
+def cmd_dev_stack(args: argparse.Namespace) -> int:
+    from kubernaut.devstack.stack import DevStackError
+
+    stack = dev_stack_of(args, RuntimeSettings())
+    if args.action == "up":
+        print(f"dev stack in {stack.root}")
+        try:
+            info = stack.up()
+        except DevStackError as error:
+            print(f"dev-stack up: {error}", file=sys.stderr)
+            return 1
+        kube = info.components["kubernetes"].details
+        print("\npoint Kubernaut and the tests at it:")
+        print(f"  export KUBERNAUT_DATABASE_URL='{info.detail('postgres', 'dsn')}'")
+        print(f"  export KUBECONFIG={kube['kubeconfig']}  # admin")
+        print(f"  # the executor's least-privilege kubeconfig: {kube['executor_kubeconfig']}")
+        print(f"  export KUBERNAUT_NOTIFICATION_SMTP_PORT={info.detail('smtp', 'port')}")
+        return 0
+    if args.action == "down":
+        stack.down()
+        return 0
+    rows = [["COMPONENT", "STATE", "URL", "LOG"], *map(list, stack.status())]
+    print_table(rows)
+    return 0 if all(row[1].startswith(("running", "external")) for row in rows[1:]) else 1
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from kubernaut.cli.incidents import list_incidents, show_incident
+
+    settings = RuntimeSettings()
+    if args.action == "show":
+        if not args.incident_id:
+            print("kubernaut incidents show: an incident id is needed", file=sys.stderr)
+            return 2
+        return asyncio.run(show_incident(settings, args.incident_id))
+    return asyncio.run(list_incidents(settings, args.limit))
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from kubernaut.cli.dropped_alerts import list_dropped_alerts
+
+    async def run() -> int:
+        clients = Clients(RuntimeSettings())
+        try:
+            return await list_dropped_alerts(clients, args.limit)
+        finally:
+            await clients.close()
+
+    return asyncio.run(run())
+
+
+def cmd_workflows(args: argparse.Namespace) -> int:
+    from kubernaut.cli.workflows import decide_workflow, show_workflow
+    from kubernaut.runtime.clients import Clients
+
+    if args.action != "show" and not (args.by or "").strip():
+        print(f"kubernaut workflows {args.action}: --by NAME says who decides", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        clients = Clients(RuntimeSettings())
+        try:
+            if args.action == "show":
+                return await show_workflow(clients, args.workflow_id)
+            return await decide_workflow(
+                clients, args.workflow_id, args.action, args.by, args.reason
+            )
+        finally:
+            await clients.close()
+
+    return asyncio.run(run())
+
+
+def cmd_render_istio(args: argparse.Namespace) -> int:
+    from kubernaut.runtime.istio import render
+
+    print(render(namespace=args.namespace, trust_domain=args.trust_domain), end="")
+    return 0
+
+
+def cmd_render_actions(args: argparse.Namespace) -> int:
+    from kubernaut.services.executor.docs import render_catalogue
+
+    print(render_catalogue(), end="")
+    return 0
+
+
+def cmd_render_settings(args: argparse.Namespace) -> int:
+    from kubernaut.cli.settings_reference import render_markdown
+
+    sys.stdout.write(render_markdown())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kubernaut.cli.demo import run_demo
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_demo(keep_running=args.keep_running))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kubernaut", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument(
+        "service",
+        choices=[s.value for s in ServiceName] + [s.account for s in ServiceName] + [EDGE],
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    up = commands.add_parser(
+        "up",
+        help="the dev stack, then all ten services and the HTTP edge, each in its own process",
+    )
+    up.set_defaults(func=cmd_up)
+
+    status = commands.add_parser("status", help="show every service's health")
+    status.set_defaults(func=cmd_status)
+
+    certs = commands.add_parser("certs", help="development certificates")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_commands.add_parser("init", help="make a dev CA and a certificate per service")
+    init.add_argument("--force", action="store_true", help="replace the CA too")
+    init.set_defaults(func=cmd_certs_init)
+
+    incidents = commands.add_parser("incidents", help="what Kubernaut saw and did (over gRPC)")
+    incidents.add_argument("action", choices=["list", "show"])
+    incidents.add_argument("incident_id", nargs="?")
+    incidents.add_argument("--limit", type=int, default=20)
+    incidents.set_defaults(func=cmd_incidents)
+
+    alerts = commands.add_parser(
+        "alerts", help="alerts that did not become incidents, and why (over gRPC)"
+    )
+    alerts.add_argument("action", choices=["list"])
+    alerts.add_argument("--limit", type=int, default=20)
+    alerts.set_defaults(func=cmd_alerts)
+
+    workflows = commands.add_parser(
+        "workflows", help="a workflow's steps; approve or reject one that waits (over gRPC)"
+    )
+    workflows.add_argument("action", choices=["show", "approve", "reject"])
+    workflows.add_argument("workflow_id", help="a workflow's id, or its incident's")
+    workflows.add_argument("--by", help="who decides (approve, reject): kept on the workflow")
+    workflows.add_argument("--reason", default="", help="why, in a sentence")
+    workflows.set_defaults(func=cmd_workflows)
+
+    demo = commands.add_parser(
+        "demo", help="everything up, a bad rollout, and Kubernaut fixing it, live"
+    )
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave everything running afterwards"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    dev_stack = commands.add_parser(
+        "dev-stack", help="the local Kubernetes, PostgreSQL, Prometheus, AlertManager and SMTP"
+    )
+    dev_stack.add_argument("action", choices=["up", "down", "status"])
+    dev_stack.add_argument("--nodes", type=int, default=3, help="KWOK nodes (default 3)")
+    dev_stack.add_argument(
+        "--webhook-url",
+        default=None,
+        help="where AlertManager sends alerts (default: Kubernaut's HTTP edge, "
+        "at KUBERNAUT_HTTP_HOST and KUBERNAUT_HTTP_PORT)",
+    )
+    dev_stack.add_argument(
+        "--alert-for",
+        default=None,
+        metavar="DURATION",
+        help="replace the alerts' upstream `for:` durations (e.g. 30s) for demos and tests",
+    )
+    dev_stack.set_defaults(func=cmd_dev_stack)
+
+    render = commands.add_parser("render", help="render deployment objects and docs")
+    render_commands = render.add_subparsers(dest="render_command", required=True)
+    istio = render_commands.add_parser("istio", help="PeerAuthentication and AuthorizationPolicies")
+    istio.add_argument("--namespace", default="kubernaut")
+    istio.add_argument("--trust-domain", default="cluster.local")
+    istio.set_defaults(func=cmd_render_istio)
+    actions = render_commands.add_parser("actions", help="the action catalogue as Markdown")
+    actions.set_defaults(func=cmd_render_actions)
+    settings = render_commands.add_parser(
+        "settings", help="every KUBERNAUT_* setting as Markdown (docs/settings.md)"
+    )
+    settings.set_defaults(func=cmd_render_settings)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except OSError as error:
+        # Missing certificates, a port in use, an unreachable database: say it plainly.
+        print(f"kubernaut {args.command}: {error}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

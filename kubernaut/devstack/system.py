@@ -1,0 +1,138 @@
+"""Kubernaut as a whole on the dev stack: the ten services and the HTTP edge, each in its
+own process, wired to the dev stack's PostgreSQL, cluster (each cluster-facing service
+with its own least-privilege identity), AlertManager and SMTP server.
+
+`kubernaut up`, the demo and the end-to-end tests all start it this way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from kubernaut.devstack.stack import StackInfo
+from kubernaut.edge.urls import edge_url as edge_url
+from kubernaut.edge.urls import edge_webhook_url as edge_webhook_url
+from kubernaut.runtime.certs import init_dev_pki
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.launcher import Fleet, wait_serving
+from kubernaut.runtime.names import ServiceName, all_accounts
+from kubernaut.runtime.settings import RuntimeSettings, Transport
+
+EDGE = "gateway-http"
+DEFAULT_RECIPIENT = "sre@example.com"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What demos and tests shorten; production keeps the defaults."""
+
+    # e.g. "30s,2m,30m" (None: the service's default)
+    assessment_delays: str | None = None
+    verify_timeout_seconds: float | None = None
+    recipients: str = DEFAULT_RECIPIENT
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def service_env(
+    info: StackInfo, tuning: Tuning
+) -> tuple[dict[str, str], dict[ServiceName, dict[str, str]]]:
+    """(environment of every service, extra environment per service)."""
+    common = {"KUBERNAUT_DATABASE_URL": info.detail("postgres", "dsn"), **tuning.extra_env}
+    kube = info.components["kubernetes"].details
+    per_service: dict[ServiceName, dict[str, str]] = {
+        ServiceName.EXECUTOR: {"KUBECONFIG": kube["executor_kubeconfig"]},
+        ServiceName.CONTEXT_API: {"KUBECONFIG": kube["context-api_kubeconfig"]},
+        ServiceName.NOTIFICATION: {
+            "KUBERNAUT_NOTIFICATION_SMTP_HOST": info.detail("smtp", "host"),
+            "KUBERNAUT_NOTIFICATION_SMTP_PORT": info.detail("smtp", "port"),
+            "KUBERNAUT_NOTIFICATION_EMAIL_TO": tuning.recipients,
+            # The shipped rules' runbooks (the kubernetes-mixin's, on github.com) and the
+            # local Prometheus behind each alert's generator URL are links in the dev
+            # stack's mail; any other host in an alert stays plain text.
+            "KUBERNAUT_NOTIFICATION_LINK_HOSTS": "github.com,127.0.0.1",
+        },
+        ServiceName.EFFECTIVENESS: {
+            "KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL": info.url("alertmanager"),
+        },
+    }
+    if tuning.assessment_delays:
+        per_service[ServiceName.EFFECTIVENESS]["KUBERNAUT_EFFECTIVENESS_DELAYS"] = (
+            tuning.assessment_delays
+        )
+    if tuning.verify_timeout_seconds:
+        per_service[ServiceName.EXECUTOR]["KUBERNAUT_EXECUTOR_VERIFY_TIMEOUT_SECONDS"] = str(
+            tuning.verify_timeout_seconds
+        )
+    return common, per_service
+
+
+def ensure_certs(settings: RuntimeSettings) -> None:
+    certs_dir = settings.resolved_certs_dir
+    if not (certs_dir / "ca.crt").exists():
+        init_dev_pki(
+            certs_dir,
+            all_accounts(),
+            trust_domain=settings.trust_domain,
+            namespace=settings.namespace,
+        )
+
+
+@dataclass
+class System:
+    settings: RuntimeSettings
+    dev: StackInfo
+    fleet: Fleet
+    statuses: dict[ServiceName, str]
+    edge_url: str
+
+    @property
+    def ready(self) -> bool:
+        return all(v == "SERVING" for v in self.statuses.values()) and not self.fleet.exited()
+
+    def clients(self) -> Clients:
+        """Operator clients for the running services."""
+        return Clients(self.settings)
+
+
+def webhook_token_file(dev: StackInfo) -> str:
+    """The file of the bearer token AlertManager presents to the edge."""
+    token_file = dev.components["alertmanager"].details.get("webhook_token_file", "")
+    if not token_file:
+        raise RuntimeError(
+            "the running dev stack predates webhook tokens: run `kubernaut dev-stack down`, "
+            "then start it again"
+        )
+    return token_file
+
+
+@contextlib.asynccontextmanager
+async def running_system(
+    settings: RuntimeSettings,
+    dev: StackInfo,
+    tuning: Tuning | None = None,
+    *,
+    timeout: float = 120.0,
+) -> AsyncIterator[System]:
+    """Start the ten services and the edge against `dev`; stop them on exit (by pid)."""
+    tuning = tuning or Tuning()
+    if settings.transport is Transport.MTLS:
+        ensure_certs(settings)
+    common, per_service = service_env(dev, tuning)
+    fleet = Fleet(settings.state_dir / "logs", env=common)
+    try:
+        for service in ServiceName:
+            fleet.start_service(service, env=per_service.get(service))
+        # The edge accepts the token the dev stack gave AlertManager.
+        fleet.start(
+            EDGE, "serve", EDGE, env={"KUBERNAUT_HTTP_TOKENS_FILE": webhook_token_file(dev)}
+        )
+        clients = Clients(settings)
+        try:
+            statuses = await wait_serving(clients, list(ServiceName), timeout, fleet)
+        finally:
+            await clients.close()
+        yield System(settings, dev, fleet, statuses, edge_url())
+    finally:
+        fleet.stop()

@@ -1,0 +1,65 @@
+"""Run the HTTP edge: uvicorn in front of the gateway's gRPC API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import uvicorn
+from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
+
+from kubernaut.edge.app import create_app
+from kubernaut.edge.coalescing import Coalescer
+from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
+from kubernaut.edge.tokenreview import reviewer_for
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.logs import configure_logging
+from kubernaut.runtime.names import EDGE_ACCOUNT
+from kubernaut.runtime.server import freeze_startup_heap
+from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
+from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
+
+log = logging.getLogger("kubernaut.edge")
+
+
+async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
+    configure_logging("gateway-http", settings.log_level)
+    configure_tracing("gateway-http", settings.otlp_endpoint)
+    try:
+        # Read here, where a bad value is logged as the reason the edge cannot start;
+        # KUBERNAUT_KUBE_* only when token review asks the cluster.
+        token_review = TokenReviewSettings()
+        reviewer = reviewer_for(token_review, KubeSettings()) if token_review.enabled else None
+        authenticator = edge.authenticator(reviewer)
+    except (ValueError, OSError) as error:
+        log.error("cannot start: %s", error)
+        return 2
+    if authenticator is None:
+        log.warning("webhooks are accepted without authentication (KUBERNAUT_HTTP_ALLOW_ANONYMOUS)")
+    metrics_port = start_metrics_server(settings.metrics_host, edge.metrics_port_for(settings))
+    log.info("edge metrics", extra={"metrics_port": metrics_port})
+    clients = Clients(settings, EDGE_ACCOUNT)
+    gateway = clients.stub(GatewayServiceStub)
+    app = create_app(
+        # Webhooks arriving together go to the gateway in one call (one transaction).
+        Coalescer(gateway.SubmitAlerts, max_in_flight=edge.max_gateway_calls),
+        authenticator,
+        max_body_bytes=edge.max_body_bytes,
+        rate_limiter=edge.rate_limiter(),
+        max_concurrent=edge.max_concurrent,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=edge.host, port=edge.port, log_config=None, access_log=False)
+    )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was there before it; a no-op one lets the edge exit 0 like the services.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    freeze_startup_heap()
+    try:
+        await server.serve()
+    finally:
+        await clients.close()
+        if reviewer is not None:
+            await reviewer.close()
+    return 0

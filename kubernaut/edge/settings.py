@@ -1,0 +1,111 @@
+"""The HTTP edge's settings: KUBERNAUT_HTTP_* (listening, authentication, limits) and
+KUBERNAUT_HTTP_TOKEN_REVIEW_* (Kubernetes TokenReview for in-cluster senders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kubernaut.edge.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT
+from kubernaut.edge.security import Authenticator, TokenReview
+from kubernaut.runtime.names import METRICS_PORT_OFFSET, ServiceName
+from kubernaut.runtime.ratelimit import RateLimiter
+from kubernaut.runtime.settings import RuntimeSettings
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_HTTP_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Bearer tokens the senders present, comma-separated; two at once let a token be
+    # rotated without dropping alerts. Never logged.
+    tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # A file with one token per line (a mounted Kubernetes Secret), read at start.
+    tokens_file: Path | None = None
+    # When set, senders must also sign the body: `<signature_header>: sha256=<hex HMAC>`.
+    hmac_secret: SecretStr | None = None
+    signature_header: str = "X-Kubernaut-Signature"
+    # Larger bodies get 413.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    # Accept webhooks without a token. Only for a loopback demo: it must be chosen.
+    allow_anonymous: bool = False
+    # Per sender (token, reviewed service account, or client address when anonymous):
+    # webhook requests per second and burst; 0 turns the limit off.
+    rate_per_second: float = Field(default=50.0, ge=0)
+    rate_burst: float = Field(default=200.0, ge=1)
+    # Requests in progress at once, over all senders; beyond it 503. 0 turns it off.
+    max_concurrent: int = Field(default=DEFAULT_MAX_CONCURRENT, ge=0)
+    # Calls to the gateway at once; webhooks arriving meanwhile go together in the next.
+    # One gives the largest batches: the least CPU per alert and the shortest tail under
+    # load (bench/edge_throughput --set KUBERNAUT_HTTP_MAX_GATEWAY_CALLS=2 compares).
+    max_gateway_calls: int = Field(default=1, ge=1)
+    # Where /metrics is served (not on the webhook port: that one faces the senders).
+    # Unset: KUBERNAUT_PORT_BASE + 100 + 10, after the ten services'. 0: any free port.
+    metrics_port: int | None = None
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(token.strip() for token in value.split(",") if token.strip())
+        return value
+
+    def authenticator(self, reviewer: TokenReview | None = None) -> Authenticator | None:
+        """The configured authentication; None for anonymous. ValueError when neither
+        tokens, nor a token reviewer, nor anonymous access are configured (an open door is
+        never a default)."""
+        tokens = [token.get_secret_value() for token in self.tokens]
+        if self.tokens_file is not None:
+            lines = self.tokens_file.read_text(encoding="utf-8").splitlines()
+            tokens += [line.strip() for line in lines if line.strip()]
+        if not tokens and reviewer is None:
+            if self.allow_anonymous:
+                return None
+            raise ValueError(
+                "no webhook tokens: set KUBERNAUT_HTTP_TOKENS or KUBERNAUT_HTTP_TOKENS_FILE, "
+                "or enable KUBERNAUT_HTTP_TOKEN_REVIEW_ENABLED (or "
+                "KUBERNAUT_HTTP_ALLOW_ANONYMOUS=true on a loopback-only demo)"
+            )
+        secret = self.hmac_secret.get_secret_value() if self.hmac_secret else None
+        return Authenticator.of(tokens, secret, self.signature_header, reviewer=reviewer)
+
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(self.rate_per_second, self.rate_burst)
+
+    def metrics_port_for(self, settings: RuntimeSettings) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return settings.port_base + METRICS_PORT_OFFSET + len(ServiceName)
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+class TokenReviewSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_HTTP_TOKEN_REVIEW_", frozen=True, extra="ignore"
+    )
+
+    # Off by default: then only the static tokens of EdgeSettings are accepted.
+    enabled: bool = False
+    # Comma-separated. When set, a token must have been issued for one of these audiences
+    # (e.g. a projected token with `audience: kubernaut`); empty: the API server's own.
+    audiences: Annotated[tuple[str, ...], NoDecode] = ()
+    # Comma-separated usernames, e.g. system:serviceaccount:monitoring:alertmanager.
+    # Required when enabled: any ServiceAccount in the cluster can get a valid token.
+    allowed_users: Annotated[tuple[str, ...], NoDecode] = ()
+    # How long the API server's verdict on a token is reused.
+    cache_seconds: float = Field(default=60.0, ge=0)
+    negative_cache_seconds: float = Field(default=5.0, ge=0)
+
+    @field_validator("audiences", "allowed_users", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        return _split(value)

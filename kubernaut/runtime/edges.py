@@ -1,0 +1,158 @@
+"""The call table: every allowed call between services, in one place.
+
+Runtime authorization, the Istio AuthorizationPolicies and the docs all come from this
+table. A call that is not here is refused with PERMISSION_DENIED. Adding an edge is one
+line.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
+from kubernaut.runtime.registry import protocol
+
+S = ServiceName
+
+
+@dataclass(frozen=True)
+class Edge:
+    caller: ServiceName
+    callee: ServiceName
+    methods: frozenset[str]
+    reason: str
+
+
+def _edge(caller: ServiceName, callee: ServiceName, methods: str, reason: str) -> Edge:
+    return Edge(caller, callee, frozenset(methods.split()), reason)
+
+
+EDGES: tuple[Edge, ...] = (
+    _edge(S.GATEWAY, S.ALERT_PROCESSOR, "ProcessAlert", "route validated alerts"),
+    _edge(
+        S.GATEWAY,
+        S.STORAGE,
+        "CountIncidentAlerts",
+        "count duplicates on their incident instead of forwarding them",
+    ),
+    _edge(
+        S.ALERT_PROCESSOR,
+        S.AI_ANALYSIS,
+        "AnalyzeIncident",
+        "get recommendations",
+    ),
+    _edge(
+        S.ALERT_PROCESSOR,
+        S.CONTEXT_API,
+        "GetResourceContext",
+        "enrich alerts: owner resolution, pod status, events",
+    ),
+    _edge(
+        S.ALERT_PROCESSOR,
+        S.NOTIFICATION,
+        "NotifyIncidentEvent",
+        "tell people of a storm, which is left to them, and of alerts not acted on",
+    ),
+    _edge(
+        S.ALERT_PROCESSOR,
+        S.STORAGE,
+        "OpenIncident UpdateIncident ResolveIncident RecordDroppedAlert",
+        "open, update or resolve the incident of a fingerprint; record alerts dropped",
+    ),
+    _edge(
+        S.AI_ANALYSIS,
+        S.CONTEXT_API,
+        "GetAlertKnowledge GetResourceContext GetIncidentHistory",
+        "context for the analysis: evidence, similar incidents, how past fixes worked",
+    ),
+    _edge(
+        S.AI_ANALYSIS,
+        S.WORKFLOW,
+        "CreateWorkflow",
+        "turn recommendations into workflows",
+    ),
+    _edge(
+        S.WORKFLOW,
+        S.EXECUTOR,
+        "DescribeAction ExecuteAction GetActionProgress",
+        "check and run actions, and follow one while it runs",
+    ),
+    _edge(
+        S.WORKFLOW,
+        S.STORAGE,
+        "UpdateIncident ListActionRecords",
+        "move incidents through remediation; what failed on a target before (the guard)",
+    ),
+    _edge(S.WORKFLOW, S.EFFECTIVENESS, "ScheduleAssessment", "assess each action that ran"),
+    _edge(
+        S.WORKFLOW,
+        S.NOTIFICATION,
+        "NotifyIncidentEvent",
+        "tell people about workflows",
+    ),
+    _edge(S.EXECUTOR, S.STORAGE, "RecordAction", "store action results"),
+    _edge(S.INTELLIGENCE, S.STORAGE, "ListActionRecords", "history for pattern discovery"),
+    _edge(S.EFFECTIVENESS, S.INTELLIGENCE, "GetActionStats", "pattern insights for verdicts"),
+    _edge(S.EFFECTIVENESS, S.STORAGE, "RecordAssessment", "record verdicts"),
+    _edge(
+        S.EFFECTIVENESS,
+        S.CONTEXT_API,
+        "GetResourceContext",
+        "assessment context: pods Ready, restarts",
+    ),
+    _edge(
+        S.CONTEXT_API,
+        S.STORAGE,
+        "GetIncident SearchSimilarIncidents",
+        "history and similar incidents as context",
+    ),
+    _edge(S.CONTEXT_API, S.EFFECTIVENESS, "GetActionEffectiveness", "how past fixes worked"),
+    _edge(S.CONTEXT_API, S.NOTIFICATION, "SendNotification", "investigation results"),
+)
+
+# Operators (grpcurl, the kubernaut CLI) may call everything except the audit-trail
+# writes: only the service that acted records what it did, and only the alert processor
+# what it dropped.
+OPERATOR_DENIED: frozenset[tuple[ServiceName, str]] = frozenset(
+    {(S.STORAGE, "RecordAction"), (S.STORAGE, "RecordDroppedAlert")}
+)
+
+# The HTTP edge only submits alerts.
+EDGE_ALLOWED: frozenset[tuple[ServiceName, str]] = frozenset({(S.GATEWAY, "SubmitAlerts")})
+
+# Every peer, even one with no identity (kubelet probes), may ask for health.
+HEALTH_SERVICE = "grpc.health.v1.Health"
+# Any authenticated peer may list and describe the API.
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+
+
+@functools.cache
+def _allowed() -> frozenset[tuple[str, ServiceName, str]]:
+    allowed = {
+        (edge.caller.account, edge.callee, method) for edge in EDGES for method in edge.methods
+    }
+    allowed |= {(EDGE_ACCOUNT, callee, method) for callee, method in EDGE_ALLOWED}
+    for callee in ServiceName:
+        for method in protocol(callee).method_names:
+            if (callee, method) not in OPERATOR_DENIED:
+                allowed.add((OPERATOR_ACCOUNT, callee, method))
+    return frozenset(allowed)
+
+
+def is_allowed(caller_account: str, callee: ServiceName, method: str) -> bool:
+    """Whether the caller (a ServiceAccount name) may call callee's method."""
+    return (caller_account, callee, method) in _allowed()
+
+
+def check_table() -> None:
+    """Fail loudly when the table names a method that the protos do not have."""
+    for edge in EDGES:
+        unknown = edge.methods - set(protocol(edge.callee).method_names)
+        if unknown:
+            raise ValueError(f"edge {edge.caller}->{edge.callee} names unknown {sorted(unknown)}")
+    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED:
+        if method not in protocol(callee).method_names:
+            raise ValueError(f"the table names unknown {callee}.{method}")

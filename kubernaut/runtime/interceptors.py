@@ -1,0 +1,239 @@
+"""The server interceptor every service runs: request ids and logs, metrics,
+authorization against the call table, request validation and error mapping.
+
+OpenTelemetry's own interceptor runs outside this one, so the trace context of the
+call is current while we log.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from kubernaut.runtime import edges, validation
+from kubernaut.runtime.identity import Peer, peer_of
+from kubernaut.runtime.logs import incident_id_var, request_id_var
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.registry import service_of_path
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.runtime.telemetry import RPC_HANDLED, RPC_SECONDS
+
+log = logging.getLogger("kubernaut.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+# Downstream failures that mean "try again later" to our own caller.
+RETRYABLE: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def incident_id_of(request: Message) -> str:
+    """The incident a request is about (its `incident_id`, or its `incident`'s), for the
+    logs of everything the call does; "" when it names none."""
+    fields = request.DESCRIPTOR.fields_by_name
+    named: Any = request  # checked against the descriptor, not the static type
+    if "incident_id" in fields:
+        return str(named.incident_id)
+    if "incident" in fields and request.HasField("incident"):
+        return str(named.incident.incident_id)
+    return ""
+
+
+def bad_request_status(violations: list[tuple[str, str]]) -> grpc.Status:
+    """INVALID_ARGUMENT carrying google.rpc.BadRequest with one violation a field."""
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in violations
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(bad_request)
+    summary = "; ".join(f"{field}: {description}" for field, description in violations)
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT,
+            message=f"invalid request: {summary}",
+            details=[detail],
+        )
+    )
+
+
+async def abort_invalid(
+    context: grpc.aio.ServicerContext[Any, Any], field: str, description: str
+) -> None:
+    """Refuse a request that protovalidate passed but the service's own rules refuse."""
+    await context.abort_with_status(bad_request_status([(field, description)]))
+
+
+def violations_of(message: Message) -> list[tuple[str, str]]:
+    """The protovalidate rule violations of a message, as (field path, description).
+
+    The rules are compiled to plain Python (protovalidate's CEL costs milliseconds an
+    alert); types with rules the fast path does not compile go to protovalidate itself.
+    """
+    return validation.violations_of(message)
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, service: ServiceName, settings: RuntimeSettings) -> None:
+        self.service = service
+        self.settings = settings
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        path: str = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(
+                request: Message, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                return await self._handle(path, request, context, inner)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Streaming methods (health Watch, reflection) only need the authorization check.
+        kind = next(
+            k for k in ("unary_stream", "stream_unary", "stream_stream") if getattr(handler, k)
+        )
+        inner_stream = getattr(handler, kind)
+        streaming: Callable[[Any, Any], Any]
+        if inspect.isasyncgenfunction(inner_stream):
+
+            async def streaming_generator(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await self._authorize(path, context)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            streaming = streaming_generator
+        else:
+
+            async def streaming_coroutine(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                await self._authorize(path, context)
+                return await inner_stream(request, context)
+
+            streaming = streaming_coroutine
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _authorize(self, path: str, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
+        peer = peer_of(context, self.settings)
+        target = service_of_path(path)
+        full_service = path.lstrip("/").partition("/")[0]
+        if full_service == edges.HEALTH_SERVICE:
+            return peer
+        if full_service in edges.REFLECTION_SERVICES and peer.account is not None:
+            return peer
+        if target is not None and peer.account is not None:
+            callee, method = target
+            if callee is self.service and edges.is_allowed(peer.account, callee, method):
+                return peer
+        log.warning("permission denied", extra={"rpc": path, "peer": peer.label})
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{peer.label} may not call {path} (not in Kubernaut's call table)",
+        )
+        raise AssertionError("unreachable")  # abort raises
+
+    async def _handle(
+        self,
+        path: str,
+        request: Message,
+        context: grpc.aio.ServicerContext[Any, Any],
+        inner: Callable[[Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+    ) -> Any:
+        request_id = _metadata(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        incident_token = incident_id_var.set(incident_id_of(request))
+        full_service, _, method = path.lstrip("/").partition("/")
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        peer_label = "?"
+        try:
+            peer = await self._authorize(path, context)
+            peer_label = peer.label
+            violations = violations_of(request)
+            if violations:
+                await context.abort_with_status(bad_request_status(violations))
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except grpc.aio.AioRpcError as error:
+            # A downstream call failed and the servicer did not map it.
+            code = (
+                grpc.StatusCode.UNAVAILABLE
+                if error.code() in RETRYABLE
+                else grpc.StatusCode.INTERNAL
+            )
+            log.warning(
+                "downstream call failed",
+                extra={
+                    "rpc": path,
+                    "downstream_code": error.code().name,
+                    "detail": error.details(),
+                },
+            )
+            await context.abort(
+                code, f"a downstream call failed: {error.code().name}: {error.details()}"
+            )
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error", extra={"rpc": path})
+            await context.abort(code, f"internal error (request id {request_id})")
+        finally:
+            if code is grpc.StatusCode.OK and context.code() not in (None, grpc.StatusCode.OK):
+                code = context.code()
+            elapsed = time.perf_counter() - started
+            RPC_HANDLED.labels(full_service, method, code.name).inc()
+            RPC_SECONDS.labels(full_service, method).observe(elapsed)
+            log.info(
+                "rpc",
+                extra={
+                    "rpc": path,
+                    "code": code.name,
+                    "peer": peer_label,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+            request_id_var.reset(token)
+            incident_id_var.reset(incident_token)

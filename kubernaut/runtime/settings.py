@@ -1,0 +1,136 @@
+"""Settings every service shares, read once from KUBERNAUT_* environment variables."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator, AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubernaut.runtime.names import DEFAULT_PORT_BASE, METRICS_PORT_OFFSET, ServiceName
+
+
+class Transport(enum.StrEnum):
+    """How services secure their calls to each other."""
+
+    # Kubernaut does mutual TLS itself with certificates from `certs_dir`.
+    MTLS = "mtls"
+    # An Istio sidecar does mutual TLS; the pod serves plaintext on the pod network and
+    # reads the caller from the x-forwarded-client-cert header the sidecar sets.
+    MESH = "mesh"
+    # No transport security, the caller named by a header: local experiments only.
+    INSECURE = "insecure"
+
+
+# The database every service keeps its own schema in, unless told otherwise.
+DEFAULT_DATABASE_URL: Final = "postgresql://kubernaut@127.0.0.1:5432/kubernaut"
+
+
+def database_url_field(
+    service_prefix: str = "", *, default: str | None = DEFAULT_DATABASE_URL
+) -> Any:
+    """A settings field for a service's database URL, read from
+    KUBERNAUT_<service_prefix>_DATABASE_URL (when `service_prefix` is given), else from the
+    shared KUBERNAUT_DATABASE_URL, whatever the settings' env_prefix. Set it by its field
+    name in code only where the settings' config has populate_by_name."""
+    names = [f"KUBERNAUT_{service_prefix}_DATABASE_URL"] if service_prefix else []
+    return Field(default=default, validation_alias=AliasChoices(*names, "KUBERNAUT_DATABASE_URL"))
+
+
+def blank_is_unset(value: str | None) -> str | None:
+    """None for None or a blank string; the string stripped otherwise."""
+    return value.strip() or None if value is not None else None
+
+
+# A database URL that may be unset; a blank variable counts as unset.
+OptionalDatabaseUrl = Annotated[str | None, AfterValidator(blank_is_unset)]
+
+
+class DatabaseSettings(BaseSettings):
+    """The shared database, KUBERNAUT_DATABASE_URL, where a service keeps its own schema."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = database_url_field()
+
+
+class KubeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_KUBE_", frozen=True, extra="ignore")
+
+    # Empty: $KUBECONFIG, else ~/.kube/config, else in-cluster.
+    kubeconfig: str = ""
+    context: str = ""
+    # The pod's own ServiceAccount even when KUBECONFIG or ~/.kube/config is there: an
+    # executor cluster configured `in_cluster` next to others reached by kubeconfig.
+    in_cluster: bool = False
+    request_timeout_seconds: float = 10.0
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "kubernaut"
+
+
+class RuntimeSettings(BaseSettings):
+    """Read once per process; the defaults run everything on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_", frozen=True, extra="ignore")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    transport: Transport = Transport.MTLS
+    # Empty means `<state_dir>/certs`.
+    certs_dir: Path | None = None
+    trust_domain: str = "cluster.local"
+    namespace: str = "kubernaut"
+
+    # Where this process listens. Port None means port_base + the service's index (and
+    # port_base + 100 + index for metrics); 0 means any free port.
+    port_base: int = DEFAULT_PORT_BASE
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+
+    # Where the other services are; None means localhost on their port_base ports.
+    gateway_address: str | None = None
+    alert_processor_address: str | None = None
+    ai_analysis_address: str | None = None
+    workflow_address: str | None = None
+    executor_address: str | None = None
+    storage_address: str | None = None
+    intelligence_address: str | None = None
+    effectiveness_address: str | None = None
+    context_api_address: str | None = None
+    notification_address: str | None = None
+
+    # Deadline of an outgoing call that sets none itself.
+    call_timeout_seconds: float = 10.0
+    # After SIGTERM: health says NOT_SERVING for drain_seconds so that load balancers
+    # stop sending, then in-flight calls get up to grace_seconds to finish.
+    shutdown_drain_seconds: float = 1.0
+    shutdown_grace_seconds: float = 10.0
+    # How often readiness re-checks the service's dependencies.
+    health_interval_seconds: float = 2.0
+
+    log_level: str = "INFO"
+    # OTLP/gRPC endpoint for spans; empty keeps spans in-process (ids still propagate).
+    otlp_endpoint: str = ""
+
+    @property
+    def resolved_certs_dir(self) -> Path:
+        return self.certs_dir or self.state_dir / "certs"
+
+    def address_of(self, service: ServiceName) -> str:
+        configured: str | None = getattr(self, f"{service.value}_address")
+        return configured or f"localhost:{self.port_base + service.position}"
+
+    def grpc_port_of(self, service: ServiceName) -> int:
+        return self.port_base + service.position if self.grpc_port is None else self.grpc_port
+
+    def metrics_port_of(self, service: ServiceName) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return self.port_base + METRICS_PORT_OFFSET + service.position

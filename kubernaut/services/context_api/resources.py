@@ -1,0 +1,369 @@
+"""What a Kubernetes object looks like now: its owning workload, whether Kubernaut may
+act on it, its pods, recent events and rollout history. Read-only, cached briefly."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.common.v1 import alert_pb2
+from kubernaut.context_api.v1 import context_api_pb2
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.rest import RESTResponse
+
+from kubernaut.runtime.cache import TtlCache
+from kubernaut.runtime.kube import (
+    ACTION_ID_ANNOTATION,
+    CHANGE_CAUSE_ANNOTATION,
+    MANAGED_LABEL,
+    is_managed,
+    is_own_template,
+)
+from kubernaut.runtime.workload_state import STATE_KINDS, workload_state
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+POD_TEMPLATE_HASH = "pod-template-hash"
+MAX_CHANGE_CAUSE = 256
+# The Deployment's Progressing condition's reason once its newest ReplicaSet was available.
+ROLLOUT_COMPLETE_REASON = "NewReplicaSetAvailable"
+MAX_EVENTS = 20
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+
+
+class ResourceNotFound(LookupError):
+    def __init__(self, ref: alert_pb2.ResourceRef) -> None:
+        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+        super().__init__(f"{ref.kind} {where} does not exist")
+
+
+class UnsupportedKind(ValueError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"kind {kind!r} is not supported (Pod, Node or a workload kind)")
+
+
+def _timestamp(value: datetime.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value if value.tzinfo else value.replace(tzinfo=datetime.UTC))
+    return stamp
+
+
+def _selector(match_labels: dict[str, str] | None) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted((match_labels or {}).items()))
+
+
+def _controller_of(meta: Any) -> Any | None:
+    for owner in meta.owner_references or []:
+        if owner.controller:
+            return owner
+    return None
+
+
+def pod_state(pod: Any) -> context_api_pb2.PodState:
+    statuses = pod.status.container_statuses or []
+    waiting = next((s.state.waiting.reason for s in statuses if s.state and s.state.waiting), "")
+    terminated = next(
+        (
+            s.last_state.terminated.reason
+            for s in statuses
+            if s.last_state and s.last_state.terminated and s.last_state.terminated.reason
+        ),
+        "",
+    )
+    conditions = pod.status.conditions or []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    unschedulable = next(
+        (
+            c.message or c.reason or "unschedulable"
+            for c in conditions
+            if c.type == "PodScheduled" and c.status == "False"
+        ),
+        "",
+    )
+    return context_api_pb2.PodState(
+        name=pod.metadata.name,
+        phase=pod.status.phase or "",
+        ready=ready,
+        restarts=sum(s.restart_count or 0 for s in statuses),
+        waiting_reason=waiting or "",
+        last_terminated_reason=terminated,
+        node=pod.spec.node_name or "",
+        unschedulable=unschedulable[:1024],
+        pod_template_hash=(pod.metadata.labels or {}).get(POD_TEMPLATE_HASH, ""),
+    )
+
+
+async def _read_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> RESTResponse:
+    """The API server's answer to `call` with its JSON body unparsed in `.data` (errors
+    raise as usual): for the JSON itself, and for ApiClient.deserialize."""
+    response = await call(*args, _preload_content=False, **kwargs)
+    try:
+        answer = RESTResponse(response, await response.read())
+    finally:
+        response.release()
+    # Unparsed answers skip the client's status check: a 404 must still be an ApiException.
+    if not 200 <= answer.status <= 299:
+        error = ApiException(status=answer.status, reason=answer.reason)
+        error.body = answer.data
+        raise error
+    return answer
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def revision_of(replica_set: dict[str, Any]) -> context_api_pb2.Revision:
+    """One ReplicaSet (the API server's JSON: its template must digest exactly as the
+    executor's did) as a Revision, with whether it is Kubernaut's own."""
+    meta = replica_set.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    template = (replica_set.get("spec") or {}).get("template") or {}
+    try:
+        number = int(annotations.get(REVISION_ANNOTATION) or 0)
+    except ValueError:
+        number = 0
+    own = ""
+    if is_own_template(template):
+        template_annotations = (template.get("metadata") or {}).get("annotations") or {}
+        own = (
+            template_annotations.get(ACTION_ID_ANNOTATION)
+            or annotations.get(ACTION_ID_ANNOTATION)
+            or "unknown"
+        )
+    containers = (template.get("spec") or {}).get("containers") or []
+    return context_api_pb2.Revision(
+        number=number,
+        images=[str(c.get("image") or "") for c in containers],
+        created_at=_timestamp(_parse_time(meta.get("creationTimestamp"))),
+        ready_replicas=int((replica_set.get("status") or {}).get("readyReplicas") or 0),
+        kubernaut_action_id=own,
+        pod_template_hash=(meta.get("labels") or {}).get(POD_TEMPLATE_HASH, ""),
+        change_cause=str(annotations.get(CHANGE_CAUSE_ANNOTATION) or "")[:MAX_CHANGE_CAUSE],
+    )
+
+
+class ResourceContextReader:
+    """Reads through one API client; answers are cached for `ttl` seconds per object."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        ttl: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        """`timeout` bounds one context read (its several API calls together); a hung API
+        server then raises TimeoutError instead of holding the caller until its deadline."""
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.timeout = timeout
+        self.cache: TtlCache[tuple[str, str, str], context_api_pb2.ResourceContext] = TtlCache(
+            ttl, clock
+        )
+
+    async def context(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+        return await self.cache.get((ref.namespace, ref.kind, ref.name), lambda: self._load(ref))
+
+    async def _load(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._read(ref)
+        except ApiException as error:
+            if error.status == 404:
+                raise ResourceNotFound(ref) from error
+            raise
+
+    async def _read(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+        context = context_api_pb2.ResourceContext(resource=ref)
+        context.observed_at.GetCurrentTime()
+        if ref.kind == "Node":
+            node = await self.core.read_node(ref.name)
+            context.workload.CopyFrom(ref)
+            context.managed = is_managed(node.metadata.labels)
+            context.managed_reason = self._managed_reason(context.managed, "node", None)
+            return context
+        if ref.kind != "Pod" and ref.kind not in WORKLOAD_KINDS:
+            raise UnsupportedKind(ref.kind)
+        workload_kind, workload_name = await self._owner(ref)
+        workload_ref = alert_pb2.ResourceRef(
+            cluster=ref.cluster, namespace=ref.namespace, kind=workload_kind, name=workload_name
+        )
+        context.workload.CopyFrom(workload_ref)
+        workload, raw_workload = (
+            await self._read_workload(workload_ref) if workload_kind != "Pod" else (None, None)
+        )
+        namespace = await self.core.read_namespace(ref.namespace)
+        workload_labels = workload.metadata.labels if workload is not None else None
+        context.managed = is_managed(workload_labels) or is_managed(namespace.metadata.labels)
+        context.managed_reason = self._managed_reason(
+            context.managed,
+            f"{workload_kind} {ref.namespace}/{workload_name}",
+            is_managed(namespace.metadata.labels),
+        )
+        pods = await self._pods(ref, workload)
+        context.pods.extend(pod_state(pod) for pod in pods)
+        if workload_kind in STATE_KINDS and raw_workload is not None:
+            serialize = self.api.sanitize_for_serialization
+            context.state.CopyFrom(workload_state(raw_workload, [serialize(p) for p in pods]))
+        names = {workload_name, *(pod.metadata.name for pod in pods)}
+        if workload_kind == "Deployment" and workload is not None:
+            rollout, replica_sets = await self._rollout(workload)
+            context.rollout.CopyFrom(rollout)
+            # A ReplicaSet's events say why pods were not even created (e.g. quota).
+            names.update(replica_sets)
+        context.events.extend(await self._events(ref.namespace, names))
+        return context
+
+    @staticmethod
+    def _managed_reason(managed: bool, what: str, by_namespace: bool | None) -> str:
+        if not managed:
+            return f"{what} and its namespace do not carry {MANAGED_LABEL}=true"
+        where = "its namespace" if by_namespace else what
+        return f"{where} carries {MANAGED_LABEL}=true"
+
+    async def _owner(self, ref: alert_pb2.ResourceRef) -> tuple[str, str]:
+        """The workload that controls the object: Pod -> ReplicaSet -> Deployment etc."""
+        if ref.kind != "Pod":
+            return ref.kind, ref.name
+        try:
+            pod = await self.core.read_namespaced_pod(ref.name, ref.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # The pod is gone (a rollout or rollback replaced it) while alerts about it
+            # still arrive; its ReplicaSet, named by the pod's prefix, usually remains.
+            return await self._owner_of_gone_pod(ref, error)
+        owner = _controller_of(pod.metadata)
+        if owner is None:
+            return "Pod", ref.name
+        if owner.kind == "ReplicaSet":
+            replica_set = await self.apps.read_namespaced_replica_set(owner.name, ref.namespace)
+            parent = _controller_of(replica_set.metadata)
+            if parent is not None and parent.kind == "Deployment":
+                return "Deployment", parent.name
+            return "ReplicaSet", owner.name
+        if owner.kind == "Job":
+            job = await self.batch.read_namespaced_job(owner.name, ref.namespace)
+            parent = _controller_of(job.metadata)
+            if parent is not None and parent.kind == "CronJob":
+                return "CronJob", parent.name
+        return owner.kind, owner.name
+
+    async def _owner_of_gone_pod(
+        self, ref: alert_pb2.ResourceRef, gone: ApiException
+    ) -> tuple[str, str]:
+        replica_set_name = ref.name.rsplit("-", 1)[0]
+        try:
+            replica_set = await self.apps.read_namespaced_replica_set(
+                replica_set_name, ref.namespace
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise gone from None
+            raise
+        parent = _controller_of(replica_set.metadata)
+        if parent is not None and parent.kind == "Deployment":
+            return "Deployment", parent.name
+        raise gone
+
+    async def _read_workload(self, ref: alert_pb2.ResourceRef) -> tuple[Any, dict[str, Any]]:
+        """The workload as the client's model and as the API server's JSON, from one read.
+        The JSON is what the workload's state digests: a model drops fields newer than the
+        client, and its template would then never digest as the executor's (which reads
+        JSON) does."""
+        readers = {
+            "Deployment": (self.apps.read_namespaced_deployment, "V1Deployment"),
+            "StatefulSet": (self.apps.read_namespaced_stateful_set, "V1StatefulSet"),
+            "DaemonSet": (self.apps.read_namespaced_daemon_set, "V1DaemonSet"),
+            "ReplicaSet": (self.apps.read_namespaced_replica_set, "V1ReplicaSet"),
+            "Job": (self.batch.read_namespaced_job, "V1Job"),
+            "CronJob": (self.batch.read_namespaced_cron_job, "V1CronJob"),
+        }
+        read, model = readers[ref.kind]
+        response = await _read_json(read, ref.name, ref.namespace)
+        return self.api.deserialize(response, model), json.loads(response.data)
+
+    async def _pods(self, ref: alert_pb2.ResourceRef, workload: Any) -> list[Any]:
+        if workload is None:
+            return [await self.core.read_namespaced_pod(ref.name, ref.namespace)]
+        selector = getattr(workload.spec, "selector", None)
+        match_labels = getattr(selector, "match_labels", None) if selector else None
+        if not match_labels:
+            return []
+        pods = await self.core.list_namespaced_pod(
+            ref.namespace, label_selector=_selector(match_labels)
+        )
+        return sorted(pods.items, key=lambda pod: pod.metadata.name)
+
+    async def _events(self, namespace: str, names: set[str]) -> list[context_api_pb2.EventSummary]:
+        events = await self.core.list_namespaced_event(namespace)
+        relevant = [
+            e for e in events.items if e.involved_object and e.involved_object.name in names
+        ]
+
+        def last_seen(event: Any) -> datetime.datetime:
+            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+        relevant.sort(key=last_seen, reverse=True)
+        return [
+            context_api_pb2.EventSummary(
+                type=event.type or "",
+                reason=event.reason or "",
+                message=(event.message or "")[:1024],
+                object=f"{event.involved_object.kind}/{event.involved_object.name}",
+                count=event.count or 1,
+                last_seen=_timestamp(last_seen(event)),
+            )
+            for event in relevant[:MAX_EVENTS]
+        ]
+
+    async def _rollout(self, deployment: Any) -> tuple[context_api_pb2.RolloutState, list[str]]:
+        """The Deployment's rollout state and the names of its ReplicaSets. They are read
+        as the API server's JSON, not through the client's models: a model drops fields
+        newer than the client, and a template would then not digest as the executor's did
+        (Revision.kubernaut_action_id)."""
+        namespace = deployment.metadata.namespace
+        response = await _read_json(
+            self.apps.list_namespaced_replica_set,
+            namespace,
+            label_selector=_selector(deployment.spec.selector.match_labels),
+        )
+        replica_sets = json.loads(response.data).get("items") or []
+        owned = [
+            rs
+            for rs in replica_sets
+            if any(
+                o.get("uid") == deployment.metadata.uid
+                for o in (rs.get("metadata") or {}).get("ownerReferences") or []
+            )
+        ]
+        revisions = sorted(
+            (revision_of(rs) for rs in owned), key=lambda revision: revision.number, reverse=True
+        )
+        status = deployment.status
+        progressing = next((c for c in status.conditions or [] if c.type == "Progressing"), None)
+        reason = (progressing.reason or "") if progressing is not None else ""
+        state = context_api_pb2.RolloutState(
+            revisions=revisions,
+            desired_replicas=deployment.spec.replicas or 0,
+            ready_replicas=status.ready_replicas or 0,
+            updated_replicas=status.updated_replicas or 0,
+            available_replicas=status.available_replicas or 0,
+            rollout_completed=reason == ROLLOUT_COMPLETE_REASON,
+            progressing_reason=reason,
+        )
+        return state, [str(rs["metadata"]["name"]) for rs in owned]

@@ -1,0 +1,113 @@
+"""context_api: the context other services need to decide."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import grpc
+from kubernaut.context_api.v1 import context_api_pb2, context_api_pb2_grpc
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kubernaut.runtime.interceptors import abort_invalid
+from kubernaut.runtime.kube import ClusterNotConfigured, KubeConnection
+from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
+from kubernaut.runtime.settings import KubeSettings
+from kubernaut.services.context_api import knowledge
+from kubernaut.services.context_api.history import IncidentHistoryReader, UnknownIncident
+from kubernaut.services.context_api.resources import (
+    ResourceContextReader,
+    ResourceNotFound,
+    UnsupportedKind,
+)
+from kubernaut.services.context_api.settings import ContextSettings
+
+log = logging.getLogger(__name__)
+
+
+class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
+    def __init__(
+        self, cluster: KubeConnection, history: IncidentHistoryReader, settings: ContextSettings
+    ) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.settings = settings
+        self._reader: ResourceContextReader | None = None
+
+    async def GetAlertKnowledge(
+        self, request: context_api_pb2.GetAlertKnowledgeRequest, context: Context
+    ) -> context_api_pb2.GetAlertKnowledgeResponse:
+        try:
+            entry = knowledge.get_alert_knowledge(request.alert_name)
+        except knowledge.UnknownAlert as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        return context_api_pb2.GetAlertKnowledgeResponse(knowledge=entry)
+
+    async def _resource_reader(self) -> ResourceContextReader:
+        if self._reader is None:
+            self._reader = ResourceContextReader(
+                await self.cluster.api(),
+                self.settings.cache_seconds,
+                timeout=self.cluster.settings.request_timeout_seconds,
+            )
+        return self._reader
+
+    async def GetResourceContext(
+        self, request: context_api_pb2.GetResourceContextRequest, context: Context
+    ) -> context_api_pb2.GetResourceContextResponse:
+        try:
+            found = await (await self._resource_reader()).context(request.resource)
+        except ClusterNotConfigured as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        except UnsupportedKind as error:
+            await abort_invalid(context, "resource.kind", str(error))
+            raise
+        except ResourceNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        except ApiException as error:
+            if error.status in (401, 403):
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"context_api's cluster identity may not read this: {error.reason}",
+                )
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster answered {error.status}")
+            raise
+        except (aiohttp.ClientError, OSError) as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster did not answer: {error}")
+            raise
+        return context_api_pb2.GetResourceContextResponse(context=found)
+
+    async def GetIncidentHistory(
+        self, request: context_api_pb2.GetIncidentHistoryRequest, context: Context
+    ) -> context_api_pb2.GetIncidentHistoryResponse:
+        try:
+            history = await self.history.history(request.incident_id, request.limit)
+        except UnknownIncident as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        return context_api_pb2.GetIncidentHistoryResponse(history=history)
+
+
+async def build(ctx: ServiceContext) -> ServiceSpec:
+    cluster = KubeConnection(KubeSettings())
+    readiness: list[tuple[str, ReadinessCheck]] = []
+    if cluster.configured:
+        readiness.append(("kubernetes", cluster.ready))
+    else:
+        log.warning("no Kubernetes cluster configured; GetResourceContext will refuse")
+    settings = ContextSettings()
+    history = IncidentHistoryReader(
+        ctx.clients.stub(StorageServiceStub),
+        ctx.clients.stub(EffectivenessServiceStub),
+        settings.cache_seconds,
+    )
+    return ServiceSpec(
+        ContextAPIServicer(cluster, history, settings),
+        readiness=readiness,
+        on_stop=[cluster.close],
+    )

@@ -1,0 +1,389 @@
+"""The notification outbox: each idempotency key is delivered once, across calls, replicas
+and restarts. Plain logic over asyncpg, with no gRPC in it.
+
+The outbox lives in the notification service's own PostgreSQL schema, `notification`
+(migrations in `migrations/`, applied on first connect). One row per idempotency key holds
+the message as rendered by the first call, its status (pending, sent, failed), the last
+attempt's result per channel, the number of attempts and timestamps.
+
+How a key is delivered once (`Outbox.deliver_once`):
+
+1. Insert the row, or read it when the key is known (INSERT ... ON CONFLICT DO NOTHING).
+   A sent row is answered from the table: nothing is delivered again.
+2. Lock the row (SELECT ... FOR UPDATE) in a transaction that stays open while delivering,
+   so concurrent callers, in this process or in other replicas, queue behind the one
+   delivering. Callers in one process queue on an asyncio lock first, so that waiting does
+   not take a database connection each.
+3. With the lock: a row that is sent now, or that someone else attempted while this caller
+   waited, is answered from the table (the loser reads the winner's result). Otherwise this
+   caller delivers through the Notifier and records the outcome: `sent` when at least one
+   channel delivered, `failed` (with the errors) when none did, so that the next call with
+   the key tries again, and so does the background redelivery (`redelivery.py`).
+
+Once it starts, a delivery finishes and is recorded even if the caller goes away (the gRPC
+call is cancelled at its deadline): it runs in its own task, shielded from the caller.
+If the process dies between the SMTP server accepting a message and the commit, the row
+stays pending and a repeat delivers again; that window is a few milliseconds wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import json
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+from kubernaut.runtime.database import LazyDatabase, PooledStore
+from kubernaut.services.notification.channels import DeliveryOutcome, NoChannelConfigured, Notifier
+from kubernaut.services.notification.rendering import RenderedMessage
+from kubernaut.services.notification.settings import RedeliveryPolicy
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "SCHEMA",
+    "Delivery",
+    "DeliveryStatus",
+    "InvalidOutboxEntry",
+    "Outbox",
+    "OutboxDatabase",
+    "OutboxEntry",
+    "OutboxError",
+    "OutboxUnavailable",
+    "RedeliveryPolicy",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA: Final = "notification"
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+
+_COLUMNS: Final = (
+    "idempotency_key, incident_id, event_kind, subject, body, status, results, attempts,"
+    " last_error, created_at, updated_at, sent_at"
+)
+_INSERT: Final = f"""
+INSERT INTO notification.outbox (idempotency_key, incident_id, event_kind, subject, body)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {_COLUMNS}
+"""
+_SELECT: Final = f"SELECT {_COLUMNS} FROM notification.outbox WHERE idempotency_key = $1"
+_LOCK: Final = _SELECT + " FOR UPDATE"
+_RECORD: Final = f"""
+UPDATE notification.outbox
+SET status = $2,
+    results = $3::jsonb,
+    last_error = $4,
+    attempts = attempts + 1,
+    updated_at = now(),
+    sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END
+WHERE idempotency_key = $1
+RETURNING {_COLUMNS}
+"""
+
+
+# Messages that still owe a delivery and are due for another attempt: failed ones once
+# their backoff (doubling from $4, capped at $5) has passed, and pending ones left by an
+# attempt cut short (a crash) for longer than $3; not after $2 attempts, nor once older
+# than $1 seconds. Oldest attempt first.
+_DUE: Final = f"""
+SELECT {_COLUMNS} FROM notification.outbox
+WHERE status <> 'sent'
+  AND created_at > now() - make_interval(secs => $1)
+  AND attempts < $2
+  AND (status = 'failed' OR updated_at < now() - make_interval(secs => $3))
+  AND updated_at <= now() - make_interval(
+        secs => least($4 * power(2, greatest(attempts - 1, 0)), $5))
+ORDER BY updated_at
+LIMIT $6
+"""
+
+
+class OutboxError(Exception):
+    """Base of the outbox's errors."""
+
+
+class OutboxUnavailable(OutboxError):
+    """The database cannot be reached, or the key's delivery is still in progress
+    elsewhere after the lock timeout; safe to retry."""
+
+
+class InvalidOutboxEntry(OutboxError, ValueError):
+    """The entry cannot be stored as given; `field` is "idempotency_key" or "incident_id"."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    idempotency_key: str
+    incident_id: str
+    event_kind: str
+    message: RenderedMessage
+    status: DeliveryStatus
+    # The last attempt's outcome per channel; empty before the first attempt.
+    results: tuple[DeliveryOutcome, ...]
+    attempts: int
+    last_error: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    sent_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one `deliver_once` call did."""
+
+    results: tuple[DeliveryOutcome, ...]
+    # True only when this call delivered the message (on at least one channel).
+    sent: bool
+    entry: OutboxEntry
+
+
+def _entry(row: asyncpg.Record) -> OutboxEntry:
+    results = json.loads(row["results"])
+    return OutboxEntry(
+        idempotency_key=row["idempotency_key"],
+        incident_id=row["incident_id"],
+        event_kind=row["event_kind"],
+        message=RenderedMessage(subject=row["subject"], body=row["body"]),
+        status=DeliveryStatus(row["status"]),
+        results=tuple(
+            DeliveryOutcome(
+                channel=str(r["channel"]), delivered=bool(r["delivered"]), error=str(r["error"])
+            )
+            for r in results
+        ),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        sent_at=row["sent_at"],
+    )
+
+
+def _results_json(outcomes: Sequence[DeliveryOutcome]) -> str:
+    return json.dumps(
+        [{"channel": o.channel, "delivered": o.delivered, "error": o.error} for o in outcomes]
+    )
+
+
+def _check_text(value: str, field: str) -> None:
+    # PostgreSQL text cannot hold NUL; say so instead of failing in the driver.
+    if "\x00" in value:
+        raise InvalidOutboxEntry(f"{field} must not contain NUL characters", field=field)
+
+
+class Outbox(PooledStore):
+    """The outbox table through a connection pool. Use `Outbox.connect()`."""
+
+    unavailable = OutboxUnavailable
+    label = "outbox database"
+    schema = SCHEMA
+    migrations_dir = MIGRATIONS_DIR
+    # A closed pool (the service stopping) is unavailable too.
+    unreachable_also = (asyncpg.InterfaceError,)
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float, lock_timeout: float = 120.0) -> None:
+        """`lock_timeout` bounds waiting for another caller's delivery of a key."""
+        super().__init__(pool, timeout=timeout)
+        self._lock_timeout = lock_timeout
+        # One asyncio lock per key being delivered in this process; unused ones go away.
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._tasks: set[asyncio.Task[Delivery]] = set()
+
+    async def close(self, grace_seconds: float = 30.0) -> None:
+        """Let deliveries in progress finish and record (up to `grace_seconds`), then close."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_seconds)
+        await super().close()
+
+    async def get(self, idempotency_key: str) -> OutboxEntry | None:
+        _check_text(idempotency_key, "idempotency_key")
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_SELECT, idempotency_key)
+        return None if row is None else _entry(row)
+
+    async def due(self, policy: RedeliveryPolicy, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` undelivered messages due for another attempt (see `_DUE`)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _DUE,
+                policy.max_age_seconds,
+                policy.max_attempts,
+                policy.stale_pending_seconds,
+                policy.first_backoff_seconds,
+                policy.max_backoff_seconds,
+                limit,
+            )
+        return [_entry(row) for row in rows]
+
+    async def undelivered(self) -> int:
+        """Messages not delivered on any channel yet, whatever their age."""
+        async with self._connection() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM notification.outbox WHERE status <> 'sent'"
+            )
+        return int(count)
+
+    async def deliver_once(
+        self,
+        idempotency_key: str,
+        message: RenderedMessage,
+        notifier: Notifier,
+        *,
+        incident_id: str,
+        event_kind: str,
+    ) -> Delivery:
+        """Deliver `message` on every channel of `notifier` unless `idempotency_key` was
+        delivered already (see the module's docstring).
+
+        A repeat of a sent key returns the stored results with sent=False. A key whose
+        last attempt failed on every channel is attempted again, with the message stored
+        by the first call. Raises NoChannelConfigured (nothing stored), InvalidOutboxEntry,
+        OutboxUnavailable."""
+        _check_text(idempotency_key, "idempotency_key")
+        _check_text(incident_id, "incident_id")
+        if not notifier.channels():
+            raise NoChannelConfigured()
+        task = asyncio.create_task(
+            self._deliver_once(idempotency_key, message, notifier, incident_id, event_kind),
+            name=f"notification outbox {idempotency_key}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        # Shielded: when our caller is cancelled, the delivery still finishes and records.
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Delivery]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # Also raised to the caller, unless the caller has gone: then this is its trace.
+            log.debug("outbox delivery %s ended with %r", task.get_name(), error)
+
+    async def _deliver_once(
+        self,
+        key: str,
+        message: RenderedMessage,
+        notifier: Notifier,
+        incident_id: str,
+        event_kind: str,
+    ) -> Delivery:
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(
+                    _INSERT, key, incident_id, event_kind, message.subject, message.body
+                )
+                if row is None:
+                    # The key is known. The INSERT waited for the row's transaction, so this
+                    # statement's snapshot sees it (rows are never deleted while in use).
+                    row = await conn.fetchrow(_SELECT, key)
+            if row is None:
+                raise OutboxError(f"outbox row {key!r} conflicted but cannot be read")
+            entry = _entry(row)
+            if entry.status is DeliveryStatus.SENT:
+                return Delivery(entry.results, sent=False, entry=entry)
+            if entry.message != message:
+                log.warning(
+                    "outbox key %r was first stored with another message; delivering that one",
+                    key,
+                )
+            return await self._deliver_locked(key, entry.attempts, notifier)
+        except asyncpg.LockNotAvailableError as exc:
+            raise OutboxUnavailable(
+                f"another delivery of {key!r} is still in progress; retry later"
+            ) from exc
+
+    async def _deliver_locked(self, key: str, seen_attempts: int, notifier: Notifier) -> Delivery:
+        lock = self._key_locks.get(key)
+        if lock is None:
+            lock = self._key_locks[key] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self._lock_timeout):
+                await lock.acquire()
+        except TimeoutError as exc:
+            raise OutboxUnavailable(
+                f"another delivery of {key!r} is still in progress; retry later"
+            ) from exc
+        try:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('lock_timeout', $1, true)",
+                    f"{int(self._lock_timeout * 1000)}ms",
+                )
+                row = await conn.fetchrow(_LOCK, key)
+                if row is None:
+                    raise OutboxError(f"outbox row {key!r} vanished")
+                entry = _entry(row)
+                if entry.status is DeliveryStatus.SENT or entry.attempts > seen_attempts:
+                    # Sent, or attempted by another caller while we waited: theirs is the
+                    # answer (a failed attempt included; the caller retries later).
+                    return Delivery(entry.results, sent=False, entry=entry)
+                return await self._deliver(conn, entry, notifier)
+        finally:
+            lock.release()
+
+    async def _deliver(
+        self, conn: asyncpg.pool.PoolConnectionProxy, entry: OutboxEntry, notifier: Notifier
+    ) -> Delivery:
+        message = entry.message
+        outcomes = await notifier.send(message.subject, message.body, [], entry.incident_id)
+        delivered = any(o.delivered for o in outcomes)
+        status = DeliveryStatus.SENT if delivered else DeliveryStatus.FAILED
+        errors = "; ".join(f"{o.channel}: {o.error}" for o in outcomes if o.error)
+        try:
+            row = await conn.fetchrow(
+                _RECORD, entry.idempotency_key, status.value, _results_json(outcomes), errors
+            )
+        except BaseException:
+            if delivered:
+                log.error(
+                    "outbox key %r was delivered but its outcome could not be recorded; "
+                    "a repeat of the call will deliver it again",
+                    entry.idempotency_key,
+                )
+            raise
+        assert row is not None  # the row is locked by this transaction
+        recorded = _entry(row)
+        log.info(
+            "incident event %s",
+            "delivered" if delivered else "not delivered",
+            extra={
+                "idempotency_key": entry.idempotency_key,
+                "incident_id": entry.incident_id,
+                "event_kind": entry.event_kind,
+                "attempt": recorded.attempts,
+                "error": errors,
+            },
+        )
+        return Delivery(tuple(outcomes), sent=delivered, entry=recorded)
+
+
+class OutboxDatabase(LazyDatabase[Outbox]):
+    """The outbox, connected and migrated on first use (see LazyDatabase);
+    `connect_options` go to `Outbox.connect()`."""
+
+    def __init__(self, dsn: str, **connect_options: Any) -> None:
+        super().__init__(dsn, Outbox, **connect_options)
+
+    async def outbox(self) -> Outbox:
+        """The migrated outbox; OutboxUnavailable while the database cannot be reached."""
+        return await self.store()

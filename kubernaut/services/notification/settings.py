@@ -1,0 +1,113 @@
+"""The notification service's settings: its channels (KUBERNAUT_NOTIFICATION_*), its
+outbox's database and the outbox's redelivery (KUBERNAUT_NOTIFICATION_REDELIVERY_*)."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kubernaut.runtime.settings import OptionalDatabaseUrl, database_url_field
+from kubernaut.services.notification.links import check_host_pattern
+
+
+@dataclass(frozen=True, slots=True)
+class RedeliveryPolicy:
+    """Which undelivered messages are attempted again, and when."""
+
+    # Pending longer than this means the attempt was cut short (it holds its row's lock
+    # while it delivers, for at most the lock timeout).
+    stale_pending_seconds: float
+    first_backoff_seconds: float
+    max_backoff_seconds: float
+    max_attempts: int
+    max_age_seconds: float
+
+
+class NotificationSettings(BaseSettings):
+    """Channel configuration, read from `KUBERNAUT_NOTIFICATION_*` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_NOTIFICATION_",
+        frozen=True,
+        # Other KUBERNAUT_NOTIFICATION_* variables (ports, TLS) belong to the service.
+        extra="ignore",
+    )
+
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "kubernaut@localhost"
+    # NoDecode: the variable is a plain comma-separated list, not JSON.
+    email_to: Annotated[tuple[str, ...], NoDecode] = ()
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Hosts whose URLs in an alert (runbook_url, generator URL, URLs in the text) are shown
+    # as links: "host" exactly, "*.domain" its subdomains. Comma-separated; empty: none,
+    # because an alert's annotations are written by whoever can send alerts.
+    link_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("email_to", "link_hosts", mode="before")
+    @classmethod
+    def _split_recipients(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, Iterable):
+            # Blanks are dropped so "a@x, ,b@x," and an empty variable both work.
+            return tuple(s for item in value if (s := str(item).strip()))
+        return value
+
+    @field_validator("link_hosts")
+    @classmethod
+    def _check_link_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_host_pattern(host) for host in value)
+
+    @field_validator("email_to")
+    @classmethod
+    def _check_recipients(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            if "@" not in email.utils.parseaddr(address)[1]:
+                raise ValueError(f"not an email address: {address!r}")
+        return value
+
+
+class OutboxSettings(BaseSettings):
+    """Where the outbox lives: `KUBERNAUT_NOTIFICATION_DATABASE_URL`, else the shared
+    `KUBERNAUT_DATABASE_URL` (the service uses only its own schema there). Unset means no
+    outbox: NotifyIncidentEvent answers FAILED_PRECONDITION."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    database_url: OptionalDatabaseUrl = database_url_field("NOTIFICATION", default=None)
+
+
+class RedeliverySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KUBERNAUT_NOTIFICATION_REDELIVERY_", frozen=True, extra="ignore"
+    )
+
+    # How often the outbox is swept; 0 turns redelivery off.
+    interval_seconds: float = Field(default=30.0, ge=0)
+    first_backoff_seconds: float = Field(default=60.0, ge=0)
+    max_backoff_seconds: float = Field(default=1800.0, ge=0)
+    max_attempts: int = Field(default=12, ge=1)
+    max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # Messages attempted per sweep, one after the other.
+    batch: int = Field(default=50, ge=1)
+    # A message pending this long was left by an attempt cut short. Longer than the
+    # outbox's lock timeout, which bounds an attempt in progress.
+    stale_pending_seconds: float = Field(default=300.0, gt=0)
+
+    def policy(self) -> RedeliveryPolicy:
+        return RedeliveryPolicy(
+            stale_pending_seconds=self.stale_pending_seconds,
+            first_backoff_seconds=self.first_backoff_seconds,
+            max_backoff_seconds=self.max_backoff_seconds,
+            max_attempts=self.max_attempts,
+            max_age_seconds=self.max_age_seconds,
+        )

@@ -1,0 +1,155 @@
+"""Turn a recommendation and its catalogue entry into the steps a workflow runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.executor.v1 import executor_pb2
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.workflow.v1 import workflow_pb2
+
+from kubernaut.runtime.durations import human_duration
+from kubernaut.services.workflow.settings import PlanningSettings
+
+RISK_NAMES = {
+    remediation_pb2.RISK_LEVEL_LOW: "low",
+    remediation_pb2.RISK_LEVEL_MEDIUM: "medium",
+    remediation_pb2.RISK_LEVEL_HIGH: "high",
+}
+
+
+# Outcomes after which the workload was left as it was before, or worse: the fix failed.
+FAILED_OUTCOMES = frozenset(
+    {storage_pb2.ACTION_OUTCOME_FAILED, storage_pb2.ACTION_OUTCOME_ROLLED_BACK}
+)
+
+
+@dataclass(frozen=True)
+class Approval:
+    required: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class TargetHistory:
+    """What was done to the recommendation's target before (its action records, newest
+    first), or why that could not be read."""
+
+    records: Sequence[storage_pb2.ActionRecord] = ()
+    unreadable: str = ""
+
+
+def guard_for(
+    recommendation: remediation_pb2.Recommendation,
+    history: TargetHistory,
+    now: dt.datetime,
+    settings: PlanningSettings,
+) -> Approval | None:
+    """The hard guard, independent of how similar past incidents look: a person must
+    approve a plan for a workload where a fix failed recently, and any repeat of an action
+    with the same parameters that failed there before. None when it does not apply."""
+    target = recommendation.target
+    where = _where(target)
+    if history.unreadable:
+        # Fail closed: without the target's past, a repeat of a failed fix cannot be ruled out.
+        return Approval(
+            True,
+            f"what was done to {where} before could not be read ({history.unreadable}); "
+            "a person decides",
+        )
+    action = recommendation.action.WhichOneof("params") or ""
+    failed = [r for r in history.records if r.outcome in FAILED_OUTCOMES]
+    for record in failed:
+        same_params = not record.HasField("params") or record.params == recommendation.action
+        if record.action == action and same_params:
+            return Approval(
+                True,
+                f"{action} with the same parameters {_how(record, now)} on {where}; it is "
+                "never repeated automatically",
+            )
+    hold = settings.failed_target_hold_seconds
+    for record in failed:
+        age = (now - _finished_at(record)).total_seconds()
+        if hold and age < hold:
+            return Approval(
+                True,
+                f"{record.action} {_how(record, now)} on {where}; no automatic action on it "
+                f"for {human_duration(hold)} after a failed fix "
+                "(KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS)",
+            )
+    return None
+
+
+def _finished_at(record: storage_pb2.ActionRecord) -> dt.datetime:
+    stamp = record.finished_at if record.HasField("finished_at") else record.started_at
+    return stamp.ToDatetime(dt.UTC)
+
+
+def _how(record: storage_pb2.ActionRecord, now: dt.datetime) -> str:
+    ended = {
+        storage_pb2.ACTION_OUTCOME_FAILED: "failed",
+        storage_pb2.ACTION_OUTCOME_ROLLED_BACK: "failed verification and was undone",
+    }.get(record.outcome, "ended")
+    ago = human_duration((now - _finished_at(record)).total_seconds())
+    incident = f", incident {record.incident_id}" if record.incident_id else ""
+    return f"{ended} {ago} ago (action {record.action_id}{incident})"
+
+
+def _where(target: alert_pb2.ResourceRef) -> str:
+    return f"{target.kind} {target.namespace}/{target.name}".replace(" /", " ")
+
+
+def approval_for(
+    recommendation: remediation_pb2.Recommendation,
+    risk: remediation_pb2.RiskLevel.ValueType,
+    settings: PlanningSettings,
+    guard: Approval | None = None,
+) -> Approval:
+    if guard is not None and guard.required:
+        return guard
+    risk_name = RISK_NAMES.get(risk, "unknown")
+    if risk >= settings.approval_min_risk or risk == remediation_pb2.RISK_LEVEL_UNSPECIFIED:
+        return Approval(True, f"{risk_name} risk actions need approval")
+    if recommendation.confidence < settings.approval_min_confidence:
+        return Approval(
+            True,
+            f"confidence {recommendation.confidence:.2f} is below "
+            f"{settings.approval_min_confidence:.2f}",
+        )
+    return Approval(False, f"{risk_name} risk and confidence {recommendation.confidence:.2f}")
+
+
+def plan(
+    recommendation: remediation_pb2.Recommendation,
+    definition: executor_pb2.ActionDefinition,
+    settings: PlanningSettings,
+    guard: Approval | None = None,
+) -> workflow_pb2.WorkflowPlan:
+    target = recommendation.target
+    where = _where(target)
+    approval = approval_for(recommendation, definition.risk, settings, guard)
+    kinds = workflow_pb2
+    steps = [
+        (kinds.STEP_KIND_VALIDATE, f"check the {definition.name} parameters and {where}'s scope"),
+    ]
+    if approval.required:
+        steps.append((kinds.STEP_KIND_APPROVAL, f"wait for approval: {approval.reason}"))
+    steps += [
+        (kinds.STEP_KIND_DRY_RUN, f"server-side dry-run of {definition.name} on {where}"),
+        (kinds.STEP_KIND_SNAPSHOT, f"snapshot {where} for rollback"),
+        (kinds.STEP_KIND_APPLY, definition.description),
+        (kinds.STEP_KIND_VERIFY, definition.verification),
+        (kinds.STEP_KIND_NOTIFY, "tell the configured channels how it went"),
+    ]
+    return workflow_pb2.WorkflowPlan(
+        action=definition.name,
+        target=target,
+        risk=definition.risk,
+        requires_approval=approval.required,
+        approval_reason=approval.reason,
+        steps=[workflow_pb2.WorkflowStep(kind=kind, description=text) for kind, text in steps],
+        rollback=definition.rollback,
+    )
