@@ -15,3 +15,5 @@ kubernaut render istio > istio/kubernaut-authz.yaml
 kubernaut render actions > docs/actions.md
 # The settings reference comes from the settings classes and the comments on their fields.
 kubernaut render settings > docs/settings.md
+# The rules' answer to each alert comes from their rule table.
+kubernaut render alert-coverage > docs/alert-coverage.md

@@ -14,8 +14,11 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.kubernaut",
     "tests.fixtures.devstack",
+    "tests.fixtures.model",
     "tests.fixtures.cluster",
     "tests.fixtures.executor",
+    "tests.fixtures.anthropic_loopback",
+    "tests.fixtures.bedrock_loopback",
 ]
 
 

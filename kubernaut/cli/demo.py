@@ -204,7 +204,7 @@ def _next_steps(settings: RuntimeSettings, incident_id: str | None, info: StackI
     )
 
 
-async def run_demo(*, keep_running: bool = False) -> int:
+async def run_demo(*, keep_running: bool = False, model: bool = True) -> int:
     settings = RuntimeSettings()
     stack = DevStack(
         settings.state_dir,
@@ -212,6 +212,7 @@ async def run_demo(*, keep_running: bool = False) -> int:
         alert_for=DEMO_ALERT_FOR,
         group_interval="5s",
         repeat_interval="15s",
+        model=model,
     )
     print(f"1/4  dev stack in {stack.root}", flush=True)
     info = await asyncio.to_thread(stack.up)

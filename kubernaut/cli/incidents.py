@@ -4,6 +4,7 @@ storage with the operator's identity."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import grpc
 from kubernaut.common.v1 import remediation_pb2
@@ -47,9 +48,10 @@ async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
     return 0
 
 
-async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
+async def show_incident(settings: RuntimeSettings, incident_id: str, prompt: bool = False) -> int:
     """The incident as storage records it, with its workflow when it has one: why the
-    action was chosen, and its steps as they run."""
+    action was chosen, and its steps as they run; and each analysis on the record, with
+    the model's part in it (the redacted prompt too with `prompt`: it is long)."""
     from kubernaut.cli.workflows import (
         acting,
         print_reasons,
@@ -94,6 +96,7 @@ async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
     else:
         # Nothing recommended: the status reason is the analysis' decline.
         print(f"analysis   no action recommended: {incident.status_reason or '-'}")
+    print_analyses(reply.analyses, prompt=prompt)
     if not reply.actions and workflow is not None and acting(workflow):
         print("actions: in progress (see workflow)")
         return _print_assessments(reply)
@@ -105,6 +108,79 @@ async def show_incident(settings: RuntimeSettings, incident_id: str) -> int:
     if not reply.actions:
         print("  none")
     return _print_assessments(reply)
+
+
+def print_analyses(
+    analyses: Sequence[storage_pb2.RecordedAnalysis], *, prompt: bool = False
+) -> None:
+    """Each analysis on the record, oldest first: what it decided and why, and how a model
+    took part (or why the rules decided without one)."""
+    print("analyses")
+    for recorded in analyses:
+        analysis = recorded.analysis
+        decision = remediation_pb2.Decision.Name(analysis.decision).removeprefix("DECISION_")
+        what = ""
+        if analysis.HasField("recommendation"):
+            recommendation = analysis.recommendation
+            action = recommendation.action.WhichOneof("params") or "-"
+            what = f"  {action} on {subject_text(recommendation.target)}"
+            what += f"  confidence {recommendation.confidence:.2f}"
+        when = when_text(recorded.recorded_at)
+        by = _line(analysis.analyzer) or "-"
+        print(f"  {when}  {decision.lower().replace('_', ' ')} by {by}{what}")
+        for reason in analysis.reasons:
+            print(f"    - {_line(reason)}")
+        if analysis.recommendation.approval_required:
+            print(
+                f"    approval   required: {_line(analysis.recommendation.approval_reason) or '-'}"
+            )
+        if analysis.HasField("reasoning"):
+            _print_reasoning(analysis.reasoning, prompt=prompt)
+    if not analyses:
+        print("  none recorded")
+
+
+# Control characters (ANSI escapes, carriage returns, newlines) shown escaped: the answer and
+# the tool arguments are a model's words, which data it read may have steered, and must not
+# rewrite the operator's terminal or forge lines of this output.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def _line(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
+def _print_reasoning(reasoning: remediation_pb2.ModelReasoning, *, prompt: bool) -> None:
+    # Labels indented under the analysis they belong to, aligned like the incident's own.
+    if reasoning.provider:
+        print(f"    model      {_line(reasoning.provider)}/{_line(reasoning.model) or '-'}")
+    if reasoning.guard:
+        print(f"    guard      {_line(reasoning.guard)}")
+    if reasoning.validation:
+        print(f"    validation {_line(reasoning.validation)}")
+    if reasoning.provider or reasoning.input_tokens or reasoning.output_tokens:
+        print(
+            f"    usage      {reasoning.input_tokens} tokens in, {reasoning.output_tokens} out,"
+            f" ${reasoning.cost_usd:.4f}, {reasoning.latency_seconds:.2f} s"
+        )
+    for use in reasoning.tool_uses:
+        # A digest prefix is enough to match a result against the evidence it came from.
+        digest = _line(use.result_sha256[:12]) or "-"
+        print(
+            f"    tool       {_line(use.name)} {_line(use.arguments) or '{}'}"
+            f"  -> sha256 {digest} ({use.result_chars} chars)"
+        )
+    if reasoning.answer:
+        print(f"    answer     {_line(reasoning.answer)}")
+    if reasoning.fallback_reason:
+        why = _line(reasoning.fallback_reason)
+        print(f"    fallback   the rules decided without the model: {why}")
+    if prompt and reasoning.prompt:
+        print("    prompt (redacted)")
+        for line in reasoning.prompt.splitlines():
+            print(f"      {_line(line)}".rstrip())
+    elif reasoning.prompt:
+        print(f"    prompt     {len(reasoning.prompt)} chars, redacted (shown with --prompt)")
 
 
 def _print_assessments(reply: storage_pb2.GetIncidentResponse) -> int:

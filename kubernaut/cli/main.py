@@ -82,6 +82,7 @@ def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStac
         webhook_url=getattr(args, "webhook_url", None) or edge_webhook_url(),
         alert_for=getattr(args, "alert_for", None),
         database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
+        model=not getattr(args, "no_model", False),
     )
 
 
@@ -131,7 +132,8 @@ def cmd_dev_stack(args: argparse.Namespace) -> int:
         return 0
     rows = [["COMPONENT", "STATE", "URL", "LOG"], *map(list, stack.status())]
     print_table(rows)
-    return 0 if all(row[1].startswith(("running", "external")) for row in rows[1:]) else 1
+    fine = ("running", "external", "left out")
+    return 0 if all(row[1].startswith(fine) for row in rows[1:]) else 1
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
@@ -142,7 +144,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
         if not args.incident_id:
             print("kubernaut incidents show: an incident id is needed", file=sys.stderr)
             return 2
-        return asyncio.run(show_incident(settings, args.incident_id))
+        return asyncio.run(show_incident(settings, args.incident_id, prompt=args.prompt))
     return asyncio.run(list_incidents(settings, args.limit))
 
 
@@ -195,6 +197,13 @@ def cmd_render_actions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_alert_coverage(args: argparse.Namespace) -> int:
+    from kubernaut.services.ai_analysis.rules.coverage import render_markdown
+
+    sys.stdout.write(render_markdown())
+    return 0
+
+
 def cmd_render_settings(args: argparse.Namespace) -> int:
     from kubernaut.cli.settings_reference import render_markdown
 
@@ -206,8 +215,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kubernaut.cli.demo import run_demo
 
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run_demo(keep_running=args.keep_running))
+        return asyncio.run(run_demo(keep_running=args.keep_running, model=not args.no_model))
     return 0
+
+
+def _no_model_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--no-model",
+        action="store_true",
+        help="leave the local model out of the dev stack (ai_analysis' rules then decide alone)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
         "up",
         help="the dev stack, then all ten services and the HTTP edge, each in its own process",
     )
+    _no_model_flag(up)
     up.set_defaults(func=cmd_up)
 
     status = commands.add_parser("status", help="show every service's health")
@@ -240,6 +258,9 @@ def parser() -> argparse.ArgumentParser:
     incidents.add_argument("action", choices=["list", "show"])
     incidents.add_argument("incident_id", nargs="?")
     incidents.add_argument("--limit", type=int, default=20)
+    incidents.add_argument(
+        "--prompt", action="store_true", help="show: also print each model's redacted prompt"
+    )
     incidents.set_defaults(func=cmd_incidents)
 
     alerts = commands.add_parser(
@@ -264,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep-running", action="store_true", help="leave everything running afterwards"
     )
+    _no_model_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
     dev_stack = commands.add_parser(
@@ -283,6 +305,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="replace the alerts' upstream `for:` durations (e.g. 30s) for demos and tests",
     )
+    _no_model_flag(dev_stack)
     dev_stack.set_defaults(func=cmd_dev_stack)
 
     render = commands.add_parser("render", help="render deployment objects and docs")
@@ -297,6 +320,10 @@ def parser() -> argparse.ArgumentParser:
         "settings", help="every KUBERNAUT_* setting as Markdown (docs/settings.md)"
     )
     settings.set_defaults(func=cmd_render_settings)
+    coverage = render_commands.add_parser(
+        "alert-coverage", help="how the rules answer each alert (docs/alert-coverage.md)"
+    )
+    coverage.set_defaults(func=cmd_render_alert_coverage)
     return top
 
 

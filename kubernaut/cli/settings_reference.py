@@ -27,6 +27,7 @@ def settings_classes() -> list[type[BaseSettings]]:
     module level: the CLI reads this only when it starts a service or renders the docs."""
     from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
     from kubernaut.runtime.settings import DatabaseSettings, KubeSettings, RuntimeSettings
+    from kubernaut.services.ai_analysis.settings import AnalysisSettings
     from kubernaut.services.context_api.settings import ContextSettings
     from kubernaut.services.effectiveness.settings import AssessmentSettings, VerdictSettings
     from kubernaut.services.executor.settings import ExecutorSettings
@@ -48,6 +49,7 @@ def settings_classes() -> list[type[BaseSettings]]:
         GatewaySettings,
         StorageSettings,
         ContextSettings,
+        AnalysisSettings,
         PlanningSettings,
         RunnerSettings,
         ExecutorSettings,

@@ -7,6 +7,8 @@ dependency order by our own code and stopped by pid.
                   kube-state-metrics, built from Go modules (scripts/build-k8s.sh)
     alertmanager  Debian's AlertManager, routing to Kubernaut's webhook
     prometheus    Debian's Prometheus scraping kube-state-metrics, kubernetes-mixin alerts
+    model         SmolLM2-135M on llama-cpp-python's OpenAI-compatible server (scripts/
+                  build-llama.sh); only with `model=True` (the CLI's default, --no-model)
 
 What `up` started is recorded in `<state>/devstack/stack.json`; `down` stops exactly
 those processes (checking each pid still runs the recorded program), newest first.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from kubernaut.devstack.identities import provision
 from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.model import MODEL_ALIAS, SERVER_MODULE, LlamaBuild, ModelServer
 from kubernaut.devstack.monitoring import (
     KUBERNETES_MIXIN_RULES,
     Alertmanager,
@@ -38,7 +41,9 @@ from kubernaut.devstack.smtp import MailSinkProcess
 from kubernaut.edge.urls import edge_webhook_url
 
 # Start order; `down` goes backwards.
-COMPONENTS = ("postgres", "smtp", "kubernetes", "alertmanager", "prometheus")
+COMPONENTS = ("postgres", "smtp", "kubernetes", "alertmanager", "prometheus", "model")
+# What stack.json records for a model that `up` was told to leave out.
+LEFT_OUT = "left out"
 
 Progress = Callable[[str], None]
 
@@ -100,6 +105,11 @@ class DevStack:
     database_url: str | None = None
     # Where the Kubernetes binaries are; None: scripts/build-k8s.sh's default.
     k8s_bin_dir: Path | None = None
+    # The local model server (ai_analysis' provider under `kubernaut up`). Off here so that
+    # stacks made in code (tests) start only what they ask for; the CLI turns it on.
+    model: bool = False
+    # Where scripts/build-llama.sh put the server and the model; None: its default.
+    llama_build: LlamaBuild | None = None
 
     @property
     def root(self) -> Path:
@@ -162,6 +172,18 @@ class DevStack:
             del components["alertmanager"]
         step("alertmanager", self._start_alertmanager)
         step("prometheus", lambda: self._start_prometheus(ksm, components["alertmanager"].url))
+        model = components.get("model")
+        if self.model:
+            if model is not None and model.details.get("state") == LEFT_OUT:
+                del components["model"]
+            step("model", self._start_model)
+        else:
+            # Left out now: one a former `up` started must not keep answering ai_analysis.
+            if model is not None and _alive(model):
+                _stop_pid(model)
+                progress(f"  {'model':<13} stopped   (left out)")
+            components["model"] = Component("model", None, "", "", "", {"state": LEFT_OUT})
+            self._save(components)
         return StackInfo(str(self.state_dir), components)
 
     def _start_postgres(self) -> Component:
@@ -270,6 +292,18 @@ class DevStack:
             {"rules": str(rules), "alert_for": self.alert_for or "upstream"},
         )
 
+    def _start_model(self) -> Component:
+        server = ModelServer(self.root / "model.log", self.llama_build)
+        server.start()
+        return Component(
+            "model",
+            server.pid,
+            SERVER_MODULE,
+            server.url,
+            str(server.log_file),
+            {"model": str(server.build.model), "alias": MODEL_ALIAS},
+        )
+
     def down(self, progress: Progress = print) -> None:
         """Stop what `up` started, newest first, by pid."""
         components = self._load()
@@ -308,10 +342,12 @@ class DevStack:
                 state = "running" if self._postgres().running_pid() else "stopped"
                 if self.database_url:
                     state = "external"
+            elif component is not None and component.details.get("state") == LEFT_OUT:
+                state = LEFT_OUT
             else:
                 state = "running" if component is not None and _alive(component) else "stopped"
-            url = component.url if component else "-"
-            log = component.log if component else "-"
+            url = component.url if component and component.url else "-"
+            log = component.log if component and component.log else "-"
             rows.append((name, state, url, log))
         return rows
 

@@ -1,6 +1,7 @@
 """Kubernaut as a whole on the dev stack: the ten services and the HTTP edge, each in its
 own process, wired to the dev stack's PostgreSQL, cluster (each cluster-facing service
-with its own least-privilege identity), AlertManager and SMTP server.
+with its own least-privilege identity), AlertManager, SMTP server and, when the dev stack
+runs it, the local model (ai_analysis' one provider).
 
 `kubernaut up`, the demo and the end-to-end tests all start it this way.
 """
@@ -8,9 +9,11 @@ with its own least-privilege identity), AlertManager and SMTP server.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+from kubernaut.devstack.model import provider_settings
 from kubernaut.devstack.stack import StackInfo
 from kubernaut.edge.urls import edge_url as edge_url
 from kubernaut.edge.urls import edge_webhook_url as edge_webhook_url
@@ -33,6 +36,10 @@ class Tuning:
     verify_timeout_seconds: float | None = None
     recipients: str = DEFAULT_RECIPIENT
     extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+# Where the demo and the end-to-end tests deploy the sample app.
+SAMPLE_APP_NAMESPACES = ("shop", "shop-*")
 
 
 def service_env(
@@ -65,6 +72,16 @@ def service_env(
         per_service[ServiceName.EXECUTOR]["KUBERNAUT_EXECUTOR_VERIFY_TIMEOUT_SECONDS"] = str(
             tuning.verify_timeout_seconds
         )
+    model = info.components.get("model")
+    # Providers a caller sets itself win over the dev stack's model.
+    if model is not None and model.url and "KUBERNAUT_AI_PROVIDERS" not in tuning.extra_env:
+        per_service[ServiceName.AI_ANALYSIS] = {
+            "KUBERNAUT_AI_PROVIDERS": provider_settings(model.url),
+            # The sample app's namespaces (the demo's shop-N, the e2e's shop): a 135M model
+            # disagrees with the rules often, and the demo must run unattended. The guard's
+            # verdict is still on the record; every other namespace waits for a person.
+            "KUBERNAUT_AI_UNGUARDED_NAMESPACES": json.dumps(list(SAMPLE_APP_NAMESPACES)),
+        }
     return common, per_service
 
 

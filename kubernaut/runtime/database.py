@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import socket
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -259,9 +256,3 @@ class LazyDatabase(Generic[StoreT]):
         if self._store is not None:
             await self._store.close()
             self._store = None
-
-
-def replica_id() -> str:
-    """Who holds a lease: host, process and a random part, so that runners in one process,
-    and a restarted process, never pass for each other."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"

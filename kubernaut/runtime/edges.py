@@ -68,6 +68,18 @@ EDGES: tuple[Edge, ...] = (
     ),
     _edge(
         S.AI_ANALYSIS,
+        S.EXECUTOR,
+        "ListActions",
+        "the catalogue a model may choose from, and the schema of its parameters",
+    ),
+    _edge(
+        S.AI_ANALYSIS,
+        S.STORAGE,
+        "RecordAnalysis",
+        "put each analysis and the model's reasoning on the record",
+    ),
+    _edge(
+        S.AI_ANALYSIS,
         S.WORKFLOW,
         "CreateWorkflow",
         "turn recommendations into workflows",

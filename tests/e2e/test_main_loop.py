@@ -21,6 +21,7 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.cli.workflows import decide_workflow
 from kubernaut.devstack.kube import default_bin_dir
+from kubernaut.devstack.model import LlamaBuild
 from kubernaut.devstack.scenario import GOOD_IMAGE, BadRollout
 from kubernaut.devstack.smtp import read_mailbox
 from kubernaut.devstack.stack import DevStack, StackInfo
@@ -55,6 +56,7 @@ async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
     state_dir = tmp_path_factory.mktemp("e2e")
     edge_port = free_port()
     bin_dir = default_bin_dir()  # before KUBERNAUT_STATE_DIR points elsewhere
+    llama_build = LlamaBuild.default()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("KUBERNAUT_STATE_DIR", str(state_dir))
         env.setenv("KUBERNAUT_PORT_BASE", str(free_port_base()))
@@ -69,6 +71,10 @@ async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
             # counted on the incident, never acted on again.
             repeat_interval="4s",
             k8s_bin_dir=bin_dir,
+            # The local model on, as in `make demo`: ai_analysis asks it about every
+            # incident, and the guard weighs its answer against the rules'.
+            model=True,
+            llama_build=llama_build,
         )
         dev = await asyncio.to_thread(stack.up, lambda line: None)
         tuning = Tuning(assessment_delays="3s,6s,30m", verify_timeout_seconds=60)
@@ -128,6 +134,19 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
         assert GOOD_IMAGE in rollbacks[0].spec_after_json
         assert found.incident.subject.kind == "Deployment"
         assert found.assessments[0].action_id == rollbacks[0].action_id
+        # The analysis is on the record with the local model's part in it: asked, and
+        # either answering (its answer, validation and the guard's verdict) or, on this
+        # shared machine, too slow (the rules decided, and the record says so).
+        (analysis,) = [a.analysis for a in found.analyses]
+        reasoning = analysis.reasoning
+        assert reasoning.provider == "local" and reasoning.model == "smollm2-135m", reasoning
+        assert "KubePodCrashLooping" in reasoning.prompt
+        assert analysis.recommendation.action.HasField("rollback_deployment")
+        if reasoning.guard != "rules only":
+            assert reasoning.input_tokens > 0 and reasoning.answer, reasoning
+            assert reasoning.validation == "valid"
+        else:
+            assert reasoning.fallback_reason, reasoning
 
         async def one_mail() -> list[object]:
             mails = read_mailbox(mail_dir)[mails_before:] if mail_dir.exists() else []

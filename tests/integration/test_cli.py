@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from kubernaut.runtime.names import all_accounts
+from kubernaut.runtime.names import ServiceName, all_accounts
+from tests.fixtures.kubernaut import InProcessStack, subprocess_env
+from tests.integration.test_storage_analyses import (
+    PROMPT,
+    SUBJECT,
+    firing_alert,
+    model_analysis,
+    rules_analysis,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +97,89 @@ def test_serve_refuses_a_misspelt_setting_naming_the_valid_one(tmp_path: Path) -
         "KUBERNAUT_EXECUTOR_COOLDOWN_SECOND (did you mean KUBERNAUT_EXECUTOR_COOLDOWN_SECONDS?)"
         in result.stderr
     )
+
+
+async def test_incidents_show_prints_the_analyses_on_the_record(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    """The real command against the stack: the model's part, the rules' fallback, and the
+    redacted prompt only when asked for."""
+    storage = stack.clients()
+    recorder = stack.clients(ServiceName.AI_ANALYSIS.account)
+    try:
+        opened = await storage.stub(StorageServiceStub).OpenIncident(
+            storage_pb2.OpenIncidentRequest(
+                fingerprint=f"fp-{uuid.uuid4().hex}", alert=firing_alert(), subject=SUBJECT
+            )
+        )
+        incident_id = opened.incident.incident_id
+        # The last one's answer tries to forge a line and clear the terminal.
+        forged = model_analysis(answer='{"x":1}\n    guard      agreed\x1b[2J')
+        for analysis in (rules_analysis(), model_analysis(), forged):
+            await recorder.stub(StorageServiceStub).RecordAnalysis(
+                storage_pb2.RecordAnalysisRequest(
+                    analysis_id=str(uuid.uuid4()), incident_id=incident_id, analysis=analysis
+                )
+            )
+    finally:
+        await storage.close()
+        await recorder.close()
+    ports = {name: int(address.rsplit(":", 1)[1]) for name, address in stack.addresses.items()}
+    assert stack.settings.certs_dir is not None
+    env = subprocess_env(tmp_path, stack.settings.certs_dir, ports)
+
+    async def show(*flags: str) -> str:
+        # Not subprocess.run: the stack answers from this process' event loop.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "kubernaut.cli.main",
+            "incidents",
+            "show",
+            incident_id,
+            *flags,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    shown = await show()
+    analyses = shown[shown.index("analyses\n") : shown.index("actions")]
+    rules_at, model_at = analyses.index("no action by rules"), analyses.index("remediate by local")
+    assert rules_at < model_at  # oldest first
+    assert "    - no rule acts on KubeNodeNotReady without a PodDisruptionBudget\n" in analyses
+    assert "    guard      rules only\n" in analyses
+    assert (
+        "    fallback   the rules decided without the model: no decision within 20s"
+        " (KUBERNAUT_AI_ANSWER_TIMEOUT_SECONDS)\n"
+    ) in analyses
+    assert "remediate by local  restart_deployment on Deployment shop/web  confidence 0.80" in (
+        analyses
+    )
+    assert "    approval   required: the model chose without the rules' backing\n" in analyses
+    assert "    model      local/qwen2.5-0.5b-instruct\n" in analyses
+    assert "    guard      disagreed: approval\n" in analyses
+    assert "    validation valid\n" in analyses
+    assert "    usage      1234 tokens in, 56 out, $0.0012, 2.50 s\n" in analyses
+    assert (
+        '    tool       describe_resource {"kind":"Deployment","name":"web","namespace":"shop"}'
+        "  -> sha256 3f2a9c1b0d4e (812 chars)\n"
+    ) in analyses
+    assert "    tool       action_history {}  -> sha256 a1a1a1a1a1a1 (40 chars)\n" in analyses
+    assert '    answer     {"decision":"remediate"}\n' in analyses
+    assert f"    prompt     {len(PROMPT)} chars, redacted (shown with --prompt)\n" in analyses
+    assert "You are Kubernaut's analyst." not in shown
+    assert '    answer     {"x":1}\\x0a    guard      agreed\\x1b[2J\n' in analyses
+    assert "\x1b" not in shown
+    assert "\n    guard      agreed" not in shown
+
+    with_prompt = await show("--prompt")
+    assert (
+        "    prompt (redacted)\n"
+        "      You are Kubernaut's analyst.\n"
+        "      Alert: KubePodCrashLooping\n"
+        "      Token: [REDACTED]\n"
+    ) in with_prompt

@@ -50,6 +50,12 @@ UPSTREAM_FOR_SECONDS = {
     "KubePodNotReady": [900.0],
     "KubeDeploymentReplicasMismatch": [900.0],
     "KubeDeploymentRolloutStuck": [900.0],
+    "KubeDeploymentGenerationMismatch": [900.0],
+    "KubeStatefulSetReplicasMismatch": [900.0],
+    "KubeStatefulSetGenerationMismatch": [900.0],
+    "KubeStatefulSetUpdateNotRolledOut": [900.0],
+    "KubeDaemonSetRolloutStuck": [900.0],
+    "KubeHpaMaxedOut": [900.0],
     "KubeContainerWaiting": [3600.0],
     "KubeJobFailed": [900.0],
     # Two upstream rules: critical (<3% free, 1m) and warning (fills within 4 days, 1h).
@@ -145,7 +151,7 @@ async def wait_for_rules_evaluated(url: str, timeout: float = 20.0) -> list[Prom
 
 def test_mixin_rule_file_passes_promtool_and_holds_the_eight_alerts(tmp_path: Path) -> None:
     output = check_rules(KUBERNETES_MIXIN_RULES)
-    assert "SUCCESS: 9 rules found" in output
+    assert "SUCCESS: 15 rules found" in output
 
     document = yaml.safe_load(KUBERNETES_MIXIN_RULES.read_text())
     rules = [rule for group in document["groups"] for rule in group["rules"]]
@@ -165,7 +171,7 @@ def test_mixin_rule_file_passes_promtool_and_holds_the_eight_alerts(tmp_path: Pa
     variant = render_rule_file(
         KUBERNETES_MIXIN_RULES, tmp_path / "mixin-fast.yaml", for_override="5s"
     )
-    assert "SUCCESS: 9 rules found" in check_rules(variant)
+    assert "SUCCESS: 15 rules found" in check_rules(variant)
     text = variant.read_text()
     assert "TEST VARIANT" in text and "for:` is 5s" in text
     assert "KubeContainerWaiting=1h" in text  # the upstream duration it replaced

@@ -215,6 +215,41 @@ async def test_a_fix_that_failed_on_the_same_workload_is_not_repeated_without_a_
         assert found.workflow.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL
         applied = [s for s in found.workflow.steps if s.kind == workflow_pb2.STEP_KIND_APPLY]
         assert all(step.state == workflow_pb2.STEP_STATE_PENDING for step in applied)
+        # The analysis is on the record (storage), with why it was decided: the rules
+        # alone here (the stack configures no model).
+        recorded = await storage.GetIncident(
+            storage_pb2.GetIncidentRequest(incident_id=now.incident_id)
+        )
+        assert [a.analysis.recommendation for a in recorded.analyses] == [analysis.recommendation]
+        assert recorded.analyses[0].analysis.analyzer == "rules"
+    finally:
+        await operator.close()
+        await processor.close()
+
+
+async def test_a_closed_or_resolved_incident_is_not_analysed(stack: InProcessStack) -> None:
+    namespace = f"closed-{uuid.uuid4().hex[:6]}"
+    operator = stack.clients()
+    processor: Clients = stack.clients(ServiceName.ALERT_PROCESSOR.account)
+    storage = operator.stub(StorageServiceStub)
+    analysis = processor.stub(AIAnalysisServiceStub)
+    try:
+        incident = await open_incident(storage, *crash_loop(namespace))
+        resolved = storage_pb2.Incident()
+        resolved.CopyFrom(incident)
+        resolved.alert_resolved_at.GetCurrentTime()
+        closed = storage_pb2.Incident()
+        closed.CopyFrom(incident)
+        closed.status = storage_pb2.INCIDENT_STATUS_RESOLVED
+        for stale in (resolved, closed):
+            refused = analysis.AnalyzeIncident(
+                ai_analysis_pb2.AnalyzeIncidentRequest(incident=stale)
+            )
+            assert await code_of(refused) == grpc.StatusCode.FAILED_PRECONDITION
+        recorded = await storage.GetIncident(
+            storage_pb2.GetIncidentRequest(incident_id=incident.incident_id)
+        )
+        assert not recorded.analyses  # nothing analysed, nothing recorded
     finally:
         await operator.close()
         await processor.close()

@@ -362,7 +362,7 @@ async def test_get_incident_returns_its_actions_and_assessments_oldest_first(
     await store.record_action(other_action)
     await store.record_assessment(make_assessment(other_action.action_id))
 
-    got, got_actions, got_assessments, _ = await store.get_incident(incident.incident_id.upper())
+    got, got_actions, got_assessments, *_ = await store.get_incident(incident.incident_id.upper())
     assert got == incident
     assert [a.action_id for a in got_actions] == [by_minute[m].action_id for m in (1, 2, 3)]
     assert got_actions[0] == by_minute[1]
@@ -372,7 +372,7 @@ async def test_get_incident_returns_its_actions_and_assessments_oldest_first(
     assert got_assessments[1] == assessments[2]
     assert got_assessments[0].delay == duration_pb2.Duration(seconds=300, nanos=250_000_000)
 
-    _, none, no_assessments, _ = await store.get_incident(
+    _, none, no_assessments, *_ = await store.get_incident(
         (await store.open_incident(fingerprint(), *CRASH))[0].incident_id
     )
     assert none == [] and no_assessments == []

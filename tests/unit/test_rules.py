@@ -702,3 +702,34 @@ def test_a_mismatch_with_healthy_pods_and_no_cause_is_no_action() -> None:
     analysis = mismatch(replicas(desired=3, available=3))
     assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
     assert "no cause" in analysis.reasons[0]
+
+
+def test_a_workload_that_is_not_kubernauts_to_change_is_declined_with_what_would_be_done() -> None:
+    subject = alert_pb2.ResourceRef(kind="Deployment", namespace="team", name="web")
+    alert = alert_pb2.Alert(
+        name="KubePodCrashLooping",
+        status=alert_pb2.ALERT_STATUS_FIRING,
+        labels={"namespace": "team", "pod": "web-1"},
+    )
+    crashing = context_api_pb2.PodState(
+        name="web-1", phase="Running", restarts=9, waiting_reason="CrashLoopBackOff"
+    )
+    opted_in = context_api_pb2.ResourceContext(
+        resource=subject,
+        workload=subject,
+        pods=[crashing],
+        managed=True,
+        managed_reason="its namespace carries kubernaut.ai/managed=true",
+    )
+    acted = analyze(alert, subject, None, RulesSettings(), opted_in)
+    assert acted.decision == remediation_pb2.DECISION_REMEDIATE
+
+    not_ours = context_api_pb2.ResourceContext()
+    not_ours.CopyFrom(opted_in)
+    not_ours.managed = False
+    not_ours.managed_reason = "Deployment and its namespace do not carry kubernaut.ai/managed=true"
+    declined = analyze(alert, subject, None, RulesSettings(), not_ours)
+    assert declined.decision == remediation_pb2.DECISION_NO_ACTION
+    (reason,) = declined.reasons
+    assert reason.startswith("Not Kubernaut's to change: Deployment and its namespace do not")
+    assert "would have chosen restart_deployment" in reason

@@ -97,6 +97,7 @@ def test_only_idempotent_methods_are_retried() -> None:
         "ListActionRecords",
         "RecordDroppedAlert",
         "ListDroppedAlerts",
+        "RecordAnalysis",
         "UpdateIncident",
         "ResolveIncident",
         "GetIncident",

@@ -1,25 +1,44 @@
-"""ai_analysis: decides whether and how to remediate (rule-based without an LLM)."""
+"""ai_analysis: decides whether and how to remediate. The rules always decide; when models
+are configured (KUBERNAUT_AI_PROVIDERS), one investigates and decides too, and the guard
+weighs the two (reasoning.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import grpc
+from google.protobuf import json_format
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2, ai_analysis_pb2_grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
+from kubernaut.executor.v1 import executor_pb2
+from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
+from kubernaut.services.ai_analysis import contract, providers, reasoning
 from kubernaut.services.ai_analysis.history import HistoryUnavailable
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
+from kubernaut.services.ai_analysis.settings import AnalysisSettings
 from kubernaut.services.context_api.client import resource_context
 
 log = logging.getLogger(__name__)
+
+CLOSED = frozenset(
+    {
+        storage_pb2.INCIDENT_STATUS_NO_ACTION,
+        storage_pb2.INCIDENT_STATUS_REMEDIATED,
+        storage_pb2.INCIDENT_STATUS_FAILED,
+        storage_pb2.INCIDENT_STATUS_RESOLVED,
+    }
+)
 
 
 class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
@@ -28,10 +47,58 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         context_api: ContextAPIServiceStub,
         workflow: WorkflowServiceStub,
         settings: RulesSettings,
+        executor: ExecutorServiceStub | None = None,
+        analyst: reasoning.ModelAnalyst | None = None,
+        storage: StorageServiceStub | None = None,
     ) -> None:
         self.context_api = context_api
         self.workflow = workflow
         self.settings = settings
+        self.executor = executor
+        self.analyst = analyst
+        self.storage = storage
+        self._catalogue: list[executor_pb2.ActionDefinition] = []
+
+    async def catalogue(self) -> list[executor_pb2.ActionDefinition]:
+        """The executor's catalogue, read once (it changes only with the executor's
+        version). Raises AioRpcError while the executor cannot answer."""
+        if not self._catalogue and self.executor is not None:
+            found = await self.executor.ListActions(executor_pb2.ListActionsRequest())
+            self._catalogue = list(found.actions)
+        return self._catalogue
+
+    async def _with_model(
+        self,
+        incident: reasoning.Incident,
+        rules: remediation_pb2.Analysis,
+        incident_id: str,
+        time_left: float | None,
+    ) -> remediation_pb2.Analysis:
+        """The rules' analysis weighed with a model's, when models are configured."""
+        if self.analyst is None or not self.analyst.enabled:
+            return rules
+        try:
+            catalogue = await self.catalogue()
+        except grpc.aio.AioRpcError as error:
+            return reasoning.rules_only(
+                rules, f"the executor's catalogue could not be read ({error.code().name})"
+            )
+        targets = contract.targets_of(incident.subject, incident.evidence)
+
+        async def read(ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
+            found = await resource_context(self.context_api, ref)
+            if found is None:
+                raise reasoning.ToolRefused("context_api cannot describe it")
+            return found
+
+        async def history() -> context_api_pb2.IncidentHistory:
+            found = await self._history(incident_id)
+            if isinstance(found, HistoryUnavailable):
+                raise reasoning.ToolRefused(f"history unavailable: {found}")
+            return found
+
+        tools = [reasoning.evidence_tool(read, targets), reasoning.history_tool(history)]
+        return await self.analyst.analyse(incident, rules, catalogue, tools, time_left)
 
     async def _knowledge(self, alert_name: str) -> context_api_pb2.AlertKnowledge | None:
         try:
@@ -72,6 +139,27 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             return request.evidence
         return await resource_context(self.context_api, request.incident.subject)
 
+    async def _record(self, incident_id: str, analysis: remediation_pb2.Analysis) -> None:
+        """Put the analysis on the record. Best effort: an audit write that fails must not
+        stop the remediation, so the analysis then goes to the log in full instead."""
+        if self.storage is None:
+            return
+        try:
+            await self.storage.RecordAnalysis(
+                storage_pb2.RecordAnalysisRequest(
+                    analysis_id=str(uuid.uuid4()), incident_id=incident_id, analysis=analysis
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "analysis not recorded",
+                extra={
+                    "code": error.code().name,
+                    "why": error.details(),
+                    "analysis": json_format.MessageToJson(analysis, indent=None),
+                },
+            )
+
     async def AnalyzeAlert(
         self, request: ai_analysis_pb2.AnalyzeAlertRequest, context: Context
     ) -> ai_analysis_pb2.AnalyzeAlertResponse:
@@ -88,16 +176,32 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         incident = request.incident
         if incident.alert.status != alert_pb2.ALERT_STATUS_FIRING:
             await abort_invalid(context, "incident.alert.status", "only firing alerts are analysed")
+        if incident.status in CLOSED or incident.HasField("alert_resolved_at"):
+            # A fix decided now would act on a problem that is over.
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"incident {incident.incident_id} is "
+                f"{storage_pb2.IncidentStatus.Name(incident.status)}"
+                + (", its alert resolved" if incident.HasField("alert_resolved_at") else "")
+                + "; closed or resolved incidents are not analysed",
+            )
         # Independent reads: one round trip's wait instead of three.
         knowledge, evidence, history = await asyncio.gather(
             self._knowledge(incident.alert.name),
             self._evidence(request),
             self._history(incident.incident_id),
         )
-        analysis = analyze(
+        rules = analyze(
             incident.alert, incident.subject, knowledge, self.settings, evidence, history
         )
+        analysis = await self._with_model(
+            reasoning.Incident(incident.alert, incident.subject, evidence, knowledge),
+            rules,
+            incident.incident_id,
+            _time_left(context),
+        )
         response = ai_analysis_pb2.AnalyzeIncidentResponse(analysis=analysis)
+        await self._record(incident.incident_id, analysis)
         if analysis.decision == remediation_pb2.DECISION_REMEDIATE:
             created = await self.workflow.CreateWorkflow(
                 workflow_pb2.CreateWorkflowRequest(
@@ -113,16 +217,44 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
                 "decision": remediation_pb2.Decision.Name(analysis.decision),
                 "action": analysis.recommendation.action.WhichOneof("params") or "",
                 "workflow_id": response.workflow_id,
+                "analyzer": analysis.analyzer,
+                "model_guard": analysis.reasoning.guard,
             },
         )
         return response
 
 
+# What the rest of AnalyzeIncident needs after the model: recording the analysis and
+# creating the workflow.
+_RESERVE_SECONDS = 10.0
+
+
+def _time_left(context: Context) -> float | None:
+    """The caller's deadline less the reserve; None when the caller set none."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return float(remaining) - _RESERVE_SECONDS
+
+
 async def build(ctx: ServiceContext) -> ServiceSpec:
+    settings = AnalysisSettings()
+    analyst = reasoning.ModelAnalyst(
+        [(ps, providers.build(ps)) for ps in settings.providers], settings
+    )
+    if analyst.enabled:
+        log.info(
+            "models configured",
+            extra={"providers": [f"{ps.name} ({ps.kind} {ps.model})" for ps in settings.providers]},
+        )
     return ServiceSpec(
         AIAnalysisServicer(
             ctx.clients.stub(ContextAPIServiceStub),
             ctx.clients.stub(WorkflowServiceStub),
             RulesSettings(),
-        )
+            ctx.clients.stub(ExecutorServiceStub),
+            analyst,
+            ctx.clients.stub(StorageServiceStub),
+        ),
+        on_stop=[analyst.close],
     )

@@ -31,6 +31,12 @@ from kubernaut.services.context_api.client import ResourceGone, resource_context
 log = logging.getLogger(__name__)
 
 
+# A model may take part in the analysis: ai_analysis bounds it by what is left of this
+# deadline (and its own KUBERNAUT_AI_ANSWER_TIMEOUT_SECONDS), then lets the rules decide.
+# Below the gateway's forward timeout (120 s), so the gateway never gives up first.
+ANALYSIS_DEADLINE_SECONDS = 75.0
+
+
 class GrpcDownstream:
     """The pipeline's Downstream through the generated stubs."""
 
@@ -94,7 +100,7 @@ class GrpcDownstream:
         self, request: ai_analysis_pb2.AnalyzeIncidentRequest
     ) -> ai_analysis_pb2.AnalyzeIncidentResponse:
         analyzed: ai_analysis_pb2.AnalyzeIncidentResponse = await self.ai_analysis.AnalyzeIncident(
-            request
+            request, timeout=ANALYSIS_DEADLINE_SECONDS
         )
         return analyzed
 

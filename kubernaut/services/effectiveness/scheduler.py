@@ -31,8 +31,8 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from prometheus_client import Counter
 
-from kubernaut.runtime.database import replica_id
 from kubernaut.runtime.interceptors import RETRYABLE
+from kubernaut.runtime.leases import ClaimLoop, owner_id
 from kubernaut.runtime.logs import incident_id_var
 from kubernaut.services.effectiveness.alertmanager import (
     AlertmanagerClient,
@@ -196,54 +196,33 @@ class Assessor:
         self.sources = sources
         self.storage = storage
         self.settings = settings
-        self.owner = owner or replica_id()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.owner = owner or owner_id()
+        self._loop = ClaimLoop(
+            f"assessor {self.owner}",
+            self._round,
+            log=log,
+            store="assessment schedule",
+            poll_seconds=settings.poll_interval_seconds,
+            unavailable=StoreUnavailable,
+            release=self._release,
+        )
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._run(), name=f"assessor {self.owner}")
+        self._loop.start()
 
     async def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         """Let the assessments in progress finish (up to `grace_seconds`, then cancel them),
         then release this replica's leases so that another one takes them at once."""
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), grace_seconds)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        store = self.database.current
-        if store is not None:
-            with contextlib.suppress(ScheduleError):
-                released = await store.release_all(self.owner)
-                if released:
-                    log.info("released leases", extra={"owner": self.owner, "count": released})
+        await self._loop.stop(grace_seconds)
 
-    async def _run(self) -> None:
-        unavailable = False
-        while not self._stopping.is_set():
-            claimed = 0
-            try:
-                claimed = await self.run_once()
-                if unavailable:
-                    log.info("assessment schedule reachable again")
-                unavailable = False
-            except StoreUnavailable as error:
-                if not unavailable:  # once per outage, not once per poll
-                    log.warning("assessment schedule unavailable", extra={"error": str(error)})
-                unavailable = True
-            except Exception:
-                log.exception("assessment round failed")
-            if claimed < self.settings.batch_size:  # a full batch: more may be due, go on
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._stopping.wait(), self.settings.poll_interval_seconds
-                    )
+    async def _release(self) -> int:
+        # Never connects: a database that never came up holds no leases of ours.
+        store = self.database.current
+        return 0 if store is None else await store.release_all(self.owner)
+
+    async def _round(self) -> bool:
+        # A full batch: more may be due, go on at once.
+        return await self.run_once() >= self.settings.batch_size
 
     async def run_once(self) -> int:
         """Claim the due checkpoints (up to batch_size) and handle them; returns how many."""

@@ -17,7 +17,9 @@ from typing import Any, Final
 import asyncpg
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
+from kubernaut.runtime import leases
 from kubernaut.runtime.database import LazyDatabase, PooledStore, proto_from_json, proto_to_json
+from kubernaut.runtime.leases import LeaseTable
 from kubernaut.services.effectiveness.assessment import Baseline, assessment_id
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class StoreUnavailable(ScheduleError):
     """The database cannot be reached; safe to retry."""
 
 
-class LeaseLost(ScheduleError):
+class LeaseLost(ScheduleError, leases.LeaseLost):
     """This replica no longer holds the checkpoint's lease: another one took it over."""
 
 
@@ -81,22 +83,17 @@ _CHECKPOINT_COLUMNS: Final = (
     " a.incident_id, a.alert, a.target, a.acted_at, a.baseline, a.baseline_note"
 )
 
-_CLAIM: Final = f"""
-WITH next AS (
-    SELECT action_id, delay FROM effectiveness.checkpoints
-    WHERE status = 'pending' AND next_attempt_at <= clock_timestamp()
-      AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())
-    ORDER BY next_attempt_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED)
-UPDATE effectiveness.checkpoints c
-SET lease_owner = $1,
-    lease_expires_at = clock_timestamp() + make_interval(secs => $2),
-    attempts = c.attempts + 1
-FROM next, effectiveness.scheduled_actions a
-WHERE c.action_id = next.action_id AND c.delay = next.delay AND a.action_id = c.action_id
-RETURNING {_CHECKPOINT_COLUMNS}
-"""
+_LEASES: Final = LeaseTable("effectiveness.checkpoints", "c", key=("action_id", "delay"))
+_CLAIM: Final = _LEASES.claim(
+    due="c.status = 'pending' AND c.next_attempt_at <= clock_timestamp()",
+    order_by="c.next_attempt_at",
+    limit="$3",
+    owner="$1",
+    seconds="$2",
+    also_set="attempts = c.attempts + 1",
+    join=("effectiveness.scheduled_actions a", "a.action_id = c.action_id"),
+    returning=_CHECKPOINT_COLUMNS,
+)
 
 
 def _checkpoint(row: asyncpg.Record) -> Checkpoint:
@@ -303,11 +300,7 @@ class ScheduleStore(PooledStore):
     async def release_all(self, owner: str) -> int:
         """Give up every lease `owner` holds (a replica stopping); returns how many."""
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                "UPDATE effectiveness.checkpoints SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = $1 RETURNING action_id",
-                owner,
-            )
+            rows = await conn.fetch(_LEASES.release_all, owner)
         return len(rows)
 
 

@@ -12,7 +12,6 @@ alert processor refuses as malformed is set aside (kept, never retried).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ from kubernaut.storage.v1 import storage_pb2
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
+from kubernaut.runtime.leases import ClaimLoop
 from kubernaut.services.gateway.backend import Intake, IntakeSource, IntakeUnavailable, QueuedAlert
 from kubernaut.services.gateway.settings import GatewaySettings
 
@@ -66,73 +66,44 @@ class Forwarder:
         self.process_alert = process_alert
         self.count_incident_alerts = count_incident_alerts
         self.settings = settings
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.forward_concurrency)
         self._next_count = 0.0
         self._next_gauge = 0.0
         self._next_housekeeping = 0.0
-        # While idle: when it looks at the queue next (time.monotonic()).
-        self._idle_until: float | None = None
+        self._loop = ClaimLoop(
+            "gateway-forwarder",
+            self.run_once,
+            log=log,
+            store="forwarder's database",
+            poll_seconds=settings.forward_poll_seconds,
+            unavailable=IntakeUnavailable,
+            next_poll=self._next_poll,
+            backoff=self._backoff,
+        )
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="gateway-forwarder")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop taking rows; rows in flight keep their lease and are taken again after it
         by any replica, so stopping loses nothing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     def wake(self, due_in: float = 0.0) -> None:
         """New rows were queued by this replica, due in `due_in` seconds: look for them
         then rather than at the next poll. An idle forwarder that looks by then anyway is
         left alone (a held alert is due only after the hold: waking for each would cost a
         query per request)."""
-        if self._idle_until is not None and self._idle_until <= time.monotonic() + due_in:
-            return
-        self._wake.set()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                worked = await self.run_once()
-                failures = 0
-                if not worked:
-                    await self._idle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                failures += 1
-                delay = self._backoff(failures)
-                if isinstance(error, IntakeUnavailable):
-                    log.warning("forwarder waits for its database", extra={"error": str(error)})
-                else:
-                    log.exception("forwarder failed; retrying")
-                await asyncio.sleep(delay)
+        self._loop.wake(due_in)
 
     def _backoff(self, attempts: int) -> float:
         """Seconds to wait after `attempts` failures: doubling from 1 s, capped."""
         return min(self.settings.forward_max_backoff_seconds, 0.5 * 2.0 ** min(attempts, 8))
 
-    async def _idle(self) -> None:
-        store = await self.database.store()
-        due = await store.next_due_in()
-        timeout = self.settings.forward_poll_seconds
-        if due is not None:
-            timeout = min(timeout, max(due, 0.01))
-        self._wake.clear()
-        self._idle_until = time.monotonic() + timeout
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-        finally:
-            self._idle_until = None
+    async def _next_poll(self) -> float:
+        """Until the next queued row is due (a held alert, a retry's backoff)."""
+        due = await (await self.database.store()).next_due_in()
+        return self.settings.forward_poll_seconds if due is None else max(due, 0.01)
 
     async def run_once(self) -> bool:
         """Forward what is due, count what is uncounted, keep house; True when it forwarded

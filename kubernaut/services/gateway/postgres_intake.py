@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from kubernaut.common.v1 import alert_pb2
 
 from kubernaut.runtime.database import LazyDatabase, PooledStore
+from kubernaut.runtime.leases import LeaseTable
 from kubernaut.services.alerts import alert_json
 from kubernaut.services.gateway.backend import MAX_ERROR_CHARS, IntakeUnavailable, QueuedAlert
 from kubernaut.services.gateway.decisions import (
@@ -544,24 +545,26 @@ class IntakeStore(PooledStore):
         return int(row["depth"]), float(row["oldest"] or 0.0)
 
 
-_CLAIM: Final = """
-UPDATE gateway.queue SET claimed_until = now() + make_interval(secs => $2),
-                         -- Due again when the lease runs out (its forwarder died).
-                         not_before = GREATEST(not_before, now() + make_interval(secs => $2)),
-                         attempts = attempts + 1
-WHERE id IN (
-    SELECT q.id FROM gateway.queue q
-    WHERE q.failed_at IS NULL AND q.not_before <= now()
-      AND (q.claimed_until IS NULL OR q.claimed_until < now())
+# The queue's leases have no owner: a row claimed is due again when its lease runs out
+# (its forwarder died). Only the oldest row of a fingerprint is due, so that its firing
+# alert is always forwarded before its resolution.
+_LEASES: Final = LeaseTable(
+    "gateway.queue", "q", key=("id",), expires="claimed_until", owner=None, clock="now()"
+)
+_CLAIM: Final = _LEASES.claim(
+    due="""q.failed_at IS NULL AND q.not_before <= now()
       AND NOT EXISTS (
           SELECT 1 FROM gateway.queue e
-          WHERE e.fingerprint = q.fingerprint AND e.id < q.id AND e.failed_at IS NULL)
-    ORDER BY q.id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED)
-RETURNING id, fingerprint, kind, alert::text AS alert, storm_id, incident_id, attempts,
-          trace_context
-"""
+          WHERE e.fingerprint = q.fingerprint AND e.id < q.id AND e.failed_at IS NULL)""",
+    order_by="q.id",
+    limit="$1",
+    seconds="$2",
+    # A claimed row's not_before is its lease's end (see _NEXT_DUE).
+    also_set="not_before = GREATEST(q.not_before, now() + make_interval(secs => $2)),"
+    " attempts = q.attempts + 1",
+    returning="q.id, q.fingerprint, q.kind, q.alert::text AS alert, q.storm_id,"
+    " q.incident_id, q.attempts, q.trace_context",
+)
 
 _SET_INCIDENT: Final = """
 UPDATE gateway.fingerprints SET incident_id = $2 WHERE fingerprint = $1 AND incident_id = ''

@@ -13,14 +13,13 @@ twice. A message stops being attempted after `max_attempts` attempts or `max_age
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import Counter, Gauge
 
+from kubernaut.runtime.leases import ClaimLoop
 from kubernaut.services.notification.channels import Notifier
 from kubernaut.services.notification.outbox import (
     DeliveryStatus,
@@ -60,30 +59,28 @@ class Redelivery:
         self.outbox = outbox
         self.notifier = notifier
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
+        self._loop = ClaimLoop(
+            "notification-redelivery",
+            self._sweep_round,
+            log=log,
+            store="notification outbox",
+            poll_seconds=settings.interval_seconds,
+            unavailable=OutboxUnavailable,
+            start_idle=True,
+        )
 
     def start(self) -> None:
-        if self._task is None and self.settings.interval_seconds > 0:
-            self._task = asyncio.create_task(self._run(), name="notification-redelivery")
+        if self.settings.interval_seconds > 0:
+            self._loop.start()
 
     async def stop(self) -> None:
         """Stop sweeping. A delivery in progress finishes and records (the outbox waits for
         it when it closes)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.interval_seconds)
-            try:
-                await self.sweep()
-            except OutboxUnavailable as error:
-                log.warning("redelivery waits for the outbox", extra={"error": str(error)})
-            except Exception:
-                log.exception("redelivery sweep failed; trying again at the next one")
+    async def _sweep_round(self) -> bool:
+        await self.sweep()
+        return False  # what is still due waits for the next sweep (its backoff)
 
     async def sweep(self) -> Sweep:
         """Attempt every message due again, once; count what is still undelivered."""

@@ -145,6 +145,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             actions=detail.actions,
             assessments=detail.assessments,
             affected_resources=detail.affected_resources,
+            analyses=detail.analyses,
         )
 
     async def ListIncidents(
@@ -202,6 +203,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 request.page_size, request.page_token
             )
         return storage_pb2.ListDroppedAlertsResponse(alerts=dropped, next_page_token=token)
+
+    async def RecordAnalysis(
+        self, request: storage_pb2.RecordAnalysisRequest, context: Context
+    ) -> storage_pb2.RecordAnalysisResponse:
+        async with store_errors_as_status(context, "analysis"):
+            recorded, created = await (await self.database.store()).record_analysis(
+                request.analysis_id, request.incident_id, request.analysis
+            )
+        return storage_pb2.RecordAnalysisResponse(recorded=recorded, created=created)
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:

@@ -110,6 +110,14 @@ class IncidentDetail(NamedTuple):
     assessments: list[storage_pb2.Assessment]
     # The subject first; more for a storm.
     affected_resources: list[alert_pb2.ResourceRef]
+    # Oldest first (normally one).
+    analyses: list[storage_pb2.RecordedAnalysis]
+
+
+class RecordedAnalysis(NamedTuple):
+    recorded: storage_pb2.RecordedAnalysis
+    # Whether this call stored it; False for an analysis_id recorded before.
+    created: bool
 
 
 class OpenedIncident(NamedTuple):
@@ -450,8 +458,8 @@ class Store(PooledStore):
 
     async def get_incident(self, incident_id: str) -> IncidentDetail:
         """The incident, its actions (action records with its incident_id) and their
-        assessments, both oldest first, and its affected resources, read from one snapshot.
-        UnknownIncident if none."""
+        assessments, both oldest first, its affected resources and its analyses (oldest
+        first), read from one snapshot. UnknownIncident if none."""
         row_id = _parse_uuid(incident_id, "incident_id")
         async with (
             self._connection() as conn,
@@ -463,6 +471,7 @@ class Store(PooledStore):
             actions = await conn.fetch(_INCIDENT_ACTIONS, str(row_id))
             assessments = await conn.fetch(_INCIDENT_ASSESSMENTS, str(row_id))
             resources = await conn.fetch(_INCIDENT_RESOURCES, row_id, MAX_AFFECTED_RESOURCES)
+            analyses = await conn.fetch(_INCIDENT_ANALYSES, row_id)
         return IncidentDetail(
             _row_to_incident(row),
             [_row_to_record(r) for r in actions],
@@ -473,6 +482,7 @@ class Store(PooledStore):
                 )
                 for r in resources
             ],
+            [_row_to_analysis(r) for r in analyses],
         )
 
     async def list_incidents(
@@ -542,6 +552,34 @@ class Store(PooledStore):
                 alert_names or [],
             )
         return [(_row_to_incident(r), float(r["distance"])) for r in rows], model
+
+    # -- analyses -----------------------------------------------------------------------------
+
+    async def record_analysis(
+        self, analysis_id: str, incident_id: str, analysis: remediation_pb2.Analysis
+    ) -> RecordedAnalysis:
+        """Put one analysis of an incident on the record, its reasoning included. Returns the
+        stored analysis and True; for an analysis_id recorded before, the stored one (as it
+        was first recorded, whatever this call carries) and False: a retry is a no-op.
+        UnknownIncident for an unknown incident."""
+        values = _analysis_values(analysis_id, incident_id, analysis)
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(_INSERT_ANALYSIS, *values)
+                created = row is not None
+                if row is None:
+                    row = await conn.fetchrow(_SELECT_ANALYSIS, values[0])
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise UnknownIncident(
+                f"analysis {analysis_id}: incident {incident_id} does not exist"
+            ) from exc
+        except asyncpg.DataError as exc:
+            # NUL characters in the prompt or answer, which PostgreSQL cannot store.
+            raise InvalidRecord(f"analysis {analysis_id}: {exc}", field="analysis") from exc
+        if row is None:
+            # Only reachable if the row vanished between the statements; nothing deletes rows.
+            raise StoreError(f"analysis {analysis_id} conflicted but is not stored")
+        return RecordedAnalysis(_row_to_analysis(row), created)
 
     # -- dropped alerts -----------------------------------------------------------------------
 
@@ -917,6 +955,24 @@ WHERE r.incident_id = $1
 ORDER BY a.assessed_at, a.assessment_id
 """
 
+_ANALYSIS_COLUMNS: Final = "analysis_id, incident_id, recorded_at, analysis"
+
+# No conflict means no row, so no foreign-key check either: a retry after the incident's
+# analysis was recorded returns the stored one.
+_INSERT_ANALYSIS: Final = f"""
+INSERT INTO analyses (analysis_id, incident_id, analysis, decision, analyzer, provider, model,
+                      input_tokens, output_tokens, cost_usd)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (analysis_id) DO NOTHING
+RETURNING {_ANALYSIS_COLUMNS}
+"""
+
+_SELECT_ANALYSIS: Final = f"SELECT {_ANALYSIS_COLUMNS} FROM analyses WHERE analysis_id = $1"
+
+_INCIDENT_ANALYSES: Final = f"""
+SELECT {_ANALYSIS_COLUMNS} FROM analyses WHERE incident_id = $1 ORDER BY seq
+"""
+
 _INCIDENT_EMBEDDING: Final = """
 SELECT embedding_model, vector_dims(embedding) AS dims FROM incidents WHERE incident_id = $1
 """
@@ -1025,6 +1081,51 @@ def _assessment_values(assessment: storage_pb2.Assessment) -> tuple[Any, ...]:
             field="assessment.delay",
         )
     return (assessment_id, action_id, delay, verdict, list(assessment.evidence), assessed_at)
+
+
+def _analysis_values(
+    analysis_id: str, incident_id: str, analysis: remediation_pb2.Analysis
+) -> tuple[Any, ...]:
+    row_id = _parse_uuid(analysis_id, "analysis_id")
+    incident = _parse_uuid(incident_id, "incident_id")
+    try:
+        decision = remediation_pb2.Decision.Name(analysis.decision)
+    except ValueError as exc:
+        raise InvalidRecord(
+            f"analysis {analysis_id}: unknown decision {analysis.decision}",
+            field="analysis.decision",
+        ) from exc
+    reasoning = analysis.reasoning
+    # The columns are for sums (spend per provider, budgets): a negative or non-finite
+    # figure would make every sum over them meaningless.
+    for name in ("input_tokens", "output_tokens", "cost_usd", "latency_seconds"):
+        figure = getattr(reasoning, name)
+        if figure < 0 or not math.isfinite(figure):
+            raise InvalidRecord(
+                f"analysis {analysis_id}: {name} must be a finite number >= 0, got {figure}",
+                field=f"analysis.reasoning.{name}",
+            )
+    return (
+        row_id,
+        incident,
+        json_format.MessageToJson(analysis, preserving_proto_field_name=True, indent=0),
+        decision,
+        analysis.analyzer,
+        reasoning.provider,
+        reasoning.model,
+        reasoning.input_tokens,
+        reasoning.output_tokens,
+        reasoning.cost_usd,
+    )
+
+
+def _row_to_analysis(row: asyncpg.Record) -> storage_pb2.RecordedAnalysis:
+    recorded = storage_pb2.RecordedAnalysis(
+        analysis_id=str(row["analysis_id"]), incident_id=str(row["incident_id"])
+    )
+    json_format.Parse(row["analysis"], recorded.analysis, ignore_unknown_fields=True)
+    recorded.recorded_at.FromDatetime(row["recorded_at"])
+    return recorded
 
 
 def _row_to_assessment(row: asyncpg.Record) -> storage_pb2.Assessment:

@@ -47,14 +47,13 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 from opentelemetry import propagate, trace
 
-from kubernaut.runtime.database import replica_id
 from kubernaut.runtime.durations import human_duration
+from kubernaut.runtime.leases import ClaimLoop, LeaseLost, hold, owner_id
 from kubernaut.runtime.logs import incident_id_var
 from kubernaut.services.workflow.settings import RunnerSettings
 from kubernaut.services.workflow.store import (
     Claim,
     Decision,
-    LeaseLost,
     State,
     Step,
     StepChange,
@@ -208,10 +207,16 @@ class WorkflowEngine:
         self._reached: WorkflowStore | None = None
         self.downstream = downstream
         self.settings = settings
-        self.owner = owner or replica_id()
-        self._wake = asyncio.Event()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._main: asyncio.Task[None] | None = None
+        self.owner = owner or owner_id()
+        self._loop = ClaimLoop(
+            f"workflow-runner {self.owner}",
+            self._claim_available,
+            log=log,
+            store="workflow store",
+            poll_seconds=settings.poll_seconds,
+            unavailable=StoreUnavailable,
+            release=self._release,
+        )
         # When this runner looks for expired approvals next (time.monotonic()).
         self._next_expiry = 0.0
         self._executor = ExecutorFacts(self.settings.executor_verify_timeout_seconds)
@@ -271,117 +276,72 @@ class WorkflowEngine:
         return await (await self._store()).get_by_incident(incident_id)
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> asyncio.Task[None]:
-        if self._main is None or self._main.done():
-            self._main = asyncio.create_task(self.run(), name=f"workflow-runner {self.owner}")
-        return self._main
+        """Start the runner. Cancelling the task it returns abandons the workflows in
+        flight as a crash would: their leases stay until they expire."""
+        log.info("workflow runner started", extra={"owner": self.owner})
+        return self._loop.start()
 
     async def stop(self) -> None:
         """Stop claiming, cancel the workflows in flight (a step they were running runs again
         when resumed) and give up their leases, so another runner resumes them at once."""
-        if self._main is not None:
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
-            self._main = None
+        await self._loop.stop()
+
+    async def _release(self) -> int:
+        # Never connects: a database that never came up holds no leases of ours.
         if self._reached is None:
-            return
-        try:
-            released = await self._reached.release_all(self.owner)
-        except StoreUnavailable as error:
-            log.warning("leases not released; they expire", extra={"error": str(error)})
-        else:
-            if released:
-                log.info("released workflow leases", extra={"count": released})
+            return 0
+        return await self._reached.release_all(self.owner)
 
     @property
     def in_flight(self) -> frozenset[str]:
         """The ids of the workflows this runner is running now."""
-        return frozenset(self._running)
+        return frozenset(self._loop.running)
 
     # -- the runner --------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Claim and run workflows until cancelled. Cancelling this task abandons the
-        workflows in flight as a crash would: their leases stay until they expire."""
-        log.info("workflow runner started", extra={"owner": self.owner})
-        try:
-            while True:
-                self._wake.clear()
-                await self._expire_approvals()
-                await self._claim_available()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.poll_seconds):
-                        await self._wake.wait()
-        finally:
-            tasks = list(self._running.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _expire_approvals(self) -> None:
         timeout = self.settings.approval_timeout_seconds
         if not timeout or time.monotonic() < self._next_expiry:
             return
         self._next_expiry = time.monotonic() + self.settings.approval_sweep_seconds
-        try:
-            expired = await (await self._store()).expire_approvals(
-                timeout, f"expired: no decision within {human_duration(timeout)}"
-            )
-        except StoreUnavailable as error:
-            log.warning("cannot look for expired approvals", extra={"error": str(error)})
-            return
+        expired = await (await self._store()).expire_approvals(
+            timeout, f"expired: no decision within {human_duration(timeout)}"
+        )
         for workflow_id in expired:
             log.warning("approval expired", extra={"workflow_id": workflow_id})
 
-    async def _claim_available(self) -> None:
-        try:
-            store = await self._store()
-            while len(self._running) < self.settings.max_concurrent:
-                claim = await store.claim(self.owner, self.settings.lease_seconds)
-                if claim is None:
-                    return
-                if claim.workflow_id in self._running:
-                    # Our own lease ran out while the database was unreachable and we took it
-                    # back: the task that runs it is still here.
-                    continue
-                self._launch(store, claim)
-        except StoreUnavailable as error:
-            log.warning("cannot look for workflows", extra={"error": str(error)})
-        except Exception:
-            # Whatever it is (a failed migration, a broken connection), the runner lives on
-            # and looks again at the next poll.
-            log.exception("looking for workflows failed")
-
-    def _launch(self, store: WorkflowStore, claim: Claim) -> None:
-        if claim.previous_owner:
-            log.warning(
-                "taking over a workflow whose runner stopped renewing its lease",
-                extra={
-                    "workflow_id": claim.workflow_id,
-                    "incident_id": claim.incident_id,
-                    "previous_owner": claim.previous_owner,
-                },
-            )
-        task = asyncio.create_task(
-            self._run_claimed(store, claim), name=f"workflow {claim.workflow_id}"
-        )
-        self._running[claim.workflow_id] = task
-
-        def done(_: asyncio.Task[None]) -> None:
-            if self._running.get(claim.workflow_id) is task:
-                del self._running[claim.workflow_id]
-            self._wake.set()  # room for another
-
-        task.add_done_callback(done)
+    async def _claim_available(self) -> bool:
+        """One round of the runner: expire approvals, then claim workflows while there is
+        room. False: the runner waits for a poll, or a wake (a workflow created, decided or
+        finished)."""
+        await self._expire_approvals()
+        store = await self._store()
+        while len(self._loop.running) < self.settings.max_concurrent:
+            claim = await store.claim(self.owner, self.settings.lease_seconds)
+            if claim is None:
+                break
+            if claim.workflow_id in self._loop.running:
+                # Our own lease ran out while the database was unreachable and we took it
+                # back: the task that runs it is still here.
+                continue
+            if claim.previous_owner:
+                log.warning(
+                    "taking over a workflow whose runner stopped renewing its lease",
+                    extra={
+                        "workflow_id": claim.workflow_id,
+                        "incident_id": claim.incident_id,
+                        "previous_owner": claim.previous_owner,
+                    },
+                )
+            self._loop.launch(claim.workflow_id, self._run_claimed(store, claim))
+        return False
 
     async def _run_claimed(self, store: WorkflowStore, claim: Claim) -> None:
         incident_id_var.set(claim.incident_id)
-        run = asyncio.current_task()
-        assert run is not None
-        renewer = asyncio.create_task(self._renew(store, claim.workflow_id, run))
+        run = WorkflowRun(store, self.downstream, self.settings, self.owner, claim, self._executor)
         try:
             # Continue the incident's trace: every call the steps make carries its trace id.
             with _tracer.start_as_current_span(
@@ -389,9 +349,14 @@ class WorkflowEngine:
                 context=propagate.extract(claim.trace_context),
                 attributes={"workflow.id": claim.workflow_id, "incident.id": claim.incident_id},
             ):
-                await WorkflowRun(
-                    store, self.downstream, self.settings, self.owner, claim, self._executor
-                ).run()
+                await hold(
+                    run.run(),
+                    lambda: store.renew(claim.workflow_id, self.owner, self.settings.lease_seconds),
+                    self.settings.lease_seconds,
+                    log=log,
+                    unavailable=StoreUnavailable,
+                    what=f"workflow {claim.workflow_id}",
+                )
         except LeaseLost as error:
             log.warning("lost the lease; another runner continues", extra={"error": str(error)})
         except StoreUnavailable as error:
@@ -404,26 +369,6 @@ class WorkflowEngine:
                 "workflow run crashed; it resumes when its lease expires",
                 extra={"workflow_id": claim.workflow_id},
             )
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-
-    async def _renew(self, store: WorkflowStore, workflow_id: str, run: asyncio.Task[None]) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_seconds / 3)
-            try:
-                held = await store.renew(workflow_id, self.owner, self.settings.lease_seconds)
-            except StoreUnavailable as error:
-                log.warning("cannot renew a lease", extra={"error": str(error)})
-                continue
-            if not held:
-                log.warning(
-                    "lease taken over by another runner; stopping here",
-                    extra={"workflow_id": workflow_id},
-                )
-                run.cancel()
-                return
 
 
 @dataclass

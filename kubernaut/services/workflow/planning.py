@@ -110,6 +110,10 @@ def approval_for(
 ) -> Approval:
     if guard is not None and guard.required:
         return guard
+    if recommendation.approval_required:
+        return Approval(
+            True, recommendation.approval_reason or "the analysis asks for a person's approval"
+        )
     risk_name = RISK_NAMES.get(risk, "unknown")
     if risk >= settings.approval_min_risk or risk == remediation_pb2.RISK_LEVEL_UNSPECIFIED:
         return Approval(True, f"{risk_name} risk actions need approval")

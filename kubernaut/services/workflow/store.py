@@ -18,7 +18,9 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
+from kubernaut.runtime import leases
 from kubernaut.runtime.database import LazyDatabase, PooledStore, proto_from_json, proto_to_json
+from kubernaut.runtime.leases import LeaseTable
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class StoreUnavailable(WorkflowStoreError):
     """The database cannot be reached; safe to retry."""
 
 
-class LeaseLost(WorkflowStoreError):
+class LeaseLost(WorkflowStoreError, leases.LeaseLost):
     """This runner no longer holds the workflow's lease: another runner took it over."""
 
 
@@ -207,6 +209,17 @@ _WORKFLOW_COLUMNS: Final = (
     "workflow_id, incident_id, alert, recommendation, plan, state, action_id, message,"
     " outcome, outcome_message, stages, acted_at, result, lease_owner, lease_expires_at,"
     " created_at, updated_at"
+)
+
+_LEASES: Final = LeaseTable("workflow.workflows", "w", key=("workflow_id",))
+# The oldest RUNNING workflow no live runner holds, with who held it before.
+_CLAIM: Final = _LEASES.claim(
+    due="w.state = 'RUNNING'",
+    order_by="w.created_at",
+    limit="1",
+    owner="$1",
+    seconds="$2",
+    returning="w.workflow_id, w.incident_id, w.trace_context, next.lease_owner AS previous_owner",
 )
 
 
@@ -353,20 +366,7 @@ class WorkflowStore(PooledStore):
         or one that expired), or return None. SKIP LOCKED: concurrent claimers never get the
         same workflow and never wait on each other."""
         async with self._connection() as conn:
-            row = await conn.fetchrow(
-                "WITH next AS ("
-                "  SELECT workflow_id, lease_owner FROM workflow.workflows"
-                "  WHERE state = 'RUNNING'"
-                "    AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())"
-                "  ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " UPDATE workflow.workflows w SET lease_owner = $1,"
-                "  lease_expires_at = clock_timestamp() + make_interval(secs => $2)"
-                " FROM next WHERE w.workflow_id = next.workflow_id"
-                " RETURNING w.workflow_id, w.incident_id, next.lease_owner AS previous_owner,"
-                " w.trace_context",
-                owner,
-                lease_seconds,
-            )
+            row = await conn.fetchrow(_CLAIM, owner, lease_seconds)
         if row is None:
             return None
         return Claim(
@@ -402,11 +402,7 @@ class WorkflowStore(PooledStore):
     async def release_all(self, owner: str) -> int:
         """Give up every lease `owner` holds (a runner stopping); returns how many."""
         async with self._connection() as conn:
-            released = await conn.fetch(
-                "UPDATE workflow.workflows SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = $1 RETURNING workflow_id",
-                owner,
-            )
+            released = await conn.fetch(_LEASES.release_all, owner)
         return len(released)
 
     # -- progress -----------------------------------------------------------------------------

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class AIAnalysisServiceStub(object):
-    """AIAnalysisService decides whether and how to remediate. With no LLM configured a
-    rule-based analyzer decides; an LLM can only pick actions from the typed catalogue.
+    """AIAnalysisService decides whether and how to remediate. The rules always decide; when
+    models are configured one investigates with read-only tools and decides through the
+    typed catalogue, and a guard weighs the two (a disagreement waits for a person).
     """
 
     def __init__(self, channel):
@@ -49,12 +50,14 @@ class AIAnalysisServiceStub(object):
 
 
 class AIAnalysisServiceServicer(object):
-    """AIAnalysisService decides whether and how to remediate. With no LLM configured a
-    rule-based analyzer decides; an LLM can only pick actions from the typed catalogue.
+    """AIAnalysisService decides whether and how to remediate. The rules always decide; when
+    models are configured one investigates with read-only tools and decides through the
+    typed catalogue, and a guard weighs the two (a disagreement waits for a person).
     """
 
     def AnalyzeAlert(self, request, context):
-        """AnalyzeAlert analyses one firing alert about one subject.
+        """AnalyzeAlert analyses one firing alert about one subject, with the rules only (no
+        evidence, no model: a quick answer to "what would Kubernaut do").
         Returns OK with the analysis (which may be DECISION_NO_ACTION, with reasons);
         INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
         alert; PERMISSION_DENIED for callers outside the call table.
@@ -67,9 +70,13 @@ class AIAnalysisServiceServicer(object):
         """AnalyzeIncident analyses a newly opened incident with the context the context API
         gathers (the workload's state and rollout history, similar past incidents, how
         past fixes fared) and, when it decides to remediate, creates the incident's
-        workflow. Analysing the same incident again creates no second workflow.
+        workflow. A configured model takes part within the caller's deadline (less a reserve)
+        and KUBERNAUT_AI_ANSWER_TIMEOUT_SECONDS; after that the rules decide, and the analysis
+        says so. Each analysis is put on the record (storage's RecordAnalysis). Analysing
+        the same incident again creates no second workflow.
         Returns OK with the analysis and the workflow id when one was created;
         INVALID_ARGUMENT (with field violations) for a malformed incident;
+        FAILED_PRECONDITION for an incident that is closed or whose alert resolved;
         UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
         retry); PERMISSION_DENIED for callers outside the call table.
         """
@@ -99,8 +106,9 @@ def add_AIAnalysisServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AIAnalysisService(object):
-    """AIAnalysisService decides whether and how to remediate. With no LLM configured a
-    rule-based analyzer decides; an LLM can only pick actions from the typed catalogue.
+    """AIAnalysisService decides whether and how to remediate. The rules always decide; when
+    models are configured one investigates with read-only tools and decides through the
+    typed catalogue, and a guard weighs the two (a disagreement waits for a person).
     """
 
     @staticmethod

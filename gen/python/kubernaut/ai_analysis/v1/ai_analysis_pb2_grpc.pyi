@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AIAnalysisServiceStub:
-    """AIAnalysisService decides whether and how to remediate. With no LLM configured a
-    rule-based analyzer decides; an LLM can only pick actions from the typed catalogue.
+    """AIAnalysisService decides whether and how to remediate. The rules always decide; when
+    models are configured one investigates with read-only tools and decides through the
+    typed catalogue, and a guard weighs the two (a disagreement waits for a person).
     """
 
     @_typing.overload
@@ -36,7 +37,8 @@ class AIAnalysisServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AIAnalysisServiceAsyncStub: ...
     AnalyzeAlert: _grpc.UnaryUnaryMultiCallable[_ai_analysis_pb2.AnalyzeAlertRequest, _ai_analysis_pb2.AnalyzeAlertResponse]
-    """AnalyzeAlert analyses one firing alert about one subject.
+    """AnalyzeAlert analyses one firing alert about one subject, with the rules only (no
+    evidence, no model: a quick answer to "what would Kubernaut do").
     Returns OK with the analysis (which may be DECISION_NO_ACTION, with reasons);
     INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
     alert; PERMISSION_DENIED for callers outside the call table.
@@ -45,22 +47,28 @@ class AIAnalysisServiceStub:
     """AnalyzeIncident analyses a newly opened incident with the context the context API
     gathers (the workload's state and rollout history, similar past incidents, how
     past fixes fared) and, when it decides to remediate, creates the incident's
-    workflow. Analysing the same incident again creates no second workflow.
+    workflow. A configured model takes part within the caller's deadline (less a reserve)
+    and KUBERNAUT_AI_ANSWER_TIMEOUT_SECONDS; after that the rules decide, and the analysis
+    says so. Each analysis is put on the record (storage's RecordAnalysis). Analysing
+    the same incident again creates no second workflow.
     Returns OK with the analysis and the workflow id when one was created;
     INVALID_ARGUMENT (with field violations) for a malformed incident;
+    FAILED_PRECONDITION for an incident that is closed or whose alert resolved;
     UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
     retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 @_typing.type_check_only
 class AIAnalysisServiceAsyncStub(AIAnalysisServiceStub):
-    """AIAnalysisService decides whether and how to remediate. With no LLM configured a
-    rule-based analyzer decides; an LLM can only pick actions from the typed catalogue.
+    """AIAnalysisService decides whether and how to remediate. The rules always decide; when
+    models are configured one investigates with read-only tools and decides through the
+    typed catalogue, and a guard weighs the two (a disagreement waits for a person).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AnalyzeAlert: _aio.UnaryUnaryMultiCallable[_ai_analysis_pb2.AnalyzeAlertRequest, _ai_analysis_pb2.AnalyzeAlertResponse]  # type: ignore[assignment]
-    """AnalyzeAlert analyses one firing alert about one subject.
+    """AnalyzeAlert analyses one firing alert about one subject, with the rules only (no
+    evidence, no model: a quick answer to "what would Kubernaut do").
     Returns OK with the analysis (which may be DECISION_NO_ACTION, with reasons);
     INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
     alert; PERMISSION_DENIED for callers outside the call table.
@@ -69,16 +77,21 @@ class AIAnalysisServiceAsyncStub(AIAnalysisServiceStub):
     """AnalyzeIncident analyses a newly opened incident with the context the context API
     gathers (the workload's state and rollout history, similar past incidents, how
     past fixes fared) and, when it decides to remediate, creates the incident's
-    workflow. Analysing the same incident again creates no second workflow.
+    workflow. A configured model takes part within the caller's deadline (less a reserve)
+    and KUBERNAUT_AI_ANSWER_TIMEOUT_SECONDS; after that the rules decide, and the analysis
+    says so. Each analysis is put on the record (storage's RecordAnalysis). Analysing
+    the same incident again creates no second workflow.
     Returns OK with the analysis and the workflow id when one was created;
     INVALID_ARGUMENT (with field violations) for a malformed incident;
+    FAILED_PRECONDITION for an incident that is closed or whose alert resolved;
     UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
     retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class AIAnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AIAnalysisService decides whether and how to remediate. With no LLM configured a
-    rule-based analyzer decides; an LLM can only pick actions from the typed catalogue.
+    """AIAnalysisService decides whether and how to remediate. The rules always decide; when
+    models are configured one investigates with read-only tools and decides through the
+    typed catalogue, and a guard weighs the two (a disagreement waits for a person).
     """
 
     @_abc_1.abstractmethod
@@ -87,7 +100,8 @@ class AIAnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ai_analysis_pb2.AnalyzeAlertRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ai_analysis_pb2.AnalyzeAlertResponse, _abc.Awaitable[_ai_analysis_pb2.AnalyzeAlertResponse]]:
-        """AnalyzeAlert analyses one firing alert about one subject.
+        """AnalyzeAlert analyses one firing alert about one subject, with the rules only (no
+        evidence, no model: a quick answer to "what would Kubernaut do").
         Returns OK with the analysis (which may be DECISION_NO_ACTION, with reasons);
         INVALID_ARGUMENT (with field violations) for a malformed request or a resolved
         alert; PERMISSION_DENIED for callers outside the call table.
@@ -102,9 +116,13 @@ class AIAnalysisServiceServicer(metaclass=_abc_1.ABCMeta):
         """AnalyzeIncident analyses a newly opened incident with the context the context API
         gathers (the workload's state and rollout history, similar past incidents, how
         past fixes fared) and, when it decides to remediate, creates the incident's
-        workflow. Analysing the same incident again creates no second workflow.
+        workflow. A configured model takes part within the caller's deadline (less a reserve)
+        and KUBERNAUT_AI_ANSWER_TIMEOUT_SECONDS; after that the rules decide, and the analysis
+        says so. Each analysis is put on the record (storage's RecordAnalysis). Analysing
+        the same incident again creates no second workflow.
         Returns OK with the analysis and the workflow id when one was created;
         INVALID_ARGUMENT (with field violations) for a malformed incident;
+        FAILED_PRECONDITION for an incident that is closed or whose alert resolved;
         UNAVAILABLE when the context API or the workflow service cannot be reached (safe to
         retry); PERMISSION_DENIED for callers outside the call table.
         """

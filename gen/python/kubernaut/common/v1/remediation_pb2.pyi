@@ -853,8 +853,17 @@ class Recommendation(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUIRED_FIELD_NUMBER: _builtins.int
+    APPROVAL_REASON_FIELD_NUMBER: _builtins.int
     confidence: _builtins.float
     """How sure the analyzer is, from 0 to 1."""
+    approval_required: _builtins.bool
+    """Set by the analysis when a person must approve whatever the workflow's own rules say:
+    the model chose the action without the rules' backing, or against them. It can only
+    add an approval step, never remove one.
+    """
+    approval_reason: _builtins.str
+    """Why approval is required, in plain words."""
     @_builtins.property
     def action(self) -> Global___ActionParams: ...
     @_builtins.property
@@ -870,10 +879,12 @@ class Recommendation(_message.Message):
         target: _alert_pb2.ResourceRef | None = ...,
         confidence: _builtins.float = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        approval_required: _builtins.bool = ...,
+        approval_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "confidence", b"confidence", "reasons", b"reasons", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "approval_required", b"approval_required", "confidence", b"confidence", "reasons", b"reasons", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -890,6 +901,7 @@ class Analysis(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     ANALYZER_FIELD_NUMBER: _builtins.int
     RUNBOOK_URL_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     analyzer: _builtins.str
     """Which analyzer decided: "rules" or an LLM provider's name."""
@@ -903,6 +915,10 @@ class Analysis(_message.Message):
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Why this decision, one reason an entry."""
 
+    @_builtins.property
+    def reasoning(self) -> Global___ModelReasoning:
+        """How a model took part, when one was asked (redacted; for the record)."""
+
     def __init__(
         self,
         *,
@@ -911,14 +927,113 @@ class Analysis(_message.Message):
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         analyzer: _builtins.str = ...,
         runbook_url: _builtins.str = ...,
+        reasoning: Global___ModelReasoning | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recommendation", b"recommendation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reasoning", b"reasoning", "recommendation", b"recommendation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyzer", b"analyzer", "decision", b"decision", "reasons", b"reasons", "recommendation", b"recommendation", "runbook_url", b"runbook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyzer", b"analyzer", "decision", b"decision", "reasoning", b"reasoning", "reasons", b"reasons", "recommendation", b"recommendation", "runbook_url", b"runbook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Analysis: _TypeAlias = Analysis  # noqa: Y015
+
+@_typing.final
+class ModelReasoning(_message.Message):
+    """ModelReasoning is a model's part in one analysis, as it is put on the record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    TOOL_USES_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
+    FALLBACK_REASON_FIELD_NUMBER: _builtins.int
+    GUARD_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The configured provider's name and its model id."""
+    model: _builtins.str
+    prompt: _builtins.str
+    """The prompt as sent, after redaction."""
+    answer: _builtins.str
+    """The model's decision as it gave it (canonical JSON), and what validation said of it:
+    "valid", or the contract it broke.
+    """
+    validation: _builtins.str
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cost_usd: _builtins.float
+    latency_seconds: _builtins.float
+    fallback_reason: _builtins.str
+    """Why the rules decided without the model, when they did (a time-out, the budget, every
+    provider failing, an answer that broke the contract twice).
+    """
+    guard: _builtins.str
+    """How the guard weighed the model against the rules, e.g. "agreed", "disagreed: approval"."""
+    @_builtins.property
+    def tool_uses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolUse]:
+        """The read-only tools the model called, in order."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        tool_uses: _abc.Iterable[Global___ToolUse] | None = ...,
+        answer: _builtins.str = ...,
+        validation: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        latency_seconds: _builtins.float = ...,
+        fallback_reason: _builtins.str = ...,
+        guard: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "cost_usd", b"cost_usd", "fallback_reason", b"fallback_reason", "guard", b"guard", "input_tokens", b"input_tokens", "latency_seconds", b"latency_seconds", "model", b"model", "output_tokens", b"output_tokens", "prompt", b"prompt", "provider", b"provider", "tool_uses", b"tool_uses", "validation", b"validation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelReasoning: _TypeAlias = ModelReasoning  # noqa: Y015
+
+@_typing.final
+class ToolUse(_message.Message):
+    """ToolUse is one read-only tool a model called during an analysis."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    RESULT_SHA256_FIELD_NUMBER: _builtins.int
+    RESULT_CHARS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    arguments: _builtins.str
+    """The arguments as the model sent them (JSON)."""
+    result_sha256: _builtins.str
+    """The SHA-256 of the result the model was shown, and its length."""
+    result_chars: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+        result_sha256: _builtins.str = ...,
+        result_chars: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "name", b"name", "result_chars", b"result_chars", "result_sha256", b"result_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolUse: _TypeAlias = ToolUse  # noqa: Y015
 
 @_typing.final
 class WorkloadState(_message.Message):

@@ -687,6 +687,7 @@ class GetIncidentResponse(_message.Message):
     ACTIONS_FIELD_NUMBER: _builtins.int
     ASSESSMENTS_FIELD_NUMBER: _builtins.int
     AFFECTED_RESOURCES_FIELD_NUMBER: _builtins.int
+    ANALYSES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def incident(self) -> Global___Incident: ...
     @_builtins.property
@@ -703,6 +704,10 @@ class GetIncidentResponse(_message.Message):
         a storm), at most 1000.
         """
 
+    @_builtins.property
+    def analyses(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordedAnalysis]:
+        """The analyses of the incident, oldest first (normally one)."""
+
     def __init__(
         self,
         *,
@@ -710,10 +715,11 @@ class GetIncidentResponse(_message.Message):
         actions: _abc.Iterable[Global___ActionRecord] | None = ...,
         assessments: _abc.Iterable[Global___Assessment] | None = ...,
         affected_resources: _abc.Iterable[_alert_pb2.ResourceRef] | None = ...,
+        analyses: _abc.Iterable[Global___RecordedAnalysis] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "affected_resources", b"affected_resources", "assessments", b"assessments", "incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "affected_resources", b"affected_resources", "analyses", b"analyses", "assessments", b"assessments", "incident", b"incident"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1092,3 +1098,86 @@ class ListDroppedAlertsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDroppedAlertsResponse: _TypeAlias = ListDroppedAlertsResponse  # noqa: Y015
+
+@_typing.final
+class RecordAnalysisRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ANALYSIS_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    """Chosen by the caller, so that a retry records nothing twice."""
+    incident_id: _builtins.str
+    @_builtins.property
+    def analysis(self) -> _remediation_pb2.Analysis: ...
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        analysis: _remediation_pb2.Analysis | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "analysis_id", b"analysis_id", "incident_id", b"incident_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAnalysisRequest: _TypeAlias = RecordAnalysisRequest  # noqa: Y015
+
+@_typing.final
+class RecordAnalysisResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when this analysis_id was recorded before (the stored one is returned)."""
+    @_builtins.property
+    def recorded(self) -> Global___RecordedAnalysis: ...
+    def __init__(
+        self,
+        *,
+        recorded: Global___RecordedAnalysis | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAnalysisResponse: _TypeAlias = RecordAnalysisResponse  # noqa: Y015
+
+@_typing.final
+class RecordedAnalysis(_message.Message):
+    """RecordedAnalysis is one analysis of an incident as storage keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYSIS_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    ANALYSIS_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    analysis_id: _builtins.str
+    incident_id: _builtins.str
+    @_builtins.property
+    def analysis(self) -> _remediation_pb2.Analysis: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        analysis_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        analysis: _remediation_pb2.Analysis | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "analysis_id", b"analysis_id", "incident_id", b"incident_id", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordedAnalysis: _TypeAlias = RecordedAnalysis  # noqa: Y015

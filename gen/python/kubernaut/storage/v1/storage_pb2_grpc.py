@@ -101,6 +101,11 @@ class StorageServiceStub(object):
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsResponse.FromString,
                 _registered_method=True)
+        self.RecordAnalysis = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/RecordAnalysis',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer(object):
@@ -259,6 +264,19 @@ class StorageServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordAnalysis(self, request, context):
+        """RecordAnalysis puts one analysis of an incident on the record: the decision, its
+        reasons and, when a model took part, its reasoning (provider, redacted prompt, tool
+        calls, answer, validation, tokens, cost, latency). An incident analysed again (a
+        retry) keeps every analysis; recording the same analysis_id again is a no-op.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
+        (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +344,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ListDroppedAlerts,
                     request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsRequest.FromString,
                     response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsResponse.SerializeToString,
+            ),
+            'RecordAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAnalysis,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -681,6 +704,33 @@ class StorageService(object):
             '/kubernaut.storage.v1.StorageService/ListDroppedAlerts',
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsRequest.SerializeToString,
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListDroppedAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/RecordAnalysis',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisResponse.FromString,
             options,
             channel_credentials,
             insecure,

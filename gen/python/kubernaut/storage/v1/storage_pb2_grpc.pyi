@@ -134,6 +134,15 @@ class StorageServiceStub:
     database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
     call table.
     """
+    RecordAnalysis: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RecordAnalysisRequest, _storage_pb2.RecordAnalysisResponse]
+    """RecordAnalysis puts one analysis of an incident on the record: the decision, its
+    reasons and, when a model took part, its reasoning (provider, redacted prompt, tool
+    calls, answer, validation, tokens, cost, latency). An incident analysed again (a
+    retry) keeps every analysis; recording the same analysis_id again is a no-op.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
+    (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -240,6 +249,15 @@ class StorageServiceAsyncStub(StorageServiceStub):
     Returns OK; INVALID_ARGUMENT for a malformed page token; UNAVAILABLE when the
     database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
     call table.
+    """
+    RecordAnalysis: _aio.UnaryUnaryMultiCallable[_storage_pb2.RecordAnalysisRequest, _storage_pb2.RecordAnalysisResponse]  # type: ignore[assignment]
+    """RecordAnalysis puts one analysis of an incident on the record: the decision, its
+    reasons and, when a model took part, its reasoning (provider, redacted prompt, tool
+    calls, answer, validation, tokens, cost, latency). An incident analysed again (a
+    retry) keeps every analysis; recording the same analysis_id again is a no-op.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
+    (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -422,6 +440,21 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT for a malformed page token; UNAVAILABLE when the
         database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
         call table.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordAnalysis(
+        self,
+        request: _storage_pb2.RecordAnalysisRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.RecordAnalysisResponse, _abc.Awaitable[_storage_pb2.RecordAnalysisResponse]]:
+        """RecordAnalysis puts one analysis of an incident on the record: the decision, its
+        reasons and, when a model took part, its reasoning (provider, redacted prompt, tool
+        calls, answer, validation, tokens, cost, latency). An incident analysed again (a
+        retry) keeps every analysis; recording the same analysis_id again is a no-op.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
+        (safe to retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

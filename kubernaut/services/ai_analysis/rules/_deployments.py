@@ -1,43 +1,25 @@
-"""The rule-based analyzer: decides when no LLM is configured (or none answers).
-
-It maps a handful of well-understood alerts to one catalogue action each. Alert labels and
-annotations are data, never instructions: annotations are not read at all, and only the
-`reason` and `container` labels are read, each by an explicit rule below.
-"""
+"""Rules for a Deployment's pods: crash loops, OOM kills, missing replicas and stuck
+rollouts, decided by what the context API saw of its pods and revisions."""
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import protovalidate
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 
-from kubernaut.services.ai_analysis.history import (
-    HistorySettings,
-    HistoryUnavailable,
-    weigh_history,
+from kubernaut.services.ai_analysis.rules._common import (
+    Case,
+    RulesSettings,
+    container_label,
+    describe,
+    needs_kind,
+    no_action,
+    remediate,
 )
 
-__all__ = ["ANALYZER", "RulesSettings", "analyze"]
-
-ANALYZER = "rules"
-
-_DEPLOYMENT = "Deployment"
-_POD = "Pod"
-
-# Mirrors IncreaseMemoryLimitParams' validation, so bad settings fail at start-up, not on
-# the first OOM alert.
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_MAX_FACTOR = 4.0
-_MAX_QUANTITY_LEN = 32
-# A container name is a DNS-1123 label; anything else in the label is not acted on.
-_CONTAINER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_MAX_CONTAINER_LEN = 63
 # Waiting reasons a restart cannot clear: the pod template itself is wrong.
-_CANNOT_START = frozenset(
+CANNOT_START = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
 )
 
@@ -48,68 +30,6 @@ _CONFIDENCE_RESTART_STUCK = 0.6
 _CONFIDENCE_SCALE_TO_FIT = 0.55
 _CONFIDENCE_ROLLOUT = 0.7
 _CONFIDENCE_ROLLBACK = 0.8
-
-
-@dataclass(frozen=True)
-class RulesSettings:
-    """How the rules size a memory increase and what counts as a recent rollout."""
-
-    # The new limit is the old one times this factor (1 < factor <= 4).
-    memory_factor: float = 1.5
-    # The limit never goes above this quantity (Kubernetes notation).
-    memory_cap: str = "4Gi"
-    # A revision created this long before the alert started, or later, is "recent": the
-    # crashes probably followed it.
-    recent_rollout_seconds: float = 3600.0
-    # How the past weighs on a decision.
-    history: HistorySettings = field(default_factory=HistorySettings)
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.memory_factor) and 1.0 < self.memory_factor <= _MAX_FACTOR):
-            raise ValueError(
-                f"memory_factor must be above 1 and at most {_MAX_FACTOR}, "
-                f"got {self.memory_factor!r}"
-            )
-        if len(self.memory_cap) > _MAX_QUANTITY_LEN or not _QUANTITY.fullmatch(self.memory_cap):
-            raise ValueError(
-                f"memory_cap must be a Kubernetes quantity such as '4Gi', got {self.memory_cap!r}"
-            )
-
-
-def analyze(
-    alert: alert_pb2.Alert,
-    subject: alert_pb2.ResourceRef,
-    knowledge: context_api_pb2.AlertKnowledge | None,
-    settings: RulesSettings,
-    evidence: context_api_pb2.ResourceContext | None = None,
-    history: context_api_pb2.IncidentHistory | HistoryUnavailable | None = None,
-) -> remediation_pb2.Analysis:
-    """Decide what to do about one firing alert whose subject is `subject`, using what the
-    context API saw of the workload (`evidence`) when there is any, and weighing the
-    decision against the incident's `history` when it was asked for (None: not asked).
-
-    Raises ValueError for an alert that is not firing (a resolved alert never triggers an
-    action, so callers must not send one) and for a recommendation that would fail
-    validation (only possible with a malformed subject).
-    """
-    if alert.status == alert_pb2.ALERT_STATUS_RESOLVED:
-        raise ValueError("resolved alerts are not analysed; callers must not send them")
-    if alert.status != alert_pb2.ALERT_STATUS_FIRING:
-        # An unknown status is no evidence of a live problem, so never act on one.
-        raise ValueError(f"alert status must be FIRING, got {alert.status}")
-
-    analysis = _decide(alert, subject, settings, evidence)
-    if history is not None:
-        weigh_history(analysis, history, settings.history)
-    analysis.analyzer = ANALYZER
-    # Only a runbook for this very alert; a mismatched entry would mislead the operator.
-    if knowledge is not None and knowledge.alert_name == alert.name:
-        analysis.runbook_url = knowledge.runbook_url
-    if analysis.HasField("recommendation"):
-        # Never hand on an action the executor would refuse: fail here, loudly.
-        protovalidate.validate(analysis.recommendation)
-    return analysis
-
 
 _NO_RECENT_ROLLOUT = "no revision was rolled out shortly before the crashes"
 
@@ -219,76 +139,24 @@ def _recent_rollout(
     return _Rollout(current, previous, tuple(pod.name for pod in failing), newer_own, ready), ""
 
 
-def _oom_seen(evidence: context_api_pb2.ResourceContext | None) -> bool:
+def oom_seen(evidence: context_api_pb2.ResourceContext | None) -> bool:
     return evidence is not None and any(
         pod.last_terminated_reason == "OOMKilled" for pod in evidence.pods
     )
 
 
-def _decide(
-    alert: alert_pb2.Alert,
-    subject: alert_pb2.ResourceRef,
-    settings: RulesSettings,
-    evidence: context_api_pb2.ResourceContext | None,
-) -> remediation_pb2.Analysis:
-    name = alert.name
-    reason = alert.labels.get("reason", "")
-    what = _describe(subject)
-
-    # OOM first: a known cause beats the symptom-level rules below.
-    if name == "KubeContainerOOMKilled" or reason == "OOMKilled" or _oom_seen(evidence):
-        return _oom(alert, subject, settings)
-
-    if name == "KubePodCrashLooping" or (
-        name == "KubeContainerWaiting" and reason == "CrashLoopBackOff"
-    ):
-        refusal = _needs_deployment(name, subject, "restart_deployment")
-        if refusal is not None:
-            return refusal
-        return _crash_looping(alert, subject, settings, evidence)
-
-    if name == "KubeDeploymentReplicasMismatch":
-        refusal = _needs_deployment(name, subject, "restart_deployment")
-        if refusal is not None:
-            return refusal
-        return _replicas_mismatch(alert, subject, settings, evidence)
-
-    if name == "KubeDeploymentRolloutStuck":
-        refusal = _needs_deployment(name, subject, "rollback_deployment")
-        if refusal is not None:
-            return refusal
-        return _remediate(
-            remediation_pb2.ActionParams(
-                rollback_deployment=remediation_pb2.RollbackDeploymentParams(to_revision=0)
-            ),
-            subject,
-            _CONFIDENCE_ROLLOUT,
-            [
-                f"{name}: the rollout of {what} is not progressing.",
-                "Rolling back to the previous revision restores the last pod template that "
-                "ran, while the new revision is fixed.",
-            ],
-        )
-
-    return _no_action(f"No rule handles alert {name!r}; nothing is done automatically.")
-
-
-def _crash_looping(
-    alert: alert_pb2.Alert,
-    subject: alert_pb2.ResourceRef,
-    settings: RulesSettings,
-    evidence: context_api_pb2.ResourceContext | None,
-    symptom: str = "",
-) -> remediation_pb2.Analysis:
+def crash_looping(case: Case, symptom: str = "") -> remediation_pb2.Analysis:
     """Roll back a recent rollout the crashes followed; otherwise restart."""
-    what = _describe(subject)
-    symptom = symptom or f"{alert.name}: pods of {what} are in CrashLoopBackOff."
-    rollout, why_not = _recent_rollout(alert, evidence, settings)
+    refusal = needs_kind(case, "restart_deployment")
+    if refusal is not None:
+        return refusal
+    symptom = symptom or f"{case.name}: pods of {case.what} are in CrashLoopBackOff."
+    rollout, why_not = _recent_rollout(case.alert, case.evidence, case.settings)
     if rollout is not None:
-        return _roll_back(rollout, subject, symptom)
-    return _remediate(
+        return _roll_back(rollout, case.subject, symptom)
+    return remediate(
         remediation_pb2.ActionParams(restart_deployment=remediation_pb2.RestartDeploymentParams()),
-        subject,
+        case.subject,
         _CONFIDENCE_CRASHLOOP,
         [
             symptom,
@@ -296,6 +164,24 @@ def _crash_looping(
             "at low risk; a crash that repeats deterministically will fail verification.",
             f"Rollback not chosen: {why_not}.",
         ],
+    )
+
+
+def cannot_start(case: Case, symptom: str, reasons: str) -> remediation_pb2.Analysis:
+    """Pods that cannot start (bad image, bad config): roll back the rollout that brought
+    them, or leave it to a person; a restart would meet the same error."""
+    if case.subject.kind == "Deployment":
+        rollout, why_not = _recent_rollout(case.alert, case.evidence, case.settings)
+        if rollout is not None:
+            return _roll_back(
+                rollout, case.subject, f"{symptom} Its new pods cannot start: {reasons}."
+            )
+    else:
+        why_not = f"rollback_deployment acts only on Deployments and the subject is {case.what}"
+    return no_action(
+        f"{symptom} Its pods cannot start ({reasons}) and no recent rollout explains it; "
+        "a restart would meet the same error, so nothing is done automatically. "
+        f"Rollback not chosen: {why_not}."
     )
 
 
@@ -320,7 +206,7 @@ def _roll_back(
         f"Rolling back to revision {previous.number} restores the pod template "
         "that ran, while the new one is fixed."
     )
-    return _remediate(
+    return remediate(
         remediation_pb2.ActionParams(
             rollback_deployment=remediation_pb2.RollbackDeploymentParams(
                 to_revision=previous.number
@@ -332,19 +218,43 @@ def _roll_back(
     )
 
 
-def _replicas_mismatch(
-    alert: alert_pb2.Alert,
-    subject: alert_pb2.ResourceRef,
-    settings: RulesSettings,
-    evidence: context_api_pb2.ResourceContext | None,
-) -> remediation_pb2.Analysis:
+def rollout_stuck(case: Case) -> remediation_pb2.Analysis:
+    refusal = needs_kind(case, "rollback_deployment")
+    if refusal is not None:
+        return refusal
+    if case.evidence is not None and len(case.evidence.rollout.revisions) < 2:
+        # A first rollout that never progressed has nothing to go back to.
+        return no_action(
+            f"{case.name}: the rollout of {case.what} is not progressing, but no earlier "
+            "revision is retained to roll back to, so nothing is done automatically."
+        )
+    return remediate(
+        remediation_pb2.ActionParams(
+            rollback_deployment=remediation_pb2.RollbackDeploymentParams(to_revision=0)
+        ),
+        case.subject,
+        _CONFIDENCE_ROLLOUT,
+        [
+            f"{case.name}: the rollout of {case.what} is not progressing.",
+            "Rolling back to the previous revision restores the last pod template that "
+            "ran, while the new revision is fixed.",
+        ],
+    )
+
+
+def replicas_mismatch(case: Case) -> remediation_pb2.Analysis:
     """Scale or restart by what the pods and events show: no room for the missing
     replicas is answered by scaling to what runs, stuck pods by a restart, crashes and
     unpullable images of a fresh rollout by rolling it back."""
-    name, what = alert.name, _describe(subject)
-    symptom = f"{name}: {what} has had fewer available replicas than desired for 15 minutes."
+    refusal = needs_kind(case, "restart_deployment")
+    if refusal is not None:
+        return refusal
+    evidence, subject = case.evidence, case.subject
+    symptom = (
+        f"{case.name}: {case.what} has had fewer available replicas than desired for 15 minutes."
+    )
     if evidence is None:
-        return _remediate(
+        return remediate(
             remediation_pb2.ActionParams(
                 restart_deployment=remediation_pb2.RestartDeploymentParams()
             ),
@@ -359,16 +269,16 @@ def _replicas_mismatch(
             ],
         )
 
-    no_room = _no_room(evidence)
-    if no_room:
+    room = no_room(evidence)
+    if room:
         running = evidence.rollout.available_replicas
         desired = evidence.rollout.desired_replicas
         if running < 1:
-            return _no_action(
-                f"{symptom} The cluster has no room for its pods ({no_room}) and none "
+            return no_action(
+                f"{symptom} The cluster has no room for its pods ({room}) and none "
                 "runs; scaling down would not help, so capacity must be added by a person."
             )
-        return _remediate(
+        return remediate(
             remediation_pb2.ActionParams(
                 scale_deployment=remediation_pb2.ScaleDeploymentParams(replicas=running)
             ),
@@ -376,7 +286,7 @@ def _replicas_mismatch(
             _CONFIDENCE_SCALE_TO_FIT,
             [
                 symptom,
-                f"The missing replicas cannot be placed: {no_room}.",
+                f"The missing replicas cannot be placed: {room}.",
                 f"Scaling from {desired} to the {running} replica(s) that run keeps the "
                 "serving capacity, frees the pending pods' reservations and lets rollouts "
                 "progress; restore the count once capacity is added.",
@@ -384,29 +294,33 @@ def _replicas_mismatch(
             ],
         )
 
-    waiting = {pod.waiting_reason for pod in evidence.pods if pod.waiting_reason}
-    if waiting & _CANNOT_START:
-        rollout, why_not = _recent_rollout(alert, evidence, settings)
-        reasons = ", ".join(sorted(waiting & _CANNOT_START))
-        if rollout is not None:
-            return _roll_back(rollout, subject, f"{symptom} Its new pods cannot start: {reasons}.")
-        return _no_action(
-            f"{symptom} Its pods cannot start ({reasons}) and no recent rollout explains it; "
-            "a restart would meet the same error, so nothing is done automatically. "
-            f"Rollback not chosen: {why_not}."
-        )
-    if "CrashLoopBackOff" in waiting:
-        return _crash_looping(
-            alert, subject, settings, evidence, f"{symptom} Its pods are in CrashLoopBackOff."
-        )
+    return diagnose_pods(
+        case,
+        symptom,
+        evidence,
+        "Its pods show no cause Kubernaut can fix (no pending, stuck or crashing pod), so "
+        "nothing is done automatically.",
+    )
 
+
+def diagnose_pods(
+    case: Case, symptom: str, evidence: context_api_pb2.ResourceContext, no_cause: str
+) -> remediation_pb2.Analysis:
+    """A Deployment's pods, where the cluster has room for them: images or config that
+    cannot start (roll back a fresh rollout), a crash loop, or pods that run but stay
+    unready (restart); else `no_cause`."""
+    waiting = {pod.waiting_reason for pod in evidence.pods if pod.waiting_reason}
+    if waiting & CANNOT_START:
+        return cannot_start(case, symptom, ", ".join(sorted(waiting & CANNOT_START)))
+    if "CrashLoopBackOff" in waiting:
+        return crash_looping(case, f"{symptom} Its pods are in CrashLoopBackOff.")
     stuck = [pod.name for pod in evidence.pods if pod.phase == "Running" and not pod.ready]
     if stuck:
-        return _remediate(
+        return remediate(
             remediation_pb2.ActionParams(
                 restart_deployment=remediation_pb2.RestartDeploymentParams()
             ),
-            subject,
+            case.subject,
             _CONFIDENCE_RESTART_STUCK,
             [
                 symptom,
@@ -415,13 +329,10 @@ def _replicas_mismatch(
                 "A rolling restart replaces pods stuck in a bad state.",
             ],
         )
-    return _no_action(
-        f"{symptom} Its pods show no cause Kubernaut can fix (no pending, stuck or "
-        "crashing pod), so nothing is done automatically."
-    )
+    return no_action(f"{symptom} {no_cause}")
 
 
-def _no_room(evidence: context_api_pb2.ResourceContext) -> str:
+def no_room(evidence: context_api_pb2.ResourceContext) -> str:
     """Why the cluster cannot run the missing replicas (the scheduler's or the quota's
     words), or "" when nothing says so."""
     for pod in evidence.pods:
@@ -433,21 +344,16 @@ def _no_room(evidence: context_api_pb2.ResourceContext) -> str:
     return ""
 
 
-def _oom(
-    alert: alert_pb2.Alert, subject: alert_pb2.ResourceRef, settings: RulesSettings
-) -> remediation_pb2.Analysis:
-    refusal = _needs_deployment(alert.name, subject, "increase_memory_limit")
+def oom(case: Case) -> remediation_pb2.Analysis:
+    refusal = needs_kind(case, "increase_memory_limit")
     if refusal is not None:
         return refusal
-    container = alert.labels.get("container", "")
-    if container and (len(container) > _MAX_CONTAINER_LEN or not _CONTAINER.fullmatch(container)):
-        # Not echoed: the value is untrusted and may be long or crafted.
-        return _no_action(
-            f"{alert.name}: the alert's container label is not a valid container name, so "
-            "the container to change is unknown."
-        )
+    container, bad = container_label(case)
+    if bad is not None:
+        return bad
+    settings = case.settings
     which = f"container {container!r}" if container else "the only container"
-    return _remediate(
+    return remediate(
         remediation_pb2.ActionParams(
             increase_memory_limit=remediation_pb2.IncreaseMemoryLimitParams(
                 container=container,
@@ -455,10 +361,10 @@ def _oom(
                 max_limit=settings.memory_cap,
             )
         ),
-        subject,
+        case.subject,
         _CONFIDENCE_OOM,
         [
-            f"{alert.name}: {which} of {_describe(subject)} was OOM-killed.",
+            f"{case.name}: {which} of {describe(case.subject)} was OOM-killed.",
             f"Raising its memory limit x{settings.memory_factor:g}, capped at "
             f"{settings.memory_cap}, gives the working set room.",
             "A memory leak would be killed again; verification watches for a repeat kill.",
@@ -466,43 +372,13 @@ def _oom(
     )
 
 
-def _needs_deployment(
-    alert_name: str, subject: alert_pb2.ResourceRef, action: str
-) -> remediation_pb2.Analysis | None:
-    """NO_ACTION unless the subject is a Deployment, the only kind these actions act on."""
-    if subject.kind == _DEPLOYMENT:
-        return None
-    if subject.kind == _POD:
-        return _no_action(
-            f"{alert_name}: the owning workload of {_describe(subject)} is not resolved; "
-            f"{action} needs its Deployment, so nothing is done automatically."
-        )
-    return _no_action(
-        f"{alert_name}: {action} acts only on Deployments and the subject is {_describe(subject)}."
-    )
-
-
-def _describe(subject: alert_pb2.ResourceRef) -> str:
-    where = f"{subject.namespace}/{subject.name}" if subject.namespace else subject.name
-    return f"{subject.kind} {where}"
-
-
-def _remediate(
-    action: remediation_pb2.ActionParams,
-    subject: alert_pb2.ResourceRef,
-    confidence: float,
-    reasons: list[str],
-) -> remediation_pb2.Analysis:
-    target = alert_pb2.ResourceRef()
-    target.CopyFrom(subject)  # a copy: the caller's message stays theirs
-    return remediation_pb2.Analysis(
-        decision=remediation_pb2.DECISION_REMEDIATE,
-        recommendation=remediation_pb2.Recommendation(
-            action=action, target=target, confidence=confidence, reasons=reasons
-        ),
-        reasons=reasons,
-    )
-
-
-def _no_action(reason: str) -> remediation_pb2.Analysis:
-    return remediation_pb2.Analysis(decision=remediation_pb2.DECISION_NO_ACTION, reasons=[reason])
+__all__ = [
+    "CANNOT_START",
+    "cannot_start",
+    "crash_looping",
+    "no_room",
+    "oom",
+    "oom_seen",
+    "replicas_mismatch",
+    "rollout_stuck",
+]
