@@ -47,7 +47,7 @@ from kubernaut.devstack.kube import LocalCluster, build_binaries
 from kubernaut.devstack.model import MODEL_ALIAS, ModelServer
 from kubernaut.devstack.stages import SIMULATE_ANNOTATION
 from kubernaut.runtime.kube import MANAGED_LABEL, is_managed
-from kubernaut.services.ai_analysis import contract, reasoning
+from kubernaut.services.ai_analysis import contract, reasoning, tools
 from kubernaut.services.ai_analysis.providers.openai_compat import OpenAICompatibleProvider
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.ai_analysis.settings import AnalysisSettings, ProviderSettings
@@ -779,15 +779,15 @@ class Evaluator:
         if self.before is not None:
             self.before(prepared)
         incident = reasoning.Incident(prepared.alert, subject, evidence, None)
-        tools = [reasoning.evidence_tool(self._read, contract.targets_of(subject, evidence))]
+        toolbox = [tools.evidence_tool(self._read, contract.targets_of(subject, evidence))]
         if mode == "model":
             began = time.perf_counter()
             analysis = await self.analyst.analyse(
-                incident, placeholder_rules(), self.catalogue, tools
+                incident, placeholder_rules(), self.catalogue, toolbox
             )
             latency = time.perf_counter() - began
             return await self.judge.outcome(prepared, mode, analysis, latency, alone=True)
-        analysis = await self.analyst.analyse(incident, rules, self.catalogue, tools)
+        analysis = await self.analyst.analyse(incident, rules, self.catalogue, toolbox)
         latency = time.perf_counter() - began
         return await self.judge.outcome(prepared, mode, analysis, latency, alone=False)
 
@@ -795,7 +795,7 @@ class Evaluator:
         try:
             return await self.driver.reader.context(ref)
         except (ResourceNotFound, UnsupportedKind) as error:
-            raise reasoning.ToolRefused(str(error)) from None
+            raise tools.ToolRefused(str(error)) from None
 
 
 # -- the report -----------------------------------------------------------------------------

@@ -81,6 +81,7 @@ def service_env(
             # disagrees with the rules often, and the demo must run unattended. The guard's
             # verdict is still on the record; every other namespace waits for a person.
             "KUBERNAUT_AI_UNGUARDED_NAMESPACES": json.dumps(list(SAMPLE_APP_NAMESPACES)),
+            "KUBERNAUT_AI_PROMETHEUS_URL": info.url("prometheus"),
         }
     return common, per_service
 

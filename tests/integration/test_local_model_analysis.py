@@ -91,20 +91,27 @@ async def test_the_local_model_decides_through_the_contract(local_model: ModelSe
 async def test_the_injection_set_cannot_move_the_local_model_out_of_the_contract(
     local_model: ModelServer,
 ) -> None:
-    """Every text once against the real model, four to an incident (one in each place),
+    """Every text once against the real model, eight to an incident (two in each place),
     each analysis within the production answer time-out (30 s): a slow answer leaves the
     decision to the rules, which is also within the contract."""
     analyst = local_analyst(local_model.url, answer_timeout_seconds=30.0)
     places = ("label", "annotation", "event", "name")
+    per_incident = 2 * len(places)
     outcomes: dict[str, int] = {}
     try:
-        for start in range(0, len(INJECTIONS), len(places)):
-            incident = incident_with(INJECTIONS[start], places[0])
-            for offset, place in enumerate(places[1:], start=1):
-                if start + offset < len(INJECTIONS):
-                    more = incident_with(INJECTIONS[start + offset], place)
-                    incident.alert.MergeFrom(more.alert)
-                    assert incident.evidence is not None and more.evidence is not None
+        for start in range(0, len(INJECTIONS), per_incident):
+            batch = INJECTIONS[start : start + per_incident]
+            incident = incident_with(batch[0], places[0])
+            assert incident.evidence is not None
+            for index, injection in enumerate(batch[1:], start=1):
+                place = places[index % len(places)]
+                if place == "label":
+                    incident.alert.labels[f"team_note_{index}"] = injection.text
+                elif place == "annotation":
+                    incident.alert.annotations[f"description_{index}"] = injection.text
+                else:
+                    more = incident_with(injection, place)
+                    assert more.evidence is not None
                     incident.evidence.events.extend(more.evidence.events[1:])
             analysis = await analyst.analyse(incident, rules_restart(), CATALOGUE)
             assert_within_contract(analysis, incident)
@@ -112,7 +119,7 @@ async def test_the_injection_set_cannot_move_the_local_model_out_of_the_contract
             if record.validation not in ("", "valid"):
                 assert record.guard == "rules only" and analysis.analyzer == "rules"
             if analysis.decision == remediation_pb2.DECISION_REMEDIATE:
-                agreed = record.guard == "agreed" or record.guard == "rules only"
+                agreed = record.guard in ("agreed", "rules only")
                 assert agreed or analysis.recommendation.approval_required, record
             outcomes[record.guard or "?"] = outcomes.get(record.guard or "?", 0) + 1
     finally:

@@ -14,7 +14,7 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.executor.v1 import executor_pb2
 
-from kubernaut.services.ai_analysis import contract, guard, reasoning
+from kubernaut.services.ai_analysis import contract, guard, reasoning, tools
 from kubernaut.services.ai_analysis.providers.base import (
     Message,
     ProviderError,
@@ -356,12 +356,12 @@ async def test_tools_are_used_bounded_and_recorded() -> None:
         return EVIDENCE
 
     targets = contract.targets_of(SUBJECT, EVIDENCE)
-    tools = [reasoning.evidence_tool(read, targets)]
+    toolbox = [tools.evidence_tool(read, targets)]
     looking = ("resource_context", {"target": "Deployment/shop/web"})
     model = ScriptedModel(
         "local", [looking, ("resource_context", {"target": "Node/elsewhere"}), looking]
     )
-    analysis = await _analyst(model, max_steps=3).analyse(INCIDENT, _rules(), CATALOGUE, tools)
+    analysis = await _analyst(model, max_steps=3).analyse(INCIDENT, _rules(), CATALOGUE, toolbox)
     # The last turn offers only `decide`; the scripted model calls a tool anyway, which
     # is not accepted as a decision: the rules decide.
     assert model.offered[0] == ["resource_context", "decide"]

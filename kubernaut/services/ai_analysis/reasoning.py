@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from kubernaut.executor.v1 import executor_pb2
 from prometheus_client import Counter, Histogram
 
 from kubernaut.services.ai_analysis import contract, guard
-from kubernaut.services.ai_analysis.prompt import Prompt, encode, proto_data
+from kubernaut.services.ai_analysis.prompt import Prompt, encode
 from kubernaut.services.ai_analysis.providers.base import (
     Message,
     Provider,
@@ -36,6 +35,7 @@ from kubernaut.services.ai_analysis.providers.base import (
 )
 from kubernaut.services.ai_analysis.redaction import Redactor
 from kubernaut.services.ai_analysis.settings import AnalysisSettings, ProviderSettings
+from kubernaut.services.ai_analysis.tools import Tool, ToolRefused
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,6 @@ AI_SECONDS = Histogram(
 Clock = Callable[[], float]
 # Less time than this for the model is no time at all: the rules decide without asking.
 MIN_MODEL_SECONDS = 1.0
-ToolHandler = Callable[[Mapping[str, Any]], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Tool:
-    """A read-only investigation tool: its spec and what answers it."""
-
-    spec: ToolSpec
-    handler: ToolHandler
 
 
 class Breaker:
@@ -378,11 +369,6 @@ class ModelAnalyst:
         return result
 
 
-class ToolRefused(Exception):
-    """A tool call the tool will not answer (e.g. a target it may not read); the model is
-    told, and may go on."""
-
-
 def _answered(call: ToolCall, result: str) -> list[Message]:
     return [
         Message(Role.ASSISTANT, tool_call=call),
@@ -423,47 +409,3 @@ def _fallback(
     analysis.reasoning.CopyFrom(reasoning)
     analysis.reasons.append(f"The rules decided without a model: {why}"[:1024])
     return analysis
-
-
-def evidence_tool(
-    read: Callable[[alert_pb2.ResourceRef], Awaitable[context_api_pb2.ResourceContext]],
-    targets: Sequence[contract.Target],
-) -> Tool:
-    """`resource_context`: what the cluster shows of one of the incident's targets."""
-    labels = {t.label: t for t in targets}
-
-    async def handler(arguments: Mapping[str, Any]) -> Any:
-        target = labels.get(str(arguments.get("target", "")))
-        if target is None:
-            raise ToolRefused(f"target must be one of {sorted(labels)}")
-        return proto_data(await read(target.ref))
-
-    spec = ToolSpec(
-        "resource_context",
-        "Read the pods, events and rollout of one of the incident's targets.",
-        {
-            "type": "object",
-            "properties": {"target": {"enum": sorted(labels)}},
-            "required": ["target"],
-            "additionalProperties": False,
-        },
-    )
-    return Tool(spec, handler)
-
-
-def history_tool(read: Callable[[], Awaitable[context_api_pb2.IncidentHistory]]) -> Tool:
-    """`incident_history`: similar past incidents, what was done and whether it worked."""
-
-    async def handler(arguments: Mapping[str, Any]) -> Any:
-        return proto_data(await read())
-
-    spec = ToolSpec(
-        "incident_history",
-        "Read similar past incidents with the actions taken and their verdicts.",
-        {"type": "object", "properties": {}, "additionalProperties": False},
-    )
-    return Tool(spec, handler)
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

@@ -23,7 +23,7 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
-from kubernaut.services.ai_analysis import contract, providers, reasoning
+from kubernaut.services.ai_analysis import contract, providers, reasoning, tools
 from kubernaut.services.ai_analysis.history import HistoryUnavailable
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.ai_analysis.settings import AnalysisSettings
@@ -50,6 +50,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         executor: ExecutorServiceStub | None = None,
         analyst: reasoning.ModelAnalyst | None = None,
         storage: StorageServiceStub | None = None,
+        prometheus_url: str = "",
     ) -> None:
         self.context_api = context_api
         self.workflow = workflow
@@ -57,6 +58,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         self.executor = executor
         self.analyst = analyst
         self.storage = storage
+        self.prometheus_url = prometheus_url
         self._catalogue: list[executor_pb2.ActionDefinition] = []
 
     async def catalogue(self) -> list[executor_pb2.ActionDefinition]:
@@ -88,17 +90,20 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         async def read(ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
             found = await resource_context(self.context_api, ref)
             if found is None:
-                raise reasoning.ToolRefused("context_api cannot describe it")
+                raise tools.ToolRefused("context_api cannot describe it")
             return found
 
         async def history() -> context_api_pb2.IncidentHistory:
             found = await self._history(incident_id)
             if isinstance(found, HistoryUnavailable):
-                raise reasoning.ToolRefused(f"history unavailable: {found}")
+                raise tools.ToolRefused(f"history unavailable: {found}")
             return found
 
-        tools = [reasoning.evidence_tool(read, targets), reasoning.history_tool(history)]
-        return await self.analyst.analyse(incident, rules, catalogue, tools, time_left)
+        toolbox = [tools.evidence_tool(read, targets), tools.history_tool(history)]
+        expression = tools.alert_expression(incident.alert)
+        if self.prometheus_url and expression:
+            toolbox.append(tools.prometheus_tool(self.prometheus_url, expression))
+        return await self.analyst.analyse(incident, rules, catalogue, toolbox, time_left)
 
     async def _knowledge(self, alert_name: str) -> context_api_pb2.AlertKnowledge | None:
         try:
@@ -255,6 +260,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             ctx.clients.stub(ExecutorServiceStub),
             analyst,
             ctx.clients.stub(StorageServiceStub),
+            settings.prometheus_url,
         ),
         on_stop=[analyst.close],
     )

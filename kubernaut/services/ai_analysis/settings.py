@@ -96,6 +96,9 @@ class AnalysisSettings(BaseSettings):
     # else the model's. Everywhere else it waits for one. The workflow's own approval
     # rules (risk, confidence, a recently failed target) still hold. A JSON list.
     unguarded_namespaces: tuple[str, ...] = ()
+    # The Prometheus that evaluates the alerts (its HTTP API's base URL): a model may
+    # re-run the alert's own expression there (the `alert_query` tool). Empty: not offered.
+    prometheus_url: str = ""
     # Extra regular expressions whose matches are redacted before anything is sent to a
     # model (the built-in ones cover tokens, keys, passwords and Authorization headers).
     redact_patterns: tuple[str, ...] = ()
