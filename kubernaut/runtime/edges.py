@@ -120,7 +120,6 @@ EDGES: tuple[Edge, ...] = (
         "history and similar incidents as context",
     ),
     _edge(S.CONTEXT_API, S.EFFECTIVENESS, "GetActionEffectiveness", "how past fixes worked"),
-    _edge(S.CONTEXT_API, S.NOTIFICATION, "SendNotification", "investigation results"),
 )
 
 # Operators (grpcurl, the kubernaut CLI) may call everything except the audit-trail
