@@ -11,8 +11,10 @@ executor's identity records; the last ones go through the gRPC service as
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -720,6 +722,28 @@ async def test_a_change_to_status_or_annotations_only_does_not_stop_the_action(
 # -- the gRPC service -------------------------------------------------------------------------
 
 
+@pytest.fixture
+def health_changes() -> Iterator[list[tuple[str, list[str]]]]:
+    """The readiness loops' health changes logged during the test: (status, failing checks)."""
+    changes: list[tuple[str, list[str]]] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "health changed":
+                changes.append((getattr(record, "status", ""), getattr(record, "waiting_for", [])))
+
+    handler = Handler()
+    logger = logging.getLogger("kubernaut.server")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield changes
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 async def test_the_service_executes_through_grpc_and_maps_failures_to_status_codes(
     admin: Admin,
     stack: InProcessStack,
@@ -728,6 +752,7 @@ async def test_the_service_executes_through_grpc_and_maps_failures_to_status_cod
     operator: StorageServiceStub,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    health_changes: list[tuple[str, list[str]]],
 ) -> None:
     settings = runtime_settings.model_copy(
         update={"grpc_port": 0, "storage_address": stack.addresses[ServiceName.STORAGE]}
@@ -773,7 +798,12 @@ async def test_the_service_executes_through_grpc_and_maps_failures_to_status_cod
         assert sorted(checks) == ["kubernetes", "postgresql"]
         assert await checks["kubernetes"]() is False
         assert await checks["postgresql"]() is True
-        await asyncio.sleep(0.5)
+        # No pause: wait for the readiness loop's verdict, which stands while the check fails.
+        await eventually(
+            lambda: asyncio.sleep(0, ("NOT_SERVING", ["kubernetes"]) in health_changes),
+            "the readiness loop to find the cluster failing",
+            10,
+        )
         assert await health_of(workflow, ServiceName.EXECUTOR) == "NOT_SERVING"
         with pytest.raises(grpc.aio.AioRpcError) as unavailable:
             await workflow.stub(ExecutorServiceStub).ExecuteAction(

@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -98,41 +99,52 @@ def process_alert_calls() -> Iterator[ProcessAlertCalls]:
 
 
 @pytest.fixture
+async def replicas_database(postgres_dsn: str) -> AsyncIterator[str]:
+    """The DSN of the database the gateway replicas share (theirs alone)."""
+    async with fresh_database(postgres_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
 async def replicas(
-    stack: InProcessStack, runtime_settings: RuntimeSettings, postgres_dsn: str
+    stack: InProcessStack, runtime_settings: RuntimeSettings, replicas_database: str
 ) -> AsyncIterator[list[RunningService]]:
     """Two more gateway replicas sharing a database of their own, in front of the stack's
     alert processor and storage; integrators may send 20 alerts at once, 2 a second."""
-    async with fresh_database(postgres_dsn) as dsn:
-        env = {
-            "KUBERNAUT_GATEWAY_DATABASE_URL": dsn,
-            "KUBERNAUT_GATEWAY_HOLD_SECONDS": "0.3",
-            "KUBERNAUT_GATEWAY_COUNT_INTERVAL_SECONDS": "0.2",
-            "KUBERNAUT_GATEWAY_CALLER_RATE_PER_SECOND": "2",
-            "KUBERNAUT_GATEWAY_CALLER_BURST": "20",
-        }
-        addresses = {f"{n.value}_address": a for n, a in stack.addresses.items()}
-        started: list[RunningService] = []
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in env.items():
-                patch.setenv(key, value)
-            for _ in range(2):
-                settings = runtime_settings.model_copy(update={**addresses, "grpc_port": 0})
-                started.append(
-                    await start_service(ServiceName.GATEWAY, settings, serve_metrics=False)
-                )
-        try:
-            for running in started:
-                clients = Clients(
-                    runtime_settings, addresses={ServiceName.GATEWAY: running.address}
-                )
-                statuses = await wait_serving(clients, [ServiceName.GATEWAY], timeout=30)
-                await clients.close()
-                assert statuses == {ServiceName.GATEWAY: "SERVING"}
-            yield started
-        finally:
-            for running in started:
-                await running.shutdown()
+    env = {
+        "KUBERNAUT_GATEWAY_DATABASE_URL": replicas_database,
+        "KUBERNAUT_GATEWAY_HOLD_SECONDS": "0.3",
+        "KUBERNAUT_GATEWAY_COUNT_INTERVAL_SECONDS": "0.2",
+        "KUBERNAUT_GATEWAY_CALLER_RATE_PER_SECOND": "2",
+        "KUBERNAUT_GATEWAY_CALLER_BURST": "20",
+    }
+    addresses = {f"{n.value}_address": a for n, a in stack.addresses.items()}
+    started: list[RunningService] = []
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        for _ in range(2):
+            settings = runtime_settings.model_copy(update={**addresses, "grpc_port": 0})
+            started.append(await start_service(ServiceName.GATEWAY, settings, serve_metrics=False))
+    try:
+        for running in started:
+            clients = Clients(runtime_settings, addresses={ServiceName.GATEWAY: running.address})
+            statuses = await wait_serving(clients, [ServiceName.GATEWAY], timeout=30)
+            await clients.close()
+            assert statuses == {ServiceName.GATEWAY: "SERVING"}
+        yield started
+    finally:
+        for running in started:
+            await running.shutdown()
+
+
+async def queue_empty(dsn: str) -> bool:
+    """No row waits in the gateway's queue, to be forwarded or given up on."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM gateway.queue)"))
+    finally:
+        await conn.close()
 
 
 def gateway_of(stack: InProcessStack, running: RunningService, account: str) -> Clients:
@@ -142,6 +154,7 @@ def gateway_of(stack: InProcessStack, running: RunningService, account: str) -> 
 async def test_two_replicas_hit_with_identical_posts_forward_each_alert_once(
     stack: InProcessStack,
     replicas: list[RunningService],
+    replicas_database: str,
     process_alert_calls: ProcessAlertCalls,
 ) -> None:
     namespace = f"replicas-{uuid.uuid4().hex[:6]}"
@@ -167,7 +180,13 @@ async def test_two_replicas_hit_with_identical_posts_forward_each_alert_once(
 
         # One incident per alert, every repeat counted on it.
         found = await eventually(all_counted, "12 alerts counted on each of 5 incidents", 30)
-        await asyncio.sleep(1)  # a second forward would arrive now
+        # No pause: every post has returned, so no queue row can be added any more; a row is
+        # deleted only after its ProcessAlert answered (logged before the answer), and its
+        # 180s lease keeps the other replica off it meanwhile. So once the queue is empty,
+        # every forward that will ever happen has been counted; a second one is not raced.
+        await eventually(
+            lambda: queue_empty(replicas_database), "the replicas' queue to be empty", 30
+        )
         for incident in found:
             assert process_alert_calls.by_incident.get(incident.incident_id) == 1, incident
     finally:
