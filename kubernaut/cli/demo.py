@@ -117,6 +117,8 @@ async def watch(
                         "dup",
                         "AlertManager re-sent the alert: counted on the incident, not acted on",
                     )
+                for recorded in found.analyses:
+                    _show_model(recorded.analysis, step)
                 await _show_workflow(workflows, incident, step)
                 for action in found.actions:
                     outcome = storage_pb2.ActionOutcome.Name(action.outcome)
@@ -158,6 +160,26 @@ async def watch(
     finally:
         await clients.close()
     return incident_id
+
+
+def _show_model(analysis: remediation_pb2.Analysis, step: Timeline) -> None:
+    """The model's part in the analysis, when one was asked."""
+    reasoning = analysis.reasoning
+    if not reasoning.provider:
+        return
+    if reasoning.fallback_reason:
+        step(
+            "model",
+            f"model {reasoning.provider}: the rules decided without it",
+            reasoning.fallback_reason,
+        )
+        return
+    step(
+        "model",
+        f"model {reasoning.provider} ({reasoning.model}) answered in "
+        f"{reasoning.latency_seconds:.1f}s: guard {reasoning.guard}",
+        reasoning.answer,
+    )
 
 
 async def _show_workflow(
