@@ -491,3 +491,42 @@ async def test_the_model_is_not_asked_about_what_is_not_kubernauts_to_change() -
     assert model.sent == []
     assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
     assert "not asked: Deployment and its namespace" in analysis.reasoning.fallback_reason
+
+
+async def test_requests_tokens_cost_and_latency_are_counted() -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "ok": sample("kubernaut_ai_requests_total", provider="metered", result="ok"),
+        "invalid": sample("kubernaut_ai_requests_total", provider="metered", result="invalid"),
+        "in": sample("kubernaut_ai_tokens_total", provider="metered", direction="in"),
+        "out": sample("kubernaut_ai_tokens_total", provider="metered", direction="out"),
+        "cost": sample("kubernaut_ai_cost_usd_total", provider="metered"),
+        "seconds": sample("kubernaut_ai_request_seconds_count", provider="metered"),
+    }
+    bad = ("decide", _remediate("restart_deployment", "Deployment/kube-system/coredns"))
+    good = ("decide", _remediate("restart_deployment", "Deployment/shop/web"))
+    model = ScriptedModel("metered", [bad, good], usage=Usage(1000, 100))
+    await _analyst(model).analyse(INCIDENT, _rules("restart_deployment"), CATALOGUE)
+    assert (
+        sample("kubernaut_ai_requests_total", provider="metered", result="ok") == before["ok"] + 2
+    )
+    assert (
+        sample("kubernaut_ai_requests_total", provider="metered", result="invalid")
+        == before["invalid"] + 1
+    )
+    assert (
+        sample("kubernaut_ai_tokens_total", provider="metered", direction="in")
+        == before["in"] + 2000
+    )
+    assert (
+        sample("kubernaut_ai_tokens_total", provider="metered", direction="out")
+        == before["out"] + 200
+    )
+    assert sample("kubernaut_ai_cost_usd_total", provider="metered") == pytest.approx(
+        before["cost"] + 2 * (1000 * 0.01 + 100 * 0.02) / 1000
+    )
+    assert sample("kubernaut_ai_request_seconds_count", provider="metered") == before["seconds"] + 2
