@@ -81,6 +81,7 @@ _PATHS: dict[str, tuple[str, str, bool]] = {
     "Pod": ("/api/v1", "pods", True),
     "Node": ("/api/v1", "nodes", False),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
+    "PersistentVolume": ("/api/v1", "persistentvolumes", False),
     "ResourceQuota": ("/api/v1", "resourcequotas", True),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers", True),
     "StorageClass": ("/apis/storage.k8s.io/v1", "storageclasses", False),
@@ -571,6 +572,7 @@ def _evidence_shows(
         "revisions": lambda v: len(evidence.rollout.revisions) >= v,
         "progressing": lambda v: evidence.rollout.progressing_reason == v,
         "event": lambda v: any(e.reason == v for e in evidence.events),
+        "phase": lambda v: evidence.pvc.phase == v,
     }
     for key, value in spec.items():
         if key in checks and not checks[key](value):

@@ -82,6 +82,52 @@ def bad_rollout() -> context_api_pb2.ResourceContext:
     return evidence
 
 
+def hpa_seen(
+    *, min_replicas: int = 2, max_replicas: int = 4, current: int = 4, target_found: bool = True
+) -> context_api_pb2.ResourceContext:
+    """An autoscaler of Deployment shop/api as context_api reads it."""
+    return context_api_pb2.ResourceContext(
+        resource=HPA,
+        workload=HPA,
+        hpa=context_api_pb2.HpaState(
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            current_replicas=current,
+            desired_replicas=max_replicas,
+            target_api_version="apps/v1",
+            target_kind="Deployment",
+            target_name="api",
+            target_found=target_found,
+            at_max=current >= max_replicas,
+            scaling_limited_reason="TooManyReplicas" if current >= max_replicas else "",
+        ),
+    )
+
+
+def pvc_seen(
+    requested: str = "10Gi",
+    *,
+    capacity: str | None = None,
+    expandable: bool = True,
+    phase: str = "Bound",
+    storage_class: str = "standard",
+    resizing: str = "",
+) -> context_api_pb2.ResourceContext:
+    """A claim shop/data-db-0 as context_api reads it."""
+    return context_api_pb2.ResourceContext(
+        resource=PVC,
+        workload=PVC,
+        pvc=context_api_pb2.PvcState(
+            requested=requested,
+            capacity=requested if capacity is None else capacity,
+            storage_class=storage_class,
+            expansion_allowed=expandable,
+            phase=phase,
+            resize_condition=resizing,
+        ),
+    )
+
+
 DEPLOY = ref("Deployment", "api")
 STS = ref("StatefulSet", "db")
 DS = ref("DaemonSet", "agent")
@@ -199,9 +245,9 @@ CASES: list[tuple[alert_pb2.Alert, alert_pb2.ResourceRef, Evidence, str | None, 
     (
         alert("KubeHpaMaxedOut", **NS, horizontalpodautoscaler="api"),
         HPA,
-        None,
-        None,
-        "needs its current maxReplicas",
+        hpa_seen(),
+        "update_hpa",
+        "Raising maxReplicas to 6",
     ),
     (
         alert("KubePdbNotEnoughHealthyPods", **NS, poddisruptionbudget="api"),
@@ -247,14 +293,14 @@ CASES: list[tuple[alert_pb2.Alert, alert_pb2.ResourceRef, Evidence, str | None, 
     (
         alert("KubePersistentVolumeFillingUp", **NS, persistentvolumeclaim="data-db-0"),
         PVC,
-        None,
-        None,
-        "current size",
+        pvc_seen(),
+        "expand_pvc",
+        "Expanding it to 15Gi",
     ),
     (
         alert("KubePersistentVolumeInodesFillingUp", **NS, persistentvolumeclaim="data-db-0"),
         PVC,
-        None,
+        pvc_seen(),  # growing the volume does not add inodes, even where it could grow
         None,
         "inodes",
     ),
@@ -467,18 +513,109 @@ def test_image_pull_without_a_recent_rollout_is_left_to_a_person() -> None:
     assert "Rollback not chosen" in analysis.reasons[0]
 
 
-def test_the_hpa_and_pvc_reasons_name_the_caps() -> None:
-    settings = RulesSettings(
-        hpa_max_factor=2.0, hpa_max_replicas_cap=12, pvc_growth_factor=1.25, pvc_size_cap="1Ti"
-    )
-    hpa = analyze(
-        alert("KubeHpaMaxedOut", **NS, horizontalpodautoscaler="api"), HPA, None, settings
-    )
-    assert "x2 (at most 12)" in hpa.reasons[0]
-    pvc = analyze(
-        alert("KubePersistentVolumeFillingUp", **NS, persistentvolumeclaim="d"), PVC, None, settings
-    )
-    assert "x1.25 (at most 1Ti)" in pvc.reasons[0]
+HPA_MAXED = alert("KubeHpaMaxedOut", **NS, horizontalpodautoscaler="api")
+PVC_FILLING = alert("KubePersistentVolumeFillingUp", **NS, persistentvolumeclaim="data-db-0")
+
+
+@pytest.mark.parametrize(
+    ("max_replicas", "settings", "raised"),
+    [
+        (4, DEFAULTS, 6),  # x1.5
+        (3, DEFAULTS, 5),  # 4.5 rounds up
+        (2, RulesSettings(hpa_max_factor=1.1), 3),  # x1.1 would add none: one more
+        (16, DEFAULTS, 20),  # x1.5 is 24: capped at hpa_max_replicas_cap
+        (10, RulesSettings(hpa_max_factor=2.0, hpa_max_replicas_cap=12), 12),
+    ],
+)
+def test_a_maxed_out_autoscaler_gets_more_room_within_the_cap(
+    max_replicas: int, settings: RulesSettings, raised: int
+) -> None:
+    evidence = hpa_seen(min_replicas=1, max_replicas=max_replicas, current=max_replicas)
+    analysis = analyze(HPA_MAXED, HPA, None, settings, evidence)
+    assert analysis.decision == remediation_pb2.DECISION_REMEDIATE, analysis.reasons
+    params = analysis.recommendation.action.update_hpa
+    assert params.max_replicas == raised
+    assert params.min_replicas == 0  # the executor keeps the autoscaler's minReplicas
+    assert analysis.recommendation.target == HPA
+    assert any(f"capped at {settings.hpa_max_replicas_cap}" in r for r in analysis.reasons)
+    protovalidate.validate(analysis.recommendation)
+
+
+@pytest.mark.parametrize(
+    ("evidence", "gist"),
+    [
+        (None, "could not be read"),
+        (hpa_seen(max_replicas=20, current=20), "at or above the cap of 20"),
+        (hpa_seen(max_replicas=30, current=30), "at or above the cap of 20"),
+        (hpa_seen(current=3), "no longer at its maximum"),
+        (hpa_seen(target_found=False), "does not exist"),
+        (hpa_seen(min_replicas=4, max_replicas=4), "pinned on purpose"),
+    ],
+)
+def test_an_autoscaler_is_left_alone_unless_the_evidence_shows_it_maxed_out(
+    evidence: Evidence, gist: str
+) -> None:
+    analysis = analyze(HPA_MAXED, HPA, None, DEFAULTS, evidence)
+    assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    assert gist in analysis.reasons[0]
+
+
+def test_a_maxed_out_autoscaler_that_is_not_opted_in_is_declined() -> None:
+    evidence = hpa_seen()
+    evidence.managed_reason = "HorizontalPodAutoscaler shop/api and its namespace do not carry"
+    analysis = analyze(HPA_MAXED, HPA, None, DEFAULTS, evidence)
+    assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    assert "Not Kubernaut's to change" in analysis.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("evidence", "settings", "size"),
+    [
+        (pvc_seen("10Gi"), DEFAULTS, "15Gi"),
+        (pvc_seen("1Gi"), DEFAULTS, "2Gi"),  # 1.5Gi rounded up to whole Gi
+        (pvc_seen("100Mi"), DEFAULTS, "1Gi"),
+        (pvc_seen("8Gi", capacity="10Gi"), DEFAULTS, "15Gi"),  # grows from what it has
+        (pvc_seen("10G"), DEFAULTS, "14Gi"),  # 15e9 bytes, rounded up to whole Gi
+        (pvc_seen("400Gi"), DEFAULTS, "500Gi"),  # 600Gi: capped at pvc_size_cap
+        (pvc_seen("1Ti"), RulesSettings(pvc_growth_factor=1.25, pvc_size_cap="2Ti"), "1280Gi"),
+    ],
+)
+def test_a_filling_volume_grows_within_the_cap(
+    evidence: Evidence, settings: RulesSettings, size: str
+) -> None:
+    analysis = analyze(PVC_FILLING, PVC, None, settings, evidence)
+    assert analysis.decision == remediation_pb2.DECISION_REMEDIATE, analysis.reasons
+    assert analysis.recommendation.action.expand_pvc.size == size
+    assert analysis.recommendation.target == PVC
+    assert any(f"at most {settings.pvc_size_cap}" in r for r in analysis.reasons)
+    protovalidate.validate(analysis.recommendation)
+
+
+@pytest.mark.parametrize(
+    ("evidence", "gist"),
+    [
+        (None, "could not be read"),
+        (pvc_seen(expandable=False), "StorageClass standard does not allow volume expansion"),
+        (pvc_seen(storage_class="", expandable=False), "names no StorageClass"),
+        (pvc_seen(phase="Pending", capacity=""), "not Bound"),
+        (pvc_seen(resizing="FileSystemResizePending"), "FileSystemResizePending"),
+        (pvc_seen("15Gi", capacity="10Gi"), "has not finished"),
+        (pvc_seen("500Gi"), "at or above the cap of 500Gi"),
+        (pvc_seen("450Gi", capacity="512Gi"), "at or above the cap of 500Gi"),
+        (pvc_seen("lots"), "not a quantity"),
+    ],
+)
+def test_a_filling_volume_is_left_alone_unless_it_can_grow(evidence: Evidence, gist: str) -> None:
+    analysis = analyze(PVC_FILLING, PVC, None, DEFAULTS, evidence)
+    assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+    assert gist in analysis.reasons[0]
+
+
+def test_the_hpa_and_pvc_rules_act_only_on_their_own_kind() -> None:
+    for name, action in (("KubeHpaMaxedOut", "update_hpa"), ("PVCFillingUp", "expand_pvc")):
+        analysis = analyze(alert(name, **NS, deployment="api"), DEPLOY, None, DEFAULTS, pods())
+        assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+        assert f"{action} acts only on" in analysis.reasons[0]
 
 
 @pytest.mark.parametrize(

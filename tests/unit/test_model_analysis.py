@@ -530,3 +530,80 @@ async def test_requests_tokens_cost_and_latency_are_counted() -> None:
         before["cost"] + 2 * (1000 * 0.01 + 100 * 0.02) / 1000
     )
     assert sample("kubernaut_ai_request_seconds_count", provider="metered") == before["seconds"] + 2
+
+
+def _hpa_and_pvc_offers() -> tuple[
+    list[contract.Offer], context_api_pb2.ResourceContext, context_api_pb2.ResourceContext
+]:
+    hpa_ref = alert_pb2.ResourceRef(kind="HorizontalPodAutoscaler", namespace="shop", name="web")
+    pvc_ref = alert_pb2.ResourceRef(kind="PersistentVolumeClaim", namespace="shop", name="data")
+    hpa = context_api_pb2.ResourceContext(
+        resource=hpa_ref,
+        workload=hpa_ref,
+        hpa=context_api_pb2.HpaState(max_replicas=4, at_max=True),
+    )
+    pvc = context_api_pb2.ResourceContext(
+        resource=pvc_ref,
+        workload=pvc_ref,
+        pvc=context_api_pb2.PvcState(
+            requested="10Gi", capacity="10Gi", storage_class="fast", expansion_allowed=True
+        ),
+    )
+    offers = contract.offers(
+        CATALOGUE, [*contract.targets_of(hpa_ref, hpa), *contract.targets_of(pvc_ref, pvc)]
+    )
+    return offers, hpa, pvc
+
+
+@pytest.mark.parametrize(
+    ("parameters", "verdict"),
+    [
+        ({"max_replicas": 8}, "valid"),
+        ({"max_replicas": 9}, "parameters.max_replicas: 9 is outside 1..8"),
+        ({"max_replicas": 1000, "min_replicas": 1000}, "parameters.max_replicas: 1000"),
+        ({"max_replicas": 6, "min_replicas": 7}, "parameters.min_replicas: above max_replicas"),
+    ],
+)
+def test_a_models_hpa_bounds_stay_near_what_the_hpa_has(
+    parameters: dict[str, Any], verdict: str
+) -> None:
+    offers, hpa, _ = _hpa_and_pvc_offers()
+    answer = _remediate("update_hpa", "HorizontalPodAutoscaler/shop/web", parameters)
+    if verdict == "valid":
+        assert (
+            contract.validate(
+                answer, offers, hpa, "m"
+            ).recommendation.action.update_hpa.max_replicas
+            == 8
+        )
+        return
+    with pytest.raises(contract.ContractViolation, match=verdict.replace(".", r"\.")):
+        contract.validate(answer, offers, hpa, "m")
+    with pytest.raises(contract.ContractViolation, match="no HPA state was read"):
+        contract.validate(answer, offers, None, "m")
+
+
+@pytest.mark.parametrize(
+    ("size", "allowed", "verdict"),
+    [
+        ("20Gi", True, "valid"),
+        ("21Gi", True, "parameters.size: 21Gi is not above 10Gi and at most 2x it"),
+        ("10Gi", True, "parameters.size: 10Gi is not above"),
+        ("100Ti", True, "parameters.size: 100Ti"),
+        ("15Gi", False, "action: StorageClass fast does not allow expansion"),
+    ],
+)
+def test_a_models_volume_growth_needs_an_expandable_class_and_stays_within_twice(
+    size: str, allowed: bool, verdict: str
+) -> None:
+    offers, _, pvc = _hpa_and_pvc_offers()
+    pvc.pvc.expansion_allowed = allowed
+    answer = _remediate("expand_pvc", "PersistentVolumeClaim/shop/data", {"size": size})
+    if verdict == "valid":
+        assert (
+            contract.validate(answer, offers, pvc, "m").recommendation.action.expand_pvc.size
+            == size
+        )
+        return
+    with pytest.raises(contract.ContractViolation, match=verdict):
+        contract.validate(answer, offers, pvc, "m")

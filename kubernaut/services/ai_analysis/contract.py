@@ -29,6 +29,7 @@ from kubernaut.executor.v1 import executor_pb2
 
 from kubernaut.runtime.validation import violations_of
 from kubernaut.services.ai_analysis.providers.base import JsonObject, ToolSpec
+from kubernaut.services.ai_analysis.quantities import quantity
 
 DECIDE = "decide"
 REMEDIATE = "remediate"
@@ -42,6 +43,8 @@ SCALE_FACTOR_CAP = 2
 SCALE_ADD_CAP = 2
 # A model's limit increase stays at or below this factor (the proto allows 4).
 LIMIT_FACTOR_CAP = 2.0
+# A model's volume expansion stays at or below this factor of the claim's size.
+PVC_GROWTH_CAP = 2
 
 _ONEOF = remediation_pb2.ActionParams.DESCRIPTOR.oneofs_by_name["params"]
 
@@ -286,6 +289,50 @@ def _within_caps(
             raise ContractViolation(
                 f"parameters.factor: {factor} is above the model's cap {LIMIT_FACTOR_CAP}"
             )
+    if which == "update_hpa":
+        _hpa_within_caps(params.update_hpa, evidence)
+    if which == "expand_pvc":
+        _pvc_within_caps(params.expand_pvc, evidence)
+
+
+def _hpa_within_caps(
+    params: remediation_pb2.UpdateHpaParams, evidence: context_api_pb2.ResourceContext | None
+) -> None:
+    """A model's new bounds stay within twice (or two more than) what the HPA has."""
+    if evidence is None or not evidence.HasField("hpa"):
+        raise ContractViolation("action: no HPA state was read to bound update_hpa")
+    hpa = evidence.hpa
+    cap = max(hpa.max_replicas * SCALE_FACTOR_CAP, hpa.max_replicas + SCALE_ADD_CAP)
+    if not 1 <= params.max_replicas <= cap:
+        raise ContractViolation(
+            f"parameters.max_replicas: {params.max_replicas} is outside 1..{cap} "
+            f"(the HPA's max is {hpa.max_replicas})"
+        )
+    if params.min_replicas > params.max_replicas:
+        raise ContractViolation("parameters.min_replicas: above max_replicas")
+
+
+def _pvc_within_caps(
+    params: remediation_pb2.ExpandPvcParams, evidence: context_api_pb2.ResourceContext | None
+) -> None:
+    """A model's new size: the StorageClass allows growing, and at most twice the size."""
+    if evidence is None or not evidence.HasField("pvc"):
+        raise ContractViolation("action: no PVC state was read to bound expand_pvc")
+    pvc = evidence.pvc
+    if not pvc.expansion_allowed:
+        raise ContractViolation(
+            f"action: StorageClass {pvc.storage_class or '(none)'} does not allow expansion"
+        )
+    try:
+        now = max(quantity(pvc.requested), quantity(pvc.capacity or pvc.requested))
+        wanted = quantity(params.size)
+    except ValueError as error:
+        raise ContractViolation(f"parameters.size: {error}") from None
+    if not now < wanted <= now * PVC_GROWTH_CAP:
+        raise ContractViolation(
+            f"parameters.size: {params.size} is not above {pvc.requested} and at most "
+            f"{PVC_GROWTH_CAP}x it"
+        )
 
 
 def arguments_digest(arguments: Mapping[str, Any]) -> str:

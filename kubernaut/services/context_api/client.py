@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 # context_api could not describe the object: it is gone (NOT_FOUND), no cluster is
 # configured or its identity may not read it (FAILED_PRECONDITION), or its kind is not one
-# it reads (INVALID_ARGUMENT, e.g. a PersistentVolumeClaim). Callers go on without context;
+# it reads (INVALID_ARGUMENT, e.g. a ConfigMap). Callers go on without context;
 # anything else (UNAVAILABLE, ...) is an error worth retrying.
 NO_CONTEXT = frozenset(
     {

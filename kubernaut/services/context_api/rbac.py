@@ -19,4 +19,8 @@ def policy_rules() -> list[dict[str, Any]]:
             "verbs": READ,
         },
         {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": READ},
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": READ},
+        # Whether a claim's StorageClass allows it to grow.
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": READ},
     ]

@@ -1,5 +1,7 @@
 """What a Kubernetes object looks like now: its owning workload, whether Kubernaut may
-act on it, its pods, recent events and rollout history. Read-only, cached briefly."""
+act on it, its pods, recent events and rollout history; an autoscaler's bounds and
+replicas, a claim's size and whether its StorageClass lets it grow. Read-only, cached
+briefly."""
 
 from __future__ import annotations
 
@@ -34,6 +36,17 @@ MAX_CHANGE_CAUSE = 256
 ROLLOUT_COMPLETE_REASON = "NewReplicaSetAvailable"
 MAX_EVENTS = 20
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
+HPA = "HorizontalPodAutoscaler"
+PVC = "PersistentVolumeClaim"
+# What an autoscaler's scaleTargetRef may name that context_api reads (apps/v1).
+SCALE_TARGET_KINDS = {"Deployment", "StatefulSet", "ReplicaSet"}
+# Claim conditions that say a resize is under way or failed.
+RESIZE_CONDITIONS = (
+    "Resizing",
+    "FileSystemResizePending",
+    "ControllerResizeError",
+    "NodeResizeError",
+)
 
 
 class ResourceNotFound(LookupError):
@@ -44,7 +57,9 @@ class ResourceNotFound(LookupError):
 
 class UnsupportedKind(ValueError):
     def __init__(self, kind: str) -> None:
-        super().__init__(f"kind {kind!r} is not supported (Pod, Node or a workload kind)")
+        super().__init__(
+            f"kind {kind!r} is not supported (Pod, Node, a workload kind, {HPA} or {PVC})"
+        )
 
 
 def _timestamp(value: datetime.datetime | None) -> Timestamp | None:
@@ -169,6 +184,8 @@ class ResourceContextReader:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
+        self.storage = client.StorageV1Api(api)
         self.timeout = timeout
         self.cache: TtlCache[tuple[str, str, str], context_api_pb2.ResourceContext] = TtlCache(
             ttl, clock
@@ -194,6 +211,12 @@ class ResourceContextReader:
             context.workload.CopyFrom(ref)
             context.managed = is_managed(node.metadata.labels)
             context.managed_reason = self._managed_reason(context.managed, "node", None)
+            return context
+        if ref.kind == HPA:
+            await self._read_hpa(ref, context)
+            return context
+        if ref.kind == PVC:
+            await self._read_pvc(ref, context)
             return context
         if ref.kind != "Pod" and ref.kind not in WORKLOAD_KINDS:
             raise UnsupportedKind(ref.kind)
@@ -226,6 +249,121 @@ class ResourceContextReader:
             names.update(replica_sets)
         context.events.extend(await self._events(ref.namespace, names))
         return context
+
+    async def _read_object(
+        self,
+        ref: alert_pb2.ResourceRef,
+        context: context_api_pb2.ResourceContext,
+        read: Callable[..., Any],
+    ) -> dict[str, Any]:
+        """An object that is its own workload (an autoscaler, a claim), as the API
+        server's JSON: fills in the context's workload, opt-in and events."""
+        obj: dict[str, Any] = json.loads((await _read_json(read, ref.name, ref.namespace)).data)
+        context.workload.CopyFrom(ref)
+        namespace = await self.core.read_namespace(ref.namespace)
+        own = is_managed((obj.get("metadata") or {}).get("labels"))
+        by_namespace = is_managed(namespace.metadata.labels)
+        context.managed = own or by_namespace
+        context.managed_reason = self._managed_reason(
+            context.managed, f"{ref.kind} {ref.namespace}/{ref.name}", by_namespace
+        )
+        context.events.extend(await self._events(ref.namespace, {ref.name}))
+        return obj
+
+    async def _read_hpa(
+        self, ref: alert_pb2.ResourceRef, context: context_api_pb2.ResourceContext
+    ) -> None:
+        hpa = await self._read_object(
+            ref, context, self.autoscaling.read_namespaced_horizontal_pod_autoscaler
+        )
+        spec = hpa.get("spec") or {}
+        status = hpa.get("status") or {}
+        target = spec.get("scaleTargetRef") or {}
+        limited = next(
+            (
+                c
+                for c in status.get("conditions") or []
+                if c.get("type") == "ScalingLimited" and c.get("status") == "True"
+            ),
+            None,
+        )
+        max_replicas = int(spec.get("maxReplicas") or 0)
+        current = int(status.get("currentReplicas") or 0)
+        context.hpa.CopyFrom(
+            context_api_pb2.HpaState(
+                min_replicas=int(spec.get("minReplicas") or 1),
+                max_replicas=max_replicas,
+                current_replicas=current,
+                desired_replicas=int(status.get("desiredReplicas") or 0),
+                target_api_version=str(target.get("apiVersion") or ""),
+                target_kind=str(target.get("kind") or ""),
+                target_name=str(target.get("name") or ""),
+                target_found=await self._scale_target_exists(ref.namespace, target),
+                at_max=max_replicas > 0 and current >= max_replicas,
+                scaling_limited_reason=str((limited or {}).get("reason") or ""),
+            )
+        )
+
+    async def _scale_target_exists(self, namespace: str, target: dict[str, Any]) -> bool:
+        """Whether the autoscaler's target is there; False for kinds not read here."""
+        kind, name = target.get("kind"), target.get("name")
+        group = str(target.get("apiVersion") or "").split("/")[0]
+        if kind not in SCALE_TARGET_KINDS or group != "apps" or not name:
+            return False
+        read = {
+            "Deployment": self.apps.read_namespaced_deployment,
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+            "ReplicaSet": self.apps.read_namespaced_replica_set,
+        }[kind]
+        try:
+            await _read_json(read, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def _read_pvc(
+        self, ref: alert_pb2.ResourceRef, context: context_api_pb2.ResourceContext
+    ) -> None:
+        claim = await self._read_object(
+            ref, context, self.core.read_namespaced_persistent_volume_claim
+        )
+        spec = claim.get("spec") or {}
+        status = claim.get("status") or {}
+        storage_class = str(spec.get("storageClassName") or "")
+        resizing = next(
+            (
+                str(c.get("type"))
+                for c in status.get("conditions") or []
+                if c.get("type") in RESIZE_CONDITIONS and c.get("status") == "True"
+            ),
+            "",
+        )
+        context.pvc.CopyFrom(
+            context_api_pb2.PvcState(
+                requested=str(
+                    ((spec.get("resources") or {}).get("requests") or {}).get("storage") or ""
+                ),
+                capacity=str((status.get("capacity") or {}).get("storage") or ""),
+                storage_class=storage_class,
+                expansion_allowed=await self._expansion_allowed(storage_class),
+                phase=str(status.get("phase") or ""),
+                resize_condition=resizing,
+            )
+        )
+
+    async def _expansion_allowed(self, storage_class: str) -> bool:
+        """The StorageClass exists and allows volume expansion; False with no class."""
+        if not storage_class:
+            return False
+        try:
+            response = await _read_json(self.storage.read_storage_class, storage_class)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return json.loads(response.data).get("allowVolumeExpansion") is True
 
     @staticmethod
     def _managed_reason(managed: bool, what: str, by_namespace: bool | None) -> str:

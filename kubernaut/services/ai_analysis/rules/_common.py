@@ -19,6 +19,8 @@ DAEMONSET = "DaemonSet"
 POD = "Pod"
 NODE = "Node"
 JOB = "Job"
+HPA = "HorizontalPodAutoscaler"
+PVC = "PersistentVolumeClaim"
 WORKLOADS = (DEPLOYMENT, STATEFULSET, DAEMONSET)
 
 # Mirror the validation of the action parameters, so bad settings fail at start-up, not on

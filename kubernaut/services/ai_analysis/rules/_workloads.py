@@ -3,15 +3,21 @@ each acts only on what the evidence shows, and says what is missing when it does
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 
+# The `kubernetes` package's parser, as the executor uses (it ships no type information).
+from kubernaut.services.ai_analysis.quantities import quantity
 from kubernaut.services.ai_analysis.rules._common import (
     DAEMONSET,
+    HPA,
     JOB,
     POD,
+    PVC,
     STATEFULSET,
     WORKLOADS,
     Case,
@@ -33,6 +39,8 @@ _CONFIDENCE_RESTART_DAEMONSET = 0.55
 _CONFIDENCE_RESTART_STUCK = 0.6
 _CONFIDENCE_RERUN = 0.6
 _CONFIDENCE_CPU = 0.5
+_CONFIDENCE_HPA = 0.55
+_CONFIDENCE_PVC = 0.55
 
 # The executor names a rerun `<job>-rerun-<first 8 characters of the action id>`.
 _RERUN = re.compile(r"-rerun-[0-9a-f]{8}$")
@@ -216,24 +224,146 @@ def job_failed(case: Case) -> remediation_pb2.Analysis:
 
 
 def hpa_maxed_out(case: Case) -> remediation_pb2.Analysis:
+    """Raise a maxed-out autoscaler's maxReplicas by hpa_max_factor (at least one more),
+    never above hpa_max_replicas_cap; its minReplicas stays. Only when the evidence shows
+    it at its maximum, scaling a target that exists."""
+    refusal = needs_kind(case, "update_hpa", (HPA,))
+    if refusal is not None:
+        return refusal
     settings = case.settings
-    return no_action(
-        f"{case.name}: {case.what} has run at its maxReplicas for 15 minutes. Raising "
-        f"maxReplicas x{settings.hpa_max_factor:g} (at most {settings.hpa_max_replicas_cap}) "
-        "needs its current maxReplicas, which neither the alert's labels nor the context "
-        "API's evidence carry, so nothing is done automatically."
+    symptom = f"{case.name}: {case.what} has run at its maxReplicas for 15 minutes."
+    evidence = case.evidence
+    if evidence is None or not evidence.HasField("hpa"):
+        return no_action(
+            f"{symptom} The autoscaler could not be read, so its maxReplicas (and whether "
+            "it is still at it) is unknown; nothing is done automatically."
+        )
+    hpa = evidence.hpa
+    target = f"{hpa.target_kind} {case.subject.namespace}/{hpa.target_name}"
+    if not hpa.target_found:
+        return no_action(
+            f"{symptom} Its scale target {target} does not exist (or is not a Deployment, "
+            "StatefulSet or ReplicaSet Kubernaut reads), so more replicas of it would not "
+            "help; nothing is done automatically."
+        )
+    if not hpa.at_max:
+        return no_action(
+            f"{symptom} It runs {hpa.current_replicas} of at most {hpa.max_replicas} "
+            "replicas now, so it is no longer at its maximum; nothing is done automatically."
+        )
+    if hpa.min_replicas >= hpa.max_replicas:
+        return no_action(
+            f"{symptom} Its minReplicas equals its maxReplicas ({hpa.max_replicas}): the "
+            "replica count is pinned on purpose, so it is left to its owners."
+        )
+    cap = settings.hpa_max_replicas_cap
+    if hpa.max_replicas >= cap:
+        return no_action(
+            f"{symptom} Its maxReplicas {hpa.max_replicas} is already at or above the cap "
+            f"of {cap} (hpa_max_replicas_cap), so it is left to a person."
+        )
+    raised = min(
+        cap, max(hpa.max_replicas + 1, math.ceil(hpa.max_replicas * settings.hpa_max_factor))
+    )
+    limited = (
+        f" (ScalingLimited: {hpa.scaling_limited_reason})" if hpa.scaling_limited_reason else ""
+    )
+    return remediate(
+        remediation_pb2.ActionParams(
+            # min_replicas 0: the executor keeps the autoscaler's own.
+            update_hpa=remediation_pb2.UpdateHpaParams(max_replicas=raised)
+        ),
+        case.subject,
+        _CONFIDENCE_HPA,
+        [
+            symptom,
+            f"It runs {hpa.current_replicas} replicas of {target}, its maxReplicas "
+            f"{hpa.max_replicas}{limited}.",
+            f"Raising maxReplicas to {raised} (x{settings.hpa_max_factor:g}, capped at {cap}) "
+            f"lets it add replicas as load asks; minReplicas stays {hpa.min_replicas}.",
+            "Confidence is moderate: whether the cluster and quota have room for more "
+            "replicas is not in the evidence.",
+        ],
     )
 
 
 def pvc_filling_up(case: Case) -> remediation_pb2.Analysis:
+    """Expand a filling claim by pvc_growth_factor, rounded up to whole Gi and never above
+    pvc_size_cap, when it is bound, not already resizing, and its StorageClass allows
+    expansion."""
+    refusal = needs_kind(case, "expand_pvc", (PVC,))
+    if refusal is not None:
+        return refusal
     settings = case.settings
-    return no_action(
-        f"{case.name}: the volume of {case.what} is filling up. Expanding the claim "
-        f"x{settings.pvc_growth_factor:g} (at most {settings.pvc_size_cap}) needs its "
-        "current size and whether its StorageClass allows expansion, which neither the "
-        "alert's labels nor the context API's evidence carry, so nothing is done "
-        "automatically."
+    symptom = f"{case.name}: the volume of {case.what} is filling up."
+    evidence = case.evidence
+    if evidence is None or not evidence.HasField("pvc"):
+        return no_action(
+            f"{symptom} The claim could not be read, so its size and whether its "
+            "StorageClass allows expansion are unknown; nothing is done automatically."
+        )
+    pvc = evidence.pvc
+    if pvc.phase != "Bound":
+        return no_action(
+            f"{symptom} The claim is {pvc.phase or 'in no phase'}, not Bound, so there is "
+            "no volume to expand; nothing is done automatically."
+        )
+    if not pvc.storage_class:
+        return no_action(
+            f"{symptom} The claim names no StorageClass, so nothing allows it to expand; "
+            "it is left to a person."
+        )
+    if not pvc.expansion_allowed:
+        return no_action(
+            f"{symptom} Its StorageClass {pvc.storage_class} does not allow volume "
+            "expansion (allowVolumeExpansion), so the claim cannot grow; the data must be "
+            "cleaned up or moved by a person."
+        )
+    if pvc.resize_condition:
+        return no_action(
+            f"{symptom} The claim shows {pvc.resize_condition}: a resize is under way or "
+            "failed, so another is not started; it is left to a person."
+        )
+    try:
+        requested = quantity(pvc.requested)
+        size = max(requested, quantity(pvc.capacity)) if pvc.capacity else requested
+        cap = quantity(settings.pvc_size_cap)
+    except ValueError:
+        return no_action(
+            f"{symptom} The claim's size ({pvc.requested or 'none requested'}) is not a "
+            "quantity Kubernaut reads, so nothing is done automatically."
+        )
+    if pvc.capacity and requested > quantity(pvc.capacity):
+        return no_action(
+            f"{symptom} It requests {pvc.requested} but has {pvc.capacity}: an earlier "
+            "expansion has not finished, so another is not started."
+        )
+    if size >= cap:
+        return no_action(
+            f"{symptom} It has {pvc.capacity or pvc.requested} (requests {pvc.requested}), "
+            f"already at or above the cap of {settings.pvc_size_cap} (pvc_size_cap), so it "
+            "is left to a person."
+        )
+    grown = math.ceil(size * Decimal(str(settings.pvc_growth_factor)) / _GI)
+    new_size = f"{grown}Gi" if grown * _GI <= cap else settings.pvc_size_cap
+    capped = " (the cap)" if new_size == settings.pvc_size_cap else ""
+    return remediate(
+        remediation_pb2.ActionParams(expand_pvc=remediation_pb2.ExpandPvcParams(size=new_size)),
+        case.subject,
+        _CONFIDENCE_PVC,
+        [
+            symptom,
+            f"It is Bound with {pvc.capacity or pvc.requested} (requests {pvc.requested}); "
+            f"its StorageClass {pvc.storage_class} allows volume expansion.",
+            f"Expanding it to {new_size}{capped} (x{settings.pvc_growth_factor:g}, rounded "
+            f"up to whole Gi, at most {settings.pvc_size_cap}) buys room.",
+            "Confidence is moderate: a volume cannot shrink, and whether something writes "
+            "without bound (a bigger disk only buys time) is not in the evidence.",
+        ],
     )
+
+
+_GI = Decimal(1024**3)
 
 
 def cpu_throttling(case: Case) -> remediation_pb2.Analysis:

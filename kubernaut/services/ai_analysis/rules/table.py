@@ -216,10 +216,13 @@ RULES: tuple[Rule, ...] = (
         "KubeHpaMaxedOut",
         _APPS,
         _workloads.hpa_maxed_out,
-        (),
-        "NOT_ACTIONABLE until the evidence carries the autoscaler's maxReplicas; then "
-        "update_hpa raising it by hpa_max_factor up to hpa_max_replicas_cap",
-        "the alert's name (the context API does not read HorizontalPodAutoscalers)",
+        ("update_hpa",),
+        "update_hpa raising maxReplicas by hpa_max_factor (at least +1), capped at "
+        "hpa_max_replicas_cap, minReplicas kept; NOT_ACTIONABLE when it is no longer at its "
+        "maximum, is pinned (minReplicas = maxReplicas), is at the cap already, its scale "
+        "target does not exist, or with no evidence",
+        "the subject's kind; the autoscaler's minReplicas, maxReplicas, currentReplicas, "
+        "ScalingLimited condition and whether its scale target exists",
     ),
     _not_actionable(
         "KubePdbNotEnoughHealthyPods",
@@ -249,10 +252,13 @@ RULES: tuple[Rule, ...] = (
         "KubePersistentVolumeFillingUp",
         _STORAGE,
         _workloads.pvc_filling_up,
-        (),
-        "NOT_ACTIONABLE until the evidence carries the claim's size and its StorageClass's "
-        "allowVolumeExpansion; then expand_pvc by pvc_growth_factor up to pvc_size_cap",
-        "the alert's name (the context API does not read PersistentVolumeClaims)",
+        ("expand_pvc",),
+        "expand_pvc to its size times pvc_growth_factor, rounded up to whole Gi, capped at "
+        "pvc_size_cap; NOT_ACTIONABLE when its StorageClass does not allow expansion, it is "
+        "not Bound, a resize is under way or failed, it is at the cap already, or with no "
+        "evidence",
+        "the subject's kind; the claim's phase, requested size, capacity and resize "
+        "conditions; its StorageClass's allowVolumeExpansion",
         ("PersistentVolumeFillingUp", "PVCFillingUp"),
     ),
     _not_actionable(

@@ -253,6 +253,8 @@ class ResourceContext(_message.Message):
     ROLLOUT_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    HPA_FIELD_NUMBER: _builtins.int
+    PVC_FIELD_NUMBER: _builtins.int
     managed: _builtins.bool
     """The kubernaut.ai/managed=true label is on the workload or its namespace."""
     managed_reason: _builtins.str
@@ -283,6 +285,14 @@ class ResourceContext(_message.Message):
         DaemonSets); unset for other kinds.
         """
 
+    @_builtins.property
+    def hpa(self) -> Global___HpaState:
+        """Set for HorizontalPodAutoscalers (then `workload` is the autoscaler itself)."""
+
+    @_builtins.property
+    def pvc(self) -> Global___PvcState:
+        """Set for PersistentVolumeClaims (then `workload` is the claim itself)."""
+
     def __init__(
         self,
         *,
@@ -295,14 +305,130 @@ class ResourceContext(_message.Message):
         rollout: Global___RolloutState | None = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
         state: _remediation_pb2.WorkloadState | None = ...,
+        hpa: Global___HpaState | None = ...,
+        pvc: Global___PvcState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hpa", b"hpa", "observed_at", b"observed_at", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "managed", b"managed", "managed_reason", b"managed_reason", "observed_at", b"observed_at", "pods", b"pods", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "hpa", b"hpa", "managed", b"managed", "managed_reason", b"managed_reason", "observed_at", b"observed_at", "pods", b"pods", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResourceContext: _TypeAlias = ResourceContext  # noqa: Y015
+
+@_typing.final
+class HpaState(_message.Message):
+    """HpaState is a HorizontalPodAutoscaler's bounds and where it stands, as its spec and
+    status say. No validation rules: it is evidence read from the cluster, and the
+    requests that carry it must not fail on what an API server accepted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    CURRENT_REPLICAS_FIELD_NUMBER: _builtins.int
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    TARGET_API_VERSION_FIELD_NUMBER: _builtins.int
+    TARGET_KIND_FIELD_NUMBER: _builtins.int
+    TARGET_NAME_FIELD_NUMBER: _builtins.int
+    TARGET_FOUND_FIELD_NUMBER: _builtins.int
+    AT_MAX_FIELD_NUMBER: _builtins.int
+    SCALING_LIMITED_REASON_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    """spec.minReplicas (1 when unset, as the API server defaults it)."""
+    max_replicas: _builtins.int
+    """spec.maxReplicas."""
+    current_replicas: _builtins.int
+    """status.currentReplicas: the scale target's replicas when the autoscaler last looked."""
+    desired_replicas: _builtins.int
+    """status.desiredReplicas: what the autoscaler last asked for (within its bounds)."""
+    target_api_version: _builtins.str
+    """spec.scaleTargetRef: the object it scales, in its own namespace."""
+    target_kind: _builtins.str
+    target_name: _builtins.str
+    target_found: _builtins.bool
+    """The scale target was read and exists. False when it does not, and for kinds
+    context_api does not read (it reads Deployments, StatefulSets and ReplicaSets).
+    """
+    at_max: _builtins.bool
+    """current_replicas has reached max_replicas: the autoscaler can add no more replicas."""
+    scaling_limited_reason: _builtins.str
+    """The reason of its ScalingLimited condition when that is True (e.g. TooManyReplicas:
+    it wants more than maxReplicas); empty otherwise.
+    """
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int = ...,
+        max_replicas: _builtins.int = ...,
+        current_replicas: _builtins.int = ...,
+        desired_replicas: _builtins.int = ...,
+        target_api_version: _builtins.str = ...,
+        target_kind: _builtins.str = ...,
+        target_name: _builtins.str = ...,
+        target_found: _builtins.bool = ...,
+        at_max: _builtins.bool = ...,
+        scaling_limited_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_max", b"at_max", "current_replicas", b"current_replicas", "desired_replicas", b"desired_replicas", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "scaling_limited_reason", b"scaling_limited_reason", "target_api_version", b"target_api_version", "target_found", b"target_found", "target_kind", b"target_kind", "target_name", b"target_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HpaState: _TypeAlias = HpaState  # noqa: Y015
+
+@_typing.final
+class PvcState(_message.Message):
+    """PvcState is a PersistentVolumeClaim's size and whether it can grow. No validation
+    rules, as for HpaState.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    STORAGE_CLASS_FIELD_NUMBER: _builtins.int
+    EXPANSION_ALLOWED_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    RESIZE_CONDITION_FIELD_NUMBER: _builtins.int
+    requested: _builtins.str
+    """spec.resources.requests.storage as the API server writes it, e.g. "10Gi"; empty
+    when the claim requests none.
+    """
+    capacity: _builtins.str
+    """status.capacity.storage: what the bound volume provides; empty until it is bound."""
+    storage_class: _builtins.str
+    """spec.storageClassName; empty when the claim names none."""
+    expansion_allowed: _builtins.bool
+    """The StorageClass exists and sets allowVolumeExpansion: true (the API server refuses
+    to grow a claim otherwise).
+    """
+    phase: _builtins.str
+    """status.phase: Pending, Bound or Lost."""
+    resize_condition: _builtins.str
+    """A resize under way or stuck: the type of the claim's first True condition among
+    Resizing, FileSystemResizePending, ControllerResizeError and NodeResizeError; empty
+    when none is.
+    """
+    def __init__(
+        self,
+        *,
+        requested: _builtins.str = ...,
+        capacity: _builtins.str = ...,
+        storage_class: _builtins.str = ...,
+        expansion_allowed: _builtins.bool = ...,
+        phase: _builtins.str = ...,
+        resize_condition: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "expansion_allowed", b"expansion_allowed", "phase", b"phase", "requested", b"requested", "resize_condition", b"resize_condition", "storage_class", b"storage_class"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PvcState: _TypeAlias = PvcState  # noqa: Y015
 
 @_typing.final
 class GetResourceContextResponse(_message.Message):

@@ -70,7 +70,9 @@ class ContextAPIServiceServicer(object):
     def GetResourceContext(self, request, context):
         """GetResourceContext describes a Kubernetes object as it is now: the workload that
         owns it (a Pod resolved through its owner references), whether Kubernaut may act on
-        it, its pods, recent events and rollout history. Answers are cached briefly.
+        it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
+        bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
+        are cached briefly.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
         NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
         reached (safe to retry); PERMISSION_DENIED for callers outside the call table.

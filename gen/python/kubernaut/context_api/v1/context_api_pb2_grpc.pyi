@@ -43,7 +43,9 @@ class ContextAPIServiceStub:
     GetResourceContext: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetResourceContextRequest, _context_api_pb2.GetResourceContextResponse]
     """GetResourceContext describes a Kubernetes object as it is now: the workload that
     owns it (a Pod resolved through its owner references), whether Kubernaut may act on
-    it, its pods, recent events and rollout history. Answers are cached briefly.
+    it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
+    bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
+    are cached briefly.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
     NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
     reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
@@ -74,7 +76,9 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     GetResourceContext: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetResourceContextRequest, _context_api_pb2.GetResourceContextResponse]  # type: ignore[assignment]
     """GetResourceContext describes a Kubernetes object as it is now: the workload that
     owns it (a Pod resolved through its owner references), whether Kubernaut may act on
-    it, its pods, recent events and rollout history. Answers are cached briefly.
+    it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
+    bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
+    are cached briefly.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
     NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
     reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
@@ -114,7 +118,9 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_context_api_pb2.GetResourceContextResponse, _abc.Awaitable[_context_api_pb2.GetResourceContextResponse]]:
         """GetResourceContext describes a Kubernetes object as it is now: the workload that
         owns it (a Pod resolved through its owner references), whether Kubernaut may act on
-        it, its pods, recent events and rollout history. Answers are cached briefly.
+        it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
+        bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
+        are cached briefly.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
         NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
         reached (safe to retry); PERMISSION_DENIED for callers outside the call table.

@@ -1,0 +1,305 @@
+"""context_api reads HorizontalPodAutoscalers and PersistentVolumeClaims on the real local
+cluster, with its own read-only identity, and the rules act on what it reads: an autoscaler
+at its maxReplicas gets more room, a filling claim grows where its StorageClass allows it
+and not where it does not. The alert's labels name the subject, as the alert processor
+resolves them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
+from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
+from kubernetes_asyncio import client, config
+
+from kubernaut.devstack.identities import Identity, manifests, write_token_kubeconfig
+from kubernaut.devstack.kube import LocalCluster
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import MANAGED_LABEL
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
+from kubernaut.services.alerts import subject_of
+from kubernaut.services.context_api import rbac
+from kubernaut.services.context_api.resources import ResourceContextReader
+from tests.fixtures.cluster import create_deployment, eventually, kube_api
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+MANAGED = {MANAGED_LABEL: "true"}
+Settled = Callable[[context_api_pb2.ResourceContext], bool]
+
+
+@pytest.fixture(scope="module")
+async def reader(
+    kube: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ResourceContextReader]:
+    """A ResourceContextReader (uncached) with context_api's own identity: a ServiceAccount
+    bound to exactly `rbac.policy_rules()` (a role of this module's, so that no other
+    test's role is replaced)."""
+    suffix = uuid.uuid4().hex[:8]
+    namespace = f"ctx-identity-{suffix}"
+    identity = Identity(rbac.SERVICE_ACCOUNT, f"{rbac.ROLE_NAME}-{suffix}", rbac.policy_rules())
+    await kube_api(kube, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    for collection, _, body in manifests(identity, namespace):
+        await kube_api(kube, "POST", collection, body)
+    token = await kube_api(
+        kube,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{identity.account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+    )
+    kubeconfig = write_token_kubeconfig(
+        Path(tmp_path_factory.mktemp("context-api")) / "kubeconfig",
+        kube.info.apiserver_url,
+        kube.info.ca_file,
+        identity.account,
+        token["status"]["token"],
+    )
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    api = client.ApiClient(configuration)
+    try:
+        yield ResourceContextReader(api, ttl=0.0, timeout=20.0)
+    finally:
+        await api.close()
+        rbac_api = "/apis/rbac.authorization.k8s.io/v1"
+        for path in (
+            f"{rbac_api}/clusterrolebindings/{identity.role}",
+            f"{rbac_api}/clusterroles/{identity.role}",
+            f"/api/v1/namespaces/{namespace}",
+        ):
+            await kube_api(kube, "DELETE", path)
+
+
+async def settled(
+    reader: ResourceContextReader, subject: alert_pb2.ResourceRef, ready: Settled, what: str
+) -> context_api_pb2.ResourceContext:
+    async def read() -> context_api_pb2.ResourceContext | None:
+        found = await reader.context(subject)
+        return found if ready(found) else None
+
+    return await eventually(read, what, timeout=90)
+
+
+def firing(name: str, **labels: str) -> alert_pb2.Alert:
+    started = Timestamp()
+    started.GetCurrentTime()
+    return alert_pb2.Alert(
+        name=name,
+        status=alert_pb2.ALERT_STATUS_FIRING,
+        labels={"severity": "warning", **labels},
+        starts_at=started,
+        source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
+    )
+
+
+def hpa_body(name: str, target: str, *, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "labels": MANAGED},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 50},
+                    },
+                }
+            ],
+        },
+    }
+
+
+async def test_an_autoscaler_at_its_max_is_read_and_given_more_room(
+    kube: LocalCluster, reader: ResourceContextReader
+) -> None:
+    namespace = f"ctx-hpa-{uuid.uuid4().hex[:8]}"
+    await create_deployment(kube, namespace, "web", replicas=3)
+    hpas = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
+    await kube_api(kube, "POST", hpas, hpa_body("web", "web", min_replicas=1, max_replicas=3))
+    await kube_api(kube, "POST", hpas, hpa_body("orphan", "nope", min_replicas=1, max_replicas=3))
+
+    alert = firing("KubeHpaMaxedOut", namespace=namespace, horizontalpodautoscaler="web")
+    subject = subject_of(alert)
+    assert subject == alert_pb2.ResourceRef(
+        namespace=namespace, kind="HorizontalPodAutoscaler", name="web"
+    )
+    # The autoscaler controller records the Deployment's 3 replicas in its status (it
+    # cannot read CPU metrics here, which changes nothing about its bounds).
+    evidence = await settled(
+        reader, subject, lambda c: c.hpa.current_replicas == 3, "the autoscaler's status"
+    )
+    hpa = evidence.hpa
+    assert (hpa.min_replicas, hpa.max_replicas, hpa.current_replicas) == (1, 3, 3)
+    assert (hpa.target_api_version, hpa.target_kind, hpa.target_name) == (
+        "apps/v1",
+        "Deployment",
+        "web",
+    )
+    assert hpa.target_found and hpa.at_max
+    assert evidence.workload == subject  # so the evidence travels with the incident
+    assert evidence.managed
+    assert evidence.managed_reason.startswith(f"HorizontalPodAutoscaler {namespace}/web")
+    assert not evidence.HasField("pvc") and not evidence.HasField("rollout")
+
+    analysis = analyze(alert, subject, None, RulesSettings(), evidence)
+    assert analysis.decision == remediation_pb2.DECISION_REMEDIATE, analysis.reasons
+    assert analysis.recommendation.action.update_hpa.max_replicas == 5  # 3 x 1.5, rounded up
+    assert analysis.recommendation.target == subject
+
+    orphan = alert_pb2.ResourceRef(
+        namespace=namespace, kind="HorizontalPodAutoscaler", name="orphan"
+    )
+    unscaled = await reader.context(orphan)
+    assert unscaled.hpa.target_name == "nope" and not unscaled.hpa.target_found
+    declined = analyze(
+        firing("KubeHpaMaxedOut", namespace=namespace, horizontalpodautoscaler="orphan"),
+        orphan,
+        None,
+        RulesSettings(),
+        unscaled,
+    )
+    assert declined.decision == remediation_pb2.DECISION_NO_ACTION
+    assert "does not exist" in declined.reasons[0]
+
+
+async def storage(
+    kube: LocalCluster, namespace: str, name: str, *, expandable: bool, cleanup: list[str]
+) -> alert_pb2.ResourceRef:
+    """A StorageClass (expansion allowed or not), a 10Gi PersistentVolume and a claim
+    `name` bound to it (both named for each other: no provisioner is needed)."""
+    storage_class = f"{namespace}-{name}"
+    await kube_api(
+        kube,
+        "POST",
+        "/apis/storage.k8s.io/v1/storageclasses",
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": storage_class},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "allowVolumeExpansion": expandable,
+        },
+    )
+    cleanup.append(f"/apis/storage.k8s.io/v1/storageclasses/{storage_class}")
+    await kube_api(
+        kube,
+        "POST",
+        "/api/v1/persistentvolumes",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": storage_class},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "hostPath": {"path": f"/tmp/{storage_class}"},
+                "claimRef": {"namespace": namespace, "name": name},
+            },
+        },
+    )
+    cleanup.append(f"/api/v1/persistentvolumes/{storage_class}")
+    await kube_api(
+        kube,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "volumeName": storage_class,
+                "resources": {"requests": {"storage": "10Gi"}},
+            },
+        },
+    )
+    return alert_pb2.ResourceRef(namespace=namespace, kind="PersistentVolumeClaim", name=name)
+
+
+async def test_a_filling_claim_grows_only_where_its_storage_class_allows(
+    kube: LocalCluster, reader: ResourceContextReader
+) -> None:
+    namespace = f"ctx-pvc-{uuid.uuid4().hex[:8]}"
+    await kube_api(
+        kube, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace, "labels": MANAGED}}
+    )
+    cleanup: list[str] = []
+    try:
+        grows = await storage(kube, namespace, "grows", expandable=True, cleanup=cleanup)
+        fixed = await storage(kube, namespace, "fixed", expandable=False, cleanup=cleanup)
+        settings = RulesSettings()
+        for claim, allowed in ((grows, True), (fixed, False)):
+            alert = firing(
+                "KubePersistentVolumeFillingUp",
+                namespace=namespace,
+                persistentvolumeclaim=claim.name,
+            )
+            assert subject_of(alert) == claim
+            evidence = await settled(
+                reader, claim, lambda c: c.pvc.phase == "Bound", f"claim {claim.name} bound"
+            )
+            pvc = evidence.pvc
+            assert (pvc.requested, pvc.capacity) == ("10Gi", "10Gi")
+            assert pvc.storage_class == f"{namespace}-{claim.name}"
+            assert pvc.expansion_allowed is allowed
+            assert not pvc.resize_condition
+            assert evidence.workload == claim
+            assert evidence.managed and "its namespace carries" in evidence.managed_reason
+
+            analysis = analyze(alert, claim, None, settings, evidence)
+            if allowed:
+                assert analysis.decision == remediation_pb2.DECISION_REMEDIATE, analysis.reasons
+                assert analysis.recommendation.action.expand_pvc.size == "15Gi"
+                assert analysis.recommendation.target == claim
+            else:
+                assert analysis.decision == remediation_pb2.DECISION_NO_ACTION
+                assert "does not allow volume expansion" in analysis.reasons[0]
+    finally:
+        for path in reversed(cleanup):
+            await kube_api(kube, "DELETE", path)
+
+
+async def test_the_served_context_api_describes_both_kinds(
+    kube: LocalCluster, runtime_settings: RuntimeSettings, cluster_context_api: str
+) -> None:
+    """Over gRPC, as the alert processor and ai_analysis call it: HPAs and PVCs are kinds
+    it reads now (they were INVALID_ARGUMENT), and one that is gone is NOT_FOUND."""
+    namespace = f"ctx-served-{uuid.uuid4().hex[:8]}"
+    await create_deployment(kube, namespace, "web", replicas=1)
+    hpas = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
+    await kube_api(kube, "POST", hpas, hpa_body("web", "web", min_replicas=1, max_replicas=2))
+    clients = Clients(
+        runtime_settings,
+        ServiceName.ALERT_PROCESSOR.account,
+        addresses={ServiceName.CONTEXT_API: cluster_context_api},
+    )
+    try:
+        stub = clients.stub(ContextAPIServiceStub)
+        ref = alert_pb2.ResourceRef(namespace=namespace, kind="HorizontalPodAutoscaler", name="web")
+        found = await stub.GetResourceContext(
+            context_api_pb2.GetResourceContextRequest(resource=ref)
+        )
+        assert found.context.workload == ref
+        assert found.context.hpa.max_replicas == 2 and found.context.hpa.target_found
+        gone = alert_pb2.ResourceRef(namespace=namespace, kind="PersistentVolumeClaim", name="x")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.GetResourceContext(context_api_pb2.GetResourceContextRequest(resource=gone))
+        assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        await clients.close()
