@@ -5,6 +5,8 @@
 #   - Prometheus and AlertManager (Debian packages),
 #   - kube-apiserver, etcd, controller-manager, scheduler, KWOK and kube-state-metrics,
 #     built from their Go modules by scripts/build-k8s.sh,
+#   - Helm (built from its Go module) and the CRDs the chart is checked against (Istio,
+#     prometheus-operator, cert-manager, CloudNativePG, from theirs), by scripts/build-helm.sh,
 #   - the dev stack's local model: llama-cpp-python built from its sdist into its own
 #     virtualenv, and SmolLM2-135M's GGUF file, by scripts/build-llama.sh,
 # cached under the state directory keyed by version, so a warm run takes seconds.
@@ -61,6 +63,9 @@ ln -sfn "$TOOLS/grpcurl-$GRPCURL_VERSION/grpcurl" "$BIN/grpcurl"
 
 step "Kubernetes control plane, KWOK, kube-state-metrics (built from Go modules; ~6 min cold)"
 bash scripts/build-k8s.sh
+
+step "Helm and the chart's CRDs (built and taken from Go modules; ~5 min cold)"
+bash scripts/build-helm.sh
 
 step "local model: llama-cpp-python server and SmolLM2-135M (built from the sdist; ~8 min cold)"
 bash scripts/build-llama.sh

@@ -3,7 +3,7 @@ the CRDs of Istio, prometheus-operator, cert-manager and CloudNativePG taken fro
 (scripts/build-helm.sh, pinned in tools/helm/), applied to the local control plane by
 `kubernaut.devstack.crds`.
 
-Helm builds in the module fixture when it is missing (~3 minutes cold, well under a second
+Helm builds in the module fixture when it is missing (~5 minutes cold, well under a second
 when built); the cluster is the session's (tests/fixtures/cluster.py).
 """
 
@@ -71,7 +71,7 @@ class Helm:
 
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    return Helm(build_helm(timeout=1500) / "helm", tmp_path_factory.mktemp("helm-home"))
+    return Helm(build_helm(timeout=1100) / "helm", tmp_path_factory.mktemp("helm-home"))
 
 
 # -- Helm ----------------------------------------------------------------------------------
