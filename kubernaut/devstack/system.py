@@ -81,8 +81,11 @@ def service_env(
             # disagrees with the rules often, and the demo must run unattended. The guard's
             # verdict is still on the record; every other namespace waits for a person.
             "KUBERNAUT_AI_UNGUARDED_NAMESPACES": json.dumps(list(SAMPLE_APP_NAMESPACES)),
-            "KUBERNAUT_AI_PROMETHEUS_URL": info.url("prometheus"),
         }
+        if "prometheus" in info.components:
+            per_service[ServiceName.AI_ANALYSIS]["KUBERNAUT_AI_PROMETHEUS_URL"] = info.url(
+                "prometheus"
+            )
     return common, per_service
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kubernaut.devstack.kube import default_bin_dir
+from kubernaut.devstack.model import LlamaBuild
 from kubernaut.runtime.names import ServiceName
 from tests.fixtures.kubernaut import free_port, free_port_base
 
@@ -18,9 +19,15 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
+    # The demo's own state, but the local model `make setup` built (as the k8s binaries).
+    built = LlamaBuild.default()
+    state = tmp_path / "state"
+    (state / "llama").mkdir(parents=True)
+    (state / "llama" / "current").symlink_to(built.python.parents[2])
+    (state / "models").symlink_to(built.model.parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
     env |= {
-        "KUBERNAUT_STATE_DIR": str(tmp_path / "state"),
+        "KUBERNAUT_STATE_DIR": str(state),
         "KUBERNAUT_PORT_BASE": str(free_port_base()),
         "KUBERNAUT_HTTP_PORT": str(free_port()),
         "KUBERNAUT_K8S_BIN_DIR": str(default_bin_dir()),
@@ -43,6 +50,7 @@ async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
     for expected in (
         "Prometheus: KubePodCrashLooping firing",
         "alert received from AlertManager: incident opened",
+        "model local",
         "ai_analysis decided: rollback_deployment",
         "executor recorded rollback_deployment: ACTION_OUTCOME_SUCCEEDED",
         "recovered:",

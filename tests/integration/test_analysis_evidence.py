@@ -38,6 +38,8 @@ async def deploy(
         namespace,
         "web",
         replicas=replicas,
+        # Opted in: a workload that is not Kubernaut's to change is declined up front.
+        namespace_labels={"kubernaut.ai/managed": "true"},
         pod_spec=pod_spec,
         pod_annotations=pod_annotations,
     )

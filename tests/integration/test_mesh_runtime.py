@@ -136,7 +136,6 @@ async def test_the_table_has_the_spec_edges_and_denies_most_pairs() -> None:
         (ServiceName.ALERT_PROCESSOR, ServiceName.AI_ANALYSIS),
         (ServiceName.WORKFLOW, ServiceName.EXECUTOR),
         (ServiceName.EXECUTOR, ServiceName.STORAGE),
-        (ServiceName.CONTEXT_API, ServiceName.NOTIFICATION),
     }
     assert spec_rows <= pairs
     distinct = {(a, b) for a in ServiceName for b in ServiceName if a != b}
