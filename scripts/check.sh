@@ -9,9 +9,9 @@ echo "==> generated code matches the protos"
 # Compare the tree before and after regenerating, whatever git's index holds.
 before=$(mktemp -d)
 trap 'rm -rf "$before"' EXIT
-cp -r gen third_party istio docs "$before/"
+cp -r gen third_party istio docs helm "$before/"
 bash scripts/generate.sh
-for dir in gen third_party istio docs; do
+for dir in gen third_party istio docs helm; do
   if ! diff -r "$before/$dir" "$dir" >/dev/null; then
     { diff -r "$before/$dir" "$dir" || true; } | head -20
     echo "generated code in $dir/ drifted from its sources: run 'make generate' and commit" >&2

@@ -11,6 +11,8 @@ export PATH="$PWD/.venv/bin:$STATE/bin:$PATH"
 buf generate
 # The mesh's AuthorizationPolicies come from the same call table as runtime authz.
 kubernaut render istio > istio/kubernaut-authz.yaml
+# The Helm chart's components, allowed callers and ClusterRoles, from the same sources.
+kubernaut render chart > helm/kubernaut/generated/components.yaml
 # The docs' table of remediation actions comes from the executor's catalogue.
 kubernaut render actions > docs/actions.md
 # The settings reference comes from the settings classes and the comments on their fields.

@@ -190,6 +190,13 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_chart(args: argparse.Namespace) -> int:
+    from kubernaut.cli.render_chart import render
+
+    sys.stdout.write(render())
+    return 0
+
+
 def cmd_render_actions(args: argparse.Namespace) -> int:
     from kubernaut.services.executor.docs import render_catalogue
 
@@ -314,6 +321,11 @@ def parser() -> argparse.ArgumentParser:
     istio.add_argument("--namespace", default="kubernaut")
     istio.add_argument("--trust-domain", default="cluster.local")
     istio.set_defaults(func=cmd_render_istio)
+    chart = render_commands.add_parser(
+        "chart",
+        help="the Helm chart's generated part (helm/kubernaut/generated/components.yaml)",
+    )
+    chart.set_defaults(func=cmd_render_chart)
     actions = render_commands.add_parser("actions", help="the action catalogue as Markdown")
     actions.set_defaults(func=cmd_render_actions)
     settings = render_commands.add_parser(

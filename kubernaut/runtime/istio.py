@@ -1,9 +1,12 @@
 """Istio objects rendered from the call table, so that the mesh enforces the same edges
 as the authorization interceptor (defence in depth, and the only check in `mesh` mode
-besides ours)."""
+besides ours). `kubernaut render istio` writes them for `kubectl apply`; the Helm chart
+renders the same policies from `allowed_callers` and `selector_labels`
+(kubernaut/cli/render_chart.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -17,8 +20,29 @@ HEADER = (
     "# Deny everything in the namespace, then allow exactly the call table's edges.\n"
 )
 
+# The labels a policy selects a service's pods by; the Helm chart sets them on every pod.
+# Both, so that another application's `component: gateway` in the namespace is not chosen.
+APP_NAME = "kubernaut"
 
-def _principal(trust_domain: str, namespace: str, account: str) -> str:
+# Probes and load balancers may always ask for health.
+HEALTH_PATHS = [f"/{edges.HEALTH_SERVICE}/*"]
+# Any identity of the namespace may list and describe the API.
+REFLECTION_PATHS = [f"/{name}/*" for name in sorted(edges.REFLECTION_SERVICES)]
+
+
+@dataclass(frozen=True)
+class AllowedCaller:
+    """One identity and the exact gRPC paths of one service it may call."""
+
+    account: str
+    paths: list[str]
+
+
+def selector_labels(account: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": account}
+
+
+def principal(trust_domain: str, namespace: str, account: str) -> str:
     return f"{trust_domain}/ns/{namespace}/sa/{account}"
 
 
@@ -29,6 +53,36 @@ def _allowed_paths(account: str, callee: ServiceName) -> list[str]:
         for method in proto.method_names
         if edges.is_allowed(account, callee, method)
     ]
+
+
+def allowed_callers(callee: ServiceName) -> list[AllowedCaller]:
+    """Every identity the call table lets call `callee`, in a fixed order (the services'
+    accounts, then operators, then the HTTP edge), with the paths it may call."""
+    callers = [service.account for service in ServiceName] + [OPERATOR_ACCOUNT, EDGE_ACCOUNT]
+    found = [AllowedCaller(caller, _allowed_paths(caller, callee)) for caller in callers]
+    return [caller for caller in found if caller.paths]
+
+
+def allow_rules(callee: ServiceName, namespace: str, trust_domain: str) -> list[dict[str, Any]]:
+    """The rules of `callee`'s ALLOW policy: health from anyone, reflection from the
+    namespace, then each allowed caller's paths."""
+    rules: list[dict[str, Any]] = [
+        {"to": [{"operation": {"paths": list(HEALTH_PATHS)}}]},
+        {
+            "from": [{"source": {"principals": [principal(trust_domain, namespace, "*")]}}],
+            "to": [{"operation": {"paths": list(REFLECTION_PATHS)}}],
+        },
+    ]
+    for caller in allowed_callers(callee):
+        rules.append(
+            {
+                "from": [
+                    {"source": {"principals": [principal(trust_domain, namespace, caller.account)]}}
+                ],
+                "to": [{"operation": {"paths": list(caller.paths)}}],
+            }
+        )
+    return rules
 
 
 def render(namespace: str = "kubernaut", trust_domain: str = "cluster.local") -> str:
@@ -47,42 +101,16 @@ def render(namespace: str = "kubernaut", trust_domain: str = "cluster.local") ->
             "spec": {},
         },
     ]
-    callers = [service.account for service in ServiceName] + [OPERATOR_ACCOUNT, EDGE_ACCOUNT]
     for callee in ServiceName:
-        rules: list[dict[str, Any]] = [
-            # Probes and load balancers may always ask for health.
-            {"to": [{"operation": {"paths": [f"/{edges.HEALTH_SERVICE}/*"]}}]},
-            # Any identity of the namespace may list and describe the API.
-            {
-                "from": [{"source": {"principals": [_principal(trust_domain, namespace, "*")]}}],
-                "to": [
-                    {
-                        "operation": {
-                            "paths": [f"/{name}/*" for name in sorted(edges.REFLECTION_SERVICES)]
-                        }
-                    }
-                ],
-            },
-        ]
-        for caller in callers:
-            paths = _allowed_paths(caller, callee)
-            if paths:
-                principal = _principal(trust_domain, namespace, caller)
-                rules.append(
-                    {
-                        "from": [{"source": {"principals": [principal]}}],
-                        "to": [{"operation": {"paths": paths}}],
-                    }
-                )
         documents.append(
             {
                 "apiVersion": "security.istio.io/v1",
                 "kind": "AuthorizationPolicy",
                 "metadata": {"name": f"kubernaut-{callee.account}", "namespace": namespace},
                 "spec": {
-                    "selector": {"matchLabels": {"app.kubernetes.io/component": callee.account}},
+                    "selector": {"matchLabels": selector_labels(callee.account)},
                     "action": "ALLOW",
-                    "rules": rules,
+                    "rules": allow_rules(callee, namespace, trust_domain),
                 },
             }
         )
