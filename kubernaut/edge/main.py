@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Any
 
 import uvicorn
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
@@ -20,6 +21,20 @@ from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
 from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
 
 log = logging.getLogger("kubernaut.edge")
+
+
+def server_config(app: Any, edge: EdgeSettings) -> uvicorn.Config:
+    """uvicorn's configuration for the edge: its address, and TLS when it has a
+    certificate (KUBERNAUT_HTTP_TLS_CERT_FILE and _KEY_FILE)."""
+    return uvicorn.Config(
+        app,
+        host=edge.host,
+        port=edge.port,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=edge.tls_cert_file,
+        ssl_keyfile=edge.tls_key_file,
+    )
 
 
 async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
@@ -48,9 +63,7 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         rate_limiter=edge.rate_limiter(),
         max_concurrent=edge.max_concurrent,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=edge.host, port=edge.port, log_config=None, access_log=False)
-    )
+    server = uvicorn.Server(server_config(app, edge))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
     # handler that was there before it; a no-op one lets the edge exit 0 like the services.
     for signum in (signal.SIGTERM, signal.SIGINT):

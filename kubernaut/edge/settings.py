@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubernaut.edge.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT
@@ -46,6 +46,19 @@ class EdgeSettings(BaseSettings):
     # Where /metrics is served (not on the webhook port: that one faces the senders).
     # Unset: KUBERNAUT_PORT_BASE + 100 + 10, after the ten services'. 0: any free port.
     metrics_port: int | None = None
+    # The edge speaks TLS itself with this certificate (PEM, its chain after it) and key,
+    # for installs with neither a mesh nor an ingress in front of it. Both or neither.
+    tls_cert_file: Path | None = None
+    # The private key of that certificate (PEM).
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> EdgeSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "KUBERNAUT_HTTP_TLS_CERT_FILE and KUBERNAUT_HTTP_TLS_KEY_FILE go together"
+            )
+        return self
 
     @field_validator("tokens", mode="before")
     @classmethod
