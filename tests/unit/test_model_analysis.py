@@ -607,3 +607,12 @@ def test_a_models_volume_growth_needs_an_expandable_class_and_stays_within_twice
         return
     with pytest.raises(contract.ContractViolation, match=verdict):
         contract.validate(answer, offers, pvc, "m")
+
+
+async def test_malformed_answers_do_not_open_the_circuit() -> None:
+    garbled = ScriptedModel("local", [ProviderError("the answer is not JSON", retryable=False)] * 3)
+    analyst = _analyst(garbled, breaker_failures=2)
+    for _ in range(3):
+        analysis = await analyst.analyse(INCIDENT, _rules(), CATALOGUE)
+        assert "the answer is not JSON" in analysis.reasoning.fallback_reason
+    assert len(garbled.sent) == 3  # asked every time: the model answered, badly

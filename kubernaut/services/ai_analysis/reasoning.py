@@ -227,7 +227,8 @@ class ModelAnalyst:
                             ps, provider, trace, incident, rules, offers, tools
                         )
                     except ProviderError as error:
-                        breaker.failed()
+                        if error.retryable:  # an outage; a malformed answer is the model's
+                            breaker.failed()
                         errors.append(f"{ps.name}: {error}")
                         continue
                     except contract.ContractViolation as error:

@@ -28,17 +28,9 @@ from kubernaut.services.ai_analysis.history import HistoryUnavailable
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.ai_analysis.settings import AnalysisSettings
 from kubernaut.services.context_api.client import resource_context
+from kubernaut.services.incidents import FINAL_STATUSES
 
 log = logging.getLogger(__name__)
-
-CLOSED = frozenset(
-    {
-        storage_pb2.INCIDENT_STATUS_NO_ACTION,
-        storage_pb2.INCIDENT_STATUS_REMEDIATED,
-        storage_pb2.INCIDENT_STATUS_FAILED,
-        storage_pb2.INCIDENT_STATUS_RESOLVED,
-    }
-)
 
 
 class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
@@ -181,7 +173,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         incident = request.incident
         if incident.alert.status != alert_pb2.ALERT_STATUS_FIRING:
             await abort_invalid(context, "incident.alert.status", "only firing alerts are analysed")
-        if incident.status in CLOSED or incident.HasField("alert_resolved_at"):
+        if incident.status in FINAL_STATUSES or incident.HasField("alert_resolved_at"):
             # A fix decided now would act on a problem that is over.
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -31,6 +31,7 @@ from kubernaut.runtime.migrations import AppliedMigration as AppliedMigration
 from kubernaut.runtime.migrations import MigrationError as MigrationError
 from kubernaut.runtime.migrations import applied_migrations
 from kubernaut.runtime.migrations import load_migrations as load_migrations
+from kubernaut.services.incidents import FINAL_STATUSES
 from kubernaut.services.storage import quiet_period
 from kubernaut.services.storage.embeddings import Embedder, describe_incident, embedder_for
 
@@ -43,16 +44,6 @@ DEFAULT_SIMILAR_LIMIT: Final = 5
 MAX_SIMILAR_LIMIT: Final = 50
 MAX_AFFECTED_RESOURCES: Final = 1000
 
-# An incident in one of these is closed: it has closed_at, and the next alert with its
-# fingerprint opens a new incident.
-FINAL_STATUSES: Final = frozenset(
-    {
-        storage_pb2.INCIDENT_STATUS_NO_ACTION,
-        storage_pb2.INCIDENT_STATUS_REMEDIATED,
-        storage_pb2.INCIDENT_STATUS_FAILED,
-        storage_pb2.INCIDENT_STATUS_RESOLVED,
-    }
-)
 
 # Page token: version, the last row's time in µs since the epoch and its id, and a digest of
 # the filter so a token cannot be replayed against another filter (or another listing).
