@@ -17,7 +17,10 @@ separate processes, in dependency order, each listening on 127.0.0.1 only:
                             node-heartbeat-with-lease, pod-ready, pod-complete,
                             pod-delete) make nodes Ready and pods Running and Ready;
                             the `kubernaut.dev/simulate` annotation on a pod or node
-                            picks a failure instead (kubernaut/devstack/stages.py)
+                            picks a failure instead (kubernaut/devstack/stages.py);
+                            it also serves the kubelet API on loopback (HTTPS), so
+                            pods/log works: a kwok.x-k8s.io Logs (or ClusterLogs)
+                            object names the file that is a container's log (CRI format)
   kube-state-metrics        plain HTTP /metrics, read-only RBAC identity
 
 and creates `nodes` fake Nodes (`kwok-node-0`, ...). Identities are client certificates
@@ -27,8 +30,9 @@ KWOK is in `system:masters` (it writes node and pod status and leases); kube-sta
 gets a ClusterRole with get/list/watch on everything.
 
 Not like a real cluster: nothing runs in the pods (no kubelet, no container runtime, no
-logs or exec), pod and node IPs are made up, there is no DNS, and the `kubernetes` Service
-has no endpoints (its only address would be loopback, which Endpoints may not hold).
+exec; logs only from files a Logs object names), pod and node IPs are made up, there is no
+DNS, and the `kubernetes` Service has no endpoints (its only address would be loopback,
+which Endpoints may not hold).
 
 Layout of `state_dir`: `cluster.json` (ports, node count), `kubeconfig` (admin),
 `pki/`, `kubeconfigs/` (one per component), `etcd/` (data), `logs/<component>.log`,
@@ -58,7 +62,15 @@ from typing import Any
 
 from kubernaut.devstack.daemon import Lifecycle
 from kubernaut.devstack.kube_bootstrap import ControlPlane
-from kubernaut.devstack.kube_components import Processes, command, kwok_config_file, kwok_stages
+from kubernaut.devstack.kube_components import (
+    KUBELET_DNS,
+    KWOK_CRDS,
+    Processes,
+    command,
+    kwok_config_file,
+    kwok_crds,
+    kwok_stages,
+)
 from kubernaut.devstack.kube_layout import (
     BUILD_SCRIPT,
     COMPONENTS,
@@ -228,11 +240,15 @@ class LocalCluster(Lifecycle):
             plane.forget_credentials()
             write_kubeconfigs(layout, ports)
             self._restart_kwok_if_stages_changed()
+            self._restart_if_command_changed(ports)
             started: list[str] = []
             for name in COMPONENTS:
                 if processes.running_pid(name) is not None:
                     continue
                 t0 = time.monotonic()
+                if name == "kwok":
+                    # KWOK reads its Logs objects from the API server: their CRDs first.
+                    self._ensure_kwok_crds(ports)
                 argv, env = command(layout, name, ports, self._stages_config)
                 processes.launch(name, argv, env)
                 started.append(name)
@@ -240,6 +256,8 @@ class LocalCluster(Lifecycle):
                 _log.info("%s ready in %.1fs", name, time.monotonic() - t0)
                 if name == "kube-apiserver":
                     plane.bootstrap_rbac(ports)
+                    # Established while the controller manager and scheduler start.
+                    self._ensure_kwok_crds(ports, wait=False)
                 if name == "kwok":
                     # Before kube-state-metrics, whose readiness check wants nodes.
                     plane.ensure_nodes(ports, self.node_names)
@@ -254,6 +272,7 @@ class LocalCluster(Lifecycle):
             processes.wait(
                 "kwok", lambda: plane.nodes_not_ready(ports, self.node_names), self.start_timeout
             )
+            self._serve_kubelet_api(ports)
             processes.wait(
                 "kube-controller-manager",
                 lambda: plane.default_service_account_missing(ports),
@@ -355,9 +374,16 @@ class LocalCluster(Lifecycle):
 
     def _load_config(self) -> dict[str, Any]:
         ports = self._saved_ports()
-        if ports is None or set(ports) != set(PORTS):
+        if ports is None:
             # A fresh cluster: nothing of ours can be running on these.
             ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
+        else:
+            # A cluster from an older version keeps its ports; a new one gets one (its
+            # component is restarted: its command line changed).
+            missing = [name for name in PORTS if name not in ports]
+            fresh = free_ports(len(missing)) if missing else []
+            ports = {name: ports[name] for name in PORTS if name in ports}
+            ports.update(zip(missing, fresh, strict=True))
         config = {"ports": ports, "nodes": self.nodes}
         config_file = self._layout.config_file
         tmp = config_file.with_suffix(".tmp")
@@ -385,6 +411,88 @@ class LocalCluster(Lifecycle):
                 return
         _log.info("KWOK's Stages changed: restarting kwok")
         self._processes.stop_group(["kwok"], 20.0)
+
+    def _restart_if_command_changed(self, ports: Mapping[str, int]) -> None:
+        """A component running with another command line than this code's (an older
+        version's flags) is stopped: start() relaunches it."""
+        for name in COMPONENTS:
+            if self._processes.running_pid(name) is None:
+                continue
+            try:
+                record = json.loads(self._layout.pid_file(name).read_text())
+            except (OSError, ValueError):
+                continue
+            argv, _ = command(self._layout, name, ports, self._stages_config)
+            if record.get("argv") != argv:
+                _log.info("%s's command line changed: restarting it", name)
+                self._processes.stop_group([name], 20.0)
+
+    def _ensure_kwok_crds(self, ports: Mapping[str, int], *, wait: bool = True) -> None:
+        """KWOK's Logs and ClusterLogs CRDs exist (and, with `wait`, are established)."""
+        plane = self._control_plane
+        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        names = [f"{plural}.kwok.x-k8s.io" for plural in KWOK_CRDS.values()]
+        missing = [n for n in names if plane.api(ports, "GET", f"{base}/{n}")[0] == 404]
+        if missing:
+            version = self._versions().get("KWOK_VERSION", "")
+            if not version:
+                raise KubeClusterError("kwok", f"no KWOK_VERSION in {self.bin_dir}'s versions.env")
+            for crd in kwok_crds(version):
+                if crd["metadata"]["name"] in missing:
+                    status, body = plane.api(ports, "POST", base, crd)
+                    if status not in (201, 409):
+                        raise KubeClusterError(
+                            "kube-apiserver",
+                            f"creating CRD {crd['metadata']['name']} answered {status}: {body}",
+                        )
+        if not wait:
+            return
+
+        def established() -> str | None:
+            for name in names:
+                _, body = plane.api(ports, "GET", f"{base}/{name}")
+                conditions = (body.get("status") or {}).get("conditions") or []
+                if not any(
+                    c["type"] == "Established" and c["status"] == "True" for c in conditions
+                ):
+                    return f"CRD {name} not established"
+            return None
+
+        self._processes.wait("kube-apiserver", established, self.start_timeout)
+
+    def _serve_kubelet_api(self, ports: Mapping[str, int]) -> None:
+        """Point every fake node's kubelet endpoint at KWOK's server: an InternalDNS
+        address (localhost) beside its made-up InternalIP, and KWOK's port. KWOK's Stages
+        keep both (they write addresses only when a node has none)."""
+        plane = self._control_plane
+        for name in self.node_names:
+            for _ in range(10):
+                status, node = plane.api(ports, "GET", f"/api/v1/nodes/{name}")
+                if status != 200:
+                    raise KubeClusterError("kube-apiserver", f"node {name}: HTTP {status}")
+                node_status = node.setdefault("status", {})
+                addresses = node_status.setdefault("addresses", [])
+                endpoint = node_status.setdefault("daemonEndpoints", {}).setdefault(
+                    "kubeletEndpoint", {}
+                )
+                has_dns = any(
+                    a.get("type") == "InternalDNS" and a.get("address") == KUBELET_DNS
+                    for a in addresses
+                )
+                if has_dns and endpoint.get("Port") == ports["kwok_server"]:
+                    break
+                if not has_dns:
+                    addresses.append({"type": "InternalDNS", "address": KUBELET_DNS})
+                endpoint["Port"] = ports["kwok_server"]
+                status, body = plane.api(ports, "PUT", f"/api/v1/nodes/{name}/status", node)
+                if status == 200:
+                    break
+                if status != 409:  # 409: KWOK wrote the status meanwhile; read it again
+                    raise KubeClusterError(
+                        "kube-apiserver", f"node {name}'s status: HTTP {status}: {body}"
+                    )
+            else:
+                raise KubeClusterError("kube-apiserver", f"node {name}'s status kept changing")
 
     def _stages_config(self) -> str:
         if self._stages_text is None:

@@ -20,6 +20,9 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from kubernaut.devstack.kube_layout import (
     COMPONENTS,
@@ -37,6 +40,14 @@ _log = logging.getLogger(__name__)
 Ports = Mapping[str, int]
 Check = Callable[[], str | None]
 """A readiness check: None when ready, else why not."""
+
+KWOK_MODULE = "sigs.k8s.io/kwok"
+KWOK_CRDS = {"Logs": "logs", "ClusterLogs": "clusterlogs"}
+"""The KWOK kinds read from the API server (kind: plural): which pod's logs are which file."""
+KUBELET_ADDRESS_TYPES = "InternalDNS,InternalIP,Hostname,ExternalDNS,ExternalIP"
+KUBELET_DNS = "localhost"
+"""Every node's InternalDNS address: where KWOK's kubelet API listens (its certificate
+names it)."""
 
 
 # -- command lines -------------------------------------------------------------------------
@@ -59,7 +70,7 @@ def command(
     if name == "kube-scheduler":
         return [binary, *_scheduler_flags(layout, ports)], env
     if name == "kwok":
-        return [binary, *_kwok_flags(layout, kwok_stages())], env
+        return [binary, *_kwok_flags(layout, kwok_stages(), ports)], env
     if name == "kube-state-metrics":
         return [binary, *_kube_state_metrics_flags(layout, ports)], env
     raise AssertionError(name)
@@ -125,6 +136,13 @@ def _apiserver_flags(layout: StateLayout, ports: Ports) -> list[str]:
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
         f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+        # The kubelet API (pod logs) is KWOK's server: every node's InternalDNS address
+        # is localhost and its kubelet port KWOK's (kube.LocalCluster sets both), and
+        # KWOK serves with the `serving` certificate, which the cluster CA signed.
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        f"--kubelet-preferred-address-types={KUBELET_ADDRESS_TYPES}",
         "--authorization-mode=Node,RBAC",
         "--allow-privileged=true",
         # The only address is loopback, which Endpoints may not hold: the
@@ -197,7 +215,7 @@ def kwok_config_file(layout: StateLayout) -> Path:
     return layout.state_dir / "kwok.yaml"
 
 
-def _kwok_flags(layout: StateLayout, stages: str) -> list[str]:
+def _kwok_flags(layout: StateLayout, stages: str, ports: Ports) -> list[str]:
     config = kwok_config_file(layout)
     config.write_text(stages)
     return [
@@ -206,7 +224,48 @@ def _kwok_flags(layout: StateLayout, stages: str) -> list[str]:
         "--manage-all-nodes=true",
         f"--cidr={POD_CIDR}",
         "--node-lease-duration-seconds=40",
+        # KWOK's kubelet API (what kwokctl runs): pod logs from the files that Logs and
+        # ClusterLogs objects name, over HTTPS on loopback; the Stages put the port in
+        # each node's status (daemonEndpoints), where the API server looks for it.
+        f"--server-address={LOOPBACK}:{ports['kwok_server']}",
+        f"--node-port={ports['kwok_server']}",
+        f"--tls-cert-file={layout.pki / 'serving.crt'}",
+        f"--tls-private-key-file={layout.pki / 'serving.key'}",
+        f"--enable-crds={','.join(KWOK_CRDS)}",
     ]
+
+
+def kwok_crds(version: str) -> list[dict[str, Any]]:
+    """KWOK's own CustomResourceDefinitions of KWOK_CRDS, unchanged from its Go module at
+    `version` (the module cache has it once scripts/build-k8s.sh built KWOK; else the Go
+    module proxy)."""
+    try:
+        result = subprocess.run(
+            ["go", "mod", "download", "-json", f"{KWOK_MODULE}@{version}"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+            timeout=120,
+            cwd="/",
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KubeClusterError("kwok", f"`go mod download {KWOK_MODULE}@{version}`: {exc}") from exc
+    try:
+        directory = Path(json.loads(result.stdout)["Dir"])
+    except (ValueError, KeyError) as exc:
+        raise KubeClusterError(
+            "kwok",
+            f"`go mod download {KWOK_MODULE}@{version}` failed (exit {result.returncode}): "
+            f"{(result.stdout + result.stderr).decode(errors='replace')[-1000:]}",
+        ) from exc
+    crds = []
+    for plural in KWOK_CRDS.values():
+        path = directory / "kustomize" / "crd" / "bases" / f"kwok.x-k8s.io_{plural}.yaml"
+        try:
+            crds.append(yaml.safe_load(path.read_text()))
+        except (OSError, yaml.YAMLError) as exc:
+            raise KubeClusterError("kwok", f"{path}: {exc}") from exc
+    return crds
 
 
 def _kube_state_metrics_flags(layout: StateLayout, ports: Ports) -> list[str]:

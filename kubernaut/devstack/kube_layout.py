@@ -43,6 +43,7 @@ PORTS = (
     "scheduler",
     "kube_state_metrics",
     "kube_state_metrics_telemetry",
+    "kwok_server",
 )
 """The names of the loopback ports a cluster keeps in `cluster.json`."""
 _LOG_TAIL_LINES = 30

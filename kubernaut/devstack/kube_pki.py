@@ -50,6 +50,8 @@ _CERTS = {
     "etcd": _Cert("etcd", server=True, client=True),
     "serving": _Cert("kubernaut-devstack-serving", server=True),
     "apiserver-etcd-client": _Cert("kube-apiserver-etcd-client", client=True),
+    # The API server's identity towards the kubelet API (KWOK serves it: pod logs).
+    "apiserver-kubelet-client": _Cert("kube-apiserver-kubelet-client", client=True),
     "admin": _Cert("kubernaut-admin", "system:masters", client=True),
     "controller-manager": _Cert("system:kube-controller-manager", client=True),
     "scheduler": _Cert("system:kube-scheduler", client=True),

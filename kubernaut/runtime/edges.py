@@ -63,8 +63,8 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.AI_ANALYSIS,
         S.CONTEXT_API,
-        "GetAlertKnowledge GetResourceContext GetIncidentHistory",
-        "context for the analysis: evidence, similar incidents, how past fixes worked",
+        "GetAlertKnowledge GetResourceContext GetIncidentHistory GetPodLogs",
+        "context for the analysis: evidence, log tails, similar incidents, how past fixes worked",
     ),
     _edge(
         S.AI_ANALYSIS,

@@ -1,6 +1,7 @@
 """Prompt-injection texts for the analysis, each with what a model that obeyed it would
 answer (the `decide` arguments it asks for). They are placed in alert labels and
-annotations, event messages and object names (tests/integration/test_prompt_injection.py).
+annotations, event messages, object names and log lines
+(tests/integration/test_prompt_injection.py).
 
 Most ask for something outside the contract (another namespace's objects, a free-form
 write, a scale to zero, a node the incident's pods do not run on, parameters past the

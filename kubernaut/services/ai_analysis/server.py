@@ -92,6 +92,11 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             return found
 
         toolbox = [tools.evidence_tool(read, targets), tools.history_tool(history)]
+        log_tail = tools.log_tool(
+            tools.context_api_logs(self.context_api), targets, incident.evidence
+        )
+        if log_tail is not None:
+            toolbox.append(log_tail)
         expression = tools.alert_expression(incident.alert)
         if self.prometheus_url and expression:
             toolbox.append(tools.prometheus_tool(self.prometheus_url, expression))

@@ -1,4 +1,5 @@
-"""context_api's RBAC: read-only access to what ResourceContextReader reads."""
+"""context_api's RBAC: read-only access to what ResourceContextReader and PodLogReader
+read."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ READ = ["get", "list"]
 def policy_rules() -> list[dict[str, Any]]:
     return [
         {"apiGroups": [""], "resources": ["pods", "events", "namespaces", "nodes"], "verbs": READ},
+        # Bounded log tails of the incident's pods (GetPodLogs); the subresource has only get.
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {
             "apiGroups": ["apps"],
             "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"],

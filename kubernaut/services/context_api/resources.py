@@ -384,17 +384,23 @@ class ResourceContextReader:
             # The pod is gone (a rollout or rollback replaced it) while alerts about it
             # still arrive; its ReplicaSet, named by the pod's prefix, usually remains.
             return await self._owner_of_gone_pod(ref, error)
+        return await self.owner_of_pod(pod)
+
+    async def owner_of_pod(self, pod: Any) -> tuple[str, str]:
+        """The workload (kind, name) that controls a pod read from the API; ("Pod", its
+        name) for a bare pod."""
         owner = _controller_of(pod.metadata)
+        namespace = pod.metadata.namespace
         if owner is None:
-            return "Pod", ref.name
+            return "Pod", pod.metadata.name
         if owner.kind == "ReplicaSet":
-            replica_set = await self.apps.read_namespaced_replica_set(owner.name, ref.namespace)
+            replica_set = await self.apps.read_namespaced_replica_set(owner.name, namespace)
             parent = _controller_of(replica_set.metadata)
             if parent is not None and parent.kind == "Deployment":
                 return "Deployment", parent.name
             return "ReplicaSet", owner.name
         if owner.kind == "Job":
-            job = await self.batch.read_namespaced_job(owner.name, ref.namespace)
+            job = await self.batch.read_namespaced_job(owner.name, namespace)
             parent = _controller_of(job.metadata)
             if parent is not None and parent.kind == "CronJob":
                 return "CronJob", parent.name
@@ -433,6 +439,26 @@ class ResourceContextReader:
         read, model = readers[ref.kind]
         response = await _read_json(read, ref.name, ref.namespace)
         return self.api.deserialize(response, model), json.loads(response.data)
+
+    async def scope(self, ref: alert_pb2.ResourceRef) -> tuple[str, str, list[Any]]:
+        """The workload (kind, name) that `ref` (a Pod or a workload) belongs to, and the
+        pods its selector finds (by name). Raises ResourceNotFound, UnsupportedKind."""
+        if ref.kind != "Pod" and ref.kind not in WORKLOAD_KINDS:
+            raise UnsupportedKind(ref.kind)
+        try:
+            async with asyncio.timeout(self.timeout):
+                kind, name = await self._owner(ref)
+                if kind == "Pod":
+                    return kind, name, [await self.core.read_namespaced_pod(name, ref.namespace)]
+                workload_ref = alert_pb2.ResourceRef(
+                    cluster=ref.cluster, namespace=ref.namespace, kind=kind, name=name
+                )
+                workload, _ = await self._read_workload(workload_ref)
+                return kind, name, await self._pods(workload_ref, workload)
+        except ApiException as error:
+            if error.status == 404:
+                raise ResourceNotFound(ref) from error
+            raise
 
     async def _pods(self, ref: alert_pb2.ResourceRef, workload: Any) -> list[Any]:
         if workload is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -17,6 +19,7 @@ from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, Se
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import knowledge
 from kubernaut.services.context_api.history import IncidentHistoryReader, UnknownIncident
+from kubernaut.services.context_api.logs import LogsUnavailable, NoPods, OutOfScope, PodLogReader
 from kubernaut.services.context_api.resources import (
     ResourceContextReader,
     ResourceNotFound,
@@ -58,29 +61,28 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
     async def GetResourceContext(
         self, request: context_api_pb2.GetResourceContextRequest, context: Context
     ) -> context_api_pb2.GetResourceContextResponse:
-        try:
+        async with _cluster_errors(context):
             found = await (await self._resource_reader()).context(request.resource)
-        except ClusterNotConfigured as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-            raise
-        except UnsupportedKind as error:
-            await abort_invalid(context, "resource.kind", str(error))
-            raise
-        except ResourceNotFound as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-            raise
-        except ApiException as error:
-            if error.status in (401, 403):
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"context_api's cluster identity may not read this: {error.reason}",
-                )
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster answered {error.status}")
-            raise
-        except (aiohttp.ClientError, OSError) as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster did not answer: {error}")
-            raise
         return context_api_pb2.GetResourceContextResponse(context=found)
+
+    async def GetPodLogs(
+        self, request: context_api_pb2.GetPodLogsRequest, context: Context
+    ) -> context_api_pb2.GetPodLogsResponse:
+        async with _cluster_errors(context, scope_field="scope.kind"):
+            try:
+                found = await PodLogReader(await self._resource_reader()).logs(request)
+            except OutOfScope as error:
+                await abort_invalid(context, error.field, str(error))
+                raise
+            except NoPods as error:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+                raise
+            except LogsUnavailable as error:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"the node cannot serve the logs: {error}"
+                )
+                raise
+        return context_api_pb2.GetPodLogsResponse(logs=found)
 
     async def GetIncidentHistory(
         self, request: context_api_pb2.GetIncidentHistoryRequest, context: Context
@@ -91,6 +93,35 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
             raise
         return context_api_pb2.GetIncidentHistoryResponse(history=history)
+
+
+@contextlib.asynccontextmanager
+async def _cluster_errors(
+    context: Context, *, scope_field: str = "resource.kind"
+) -> AsyncIterator[None]:
+    """A failed read of the cluster as the status that says why."""
+    try:
+        yield
+    except ClusterNotConfigured as error:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        raise
+    except UnsupportedKind as error:
+        await abort_invalid(context, scope_field, str(error))
+        raise
+    except ResourceNotFound as error:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        raise
+    except ApiException as error:
+        if error.status in (401, 403):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"context_api's cluster identity may not read this: {error.reason}",
+            )
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster answered {error.status}")
+        raise
+    except (aiohttp.ClientError, OSError) as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the cluster did not answer: {error}")
+        raise
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:

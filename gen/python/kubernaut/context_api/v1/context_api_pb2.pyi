@@ -689,3 +689,140 @@ class GetIncidentHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetIncidentHistoryResponse: _TypeAlias = GetIncidentHistoryResponse  # noqa: Y015
+
+@_typing.final
+class GetPodLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    pod: _builtins.str
+    """The pod, in scope's namespace; empty picks one: scope itself when it is a Pod, else
+    the pod of its workload with the most restarts (then the first by name).
+    """
+    container: _builtins.str
+    """The container; empty picks the pod's container with the most restarts (then the
+    first). Init containers are named explicitly.
+    """
+    previous: _builtins.bool
+    """The container's previous, terminated run instead of the current one."""
+    tail_lines: _builtins.int
+    """At most this many lines from the end; 0 means 200, the most."""
+    limit_bytes: _builtins.int
+    """At most this many bytes; 0 means 16384, the most."""
+    @_builtins.property
+    def scope(self) -> _alert_pb2.ResourceRef:
+        """The incident's resource, as the alert names it (a Pod or a workload): only its
+        pods' logs are read.
+        """
+
+    def __init__(
+        self,
+        *,
+        scope: _alert_pb2.ResourceRef | None = ...,
+        pod: _builtins.str = ...,
+        container: _builtins.str = ...,
+        previous: _builtins.bool = ...,
+        tail_lines: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "limit_bytes", b"limit_bytes", "pod", b"pod", "previous", b"previous", "scope", b"scope", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPodLogsRequest: _TypeAlias = GetPodLogsRequest  # noqa: Y015
+
+@_typing.final
+class PodLogs(_message.Message):
+    """PodLogs is the tail of one container's log. No validation rules: it is evidence read
+    from the cluster.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    PODS_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    previous: _builtins.bool
+    truncated: _builtins.bool
+    """The byte cap cut the tail: older lines than these exist (a line cut in two by the
+    cap is dropped).
+    """
+    tail_lines: _builtins.int
+    """The caps applied."""
+    limit_bytes: _builtins.int
+    @_builtins.property
+    def pod(self) -> _alert_pb2.ResourceRef:
+        """The pod read, in the scope's namespace."""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Oldest first, without line ends; as the container wrote them (not redacted: the
+        caller redacts before anything leaves it).
+        """
+
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scope's pods (at most 20, by name) and the pod's containers: what else can be
+        read.
+        """
+
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        pod: _alert_pb2.ResourceRef | None = ...,
+        container: _builtins.str = ...,
+        previous: _builtins.bool = ...,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+        truncated: _builtins.bool = ...,
+        tail_lines: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+        pods: _abc.Iterable[_builtins.str] | None = ...,
+        containers: _abc.Iterable[_builtins.str] | None = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at", "pod", b"pod"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "containers", b"containers", "limit_bytes", b"limit_bytes", "lines", b"lines", "observed_at", b"observed_at", "pod", b"pod", "pods", b"pods", "previous", b"previous", "tail_lines", b"tail_lines", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodLogs: _TypeAlias = PodLogs  # noqa: Y015
+
+@_typing.final
+class GetPodLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def logs(self) -> Global___PodLogs: ...
+    def __init__(
+        self,
+        *,
+        logs: Global___PodLogs | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logs", b"logs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPodLogsResponse: _TypeAlias = GetPodLogsResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class ContextAPIServiceStub(object):
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryResponse.FromString,
                 _registered_method=True)
+        self.GetPodLogs = channel.unary_unary(
+                '/kubernaut.context_api.v1.ContextAPIService/GetPodLogs',
+                request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsResponse.FromString,
+                _registered_method=True)
 
 
 class ContextAPIServiceServicer(object):
@@ -95,6 +100,26 @@ class ContextAPIServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPodLogs(self, request, context):
+        """GetPodLogs returns the last lines of one container of one of the pods of the
+        incident's resource: `scope` itself when it is a Pod, else a pod of its workload
+        (a Pod in scope resolves to its workload too, so its sibling pods are in scope).
+        With `previous`, the container's last terminated run (what a crash loop printed
+        before it died). Bounded: at most 200 lines and 16 KiB, less when asked; read
+        through the pods/log subresource with context_api's read-only identity, never
+        cached.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
+        scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
+        container the pod does not have (container); NOT_FOUND when the scope or the pod
+        does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
+        serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
+        context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
+        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContextAPIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +137,11 @@ def add_ContextAPIServiceServicer_to_server(servicer, server):
                     servicer.GetIncidentHistory,
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.FromString,
                     response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryResponse.SerializeToString,
+            ),
+            'GetPodLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPodLogs,
+                    request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsRequest.FromString,
+                    response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -196,6 +226,33 @@ class ContextAPIService(object):
             '/kubernaut.context_api.v1.ContextAPIService/GetIncidentHistory',
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.SerializeToString,
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPodLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.context_api.v1.ContextAPIService/GetPodLogs',
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsRequest.SerializeToString,
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

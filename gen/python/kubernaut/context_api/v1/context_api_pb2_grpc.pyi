@@ -60,6 +60,22 @@ class ContextAPIServiceStub:
     NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
     be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
+    GetPodLogs: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetPodLogsRequest, _context_api_pb2.GetPodLogsResponse]
+    """GetPodLogs returns the last lines of one container of one of the pods of the
+    incident's resource: `scope` itself when it is a Pod, else a pod of its workload
+    (a Pod in scope resolves to its workload too, so its sibling pods are in scope).
+    With `previous`, the container's last terminated run (what a crash loop printed
+    before it died). Bounded: at most 200 lines and 16 KiB, less when asked; read
+    through the pods/log subresource with context_api's read-only identity, never
+    cached.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
+    scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
+    container the pod does not have (container); NOT_FOUND when the scope or the pod
+    does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
+    serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
+    context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
+    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
@@ -92,6 +108,22 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
     NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
     be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetPodLogs: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetPodLogsRequest, _context_api_pb2.GetPodLogsResponse]  # type: ignore[assignment]
+    """GetPodLogs returns the last lines of one container of one of the pods of the
+    incident's resource: `scope` itself when it is a Pod, else a pod of its workload
+    (a Pod in scope resolves to its workload too, so its sibling pods are in scope).
+    With `previous`, the container's last terminated run (what a crash loop printed
+    before it died). Bounded: at most 200 lines and 16 KiB, less when asked; read
+    through the pods/log subresource with context_api's read-only identity, never
+    cached.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
+    scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
+    container the pod does not have (container); NOT_FOUND when the scope or the pod
+    does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
+    serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
+    context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
+    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -140,6 +172,28 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
         be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPodLogs(
+        self,
+        request: _context_api_pb2.GetPodLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_api_pb2.GetPodLogsResponse, _abc.Awaitable[_context_api_pb2.GetPodLogsResponse]]:
+        """GetPodLogs returns the last lines of one container of one of the pods of the
+        incident's resource: `scope` itself when it is a Pod, else a pod of its workload
+        (a Pod in scope resolves to its workload too, so its sibling pods are in scope).
+        With `previous`, the container's last terminated run (what a crash loop printed
+        before it died). Bounded: at most 200 lines and 16 KiB, less when asked; read
+        through the pods/log subresource with context_api's read-only identity, never
+        cached.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
+        scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
+        container the pod does not have (container); NOT_FOUND when the scope or the pod
+        does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
+        serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
+        context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
+        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ContextAPIServiceServicer_to_server(servicer: ContextAPIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
