@@ -12,8 +12,8 @@ trap 'rm -rf "$before"' EXIT
 cp -r gen third_party istio docs helm "$before/"
 bash scripts/generate.sh
 for dir in gen third_party istio docs helm; do
-  if ! diff -r "$before/$dir" "$dir" >/dev/null; then
-    { diff -r "$before/$dir" "$dir" || true; } | head -20
+  if ! diff -r -x __pycache__ "$before/$dir" "$dir" >/dev/null; then
+    { diff -r -x __pycache__ "$before/$dir" "$dir" || true; } | head -20
     echo "generated code in $dir/ drifted from its sources: run 'make generate' and commit" >&2
     exit 1
   fi

@@ -124,13 +124,16 @@ def issue_certificate(
         raise ValueError(f"{certs_dir / 'ca.key'} is not an EC private key")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    dns_names = [
-        "localhost",
-        account,
-        f"{account}.{namespace}",
-        f"{account}.{namespace}.svc",
-        f"{account}.{namespace}.svc.cluster.local",
-    ]
+    # In-cluster clients dial the chart's Service, kubernaut-<account>; the bare account
+    # names serve installs that name Services after the accounts.
+    dns_names = ["localhost"]
+    for host in (account, f"kubernaut-{account}"):
+        dns_names += [
+            host,
+            f"{host}.{namespace}",
+            f"{host}.{namespace}.svc",
+            f"{host}.{namespace}.svc.cluster.local",
+        ]
     san = x509.SubjectAlternativeName(
         [
             x509.UniformResourceIdentifier(spiffe_id(trust_domain, namespace, account)),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +18,6 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernetes_asyncio import client, config
 
-from kubernaut.devstack.identities import Identity, manifests, write_token_kubeconfig
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.kube import MANAGED_LABEL
@@ -27,9 +25,8 @@ from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.alerts import subject_of
-from kubernaut.services.context_api import rbac
 from kubernaut.services.context_api.resources import ResourceContextReader
-from tests.fixtures.cluster import create_deployment, eventually, kube_api
+from tests.fixtures.cluster import context_api_identity, create_deployment, eventually, kube_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -44,39 +41,16 @@ async def reader(
     """A ResourceContextReader (uncached) with context_api's own identity: a ServiceAccount
     bound to exactly `rbac.policy_rules()` (a role of this module's, so that no other
     test's role is replaced)."""
-    suffix = uuid.uuid4().hex[:8]
-    namespace = f"ctx-identity-{suffix}"
-    identity = Identity(rbac.SERVICE_ACCOUNT, f"{rbac.ROLE_NAME}-{suffix}", rbac.policy_rules())
-    await kube_api(kube, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    for collection, _, body in manifests(identity, namespace):
-        await kube_api(kube, "POST", collection, body)
-    token = await kube_api(
-        kube,
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{identity.account}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
-    )
-    kubeconfig = write_token_kubeconfig(
-        Path(tmp_path_factory.mktemp("context-api")) / "kubeconfig",
-        kube.info.apiserver_url,
-        kube.info.ca_file,
-        identity.account,
-        token["status"]["token"],
-    )
-    configuration = client.Configuration()
-    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    api = client.ApiClient(configuration)
-    try:
-        yield ResourceContextReader(api, ttl=0.0, timeout=20.0)
-    finally:
-        await api.close()
-        rbac_api = "/apis/rbac.authorization.k8s.io/v1"
-        for path in (
-            f"{rbac_api}/clusterrolebindings/{identity.role}",
-            f"{rbac_api}/clusterroles/{identity.role}",
-            f"/api/v1/namespaces/{namespace}",
-        ):
-            await kube_api(kube, "DELETE", path)
+    async with context_api_identity(kube, tmp_path_factory.mktemp("context-api")) as kubeconfig:
+        configuration = client.Configuration()
+        await config.load_kube_config(
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+        api = client.ApiClient(configuration)
+        try:
+            yield ResourceContextReader(api, ttl=0.0, timeout=20.0)
+        finally:
+            await api.close()
 
 
 async def settled(

@@ -17,16 +17,20 @@ from kubernaut.common.v1 import alert_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 
-from kubernaut.devstack.identities import Identity, manifests, write_token_kubeconfig
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.server import start_service
 from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.ai_analysis import contract, tools
-from kubernaut.services.context_api import rbac
 from kubernaut.services.context_api.logs import MAX_BYTES, MAX_LINES
-from tests.fixtures.cluster import create_deployment, deployment_body, eventually, kube_api
+from tests.fixtures.cluster import (
+    context_api_identity,
+    create_deployment,
+    deployment_body,
+    eventually,
+    kube_api,
+)
 from tests.fixtures.grpc_errors import field_violations
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -47,44 +51,20 @@ async def logs_context_api(
 ) -> AsyncIterator[str]:
     """A context_api server reading `kube` as a ServiceAccount bound to exactly
     context_api's ClusterRole rules (a role of this module's); its address."""
-    suffix = uuid.uuid4().hex[:8]
-    namespace = f"logs-identity-{suffix}"
-    identity = Identity(rbac.SERVICE_ACCOUNT, f"{rbac.ROLE_NAME}-{suffix}", rbac.policy_rules())
-    await kube_api(kube, "POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    for collection, _, body in manifests(identity, namespace):
-        await kube_api(kube, "POST", collection, body)
-    token = await kube_api(
-        kube,
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{identity.account}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
-    )
-    kubeconfig = write_token_kubeconfig(
-        Path(tmp_path_factory.mktemp("logs-context-api")) / "kubeconfig",
-        kube.info.apiserver_url,
-        kube.info.ca_file,
-        identity.account,
-        token["status"]["token"],
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KUBERNAUT_KUBE_KUBECONFIG", str(kubeconfig))
-        patch.setenv("KUBERNAUT_CONTEXT_CACHE_SECONDS", "0")
-        running = await start_service(
-            ServiceName.CONTEXT_API,
-            runtime_settings.model_copy(update={"grpc_port": 0}),
-            serve_metrics=False,
-        )
-    try:
-        yield running.address
-    finally:
-        await running.shutdown()
-        rbac_api = "/apis/rbac.authorization.k8s.io/v1"
-        for path in (
-            f"{rbac_api}/clusterrolebindings/{identity.role}",
-            f"{rbac_api}/clusterroles/{identity.role}",
-            f"/api/v1/namespaces/{namespace}",
-        ):
-            await kube_api(kube, "DELETE", path)
+    directory = tmp_path_factory.mktemp("logs-context-api")
+    async with context_api_identity(kube, directory) as kubeconfig:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("KUBERNAUT_KUBE_KUBECONFIG", str(kubeconfig))
+            patch.setenv("KUBERNAUT_CONTEXT_CACHE_SECONDS", "0")
+            running = await start_service(
+                ServiceName.CONTEXT_API,
+                runtime_settings.model_copy(update={"grpc_port": 0}),
+                serve_metrics=False,
+            )
+        try:
+            yield running.address
+        finally:
+            await running.shutdown()
 
 
 @pytest.fixture

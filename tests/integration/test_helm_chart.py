@@ -2,12 +2,18 @@
 every object it renders is accepted by a server-side dry-run on the session's local
 kube-apiserver with the real CRDs installed, and what it renders agrees with its sources:
 the Istio policies with istio/ (one renderer), the ClusterRoles with the executor's
-catalogue and context_api's reads, the environment with the settings the components read.
-`helm install`, the image and SelfSubjectAccessReviews come later (issue 18)."""
+catalogue and context_api's reads, the environment with the settings the components read;
+with Istio off, the NetworkPolicies with the call table and the cert-manager Certificates
+with what the runtime's mTLS reads; the CloudNativePG cluster's Secret as the database URL;
+the monitoring rules and dashboard with the metrics the code defines."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -21,9 +27,13 @@ from kubernaut.cli import render_chart
 from kubernaut.cli.settings_reference import known_variables
 from kubernaut.devstack.crds import ApiServer, build_helm, cached_crd_files, load_crds
 from kubernaut.devstack.kube import LocalCluster
+from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH
+from kubernaut.runtime.certs import CertPaths, spiffe_id
+from kubernaut.runtime.edges import EDGE_ALLOWED, EDGES
 from kubernaut.runtime.istio import render as render_istio
 from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName
+from kubernaut.runtime.registry import protocol
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import rbac as context_rbac
 from kubernaut.services.executor import rbac as executor_rbac
@@ -39,8 +49,13 @@ SECRETS = {
     "database": {"existingSecret": "kubernaut-db"},
     "secretEnv": {"existingSecret": "kubernaut-env"},
 }
+# What the chart cannot default (test_required_values_are_asked_for).
+REQUIRED = {
+    "database": {"existingSecret": "kubernaut-db"},
+    "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
+    "defaults": REQUIRED,
     "istio-on": {
         **SECRETS,
         "istio": {"enabled": True},
@@ -62,10 +77,51 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
     },
     "minimal": {
+        "database": {"existingSecret": "kubernaut-db"},
         "istio": {"enabled": False},
         "mtls": {"existingSecret": "kubernaut-certs"},
         "edge": {"enabled": False},
         "defaults": {"podDisruptionBudget": {"enabled": False}},
+    },
+    # Istio off, certificates from cert-manager, NetworkPolicies with egress restricted.
+    "istio-off-cert-manager": {
+        **SECRETS,
+        "istio": {"enabled": False},
+        "mtls": {
+            "certManager": {
+                "enabled": True,
+                "issuerRef": {"name": "kubernaut-ca", "kind": "ClusterIssuer"},
+            }
+        },
+        "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
+        "networkPolicy": {
+            "operators": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}
+            ],
+            "edgeCIDRs": ["10.0.0.0/8", "fd00::/8"],
+            "egress": {
+                "restrict": True,
+                "extra": [
+                    {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"port": 443}]}
+                ],
+            },
+        },
+    },
+    "cloudnativepg": {
+        "secretEnv": {"existingSecret": "kubernaut-env"},
+        "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
+        "postgresql": {
+            "cloudnativepg": {"enabled": True, "instances": 3, "storage": {"size": "20Gi"}}
+        },
+    },
+    "monitoring": {
+        **SECRETS,
+        "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
+        "monitoring": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Kubernaut"}},
+        },
     },
 }
 
@@ -171,6 +227,20 @@ def test_one_loop_renders_every_component(
         assert container["args"] == ["serve", service]
 
 
+def test_required_values_are_asked_for(helm: Helm) -> None:
+    """The chart's bare defaults cannot run (no database, an edge nobody can authenticate
+    to): rendering them fails, naming what to set, instead of installing pods that never
+    become ready."""
+    bare = helm.template({}, check=False)
+    assert bare.returncode != 0 and "database.existingSecret" in bare.stderr, bare.stderr
+    no_tokens = helm.template({"database": REQUIRED["database"]}, check=False)
+    assert no_tokens.returncode != 0, no_tokens.stdout
+    assert "edge.tokens.existingSecret" in no_tokens.stderr, no_tokens.stderr
+    without_edge = {"database": REQUIRED["database"], "edge": {"enabled": False}}
+    assert helm.template(without_edge, check=False).returncode == 0
+    assert helm.template(REQUIRED, check=False).returncode == 0
+
+
 def test_values_outside_the_schema_are_refused(helm: Helm) -> None:
     refused: list[tuple[dict[str, Any], str]] = [
         ({"components": {"gatewy": {"replicas": 2}}}, "gatewy"),
@@ -181,10 +251,36 @@ def test_values_outside_the_schema_are_refused(helm: Helm) -> None:
         result = helm.template(values, check=False)
         assert result.returncode != 0 and word in result.stderr, (values, result.stderr)
     # Istio off without certificates, TokenReview without allowed users: a clear refusal.
-    off = helm.template({"istio": {"enabled": False}}, check=False)
+    off = helm.template({**REQUIRED, "istio": {"enabled": False}}, check=False)
     assert off.returncode != 0 and "mtls.existingSecret" in off.stderr, off.stderr
-    review = helm.template({"edge": {"tokenReview": {"enabled": True}}}, check=False)
+    review = helm.template({**REQUIRED, "edge": {"tokenReview": {"enabled": True}}}, check=False)
     assert review.returncode != 0 and "allowedUsers" in review.stderr, review.stderr
+    more: list[tuple[dict[str, Any], str]] = [
+        ({"networkPolicy": {"egress": {"allow": True}}}, "allow"),
+        ({"networkPolicy": {"edgeCIDRs": ["anywhere"]}}, "edgeCIDRs"),
+        ({"mtls": {"certManager": {"issuerRef": {"kind": "Signer"}}}}, "kind"),
+        ({"postgresql": {"cloudnativepg": {"storage": {"size": "lots"}}}}, "size"),
+        ({"monitoring": {"grafana": {"enabled": True}}}, "grafana"),
+        # cert-manager without an issuer; two sources of the database URL.
+        (
+            {
+                **REQUIRED,
+                "istio": {"enabled": False},
+                "mtls": {"certManager": {"enabled": True}},
+            },
+            "mtls.certManager.issuerRef.name",
+        ),
+        (
+            {
+                "database": {"existingSecret": "db"},
+                "postgresql": {"cloudnativepg": {"enabled": True}},
+            },
+            "choose one source of the database URL",
+        ),
+    ]
+    for values, word in more:
+        result = helm.template(values, check=False)
+        assert result.returncode != 0 and word in result.stderr, (values, result.stderr)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -215,8 +311,8 @@ def test_pods_are_locked_down_and_probed(
         else:  # mTLS on the gRPC port: the kubelet has no client certificate
             assert container["readinessProbe"]["tcpSocket"] == {"port": "grpc"}
             volumes = {v["name"]: v for v in pod["volumes"]}
-            keys = {item["key"] for item in volumes["certs"]["secret"]["items"]}
-            assert keys == {"ca.crt", f"{service.account}.crt", f"{service.account}.key"}
+            paths = {item["path"] for item in volumes["certs"]["secret"]["items"]}
+            assert paths == {"ca.crt", f"{service.account}.crt", f"{service.account}.key"}
         assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
         # Only the components that call the Kubernetes API get a token.
         expected = service in (ServiceName.EXECUTOR, ServiceName.CONTEXT_API)
@@ -252,7 +348,9 @@ def _unknown(docs: list[dict[str, Any]]) -> set[str]:
 
 def test_a_misspelt_setting_is_caught(helm: Helm) -> None:
     # The schema accepts any KUBERNAUT_* name: the check above must catch a misspelling.
-    docs = helm.render({"components": {"gateway": {"env": {"KUBERNAUT_TRANSPROT": "mesh"}}}})
+    docs = helm.render(
+        {**REQUIRED, "components": {"gateway": {"env": {"KUBERNAUT_TRANSPROT": "mesh"}}}}
+    )
     assert _unknown(docs) == {"KUBERNAUT_TRANSPROT"}
 
 
@@ -267,18 +365,18 @@ def _istio_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_istio_policies_equal_istio_dir(rendered: dict[str, list[dict[str, Any]]]) -> None:
     committed = {d["metadata"]["name"]: d for d in yaml.safe_load_all(ISTIO.read_text())}
-    for name in ("defaults", "istio-on"):
+    for name in ("defaults", "istio-on", "cloudnativepg", "monitoring"):
         chart = _istio_objects(rendered[name])
         # The chart also lets webhooks reach the edge, which istio/ does not deploy.
         edge = chart.pop(f"kubernaut-{EDGE_ACCOUNT}")
         assert edge["spec"]["rules"] == [{"to": [{"operation": {"ports": ["8080"]}}]}]
         assert chart == committed
-    for name in ("istio-off", "minimal"):
+    for name in ("istio-off", "minimal", "istio-off-cert-manager"):
         assert _istio_objects(rendered[name]) == {}
 
 
 def test_istio_policies_follow_namespace_and_trust_domain(helm: Helm) -> None:
-    docs = helm.render({"trustDomain": "example.org"}, namespace="remediation")
+    docs = helm.render({**REQUIRED, "trustDomain": "example.org"}, namespace="remediation")
     chart = _istio_objects(docs)
     chart.pop(f"kubernaut-{EDGE_ACCOUNT}")
     expected = yaml.safe_load_all(render_istio("remediation", "example.org"))
@@ -323,6 +421,347 @@ def test_cluster_roles_are_the_generated_ones(
         ]
     delegator = {n for n, b in bindings.items() if b["roleRef"]["name"] == "system:auth-delegator"}
     assert len(delegator) == (1 if name == "istio-on" else 0)
+
+
+# -- Istio off: NetworkPolicies and cert-manager certificates ------------------------------
+
+ISTIO_OFF = ("istio-off", "minimal", "istio-off-cert-manager")
+
+
+def _component(labels: dict[str, str]) -> str:
+    assert labels["app.kubernetes.io/name"] == "kubernaut", labels
+    return labels["app.kubernetes.io/component"]
+
+
+def _call_table(edge: bool) -> set[tuple[str, str]]:
+    """(caller account, callee account) of every edge of the call table."""
+    pairs = {(e.caller.account, e.callee.account) for e in EDGES}
+    if edge:
+        pairs |= {(EDGE_ACCOUNT, callee.account) for callee, _ in EDGE_ALLOWED}
+    return pairs
+
+
+def _ports(rule: dict[str, Any]) -> set[int]:
+    assert all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"]), rule
+    return {p["port"] for p in rule["ports"]}
+
+
+@pytest.mark.parametrize("name", ISTIO_OFF)
+def test_network_policies_allow_exactly_the_call_table(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    values = VALUE_SETS[name]
+    np_values = values.get("networkPolicy", {})
+    edge = values.get("edge", {}).get("enabled", True)
+    docs = rendered[name]
+    policies = _of_kind(docs, "NetworkPolicy")
+    deployments = _of_kind(docs, "Deployment")
+    # One per component, selecting exactly its pods.
+    assert set(policies) == set(deployments)
+    grpc_port = {s.account: s.default_grpc_port for s in ServiceName}
+    metrics_port = {
+        d["spec"]["template"]["spec"]["containers"][0]["name"]: {
+            p["containerPort"]
+            for p in d["spec"]["template"]["spec"]["containers"][0]["ports"]
+            if p["name"] == "metrics"
+        }
+        for d in deployments.values()
+    }
+    ingress_pairs: set[tuple[str, str]] = set()
+    egress_pairs: set[tuple[str, str]] = set()
+    restrict = np_values.get("egress", {}).get("restrict", False)
+    for policy_name, policy in policies.items():
+        spec = policy["spec"]
+        callee = _component(spec["podSelector"]["matchLabels"])
+        assert policy_name == f"kubernaut-{callee}"
+        assert spec["policyTypes"] == (["Ingress", "Egress"] if restrict else ["Ingress"])
+        for rule in spec["ingress"]:
+            ports = _ports(rule)
+            peers = rule.get("from")
+            if ports == metrics_port[callee]:
+                assert peers == [{"namespaceSelector": {}}]
+            elif callee == EDGE_ACCOUNT:
+                # The webhook port: from anywhere, or from the configured CIDRs only.
+                assert ports == {8080}
+                cidrs = np_values.get("edgeCIDRs")
+                assert peers == ([{"ipBlock": {"cidr": c}} for c in cidrs] if cidrs else None)
+            else:
+                assert ports == {grpc_port[callee]}, (policy_name, rule)
+                assert peers, (policy_name, rule)  # never an open gRPC port
+                for peer in peers:
+                    if "podSelector" in peer:
+                        assert set(peer) == {"podSelector"}  # this namespace's pods only
+                        caller = _component(peer["podSelector"]["matchLabels"])
+                        ingress_pairs.add((caller, callee))
+                    else:
+                        assert peers == np_values["operators"], (policy_name, rule)
+        if restrict:
+            dns, *rest = spec["egress"]
+            assert {p["port"] for p in dns["ports"]} == {53}
+            extra = np_values["egress"]["extra"]
+            assert rest[len(rest) - len(extra) :] == extra
+            for rule in rest[: len(rest) - len(extra)]:
+                (peer,) = rule["to"]
+                target = _component(peer["podSelector"]["matchLabels"])
+                assert _ports(rule) == {grpc_port[target]}
+                egress_pairs.add((callee, target))
+        else:
+            assert "egress" not in spec
+    assert ingress_pairs == _call_table(edge)
+    if restrict:
+        assert egress_pairs == _call_table(edge)
+
+
+def test_network_policies_only_without_istio_and_when_enabled(
+    helm: Helm, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    for name in set(VALUE_SETS) - set(ISTIO_OFF):
+        assert _of_kind(rendered[name], "NetworkPolicy") == {}
+    off = {**VALUE_SETS["istio-off"], "networkPolicy": {"enabled": False}}
+    assert _of_kind(helm.render(off), "NetworkPolicy") == {}
+
+
+def test_cert_manager_certificates_are_what_the_runtime_reads(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["istio-off-cert-manager"]
+    certificates = _of_kind(docs, "Certificate")
+    deployments = _of_kind(docs, "Deployment")
+    config = _of_kind(docs, "ConfigMap")["kubernaut-config"]["data"]
+    assert set(certificates) == set(deployments)
+    certs_dir = Path(config["KUBERNAUT_CERTS_DIR"])
+    # The name each client dials (host of KUBERNAUT_<SERVICE>_ADDRESS) must be a SAN.
+    dialled = {
+        s.account: config[f"KUBERNAUT_{s.name}_ADDRESS"].rsplit(":", 1)[0] for s in ServiceName
+    }
+    for name, certificate in certificates.items():
+        spec = certificate["spec"]
+        account = spec["commonName"]
+        assert spec["uris"] == [spiffe_id("cluster.local", "kubernaut", account)]
+        assert spec["issuerRef"] == {
+            "name": "kubernaut-ca",
+            "kind": "ClusterIssuer",
+            "group": "cert-manager.io",
+        }
+        # Like `kubernaut certs init`: EC P-256, PKCS#8, for both ends of a connection.
+        assert spec["privateKey"]["algorithm"] == "ECDSA" and spec["privateKey"]["size"] == 256
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert "localhost" in spec["dnsNames"]
+        if account in dialled:
+            assert dialled[account] in spec["dnsNames"], (account, spec["dnsNames"])
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "certs"]
+        assert Path(mount["mountPath"]) == certs_dir
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "certs"]
+        assert volume["secret"]["secretName"] == spec["secretName"]
+        # cert-manager's keys, at the paths the runtime opens (CertPaths).
+        paths = CertPaths(certs_dir, account)
+        items = {i["key"]: certs_dir / i["path"] for i in volume["secret"]["items"]}
+        assert items == {"ca.crt": paths.ca, "tls.crt": paths.cert, "tls.key": paths.key}
+    assert _of_kind(rendered["istio-off"], "Certificate") == {}
+
+
+def test_the_database_url_comes_from_cloudnativepg(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["cloudnativepg"]
+    (cluster,) = [d for d in docs if d["kind"] == "Cluster"]
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    spec = cluster["spec"]
+    assert spec["instances"] == 3 and spec["storage"]["size"] == "20Gi"
+    assert "standard" in spec["imageName"]  # CloudNativePG's standard images carry pgvector
+    assert (
+        "CREATE EXTENSION IF NOT EXISTS vector"
+        in spec["bootstrap"]["initdb"]["postInitApplicationSQL"]
+    )
+    assert cluster["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    expected = {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}
+    for deployment in _of_kind(docs, "Deployment").values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        if container["name"] == EDGE_ACCOUNT:
+            assert "KUBERNAUT_DATABASE_URL" not in env
+            continue
+        assert env["KUBERNAUT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == expected
+    for name in set(VALUE_SETS) - {"cloudnativepg"}:
+        assert not [d for d in rendered[name] if d["kind"] == "Cluster"]
+
+
+# -- Monitoring ----------------------------------------------------------------------------
+
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+_PROMQL_WORDS |= {"and", "or", "unless", "offset", "le", "inf", "nan"}
+
+
+def _metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads: identifiers that are neither functions,
+    label names (inside braces or a by/without list), keywords, durations nor strings."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "{}", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    names = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+        word = match.group()
+        if expr[match.end() :].lstrip().startswith("("):
+            continue  # a function
+        if word.lower() in _PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def _defined_metrics() -> set[str]:
+    """Every sample name the code's prometheus_client metrics expose (counters' _total,
+    histograms' _bucket/_sum/_count ...): the modules that import prometheus_client,
+    imported, then the default registry read."""
+    from prometheus_client import REGISTRY
+
+    package = ROOT / "kubernaut"
+    for path in sorted(package.rglob("*.py")):
+        if re.search(
+            r"^from prometheus_client import .*\b(Counter|Gauge|Histogram|Summary)\b",
+            path.read_text(),
+            re.M,
+        ):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            importlib.import_module(module)
+    # prometheus_client has no public list of the names it exposes.
+    names = set(REGISTRY._names_to_collectors)
+    return {n for n in names if n.startswith(("kubernaut_", "grpc_server_"))}
+
+
+def _monitoring(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    (rule,) = _of_kind(docs, "PrometheusRule").values()
+    (monitor,) = _of_kind(docs, "ServiceMonitor").values()
+    dashboard = _of_kind(docs, "ConfigMap")["kubernaut-dashboard"]
+    return rule, monitor, dashboard
+
+
+def _dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    board = json.loads(dashboard["data"]["kubernaut.json"])
+    return [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+
+
+def test_monitoring_objects_only_when_enabled(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for name in set(VALUE_SETS) - {"monitoring"}:
+        docs = rendered[name]
+        assert not _of_kind(docs, "PrometheusRule") and not _of_kind(docs, "ServiceMonitor")
+        assert "kubernaut-dashboard" not in _of_kind(docs, "ConfigMap")
+
+
+def test_rules_and_dashboard_read_only_metrics_the_code_defines(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    rule, _, dashboard = _monitoring(rendered["monitoring"])
+    defined = _defined_metrics()
+    # The check itself: the metrics the README names are found, a made-up one is not.
+    assert {"kubernaut_ai_requests_total", "kubernaut_executor_circuit_open"} <= defined
+    assert _metric_names('rate(kubernaut_made_up_total{a="b"}[5m])') == {"kubernaut_made_up_total"}
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) >= {
+        "KubernautForwardingStuck",
+        "KubernautNotificationsUndelivered",
+        "KubernautClusterBreakerOpen",
+        "KubernautAnalysisFailing",
+    }
+    exprs = [r["expr"] for r in alerts.values()] + _dashboard_exprs(dashboard)
+    for expr in exprs:
+        used = _metric_names(expr)
+        assert used and used <= defined, (expr, used - defined)
+        # Scoped to the release's namespace (several installs, one Prometheus).
+        assert 'namespace="kubernaut"' in expr or 'namespace="$namespace"' in expr, expr
+    # The analysis alert selects the RPC by the label values the interceptor records.
+    analysis = protocol(ServiceName.AI_ANALYSIS).full_name
+    assert f'grpc_service="{analysis}"' in alerts["KubernautAnalysisFailing"]["expr"]
+    assert 'grpc_method="AnalyzeIncident"' in alerts["KubernautAnalysisFailing"]["expr"]
+
+
+def test_rules_and_dashboard_pass_promtool(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package has it)")
+    rule, _, dashboard = _monitoring(rendered["monitoring"])
+    groups = rule["spec"]["groups"] + [
+        {
+            "name": "dashboard",
+            "rules": [
+                {"record": f"kubernaut:dashboard_{i}", "expr": e.replace("$namespace", "x")}
+                for i, e in enumerate(_dashboard_exprs(dashboard))
+            ],
+        }
+    ]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_service_monitor_scrapes_every_components_metrics_port(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["monitoring"]
+    _, monitor, dashboard = _monitoring(docs)
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Kubernaut"}
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    services = _of_kind(docs, "Service")
+    selected = {
+        n for n, s in services.items() if selector.items() <= s["metadata"]["labels"].items()
+    }
+    assert selected == set(services) == {f"kubernaut-{a}" for a in _accounts()}
+    for name, deployment in _of_kind(docs, "Deployment").items():
+        template = deployment["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+        assert {p["name"]: p["port"] for p in services[name]["spec"]["ports"]}["metrics"] == port
+        # Under Istio STRICT the metrics port stays out of the sidecar, so Prometheus
+        # (without a sidecar of its own) can scrape it.
+        annotations = template["metadata"]["annotations"]
+        assert annotations["traffic.sidecar.istio.io/excludeInboundPorts"] == str(port)
+    for name in ("defaults", "istio-on"):
+        for deployment in _of_kind(rendered[name], "Deployment").values():
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert "traffic.sidecar.istio.io/excludeInboundPorts" not in annotations
+
+
+# -- NOTES ---------------------------------------------------------------------------------
+
+
+def test_notes_say_how_to_check_and_give_an_alertmanager_receiver(helm: Helm) -> None:
+    for name in ("istio-on", "istio-off-cert-manager"):
+        result = helm(
+            "install",
+            "kubernaut",
+            str(CHART),
+            "--dry-run=client",
+            "--namespace",
+            "kubernaut",
+            "-f",
+            str(helm.values_file(VALUE_SETS[name])),
+        )
+        notes = result.stdout.split("NOTES:", 1)[1]
+        edge = "http://kubernaut-gateway-http.kubernaut.svc:8080"
+        assert f"url: {edge}{ALERTMANAGER_PATH}" in notes, notes
+        assert f"{edge}{GRAFANA_PATH}" in notes
+        assert "webhook_configs:" in notes and "credentials_file:" in notes
+        assert "grpc.health.v1.Health/Check" in notes
+        assert "kubectl -n kubernaut wait deployment" in notes
+        # The receiver snippet is valid YAML an AlertManager config can take.
+        snippet = notes.split("(alertmanager.yml):", 1)[1].split("\n\n", 2)[1]
+        receiver = yaml.safe_load(snippet)["receivers"][0]
+        (webhook,) = receiver["webhook_configs"]
+        assert webhook["url"] == f"{edge}{ALERTMANAGER_PATH}"
+        assert webhook["http_config"]["authorization"]["type"] == "Bearer"
 
 
 # -- Server-side dry-run -------------------------------------------------------------------

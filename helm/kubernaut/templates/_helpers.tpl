@@ -45,14 +45,22 @@ which is also its identity in the mesh and in certificates. */}}
 {{- $conf := .conf }}
 {{- $http := .http }}
 {{- $tokenReview := .tokenReview }}
-{{- if and (not $http) $root.Values.database.existingSecret }}
+{{- /* database.existingSecret, or the CloudNativePG cluster's app Secret (_extras.tpl). */}}
+{{- $db := include "kubernaut.databaseSecret" $root | splitList " " }}
+{{- if ne (len $db) 2 }}
+{{- fail "database.existingSecret (a Secret with the PostgreSQL URL) or postgresql.cloudnativepg.enabled is required: the services keep their state in PostgreSQL" }}
+{{- end }}
+{{- if and (not $http) (eq (len $db) 2) }}
 - name: KUBERNAUT_DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ $root.Values.database.existingSecret }}
-      key: {{ $root.Values.database.key }}
+      name: {{ index $db 0 }}
+      key: {{ index $db 1 }}
 {{- end }}
 {{- if $http }}
+{{- if not (or $root.Values.edge.tokens.existingSecret $tokenReview) }}
+{{- fail "edge.tokens.existingSecret or edge.tokenReview.enabled is required: the edge takes no webhook it cannot authenticate (or set edge.enabled=false)" }}
+{{- end }}
 - name: KUBERNAUT_HTTP_HOST
   value: "0.0.0.0"
 - name: KUBERNAUT_HTTP_PORT
