@@ -5,6 +5,14 @@
 #   - prometheus-alertmanager (0.25 on bookworm): /usr/bin/prometheus-alertmanager, /usr/bin/amtool
 #   - redis-server (7.0 on bookworm): /usr/bin/redis-server (and redis-cli from redis-tools), for
 #     the gateway's Redis intake backend and its tests
+#   - buildah (1.28 on bookworm) and mmdebstrap (1.3 on bookworm): `make image`
+#     (scripts/build-image.sh) builds the container image with buildah, on a Debian base that
+#     mmdebstrap makes when no container registry is reachable
+#   - podman (4.3 on bookworm) and runc (1.1 on bookworm): tests/integration/test_image.py runs the
+#     image with `podman run --runtime runc` (bookworm's crun 1.8 refuses hybrid cgroups);
+#     podman ships systemd units (podman.socket, podman.service, podman-restart.service,
+#     podman-auto-update.timer and .service) that its postinst enables: they are stopped and
+#     disabled below like the daemons (nothing of Kubernaut's uses them)
 #
 # We run our own instances on loopback (kubernaut/devstack/monitoring.py, tests/fixtures/redis.py),
 # so the packages' own daemons must not run and must not start at boot. The packages' postinst does
@@ -21,6 +29,11 @@
 set -euo pipefail
 
 PACKAGES=(prometheus prometheus-alertmanager redis-server)
+# Tools without a daemon: installed like the others, left out of the daemon handling below.
+TOOL_PACKAGES=(buildah mmdebstrap podman runc)
+# Units that tool packages enable and nothing here uses.
+TOOL_UNITS=(podman.socket podman.service podman-restart.service podman-auto-update.timer
+  podman-auto-update.service)
 # The packaged services, each with the pidfile its /etc/init.d script writes (redis-server's is
 # the `pidfile` of /etc/redis/redis.conf).
 declare -A PIDFILES=(
@@ -42,7 +55,7 @@ installed() {
 }
 
 missing=()
-for pkg in "${PACKAGES[@]}"; do
+for pkg in "${PACKAGES[@]}" "${TOOL_PACKAGES[@]}"; do
   if installed "$pkg"; then
     note "$pkg $(dpkg-query -W -f='${Version}' "$pkg") already installed"
   else
@@ -119,6 +132,20 @@ for svc in "${PACKAGES[@]}"; do
   fi
 done
 
+for unit in "${TOOL_UNITS[@]}"; do
+  if "$systemd_running" && systemctl is-active --quiet "$unit"; then
+    step "stopping $unit (systemctl)"
+    systemctl stop "$unit"
+  fi
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    step "disabling $unit (systemctl disable)"
+    systemctl disable --quiet "$unit" 2>&1 | sed 's/^/    /'
+  fi
+done
+
 step "ready: $(/usr/bin/prometheus --version 2>&1 | head -n1)"
 step "ready: $(/usr/bin/prometheus-alertmanager --version 2>&1 | head -n1)"
 step "ready: $(/usr/bin/redis-server --version 2>&1 | head -n1)"
+step "ready: $(/usr/bin/buildah --version 2>&1 | head -n1)"
+step "ready: mmdebstrap $(dpkg-query -W -f='${Version}' mmdebstrap)"
+step "ready: $(/usr/bin/podman --version 2>&1 | head -n1), $(/usr/sbin/runc --version 2>&1 | head -n1)"

@@ -34,7 +34,7 @@ if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$U
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "uv==$UV_VERSION"
 fi
 
-step "Debian packages (Prometheus, AlertManager)"
+step "Debian packages (Prometheus, AlertManager, Redis; buildah, mmdebstrap, podman and runc for the image)"
 if [ "$(id -u)" = 0 ]; then
   bash scripts/install-debian-packages.sh
 elif command -v sudo >/dev/null 2>&1; then

@@ -244,6 +244,10 @@ def parser() -> argparse.ArgumentParser:
         choices=[s.value for s in ServiceName] + [s.account for s in ServiceName] + [EDGE],
     )
     serve.set_defaults(func=cmd_serve)
+    edge = commands.add_parser(
+        "edge", help=f"run the HTTP edge in the foreground (the same as `serve {EDGE}`)"
+    )
+    edge.set_defaults(func=cmd_serve, service=EDGE)
 
     up = commands.add_parser(
         "up",

@@ -99,6 +99,24 @@ def test_serve_refuses_a_misspelt_setting_naming_the_valid_one(tmp_path: Path) -
     )
 
 
+def test_edge_is_serve_of_the_http_edge(tmp_path: Path) -> None:
+    """`kubernaut edge` (the image's documented command) runs the edge's start-up, which
+    refuses the same misspelt setting `serve gateway-http` does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
+    env["KUBERNAUT_STATE_DIR"] = str(tmp_path)
+    env["KUBERNAUT_HTTP_PROT"] = "8080"
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernaut.cli.main", "edge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "kubernaut serve gateway-http: " in result.stderr
+    assert "KUBERNAUT_HTTP_PROT (did you mean KUBERNAUT_HTTP_PORT?)" in result.stderr
+
+
 async def test_incidents_show_prints_the_analyses_on_the_record(
     stack: InProcessStack, tmp_path: Path
 ) -> None:
