@@ -15,6 +15,7 @@ from kubernaut.runtime.istio import HEALTH_PATHS, REFLECTION_PATHS, allowed_call
 from kubernaut.runtime.names import (
     DEFAULT_PORT_BASE,
     EDGE_ACCOUNT,
+    LIVENESS_HEALTH_SERVICE,
     METRICS_PORT_OFFSET,
     ServiceName,
 )
@@ -36,6 +37,8 @@ def _service(service: ServiceName) -> dict[str, Any]:
         "args": ["serve", service.value],
         # RuntimeSettings' defaults (port base + position), so no port needs configuring.
         "grpcPort": service.default_grpc_port,
+        # The grpc.health.v1 name a liveness probe asks (SERVING whatever the dependencies).
+        "livenessService": LIVENESS_HEALTH_SERVICE,
         "metricsPort": DEFAULT_PORT_BASE + METRICS_PORT_OFFSET + service.position,
         "allowedCallers": [
             {"account": caller.account, "paths": caller.paths}

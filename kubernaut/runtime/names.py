@@ -47,6 +47,10 @@ class ServiceName(enum.StrEnum):
 # edge that turns webhooks into gateway calls.
 OPERATOR_ACCOUNT = "operator"
 EDGE_ACCOUNT = "gateway-http"
+# The grpc.health.v1 service name that answers SERVING while a service's process answers
+# at all (its event loop runs), whatever its dependencies: what a liveness probe asks.
+# "" and the service's own name answer readiness: SERVING once its dependencies answer.
+LIVENESS_HEALTH_SERVICE = "liveness"
 
 
 def all_accounts() -> list[str]:

@@ -23,7 +23,7 @@ from kubernaut.runtime.edges import check_table
 from kubernaut.runtime.identity import warn_if_insecure
 from kubernaut.runtime.interceptors import KubernautServerInterceptor
 from kubernaut.runtime.logs import configure_logging
-from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.names import LIVENESS_HEALTH_SERVICE, ServiceName
 from kubernaut.runtime.registry import protocol
 from kubernaut.runtime.settings import RuntimeSettings, Transport
 from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
@@ -214,6 +214,7 @@ async def start_service(
         name, settings, server, port, metrics_port, health_servicer, spec, clients
     )
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     running._readiness_task = asyncio.create_task(running._watch_readiness())
     log.info(
         "listening",

@@ -32,7 +32,7 @@ from kubernaut.runtime.certs import CertPaths, spiffe_id
 from kubernaut.runtime.edges import EDGE_ALLOWED, EDGES
 from kubernaut.runtime.istio import render as render_istio
 from kubernaut.runtime.kube import KubeConnection
-from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName
+from kubernaut.runtime.names import EDGE_ACCOUNT, LIVENESS_HEALTH_SERVICE, ServiceName
 from kubernaut.runtime.registry import protocol
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import rbac as context_rbac
@@ -313,7 +313,13 @@ def test_pods_are_locked_down_and_probed(
             volumes = {v["name"]: v for v in pod["volumes"]}
             paths = {item["path"] for item in volumes["certs"]["secret"]["items"]}
             assert paths == {"ca.crt", f"{service.account}.crt", f"{service.account}.key"}
-        assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+        if istio:
+            assert container["livenessProbe"]["grpc"] == {
+                "port": ports["grpc"],
+                "service": LIVENESS_HEALTH_SERVICE,
+            }
+        else:
+            assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
         # Only the components that call the Kubernetes API get a token.
         expected = service in (ServiceName.EXECUTOR, ServiceName.CONTEXT_API)
         assert pod["automountServiceAccountToken"] is expected

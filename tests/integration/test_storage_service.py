@@ -20,7 +20,7 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from kubernaut.devstack.postgres import EmbeddedPostgres
 from kubernaut.runtime.clients import Clients
-from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.names import LIVENESS_HEALTH_SERVICE, ServiceName
 from kubernaut.runtime.server import start_service
 from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.kubernaut import InProcessStack, free_port
@@ -28,9 +28,9 @@ from tests.fixtures.kubernaut import InProcessStack, free_port
 pytestmark = pytest.mark.integration
 
 
-async def _health(clients: Clients) -> int:
+async def _health(clients: Clients, service: str = "") -> int:
     reply = await health_pb2_grpc.HealthStub(clients.channel(ServiceName.STORAGE)).Check(
-        health_pb2.HealthCheckRequest(), timeout=5
+        health_pb2.HealthCheckRequest(service=service), timeout=5
     )
     status: int = reply.status
     return status
@@ -48,6 +48,11 @@ async def test_storage_is_not_serving_until_postgresql_answers(
     try:
         await asyncio.sleep(1)
         assert await _health(clients) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Alive all the same: a liveness probe must not restart it for PostgreSQL's outage.
+        assert (
+            await _health(clients, LIVENESS_HEALTH_SERVICE)
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await clients.stub(StorageServiceStub).GetStoreStatus(
                 storage_pb2.GetStoreStatusRequest()
