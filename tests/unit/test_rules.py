@@ -733,3 +733,22 @@ def test_a_workload_that_is_not_kubernauts_to_change_is_declined_with_what_would
     (reason,) = declined.reasons
     assert reason.startswith("Not Kubernaut's to change: Deployment and its namespace do not")
     assert "would have chosen restart_deployment" in reason
+
+
+def test_a_crash_loop_whose_pod_is_gone_and_whose_pods_are_ready_is_over() -> None:
+    """The demo's race: a replica-mismatch incident rolled the bad rollout back; the crash
+    loop alert of the same rollout arrives after, naming a pod that is gone. Restarting the
+    healthy workload would be a change for nothing."""
+    evidence = context_api_pb2.ResourceContext(resource=POD, workload=DEPLOYMENT)
+    revision(evidence, 3, "shop/checkout:1", minutes_before_alert=0.5, ready=2, own="a-1")
+    revision(evidence, 2, "shop/checkout:2", minutes_before_alert=1)
+    evidence.rollout.rollout_completed = True
+    evidence.rollout.progressing_reason = "NewReplicaSetAvailable"
+    ready_pod(evidence, "checkout-h3-a", 3)
+    ready_pod(evidence, "checkout-h3-b", 3)
+    over = crash_loop(evidence)
+    assert over.decision == remediation_pb2.DECISION_NO_ACTION
+    assert any("checkout-1 is gone" in r and "crash loop is over" in r for r in over.reasons)
+    # The alert's own pod still there (between two crashes, maybe): not over.
+    ready_pod(evidence, "checkout-1", 3)
+    assert action_of(crash_loop(evidence)) == "restart_deployment"

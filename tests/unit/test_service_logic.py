@@ -254,6 +254,28 @@ def test_the_same_action_with_the_same_parameters_is_never_repeated_on_its_own()
     assert guard_for(different, history, _NOW, PlanningSettings()) is None
 
 
+def test_a_second_change_right_after_a_successful_fix_waits_for_a_person() -> None:
+    """Two alerts of one bad rollout (a replica mismatch, then a crash loop) must not lead
+    to two fixes in a row: the second waits while the first's effect is judged."""
+    succeeded = storage_pb2.ACTION_OUTCOME_SUCCEEDED
+    recent = TargetHistory(
+        [failed_record("rollback_deployment", dt.timedelta(seconds=20), succeeded)]
+    )
+    guard = guard_for(recommendation("restart_deployment", 0.9), recent, _NOW, PlanningSettings())
+    assert guard is not None and guard.required
+    assert "rollback_deployment succeeded 20s ago" in guard.reason
+    assert "KUBERNAUT_WORKFLOW_SETTLE_SECONDS" in guard.reason
+    settled = TargetHistory(
+        [failed_record("rollback_deployment", dt.timedelta(minutes=11), succeeded)]
+    )
+    assert (
+        guard_for(recommendation("restart_deployment", 0.9), settled, _NOW, PlanningSettings())
+        is None
+    )
+    off = PlanningSettings(settle_seconds=0)
+    assert guard_for(recommendation("restart_deployment", 0.9), recent, _NOW, off) is None
+
+
 def test_the_guard_fails_closed_when_the_past_cannot_be_read() -> None:
     guard = guard_for(
         recommendation("restart_deployment", 0.9),

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import grpc
 from kubernaut.alert_processor.v1 import alert_processor_pb2
@@ -42,9 +43,16 @@ QUEUE_OLDEST = Gauge(
     "kubernaut_gateway_queue_oldest_seconds", "Age of the oldest alert waiting to be forwarded."
 )
 
-ProcessAlert = Callable[
-    [alert_processor_pb2.ProcessAlertRequest], Awaitable[alert_processor_pb2.ProcessAlertResponse]
-]
+
+class ProcessAlert(Protocol):
+    """alert_processor's ProcessAlert stub method; `timeout` is the call's gRPC deadline
+    (without one, the runtime's default deadline for calls, far shorter, would apply)."""
+
+    def __call__(
+        self, request: alert_processor_pb2.ProcessAlertRequest, *, timeout: float
+    ) -> Awaitable[alert_processor_pb2.ProcessAlertResponse]: ...
+
+
 CountIncidentAlerts = Callable[
     [storage_pb2.CountIncidentAlertsRequest], Awaitable[storage_pb2.CountIncidentAlertsResponse]
 ]
@@ -151,7 +159,8 @@ class Forwarder:
                                 alert=queued.alert,
                                 storm_id=queued.storm_id,
                                 dedup_key=queued.fingerprint,
-                            )
+                            ),
+                            timeout=self.settings.forward_timeout_seconds,
                         ),
                         self.settings.forward_timeout_seconds,
                     )
@@ -204,7 +213,8 @@ class Forwarder:
                 self.process_alert(
                     alert_processor_pb2.ProcessAlertRequest(
                         alert=queued.alert, incident_id=incident_id
-                    )
+                    ),
+                    timeout=self.settings.forward_timeout_seconds,
                 ),
                 self.settings.forward_timeout_seconds,
             )

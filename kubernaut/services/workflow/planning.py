@@ -49,8 +49,9 @@ def guard_for(
     settings: PlanningSettings,
 ) -> Approval | None:
     """The hard guard, independent of how similar past incidents look: a person must
-    approve a plan for a workload where a fix failed recently, and any repeat of an action
-    with the same parameters that failed there before. None when it does not apply."""
+    approve a plan for a workload where a fix failed recently, any repeat of an action
+    with the same parameters that failed there before, and any plan for a workload another
+    fix changed moments ago. None when it does not apply."""
     target = recommendation.target
     where = _where(target)
     if history.unreadable:
@@ -71,15 +72,36 @@ def guard_for(
                 "never repeated automatically",
             )
     hold = settings.failed_target_hold_seconds
-    for record in failed:
-        age = (now - _finished_at(record)).total_seconds()
-        if hold and age < hold:
-            return Approval(
-                True,
-                f"{record.action} {_how(record, now)} on {where}; no automatic action on it "
-                f"for {human_duration(hold)} after a failed fix "
-                "(KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS)",
-            )
+    failed_recently = _within(failed, hold, now)
+    if failed_recently is not None:
+        return Approval(
+            True,
+            f"{failed_recently.action} {_how(failed_recently, now)} on {where}; no automatic "
+            f"action on it for {human_duration(hold)} after a failed fix "
+            "(KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS)",
+        )
+    settle = settings.settle_seconds
+    succeeded = [r for r in history.records if r.outcome == storage_pb2.ACTION_OUTCOME_SUCCEEDED]
+    changed_recently = _within(succeeded, settle, now)
+    if changed_recently is not None:
+        return Approval(
+            True,
+            f"{changed_recently.action} {_how(changed_recently, now)} on {where}; its effect "
+            f"is still being judged, so another change within {human_duration(settle)} of it "
+            "waits for a person (KUBERNAUT_WORKFLOW_SETTLE_SECONDS)",
+        )
+    return None
+
+
+def _within(
+    records: Sequence[storage_pb2.ActionRecord], seconds: float, now: dt.datetime
+) -> storage_pb2.ActionRecord | None:
+    """The first of `records` that finished less than `seconds` ago (0: none)."""
+    if not seconds:
+        return None
+    for record in records:
+        if (now - _finished_at(record)).total_seconds() < seconds:
+            return record
     return None
 
 
@@ -92,6 +114,7 @@ def _how(record: storage_pb2.ActionRecord, now: dt.datetime) -> str:
     ended = {
         storage_pb2.ACTION_OUTCOME_FAILED: "failed",
         storage_pb2.ACTION_OUTCOME_ROLLED_BACK: "failed verification and was undone",
+        storage_pb2.ACTION_OUTCOME_SUCCEEDED: "succeeded",
     }.get(record.outcome, "ended")
     ago = human_duration((now - _finished_at(record)).total_seconds())
     incident = f", incident {record.incident_id}" if record.incident_id else ""

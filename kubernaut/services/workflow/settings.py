@@ -20,6 +20,12 @@ class PlanningSettings(BaseSettings):
     # alert leads to it (a second guess on a workload Kubernaut just failed to fix is
     # more likely to make it worse). 0 turns the hold off; the rule below stays.
     failed_target_hold_seconds: float = Field(default=6 * 3600.0, ge=0)
+    # KUBERNAUT_WORKFLOW_SETTLE_SECONDS: after an action on a workload succeeded, another
+    # incident's plan for it waits for a person this long: a second alert about the same
+    # workload so soon is most often the same problem (e.g. a crash loop and a replica
+    # mismatch of one bad rollout), which the first fix may already have mended, and two
+    # fixes in a row hide which one worked. 0 turns it off.
+    settle_seconds: float = Field(default=600.0, ge=0)
 
 
 class RunnerSettings(BaseSettings):

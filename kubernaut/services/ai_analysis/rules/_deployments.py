@@ -145,6 +145,21 @@ def oom_seen(evidence: context_api_pb2.ResourceContext | None) -> bool:
     )
 
 
+def crash_loop_over(case: Case) -> str:
+    """Why the crash loop the alert reports is over, or "": the pod it names is gone and
+    every pod of the workload is Ready with nothing waiting. (A pod still there may only be
+    between two crashes, so its being Ready proves nothing.)"""
+    evidence = case.evidence
+    pod = case.alert.labels.get("pod", "")
+    if evidence is None or not evidence.pods or not pod:
+        return ""
+    if any(p.name == pod for p in evidence.pods):
+        return ""
+    if any(p.waiting_reason or not p.ready for p in evidence.pods):
+        return ""
+    return f"its pod {pod} is gone and all {len(evidence.pods)} pods of {case.what} are Ready now"
+
+
 def crash_looping(case: Case, symptom: str = "") -> remediation_pb2.Analysis:
     """Roll back a recent rollout the crashes followed; otherwise restart."""
     refusal = needs_kind(case, "restart_deployment")
@@ -154,6 +169,14 @@ def crash_looping(case: Case, symptom: str = "") -> remediation_pb2.Analysis:
     rollout, why_not = _recent_rollout(case.alert, case.evidence, case.settings)
     if rollout is not None:
         return _roll_back(rollout, case.subject, symptom)
+    over = crash_loop_over(case)
+    if over:
+        # Typically a second alert of a bad rollout another incident already rolled back:
+        # a restart now would change a workload that works.
+        return no_action(
+            f"{symptom} But {over}: the crash loop is over, so nothing is done (if it comes "
+            "back, the alert fires again)."
+        )
     return remediate(
         remediation_pb2.ActionParams(restart_deployment=remediation_pb2.RestartDeploymentParams()),
         case.subject,
