@@ -33,9 +33,20 @@ Rules:
 - You may call a read-only tool first to learn more, then call decide."""
 
 
+# Alert labels that say where Prometheus scraped, not what is wrong: tokens for nothing.
+SCRAPE_LABELS = frozenset({"instance", "job", "endpoint", "service", "prometheus", "uid"})
+# The first prompt is read whole before a word is answered (a small local model reads about
+# 150 tokens a second on two busy cores): the evidence is cut to what decides.
+MAX_EVENTS = 6
+MAX_NORMAL_EVENTS = 3
+MAX_PODS = 6
+MAX_REVISIONS = 3
+MAX_TEXT_CHARS = 300
+
+
 def encode(value: Any, redact: Redactor, limit: int = MAX_DATA_CHARS) -> str:
     """JSON for the prompt: redacted, no angle brackets, at most `limit` characters."""
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
     text = redact(text).replace("<", "\\u003c").replace(">", "\\u003e")
     if len(text) > limit:
         text = text[:limit] + " …(truncated)"
@@ -69,8 +80,13 @@ class Prompt:
     ) -> str:
         alert_view = {
             "name": alert.name,
-            "labels": dict(alert.labels),
-            "annotations": dict(alert.annotations),
+            "labels": {
+                k: v for k, v in alert.labels.items() if k not in SCRAPE_LABELS and k != "alertname"
+            },
+            # The runbook is for people; its URL says nothing the name does not.
+            "annotations": {
+                k: _clip(v) for k, v in alert.annotations.items() if k != "runbook_url"
+            },
             "starts_at": alert.starts_at.ToJsonString() if alert.HasField("starts_at") else "",
         }
         parts = [
@@ -78,23 +94,49 @@ class Prompt:
             self.data("Its resource", proto_data(subject)),
         ]
         if evidence is not None:
-            parts.append(self.data("What the cluster shows", _evidence_view(evidence)))
+            parts.append(self.data("What the cluster shows", evidence_view(evidence)))
         if knowledge is not None:
             parts.append(
                 self.data(
                     "What is known about this alert",
-                    {"summary": knowledge.summary, "likely_causes": list(knowledge.likely_causes)},
+                    {
+                        "summary": knowledge.summary,
+                        "likely_causes": list(knowledge.likely_causes)[:3],
+                    },
                 )
             )
         parts.append(self.data("What Kubernaut's rules concluded", dict(rules_view)))
         return "\n\n".join(parts)
 
 
-def _evidence_view(evidence: context_api_pb2.ResourceContext) -> dict[str, Any]:
+def _event_line(event: Mapping[str, Any]) -> str:
+    """`HH:MM:SS Type Reason Object: message (xN)`: a third of the tokens of its JSON."""
+    seen = str(event.get("last_seen", ""))[11:19]
+    count = int(event.get("count", 1) or 1)
+    line = (
+        f"{seen} {event.get('type', '')} {event.get('reason', '')} {event.get('object', '')}: "
+        f"{_clip(str(event.get('message', '')))}"
+    )
+    return line + (f" (x{count})" if count > 1 else "")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "…"
+
+
+def evidence_view(evidence: context_api_pb2.ResourceContext) -> dict[str, Any]:
     view = proto_data(evidence)
-    # Only what helps a decision; the rest costs tokens.
-    for key in ("observed_at", "managed_reason"):
+    # Only what helps a decision; the rest costs tokens. The resource and the workload are
+    # in the incident already; the state's digest is for Kubernaut's own checks.
+    for key in ("observed_at", "managed_reason", "resource", "workload", "state"):
         view.pop(key, None)
-    view["events"] = view.get("events", [])[:10]
-    view["pods"] = view.get("pods", [])[:10]
+    # Warnings (what went wrong) first, and a few of the newest others; one line each.
+    events = view.get("events", [])
+    warnings = [e for e in events if e.get("type") == "Warning"]
+    others = [e for e in events if e.get("type") != "Warning"][:MAX_NORMAL_EVENTS]
+    view["events"] = [_event_line(e) for e in (warnings + others)[:MAX_EVENTS]]
+    view["pods"] = view.get("pods", [])[:MAX_PODS]
+    rollout = view.get("rollout")
+    if isinstance(rollout, dict):
+        rollout["revisions"] = rollout.get("revisions", [])[:MAX_REVISIONS]
     return view

@@ -18,7 +18,7 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 
 from kubernaut.services.ai_analysis import contract
-from kubernaut.services.ai_analysis.prompt import proto_data
+from kubernaut.services.ai_analysis.prompt import evidence_view, proto_data
 from kubernaut.services.ai_analysis.providers.base import ToolSpec
 
 ToolHandler = Callable[[Mapping[str, Any]], Awaitable[Any]]
@@ -59,7 +59,7 @@ def evidence_tool(
         target = labels.get(str(arguments.get("target", "")))
         if target is None:
             raise ToolRefused(f"target must be one of {sorted(labels)}")
-        return proto_data(await read(target.ref))
+        return evidence_view(await read(target.ref))
 
     spec = ToolSpec(
         "resource_context",
