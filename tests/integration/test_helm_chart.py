@@ -5,10 +5,12 @@ the Istio policies with istio/ (one renderer), the ClusterRoles with the executo
 catalogue and context_api's reads, the environment with the settings the components read;
 with Istio off, the NetworkPolicies with the call table and the cert-manager Certificates
 with what the runtime's mTLS reads; the CloudNativePG cluster's Secret as the database URL;
-the monitoring rules and dashboard with the metrics the code defines."""
+the monitoring rules and dashboard with the metrics the code defines; the Secrets it creates
+from values with those values, read where the components read them."""
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -28,6 +30,7 @@ from kubernaut.cli.settings_reference import known_variables
 from kubernaut.devstack.crds import ApiServer, build_helm, cached_crd_files, load_crds
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH
+from kubernaut.edge.settings import EdgeSettings
 from kubernaut.runtime.certs import CertPaths, spiffe_id
 from kubernaut.runtime.edges import EDGE_ALLOWED, EDGES
 from kubernaut.runtime.istio import render as render_istio
@@ -122,6 +125,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "prometheusRule": {"enabled": True},
             "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Kubernaut"}},
         },
+    },
+    # Every secret given as a value: the chart creates the Secrets.
+    "created-secrets": {
+        "database": {"url": "postgresql://kubernaut:pa55@db.example.com:5432/kubernaut"},
+        "secretEnv": {
+            "values": {
+                "KUBERNAUT_NOTIFICATION_SMTP_PASSWORD": "smtp-pa55",
+                "KUBERNAUT_HTTP_HMAC_SECRET": "hm4c",
+            }
+        },
+        "edge": {"tokens": {"values": ["t0k3n-old", "t0k3n-new"]}},
     },
 }
 
@@ -232,13 +246,23 @@ def test_required_values_are_asked_for(helm: Helm) -> None:
     to): rendering them fails, naming what to set, instead of installing pods that never
     become ready."""
     bare = helm.template({}, check=False)
-    assert bare.returncode != 0 and "database.existingSecret" in bare.stderr, bare.stderr
+    assert bare.returncode != 0, bare.stdout
+    # Each way of giving the URL is named: by reference, by value, or CloudNativePG.
+    for way in ("database.existingSecret", "database.url", "postgresql.cloudnativepg"):
+        assert way in bare.stderr, bare.stderr
     no_tokens = helm.template({"database": REQUIRED["database"]}, check=False)
     assert no_tokens.returncode != 0, no_tokens.stdout
-    assert "edge.tokens.existingSecret" in no_tokens.stderr, no_tokens.stderr
+    for way in ("edge.tokens.existingSecret", "edge.tokens.values", "edge.tokenReview"):
+        assert way in no_tokens.stderr, no_tokens.stderr
     without_edge = {"database": REQUIRED["database"], "edge": {"enabled": False}}
     assert helm.template(without_edge, check=False).returncode == 0
     assert helm.template(REQUIRED, check=False).returncode == 0
+    # The values the chart makes Secrets of do as well as the Secrets themselves.
+    by_value = {
+        "database": {"url": "postgresql://kubernaut@db:5432/kubernaut"},
+        "edge": {"tokens": {"values": ["t0k3n"]}},
+    }
+    assert helm.template(by_value, check=False).returncode == 0
 
 
 def test_values_outside_the_schema_are_refused(helm: Helm) -> None:
@@ -277,6 +301,41 @@ def test_values_outside_the_schema_are_refused(helm: Helm) -> None:
             },
             "choose one source of the database URL",
         ),
+        # A secret by reference and by value at once: which one wins would be a guess.
+        (
+            {**REQUIRED, "database": {"existingSecret": "db", "url": "postgresql://a@db/k"}},
+            "database.existingSecret and database.url: choose one source of the database URL",
+        ),
+        (
+            {
+                **REQUIRED,
+                "database": {"url": "postgresql://a@db/k"},
+                "postgresql": {"cloudnativepg": {"enabled": True}},
+            },
+            "database.url and postgresql.cloudnativepg.enabled: choose one source",
+        ),
+        (
+            {
+                **REQUIRED,
+                "secretEnv": {
+                    "existingSecret": "env",
+                    "values": {"KUBERNAUT_NOTIFICATION_SMTP_PASSWORD": "x"},
+                },
+            },
+            "secretEnv.existingSecret and secretEnv.values: choose one source",
+        ),
+        (
+            {**REQUIRED, "edge": {"tokens": {"existingSecret": "tokens", "values": ["t0k3n"]}}},
+            "edge.tokens.existingSecret and edge.tokens.values: choose one source",
+        ),
+        # What the created Secrets would hold must be usable as it is.
+        ({**REQUIRED, "secretEnv": {"values": {"SMTP_PASSWORD": "x"}}}, "SMTP_PASSWORD"),
+        (
+            {**REQUIRED, "secretEnv": {"values": {"KUBERNAUT_NOTIFICATION_SMTP_PORT": 587}}},
+            "KUBERNAUT_NOTIFICATION_SMTP_PORT",
+        ),
+        ({**REQUIRED, "database": {"url": "db.example.com"}}, "url"),
+        ({"edge": {"tokens": {"values": ["two\nlines"]}}}, "values"),
     ]
     for values, word in more:
         result = helm.template(values, check=False)
@@ -348,6 +407,9 @@ def _unknown(docs: list[dict[str, Any]]) -> set[str]:
             for source in container["envFrom"]:
                 if "configMapRef" in source:
                     assert source["configMapRef"]["name"] == "kubernaut-config"
+                # A Secret the chart creates: its keys are environment names too.
+                secret = _of_kind(docs, "Secret").get(source.get("secretRef", {}).get("name"))
+                names |= set(secret["data"]) if secret else set()
     assert all(n.startswith("KUBERNAUT_") for n in names), names
     return names - known_variables()
 
@@ -593,6 +655,90 @@ def test_the_database_url_comes_from_cloudnativepg(
         assert env["KUBERNAUT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == expected
     for name in set(VALUE_SETS) - {"cloudnativepg"}:
         assert not [d for d in rendered[name] if d["kind"] == "Cluster"]
+
+
+# -- Secrets created from values -----------------------------------------------------------
+
+
+def _decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def _template_annotations(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        n: d["spec"]["template"]["metadata"]["annotations"]
+        for n, d in _of_kind(docs, "Deployment").items()
+    }
+
+
+def test_created_secrets_hold_the_values_and_are_read_where_the_components_read(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    values = VALUE_SETS["created-secrets"]
+    docs = rendered["created-secrets"]
+    secrets = _of_kind(docs, "Secret")
+    tokens = values["edge"]["tokens"]["values"]
+    assert {name: _decoded(s) for name, s in secrets.items()} == {
+        "kubernaut-database": {"url": values["database"]["url"]},
+        "kubernaut-env": values["secretEnv"]["values"],
+        "kubernaut-webhook-tokens": {"tokens": "\n".join(tokens)},
+    }
+    for secret in secrets.values():
+        labels = secret["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "kubernaut"
+        assert labels["app.kubernetes.io/part-of"] == "kubernaut"
+        # They belong to the release: `helm uninstall` deletes them.
+        assert "helm.sh/resource-policy" not in secret["metadata"].get("annotations", {})
+    for deployment in _of_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert {"secretRef": {"name": "kubernaut-env"}} in container["envFrom"]
+        if container["name"] != EDGE_ACCOUNT:
+            assert env["KUBERNAUT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+                "name": "kubernaut-database",
+                "key": "url",
+            }
+            assert "tokens" not in {v["name"] for v in pod["volumes"]}
+            continue
+        assert "KUBERNAUT_DATABASE_URL" not in env
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tokens"]
+        assert volume["secret"]["secretName"] == "kubernaut-webhook-tokens"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tokens"]
+        tokens_file = Path(env["KUBERNAUT_HTTP_TOKENS_FILE"]["value"])
+        assert tokens_file.parent == Path(mount["mountPath"])
+        # The edge's own reading of the mounted file finds exactly the tokens given.
+        mounted = tmp_path / tokens_file.name
+        mounted.write_text(_decoded(secrets["kubernaut-webhook-tokens"])[tokens_file.name])
+        authenticator = EdgeSettings(tokens_file=mounted).authenticator()
+        assert authenticator is not None
+        assert authenticator.tokens == tuple(t.encode() for t in tokens)
+    # By reference, the chart creates no Secret and the pods carry no checksum of one.
+    for name in set(VALUE_SETS) - {"created-secrets"}:
+        assert _of_kind(rendered[name], "Secret") == {}, name
+        for pod_annotations in _template_annotations(rendered[name]).values():
+            assert "checksum/secrets" not in pod_annotations
+
+
+def test_a_changed_created_secret_rolls_the_pods_that_read_it(helm: Helm) -> None:
+    values = VALUE_SETS["created-secrets"]
+    before = _template_annotations(helm.render(values))
+    edge = f"kubernaut-{EDGE_ACCOUNT}"
+    services = set(before) - {edge}
+
+    def changed(**change: Any) -> set[str]:
+        after = _template_annotations(helm.render({**values, **change}))
+        assert set(after) == set(before)
+        return {n for n in before if after[n]["checksum/secrets"] != before[n]["checksum/secrets"]}
+
+    # The URL is read by the services, the tokens by the edge, secretEnv by all.
+    assert changed(database={"url": "postgresql://kubernaut:n3w@db.example.com/kubernaut"}) == (
+        services
+    )
+    assert changed(edge={"tokens": {"values": ["t0k3n-new"]}}) == {edge}
+    assert changed(secretEnv={"values": {"KUBERNAUT_NOTIFICATION_SMTP_PASSWORD": "n3w"}}) == (
+        services | {edge}
+    )
 
 
 # -- Monitoring ----------------------------------------------------------------------------

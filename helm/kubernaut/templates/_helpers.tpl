@@ -45,10 +45,11 @@ which is also its identity in the mesh and in certificates. */}}
 {{- $conf := .conf }}
 {{- $http := .http }}
 {{- $tokenReview := .tokenReview }}
-{{- /* database.existingSecret, or the CloudNativePG cluster's app Secret (_extras.tpl). */}}
+{{- /* database.existingSecret, database.url's Secret or the CloudNativePG cluster's app
+Secret (_extras.tpl). */}}
 {{- $db := include "kubernaut.databaseSecret" $root | splitList " " }}
 {{- if ne (len $db) 2 }}
-{{- fail "database.existingSecret (a Secret with the PostgreSQL URL) or postgresql.cloudnativepg.enabled is required: the services keep their state in PostgreSQL" }}
+{{- fail "database.existingSecret (a Secret with the PostgreSQL URL), database.url (the chart creates the Secret) or postgresql.cloudnativepg.enabled is required: the services keep their state in PostgreSQL" }}
 {{- end }}
 {{- if and (not $http) (eq (len $db) 2) }}
 - name: KUBERNAUT_DATABASE_URL
@@ -58,14 +59,15 @@ which is also its identity in the mesh and in certificates. */}}
       key: {{ index $db 1 }}
 {{- end }}
 {{- if $http }}
-{{- if not (or $root.Values.edge.tokens.existingSecret $tokenReview) }}
-{{- fail "edge.tokens.existingSecret or edge.tokenReview.enabled is required: the edge takes no webhook it cannot authenticate (or set edge.enabled=false)" }}
+{{- $tokens := include "kubernaut.tokensSecret" $root }}
+{{- if not (or $tokens $tokenReview) }}
+{{- fail "edge.tokens.existingSecret, edge.tokens.values or edge.tokenReview.enabled is required: the edge takes no webhook it cannot authenticate (or set edge.enabled=false)" }}
 {{- end }}
 - name: KUBERNAUT_HTTP_HOST
   value: "0.0.0.0"
 - name: KUBERNAUT_HTTP_PORT
   value: {{ $root.Values.edge.port | quote }}
-{{- if $root.Values.edge.tokens.existingSecret }}
+{{- if $tokens }}
 - name: KUBERNAUT_HTTP_TOKENS_FILE
   value: /etc/kubernaut/tokens/{{ $root.Values.edge.tokens.key }}
 {{- end }}
