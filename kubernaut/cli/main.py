@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -98,8 +99,16 @@ async def _up(args: argparse.Namespace) -> int:
         if not print_readiness(system):
             return 1
         print("all services SERVING; Ctrl-C stops them (the dev stack keeps running)", flush=True)
+        # Stopped by Ctrl-C or SIGTERM alike, and the services with it: without a handler,
+        # SIGTERM would kill only this process, and a shell that starts it in the
+        # background hands it SIGINT ignored.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()
+            await stop.wait()
+        print("stopping the services ...", flush=True)
     return 0
 
 

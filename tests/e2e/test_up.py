@@ -1,0 +1,79 @@
+"""`kubernaut up` runs the ten services and the edge until it is told to stop, by Ctrl-C or
+by SIGTERM, and then stops them too, even when a shell started it in the background with
+SIGINT ignored (as non-interactive shells do)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubernaut.devstack.kube import default_bin_dir
+from tests.fixtures.kubernaut import free_port, free_port_base
+
+pytestmark = pytest.mark.e2e
+
+
+def _service_pids(state: Path) -> set[int]:
+    """The pids of `kubernaut serve` processes whose environment names this state dir."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"serve" in cmdline and f"KUBERNAUT_STATE_DIR={state}".encode() in environ:
+            found.add(int(proc.name))
+    return found
+
+
+async def test_sigterm_stops_up_and_its_services(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
+    env |= {
+        "KUBERNAUT_STATE_DIR": str(state),
+        "KUBERNAUT_PORT_BASE": str(free_port_base()),
+        "KUBERNAUT_HTTP_PORT": str(free_port()),
+        "KUBERNAUT_K8S_BIN_DIR": str(default_bin_dir()),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kubernaut.cli.main",
+        "up",
+        "--no-model",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # As a background job of a non-interactive shell: SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(300):
+            while not seen or "all services SERVING" not in seen[-1]:
+                line = (await process.stdout.readline()).decode()
+                assert line, "".join(seen)
+                seen.append(line)
+        services = _service_pids(state)
+        assert len(services) == 11, (services, "".join(seen))
+        process.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == 0, "".join(seen) + rest.decode()
+        assert "stopping the services" in rest.decode()
+        assert not _service_pids(state)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        down = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kubernaut.cli.main", "dev-stack", "down", env=env
+        )
+        await down.wait()
