@@ -4,16 +4,14 @@ processes and walks an alert through them."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from kubernaut.devstack.kube import default_bin_dir
 from kubernaut.devstack.model import LlamaBuild
 from kubernaut.runtime.names import ServiceName
-from tests.fixtures.kubernaut import free_port, free_port_base
+from tests.fixtures.kubernaut import cli_env
 
 pytestmark = pytest.mark.e2e
 
@@ -25,13 +23,7 @@ async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
     (state / "llama").mkdir(parents=True)
     (state / "llama" / "current").symlink_to(built.python.parents[2])
     (state / "models").symlink_to(built.model.parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
-    env |= {
-        "KUBERNAUT_STATE_DIR": str(state),
-        "KUBERNAUT_PORT_BASE": str(free_port_base()),
-        "KUBERNAUT_HTTP_PORT": str(free_port()),
-        "KUBERNAUT_K8S_BIN_DIR": str(default_bin_dir()),
-    }
+    env = cli_env(state)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -5,15 +5,13 @@ SIGINT ignored (as non-interactive shells do)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from kubernaut.devstack.kube import default_bin_dir
-from tests.fixtures.kubernaut import free_port, free_port_base
+from tests.fixtures.kubernaut import cli_env
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +34,7 @@ def _service_pids(state: Path) -> set[int]:
 
 async def test_sigterm_stops_up_and_its_services(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
-    env |= {
-        "KUBERNAUT_STATE_DIR": str(state),
-        "KUBERNAUT_PORT_BASE": str(free_port_base()),
-        "KUBERNAUT_HTTP_PORT": str(free_port()),
-        "KUBERNAUT_K8S_BIN_DIR": str(default_bin_dir()),
-    }
+    env = cli_env(state)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
