@@ -9,7 +9,9 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubernaut.cli.tables import EDGE, print_readiness, print_table
@@ -104,11 +106,58 @@ async def _up(args: argparse.Namespace) -> int:
         # background hands it SIGINT ignored.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, stop.set)
-        with contextlib.suppress(asyncio.CancelledError):
-            await stop.wait()
+        # `kubernaut down` (from another shell) finds this process here.
+        pid_file = up_pid_file(settings)
+        pid_file.write_text(f"{os.getpid()}\n")
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop.wait()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if pid_file.read_text().strip() == str(os.getpid()):
+                    pid_file.unlink()
         print("stopping the services ...", flush=True)
+    return 0
+
+
+def up_pid_file(settings: RuntimeSettings) -> Path:
+    return settings.state_dir / "up.pid"
+
+
+def _is_up(pid: int) -> bool:
+    """Whether `pid` is a running `kubernaut up` (not a process that reused its pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"up" in cmdline and any(b"kubernaut" in part for part in cmdline)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop a running `kubernaut up` (and so its services) from another shell."""
+    pid_file = up_pid_file(RuntimeSettings())
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        print(f"no kubernaut up is running (no {pid_file})")
+        return 0
+    if not _is_up(pid):
+        pid_file.unlink(missing_ok=True)
+        print(f"no kubernaut up is running (pid {pid} in {pid_file} is gone)")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while _is_up(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _is_up(pid):
+        print(f"kubernaut up (pid {pid}) still runs after {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    print(
+        f"stopped kubernaut up (pid {pid}) and its services; the dev stack keeps running "
+        "(kubernaut dev-stack down stops it)"
+    )
     return 0
 
 
@@ -264,6 +313,12 @@ def parser() -> argparse.ArgumentParser:
     )
     _no_model_flag(up)
     up.set_defaults(func=cmd_up)
+
+    down = commands.add_parser(
+        "down", help="stop a running `kubernaut up` and its services (from another shell)"
+    )
+    down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
+    down.set_defaults(func=cmd_down)
 
     status = commands.add_parser("status", help="show every service's health")
     status.set_defaults(func=cmd_status)

@@ -133,16 +133,19 @@ def translate_alert(
             break
         if value and key not in annotations:
             annotations[key] = _fit_annotation_value(value)
+    firing = alert.status == "firing"
+    starts_at = _timestamp(alert.startsAt)
+    if starts_at is None and firing:
+        # Unknown (Grafana's test notifications send the zero time): it started by the
+        # time it arrived, which is what the gateway's freshness check then judges.
+        starts_at = Timestamp()
+        starts_at.GetCurrentTime()
     return alert_pb2.Alert(
         name=name,
-        status=(
-            alert_pb2.ALERT_STATUS_FIRING
-            if alert.status == "firing"
-            else alert_pb2.ALERT_STATUS_RESOLVED
-        ),
+        status=alert_pb2.ALERT_STATUS_FIRING if firing else alert_pb2.ALERT_STATUS_RESOLVED,
         labels=alert.labels,
         annotations=annotations,
-        starts_at=_timestamp(alert.startsAt),
+        starts_at=starts_at,
         ends_at=_timestamp(alert.endsAt),
         generator_url=alert.generatorURL,
         source_fingerprint=alert.fingerprint,

@@ -1,6 +1,7 @@
-"""`kubernaut up` runs the ten services and the edge until it is told to stop, by Ctrl-C or
-by SIGTERM, and then stops them too, even when a shell started it in the background with
-SIGINT ignored (as non-interactive shells do)."""
+"""`kubernaut up` runs the ten services and the edge until it is told to stop (Ctrl-C,
+SIGTERM, SIGHUP, or `kubernaut down` from another shell), and then stops them too, even
+when a shell started it in the background with SIGINT ignored (as non-interactive shells
+do)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _service_pids(state: Path) -> set[int]:
     return found
 
 
-async def test_sigterm_stops_up_and_its_services(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGTERM", "kubernaut down"])
+async def test_up_stops_with_its_services(tmp_path: Path, how: str) -> None:
     state = tmp_path / "state"
     env = cli_env(state)
     process = await asyncio.create_subprocess_exec(
@@ -57,7 +59,20 @@ async def test_sigterm_stops_up_and_its_services(tmp_path: Path) -> None:
                 seen.append(line)
         services = _service_pids(state)
         assert len(services) == 11, (services, "".join(seen))
-        process.send_signal(signal.SIGTERM)
+        if how == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            down = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "kubernaut.cli.main",
+                "down",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            said, _ = await asyncio.wait_for(down.communicate(), 90)
+            assert down.returncode == 0 and b"stopped kubernaut up" in said, said
+            assert not (state / "up.pid").exists()
         rest, _ = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode == 0, "".join(seen) + rest.decode()
         assert "stopping the services" in rest.decode()

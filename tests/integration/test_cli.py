@@ -99,6 +99,17 @@ def test_serve_refuses_a_misspelt_setting_naming_the_valid_one(tmp_path: Path) -
     )
 
 
+def test_down_without_a_running_up_says_so(tmp_path: Path) -> None:
+    result = kubernaut(tmp_path, "down")
+    assert result.returncode == 0
+    assert "no kubernaut up is running" in result.stdout
+    # A pid file left by an up that died, whose pid is no `kubernaut up` now.
+    (tmp_path / "up.pid").write_text("999999999\n")
+    result = kubernaut(tmp_path, "down")
+    assert result.returncode == 0 and "is gone" in result.stdout
+    assert not (tmp_path / "up.pid").exists()
+
+
 def test_edge_is_serve_of_the_http_edge(tmp_path: Path) -> None:
     """`kubernaut edge` (the image's documented command) runs the edge's start-up, which
     refuses the same misspelt setting `serve gateway-http` does."""

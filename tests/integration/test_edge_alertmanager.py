@@ -5,7 +5,6 @@ counted on it, none forwarded again."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -13,17 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from prometheus_client import REGISTRY
 
 from kubernaut.devstack.monitoring import Alertmanager
-from kubernaut.edge.app import ALERTMANAGER_PATH, create_app
-from kubernaut.edge.security import Authenticator
-from kubernaut.runtime.names import EDGE_ACCOUNT
-from tests.fixtures.kubernaut import InProcessStack, free_port
+from kubernaut.edge.app import ALERTMANAGER_PATH
+from tests.fixtures.edge import served_edge
+from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -34,21 +30,8 @@ TOKEN = "alertmanager-edge-token"
 @pytest.fixture
 async def edge_url(stack: InProcessStack) -> AsyncIterator[str]:
     """The edge served by uvicorn on loopback, as in production."""
-    clients = stack.clients(EDGE_ACCOUNT)
-    app = create_app(clients.stub(GatewayServiceStub).SubmitAlerts, Authenticator.of([TOKEN]))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: asyncio.sleep(0, server.started), "the edge to listen", 10)
+    async with served_edge(stack, TOKEN) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
-        await clients.close()
 
 
 @pytest.fixture
