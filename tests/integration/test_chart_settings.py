@@ -49,8 +49,8 @@ from kubernaut.runtime.names import (
     OPERATOR_ACCOUNT,
     ServiceName,
 )
+from tests.fixtures.helm import Helm
 from tests.fixtures.kubernaut import free_port, free_port_base
-from tests.integration.test_helm_chart import Helm
 from tests.integration.test_http_edge import AUTH, TOKEN, webhook
 
 # A cold build of Helm or of the control plane runs inside the first test's fixtures.

@@ -20,7 +20,6 @@ from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import ServiceName
-from kubernaut.runtime.server import start_service
 from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.ai_analysis import contract, tools
 from kubernaut.services.context_api.logs import MAX_BYTES, MAX_LINES
@@ -30,6 +29,7 @@ from tests.fixtures.cluster import (
     deployment_body,
     eventually,
     kube_api,
+    running_context_api,
 )
 from tests.fixtures.grpc_errors import field_violations
 
@@ -52,19 +52,11 @@ async def logs_context_api(
     """A context_api server reading `kube` as a ServiceAccount bound to exactly
     context_api's ClusterRole rules (a role of this module's); its address."""
     directory = tmp_path_factory.mktemp("logs-context-api")
-    async with context_api_identity(kube, directory) as kubeconfig:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("KUBERNAUT_KUBE_KUBECONFIG", str(kubeconfig))
-            patch.setenv("KUBERNAUT_CONTEXT_CACHE_SECONDS", "0")
-            running = await start_service(
-                ServiceName.CONTEXT_API,
-                runtime_settings.model_copy(update={"grpc_port": 0}),
-                serve_metrics=False,
-            )
-        try:
-            yield running.address
-        finally:
-            await running.shutdown()
+    async with (
+        context_api_identity(kube, directory) as kubeconfig,
+        running_context_api(runtime_settings, kubeconfig) as running,
+    ):
+        yield running.address
 
 
 @pytest.fixture

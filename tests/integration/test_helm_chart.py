@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import importlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -40,12 +39,12 @@ from kubernaut.runtime.registry import protocol
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import rbac as context_rbac
 from kubernaut.services.executor import rbac as executor_rbac
+from tests.fixtures.helm import CHART, Helm
 
 # A cold build of Helm runs inside the first test's fixture setup.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "kubernaut"
 ISTIO = ROOT / "istio" / "kubernaut-authz.yaml"
 
 SECRETS = {
@@ -138,51 +137,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "edge": {"tokens": {"values": ["t0k3n-old", "t0k3n-new"]}},
     },
 }
-
-
-class Helm:
-    """The built `helm`, its config, cache and data dirs kept out of $HOME."""
-
-    def __init__(self, binary: Path, home: Path) -> None:
-        self.binary = binary
-        self.home = home
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.binary), *args]
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=120, check=False, env=self.env
-        )
-        if check:
-            assert result.returncode == 0, (cmd, result.stdout, result.stderr)
-        return result
-
-    def values_file(self, values: dict[str, Any]) -> Path:
-        path = self.home / f"values-{uuid.uuid4().hex[:8]}.yaml"
-        path.write_text(yaml.safe_dump(values))
-        return path
-
-    def template(
-        self, values: dict[str, Any], namespace: str = "kubernaut", check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return self(
-            "template",
-            "kubernaut",
-            str(CHART),
-            "--namespace",
-            namespace,
-            "-f",
-            str(self.values_file(values)),
-            check=check,
-        )
-
-    def render(self, values: dict[str, Any], namespace: str = "kubernaut") -> list[dict[str, Any]]:
-        return [d for d in yaml.safe_load_all(self.template(values, namespace).stdout) if d]
 
 
 @pytest.fixture(scope="module")

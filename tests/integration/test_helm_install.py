@@ -23,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import fnmatch
-import os
 import re
 import shlex
 import ssl
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -47,13 +45,13 @@ from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName, all_accounts
 from kubernaut.runtime.registry import protocol
 from kubernaut.services.context_api import rbac as context_rbac
 from kubernaut.services.executor.catalogue import list_actions
+from tests.fixtures.helm import CHART, Helm
 from tests.fixtures.waiting import eventually
 from tests.integration.test_helm_chart import api_server as api_server  # fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "kubernaut"
 README = ROOT / "README.md"
 NO_ISTIO_VALUES = ROOT / "helm" / "examples" / "no-istio.yaml"
 # What the README's commands name; the test puts its own namespace in their place.
@@ -94,36 +92,6 @@ def in_namespace(words: list[str], namespace: str) -> list[str]:
         if word == README_NAMESPACE and (after_flag or after_kind):
             out[i] = namespace
     return out
-
-
-class Helm:
-    """The built `helm` on the local cluster's admin kubeconfig, its dirs kept out of $HOME."""
-
-    def __init__(self, binary: Path, home: Path, kubeconfig: Path) -> None:
-        self.binary = binary
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-            "KUBECONFIG": str(kubeconfig),
-        }
-
-    async def __call__(self, words: list[str]) -> str:
-        """Run a `helm ...` command line (paths relative to the repository)."""
-        assert words[0] == "helm", words
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [str(self.binary), *words[1:]],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-            env=self.env,
-            cwd=ROOT,
-        )
-        assert result.returncode == 0, (words, result.stdout, result.stderr)
-        return result.stdout
 
 
 class Cluster:
@@ -205,11 +173,11 @@ async def release(cluster: Cluster, helm: Helm) -> AsyncIterator[Release]:
     for words in install[:-1]:
         await cluster.kubectl(in_namespace(words, namespace))
     secrets = {s["metadata"]["name"] for s in await cluster.items(_secrets(namespace))}
-    await helm(in_namespace(install[-1], namespace))
+    await helm.line(in_namespace(install[-1], namespace))
     yield Release(namespace, secrets)
-    listed = await helm(["helm", "list", "--namespace", namespace, "-q"])
+    listed = await helm.line(["helm", "list", "--namespace", namespace, "-q"])
     if listed.split():
-        await helm(["helm", "uninstall", RELEASE, "--namespace", namespace])
+        await helm.line(["helm", "uninstall", RELEASE, "--namespace", namespace])
 
 
 def _secrets(namespace: str) -> str:
@@ -606,7 +574,7 @@ async def test_upgrade_rolls_every_deployment(
     ns = release.namespace
     before = await _check_available(cluster, ns)
     upgrade = in_namespace(helm_command("upgrade"), ns)
-    await helm(upgrade)
+    await helm.line(upgrade)
     after = await _check_available(cluster, ns)
     # The README's upgrade changes a value of the shared ConfigMap: every pod template's
     # config checksum changes, so every Deployment rolls to new pods.
@@ -625,7 +593,7 @@ async def test_upgrade_rolls_every_deployment(
         rs["metadata"]["labels"]["pod-template-hash"] for rs in sets if rs["spec"]["replicas"]
     }
     assert {p["metadata"]["labels"]["pod-template-hash"] for p in pods} <= hashes
-    history = await helm(["helm", "history", RELEASE, "--namespace", ns, "-o", "yaml"])
+    history = await helm.line(["helm", "history", RELEASE, "--namespace", ns, "-o", "yaml"])
     assert [r["status"] for r in yaml.safe_load(history)] == ["superseded", "deployed"]
 
 
@@ -686,7 +654,7 @@ async def _uninstall_leaves_nothing(
     # The query sees what the release made, namespaced and cluster-wide.
     for kind in ("Deployment", "Pod", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
         assert any(n.startswith(f"{kind}/") for n in installed), (kind, installed)
-    await helm(in_namespace(command, namespace))
+    await helm.line(in_namespace(command, namespace))
 
     async def nothing_left() -> bool:
         left = await _leftovers(cluster, namespace)
@@ -741,7 +709,7 @@ async def test_istio_off_installs_and_uninstalls(
     install = helm_command("install")
     install = [w if w != "helm/examples/istio.yaml" else str(NO_ISTIO_VALUES) for w in install]
     assert str(NO_ISTIO_VALUES) in install
-    await helm(in_namespace(install, namespace))
+    await helm.line(in_namespace(install, namespace))
     deployments = await _check_available(cluster, namespace)
     config = await cluster("GET", f"/api/v1/namespaces/{namespace}/configmaps/kubernaut-config")
     assert config["data"]["KUBERNAUT_TRANSPORT"] == "mtls"

@@ -10,8 +10,6 @@ when built); the cluster is the session's (tests/fixtures/cluster.py).
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +30,7 @@ from kubernaut.devstack.crds import (
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.settings import KubeSettings
+from tests.fixtures.helm import Helm
 
 # A cold build of Helm runs inside the first test's fixture setup.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -45,28 +44,6 @@ def _pinned_helm_version() -> str:
         if "helm.sh/helm/v4" in fields:
             return fields[fields.index("helm.sh/helm/v4") + 1]
     raise AssertionError(f"{HELM_GO_MOD} pins no helm.sh/helm/v4")
-
-
-class Helm:
-    """The built `helm`, its config, cache and data dirs kept out of $HOME."""
-
-    def __init__(self, binary: Path, home: Path) -> None:
-        self.binary = binary
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.binary), *args]
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=120, check=False, env=self.env
-        )
-        if check:
-            assert result.returncode == 0, (cmd, result.stdout, result.stderr)
-        return result
 
 
 @pytest.fixture(scope="module")

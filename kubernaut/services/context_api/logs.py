@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernaut.services.context_api.resources import (
     ResourceContextReader,
     ResourceNotFound,
-    _read_json,
+    read_json,
 )
 
 MAX_LINES = 200
@@ -206,7 +206,7 @@ class PodLogReader:
         lines = tail_lines
         data = b""
         for _ in range(MAX_READS):
-            response = await _read_json(
+            response = await read_json(
                 self.core.read_namespaced_pod_log,
                 pod,
                 namespace,

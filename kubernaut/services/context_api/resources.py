@@ -115,7 +115,7 @@ def pod_state(pod: Any) -> context_api_pb2.PodState:
     )
 
 
-async def _read_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> RESTResponse:
+async def read_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> RESTResponse:
     """The API server's answer to `call` with its JSON body unparsed in `.data` (errors
     raise as usual): for the JSON itself, and for ApiClient.deserialize."""
     response = await call(*args, _preload_content=False, **kwargs)
@@ -258,7 +258,7 @@ class ResourceContextReader:
     ) -> dict[str, Any]:
         """An object that is its own workload (an autoscaler, a claim), as the API
         server's JSON: fills in the context's workload, opt-in and events."""
-        obj: dict[str, Any] = json.loads((await _read_json(read, ref.name, ref.namespace)).data)
+        obj: dict[str, Any] = json.loads((await read_json(read, ref.name, ref.namespace)).data)
         context.workload.CopyFrom(ref)
         namespace = await self.core.read_namespace(ref.namespace)
         own = is_managed((obj.get("metadata") or {}).get("labels"))
@@ -316,7 +316,7 @@ class ResourceContextReader:
             "ReplicaSet": self.apps.read_namespaced_replica_set,
         }[kind]
         try:
-            await _read_json(read, name, namespace)
+            await read_json(read, name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -358,7 +358,7 @@ class ResourceContextReader:
         if not storage_class:
             return False
         try:
-            response = await _read_json(self.storage.read_storage_class, storage_class)
+            response = await read_json(self.storage.read_storage_class, storage_class)
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -437,7 +437,7 @@ class ResourceContextReader:
             "CronJob": (self.batch.read_namespaced_cron_job, "V1CronJob"),
         }
         read, model = readers[ref.kind]
-        response = await _read_json(read, ref.name, ref.namespace)
+        response = await read_json(read, ref.name, ref.namespace)
         return self.api.deserialize(response, model), json.loads(response.data)
 
     async def scope(self, ref: alert_pb2.ResourceRef) -> tuple[str, str, list[Any]]:
@@ -501,7 +501,7 @@ class ResourceContextReader:
         newer than the client, and a template would then not digest as the executor's did
         (Revision.kubernaut_action_id)."""
         namespace = deployment.metadata.namespace
-        response = await _read_json(
+        response = await read_json(
             self.apps.list_namespaced_replica_set,
             namespace,
             label_selector=_selector(deployment.spec.selector.match_labels),
