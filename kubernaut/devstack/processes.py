@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,6 +39,28 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """A free loopback port."""
     return free_ports(1)[0]
+
+
+def free_port_base() -> int:
+    """A KUBERNAUT_PORT_BASE whose services' gRPC and metrics ports (the edge's metrics port
+    too) are all free right now (for a second system beside a running one: tests, benches)."""
+    from kubernaut.runtime.names import METRICS_PORT_OFFSET, ServiceName
+
+    # From a random start: two runs choosing at once (each binds only later) rarely meet.
+    bases = list(range(21000, 60000, 250))
+    start = random.randrange(len(bases))
+    for base in bases[start:] + bases[:start]:
+        ports = [base + s.position for s in ServiceName]
+        ports += [p + METRICS_PORT_OFFSET for p in ports]
+        ports.append(base + METRICS_PORT_OFFSET + len(ServiceName))
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind((LOOPBACK, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
 
 
 def port_open(port: int, timeout: float = 1.0) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kubernaut.common.v1 import alert_pb2
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
@@ -22,6 +22,7 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 from kubernaut.cli.workflows import decide_workflow
 from kubernaut.devstack.kube import default_bin_dir
 from kubernaut.devstack.model import LlamaBuild
+from kubernaut.devstack.processes import free_port, free_port_base
 from kubernaut.devstack.scenario import GOOD_IMAGE, BadRollout
 from kubernaut.devstack.smtp import read_mailbox
 from kubernaut.devstack.stack import DevStack, StackInfo
@@ -29,7 +30,6 @@ from kubernaut.devstack.system import System, Tuning, running_system, webhook_to
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.settings import RuntimeSettings
-from tests.fixtures.kubernaut import free_port, free_port_base
 from tests.fixtures.waiting import eventually
 from tests.fixtures.workflows import restart_workflow
 
@@ -134,19 +134,33 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
         assert GOOD_IMAGE in rollbacks[0].spec_after_json
         assert found.incident.subject.kind == "Deployment"
         assert found.assessments[0].action_id == rollbacks[0].action_id
-        # The analysis is on the record with the local model's part in it: asked, and
-        # either answering (its answer, validation and the guard's verdict) or, on this
-        # shared machine, too slow (the rules decided, and the record says so).
-        (analysis,) = [a.analysis for a in found.analyses]
-        reasoning = analysis.reasoning
+        # The analysis acted on is the rules': shop is unguarded in the dev stack, so no
+        # answer of the model could change the plan and the fix did not wait for it.
+        acted_on = found.analyses[0].analysis
+        assert acted_on.recommendation.action.HasField("rollback_deployment")
+        assert acted_on.reasoning.guard == "rules first", acted_on.reasoning
+        assert acted_on.reasoning.provider == "local"
+
+        # The model's view follows on the record, within its time-out: either its answer
+        # (validation and the guard's verdict) or, on this shared machine, why it had none.
+        async def model_view() -> remediation_pb2.Analysis | None:
+            again = await _incident_for(loop, "shop")
+            assert again is not None
+            views = [
+                a.analysis for a in again.analyses if a.analysis.reasoning.asked_after_the_plan
+            ]
+            return views[0] if views else None
+
+        view = await eventually(model_view, "the model's view", 120, interval=1)
+        reasoning = view.reasoning
         assert reasoning.provider == "local" and reasoning.model == "smollm2-135m", reasoning
         assert "KubePodCrashLooping" in reasoning.prompt
-        assert analysis.recommendation.action.HasField("rollback_deployment")
-        if reasoning.guard != "rules only":
+        # Whatever it said, the plan it is weighed into is the one that ran.
+        assert view.recommendation.action.HasField("rollback_deployment")
+        if not reasoning.fallback_reason:
             assert reasoning.input_tokens > 0 and reasoning.answer, reasoning
             assert reasoning.validation == "valid"
-        else:
-            assert reasoning.fallback_reason, reasoning
+            assert "no approval" in reasoning.guard or reasoning.guard == "agreed", reasoning
 
         async def one_mail() -> list[object]:
             mails = read_mailbox(mail_dir)[mails_before:] if mail_dir.exists() else []

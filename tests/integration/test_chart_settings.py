@@ -39,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernaut.devstack.crds import build_helm
 from kubernaut.devstack.identities import write_token_kubeconfig
 from kubernaut.devstack.kube import LocalCluster
-from kubernaut.devstack.processes import LOOPBACK, stop_child, tail
+from kubernaut.devstack.processes import LOOPBACK, free_port, free_port_base, stop_child, tail
 from kubernaut.devstack.smtp import MailSink
 from kubernaut.edge.app import ALERTMANAGER_PATH
 from kubernaut.runtime.names import (
@@ -50,7 +50,6 @@ from kubernaut.runtime.names import (
     ServiceName,
 )
 from tests.fixtures.helm import Helm
-from tests.fixtures.kubernaut import free_port, free_port_base
 from tests.integration.test_http_edge import AUTH, TOKEN, webhook
 
 # A cold build of Helm or of the control plane runs inside the first test's fixtures.

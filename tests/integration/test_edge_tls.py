@@ -18,13 +18,14 @@ import uvicorn
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from pydantic import SecretStr
 
+from kubernaut.devstack.processes import free_port
 from kubernaut.edge.app import ALERTMANAGER_PATH, create_app
 from kubernaut.edge.main import server_config
 from kubernaut.edge.security import Authenticator
 from kubernaut.edge.settings import EdgeSettings
 from kubernaut.runtime.certs import CertPaths
 from kubernaut.runtime.names import EDGE_ACCOUNT
-from tests.fixtures.kubernaut import InProcessStack, free_port
+from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
 from tests.integration.test_http_edge import AUTH, TOKEN, webhook
 

@@ -20,13 +20,13 @@ from starlette.routing import Route
 
 from kubernaut.devstack.identities import write_token_kubeconfig
 from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.processes import free_port
 from kubernaut.edge.security import Authenticator, ReviewUnavailable, SenderCheck, Unauthorized
 from kubernaut.edge.settings import TokenReviewSettings
 from kubernaut.edge.tokenreview import TokenReviewer
 from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.settings import KubeSettings
 from tests.fixtures.cluster import eventually, kube_api
-from tests.fixtures.kubernaut import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -30,6 +30,7 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.devstack.monitoring import Alertmanager, fetch_alertmanager_alerts
+from kubernaut.devstack.processes import free_port
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.server import RunningService, ServiceContext, ServiceSpec, start_service
@@ -46,7 +47,7 @@ from kubernaut.services.effectiveness.store import (
     Status,
 )
 from tests.fixtures.cluster import create_deployment, eventually, kube_api
-from tests.fixtures.kubernaut import InProcessStack, free_port
+from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

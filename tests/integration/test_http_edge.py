@@ -15,11 +15,12 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
+from kubernaut.devstack.processes import free_port
 from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH, create_app
 from kubernaut.edge.security import Authenticator
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName
-from tests.fixtures.kubernaut import InProcessStack, free_port
+from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration

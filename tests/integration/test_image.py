@@ -29,8 +29,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kubernaut.devstack.processes import free_port
 from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName
-from tests.fixtures.kubernaut import free_port
 from tests.fixtures.postgres import fresh_database
 
 # A cold build (the Debian base, then the locked dependencies from PyPI) runs inside the image

@@ -18,6 +18,7 @@ from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
 
+from kubernaut.devstack.processes import free_port
 from kubernaut.devstack.smtp import MailSink, ReceivedMail
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.launcher import health_of, wait_serving
@@ -40,7 +41,7 @@ from kubernaut.services.notification.outbox import (
 )
 from kubernaut.services.notification.rendering import EventRenderer, RenderedMessage
 from kubernaut.services.notification.settings import NotificationSettings
-from tests.fixtures.kubernaut import InProcessStack, free_port
+from tests.fixtures.kubernaut import InProcessStack
 
 SUCCEEDED = notification_pb2.INCIDENT_EVENT_KIND_SUCCEEDED
 pytestmark = pytest.mark.integration

@@ -25,11 +25,12 @@ from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 from kubernaut.notification.v1 import notification_pb2
 from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
 
+from kubernaut.devstack.processes import free_port
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.launcher import Fleet, wait_serving
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.settings import RuntimeSettings
-from tests.fixtures.kubernaut import free_port, subprocess_env
+from tests.fixtures.kubernaut import subprocess_env
 
 pytestmark = pytest.mark.integration
 

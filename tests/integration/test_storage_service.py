@@ -19,11 +19,12 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from kubernaut.devstack.postgres import EmbeddedPostgres
+from kubernaut.devstack.processes import free_port
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import LIVENESS_HEALTH_SERVICE, ServiceName
 from kubernaut.runtime.server import start_service
 from kubernaut.runtime.settings import RuntimeSettings
-from tests.fixtures.kubernaut import InProcessStack, free_port
+from tests.fixtures.kubernaut import InProcessStack
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from kubernaut.common.v1 import alert_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from kubernaut.devstack.postgres import dsn_for_database
+from kubernaut.devstack.processes import free_port
 from kubernaut.services.storage.store import (
     InvalidPageToken,
     InvalidRecord,
@@ -81,13 +81,6 @@ async def all_actions(store: Store, alert_name: str = "") -> list[storage_pb2.Ac
     records, token = await store.list_actions(alert_name, 1000, "")
     assert token == ""
     return records
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- migrations ---------------------------------------------------------------------------

@@ -23,12 +23,13 @@ from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.devstack.kube import LocalCluster
+from kubernaut.devstack.processes import free_port
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.kube import MANAGED_LABEL
 from kubernaut.runtime.launcher import Fleet, wait_serving
 from kubernaut.runtime.names import ServiceName
 from tests.fixtures.cluster import create_deployment, eventually, kube_api, one_pod_per_node
-from tests.fixtures.kubernaut import InProcessStack, free_port, subprocess_env
+from tests.fixtures.kubernaut import InProcessStack, subprocess_env
 from tests.fixtures.workflows import restart_workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -229,6 +229,47 @@ def test_on_disagreement_the_rules_plan_is_proposed_and_waits_for_a_person() -> 
     assert weighed.recommendation.approval_required
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _remediate("rollback_deployment", "Deployment/shop/web"),
+        _remediate("restart_deployment", "Deployment/shop/web"),
+        _remediate("scale_deployment", "Deployment/shop/web", {"replicas": 4}),
+        {"decision": "not_actionable", "reason": "looks like a bad config"},
+    ],
+)
+def test_where_the_model_cannot_change_the_plan_the_rules_act_first(answer: dict[str, Any]) -> None:
+    # What makes it safe to act before the model answers: in an unguarded namespace, every
+    # answer the contract lets through leaves the rules' action, target and approval as
+    # they are, and the confidence no lower (so the workflow's bar is the same or higher).
+    rules = _rules("rollback_deployment")
+    assert guard.cannot_change(rules, {"sho?"})
+    model = contract.validate(answer, _offers(), EVIDENCE, "local")
+    weighed, _ = guard.weigh(rules, model, unguarded_namespaces={"sho?"})
+    assert weighed.recommendation.action == rules.recommendation.action
+    assert weighed.recommendation.target == rules.recommendation.target
+    assert not weighed.recommendation.approval_required
+    assert weighed.recommendation.confidence >= rules.recommendation.confidence
+    first = _analyst(ScriptedModel("local", [])).rules_first(rules)
+    assert first.recommendation == rules.recommendation
+    assert first.reasoning.guard == "rules first" and first.reasoning.provider == "local"
+    assert "asked after the plan" in first.reasoning.fallback_reason
+
+
+def test_where_the_model_could_change_the_plan_it_is_awaited() -> None:
+    analyst = _analyst(ScriptedModel("local", []), unguarded_namespaces=("shop",))
+    assert analyst.cannot_change(_rules("rollback_deployment"))
+    # Guarded, or no rule acting (the model's plan would need weighing): the model is awaited.
+    assert not _analyst(ScriptedModel("local", [])).cannot_change(_rules("rollback_deployment"))
+    assert not analyst.cannot_change(_rules())
+    other = alert_pb2.ResourceRef(kind="Deployment", namespace="payments", name="api")
+    assert not analyst.cannot_change(_rules("rollback_deployment", other))
+    # No model configured: nothing to ask later either.
+    assert not reasoning.ModelAnalyst([], _settings(unguarded_namespaces=("shop",))).cannot_change(
+        _rules("rollback_deployment")
+    )
+
+
 def test_the_workflow_keeps_an_approval_the_analysis_asked_for() -> None:
     recommendation = _rules("restart_deployment").recommendation
     recommendation.confidence = 0.99

@@ -5,6 +5,8 @@
 - They disagree, or the model acts where no rule does: a person approves the plan (outside
   the namespaces an operator listed in KUBERNAUT_AI_UNGUARDED_NAMESPACES). When the rules
   remediate, their plan is the one proposed; the model's choice is named in the reasons.
+- So when the rules remediate in an unguarded namespace, the model cannot change the plan:
+  the fix goes ahead at once and the model's view is recorded when it comes (server.py).
 
 The model never lowers a bar: the workflow's approval rules and the executor's checks
 apply to whatever comes out of here, and an approval asked for here cannot be dropped.
@@ -39,6 +41,22 @@ def _describe(analysis: remediation_pb2.Analysis) -> str:
     target = analysis.recommendation.target
     where = f"{target.kind} {target.namespace}/{target.name}".replace(" /", " ")
     return f"{_action(analysis)} on {where}"
+
+
+def unguarded(namespace: str, unguarded_namespaces: Collection[str]) -> bool:
+    return bool(namespace) and any(
+        fnmatch.fnmatchcase(namespace, pattern) for pattern in unguarded_namespaces
+    )
+
+
+def cannot_change(rules: remediation_pb2.Analysis, unguarded_namespaces: Collection[str]) -> bool:
+    """Whether no answer of a model could change what is done: the rules remediate in an
+    unguarded namespace, so weigh() keeps their plan and asks no approval whatever the model
+    says. Only the confidence could differ (agreement raises it), so acting on the rules'
+    own confidence is the same bar or a higher one."""
+    return rules.decision == REMEDIATE and unguarded(
+        rules.recommendation.target.namespace, unguarded_namespaces
+    )
 
 
 def weigh(
@@ -80,9 +98,7 @@ def weigh(
     chosen.analyzer = f"rules+{by}"
     chosen.reasons.append(f"The rules and the model disagree: {why}")
     rec = chosen.recommendation
-    if rec.target.namespace and any(
-        fnmatch.fnmatchcase(rec.target.namespace, pattern) for pattern in unguarded_namespaces
-    ):
+    if unguarded(rec.target.namespace, unguarded_namespaces):
         return chosen, f"{how}; no approval ({rec.target.namespace} is unguarded)"
     rec.approval_required = True
     rec.approval_reason = f"the rules and the model disagree ({why})"[:1024]

@@ -177,6 +177,23 @@ class ModelAnalyst:
     def enabled(self) -> bool:
         return bool(self.providers)
 
+    def cannot_change(self, rules: remediation_pb2.Analysis) -> bool:
+        """Whether no model's answer could change what is done (guard.cannot_change)."""
+        return self.enabled and guard.cannot_change(rules, self.settings.unguarded_namespaces)
+
+    def rules_first(self, rules: remediation_pb2.Analysis) -> remediation_pb2.Analysis:
+        """The rules' analysis, acted on before the model answers; says who is asked after."""
+        ps = self.providers[0][0]
+        namespace = rules.recommendation.target.namespace
+        analysis = _fallback(
+            rules,
+            remediation_pb2.ModelReasoning(provider=ps.name, model=ps.model),
+            f"the model is asked after the plan: {namespace} is unguarded, so no answer "
+            "could change the rules' plan, and the fix does not wait for it",
+        )
+        analysis.reasoning.guard = "rules first"
+        return analysis
+
     async def close(self) -> None:
         for _, provider in self.providers:
             await provider.close()

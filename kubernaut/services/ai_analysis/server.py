@@ -32,6 +32,10 @@ from kubernaut.services.incidents import FINAL_STATUSES
 
 log = logging.getLogger(__name__)
 
+# Model views of plans already under way, asked at once; more are not asked (a storm in an
+# unguarded namespace must not queue work for a model that cannot change anything).
+MAX_MODEL_VIEWS_WAITING = 8
+
 
 class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
     def __init__(
@@ -52,6 +56,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         self.storage = storage
         self.prometheus_url = prometheus_url
         self._catalogue: list[executor_pb2.ActionDefinition] = []
+        self._model_views: set[asyncio.Task[None]] = set()
 
     async def catalogue(self) -> list[executor_pb2.ActionDefinition]:
         """The executor's catalogue, read once (it changes only with the executor's
@@ -101,6 +106,39 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         if self.prometheus_url and expression:
             toolbox.append(tools.prometheus_tool(self.prometheus_url, expression))
         return await self.analyst.analyse(incident, rules, catalogue, toolbox, time_left)
+
+    def _ask_model_later(
+        self, incident: reasoning.Incident, rules: remediation_pb2.Analysis, incident_id: str
+    ) -> None:
+        """Ask the model about a plan already under way, and record its view beside it."""
+        if len(self._model_views) >= MAX_MODEL_VIEWS_WAITING:
+            # A storm must not queue unbounded work on a model that cannot change anything.
+            log.warning(
+                "the model's view is not asked",
+                extra={"why": f"{len(self._model_views)} views are already waiting"},
+            )
+            return
+        view = asyncio.create_task(self._model_view(incident, rules, incident_id))
+        self._model_views.add(view)
+        view.add_done_callback(self._model_views.discard)
+
+    async def _model_view(
+        self, incident: reasoning.Incident, rules: remediation_pb2.Analysis, incident_id: str
+    ) -> None:
+        try:
+            view = await self._with_model(incident, rules, incident_id, None)
+            view.reasoning.asked_after_the_plan = True
+            await self._record(incident_id, view)
+        except Exception:  # a view for the record must never take the service down
+            log.exception("the model's view failed")
+
+    async def close(self) -> None:
+        """Stop: views still waiting are dropped (nothing acts on them), then the models."""
+        for view in list(self._model_views):
+            view.cancel()
+        await asyncio.gather(*self._model_views, return_exceptions=True)
+        if self.analyst is not None:
+            await self.analyst.close()
 
     async def _knowledge(self, alert_name: str) -> context_api_pb2.AlertKnowledge | None:
         try:
@@ -196,12 +234,15 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         rules = analyze(
             incident.alert, incident.subject, knowledge, self.settings, evidence, history
         )
-        analysis = await self._with_model(
-            reasoning.Incident(incident.alert, incident.subject, evidence, knowledge),
-            rules,
-            incident.incident_id,
-            _time_left(context),
-        )
+        asked = reasoning.Incident(incident.alert, incident.subject, evidence, knowledge)
+        analyst = self.analyst
+        model_later = analyst is not None and analyst.cannot_change(rules)
+        if analyst is not None and model_later:
+            analysis = analyst.rules_first(rules)
+        else:
+            analysis = await self._with_model(
+                asked, rules, incident.incident_id, _time_left(context)
+            )
         response = ai_analysis_pb2.AnalyzeIncidentResponse(analysis=analysis)
         await self._record(incident.incident_id, analysis)
         if analysis.decision == remediation_pb2.DECISION_REMEDIATE:
@@ -213,6 +254,8 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
                 )
             )
             response.workflow_id = created.workflow.workflow_id
+        if model_later:
+            self._ask_model_later(asked, rules, incident.incident_id)
         log.info(
             "analysed",
             extra={
@@ -249,15 +292,13 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             "models configured",
             extra={"providers": [f"{ps.name} ({ps.kind} {ps.model})" for ps in settings.providers]},
         )
-    return ServiceSpec(
-        AIAnalysisServicer(
-            ctx.clients.stub(ContextAPIServiceStub),
-            ctx.clients.stub(WorkflowServiceStub),
-            RulesSettings(),
-            ctx.clients.stub(ExecutorServiceStub),
-            analyst,
-            ctx.clients.stub(StorageServiceStub),
-            settings.prometheus_url,
-        ),
-        on_stop=[analyst.close],
+    servicer = AIAnalysisServicer(
+        ctx.clients.stub(ContextAPIServiceStub),
+        ctx.clients.stub(WorkflowServiceStub),
+        RulesSettings(),
+        ctx.clients.stub(ExecutorServiceStub),
+        analyst,
+        ctx.clients.stub(StorageServiceStub),
+        settings.prometheus_url,
     )
+    return ServiceSpec(servicer, on_stop=[servicer.close])

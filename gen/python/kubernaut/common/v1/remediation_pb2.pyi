@@ -955,6 +955,7 @@ class ModelReasoning(_message.Message):
     LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
     FALLBACK_REASON_FIELD_NUMBER: _builtins.int
     GUARD_FIELD_NUMBER: _builtins.int
+    ASKED_AFTER_THE_PLAN_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """The configured provider's name and its model id."""
     model: _builtins.str
@@ -975,6 +976,12 @@ class ModelReasoning(_message.Message):
     """
     guard: _builtins.str
     """How the guard weighed the model against the rules, e.g. "agreed", "disagreed: approval"."""
+    asked_after_the_plan: _builtins.bool
+    """True when the model was asked after the rules' plan had gone ahead: in a namespace the
+    guard leaves unguarded, a model cannot change a plan the rules made, so the fix does not
+    wait for it. Such an analysis is the model's view, for the record; the analysis acted on
+    was recorded before it.
+    """
     @_builtins.property
     def tool_uses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolUse]:
         """The read-only tools the model called, in order."""
@@ -994,10 +1001,11 @@ class ModelReasoning(_message.Message):
         latency_seconds: _builtins.float = ...,
         fallback_reason: _builtins.str = ...,
         guard: _builtins.str = ...,
+        asked_after_the_plan: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "cost_usd", b"cost_usd", "fallback_reason", b"fallback_reason", "guard", b"guard", "input_tokens", b"input_tokens", "latency_seconds", b"latency_seconds", "model", b"model", "output_tokens", b"output_tokens", "prompt", b"prompt", "provider", b"provider", "tool_uses", b"tool_uses", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "asked_after_the_plan", b"asked_after_the_plan", "cost_usd", b"cost_usd", "fallback_reason", b"fallback_reason", "guard", b"guard", "input_tokens", b"input_tokens", "latency_seconds", b"latency_seconds", "model", b"model", "output_tokens", b"output_tokens", "prompt", b"prompt", "provider", b"provider", "tool_uses", b"tool_uses", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
