@@ -26,7 +26,7 @@ check: setup
 	bash scripts/check.sh
 
 test: check  ## what CI runs
-	pytest -q
+	pytest -q -n 2 --dist loadfile
 
 test-fast:
 	pytest -q tests/unit

@@ -1,12 +1,17 @@
 """What the HTTP edge's door costs: AlertManager webhooks through the real edge (bearer
-token, pydantic then buf.validate validation, dedup in PostgreSQL) against a bare FastAPI
-endpoint under the same uvicorn settings, in one run.
+token, pydantic then buf.validate validation, dedup in PostgreSQL) against two floors
+under the same uvicorn settings, in one run:
+
+- the durable floor: a bare FastAPI endpoint that parses the body and commits one INSERT
+  per webhook to the same PostgreSQL (what any endpoint that keeps what it answers for must
+  do at least, without batching);
+- the parse-only floor: a bare FastAPI endpoint that only parses the body.
 
     .venv/bin/python -m bench.edge_throughput [--throughput-seconds 15] [--latency-seconds 20]
 
 Everything runs as in production, each in its own process: PostgreSQL (the embedded server,
 or --database-url), `kubernaut serve gateway` under mTLS, `kubernaut serve gateway-http`
-(uvicorn), the bare endpoint (uvicorn) and an aiohttp load generator with keep-alive
+(uvicorn), the two floors (uvicorn) and an aiohttp load generator with keep-alive
 connections. Two measurements of each endpoint:
 
 - throughput: a closed loop of --connections concurrent requests for --throughput-seconds;
@@ -18,8 +23,10 @@ It measures the door, not the analysis behind it: the gateway holds new alerts f
 than the run (KUBERNAUT_GATEWAY_HOLD_SECONDS) and its alert processor address has nothing
 listening, so nothing is forwarded during the run; the output says so.
 
-Targets (the issue): the edge's throughput at least half the bare endpoint's, and the edge's
-p99 under 20 ms at 500 alerts/s. Compare ratios within one run, not absolute numbers: this
+Goals (issue 19): the edge's throughput at least the durable floor's (1.0x: batching should
+beat one commit per webhook), and the edge's p99 under 20 ms at 500 alerts/s; the ratio to
+the parse-only floor is the second figure (an earlier goal: 0.5x). `table_figures` gives
+these rows to `python -m bench.all`. Compare ratios within one run, not absolute numbers: this
 machine is shared and noisy. --profile DIR samples the edge and the gateway with py-spy
 during their measurements (which slows them a little) and prints where their time goes.
 """
@@ -37,7 +44,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +63,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from bench.figures import Figure
 from kubernaut.devstack.postgres import EmbeddedPostgres, create_database, drop_database
+from kubernaut.devstack.processes import free_port
 from kubernaut.edge.app import ALERTMANAGER_PATH
 from kubernaut.runtime.certs import init_dev_pki
 from kubernaut.runtime.clients import Clients
@@ -67,7 +75,11 @@ from kubernaut.runtime.settings import RuntimeSettings, Transport
 
 TOKEN: Final = "bench-" + uuid.uuid4().hex
 P99_TARGET_MS: Final = 20.0
+# Edge throughput over the durable floor's, and (the earlier goal) over the parse-only one's.
+DURABLE_RATIO_TARGET: Final = 1.0
 RATIO_TARGET: Final = 0.5
+# The durable floor's connection pool: the gateway's default size.
+DURABLE_POOL_SIZE: Final = 10
 # Longer than any run: the forwarder never finds a new alert due while we measure.
 HOLD_SECONDS: Final = 24 * 3600.0
 # The edge's per-sender rate limit stays on (its cost is part of the door), far above
@@ -297,11 +309,60 @@ def bare_app() -> FastAPI:
     return app
 
 
-def serve_bare(host: str, port: int) -> None:
+DURABLE_TABLE: Final = "bench_floor.webhooks"
+
+
+def durable_app(dsn: str) -> FastAPI:
+    """One POST route that parses the JSON body and commits one INSERT of it per webhook
+    (autocommit: one transaction, one WAL flush each, PostgreSQL's default
+    synchronous_commit as the gateway has it), then answers a small JSON 200. No
+    authentication, no validation, no dedup, no batching."""
+    pool: asyncpg.Pool | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        nonlocal pool
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=DURABLE_POOL_SIZE)
+        await pool.execute(
+            "CREATE SCHEMA IF NOT EXISTS bench_floor; "
+            f"CREATE TABLE IF NOT EXISTS {DURABLE_TABLE} "
+            "(id bigserial PRIMARY KEY, received timestamptz NOT NULL DEFAULT now(), "
+            "alerts integer NOT NULL, body jsonb NOT NULL)"
+        )
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="durable floor", lifespan=lifespan)
+
+    @app.post(ALERTMANAGER_PATH)
+    async def webhook_route(request: Request) -> JSONResponse:
+        raw = await request.body()
+        body = json.loads(raw)
+        alerts = len(body.get("alerts", ()))
+        assert pool is not None
+        await pool.execute(
+            f"INSERT INTO {DURABLE_TABLE} (alerts, body) VALUES ($1, $2::jsonb)",
+            alerts,
+            raw.decode(),
+        )
+        return JSONResponse({"accepted": alerts})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve_bare(host: str, port: int, dsn: str | None = None) -> None:
+    """The parse-only floor, or with `dsn` the durable one."""
     # The edge's uvicorn settings (kubernaut.edge.main.serve_edge): one process, default loop
     # and HTTP implementation, no access log.
+    app = bare_app() if dsn is None else durable_app(dsn)
     server = uvicorn.Server(
-        uvicorn.Config(bare_app(), host=host, port=port, log_config=None, access_log=False)
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     )
     server.run()
 
@@ -477,13 +538,6 @@ def run_load(spec_json: str) -> None:
 # -- the processes ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Child:
     name: str
@@ -600,6 +654,7 @@ class Stack:
     children: Children
     edge_url: str
     bare_url: str
+    durable_url: str
     dsn: str
     roots: dict[str, int]
     gateway: Child
@@ -694,10 +749,15 @@ def start_gateway(root: Path, dsn: str, children: Children, args: argparse.Names
 def start_stack(
     root: Path, dsn: str, postgres_pid: int | None, children: Children, args: argparse.Namespace
 ) -> Stack:
-    edge_port, bare_port = free_port(), free_port()
+    edge_port, bare_port, durable_port = free_port(), free_port(), free_port()
     bare = children.start(
         "bare",
         ["-m", "bench.edge_throughput", "--serve-bare", str(bare_port)],
+        base_env(),
+    )
+    durable = children.start(
+        "durable",
+        ["-m", "bench.edge_throughput", "--serve-bare", str(durable_port), "--floor-dsn", dsn],
         base_env(),
     )
     gateway = start_gateway(root, dsn, children, args)
@@ -715,12 +775,28 @@ def start_stack(
     edge = children.start("edge", ["-m", "kubernaut.cli.main", "serve", "gateway-http"], edge_env)
     edge_url = f"http://127.0.0.1:{edge_port}"
     bare_url = f"http://127.0.0.1:{bare_port}"
-    _wait_http(edge_url, children)
-    _wait_http(bare_url, children)
-    roots = {"edge": edge.popen.pid, "gateway": gateway.child.popen.pid, "bare": bare.popen.pid}
+    durable_url = f"http://127.0.0.1:{durable_port}"
+    for url in (edge_url, bare_url, durable_url):
+        _wait_http(url, children)
+    roots = {
+        "edge": edge.popen.pid,
+        "gateway": gateway.child.popen.pid,
+        "bare": bare.popen.pid,
+        "durable": durable.popen.pid,
+    }
     if postgres_pid is not None:
         roots["postgres"] = postgres_pid
-    return Stack(children, edge_url, bare_url, dsn, roots, gateway.child, edge, gateway.forward_to)
+    return Stack(
+        children,
+        edge_url,
+        bare_url,
+        durable_url,
+        dsn,
+        roots,
+        gateway.child,
+        edge,
+        gateway.forward_to,
+    )
 
 
 @contextlib.contextmanager
@@ -763,7 +839,7 @@ async def _intake_counts(dsn: str) -> dict[str, int]:
 @dataclass
 class Phase:
     name: str
-    target: str  # "edge" or "bare"
+    target: str  # "edge", "durable" or "bare"
     result: LoadResult
     cpu: dict[str, float]
     # The whole machine during the measurement: busy CPU seconds, wall seconds.
@@ -779,7 +855,8 @@ def measure(
     tag: str,
     profile_dir: Path | None,
 ) -> Phase:
-    url = (stack.edge_url if target == "edge" else stack.bare_url) + ALERTMANAGER_PATH
+    base = {"edge": stack.edge_url, "bare": stack.bare_url, "durable": stack.durable_url}[target]
+    url = base + ALERTMANAGER_PATH
     closed = mode == "closed"
     per_request = 1 if closed else args.alerts_per_request
     spec = LoadSpec(
@@ -978,11 +1055,57 @@ def _per_second(count: int, result: LoadResult) -> float:
     return count / result.seconds if result.seconds else 0.0
 
 
+DURABLE_FIGURE: Final = "edge throughput vs durable floor (1 INSERT per webhook)"
+PARSE_ONLY_FIGURE: Final = "edge throughput vs parse-only floor"
+P99_FIGURE: Final = "edge p99 latency"
+
+
+def _ratio(phase: Phase, floor: Phase) -> float:
+    rate = _per_second(floor.result.ok, floor.result)
+    return _per_second(phase.result.ok, phase.result) / rate if rate else 0.0
+
+
+def figures_of(phases: Mapping[str, Phase], args: argparse.Namespace) -> list[Figure]:
+    """The rows of `python -m bench.all`'s table: the durable ratio, the parse-only ratio,
+    the edge's p99."""
+    edge_t, durable_t, bare_t = (phases[f"{t}-closed"] for t in ("edge", "durable", "bare"))
+    edge_l = phases["edge-open"].result
+
+    def rate(phase: Phase) -> str:
+        return f"{_per_second(phase.result.ok, phase.result):,.0f}/s"
+
+    durable = _ratio(edge_t, durable_t)
+    parse_only = _ratio(edge_t, bare_t)
+    complete = edge_l.ok == edge_l.offered and not edge_l.errors
+    unanswered = "" if complete else f", {edge_l.offered - edge_l.ok} not answered 200"
+    return [
+        Figure(
+            DURABLE_FIGURE,
+            f">= {DURABLE_RATIO_TARGET:.1f}x",
+            f"{durable:.2f}x (edge {rate(edge_t)}, floor {rate(durable_t)})",
+            durable >= DURABLE_RATIO_TARGET,
+        ),
+        Figure(
+            PARSE_ONLY_FIGURE,
+            f">= {RATIO_TARGET:.1f}x (earlier goal)",
+            f"{parse_only:.2f}x (edge {rate(edge_t)}, floor {rate(bare_t)})",
+            parse_only >= RATIO_TARGET,
+        ),
+        Figure(
+            f"{P99_FIGURE} at {args.rate:g} alerts/s",
+            f"< {P99_TARGET_MS:g} ms",
+            f"{edge_l.p99_ms:.1f} ms{unanswered}",
+            edge_l.p99_ms < P99_TARGET_MS and complete,
+        ),
+    ]
+
+
 def report(phases: dict[str, Phase], args: argparse.Namespace, counts: dict[str, int]) -> None:
     """Throughput and latency counted on requests answered 200 (an error is no work done)."""
-    bare_t, edge_t = phases["bare-closed"], phases["edge-closed"]
-    bare_l, edge_l = phases["bare-open"], phases["edge-open"]
+    bare_t, durable_t, edge_t = (phases[f"{t}-closed"] for t in ("bare", "durable", "edge"))
+    bare_l, durable_l, edge_l = (phases[f"{t}-open"] for t in ("bare", "durable", "edge"))
     per_request = args.alerts_per_request
+    durable, parse_only, p99 = figures_of(phases, args)
     print()
     print("== results ==")
     print(
@@ -991,17 +1114,21 @@ def report(phases: dict[str, Phase], args: argparse.Namespace, counts: dict[str,
         f"({edge_t.result.body_bytes / 1024:.1f} KiB bodies on average)"
     )
     print(f"  {'':<16}{'requests/s':>11}{'alerts/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for label, phase in (("bare endpoint", bare_t), ("kubernaut edge", edge_t)):
+    labels = {"bare": "parse-only floor", "durable": "durable floor", "edge": "kubernaut edge"}
+    for phase in (bare_t, durable_t, edge_t):
         r = phase.result
         print(
-            f"  {label:<16}{_per_second(r.ok, r):>11.0f}{_per_second(r.alerts, r):>10.0f}"
+            f"  {labels[phase.target]:<18}{_per_second(r.ok, r):>11.0f}"
+            f"{_per_second(r.alerts, r):>10.0f}"
             f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{sum(r.errors.values()):>8}"
         )
-    bare_rate = _per_second(bare_t.result.ok, bare_t.result)
-    ratio = _per_second(edge_t.result.ok, edge_t.result) / bare_rate if bare_rate else 0.0
     print(
-        f"  throughput ratio edge/bare: {ratio:.3f}   "
-        f"(target >= {RATIO_TARGET:.2f}: {_verdict(ratio >= RATIO_TARGET)})"
+        f"  throughput ratio edge/durable floor: {_ratio(edge_t, durable_t):.3f}   "
+        f"(goal >= {DURABLE_RATIO_TARGET:.1f}: {_verdict(durable.met)})"
+    )
+    print(
+        f"  throughput ratio edge/bare (parse-only floor): {_ratio(edge_t, bare_t):.3f}   "
+        f"(earlier goal >= {RATIO_TARGET:.2f}: {_verdict(parse_only.met)})"
     )
     print()
     print(
@@ -1011,25 +1138,28 @@ def report(phases: dict[str, Phase], args: argparse.Namespace, counts: dict[str,
         "timed from each request's scheduled send"
     )
     print(
-        f"  {'':<16}{'alerts/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"  {'':<18}{'alerts/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
         f"{'errors':>8}"
     )
-    for label, phase in (("bare endpoint", bare_l), ("kubernaut edge", edge_l)):
+    for phase in (bare_l, durable_l, edge_l):
         r = phase.result
         print(
-            f"  {label:<16}{_per_second(r.alerts, r):>9.0f}{r.p50_ms:>9.2f}{r.p90_ms:>9.2f}"
+            f"  {labels[phase.target]:<18}{_per_second(r.alerts, r):>9.0f}"
+            f"{r.p50_ms:>9.2f}{r.p90_ms:>9.2f}"
             f"{r.p99_ms:>9.2f}{r.max_ms:>9.1f}{sum(r.errors.values()):>8}"
         )
     edge_p99 = edge_l.result.p99_ms
-    complete = edge_l.result.ok == edge_l.result.offered
-    met = edge_p99 < P99_TARGET_MS and complete
     print(
         f"  edge p99 at {args.rate:g} alerts/s: {edge_p99:.2f} ms   "
-        f"(target < {P99_TARGET_MS:g} ms with every request answered 200: {_verdict(met)})"
+        f"(goal < {P99_TARGET_MS:g} ms with every request answered 200: "
+        f"{_verdict(p99.met)})"
     )
     print(
-        f"  the load generator's own send lag, p99 (included above): bare "
-        f"{bare_l.result.send_lag_p99_ms:.2f} ms, edge {edge_l.result.send_lag_p99_ms:.2f} ms"
+        "  the load generator's own send lag, p99 (included above): "
+        + ", ".join(
+            f"{labels[p.target]} {p.result.send_lag_p99_ms:.2f} ms"
+            for p in (bare_l, durable_l, edge_l)
+        )
     )
     for phase in phases.values():
         r = phase.result
@@ -1060,7 +1190,7 @@ def report(phases: dict[str, Phase], args: argparse.Namespace, counts: dict[str,
         "CPU ms per request answered 200 (user+system during the measurement; "
         "2 cores give 2000 ms/s):"
     )
-    names = ["edge", "gateway", "postgres", "bare", "load generator"]
+    names = ["edge", "gateway", "postgres", "bare", "durable", "load generator"]
     names = [n for n in names if any(n in p.cpu for p in phases.values())]
     print("  " + f"{'':<14}" + "".join(f"{n:>15}" for n in names) + f"{'total':>10}")
     for phase in phases.values():
@@ -1085,15 +1215,17 @@ def report(phases: dict[str, Phase], args: argparse.Namespace, counts: dict[str,
     cores = os.cpu_count() or 1
     ceilings = {
         name: cores * phases[name].result.ok / spent
-        for name in ("bare-closed", "edge-closed")
+        for name in ("bare-closed", "durable-closed", "edge-closed")
         if (spent := sum(phases[name].cpu.values())) > 0
     }
-    if len(ceilings) == 2:
+    if len(ceilings) == 3:
+        edge_ceiling = ceilings["edge-closed"]
         print(
             f"at that CPU per request, {cores} busy cores serve at most "
-            f"{ceilings['bare-closed']:.0f} requests/s bare and {ceilings['edge-closed']:.0f} "
-            f"through the edge: a ratio of {ceilings['edge-closed'] / ceilings['bare-closed']:.2f} "
-            "at best"
+            f"{ceilings['bare-closed']:.0f} requests/s parse-only, "
+            f"{ceilings['durable-closed']:.0f} durable and {edge_ceiling:.0f} through the "
+            f"edge: ratios of {edge_ceiling / ceilings['durable-closed']:.2f} (durable) and "
+            f"{edge_ceiling / ceilings['bare-closed']:.2f} (parse-only) at best"
         )
 
     if any(phase.profile for phase in phases.values()):
@@ -1124,7 +1256,7 @@ def run(args: argparse.Namespace) -> int:
     if args.profile is not None:
         profile_dir = Path(args.profile).resolve()
         profile_dir.mkdir(parents=True, exist_ok=True)
-    print("Kubernaut HTTP edge against a bare FastAPI endpoint, one run")
+    print("Kubernaut HTTP edge against a durable and a parse-only FastAPI floor, one run")
     for line in machine_facts():
         print(line)
     storms = (
@@ -1139,8 +1271,14 @@ def run(args: argparse.Namespace) -> int:
         f"transaction per request); {storms}"
     )
     print(
-        "bare: one FastAPI POST route that reads the JSON body and returns a small JSON 200; "
-        "same uvicorn settings (1 process, access log off); no auth, validation or database"
+        "durable floor: one FastAPI POST route that parses the JSON body and commits one "
+        f"INSERT of it (jsonb) per webhook to the same PostgreSQL (a pool of "
+        f"{DURABLE_POOL_SIZE}, autocommit); no auth, validation, dedup or batching"
+    )
+    print(
+        "parse-only floor (bare): one FastAPI POST route that reads the JSON body and returns "
+        "a small JSON 200; no auth, validation or database. Both floors: the edge's uvicorn "
+        "settings (1 process, access log off)"
     )
     print(
         f"bodies: AlertManager v4 webhooks of kube-state-metrics pod alerts; "
@@ -1155,31 +1293,9 @@ def run(args: argparse.Namespace) -> int:
     # the finally blocks stop every process we started.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    phases: dict[str, Phase] = {}
     try:
-        with database(root, args.database_url) as (dsn, postgres_pid):
-            stack = start_stack(root, dsn, postgres_pid, children, args)
-            print(
-                f"forwarding held: KUBERNAUT_GATEWAY_HOLD_SECONDS={HOLD_SECONDS:g} (longer "
-                f"than the run), alert processor at {stack.forward_to} where nothing listens: "
-                "nothing is forwarded, the run measures the door"
-            )
-            if args.set:
-                print(f"settings tried: {' '.join(args.set)}")
-            print(f"logs: {root / 'logs'}", flush=True)
-            plan = (
-                ("bare", "closed", "a"),
-                ("edge", "closed", "b"),
-                ("bare", "open", "c"),
-                ("edge", "open", "d"),
-            )
-            for target, mode, tag in plan:
-                print(f"measuring {target} ({mode} loop) ...", flush=True)
-                phase = measure(stack, target, mode, args, tag, profile_dir)
-                phases[phase.name] = phase
-            counts = asyncio.run(_intake_counts(dsn))
-            children.stop_all()
-            report(phases, args, counts)
+        phases, counts = measure_all(args, root, children, profile_dir)
+        report(phases, args, counts)
     except KeyboardInterrupt:
         print("interrupted; stopping what was started", file=sys.stderr)
         return 130
@@ -1188,6 +1304,61 @@ def run(args: argparse.Namespace) -> int:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+# (endpoint, loop, the load generator's tag: no two measurements share a fingerprint)
+PLAN: Final = (
+    ("bare", "closed", "a"),
+    ("durable", "closed", "b"),
+    ("edge", "closed", "c"),
+    ("bare", "open", "d"),
+    ("durable", "open", "e"),
+    ("edge", "open", "f"),
+)
+
+
+def measure_all(
+    args: argparse.Namespace, root: Path, children: Children, profile_dir: Path | None
+) -> tuple[dict[str, Phase], dict[str, int]]:
+    """Every measurement of PLAN, and the gateway's counts after them."""
+    phases: dict[str, Phase] = {}
+    with database(root, args.database_url) as (dsn, postgres_pid):
+        stack = start_stack(root, dsn, postgres_pid, children, args)
+        print(
+            f"forwarding held: KUBERNAUT_GATEWAY_HOLD_SECONDS={HOLD_SECONDS:g} (longer "
+            f"than the run), alert processor at {stack.forward_to} where nothing listens: "
+            "nothing is forwarded, the run measures the door"
+        )
+        if args.set:
+            print(f"settings tried: {' '.join(args.set)}")
+        print(f"logs: {root / 'logs'}", flush=True)
+        for target, mode, tag in PLAN:
+            print(f"measuring {target} ({mode} loop) ...", flush=True)
+            phase = measure(stack, target, mode, args, tag, profile_dir)
+            phases[phase.name] = phase
+        counts = asyncio.run(_intake_counts(dsn))
+        children.stop_all()
+    return phases, counts
+
+
+def table_figures(quick: bool) -> list[Figure]:
+    """This bench's rows of `python -m bench.all`, from one run (shorter when `quick`)."""
+    argv = (
+        ["--throughput-seconds", "4", "--latency-seconds", "5", "--warmup-seconds", "1"]
+        if quick
+        else []
+    )
+    args = parser().parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="kubernaut-bench-edge-"))
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    children = Children(root / "logs")
+    try:
+        phases, counts = measure_all(args, root, children, None)
+        report(phases, args, counts)  # to the log of `bench.all`
+    finally:
+        children.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    return figures_of(phases, args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -1250,6 +1421,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--keep", metavar="DIR", default=None, help="keep logs (and data) in DIR")
     # The child processes of a run.
     top.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
+    top.add_argument("--floor-dsn", default=None, help=argparse.SUPPRESS)
     top.add_argument("--load", default=None, help=argparse.SUPPRESS)
     return top
 
@@ -1257,7 +1429,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.serve_bare is not None:
-        serve_bare("127.0.0.1", args.serve_bare)
+        serve_bare("127.0.0.1", args.serve_bare, args.floor_dsn)
         return 0
     if args.load is not None:
         run_load(args.load)

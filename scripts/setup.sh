@@ -7,6 +7,8 @@
 #     built from their Go modules by scripts/build-k8s.sh,
 #   - Helm (built from its Go module) and the CRDs the chart is checked against (Istio,
 #     prometheus-operator, cert-manager, CloudNativePG, from theirs), by scripts/build-helm.sh,
+#   - Jaeger v2 (built from its Go module), the dev stack's trace backend, by
+#     scripts/build-jaeger.sh,
 #   - the dev stack's local model: llama-cpp-python built from its sdist into its own
 #     virtualenv, and SmolLM2-135M's GGUF file, by scripts/build-llama.sh,
 # cached under the state directory keyed by version, so a warm run takes seconds.
@@ -66,6 +68,9 @@ bash scripts/build-k8s.sh
 
 step "Helm and the chart's CRDs (built and taken from Go modules; ~5 min cold)"
 bash scripts/build-helm.sh
+
+step "Jaeger, the dev stack's trace backend (built from its Go module; ~13 min cold)"
+bash scripts/build-jaeger.sh
 
 step "local model: llama-cpp-python server and SmolLM2-135M (built from the sdist; ~8 min cold)"
 bash scripts/build-llama.sh

@@ -103,6 +103,7 @@ async def watch(
                         f"pod {alert.labels.get('pod')}",
                     )
             found = await _incident_of(storage, scenario.namespace)
+            view_owed = False
             if found is not None:
                 incident = found.incident
                 incident_id = incident.incident_id
@@ -119,6 +120,11 @@ async def watch(
                     )
                 for recorded in found.analyses:
                     _show_model(recorded.analysis, step)
+                reasonings = [recorded.analysis.reasoning for recorded in found.analyses]
+                # A model asked after the plan answers within its time-out: show its view.
+                view_owed = any(r.guard == "rules first" for r in reasonings) and not any(
+                    r.asked_after_the_plan for r in reasonings
+                )
                 await _show_workflow(workflows, incident, step)
                 for action in found.actions:
                     outcome = storage_pb2.ActionOutcome.Name(action.outcome)
@@ -153,6 +159,7 @@ async def watch(
                 {"healed"} <= step.seen
                 and any(k.startswith("assess-") for k in step.seen)
                 and mails
+                and not view_owed
             )
             if done or "no-action" in step.seen:
                 break
@@ -167,19 +174,24 @@ def _show_model(analysis: remediation_pb2.Analysis, step: Timeline) -> None:
     reasoning = analysis.reasoning
     if not reasoning.provider:
         return
-    if reasoning.fallback_reason:
+    key, when = (
+        ("model-view", ", after the plan") if reasoning.asked_after_the_plan else ("model", "")
+    )
+    if reasoning.guard == "rules first":
+        step(key, f"model {reasoning.provider}: asked after the plan", reasoning.fallback_reason)
+    elif reasoning.fallback_reason:
         step(
-            "model",
-            f"model {reasoning.provider}: the rules decided without it",
+            key,
+            f"model {reasoning.provider}{when}: the rules decided without it",
             reasoning.fallback_reason,
         )
-        return
-    step(
-        "model",
-        f"model {reasoning.provider} ({reasoning.model}) answered in "
-        f"{reasoning.latency_seconds:.1f}s: guard {reasoning.guard}",
-        reasoning.answer,
-    )
+    else:
+        step(
+            key,
+            f"model {reasoning.provider} ({reasoning.model}) answered in "
+            f"{reasoning.latency_seconds:.1f}s{when}: guard {reasoning.guard}",
+            reasoning.answer,
+        )
 
 
 async def _show_workflow(
@@ -235,6 +247,7 @@ async def run_demo(*, keep_running: bool = False, model: bool = True) -> int:
         group_interval="5s",
         repeat_interval="15s",
         model=model,
+        tracing=True,
     )
     print(f"1/4  dev stack in {stack.root}", flush=True)
     info = await asyncio.to_thread(stack.up)

@@ -13,8 +13,21 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.cli.tables import print_table, subject_text, when_text
+from kubernaut.devstack.jaeger import trace_url
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.settings import RuntimeSettings
+
+
+def trace_ui_url(settings: RuntimeSettings) -> str:
+    """The trace UI to link to: KUBERNAUT_TRACE_UI_URL, else the dev stack's Jaeger while
+    it runs (`kubernaut up` and the demo set the variable only for their own processes,
+    and `incidents show` runs in another shell), else "" (no link)."""
+    if settings.trace_ui_url:
+        return settings.trace_ui_url
+    from kubernaut.devstack.stack import DevStack
+
+    jaeger = DevStack(settings.state_dir).running("jaeger")
+    return jaeger.url if jaeger is not None else ""
 
 
 def _status(value: storage_pb2.IncidentStatus.ValueType) -> str:
@@ -85,6 +98,9 @@ async def show_incident(settings: RuntimeSettings, incident_id: str, prompt: boo
     print(f"subject    {subject_text(incident.subject)}")
     print(f"opened     {when_text(incident.opened_at)}   closed {when_text(incident.closed_at)}")
     print(f"trace      {incident.trace_id or '-'}")
+    ui_url = trace_ui_url(settings)
+    if incident.trace_id and ui_url:
+        print(f"trace link {trace_url(ui_url, incident.trace_id)}")
     if workflow is not None:
         plan = workflow.plan
         print(f"analysis   recommended {plan.action} on {subject_text(plan.target)}")
@@ -156,6 +172,8 @@ def _print_reasoning(reasoning: remediation_pb2.ModelReasoning, *, prompt: bool)
         print(f"    model      {_line(reasoning.provider)}/{_line(reasoning.model) or '-'}")
     if reasoning.guard:
         print(f"    guard      {_line(reasoning.guard)}")
+    if reasoning.asked_after_the_plan:
+        print("    asked      after the plan went ahead: its view, for the record")
     if reasoning.validation:
         print(f"    validation {_line(reasoning.validation)}")
     if reasoning.provider or reasoning.input_tokens or reasoning.output_tokens:
@@ -174,7 +192,10 @@ def _print_reasoning(reasoning: remediation_pb2.ModelReasoning, *, prompt: bool)
         print(f"    answer     {_line(reasoning.answer)}")
     if reasoning.fallback_reason:
         why = _line(reasoning.fallback_reason)
-        print(f"    fallback   the rules decided without the model: {why}")
+        if reasoning.guard == "rules first":
+            print(f"    first      {why}")
+        else:
+            print(f"    fallback   the rules decided without the model: {why}")
     if prompt and reasoning.prompt:
         print("    prompt (redacted)")
         for line in reasoning.prompt.splitlines():

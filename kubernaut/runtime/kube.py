@@ -13,11 +13,16 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from kubernetes_asyncio import client, config
+from typing import TYPE_CHECKING, Any
 
 from kubernaut.runtime.settings import KubeSettings
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio import client
+
+# kubernetes_asyncio is imported where a connection is made: the helpers below (template
+# digests, annotations) serve services that never talk to a cluster (storage), and the
+# client costs some 40 MiB of RSS in each process that loads it.
 
 # The opt-in label: Kubernaut acts only on objects (or namespaces) that carry it.
 MANAGED_LABEL = "kubernaut.ai/managed"
@@ -56,12 +61,16 @@ class KubeConnection:
 
     def __init__(self, settings: KubeSettings) -> None:
         self.settings = settings
+        # Where the cluster is, read once (as every setting): KUBECONFIG changing later in
+        # this process (a test's, or an embedding program's) must not move the service.
+        self._path = _kubeconfig_path(settings)
+        self._in_pod = _in_cluster()
         self._client: client.ApiClient | None = None
         self._lock = asyncio.Lock()
 
     @property
     def configured(self) -> bool:
-        return _kubeconfig_path(self.settings) is not None or _in_cluster()
+        return self._path is not None or self._in_pod
 
     async def api(self) -> client.ApiClient:
         async with self._lock:
@@ -70,15 +79,17 @@ class KubeConnection:
             return self._client
 
     async def _connect(self) -> client.ApiClient:
+        from kubernetes_asyncio import client, config
+
         configuration = client.Configuration()
-        path = _kubeconfig_path(self.settings)
+        path = self._path
         if path is not None:
             await config.load_kube_config(
                 config_file=str(path),
                 context=self.settings.context or None,
                 client_configuration=configuration,
             )
-        elif _in_cluster():
+        elif self._in_pod:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         elif self.settings.in_cluster:
             raise ClusterNotConfigured(
@@ -93,6 +104,8 @@ class KubeConnection:
 
     async def ready(self) -> bool:
         """The API server answers (a readiness check)."""
+        from kubernetes_asyncio import client
+
         try:
             await client.VersionApi(await self.api()).get_code(_request_timeout=5)
         except Exception:

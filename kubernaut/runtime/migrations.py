@@ -151,10 +151,20 @@ async def apply_migrations(
             )
             applied_now.append(migration.version)
     finally:
-        if not conn.is_closed():
+        if not session_lost(conn):
             with suppress(*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await conn.execute("SELECT pg_advisory_unlock($1)", key)
     return applied_now
+
+
+def session_lost(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> bool:
+    """The connection's session is gone (closed, or its proxy detached by asyncpg when
+    the server ended it, e.g. a restart). A detached proxy raises InterfaceError from every
+    method, is_closed() too: an error there must not replace the one that ended the call."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def applied_migrations(

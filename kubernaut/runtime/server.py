@@ -15,7 +15,6 @@ from typing import Any, TypeAlias
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from kubernaut.runtime.certs import CertPaths
 from kubernaut.runtime.clients import Clients
@@ -179,10 +178,8 @@ async def start_service(
     clients = Clients(settings, name.account)
     spec = await (builder or builder_of(name))(ServiceContext(name, settings, clients))
     server = grpc.aio.server(
-        interceptors=[
-            aio_server_interceptor(),  # type: ignore[no-untyped-call]
-            KubernautServerInterceptor(name, settings),
-        ],
+        # The one interceptor starts each call's span too (see interceptors.py).
+        interceptors=[KubernautServerInterceptor(name, settings)],
         options=[("grpc.so_reuseport", 0)],
     )
     proto = protocol(name)

@@ -118,6 +118,9 @@ class RuntimeSettings(BaseSettings):
     log_level: str = "INFO"
     # OTLP/gRPC endpoint for spans; empty keeps spans in-process (ids still propagate).
     otlp_endpoint: str = ""
+    # The trace UI's base URL (Jaeger's), for the trace link `kubernaut incidents show`
+    # prints (<url>/trace/<trace id>); empty: the dev stack's Jaeger when it runs, else none.
+    trace_ui_url: str = ""
 
     @property
     def resolved_certs_dir(self) -> Path:

@@ -33,7 +33,6 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
-import protovalidate
 import re2  # type: ignore[import-untyped]  # protovalidate's own regex engine (a dependency of it)
 from buf.validate import validate_pb2
 from google.protobuf import unknown_fields
@@ -122,6 +121,10 @@ def violations_of(message: Message) -> list[Violation]:
 
 def protovalidate_violations(message: Message) -> list[Violation]:
     """protovalidate's own answer; its exceptions (compilation, CEL conversion) pass through."""
+    # Imported on first use: no request type of ours needs it today, and its CEL parser
+    # costs some 10 MiB of RSS in every process (and its grammar a few hundred ms, once).
+    import protovalidate
+
     return [
         (path_text(violation.proto.field), violation.proto.message)
         for violation in protovalidate.collect_violations(message)

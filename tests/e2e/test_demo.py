@@ -42,7 +42,8 @@ async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
     for expected in (
         "Prometheus: KubePodCrashLooping firing",
         "alert received from AlertManager: incident opened",
-        "model local",
+        "model local: asked after the plan",
+        ", after the plan",
         "ai_analysis decided: rollback_deployment",
         "executor recorded rollback_deployment: ACTION_OUTCOME_SUCCEEDED",
         "recovered:",

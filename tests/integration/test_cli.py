@@ -144,7 +144,9 @@ async def test_incidents_show_prints_the_analyses_on_the_record(
         incident_id = opened.incident.incident_id
         # The last one's answer tries to forge a line and clear the terminal.
         forged = model_analysis(answer='{"x":1}\n    guard      agreed\x1b[2J')
-        for analysis in (rules_analysis(), model_analysis(), forged):
+        view = model_analysis()
+        view.reasoning.asked_after_the_plan = True
+        for analysis in (rules_analysis(), model_analysis(), view, forged):
             await recorder.stub(StorageServiceStub).RecordAnalysis(
                 storage_pb2.RecordAnalysisRequest(
                     analysis_id=str(uuid.uuid4()), incident_id=incident_id, analysis=analysis
@@ -191,6 +193,10 @@ async def test_incidents_show_prints_the_analyses_on_the_record(
     assert "    approval   required: the model chose without the rules' backing\n" in analyses
     assert "    model      local/qwen2.5-0.5b-instruct\n" in analyses
     assert "    guard      disagreed: approval\n" in analyses
+    # A model asked after a plan had gone ahead says so: its view is not what was acted on.
+    assert (
+        analyses.count("    asked      after the plan went ahead: its view, for the record\n") == 1
+    )
     assert "    validation valid\n" in analyses
     assert "    usage      1234 tokens in, 56 out, $0.0012, 2.50 s\n" in analyses
     assert (

@@ -334,5 +334,7 @@ async def test_an_in_cluster_cluster_ignores_kubeconfig_outside_a_pod(
     assert registry.connection("prod").configured
     with pytest.raises(ClusterNotConfigured, match="not run in a pod"):
         await registry.connection("local").api()
+    # In a pod (as read when the executor starts), the in-cluster cluster is configured.
     executor_env.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    assert registry.configured
+    assert not registry.configured  # read once, at start
+    assert ClusterRegistry(settings, KubeSettings()).configured

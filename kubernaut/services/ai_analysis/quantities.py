@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from kubernetes.utils.quantity import parse_quantity  # type: ignore[import-untyped]
+from kubernaut.runtime.quantity import parse_quantity
 
 
 def quantity(value: str) -> Decimal:

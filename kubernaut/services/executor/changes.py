@@ -21,12 +21,8 @@ from typing import Any, Final
 
 from kubernaut.common.v1 import remediation_pb2
 
-# The `kubernetes` package's parser (it ships no type information).
-from kubernetes.utils.quantity import (  # type: ignore[import-untyped]
-    parse_quantity as _parse_quantity,
-)
-
 from kubernaut.runtime.kube import ACTION_ID_ANNOTATION, TEMPLATE_DIGEST_ANNOTATION
+from kubernaut.runtime.quantity import parse_quantity as _parse_quantity
 from kubernaut.services.executor.catalogue import action_name
 
 __all__ = [

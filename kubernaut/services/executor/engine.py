@@ -39,9 +39,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
+from opentelemetry import trace
 
 from kubernaut.runtime.kube import ClusterNotConfigured
 from kubernaut.runtime.logs import incident_id_var
@@ -335,22 +337,33 @@ async def _run_action(run: Run, recorder: Recorder) -> ExecuteResult:
     return ExecuteResult(record, list(row.stages))
 
 
+_tracer = trace.get_tracer("kubernaut.executor")
+_T = TypeVar("_T")
+
+
+async def _traced(stage: str, work: Awaitable[_T]) -> _T:
+    """A stage as a span of its own: the Kubernetes calls have none, and the latency
+    bench breaks the time to the change down by them."""
+    with _tracer.start_as_current_span(f"executor {stage}"):
+        return await work
+
+
 async def _act(run: Run) -> tuple[Outcome, str]:
     """The stages in order, from the state the stored row is in (a resumed action goes on
     where the first call was)."""
     row = run.row
     if row.state is ActionState.STARTED:
-        target = await check_scope(run)
-        await check_rbac(run)
+        target = await _traced("scope", check_scope(run))
+        await _traced("rbac", check_rbac(run))
         if not run.operation.changes_cluster:
             return await observe(run, target)
         assert target is not None
-        await admit(run)
-        await prepare(run, target)
+        await _traced("admit", admit(run))
+        await _traced("prepare", prepare(run, target))
     elif row.state is not ActionState.FINISHED:
         await admit(run)  # a resumed action holds its target again
     if row.state is ActionState.PLANNED:
-        await apply_change(run)
+        await _traced("apply", apply_change(run))
     failure = ""
     if row.state is ActionState.APPLIED:
         verified = await verify_change(run)

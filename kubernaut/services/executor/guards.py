@@ -28,7 +28,7 @@ from typing import Final, Literal
 
 import asyncpg
 
-from kubernaut.runtime.migrations import UNREACHABLE
+from kubernaut.runtime.migrations import UNREACHABLE, session_lost
 from kubernaut.services.executor.store import ActionState, unavailable
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ async def _admit_locked(
 async def release(conn: Connection, target: TargetKey) -> None:
     """Release the target lock; nothing happens when it is not held. Never raises for the
     database: a lost session has no lock left, and the pool unlocks on return anyway."""
-    if conn.is_closed():
+    if session_lost(conn):
         return
     try:
         # pg_advisory_unlock of a lock not held answers false (and a WARNING notice).

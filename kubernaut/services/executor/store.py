@@ -28,7 +28,7 @@ from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from kubernaut.runtime.database import LazyDatabase, PooledStore, unreachable_as
-from kubernaut.runtime.migrations import UNREACHABLE
+from kubernaut.runtime.migrations import UNREACHABLE, session_lost
 from kubernaut.services.executor.changes import Change
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class ActionStore(PooledStore):
             finally:
                 # Released on the way back to the pool too (asyncpg resets sessions with
                 # pg_advisory_unlock_all); this is the prompt path.
-                if not conn.is_closed():
+                if not session_lost(conn):
                     try:
                         await conn.execute("SELECT pg_advisory_unlock($1)", key)
                     except (*UNREACHABLE, asyncpg.PostgresError, asyncpg.InterfaceError):

@@ -11,7 +11,6 @@ import logging
 from kubernaut.runtime.database import redact_dsn
 from kubernaut.services.gateway.backend import IntakeSource
 from kubernaut.services.gateway.postgres_intake import IntakeDatabase
-from kubernaut.services.gateway.redis_intake import RedisIntakeSource
 from kubernaut.services.gateway.settings import GatewaySettings
 
 # The logger these lines were always written under (they moved here from server.py).
@@ -23,6 +22,10 @@ def intake_source(settings: GatewaySettings) -> tuple[IntakeSource, str]:
     the gateway starts NOT_SERVING while its state cannot be reached, and accepts nothing
     it could not keep."""
     if settings.redis_url is not None:
+        # Imported only when configured: the Redis client (and the cryptography it loads)
+        # is some 10 MiB of RSS a gateway on PostgreSQL never uses.
+        from kubernaut.services.gateway.redis_intake import RedisIntakeSource
+
         url = settings.redis_url.get_secret_value()
         log.info("gateway intake in Redis", extra={"redis": redact_dsn(url)})
         return RedisIntakeSource(url, settings, key_prefix=settings.redis_key_prefix), "redis"
