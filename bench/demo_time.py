@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kubernaut.devstack.kube import default_bin_dir
 from kubernaut.devstack.model import LlamaBuild
-from kubernaut.devstack.processes import free_port, free_port_base
+from kubernaut.devstack.processes import HTTP_PORT_OFFSET, free_port_base
 
 ROOT = Path(__file__).resolve().parents[1]
 _STEP = re.compile(r"^\[\s*(\d+(?:\.\d+)?)s\] (.*)$")
@@ -47,10 +47,11 @@ def run_demo(model: bool, root: Path) -> DemoRun:
     (state / "llama" / "current").symlink_to(built.python.parents[2])
     (state / "models").symlink_to(built.model.parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
+    base = free_port_base()
     env |= {
         "KUBERNAUT_STATE_DIR": str(state),
-        "KUBERNAUT_PORT_BASE": str(free_port_base()),
-        "KUBERNAUT_HTTP_PORT": str(free_port()),
+        "KUBERNAUT_PORT_BASE": str(base),
+        "KUBERNAUT_HTTP_PORT": str(base + HTTP_PORT_OFFSET),
         "KUBERNAUT_K8S_BIN_DIR": str(default_bin_dir()),
     }
     argv = [sys.executable, "-m", "kubernaut.cli.main", "demo"]

@@ -48,7 +48,7 @@ import asyncpg
 from bench.edge_throughput import _rfc3339, webhook
 from bench.figures import Figure
 from kubernaut.devstack.kube import default_bin_dir
-from kubernaut.devstack.processes import free_port, free_port_base
+from kubernaut.devstack.processes import HTTP_PORT_OFFSET, free_port_base
 from kubernaut.devstack.stack import DevStack, StackInfo
 from kubernaut.devstack.system import System, Tuning, running_system, webhook_token_file
 from kubernaut.edge.app import ALERTMANAGER_PATH
@@ -159,10 +159,11 @@ async def _services(
     """`running_system` on ports free when picked. On this shared machine another process
     may take one before its service binds it: then the whole set starts again on others."""
     for attempt in range(3):
+        base = free_port_base()
         env = {
             "KUBERNAUT_STATE_DIR": str(root / "state"),
-            "KUBERNAUT_PORT_BASE": str(free_port_base()),
-            "KUBERNAUT_HTTP_PORT": str(free_port()),
+            "KUBERNAUT_PORT_BASE": str(base),
+            "KUBERNAUT_HTTP_PORT": str(base + HTTP_PORT_OFFSET),
             "KUBERNAUT_HTTP_HOST": "127.0.0.1",
         }
         with environment(env):

@@ -22,18 +22,36 @@ _TAIL_BYTES = 64 * 1024
 # -- ports ---------------------------------------------------------------------------------
 
 
+# Ports chosen here are bound later, by a child once it starts: they come from below Linux's
+# ephemeral range (32768-60999), where no outgoing connection can take one in between.
+# Single ports and the blocks of a KUBERNAUT_PORT_BASE come from ranges of their own.
+_SINGLE_PORTS = range(10000, 21000)
+_PORT_BASES = range(21000, 32500, 250)
+# A chosen base's block also holds the edge's HTTP port, at this offset.
+HTTP_PORT_OFFSET = 200
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """`count` distinct loopback ports free right now."""
+    chosen: list[int] = []
+    for _ in range(100 * count + 1000):
+        if len(chosen) == count:
+            return chosen
+        port = random.choice(_SINGLE_PORTS)
+        if port not in chosen and _bindable(port):
+            chosen.append(port)
+    if len(chosen) == count:
+        return chosen
+    raise RuntimeError(f"no {count} free ports in {_SINGLE_PORTS}")
 
 
 def free_port() -> int:
@@ -42,24 +60,20 @@ def free_port() -> int:
 
 
 def free_port_base() -> int:
-    """A KUBERNAUT_PORT_BASE whose services' gRPC and metrics ports (the edge's metrics port
-    too) are all free right now (for a second system beside a running one: tests, benches)."""
+    """A KUBERNAUT_PORT_BASE whose services' gRPC and metrics ports, the edge's metrics port
+    and its HTTP port (base + HTTP_PORT_OFFSET) are all free right now (for a second system
+    beside a running one: tests, benches)."""
     from kubernaut.runtime.names import METRICS_PORT_OFFSET, ServiceName
 
     # From a random start: two runs choosing at once (each binds only later) rarely meet.
-    bases = list(range(21000, 60000, 250))
+    bases = list(_PORT_BASES)
     start = random.randrange(len(bases))
     for base in bases[start:] + bases[:start]:
         ports = [base + s.position for s in ServiceName]
         ports += [p + METRICS_PORT_OFFSET for p in ports]
-        ports.append(base + METRICS_PORT_OFFSET + len(ServiceName))
-        try:
-            for port in ports:
-                with socket.socket() as sock:
-                    sock.bind((LOOPBACK, port))
-        except OSError:
-            continue
-        return base
+        ports += [base + METRICS_PORT_OFFSET + len(ServiceName), base + HTTP_PORT_OFFSET]
+        if all(_bindable(port) for port in ports):
+            return base
     raise RuntimeError("no free port range")
 
 
