@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import aiohttp
 import grpc
@@ -28,6 +30,32 @@ from kubernaut.services.context_api.resources import (
 from kubernaut.services.context_api.settings import ContextSettings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# An API server that has just started denies for a few seconds what RBAC allows (its
+# authorizer's caches are still filling): a denial is read again after these pauses before
+# it stands. A denial that stands is FAILED_PRECONDITION, and the alert goes on without
+# context, visibly, rather than being held while RBAC is wrong.
+FORBIDDEN_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+async def through_brief_denials(
+    read: Callable[[], Awaitable[T]], delays: Sequence[float] = FORBIDDEN_RETRY_DELAYS
+) -> T:
+    """`read()`, again after each of `delays` while the API server answers 401 or 403."""
+    for delay in delays:
+        try:
+            return await read()
+        except ApiException as error:
+            if error.status not in (401, 403):
+                raise
+            log.warning(
+                "the cluster denied a read; reading again",
+                extra={"status": error.status, "retry_in_seconds": delay},
+            )
+        await asyncio.sleep(delay)
+    return await read()
 
 
 class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
@@ -62,7 +90,8 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
         self, request: context_api_pb2.GetResourceContextRequest, context: Context
     ) -> context_api_pb2.GetResourceContextResponse:
         async with _cluster_errors(context):
-            found = await (await self._resource_reader()).context(request.resource)
+            reader = await self._resource_reader()
+            found = await through_brief_denials(lambda: reader.context(request.resource))
         return context_api_pb2.GetResourceContextResponse(context=found)
 
     async def GetPodLogs(
@@ -70,7 +99,8 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
     ) -> context_api_pb2.GetPodLogsResponse:
         async with _cluster_errors(context, scope_field="scope.kind"):
             try:
-                found = await PodLogReader(await self._resource_reader()).logs(request)
+                logs = PodLogReader(await self._resource_reader())
+                found = await through_brief_denials(lambda: logs.logs(request))
             except OutOfScope as error:
                 await abort_invalid(context, error.field, str(error))
                 raise
