@@ -175,7 +175,9 @@ if [ "${#OLD[@]}" -gt 0 ]; then
   "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 fi
 
-SIZE=$("${BUILDAH[@]}" images --format '{{.Size}}' "$REF" | head -n1)
+# sed, not head: head exits after the first line, and buildah, listing one line per tag,
+# then dies of SIGPIPE, which pipefail turned into this script failing now and then.
+SIZE=$("${BUILDAH[@]}" images --format '{{.Size}}' "$REF" | sed -n 1p)
 step "ready: $REF = $IMAGE:$VERSION ($SIZE, $((SECONDS - T0)) s)"
 if [ "$PRINT_IMAGE" = 1 ]; then
   echo "$REF"

@@ -337,6 +337,9 @@ async def test_the_service_lists_the_catalogue_and_checks_requests(
     )
     monkeypatch.setenv("KUBERNAUT_DATABASE_URL", postgres_dsn)
     monkeypatch.setenv("KUBECONFIG", str(admin.info.kubeconfig))
+    # The rate guard has tests of its own: here the session's other actions on this
+    # cluster (their executors share its database) would only couple the tests.
+    monkeypatch.setenv("KUBERNAUT_EXECUTOR_MAX_ACTIONS_PER_CLUSTER_PER_MINUTE", "0")
     running = await start_service(ServiceName.EXECUTOR, settings, serve_metrics=False)
     workflow = Clients(settings, "workflow", addresses={ServiceName.EXECUTOR: running.address})
     operator = Clients(settings, addresses={ServiceName.EXECUTOR: running.address})

@@ -534,6 +534,9 @@ async def test_steps_advance_with_the_executor_and_a_long_action_is_no_outage(
     # A database of its own: the stack's workflow runners must not take this workflow.
     monkeypatch.setenv("KUBERNAUT_DATABASE_URL", database_dsn)
     monkeypatch.setenv("KUBECONFIG", str(admin.info.kubeconfig))
+    # The rate guard has tests of its own: here the session's other actions on this
+    # cluster (their executors share its database) would only couple the tests.
+    monkeypatch.setenv("KUBERNAUT_EXECUTOR_MAX_ACTIONS_PER_CLUSTER_PER_MINUTE", "0")
     monkeypatch.setenv("KUBERNAUT_EXECUTOR_VERIFY_TIMEOUT_SECONDS", str(verify_timeout))
     monkeypatch.setenv("KUBERNAUT_EXECUTOR_POLL_INTERVAL_SECONDS", "0.2")
     monkeypatch.setenv("KUBERNAUT_WORKFLOW_PROGRESS_POLL_SECONDS", "0.3")
