@@ -199,7 +199,10 @@ got="$("$TMP/bin/kube-state-metrics" version 2>&1)" || fail "kube-state-metrics 
 grep -q "${KSM_VERSION#v}" <<<"$got" || fail "kube-state-metrics version says '$got', want ${KSM_VERSION#v}"
 got="$("$TMP/bin/kwok" --version 2>&1)" || fail "kwok --version failed: $got"
 grep -q "kwok version $KWOK_VERSION" <<<"$got" || fail "kwok --version says '$got', want $KWOK_VERSION"
-"$TMP/bin/kubernaut-k8s" kwok-stages | grep -q 'name: pod-ready' || fail "kubernaut-k8s kwok-stages printed no pod-ready stage"
+# Captured first: `grep -q` stops reading at the first match, and under pipefail the
+# writer's SIGPIPE would fail the pipeline whenever the output outgrows the pipe buffer.
+got="$("$TMP/bin/kubernaut-k8s" kwok-stages)" || fail "kubernaut-k8s kwok-stages failed"
+grep -q 'name: pod-ready' <<<"$got" || fail "kubernaut-k8s kwok-stages printed no pod-ready stage"
 
 cat >"$TMP/versions.env" <<EOF
 KUBERNETES_VERSION=$K8S_VERSION

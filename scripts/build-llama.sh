@@ -120,7 +120,8 @@ download() { # download REQUIREMENT SHA256 DEST_DIR [PIP_ARGS...]
   local requirement="$1" sha="$2" dest="$3"
   shift 3
   printf '%s --hash=sha256:%s\n' "$requirement" "$sha" >"$TMP/pin.txt"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+  # The base interpreter's pip: the project's venv (first on make's PATH) has none.
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
     "$@" -r "$TMP/pin.txt" -d "$dest" >&2 || fail "could not download $requirement from PyPI"
 }
 
