@@ -722,6 +722,8 @@ def start_gateway(root: Path, dsn: str, children: Children, args: argparse.Names
         "KUBERNAUT_STATE_DIR": str(root / "state"),
         "KUBERNAUT_CERTS_DIR": str(certs),
         "KUBERNAUT_TRANSPORT": "mtls",
+        # The bench calls as the dev stack's shared operator.
+        "KUBERNAUT_ACCESS_SHARED_OPERATOR": "true",
         "KUBERNAUT_GATEWAY_ADDRESS": f"localhost:{gateway_port}",
         "KUBERNAUT_ALERT_PROCESSOR_ADDRESS": nowhere,
         "KUBERNAUT_STORAGE_ADDRESS": nowhere,

@@ -227,6 +227,8 @@ async def measure_one(
         KUBERNAUT_CERTS_DIR=str(certs),
         KUBERNAUT_STATE_DIR=str(root / "state"),
         KUBERNAUT_TRANSPORT="mtls",
+        # The bench calls as the dev stack's shared operator.
+        KUBERNAUT_ACCESS_SHARED_OPERATOR="true",
         KUBERNAUT_GRPC_HOST="127.0.0.1",
         KUBERNAUT_GRPC_PORT=str(port),
         KUBERNAUT_METRICS_PORT="0",

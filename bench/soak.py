@@ -335,7 +335,12 @@ async def run_soak(
     sample_seconds: float,
     workload_count: int,
 ) -> SoakResult:
-    async with running_mesh(root) as mesh:
+    # The alerts' cluster labels name the dev cluster under other names: context_api
+    # refuses a cluster it is not configured for, and the alerts are to be looked up.
+    clusters: dict[str, dict[str, str]] = {"default": {}, SOAK_CLUSTER: {}, PROBE_CLUSTER: {}}
+    async with running_mesh(
+        root, extra_env={"KUBERNAUT_KUBE_CLUSTERS": json.dumps(clusters)}
+    ) as mesh:
         print(f"mesh up (logs in {mesh.settings.state_dir / 'logs'}); soaking ...", flush=True)
         return await soak(mesh, minutes, rate, warmup_minutes, sample_seconds, workload_count)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# Tests call the services with the shared operator certificate, as the dev stack does; the
+# tests of people's access (and of the production default, off) set it themselves.
+os.environ.setdefault("KUBERNAUT_ACCESS_SHARED_OPERATOR", "true")
 
 pytest_plugins = [
     "tests.fixtures.postgres",

@@ -12,9 +12,9 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
+from kubernaut.cli.identity import SHARED_OPERATOR, CliIdentity
 from kubernaut.cli.tables import print_table, subject_text, when_text
 from kubernaut.devstack.jaeger import trace_url
-from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.settings import RuntimeSettings
 
 
@@ -34,8 +34,10 @@ def _status(value: storage_pb2.IncidentStatus.ValueType) -> str:
     return str(storage_pb2.IncidentStatus.Name(value).removeprefix("INCIDENT_STATUS_").lower())
 
 
-async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
-    clients = Clients(settings)
+async def list_incidents(
+    settings: RuntimeSettings, limit: int, *, identity: CliIdentity = SHARED_OPERATOR
+) -> int:
+    clients = identity.clients(settings)
     try:
         reply = await clients.stub(StorageServiceStub).ListIncidents(
             storage_pb2.ListIncidentsRequest(page_size=limit)
@@ -61,7 +63,13 @@ async def list_incidents(settings: RuntimeSettings, limit: int) -> int:
     return 0
 
 
-async def show_incident(settings: RuntimeSettings, incident_id: str, prompt: bool = False) -> int:
+async def show_incident(
+    settings: RuntimeSettings,
+    incident_id: str,
+    prompt: bool = False,
+    *,
+    identity: CliIdentity = SHARED_OPERATOR,
+) -> int:
     """The incident as storage records it, with its workflow when it has one: why the
     action was chosen, and its steps as they run; and each analysis on the record, with
     the model's part in it (the redacted prompt too with `prompt`: it is long)."""
@@ -73,7 +81,7 @@ async def show_incident(settings: RuntimeSettings, incident_id: str, prompt: boo
         workflow_of_incident,
     )
 
-    clients = Clients(settings)
+    clients = identity.clients(settings)
     try:
         reply = await clients.stub(StorageServiceStub).GetIncident(
             storage_pb2.GetIncidentRequest(incident_id=incident_id)

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kubernaut.cli.identity import add_identity_options, identity_of
 from kubernaut.cli.tables import EDGE, print_readiness, print_table
-from kubernaut.runtime.certs import init_dev_pki
+from kubernaut.runtime.certs import init_dev_pki, issue_person_certificate
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.launcher import wait_serving
 from kubernaut.runtime.names import ServiceName, all_accounts
@@ -37,6 +38,41 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
         force=args.force,
     )
     print(f"certificates for {', '.join(all_accounts())} in {certs_dir}")
+    return 0
+
+
+def cmd_certs_person(args: argparse.Namespace) -> int:
+    settings = RuntimeSettings()
+    paths = issue_person_certificate(
+        settings.resolved_certs_dir, args.name, trust_domain=settings.trust_domain, days=args.days
+    )
+    print(f"{paths.cert} and {paths.key}: present them with `kubernaut --cert {args.name} ...`")
+    print(f"roles: bind `cert:{args.name}` in KUBERNAUT_ACCESS_ROLE_BINDINGS")
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from kubernaut.cli.identity import login_token_path
+    from kubernaut.cli.login import LoginFailed, device_login
+    from kubernaut.runtime.access import AccessSettings
+
+    access = AccessSettings()
+    issuer = args.issuer or access.oidc_issuer
+    client_id = args.client_id or access.oidc_audience
+    if not issuer or not client_id:
+        print(
+            "kubernaut login: --issuer and --client-id (or KUBERNAUT_ACCESS_OIDC_ISSUER and"
+            " KUBERNAUT_ACCESS_OIDC_AUDIENCE) say where to sign in",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.token_file or login_token_path(RuntimeSettings())
+    try:
+        saved = asyncio.run(device_login(issuer, client_id, out))
+    except LoginFailed as error:
+        print(f"kubernaut login: {error}", file=sys.stderr)
+        return 1
+    print(f"signed in; the token is in {saved} (used by the CLI from now on)")
     return 0
 
 
@@ -203,19 +239,22 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     from kubernaut.cli.incidents import list_incidents, show_incident
 
     settings = RuntimeSettings()
+    identity = identity_of(args)
     if args.action == "show":
         if not args.incident_id:
             print("kubernaut incidents show: an incident id is needed", file=sys.stderr)
             return 2
-        return asyncio.run(show_incident(settings, args.incident_id, prompt=args.prompt))
-    return asyncio.run(list_incidents(settings, args.limit))
+        return asyncio.run(
+            show_incident(settings, args.incident_id, prompt=args.prompt, identity=identity)
+        )
+    return asyncio.run(list_incidents(settings, args.limit, identity=identity))
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     from kubernaut.cli.dropped_alerts import list_dropped_alerts
 
     async def run() -> int:
-        clients = Clients(RuntimeSettings())
+        clients = identity_of(args).clients(RuntimeSettings())
         try:
             return await list_dropped_alerts(clients, args.limit)
         finally:
@@ -226,19 +265,48 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_workflows(args: argparse.Namespace) -> int:
     from kubernaut.cli.workflows import decide_workflow, show_workflow
-    from kubernaut.runtime.clients import Clients
-
-    if args.action != "show" and not (args.by or "").strip():
-        print(f"kubernaut workflows {args.action}: --by NAME says who decides", file=sys.stderr)
-        return 2
 
     async def run() -> int:
-        clients = Clients(RuntimeSettings())
+        clients = identity_of(args).clients(RuntimeSettings())
         try:
             if args.action == "show":
                 return await show_workflow(clients, args.workflow_id)
             return await decide_workflow(
-                clients, args.workflow_id, args.action, args.by, args.reason
+                clients, args.workflow_id, args.action, (args.by or "").strip(), args.reason
+            )
+        finally:
+            await clients.close()
+
+    return asyncio.run(run())
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from kubernaut.cli.audit import BadTime, list_entries, parse_time, verify
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except BadTime as error:
+        print(f"kubernaut audit: {error}", file=sys.stderr)
+        return 2
+    if args.person and args.principal:
+        print("kubernaut audit: --person or --principal, not both", file=sys.stderr)
+        return 2
+    principal = f"person:{args.person}" if args.person else args.principal or ""
+
+    async def run() -> int:
+        clients = identity_of(args).clients(RuntimeSettings())
+        try:
+            if args.action == "verify":
+                return await verify(clients)
+            return await list_entries(
+                clients,
+                principal=principal,
+                incident_id=args.incident or "",
+                method=args.method or "",
+                since=since,
+                until=until,
+                limit=args.limit,
             )
         finally:
             await clients.close()
@@ -299,6 +367,7 @@ def _no_model_flag(command: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kubernaut", description=__doc__)
+    add_identity_options(top)
     commands = top.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run one service in the foreground")
@@ -325,6 +394,15 @@ def parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
     down.set_defaults(func=cmd_down)
 
+    login = commands.add_parser(
+        "login", help="sign in at the OIDC issuer (device login) and keep the token"
+    )
+    login.add_argument("--issuer", default="", help="the issuer (KUBERNAUT_ACCESS_OIDC_ISSUER)")
+    login.add_argument(
+        "--client-id", default="", help="Kubernaut's client id (KUBERNAUT_ACCESS_OIDC_AUDIENCE)"
+    )
+    login.set_defaults(func=cmd_login)
+
     status = commands.add_parser("status", help="show every service's health")
     status.set_defaults(func=cmd_status)
 
@@ -332,6 +410,12 @@ def parser() -> argparse.ArgumentParser:
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_commands.add_parser("init", help="make a dev CA and a certificate per service")
     init.add_argument("--force", action="store_true", help="replace the CA too")
+    person = certs_commands.add_parser(
+        "person", help="issue a person's client certificate, signed by the same CA"
+    )
+    person.add_argument("name", help="the person's name, as role bindings say cert:<name>")
+    person.add_argument("--days", type=int, default=30, help="how long it is valid (30)")
+    person.set_defaults(func=cmd_certs_person)
     init.set_defaults(func=cmd_certs_init)
 
     incidents = commands.add_parser("incidents", help="what Kubernaut saw and did (over gRPC)")
@@ -355,9 +439,35 @@ def parser() -> argparse.ArgumentParser:
     )
     workflows.add_argument("action", choices=["show", "approve", "reject"])
     workflows.add_argument("workflow_id", help="a workflow's id, or its incident's")
-    workflows.add_argument("--by", help="who decides (approve, reject): kept on the workflow")
+    workflows.add_argument(
+        "--by",
+        help="who you are (approve, reject): checked against who you authenticated as;"
+        " the workflow records the authenticated name",
+    )
     workflows.add_argument("--reason", default="", help="why, in a sentence")
     workflows.set_defaults(func=cmd_workflows)
+
+    audit = commands.add_parser(
+        "audit",
+        help="the audit trail: who did what; verify recomputes its hash chain (over gRPC)",
+    )
+    audit.add_argument("action", choices=["list", "verify"])
+    audit.add_argument("--person", metavar="NAME", help="only calls by this person")
+    audit.add_argument(
+        "--principal", metavar="KIND:NAME", help="only calls by this one (service:workflow)"
+    )
+    audit.add_argument("--incident", metavar="ID", help="only calls about this incident")
+    audit.add_argument(
+        "--since",
+        metavar="T",
+        help="only from this time: ISO 8601 (UTC unless it says) or a duration ago (2h, 7d)",
+    )
+    audit.add_argument("--until", metavar="T", help="only before this time (as --since)")
+    audit.add_argument(
+        "--method", metavar="M", help="only this call (ExecuteAction, DecideApproval, ...)"
+    )
+    audit.add_argument("--limit", type=int, default=50, help="list: the newest this many (50)")
+    audit.set_defaults(func=cmd_audit)
 
     demo = commands.add_parser(
         "demo", help="everything up, a bad rollout, and Kubernaut fixing it, live"

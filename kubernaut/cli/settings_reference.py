@@ -26,6 +26,8 @@ def settings_classes() -> list[type[BaseSettings]]:
     """The settings classes, in the order the reference lists them. Imported here, not at
     module level: the CLI reads this only when it starts a service or renders the docs."""
     from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
+    from kubernaut.runtime.access import AccessSettings
+    from kubernaut.runtime.audit import AuditSettings
     from kubernaut.runtime.settings import DatabaseSettings, KubeSettings, RuntimeSettings
     from kubernaut.services.ai_analysis.settings import AnalysisSettings
     from kubernaut.services.context_api.settings import ContextSettings
@@ -42,6 +44,8 @@ def settings_classes() -> list[type[BaseSettings]]:
 
     return [
         RuntimeSettings,
+        AccessSettings,
+        AuditSettings,
         DatabaseSettings,
         KubeSettings,
         EdgeSettings,

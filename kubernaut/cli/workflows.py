@@ -76,7 +76,15 @@ def print_workflow(workflow: workflow_pb2.Workflow) -> None:
     print(f"action     {plan.action} on {subject_text(plan.target)} (risk {risk})")
     print_reasons(workflow)
     approval = "needed" if plan.requires_approval else "not needed"
+    if plan.approvals_required > 1:
+        approval += f" from {plan.approvals_required} different people"
     print(f"approval   {approval}: {plan.approval_reason or '-'}")
+    if workflow.requested_by:
+        print(f"requested  by {workflow.requested_by}")
+    for decision in workflow.approvals:
+        verb = _name(workflow_pb2.ApprovalDecision, decision.decision, "APPROVAL_DECISION_")
+        why = f": {decision.reason}" if decision.reason else ""
+        print(f"decided    {verb} by {decision.approver} {when_text(decision.decided_at)}{why}")
     print_steps(workflow)
 
 

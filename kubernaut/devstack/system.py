@@ -46,7 +46,12 @@ def service_env(
     info: StackInfo, tuning: Tuning
 ) -> tuple[dict[str, str], dict[ServiceName, dict[str, str]]]:
     """(environment of every service, extra environment per service)."""
-    common = {"KUBERNAUT_DATABASE_URL": info.detail("postgres", "dsn")}
+    common = {
+        "KUBERNAUT_DATABASE_URL": info.detail("postgres", "dsn"),
+        # The dev stack's one operator certificate stands for whoever uses the CLI here; a
+        # shared install gives people their own identities (README: People and roles).
+        "KUBERNAUT_ACCESS_SHARED_OPERATOR": "true",
+    }
     jaeger = info.components.get("jaeger")
     if jaeger is not None and jaeger.url:
         # Every service exports its spans to the dev stack's Jaeger (a batch exporter: an

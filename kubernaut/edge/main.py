@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -15,6 +17,7 @@ from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.logs import configure_logging
 from kubernaut.runtime.names import EDGE_ACCOUNT
+from kubernaut.runtime.rotation import DEFAULT_CHECK_SECONDS, rotating_ssl_context
 from kubernaut.runtime.server import freeze_startup_heap
 from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
 from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
@@ -22,9 +25,20 @@ from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
 log = logging.getLogger("kubernaut.edge")
 
 
-def server_config(app: Any, edge: EdgeSettings) -> uvicorn.Config:
+def server_config(
+    app: Any, edge: EdgeSettings, *, check_seconds: float = DEFAULT_CHECK_SECONDS
+) -> uvicorn.Config:
     """uvicorn's configuration for the edge: its address, and TLS when it has a
-    certificate (KUBERNAUT_HTTP_TLS_CERT_FILE and _KEY_FILE)."""
+    certificate (KUBERNAUT_HTTP_TLS_CERT_FILE and _KEY_FILE), re-read when the files
+    change (looked at every check_seconds)."""
+    tls_files = [path for path in (edge.tls_cert_file, edge.tls_key_file) if path]
+
+    def rotating(_: uvicorn.Config, make: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        # uvicorn has no way to reload its context; the context's SNI callback has.
+        return rotating_ssl_context(
+            make, tls_files, check_seconds, what="the edge's TLS certificate files"
+        )
+
     return uvicorn.Config(
         app,
         host=edge.host,
@@ -33,6 +47,7 @@ def server_config(app: Any, edge: EdgeSettings) -> uvicorn.Config:
         access_log=False,
         ssl_certfile=edge.tls_cert_file,
         ssl_keyfile=edge.tls_key_file,
+        ssl_context_factory=rotating if tls_files else None,
     )
 
 
@@ -49,7 +64,9 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
             from kubernaut.edge.tokenreview import reviewer_for
 
             reviewer = reviewer_for(token_review, KubeSettings())
-        authenticator = edge.authenticator(reviewer)
+        authenticator = edge.authenticator(
+            reviewer, check_seconds=settings.credentials_check_seconds
+        )
     except (ValueError, OSError) as error:
         log.error("cannot start: %s", error)
         return 2
@@ -67,7 +84,9 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         rate_limiter=edge.rate_limiter(),
         max_concurrent=edge.max_concurrent,
     )
-    server = uvicorn.Server(server_config(app, edge))
+    server = uvicorn.Server(
+        server_config(app, edge, check_seconds=settings.credentials_check_seconds)
+    )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
     # handler that was there before it; a no-op one lets the edge exit 0 like the services.
     for signum in (signal.SIGTERM, signal.SIGINT):

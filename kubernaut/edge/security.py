@@ -1,6 +1,7 @@
-"""Who may post alerts to the edge, and how much: bearer tokens (two at once, for rotation),
-optionally Kubernetes ServiceAccount tokens checked by TokenReview (kubernaut.edge.tokenreview),
-an optional HMAC-SHA256 signature of the body, and a cap on the body's size.
+"""Who may post alerts to the edge, and how much: bearer tokens (several at once, for
+rotation; those of a tokens file are re-read when it changes), optionally Kubernetes
+ServiceAccount tokens checked by TokenReview (kubernaut.edge.tokenreview), an optional
+HMAC-SHA256 signature of the body, and a cap on the body's size.
 
 Tokens and secrets are compared in constant time and never logged or echoed. Each accepted
 request carries its sender's identity in `scope["state"]["sender"]` (`request.state.sender`):
@@ -12,13 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kubernaut.runtime.rotation import DEFAULT_CHECK_SECONDS, InvalidFiles, WatchedFiles
 
 SIGNATURE_PREFIX = "sha256="
 
@@ -39,6 +44,47 @@ class TokenReview(Protocol):
     async def review(self, token: str) -> str: ...
 
 
+class WebhookTokenFile:
+    """Webhook tokens in a file, one per line (a mounted Secret), read again when it
+    changes (a stat() at most every check_seconds): a token added works from the next
+    request on, a removed one stops working then. A file that changes while it is read, or
+    that is not UTF-8, keeps the last tokens; so does an empty one after the start (a file
+    being rewritten in place is empty for a moment), so removing every token of the file
+    needs a restart."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        check_seconds: float = DEFAULT_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._started = False
+        self._watched = WatchedFiles(
+            (path,),
+            self._parse,
+            what=f"webhook tokens file {path}",
+            check_seconds=check_seconds,
+            clock=clock,
+        )
+        self._started = True
+
+    def _parse(self, paths: Sequence[Path]) -> tuple[bytes, ...]:
+        # UnicodeDecodeError is a ValueError: the last tokens stay.
+        lines = paths[0].read_bytes().decode("utf-8").splitlines()
+        tokens = tuple(line.strip().encode() for line in lines if line.strip())
+        if not tokens and self._started:
+            raise InvalidFiles("the file is empty (taken for one being rewritten)")
+        return tokens
+
+    def tokens(self) -> tuple[bytes, ...]:
+        watched = self._watched
+        # Per request: a clock comparison.
+        if watched.clock() >= watched.next_check:
+            watched.refresh()
+        return watched.current
+
+
 @dataclass(frozen=True)
 class Authenticator:
     """Checks a request's Authorization header and, when a secret is set, its signature.
@@ -50,10 +96,11 @@ class Authenticator:
     """
 
     # Kept out of repr(), so that logging the authenticator never shows a secret.
-    tokens: tuple[bytes, ...] = field(repr=False)
+    fixed_tokens: tuple[bytes, ...] = field(repr=False)
     hmac_secret: bytes | None = field(default=None, repr=False)
     signature_header: str = "X-Kubernaut-Signature"
     reviewer: TokenReview | None = None
+    token_file: WebhookTokenFile | None = field(default=None, repr=False)
 
     @classmethod
     def of(
@@ -63,13 +110,22 @@ class Authenticator:
         signature_header: str = "",
         *,
         reviewer: TokenReview | None = None,
+        token_file: WebhookTokenFile | None = None,
     ) -> Authenticator:
         return cls(
             tuple(token.encode() for token in tokens),
             hmac_secret.encode() if hmac_secret else None,
             signature_header or cls.signature_header,
             reviewer,
+            token_file,
         )
+
+    @property
+    def tokens(self) -> tuple[bytes, ...]:
+        """The tokens accepted now: the fixed ones, then those of the file."""
+        if self.token_file is None:
+            return self.fixed_tokens
+        return self.fixed_tokens + self.token_file.tokens()
 
     async def check(self, headers: Mapping[str, str], body: bytes) -> str:
         """The sender's identity; Unauthorized unless the request carries a valid token (and

@@ -10,9 +10,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubernaut.edge.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT
-from kubernaut.edge.security import Authenticator, TokenReview
+from kubernaut.edge.security import Authenticator, TokenReview, WebhookTokenFile
 from kubernaut.runtime.names import METRICS_PORT_OFFSET, ServiceName
 from kubernaut.runtime.ratelimit import RateLimiter
+from kubernaut.runtime.rotation import DEFAULT_CHECK_SECONDS
 from kubernaut.runtime.settings import RuntimeSettings
 
 
@@ -24,7 +25,10 @@ class EdgeSettings(BaseSettings):
     # Bearer tokens the senders present, comma-separated; two at once let a token be
     # rotated without dropping alerts. Never logged.
     tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    # A file with one token per line (a mounted Kubernetes Secret), read at start.
+    # A file with one token per line (a mounted Kubernetes Secret), read again when it
+    # changes (see KUBERNAUT_CREDENTIALS_CHECK_SECONDS): tokens added work at once, removed
+    # ones stop working. An empty file keeps the last tokens (it is taken for one being
+    # rewritten).
     tokens_file: Path | None = None
     # When set, senders must also sign the body: `<signature_header>: sha256=<hex HMAC>`.
     hmac_secret: SecretStr | None = None
@@ -48,6 +52,7 @@ class EdgeSettings(BaseSettings):
     metrics_port: int | None = None
     # The edge speaks TLS itself with this certificate (PEM, its chain after it) and key,
     # for installs with neither a mesh nor an ingress in front of it. Both or neither.
+    # Re-read when they change: new connections get the new certificate.
     tls_cert_file: Path | None = None
     # The private key of that certificate (PEM).
     tls_key_file: Path | None = None
@@ -67,15 +72,20 @@ class EdgeSettings(BaseSettings):
             return tuple(token.strip() for token in value.split(",") if token.strip())
         return value
 
-    def authenticator(self, reviewer: TokenReview | None = None) -> Authenticator | None:
+    def authenticator(
+        self,
+        reviewer: TokenReview | None = None,
+        *,
+        check_seconds: float = DEFAULT_CHECK_SECONDS,
+    ) -> Authenticator | None:
         """The configured authentication; None for anonymous. ValueError when neither
         tokens, nor a token reviewer, nor anonymous access are configured (an open door is
-        never a default)."""
+        never a default). The tokens file is looked at every check_seconds."""
         tokens = [token.get_secret_value() for token in self.tokens]
+        token_file = None
         if self.tokens_file is not None:
-            lines = self.tokens_file.read_text(encoding="utf-8").splitlines()
-            tokens += [line.strip() for line in lines if line.strip()]
-        if not tokens and reviewer is None:
+            token_file = WebhookTokenFile(self.tokens_file, check_seconds=check_seconds)
+        if not tokens and not (token_file and token_file.tokens()) and reviewer is None:
             if self.allow_anonymous:
                 return None
             raise ValueError(
@@ -84,7 +94,9 @@ class EdgeSettings(BaseSettings):
                 "KUBERNAUT_HTTP_ALLOW_ANONYMOUS=true on a loopback-only demo)"
             )
         secret = self.hmac_secret.get_secret_value() if self.hmac_secret else None
-        return Authenticator.of(tokens, secret, self.signature_header, reviewer=reviewer)
+        return Authenticator.of(
+            tokens, secret, self.signature_header, reviewer=reviewer, token_file=token_file
+        )
 
     def rate_limiter(self) -> RateLimiter:
         return RateLimiter(self.rate_per_second, self.rate_burst)

@@ -26,6 +26,11 @@ def spiffe_id(trust_domain: str, namespace: str, account: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"
 
 
+def person_spiffe_id(trust_domain: str, name: str) -> str:
+    """The SPIFFE ID of a personal certificate: it names the person, in no namespace."""
+    return f"spiffe://{trust_domain}/person/{name}"
+
+
 @dataclass(frozen=True)
 class CertPaths:
     """Where one identity's files live inside a certs directory."""
@@ -46,7 +51,9 @@ class CertPaths:
         return self.certs_dir / f"{self.account}.key"
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path`, readable by its owner only (0600) from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_bytes(data)
@@ -56,7 +63,7 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPriva
     from cryptography.hazmat.primitives import serialization
 
     """Write `key` as unencrypted PKCS#8 PEM, readable by its owner only (0600)."""
-    _write_private(
+    write_private(
         path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -128,6 +135,61 @@ def issue_certificate(
     The URI SAN carries the SPIFFE identity that authorization reads; the DNS and IP
     SANs let clients verify the server by the names they dial, locally and in-cluster.
     """
+    # In-cluster clients dial the chart's Service, kubernaut-<account>; the bare account
+    # names serve installs that name Services after the accounts.
+    dns_names = ["localhost"]
+    for host in (account, f"kubernaut-{account}"):
+        dns_names += [
+            host,
+            f"{host}.{namespace}",
+            f"{host}.{namespace}.svc",
+            f"{host}.{namespace}.svc.cluster.local",
+        ]
+    return _issue(
+        certs_dir,
+        account,
+        common_name=account,
+        uri=spiffe_id(trust_domain, namespace, account),
+        dns_names=dns_names,
+        server=True,
+        days=days,
+    )
+
+
+def person_cert_name(name: str) -> str:
+    """The file name (without .crt/.key) of a person's certificate in a certs dir."""
+    return f"person-{name}"
+
+
+def issue_person_certificate(
+    certs_dir: Path, name: str, *, trust_domain: str, days: int = 30
+) -> CertPaths:
+    """Issue a personal client certificate, `person-<name>.crt/.key`: its SPIFFE ID
+    spiffe://<trust domain>/person/<name> names the person (role bindings `cert:<name>`).
+    Client authentication only, and short-lived."""
+    if not name or "/" in name or not name.isprintable():
+        raise ValueError(f"a person's name must be printable and without '/': {name!r}")
+    return _issue(
+        certs_dir,
+        person_cert_name(name),
+        common_name=name,
+        uri=person_spiffe_id(trust_domain, name),
+        dns_names=[],
+        server=False,
+        days=days,
+    )
+
+
+def _issue(
+    certs_dir: Path,
+    file_name: str,
+    *,
+    common_name: str,
+    uri: str,
+    dns_names: list[str],
+    server: bool,
+    days: int,
+) -> CertPaths:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -139,46 +201,32 @@ def issue_certificate(
         raise ValueError(f"{certs_dir / 'ca.key'} is not an EC private key")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    # In-cluster clients dial the chart's Service, kubernaut-<account>; the bare account
-    # names serve installs that name Services after the accounts.
-    dns_names = ["localhost"]
-    for host in (account, f"kubernaut-{account}"):
-        dns_names += [
-            host,
-            f"{host}.{namespace}",
-            f"{host}.{namespace}.svc",
-            f"{host}.{namespace}.svc.cluster.local",
-        ]
-    san = x509.SubjectAlternativeName(
-        [
-            x509.UniformResourceIdentifier(spiffe_id(trust_domain, namespace, account)),
-            *(x509.DNSName(name) for name in dns_names),
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if server:
+        names += [x509.DNSName(name) for name in dns_names]
+        names += [
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
         ]
-    )
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, account)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(san, critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
         .sign(ca_key, hashes.SHA256())
     )
-    paths = CertPaths(certs_dir, account)
+    paths = CertPaths(certs_dir, file_name)
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     write_private_key(paths.key, key)
     return paths

@@ -2,13 +2,18 @@
 
 A channel per callee, with the transport's credentials, a default deadline, retries
 for idempotent methods (from the protos' idempotency_level, through the gRPC service
-config), the caller's request id and W3C trace context.
+config), the caller's request id and W3C trace context. Under transport mtls the channels
+follow the certificate files: when they change, new calls go over a new channel (see
+_RotatingChannel).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +24,17 @@ from kubernaut.runtime.identity import INSECURE_CALLER_HEADER
 from kubernaut.runtime.logs import request_id_var
 from kubernaut.runtime.names import OPERATOR_ACCOUNT, ServiceName
 from kubernaut.runtime.registry import protocol, service_of_stub
+from kubernaut.runtime.rotation import (
+    TlsFiles,
+    WatchedFiles,
+    channel_credentials_of,
+    read_tls_files,
+    tls_paths,
+    watch_tls,
+)
 from kubernaut.runtime.settings import RuntimeSettings, Transport
+
+log = logging.getLogger("kubernaut.clients")
 
 StubT = TypeVar("StubT")
 
@@ -50,13 +65,44 @@ def service_config(service: ServiceName) -> dict[str, Any]:
     return {"methodConfig": configs}
 
 
-class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Carries the request id across hops; names the caller under transport insecure; gives
-    a call that sets no deadline the default one."""
+class TokenFile:
+    """A person's OIDC ID token in a file (`kubernaut --token-file`), read again whenever
+    the file changes: a refreshed token is used from the next call on."""
 
-    def __init__(self, insecure_caller: str | None, timeout_seconds: float) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._token = ""
+
+    def token(self) -> str:
+        try:
+            stat = self.path.stat()
+        except OSError as error:
+            raise FileNotFoundError(
+                f"the token file {self.path} cannot be read: {error}"
+            ) from error
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            self._token = self.path.read_text().strip()
+            self._stamp = stamp
+        if not self._token:
+            raise ValueError(f"the token file {self.path} is empty")
+        return self._token
+
+
+class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Carries the request id across hops; names the caller under transport insecure;
+    presents a person's token; gives a call that sets no deadline the default one."""
+
+    def __init__(
+        self,
+        insecure_caller: str | None,
+        timeout_seconds: float,
+        token_file: TokenFile | None = None,
+    ) -> None:
         self.insecure_caller = insecure_caller
         self.timeout_seconds = timeout_seconds
+        self.token_file = token_file
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         if details.timeout is None:
@@ -66,16 +112,112 @@ class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             metadata.add("x-request-id", request_id)
         if self.insecure_caller:
             metadata.add(INSECURE_CALLER_HEADER, self.insecure_caller)
+        if self.token_file is not None:
+            metadata.add("authorization", f"Bearer {self.token_file.token()}")
         return await continuation(details._replace(metadata=metadata), request)
 
 
 def channel_credentials(settings: RuntimeSettings, account: str) -> grpc.ChannelCredentials:
+    """The account's credentials as its files are now (a channel that does not rotate)."""
     paths = CertPaths(settings.resolved_certs_dir, account)
-    return grpc.ssl_channel_credentials(
-        root_certificates=paths.ca.read_bytes(),
-        private_key=paths.key.read_bytes(),
-        certificate_chain=paths.cert.read_bytes(),
-    )
+    return channel_credentials_of(read_tls_files(tls_paths(paths)))
+
+
+class _RotatingChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A channel to one service whose calls go over a channel made with the newest
+    certificate files. When they changed, the next call opens a new channel and the old
+    one closes once its calls are done (`retire`), so no call fails for a rotation.
+
+    Generated stubs take their method callables from the channel once, when made; those
+    callables (_RebindingCallable) look for a rotation at each call, which costs a clock
+    comparison, and a stat() round at most every credentials_check_seconds for the whole
+    Clients. No thread, no task per channel."""
+
+    def __init__(
+        self,
+        tls: WatchedFiles[TlsFiles],
+        credentials: Callable[[], tuple[int, grpc.ChannelCredentials]],
+        open_channel: Callable[[grpc.ChannelCredentials], grpc.aio.Channel],
+        retire: Callable[[grpc.aio.Channel], None],
+    ) -> None:
+        self.tls = tls
+        self._credentials = credentials
+        self._open_channel = open_channel
+        self._retire = retire
+        self._generation, current = credentials()
+        self._inner = open_channel(current)
+
+    def current(self) -> tuple[int, grpc.aio.Channel]:
+        """The channel new calls take, and the generation of its files."""
+        tls = self.tls
+        if tls.clock() >= tls.next_check:
+            tls.refresh()
+        if self._generation != tls.generation:
+            old = self._inner
+            self._generation, current = self._credentials()
+            self._inner = self._open_channel(current)
+            self._retire(old)
+        return self._generation, self._inner
+
+    def _callable(self, kind: str, method: str, options: dict[str, Any]) -> Any:
+        return _RebindingCallable(self, kind, method, options)
+
+    def unary_unary(self, method: str, **options: Any) -> Any:
+        return self._callable("unary_unary", method, options)
+
+    def unary_stream(self, method: str, **options: Any) -> Any:
+        return self._callable("unary_stream", method, options)
+
+    def stream_unary(self, method: str, **options: Any) -> Any:
+        return self._callable("stream_unary", method, options)
+
+    def stream_stream(self, method: str, **options: Any) -> Any:
+        return self._callable("stream_stream", method, options)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current()[1].get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.current()[1].wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current()[1].channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._inner.close(grace)
+
+    async def __aenter__(self) -> _RotatingChannel:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+class _RebindingCallable:
+    """A stub's method on a _RotatingChannel: each call goes over the channel's current
+    inner channel; the inner callable is made again only after a rotation."""
+
+    __slots__ = ("_channel", "_generation", "_inner", "_kind", "_method", "_options")
+
+    def __init__(
+        self, channel: _RotatingChannel, kind: str, method: str, options: dict[str, Any]
+    ) -> None:
+        self._channel = channel
+        self._kind = kind
+        self._method = method
+        self._options = options
+        self._generation = -1
+        self._inner: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tls = self._channel.tls
+        # The one cost per call: a clock comparison (and an int one).
+        if tls.clock() >= tls.next_check:
+            tls.refresh()
+        if self._generation != tls.generation:
+            self._generation, inner = self._channel.current()
+            self._inner = getattr(inner, self._kind)(self._method, **self._options)
+        return self._inner(*args, **kwargs)
 
 
 class Clients:
@@ -87,11 +229,21 @@ class Clients:
         account: str = OPERATOR_ACCOUNT,
         *,
         addresses: dict[ServiceName, str] | None = None,
+        token_file: Path | None = None,
     ) -> None:
         self.settings = settings
+        # `account`: the certificate the connection presents; `token_file`: the person the
+        # calls are for (their OIDC ID token), when a person calls.
         self.account = account
+        self.token_file = TokenFile(token_file) if token_file is not None else None
         self.addresses = dict(addresses or {})
         self._channels: dict[ServiceName, grpc.aio.Channel] = {}
+        # Transport mtls: the account's certificate files, read when the first channel
+        # opens; the credentials made of their current generation.
+        self._tls: WatchedFiles[TlsFiles] | None = None
+        self._credentials: tuple[int, grpc.ChannelCredentials] | None = None
+        # Channels replaced by a rotation, closing once their calls are done.
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
 
     def address(self, service: ServiceName) -> str:
         return self.addresses.get(service) or self.settings.address_of(service)
@@ -116,20 +268,49 @@ class Clients:
         insecure_caller = self.account if self.settings.transport is Transport.INSECURE else None
         interceptors = [
             *aio_client_interceptors(),  # type: ignore[no-untyped-call]
-            _CallMetadata(insecure_caller, self.settings.call_timeout_seconds),
+            _CallMetadata(insecure_caller, self.settings.call_timeout_seconds, self.token_file),
         ]
         target = self.address(service)
         if self.settings.transport is Transport.MTLS:
-            return grpc.aio.secure_channel(
-                target,
-                channel_credentials(self.settings, self.account),
-                options=options,
-                interceptors=interceptors,
+
+            def open_channel(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+                return grpc.aio.secure_channel(
+                    target, credentials, options=options, interceptors=interceptors
+                )
+
+            return _RotatingChannel(
+                self._watched_tls(), self._current_credentials, open_channel, self._retire
             )
         # Under a mesh the sidecar upgrades this plaintext connection to mutual TLS.
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+    def _watched_tls(self) -> WatchedFiles[TlsFiles]:
+        if self._tls is None:
+            paths = CertPaths(self.settings.resolved_certs_dir, self.account)
+            self._tls = watch_tls(paths, self.settings.credentials_check_seconds)
+        return self._tls
+
+    def _current_credentials(self) -> tuple[int, grpc.ChannelCredentials]:
+        """One credentials object per generation of the files, shared by the channels."""
+        tls = self._watched_tls()
+        if self._credentials is None or self._credentials[0] != tls.generation:
+            self._credentials = (tls.generation, channel_credentials_of(tls.current))
+        return self._credentials
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close a channel replaced by a rotation once its calls are done (grpc waits for
+        them up to the grace period, then cancels what is left)."""
+        grace = self.settings.credentials_retire_grace_seconds
+        task = asyncio.ensure_future(channel.close(grace))
+        self._retiring[task] = channel
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+        log.info("new channel for rotated certificates", extra={"account": self.account})
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        for task, channel in list(self._retiring.items()):
+            task.cancel()
+            await channel.close()
+        self._retiring.clear()

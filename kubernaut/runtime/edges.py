@@ -7,8 +7,12 @@ line.
 
 from __future__ import annotations
 
+import enum
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from google.protobuf.descriptor_pb2 import MethodOptions
 
 from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
 from kubernaut.runtime.registry import protocol
@@ -104,6 +108,9 @@ EDGES: tuple[Edge, ...] = (
         "tell people about workflows",
     ),
     _edge(S.EXECUTOR, S.STORAGE, "RecordAction", "store action results"),
+    _edge(S.EXECUTOR, S.STORAGE, "AppendAuditEntry", "the audit trail"),
+    _edge(S.WORKFLOW, S.STORAGE, "AppendAuditEntry", "the audit trail"),
+    _edge(S.NOTIFICATION, S.STORAGE, "AppendAuditEntry", "the audit trail"),
     _edge(S.INTELLIGENCE, S.STORAGE, "ListActionRecords", "history for pattern discovery"),
     _edge(S.EFFECTIVENESS, S.INTELLIGENCE, "GetActionStats", "pattern insights for verdicts"),
     _edge(S.EFFECTIVENESS, S.STORAGE, "RecordAssessment", "record verdicts"),
@@ -126,8 +133,52 @@ EDGES: tuple[Edge, ...] = (
 # writes: only the service that acted records what it did, and only the alert processor
 # what it dropped.
 OPERATOR_DENIED: frozenset[tuple[ServiceName, str]] = frozenset(
-    {(S.STORAGE, "RecordAction"), (S.STORAGE, "RecordDroppedAlert")}
+    {
+        (S.STORAGE, "RecordAction"),
+        (S.STORAGE, "RecordDroppedAlert"),
+        (S.STORAGE, "AppendAuditEntry"),
+    }
 )
+
+
+class Role(enum.StrEnum):
+    """What a person may do; each role includes the ones before it."""
+
+    VIEWER = "viewer"
+    APPROVER = "approver"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+_ROLE_RANK: dict[Role, int] = {role: rank for rank, role in enumerate(Role)}
+
+# What people may call beyond reads (the methods whose proto says NO_SIDE_EFFECTS, open to
+# viewers). Every other method needs admin; the audit-trail writes (OPERATOR_DENIED) no
+# person may call.
+ROLE_GRANTS: dict[tuple[ServiceName, str], Role] = {
+    (S.WORKFLOW, "DecideApproval"): Role.APPROVER,
+    (S.WORKFLOW, "CreateWorkflow"): Role.OPERATOR,
+    (S.EXECUTOR, "ExecuteAction"): Role.OPERATOR,
+    (S.EXECUTOR, "RollbackAction"): Role.OPERATOR,
+}
+
+
+def role_needed(callee: ServiceName, method: str) -> Role | None:
+    """The least role that may call callee's method; None when no person may."""
+    if (callee, method) in OPERATOR_DENIED:
+        return None
+    if (granted := ROLE_GRANTS.get((callee, method))) is not None:
+        return granted
+    options = protocol(callee).descriptor.methods_by_name[method].GetOptions()
+    if options.idempotency_level == MethodOptions.NO_SIDE_EFFECTS:
+        return Role.VIEWER
+    return Role.ADMIN
+
+
+def role_allows(held: Iterable[str], needed: Role) -> bool:
+    """Whether any of the roles held (names, as Principal.roles has them) includes `needed`."""
+    return any(_ROLE_RANK[Role(role)] >= _ROLE_RANK[needed] for role in held)
+
 
 # The HTTP edge only submits alerts.
 EDGE_ALLOWED: frozenset[tuple[ServiceName, str]] = frozenset({(S.GATEWAY, "SubmitAlerts")})
@@ -164,6 +215,6 @@ def check_table() -> None:
         unknown = edge.methods - set(protocol(edge.callee).method_names)
         if unknown:
             raise ValueError(f"edge {edge.caller}->{edge.callee} names unknown {sorted(unknown)}")
-    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED:
+    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED | ROLE_GRANTS.keys():
         if method not in protocol(callee).method_names:
             raise ValueError(f"the table names unknown {callee}.{method}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from kubernaut.runtime.certs import person_spiffe_id
 from kubernaut.runtime.settings import RuntimeSettings, Transport
 
 XFCC_HEADER = "x-forwarded-client-cert"
@@ -20,13 +21,17 @@ INSECURE_CALLER_HEADER = "x-kubernaut-caller"
 @dataclass(frozen=True)
 class Peer:
     """The caller of one RPC. `account` is set only for identities of our own namespace
-    and trust domain; anything else is unknown to the call table."""
+    and trust domain; anything else is unknown to the call table. `person` is set for a
+    personal certificate: SPIFFE ID spiffe://<trust domain>/person/<name>."""
 
     spiffe_id: str | None
     account: str | None
+    person: str | None = None
 
     @property
     def label(self) -> str:
+        if self.person:
+            return f"person:{self.person}"
         return self.account or self.spiffe_id or "anonymous"
 
 
@@ -106,6 +111,11 @@ _ANONYMOUS = Peer(None, None)
 def _peer(spiffe_id: str, trust_domain: str, namespace: str) -> Peer:
     """The few identities that call a service, parsed once each rather than on every
     call (bounded: a flood of unknown identities only evicts)."""
+    person_prefix = person_spiffe_id(trust_domain, "")
+    if spiffe_id.startswith(person_prefix):
+        person = spiffe_id.removeprefix(person_prefix)
+        if person and "/" not in person:
+            return Peer(spiffe_id, None, person)
     return Peer(spiffe_id, _account(spiffe_id, trust_domain, namespace))
 
 

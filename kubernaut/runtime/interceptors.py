@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import grpc
 from google.protobuf import any_pb2
@@ -31,9 +31,11 @@ from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
 from kubernaut.runtime import edges, validation
-from kubernaut.runtime.identity import Peer, peer_of
+from kubernaut.runtime.access import Access, AccessSettings, Denied, Unauthenticated
+from kubernaut.runtime.identity import peer_of
 from kubernaut.runtime.logs import incident_id_var, request_id_var
 from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.principals import ANONYMOUS, Principal, PrincipalKind, principal_var
 from kubernaut.runtime.registry import service_of_path
 from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.runtime.telemetry import RPC_HANDLED, RPC_SECONDS
@@ -115,10 +117,36 @@ def _text_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str
     return {name: value for name, value in pairs if isinstance(value, str)}
 
 
+class CallAudit(Protocol):
+    """Records audited calls (kubernaut.runtime.audit.AuditTrail); never raises."""
+
+    def audits(self, service: ServiceName, method: str) -> bool: ...
+
+    async def record(
+        self,
+        service: ServiceName,
+        method: str,
+        request: Message,
+        code: grpc.StatusCode,
+        message: str = "",
+        response: Message | None = None,
+    ) -> None: ...
+
+
 class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, service: ServiceName, settings: RuntimeSettings) -> None:
+    def __init__(
+        self,
+        service: ServiceName,
+        settings: RuntimeSettings,
+        access: Access | None = None,
+        audit: CallAudit | None = None,
+    ) -> None:
         self.service = service
         self.settings = settings
+        # Records the audited calls once they have an outcome; None records nothing.
+        self.audit = audit
+        # Who may call: read once, when the server is made.
+        self.access = access or Access(AccessSettings(), service)
         self._tracer = trace.get_tracer("kubernaut.runtime.interceptors")
         # The wrapped handler of each method, made on its first call: the handlers a server
         # serves are fixed once it starts, and wrapping depends on nothing but the method.
@@ -195,23 +223,43 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             response_serializer=handler.response_serializer,
         )
 
-    async def _authorize(self, path: str, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
-        peer = peer_of(context, self.settings)
-        target = service_of_path(path)
+    async def _authorize(
+        self,
+        path: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        metadata: dict[str, str] | None = None,
+    ) -> Principal:
+        """Who calls, if they may make this call; else abort UNAUTHENTICATED (a credential
+        that does not hold) or PERMISSION_DENIED (saying what is missing)."""
         full_service = path.lstrip("/").partition("/")[0]
         if full_service == edges.HEALTH_SERVICE:
-            return peer
-        if full_service in edges.REFLECTION_SERVICES and peer.account is not None:
-            return peer
-        if target is not None and peer.account is not None:
-            callee, method = target
-            if callee is self.service and edges.is_allowed(peer.account, callee, method):
-                return peer
-        log.warning("permission denied", extra={"rpc": path, "peer": peer.label})
-        await context.abort(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{peer.label} may not call {path} (not in Kubernaut's call table)",
-        )
+            return ANONYMOUS
+        peer = peer_of(context, self.settings)
+        try:
+            principal = await self.access.principal(
+                peer, _text_metadata(context) if metadata is None else metadata
+            )
+        except Unauthenticated as error:
+            log.warning(
+                "unauthenticated", extra={"rpc": path, "peer": peer.label, "error": str(error)}
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise AssertionError("unreachable") from error  # abort raises
+        if (
+            full_service in edges.REFLECTION_SERVICES
+            and principal.kind is not PrincipalKind.ANONYMOUS
+        ):
+            return principal
+        target = service_of_path(path)
+        reason = f"{principal.label} may not call {path} (not in Kubernaut's call table)"
+        if target is not None and target[0] is self.service:
+            try:
+                self.access.check(principal, *target)
+                return principal
+            except Denied as error:
+                reason = str(error)
+        log.warning("permission denied", extra={"rpc": path, "peer": principal.label})
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         raise AssertionError("unreachable")  # abort raises
 
     async def _handle(
@@ -240,13 +288,17 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         peer_label = "?"
+        principal_token = None
+        response: Any = None
         try:
-            peer = await self._authorize(path, context)
-            peer_label = peer.label
+            principal = await self._authorize(path, context, metadata)
+            peer_label = principal.label
+            principal_token = principal_var.set(principal)
             violations = violations_of(request)
             if violations:
                 await context.abort_with_status(bad_request_status(violations))
-            return await inner(request, context)
+            response = await inner(request, context)
+            return response
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -289,8 +341,20 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                     "duration_ms": round(elapsed * 1000, 3),
                 },
             )
+            if (
+                self.audit is not None
+                and principal_token is not None  # authorized: who called is known
+                and self.audit.audits(self.service, method)
+            ):
+                # On the record before the response goes out (an abort's status goes out as
+                # it aborts: then just after), while the principal is still the call's.
+                await self.audit.record(
+                    self.service, method, request, code, context.details() or "", response
+                )
             request_id_var.reset(token)
             incident_id_var.reset(incident_token)
+            if principal_token is not None:
+                principal_var.reset(principal_token)
             if span.is_recording():
                 # The attributes OpenTelemetry's grpc instrumentation sets.
                 span.set_attributes(

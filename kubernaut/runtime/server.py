@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kubernaut.runtime.audit import AuditSettings, AuditTrail, StorageAuditSink
 from kubernaut.runtime.certs import CertPaths
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.edges import check_table
@@ -24,6 +25,7 @@ from kubernaut.runtime.interceptors import KubernautServerInterceptor
 from kubernaut.runtime.logs import configure_logging
 from kubernaut.runtime.names import LIVENESS_HEALTH_SERVICE, ServiceName
 from kubernaut.runtime.registry import protocol
+from kubernaut.runtime.rotation import rotating_server_credentials
 from kubernaut.runtime.settings import RuntimeSettings, Transport
 from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
 
@@ -45,6 +47,8 @@ class ServiceContext:
     name: ServiceName
     settings: RuntimeSettings
     clients: Clients
+    # Records the service's audited calls; storage points it at its own store.
+    audit: AuditTrail
 
 
 @dataclass
@@ -75,11 +79,9 @@ def server_credentials(settings: RuntimeSettings, name: ServiceName) -> grpc.Ser
         raise FileNotFoundError(
             f"transport mtls needs {', '.join(map(str, missing))}; run `kubernaut certs init`"
         )
-    return grpc.ssl_server_credentials(
-        [(paths.key.read_bytes(), paths.cert.read_bytes())],
-        root_certificates=paths.ca.read_bytes(),
-        require_client_auth=True,
-    )
+    # Each new handshake uses the files as they are then: certificates rotate without a
+    # restart (kubernaut/runtime/rotation.py).
+    return rotating_server_credentials(paths, settings.credentials_check_seconds)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class RunningService:
     health: health.aio.HealthServicer
     spec: ServiceSpec
     clients: Clients
+    audit: AuditTrail
     _readiness_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -146,10 +149,15 @@ class RunningService:
         await self.server.stop(self.settings.shutdown_grace_seconds)
         # Each clean-up gets the grace period too: a stuck one must not keep the
         # process from exiting.
-        for hook in (*self.spec.on_stop, self.clients.close):
+        # The audit trail after the service's own hooks (which may still record), before
+        # the clients it appends with close.
+        for hook in (*self.spec.on_stop, self._close_audit, self.clients.close):
             clean_up: asyncio.Future[None] = asyncio.ensure_future(hook())
             await _bounded(clean_up, self.settings.shutdown_grace_seconds, repr(hook))
         log.info("stopped")
+
+    async def _close_audit(self) -> None:
+        await self.audit.close(self.audit.settings.shutdown_seconds)
 
 
 async def _bounded(task: asyncio.Future[Any], seconds: float, what: str) -> None:
@@ -176,10 +184,11 @@ async def start_service(
     warn_if_insecure(settings)
     configure_tracing(name.value, settings.otlp_endpoint)
     clients = Clients(settings, name.account)
-    spec = await (builder or builder_of(name))(ServiceContext(name, settings, clients))
+    audit = AuditTrail(name, StorageAuditSink(clients), AuditSettings())
+    spec = await (builder or builder_of(name))(ServiceContext(name, settings, clients, audit))
     server = grpc.aio.server(
         # The one interceptor starts each call's span too (see interceptors.py).
-        interceptors=[KubernautServerInterceptor(name, settings)],
+        interceptors=[KubernautServerInterceptor(name, settings, audit=audit)],
         options=[("grpc.so_reuseport", 0)],
     )
     proto = protocol(name)
@@ -208,7 +217,7 @@ async def start_service(
         else None
     )
     running = RunningService(
-        name, settings, server, port, metrics_port, health_servicer, spec, clients
+        name, settings, server, port, metrics_port, health_servicer, spec, clients, audit
     )
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)

@@ -6,7 +6,7 @@ import enum
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, AliasChoices, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubernaut.runtime.names import DEFAULT_PORT_BASE, METRICS_PORT_OFFSET, ServiceName
@@ -58,16 +58,36 @@ class DatabaseSettings(BaseSettings):
     database_url: str = database_url_field()
 
 
+class ClusterConfig(BaseModel):
+    """How a service reaches one named cluster: a context of a kubeconfig, or the pod's own
+    ServiceAccount (`in_cluster`). An empty `kubeconfig` is the service's own
+    (KUBERNAUT_KUBE_KUBECONFIG, else $KUBECONFIG ...), so that each service reaches every
+    cluster as its own least-privileged identity; an empty `context` is its current one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kubeconfig: str = ""
+    context: str = ""
+    in_cluster: bool = False
+
+
 class KubeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBERNAUT_KUBE_", frozen=True, extra="ignore")
 
     # Empty: $KUBECONFIG, else ~/.kube/config, else in-cluster.
     kubeconfig: str = ""
     context: str = ""
-    # The pod's own ServiceAccount even when KUBECONFIG or ~/.kube/config is there: an
-    # executor cluster configured `in_cluster` next to others reached by kubeconfig.
+    # The pod's own ServiceAccount even when KUBECONFIG or ~/.kube/config is there: a
+    # cluster configured `in_cluster` next to others reached by kubeconfig.
     in_cluster: bool = False
     request_timeout_seconds: float = 10.0
+    # The clusters by name (a ResourceRef's `cluster`, from an alert's `cluster` label), the
+    # same for every service that reads or changes them (context_api, executor), as JSON:
+    # {"prod": {"context": "prod"}, "local": {"in_cluster": true}}. Empty: one cluster,
+    # `default_cluster`, reached by the settings above.
+    clusters: dict[str, ClusterConfig] = Field(default_factory=dict)
+    # The cluster an empty ResourceRef.cluster means (with one named cluster, that one).
+    default_cluster: str = "default"
 
 
 def default_state_dir() -> Path:
@@ -108,6 +128,14 @@ class RuntimeSettings(BaseSettings):
 
     # Deadline of an outgoing call that sets none itself.
     call_timeout_seconds: float = 10.0
+    # How often credential files (ca.crt, <account>.crt/.key in certs_dir; the edge's
+    # tokens file and TLS certificate) are looked at for a rotation: a stat() round, a
+    # re-read only when one changed. New handshakes and calls use the new files after at
+    # most this long; files that are not usable keep the last good ones.
+    credentials_check_seconds: float = Field(default=1.0, gt=0)
+    # After the client certificate or CA bundle changed, calls still running on the old
+    # channel get up to this long to finish before it closes (new calls take a new one).
+    credentials_retire_grace_seconds: float = Field(default=600.0, ge=0)
     # After SIGTERM: health says NOT_SERVING for drain_seconds so that load balancers
     # stop sending, then in-flight calls get up to grace_seconds to finish.
     shutdown_drain_seconds: float = 1.0

@@ -1,16 +1,18 @@
 """Kubernaut's main job end to end, through the real AlertManager: a bad rollout
 crash-loops, the alert arrives (several times), exactly one rollback fixes it, the action
 and its assessment are stored, one email goes out, and the incident is one trace. And a
-workflow held for approval acts on the cluster once a person approves it."""
+workflow one person requests waits until another approves it (its requester may not),
+then acts on the cluster; no log line of the run holds a secret."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -19,21 +21,30 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
+from kubernaut.cli.audit import list_entries
+from kubernaut.cli.audit import verify as verify_chain
+from kubernaut.cli.identity import CliIdentity
 from kubernaut.cli.workflows import decide_workflow
 from kubernaut.devstack.kube import default_bin_dir
 from kubernaut.devstack.model import LlamaBuild
+from kubernaut.devstack.oidc import LocalIssuer
 from kubernaut.devstack.processes import free_port, free_port_base
 from kubernaut.devstack.scenario import GOOD_IMAGE, BadRollout
 from kubernaut.devstack.smtp import read_mailbox
 from kubernaut.devstack.stack import DevStack, StackInfo
 from kubernaut.devstack.system import System, Tuning, running_system, webhook_token_file
 from kubernaut.runtime.clients import Clients
-from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.waiting import eventually
 from tests.fixtures.workflows import restart_workflow
 
 pytestmark = pytest.mark.e2e
+
+
+# People of the run, as the local OIDC issuer's tokens name them, and their roles.
+BOB = "bob@example.com"  # an operator: may ask for an action
+ALICE = "alice@example.com"  # an approver
+ROLE_BINDINGS = {"operator": [f"user:{BOB}"], "approver": ["group:sre-approvers"]}
 
 
 @dataclass
@@ -42,6 +53,9 @@ class Loop:
     dev: StackInfo
     state_dir: Path
     clients: Clients
+    issuer: LocalIssuer
+    # What the run must never write to a log: tests add the credentials they use.
+    secrets: list[str] = field(default_factory=list)
 
     def storage(self) -> StorageServiceStub:
         return self.clients.stub(StorageServiceStub)
@@ -57,6 +71,7 @@ async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
     edge_port = free_port()
     bin_dir = default_bin_dir()  # before KUBERNAUT_STATE_DIR points elsewhere
     llama_build = LlamaBuild.default()
+    issuer = LocalIssuer().start()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("KUBERNAUT_STATE_DIR", str(state_dir))
         env.setenv("KUBERNAUT_PORT_BASE", str(free_port_base()))
@@ -77,14 +92,20 @@ async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
             llama_build=llama_build,
         )
         dev = await asyncio.to_thread(stack.up, lambda line: None)
-        tuning = Tuning(assessment_delays="3s,6s,30m", verify_timeout_seconds=60)
+        tuning = Tuning(
+            assessment_delays="3s,6s,30m",
+            verify_timeout_seconds=60,
+            extra_env=issuer.settings_env(ROLE_BINDINGS),
+        )
         try:
             async with running_system(settings, dev, tuning) as system:
                 assert system.ready, (system.statuses, system.fleet.exited())
                 clients = system.clients()
-                yield Loop(system, dev, state_dir, clients)
+                webhook_token = Path(webhook_token_file(dev)).read_text().strip()
+                yield Loop(system, dev, state_dir, clients, issuer, [webhook_token])
                 await clients.close()
         finally:
+            issuer.stop()
             await asyncio.to_thread(stack.down, lambda line: None)
 
 
@@ -241,7 +262,9 @@ async def test_a_namespace_not_opted_in_is_left_alone_and_the_incident_says_why(
         await scenario.close()
 
 
-async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Loop) -> None:
+async def test_a_workflow_one_person_requests_acts_once_another_approves(
+    loop: Loop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), "approvals")
     target = alert_pb2.ResourceRef(namespace="approvals", kind="Deployment", name=scenario.name)
     alert = alert_pb2.Alert(
@@ -251,13 +274,18 @@ async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Lo
         source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
     )
     alert.starts_at.GetCurrentTime()
-    analysis = Clients(loop.system.settings, ServiceName.AI_ANALYSIS.account)
+    bob_token = loop.issuer.write_token(tmp_path / "bob.token", BOB)
+    alice_token = loop.issuer.write_token(tmp_path / "alice.token", ALICE, groups=["sre-approvers"])
+    loop.secrets += [bob_token.read_text().strip(), alice_token.read_text().strip()]
+    bob = CliIdentity(token_file=bob_token).clients(loop.system.settings)
+    alice = CliIdentity(token_file=alice_token).clients(loop.system.settings)
     try:
         await scenario.deploy()
-        # What ai_analysis does with a recommendation it is unsure of.
+        # Bob asks for a restart he is unsure of: it waits for a person.
         _, created = await restart_workflow(
-            loop.storage(), analysis.stub(WorkflowServiceStub), alert, target, confidence=0.2
+            loop.storage(), bob.stub(WorkflowServiceStub), alert, target, confidence=0.2
         )
+        assert created.requested_by == f"person:{BOB}"
         workflows = loop.clients.stub(WorkflowServiceStub)
 
         async def in_state(*states: int) -> workflow_pb2.Workflow | None:
@@ -273,10 +301,18 @@ async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Lo
         waiting = await _incident_for(loop, "approvals")
         assert waiting is not None and not waiting.actions
 
+        # Bob may not approve his own request, even as an operator.
+        assert await decide_workflow(bob, created.workflow_id, "approve", "", "") == 1
+        refused = capsys.readouterr().err
+        assert "PERMISSION_DENIED" in refused and f"{BOB} requested" in refused
+        # Alice may not pass for Bob, nor for anyone: `--by` must be who she is.
+        assert await decide_workflow(alice, created.workflow_id, "approve", BOB, "") == 1
+        assert "PERMISSION_DENIED" in capsys.readouterr().err
         decided = await decide_workflow(
-            loop.clients, created.workflow_id, "approve", "alice", "restart is safe"
+            alice, created.workflow_id, "approve", ALICE, "restart is safe"
         )
         assert decided == 0
+        assert f"approved by {ALICE}: restart is safe" in capsys.readouterr().out
         done = await eventually(
             lambda: in_state(
                 workflow_pb2.WORKFLOW_STATE_SUCCEEDED,
@@ -297,6 +333,82 @@ async def test_a_workflow_held_for_approval_acts_once_a_person_approves(loop: Lo
         assert "kubectl.kubernetes.io/restartedAt" in restart.spec_after_json
         assert found.incident.status == storage_pb2.INCIDENT_STATUS_REMEDIATED
         assert (await scenario.state()).healthy
+        assert [(a.approver, a.decision) for a in done.approvals] == [
+            (f"person:{ALICE}", workflow_pb2.APPROVAL_DECISION_APPROVE)
+        ]
+
+        # The audit trail has who asked and who approved, and its chain holds ...
+        assert await list_entries(loop.clients, principal=f"person:{BOB}") == 0
+        assert "CreateWorkflow" in capsys.readouterr().out
+        assert await list_entries(loop.clients, principal=f"person:{ALICE}") == 0
+        approvals = [line for line in capsys.readouterr().out.splitlines() if "Decide" in line]
+        # Refused as Bob's approver, refused as "Bob", then approved: each on the record.
+        assert len(approvals) == 2 and "OK" in approvals[-1], approvals
+        assert await verify_chain(loop.clients) == 0
+        assert "chain intact" in capsys.readouterr().out
+        # ... until someone edits a row behind Kubernaut's back: verify names it.
+        connection = await asyncpg.connect(loop.dev.detail("postgres", "dsn"))
+        try:
+            row = await connection.fetchrow(
+                "SELECT seq, principal FROM audit.entries WHERE principal = $1"
+                " AND method = 'DecideApproval' ORDER BY seq LIMIT 1",
+                f"person:{ALICE}",
+            )
+            assert row is not None
+            seq, principal = row["seq"], row["principal"]
+            edit = "UPDATE audit.entries SET principal = $2 WHERE seq = $1"
+            async with connection.transaction():
+                # The trail refuses edits even to its owner; a superuser lifts that.
+                await connection.execute("SET LOCAL session_replication_role = replica")
+                await connection.execute(edit, seq, f"person:{BOB}")
+            assert await verify_chain(loop.clients) == 1
+            assert f"seq {seq}" in capsys.readouterr().out
+            async with connection.transaction():
+                await connection.execute("SET LOCAL session_replication_role = replica")
+                await connection.execute(edit, seq, principal)
+            assert await verify_chain(loop.clients) == 0
+        finally:
+            await connection.close()
     finally:
-        await analysis.close()
+        await bob.close()
+        await alice.close()
         await scenario.close()
+
+
+async def test_no_log_line_of_the_run_holds_a_secret(loop: Loop) -> None:
+    """Last in the module: every log line every process wrote while the tests above ran
+    (the webhook token AlertManager presented on every alert, the people's ID tokens on
+    every call they made) is free of them, whole or in part (a JWT's signature alone)."""
+    assert len(loop.secrets) >= 3, "the approval test adds the people's tokens"
+    needles = set()
+    for secret in loop.secrets:
+        needles.add(secret)
+        if secret.count(".") == 2:  # a JWT: its signature is the secret part
+            needles.add(secret.rsplit(".", 1)[1])
+    logs = sorted(loop.state_dir.rglob("*.log"))
+    lines = 0
+    for log in logs:
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            lines += 1
+            for needle in needles:
+                assert needle not in line, f"{log.name}:{number} holds a secret"
+    assert lines > 1000, f"only {lines} log lines in {[str(p) for p in logs]}"
+
+    # Nor does any row of any table in PostgreSQL: credentials live in files and Secrets.
+    connection = await asyncpg.connect(loop.dev.detail("postgres", "dsn"))
+    try:
+        tables = await connection.fetch(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_type = 'BASE TABLE'"
+            "   AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+        )
+        rows = 0
+        for table in tables:
+            name = f'"{table["table_schema"]}"."{table["table_name"]}"'
+            for row in await connection.fetch(f"SELECT t::text AS row FROM {name} t"):
+                rows += 1
+                for needle in needles:
+                    assert needle not in row["row"], f"{name} holds a secret"
+    finally:
+        await connection.close()
+    assert rows > 10, f"only {rows} rows in {len(tables)} tables"

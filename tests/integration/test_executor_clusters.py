@@ -1,7 +1,7 @@
-"""The executor's named clusters against two real control planes (`kube` and `second_kube`
-in tests/fixtures/cluster.py), reached through ONE kubeconfig with a context for each, as
-an operator would configure them; each cluster's own admin access checks where things
-landed."""
+"""The named clusters (kubernaut.runtime.clusters: the executor's and context_api's) against
+two real control planes (`kube` and `second_kube` in tests/fixtures/cluster.py), reached
+through ONE kubeconfig with a context for each, as an operator would configure them; each
+cluster's own admin access checks where things landed."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import pytest
 from kubernetes_asyncio import client
 
 from kubernaut.devstack.kube import LocalCluster
+from kubernaut.runtime.clusters import ClusterConfig, ClusterRegistry
 from kubernaut.runtime.settings import KubeSettings
-from kubernaut.services.executor.clusters import ClusterRegistry
-from kubernaut.services.executor.settings import ClusterConfig, ExecutorSettings
 from tests.fixtures.cluster import kube_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -59,8 +58,8 @@ def kubeconfig(
     return path
 
 
-def _settings(kubeconfig: Path, *contexts: str) -> ExecutorSettings:
-    return ExecutorSettings(
+def _settings(kubeconfig: Path, *contexts: str) -> KubeSettings:
+    return KubeSettings(
         clusters={c: ClusterConfig(kubeconfig=str(kubeconfig), context=c) for c in contexts},
         default_cluster="one",
     )
@@ -68,7 +67,7 @@ def _settings(kubeconfig: Path, *contexts: str) -> ExecutorSettings:
 
 @pytest.fixture
 async def registry(kubeconfig: Path) -> AsyncIterator[ClusterRegistry]:
-    registry = ClusterRegistry(_settings(kubeconfig, "one", "two"), KubeSettings())
+    registry = ClusterRegistry(_settings(kubeconfig, "one", "two"))
     try:
         yield registry
     finally:
@@ -113,7 +112,7 @@ async def test_ready_while_every_cluster_answers(registry: ClusterRegistry) -> N
 async def test_a_cluster_that_does_not_answer_makes_the_registry_not_ready(
     kubeconfig: Path,
 ) -> None:
-    registry = ClusterRegistry(_settings(kubeconfig, "one", "two", "dead"), KubeSettings())
+    registry = ClusterRegistry(_settings(kubeconfig, "one", "two", "dead"))
     try:
         assert registry.connection("dead").configured  # configured, yet nobody answers
         assert await registry.connection("one").ready()

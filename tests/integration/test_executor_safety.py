@@ -12,21 +12,22 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.executor.v1.executor_pb2_grpc import ExecutorServiceStub
 
 from kubernaut.devstack.kube import LocalCluster
 from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.clusters import ClusterConfig, UnknownCluster
 from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.launcher import wait_serving
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.server import start_service
 from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
-from kubernaut.services.executor.clusters import CircuitOpen, UnknownCluster
+from kubernaut.services.executor.clusters import CircuitOpen
 from kubernaut.services.executor.engine import ClusterUnavailable
-from kubernaut.services.executor.settings import ClusterConfig, ClusterScope
+from kubernaut.services.executor.settings import ClusterScope
 from kubernaut.services.executor.store import ActionRow
+from tests.fixtures.cluster import contexts_kubeconfig
 from tests.fixtures.executor import (
     Admin,
     ExecutorFactory,
@@ -35,7 +36,6 @@ from tests.fixtures.executor import (
     dead_kubeconfig,
     outcome,
     stage,
-    write_kubeconfig,
 )
 from tests.fixtures.grpc_errors import code_of, field_violations
 from tests.fixtures.kubernaut import InProcessStack
@@ -254,19 +254,6 @@ async def test_drain_honours_a_pod_disruption_budget_and_rolls_back_when_blocked
 # -- several clusters, and the breaker ------------------------------------------------------------
 
 
-def two_cluster_kubeconfig(one: LocalCluster, two: LocalCluster, path: Path) -> Path:
-    """One kubeconfig with both clusters' admin contexts, "one" and "two"."""
-    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "clusters": [],
-                              "users": [], "contexts": []}  # fmt: skip
-    for name, cluster in (("one", one), ("two", two)):
-        config = yaml.safe_load(cluster.kubeconfig.read_text())
-        merged["clusters"].append({"name": name, "cluster": config["clusters"][0]["cluster"]})
-        merged["users"].append({"name": name, "user": config["users"][0]["user"]})
-        merged["contexts"].append({"name": name, "context": {"cluster": name, "user": name}})
-    merged["current-context"] = "one"
-    return write_kubeconfig(path, merged)
-
-
 async def test_with_two_clusters_an_action_lands_only_on_the_one_it_names(
     kube: LocalCluster,
     second_kube: LocalCluster,
@@ -274,7 +261,9 @@ async def test_with_two_clusters_an_action_lands_only_on_the_one_it_names(
     make_executor: ExecutorFactory,
     tmp_path: Path,
 ) -> None:
-    kubeconfig = two_cluster_kubeconfig(kube, second_kube, tmp_path / "two.kubeconfig")
+    kubeconfig = contexts_kubeconfig(
+        tmp_path / "two.kubeconfig", {"one": kube.kubeconfig, "two": second_kube.kubeconfig}
+    )
     other = KubeConnection(KubeSettings(kubeconfig=str(second_kube.kubeconfig)))
     admin_two = Admin(await other.api(), second_kube.info)
     try:

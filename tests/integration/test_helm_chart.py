@@ -31,6 +31,7 @@ from kubernaut.devstack.kube import LocalCluster
 from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH
 from kubernaut.edge.settings import EdgeSettings
 from kubernaut.runtime.certs import CertPaths, spiffe_id
+from kubernaut.runtime.clusters import ClusterRegistry
 from kubernaut.runtime.edges import EDGE_ALLOWED, EDGES
 from kubernaut.runtime.istio import render as render_istio
 from kubernaut.runtime.kube import KubeConnection
@@ -39,6 +40,7 @@ from kubernaut.runtime.registry import protocol
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import rbac as context_rbac
 from kubernaut.services.executor import rbac as executor_rbac
+from kubernaut.services.storage.audit import WRITER_ROLE
 from tests.fixtures.helm import CHART, Helm
 
 # A cold build of Helm runs inside the first test's fixture setup.
@@ -123,6 +125,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
             "prometheusRule": {"enabled": True},
             "dashboard": {"enabled": True, "annotations": {"grafana_folder": "Kubernaut"}},
+        },
+    },
+    # Named clusters: the one it runs in, and one reached by each component's own kubeconfig.
+    "clusters": {
+        **SECRETS,
+        "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
+        "clusters": {
+            "named": {"local": {"in_cluster": True}, "prod-eu": {"context": "prod-eu"}},
+            "default": "local",
+            "kubeconfigSecrets": {
+                "context_api": "kubernaut-context-api-kubeconfig",
+                "executor": "kubernaut-executor-kubeconfig",
+            },
         },
     },
     # Every secret given as a value: the chart creates the Secrets.
@@ -585,6 +600,70 @@ def test_cert_manager_certificates_are_what_the_runtime_reads(
     assert _of_kind(rendered["istio-off"], "Certificate") == {}
 
 
+def test_the_clusters_are_the_same_for_context_api_and_the_executor_each_with_its_own_kubeconfig(
+    rendered: dict[str, list[dict[str, Any]]], helm: Helm, tmp_path: Path
+) -> None:
+    values = VALUE_SETS["clusters"]["clusters"]
+    readers = {ServiceName.CONTEXT_API, ServiceName.EXECUTOR}
+    for deployment in _of_kind(rendered["clusters"], "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        kube_env = {name: value for name, value in env.items() if "_KUBE_" in name}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        reader = next((s for s in readers if s.account == container["name"]), None)
+        if reader is None:
+            assert kube_env == {} and "kubeconfig" not in volumes, container["name"]
+            continue
+        assert json.loads(kube_env["KUBERNAUT_KUBE_CLUSTERS"]) == values["named"]
+        assert kube_env["KUBERNAUT_KUBE_DEFAULT_CLUSTER"] == "local"
+        # Its own kubeconfig, no other component's, where KUBERNAUT_KUBE_KUBECONFIG says.
+        secret = volumes["kubeconfig"]["secret"]
+        assert secret["secretName"] == values["kubeconfigSecrets"][reader.value]
+        assert secret["items"] == [{"key": "kubeconfig", "path": "kubeconfig"}]
+        assert mounts["kubeconfig"]["readOnly"]
+        kubeconfig = Path(kube_env["KUBERNAUT_KUBE_KUBECONFIG"])
+        assert kubeconfig.parent == Path(mounts["kubeconfig"]["mountPath"])
+        assert kubeconfig.name == "kubeconfig"
+        # What the service makes of it: the two clusters, the default, each reached as
+        # the chart says.
+        mounted = tmp_path / reader.value / "kubeconfig"
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in kube_env.items():
+                patch.setenv(name, value)
+            patch.setenv("KUBERNAUT_KUBE_KUBECONFIG", str(mounted))
+            registry = ClusterRegistry(KubeSettings())
+        assert (registry.names, registry.default) == (("local", "prod-eu"), "local")
+        prod = registry.connection("prod-eu").settings
+        assert (prod.kubeconfig, prod.context, prod.in_cluster) == (str(mounted), "prod-eu", False)
+        assert registry.connection("").settings.in_cluster
+    # Without clusters the components read the cluster they run in, as before.
+    for deployment in _of_kind(rendered["defaults"], "Deployment").values():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert not any("_KUBE_" in e["name"] for e in container.get("env", []))
+    # What the components could not tell apart is refused, naming what to set.
+    refused: list[tuple[dict[str, Any], str]] = [
+        (
+            {"named": {"a": {"in_cluster": True}, "b": {"in_cluster": True}}},
+            "clusters.default is required with several clusters: one of a, b",
+        ),
+        (
+            {"named": {"a": {"in_cluster": True}}, "default": "b"},
+            'clusters.default "b" is not one of clusters.named (a)',
+        ),
+        (
+            {"named": {"a": {"context": "a"}}, "kubeconfigSecrets": {"executor": "k"}},
+            "clusters.kubeconfigSecrets.context_api is required: cluster a is reached by a context",
+        ),
+        # A path of its own for every component would be the same identity for both.
+        ({"named": {"a": {"kubeconfig": "/etc/kubeconfig"}}}, "kubeconfig"),
+    ]
+    for clusters, words in refused:
+        result = helm.template({**REQUIRED, "clusters": clusters}, check=False)
+        assert result.returncode != 0 and words in result.stderr, (clusters, result.stderr)
+
+
 def test_the_database_url_comes_from_cloudnativepg(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -598,6 +677,12 @@ def test_the_database_url_comes_from_cloudnativepg(
         "CREATE EXTENSION IF NOT EXISTS vector"
         in spec["bootstrap"]["initdb"]["postInitApplicationSQL"]
     )
+    # The audit trail's insert-only writer role, which the database's owner (storage's
+    # login) may not create itself, made by the superuser and granted to that owner.
+    assert spec["bootstrap"]["initdb"]["postInitApplicationSQL"][1:3] == [
+        f"CREATE ROLE {WRITER_ROLE} NOLOGIN",
+        f"GRANT {WRITER_ROLE} TO {spec['bootstrap']['initdb']['owner']}",
+    ]
     assert cluster["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     expected = {"name": f"{cluster['metadata']['name']}-app", "key": "uri"}
     for deployment in _of_kind(docs, "Deployment").values():

@@ -71,7 +71,7 @@ async def test_storage_is_not_serving_until_postgresql_answers(
         )
         assert status.server_version.startswith("18")
         assert status.pgvector_version
-        assert [m.version for m in status.migrations] == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert [m.version for m in status.migrations] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     finally:
         await clients.close()
         await running.shutdown()

@@ -1025,12 +1025,17 @@ async def test_migrations_create_the_workflow_schema_once(database_dsn: str) -> 
         conn = await asyncpg.connect(database_dsn)
         try:
             versions = await conn.fetch("SELECT version FROM workflow.schema_migrations")
-            assert [r["version"] for r in versions] == [1]
+            assert [r["version"] for r in versions] == [1, 2]
             tables = await conn.fetch(
                 "SELECT table_name FROM information_schema.tables"
                 " WHERE table_schema = 'workflow' ORDER BY table_name"
             )
-            assert [r["table_name"] for r in tables] == ["schema_migrations", "steps", "workflows"]
+            assert [r["table_name"] for r in tables] == [
+                "approvals",
+                "schema_migrations",
+                "steps",
+                "workflows",
+            ]
             # Nothing outside its own schema.
             assert await conn.fetchval("SELECT to_regclass('public.schema_migrations')") is None
         finally:

@@ -247,7 +247,7 @@ async def _incident(stack: InProcessStack, incident_id: str) -> storage_pb2.Inci
 def _decide(
     workflow_id: str,
     decision: workflow_pb2.ApprovalDecision.ValueType,
-    approver: str = "bob",
+    approver: str = "",
     reason: str = "",
 ) -> workflow_pb2.DecideApprovalRequest:
     return workflow_pb2.DecideApprovalRequest(
@@ -283,13 +283,14 @@ async def test_a_rejected_workflow_never_acts_closes_its_incident_and_stays_reje
         ai_analysis,
         operator,
         workflow_pb2.APPROVAL_DECISION_REJECT,
-        " bob ",
+        # Who the caller says they are, and is: the dev stack's shared operator.
+        " operator ",
         "not during the sale",
         workflow_pb2.STEP_STATE_FAILED,
     )
-    assert decided == "rejected by bob: not during the sale"
+    assert decided == "rejected by operator: not during the sale"
     assert done.state == workflow_pb2.WORKFLOW_STATE_REFUSED
-    assert "rejected by bob: not during the sale" in done.message
+    assert "rejected by operator: not during the sale" in done.message
     for step in _steps(done, ACTING):
         # Never started: the executor was not called.
         assert step.state == workflow_pb2.STEP_STATE_SKIPPED, step
@@ -298,7 +299,7 @@ async def test_a_rejected_workflow_never_acts_closes_its_incident_and_stays_reje
     assert notify.attempts == 1
     incident = await _incident(stack, incident_id)
     assert incident.status == storage_pb2.INCIDENT_STATUS_NO_ACTION
-    assert "rejected by bob" in incident.status_reason
+    assert "rejected by operator" in incident.status_reason
 
     # A repeat is answered as it was; the other decision comes too late.
     again = await operator.DecideApproval(
@@ -308,10 +309,17 @@ async def test_a_rejected_workflow_never_acts_closes_its_incident_and_stays_reje
     assert again.workflow.state == workflow_pb2.WORKFLOW_STATE_REFUSED
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await operator.DecideApproval(
-            _decide(done.workflow_id, workflow_pb2.APPROVAL_DECISION_APPROVE, "alice")
+            _decide(done.workflow_id, workflow_pb2.APPROVAL_DECISION_APPROVE)
         )
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "decided already: rejected by bob" in (caught.value.details() or "")
+    assert "operator rejected workflow" in (caught.value.details() or "")
+    # A typed name is no identity: one that differs from the caller's is refused.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await operator.DecideApproval(
+            _decide(done.workflow_id, workflow_pb2.APPROVAL_DECISION_APPROVE, "alice")
+        )
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "authenticated as operator; approver 'alice' differs" in (caught.value.details() or "")
 
 
 async def test_an_approved_workflow_goes_on_to_act(
@@ -322,11 +330,11 @@ async def test_an_approved_workflow_goes_on_to_act(
         ai_analysis,
         operator,
         workflow_pb2.APPROVAL_DECISION_APPROVE,
-        "alice",
+        "",
         "checked the dashboards",
         workflow_pb2.STEP_STATE_DONE,
     )
-    assert decided == "approved by alice: checked the dashboards"
+    assert decided == "approved by operator: checked the dashboards"
     # The in-process stack has no cluster: the executor, asked to act, answers that it
     # cannot. What matters here is that the workflow asked it: the first acting step ran
     # and failed, the others never started.
@@ -341,9 +349,14 @@ async def test_an_approved_workflow_goes_on_to_act(
     assert "not configured" in done.message
     assert (await _incident(stack, incident_id)).status == storage_pb2.INCIDENT_STATUS_FAILED
     again = await operator.DecideApproval(
-        _decide(done.workflow_id, workflow_pb2.APPROVAL_DECISION_APPROVE, "carol")
+        _decide(done.workflow_id, workflow_pb2.APPROVAL_DECISION_APPROVE)
     )
     assert not again.decided
+    (approval,) = again.workflow.approvals
+    assert approval.approver == "operator:operator"
+    assert approval.decision == workflow_pb2.APPROVAL_DECISION_APPROVE
+    assert approval.reason == "checked the dashboards"
+    assert again.workflow.requested_by == "service:ai-analysis"
 
 
 async def test_decide_approval_refuses_what_it_cannot_decide(
@@ -352,8 +365,7 @@ async def test_decide_approval_refuses_what_it_cannot_decide(
     malformed = [
         (_decide("wf-1", workflow_pb2.APPROVAL_DECISION_APPROVE), "workflow_id"),
         (_decide(str(uuid.uuid4()), workflow_pb2.APPROVAL_DECISION_UNSPECIFIED), "decision"),
-        (_decide(str(uuid.uuid4()), workflow_pb2.APPROVAL_DECISION_APPROVE, ""), "approver"),
-        (_decide(str(uuid.uuid4()), workflow_pb2.APPROVAL_DECISION_APPROVE, "  "), "approver"),
+        (_decide(str(uuid.uuid4()), workflow_pb2.APPROVAL_DECISION_APPROVE, "a" * 201), "approver"),
     ]
     for request, field in malformed:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -406,16 +418,19 @@ async def test_operators_decide_from_the_cli(
         assert "approval   needed" in shown
 
         # By the incident's id, as the approval email names it.
-        decided = await decide_workflow(clients, incident_id, "reject", "dana", "the change freeze")
+        decided = await decide_workflow(clients, incident_id, "reject", "", "the change freeze")
         assert decided == 0
         printed = capsys.readouterr().out
         assert printed.startswith("rejected\n")
-        assert "rejected by dana: the change freeze" in printed
+        assert "rejected by operator: the change freeze" in printed
 
-        assert await decide_workflow(clients, waiting.workflow_id, "reject", "dana", "") == 0
+        assert await decide_workflow(clients, waiting.workflow_id, "reject", "", "") == 0
         assert capsys.readouterr().out.startswith("already rejected before\n")
 
-        assert await decide_workflow(clients, waiting.workflow_id, "approve", "erin", "") == 1
+        # `--by` someone else is refused, not recorded.
+        assert await decide_workflow(clients, waiting.workflow_id, "reject", "erin", "") == 1
+        assert "PERMISSION_DENIED" in capsys.readouterr().err
+        assert await decide_workflow(clients, waiting.workflow_id, "approve", "", "") == 1
         assert "FAILED_PRECONDITION" in capsys.readouterr().err
         assert await show_workflow(clients, str(uuid.uuid4())) == 1
         assert "NOT_FOUND" in capsys.readouterr().err

@@ -247,7 +247,10 @@ def test_settings_refuse_an_open_door_unless_chosen(
     token_file = tmp_path / "tokens"
     token_file.write_text(f"{NEW}\n\n")
     monkeypatch.setenv("KUBERNAUT_HTTP_TOKENS_FILE", str(token_file))
-    assert EdgeSettings().authenticator() == Authenticator.of([NEW])
+    from_file = EdgeSettings().authenticator()
+    assert from_file is not None and from_file.tokens == (NEW.encode(),)
+    # The file's tokens are re-read when it changes (tests/unit/test_rotation.py).
+    assert from_file.token_file is not None
 
 
 # -- who the sender is, and TokenReview ------------------------------------------------------

@@ -1,27 +1,25 @@
-"""The executor's named clusters and their circuit breakers, without a cluster: the
-breaker's states on an injected clock, and how the registry names and configures its
-clusters. tests/integration/test_executor_clusters.py connects to two real ones."""
+"""The executor's circuit breakers, without a cluster: the breaker's states on an injected
+clock, and one breaker per cluster of the shared registry (whose own rules
+tests/unit/test_clusters.py shows). tests/integration/test_executor_clusters.py connects
+to two real ones."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
-from kubernaut.runtime.kube import ClusterNotConfigured
+from kubernaut.runtime.clusters import ClusterConfig, UnknownCluster
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.executor.cluster import ClusterUnavailable
 from kubernaut.services.executor.clusters import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
-    ClusterRegistry,
-    UnknownCluster,
+    ExecutorClusters,
 )
-from kubernaut.services.executor.settings import ClusterConfig, ExecutorSettings
+from kubernaut.services.executor.settings import ExecutorSettings
 
 
 class FakeClock:
@@ -187,154 +185,23 @@ def test_late_failures_while_open_do_not_extend_it(clock: FakeClock) -> None:
     breaker.check()
 
 
-# -- the registry --------------------------------------------------------------------------
+# -- the breakers on the shared registry ------------------------------------------------------
 
 
-@pytest.fixture
-def executor_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No cluster settings from the environment the tests run in."""
-    for variable in ("KUBERNAUT_EXECUTOR_CLUSTERS", "KUBERNAUT_EXECUTOR_DEFAULT_CLUSTER"):
-        monkeypatch.delenv(variable, raising=False)
-    return monkeypatch
-
-
-def test_no_clusters_configured_is_one_default_cluster_from_kube_settings(
-    executor_env: pytest.MonkeyPatch,
-) -> None:
-    executor_env.setenv("KUBERNAUT_KUBE_KUBECONFIG", "/etc/kubernaut/kubeconfig")
-    executor_env.setenv("KUBERNAUT_KUBE_CONTEXT", "admin@prod")
-
-    registry = ClusterRegistry(ExecutorSettings(), KubeSettings())
-
-    assert registry.names == ("default",)
-    assert registry.default == "default"
-    assert registry.resolve("") == "default"
-    assert registry.resolve("default") == "default"
-    settings = registry.connection("").settings
-    assert (settings.kubeconfig, settings.context, settings.in_cluster) == (
-        "/etc/kubernaut/kubeconfig",
-        "admin@prod",
-        False,
-    )
-    assert registry.connection("") is registry.connection("default")
-    assert registry.breaker("") is registry.breaker("default")
-    assert registry.configured
-
-
-def test_the_single_cluster_takes_the_configured_default_name(
-    executor_env: pytest.MonkeyPatch,
-) -> None:
-    registry = ClusterRegistry(ExecutorSettings(default_cluster="local"), KubeSettings())
-
-    assert registry.names == ("local",)
-    assert registry.resolve("") == "local"
-
-
-def test_named_clusters_from_json_each_with_its_context(
-    executor_env: pytest.MonkeyPatch,
-) -> None:
-    executor_env.setenv(
-        "KUBERNAUT_EXECUTOR_CLUSTERS",
-        json.dumps(
-            {
-                "prod": {"context": "prod-admin"},
-                "stage": {"kubeconfig": "/etc/kubernaut/stage.kubeconfig", "context": "stage"},
-                "local": {"in_cluster": True},
-            }
-        ),
-    )
-    executor_env.setenv("KUBERNAUT_EXECUTOR_DEFAULT_CLUSTER", "prod")
-    executor_env.setenv("KUBERNAUT_EXECUTOR_BREAKER_FAILURES", "7")
-    base = KubeSettings(kubeconfig="/etc/kubernaut/kubeconfig", request_timeout_seconds=3.0)
-
-    registry = ClusterRegistry(ExecutorSettings(), base)
-
-    assert registry.names == ("local", "prod", "stage")
-    assert registry.default == "prod"
-    assert registry.resolve("") == "prod"
-    assert registry.resolve("stage") == "stage"
-    prod = registry.connection("prod").settings
-    stage = registry.connection("stage").settings
-    local = registry.connection("local").settings
-    # An empty kubeconfig is the base lookup; the context is the cluster's own.
-    assert (prod.kubeconfig, prod.context, prod.in_cluster) == (
-        "/etc/kubernaut/kubeconfig",
-        "prod-admin",
-        False,
-    )
-    assert (stage.kubeconfig, stage.context) == ("/etc/kubernaut/stage.kubeconfig", "stage")
-    assert local.in_cluster
-    assert {s.request_timeout_seconds for s in (prod, stage, local)} == {3.0}
-    assert registry.connection("prod") is registry.connection("")
-    assert len({id(registry.connection(name)) for name in registry.names}) == 3
-    assert registry.breaker("stage").failures_to_open == 7
-    assert registry.breaker("stage") is not registry.breaker("prod")
-
-
-def test_one_named_cluster_is_the_default_whatever_default_cluster_says(
-    executor_env: pytest.MonkeyPatch,
-) -> None:
-    settings = ExecutorSettings(clusters={"prod": ClusterConfig(context="prod")})
-
-    registry = ClusterRegistry(settings, KubeSettings())
-
-    assert registry.default == "prod"
-    assert registry.resolve("") == "prod"
-
-
-def test_a_default_that_is_not_a_configured_cluster_is_refused(
-    executor_env: pytest.MonkeyPatch,
-) -> None:
-    settings = ExecutorSettings(
-        clusters={"prod": ClusterConfig(context="prod"), "stage": ClusterConfig(context="s")},
-        default_cluster="production",
-    )
-
-    with pytest.raises(ValueError) as refused:
-        ClusterRegistry(settings, KubeSettings())
-
-    message = str(refused.value)
-    assert "'production'" in message
-    assert "KUBERNAUT_EXECUTOR_DEFAULT_CLUSTER" in message
-    assert "(prod, stage)" in message
-
-
-def test_an_unknown_cluster_names_the_known_ones(executor_env: pytest.MonkeyPatch) -> None:
-    settings = ExecutorSettings(
+def test_each_named_cluster_has_a_breaker_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNAUT_EXECUTOR_BREAKER_FAILURES", "7")
+    kube = KubeSettings(
         clusters={"prod": ClusterConfig(context="prod"), "stage": ClusterConfig(context="s")},
         default_cluster="prod",
     )
-    registry = ClusterRegistry(settings, KubeSettings())
 
-    with pytest.raises(UnknownCluster) as unknown:
-        registry.connection("staging")
+    clusters = ExecutorClusters(kube, ExecutorSettings())
 
-    assert str(unknown.value) == "unknown cluster 'staging'; the executor knows prod, stage"
-    assert unknown.value.known == ("prod", "stage")
+    assert clusters.names == ("prod", "stage")
+    assert clusters.breaker("stage").failures_to_open == 7
+    assert clusters.breaker("stage") is not clusters.breaker("prod")
+    assert clusters.breaker("") is clusters.breaker("prod")
+    clusters.breaker("stage").failure()
+    assert clusters.breaker("prod").failures_in_a_row == 0
     with pytest.raises(UnknownCluster):
-        registry.breaker("staging")
-    with pytest.raises(LookupError):
-        registry.resolve("staging")
-
-
-async def test_an_in_cluster_cluster_ignores_kubeconfig_outside_a_pod(
-    executor_env: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-    executor_env.setenv("KUBECONFIG", str(kubeconfig))
-    executor_env.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    settings = ExecutorSettings(
-        clusters={"local": ClusterConfig(in_cluster=True), "prod": ClusterConfig()},
-        default_cluster="local",
-    )
-    registry = ClusterRegistry(settings, KubeSettings())
-
-    assert not registry.configured  # not in a pod: the kubeconfig does not stand in
-    assert registry.connection("prod").configured
-    with pytest.raises(ClusterNotConfigured, match="not run in a pod"):
-        await registry.connection("local").api()
-    # In a pod (as read when the executor starts), the in-cluster cluster is configured.
-    executor_env.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    assert not registry.configured  # read once, at start
-    assert ClusterRegistry(settings, KubeSettings()).configured
+        clusters.breaker("staging")

@@ -144,6 +144,16 @@ PATTERN_SAMPLES = [
     "LOG_LEVEL",
     "a.b-c",
     "bad key",
+    # Audit entries: principals, sha256 digests, gRPC status code names.
+    "service:workflow",
+    "person:alice@example.com",
+    ":nobody",
+    "ab" * 32,
+    "AB" * 32,
+    "ab" * 31,
+    "OK",
+    "PERMISSION_DENIED",
+    "OKAY",
 ]
 MAP_KEYS = [
     "alertname",

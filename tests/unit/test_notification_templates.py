@@ -140,8 +140,8 @@ def test_kinds_say_different_things(renderer: EventRenderer) -> None:
     assert "approval" in approval and "Nothing has been changed" in approval
     # How to decide, with the incident's id (the CLI finds its workflow).
     body = renderer.render(make_event(notification_pb2.INCIDENT_EVENT_KIND_APPROVAL_NEEDED)).body
-    assert "  kubernaut workflows approve 3f2b7c1e-8d4a-4f7e-9b1a-2c5d6e7f8a9b --by NAME" in body
-    assert "  kubernaut workflows reject 3f2b7c1e-8d4a-4f7e-9b1a-2c5d6e7f8a9b --by NAME" in body
+    assert "  kubernaut workflows approve 3f2b7c1e-8d4a-4f7e-9b1a-2c5d6e7f8a9b --reason" in body
+    assert "  kubernaut workflows reject 3f2b7c1e-8d4a-4f7e-9b1a-2c5d6e7f8a9b --reason" in body
     rolled_back = renderer.render(make_event(notification_pb2.INCIDENT_EVENT_KIND_ROLLED_BACK))
     assert rolled_back.body.startswith(
         f"{ON} is still broken and needs a person.\n\n"

@@ -104,6 +104,8 @@ def test_only_idempotent_methods_are_retried() -> None:
         "ListIncidents",
         "RecordAssessment",
         "SearchSimilarIncidents",
+        "AppendAuditEntry",
+        "ListAuditEntries",
     }
     gateway = service_config(ServiceName.GATEWAY)["methodConfig"]
     assert all("retryPolicy" not in entry for entry in gateway)

@@ -39,12 +39,28 @@ which is also its identity in the mesh and in certificates. */}}
 {{- end -}}
 
 {{/* A component's own environment (beside the shared ConfigMap). Input: dict "root" $
-"conf" its merged values "http" whether it is the edge "tokenReview" whether TokenReview is on. */}}
+"conf" its merged values "http" whether it is the edge "tokenReview" whether TokenReview is on
+"kubeconfigSecret" the Secret of its own kubeconfig, for a component that reads clusters
+(kubernaut.kubeconfigSecret; absent for the others). */}}
 {{- define "kubernaut.env" -}}
 {{- $root := .root }}
 {{- $conf := .conf }}
 {{- $http := .http }}
 {{- $tokenReview := .tokenReview }}
+{{- if hasKey . "kubeconfigSecret" }}
+{{- with $root.Values.clusters.named }}
+- name: KUBERNAUT_KUBE_CLUSTERS
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with $root.Values.clusters.default }}
+- name: KUBERNAUT_KUBE_DEFAULT_CLUSTER
+  value: {{ . | quote }}
+{{- end }}
+{{- if .kubeconfigSecret }}
+- name: KUBERNAUT_KUBE_KUBECONFIG
+  value: /etc/kubernaut/kube/kubeconfig
+{{- end }}
+{{- end }}
 {{- /* database.existingSecret, database.url's Secret or the CloudNativePG cluster's app
 Secret (_extras.tpl). */}}
 {{- $db := include "kubernaut.databaseSecret" $root | splitList " " }}
@@ -87,4 +103,26 @@ Secret (_extras.tpl). */}}
 - name: {{ $key }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* The Secret of a cluster-reading component's own kubeconfig (clusters.kubeconfigSecrets),
+or nothing; refuses clusters the component could not tell apart. Input: dict "root" $
+"name" the component's name. */}}
+{{- define "kubernaut.kubeconfigSecret" -}}
+{{- $clusters := .root.Values.clusters }}
+{{- $secret := index $clusters.kubeconfigSecrets .name | default "" }}
+{{- $names := keys $clusters.named | sortAlpha }}
+{{- if and $names $clusters.default (not (has $clusters.default $names)) }}
+{{- fail (printf "clusters.default %q is not one of clusters.named (%s)" $clusters.default (join ", " $names)) }}
+{{- end }}
+{{- if and (gt (len $names) 1) (not $clusters.default) }}
+{{- fail (printf "clusters.default is required with several clusters: one of %s" (join ", " $names)) }}
+{{- end }}
+{{- range $name := $names }}
+{{- /* Without its own kubeconfig a component would read the cluster it runs in instead. */}}
+{{- if and (not (index $clusters.named $name).in_cluster) (not $secret) }}
+{{- fail (printf "clusters.kubeconfigSecrets.%s is required: cluster %s is reached by a context of the component's own kubeconfig" $.name $name) }}
+{{- end }}
+{{- end }}
+{{- $secret -}}
 {{- end -}}

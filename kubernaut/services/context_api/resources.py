@@ -168,7 +168,9 @@ def revision_of(replica_set: dict[str, Any]) -> context_api_pb2.Revision:
 
 
 class ResourceContextReader:
-    """Reads through one API client; answers are cached for `ttl` seconds per object."""
+    """Reads one cluster through its API client; answers are cached for `ttl` seconds per
+    object, keyed by the cluster too: the same namespace/kind/name in two clusters is two
+    objects."""
 
     def __init__(
         self,
@@ -187,12 +189,13 @@ class ResourceContextReader:
         self.autoscaling = client.AutoscalingV2Api(api)
         self.storage = client.StorageV1Api(api)
         self.timeout = timeout
-        self.cache: TtlCache[tuple[str, str, str], context_api_pb2.ResourceContext] = TtlCache(
+        self.cache: TtlCache[tuple[str, str, str, str], context_api_pb2.ResourceContext] = TtlCache(
             ttl, clock
         )
 
     async def context(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
-        return await self.cache.get((ref.namespace, ref.kind, ref.name), lambda: self._load(ref))
+        key = (ref.cluster, ref.namespace, ref.kind, ref.name)
+        return await self.cache.get(key, lambda: self._load(ref))
 
     async def _load(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
         try:

@@ -15,8 +15,9 @@ from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServi
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubernaut.runtime.clusters import ClusterRegistry, UnknownCluster
 from kubernaut.runtime.interceptors import abort_invalid
-from kubernaut.runtime.kube import ClusterNotConfigured, KubeConnection
+from kubernaut.runtime.kube import ClusterNotConfigured
 from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import knowledge
@@ -60,12 +61,13 @@ async def through_brief_denials(
 
 class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
     def __init__(
-        self, cluster: KubeConnection, history: IncidentHistoryReader, settings: ContextSettings
+        self, clusters: ClusterRegistry, history: IncidentHistoryReader, settings: ContextSettings
     ) -> None:
-        self.cluster = cluster
+        self.clusters = clusters
         self.history = history
         self.settings = settings
-        self._reader: ResourceContextReader | None = None
+        # One reader (and cache) per cluster, by its resolved name.
+        self._readers: dict[str, ResourceContextReader] = {}
 
     async def GetAlertKnowledge(
         self, request: context_api_pb2.GetAlertKnowledgeRequest, context: Context
@@ -77,29 +79,36 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             raise
         return context_api_pb2.GetAlertKnowledgeResponse(knowledge=entry)
 
-    async def _resource_reader(self) -> ResourceContextReader:
-        if self._reader is None:
-            self._reader = ResourceContextReader(
-                await self.cluster.api(),
+    async def _resource_reader(self, cluster: str) -> ResourceContextReader:
+        """The reader of the cluster a ResourceRef's `cluster` names (empty: the default
+        one). Raises UnknownCluster: never another cluster's reader."""
+        name = self.clusters.resolve(cluster)
+        reader = self._readers.get(name)
+        if reader is None:
+            connection = self.clusters.connection(name)
+            reader = ResourceContextReader(
+                await connection.api(),
                 self.settings.cache_seconds,
-                timeout=self.cluster.settings.request_timeout_seconds,
+                timeout=connection.settings.request_timeout_seconds,
             )
-        return self._reader
+            # Another request may have made one meanwhile: keep the first (and its cache).
+            reader = self._readers.setdefault(name, reader)
+        return reader
 
     async def GetResourceContext(
         self, request: context_api_pb2.GetResourceContextRequest, context: Context
     ) -> context_api_pb2.GetResourceContextResponse:
-        async with _cluster_errors(context):
-            reader = await self._resource_reader()
+        async with _cluster_errors(context, "resource"):
+            reader = await self._resource_reader(request.resource.cluster)
             found = await through_brief_denials(lambda: reader.context(request.resource))
         return context_api_pb2.GetResourceContextResponse(context=found)
 
     async def GetPodLogs(
         self, request: context_api_pb2.GetPodLogsRequest, context: Context
     ) -> context_api_pb2.GetPodLogsResponse:
-        async with _cluster_errors(context, scope_field="scope.kind"):
+        async with _cluster_errors(context, "scope"):
             try:
-                logs = PodLogReader(await self._resource_reader())
+                logs = PodLogReader(await self._resource_reader(request.scope.cluster))
                 found = await through_brief_denials(lambda: logs.logs(request))
             except OutOfScope as error:
                 await abort_invalid(context, error.field, str(error))
@@ -126,17 +135,19 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
 
 
 @contextlib.asynccontextmanager
-async def _cluster_errors(
-    context: Context, *, scope_field: str = "resource.kind"
-) -> AsyncIterator[None]:
-    """A failed read of the cluster as the status that says why."""
+async def _cluster_errors(context: Context, ref_field: str) -> AsyncIterator[None]:
+    """A failed read of the cluster as the status that says why; `ref_field` is the
+    request's ResourceRef field, which the field violations name."""
     try:
         yield
+    except UnknownCluster as error:
+        await abort_invalid(context, f"{ref_field}.cluster", str(error))
+        raise
     except ClusterNotConfigured as error:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         raise
     except UnsupportedKind as error:
-        await abort_invalid(context, scope_field, str(error))
+        await abort_invalid(context, f"{ref_field}.kind", str(error))
         raise
     except ResourceNotFound as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
@@ -155,10 +166,12 @@ async def _cluster_errors(
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    cluster = KubeConnection(KubeSettings())
+    clusters = ClusterRegistry(KubeSettings())
     readiness: list[tuple[str, ReadinessCheck]] = []
-    if cluster.configured:
-        readiness.append(("kubernetes", cluster.ready))
+    if clusters.configured:
+        # Ready while every configured cluster answers.
+        readiness.append(("kubernetes", clusters.ready))
+        log.info("clusters configured", extra={"clusters": list(clusters.names)})
     else:
         log.warning("no Kubernetes cluster configured; GetResourceContext will refuse")
     settings = ContextSettings()
@@ -168,7 +181,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         settings.cache_seconds,
     )
     return ServiceSpec(
-        ContextAPIServicer(cluster, history, settings),
+        ContextAPIServicer(clusters, history, settings),
         readiness=readiness,
-        on_stop=[cluster.close],
+        on_stop=[clusters.close],
     )

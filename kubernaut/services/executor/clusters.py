@@ -1,8 +1,5 @@
-"""The clusters the executor acts on, by name, and a circuit breaker for each.
-
-A `ResourceRef.cluster` names the cluster of an action (empty: the default one). With no
-`clusters` configured there is one cluster, `default_cluster`, reached as every other
-service reaches its cluster (KUBERNAUT_KUBE_*, $KUBECONFIG or in-cluster).
+"""The executor's clusters: the shared named clusters (kubernaut.runtime.clusters,
+KUBERNAUT_KUBE_CLUSTERS) with a circuit breaker for each.
 
 The breaker keeps a cluster whose API server keeps failing from tying up every action
 slot until each request times out: after `breaker_failures` API failures in a row the
@@ -12,7 +9,6 @@ again (half-open); its success closes the breaker, its failure opens it again.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -20,18 +16,17 @@ from typing import Final, Literal
 
 from prometheus_client import Gauge
 
-from kubernaut.runtime.kube import KubeConnection
+from kubernaut.runtime.clusters import ClusterRegistry
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.executor.cluster import ClusterUnavailable
-from kubernaut.services.executor.settings import ClusterConfig, ExecutorSettings
+from kubernaut.services.executor.settings import ExecutorSettings
 
 __all__ = [
     "CIRCUIT_OPEN",
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpen",
-    "ClusterRegistry",
-    "UnknownCluster",
+    "ExecutorClusters",
 ]
 
 CIRCUIT_OPEN: Final = Gauge(
@@ -41,17 +36,6 @@ CIRCUIT_OPEN: Final = Gauge(
 )
 
 BreakerState = Literal["closed", "open", "half-open"]
-
-
-class UnknownCluster(LookupError):
-    """An action names a cluster the executor is not configured for."""
-
-    def __init__(self, cluster: str, known: tuple[str, ...]) -> None:
-        super().__init__(
-            f"unknown cluster {cluster!r}; the executor knows {', '.join(known) or 'none'}"
-        )
-        self.cluster = cluster
-        self.known = known
 
 
 class CircuitOpen(ClusterUnavailable):
@@ -148,91 +132,19 @@ class CircuitBreaker:
         # stays open for as long as it was going to.
 
 
-def _named_kube_settings(base: KubeSettings, config: ClusterConfig) -> KubeSettings:
-    """The KubeSettings of one named cluster: the base ones (timeouts) with its own
-    kubeconfig (empty: the base lookup, KUBERNAUT_KUBE_KUBECONFIG then $KUBECONFIG ...),
-    its own context (empty: the kubeconfig's current one) and its in-cluster choice."""
-    return base.model_copy(
-        update={
-            "kubeconfig": config.kubeconfig or base.kubeconfig,
-            "context": config.context,
-            "in_cluster": config.in_cluster,
-        }
-    )
+class ExecutorClusters(ClusterRegistry):
+    """The shared cluster registry, with one CircuitBreaker per cluster."""
 
-
-class ClusterRegistry:
-    """The executor's clusters by name: one KubeConnection and one CircuitBreaker each,
-    made when the registry is (a connection connects on first use)."""
-
-    def __init__(self, settings: ExecutorSettings, kube: KubeSettings) -> None:
-        if not settings.clusters:
-            kube_settings = {settings.default_cluster: kube}
-        else:
-            kube_settings = {
-                name: _named_kube_settings(kube, config)
-                for name, config in settings.clusters.items()
-            }
-        if "" in kube_settings:
-            # An empty ResourceRef.cluster means the default cluster, so no cluster can
-            # be called that.
-            raise ValueError("a cluster name must not be empty (KUBERNAUT_EXECUTOR_CLUSTERS)")
-        self._names = tuple(sorted(kube_settings))
-        if settings.default_cluster in kube_settings:
-            self._default = settings.default_cluster
-        elif len(self._names) == 1:
-            self._default = self._names[0]
-        else:
-            raise ValueError(
-                f"the default cluster {settings.default_cluster!r}"
-                " (KUBERNAUT_EXECUTOR_DEFAULT_CLUSTER) is not one of the configured clusters"
-                f" ({', '.join(self._names)}); set it to one of them"
-            )
-        self._connections = {name: KubeConnection(kube_settings[name]) for name in self._names}
+    def __init__(self, kube: KubeSettings, settings: ExecutorSettings) -> None:
+        super().__init__(kube)
         self._breakers = {
             name: CircuitBreaker(
                 name,
                 failures=settings.breaker_failures,
                 open_seconds=settings.breaker_open_seconds,
             )
-            for name in self._names
+            for name in self.names
         }
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Every cluster's name, sorted."""
-        return self._names
-
-    @property
-    def default(self) -> str:
-        return self._default
-
-    def resolve(self, name: str) -> str:
-        """The cluster an action's `cluster` means: empty is the default one. Raises
-        UnknownCluster for a name not configured."""
-        if not name:
-            return self._default
-        if name not in self._connections:
-            raise UnknownCluster(name, self._names)
-        return name
-
-    def connection(self, name: str) -> KubeConnection:
-        return self._connections[self.resolve(name)]
 
     def breaker(self, name: str) -> CircuitBreaker:
         return self._breakers[self.resolve(name)]
-
-    @property
-    def configured(self) -> bool:
-        """The default cluster can be reached at all (a kubeconfig or in a pod); without
-        it the executor runs but refuses actions."""
-        return self._connections[self._default].configured
-
-    async def ready(self) -> bool:
-        """Every configured cluster's API server answers (a readiness check)."""
-        configured = [c for c in self._connections.values() if c.configured]
-        answers = await asyncio.gather(*(connection.ready() for connection in configured))
-        return all(answers)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(connection.close() for connection in self._connections.values()))

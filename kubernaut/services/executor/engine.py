@@ -45,6 +45,7 @@ from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 from opentelemetry import trace
 
+from kubernaut.runtime.clusters import UnknownCluster
 from kubernaut.runtime.kube import ClusterNotConfigured
 from kubernaut.runtime.logs import incident_id_var
 from kubernaut.services.executor import catalogue, guards
@@ -58,7 +59,7 @@ from kubernaut.services.executor.apply import (
     verify_change,
 )
 from kubernaut.services.executor.cluster import ClusterUnavailable
-from kubernaut.services.executor.clusters import CircuitOpen, ClusterRegistry, UnknownCluster
+from kubernaut.services.executor.clusters import CircuitOpen, ExecutorClusters
 from kubernaut.services.executor.operations import SUCCEEDED, Outcome
 from kubernaut.services.executor.progress import progress_of
 from kubernaut.services.executor.record import (
@@ -121,7 +122,7 @@ class Executor:
 
     def __init__(
         self,
-        clusters: ClusterRegistry,
+        clusters: ExecutorClusters,
         database: ExecutorDatabase,
         recorder: Recorder,
         settings: ExecutorSettings,
@@ -147,7 +148,7 @@ class Executor:
         if not self.clusters.connection(cluster).configured:
             raise ClusterNotConfigured(
                 f"cluster {cluster} is not configured: set KUBECONFIG (or "
-                "KUBERNAUT_KUBE_KUBECONFIG, or KUBERNAUT_EXECUTOR_CLUSTERS)"
+                "KUBERNAUT_KUBE_KUBECONFIG, or KUBERNAUT_KUBE_CLUSTERS)"
             )
         return await self._once(request.action_id, lambda: self._execute(request, cluster))
 

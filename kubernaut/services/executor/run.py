@@ -15,11 +15,11 @@ from typing import Any, Final, NoReturn
 
 from kubernaut.common.v1 import alert_pb2
 
+from kubernaut.runtime.clusters import ClusterRegistry
 from kubernaut.runtime.kube import ClusterNotConfigured
 from kubernaut.services.executor import catalogue, guards
 from kubernaut.services.executor.changes import Change
 from kubernaut.services.executor.cluster import Cluster
-from kubernaut.services.executor.clusters import ClusterRegistry
 from kubernaut.services.executor.operations import (
     FAILED,
     REFUSED,

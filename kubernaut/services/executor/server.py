@@ -16,7 +16,7 @@ from kubernaut.runtime.interceptors import abort_invalid, bad_request_status
 from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.executor import catalogue
-from kubernaut.services.executor.clusters import ClusterRegistry
+from kubernaut.services.executor.clusters import ExecutorClusters
 from kubernaut.services.executor.engine import (
     ActionNotFound,
     ClusterNotConfigured,
@@ -147,7 +147,7 @@ async def _refuse_problems(context: Context, problems: list[tuple[str, str]]) ->
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     settings = ExecutorSettings()
-    clusters = ClusterRegistry(settings, KubeSettings())
+    clusters = ExecutorClusters(KubeSettings(), settings)
     readiness: list[tuple[str, ReadinessCheck]] = []
     on_stop: list[Callable[[], Awaitable[None]]] = [clusters.close]
     executor: Executor | None = None

@@ -30,17 +30,6 @@ DEFAULT_PATCH_ALLOWED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
-class ClusterConfig(BaseModel):
-    """How to reach one named cluster: a kubeconfig context, or the pod's own ServiceAccount
-    (`in_cluster`). Empty `kubeconfig` means $KUBECONFIG (or KUBERNAUT_KUBE_KUBECONFIG)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kubeconfig: str = ""
-    context: str = ""
-    in_cluster: bool = False
-
-
 class ClusterScope(BaseModel):
     """Which namespaces of one cluster the executor may act in, besides the protected ones:
     `allow` (empty: every namespace) and `deny` (wins over allow); shell-style patterns
@@ -80,12 +69,8 @@ class ExecutorSettings(BaseSettings):
     # FAILED_PRECONDITION (without its snapshots it could not retry or roll back safely).
     database_url: OptionalDatabaseUrl = database_url_field("EXECUTOR", default=None)
 
-    # Named clusters, as JSON: {"prod": {"context": "prod-admin"}, "local": {"in_cluster":
-    # true}}. Empty: one cluster, `default_cluster`, from KUBERNAUT_KUBE_* / $KUBECONFIG (or
-    # in-cluster). A ResourceRef with an empty cluster means `default_cluster`.
-    clusters: dict[str, ClusterConfig] = Field(default_factory=dict)
-    default_cluster: str = "default"
-    # Per-cluster namespace allow and deny lists, as JSON: {"prod": {"deny": ["payments"]}}.
+    # Per-cluster namespace allow and deny lists, as JSON: {"prod": {"deny": ["payments"]}}
+    # (the clusters themselves: KUBERNAUT_KUBE_CLUSTERS, shared with context_api).
     cluster_scopes: dict[str, ClusterScope] = Field(default_factory=dict)
     # Nodes the executor never cordons, drains or taints (shell-style patterns); nodes
     # labelled node-role.kubernetes.io/control-plane are protected whatever this says.

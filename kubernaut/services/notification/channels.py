@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "ChannelInfo",
     "ChannelKind",
     "DeliveryOutcome",
+    "DeliveryRecorder",
     "EmailChannel",
     "NoChannelConfigured",
     "NotificationError",
@@ -274,10 +276,34 @@ class EmailChannel:
         return DeliveryOutcome(channel=self._name, delivered=False, error=error)
 
 
+class DeliveryRecorder(Protocol):
+    """Puts each delivery on the audit trail (kubernaut.runtime.audit.AuditTrail)."""
+
+    async def record_delivery(
+        self,
+        channel_kind: str,
+        recipients: int,
+        incident_id: str,
+        content_digest: str,
+        delivered: bool,
+        error: str = "",
+    ) -> None: ...
+
+
+def content_digest(subject: str, body: str) -> str:
+    """sha256 (hex) of what was sent, subject and body: on the audit trail instead of the
+    text itself."""
+    return hashlib.sha256(f"{subject}\n\n{body}".encode()).hexdigest()
+
+
 class Notifier:
     """Holds the configured channels and sends one notification on some or all of them."""
 
-    def __init__(self, channels: Sequence[Channel]) -> None:
+    def __init__(
+        self, channels: Sequence[Channel], recorder: DeliveryRecorder | None = None
+    ) -> None:
+        # Each delivery (made or failed) goes on the audit trail; None records nothing.
+        self._recorder = recorder
         self._channels: dict[str, Channel] = {}
         for channel in channels:
             if channel.name in self._channels:
@@ -286,13 +312,17 @@ class Notifier:
 
     @classmethod
     def from_settings(
-        cls, settings: NotificationSettings, *, retry: RetryPolicy | None = None
+        cls,
+        settings: NotificationSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        recorder: DeliveryRecorder | None = None,
     ) -> Notifier:
         """The channels the settings configure."""
         channels: list[Channel] = []
         if settings.email_to:
             channels.append(EmailChannel(settings, retry=retry))
-        return cls(channels)
+        return cls(channels, recorder)
 
     def channels(self) -> list[ChannelInfo]:
         return [channel.info() for channel in self._channels.values()]
@@ -319,14 +349,24 @@ class Notifier:
             )
         )
 
-    @staticmethod
     async def _deliver(
-        channel: Channel, subject: str, body: str, incident_id: str
+        self, channel: Channel, subject: str, body: str, incident_id: str
     ) -> DeliveryOutcome:
         try:
-            return await channel.deliver(subject, body, incident_id)
+            outcome = await channel.deliver(subject, body, incident_id)
         except Exception as exc:  # a channel broke its contract; keep the others going
             log.exception("channel %s raised while delivering", channel.name)
-            return DeliveryOutcome(
+            outcome = DeliveryOutcome(
                 channel=channel.name, delivered=False, error=f"internal error: {exc}"
             )
+        if self._recorder is not None:
+            info = channel.info()
+            await self._recorder.record_delivery(
+                info.kind.value,
+                len(info.destinations),
+                incident_id,
+                content_digest(subject, body),
+                outcome.delivered,
+                outcome.error,
+            )
+        return outcome

@@ -131,7 +131,8 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 async def build(ctx: ServiceContext) -> ServiceSpec:
     # Read once: channels and the link allow-list come from the same frozen settings.
     channel_settings = NotificationSettings()
-    notifier = Notifier.from_settings(channel_settings)
+    # Each delivery, made now or by the redelivery, goes on the audit trail.
+    notifier = Notifier.from_settings(channel_settings, recorder=ctx.audit)
     renderer = EventRenderer(links=LinkPolicy(channel_settings.link_hosts))
     settings = OutboxSettings()
     readiness: list[tuple[str, ReadinessCheck]] = []

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 import grpc
 from kubernaut.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from kubernaut.runtime.audit import EntryRefused
 from kubernaut.runtime.database import LazyDatabase, unavailable_as_status
 from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
+from kubernaut.services.storage.audit import AuditQuery
 from kubernaut.services.storage.embeddings import Embedder, embedder_for
 from kubernaut.services.storage.settings import StorageSettings
 from kubernaut.services.storage.store import (
@@ -213,6 +215,43 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             )
         return storage_pb2.RecordAnalysisResponse(recorded=recorded, created=created)
 
+    async def AppendAuditEntry(
+        self, request: storage_pb2.AppendAuditEntryRequest, context: Context
+    ) -> storage_pb2.AppendAuditEntryResponse:
+        async with store_errors_as_status(context):
+            entry, created = await (await self.database.store()).append_audit_entry(request)
+        return storage_pb2.AppendAuditEntryResponse(entry=entry, created=created)
+
+    async def ListAuditEntries(
+        self, request: storage_pb2.ListAuditEntriesRequest, context: Context
+    ) -> storage_pb2.ListAuditEntriesResponse:
+        query = AuditQuery(
+            principal=request.principal,
+            incident_id=request.incident_id,
+            method=request.method,
+            since=request.since.ToDatetime(dt.UTC) if request.HasField("since") else None,
+            until=request.until.ToDatetime(dt.UTC) if request.HasField("until") else None,
+            newest_first=request.newest_first,
+        )
+        async with store_errors_as_status(context):
+            entries, token = await (await self.database.store()).list_audit_entries(
+                query, request.page_size, request.page_token
+            )
+        return storage_pb2.ListAuditEntriesResponse(entries=entries, next_page_token=token)
+
+
+class StoreAuditSink:
+    """Storage's own audited calls go to its store directly, not in an RPC to itself."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def append(self, entry: storage_pb2.AppendAuditEntryRequest) -> None:
+        try:
+            await (await self.database.store()).append_audit_entry(entry)
+        except (InvalidRecord, RecordConflict) as error:
+            raise EntryRefused(str(error)) from error
+
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
     settings = StorageSettings()
@@ -222,6 +261,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         embedder_for(settings.embedding_model),
         settings.incident_quiet_seconds,
     )
+    ctx.audit.write_to(StoreAuditSink(database))
     return ServiceSpec(
         StorageServicer(database),
         readiness=[("postgresql", database.ready)],

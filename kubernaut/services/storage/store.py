@@ -32,7 +32,7 @@ from kubernaut.runtime.migrations import MigrationError as MigrationError
 from kubernaut.runtime.migrations import applied_migrations
 from kubernaut.runtime.migrations import load_migrations as load_migrations
 from kubernaut.services.incidents import FINAL_STATUSES
-from kubernaut.services.storage import quiet_period
+from kubernaut.services.storage import audit, quiet_period
 from kubernaut.services.storage.embeddings import Embedder, describe_incident, embedder_for
 
 _log = logging.getLogger(__name__)
@@ -663,6 +663,45 @@ class Store(PooledStore):
                 " with different content"
             )
         return False
+
+    # -- audit trail --------------------------------------------------------------------------
+
+    async def append_audit_entry(
+        self, request: storage_pb2.AppendAuditEntryRequest
+    ) -> tuple[storage_pb2.AuditEntry, bool]:
+        """Append an entry to the audit trail's hash chain (see storage.audit): (the entry as
+        stored, True), or for an entry_id appended before with the same content (the stored
+        entry, False); RecordConflict when its content differs."""
+        for field in ("principal", "method", "incident_id", "target", "outcome_message"):
+            if "\x00" in getattr(request, field):
+                # PostgreSQL cannot store NUL in text.
+                raise InvalidRecord(f"{field} contains a NUL character", field=field)
+        try:
+            async with self._connection() as conn:
+                return await audit.append_entry(conn, request)
+        except audit.AuditConflict as exc:
+            raise RecordConflict(str(exc)) from exc
+        except ValueError as exc:
+            raise InvalidRecord(
+                f"entry_id {request.entry_id!r} is not a UUID", field="entry_id"
+            ) from exc
+        except asyncpg.DataError as exc:
+            # NUL characters, which PostgreSQL cannot store.
+            raise InvalidRecord(f"audit entry {request.entry_id}: {exc}") from exc
+
+    async def list_audit_entries(
+        self, query: audit.AuditQuery, page_size: int, page_token: str
+    ) -> tuple[list[storage_pb2.AuditEntry], str]:
+        """Audit entries matching `query` in chain order (or newest first), a page at a time;
+        (entries, next_page_token), the token empty on the last page. page_size 0 means
+        100; above 1000 means 1000."""
+        try:
+            async with self._connection() as conn:
+                return await audit.list_entries(conn, query, _page_limit(page_size), page_token)
+        except audit.InvalidAuditQuery as exc:
+            if exc.field == "page_token":
+                raise InvalidPageToken(str(exc)) from exc
+            raise InvalidRecord(str(exc), field=exc.field) from exc
 
 
 _ACTION_COLUMNS: Final = (

@@ -233,6 +233,7 @@ class WorkflowEngine:
         alert: alert_pb2.Alert,
         recommendation: remediation_pb2.Recommendation,
         plan: workflow_pb2.WorkflowPlan,
+        requested_by: str = "",
     ) -> tuple[Workflow, bool]:
         """Persist a workflow for the incident and wake the runner; when the incident has one
         already, return it and False. StoreUnavailable when the database is down."""
@@ -240,7 +241,7 @@ class WorkflowEngine:
         trace_context: dict[str, str] = {}
         propagate.inject(trace_context)  # the creating request's trace, for the steps
         workflow, created = await store.create(
-            incident_id, alert, recommendation, plan, trace_context
+            incident_id, alert, recommendation, plan, trace_context, requested_by
         )
         if created:
             log.info(
@@ -258,7 +259,8 @@ class WorkflowEngine:
     ) -> tuple[Workflow, bool] | None:
         """Record a person's decision on a workflow that waits for approval and wake the
         runner to carry it out (see WorkflowStore.decide). StoreUnavailable when the
-        database is down, NotWaitingApproval when the workflow does not wait."""
+        database is down, NotWaitingApproval when the workflow does not wait, SelfApproval
+        when `approver` requested it."""
         decided = await (await self._store()).decide(workflow_id, decision, approver, reason)
         if decided is not None and decided[1]:
             log.info(

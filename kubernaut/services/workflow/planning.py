@@ -163,7 +163,9 @@ def plan(
         (kinds.STEP_KIND_VALIDATE, f"check the {definition.name} parameters and {where}'s scope"),
     ]
     if approval.required:
-        steps.append((kinds.STEP_KIND_APPROVAL, f"wait for approval: {approval.reason}"))
+        needed = approvals_required(approval, definition.risk, settings)
+        who = f" by {needed} different people" if needed > 1 else ""
+        steps.append((kinds.STEP_KIND_APPROVAL, f"wait for approval{who}: {approval.reason}"))
     steps += [
         (kinds.STEP_KIND_DRY_RUN, f"server-side dry-run of {definition.name} on {where}"),
         (kinds.STEP_KIND_SNAPSHOT, f"snapshot {where} for rollback"),
@@ -179,4 +181,15 @@ def plan(
         approval_reason=approval.reason,
         steps=[workflow_pb2.WorkflowStep(kind=kind, description=text) for kind, text in steps],
         rollback=definition.rollback,
+        approvals_required=approvals_required(approval, definition.risk, settings),
     )
+
+
+def approvals_required(
+    approval: Approval, risk: remediation_pb2.RiskLevel.ValueType, settings: PlanningSettings
+) -> int:
+    """How many different people must approve: none without approval, the policy's number
+    for high risk and above, else one."""
+    if not approval.required:
+        return 0
+    return settings.high_risk_approvers if risk >= remediation_pb2.RISK_LEVEL_HIGH else 1

@@ -21,6 +21,7 @@ from kubernaut.workflow.v1 import workflow_pb2, workflow_pb2_grpc
 
 from kubernaut.runtime.database import unavailable_as_status
 from kubernaut.runtime.interceptors import RETRYABLE, abort_invalid
+from kubernaut.runtime.principals import current_principal
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
 from kubernaut.runtime.settings import DatabaseSettings
 from kubernaut.services.workflow.engine import (
@@ -35,6 +36,7 @@ from kubernaut.services.workflow.settings import PlanningSettings, RunnerSetting
 from kubernaut.services.workflow.store import (
     Decision,
     NotWaitingApproval,
+    SelfApproval,
     StoreUnavailable,
     WorkflowDatabase,
 )
@@ -185,7 +187,11 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             planned = await self._plan(request.recommendation, context)
             async with unavailable_as_status(context, StoreUnavailable):
                 existing, created = await self.engine.create(
-                    request.incident_id, request.alert, request.recommendation, planned
+                    request.incident_id,
+                    request.alert,
+                    request.recommendation,
+                    planned,
+                    requested_by=current_principal().label,
                 )
         else:
             created = False
@@ -210,14 +216,26 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     async def DecideApproval(
         self, request: workflow_pb2.DecideApprovalRequest, context: Context
     ) -> workflow_pb2.DecideApprovalResponse:
+        # The approver is who authenticated, never a name typed in.
+        principal = current_principal()
+        claimed = request.approver.strip()
+        if claimed and claimed not in (principal.name, principal.label):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"you are authenticated as {principal.name}; approver {claimed!r} differs"
+                " (the workflow records who authenticated)",
+            )
         try:
             async with unavailable_as_status(context, StoreUnavailable):
                 decided = await self.engine.decide(
                     request.workflow_id,
                     _DECISIONS[request.decision],  # validation allows only these
-                    request.approver.strip(),
+                    principal.label,
                     request.reason.strip(),
                 )
+        except SelfApproval as error:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+            raise AssertionError("unreachable") from error  # abort raises
         except NotWaitingApproval as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
             raise AssertionError("unreachable") from error  # abort raises

@@ -26,6 +26,10 @@ class PlanningSettings(BaseSettings):
     # mismatch of one bad rollout), which the first fix may already have mended, and two
     # fixes in a row hide which one worked. 0 turns it off.
     settle_seconds: float = Field(default=600.0, ge=0)
+    # KUBERNAUT_WORKFLOW_HIGH_RISK_APPROVERS: how many different people must approve a
+    # high-risk (or critical) action before it runs; 2 for the four-eyes rule. Whoever
+    # requested a workflow never counts: they may not approve it at all.
+    high_risk_approvers: int = Field(default=1, ge=1, le=5)
 
 
 class RunnerSettings(BaseSettings):

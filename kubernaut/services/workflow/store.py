@@ -85,6 +85,10 @@ class NotWaitingApproval(WorkflowStoreError):
     """An approval decision on a workflow that does not wait for one."""
 
 
+class SelfApproval(WorkflowStoreError):
+    """The one who requested a workflow may not decide on it."""
+
+
 class Decision(enum.Enum):
     """A person's decision on a workflow that waits for approval: what its approval step
     becomes (DONE lets the workflow act; FAILED makes it refuse without acting)."""
@@ -95,6 +99,33 @@ class Decision(enum.Enum):
     @property
     def verb(self) -> str:
         return "approved" if self is Decision.APPROVE else "rejected"
+
+    def to_proto(self) -> workflow_pb2.ApprovalDecision.ValueType:
+        return workflow_pb2.ApprovalDecision.Value(f"APPROVAL_DECISION_{self.name}")
+
+
+def display_name(principal_label: str) -> str:
+    """`alice@example.com` for `person:alice@example.com` (and `operator` for the shared
+    operator): how messages name people. Services keep their kind (`service:workflow`)."""
+    kind, _, name = principal_label.partition(":")
+    return name if kind in ("person", "operator") and name else principal_label
+
+
+@dataclass(frozen=True)
+class ApprovalEntry:
+    """One person's decision on a workflow."""
+
+    approver: str
+    decision: Decision
+    reason: str
+    decided_at: dt.datetime
+
+    def to_proto(self) -> workflow_pb2.ApprovalRecord:
+        record = workflow_pb2.ApprovalRecord(
+            approver=self.approver, decision=self.decision.to_proto(), reason=self.reason
+        )
+        record.decided_at.FromDatetime(self.decided_at)
+        return record
 
 
 @dataclass(frozen=True)
@@ -145,6 +176,9 @@ class Workflow:
     created_at: dt.datetime
     updated_at: dt.datetime
     steps: tuple[Step, ...] = ()
+    # Who asked for it (a principal label), and each person's decision.
+    requested_by: str = ""
+    approvals: tuple[ApprovalEntry, ...] = ()
 
     def to_proto(self) -> workflow_pb2.Workflow:
         workflow = workflow_pb2.Workflow(
@@ -157,6 +191,8 @@ class Workflow:
             message=self.message,
             alert=self.alert,
             recommendation=self.recommendation,
+            requested_by=self.requested_by,
+            approvals=[approval.to_proto() for approval in self.approvals],
         )
         workflow.created_at.FromDatetime(self.created_at)
         workflow.updated_at.FromDatetime(self.updated_at)
@@ -208,7 +244,7 @@ class Claim:
 _WORKFLOW_COLUMNS: Final = (
     "workflow_id, incident_id, alert, recommendation, plan, state, action_id, message,"
     " outcome, outcome_message, stages, acted_at, result, lease_owner, lease_expires_at,"
-    " created_at, updated_at"
+    " created_at, updated_at, requested_by"
 )
 
 _LEASES: Final = LeaseTable("workflow.workflows", "w", key=("workflow_id",))
@@ -239,15 +275,17 @@ class WorkflowStore(PooledStore):
         recommendation: remediation_pb2.Recommendation,
         plan: workflow_pb2.WorkflowPlan,
         trace_context: dict[str, str] | None = None,
+        requested_by: str = "",
     ) -> tuple[Workflow, bool]:
         """Store a new RUNNING workflow with PENDING steps for the incident and a fresh
-        action_id; when the incident has a workflow already, return that one and False."""
+        action_id; when the incident has a workflow already, return that one and False.
+        `requested_by`: the principal who asked for it (who may not approve it)."""
         async with self._connection() as conn, conn.transaction():
             workflow_id = await conn.fetchval(
                 "INSERT INTO workflow.workflows"
                 " (workflow_id, incident_id, alert, recommendation, plan, state, action_id,"
-                "  trace_context)"
-                " VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, 'RUNNING', $6, $7::jsonb)"
+                "  trace_context, requested_by)"
+                " VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, 'RUNNING', $6, $7::jsonb, $8)"
                 " ON CONFLICT (incident_id) DO NOTHING RETURNING workflow_id",
                 uuid.uuid4(),
                 uuid.UUID(incident_id),
@@ -256,6 +294,7 @@ class WorkflowStore(PooledStore):
                 proto_to_json(plan),
                 uuid.uuid4(),
                 json.dumps(trace_context or {}),
+                requested_by,
             )
             created = workflow_id is not None
             if created:
@@ -303,37 +342,94 @@ class WorkflowStore(PooledStore):
             " FROM workflow.steps WHERE workflow_id = $1 ORDER BY index",
             workflow_id,
         )
-        return _workflow(row, steps)
+        approvals = await conn.fetch(
+            "SELECT approver, decision, reason, decided_at FROM workflow.approvals"
+            " WHERE workflow_id = $1 ORDER BY decided_at, approver",
+            workflow_id,
+        )
+        return _workflow(row, steps, approvals)
 
     async def decide(
         self, workflow_id: str, decision: Decision, approver: str, reason: str
     ) -> tuple[Workflow, bool] | None:
-        """Record `decision` on a workflow that waits for approval: its approval step
-        finishes (DONE or FAILED) with who decided and why, and the workflow turns RUNNING
-        again for a runner to claim. Returns (the workflow, True); (the workflow, False)
-        when this decision was recorded before; None for an unknown workflow. Raises
-        NotWaitingApproval when the workflow does not wait (it never needed approval, or
-        the other decision was recorded)."""
+        """Record `approver`'s (a principal label's) `decision` on a workflow that waits
+        for approval. A rejection, or the last of the approvals the plan requires (that
+        many different people), finishes the approval step (FAILED or DONE) and turns the
+        workflow RUNNING again for a runner to claim; an approval short of that is kept and
+        the workflow goes on waiting. Returns (the workflow, True); (the workflow, False)
+        when this person recorded this decision before; None for an unknown workflow.
+        Raises SelfApproval when `approver` requested the workflow; NotWaitingApproval
+        when it does not wait (it never needed approval, or it was decided) or this person
+        decided otherwise before."""
         key = uuid.UUID(workflow_id)
-        message = f"{decision.verb} by {approver}" + (f": {reason}" if reason else "")
         async with self._connection() as conn, conn.transaction():
             # Locked: two people deciding at once are taken one after the other.
-            state = await conn.fetchval(
+            locked = await conn.fetchval(
                 "SELECT state FROM workflow.workflows WHERE workflow_id = $1 FOR UPDATE", key
             )
-            if state is None:
+            if locked is None:
                 return None
-            step = await conn.fetchrow(
-                "SELECT state FROM workflow.steps WHERE workflow_id = $1 AND kind = 'APPROVAL'",
-                key,
-            )
-            if state != State.WAITING_APPROVAL:
-                workflow = await self._load(conn, key)
-                assert workflow is not None  # locked above
-                if step is not None and step["state"] == decision.value.value:
+            workflow = await self._load(conn, key)
+            assert workflow is not None  # locked above
+            if workflow.requested_by and approver == workflow.requested_by:
+                raise SelfApproval(
+                    f"{display_name(approver)} requested workflow {workflow_id} and may not"
+                    " decide on it: another person must"
+                )
+            before = next((a for a in workflow.approvals if a.approver == approver), None)
+            if before is not None:
+                if before.decision is decision:
                     return workflow, False
-                raise NotWaitingApproval(_not_waiting(workflow, step is not None))
-            if not await _record_decision(conn, [key], decision, message):
+                raise NotWaitingApproval(
+                    f"{display_name(approver)} {before.decision.verb} workflow {workflow_id}"
+                    " before; a decision stands"
+                )
+            has_step = any(s.kind == workflow_pb2.STEP_KIND_APPROVAL for s in workflow.steps)
+            if workflow.state != State.WAITING_APPROVAL:
+                raise NotWaitingApproval(_not_waiting(workflow, has_step))
+            await conn.execute(
+                "INSERT INTO workflow.approvals (workflow_id, approver, decision, reason)"
+                " VALUES ($1, $2, $3, $4)",
+                key,
+                approver,
+                decision.name,
+                reason,
+            )
+            approvers = [
+                display_name(a.approver)
+                for a in workflow.approvals
+                if a.decision is Decision.APPROVE
+            ]
+            approvers.append(display_name(approver))
+            required = max(1, workflow.plan.approvals_required)
+            why = f": {reason}" if reason else ""
+            if decision is Decision.REJECT:
+                finished = await _record_decision(
+                    conn, [key], decision, f"rejected by {display_name(approver)}{why}"
+                )
+            elif len(approvers) >= required:
+                finished = await _record_decision(
+                    conn, [key], decision, f"approved by {', '.join(approvers)}{why}"
+                )
+            else:
+                # Short of the approvals required: the step says who approved and keeps
+                # waiting. updated_at stays: the approval timeout counts from the wait.
+                waiting = (
+                    f"approved by {', '.join(approvers)} ({len(approvers)} of {required});"
+                    " waiting for another approver"
+                )
+                updated = await conn.fetch(
+                    "WITH steps AS ("
+                    "  UPDATE workflow.steps SET message = $2"
+                    "  WHERE workflow_id = $1 AND kind = 'APPROVAL' AND state = 'RUNNING'"
+                    "  RETURNING workflow_id)"
+                    " UPDATE workflow.workflows w SET message = $2 FROM steps"
+                    " WHERE w.workflow_id = steps.workflow_id RETURNING w.workflow_id",
+                    key,
+                    waiting,
+                )
+                finished = [row["workflow_id"] for row in updated]
+            if not finished:
                 # The runner sets WAITING_APPROVAL only with the approval step running.
                 raise WorkflowStoreError(
                     f"workflow {workflow_id} waits for approval without a running approval step"
@@ -523,7 +619,11 @@ def _not_waiting(workflow: Workflow, has_approval_step: bool) -> str:
     return f"workflow {workflow.workflow_id} does not wait for approval yet (it is {state})"
 
 
-def _workflow(row: asyncpg.Record, steps: Sequence[asyncpg.Record]) -> Workflow:
+def _workflow(
+    row: asyncpg.Record,
+    steps: Sequence[asyncpg.Record],
+    approvals: Sequence[asyncpg.Record] = (),
+) -> Workflow:
     outcome = row["outcome"]
     result = row["result"]
     return Workflow(
@@ -547,6 +647,11 @@ def _workflow(row: asyncpg.Record, steps: Sequence[asyncpg.Record]) -> Workflow:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         steps=tuple(_step(s) for s in steps),
+        requested_by=row["requested_by"],
+        approvals=tuple(
+            ApprovalEntry(a["approver"], Decision[a["decision"]], a["reason"], a["decided_at"])
+            for a in approvals
+        ),
     )
 
 

@@ -78,9 +78,11 @@ class ContextAPIServiceServicer(object):
         it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
         bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
         are cached briefly.
-        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
-        NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
-        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        The object is read in the cluster `resource.cluster` names (empty: the default one).
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+        cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
+        object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
+        retry); PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,12 +111,13 @@ class ContextAPIServiceServicer(object):
         through the pods/log subresource with context_api's read-only identity, never
         cached.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
-        scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
-        container the pod does not have (container); NOT_FOUND when the scope or the pod
-        does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
-        serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
-        context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
-        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        cluster context_api is not configured for (scope.cluster), a scope kind that has no
+        pods (scope.kind), a pod outside the scope (pod) or a container the pod does not have
+        (container); NOT_FOUND when the scope or the pod does not exist, or the scope has
+        no pods; FAILED_PRECONDITION when the node cannot serve the logs (e.g. no previous
+        run with `previous`, a pod not yet placed) or context_api's identity may not read
+        them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,9 +46,11 @@ class ContextAPIServiceStub:
     it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
     bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
     are cached briefly.
-    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
-    NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
-    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    The object is read in the cluster `resource.cluster` names (empty: the default one).
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+    cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
+    object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
+    retry); PERMISSION_DENIED for callers outside the call table.
     """
     GetIncidentHistory: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetIncidentHistoryRequest, _context_api_pb2.GetIncidentHistoryResponse]
     """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
@@ -69,12 +71,13 @@ class ContextAPIServiceStub:
     through the pods/log subresource with context_api's read-only identity, never
     cached.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
-    scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
-    container the pod does not have (container); NOT_FOUND when the scope or the pod
-    does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
-    serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
-    context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
-    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    cluster context_api is not configured for (scope.cluster), a scope kind that has no
+    pods (scope.kind), a pod outside the scope (pod) or a container the pod does not have
+    (container); NOT_FOUND when the scope or the pod does not exist, or the scope has
+    no pods; FAILED_PRECONDITION when the node cannot serve the logs (e.g. no previous
+    run with `previous`, a pod not yet placed) or context_api's identity may not read
+    them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
     """
 
 @_typing.type_check_only
@@ -95,9 +98,11 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
     bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
     are cached briefly.
-    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
-    NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
-    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    The object is read in the cluster `resource.cluster` names (empty: the default one).
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+    cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
+    object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
+    retry); PERMISSION_DENIED for callers outside the call table.
     """
     GetIncidentHistory: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetIncidentHistoryRequest, _context_api_pb2.GetIncidentHistoryResponse]  # type: ignore[assignment]
     """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
@@ -118,12 +123,13 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     through the pods/log subresource with context_api's read-only identity, never
     cached.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
-    scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
-    container the pod does not have (container); NOT_FOUND when the scope or the pod
-    does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
-    serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
-    context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
-    reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    cluster context_api is not configured for (scope.cluster), a scope kind that has no
+    pods (scope.kind), a pod outside the scope (pod) or a container the pod does not have
+    (container); NOT_FOUND when the scope or the pod does not exist, or the scope has
+    no pods; FAILED_PRECONDITION when the node cannot serve the logs (e.g. no previous
+    run with `previous`, a pod not yet placed) or context_api's identity may not read
+    them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
     """
 
 class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -153,9 +159,11 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         it, its pods, recent events and rollout history; for a HorizontalPodAutoscaler its
         bounds and replicas, for a PersistentVolumeClaim its size and StorageClass. Answers
         are cached briefly.
-        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference;
-        NOT_FOUND when the object does not exist; UNAVAILABLE when the cluster cannot be
-        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        The object is read in the cluster `resource.cluster` names (empty: the default one).
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+        cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
+        object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
+        retry); PERMISSION_DENIED for callers outside the call table.
         """
 
     @_abc_1.abstractmethod
@@ -188,12 +196,13 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         through the pods/log subresource with context_api's read-only identity, never
         cached.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request, a
-        scope kind that has no pods (scope.kind), a pod outside the scope (pod) or a
-        container the pod does not have (container); NOT_FOUND when the scope or the pod
-        does not exist, or the scope has no pods; FAILED_PRECONDITION when the node cannot
-        serve the logs (e.g. no previous run with `previous`, a pod not yet placed) or
-        context_api's identity may not read them; UNAVAILABLE when the cluster cannot be
-        reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        cluster context_api is not configured for (scope.cluster), a scope kind that has no
+        pods (scope.kind), a pod outside the scope (pod) or a container the pod does not have
+        (container); NOT_FOUND when the scope or the pod does not exist, or the scope has
+        no pods; FAILED_PRECONDITION when the node cannot serve the logs (e.g. no previous
+        run with `previous`, a pod not yet placed) or context_api's identity may not read
+        them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ContextAPIServiceServicer_to_server(servicer: ContextAPIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

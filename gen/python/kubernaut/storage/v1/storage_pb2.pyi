@@ -1181,3 +1181,236 @@ class RecordedAnalysis(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordedAnalysis: _TypeAlias = RecordedAnalysis  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    """AuditEntry is one audited call, a link of the audit trail's hash chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    OUTCOME_CODE_FIELD_NUMBER: _builtins.int
+    OUTCOME_MESSAGE_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The entry's place in the chain: 1, 2, 3, ... without gaps."""
+    entry_id: _builtins.str
+    """Chosen by the recorder (a UUID); the idempotency key of the append."""
+    principal: _builtins.str
+    """Who made the call, as "kind:name": "person:alice@example.com", "service:workflow"."""
+    service: _builtins.str
+    """What was called: the service and the RPC ("executor", "ExecuteAction"), or a delivery
+    the notification service made ("notification", "deliver/email").
+    """
+    method: _builtins.str
+    incident_id: _builtins.str
+    """The incident the call was about; empty when it names none."""
+    target: _builtins.str
+    """What the call acted on: "cluster/namespace/Kind/name", "workflow/<id>",
+    "action/<id>", "email/3 recipients"; empty when nothing in particular.
+    """
+    request_digest: _builtins.str
+    """sha256 (hex) of the request message's deterministic protobuf serialization (of the
+    message delivered, for a delivery).
+    """
+    outcome_code: _builtins.str
+    """How the call ended: the gRPC status code's name (OK, PERMISSION_DENIED, ...) and a
+    short message.
+    """
+    outcome_message: _builtins.str
+    prev_hash: _builtins.str
+    """The previous entry's hash; 64 zeros for the first entry."""
+    hash: _builtins.str
+    """sha256 (hex) of the entry's canonical encoding: the JSON object of every field above
+    (seq as a number, at as "YYYY-MM-DDTHH:MM:SS.ffffffZ", the others as strings), keys
+    sorted, no whitespace, non-ASCII characters escaped as \\uXXXX (Python's
+    json.dumps(..., sort_keys=True, separators=(",", ":"))), in UTF-8.
+    """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the call ended, to the microsecond."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        entry_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
+        service: _builtins.str = ...,
+        method: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        request_digest: _builtins.str = ...,
+        outcome_code: _builtins.str = ...,
+        outcome_message: _builtins.str = ...,
+        prev_hash: _builtins.str = ...,
+        hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "entry_id", b"entry_id", "hash", b"hash", "incident_id", b"incident_id", "method", b"method", "outcome_code", b"outcome_code", "outcome_message", b"outcome_message", "prev_hash", b"prev_hash", "principal", b"principal", "request_digest", b"request_digest", "seq", b"seq", "service", b"service", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class AppendAuditEntryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    OUTCOME_CODE_FIELD_NUMBER: _builtins.int
+    OUTCOME_MESSAGE_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """Chosen by the recorder, so that a retry appends nothing twice."""
+    principal: _builtins.str
+    service: _builtins.str
+    method: _builtins.str
+    incident_id: _builtins.str
+    target: _builtins.str
+    request_digest: _builtins.str
+    outcome_code: _builtins.str
+    """A gRPC status code's name."""
+    outcome_message: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the call ended (kept to the microsecond)."""
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        principal: _builtins.str = ...,
+        service: _builtins.str = ...,
+        method: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        request_digest: _builtins.str = ...,
+        outcome_code: _builtins.str = ...,
+        outcome_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "entry_id", b"entry_id", "incident_id", b"incident_id", "method", b"method", "outcome_code", b"outcome_code", "outcome_message", b"outcome_message", "principal", b"principal", "request_digest", b"request_digest", "service", b"service", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendAuditEntryRequest: _TypeAlias = AppendAuditEntryRequest  # noqa: Y015
+
+@_typing.final
+class AppendAuditEntryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when this entry_id was appended before (the stored entry is returned)."""
+    @_builtins.property
+    def entry(self) -> Global___AuditEntry:
+        """The entry as stored, with its seq and hashes."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___AuditEntry | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendAuditEntryResponse: _TypeAlias = AppendAuditEntryResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """Only entries of this principal ("person:alice@example.com"); empty means all."""
+    incident_id: _builtins.str
+    """Only entries about this incident; empty means all."""
+    method: _builtins.str
+    """Only entries of this method ("ExecuteAction", "deliver/email"); empty means all."""
+    newest_first: _builtins.bool
+    """Newest first (seq descending) instead of chain order."""
+    page_size: _builtins.int
+    """At most this many entries; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token (of the same filter and order)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only entries at or after `since` and before `until`; unset means unbounded."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        newest_first: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "method", b"method", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesRequest: _TypeAlias = ListAuditEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesResponse: _TypeAlias = ListAuditEntriesResponse  # noqa: Y015

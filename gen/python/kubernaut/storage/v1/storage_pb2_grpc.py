@@ -106,6 +106,16 @@ class StorageServiceStub(object):
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisResponse.FromString,
                 _registered_method=True)
+        self.AppendAuditEntry = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/AppendAuditEntry',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.AppendAuditEntryRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.AppendAuditEntryResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/ListAuditEntries',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer(object):
@@ -277,6 +287,35 @@ class StorageServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendAuditEntry(self, request, context):
+        """AppendAuditEntry appends one entry to the tamper-evident audit trail: who made an
+        audited call (an action, a rollback, an approval, a workflow created, a notification
+        delivered), when, on what, a digest of the request and how it ended. Appends are
+        serialized into one hash chain: seq 1, 2, 3, ... without gaps, each entry holding the
+        hash of the one before (see AuditEntry.hash). Appending the same entry_id again with
+        the same content is a no-op that returns the stored entry, so retries are safe.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed entry;
+        ALREADY_EXISTS when entry_id is taken by a different entry; UNAVAILABLE when the
+        database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+        call table (services record their own calls; no person may append).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """ListAuditEntries returns audit entries in chain order (seq ascending, or newest first
+        when asked), optionally of one principal, incident or method and within a time
+        range, a page at a time; each with its seq, hashes and request digest, so that a
+        client can recompute the chain (`kubernaut audit verify`).
+        Returns OK; INVALID_ARGUMENT for a malformed filter, an empty time range or a
+        malformed page token; UNAVAILABLE when the database cannot be reached (safe to
+        retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -349,6 +388,16 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.RecordAnalysis,
                     request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisRequest.FromString,
                     response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisResponse.SerializeToString,
+            ),
+            'AppendAuditEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendAuditEntry,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.AppendAuditEntryRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.AppendAuditEntryResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +780,60 @@ class StorageService(object):
             '/kubernaut.storage.v1.StorageService/RecordAnalysis',
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisRequest.SerializeToString,
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAnalysisResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendAuditEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/AppendAuditEntry',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.AppendAuditEntryRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.AppendAuditEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/ListAuditEntries',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListAuditEntriesRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

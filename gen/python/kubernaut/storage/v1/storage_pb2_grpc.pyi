@@ -143,6 +143,27 @@ class StorageServiceStub:
     NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
     (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
+    AppendAuditEntry: _grpc.UnaryUnaryMultiCallable[_storage_pb2.AppendAuditEntryRequest, _storage_pb2.AppendAuditEntryResponse]
+    """AppendAuditEntry appends one entry to the tamper-evident audit trail: who made an
+    audited call (an action, a rollback, an approval, a workflow created, a notification
+    delivered), when, on what, a digest of the request and how it ended. Appends are
+    serialized into one hash chain: seq 1, 2, 3, ... without gaps, each entry holding the
+    hash of the one before (see AuditEntry.hash). Appending the same entry_id again with
+    the same content is a no-op that returns the stored entry, so retries are safe.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed entry;
+    ALREADY_EXISTS when entry_id is taken by a different entry; UNAVAILABLE when the
+    database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+    call table (services record their own calls; no person may append).
+    """
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListAuditEntriesRequest, _storage_pb2.ListAuditEntriesResponse]
+    """ListAuditEntries returns audit entries in chain order (seq ascending, or newest first
+    when asked), optionally of one principal, incident or method and within a time
+    range, a page at a time; each with its seq, hashes and request digest, so that a
+    client can recompute the chain (`kubernaut audit verify`).
+    Returns OK; INVALID_ARGUMENT for a malformed filter, an empty time range or a
+    malformed page token; UNAVAILABLE when the database cannot be reached (safe to
+    retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -258,6 +279,27 @@ class StorageServiceAsyncStub(StorageServiceStub):
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
     NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
     (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    AppendAuditEntry: _aio.UnaryUnaryMultiCallable[_storage_pb2.AppendAuditEntryRequest, _storage_pb2.AppendAuditEntryResponse]  # type: ignore[assignment]
+    """AppendAuditEntry appends one entry to the tamper-evident audit trail: who made an
+    audited call (an action, a rollback, an approval, a workflow created, a notification
+    delivered), when, on what, a digest of the request and how it ended. Appends are
+    serialized into one hash chain: seq 1, 2, 3, ... without gaps, each entry holding the
+    hash of the one before (see AuditEntry.hash). Appending the same entry_id again with
+    the same content is a no-op that returns the stored entry, so retries are safe.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed entry;
+    ALREADY_EXISTS when entry_id is taken by a different entry; UNAVAILABLE when the
+    database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+    call table (services record their own calls; no person may append).
+    """
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListAuditEntriesRequest, _storage_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    """ListAuditEntries returns audit entries in chain order (seq ascending, or newest first
+    when asked), optionally of one principal, incident or method and within a time
+    range, a page at a time; each with its seq, hashes and request digest, so that a
+    client can recompute the chain (`kubernaut audit verify`).
+    Returns OK; INVALID_ARGUMENT for a malformed filter, an empty time range or a
+    malformed page token; UNAVAILABLE when the database cannot be reached (safe to
+    retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -455,6 +497,39 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached
         (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def AppendAuditEntry(
+        self,
+        request: _storage_pb2.AppendAuditEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.AppendAuditEntryResponse, _abc.Awaitable[_storage_pb2.AppendAuditEntryResponse]]:
+        """AppendAuditEntry appends one entry to the tamper-evident audit trail: who made an
+        audited call (an action, a rollback, an approval, a workflow created, a notification
+        delivered), when, on what, a digest of the request and how it ended. Appends are
+        serialized into one hash chain: seq 1, 2, 3, ... without gaps, each entry holding the
+        hash of the one before (see AuditEntry.hash). Appending the same entry_id again with
+        the same content is a no-op that returns the stored entry, so retries are safe.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed entry;
+        ALREADY_EXISTS when entry_id is taken by a different entry; UNAVAILABLE when the
+        database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
+        call table (services record their own calls; no person may append).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _storage_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ListAuditEntriesResponse, _abc.Awaitable[_storage_pb2.ListAuditEntriesResponse]]:
+        """ListAuditEntries returns audit entries in chain order (seq ascending, or newest first
+        when asked), optionally of one principal, incident or method and within a time
+        range, a page at a time; each with its seq, hashes and request digest, so that a
+        client can recompute the chain (`kubernaut audit verify`).
+        Returns OK; INVALID_ARGUMENT for a malformed filter, an empty time range or a
+        malformed page token; UNAVAILABLE when the database cannot be reached (safe to
+        retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_ale
 from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_dot_remediation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kubernaut/workflow/v1/workflow.proto\x12\x15kubernaut.workflow.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"\xe1\x01\n\x15\x44\x65\x63ideApprovalRequest\x12)\n\x0bworkflow_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nworkflowId\x12O\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\'.kubernaut.workflow.v1.ApprovalDecisionB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00R\x08\x64\x65\x63ision\x12*\n\x08\x61pprover\x18\x03 \x01(\tB\x0e\xbaH\x0br\t\x10\x01\x18\xc8\x01\x32\x02\\SR\x08\x61pprover\x12 \n\x06reason\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xe8\x07R\x06reason\"o\n\x16\x44\x65\x63ideApprovalResponse\x12;\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.kubernaut.workflow.v1.WorkflowR\x08workflow\x12\x18\n\x07\x64\x65\x63ided\x18\x02 \x01(\x08R\x07\x64\x65\x63ided\"\xd1\x01\n\x15\x43reateWorkflowRequest\x12)\n\x0bincident_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nincidentId\x12\x38\n\x05\x61lert\x18\x02 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12S\n\x0erecommendation\x18\x03 \x01(\x0b\x32#.kubernaut.common.v1.RecommendationB\x06\xbaH\x03\xc8\x01\x01R\x0erecommendation\"o\n\x16\x43reateWorkflowResponse\x12;\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.kubernaut.workflow.v1.WorkflowR\x08workflow\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"|\n\x12GetWorkflowRequest\x12+\n\x0bworkflow_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01H\x00R\nworkflowId\x12+\n\x0bincident_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01H\x00R\nincidentIdB\x0c\n\x03key\x12\x05\xbaH\x02\x08\x01\"R\n\x13GetWorkflowResponse\x12;\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.kubernaut.workflow.v1.WorkflowR\x08workflow\"\xa4\x02\n\x07StepRun\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.kubernaut.workflow.v1.StepKindR\x04kind\x12\x36\n\x05state\x18\x02 \x01(\x0e\x32 .kubernaut.workflow.v1.StepStateR\x05state\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x39\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nfinishedAt\x12\x1a\n\x08\x61ttempts\x18\x06 \x01(\x05R\x08\x61ttempts\"\xa3\x04\n\x08Workflow\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x1f\n\x0bincident_id\x18\x02 \x01(\tR\nincidentId\x12\x37\n\x04plan\x18\x03 \x01(\x0b\x32#.kubernaut.workflow.v1.WorkflowPlanR\x04plan\x12:\n\x05state\x18\x04 \x01(\x0e\x32$.kubernaut.workflow.v1.WorkflowStateR\x05state\x12\x34\n\x05steps\x18\x05 \x03(\x0b\x32\x1e.kubernaut.workflow.v1.StepRunR\x05steps\x12\x1b\n\taction_id\x18\x06 \x01(\tR\x08\x61\x63tionId\x12\x18\n\x07message\x18\x07 \x01(\tR\x07message\x12\x39\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x30\n\x05\x61lert\x18\n \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertR\x05\x61lert\x12K\n\x0erecommendation\x18\x0b \x01(\x0b\x32#.kubernaut.common.v1.RecommendationR\x0erecommendation\"j\n\x13PlanWorkflowRequest\x12S\n\x0erecommendation\x18\x01 \x01(\x0b\x32#.kubernaut.common.v1.RecommendationB\x06\xbaH\x03\xc8\x01\x01R\x0erecommendation\"O\n\x14PlanWorkflowResponse\x12\x37\n\x04plan\x18\x01 \x01(\x0b\x32#.kubernaut.workflow.v1.WorkflowPlanR\x04plan\"e\n\x0cWorkflowStep\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.kubernaut.workflow.v1.StepKindR\x04kind\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\"\xc1\x02\n\x0cWorkflowPlan\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12\x38\n\x06target\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x06target\x12\x32\n\x04risk\x18\x03 \x01(\x0e\x32\x1e.kubernaut.common.v1.RiskLevelR\x04risk\x12+\n\x11requires_approval\x18\x04 \x01(\x08R\x10requiresApproval\x12\'\n\x0f\x61pproval_reason\x18\x05 \x01(\tR\x0e\x61pprovalReason\x12\x39\n\x05steps\x18\x06 \x03(\x0b\x32#.kubernaut.workflow.v1.WorkflowStepR\x05steps\x12\x1a\n\x08rollback\x18\x07 \x01(\tR\x08rollback*r\n\x10\x41pprovalDecision\x12!\n\x1d\x41PPROVAL_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPROVAL_DECISION_APPROVE\x10\x01\x12\x1c\n\x18\x41PPROVAL_DECISION_REJECT\x10\x02*\xe5\x01\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKFLOW_STATE_RUNNING\x10\x01\x12#\n\x1fWORKFLOW_STATE_WAITING_APPROVAL\x10\x02\x12\x1c\n\x18WORKFLOW_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15WORKFLOW_STATE_FAILED\x10\x04\x12\x1e\n\x1aWORKFLOW_STATE_ROLLED_BACK\x10\x05\x12\x1a\n\x16WORKFLOW_STATE_REFUSED\x10\x06*\x9b\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x13\n\x0fSTEP_STATE_DONE\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x05*\xc5\x01\n\x08StepKind\x12\x19\n\x15STEP_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_KIND_VALIDATE\x10\x01\x12\x16\n\x12STEP_KIND_APPROVAL\x10\x02\x12\x15\n\x11STEP_KIND_DRY_RUN\x10\x03\x12\x16\n\x12STEP_KIND_SNAPSHOT\x10\x04\x12\x13\n\x0fSTEP_KIND_APPLY\x10\x05\x12\x14\n\x10STEP_KIND_VERIFY\x10\x06\x12\x14\n\x10STEP_KIND_NOTIFY\x10\x07\x32\xd2\x03\n\x0fWorkflowService\x12l\n\x0cPlanWorkflow\x12*.kubernaut.workflow.v1.PlanWorkflowRequest\x1a+.kubernaut.workflow.v1.PlanWorkflowResponse\"\x03\x90\x02\x01\x12r\n\x0e\x43reateWorkflow\x12,.kubernaut.workflow.v1.CreateWorkflowRequest\x1a-.kubernaut.workflow.v1.CreateWorkflowResponse\"\x03\x90\x02\x02\x12i\n\x0bGetWorkflow\x12).kubernaut.workflow.v1.GetWorkflowRequest\x1a*.kubernaut.workflow.v1.GetWorkflowResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65\x63ideApproval\x12,.kubernaut.workflow.v1.DecideApprovalRequest\x1a-.kubernaut.workflow.v1.DecideApprovalResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kubernaut/workflow/v1/workflow.proto\x12\x15kubernaut.workflow.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"\xdb\x01\n\x15\x44\x65\x63ideApprovalRequest\x12)\n\x0bworkflow_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nworkflowId\x12O\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\'.kubernaut.workflow.v1.ApprovalDecisionB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00R\x08\x64\x65\x63ision\x12$\n\x08\x61pprover\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xc8\x01R\x08\x61pprover\x12 \n\x06reason\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\xe8\x07R\x06reason\"o\n\x16\x44\x65\x63ideApprovalResponse\x12;\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.kubernaut.workflow.v1.WorkflowR\x08workflow\x12\x18\n\x07\x64\x65\x63ided\x18\x02 \x01(\x08R\x07\x64\x65\x63ided\"\xd1\x01\n\x15\x43reateWorkflowRequest\x12)\n\x0bincident_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nincidentId\x12\x38\n\x05\x61lert\x18\x02 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12S\n\x0erecommendation\x18\x03 \x01(\x0b\x32#.kubernaut.common.v1.RecommendationB\x06\xbaH\x03\xc8\x01\x01R\x0erecommendation\"o\n\x16\x43reateWorkflowResponse\x12;\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.kubernaut.workflow.v1.WorkflowR\x08workflow\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"|\n\x12GetWorkflowRequest\x12+\n\x0bworkflow_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01H\x00R\nworkflowId\x12+\n\x0bincident_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01H\x00R\nincidentIdB\x0c\n\x03key\x12\x05\xbaH\x02\x08\x01\"R\n\x13GetWorkflowResponse\x12;\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.kubernaut.workflow.v1.WorkflowR\x08workflow\"\xa4\x02\n\x07StepRun\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.kubernaut.workflow.v1.StepKindR\x04kind\x12\x36\n\x05state\x18\x02 \x01(\x0e\x32 .kubernaut.workflow.v1.StepStateR\x05state\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\x12\x39\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nfinishedAt\x12\x1a\n\x08\x61ttempts\x18\x06 \x01(\x05R\x08\x61ttempts\"\x8b\x05\n\x08Workflow\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x1f\n\x0bincident_id\x18\x02 \x01(\tR\nincidentId\x12\x37\n\x04plan\x18\x03 \x01(\x0b\x32#.kubernaut.workflow.v1.WorkflowPlanR\x04plan\x12:\n\x05state\x18\x04 \x01(\x0e\x32$.kubernaut.workflow.v1.WorkflowStateR\x05state\x12\x34\n\x05steps\x18\x05 \x03(\x0b\x32\x1e.kubernaut.workflow.v1.StepRunR\x05steps\x12\x1b\n\taction_id\x18\x06 \x01(\tR\x08\x61\x63tionId\x12\x18\n\x07message\x18\x07 \x01(\tR\x07message\x12\x39\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x30\n\x05\x61lert\x18\n \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertR\x05\x61lert\x12K\n\x0erecommendation\x18\x0b \x01(\x0b\x32#.kubernaut.common.v1.RecommendationR\x0erecommendation\x12!\n\x0crequested_by\x18\x0c \x01(\tR\x0brequestedBy\x12\x43\n\tapprovals\x18\r \x03(\x0b\x32%.kubernaut.workflow.v1.ApprovalRecordR\tapprovals\"\xc4\x01\n\x0e\x41pprovalRecord\x12\x1a\n\x08\x61pprover\x18\x01 \x01(\tR\x08\x61pprover\x12\x43\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\'.kubernaut.workflow.v1.ApprovalDecisionR\x08\x64\x65\x63ision\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12\x39\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tdecidedAt\"j\n\x13PlanWorkflowRequest\x12S\n\x0erecommendation\x18\x01 \x01(\x0b\x32#.kubernaut.common.v1.RecommendationB\x06\xbaH\x03\xc8\x01\x01R\x0erecommendation\"O\n\x14PlanWorkflowResponse\x12\x37\n\x04plan\x18\x01 \x01(\x0b\x32#.kubernaut.workflow.v1.WorkflowPlanR\x04plan\"e\n\x0cWorkflowStep\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.kubernaut.workflow.v1.StepKindR\x04kind\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\"\xf0\x02\n\x0cWorkflowPlan\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12\x38\n\x06target\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x06target\x12\x32\n\x04risk\x18\x03 \x01(\x0e\x32\x1e.kubernaut.common.v1.RiskLevelR\x04risk\x12+\n\x11requires_approval\x18\x04 \x01(\x08R\x10requiresApproval\x12\'\n\x0f\x61pproval_reason\x18\x05 \x01(\tR\x0e\x61pprovalReason\x12\x39\n\x05steps\x18\x06 \x03(\x0b\x32#.kubernaut.workflow.v1.WorkflowStepR\x05steps\x12\x1a\n\x08rollback\x18\x07 \x01(\tR\x08rollback\x12-\n\x12\x61pprovals_required\x18\x08 \x01(\x05R\x11\x61pprovalsRequired*r\n\x10\x41pprovalDecision\x12!\n\x1d\x41PPROVAL_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPROVAL_DECISION_APPROVE\x10\x01\x12\x1c\n\x18\x41PPROVAL_DECISION_REJECT\x10\x02*\xe5\x01\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKFLOW_STATE_RUNNING\x10\x01\x12#\n\x1fWORKFLOW_STATE_WAITING_APPROVAL\x10\x02\x12\x1c\n\x18WORKFLOW_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15WORKFLOW_STATE_FAILED\x10\x04\x12\x1e\n\x1aWORKFLOW_STATE_ROLLED_BACK\x10\x05\x12\x1a\n\x16WORKFLOW_STATE_REFUSED\x10\x06*\x9b\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x13\n\x0fSTEP_STATE_DONE\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x05*\xc5\x01\n\x08StepKind\x12\x19\n\x15STEP_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_KIND_VALIDATE\x10\x01\x12\x16\n\x12STEP_KIND_APPROVAL\x10\x02\x12\x15\n\x11STEP_KIND_DRY_RUN\x10\x03\x12\x16\n\x12STEP_KIND_SNAPSHOT\x10\x04\x12\x13\n\x0fSTEP_KIND_APPLY\x10\x05\x12\x14\n\x10STEP_KIND_VERIFY\x10\x06\x12\x14\n\x10STEP_KIND_NOTIFY\x10\x07\x32\xd2\x03\n\x0fWorkflowService\x12l\n\x0cPlanWorkflow\x12*.kubernaut.workflow.v1.PlanWorkflowRequest\x1a+.kubernaut.workflow.v1.PlanWorkflowResponse\"\x03\x90\x02\x01\x12r\n\x0e\x43reateWorkflow\x12,.kubernaut.workflow.v1.CreateWorkflowRequest\x1a-.kubernaut.workflow.v1.CreateWorkflowResponse\"\x03\x90\x02\x02\x12i\n\x0bGetWorkflow\x12).kubernaut.workflow.v1.GetWorkflowRequest\x1a*.kubernaut.workflow.v1.GetWorkflowResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65\x63ideApproval\x12,.kubernaut.workflow.v1.DecideApprovalRequest\x1a-.kubernaut.workflow.v1.DecideApprovalResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,7 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['decision']._loaded_options = None
   _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['decision']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
   _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['approver']._loaded_options = None
-  _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['approver']._serialized_options = b'\272H\013r\t\020\001\030\310\0012\002\\S'
+  _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['approver']._serialized_options = b'\272H\005r\003\030\310\001'
   _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_DECIDEAPPROVALREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\005r\003\030\350\007'
   _globals['_CREATEWORKFLOWREQUEST'].fields_by_name['incident_id']._loaded_options = None
@@ -65,38 +65,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWSERVICE'].methods_by_name['GetWorkflow']._serialized_options = b'\220\002\001'
   _globals['_WORKFLOWSERVICE'].methods_by_name['DecideApproval']._loaded_options = None
   _globals['_WORKFLOWSERVICE'].methods_by_name['DecideApproval']._serialized_options = b'\220\002\002'
-  _globals['_APPROVALDECISION']._serialized_start=2534
-  _globals['_APPROVALDECISION']._serialized_end=2648
-  _globals['_WORKFLOWSTATE']._serialized_start=2651
-  _globals['_WORKFLOWSTATE']._serialized_end=2880
-  _globals['_STEPSTATE']._serialized_start=2883
-  _globals['_STEPSTATE']._serialized_end=3038
-  _globals['_STEPKIND']._serialized_start=3041
-  _globals['_STEPKIND']._serialized_end=3238
+  _globals['_APPROVALDECISION']._serialized_start=2878
+  _globals['_APPROVALDECISION']._serialized_end=2992
+  _globals['_WORKFLOWSTATE']._serialized_start=2995
+  _globals['_WORKFLOWSTATE']._serialized_end=3224
+  _globals['_STEPSTATE']._serialized_start=3227
+  _globals['_STEPSTATE']._serialized_end=3382
+  _globals['_STEPKIND']._serialized_start=3385
+  _globals['_STEPKIND']._serialized_end=3582
   _globals['_DECIDEAPPROVALREQUEST']._serialized_start=198
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=423
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=425
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=536
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=539
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=748
-  _globals['_CREATEWORKFLOWRESPONSE']._serialized_start=750
-  _globals['_CREATEWORKFLOWRESPONSE']._serialized_end=861
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=863
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=987
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=989
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=1071
-  _globals['_STEPRUN']._serialized_start=1074
-  _globals['_STEPRUN']._serialized_end=1366
-  _globals['_WORKFLOW']._serialized_start=1369
-  _globals['_WORKFLOW']._serialized_end=1916
-  _globals['_PLANWORKFLOWREQUEST']._serialized_start=1918
-  _globals['_PLANWORKFLOWREQUEST']._serialized_end=2024
-  _globals['_PLANWORKFLOWRESPONSE']._serialized_start=2026
-  _globals['_PLANWORKFLOWRESPONSE']._serialized_end=2105
-  _globals['_WORKFLOWSTEP']._serialized_start=2107
-  _globals['_WORKFLOWSTEP']._serialized_end=2208
-  _globals['_WORKFLOWPLAN']._serialized_start=2211
-  _globals['_WORKFLOWPLAN']._serialized_end=2532
-  _globals['_WORKFLOWSERVICE']._serialized_start=3241
-  _globals['_WORKFLOWSERVICE']._serialized_end=3707
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=417
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=419
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=530
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=533
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=742
+  _globals['_CREATEWORKFLOWRESPONSE']._serialized_start=744
+  _globals['_CREATEWORKFLOWRESPONSE']._serialized_end=855
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=857
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=981
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=983
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=1065
+  _globals['_STEPRUN']._serialized_start=1068
+  _globals['_STEPRUN']._serialized_end=1360
+  _globals['_WORKFLOW']._serialized_start=1363
+  _globals['_WORKFLOW']._serialized_end=2014
+  _globals['_APPROVALRECORD']._serialized_start=2017
+  _globals['_APPROVALRECORD']._serialized_end=2213
+  _globals['_PLANWORKFLOWREQUEST']._serialized_start=2215
+  _globals['_PLANWORKFLOWREQUEST']._serialized_end=2321
+  _globals['_PLANWORKFLOWRESPONSE']._serialized_start=2323
+  _globals['_PLANWORKFLOWRESPONSE']._serialized_end=2402
+  _globals['_WORKFLOWSTEP']._serialized_start=2404
+  _globals['_WORKFLOWSTEP']._serialized_end=2505
+  _globals['_WORKFLOWPLAN']._serialized_start=2508
+  _globals['_WORKFLOWPLAN']._serialized_end=2876
+  _globals['_WORKFLOWSERVICE']._serialized_start=3585
+  _globals['_WORKFLOWSERVICE']._serialized_end=4051
 # @@protoc_insertion_point(module_scope)

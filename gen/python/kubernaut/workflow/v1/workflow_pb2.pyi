@@ -135,7 +135,9 @@ class DecideApprovalRequest(_message.Message):
     workflow_id: _builtins.str
     decision: Global___ApprovalDecision.ValueType
     approver: _builtins.str
-    """Who decided (a person's name or handle), kept on the workflow."""
+    """Optional: who the caller says they are. The workflow records the authenticated
+    caller; a name here that differs is refused (PERMISSION_DENIED).
+    """
     reason: _builtins.str
     """Why, in a sentence; kept on the workflow and told to people on a rejection."""
     def __init__(
@@ -332,6 +334,8 @@ class Workflow(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ALERT_FIELD_NUMBER: _builtins.int
     RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     incident_id: _builtins.str
     state: Global___WorkflowState.ValueType
@@ -339,6 +343,10 @@ class Workflow(_message.Message):
     """The executor's idempotency key for the action."""
     message: _builtins.str
     """Why the workflow is in its state."""
+    requested_by: _builtins.str
+    """Who asked for it: the authenticated caller of CreateWorkflow, as `kind:name`
+    ("service:ai-analysis", "person:bob@example.com"). They may not approve it.
+    """
     @_builtins.property
     def plan(self) -> Global___WorkflowPlan: ...
     @_builtins.property
@@ -352,6 +360,10 @@ class Workflow(_message.Message):
     @_builtins.property
     def recommendation(self) -> _remediation_pb2.Recommendation:
         """What the analysis recommended: the action, its confidence and the reasons why."""
+
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalRecord]:
+        """Each person's decision, in the order they were made."""
 
     def __init__(
         self,
@@ -367,14 +379,48 @@ class Workflow(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         alert: _alert_pb2.Alert | None = ...,
         recommendation: _remediation_pb2.Recommendation | None = ...,
+        requested_by: _builtins.str = ...,
+        approvals: _abc.Iterable[Global___ApprovalRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "created_at", b"created_at", "plan", b"plan", "recommendation", b"recommendation", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "alert", b"alert", "created_at", b"created_at", "incident_id", b"incident_id", "message", b"message", "plan", b"plan", "recommendation", b"recommendation", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "alert", b"alert", "approvals", b"approvals", "created_at", b"created_at", "incident_id", b"incident_id", "message", b"message", "plan", b"plan", "recommendation", b"recommendation", "requested_by", b"requested_by", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
+
+@_typing.final
+class ApprovalRecord(_message.Message):
+    """ApprovalRecord is one person's decision on a workflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVER_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    approver: _builtins.str
+    """The authenticated approver, as `kind:name` ("person:alice@example.com")."""
+    decision: Global___ApprovalDecision.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        approver: _builtins.str = ...,
+        decision: Global___ApprovalDecision.ValueType = ...,
+        reason: _builtins.str = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "decided_at", b"decided_at", "decision", b"decision", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRecord: _TypeAlias = ApprovalRecord  # noqa: Y015
 
 @_typing.final
 class PlanWorkflowRequest(_message.Message):
@@ -449,6 +495,7 @@ class WorkflowPlan(_message.Message):
     APPROVAL_REASON_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """The catalogue name of the action."""
     risk: _remediation_pb2.RiskLevel.ValueType
@@ -457,6 +504,10 @@ class WorkflowPlan(_message.Message):
     """Why approval is or is not needed."""
     rollback: _builtins.str
     """How the action is rolled back when verification fails."""
+    approvals_required: _builtins.int
+    """How many different people must approve (with requires_approval): 1, or more for
+    high-risk actions where policy demands it.
+    """
     @_builtins.property
     def target(self) -> _alert_pb2.ResourceRef: ...
     @_builtins.property
@@ -471,10 +522,11 @@ class WorkflowPlan(_message.Message):
         approval_reason: _builtins.str = ...,
         steps: _abc.Iterable[Global___WorkflowStep] | None = ...,
         rollback: _builtins.str = ...,
+        approvals_required: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "requires_approval", b"requires_approval", "risk", b"risk", "rollback", b"rollback", "steps", b"steps", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "approvals_required", b"approvals_required", "requires_approval", b"requires_approval", "risk", b"risk", "rollback", b"rollback", "steps", b"steps", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,18 +99,22 @@ class WorkflowServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def DecideApproval(self, request, context):
-        """DecideApproval records a person's decision on a workflow that waits for approval
-        (WORKFLOW_STATE_WAITING_APPROVAL). APPROVE lets it go on to act: the executor still
-        runs every check, and a workflow whose incident closed meanwhile (its alert
-        resolved) does not act. REJECT ends it REFUSED without acting: the incident closes
-        as NO_ACTION and people are told. The decision, who made it and why are kept on the
-        approval step. A repeat of the recorded decision returns the workflow with
+        """DecideApproval records the caller's decision on a workflow that waits for approval
+        (WORKFLOW_STATE_WAITING_APPROVAL). The approver is the authenticated caller (an OIDC
+        token's person, a personal certificate's), never a name in the request. APPROVE
+        counts towards the approvals the plan requires (two distinct people for high risk
+        where policy says so); once they are there the workflow goes on to act: the executor
+        still runs every check, and a workflow whose incident closed meanwhile does not act.
+        REJECT, by any one approver, ends it REFUSED without acting: the incident closes as
+        NO_ACTION and people are told. Each decision, who made it and why are kept on the
+        workflow. A repeat of a person's recorded decision returns the workflow with
         decided=false.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         NOT_FOUND for an unknown workflow; FAILED_PRECONDITION when the workflow does not
-        wait for approval (it never needed it, or the other decision was recorded);
-        UNAVAILABLE when the database cannot be reached (safe to retry);
-        PERMISSION_DENIED for callers outside the call table.
+        wait for approval (it never needed it, or it was decided) or this person decided
+        otherwise before; UNAVAILABLE when the database cannot be reached (safe to retry);
+        PERMISSION_DENIED without the approver role, when `approver` names someone other
+        than the caller, or when the caller requested the workflow (no self-approval).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
