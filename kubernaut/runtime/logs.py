@@ -59,3 +59,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request's full URL at INFO; a vendor's URL can be its credential
+    # (a Teams or webhook URL, a token in a query string).
+    logging.getLogger("httpx").setLevel(logging.WARNING)

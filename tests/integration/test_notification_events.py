@@ -188,8 +188,13 @@ async def test_migration_creates_its_own_schema_and_is_idempotent(
         ]
     finally:
         await conn.close()
-    assert tables == {("notification", "outbox"), ("notification", "schema_migrations")}
-    assert versions == [1]
+    assert tables == {
+        ("notification", "outbox"),
+        ("notification", "deliveries"),
+        ("notification", "threads"),
+        ("notification", "schema_migrations"),
+    }
+    assert versions == [1, 2]
 
 
 async def test_one_mail_per_key_and_a_repeat_sends_nothing(

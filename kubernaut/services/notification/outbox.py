@@ -43,8 +43,10 @@ import asyncpg
 
 from kubernaut.runtime.database import LazyDatabase, PooledStore
 from kubernaut.services.notification.channels import DeliveryOutcome, NoChannelConfigured, Notifier
+from kubernaut.services.notification.dispatch import Dispatcher
 from kubernaut.services.notification.rendering import RenderedMessage
 from kubernaut.services.notification.settings import RedeliveryPolicy
+from kubernaut.services.notification.vendors.base import Notice
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -58,6 +60,7 @@ __all__ = [
     "OutboxError",
     "OutboxUnavailable",
     "RedeliveryPolicy",
+    "Routed",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,16 +70,43 @@ MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 
 _COLUMNS: Final = (
     "idempotency_key, incident_id, event_kind, subject, body, status, results, attempts,"
-    " last_error, created_at, updated_at, sent_at"
+    " last_error, created_at, updated_at, sent_at, event"
 )
 _INSERT: Final = f"""
-INSERT INTO notification.outbox (idempotency_key, incident_id, event_kind, subject, body)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO notification.outbox (idempotency_key, incident_id, event_kind, subject, body, event)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {_COLUMNS}
 """
+# Each routed channel of an event: what it answered last.
+_CHANNELS: Final = """
+SELECT channel, route, status, last_error, retry_at <= now() OR retry_at IS NULL AS due
+FROM notification.deliveries WHERE idempotency_key = $1 ORDER BY channel
+"""
+_CHOSEN: Final = """
+INSERT INTO notification.deliveries (idempotency_key, channel, route, status, last_error)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
+"""
+_CHANNEL_RESULT: Final = """
+UPDATE notification.deliveries
+SET status = $3, last_error = $4, attempts = attempts + 1, updated_at = now(),
+    retry_at = CASE WHEN $5::float8 IS NULL THEN NULL
+                    ELSE now() + make_interval(secs => $5::float8) END,
+    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END
+WHERE idempotency_key = $1 AND channel = $2
+"""
+_THREAD: Final = "SELECT data FROM notification.threads WHERE channel = $1 AND incident_id = $2"
+_KEEP_THREAD: Final = """
+INSERT INTO notification.threads (channel, incident_id, data) VALUES ($1, $2, $3::jsonb)
+ON CONFLICT (channel, incident_id)
+DO UPDATE SET data = notification.threads.data || EXCLUDED.data, updated_at = now()
+"""
+# A routed channel's statuses after which nothing more is sent on it.
+_FINAL: Final = frozenset({"sent", "permanent", "held"})
 _SELECT: Final = f"SELECT {_COLUMNS} FROM notification.outbox WHERE idempotency_key = $1"
-_LOCK: Final = _SELECT + " FOR UPDATE"
+# NO KEY UPDATE: excludes other deliverers of the key as FOR UPDATE would, but lets the
+# routed path's per-channel rows (their foreign key takes KEY SHARE) commit meanwhile.
+_LOCK: Final = _SELECT + " FOR NO KEY UPDATE"
 _RECORD: Final = f"""
 UPDATE notification.outbox
 SET status = $2,
@@ -144,6 +174,17 @@ class OutboxEntry:
     created_at: dt.datetime
     updated_at: dt.datetime
     sent_at: dt.datetime | None
+    # The event as proto JSON (routed delivery); None for rows stored before routing.
+    event: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """An incident event for the routed channels: as channels get it, as stored."""
+
+    notice: Notice
+    event_json: str
+    dispatcher: Dispatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +216,7 @@ def _entry(row: asyncpg.Record) -> OutboxEntry:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sent_at=row["sent_at"],
+        event=row["event"],
     )
 
 
@@ -252,9 +294,11 @@ class Outbox(PooledStore):
         *,
         incident_id: str,
         event_kind: str,
+        routed: Routed | None = None,
     ) -> Delivery:
         """Deliver `message` on every channel of `notifier` unless `idempotency_key` was
-        delivered already (see the module's docstring).
+        delivered already (see the module's docstring). With `routed`, the event goes to
+        the channels its route chooses instead, each once (see `_deliver_routed`).
 
         A repeat of a sent key returns the stored results with sent=False. A key whose
         last attempt failed on every channel is attempted again, with the message stored
@@ -262,10 +306,10 @@ class Outbox(PooledStore):
         OutboxUnavailable."""
         _check_text(idempotency_key, "idempotency_key")
         _check_text(incident_id, "incident_id")
-        if not notifier.channels():
+        if routed is None and not notifier.channels():
             raise NoChannelConfigured()
         task = asyncio.create_task(
-            self._deliver_once(idempotency_key, message, notifier, incident_id, event_kind),
+            self._deliver_once(idempotency_key, message, notifier, incident_id, event_kind, routed),
             name=f"notification outbox {idempotency_key}",
         )
         self._tasks.add(task)
@@ -286,11 +330,13 @@ class Outbox(PooledStore):
         notifier: Notifier,
         incident_id: str,
         event_kind: str,
+        routed: Routed | None,
     ) -> Delivery:
         try:
             async with self._connection() as conn:
+                event_json = routed.event_json if routed is not None else None
                 row = await conn.fetchrow(
-                    _INSERT, key, incident_id, event_kind, message.subject, message.body
+                    _INSERT, key, incident_id, event_kind, message.subject, message.body, event_json
                 )
                 if row is None:
                     # The key is known. The INSERT waited for the row's transaction, so this
@@ -306,13 +352,15 @@ class Outbox(PooledStore):
                     "outbox key %r was first stored with another message; delivering that one",
                     key,
                 )
-            return await self._deliver_locked(key, entry.attempts, notifier)
+            return await self._deliver_locked(key, entry.attempts, notifier, routed)
         except asyncpg.LockNotAvailableError as exc:
             raise OutboxUnavailable(
                 f"another delivery of {key!r} is still in progress; retry later"
             ) from exc
 
-    async def _deliver_locked(self, key: str, seen_attempts: int, notifier: Notifier) -> Delivery:
+    async def _deliver_locked(
+        self, key: str, seen_attempts: int, notifier: Notifier, routed: Routed | None
+    ) -> Delivery:
         lock = self._key_locks.get(key)
         if lock is None:
             lock = self._key_locks[key] = asyncio.Lock()
@@ -337,6 +385,8 @@ class Outbox(PooledStore):
                     # Sent, or attempted by another caller while we waited: theirs is the
                     # answer (a failed attempt included; the caller retries later).
                     return Delivery(entry.results, sent=False, entry=entry)
+                if routed is not None:
+                    return await self._deliver_routed(conn, entry, routed)
                 return await self._deliver(conn, entry, notifier)
         finally:
             lock.release()
@@ -375,6 +425,72 @@ class Outbox(PooledStore):
             },
         )
         return Delivery(tuple(outcomes), sent=delivered, entry=recorded)
+
+    async def _deliver_routed(
+        self, conn: asyncpg.pool.PoolConnectionProxy, entry: OutboxEntry, routed: Routed
+    ) -> Delivery:
+        """Send the event on each channel its route chose that has not taken it yet.
+
+        The channels are chosen on the first attempt and kept. Each channel's answer is
+        committed on its own connection as soon as it comes (the row lock held by `conn`
+        keeps other callers out meanwhile), so a crash redelivers only to the channels
+        that had not answered. A 429's Retry-After holds its channel back until then."""
+        key, notice, dispatcher = entry.idempotency_key, routed.notice, routed.dispatcher
+        async with self._connection() as own:
+            channels = await own.fetch(_CHANNELS, key)
+            if not channels:
+                for chosen in dispatcher.choose(notice):
+                    if chosen.held:
+                        dispatcher.held(chosen)
+                    status = "held" if chosen.held else "pending"
+                    await own.execute(
+                        _CHOSEN, key, chosen.channel, chosen.route, status, chosen.held
+                    )
+                channels = await own.fetch(_CHANNELS, key)
+            outcomes: list[DeliveryOutcome] = []
+            delivered_now = False
+            for row in channels:
+                channel, status, error = row["channel"], row["status"], row["last_error"]
+                if status in _FINAL or not row["due"]:
+                    outcomes.append(DeliveryOutcome(channel, status == "sent", error))
+                    continue
+                thread = await own.fetchval(_THREAD, channel, entry.incident_id)
+                result = await dispatcher.send(
+                    channel, notice, json.loads(thread) if thread else {}
+                )
+                status = (
+                    "sent" if result.delivered else "permanent" if result.permanent else "failed"
+                )
+                await own.execute(
+                    _CHANNEL_RESULT, key, channel, status, result.error, result.retry_after
+                )
+                if result.thread:
+                    await own.execute(
+                        _KEEP_THREAD, channel, entry.incident_id, json.dumps(dict(result.thread))
+                    )
+                delivered_now = delivered_now or result.delivered
+                outcomes.append(DeliveryOutcome(channel, result.delivered, result.error))
+            statuses = {r["channel"]: r["status"] for r in await own.fetch(_CHANNELS, key)}
+        # Nothing more to send once every channel took it, refused it for good, or was
+        # held back; else the redelivery tries the others again.
+        done = all(status in _FINAL for status in statuses.values())
+        status = DeliveryStatus.SENT if done else DeliveryStatus.FAILED
+        errors = "; ".join(f"{o.channel}: {o.error}" for o in outcomes if o.error)
+        recorded_row = await conn.fetchrow(
+            _RECORD, key, status.value, _results_json(outcomes), errors
+        )
+        assert recorded_row is not None  # the row is locked by this transaction
+        recorded = _entry(recorded_row)
+        log.info(
+            "incident event routed",
+            extra={
+                "idempotency_key": key,
+                "incident_id": entry.incident_id,
+                "channels": statuses,
+                "attempt": recorded.attempts,
+            },
+        )
+        return Delivery(tuple(outcomes), sent=delivered_now, entry=recorded)
 
 
 class OutboxDatabase(LazyDatabase[Outbox]):

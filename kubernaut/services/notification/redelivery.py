@@ -17,14 +17,19 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
+from google.protobuf import json_format
+from kubernaut.notification.v1 import notification_pb2
 from prometheus_client import Counter, Gauge
 
 from kubernaut.runtime.leases import ClaimLoop
 from kubernaut.services.notification.channels import Notifier
+from kubernaut.services.notification.dispatch import Dispatcher
 from kubernaut.services.notification.outbox import (
     DeliveryStatus,
     OutboxDatabase,
+    OutboxEntry,
     OutboxUnavailable,
+    Routed,
 )
 from kubernaut.services.notification.settings import RedeliverySettings
 
@@ -54,11 +59,17 @@ class Sweep:
 
 class Redelivery:
     def __init__(
-        self, outbox: OutboxDatabase, notifier: Notifier, settings: RedeliverySettings
+        self,
+        outbox: OutboxDatabase,
+        notifier: Notifier,
+        settings: RedeliverySettings,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.outbox = outbox
         self.notifier = notifier
         self.settings = settings
+        # Routed events (stored with their event) go to the channels their route chose.
+        self.dispatcher = dispatcher
         self._loop = ClaimLoop(
             "notification-redelivery",
             self._sweep_round,
@@ -86,7 +97,7 @@ class Redelivery:
         """Attempt every message due again, once; count what is still undelivered."""
         outbox = await self.outbox.outbox()
         sent = failed = skipped = 0
-        if self.notifier.channels():
+        if self.notifier.channels() or self.dispatcher is not None:
             for entry in await outbox.due(self.settings.policy(), self.settings.batch):
                 try:
                     delivery = await outbox.deliver_once(
@@ -95,6 +106,7 @@ class Redelivery:
                         self.notifier,
                         incident_id=entry.incident_id,
                         event_kind=entry.event_kind,
+                        routed=self._routed(entry),
                     )
                 except OutboxUnavailable as error:
                     # Its attempt in progress elsewhere held the row past the lock timeout.
@@ -121,3 +133,12 @@ class Redelivery:
                 )
         UNDELIVERED.set(await outbox.undelivered())
         return Sweep(sent, failed, skipped)
+
+    def _routed(self, entry: OutboxEntry) -> Routed | None:
+        """A routed event again, from the event stored with it (None for rows stored
+        before routing, which email delivers as then)."""
+        if entry.event is None or self.dispatcher is None:
+            return None
+        event = json_format.Parse(entry.event, notification_pb2.IncidentEvent())
+        notice = self.dispatcher.notice(entry.idempotency_key, event)
+        return Routed(notice, entry.event, self.dispatcher)

@@ -276,6 +276,26 @@ class UnknownEventKind(ValueError):
         self.kind = kind
 
 
+def template_environment(directory: Path) -> ImmutableSandboxedEnvironment:
+    """The Jinja2 environment every notification template is rendered in (email's and
+    each vendor channel's): sandboxed and immutable (a template cannot call methods that
+    change data, or reach Python internals), undefined variables are errors, and every
+    value printed goes through plain_text (data stays text)."""
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(directory),
+        # Plain text: HTML escaping would show "&lt;" to the reader.
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        # The last guard on everything a template prints: data stays text.
+        finalize=plain_text,
+    )
+    env.filters["continued"] = _continued
+    return env
+
+
 class EventRenderer:
     """Renders incident events with the templates in `directory` (ours by default).
 
@@ -287,24 +307,18 @@ class EventRenderer:
     def __init__(self, directory: Path = TEMPLATES_DIR, links: LinkPolicy | None = None) -> None:
         # Which URLs from an alert may be links; by default none.
         self._links = links or LinkPolicy()
-        self._env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(directory),
-            # Plain-text email: HTML escaping would show "&lt;" to the reader.
-            autoescape=False,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-            # The last guard on everything a template prints: data stays text.
-            finalize=plain_text,
-        )
-        self._env.filters["continued"] = _continued
+        self._env = template_environment(directory)
         self._templates: dict[int, jinja2.Template] = {}
         for kind, name in TEMPLATES.items():
             template = self._env.get_template(name)
             if "subject" not in template.blocks:
                 raise ValueError(f"{directory / name}: no {{% block subject %}}")
             self._templates[kind] = template
+
+    @property
+    def links(self) -> LinkPolicy:
+        """Which URLs of an alert may be links (every channel shows the same)."""
+        return self._links
 
     def render(self, event: notification_pb2.IncidentEvent) -> RenderedMessage:
         """Subject (one line, at most MAX_SUBJECT_LENGTH characters) and body of `event`.

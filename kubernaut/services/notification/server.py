@@ -6,23 +6,26 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+import httpx
+from google.protobuf import json_format
 from kubernaut.notification.v1 import notification_pb2, notification_pb2_grpc
 
 from kubernaut.runtime.database import redact_dsn
 from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 from kubernaut.services.notification.channels import (
-    ChannelKind,
     DeliveryOutcome,
     NoChannelConfigured,
     Notifier,
     UnknownChannel,
 )
+from kubernaut.services.notification.dispatch import Dispatcher, router_of
 from kubernaut.services.notification.links import LinkPolicy
 from kubernaut.services.notification.outbox import (
     InvalidOutboxEntry,
     OutboxDatabase,
     OutboxUnavailable,
+    Routed,
 )
 from kubernaut.services.notification.redelivery import Redelivery
 from kubernaut.services.notification.rendering import EventRenderer, UnknownEventKind
@@ -34,7 +37,17 @@ from kubernaut.services.notification.settings import (
 
 log = logging.getLogger(__name__)
 
-_KINDS = {ChannelKind.EMAIL: notification_pb2.CHANNEL_KIND_EMAIL}
+# A vendor channel's kind (its `type` in the routing file) as the proto says it.
+_KINDS = {
+    "email": notification_pb2.CHANNEL_KIND_EMAIL,
+    "slack": notification_pb2.CHANNEL_KIND_SLACK,
+    "teams": notification_pb2.CHANNEL_KIND_TEAMS,
+    "pagerduty": notification_pb2.CHANNEL_KIND_PAGERDUTY,
+    "twilio": notification_pb2.CHANNEL_KIND_SMS,
+    "servicenow": notification_pb2.CHANNEL_KIND_SERVICENOW,
+    "jira": notification_pb2.CHANNEL_KIND_JIRA,
+    "webhook": notification_pb2.CHANNEL_KIND_WEBHOOK,
+}
 # InvalidOutboxEntry.field -> the request field it is about.
 _REQUEST_FIELDS = {"idempotency_key": "idempotency_key", "incident_id": "event.incident_id"}
 
@@ -53,22 +66,30 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self,
         notifier: Notifier,
         outbox: OutboxDatabase | None = None,
-        renderer: EventRenderer | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
+        # `notifier`: SendNotification's email channels; `dispatcher`: the routed channels
+        # of incident events (None: no channel configured).
         self.notifier = notifier
         self.outbox = outbox
-        self.renderer = renderer or EventRenderer()
+        self.dispatcher = dispatcher
 
     async def ListChannels(
         self, request: notification_pb2.ListChannelsRequest, context: Context
     ) -> notification_pb2.ListChannelsResponse:
+        if self.dispatcher is None:
+            return notification_pb2.ListChannelsResponse()
+        router = self.dispatcher.router
         return notification_pb2.ListChannelsResponse(
             channels=[
                 notification_pb2.Channel(
-                    name=info.name, kind=_KINDS[info.kind], destinations=info.destinations
+                    name=name,
+                    kind=_KINDS.get(channel.kind, notification_pb2.CHANNEL_KIND_UNSPECIFIED),
+                    destinations=channel.destinations(),
                 )
-                for info in self.notifier.channels()
-            ]
+                for name, channel in sorted(router.channels.items())
+            ],
+            routes=router.describe(),
         )
 
     async def SendNotification(
@@ -90,8 +111,10 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def NotifyIncidentEvent(
         self, request: notification_pb2.NotifyIncidentEventRequest, context: Context
     ) -> notification_pb2.NotifyIncidentEventResponse:
-        if not self.notifier.channels():
+        dispatcher = self.dispatcher
+        if dispatcher is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(NoChannelConfigured()))
+            raise AssertionError("unreachable")  # abort raises
         if self.outbox is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -101,18 +124,19 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             raise AssertionError("unreachable")  # abort raises
         event = request.event
         try:
-            message = self.renderer.render(event)
-        except UnknownEventKind as error:
-            await abort_invalid(context, "event.kind", str(error))
+            notice = dispatcher.notice(request.idempotency_key, event)
+        except (UnknownEventKind, KeyError) as error:
+            await abort_invalid(context, "event.kind", f"no channel can tell of it: {error}")
             raise
         try:
             outbox = await self.outbox.outbox()
             delivery = await outbox.deliver_once(
                 request.idempotency_key,
-                message,
+                notice.message,
                 self.notifier,
                 incident_id=event.incident_id,
                 event_kind=notification_pb2.IncidentEventKind.Name(event.kind),
+                routed=Routed(notice, json_format.MessageToJson(event), dispatcher),
             )
         except InvalidOutboxEntry as error:
             await abort_invalid(context, _REQUEST_FIELDS.get(error.field, error.field), str(error))
@@ -129,11 +153,18 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
 
 async def build(ctx: ServiceContext) -> ServiceSpec:
-    # Read once: channels and the link allow-list come from the same frozen settings.
+    # Read once: channels, routes and the link allow-list come from the same settings.
     channel_settings = NotificationSettings()
     # Each delivery, made now or by the redelivery, goes on the audit trail.
     notifier = Notifier.from_settings(channel_settings, recorder=ctx.audit)
     renderer = EventRenderer(links=LinkPolicy(channel_settings.link_hosts))
+    # One HTTP client for every vendor channel (connection reuse); closed at stop.
+    http = httpx.AsyncClient(timeout=channel_settings.http_timeout_seconds)
+    # A wrong routing file stops the service at start, saying where it is wrong.
+    router = router_of(channel_settings, http, channel_settings.routes_file)
+    dispatcher = Dispatcher(router, renderer, ctx.audit) if router is not None else None
+    if router is not None:
+        log.info("notification routes", extra={"routes": router.describe()})
     settings = OutboxSettings()
     readiness: list[tuple[str, ReadinessCheck]] = []
     on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -142,9 +173,9 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
         outbox = OutboxDatabase(settings.database_url)
         readiness.append(("postgresql", outbox.ready))
-        # What no channel took is attempted again in the background; stopped before the
-        # outbox closes (which lets a delivery in progress record).
-        redelivery = Redelivery(outbox, notifier, RedeliverySettings())
+        # What a channel did not take is attempted again in the background; stopped before
+        # the outbox closes (which lets a delivery in progress record).
+        redelivery = Redelivery(outbox, notifier, RedeliverySettings(), dispatcher)
         redelivery.start()
         on_stop += [redelivery.stop, outbox.close]
         log.info("notification outbox configured", extra={"dsn": redact_dsn(outbox.dsn)})
@@ -153,6 +184,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             "no database configured: NotifyIncidentEvent is refused until "
             "KUBERNAUT_DATABASE_URL is set"
         )
+    on_stop.append(http.aclose)
     return ServiceSpec(
-        NotificationServicer(notifier, outbox, renderer), readiness=readiness, on_stop=on_stop
+        NotificationServicer(notifier, outbox, dispatcher), readiness=readiness, on_stop=on_stop
     )

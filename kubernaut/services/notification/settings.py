@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -51,6 +52,11 @@ class NotificationSettings(BaseSettings):
     # as links: "host" exactly, "*.domain" its subdomains. Comma-separated; empty: none,
     # because an alert's annotations are written by whoever can send alerts.
     link_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # The routing file (YAML: channels and the routing tree; README: Notifications), e.g. a
+    # mounted ConfigMap. Empty: every incident event goes to KUBERNAUT_NOTIFICATION_EMAIL_TO.
+    routes_file: Path | None = None
+    # How long one call to a vendor's API (Slack, PagerDuty ...) may take.
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("email_to", "link_hosts", mode="before")
     @classmethod

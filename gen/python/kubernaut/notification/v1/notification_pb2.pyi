@@ -69,12 +69,30 @@ class _ChannelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChannelKi
     DESCRIPTOR: _descriptor.EnumDescriptor
     CHANNEL_KIND_UNSPECIFIED: _ChannelKind.ValueType  # 0
     CHANNEL_KIND_EMAIL: _ChannelKind.ValueType  # 1
+    CHANNEL_KIND_SLACK: _ChannelKind.ValueType  # 2
+    CHANNEL_KIND_TEAMS: _ChannelKind.ValueType  # 3
+    CHANNEL_KIND_PAGERDUTY: _ChannelKind.ValueType  # 4
+    CHANNEL_KIND_SMS: _ChannelKind.ValueType  # 5
+    """SMS through Twilio."""
+    CHANNEL_KIND_SERVICENOW: _ChannelKind.ValueType  # 6
+    CHANNEL_KIND_JIRA: _ChannelKind.ValueType  # 7
+    CHANNEL_KIND_WEBHOOK: _ChannelKind.ValueType  # 8
+    """JSON to a URL, HMAC-signed with a timestamp."""
 
 class ChannelKind(_ChannelKind, metaclass=_ChannelKindEnumTypeWrapper):
     """ChannelKind is the kind of a notification channel."""
 
 CHANNEL_KIND_UNSPECIFIED: ChannelKind.ValueType  # 0
 CHANNEL_KIND_EMAIL: ChannelKind.ValueType  # 1
+CHANNEL_KIND_SLACK: ChannelKind.ValueType  # 2
+CHANNEL_KIND_TEAMS: ChannelKind.ValueType  # 3
+CHANNEL_KIND_PAGERDUTY: ChannelKind.ValueType  # 4
+CHANNEL_KIND_SMS: ChannelKind.ValueType  # 5
+"""SMS through Twilio."""
+CHANNEL_KIND_SERVICENOW: ChannelKind.ValueType  # 6
+CHANNEL_KIND_JIRA: ChannelKind.ValueType  # 7
+CHANNEL_KIND_WEBHOOK: ChannelKind.ValueType  # 8
+"""JSON to a URL, HMAC-signed with a timestamp."""
 Global___ChannelKind: _TypeAlias = ChannelKind  # noqa: Y015
 
 @_typing.final
@@ -227,16 +245,24 @@ class ListChannelsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANNELS_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Channel]: ...
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The routing tree, one route a line: its path, what it matches, its channels, its
+        rate limit ("0.1: match {'severity': ['critical']} -> pager, ops").
+        """
+
     def __init__(
         self,
         *,
         channels: _abc.Iterable[Global___Channel] | None = ...,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

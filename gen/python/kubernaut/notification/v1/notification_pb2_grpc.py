@@ -57,7 +57,8 @@ class NotificationServiceServicer(object):
     """
 
     def ListChannels(self, request, context):
-        """ListChannels returns the channels configured on this deployment.
+        """ListChannels returns the channels configured on this deployment and the routes that
+        send incident events to them.
         Returns OK; PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -34,7 +34,8 @@ class NotificationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NotificationServiceAsyncStub: ...
     ListChannels: _grpc.UnaryUnaryMultiCallable[_notification_pb2.ListChannelsRequest, _notification_pb2.ListChannelsResponse]
-    """ListChannels returns the channels configured on this deployment.
+    """ListChannels returns the channels configured on this deployment and the routes that
+    send incident events to them.
     Returns OK; PERMISSION_DENIED for callers outside the call table.
     """
     SendNotification: _grpc.UnaryUnaryMultiCallable[_notification_pb2.SendNotificationRequest, _notification_pb2.SendNotificationResponse]
@@ -62,7 +63,8 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListChannels: _aio.UnaryUnaryMultiCallable[_notification_pb2.ListChannelsRequest, _notification_pb2.ListChannelsResponse]  # type: ignore[assignment]
-    """ListChannels returns the channels configured on this deployment.
+    """ListChannels returns the channels configured on this deployment and the routes that
+    send incident events to them.
     Returns OK; PERMISSION_DENIED for callers outside the call table.
     """
     SendNotification: _aio.UnaryUnaryMultiCallable[_notification_pb2.SendNotificationRequest, _notification_pb2.SendNotificationResponse]  # type: ignore[assignment]
@@ -93,7 +95,8 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notification_pb2.ListChannelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notification_pb2.ListChannelsResponse, _abc.Awaitable[_notification_pb2.ListChannelsResponse]]:
-        """ListChannels returns the channels configured on this deployment.
+        """ListChannels returns the channels configured on this deployment and the routes that
+        send incident events to them.
         Returns OK; PERMISSION_DENIED for callers outside the call table.
         """
 

@@ -1,0 +1,165 @@
+"""Routed incident events through the real outbox (PostgreSQL): each channel its route
+chose gets the event once; a channel that failed is tried again alone, a 429 waits its
+Retry-After, a refused configuration is not tried again; the channels and routes show in
+ListChannels' order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from google.protobuf import json_format
+
+from kubernaut.devstack.smtp import MailSink
+from kubernaut.services.notification.channels import Notifier
+from kubernaut.services.notification.dispatch import Dispatcher, router_of
+from kubernaut.services.notification.outbox import Delivery, DeliveryStatus, Outbox, Routed
+from kubernaut.services.notification.rendering import EventRenderer
+from kubernaut.services.notification.settings import NotificationSettings
+from tests.fixtures.webhook_loopback import SECRET, WebhookReceiver, status
+from tests.integration.test_notification_events import make_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Routing:
+    outbox: Outbox
+    dispatcher: Dispatcher
+    notifier: Notifier
+    mail: MailSink
+    hooks: WebhookReceiver
+    dsn: str
+
+    async def deliver(self, key: str, incident: str = "inc-1") -> Delivery:
+        event = make_event(incident)
+        notice = self.dispatcher.notice(key, event)
+        return await self.outbox.deliver_once(
+            key,
+            notice.message,
+            self.notifier,
+            incident_id=incident,
+            event_kind="INCIDENT_EVENT_KIND_SUCCEEDED",
+            routed=Routed(notice, json_format.MessageToJson(event), self.dispatcher),
+        )
+
+    async def channels(self, key: str) -> dict[str, tuple[str, int, str]]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT channel, status, attempts, last_error FROM notification.deliveries"
+                " WHERE idempotency_key = $1",
+                key,
+            )
+        finally:
+            await conn.close()
+        return {r["channel"]: (r["status"], r["attempts"], r["last_error"]) for r in rows}
+
+
+@pytest.fixture
+async def routing(
+    database_dsn: str, mail_sink: MailSink, receiver: WebhookReceiver, tmp_path: Path
+) -> AsyncIterator[Routing]:
+    secret = tmp_path / "webhook-secret"
+    secret.write_text(SECRET + "\n")
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        f"""
+channels:
+  oncall: {{type: email, to: [oncall@example.com]}}
+  hooks: {{type: webhook, url: "{receiver.hook_url}", secret_file: "{secret}"}}
+route:
+  channels: [oncall, hooks]
+"""
+    )
+    settings = NotificationSettings(
+        smtp_host="127.0.0.1", smtp_port=mail_sink.port, smtp_timeout_seconds=5
+    )
+    outbox = await Outbox.connect(database_dsn)
+    await outbox.migrate()
+    async with httpx.AsyncClient(timeout=5) as http:
+        router = router_of(settings, http, routes)
+        assert router is not None
+        dispatcher = Dispatcher(router, EventRenderer())
+        try:
+            yield Routing(outbox, dispatcher, Notifier([]), mail_sink, receiver, database_dsn)
+        finally:
+            await outbox.close()
+
+
+async def test_each_channel_gets_the_event_once_and_a_repeat_sends_nothing(
+    routing: Routing,
+) -> None:
+    first = await routing.deliver("wf-1/succeeded")
+    assert first.sent and first.entry.status is DeliveryStatus.SENT
+    assert len(routing.mail.messages()) == 1
+    assert list(routing.hooks.events) == ["wf-1/succeeded"]
+    assert await routing.channels("wf-1/succeeded") == {
+        "oncall": ("sent", 1, ""),
+        "hooks": ("sent", 1, ""),
+    }
+    again = await routing.deliver("wf-1/succeeded")
+    assert not again.sent
+    assert len(routing.mail.messages()) == 1
+    assert routing.hooks.deliveries == ["wf-1/succeeded"]
+
+
+async def test_a_channel_that_failed_is_tried_again_alone(routing: Routing) -> None:
+    routing.hooks.script(status(503))
+    first = await routing.deliver("wf-2/succeeded")
+    assert first.entry.status is DeliveryStatus.FAILED
+    channels = await routing.channels("wf-2/succeeded")
+    assert channels["oncall"] == ("sent", 1, "")
+    assert channels["hooks"][:2] == ("failed", 1) and "503" in channels["hooks"][2]
+
+    second = await routing.deliver("wf-2/succeeded")
+    assert second.entry.status is DeliveryStatus.SENT
+    # The mail went once; only the webhook was tried again.
+    assert len(routing.mail.messages()) == 1
+    assert await routing.channels("wf-2/succeeded") == {
+        "oncall": ("sent", 1, ""),
+        "hooks": ("sent", 2, ""),
+    }
+    assert list(routing.hooks.events) == ["wf-2/succeeded"]
+
+
+async def test_a_429_waits_its_retry_after_and_a_refusal_is_not_tried_again(
+    routing: Routing,
+) -> None:
+    routing.hooks.script(status(429, retry_after="3600"))
+    await routing.deliver("wf-3/succeeded")
+    assert (await routing.channels("wf-3/succeeded"))["hooks"][:2] == ("failed", 1)
+    # Within the hour it asked for, the webhook is not called again.
+    await routing.deliver("wf-3/succeeded")
+    assert (await routing.channels("wf-3/succeeded"))["hooks"][:2] == ("failed", 1)
+    assert routing.hooks.deliveries == ["wf-3/succeeded"]
+
+    routing.hooks.script(status(410))
+    done = await routing.deliver("wf-4/succeeded", incident="inc-4")
+    hooks = (await routing.channels("wf-4/succeeded"))["hooks"]
+    assert hooks[:2] == ("permanent", 1) and "410" in hooks[2]
+    # Nothing is left to send: the mail went, the webhook refused for good.
+    assert done.entry.status is DeliveryStatus.SENT
+    await routing.deliver("wf-4/succeeded", incident="inc-4")
+    assert (await routing.channels("wf-4/succeeded"))["hooks"][:2] == ("permanent", 1)
+    assert SECRET not in json.dumps(await routing.channels("wf-4/succeeded"))
+
+
+async def test_the_channels_and_routes_are_listed(routing: Routing) -> None:
+    router = routing.dispatcher.router
+    assert router.describe() == ["0: match everything -> oncall, hooks"]
+    # The webhook's host only: a path can carry a token.
+    assert router.channels["hooks"].destinations() == (routing.hooks.url.rstrip("/") + "/",)
