@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -40,6 +41,8 @@ from kubernaut.runtime.registry import protocol
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import rbac as context_rbac
 from kubernaut.services.executor import rbac as executor_rbac
+from kubernaut.services.notification.routing import load_routing
+from kubernaut.services.notification.settings import NotificationSettings
 from kubernaut.services.storage.audit import WRITER_ROLE
 from tests.fixtures.helm import CHART, Helm
 
@@ -138,6 +141,28 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "context_api": "kubernaut-context-api-kubeconfig",
                 "executor": "kubernaut-executor-kubeconfig",
             },
+        },
+    },
+    # Routed notifications: the routing file and a channel's Secret, for the notification pod.
+    "notifications": {
+        **SECRETS,
+        "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
+        "notifications": {
+            "routes": {
+                "channels": {
+                    "mail": {"type": "email", "to": ["sre@example.com"]},
+                    "ops": {
+                        "type": "slack",
+                        "bot_token_file": "/secrets/slack-bot/token",
+                        "channel": "C0123456789",
+                    },
+                },
+                "route": {
+                    "channels": ["mail"],
+                    "routes": [{"match": {"severity": ["critical"]}, "channels": ["ops"]}],
+                },
+            },
+            "secrets": ["slack-bot"],
         },
     },
     # Every secret given as a value: the chart creates the Secrets.
@@ -662,6 +687,44 @@ def test_the_clusters_are_the_same_for_context_api_and_the_executor_each_with_it
     for clusters, words in refused:
         result = helm.template({**REQUIRED, "clusters": clusters}, check=False)
         assert result.returncode != 0 and words in result.stderr, (clusters, result.stderr)
+
+
+def test_the_routing_file_and_channel_secrets_reach_the_notification_pod_alone(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    docs = rendered["notifications"]
+    maps = _of_kind(docs, "ConfigMap")
+    routes_text = maps["kubernaut-notification-routes"]["data"]["routes.yaml"]
+    assert yaml.safe_load(routes_text) == VALUE_SETS["notifications"]["notifications"]["routes"]
+    routes_file = maps["kubernaut-config"]["data"]["KUBERNAUT_NOTIFICATION_ROUTES_FILE"]
+    for deployment in _of_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if container["name"] != ServiceName.NOTIFICATION.account:
+            assert not {"notification-routes", "channel-slack-bot"} & set(volumes)
+            continue
+        assert Path(routes_file).parent == Path(mounts["notification-routes"]["mountPath"])
+        assert volumes["notification-routes"]["configMap"]["name"] == (
+            "kubernaut-notification-routes"
+        )
+        assert mounts["channel-slack-bot"]["mountPath"] == "/secrets/slack-bot"
+        assert mounts["channel-slack-bot"]["readOnly"]
+        assert volumes["channel-slack-bot"]["secret"]["secretName"] == "slack-bot"
+    # What the service makes of the mounted file: both channels, the two routes.
+    token = tmp_path / "token"
+    token.write_text("xoxb-1-2-abc\n")
+    mounted = tmp_path / "routes.yaml"
+    mounted.write_text(routes_text.replace("/secrets/slack-bot/token", str(token)))
+    router = load_routing(mounted, httpx.AsyncClient(), NotificationSettings())
+    assert sorted(router.channels) == ["mail", "ops"] and len(router.describe()) == 2
+    # Without routes, no routing file and no ConfigMap.
+    assert "kubernaut-notification-routes" not in _of_kind(rendered["defaults"], "ConfigMap")
+    assert (
+        "KUBERNAUT_NOTIFICATION_ROUTES_FILE"
+        not in (_of_kind(rendered["defaults"], "ConfigMap")["kubernaut-config"]["data"])
+    )
 
 
 def test_the_database_url_comes_from_cloudnativepg(
