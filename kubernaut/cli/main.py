@@ -89,9 +89,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from kubernaut.edge.settings import EdgeSettings
 
         return asyncio.run(serve_edge(RuntimeSettings(), EdgeSettings()))
-    from kubernaut.runtime.server import serve
+    from kubernaut.runtime.server import CannotStart, serve
 
-    return asyncio.run(serve(ServiceName.parse(args.service), RuntimeSettings()))
+    try:
+        return asyncio.run(serve(ServiceName.parse(args.service), RuntimeSettings()))
+    except CannotStart as error:
+        print(f"kubernaut serve {args.service}: {error}", file=sys.stderr)
+        return 2
 
 
 async def _status(settings: RuntimeSettings) -> dict[ServiceName, str]:

@@ -241,10 +241,18 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+class CannotStart(Exception):
+    """A service's configuration is wrong (a setting, a routing file ...): the message says
+    where, and the process exits 2 instead of printing a traceback."""
+
+
 async def serve(name: ServiceName, settings: RuntimeSettings) -> int:
     """Run one service until SIGTERM or SIGINT; returns the process exit code."""
     configure_logging(name.value, settings.log_level)
-    running = await start_service(name, settings)
+    try:
+        running = await start_service(name, settings)
+    except ValueError as error:  # pydantic's settings errors are ValueErrors too
+        raise CannotStart(f"{name.value} cannot start: {error}") from error
     freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

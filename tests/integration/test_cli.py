@@ -99,6 +99,27 @@ def test_serve_refuses_a_misspelt_setting_naming_the_valid_one(tmp_path: Path) -
     )
 
 
+def test_serve_refuses_a_wrong_routing_file_naming_the_place(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "channels: {mail: {type: email, to: [sre@example.com]}}\nroute: {channels: [pager]}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNAUT_")}
+    env["KUBERNAUT_STATE_DIR"] = str(tmp_path)
+    env["KUBERNAUT_NOTIFICATION_ROUTES_FILE"] = str(routes)
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernaut.cli.main", "serve", "notification"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "notification cannot start" in result.stderr
+    assert f"{routes}: route 0: unknown channel(s) pager; the channels are mail" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_down_without_a_running_up_says_so(tmp_path: Path) -> None:
     result = kubernaut(tmp_path, "down")
     assert result.returncode == 0

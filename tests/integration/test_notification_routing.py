@@ -1,11 +1,13 @@
 """Routed incident events through the real outbox (PostgreSQL): each channel its route
 chose gets the event once; a channel that failed is tried again alone, a 429 waits its
-Retry-After, a refused configuration is not tried again; the channels and routes show in
-ListChannels' order."""
+Retry-After, a refused configuration is not tried again; a process killed mid-send leaves
+the channels that answered answered, and the redelivery sends to the others only."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from kubernaut.services.notification.dispatch import Dispatcher, router_of
 from kubernaut.services.notification.outbox import Delivery, DeliveryStatus, Outbox, Routed
 from kubernaut.services.notification.rendering import EventRenderer
 from kubernaut.services.notification.settings import NotificationSettings
+from tests.fixtures.scripted_http import Answer
+from tests.fixtures.waiting import eventually
 from tests.fixtures.webhook_loopback import SECRET, WebhookReceiver, status
 from tests.integration.test_notification_events import make_event
 
@@ -43,6 +47,7 @@ class Routing:
     mail: MailSink
     hooks: WebhookReceiver
     dsn: str
+    routes: Path
 
     async def deliver(self, key: str, incident: str = "inc-1") -> Delivery:
         event = make_event(incident)
@@ -95,7 +100,9 @@ route:
         assert router is not None
         dispatcher = Dispatcher(router, EventRenderer())
         try:
-            yield Routing(outbox, dispatcher, Notifier([]), mail_sink, receiver, database_dsn)
+            yield Routing(
+                outbox, dispatcher, Notifier([]), mail_sink, receiver, database_dsn, routes
+            )
         finally:
             await outbox.close()
 
@@ -163,3 +170,95 @@ async def test_the_channels_and_routes_are_listed(routing: Routing) -> None:
     assert router.describe() == ["0: match everything -> oncall, hooks"]
     # The webhook's host only: a path can carry a token.
     assert router.channels["hooks"].destinations() == (routing.hooks.url.rstrip("/") + "/",)
+
+
+# A notification process that delivers one routed event, as the service does.
+_DELIVER = """
+import asyncio, sys
+from pathlib import Path
+import httpx
+from google.protobuf import json_format
+from kubernaut.notification.v1 import notification_pb2
+from kubernaut.services.notification.channels import Notifier
+from kubernaut.services.notification.dispatch import Dispatcher, router_of
+from kubernaut.services.notification.outbox import Outbox, Routed
+from kubernaut.services.notification.rendering import EventRenderer
+from kubernaut.services.notification.settings import NotificationSettings
+
+async def main() -> None:
+    dsn, routes, port, key, event_json = sys.argv[1:6]
+    settings = NotificationSettings(smtp_host="127.0.0.1", smtp_port=int(port))
+    outbox = await Outbox.connect(dsn)
+    async with httpx.AsyncClient(timeout=120) as http:
+        dispatcher = Dispatcher(router_of(settings, http, Path(routes)), EventRenderer())
+        event = json_format.Parse(event_json, notification_pb2.IncidentEvent())
+        notice = dispatcher.notice(key, event)
+        await outbox.deliver_once(
+            key, notice.message, Notifier([]), incident_id=event.incident_id,
+            event_kind="INCIDENT_EVENT_KIND_SUCCEEDED",
+            routed=Routed(notice, event_json, dispatcher),
+        )
+
+asyncio.run(main())
+"""
+
+
+async def test_a_crash_mid_send_redelivers_only_the_channel_that_had_not_answered(
+    routing: Routing,
+) -> None:
+    # Channels are sent in name order: the mail first, then the webhook, which takes the
+    # request and answers only after the process is gone.
+    routes = routing.routes.with_name("crash-routes.yaml")
+    routes.write_text(
+        routing.routes.read_text()
+        .replace("oncall:", "a-mail:")
+        .replace("hooks:", "z-hooks:")
+        .replace("[oncall, hooks]", "[a-mail, z-hooks]")
+    )
+    routing.hooks.script(Answer(200, {"ok": True}, delay=30))
+    key = "wf-5/succeeded"
+    event = make_event("inc-5")
+    event_json = json_format.MessageToJson(event)
+    argv = [sys.executable, "-c", _DELIVER, routing.dsn, str(routes)]
+    argv += [str(routing.mail.port), key, event_json]
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await eventually(
+            lambda: _true(len(routing.mail.messages()) == 1 and routing.hooks.deliveries),
+            "the mail sent and the webhook called",
+            60,
+        )
+    finally:
+        process.kill()  # a crash: no clean-up, no outcome recorded for the webhook
+        await process.wait()
+    channels = await routing.channels(key)
+    assert channels["a-mail"][0] == "sent" and channels["z-hooks"][0] == "pending", channels
+
+    # The redelivery (or a caller's repeat) after the crash: the mail is not sent again.
+    async with httpx.AsyncClient(timeout=5) as http:
+        settings = NotificationSettings(smtp_host="127.0.0.1", smtp_port=routing.mail.port)
+        router = router_of(settings, http, routes)
+        assert router is not None
+        dispatcher = Dispatcher(router, EventRenderer())
+        notice = dispatcher.notice(key, event)
+        delivery = await routing.outbox.deliver_once(
+            key,
+            notice.message,
+            routing.notifier,
+            incident_id="inc-5",
+            event_kind="INCIDENT_EVENT_KIND_SUCCEEDED",
+            routed=Routed(notice, event_json, dispatcher),
+        )
+    assert delivery.entry.status is DeliveryStatus.SENT
+    assert len(routing.mail.messages()) == 1
+    assert (await routing.channels(key))["z-hooks"][0] == "sent"
+    # The webhook call in flight at the crash arrives again, with the same event id:
+    # receivers keep it once (X-Kubernaut-Event).
+    assert routing.hooks.deliveries == [key, key]
+    assert list(routing.hooks.events) == [key]
+
+
+async def _true(value: object) -> bool | None:
+    return True if value else None
