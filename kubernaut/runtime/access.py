@@ -202,9 +202,8 @@ def _find_key(keys: jwt.PyJWKSet, kid: str | None) -> jwt.PyJWK | None:
 class Access:
     """Turns a call's credentials into a Principal, and decides whether it may call."""
 
-    def __init__(self, settings: AccessSettings, service: ServiceName | None = None) -> None:
+    def __init__(self, settings: AccessSettings) -> None:
         self.settings = settings
-        self.service = service
         self.verifier = TokenVerifier(settings) if settings.oidc_issuer else None
         # subject -> roles, inverted once.
         given: dict[str, set[Role]] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from kubernaut.runtime.logs import request_id_var
 from kubernaut.runtime.names import OPERATOR_ACCOUNT, ServiceName
 from kubernaut.runtime.registry import protocol, service_of_stub
 from kubernaut.runtime.rotation import (
+    InvalidFiles,
     TlsFiles,
     WatchedFiles,
     channel_credentials_of,
@@ -66,28 +67,35 @@ def service_config(service: ServiceName) -> dict[str, Any]:
 
 
 class TokenFile:
-    """A person's OIDC ID token in a file (`kubernaut --token-file`), read again whenever
-    the file changes: a refreshed token is used from the next call on."""
+    """A person's OIDC ID token in a file (`kubernaut --token-file`), read on first use and
+    again whenever the file changes (rotation.WatchedFiles, looking at every call: a
+    refreshed token is used from the next call on)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._token = ""
+        self._watched: WatchedFiles[str] | None = None
 
     def token(self) -> str:
-        try:
-            stat = self.path.stat()
-        except OSError as error:
-            raise FileNotFoundError(
-                f"the token file {self.path} cannot be read: {error}"
-            ) from error
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._token = self.path.read_text().strip()
-            self._stamp = stamp
-        if not self._token:
-            raise ValueError(f"the token file {self.path} is empty")
-        return self._token
+        if self._watched is None:
+            try:
+                self._watched = WatchedFiles(
+                    [self.path], _read_token, what=f"token file {self.path}", check_seconds=0
+                )
+            except OSError as error:
+                raise FileNotFoundError(
+                    f"the token file {self.path} cannot be read: {error}"
+                ) from error
+        else:
+            self._watched.refresh()
+        return self._watched.current
+
+
+def _read_token(paths: Sequence[Path]) -> str:
+    (path,) = paths
+    token = path.read_text().strip()
+    if not token:
+        raise InvalidFiles(f"the token file {path} is empty")
+    return token
 
 
 class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]

@@ -146,7 +146,7 @@ class KubernautServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         # Records the audited calls once they have an outcome; None records nothing.
         self.audit = audit
         # Who may call: read once, when the server is made.
-        self.access = access or Access(AccessSettings(), service)
+        self.access = access or Access(AccessSettings())
         self._tracer = trace.get_tracer("kubernaut.runtime.interceptors")
         # The wrapped handler of each method, made on its first call: the handlers a server
         # serves are fixed once it starts, and wrapping depends on nothing but the method.

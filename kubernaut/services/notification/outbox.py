@@ -448,10 +448,12 @@ class Outbox(PooledStore):
                     )
                 channels = await own.fetch(_CHANNELS, key)
             outcomes: list[DeliveryOutcome] = []
+            statuses: dict[str, str] = {}
             delivered_now = False
             for row in channels:
                 channel, status, error = row["channel"], row["status"], row["last_error"]
                 if status in _FINAL or not row["due"]:
+                    statuses[channel] = status
                     outcomes.append(DeliveryOutcome(channel, status == "sent", error))
                     continue
                 thread = await own.fetchval(_THREAD, channel, entry.incident_id)
@@ -464,13 +466,13 @@ class Outbox(PooledStore):
                 await own.execute(
                     _CHANNEL_RESULT, key, channel, status, result.error, result.retry_after
                 )
+                statuses[channel] = status
                 if result.thread:
                     await own.execute(
                         _KEEP_THREAD, channel, entry.incident_id, json.dumps(dict(result.thread))
                     )
                 delivered_now = delivered_now or result.delivered
                 outcomes.append(DeliveryOutcome(channel, result.delivered, result.error))
-            statuses = {r["channel"]: r["status"] for r in await own.fetch(_CHANNELS, key)}
         # Nothing more to send once every channel took it, refused it for good, or was
         # held back; else the redelivery tries the others again.
         done = all(status in _FINAL for status in statuses.values())
