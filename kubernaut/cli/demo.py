@@ -68,6 +68,11 @@ async def _incident_of(
     return None
 
 
+# The subjects of the emails sent while an incident is worked on (the templates opened.txt
+# and action_planned.txt); the demo waits for the one after them.
+_PROGRESS_SUBJECTS = ("[kubernaut] New incident:", "[kubernaut] Fix planned:")
+
+
 def _mails(mail_dir: Path) -> list[EmailMessage]:
     return read_mailbox(mail_dir) if mail_dir.exists() else []
 
@@ -155,10 +160,12 @@ async def watch(
                     f"email sent to {mail['To']}",
                     str(mail["Subject"]),
                 )
+            # The report of what was done, not only the incident's opening and plan.
+            reported = any(not str(m["Subject"]).startswith(_PROGRESS_SUBJECTS) for m in mails)
             done = (
                 {"healed"} <= step.seen
                 and any(k.startswith("assess-") for k in step.seen)
-                and mails
+                and reported
                 and not view_owed
             )
             if done or "no-action" in step.seen:

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kubernaut.edge.admission import ConcurrencyCap, Measured, SenderRateLimit, mark_refusal
+from kubernaut.edge.approvals import Approvals
 from kubernaut.edge.grafana import GrafanaWebhook, grafana_to_alerts
 from kubernaut.edge.security import (
     Authenticator,
@@ -260,10 +261,12 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     rate_limiter: RateLimiter | None = None,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    approvals: Approvals | None = None,
 ) -> Edge:
     """The edge's application. `authenticator` None accepts anonymous senders: only for a
     loopback demo, and the settings make that an explicit choice. `rate_limiter` None (or
-    a rate of 0) and `max_concurrent` 0 turn those limits off."""
+    a rate of 0) and `max_concurrent` 0 turn those limits off. `approvals`: the routes of
+    approvals from chat (Slack buttons, signed links), when configured."""
     api = FastAPI(
         title="Kubernaut HTTP edge",
         version="1",
@@ -287,6 +290,10 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    if approvals is not None:
+        # Slack's clicks and the signed links: each request carries its own proof (Slack's
+        # signature, the link's), so no webhook token is asked for.
+        api.include_router(approvals.router())
     _document_webhooks(api)
 
     def refused(status: int, why: str) -> None:

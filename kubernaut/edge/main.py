@@ -10,10 +10,14 @@ from typing import Any
 
 import uvicorn
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
+from kubernaut.workflow.v1 import workflow_pb2
+from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.edge.app import create_app
+from kubernaut.edge.approvals import Decide
 from kubernaut.edge.coalescing import Coalescer
 from kubernaut.edge.settings import EdgeSettings, TokenReviewSettings
+from kubernaut.runtime.access import ON_BEHALF_OF_HEADER
 from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.logs import configure_logging
 from kubernaut.runtime.names import EDGE_ACCOUNT
@@ -23,6 +27,23 @@ from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
 from kubernaut.runtime.telemetry import configure_tracing, start_metrics_server
 
 log = logging.getLogger("kubernaut.edge")
+
+# Slack wants its answer within three seconds; a decision is one row.
+DECIDE_TIMEOUT_SECONDS = 2.5
+
+
+def decide_for(workflow: WorkflowServiceStub) -> Decide:
+    """DecideApproval on behalf of the person the edge authenticated."""
+
+    async def decide(
+        request: workflow_pb2.DecideApprovalRequest, subject: str
+    ) -> workflow_pb2.DecideApprovalResponse:
+        answer: workflow_pb2.DecideApprovalResponse = await workflow.DecideApproval(
+            request, metadata=((ON_BEHALF_OF_HEADER, subject),), timeout=DECIDE_TIMEOUT_SECONDS
+        )
+        return answer
+
+    return decide
 
 
 def server_config(
@@ -67,6 +88,8 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         authenticator = edge.authenticator(
             reviewer, check_seconds=settings.credentials_check_seconds
         )
+        clients = Clients(settings, EDGE_ACCOUNT)
+        approvals = edge.approvals(decide_for(clients.stub(WorkflowServiceStub)))
     except (ValueError, OSError) as error:
         log.error("cannot start: %s", error)
         return 2
@@ -74,7 +97,6 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         log.warning("webhooks are accepted without authentication (KUBERNAUT_HTTP_ALLOW_ANONYMOUS)")
     metrics_port = start_metrics_server(settings.metrics_host, edge.metrics_port_for(settings))
     log.info("edge metrics", extra={"metrics_port": metrics_port})
-    clients = Clients(settings, EDGE_ACCOUNT)
     gateway = clients.stub(GatewayServiceStub)
     app = create_app(
         # Webhooks arriving together go to the gateway in one call (one transaction).
@@ -83,6 +105,7 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         max_body_bytes=edge.max_body_bytes,
         rate_limiter=edge.rate_limiter(),
         max_concurrent=edge.max_concurrent,
+        approvals=approvals,
     )
     server = uvicorn.Server(
         server_config(app, edge, check_seconds=settings.credentials_check_seconds)
@@ -95,6 +118,8 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
     try:
         await server.serve()
     finally:
+        if approvals is not None:
+            await approvals.close()
         await clients.close()
         if reviewer is not None:
             await reviewer.close()

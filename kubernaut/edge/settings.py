@@ -10,7 +10,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubernaut.edge.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT
+from kubernaut.edge.approvals import Approvals, Decide
 from kubernaut.edge.security import Authenticator, TokenReview, WebhookTokenFile
+from kubernaut.runtime.chat_approvals import LinkVerifier, read_link_secret
 from kubernaut.runtime.names import METRICS_PORT_OFFSET, ServiceName
 from kubernaut.runtime.ratelimit import RateLimiter
 from kubernaut.runtime.rotation import DEFAULT_CHECK_SECONDS
@@ -56,6 +58,13 @@ class EdgeSettings(BaseSettings):
     tls_cert_file: Path | None = None
     # The private key of that certificate (PEM).
     tls_key_file: Path | None = None
+    # Approvals from chat. The Slack app's signing secret (a file): turns on
+    # /api/v1/approvals/slack, the app's interactivity request URL.
+    slack_signing_secret_file: Path | None = None
+    # The secret of the signed approve/reject links (a file, the same as the notification
+    # service's KUBERNAUT_NOTIFICATION_APPROVAL_LINK_SECRET_FILE): turns on
+    # /api/v1/approvals/links/<token>.
+    approval_link_secret_file: Path | None = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> EdgeSettings:
@@ -97,6 +106,30 @@ class EdgeSettings(BaseSettings):
         return Authenticator.of(
             tokens, secret, self.signature_header, reviewer=reviewer, token_file=token_file
         )
+
+    def approvals(self, decide: Decide) -> Approvals | None:
+        """The approval routes these settings turn on, their secrets read now (ValueError
+        naming the file); None when neither is set."""
+        if self.slack_signing_secret_file is None and self.approval_link_secret_file is None:
+            return None
+        links = None
+        if self.approval_link_secret_file is not None:
+            links = LinkVerifier(read_link_secret(self.approval_link_secret_file))
+        slack_secret = None
+        if self.slack_signing_secret_file is not None:
+            try:
+                slack_secret = self.slack_signing_secret_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(
+                    f"KUBERNAUT_HTTP_SLACK_SIGNING_SECRET_FILE: cannot read"
+                    f" {self.slack_signing_secret_file}: {error.strerror}"
+                ) from error
+            if not slack_secret:
+                raise ValueError(
+                    f"KUBERNAUT_HTTP_SLACK_SIGNING_SECRET_FILE: {self.slack_signing_secret_file}"
+                    " is empty"
+                )
+        return Approvals(decide, links=links, slack_signing_secret=slack_secret)
 
     def rate_limiter(self) -> RateLimiter:
         return RateLimiter(self.rate_per_second, self.rate_burst)

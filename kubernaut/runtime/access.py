@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubernaut.access")
 
 AUTHORIZATION_HEADER: Final = "authorization"
+# The person the HTTP edge acts for (who clicked in Slack, or a signed link's channel).
+ON_BEHALF_OF_HEADER: Final = "kubernaut-on-behalf-of"
+SUBJECT_KINDS: Final = ("group", "user", "cert", "slack", "link")
+# The subjects the edge may act for: ones it authenticated itself (a Slack signature, a
+# signed link). Never a token's or a certificate's: those people call for themselves.
+EDGE_SUBJECT_KINDS: Final = ("slack", "link")
 # A key set is fetched again for an unknown key id at most this often: a flood of tokens
 # naming made-up keys must not turn into a flood of requests to the issuer.
 _MIN_REFETCH_SECONDS: Final = 10.0
@@ -67,8 +73,10 @@ class AccessSettings(BaseSettings):
     # How long a fetched key set is used before it is fetched again.
     jwks_refresh_seconds: float = Field(default=300.0, gt=0)
     # Roles given to subjects, as JSON: {"operator": ["group:sre", "user:bob@example.com"],
-    # "approver": ["cert:alice"]}. Subjects: `group:<token group>`, `user:<token user
-    # name>`, `cert:<person name of a personal certificate>`. Roles: viewer (reads),
+    # "approver": ["cert:alice", "slack:U0123ABCD"]}. Subjects: `group:<token group>`,
+    # `user:<token user name>`, `cert:<person name of a personal certificate>`,
+    # `slack:<Slack user ID>` (who clicked a button), `link:<notification channel>` (a
+    # signed link sent to that channel: whoever reads the channel). Roles: viewer (reads),
     # approver (DecideApproval), operator (ExecuteAction, RollbackAction, CreateWorkflow),
     # admin (everything); each includes the ones before it.
     role_bindings: dict[Role, tuple[str, ...]] = Field(default_factory=dict)
@@ -84,10 +92,10 @@ class AccessSettings(BaseSettings):
         for role, subjects in bindings.items():
             for subject in subjects:
                 kind, _, name = subject.partition(":")
-                if kind not in ("group", "user", "cert") or not name:
+                if kind not in SUBJECT_KINDS or not name:
                     raise ValueError(
                         f"role {role.value}: subject {subject!r} must be group:<name>,"
-                        " user:<name> or cert:<name>"
+                        " user:<name>, cert:<name>, slack:<user ID> or link:<channel>"
                     )
         return bindings
 
@@ -225,6 +233,8 @@ class Access:
         token = _bearer(metadata.get(AUTHORIZATION_HEADER, ""))
         if token is not None and (peer.account is None or peer.account == OPERATOR_ACCOUNT):
             return await self._person_of_token(token)
+        if peer.account == EDGE_ACCOUNT and (subject := metadata.get(ON_BEHALF_OF_HEADER)):
+            return self._person_of_edge(subject)
         if peer.person is not None:
             return Principal(PrincipalKind.PERSON, peer.person, self.roles([f"cert:{peer.person}"]))
         if peer.account is None:
@@ -245,9 +255,28 @@ class Access:
         subjects = [f"user:{name}", *(f"group:{g}" for g in groups if isinstance(g, str))]
         return Principal(PrincipalKind.PERSON, str(name), self.roles(subjects))
 
+    def _person_of_edge(self, subject: str) -> Principal:
+        kind, _, name = subject.partition(":")
+        if kind not in EDGE_SUBJECT_KINDS or not name or len(subject) > 200:
+            raise Unauthenticated(
+                "the edge acts only for a Slack user (slack:<ID>) or a signed link's channel"
+                " (link:<channel>)"
+            )
+        return Principal(PrincipalKind.PERSON, subject, self.roles([subject]), via=EDGE_ACCOUNT)
+
     def check(self, principal: Principal, callee: ServiceName, method: str) -> None:
         """Raise Denied unless `principal` may call callee's method, saying why."""
         kind = principal.kind
+        if principal.via and (callee, method) not in edges.EDGE_FOR_PEOPLE:
+            raise Denied(
+                f"{principal.label}, through {principal.via}, may not call"
+                f" {callee.value}.{method}: the edge acts for people only to decide approvals"
+            )
+        if kind is PrincipalKind.EDGE and (callee, method) in edges.EDGE_FOR_PEOPLE:
+            raise Denied(
+                f"{principal.label} may call {callee.value}.{method} only for a person"
+                f" ({ON_BEHALF_OF_HEADER} metadata)"
+            )
         if kind is PrincipalKind.PERSON:
             needed = edges.role_needed(callee, method)
             if needed is None:

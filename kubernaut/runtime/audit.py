@@ -429,7 +429,7 @@ class AuditTrail:
     ) -> storage_pb2.AppendAuditEntryRequest:
         entry = storage_pb2.AppendAuditEntryRequest(
             entry_id=str(uuid.uuid4()),
-            principal=_fit(principal.label, MAX_PRINCIPAL),
+            principal=_fit(principal.audit_label, MAX_PRINCIPAL),
             service=service.value,
             method=method,
             incident_id=_fit(incident_id, MAX_INCIDENT_ID),

@@ -180,8 +180,11 @@ def role_allows(held: Iterable[str], needed: Role) -> bool:
     return any(_ROLE_RANK[Role(role)] >= _ROLE_RANK[needed] for role in held)
 
 
-# The HTTP edge only submits alerts.
+# The HTTP edge submits alerts.
 EDGE_ALLOWED: frozenset[tuple[ServiceName, str]] = frozenset({(S.GATEWAY, "SubmitAlerts")})
+# ... and decides approvals, only for a person it authenticated (a Slack click, a signed
+# link), whose roles then rule (access.Access.check).
+EDGE_FOR_PEOPLE: frozenset[tuple[ServiceName, str]] = frozenset({(S.WORKFLOW, "DecideApproval")})
 
 # Every peer, even one with no identity (kubelet probes), may ask for health.
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -196,7 +199,8 @@ def _allowed() -> frozenset[tuple[str, ServiceName, str]]:
     allowed = {
         (edge.caller.account, edge.callee, method) for edge in EDGES for method in edge.methods
     }
-    allowed |= {(EDGE_ACCOUNT, callee, method) for callee, method in EDGE_ALLOWED}
+    for callee, method in EDGE_ALLOWED | EDGE_FOR_PEOPLE:
+        allowed.add((EDGE_ACCOUNT, callee, method))
     for callee in ServiceName:
         for method in protocol(callee).method_names:
             if (callee, method) not in OPERATOR_DENIED:
@@ -215,6 +219,6 @@ def check_table() -> None:
         unknown = edge.methods - set(protocol(edge.callee).method_names)
         if unknown:
             raise ValueError(f"edge {edge.caller}->{edge.callee} names unknown {sorted(unknown)}")
-    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED | ROLE_GRANTS.keys():
+    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED | EDGE_FOR_PEOPLE | ROLE_GRANTS.keys():
         if method not in protocol(callee).method_names:
             raise ValueError(f"the table names unknown {callee}.{method}")

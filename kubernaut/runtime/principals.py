@@ -27,11 +27,20 @@ class Principal:
     name: str
     # A person's roles, from the role bindings (services have none: the call table rules them).
     roles: frozenset[str] = frozenset()
+    # The account that relayed a person's decision (the HTTP edge, for a Slack click or a
+    # signed link); empty when the principal called for itself.
+    via: str = ""
 
     @property
     def label(self) -> str:
-        """`kind:name`, as the audit trail and the logs write it."""
+        """`kind:name`, as workflows record approvers and the logs write it."""
         return f"{self.kind.value}:{self.name}"
+
+    @property
+    def audit_label(self) -> str:
+        """The label, and who relayed the call when someone did: the audit trail keeps
+        both."""
+        return f"{self.label} via {self.via}" if self.via else self.label
 
 
 ANONYMOUS = Principal(PrincipalKind.ANONYMOUS, "anonymous")

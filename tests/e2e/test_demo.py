@@ -49,6 +49,8 @@ async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
         "recovered:",
         "effectiveness +",
         "email sent to sre@example.com",
+        "[kubernaut] New incident: KubePodCrashLooping",
+        "[kubernaut] Remediated: KubePodCrashLooping",
         "kubernaut incidents show",
         "fixed.",
     ):

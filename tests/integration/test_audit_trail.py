@@ -467,8 +467,8 @@ async def test_a_workflow_its_approval_and_the_emails_sent_are_on_the_record(
 
         async def delivered() -> list[storage_pb2.AuditEntry]:
             entries = await _entries_of(stack, incident_id)
-            # Approval needed, then rejected: two emails.
-            return entries if sum(e.method == "deliver/email" for e in entries) >= 2 else []
+            # The plan, approval needed, then rejected: three emails.
+            return entries if sum(e.method == "deliver/email" for e in entries) >= 3 else []
 
         entries = await eventually(delivered, "the emails on the audit trail")
     finally:

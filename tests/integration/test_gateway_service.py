@@ -31,6 +31,7 @@ from kubernaut.runtime.logs import incident_id_var
 from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
 from kubernaut.runtime.server import RunningService, start_service
 from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.notification.channels import INCIDENT_HEADER
 from tests.fixtures.kubernaut import InProcessStack, stack_env, start_stack
 from tests.fixtures.postgres import fresh_database
 from tests.fixtures.waiting import eventually
@@ -278,6 +279,17 @@ async def test_a_storm_opens_one_incident_listing_its_resources(stack: InProcess
             return incident if incident.status == storage_pb2.INCIDENT_STATUS_RESOLVED else None
 
         await eventually(resolved, "the storm's incident resolved", 30)
+
+        # And people are told it is over (their page resolves), once.
+        async def told_resolved() -> list[str] | None:
+            subjects = await told()
+            return subjects if subjects is not None and len(subjects) > 1 else None
+
+        subjects = await eventually(told_resolved, "the storm's resolution email", 30)
+        assert [" ".join(s.split()).partition(f"{name} on ")[0] for s in subjects] == [
+            "[kubernaut] Storm: ",
+            "[kubernaut] Resolved: ",
+        ]
     finally:
         await edge.close()
         await operator.close()
@@ -336,6 +348,23 @@ async def test_firing_then_resolved_closes_the_incident_and_nothing_acts(
 
         got = await eventually(closed, "the incident resolved", 30)
         assert got.incident.HasField("closed_at") and got.incident.HasField("alert_resolved_at")
+
+        # People heard of each step, once: it opened, the plan, the request to decide, and
+        # that it resolved before anyone decided.
+        async def told() -> list[str] | None:
+            subjects = [
+                " ".join(str(m.message["Subject"]).split()).partition(":")[0]
+                for m in approval_stack.mail.messages()
+                if m.message[INCIDENT_HEADER] == workflow.incident_id
+            ]
+            return subjects if "[kubernaut] Resolved" in subjects else None
+
+        assert await eventually(told, "the incident's emails", 30) == [
+            "[kubernaut] New incident",
+            "[kubernaut] Fix planned",
+            "[kubernaut] Approval needed",
+            "[kubernaut] Resolved",
+        ]
         # Nothing acted: no action was recorded, the workflow never went past approval.
         assert list(got.actions) == []
         again = await operator.stub(WorkflowServiceStub).GetWorkflow(

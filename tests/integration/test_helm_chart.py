@@ -33,7 +33,7 @@ from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH
 from kubernaut.edge.settings import EdgeSettings
 from kubernaut.runtime.certs import CertPaths, spiffe_id
 from kubernaut.runtime.clusters import ClusterRegistry
-from kubernaut.runtime.edges import EDGE_ALLOWED, EDGES
+from kubernaut.runtime.edges import EDGE_ALLOWED, EDGE_FOR_PEOPLE, EDGES
 from kubernaut.runtime.istio import render as render_istio
 from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.names import EDGE_ACCOUNT, LIVENESS_HEALTH_SERVICE, ServiceName
@@ -163,6 +163,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 },
             },
             "secrets": ["slack-bot"],
+        },
+        "approvals": {
+            "externalUrl": "https://kubernaut.example.com",
+            "linkSecret": "kubernaut-approval-links",
+            "slackSecret": "slack-app",
         },
     },
     # Every secret given as a value: the chart creates the Secrets.
@@ -499,7 +504,7 @@ def _call_table(edge: bool) -> set[tuple[str, str]]:
     """(caller account, callee account) of every edge of the call table."""
     pairs = {(e.caller.account, e.callee.account) for e in EDGES}
     if edge:
-        pairs |= {(EDGE_ACCOUNT, callee.account) for callee, _ in EDGE_ALLOWED}
+        pairs |= {(EDGE_ACCOUNT, callee.account) for callee, _ in EDGE_ALLOWED | EDGE_FOR_PEOPLE}
     return pairs
 
 
@@ -725,6 +730,41 @@ def test_the_routing_file_and_channel_secrets_reach_the_notification_pod_alone(
         "KUBERNAUT_NOTIFICATION_ROUTES_FILE"
         not in (_of_kind(rendered["defaults"], "ConfigMap")["kubernaut-config"]["data"])
     )
+
+
+def test_approval_secrets_reach_the_edge_and_the_notification_pod_alone(
+    rendered: dict[str, list[dict[str, Any]]], helm: Helm
+) -> None:
+    docs = rendered["notifications"]
+    config = _of_kind(docs, "ConfigMap")["kubernaut-config"]["data"]
+    assert config["KUBERNAUT_NOTIFICATION_APPROVAL_LINK_BASE_URL"] == (
+        "https://kubernaut.example.com"
+    )
+    links_file = Path(config["KUBERNAUT_NOTIFICATION_APPROVAL_LINK_SECRET_FILE"])
+    assert config["KUBERNAUT_HTTP_APPROVAL_LINK_SECRET_FILE"] == str(links_file)
+    slack_file = Path(config["KUBERNAUT_HTTP_SLACK_SIGNING_SECRET_FILE"])
+    for deployment in _of_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        name = container["name"]
+        with_links = name in (EDGE_ACCOUNT, ServiceName.NOTIFICATION.account)
+        assert ("approval-links" in volumes) is with_links, name
+        assert ("slack" in volumes) is (name == EDGE_ACCOUNT), name
+        if with_links:
+            assert links_file.parent == Path(mounts["approval-links"])
+            secret = volumes["approval-links"]["secret"]
+            assert secret["secretName"] == "kubernaut-approval-links"
+            assert secret["items"] == [{"key": "secret", "path": links_file.name}]
+        if name == EDGE_ACCOUNT:
+            assert slack_file.parent == Path(mounts["slack"])
+            assert volumes["slack"]["secret"]["items"][0]["path"] == slack_file.name
+    # Links need both the URL they point to and the secret they are signed with.
+    half = {**VALUE_SETS["notifications"], "approvals": {"externalUrl": "https://k.example"}}
+    refused = helm.template(half, check=False)
+    assert refused.returncode != 0
+    assert "approvals.linkSecret is required" in refused.stderr
 
 
 def test_the_database_url_comes_from_cloudnativepg(

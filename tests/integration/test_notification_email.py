@@ -98,6 +98,27 @@ async def test_sent_email_arrives_with_subject_body_recipients_and_incident(
     assert message.get_content() == body
 
 
+async def test_an_incidents_emails_thread_under_one_root(mail_sink: MailSink) -> None:
+    settings = settings_for(mail_sink, smtp_from="kubernaut@cluster.example")
+    notifier = Notifier.from_settings(settings, retry=FAST_RETRY)
+    incident_id = str(uuid.uuid4())
+    for subject, incident in (
+        ("[kubernaut] New incident", incident_id),
+        ("[kubernaut] Resolved", incident_id),
+        ("another incident", "inc 7/\u00e9"),  # not safe in a Message-ID: hashed
+    ):
+        await notifier.send(subject, "body", [], incident_id=incident)
+    opened, resolved, other = [mail.message for mail in await mail_sink.wait_for(3)]
+
+    root = f"<incident-{incident_id}@cluster.example>"
+    # Each message is its own, and refers to the incident's root, so clients thread them.
+    assert opened["Message-ID"] != resolved["Message-ID"]
+    for message in (opened, resolved):
+        assert (message["In-Reply-To"], message["References"]) == (root, root)
+    assert re.fullmatch(r"<incident-[0-9a-f]{32}@cluster\.example>", other["References"])
+    assert other["In-Reply-To"] == other["References"] != root
+
+
 async def test_no_incident_header_without_incident_and_subject_kept_on_one_line(
     mail_sink: MailSink,
 ) -> None:
@@ -110,6 +131,7 @@ async def test_no_incident_header_without_incident_and_subject_kept_on_one_line(
     assert INCIDENT_HEADER not in mail.message
     assert mail.message["Subject"] == "disk full Bcc: evil@example.com"
     assert "Bcc" not in mail.message
+    assert "References" not in mail.message  # no incident, no thread
     assert mail.rcpt_tos == ("oncall@example.com",)
 
 

@@ -68,7 +68,7 @@ async def test_approval_needed_is_this_exact_trigger(
     result = await channel.send(make_notice(EventKind.APPROVAL_NEEDED), {})
 
     assert result.delivered and not result.error
-    assert result.thread == {"dedup_key": INCIDENT_ID}
+    assert result.thread == {"dedup_key": INCIDENT_ID, "page": "triggered"}
     [request] = server.requests
     assert request.path == "/v2/enqueue"
     assert request.headers["content-type"] == "application/json"
@@ -125,7 +125,9 @@ async def test_approval_needed_is_this_exact_trigger(
 async def test_every_kind_is_an_event_pagerduty_accepts(
     server: PagerDutyLoopback, channel: pagerduty.PagerDutyChannel, kind: EventKind
 ) -> None:
-    result = await channel.send(make_notice(kind), {})
+    # The end of an incident resolves the page this channel triggered for it.
+    open_page = {"dedup_key": INCIDENT_ID, "page": "triggered"}
+    result = await channel.send(make_notice(kind), open_page if kind.ends_incident else {})
 
     assert result.delivered, result.error
     event = server.events[-1]
@@ -153,7 +155,10 @@ async def test_an_incident_is_one_alert_updated_then_resolved(
         assert result.delivered, result.error
         thread |= result.thread
 
-    assert thread == {"dedup_key": INCIDENT_ID}
+    assert thread == {"dedup_key": INCIDENT_ID, "page": "resolved"}
+    # The alert's own resolution after Kubernaut's fix: resolved once is enough.
+    after = await channel.send(make_notice(EventKind.RESOLVED), thread)
+    assert after.delivered and after.thread == thread
     assert list(server.alerts) == [INCIDENT_ID]
     alert = server.alerts[INCIDENT_ID]
     assert alert.actions == ["trigger", "trigger", "resolve"]
@@ -163,13 +168,23 @@ async def test_an_incident_is_one_alert_updated_then_resolved(
     assert all(event["event_action"] != "acknowledge" for event in server.events)
 
 
+async def test_an_incident_never_paged_is_not_resolved(
+    server: PagerDutyLoopback, channel: pagerduty.PagerDutyChannel
+) -> None:
+    # The route pages only some kinds: a remediation of an incident nobody was paged for
+    # sends nothing.
+    result = await channel.send(make_notice(EventKind.REMEDIATED), {})
+    assert result.delivered and not server.requests
+
+
 async def test_the_kept_dedup_key_is_reused(
     server: PagerDutyLoopback, channel: pagerduty.PagerDutyChannel
 ) -> None:
     # What PagerDuty answered for this incident before (e.g. a key of an earlier version).
     result = await channel.send(make_notice(EventKind.FAILED), {"dedup_key": "kept-key-7"})
 
-    assert result.delivered and result.thread == {"dedup_key": "kept-key-7"}
+    assert result.delivered
+    assert result.thread == {"dedup_key": "kept-key-7", "page": "triggered"}
     assert server.events[-1]["dedup_key"] == "kept-key-7"
 
 

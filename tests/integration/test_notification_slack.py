@@ -21,7 +21,13 @@ from kubernaut.services.notification.vendors.slack import (
     SlackConfig,
     build,
 )
-from tests.fixtures.incident_notices import INCIDENT_ID, RUNBOOK, incident_event, make_notice
+from tests.fixtures.incident_notices import (
+    INCIDENT_ID,
+    RUNBOOK,
+    WORKFLOW_ID,
+    incident_event,
+    make_notice,
+)
 from tests.fixtures.slack_loopback import (
     BOT_TOKEN,
     SlackLoopback,
@@ -108,14 +114,14 @@ APPROVAL_BLOCKS: list[dict[str, Any]] = [
                 "type": "button",
                 "text": {"type": "plain_text", "text": "Approve", "emoji": True},
                 "action_id": "kubernaut_approve",
-                "value": INCIDENT_ID,
+                "value": WORKFLOW_ID,
                 "style": "primary",
             },
             {
                 "type": "button",
                 "text": {"type": "plain_text", "text": "Reject", "emoji": True},
                 "action_id": "kubernaut_reject",
-                "value": INCIDENT_ID,
+                "value": WORKFLOW_ID,
                 "style": "danger",
             },
         ],

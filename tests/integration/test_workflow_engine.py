@@ -35,6 +35,7 @@ from kubernaut.services.workflow.engine import (
 from kubernaut.services.workflow.planning import plan
 from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings
 from kubernaut.services.workflow.store import (
+    Decision,
     LeaseLost,
     State,
     StepChange,
@@ -93,8 +94,8 @@ class Downstream:
     outcome: storage_pb2.ActionOutcome.ValueType = storage_pb2.ACTION_OUTCOME_SUCCEEDED
     stages: list[str] = field(default_factory=lambda: list(STAGES_OK))
     outcome_message: str = "3/3 replicas ready"
-    # The first ExecuteAction (or NotifyIncidentEvent) hangs forever after arriving: the
-    # runner is killed while it waits.
+    # The first ExecuteAction (or report: a NotifyIncidentEvent other than the plan's) hangs
+    # forever after arriving: the runner is killed while it waits.
     hang_first_execute: bool = False
     hang_first_notify: bool = False
     # How many times each operation answers UNAVAILABLE before it works.
@@ -132,6 +133,14 @@ class Downstream:
 
     def of(self, operation: str) -> list[Any]:
         return [c.request for c in self.calls if c.operation == operation]
+
+    def reports(self) -> list[notification_pb2.NotifyIncidentEventRequest]:
+        """The NotifyIncidentEvent requests other than the plan's (ACTION_PLANNED)."""
+        return [
+            r
+            for r in self.of("NotifyIncidentEvent")
+            if r.event.kind != notification_pb2.INCIDENT_EVENT_KIND_ACTION_PLANNED
+        ]
 
     @property
     def operations(self) -> list[str]:
@@ -213,7 +222,7 @@ class Downstream:
             return Notified(sent=False, delivered=False, errors="email: connection refused")
         sent = request.idempotency_key not in self.delivered
         self.delivered.setdefault(request.idempotency_key, request.event)
-        if self.hang_first_notify and len(self.of("NotifyIncidentEvent")) == 1:
+        if self.hang_first_notify and len(self.reports()) == 1:
             self.arrived.set()  # delivered, but the answer never comes back
             await asyncio.Event().wait()
         return Notified(sent=sent, delivered=True)
@@ -376,6 +385,7 @@ async def test_happy_path(engines: Engines, store: WorkflowStore) -> None:
 
     assert done.state is State.SUCCEEDED
     assert downstream.operations == [
+        "NotifyIncidentEvent ACTION_PLANNED",  # before anything acts
         "UpdateIncident REMEDIATING",
         "ExecuteAction",
         "UpdateIncident REMEDIATED",
@@ -383,6 +393,7 @@ async def test_happy_path(engines: Engines, store: WorkflowStore) -> None:
         "NotifyIncidentEvent SUCCEEDED",
     ]
     assert states(done) == dict.fromkeys(ALL_STEPS, "DONE")
+    assert messages(done)["VALIDATE"] == "checked when planned; the plan was told"
     assert attempts(done) == dict.fromkeys(ALL_STEPS, 1)
     assert messages(done)["DRY_RUN"] == "dry-run: accepted by the API server"
     assert messages(done)["VERIFY"] == "verify: 3/3 replicas ready"
@@ -403,7 +414,25 @@ async def test_happy_path(engines: Engines, store: WorkflowStore) -> None:
     assert assessment.action_id == workflow.action_id
     assert assessment.alert.name == "KubePodCrashLooping"
     assert assessment.acted_at.seconds > 0
-    (notify,) = downstream.of("NotifyIncidentEvent")
+    told_plan, notify = downstream.of("NotifyIncidentEvent")
+    # The plan: what will be done, why, and the steps (none of them reads as done).
+    assert told_plan.idempotency_key == f"{workflow.workflow_id}/action_planned"
+    assert told_plan.event.workflow_id == workflow.workflow_id
+    assert told_plan.event.action == "restart_deployment"
+    assert told_plan.event.target.name == "web"
+    assert told_plan.event.verdict == "not acted yet"
+    assert list(told_plan.event.stages) == [
+        "why: pods crash-loop after a config change",
+        "runs without approval: low risk and confidence 0.90",
+        "step 1 (validate): check the restart_deployment parameters and Deployment shop/web's"
+        " scope",
+        "step 2 (dry-run): server-side dry-run of restart_deployment on Deployment shop/web",
+        "step 3 (snapshot): snapshot Deployment shop/web for rollback",
+        "step 4 (apply): rolling restart of the deployment",
+        "step 5 (verify): all replicas Ready",
+        "step 6 (notify): tell the configured channels how it went",
+        "if the change does not verify: restore the previous pod template",
+    ]
     assert notify.idempotency_key == f"{workflow.workflow_id}/succeeded"
     assert list(notify.event.stages) == STAGES_OK
     assert notify.event.verdict == "not assessed yet"
@@ -427,6 +456,7 @@ async def test_refused_changes_nothing(engines: Engines, store: WorkflowStore) -
 
     assert done.state is State.REFUSED
     assert downstream.operations == [
+        "NotifyIncidentEvent ACTION_PLANNED",
         "UpdateIncident REMEDIATING",
         "ExecuteAction",
         "UpdateIncident NO_ACTION",
@@ -455,6 +485,7 @@ async def test_rolled_back(engines: Engines, store: WorkflowStore) -> None:
 
     assert done.state is State.ROLLED_BACK
     assert downstream.operations == [
+        "NotifyIncidentEvent ACTION_PLANNED",
         "UpdateIncident REMEDIATING",
         "ExecuteAction",
         "UpdateIncident FAILED",
@@ -471,7 +502,7 @@ async def test_rolled_back(engines: Engines, store: WorkflowStore) -> None:
     }
     assert "0/3 replicas ready" in messages(done)["VERIFY"]
     assert "restored revision 7" in messages(done)["VERIFY"]
-    (notify,) = downstream.of("NotifyIncidentEvent")
+    (notify,) = downstream.reports()
     assert notify.idempotency_key == f"{workflow.workflow_id}/rolled_back"
 
 
@@ -488,6 +519,7 @@ async def test_dry_run_executor_applies_nothing(engines: Engines, store: Workflo
     assert done.state is State.SUCCEEDED
     assert "nothing was applied" in done.message
     assert downstream.operations == [
+        "NotifyIncidentEvent ACTION_PLANNED",
         "UpdateIncident REMEDIATING",
         "ExecuteAction",
         "UpdateIncident NO_ACTION",
@@ -518,12 +550,18 @@ async def test_approval_stops_before_acting(engines: Engines, store: WorkflowSto
         "NOTIFY": "PENDING",
     }
     assert waiting.lease_owner is None
-    assert downstream.operations == ["NotifyIncidentEvent APPROVAL_NEEDED"]
-    (notify,) = downstream.of("NotifyIncidentEvent")
+    # The plan is told as for any workflow (routes may send it elsewhere than the request
+    # to decide), then what to decide.
+    assert downstream.operations == [
+        "NotifyIncidentEvent ACTION_PLANNED",
+        "NotifyIncidentEvent APPROVAL_NEEDED",
+    ]
+    told_plan, notify = downstream.of("NotifyIncidentEvent")
+    assert "waits for approval first: high risk actions need approval" in told_plan.event.stages
     assert notify.idempotency_key == f"{workflow.workflow_id}/approval_needed"
 
     await asyncio.sleep(0.3)  # several polls: a waiting workflow is not runnable
-    assert len(downstream.calls) == 1
+    assert len(downstream.calls) == 2
 
 
 async def test_an_approval_nobody_gives_expires_without_acting(
@@ -551,12 +589,48 @@ async def test_an_approval_nobody_gives_expires_without_acting(
         "NOTIFY": "DONE",
     }
     assert attempts(done)["APPLY"] == 0
+    # Nobody said no: the incident is escalated to people, not reported as refused.
     assert downstream.operations == [
+        "NotifyIncidentEvent ACTION_PLANNED",
         "NotifyIncidentEvent APPROVAL_NEEDED",
         "UpdateIncident NO_ACTION",
-        "NotifyIncidentEvent REFUSED",
+        "NotifyIncidentEvent ESCALATED",
     ]
     assert "ExecuteAction" not in [call.operation for call in downstream.calls]
+    escalated = downstream.reports()[-1]
+    assert escalated.idempotency_key == f"{workflow.workflow_id}/escalated"
+    assert escalated.event.action == "restart_deployment"
+    assert list(escalated.event.stages) == [
+        "asked for approval to run restart_deployment on Deployment shop/web:"
+        " high risk actions need approval",
+        "the approval expired: no decision within 0s",
+        "nothing was changed, and Kubernaut will not act on this incident: it is yours now",
+    ]
+    assert escalated.event.verdict == "nothing to assess: nothing was changed"
+
+
+async def test_a_rejection_is_reported_as_refused_not_escalated(
+    engines: Engines, store: WorkflowStore
+) -> None:
+    downstream = Downstream()
+    engine = engines(
+        downstream, approval_timeout_seconds=60, approval_sweep_seconds=0.1, poll_seconds=0.1
+    )
+    engine.start()
+    workflow = await create(engine, risk=remediation_pb2.RISK_LEVEL_HIGH)
+    waiting = await finished(store, workflow.workflow_id)
+    assert waiting.state is State.WAITING_APPROVAL
+
+    # A person says no (in words that mention expiry: the decision is what counts).
+    decided = await engine.decide(
+        workflow.workflow_id, Decision.REJECT, "person:alice@example.com", "expired: too risky"
+    )
+    assert decided is not None and decided[1]
+    done = await finished(store, workflow.workflow_id)
+
+    assert done.state is State.REFUSED
+    assert downstream.operations[-1] == "NotifyIncidentEvent REFUSED"
+    assert downstream.reports()[-1].idempotency_key == f"{workflow.workflow_id}/refused"
 
 
 async def test_an_undelivered_notification_is_not_called_delivered(
@@ -613,7 +687,12 @@ async def test_unavailable_downstream_is_retried(engines: Engines, store: Workfl
     assert len(executes) == 4
     assert {e.action_id for e in executes} == {workflow.action_id}
     assert attempts(done) == dict.fromkeys(ALL_STEPS, 1)  # retried within the step
-    assert len(downstream.delivered) == 1
+    # The plan is tried once (telling it never holds up the fix) and says it was not told;
+    # the report is retried until it is delivered.
+    assert messages(done)["VALIDATE"].startswith(
+        "checked when planned; the plan was not told: NotifyIncidentEvent: UNAVAILABLE"
+    )
+    assert list(downstream.delivered) == [f"{workflow.workflow_id}/succeeded"]
 
 
 async def test_other_errors_fail_the_workflow(engines: Engines, store: WorkflowStore) -> None:
@@ -913,8 +992,11 @@ async def test_killed_mid_apply_resumes_without_repeating_finished_steps(
         "NOTIFY": 1,
     }
     assert states(done) == dict.fromkeys(ALL_STEPS, "DONE")
-    assert len(downstream.of("NotifyIncidentEvent")) == 1
-    assert list(downstream.delivered) == [f"{workflow.workflow_id}/succeeded"]
+    assert len(downstream.reports()) == 1
+    assert list(downstream.delivered) == [
+        f"{workflow.workflow_id}/action_planned",
+        f"{workflow.workflow_id}/succeeded",
+    ]
     assert len(downstream.of("ScheduleAssessment")) == 1
     assert done.lease_owner is None
 
@@ -935,8 +1017,8 @@ async def test_killed_mid_notify_sends_no_second_notification(
     assert done.state is State.SUCCEEDED
     assert attempts(done) == {**dict.fromkeys(ALL_STEPS[:-1], 1), "NOTIFY": 2}
     assert messages(done)["NOTIFY"] == "delivered before"
-    assert len(downstream.of("NotifyIncidentEvent")) == 2
-    assert len(downstream.delivered) == 1  # one email
+    assert len(downstream.reports()) == 2
+    assert len(downstream.delivered) == 2  # one email each: the plan, the report
     assert len(downstream.of("ExecuteAction")) == 1
 
 
@@ -975,7 +1057,7 @@ async def test_two_runners_never_run_the_same_workflow(
     assert downstream.overlaps == []
     executed = [e.action_id for e in downstream.of("ExecuteAction")]
     assert sorted(executed) == sorted(w.action_id for w in workflows)  # each once
-    assert len(downstream.delivered) == 12
+    assert len(downstream.delivered) == 24  # each workflow's plan and report, once
 
 
 async def test_concurrent_claims_never_share_a_workflow(

@@ -177,6 +177,46 @@ async def test_the_shared_operator_is_refused_unless_the_dev_stack_turns_it_on()
         production.check(workflow, S.WORKFLOW, "DecideApproval")
 
 
+EDGE = Peer("spiffe://cluster.local/ns/kubernaut/sa/gateway-http", "gateway-http")
+
+
+async def test_the_edge_decides_approvals_only_for_people_it_authenticated() -> None:
+    access = _access(role_bindings={"approver": ["slack:U0AL1CE", "link:oncall"]})
+    alice = await access.principal(EDGE, {"kubernaut-on-behalf-of": "slack:U0AL1CE"})
+    assert (alice.kind, alice.name, alice.roles, alice.via) == (
+        PrincipalKind.PERSON,
+        "slack:U0AL1CE",
+        frozenset({"approver"}),
+        "gateway-http",
+    )
+    assert alice.label == "person:slack:U0AL1CE"
+    assert alice.audit_label == "person:slack:U0AL1CE via gateway-http"
+    access.check(alice, S.WORKFLOW, "DecideApproval")
+    # For a person, the edge decides approvals and nothing else, whatever their roles.
+    with pytest.raises(Denied, match="acts for people only to decide approvals"):
+        access.check(alice, S.WORKFLOW, "GetWorkflow")
+    # A person the role bindings do not name may not approve.
+    bob = await access.principal(EDGE, {"kubernaut-on-behalf-of": "slack:U0B0B"})
+    with pytest.raises(Denied, match="needs the approver role"):
+        access.check(bob, S.WORKFLOW, "DecideApproval")
+    # The edge never speaks for token or certificate people: they call for themselves.
+    for subject in ("user:root@example.com", "cert:carol", "group:platform", "slack:", "x"):
+        with pytest.raises(Unauthenticated, match="acts only for a Slack user"):
+            await access.principal(EDGE, {"kubernaut-on-behalf-of": subject})
+    # On its own account, the edge submits alerts and may not decide.
+    edge = await access.principal(EDGE, {})
+    assert edge.kind is PrincipalKind.EDGE
+    access.check(edge, S.GATEWAY, "SubmitAlerts")
+    with pytest.raises(Denied, match="only for a person"):
+        access.check(edge, S.WORKFLOW, "DecideApproval")
+    # Only the edge's word counts: a service passing the header is still itself.
+    workflow = await access.principal(
+        Peer("spiffe://cluster.local/ns/kubernaut/sa/workflow", "workflow"),
+        {"kubernaut-on-behalf-of": "slack:U0AL1CE"},
+    )
+    assert (workflow.kind, workflow.via) == (PrincipalKind.SERVICE, "")
+
+
 def test_bindings_and_algorithms_are_checked_at_start() -> None:
     with pytest.raises(ValidationError, match="must be group:<name>"):
         AccessSettings(role_bindings={"viewer": ["alice"]})  # type: ignore[dict-item]

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from kubernaut.runtime.chat_approvals import verify_slack_request
 from kubernaut.services.notification.routing import RoutingError, build_channel
 from kubernaut.services.notification.vendors.base import EventKind
 from kubernaut.services.notification.vendors.slack import (
@@ -22,7 +23,6 @@ from kubernaut.services.notification.vendors.slack import (
     build,
     cut_mrkdwn,
     escape_mrkdwn,
-    verify_slack_request,
 )
 from tests.fixtures.incident_notices import RUNBOOK, incident_event, make_notice
 from tests.fixtures.slack_loopback import BOT_TOKEN, block_errors

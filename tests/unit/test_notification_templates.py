@@ -41,6 +41,14 @@ SUBJECTS = {
     ),
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: f"[kubernaut] Not acted on (refused): {ON}",
     notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON: f"[kubernaut] Not acted on: {ON}",
+    notification_pb2.INCIDENT_EVENT_KIND_OPENED: f"[kubernaut] New incident: {ON}",
+    notification_pb2.INCIDENT_EVENT_KIND_ACTION_PLANNED: (
+        f"[kubernaut] Fix planned: restart_deployment for {ON}"
+    ),
+    notification_pb2.INCIDENT_EVENT_KIND_ESCALATED: (
+        f"[kubernaut] Escalated, needs a person: {ON}"
+    ),
+    notification_pb2.INCIDENT_EVENT_KIND_RESOLVED: f"[kubernaut] Resolved: {ON}",
 }
 # Stage lines as the executor writes them (the stage modules of kubernaut/services/executor/).
 APPLIED_STAGES = [
@@ -149,6 +157,56 @@ def test_kinds_say_different_things(renderer: EventRenderer) -> None:
         "Kubernaut undid it"
     )
     assert "The cause of the alert is not fixed." in rolled_back.body
+
+
+@pytest.mark.parametrize(
+    ("kind", "headline", "heading"),
+    [
+        (
+            notification_pb2.INCIDENT_EVENT_KIND_OPENED,
+            f"Kubernaut opened an incident for {ON} and is working out\n"
+            "whether and how to fix it. Nothing has been changed.",
+            "So far",
+        ),
+        (
+            notification_pb2.INCIDENT_EVENT_KIND_ACTION_PLANNED,
+            "Kubernaut plans to run restart_deployment on Deployment shop/checkout for "
+            "KubePodCrashLooping.\nNothing has been changed yet",
+            "The plan, and why",
+        ),
+        (
+            notification_pb2.INCIDENT_EVENT_KIND_ESCALATED,
+            "Kubernaut waited for people and nobody decided in time, so it hands "
+            "KubePodCrashLooping on\nDeployment shop/checkout to you",
+            "Why it is yours",
+        ),
+        (
+            notification_pb2.INCIDENT_EVENT_KIND_RESOLVED,
+            f"{ON} is resolved: every alert of the incident stopped\nfiring.",
+            "What happened",
+        ),
+    ],
+    ids=["opened", "action_planned", "escalated", "resolved"],
+)
+def test_the_incidents_own_events_say_what_happened(
+    renderer: EventRenderer,
+    kind: notification_pb2.IncidentEventKind.ValueType,
+    headline: str,
+    heading: str,
+) -> None:
+    body = renderer.render(make_event(kind)).body
+    assert body.startswith(headline), body
+    assert f"\n{heading}\n  Action:      restart_deployment\n" in body
+
+
+def test_an_opened_event_without_stages_says_the_analysis_started(
+    renderer: EventRenderer,
+) -> None:
+    event = make_event(notification_pb2.INCIDENT_EVENT_KIND_OPENED)
+    del event.stages[:]
+    assert "So far\n  Action:      restart_deployment\n  (the analysis has started)\n" in (
+        renderer.render(event).body
+    )
 
 
 def test_hostile_annotation_is_shown_literally_never_evaluated(renderer: EventRenderer) -> None:

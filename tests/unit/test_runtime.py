@@ -69,7 +69,7 @@ def test_the_call_table_names_only_methods_that_exist() -> None:
         assert edge.caller != edge.callee
 
 
-def test_operators_may_not_write_the_audit_trail_and_the_edge_only_submits() -> None:
+def test_operators_may_not_write_the_audit_trail_and_the_edge_submits_and_relays() -> None:
     assert edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "ListActionRecords")
     assert not edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "RecordAction")
     assert not edges.is_allowed(OPERATOR_ACCOUNT, ServiceName.STORAGE, "RecordDroppedAlert")
@@ -82,7 +82,11 @@ def test_operators_may_not_write_the_audit_trail_and_the_edge_only_submits() -> 
         for method in protocol(callee).method_names
         if edges.is_allowed(EDGE_ACCOUNT, callee, method)
     ]
-    assert allowed_for_edge == [(ServiceName.GATEWAY, "SubmitAlerts")]
+    # Alerts; and approvals, for the people it authenticated only (test_access).
+    assert allowed_for_edge == [
+        (ServiceName.GATEWAY, "SubmitAlerts"),
+        (ServiceName.WORKFLOW, "DecideApproval"),
+    ]
 
 
 def test_only_idempotent_methods_are_retried() -> None:

@@ -5,9 +5,11 @@ through `Downstream`, whose gRPC form is in server.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2
@@ -79,6 +81,43 @@ class Downstream(Protocol):
     ) -> None:
         """NotDelivered when the notification service did not take it."""
         ...
+
+
+# The statuses after which an incident's alerts resolving ends it for people, who are told
+# (RESOLVED: pages resolve, tickets close): closed by the resolution (nothing acted on it),
+# or left to people (not acted on, refused, escalated, a failed fix). Not while a workflow
+# acts (its outcome tells), nor after a remediation (its message ended the incident).
+ENDED_BY_RESOLUTION: Final = frozenset(
+    {
+        storage_pb2.INCIDENT_STATUS_RESOLVED,
+        storage_pb2.INCIDENT_STATUS_NO_ACTION,
+        storage_pb2.INCIDENT_STATUS_FAILED,
+    }
+)
+
+
+def opened_stages(quiet_period: str) -> list[str]:
+    """The stages of an OPENED event: what happens next, and why a new incident when the
+    quiet period after a fix decided it."""
+    stages = ["analysing: Kubernaut is working out whether and how to fix it"]
+    if quiet_period:
+        stages.append(quiet_period[:2048])
+    return stages
+
+
+def resolved_stages(incident: storage_pb2.Incident) -> list[str]:
+    """The stages of a RESOLVED event: that every alert resolved, and how the incident
+    stood."""
+    when = ""
+    if incident.HasField("alert_resolved_at"):
+        at = incident.alert_resolved_at.ToDatetime(tzinfo=dt.UTC)
+        when = f" at {at:%Y-%m-%d %H:%M:%S} UTC"
+    stages = [f"every alert of the incident resolved{when}"]
+    if incident.status == storage_pb2.INCIDENT_STATUS_RESOLVED:
+        stages.append("nothing was done: it resolved before anything acted on it")
+    elif incident.status_reason:
+        stages.append(f"it was left to people: {incident.status_reason}"[:2048])
+    return stages
 
 
 def _trace_id() -> str:
@@ -161,14 +200,32 @@ class AlertPipeline:
                 return response
             # Still OPEN: the analysis of the alert that opened it may have failed (and
             # that alert's retry is this duplicate). Analysing again is safe: an incident
-            # has at most one workflow.
+            # has at most one workflow; telling again is too: the key sends it once.
 
-        # The evidence read above travels with the incident when it is about the same
-        # workload, so the analysis need not read it again.
-        evidence = found if found is not None and found.workload == incident.subject else None
-        analyzed = await self.downstream.analyze_incident(
-            ai_analysis_pb2.AnalyzeIncidentRequest(incident=incident, evidence=evidence)
+        # Sent as the analysis starts, not before it: a slow channel must not delay the fix.
+        # The notification service delivers an incident's events one at a time in the order
+        # they come, so this one (sent first) opens the Slack thread or the ticket.
+        telling = asyncio.create_task(
+            self._tell(
+                incident.incident_id,
+                notification_pb2.INCIDENT_EVENT_KIND_OPENED,
+                alert,
+                incident.subject if incident.HasField("subject") else subject,
+                opened_stages(opened.quiet_period if opened.created else ""),
+                "not analysed yet",
+            )
         )
+        await asyncio.sleep(0)  # its request goes out first
+        try:
+            # The evidence read above travels with the incident when it is about the same
+            # workload, so the analysis need not read it again.
+            evidence = found if found is not None and found.workload == incident.subject else None
+            analyzed = await self.downstream.analyze_incident(
+                ai_analysis_pb2.AnalyzeIncidentRequest(incident=incident, evidence=evidence)
+            )
+        finally:
+            # Told before anything else is (it never raises).
+            await telling
         response.analysis.CopyFrom(analyzed.analysis)
         response.workflow_id = analyzed.workflow_id
         if analyzed.analysis.decision != remediation_pb2.DECISION_REMEDIATE:
@@ -246,6 +303,17 @@ class AlertPipeline:
         else:
             status = storage_pb2.IncidentStatus.Name(incident.status)
             why = f"marked resolved, left {status}"
+        if incident.status in ENDED_BY_RESOLUTION:
+            # Not only when this call closed it: a repeat of this alert (the gateway's retry)
+            # tells again, and the key sends it once.
+            await self._tell(
+                incident.incident_id,
+                notification_pb2.INCIDENT_EVENT_KIND_RESOLVED,
+                alert,
+                incident.subject,
+                resolved_stages(incident),
+                "resolved: the alert stopped firing",
+            )
         return incident.incident_id, f"the alert is resolved; incident {incident.incident_id} {why}"
 
     async def _count_in_storm(

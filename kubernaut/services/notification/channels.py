@@ -35,6 +35,7 @@ __all__ = [
     "Notifier",
     "RetryPolicy",
     "UnknownChannel",
+    "incident_thread_root",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,21 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_MESSAGE_ID_SAFE = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def incident_thread_root(incident_id: str, domain: str) -> str:
+    """The Message-ID every email about `incident_id` refers to (In-Reply-To, References):
+    the same for the incident on every send; an id that is not safe in a Message-ID is
+    hashed."""
+    local = (
+        incident_id
+        if _MESSAGE_ID_SAFE.fullmatch(incident_id)
+        else hashlib.sha256(incident_id.encode()).hexdigest()[:32]
+    )
+    return f"<incident-{local}@{domain}>"
+
+
 class EmailChannel:
     """Sends each notification as one plain-text email to a fixed list of recipients."""
 
@@ -197,6 +213,11 @@ class EmailChannel:
         incident = _one_line(incident_id)
         if incident:
             message[INCIDENT_HEADER] = incident
+            # Every email about one incident replies to the same (never sent) root message,
+            # so that mail clients show an incident's emails as one thread.
+            root = incident_thread_root(incident, self._msgid_domain)
+            message["In-Reply-To"] = root
+            message["References"] = root
         message.set_content(body)
         return message
 

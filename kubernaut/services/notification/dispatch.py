@@ -7,6 +7,7 @@ module only sends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ import httpx
 from kubernaut.notification.v1 import notification_pb2
 from prometheus_client import Counter, Histogram
 
+from kubernaut.runtime.chat_approvals import LinkSigner
 from kubernaut.services.notification.channels import DeliveryRecorder, content_digest
 from kubernaut.services.notification.rendering import EventRenderer, EventView
 from kubernaut.services.notification.routing import Chosen, Route, Router, load_routing
@@ -48,6 +50,10 @@ EVENT_KINDS: Final = {
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: EventKind.REFUSED,
     notification_pb2.INCIDENT_EVENT_KIND_STORM: EventKind.STORM,
     notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON: EventKind.NOT_ACTED_ON,
+    notification_pb2.INCIDENT_EVENT_KIND_OPENED: EventKind.OPENED,
+    notification_pb2.INCIDENT_EVENT_KIND_ACTION_PLANNED: EventKind.ACTION_PLANNED,
+    notification_pb2.INCIDENT_EVENT_KIND_ESCALATED: EventKind.ESCALATED,
+    notification_pb2.INCIDENT_EVENT_KIND_RESOLVED: EventKind.RESOLVED,
 }
 
 
@@ -59,11 +65,14 @@ class Dispatcher:
         router: Router,
         renderer: EventRenderer,
         recorder: DeliveryRecorder | None = None,
+        links: LinkSigner | None = None,
     ) -> None:
         self.router = router
         self.renderer = renderer
         # Each send (made or failed) goes on the audit trail; None records nothing.
         self._recorder = recorder
+        # Signs each channel's approve/reject links; None: approval requests carry none.
+        self._links = links
 
     def notice(self, key: str, event: notification_pb2.IncidentEvent) -> Notice:
         """The event as channels get it (rendering errors raise UnknownEventKind)."""
@@ -88,6 +97,7 @@ class Dispatcher:
         found = self.router.channels.get(channel)
         if found is None:
             return SendResult(False, f"channel {channel} is no longer configured", permanent=True)
+        notice = self._with_links(notice, channel)
         started = time.perf_counter()
         try:
             result = await found.send(notice, thread)
@@ -116,6 +126,19 @@ class Dispatcher:
                 result.error,
             )
         return result
+
+    def _with_links(self, notice: Notice, channel: str) -> Notice:
+        """An approval request with its links, made for `channel`: whoever uses one is
+        recorded as `link:<channel>`. Made at each attempt, so a late redelivery carries
+        links that still work."""
+        if (
+            self._links is None
+            or notice.kind is not EventKind.APPROVAL_NEEDED
+            or not notice.view.workflow_id
+        ):
+            return notice
+        approve, reject = self._links.links(notice.view.workflow_id, notice.incident_id, channel)
+        return dataclasses.replace(notice, approve_url=approve, reject_url=reject)
 
     def held(self, chosen: Chosen) -> None:
         DELIVERIES.labels(chosen.channel, self.vendor(chosen.channel), "held").inc()

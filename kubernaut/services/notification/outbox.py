@@ -107,6 +107,7 @@ _SELECT: Final = f"SELECT {_COLUMNS} FROM notification.outbox WHERE idempotency_
 # NO KEY UPDATE: excludes other deliverers of the key as FOR UPDATE would, but lets the
 # routed path's per-channel rows (their foreign key takes KEY SHARE) commit meanwhile.
 _LOCK: Final = _SELECT + " FOR NO KEY UPDATE"
+_INCIDENT_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 _RECORD: Final = f"""
 UPDATE notification.outbox
 SET status = $2,
@@ -246,8 +247,8 @@ class Outbox(PooledStore):
         """`lock_timeout` bounds waiting for another caller's delivery of a key."""
         super().__init__(pool, timeout=timeout)
         self._lock_timeout = lock_timeout
-        # One asyncio lock per key being delivered in this process; unused ones go away.
-        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+        # One asyncio lock per incident being delivered in this process; unused ones go away.
+        self._incident_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self._tasks: set[asyncio.Task[Delivery]] = set()
@@ -352,24 +353,33 @@ class Outbox(PooledStore):
                     "outbox key %r was first stored with another message; delivering that one",
                     key,
                 )
-            return await self._deliver_locked(key, entry.attempts, notifier, routed)
+            return await self._deliver_locked(key, entry.attempts, notifier, routed, incident_id)
         except asyncpg.LockNotAvailableError as exc:
             raise OutboxUnavailable(
                 f"another delivery of {key!r} is still in progress; retry later"
             ) from exc
 
     async def _deliver_locked(
-        self, key: str, seen_attempts: int, notifier: Notifier, routed: Routed | None
+        self,
+        key: str,
+        seen_attempts: int,
+        notifier: Notifier,
+        routed: Routed | None,
+        incident_id: str,
     ) -> Delivery:
-        lock = self._key_locks.get(key)
+        # Per incident (so per key too), taken before a connection: events of one incident
+        # waiting here hold none of the pool (the advisory lock below does the same across
+        # replicas).
+        lock = self._incident_locks.get(incident_id)
         if lock is None:
-            lock = self._key_locks[key] = asyncio.Lock()
+            lock = self._incident_locks[incident_id] = asyncio.Lock()
         try:
             async with asyncio.timeout(self._lock_timeout):
                 await lock.acquire()
         except TimeoutError as exc:
             raise OutboxUnavailable(
-                f"another delivery of {key!r} is still in progress; retry later"
+                f"another delivery of incident {incident_id}'s events is still in progress"
+                f" ({key!r} waits); retry later"
             ) from exc
         try:
             async with self._connection() as conn, conn.transaction():
@@ -377,6 +387,10 @@ class Outbox(PooledStore):
                     "SELECT set_config('lock_timeout', $1, true)",
                     f"{int(self._lock_timeout * 1000)}ms",
                 )
+                # One event of an incident at a time, over all replicas, in the order they
+                # came: the first opens the Slack thread, the Jira issue, the ServiceNow
+                # record, and the next finds it (two at once would open two).
+                await conn.execute(_INCIDENT_LOCK, f"notification/{incident_id}")
                 row = await conn.fetchrow(_LOCK, key)
                 if row is None:
                     raise OutboxError(f"outbox row {key!r} vanished")

@@ -56,6 +56,10 @@ TEMPLATES: Final[Mapping[notification_pb2.IncidentEventKind.ValueType, str]] = {
     notification_pb2.INCIDENT_EVENT_KIND_REFUSED: "refused.txt",
     notification_pb2.INCIDENT_EVENT_KIND_STORM: "storm.txt",
     notification_pb2.INCIDENT_EVENT_KIND_NOT_ACTED_ON: "not_acted_on.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_OPENED: "opened.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_ACTION_PLANNED: "action_planned.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_ESCALATED: "escalated.txt",
+    notification_pb2.INCIDENT_EVENT_KIND_RESOLVED: "resolved.txt",
 }
 
 # The limit SendNotification puts on a subject; longer ones are cut with an ellipsis.
@@ -205,6 +209,8 @@ class EventView:
     occurred_at: str
     # What the stages say about the change (a Changed value, as text for the templates).
     changed: str
+    # The incident's workflow, when it has one (what approval buttons and links decide).
+    workflow_id: str = ""
 
     @classmethod
     def of(
@@ -219,6 +225,7 @@ class EventView:
             verdict=plain_text(event.verdict) or NOT_ASSESSED,
             occurred_at=_when(event.occurred_at) if event.HasField("occurred_at") else "",
             changed=what_changed(event.stages).value,
+            workflow_id=plain_text(event.workflow_id),
         )
 
     def variables(self) -> dict[str, Any]:

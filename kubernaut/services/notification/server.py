@@ -162,7 +162,8 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     http = httpx.AsyncClient(timeout=channel_settings.http_timeout_seconds)
     # A wrong routing file stops the service at start, saying where it is wrong.
     router = router_of(channel_settings, http, channel_settings.routes_file)
-    dispatcher = Dispatcher(router, renderer, ctx.audit) if router is not None else None
+    links = channel_settings.link_signer()
+    dispatcher = Dispatcher(router, renderer, ctx.audit, links) if router is not None else None
     if router is not None:
         log.info("notification routes", extra={"routes": router.describe()})
     settings = OutboxSettings()

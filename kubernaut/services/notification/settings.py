@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubernaut.runtime.chat_approvals import LinkSigner, read_link_secret
 from kubernaut.runtime.settings import OptionalDatabaseUrl, database_url_field
 from kubernaut.services.notification.links import check_host_pattern
 
@@ -57,6 +59,15 @@ class NotificationSettings(BaseSettings):
     routes_file: Path | None = None
     # How long one call to a vendor's API (Slack, PagerDuty ...) may take.
     http_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Signed approve/reject links in approval requests (every channel but Slack's buttons):
+    # the secret they are signed with (a file, the same as the edge's
+    # KUBERNAUT_HTTP_APPROVAL_LINK_SECRET_FILE; at least 32 bytes) and the edge's public URL
+    # (https://kubernaut.example.com). Both or neither; neither: no links.
+    approval_link_secret_file: Path | None = None
+    approval_link_base_url: str = ""
+    # How long a link works. An approval nobody gives expires on its own
+    # (KUBERNAUT_WORKFLOW_APPROVAL_TIMEOUT_SECONDS) whatever this says.
+    approval_link_ttl_seconds: float = Field(default=12 * 3600.0, gt=0)
 
     @field_validator("email_to", "link_hosts", mode="before")
     @classmethod
@@ -67,6 +78,33 @@ class NotificationSettings(BaseSettings):
             # Blanks are dropped so "a@x, ,b@x," and an empty variable both work.
             return tuple(s for item in value if (s := str(item).strip()))
         return value
+
+    @model_validator(mode="after")
+    def _links_pair(self) -> NotificationSettings:
+        if (self.approval_link_secret_file is None) != (not self.approval_link_base_url):
+            raise ValueError(
+                "KUBERNAUT_NOTIFICATION_APPROVAL_LINK_SECRET_FILE and"
+                " KUBERNAUT_NOTIFICATION_APPROVAL_LINK_BASE_URL go together"
+            )
+        if self.approval_link_base_url:
+            url = urlsplit(self.approval_link_base_url)
+            if url.scheme not in ("https", "http") or not url.hostname:
+                raise ValueError(
+                    "KUBERNAUT_NOTIFICATION_APPROVAL_LINK_BASE_URL: not an http(s) URL:"
+                    f" {self.approval_link_base_url!r}"
+                )
+        return self
+
+    def link_signer(self) -> LinkSigner | None:
+        """The signer of approval links, its secret read now (ValueError naming the file);
+        None without links."""
+        if self.approval_link_secret_file is None:
+            return None
+        return LinkSigner(
+            read_link_secret(self.approval_link_secret_file),
+            self.approval_link_base_url,
+            self.approval_link_ttl_seconds,
+        )
 
     @field_validator("link_hosts")
     @classmethod

@@ -103,6 +103,10 @@ _STAGE_PREFIXES: Final = {
 _ROLLBACK_PREFIXES: Final = ("rollback", "rolled back", "roll back")
 _FAILURE_WORDS: Final = re.compile(r"\b(fail\w*|error\w*|refused|denied|forbidden|timed out)\b")
 
+# How an approval nobody decided in time is recorded: a rejection with this reason, which the
+# report tells as ESCALATED (the incident is left to people), not as REFUSED.
+EXPIRED_APPROVAL: Final = "expired: "
+
 # Limits of the downstream requests' fields.
 _MAX_REASON: Final = 4096
 _MAX_STAGES: Final = 64
@@ -310,7 +314,7 @@ class WorkflowEngine:
             return
         self._next_expiry = time.monotonic() + self.settings.approval_sweep_seconds
         expired = await (await self._store()).expire_approvals(
-            timeout, f"expired: no decision within {human_duration(timeout)}"
+            timeout, f"{EXPIRED_APPROVAL}no decision within {human_duration(timeout)}"
         )
         for workflow_id in expired:
             log.warning("approval expired", extra={"workflow_id": workflow_id})
@@ -413,7 +417,7 @@ class WorkflowRun:
                 return
             try:
                 if step.kind == K.STEP_KIND_VALIDATE:
-                    await self._validate(step)
+                    await self._validate(workflow, step)
                 elif step.kind == K.STEP_KIND_APPROVAL:
                     await self._approval(workflow, step)
                     return
@@ -445,11 +449,33 @@ class WorkflowRun:
                 },
             )
 
-    async def _validate(self, step: Step) -> None:
+    async def _validate(self, workflow: Workflow, step: Step) -> None:
         await self._start([step])
         # The recommendation was validated and checked against the executor's catalogue
         # when the workflow was planned; the executor checks the scope again when it acts.
-        await self._save([StepChange(step.index, StepStatus.DONE, "checked when planned")])
+        told = await self._tell_plan(workflow)
+        await self._save([StepChange(step.index, StepStatus.DONE, f"checked when planned; {told}")])
+
+    async def _tell_plan(self, workflow: Workflow) -> str:
+        """ACTION_PLANNED, before anything acts (and before an approval request, which
+        says only what to decide): what will be done and why. One attempt (the client
+        retries UNAVAILABLE itself): telling people must never hold up the fix, and the
+        outcome's report follows anyway. Returns what happened, for the step's message."""
+        event = _event(
+            workflow,
+            notification_pb2.INCIDENT_EVENT_KIND_ACTION_PLANNED,
+            stages=plan_stages(workflow),
+            verdict="not acted yet",
+        )
+        try:
+            notified = await self._notify_call(workflow, event)()
+        except DownstreamError as error:
+            log.warning("the plan was not told", extra={"error": str(error)})
+            return f"the plan was not told: {error}"
+        if not notified.delivered:
+            log.warning("the plan not delivered yet", extra={"error": notified.errors})
+            return notified.undelivered("the plan")
+        return "the plan was told" if notified.sent else "the plan was told before"
 
     async def _approval(self, workflow: Workflow, step: Step) -> None:
         reason = f"waiting for approval: {workflow.plan.approval_reason}"
@@ -696,12 +722,14 @@ class WorkflowRun:
     async def _notify(self, workflow: Workflow, step: Step) -> None:
         await self._start([step])
         result = _final_state(workflow)
-        event = _event(
-            workflow,
-            _EVENT_OF_RESULT[result],
-            stages=workflow.stages or [workflow.message],
-            verdict=_verdict(workflow),
-        )
+        kind = _EVENT_OF_RESULT[result]
+        stages = workflow.stages or [workflow.message]
+        expired = expired_approval(workflow)
+        if result is State.REFUSED and expired is not None:
+            # Nobody decided in time: not a "no" to the plan; the incident is left to people.
+            kind = notification_pb2.INCIDENT_EVENT_KIND_ESCALATED
+            stages = escalation_stages(workflow, expired)
+        event = _event(workflow, kind, stages=stages, verdict=_verdict(workflow))
         try:
             notified = await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
         except DownstreamError as error:
@@ -1053,6 +1081,48 @@ def _verdict(workflow: Workflow) -> str:
     return "not assessed: the action failed"
 
 
+def plan_stages(workflow: Workflow) -> list[str]:
+    """The stages of ACTION_PLANNED: why this action (the analysis' reasons), whether it
+    waits for approval, then the plan's steps. Worded so that no line reads as an
+    executor's stage line ("apply: ..."), which would say the change was made."""
+    plan = workflow.plan
+    lines = [f"why: {reason}" for reason in workflow.recommendation.reasons]
+    if plan.requires_approval:
+        lines.append(f"waits for approval first: {plan.approval_reason}")
+    else:
+        lines.append(f"runs without approval: {plan.approval_reason}")
+    for number, step in enumerate(plan.steps, 1):
+        what = kind_name(step.kind).lower().replace("_", "-")
+        lines.append(f"step {number} ({what}): {step.description}")
+    if plan.rollback:
+        lines.append(f"if the change does not verify: {plan.rollback}")
+    return lines
+
+
+def expired_approval(workflow: Workflow) -> str | None:
+    """Why the workflow's approval expired (the approval step's message), or None when it
+    did not: no approval step, not decided, or decided by a person."""
+    for step in workflow.steps:
+        if (
+            step.kind == K.STEP_KIND_APPROVAL
+            and step.state is Decision.REJECT.value
+            and step.message.startswith(EXPIRED_APPROVAL)
+        ):
+            return step.message
+    return None
+
+
+def escalation_stages(workflow: Workflow, expired: str) -> list[str]:
+    """The stages of ESCALATED: what waited for a decision, that nobody decided, and that
+    Kubernaut leaves the incident to people."""
+    plan = workflow.plan
+    return [
+        f"asked for approval to run {plan.action} on {_where(plan.target)}: {plan.approval_reason}",
+        f"the approval expired: {expired.removeprefix(EXPIRED_APPROVAL)}",
+        "nothing was changed, and Kubernaut will not act on this incident: it is yours now",
+    ]
+
+
 def _event(
     workflow: Workflow,
     kind: notification_pb2.IncidentEventKind.ValueType,
@@ -1062,6 +1132,7 @@ def _event(
 ) -> notification_pb2.IncidentEvent:
     event = notification_pb2.IncidentEvent(
         incident_id=workflow.incident_id,
+        workflow_id=workflow.workflow_id,
         kind=kind,
         alert=workflow.alert,
         target=workflow.plan.target,

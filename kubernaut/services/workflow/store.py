@@ -89,6 +89,15 @@ class SelfApproval(WorkflowStoreError):
     """The one who requested a workflow may not decide on it."""
 
 
+class SharedApprover(SelfApproval):
+    """A signed link sent to a channel cannot tell its readers apart, so it never approves
+    a workflow that needs several different people."""
+
+
+# How a signed link's channel is recorded as an approver (access: `link:<channel>`).
+_LINK_APPROVER_PREFIX = "person:link:"
+
+
 class Decision(enum.Enum):
     """A person's decision on a workflow that waits for approval: what its approval step
     becomes (DONE lets the workflow act; FAILED makes it refuse without acting)."""
@@ -387,6 +396,17 @@ class WorkflowStore(PooledStore):
             has_step = any(s.kind == workflow_pb2.STEP_KIND_APPROVAL for s in workflow.steps)
             if workflow.state != State.WAITING_APPROVAL:
                 raise NotWaitingApproval(_not_waiting(workflow, has_step))
+            required = max(1, workflow.plan.approvals_required)
+            if (
+                decision is Decision.APPROVE
+                and required > 1
+                and approver.startswith(_LINK_APPROVER_PREFIX)
+            ):
+                raise SharedApprover(
+                    f"workflow {workflow_id} needs {required} different people to approve; a"
+                    " link sent to a channel cannot tell people apart: approve as yourself"
+                    " (Slack, the CLI or a token)"
+                )
             await conn.execute(
                 "INSERT INTO workflow.approvals (workflow_id, approver, decision, reason)"
                 " VALUES ($1, $2, $3, $4)",
@@ -401,7 +421,6 @@ class WorkflowStore(PooledStore):
                 if a.decision is Decision.APPROVE
             ]
             approvers.append(display_name(approver))
-            required = max(1, workflow.plan.approvals_required)
             why = f": {reason}" if reason else ""
             if decision is Decision.REJECT:
                 finished = await _record_decision(

@@ -47,9 +47,21 @@ class EmailVendorChannel:
 
     async def send(self, notice: Notice, thread: Mapping[str, str]) -> SendResult:
         outcome = await self._channel.deliver(
-            notice.message.subject, notice.message.body, notice.incident_id
+            notice.message.subject, with_decision_links(notice), notice.incident_id
         )
         return SendResult(outcome.delivered, outcome.error)
+
+
+def with_decision_links(notice: Notice) -> str:
+    """The body, and an approval request's signed links after it (made per channel when
+    sent, so not part of the one rendering every channel shares)."""
+    body = notice.message.body
+    if not (notice.approve_url and notice.reject_url):
+        return body
+    return (
+        f"{body}\nDecide in a browser (signed links; each decides once, then expires):\n"
+        f"  Approve: {notice.approve_url}\n  Reject:  {notice.reject_url}\n"
+    )
 
 
 def build(

@@ -2,7 +2,8 @@
 
 One PagerDuty alert per incident: every event but the incident's end is a "trigger" with
 the incident id as dedup_key (a repeat trigger with the same key updates the open alert),
-and the end (remediated, resolved) is a "resolve" with the same key. Kubernaut never sends
+and the end (remediated, resolved) is a "resolve" with the same key, sent once, and only
+for a page this channel triggered. Kubernaut never sends
 "acknowledge": that is for the person who took the page.
 
 The integration (routing) key is read from a file; it travels only in the request body
@@ -37,6 +38,10 @@ from kubernaut.services.notification.vendors.base import (
 __all__ = ["PagerDutyChannel", "PagerDutyConfig", "build", "event_of", "summary_of"]
 
 VENDOR: Final = "pagerduty"
+# What the channel keeps of the incident's page besides its dedup_key: whether it is open.
+PAGE: Final = "page"
+TRIGGERED: Final = "triggered"
+RESOLVED: Final = "resolved"
 TEMPLATES_DIR: Final = Path(__file__).parent.parent / "templates" / "pagerduty"
 # The documented limits: payload.summary 1024 characters, dedup_key 255.
 MAX_SUMMARY: Final = 1024
@@ -222,12 +227,19 @@ class PagerDutyChannel:
 
     async def send(self, notice: Notice, thread: Mapping[str, str]) -> SendResult:
         dedup_key = thread.get("dedup_key") or notice.incident_id[:MAX_DEDUP_KEY]
+        if notice.kind.ends_incident and thread.get(PAGE) != TRIGGERED:
+            # Nothing of this incident is open at PagerDuty (never paged, or resolved
+            # already: remediated, then the alert's own resolution): nothing to resolve.
+            return SendResult(True, thread=dict(thread))
         event = event_of(notice, self._routing_key, dedup_key)
         try:
             response = await self._http.post(self._endpoint, json=event)
         except httpx.HTTPError as error:
             return unreachable(VENDOR, error)
         result = _answered(response, dedup_key)
+        if result.delivered:
+            page = RESOLVED if notice.kind.ends_incident else TRIGGERED
+            result = dataclasses.replace(result, thread={**result.thread, PAGE: page})
         # The key is in the request only, but an error text is never trusted with it.
         return dataclasses.replace(
             result, error=result.error.replace(self._routing_key, "[routing key]")

@@ -5,7 +5,8 @@ chat.postMessage and its `ts` (and the channel's ID, which chat.update needs) is
 every later event is a reply in that thread (`thread_ts`), and the parent message is then
 rewritten with chat.update so the channel itself shows where the incident is.
 approval_needed carries two buttons (action_id kubernaut_approve / kubernaut_reject, value
-the incident id) for the interaction route, and the signed approve/reject links as text.
+the workflow's id) for the edge's interaction route (kubernaut.runtime.chat_approvals), and
+the signed approve/reject links as text.
 
 Slack answers HTTP 200 {"ok": false, "error": "..."} for most errors: a configuration
 error (invalid_auth, channel_not_found, not_in_channel, invalid_blocks ...) is permanent;
@@ -41,9 +42,9 @@ from slack_sdk.models.blocks import (
     PlainTextObject,
     SectionBlock,
 )
-from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from kubernaut.runtime.chat_approvals import SLACK_APPROVE_ACTION_ID, SLACK_REJECT_ACTION_ID
 from kubernaut.services.notification.rendering import (
     TEMPLATES_DIR,
     plain_text,
@@ -70,7 +71,6 @@ __all__ = [
     "SlackRenderer",
     "build",
     "escape_mrkdwn",
-    "verify_slack_request",
 ]
 
 VENDOR: Final = "slack"
@@ -89,8 +89,8 @@ MAX_FALLBACK_TEXT: Final = 3000
 # at about 12,000 characters): the description gets less than a full section.
 MAX_DESCRIPTION_TEXT: Final = 1500
 
-APPROVE_ACTION_ID: Final = "kubernaut_approve"
-REJECT_ACTION_ID: Final = "kubernaut_reject"
+APPROVE_ACTION_ID: Final = SLACK_APPROVE_ACTION_ID
+REJECT_ACTION_ID: Final = SLACK_REJECT_ACTION_ID
 
 # What the channel keeps for the incident: the parent message.
 THREAD_TS: Final = "ts"
@@ -280,8 +280,8 @@ class SlackRenderer:
         if text["description"]:
             blocks.append(_section(text["description"], MAX_DESCRIPTION_TEXT))
         blocks.append(_section(text["done"], MAX_SECTION_TEXT))
-        if notice.kind is EventKind.APPROVAL_NEEDED:
-            blocks.append(_decision_buttons(notice.incident_id))
+        if notice.kind is EventKind.APPROVAL_NEEDED and notice.view.workflow_id:
+            blocks.append(_decision_buttons(notice.view.workflow_id))
         if text["links"]:
             blocks.append(_section(text["links"], MAX_SECTION_TEXT))
         blocks.append(DividerBlock())
@@ -304,14 +304,14 @@ def _section(text: str, limit: int) -> SectionBlock:
     return SectionBlock(text=_mrkdwn(cut_mrkdwn(text, limit)))
 
 
-def _decision_buttons(incident_id: str) -> ActionsBlock:
+def _decision_buttons(workflow_id: str) -> ActionsBlock:
     return ActionsBlock(
         elements=[
             ButtonElement(
-                text="Approve", action_id=APPROVE_ACTION_ID, value=incident_id, style="primary"
+                text="Approve", action_id=APPROVE_ACTION_ID, value=workflow_id, style="primary"
             ),
             ButtonElement(
-                text="Reject", action_id=REJECT_ACTION_ID, value=incident_id, style="danger"
+                text="Reject", action_id=REJECT_ACTION_ID, value=workflow_id, style="danger"
             ),
         ]
     )
@@ -450,26 +450,3 @@ def build(name: str, config: SlackConfig, http: httpx.AsyncClient) -> SlackChann
             f"({_BOT_TOKEN_PREFIX}...)"
         )
     return SlackChannel(name, config, token, http.timeout.read or 30.0)
-
-
-# Interactions (the approve/reject buttons): Slack signs each request it sends us.
-
-
-def verify_slack_request(
-    signing_secret: str, headers: Mapping[str, str], body: bytes, now: float
-) -> bool:
-    """Whether `body` with `headers` (X-Slack-Request-Timestamp, X-Slack-Signature) was
-    signed by Slack with `signing_secret` (v0 HMAC-SHA256 of "v0:{timestamp}:{body}")
-    within 5 minutes of `now` (Unix seconds). A body replayed under another timestamp fails
-    the HMAC; the same request replayed within the window passes, so the caller must also
-    make each interaction idempotent."""
-
-    class _At(Clock):
-        def now(self) -> float:
-            return now
-
-    try:
-        return SignatureVerifier(signing_secret, clock=_At()).is_valid_request(body, headers)
-    except ValueError:
-        # A timestamp that is not a number, or a body that is not UTF-8.
-        return False

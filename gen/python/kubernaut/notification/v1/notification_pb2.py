@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kubernaut/notification/v1/notification.proto\x12\x19kubernaut.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\"\xb8\x03\n\rIncidentEvent\x12*\n\x0bincident_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\nincidentId\x12L\n\x04kind\x18\x02 \x01(\x0e\x32,.kubernaut.notification.v1.IncidentEventKindB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00R\x04kind\x12\x38\n\x05\x61lert\x18\x03 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12@\n\x06target\x18\x04 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12\x1f\n\x06\x61\x63tion\x18\x05 \x01(\tB\x07\xbaH\x04r\x02\x18?R\x06\x61\x63tion\x12\'\n\x06stages\x18\x06 \x03(\tB\x0f\xbaH\x0c\x92\x01\t\x10@\"\x05r\x03\x18\x80\x10R\x06stages\x12\"\n\x07verdict\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08R\x07verdict\x12\x43\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\noccurredAt\"\x99\x01\n\x1aNotifyIncidentEventRequest\x12\x46\n\x05\x65vent\x18\x01 \x01(\x0b\x32(.kubernaut.notification.v1.IncidentEventB\x06\xbaH\x03\xc8\x01\x01R\x05\x65vent\x12\x33\n\x0fidempotency_key\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x0eidempotencyKey\"v\n\x1bNotifyIncidentEventResponse\x12\x43\n\x07results\x18\x01 \x03(\x0b\x32).kubernaut.notification.v1.DeliveryResultR\x07results\x12\x12\n\x04sent\x18\x02 \x01(\x08R\x04sent\"}\n\x07\x43hannel\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12:\n\x04kind\x18\x02 \x01(\x0e\x32&.kubernaut.notification.v1.ChannelKindR\x04kind\x12\"\n\x0c\x64\x65stinations\x18\x03 \x03(\tR\x0c\x64\x65stinations\"\x15\n\x13ListChannelsRequest\"n\n\x14ListChannelsResponse\x12>\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\".kubernaut.notification.v1.ChannelR\x08\x63hannels\x12\x16\n\x06routes\x18\x02 \x03(\tR\x06routes\"\xba\x01\n\x17SendNotificationRequest\x12$\n\x07subject\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x07subject\x12\x1f\n\x04\x62ody\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x10\x01\x18\x80\x80\x04R\x04\x62ody\x12.\n\x08\x63hannels\x18\x03 \x03(\tB\x12\xbaH\x0f\x92\x01\x0c\x10\x10\x18\x01\"\x06r\x04\x10\x01\x18?R\x08\x63hannels\x12(\n\x0bincident_id\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\"^\n\x0e\x44\x65liveryResult\x12\x18\n\x07\x63hannel\x18\x01 \x01(\tR\x07\x63hannel\x12\x1c\n\tdelivered\x18\x02 \x01(\x08R\tdelivered\x12\x14\n\x05\x65rror\x18\x03 \x01(\tR\x05\x65rror\"_\n\x18SendNotificationResponse\x12\x43\n\x07results\x18\x01 \x03(\x0b\x32).kubernaut.notification.v1.DeliveryResultR\x07results*\xaf\x02\n\x11IncidentEventKind\x12#\n\x1fINCIDENT_EVENT_KIND_UNSPECIFIED\x10\x00\x12\'\n#INCIDENT_EVENT_KIND_APPROVAL_NEEDED\x10\x01\x12!\n\x1dINCIDENT_EVENT_KIND_SUCCEEDED\x10\x02\x12\x1e\n\x1aINCIDENT_EVENT_KIND_FAILED\x10\x03\x12#\n\x1fINCIDENT_EVENT_KIND_ROLLED_BACK\x10\x04\x12\x1f\n\x1bINCIDENT_EVENT_KIND_REFUSED\x10\x05\x12\x1d\n\x19INCIDENT_EVENT_KIND_STORM\x10\x06\x12$\n INCIDENT_EVENT_KIND_NOT_ACTED_ON\x10\x07*\xf3\x01\n\x0b\x43hannelKind\x12\x1c\n\x18\x43HANNEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANNEL_KIND_EMAIL\x10\x01\x12\x16\n\x12\x43HANNEL_KIND_SLACK\x10\x02\x12\x16\n\x12\x43HANNEL_KIND_TEAMS\x10\x03\x12\x1a\n\x16\x43HANNEL_KIND_PAGERDUTY\x10\x04\x12\x14\n\x10\x43HANNEL_KIND_SMS\x10\x05\x12\x1b\n\x17\x43HANNEL_KIND_SERVICENOW\x10\x06\x12\x15\n\x11\x43HANNEL_KIND_JIRA\x10\x07\x12\x18\n\x14\x43HANNEL_KIND_WEBHOOK\x10\x08\x32\x94\x03\n\x13NotificationService\x12t\n\x0cListChannels\x12..kubernaut.notification.v1.ListChannelsRequest\x1a/.kubernaut.notification.v1.ListChannelsResponse\"\x03\x90\x02\x01\x12{\n\x10SendNotification\x12\x32.kubernaut.notification.v1.SendNotificationRequest\x1a\x33.kubernaut.notification.v1.SendNotificationResponse\x12\x89\x01\n\x13NotifyIncidentEvent\x12\x35.kubernaut.notification.v1.NotifyIncidentEventRequest\x1a\x36.kubernaut.notification.v1.NotifyIncidentEventResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kubernaut/notification/v1/notification.proto\x12\x19kubernaut.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\"\xe6\x03\n\rIncidentEvent\x12*\n\x0bincident_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\nincidentId\x12L\n\x04kind\x18\x02 \x01(\x0e\x32,.kubernaut.notification.v1.IncidentEventKindB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00R\x04kind\x12\x38\n\x05\x61lert\x18\x03 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12@\n\x06target\x18\x04 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12\x1f\n\x06\x61\x63tion\x18\x05 \x01(\tB\x07\xbaH\x04r\x02\x18?R\x06\x61\x63tion\x12\'\n\x06stages\x18\x06 \x03(\tB\x0f\xbaH\x0c\x92\x01\t\x10@\"\x05r\x03\x18\x80\x10R\x06stages\x12\"\n\x07verdict\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08R\x07verdict\x12\x43\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\noccurredAt\x12,\n\x0bworkflow_id\x18\t \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01R\nworkflowId\"\x99\x01\n\x1aNotifyIncidentEventRequest\x12\x46\n\x05\x65vent\x18\x01 \x01(\x0b\x32(.kubernaut.notification.v1.IncidentEventB\x06\xbaH\x03\xc8\x01\x01R\x05\x65vent\x12\x33\n\x0fidempotency_key\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x0eidempotencyKey\"v\n\x1bNotifyIncidentEventResponse\x12\x43\n\x07results\x18\x01 \x03(\x0b\x32).kubernaut.notification.v1.DeliveryResultR\x07results\x12\x12\n\x04sent\x18\x02 \x01(\x08R\x04sent\"}\n\x07\x43hannel\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12:\n\x04kind\x18\x02 \x01(\x0e\x32&.kubernaut.notification.v1.ChannelKindR\x04kind\x12\"\n\x0c\x64\x65stinations\x18\x03 \x03(\tR\x0c\x64\x65stinations\"\x15\n\x13ListChannelsRequest\"n\n\x14ListChannelsResponse\x12>\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\".kubernaut.notification.v1.ChannelR\x08\x63hannels\x12\x16\n\x06routes\x18\x02 \x03(\tR\x06routes\"\xba\x01\n\x17SendNotificationRequest\x12$\n\x07subject\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xc8\x01R\x07subject\x12\x1f\n\x04\x62ody\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x10\x01\x18\x80\x80\x04R\x04\x62ody\x12.\n\x08\x63hannels\x18\x03 \x03(\tB\x12\xbaH\x0f\x92\x01\x0c\x10\x10\x18\x01\"\x06r\x04\x10\x01\x18?R\x08\x63hannels\x12(\n\x0bincident_id\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\"^\n\x0e\x44\x65liveryResult\x12\x18\n\x07\x63hannel\x18\x01 \x01(\tR\x07\x63hannel\x12\x1c\n\tdelivered\x18\x02 \x01(\x08R\tdelivered\x12\x14\n\x05\x65rror\x18\x03 \x01(\tR\x05\x65rror\"_\n\x18SendNotificationResponse\x12\x43\n\x07results\x18\x01 \x03(\x0b\x32).kubernaut.notification.v1.DeliveryResultR\x07results*\xbc\x03\n\x11IncidentEventKind\x12#\n\x1fINCIDENT_EVENT_KIND_UNSPECIFIED\x10\x00\x12\'\n#INCIDENT_EVENT_KIND_APPROVAL_NEEDED\x10\x01\x12!\n\x1dINCIDENT_EVENT_KIND_SUCCEEDED\x10\x02\x12\x1e\n\x1aINCIDENT_EVENT_KIND_FAILED\x10\x03\x12#\n\x1fINCIDENT_EVENT_KIND_ROLLED_BACK\x10\x04\x12\x1f\n\x1bINCIDENT_EVENT_KIND_REFUSED\x10\x05\x12\x1d\n\x19INCIDENT_EVENT_KIND_STORM\x10\x06\x12$\n INCIDENT_EVENT_KIND_NOT_ACTED_ON\x10\x07\x12\x1e\n\x1aINCIDENT_EVENT_KIND_OPENED\x10\x08\x12&\n\"INCIDENT_EVENT_KIND_ACTION_PLANNED\x10\t\x12!\n\x1dINCIDENT_EVENT_KIND_ESCALATED\x10\n\x12 \n\x1cINCIDENT_EVENT_KIND_RESOLVED\x10\x0b*\xf3\x01\n\x0b\x43hannelKind\x12\x1c\n\x18\x43HANNEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANNEL_KIND_EMAIL\x10\x01\x12\x16\n\x12\x43HANNEL_KIND_SLACK\x10\x02\x12\x16\n\x12\x43HANNEL_KIND_TEAMS\x10\x03\x12\x1a\n\x16\x43HANNEL_KIND_PAGERDUTY\x10\x04\x12\x14\n\x10\x43HANNEL_KIND_SMS\x10\x05\x12\x1b\n\x17\x43HANNEL_KIND_SERVICENOW\x10\x06\x12\x15\n\x11\x43HANNEL_KIND_JIRA\x10\x07\x12\x18\n\x14\x43HANNEL_KIND_WEBHOOK\x10\x08\x32\x94\x03\n\x13NotificationService\x12t\n\x0cListChannels\x12..kubernaut.notification.v1.ListChannelsRequest\x1a/.kubernaut.notification.v1.ListChannelsResponse\"\x03\x90\x02\x01\x12{\n\x10SendNotification\x12\x32.kubernaut.notification.v1.SendNotificationRequest\x1a\x33.kubernaut.notification.v1.SendNotificationResponse\x12\x89\x01\n\x13NotifyIncidentEvent\x12\x35.kubernaut.notification.v1.NotifyIncidentEventRequest\x1a\x36.kubernaut.notification.v1.NotifyIncidentEventResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INCIDENTEVENT'].fields_by_name['verdict']._serialized_options = b'\272H\005r\003\030\200\010'
   _globals['_INCIDENTEVENT'].fields_by_name['occurred_at']._loaded_options = None
   _globals['_INCIDENTEVENT'].fields_by_name['occurred_at']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_INCIDENTEVENT'].fields_by_name['workflow_id']._loaded_options = None
+  _globals['_INCIDENTEVENT'].fields_by_name['workflow_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_NOTIFYINCIDENTEVENTREQUEST'].fields_by_name['event']._loaded_options = None
   _globals['_NOTIFYINCIDENTEVENTREQUEST'].fields_by_name['event']._serialized_options = b'\272H\003\310\001\001'
   _globals['_NOTIFYINCIDENTEVENTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
@@ -66,28 +68,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListChannels']._serialized_options = b'\220\002\001'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['NotifyIncidentEvent']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['NotifyIncidentEvent']._serialized_options = b'\220\002\002'
-  _globals['_INCIDENTEVENTKIND']._serialized_start=1534
-  _globals['_INCIDENTEVENTKIND']._serialized_end=1837
-  _globals['_CHANNELKIND']._serialized_start=1840
-  _globals['_CHANNELKIND']._serialized_end=2083
+  _globals['_INCIDENTEVENTKIND']._serialized_start=1580
+  _globals['_INCIDENTEVENTKIND']._serialized_end=2024
+  _globals['_CHANNELKIND']._serialized_start=2027
+  _globals['_CHANNELKIND']._serialized_end=2270
   _globals['_INCIDENTEVENT']._serialized_start=171
-  _globals['_INCIDENTEVENT']._serialized_end=611
-  _globals['_NOTIFYINCIDENTEVENTREQUEST']._serialized_start=614
-  _globals['_NOTIFYINCIDENTEVENTREQUEST']._serialized_end=767
-  _globals['_NOTIFYINCIDENTEVENTRESPONSE']._serialized_start=769
-  _globals['_NOTIFYINCIDENTEVENTRESPONSE']._serialized_end=887
-  _globals['_CHANNEL']._serialized_start=889
-  _globals['_CHANNEL']._serialized_end=1014
-  _globals['_LISTCHANNELSREQUEST']._serialized_start=1016
-  _globals['_LISTCHANNELSREQUEST']._serialized_end=1037
-  _globals['_LISTCHANNELSRESPONSE']._serialized_start=1039
-  _globals['_LISTCHANNELSRESPONSE']._serialized_end=1149
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=1152
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=1338
-  _globals['_DELIVERYRESULT']._serialized_start=1340
-  _globals['_DELIVERYRESULT']._serialized_end=1434
-  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_start=1436
-  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_end=1531
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=2086
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=2490
+  _globals['_INCIDENTEVENT']._serialized_end=657
+  _globals['_NOTIFYINCIDENTEVENTREQUEST']._serialized_start=660
+  _globals['_NOTIFYINCIDENTEVENTREQUEST']._serialized_end=813
+  _globals['_NOTIFYINCIDENTEVENTRESPONSE']._serialized_start=815
+  _globals['_NOTIFYINCIDENTEVENTRESPONSE']._serialized_end=933
+  _globals['_CHANNEL']._serialized_start=935
+  _globals['_CHANNEL']._serialized_end=1060
+  _globals['_LISTCHANNELSREQUEST']._serialized_start=1062
+  _globals['_LISTCHANNELSREQUEST']._serialized_end=1083
+  _globals['_LISTCHANNELSRESPONSE']._serialized_start=1085
+  _globals['_LISTCHANNELSRESPONSE']._serialized_end=1195
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=1198
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=1384
+  _globals['_DELIVERYRESULT']._serialized_start=1386
+  _globals['_DELIVERYRESULT']._serialized_end=1480
+  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_start=1482
+  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_end=1577
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=2273
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=2677
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,16 @@ class _IncidentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Inc
     """Kubernaut saw the alert and did not act on it (no rule handles it, nothing to do): the
     stages are the analysis' reasons, so that a decline is never silent.
     """
+    INCIDENT_EVENT_KIND_OPENED: _IncidentEventKind.ValueType  # 8
+    """A new incident: its first alert was taken and Kubernaut is looking at it."""
+    INCIDENT_EVENT_KIND_ACTION_PLANNED: _IncidentEventKind.ValueType  # 9
+    """A workflow was made for the incident: the action Kubernaut will take, and why."""
+    INCIDENT_EVENT_KIND_ESCALATED: _IncidentEventKind.ValueType  # 10
+    """The incident is left to people after Kubernaut waited for them: an approval nobody
+    gave or refused in time.
+    """
+    INCIDENT_EVENT_KIND_RESOLVED: _IncidentEventKind.ValueType  # 11
+    """Every alert of the incident resolved: pages resolve, tickets close."""
 
 class IncidentEventKind(_IncidentEventKind, metaclass=_IncidentEventKindEnumTypeWrapper):
     """IncidentEventKind is what happened to an incident's workflow."""
@@ -59,6 +69,16 @@ INCIDENT_EVENT_KIND_NOT_ACTED_ON: IncidentEventKind.ValueType  # 7
 """Kubernaut saw the alert and did not act on it (no rule handles it, nothing to do): the
 stages are the analysis' reasons, so that a decline is never silent.
 """
+INCIDENT_EVENT_KIND_OPENED: IncidentEventKind.ValueType  # 8
+"""A new incident: its first alert was taken and Kubernaut is looking at it."""
+INCIDENT_EVENT_KIND_ACTION_PLANNED: IncidentEventKind.ValueType  # 9
+"""A workflow was made for the incident: the action Kubernaut will take, and why."""
+INCIDENT_EVENT_KIND_ESCALATED: IncidentEventKind.ValueType  # 10
+"""The incident is left to people after Kubernaut waited for them: an approval nobody
+gave or refused in time.
+"""
+INCIDENT_EVENT_KIND_RESOLVED: IncidentEventKind.ValueType  # 11
+"""Every alert of the incident resolved: pages resolve, tickets close."""
 Global___IncidentEventKind: _TypeAlias = IncidentEventKind  # noqa: Y015
 
 class _ChannelKind:
@@ -109,12 +129,15 @@ class IncidentEvent(_message.Message):
     STAGES_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     kind: Global___IncidentEventKind.ValueType
     action: _builtins.str
     """The catalogue name of the action."""
     verdict: _builtins.str
     """The verdict so far, in words ("not assessed yet" until the first assessment)."""
+    workflow_id: _builtins.str
+    """The incident's workflow, when it has one (approval links name it)."""
     @_builtins.property
     def alert(self) -> _alert_pb2.Alert:
         """What fired."""
@@ -140,10 +163,11 @@ class IncidentEvent(_message.Message):
         stages: _abc.Iterable[_builtins.str] | None = ...,
         verdict: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        workflow_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "occurred_at", b"occurred_at", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "alert", b"alert", "incident_id", b"incident_id", "kind", b"kind", "occurred_at", b"occurred_at", "stages", b"stages", "target", b"target", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "alert", b"alert", "incident_id", b"incident_id", "kind", b"kind", "occurred_at", b"occurred_at", "stages", b"stages", "target", b"target", "verdict", b"verdict", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
