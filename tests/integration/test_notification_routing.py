@@ -1,7 +1,8 @@
 """Routed incident events through the real outbox (PostgreSQL): each channel its route
 chose gets the event once; a channel that failed is tried again alone, a 429 waits its
 Retry-After, a refused configuration is not tried again; a process killed mid-send leaves
-the channels that answered answered, and the redelivery sends to the others only."""
+the channels that answered answered, and the redelivery sends to the others only.
+SendNotification's free text reaches the routing file's email channels."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import grpc
 import httpx
 import pytest
 from google.protobuf import json_format
+from kubernaut.notification.v1 import notification_pb2
+from kubernaut.notification.v1.notification_pb2_grpc import NotificationServiceStub
 
 from kubernaut.devstack.smtp import MailSink
+from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.names import ServiceName
+from kubernaut.runtime.server import start_service
+from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.notification.channels import Notifier
 from kubernaut.services.notification.dispatch import Dispatcher, router_of
 from kubernaut.services.notification.outbox import Delivery, DeliveryStatus, Outbox, Routed
@@ -262,3 +270,59 @@ async def test_a_crash_mid_send_redelivers_only_the_channel_that_had_not_answere
 
 async def _true(value: object) -> bool | None:
     return True if value else None
+
+
+async def test_send_notification_reaches_the_routing_files_email_channels_only(
+    runtime_settings: RuntimeSettings, mail_sink: MailSink, tmp_path: Path
+) -> None:
+    token = tmp_path / "slack-token"
+    token.write_text("xoxb-1-2-abc\n")
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        f"""
+channels:
+  oncall: {{type: email, to: [oncall@example.com]}}
+  ops: {{type: slack, bot_token_file: "{token}", channel: C0123456789}}
+route:
+  channels: [oncall, ops]
+"""
+    )
+    env = {
+        "KUBERNAUT_NOTIFICATION_ROUTES_FILE": str(routes),
+        "KUBERNAUT_NOTIFICATION_SMTP_HOST": "127.0.0.1",
+        "KUBERNAUT_NOTIFICATION_SMTP_PORT": str(mail_sink.port),
+        "KUBERNAUT_NOTIFICATION_EMAIL_TO": "",
+        "KUBERNAUT_DATABASE_URL": "",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        running = await start_service(
+            ServiceName.NOTIFICATION,
+            runtime_settings.model_copy(update={"grpc_port": 0}),
+            serve_metrics=False,
+        )
+    clients = Clients(runtime_settings, addresses={ServiceName.NOTIFICATION: running.address})
+    try:
+        notifications = clients.stub(NotificationServiceStub)
+        sent = await notifications.SendNotification(
+            notification_pb2.SendNotificationRequest(
+                subject="drill", body="a test", channels=["oncall"]
+            )
+        )
+        assert [(r.channel, r.delivered) for r in sent.results] == [("oncall", True)]
+        (mail,) = mail_sink.messages()
+        assert mail.message["To"] == "oncall@example.com"
+        # A Slack channel takes incident events through the routes, not free text: said so.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await notifications.SendNotification(
+                notification_pb2.SendNotificationRequest(
+                    subject="drill", body="a test", channels=["oncall", "ops"]
+                )
+            )
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "'ops' is a slack channel" in (refused.value.details() or "")
+        assert len(mail_sink.messages()) == 1  # nothing half-sent
+    finally:
+        await clients.close()
+        await running.shutdown()

@@ -338,11 +338,16 @@ class Notifier:
         *,
         retry: RetryPolicy | None = None,
         recorder: DeliveryRecorder | None = None,
+        also: Sequence[Channel] = (),
     ) -> Notifier:
-        """The channels the settings configure."""
+        """The channels the settings configure, and `also` (the routing file's email
+        channels) under names not taken already."""
         channels: list[Channel] = []
         if settings.email_to:
             channels.append(EmailChannel(settings, retry=retry))
+        for channel in also:
+            if channel.name not in {c.name for c in channels}:
+                channels.append(channel)
         return cls(channels, recorder)
 
     def channels(self) -> list[ChannelInfo]:

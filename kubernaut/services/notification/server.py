@@ -34,6 +34,7 @@ from kubernaut.services.notification.settings import (
     OutboxSettings,
     RedeliverySettings,
 )
+from kubernaut.services.notification.vendors.email import EmailVendorChannel
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,14 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
             )
         except UnknownChannel as error:
             index = list(request.channels).index(error.name)
-            await abort_invalid(context, f"channels[{index}]", f"no channel named {error.name!r}")
+            routed = self.dispatcher.router.channels if self.dispatcher is not None else {}
+            why = f"no channel named {error.name!r}"
+            if (found := routed.get(error.name)) is not None:
+                why = (
+                    f"{error.name!r} is a {found.kind} channel: SendNotification sends free"
+                    " text by email only; incident events reach it through the routes"
+                )
+            await abort_invalid(context, f"channels[{index}]", why)
             raise
         except NoChannelConfigured as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
@@ -155,13 +163,19 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 async def build(ctx: ServiceContext) -> ServiceSpec:
     # Read once: channels, routes and the link allow-list come from the same settings.
     channel_settings = NotificationSettings()
-    # Each delivery, made now or by the redelivery, goes on the audit trail.
-    notifier = Notifier.from_settings(channel_settings, recorder=ctx.audit)
     renderer = EventRenderer(links=LinkPolicy(channel_settings.link_hosts))
     # One HTTP client for every vendor channel (connection reuse); closed at stop.
     http = httpx.AsyncClient(timeout=channel_settings.http_timeout_seconds)
     # A wrong routing file stops the service at start, saying where it is wrong.
     router = router_of(channel_settings, http, channel_settings.routes_file)
+    # SendNotification's free text goes by email: the settings' recipients and the routing
+    # file's email channels. Each delivery, made now or by the redelivery, is audited.
+    routed_email = [
+        channel.email
+        for channel in (router.channels.values() if router is not None else ())
+        if isinstance(channel, EmailVendorChannel)
+    ]
+    notifier = Notifier.from_settings(channel_settings, recorder=ctx.audit, also=routed_email)
     links = channel_settings.link_signer()
     dispatcher = Dispatcher(router, renderer, ctx.audit, links) if router is not None else None
     if router is not None:

@@ -39,6 +39,11 @@ class EmailVendorChannel:
         self._channel = channel
 
     @property
+    def email(self) -> EmailChannel:
+        """The plain email channel (SendNotification sends free text on it)."""
+        return self._channel
+
+    @property
     def name(self) -> str:
         return self._channel.name
 

@@ -66,11 +66,13 @@ class NotificationServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SendNotification(self, request, context):
-        """SendNotification delivers one message on the named channels, or on every
-        configured channel when none is named.
+        """SendNotification delivers one free-text message by email: on the named email channels
+        (the recipients of KUBERNAUT_NOTIFICATION_EMAIL_TO, channel "email", and the routing
+        file's email channels), or on all of them when none is named.
         Returns OK with one result per channel (a channel that failed says why);
-        INVALID_ARGUMENT (with field violations) for a malformed message or an unknown
-        channel name; FAILED_PRECONDITION when no channel is configured;
+        INVALID_ARGUMENT (with field violations) for a malformed message, an unknown channel
+        name, or a channel of another kind (Slack, PagerDuty ...: incident events reach those
+        through the routes); FAILED_PRECONDITION when no email channel is configured;
         PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

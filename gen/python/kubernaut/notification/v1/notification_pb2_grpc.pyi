@@ -39,11 +39,13 @@ class NotificationServiceStub:
     Returns OK; PERMISSION_DENIED for callers outside the call table.
     """
     SendNotification: _grpc.UnaryUnaryMultiCallable[_notification_pb2.SendNotificationRequest, _notification_pb2.SendNotificationResponse]
-    """SendNotification delivers one message on the named channels, or on every
-    configured channel when none is named.
+    """SendNotification delivers one free-text message by email: on the named email channels
+    (the recipients of KUBERNAUT_NOTIFICATION_EMAIL_TO, channel "email", and the routing
+    file's email channels), or on all of them when none is named.
     Returns OK with one result per channel (a channel that failed says why);
-    INVALID_ARGUMENT (with field violations) for a malformed message or an unknown
-    channel name; FAILED_PRECONDITION when no channel is configured;
+    INVALID_ARGUMENT (with field violations) for a malformed message, an unknown channel
+    name, or a channel of another kind (Slack, PagerDuty ...: incident events reach those
+    through the routes); FAILED_PRECONDITION when no email channel is configured;
     PERMISSION_DENIED for callers outside the call table.
     """
     NotifyIncidentEvent: _grpc.UnaryUnaryMultiCallable[_notification_pb2.NotifyIncidentEventRequest, _notification_pb2.NotifyIncidentEventResponse]
@@ -68,11 +70,13 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     Returns OK; PERMISSION_DENIED for callers outside the call table.
     """
     SendNotification: _aio.UnaryUnaryMultiCallable[_notification_pb2.SendNotificationRequest, _notification_pb2.SendNotificationResponse]  # type: ignore[assignment]
-    """SendNotification delivers one message on the named channels, or on every
-    configured channel when none is named.
+    """SendNotification delivers one free-text message by email: on the named email channels
+    (the recipients of KUBERNAUT_NOTIFICATION_EMAIL_TO, channel "email", and the routing
+    file's email channels), or on all of them when none is named.
     Returns OK with one result per channel (a channel that failed says why);
-    INVALID_ARGUMENT (with field violations) for a malformed message or an unknown
-    channel name; FAILED_PRECONDITION when no channel is configured;
+    INVALID_ARGUMENT (with field violations) for a malformed message, an unknown channel
+    name, or a channel of another kind (Slack, PagerDuty ...: incident events reach those
+    through the routes); FAILED_PRECONDITION when no email channel is configured;
     PERMISSION_DENIED for callers outside the call table.
     """
     NotifyIncidentEvent: _aio.UnaryUnaryMultiCallable[_notification_pb2.NotifyIncidentEventRequest, _notification_pb2.NotifyIncidentEventResponse]  # type: ignore[assignment]
@@ -106,11 +110,13 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notification_pb2.SendNotificationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notification_pb2.SendNotificationResponse, _abc.Awaitable[_notification_pb2.SendNotificationResponse]]:
-        """SendNotification delivers one message on the named channels, or on every
-        configured channel when none is named.
+        """SendNotification delivers one free-text message by email: on the named email channels
+        (the recipients of KUBERNAUT_NOTIFICATION_EMAIL_TO, channel "email", and the routing
+        file's email channels), or on all of them when none is named.
         Returns OK with one result per channel (a channel that failed says why);
-        INVALID_ARGUMENT (with field violations) for a malformed message or an unknown
-        channel name; FAILED_PRECONDITION when no channel is configured;
+        INVALID_ARGUMENT (with field violations) for a malformed message, an unknown channel
+        name, or a channel of another kind (Slack, PagerDuty ...: incident events reach those
+        through the routes); FAILED_PRECONDITION when no email channel is configured;
         PERMISSION_DENIED for callers outside the call table.
         """
 
