@@ -10,8 +10,9 @@ import grpc
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
-from kubernaut.cli.tables import print_table, subject_text, when_text
+from kubernaut.cli.tables import print_table, when_text
 from kubernaut.runtime.clients import Clients
+from kubernaut.services.alerts import subject_text
 
 # Reasons are long sentences; the table keeps them readable on a terminal.
 _REASON_CHARS = 120

@@ -13,9 +13,10 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.cli.identity import SHARED_OPERATOR, CliIdentity
-from kubernaut.cli.tables import print_table, subject_text, when_text
+from kubernaut.cli.tables import print_table, when_text
 from kubernaut.devstack.jaeger import trace_url
 from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.alerts import subject_text
 
 
 def trace_ui_url(settings: RuntimeSettings) -> str:

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from kubernaut.common.v1 import alert_pb2
 
 from kubernaut.runtime.names import ServiceName
 
@@ -25,13 +24,6 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-
-
-def subject_text(ref: alert_pb2.ResourceRef) -> str:
-    """'Deployment shop/web', or 'Node worker-1' for a cluster-scoped object."""
-    if ref.namespace:
-        return f"{ref.kind} {ref.namespace}/{ref.name}"
-    return f"{ref.kind} {ref.name}"
 
 
 def when_text(stamp: Timestamp) -> str:

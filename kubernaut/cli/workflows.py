@@ -10,8 +10,9 @@ from kubernaut.common.v1 import remediation_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
-from kubernaut.cli.tables import print_table, subject_text, when_text
+from kubernaut.cli.tables import print_table, when_text
 from kubernaut.runtime.clients import Clients
+from kubernaut.services.alerts import subject_text
 
 DECISIONS = {
     "approve": workflow_pb2.APPROVAL_DECISION_APPROVE,

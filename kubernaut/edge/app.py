@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from fastapi import FastAPI, Request
@@ -29,7 +29,6 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kubernaut.edge.admission import ConcurrencyCap, Measured, SenderRateLimit, mark_refusal
-from kubernaut.edge.approvals import Approvals
 from kubernaut.edge.grafana import GrafanaWebhook, grafana_to_alerts
 from kubernaut.edge.security import (
     Authenticator,
@@ -40,6 +39,11 @@ from kubernaut.edge.security import (
 )
 from kubernaut.edge.webhooks import AlertmanagerWebhook, MissingAlertName, to_alerts
 from kubernaut.runtime.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    # Made (and imported) by the edge's settings only when configured.
+    from kubernaut.edge.approvals import Approvals
+    from kubernaut.edge.console.app import ConsoleApp
 
 log = logging.getLogger("kubernaut.edge")
 
@@ -262,11 +266,13 @@ def create_app(
     rate_limiter: RateLimiter | None = None,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     approvals: Approvals | None = None,
+    console: ConsoleApp | None = None,
 ) -> Edge:
     """The edge's application. `authenticator` None accepts anonymous senders: only for a
     loopback demo, and the settings make that an explicit choice. `rate_limiter` None (or
     a rate of 0) and `max_concurrent` 0 turn those limits off. `approvals`: the routes of
-    approvals from chat (Slack buttons, signed links), when configured."""
+    approvals from chat (Slack buttons, signed links), when configured; `console`: the web
+    console under /ui, when configured."""
     api = FastAPI(
         title="Kubernaut HTTP edge",
         version="1",
@@ -294,6 +300,9 @@ def create_app(
         # Slack's clicks and the signed links: each request carries its own proof (Slack's
         # signature, the link's), so no webhook token is asked for.
         api.include_router(approvals.router())
+    if console is not None:
+        # People signed in with OIDC; every call goes out with their own token.
+        api.include_router(console.router())
     _document_webhooks(api)
 
     def refused(status: int, why: str) -> None:

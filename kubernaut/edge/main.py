@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
@@ -90,6 +91,11 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         )
         clients = Clients(settings, EDGE_ACCOUNT)
         approvals = edge.approvals(decide_for(clients.stub(WorkflowServiceStub)))
+        console = edge.console(
+            clients.stub(StorageServiceStub),
+            clients.stub(WorkflowServiceStub),
+            settings.trace_ui_url,
+        )
     except (ValueError, OSError) as error:
         log.error("cannot start: %s", error)
         return 2
@@ -106,6 +112,7 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         rate_limiter=edge.rate_limiter(),
         max_concurrent=edge.max_concurrent,
         approvals=approvals,
+        console=console,
     )
     server = uvicorn.Server(
         server_config(app, edge, check_seconds=settings.credentials_check_seconds)
@@ -120,6 +127,8 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
     finally:
         if approvals is not None:
             await approvals.close()
+        if console is not None:
+            await console.close()
         await clients.close()
         if reviewer is not None:
             await reviewer.close()

@@ -3,8 +3,9 @@ KUBERNAUT_HTTP_TOKEN_REVIEW_* (Kubernetes TokenReview for in-cluster senders).""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +18,9 @@ from kubernaut.runtime.names import METRICS_PORT_OFFSET, ServiceName
 from kubernaut.runtime.ratelimit import RateLimiter
 from kubernaut.runtime.rotation import DEFAULT_CHECK_SECONDS
 from kubernaut.runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from kubernaut.edge.console.app import ConsoleApp
 
 
 class EdgeSettings(BaseSettings):
@@ -65,6 +69,14 @@ class EdgeSettings(BaseSettings):
     # service's KUBERNAUT_NOTIFICATION_APPROVAL_LINK_SECRET_FILE): turns on
     # /api/v1/approvals/links/<token>.
     approval_link_secret_file: Path | None = None
+    # The web console: its URL as people's browsers reach it (https://kubernaut.example.com)
+    # turns on /ui, where people sign in with the OIDC issuer of KUBERNAUT_ACCESS_OIDC_*
+    # (register <this URL>/ui/callback as a redirect URI of client KUBERNAUT_ACCESS_OIDC_AUDIENCE).
+    console_url: str = ""
+    # The console's secret (a file, at least 32 bytes; the same for every edge replica): it
+    # signs the sign-in state and the forms' CSRF tokens. Unset: a random one per process,
+    # so a sign-in must come back to the replica that started it.
+    console_secret_file: Path | None = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> EdgeSettings:
@@ -130,6 +142,34 @@ class EdgeSettings(BaseSettings):
                     " is empty"
                 )
         return Approvals(decide, links=links, slack_signing_secret=slack_secret)
+
+    def console(self, storage: Any, workflows: Any, trace_ui_url: str = "") -> ConsoleApp | None:
+        """The console these settings turn on (KUBERNAUT_ACCESS_* read now; ValueError for
+        a console without an OIDC issuer, or a bad secret file); None without
+        KUBERNAUT_HTTP_CONSOLE_URL. Imported only then: the console's libraries stay out of
+        an edge without it."""
+        if not self.console_url:
+            return None
+        from kubernaut.edge.console.app import ConsoleApp
+        from kubernaut.edge.console.session import Sessions
+        from kubernaut.edge.console.views import Console
+        from kubernaut.runtime.access import Access, AccessSettings
+
+        access = AccessSettings()
+        if not access.oidc_issuer or not access.oidc_audience:
+            raise ValueError(
+                "KUBERNAUT_HTTP_CONSOLE_URL: the console signs people in with OIDC: set"
+                " KUBERNAUT_ACCESS_OIDC_ISSUER and KUBERNAUT_ACCESS_OIDC_AUDIENCE"
+            )
+        if self.console_secret_file is not None:
+            secret = read_link_secret(self.console_secret_file)
+        else:
+            secret = secrets.token_bytes(32)
+        return ConsoleApp(
+            Console(storage, workflows, trace_ui_url),
+            Sessions(access, self.console_url, secret),
+            Access(access),
+        )
 
     def rate_limiter(self) -> RateLimiter:
         return RateLimiter(self.rate_per_second, self.rate_burst)

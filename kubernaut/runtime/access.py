@@ -13,6 +13,7 @@ not hold (the issuer rotated its keys) or when it is older than `jwks_refresh_se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -233,6 +234,11 @@ class Access:
         token = _bearer(metadata.get(AUTHORIZATION_HEADER, ""))
         if token is not None and (peer.account is None or peer.account == OPERATOR_ACCOUNT):
             return await self._person_of_token(token)
+        if token is not None and peer.account == EDGE_ACCOUNT:
+            # The console: a signed-in person's own token, which this service checks; the
+            # edge only carries it.
+            person = await self._person_of_token(token)
+            return dataclasses.replace(person, via=EDGE_ACCOUNT)
         if peer.account == EDGE_ACCOUNT and (subject := metadata.get(ON_BEHALF_OF_HEADER)):
             return self._person_of_edge(subject)
         if peer.person is not None:
@@ -262,20 +268,27 @@ class Access:
                 "the edge acts only for a Slack user (slack:<ID>) or a signed link's channel"
                 " (link:<channel>)"
             )
-        return Principal(PrincipalKind.PERSON, subject, self.roles([subject]), via=EDGE_ACCOUNT)
+        return Principal(
+            PrincipalKind.PERSON, subject, self.roles([subject]), via=EDGE_ACCOUNT, vouched=True
+        )
 
     def check(self, principal: Principal, callee: ServiceName, method: str) -> None:
         """Raise Denied unless `principal` may call callee's method, saying why."""
         kind = principal.kind
-        if principal.via and (callee, method) not in edges.EDGE_FOR_PEOPLE:
+        if principal.vouched and (callee, method) not in edges.EDGE_FOR_PEOPLE:
             raise Denied(
                 f"{principal.label}, through {principal.via}, may not call"
                 f" {callee.value}.{method}: the edge acts for people only to decide approvals"
             )
-        if kind is PrincipalKind.EDGE and (callee, method) in edges.EDGE_FOR_PEOPLE:
+        if principal.via and (callee, method) not in edges.CONSOLE_CALLS:
+            raise Denied(
+                f"{principal.label}, through the console, may not call"
+                f" {callee.value}.{method}: not a call the console makes"
+            )
+        if kind is PrincipalKind.EDGE and (callee, method) not in edges.EDGE_ALLOWED:
             raise Denied(
                 f"{principal.label} may call {callee.value}.{method} only for a person"
-                f" ({ON_BEHALF_OF_HEADER} metadata)"
+                f" (their token, or {ON_BEHALF_OF_HEADER} metadata)"
             )
         if kind is PrincipalKind.PERSON:
             needed = edges.role_needed(callee, method)

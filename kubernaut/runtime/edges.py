@@ -185,6 +185,16 @@ EDGE_ALLOWED: frozenset[tuple[ServiceName, str]] = frozenset({(S.GATEWAY, "Submi
 # ... and decides approvals, only for a person it authenticated (a Slack click, a signed
 # link), whose roles then rule (access.Access.check).
 EDGE_FOR_PEOPLE: frozenset[tuple[ServiceName, str]] = frozenset({(S.WORKFLOW, "DecideApproval")})
+# ... and carries the console's calls, each with the signed-in person's own token, which the
+# callee checks; that person's roles then rule.
+CONSOLE_CALLS: frozenset[tuple[ServiceName, str]] = frozenset(
+    {
+        (S.STORAGE, "ListIncidents"),
+        (S.STORAGE, "GetIncident"),
+        (S.WORKFLOW, "GetWorkflow"),
+        (S.WORKFLOW, "DecideApproval"),
+    }
+)
 
 # Every peer, even one with no identity (kubelet probes), may ask for health.
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -199,7 +209,7 @@ def _allowed() -> frozenset[tuple[str, ServiceName, str]]:
     allowed = {
         (edge.caller.account, edge.callee, method) for edge in EDGES for method in edge.methods
     }
-    for callee, method in EDGE_ALLOWED | EDGE_FOR_PEOPLE:
+    for callee, method in EDGE_ALLOWED | EDGE_FOR_PEOPLE | CONSOLE_CALLS:
         allowed.add((EDGE_ACCOUNT, callee, method))
     for callee in ServiceName:
         for method in protocol(callee).method_names:
@@ -219,6 +229,7 @@ def check_table() -> None:
         unknown = edge.methods - set(protocol(edge.callee).method_names)
         if unknown:
             raise ValueError(f"edge {edge.caller}->{edge.callee} names unknown {sorted(unknown)}")
-    for callee, method in OPERATOR_DENIED | EDGE_ALLOWED | EDGE_FOR_PEOPLE | ROLE_GRANTS.keys():
+    tables = OPERATOR_DENIED | EDGE_ALLOWED | EDGE_FOR_PEOPLE | CONSOLE_CALLS | ROLE_GRANTS.keys()
+    for callee, method in tables:
         if method not in protocol(callee).method_names:
             raise ValueError(f"the table names unknown {callee}.{method}")

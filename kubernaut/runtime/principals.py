@@ -27,9 +27,12 @@ class Principal:
     name: str
     # A person's roles, from the role bindings (services have none: the call table rules them).
     roles: frozenset[str] = frozenset()
-    # The account that relayed a person's decision (the HTTP edge, for a Slack click or a
-    # signed link); empty when the principal called for itself.
+    # The account that relayed a person's call (the HTTP edge: the console, a Slack click,
+    # a signed link); empty when the principal called for itself.
     via: str = ""
+    # The relay vouched for who the person is (a Slack signature, a signed link it
+    # checked), rather than carrying a credential this service checked (a console token).
+    vouched: bool = False
 
     @property
     def label(self) -> str:

@@ -83,6 +83,13 @@ ALERT_FAMILIES: tuple[frozenset[str], ...] = (
 )
 
 
+def subject_text(ref: alert_pb2.ResourceRef) -> str:
+    """'Deployment shop/web', or 'Node worker-1' for a cluster-scoped object."""
+    if ref.namespace:
+        return f"{ref.kind} {ref.namespace}/{ref.name}"
+    return f"{ref.kind} {ref.name}"
+
+
 def alert_family(alert_name: str) -> list[str]:
     """The alert names of `alert_name`'s family, sorted; empty when it is in none."""
     for family in ALERT_FAMILIES:

@@ -33,7 +33,7 @@ from kubernaut.edge.app import ALERTMANAGER_PATH, GRAFANA_PATH
 from kubernaut.edge.settings import EdgeSettings
 from kubernaut.runtime.certs import CertPaths, spiffe_id
 from kubernaut.runtime.clusters import ClusterRegistry
-from kubernaut.runtime.edges import EDGE_ALLOWED, EDGE_FOR_PEOPLE, EDGES
+from kubernaut.runtime.edges import CONSOLE_CALLS, EDGE_ALLOWED, EDGE_FOR_PEOPLE, EDGES
 from kubernaut.runtime.istio import render as render_istio
 from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.names import EDGE_ACCOUNT, LIVENESS_HEALTH_SERVICE, ServiceName
@@ -168,6 +168,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "externalUrl": "https://kubernaut.example.com",
             "linkSecret": "kubernaut-approval-links",
             "slackSecret": "slack-app",
+        },
+        "console": {"url": "https://kubernaut.example.com", "secret": "kubernaut-console"},
+        "config": {
+            "KUBERNAUT_ACCESS_OIDC_ISSUER": "https://dex.example.com",
+            "KUBERNAUT_ACCESS_OIDC_AUDIENCE": "kubernaut",
         },
     },
     # Every secret given as a value: the chart creates the Secrets.
@@ -504,7 +509,8 @@ def _call_table(edge: bool) -> set[tuple[str, str]]:
     """(caller account, callee account) of every edge of the call table."""
     pairs = {(e.caller.account, e.callee.account) for e in EDGES}
     if edge:
-        pairs |= {(EDGE_ACCOUNT, callee.account) for callee, _ in EDGE_ALLOWED | EDGE_FOR_PEOPLE}
+        relayed = EDGE_ALLOWED | EDGE_FOR_PEOPLE | CONSOLE_CALLS
+        pairs |= {(EDGE_ACCOUNT, callee.account) for callee, _ in relayed}
     return pairs
 
 
@@ -760,6 +766,13 @@ def test_approval_secrets_reach_the_edge_and_the_notification_pod_alone(
         if name == EDGE_ACCOUNT:
             assert slack_file.parent == Path(mounts["slack"])
             assert volumes["slack"]["secret"]["items"][0]["path"] == slack_file.name
+    # The console's secret reaches the edge alone.
+    for deployment in _of_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert ("console" in volumes) is (container["name"] == EDGE_ACCOUNT)
+    assert config["KUBERNAUT_HTTP_CONSOLE_URL"] == "https://kubernaut.example.com"
     # Links need both the URL they point to and the secret they are signed with.
     half = {**VALUE_SETS["notifications"], "approvals": {"externalUrl": "https://k.example"}}
     refused = helm.template(half, check=False)

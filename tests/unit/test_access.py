@@ -304,3 +304,36 @@ async def test_kubernaut_login_gets_a_token_by_the_device_grant(
             clock=lambda: next(ticks),
         )
     assert not (tmp_path / "never").exists()
+
+
+async def test_the_console_carries_a_persons_own_token_and_makes_only_its_calls(
+    issuer: LocalIssuer,
+) -> None:
+    access = _access(issuer)
+    admin = await access.principal(
+        EDGE, _bearer(issuer.token("root@example.com", groups=["platform"]))
+    )
+    assert (admin.kind, admin.name, admin.via, admin.vouched) == (
+        PrincipalKind.PERSON,
+        "root@example.com",
+        "gateway-http",
+        False,
+    )
+    assert admin.audit_label == "person:root@example.com via gateway-http"
+    access.check(admin, S.STORAGE, "ListIncidents")
+    access.check(admin, S.WORKFLOW, "DecideApproval")
+    # Whatever the person's roles, the console makes its own calls only.
+    with pytest.raises(Denied, match="not a call the console makes"):
+        access.check(admin, S.EXECUTOR, "ExecuteAction")
+    # The token is checked here, not taken on the edge's word.
+    with pytest.raises(Unauthenticated):
+        await access.principal(EDGE, _bearer(issuer.token("x@example.com", audience="other")))
+    viewer = await access.principal(
+        EDGE, _bearer(issuer.token("eve@example.com", groups=["everyone"]))
+    )
+    access.check(viewer, S.STORAGE, "GetIncident")
+    with pytest.raises(Denied, match="needs the approver role"):
+        access.check(viewer, S.WORKFLOW, "DecideApproval")
+    # Without a person, the edge reads nothing.
+    with pytest.raises(Denied, match="only for a person"):
+        access.check(await access.principal(EDGE, {}), S.STORAGE, "ListIncidents")

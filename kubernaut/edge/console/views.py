@@ -1,0 +1,401 @@
+"""What the console's pages show, read through the services' gRPC APIs with the signed-in
+person's token: plain data for the templates, testable without a browser.
+
+Nothing secret is shown: incidents, workflows and analyses hold no credentials (the
+record is redacted where it is made), and the console shows only those.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Final
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.common.v1 import remediation_pb2
+from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
+from kubernaut.workflow.v1 import workflow_pb2
+from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
+
+from kubernaut.services.alerts import subject_text
+
+# The incidents a list shows at most.
+LIST_SIZE: Final = 200
+# A diff longer than this many lines is cut (a spec is normally a few dozen).
+MAX_DIFF_LINES: Final = 400
+
+
+def when(stamp: Timestamp) -> str:
+    if not stamp.ByteSize():
+        return ""
+    return stamp.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(stamp: Timestamp, now: dt.datetime) -> str:
+    """'3m', '2h', '5d' since `stamp`."""
+    if not stamp.ByteSize():
+        return ""
+    seconds = max(0, int((now - stamp.ToDatetime(tzinfo=dt.UTC)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def status_name(value: storage_pb2.IncidentStatus.ValueType) -> str:
+    return storage_pb2.IncidentStatus.Name(value).removeprefix("INCIDENT_STATUS_").lower()
+
+
+def state_name(value: workflow_pb2.WorkflowState.ValueType) -> str:
+    return workflow_pb2.WorkflowState.Name(value).removeprefix("WORKFLOW_STATE_").lower()
+
+
+@dataclass(frozen=True)
+class IncidentRow:
+    incident_id: str
+    status: str
+    alert: str
+    subject: str
+    cluster: str
+    age: str
+    opened: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: str
+    what: str
+    outcome: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ActionView:
+    action: str
+    target: str
+    outcome: str
+    message: str
+    started: str
+    # A unified diff of the target's spec, before to after.
+    diff: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkflowView:
+    workflow_id: str
+    state: str
+    message: str
+    action: str
+    target: str
+    risk: str
+    reasons: tuple[str, ...]
+    steps: tuple[TimelineEntry, ...]
+    approvals: tuple[str, ...]
+    approvals_required: int
+    requested_by: str
+    waiting: bool
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    row: IncidentRow
+    occurrences: int
+    closed: str
+    trace_id: str
+    trace_link: str
+    labels: tuple[tuple[str, str], ...]
+    summary: str
+    analyses: tuple[tuple[str, tuple[str, ...]], ...]
+    workflow: WorkflowView | None
+    workflow_error: str
+    actions: tuple[ActionView, ...]
+    assessments: tuple[TimelineEntry, ...]
+    timeline: tuple[TimelineEntry, ...] = field(default=())
+
+
+def incident_row(incident: storage_pb2.Incident, now: dt.datetime) -> IncidentRow:
+    return IncidentRow(
+        incident_id=incident.incident_id,
+        status=status_name(incident.status),
+        alert=incident.alert_name,
+        subject=subject_text(incident.subject),
+        cluster=incident.subject.cluster or "default",
+        age=age(incident.opened_at, now),
+        opened=when(incident.opened_at),
+        reason=incident.status_reason,
+    )
+
+
+def spec_diff(before_json: str, after_json: str) -> tuple[str, ...]:
+    """The change an action made, as a unified diff of the pretty-printed specs."""
+    if not before_json and not after_json:
+        return ()
+
+    def lines(text: str) -> list[str]:
+        try:
+            return json.dumps(json.loads(text), indent=2, sort_keys=True).splitlines()
+        except ValueError:
+            return text.splitlines()
+
+    diff = list(
+        difflib.unified_diff(
+            lines(before_json), lines(after_json), "before", "after", n=3, lineterm=""
+        )
+    )
+    if len(diff) > MAX_DIFF_LINES:
+        diff = [*diff[:MAX_DIFF_LINES], f"... ({len(diff) - MAX_DIFF_LINES} more lines)"]
+    return tuple(diff)
+
+
+def _decision(value: workflow_pb2.ApprovalDecision.ValueType) -> str:
+    name = workflow_pb2.ApprovalDecision.Name(value)
+    return {"APPROVAL_DECISION_APPROVE": "approved", "APPROVAL_DECISION_REJECT": "rejected"}.get(
+        name, name.lower()
+    )
+
+
+def workflow_view(workflow: workflow_pb2.Workflow) -> WorkflowView:
+    plan = workflow.plan
+    steps = tuple(
+        TimelineEntry(
+            at=when(step.finished_at) or when(step.started_at),
+            what=workflow_pb2.StepKind.Name(step.kind).removeprefix("STEP_KIND_").lower(),
+            outcome=workflow_pb2.StepState.Name(step.state).removeprefix("STEP_STATE_").lower(),
+            detail=step.message,
+        )
+        for step in workflow.steps
+    )
+    return WorkflowView(
+        workflow_id=workflow.workflow_id,
+        state=state_name(workflow.state),
+        message=workflow.message,
+        action=plan.action,
+        target=subject_text(plan.target),
+        risk=remediation_pb2.RiskLevel.Name(plan.risk).removeprefix("RISK_LEVEL_").lower(),
+        reasons=tuple(workflow.recommendation.reasons),
+        steps=steps,
+        approvals=tuple(
+            f"{a.approver} {_decision(a.decision)}" + (f": {a.reason}" if a.reason else "")
+            for a in workflow.approvals
+        ),
+        approvals_required=plan.approvals_required,
+        requested_by=workflow.requested_by,
+        waiting=workflow.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL,
+    )
+
+
+def timeline_of(
+    reply: storage_pb2.GetIncidentResponse, workflow: workflow_pb2.Workflow | None
+) -> tuple[TimelineEntry, ...]:
+    """From the first alert to the last assessment, oldest first."""
+    incident = reply.incident
+    entries: list[tuple[str, TimelineEntry]] = []
+
+    def add(stamp: Timestamp, entry: TimelineEntry) -> None:
+        if stamp.ByteSize():
+            entries.append((stamp.ToDatetime(tzinfo=dt.UTC).isoformat(), entry))
+
+    add(
+        incident.alert.starts_at,
+        TimelineEntry(when(incident.alert.starts_at), f"{incident.alert_name} fired"),
+    )
+    add(
+        incident.opened_at,
+        TimelineEntry(
+            when(incident.opened_at),
+            "incident opened",
+            detail=f"{incident.occurrences} alert(s) counted",
+        ),
+    )
+    for recorded in reply.analyses:
+        analysis = recorded.analysis
+        decision = remediation_pb2.Decision.Name(analysis.decision).removeprefix("DECISION_")
+        add(
+            recorded.recorded_at,
+            TimelineEntry(
+                when(recorded.recorded_at),
+                f"analysis ({analysis.analyzer or 'rules'})",
+                decision.lower(),
+                "; ".join(analysis.reasons),
+            ),
+        )
+    if workflow is not None:
+        add(
+            workflow.created_at,
+            TimelineEntry(
+                when(workflow.created_at),
+                "workflow planned",
+                detail=f"{workflow.plan.action} on {subject_text(workflow.plan.target)}",
+            ),
+        )
+        for approval in workflow.approvals:
+            add(
+                approval.decided_at,
+                TimelineEntry(
+                    when(approval.decided_at),
+                    "approval",
+                    _decision(approval.decision),
+                    f"{approval.approver}" + (f": {approval.reason}" if approval.reason else ""),
+                ),
+            )
+    for action in reply.actions:
+        outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
+        add(
+            action.started_at,
+            TimelineEntry(when(action.started_at), action.action, outcome.lower(), action.message),
+        )
+    for assessment in reply.assessments:
+        verdict = remediation_pb2.Verdict.Name(assessment.verdict).removeprefix("VERDICT_")
+        add(
+            assessment.assessed_at,
+            TimelineEntry(
+                when(assessment.assessed_at),
+                "assessment",
+                verdict.lower(),
+                "; ".join(assessment.evidence),
+            ),
+        )
+    add(
+        incident.alert_resolved_at,
+        TimelineEntry(when(incident.alert_resolved_at), "alerts resolved"),
+    )
+    add(
+        incident.closed_at,
+        TimelineEntry(
+            when(incident.closed_at),
+            "incident closed",
+            status_name(incident.status),
+            incident.status_reason,
+        ),
+    )
+    entries.sort(key=lambda pair: pair[0])
+    return tuple(entry for _, entry in entries)
+
+
+class Console:
+    """The console's reads and its one write, as the signed-in person."""
+
+    def __init__(
+        self, storage: StorageServiceStub, workflows: WorkflowServiceStub, trace_ui_url: str = ""
+    ) -> None:
+        self._storage = storage
+        self._workflows = workflows
+        self._trace_ui_url = trace_ui_url.rstrip("/")
+
+    @staticmethod
+    def _as(token: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),)
+
+    async def incidents(
+        self,
+        token: str,
+        status: storage_pb2.IncidentStatus.ValueType = storage_pb2.INCIDENT_STATUS_UNSPECIFIED,
+        now: dt.datetime | None = None,
+    ) -> list[IncidentRow]:
+        reply = await self._storage.ListIncidents(
+            storage_pb2.ListIncidentsRequest(status=status, page_size=LIST_SIZE),
+            metadata=self._as(token),
+        )
+        moment = now or dt.datetime.now(dt.UTC)
+        return [incident_row(incident, moment) for incident in reply.incidents]
+
+    async def workflow_of(self, token: str, incident_id: str) -> workflow_pb2.Workflow | None:
+        try:
+            reply = await self._workflows.GetWorkflow(
+                workflow_pb2.GetWorkflowRequest(incident_id=incident_id),
+                metadata=self._as(token),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        found: workflow_pb2.Workflow = reply.workflow
+        return found
+
+    async def incident(self, token: str, incident_id: str) -> IncidentView:
+        reply = await self._storage.GetIncident(
+            storage_pb2.GetIncidentRequest(incident_id=incident_id), metadata=self._as(token)
+        )
+        found: workflow_pb2.Workflow | None = None
+        workflow_error = ""
+        try:
+            found = await self.workflow_of(token, incident_id)
+        except grpc.aio.AioRpcError as error:
+            # The record stands on its own; say why the workflow part is missing.
+            workflow_error = f"{error.code().name}: {error.details()}"
+        incident = reply.incident
+        now = dt.datetime.now(dt.UTC)
+        trace_link = ""
+        if incident.trace_id and self._trace_ui_url:
+            trace_link = f"{self._trace_ui_url}/trace/{incident.trace_id}"
+        return IncidentView(
+            row=incident_row(incident, now),
+            occurrences=incident.occurrences,
+            closed=when(incident.closed_at),
+            trace_id=incident.trace_id,
+            trace_link=trace_link,
+            labels=tuple(sorted(incident.alert.labels.items())),
+            summary=incident.alert.annotations.get("summary", ""),
+            analyses=tuple(
+                (r.analysis.analyzer or "rules", tuple(r.analysis.reasons)) for r in reply.analyses
+            ),
+            workflow=workflow_view(found) if found is not None else None,
+            workflow_error=workflow_error,
+            actions=tuple(
+                ActionView(
+                    action=a.action,
+                    target=subject_text(a.target),
+                    outcome=storage_pb2.ActionOutcome.Name(a.outcome)
+                    .removeprefix("ACTION_OUTCOME_")
+                    .lower(),
+                    message=a.message,
+                    started=when(a.started_at),
+                    diff=spec_diff(a.spec_before_json, a.spec_after_json),
+                )
+                for a in reply.actions
+            ),
+            assessments=tuple(
+                TimelineEntry(
+                    when(s.assessed_at),
+                    f"+{s.delay.ToTimedelta().total_seconds():g}s",
+                    remediation_pb2.Verdict.Name(s.verdict).removeprefix("VERDICT_").lower(),
+                    "; ".join(s.evidence),
+                )
+                for s in reply.assessments
+            ),
+            timeline=timeline_of(reply, found),
+        )
+
+    async def waiting(self, token: str) -> list[tuple[IncidentRow, WorkflowView]]:
+        """The workflows that wait for a person's approval, with their incidents."""
+        # A held workflow's incident is still open, or already remediating.
+        rows = [
+            *await self.incidents(token, status=storage_pb2.INCIDENT_STATUS_OPEN),
+            *await self.incidents(token, status=storage_pb2.INCIDENT_STATUS_REMEDIATING),
+        ]
+        held: list[tuple[IncidentRow, WorkflowView]] = []
+        for row in rows:
+            found = await self.workflow_of(token, row.incident_id)
+            if found is not None and found.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL:
+                held.append((row, workflow_view(found)))
+        return held
+
+    async def decide(
+        self, token: str, workflow_id: str, approve: bool, reason: str
+    ) -> workflow_pb2.DecideApprovalResponse:
+        decided: workflow_pb2.DecideApprovalResponse = await self._workflows.DecideApproval(
+            workflow_pb2.DecideApprovalRequest(
+                workflow_id=workflow_id,
+                decision=workflow_pb2.APPROVAL_DECISION_APPROVE
+                if approve
+                else workflow_pb2.APPROVAL_DECISION_REJECT,
+                reason=reason,
+            ),
+            metadata=self._as(token),
+        )
+        return decided
