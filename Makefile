@@ -26,7 +26,7 @@ check: setup
 	bash scripts/check.sh
 
 test: check  ## what CI runs
-	pytest -q -n 2 --dist loadfile
+	pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast:
 	pytest -q tests/unit

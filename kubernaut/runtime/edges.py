@@ -191,6 +191,7 @@ CONSOLE_CALLS: frozenset[tuple[ServiceName, str]] = frozenset(
     {
         (S.STORAGE, "ListIncidents"),
         (S.STORAGE, "GetIncident"),
+        (S.STORAGE, "ListAuditEntries"),
         (S.WORKFLOW, "GetWorkflow"),
         (S.WORKFLOW, "DecideApproval"),
     }

@@ -193,6 +193,14 @@ async def test_a_person_signs_in_and_follows_an_incident_to_its_diff(site: Site)
         assert '<span class="del">-  &#34;image&#34;: &#34;shop:bad&#34;,</span>' in text
         assert '<span class="add">+  &#34;image&#34;: &#34;shop:good&#34;,</span>' in text
         assert "the pods restart in a loop since the last rollout" in text
+
+        # What people were told: the approval request's email, from the audit trail.
+        async def told() -> str | None:
+            again = await browser.get(f"/ui/incidents/{held.incident_id}")
+            return again.text if '<ul id="notifications">' in again.text else None
+
+        told_page = await eventually(told, "the approval request on the incident page", 30)
+        assert 'email <span class="badge">sent</span>' in told_page
         # A viewer is told they cannot approve, and a forged decision changes nothing.
         assert 'id="cannot-approve"' in text and f'id="approve-{held.workflow_id}"' not in text
         csrf = text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
@@ -228,7 +236,11 @@ async def test_an_approver_decides_a_held_plan_as_themselves(site: Site) -> None
             },
         )
         assert decided.status_code == 303
-        assert decided.headers["location"].startswith("/ui/approvals?notice=You%20approved")
+        after = await browser.get(decided.headers["location"])
+        assert f"You approved workflow {held.workflow_id}" in after.text
+        # A link cannot make the console claim an outcome.
+        spoofed = await browser.get("/ui/approvals?notice=You%20approved%20everything")
+        assert "You approved everything" not in spoofed.text
     got = await site.operator.stub(WorkflowServiceStub).GetWorkflow(
         workflow_pb2.GetWorkflowRequest(workflow_id=held.workflow_id)
     )

@@ -110,6 +110,11 @@ class ConsoleApp:
             "error.html", person, status, title=title, message=error.details() or error.code().name
         )
 
+    def notice(self, request: Request) -> str:
+        """The outcome the last form left for this page (signed by this console)."""
+        opened = self.sessions.open(request.query_params.get("notice", ""))
+        return str(opened.get("notice", "")) if opened else ""
+
     async def signed_in(self, request: Request) -> Person | None:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
@@ -173,7 +178,7 @@ class ConsoleApp:
                 person,
                 view=view,
                 here=request.url.path,
-                notice=request.query_params.get("notice", ""),
+                notice=app.notice(request),
             )
 
         async def approvals(request: Request, person: Person) -> Response:
@@ -183,7 +188,7 @@ class ConsoleApp:
                 person,
                 held=held,
                 here="/ui/approvals",
-                notice=request.query_params.get("notice", ""),
+                notice=app.notice(request),
             )
 
         async def decide(request: Request, person: Person) -> Response:
@@ -211,7 +216,9 @@ class ConsoleApp:
             )
             back = form.get("next", "")
             back = back if back.startswith("/ui") and "//" not in back else "/ui/approvals"
-            return RedirectResponse(f"{back}?notice={quote(notice)}", status_code=303)
+            # Signed, so that a link cannot make the console say what it did not do.
+            sealed = app.sessions.seal({"notice": notice, "exp": app.sessions.now() + 60})
+            return RedirectResponse(f"{back}?notice={quote(sealed)}", status_code=303)
 
         async def login(request: Request) -> Response:
             try:

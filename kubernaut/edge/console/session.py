@@ -129,7 +129,7 @@ class Sessions:
                 "code_challenge_method": "S256",
             }
         )
-        return f"{endpoints['authorization_endpoint']}?{query}", self._seal(
+        return f"{endpoints['authorization_endpoint']}?{query}", self.seal(
             {
                 "state": login.state,
                 "verifier": login.verifier,
@@ -149,7 +149,7 @@ class Sessions:
             raise SignInFailed(
                 f"the issuer refused: {params['error']} {params.get('error_description', '')}"
             )
-        login = self._open(login_cookie or "")
+        login = self.open(login_cookie or "")
         if login is None or not hmac.compare_digest(
             str(login.get("state", "")), params.get("state", "")
         ):
@@ -216,12 +216,14 @@ class Sessions:
             "samesite": "lax",
         }
 
-    def _seal(self, value: dict[str, Any]) -> str:
+    def seal(self, value: dict[str, Any]) -> str:
+        """`value` (with an `exp`) as a signed string only this console can have made."""
         body = _b64(json.dumps(value, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
         return f"{body}.{signature}"
 
-    def _open(self, sealed: str) -> dict[str, Any] | None:
+    def open(self, sealed: str) -> dict[str, Any] | None:
+        """What `seal` made, while it has not expired; else None."""
         body, _, signature = sealed.partition(".")
         expected = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
         if not body or not hmac.compare_digest(expected, signature):

@@ -21,6 +21,7 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
+from kubernaut.runtime.audit import DELIVERY_METHOD_PREFIX
 from kubernaut.services.alerts import subject_text
 
 # The incidents a list shows at most.
@@ -116,6 +117,9 @@ class IncidentView:
     actions: tuple[ActionView, ...]
     assessments: tuple[TimelineEntry, ...]
     timeline: tuple[TimelineEntry, ...] = field(default=())
+    # What people were told, from the audit trail: when, on what kind of channel, outcome.
+    notifications: tuple[TimelineEntry, ...] = field(default=())
+    notifications_error: str = ""
 
 
 def incident_row(incident: storage_pb2.Incident, now: dt.datetime) -> IncidentRow:
@@ -328,6 +332,12 @@ class Console:
         except grpc.aio.AioRpcError as error:
             # The record stands on its own; say why the workflow part is missing.
             workflow_error = f"{error.code().name}: {error.details()}"
+        notifications: tuple[TimelineEntry, ...] = ()
+        notifications_error = ""
+        try:
+            notifications = await self.notifications(token, incident_id)
+        except grpc.aio.AioRpcError as error:
+            notifications_error = f"{error.code().name}: {error.details()}"
         incident = reply.incident
         now = dt.datetime.now(dt.UTC)
         trace_link = ""
@@ -369,6 +379,25 @@ class Console:
                 for s in reply.assessments
             ),
             timeline=timeline_of(reply, found),
+            notifications=notifications,
+            notifications_error=notifications_error,
+        )
+
+    async def notifications(self, token: str, incident_id: str) -> tuple[TimelineEntry, ...]:
+        """The incident's deliveries the notification service put on the audit trail."""
+        listed = await self._storage.ListAuditEntries(
+            storage_pb2.ListAuditEntriesRequest(incident_id=incident_id, page_size=500),
+            metadata=self._as(token),
+        )
+        return tuple(
+            TimelineEntry(
+                when(entry.at),
+                entry.method.removeprefix(DELIVERY_METHOD_PREFIX),
+                "sent" if entry.outcome_code == "OK" else "not sent",
+                f"{entry.target}: {entry.outcome_message}",
+            )
+            for entry in listed.entries
+            if entry.method.startswith(DELIVERY_METHOD_PREFIX)
         )
 
     async def waiting(self, token: str) -> list[tuple[IncidentRow, WorkflowView]]:
