@@ -1,0 +1,79 @@
+"""What the console's pages show, from the records alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.storage.v1 import storage_pb2
+
+from kubernaut.edge.console.views import MAX_DIFF_LINES, age, spec_diff, timeline_of
+
+T0 = dt.datetime(2026, 12, 7, 3, 0, 0, tzinfo=dt.UTC)
+
+
+def _at(seconds: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(T0 + dt.timedelta(seconds=seconds))
+    return stamp
+
+
+def test_the_diff_shows_what_changed_in_the_pretty_spec() -> None:
+    before = json.dumps({"spec": {"image": "shop:bad", "replicas": 3}})
+    after = json.dumps({"spec": {"image": "shop:good", "replicas": 3}})
+    diff = spec_diff(before, after)
+    assert '-    "image": "shop:bad",' in diff and '+    "image": "shop:good",' in diff
+    assert '     "replicas": 3' in diff  # context
+    assert spec_diff("", "") == ()
+    # A huge change is cut, saying how much was left out.
+    big = spec_diff("{}", json.dumps({f"k{i}": i for i in range(1000)}))
+    assert len(big) == MAX_DIFF_LINES + 1 and big[-1].endswith("more lines)")
+
+
+def test_the_timeline_runs_from_the_alert_to_the_last_assessment_in_order() -> None:
+    alert = alert_pb2.Alert(name="KubePodCrashLooping", starts_at=_at(0))
+    incident = storage_pb2.Incident(
+        incident_id="i-1",
+        alert_name="KubePodCrashLooping",
+        alert=alert,
+        occurrences=3,
+        opened_at=_at(30),
+        closed_at=_at(400),
+        status=storage_pb2.INCIDENT_STATUS_REMEDIATED,
+        status_reason="rolled back",
+    )
+    reply = storage_pb2.GetIncidentResponse(
+        incident=incident,
+        # Recorded out of order: the timeline sorts by time.
+        assessments=[
+            storage_pb2.Assessment(
+                verdict=remediation_pb2.VERDICT_EFFECTIVE, assessed_at=_at(300), evidence=["ok"]
+            )
+        ],
+        actions=[
+            storage_pb2.ActionRecord(
+                action="rollback_deployment",
+                outcome=storage_pb2.ACTION_OUTCOME_SUCCEEDED,
+                started_at=_at(60),
+                message="rolled back",
+            )
+        ],
+    )
+    whats = [entry.what for entry in timeline_of(reply, None)]
+    assert whats == [
+        "KubePodCrashLooping fired",
+        "incident opened",
+        "rollback_deployment",
+        "assessment",
+        "incident closed",
+    ]
+
+
+def test_ages_read_as_people_say_them() -> None:
+    assert age(_at(0), T0 + dt.timedelta(seconds=42)) == "42s"
+    assert age(_at(0), T0 + dt.timedelta(minutes=5, seconds=9)) == "5m"
+    assert age(_at(0), T0 + dt.timedelta(hours=3)) == "3h"
+    assert age(_at(0), T0 + dt.timedelta(days=2, hours=1)) == "2d"
+    assert age(Timestamp(), T0) == ""
