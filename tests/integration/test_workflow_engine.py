@@ -902,6 +902,8 @@ async def test_a_busy_executor_is_still_running_not_an_outage(
     )
     assert logs.messages.count("ExecuteAction still running; waiting for it") == 2
     assert "downstream unavailable; retrying" not in logs.messages
+    # Stopped, so that it cannot claim the next workflow (with its own executor's answers).
+    await engine.stop()
 
     # Nothing works on the action and the executor answers UNAVAILABLE: that is an outage.
     stalled = progress(executor_pb2.ACTION_STATE_STARTED, [], started, running=False)
