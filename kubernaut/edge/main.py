@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
@@ -94,6 +95,7 @@ async def serve_edge(settings: RuntimeSettings, edge: EdgeSettings) -> int:
         console = edge.console(
             clients.stub(StorageServiceStub),
             clients.stub(WorkflowServiceStub),
+            clients.stub(EffectivenessServiceStub),
             settings.trace_ui_url,
         )
     except (ValueError, OSError) as error:

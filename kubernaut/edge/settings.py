@@ -143,7 +143,9 @@ class EdgeSettings(BaseSettings):
                 )
         return Approvals(decide, links=links, slack_signing_secret=slack_secret)
 
-    def console(self, storage: Any, workflows: Any, trace_ui_url: str = "") -> ConsoleApp | None:
+    def console(
+        self, storage: Any, workflows: Any, effectiveness: Any, trace_ui_url: str = ""
+    ) -> ConsoleApp | None:
         """The console these settings turn on (KUBERNAUT_ACCESS_* read now; ValueError for
         a console without an OIDC issuer, or a bad secret file); None without
         KUBERNAUT_HTTP_CONSOLE_URL. Imported only then: the console's libraries stay out of
@@ -166,7 +168,7 @@ class EdgeSettings(BaseSettings):
         else:
             secret = secrets.token_bytes(32)
         return ConsoleApp(
-            Console(storage, workflows, trace_ui_url),
+            Console(storage, workflows, effectiveness, trace_ui_url),
             Sessions(access, self.console_url, secret),
             Access(access),
         )

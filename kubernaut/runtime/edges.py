@@ -192,6 +192,8 @@ CONSOLE_CALLS: frozenset[tuple[ServiceName, str]] = frozenset(
         (S.STORAGE, "ListIncidents"),
         (S.STORAGE, "GetIncident"),
         (S.STORAGE, "ListAuditEntries"),
+        (S.STORAGE, "ListActionRecords"),
+        (S.EFFECTIVENESS, "GetActionEffectiveness"),
         (S.WORKFLOW, "GetWorkflow"),
         (S.WORKFLOW, "DecideApproval"),
     }

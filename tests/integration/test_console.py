@@ -15,6 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
@@ -138,6 +139,7 @@ async def site(
                     console = EdgeSettings(console_url=CONSOLE_URL).console(
                         edge_clients.stub(StorageServiceStub),
                         edge_clients.stub(WorkflowServiceStub),
+                        edge_clients.stub(EffectivenessServiceStub),
                         "http://jaeger.test",
                     )
                 assert isinstance(console, ConsoleApp)
@@ -212,6 +214,11 @@ async def test_a_person_signs_in_and_follows_an_incident_to_its_diff(site: Site)
         assert "needs the approver role" in forced.text
         status = await browser.get("/ui?status=nonsense")
         assert status.status_code == 400
+        # The overview counts the action, and draws its charts without a script.
+        overview = await browser.get("/ui/overview")
+        assert overview.status_code == 200, overview.text
+        assert '<svg class="chart" id="by-outcome"' in overview.text
+        assert ">succeeded</text>" in overview.text and "<script" not in overview.text
 
 
 async def test_an_approver_decides_a_held_plan_as_themselves(site: Site) -> None:

@@ -9,7 +9,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.storage.v1 import storage_pb2
 
-from kubernaut.edge.console.views import MAX_DIFF_LINES, age, spec_diff, timeline_of
+from kubernaut.edge.console.views import (
+    MAX_DIFF_LINES,
+    age,
+    overview_of,
+    spec_diff,
+    timeline_of,
+)
 
 T0 = dt.datetime(2026, 12, 7, 3, 0, 0, tzinfo=dt.UTC)
 
@@ -77,3 +83,45 @@ def test_ages_read_as_people_say_them() -> None:
     assert age(_at(0), T0 + dt.timedelta(hours=3)) == "3h"
     assert age(_at(0), T0 + dt.timedelta(days=2, hours=1)) == "2d"
     assert age(Timestamp(), T0) == ""
+
+
+def test_the_overview_counts_days_statuses_outcomes_and_time_to_fix() -> None:
+    now = T0 + dt.timedelta(days=1)
+
+    def incident(opened: int, status: int, closed: int | None = None) -> storage_pb2.Incident:
+        made = storage_pb2.Incident(
+            alert_name="KubePodCrashLooping",
+            status=status,  # type: ignore[arg-type]
+            opened_at=_at(opened),
+            alert=alert_pb2.Alert(starts_at=_at(opened - 60)),
+        )
+        if closed is not None:
+            made.closed_at.CopyFrom(_at(closed))
+        return made
+
+    incidents = [
+        incident(0, storage_pb2.INCIDENT_STATUS_REMEDIATED, closed=240),  # 5 min from the alert
+        incident(60, storage_pb2.INCIDENT_STATUS_REMEDIATED, closed=60 + 540),  # 10 min
+        incident(86400, storage_pb2.INCIDENT_STATUS_NO_ACTION, closed=86500),
+        incident(-30 * 86400, storage_pb2.INCIDENT_STATUS_FAILED),  # outside the 14 days
+    ]
+    actions = [
+        storage_pb2.ActionRecord(outcome=storage_pb2.ACTION_OUTCOME_SUCCEEDED),
+        storage_pb2.ActionRecord(outcome=storage_pb2.ACTION_OUTCOME_SUCCEEDED),
+        storage_pb2.ActionRecord(outcome=storage_pb2.ACTION_OUTCOME_ROLLED_BACK),
+    ]
+    overview = overview_of(incidents, actions, [("rollback for X", 0.75, 4)], now)
+    per_day = {bar.label: bar.value for bar in overview.incidents_per_day}
+    assert len(per_day) == 14 and per_day["12-07"] == 2 and per_day["12-08"] == 1
+    assert sum(per_day.values()) == 3
+    assert [(b.label, b.value) for b in overview.by_status] == [
+        ("remediated", 2),
+        ("no_action", 1),
+        ("failed", 1),
+    ]
+    assert [(b.label, b.value, b.percent) for b in overview.actions_by_outcome] == [
+        ("succeeded", 2, 100),
+        ("rolled_back", 1, 50),
+    ]
+    assert overview.median_minutes_to_fix == 7.5 and overview.worst_minutes_to_fix == 10.0
+    assert overview.effectiveness[0].text == "75% of 4"

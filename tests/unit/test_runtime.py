@@ -90,6 +90,8 @@ def test_operators_may_not_write_the_audit_trail_and_the_edge_submits_and_relays
         (ServiceName.STORAGE, "GetIncident"),
         (ServiceName.STORAGE, "ListIncidents"),
         (ServiceName.STORAGE, "ListAuditEntries"),
+        (ServiceName.STORAGE, "ListActionRecords"),
+        (ServiceName.EFFECTIVENESS, "GetActionEffectiveness"),
     }
 
 

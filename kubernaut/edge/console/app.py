@@ -191,6 +191,11 @@ class ConsoleApp:
                 notice=app.notice(request),
             )
 
+        async def overview(request: Request, person: Person) -> Response:
+            return app.page(
+                "overview.html", person, overview=await app.console.overview(person.token)
+            )
+
         async def decide(request: Request, person: Person) -> Response:
             form = await _form(request)
             if form is None or not app.sessions.csrf_holds(person, form.get("csrf", "")):
@@ -268,6 +273,7 @@ class ConsoleApp:
         router.add_api_route("/ui", person_page(incidents), methods=["GET"])
         router.add_api_route("/ui/incidents/{incident_id}", person_page(incident), methods=["GET"])
         router.add_api_route("/ui/approvals", person_page(approvals), methods=["GET"])
+        router.add_api_route("/ui/overview", person_page(overview), methods=["GET"])
         router.add_api_route("/ui/approvals/{workflow_id}", person_page(decide), methods=["POST"])
         router.add_api_route("/ui/login", login, methods=["GET"])
         router.add_api_route("/ui/callback", callback, methods=["GET"])

@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import remediation_pb2
+from kubernaut.effectiveness.v1 import effectiveness_pb2
+from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
@@ -26,6 +30,8 @@ from kubernaut.services.alerts import subject_text
 
 # The incidents a list shows at most.
 LIST_SIZE: Final = 200
+# The overview asks how well fixes worked for this many of the commonest alerts.
+EFFECTIVENESS_ALERTS: Final = 5
 # A diff longer than this many lines is cut (a spec is normally a few dozen).
 MAX_DIFF_LINES: Final = 400
 
@@ -281,14 +287,98 @@ def timeline_of(
     return tuple(entry for _, entry in entries)
 
 
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: float
+    # The bar's length, 0 to 100 (of the chart's largest value).
+    percent: int
+    text: str
+
+
+def bars(values: Sequence[tuple[str, float]], text: str = "{:g}") -> tuple[Bar, ...]:
+    top = max((value for _, value in values), default=0) or 1
+    return tuple(
+        Bar(label, value, round(100 * value / top), text.format(value)) for label, value in values
+    )
+
+
+@dataclass(frozen=True)
+class Overview:
+    incidents_per_day: tuple[Bar, ...]
+    by_status: tuple[Bar, ...]
+    actions_by_outcome: tuple[Bar, ...]
+    # Of each alert name's actions, the share that worked (the effectiveness service's).
+    effectiveness: tuple[Bar, ...]
+    # Minutes from the alert firing to the incident closing as remediated.
+    median_minutes_to_fix: float | None
+    worst_minutes_to_fix: float | None
+    incidents: int
+    days: int
+
+
+def overview_of(
+    incidents: Sequence[storage_pb2.Incident],
+    actions: Sequence[storage_pb2.ActionRecord],
+    effectiveness: Sequence[tuple[str, float, int]],
+    now: dt.datetime,
+    days: int = 14,
+) -> Overview:
+    """The overview's figures from the records: incidents per day over the last `days`,
+    by status, actions by outcome, effectiveness (label, success rate, attempts), and the
+    time from the alert to its fix."""
+    first_day = (now - dt.timedelta(days=days - 1)).date()
+    per_day = {first_day + dt.timedelta(days=i): 0 for i in range(days)}
+    statuses: dict[str, int] = {}
+    fixes: list[float] = []
+    for incident in incidents:
+        if incident.opened_at.ByteSize():
+            day = incident.opened_at.ToDatetime(tzinfo=dt.UTC).date()
+            if day in per_day:
+                per_day[day] += 1
+        name = status_name(incident.status)
+        statuses[name] = statuses.get(name, 0) + 1
+        fired = incident.alert.starts_at if incident.alert.starts_at.ByteSize() else None
+        if (
+            incident.status == storage_pb2.INCIDENT_STATUS_REMEDIATED
+            and incident.closed_at.ByteSize()
+        ):
+            start = fired or incident.opened_at
+            seconds = (incident.closed_at.ToDatetime() - start.ToDatetime()).total_seconds()
+            fixes.append(max(0.0, seconds) / 60)
+    outcomes: dict[str, int] = {}
+    for action in actions:
+        outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
+        outcomes[outcome.lower()] = outcomes.get(outcome.lower(), 0) + 1
+    fixes.sort()
+    return Overview(
+        incidents_per_day=bars([(f"{day:%m-%d}", n) for day, n in per_day.items()]),
+        by_status=bars(sorted(statuses.items(), key=lambda kv: -kv[1])),
+        actions_by_outcome=bars(sorted(outcomes.items(), key=lambda kv: -kv[1])),
+        effectiveness=tuple(
+            Bar(label, rate, round(100 * rate), f"{rate:.0%} of {attempts}")
+            for label, rate, attempts in effectiveness
+        ),
+        median_minutes_to_fix=statistics.median(fixes) if fixes else None,
+        worst_minutes_to_fix=fixes[-1] if fixes else None,
+        incidents=len(incidents),
+        days=days,
+    )
+
+
 class Console:
     """The console's reads and its one write, as the signed-in person."""
 
     def __init__(
-        self, storage: StorageServiceStub, workflows: WorkflowServiceStub, trace_ui_url: str = ""
+        self,
+        storage: StorageServiceStub,
+        workflows: WorkflowServiceStub,
+        effectiveness: EffectivenessServiceStub,
+        trace_ui_url: str = "",
     ) -> None:
         self._storage = storage
         self._workflows = workflows
+        self._effectiveness = effectiveness
         self._trace_ui_url = trace_ui_url.rstrip("/")
 
     @staticmethod
@@ -398,6 +488,34 @@ class Console:
             )
             for entry in listed.entries
             if entry.method.startswith(DELIVERY_METHOD_PREFIX)
+        )
+
+    async def overview(self, token: str, now: dt.datetime | None = None) -> Overview:
+        """The last two weeks at a glance (the newest 1000 incidents and actions)."""
+        listed = await self._storage.ListIncidents(
+            storage_pb2.ListIncidentsRequest(page_size=1000), metadata=self._as(token)
+        )
+        actions = await self._storage.ListActionRecords(
+            storage_pb2.ListActionRecordsRequest(page_size=1000), metadata=self._as(token)
+        )
+        names: dict[str, int] = {}
+        for incident in listed.incidents:
+            names[incident.alert_name] = names.get(incident.alert_name, 0) + 1
+        effectiveness: list[tuple[str, float, int]] = []
+        for name in sorted(names, key=lambda n: -names[n])[:EFFECTIVENESS_ALERTS]:
+            if not name:
+                continue
+            answer = await self._effectiveness.GetActionEffectiveness(
+                effectiveness_pb2.GetActionEffectivenessRequest(alert_name=name),
+                metadata=self._as(token),
+            )
+            effectiveness += [
+                (f"{action.action} for {name}", action.success_rate, int(action.attempts))
+                for action in answer.actions
+                if action.attempts
+            ]
+        return overview_of(
+            listed.incidents, actions.records, effectiveness, now or dt.datetime.now(dt.UTC)
         )
 
     async def waiting(self, token: str) -> list[tuple[IncidentRow, WorkflowView]]:
