@@ -30,4 +30,7 @@ echo "==> ruff"
 ruff check .
 ruff format --check .
 echo "==> mypy"
-mypy
+# Its cache under the state directory, by mypy's version: a warm run (even from a fresh
+# clone: entries whose file changed are found by their hash) takes seconds, not half a minute.
+MYPY_VERSION=$(python -c 'import mypy.version; print(mypy.version.__version__)')
+mypy --cache-dir "$STATE/cache/mypy-$MYPY_VERSION"
