@@ -78,6 +78,8 @@ class Forwarder:
         self._next_count = 0.0
         self._next_gauge = 0.0
         self._next_housekeeping = 0.0
+        # Failed forwards whose retry could not be recorded (the database was down).
+        self._unrecorded: dict[int, tuple[QueuedAlert, str, float]] = {}
         self._loop = ClaimLoop(
             "gateway-forwarder",
             self.run_once,
@@ -117,6 +119,8 @@ class Forwarder:
         """Forward what is due, count what is uncounted, keep house; True when it forwarded
         something (there may be more)."""
         store = await self.database.store()
+        if self._unrecorded:
+            await self._record_unrecorded()
         claimed = await store.claim(
             self.settings.forward_batch, self.settings.forward_lease_seconds
         )
@@ -202,7 +206,21 @@ class Forwarder:
                 "retry_in_seconds": delay,
             },
         )
-        await (await self.database.store()).retry_later(queued, error, delay)
+        try:
+            await (await self.database.store()).retry_later(queued, error, delay)
+        except IntakeUnavailable:
+            # Unrecorded, the row would keep this replica's lease until it runs out
+            # (forward_lease_seconds): record it as soon as the database answers again.
+            self._unrecorded[queued.row_id] = (queued, error, delay)
+            raise
+
+    async def _record_unrecorded(self) -> None:
+        """The failures an outage kept from the record, recorded now (their rows are due
+        after their backoff)."""
+        store = await self.database.store()
+        for row_id, (queued, error, delay) in list(self._unrecorded.items()):
+            await store.retry_later(queued, error, delay)
+            del self._unrecorded[row_id]
 
     async def _forward_resolution(self, queued: QueuedAlert) -> str:
         """Resolve the incident once the last of its fingerprints resolved."""
