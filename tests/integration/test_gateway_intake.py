@@ -6,6 +6,7 @@ the Redis backend's own concerns (reaching it, durability) come last."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -16,6 +17,7 @@ from random import Random
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -25,6 +27,7 @@ from kubernaut.runtime.database import redact_dsn
 from kubernaut.services.gateway import postgres_intake
 from kubernaut.services.gateway.backend import IntakeSource, IntakeUnavailable, QueuedAlert
 from kubernaut.services.gateway.decisions import FLAGS_ANNOTATION, Outcome, items_of
+from kubernaut.services.gateway.forwarding import Forwarder
 from kubernaut.services.gateway.postgres_intake import IntakeStore
 from kubernaut.services.gateway.redis_intake import RedisIntake, RedisIntakeSource
 from kubernaut.services.gateway.settings import FreshnessPolicy, GatewaySettings
@@ -852,3 +855,46 @@ async def test_a_storms_members_are_found_through_their_index(
         assert "fingerprints_by_storm" in plan, plan
     finally:
         await conn.close()
+
+
+async def test_a_retry_the_database_could_not_record_is_recorded_once_it_answers(
+    intake: StoreFactory,
+) -> None:
+    """The database goes down just as a failed forward's retry is recorded: once it answers
+    again the retry is recorded, and the alert is due after its backoff, not after the
+    lease the forwarder still holds on it (a chaos run's postgres restart)."""
+    store = await intake()
+    await store.take([alert("outage")])
+    down = {"retry_later": True}
+
+    class Store:
+        """The real store, whose database is down for the first retry_later."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        async def retry_later(self, queued: Any, error: str, delay: float) -> None:
+            if down.pop("retry_later", False):
+                raise IntakeUnavailable("the database system is shutting down")
+            await store.retry_later(queued, error, delay)
+
+    class Source:
+        async def store(self) -> Any:
+            return Store()
+
+    async def process_alert(request: Any, timeout: float) -> Any:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+        )
+
+    settings = GatewaySettings(forward_lease_seconds=600, forward_max_backoff_seconds=0.2)
+    forwarder = Forwarder(Source(), process_alert, process_alert, settings)  # type: ignore[arg-type]
+    with pytest.raises(IntakeUnavailable):
+        await forwarder.run_once()
+    # Still leased for 600 s, so nothing is due; the next round records the retry first.
+    assert await store.claim(10, 60) == []
+    with contextlib.suppress(IntakeUnavailable):
+        await forwarder.run_once()
+    await asyncio.sleep(0.5)
+    [again] = await store.claim(10, 60)
+    assert again.attempts >= 2
