@@ -168,8 +168,7 @@ class Approvals:
         try:
             claims = self._claims(token)
         except LinkRefused as error:
-            DECISIONS.labels("link", "unauthenticated").inc()
-            return _page(410 if "expired" in str(error) else 404, "Link refused", str(error))
+            return _refused_link(error)
         verb = claims.decision.value.capitalize()
         body = (
             f"<p>{verb} workflow <code>{html.escape(claims.workflow_id)}"
@@ -184,8 +183,7 @@ class Approvals:
         try:
             claims = self._claims(token)
         except LinkRefused as error:
-            DECISIONS.labels("link", "unauthenticated").inc()
-            return _page(410 if "expired" in str(error) else 404, "Link refused", str(error))
+            return _refused_link(error)
         outcome = await self.decide(
             "link",
             claims.workflow_id,
@@ -273,6 +271,11 @@ class Approvals:
             return await approvals.link_decision(token)
 
         return router
+
+
+def _refused_link(error: LinkRefused) -> HTMLResponse:
+    DECISIONS.labels("link", "unauthenticated").inc()
+    return _page(410 if error.expired else 404, "Link refused", str(error))
 
 
 async def _bounded_body(request: Request) -> bytes | None:

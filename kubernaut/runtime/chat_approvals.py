@@ -88,6 +88,10 @@ class LinkRefused(Exception):
     """The link is not one of ours, was altered, or expired; the message says which
     (never the token)."""
 
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
 
 @dataclass(frozen=True)
 class LinkClaims:
@@ -181,11 +185,11 @@ class LinkVerifier:
                 leeway=0 if now is None else 10**9,
             )
         except jwt.ExpiredSignatureError as error:
-            raise LinkRefused("this link has expired") from error
+            raise LinkRefused("this link has expired", expired=True) from error
         except jwt.PyJWTError as error:
             raise LinkRefused("this is not a valid Kubernaut approval link") from error
         if now is not None and now >= claims["exp"]:
-            raise LinkRefused("this link has expired")
+            raise LinkRefused("this link has expired", expired=True)
         try:
             subject = str(claims["sub"])
             if not subject.startswith(SUBJECT_KIND + ":"):

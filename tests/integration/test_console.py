@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import pytest_asyncio
-from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.common.v1 import alert_pb2
 from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.gateway.v1.gateway_pb2_grpc import GatewayServiceStub
 from kubernaut.storage.v1 import storage_pb2
@@ -34,6 +34,7 @@ from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures.kubernaut import InProcessStack, stack_env, start_stack
 from tests.fixtures.postgres import fresh_database
 from tests.fixtures.waiting import eventually
+from tests.fixtures.workflows import restart_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -88,32 +89,20 @@ class Site:
             labels={"namespace": "shop", "severity": "critical"},
         )
         alert.starts_at.GetCurrentTime()
-        opened = await self.operator.stub(StorageServiceStub).OpenIncident(
-            storage_pb2.OpenIncidentRequest(
-                fingerprint=uuid.uuid4().hex, alert=alert, subject=target
-            )
-        )
-        created = await self.operator.stub(WorkflowServiceStub).CreateWorkflow(
-            workflow_pb2.CreateWorkflowRequest(
-                incident_id=opened.incident.incident_id,
-                alert=alert,
-                recommendation=remediation_pb2.Recommendation(
-                    action=remediation_pb2.ActionParams(
-                        restart_deployment=remediation_pb2.RestartDeploymentParams()
-                    ),
-                    target=target,
-                    confidence=0.9,
-                    approval_required=True,
-                    approval_reason="a person looks first",
-                    reasons=["the pods restart in a loop since the last rollout"],
-                ),
-            )
+        # Unsure (confidence under the approval threshold): it waits for a person.
+        _, created = await restart_workflow(
+            self.operator.stub(StorageServiceStub),
+            self.operator.stub(WorkflowServiceStub),
+            alert,
+            target,
+            confidence=0.2,
+            reasons=["the pods restart in a loop since the last rollout"],
         )
         workflows = self.operator.stub(WorkflowServiceStub)
 
         async def waiting() -> workflow_pb2.Workflow | None:
             got = await workflows.GetWorkflow(
-                workflow_pb2.GetWorkflowRequest(workflow_id=created.workflow.workflow_id)
+                workflow_pb2.GetWorkflowRequest(workflow_id=created.workflow_id)
             )
             held = got.workflow.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL
             return got.workflow if held else None
