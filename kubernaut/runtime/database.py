@@ -193,7 +193,12 @@ class PooledStore:
             unreachable_as(self.unavailable, self.label, also=self.unreachable_also),
             self._pool.acquire(timeout=self._timeout) as conn,
         ):
-            yield conn
+            try:
+                yield conn
+            except asyncpg.InternalClientError:
+                # Its protocol state is lost: the pool must not hand it out again.
+                conn.terminate()
+                raise
 
     async def migrate(self, directory: Path | None = None) -> list[int]:
         """Apply the migrations (of `directory`, by default the store's) not yet applied, in

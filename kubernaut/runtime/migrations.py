@@ -36,6 +36,9 @@ UNREACHABLE: Final = (
     # Raised when the pool (re)connects: a dropped database or changed credentials.
     asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidAuthorizationSpecificationError,
+    # asyncpg lost track of a connection's protocol state when the server went away in the
+    # middle of an operation ("cannot switch to state ..."): the connection is broken.
+    asyncpg.InternalClientError,
 )
 
 # The advisory lock key of the unqualified (storage) migrations: the bytes of "kubernau".

@@ -20,6 +20,7 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from kubernaut.alert_processor.v1 import alert_processor_pb2
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from kubernaut.devstack.processes import free_port
@@ -31,7 +32,9 @@ from kubernaut.services.gateway.forwarding import Forwarder
 from kubernaut.services.gateway.postgres_intake import IntakeStore
 from kubernaut.services.gateway.redis_intake import RedisIntake, RedisIntakeSource
 from kubernaut.services.gateway.settings import FreshnessPolicy, GatewaySettings
+from tests.fixtures.postgres import fresh_database
 from tests.fixtures.redis import running_redis_server
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -857,6 +860,25 @@ async def test_a_storms_members_are_found_through_their_index(
         await conn.close()
 
 
+class _DownOnce:
+    """The real store, whose database is down for the first call of `method`."""
+
+    def __init__(self, store: Any, method: str) -> None:
+        self.store = store
+        self.down = {method}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+        if name not in self.down:
+            return method
+
+        async def failing(*args: Any) -> Any:
+            self.down.discard(name)
+            raise IntakeUnavailable("the database system is shutting down")
+
+        return failing
+
+
 async def test_a_retry_the_database_could_not_record_is_recorded_once_it_answers(
     intake: StoreFactory,
 ) -> None:
@@ -865,22 +887,11 @@ async def test_a_retry_the_database_could_not_record_is_recorded_once_it_answers
     lease the forwarder still holds on it (a chaos run's postgres restart)."""
     store = await intake()
     await store.take([alert("outage")])
-    down = {"retry_later": True}
-
-    class Store:
-        """The real store, whose database is down for the first retry_later."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(store, name)
-
-        async def retry_later(self, queued: Any, error: str, delay: float) -> None:
-            if down.pop("retry_later", False):
-                raise IntakeUnavailable("the database system is shutting down")
-            await store.retry_later(queued, error, delay)
+    flaky = _DownOnce(store, "retry_later")
 
     class Source:
         async def store(self) -> Any:
-            return Store()
+            return flaky
 
     async def process_alert(request: Any, timeout: float) -> Any:
         raise grpc.aio.AioRpcError(
@@ -898,3 +909,66 @@ async def test_a_retry_the_database_could_not_record_is_recorded_once_it_answers
     await asyncio.sleep(0.5)
     [again] = await store.claim(10, 60)
     assert again.attempts >= 2
+
+
+async def test_a_forward_the_database_could_not_record_is_recorded_not_repeated(
+    intake: StoreFactory,
+) -> None:
+    """The alert processor took the alert, and the database went down as the forward was
+    recorded (a chaos run's postgres restart): the next round records it, and the alert is
+    neither left queued under this replica's lease nor forwarded again."""
+    store = await intake()
+    await store.take([alert("taken")])
+    flaky = _DownOnce(store, "forwarded")
+    incident_id = str(uuid.uuid4())
+    forwarded: list[str] = []
+
+    class Source:
+        async def store(self) -> Any:
+            return flaky
+
+    async def process_alert(request: Any, timeout: float) -> Any:
+        forwarded.append(request.dedup_key)
+        return alert_processor_pb2.ProcessAlertResponse(incident_id=incident_id)
+
+    settings = GatewaySettings(forward_lease_seconds=600)
+    forwarder = Forwarder(Source(), process_alert, process_alert, settings)  # type: ignore[arg-type]
+    with pytest.raises(IntakeUnavailable):
+        await forwarder.run_once()
+    assert await store.queue_depth() != (0, 0.0)
+    await forwarder.run_once()
+    assert await store.queue_depth() == (0, 0.0)
+    assert len(forwarded) == 1, forwarded
+    # Its repeats are counted on the incident it was forwarded to.
+    [duplicate] = await store.take([alert("taken")])
+    assert duplicate.incident_id == incident_id, duplicate
+
+
+async def test_a_connection_whose_protocol_state_is_lost_counts_as_unreachable(
+    postgres_dsn: str,
+) -> None:
+    """asyncpg loses track of a connection when PostgreSQL dies mid-statement ("cannot
+    switch to state 15; another operation (2) is in progress"): that is the database being
+    unreachable, not a bug of the caller, and the broken connection is never used again."""
+    async with fresh_database(postgres_dsn) as dsn:
+        store = await IntakeStore.connect(dsn, settings=GatewaySettings(database_url=dsn))
+        try:
+            await store.migrate()
+            with pytest.raises(IntakeUnavailable, match="cannot switch to state"):
+                async with store._connection() as conn:
+                    broken = conn.get_server_pid()
+                    raise asyncpg.InternalClientError("cannot switch to state 15")
+            # The pool answers with a new connection; the broken one's server is gone.
+            assert await store.queue_depth() == (0, 0.0)
+            async with store._connection() as conn:
+                assert conn.get_server_pid() != broken
+
+                async def gone() -> bool:
+                    still = await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", broken
+                    )
+                    return bool(still == 0)
+
+                await eventually(gone, "the broken connection's backend to end", 10)
+        finally:
+            await store.close()

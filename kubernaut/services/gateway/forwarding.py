@@ -78,8 +78,10 @@ class Forwarder:
         self._next_count = 0.0
         self._next_gauge = 0.0
         self._next_housekeeping = 0.0
-        # Failed forwards whose retry could not be recorded (the database was down).
-        self._unrecorded: dict[int, tuple[QueuedAlert, str, float]] = {}
+        # What a forward came to that the database was down to record (by queue row): a
+        # forward done, a retry's backoff. Recorded first thing once it answers, instead
+        # of leaving the row leased by this replica until its lease runs out.
+        self._unrecorded: dict[int, Callable[[Intake], Awaitable[None]]] = {}
         self._loop = ClaimLoop(
             "gateway-forwarder",
             self.run_once,
@@ -168,7 +170,7 @@ class Forwarder:
                         ),
                         self.settings.forward_timeout_seconds,
                     )
-                    await store.forwarded(queued, response.incident_id)
+                    await self._record(queued, lambda s: s.forwarded(queued, response.incident_id))
                     result = "forwarded"
                     log.info(
                         "alert forwarded",
@@ -206,20 +208,25 @@ class Forwarder:
                 "retry_in_seconds": delay,
             },
         )
+        await self._record(queued, lambda store: store.retry_later(queued, error, delay))
+
+    async def _record(
+        self, queued: QueuedAlert, write: Callable[[Intake], Awaitable[None]]
+    ) -> None:
+        """`write` what came of forwarding `queued`; kept for the next round when the
+        database is down (IntakeUnavailable still raised: the round fails and backs off)."""
         try:
-            await (await self.database.store()).retry_later(queued, error, delay)
+            await write(await self.database.store())
         except IntakeUnavailable:
-            # Unrecorded, the row would keep this replica's lease until it runs out
-            # (forward_lease_seconds): record it as soon as the database answers again.
-            self._unrecorded[queued.row_id] = (queued, error, delay)
+            self._unrecorded[queued.row_id] = write
             raise
 
     async def _record_unrecorded(self) -> None:
-        """The failures an outage kept from the record, recorded now (their rows are due
-        after their backoff)."""
+        """What an outage kept from the record, recorded now (a retried row is due after its
+        backoff)."""
         store = await self.database.store()
-        for row_id, (queued, error, delay) in list(self._unrecorded.items()):
-            await store.retry_later(queued, error, delay)
+        for row_id, write in list(self._unrecorded.items()):
+            await write(store)
             del self._unrecorded[row_id]
 
     async def _forward_resolution(self, queued: QueuedAlert) -> str:
@@ -240,7 +247,7 @@ class Forwarder:
         else:
             # No incident (the alert was filtered), or others of it still fire.
             result = "dropped"
-        await store.forwarded(queued, "")
+        await self._record(queued, lambda s: s.forwarded(queued, ""))
         return result
 
     async def count_duplicates(self) -> None:
