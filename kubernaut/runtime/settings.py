@@ -140,7 +140,8 @@ class RuntimeSettings(BaseSettings):
     # stop sending, then in-flight calls get up to grace_seconds to finish.
     shutdown_drain_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
-    # How often readiness re-checks the service's dependencies.
+    # How often readiness re-checks the service's dependencies; a check that takes longer
+    # than twice this (and at least 1 s) counts as failing.
     health_interval_seconds: float = 2.0
 
     log_level: str = "INFO"
