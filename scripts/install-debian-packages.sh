@@ -13,6 +13,9 @@
 #     podman ships systemd units (podman.socket, podman.service, podman-restart.service,
 #     podman-auto-update.timer and .service) that its postinst enables: they are stopped and
 #     disabled below like the daemons (nothing of Kubernaut's uses them)
+#   - chromium and chromium-driver (156 from bookworm-security): the web console's browser test
+#     (tests/e2e/test_console_browser.py) drives headless Chromium through /usr/bin/chromedriver
+#     with Selenium; no browser is downloaded
 #
 # We run our own instances on loopback (kubernaut/devstack/monitoring.py, tests/fixtures/redis.py),
 # so the packages' own daemons must not run and must not start at boot. The packages' postinst does
@@ -30,7 +33,7 @@ set -euo pipefail
 
 PACKAGES=(prometheus prometheus-alertmanager redis-server)
 # Tools without a daemon: installed like the others, left out of the daemon handling below.
-TOOL_PACKAGES=(buildah mmdebstrap podman runc)
+TOOL_PACKAGES=(buildah mmdebstrap podman runc chromium chromium-driver)
 # Units that tool packages enable and nothing here uses.
 TOOL_UNITS=(podman.socket podman.service podman-restart.service podman-auto-update.timer
   podman-auto-update.service)

@@ -24,9 +24,10 @@ from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.cli.tables import print_readiness
 from kubernaut.devstack.monitoring import fetch_alerts
+from kubernaut.devstack.oidc import sign_in_hint
 from kubernaut.devstack.scenario import BAD_IMAGE, GOOD_IMAGE, BadRollout
 from kubernaut.devstack.smtp import read_mailbox
-from kubernaut.devstack.stack import DevStack, StackInfo
+from kubernaut.devstack.stack import DevStack
 from kubernaut.devstack.system import System, Tuning, edge_webhook_url, running_system
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.settings import RuntimeSettings
@@ -225,10 +226,16 @@ async def _show_workflow(
             step(f"step-{kind}", f"workflow step {kind} done", run.message)
 
 
-def _next_steps(settings: RuntimeSettings, incident_id: str | None, info: StackInfo) -> None:
+def _next_steps(system: System, incident_id: str | None, *, keep_running: bool) -> None:
+    settings, info = system.settings, system.dev
     certs = settings.resolved_certs_dir
     storage_port = settings.grpc_port_of(ServiceName.STORAGE)
     print("\nwhere to look next:")
+    if system.console_url:
+        page = system.console_url + (f"/incidents/{incident_id}" if incident_id else "")
+        print(f"  web console: {page}  ({sign_in_hint()})")
+        if not keep_running:
+            print("    (the demo stops when it ends: `make demo ARGS=--keep-running` keeps it up)")
     if incident_id:
         print(f"  .venv/bin/kubernaut incidents show {incident_id}")
         tls = f"-cacert {certs}/ca.crt -cert {certs}/operator.crt -key {certs}/operator.key"
@@ -276,7 +283,7 @@ async def run_demo(*, keep_running: bool = False, model: bool = True) -> int:
             )
         finally:
             await scenario.close()
-        _next_steps(settings, incident_id, info)
+        _next_steps(system, incident_id, keep_running=keep_running)
         fixed = "healed" in step.seen
         print("\nfixed." if fixed else "\nnot fixed within the demo's time; see the logs.")
         if keep_running:

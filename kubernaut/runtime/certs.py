@@ -60,9 +60,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    """Write `key` as unencrypted PKCS#8 PEM, readable by its owner only (0600)."""
     from cryptography.hazmat.primitives import serialization
 
-    """Write `key` as unencrypted PKCS#8 PEM, readable by its owner only (0600)."""
     write_private(
         path,
         key.private_bytes(

@@ -52,6 +52,8 @@ async def test_the_demo_fixes_a_bad_rollout_live(tmp_path: Path) -> None:
         "[kubernaut] New incident: KubePodCrashLooping",
         "[kubernaut] Remediated: KubePodCrashLooping",
         "kubernaut incidents show",
+        "web console: http://127.0.0.1:",
+        "sign in as one of oncall@example.com (approver)",
         "fixed.",
     ):
         assert expected in text, f"{expected!r} missing from:\n{text}"

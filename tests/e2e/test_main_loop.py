@@ -24,6 +24,7 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
+from selenium.webdriver.common.by import By
 
 from kubernaut.cli.audit import list_entries
 from kubernaut.cli.audit import verify as verify_chain
@@ -33,7 +34,7 @@ from kubernaut.devstack.kube import default_bin_dir
 from kubernaut.devstack.model import LlamaBuild
 from kubernaut.devstack.oidc import LocalIssuer
 from kubernaut.devstack.processes import free_port, free_port_base
-from kubernaut.devstack.scenario import GOOD_IMAGE, BadRollout
+from kubernaut.devstack.scenario import BAD_IMAGE, GOOD_IMAGE, BadRollout
 from kubernaut.devstack.smtp import read_mailbox
 from kubernaut.devstack.stack import DevStack, StackInfo
 from kubernaut.devstack.system import (
@@ -48,6 +49,7 @@ from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import EDGE_ACCOUNT
 from kubernaut.runtime.settings import RuntimeSettings
 from tests.fixtures import pagerduty_loopback
+from tests.fixtures.browser import Browser, artefacts_dir, chromium
 from tests.fixtures.pagerduty_loopback import PagerDutyLoopback
 from tests.fixtures.slack_loopback import SlackLoopback, buttons_of, headline_of
 from tests.fixtures.waiting import eventually
@@ -61,10 +63,14 @@ pytestmark = pytest.mark.e2e
 BOB = "bob@example.com"  # an operator: may ask for an action
 ALICE = "alice@example.com"  # an approver
 CAROL = "U0CAR0L42"  # an approver in Slack, by her Slack user ID
+VERA = "vera@example.com"  # a viewer
 ROLE_BINDINGS = {
+    "viewer": ["group:engineering"],
     "operator": [f"user:{BOB}"],
     "approver": ["group:sre-approvers", f"slack:{CAROL}"],
 }
+# Whom the issuer's sign-in page offers, as the console's browser test picks them.
+PEOPLE = {ALICE: ["sre-approvers"], BOB: [], VERA: ["engineering"]}
 # The Slack app's signing secret, which the edge checks every click against.
 SLACK_SIGNING_SECRET = "e2e0slack0signing0secret0a9c4f17"
 SLACK_CHANNEL = "C0INCIDENTS"
@@ -164,7 +170,7 @@ async def loop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Loop]:
     edge_port = free_port()
     bin_dir = default_bin_dir()  # before KUBERNAUT_STATE_DIR points elsewhere
     llama_build = LlamaBuild.default()
-    issuer = LocalIssuer().start()
+    issuer = LocalIssuer(people=PEOPLE).start()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("KUBERNAUT_STATE_DIR", str(state_dir))
         env.setenv("KUBERNAUT_PORT_BASE", str(free_port_base()))
@@ -466,18 +472,27 @@ async def test_a_namespace_not_opted_in_is_left_alone_and_the_incident_says_why(
         await scenario.close()
 
 
-async def test_a_workflow_one_person_requests_acts_once_another_approves(
-    loop: Loop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), "approvals")
-    target = alert_pb2.ResourceRef(namespace="approvals", kind="Deployment", name=scenario.name)
+def _held_restart_subject(
+    loop: Loop, namespace: str
+) -> tuple[BadRollout, alert_pb2.ResourceRef, alert_pb2.Alert]:
+    """The sample app in `namespace` (not yet deployed), the Deployment a held restart
+    targets, and the alert the restart answers."""
+    scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), namespace)
+    target = alert_pb2.ResourceRef(namespace=namespace, kind="Deployment", name=scenario.name)
     alert = alert_pb2.Alert(
         name="KubeDeploymentReplicasMismatch",
         status=alert_pb2.ALERT_STATUS_FIRING,
-        labels={"namespace": "approvals", "deployment": scenario.name},
+        labels={"namespace": namespace, "deployment": scenario.name},
         source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
     )
     alert.starts_at.GetCurrentTime()
+    return scenario, target, alert
+
+
+async def test_a_workflow_one_person_requests_acts_once_another_approves(
+    loop: Loop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario, target, alert = _held_restart_subject(loop, "approvals")
     bob_token = loop.issuer.write_token(tmp_path / "bob.token", BOB)
     alice_token = loop.issuer.write_token(tmp_path / "alice.token", ALICE, groups=["sre-approvers"])
     loop.secrets += [bob_token.read_text().strip(), alice_token.read_text().strip()]
@@ -582,17 +597,7 @@ async def test_a_workflow_one_person_requests_acts_once_another_approves(
 async def test_a_click_in_slack_lets_a_held_workflow_act_as_the_clicker(
     loop: Loop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scenario = BadRollout(Path(loop.dev.detail("kubernetes", "kubeconfig")), "chat-approvals")
-    target = alert_pb2.ResourceRef(
-        namespace="chat-approvals", kind="Deployment", name=scenario.name
-    )
-    alert = alert_pb2.Alert(
-        name="KubeDeploymentReplicasMismatch",
-        status=alert_pb2.ALERT_STATUS_FIRING,
-        labels={"namespace": "chat-approvals", "deployment": scenario.name},
-        source=alert_pb2.ALERT_SOURCE_ALERTMANAGER,
-    )
-    alert.starts_at.GetCurrentTime()
+    scenario, target, alert = _held_restart_subject(loop, "chat-approvals")
     bob_token = loop.issuer.write_token(tmp_path / "bob.token", BOB)
     loop.secrets.append(bob_token.read_text().strip())
     bob = CliIdentity(token_file=bob_token).clients(loop.system.settings)
@@ -697,6 +702,149 @@ async def test_a_click_in_slack_lets_a_held_workflow_act_as_the_clicker(
     finally:
         await bob.close()
         await scenario.close()
+
+
+def _sign_in(browser: Browser, console: str, email: str) -> None:
+    """Open the console, get sent to the issuer, pick `email` there, land back signed in."""
+    browser.open(console)
+    person = f"//button[@class='person' and starts-with(normalize-space(.), '{email}')]"
+    browser.driver.find_element(By.XPATH, person).click()
+    browser.until(
+        lambda: browser.url.startswith(console) and browser.all("#signed-in-as"),
+        f"signed in as {email}",
+        30,
+        reload=False,
+    )
+    assert browser.text("#signed-in-as") == email
+
+
+def _follow_the_rollback_as_a_viewer(
+    browser: Browser, console: str, shop_id: str, held_id: str
+) -> None:
+    _sign_in(browser, console, VERA)
+    link = f'a[href="/ui/incidents/{shop_id}"]'
+    browser.until(lambda: browser.all(link), "the rollout's incident in the list", 60)
+    browser.shot("1-incidents")
+    browser.click(link)
+    # The rollback's diff: the bad image out, the good one in.
+    removed = [line.text for line in browser.all(".diff .del")]
+    added = [line.text for line in browser.all(".diff .add")]
+    assert any(BAD_IMAGE in line for line in removed), removed
+    assert any(GOOD_IMAGE in line for line in added), added
+    timeline = browser.text("#timeline")
+    assert "KubePodCrashLooping fired" in timeline and "incident opened" in timeline, timeline
+    # The analysis, and the model's part in it (its answer or why the rules went alone).
+    analyses = browser.text("body")
+    assert ("smollm2-135m" in analyses and "The guard" in analyses) or "Rules decided alone" in (
+        analyses
+    ), analyses
+    browser.shot("2-incident-rolled-back")
+    # A viewer sees the held plan but is offered no Approve.
+    browser.click("#nav-approvals")
+    browser.until(lambda: browser.all(f"#held-{held_id}"), "the held plan", 30)
+    assert not browser.all(f"#approve-{held_id}")
+    assert "needs the approver role" in browser.text(f"#held-{held_id}")
+    browser.shot("3-approvals-as-viewer")
+    browser.click("#nav-overview")
+    assert browser.all("svg.chart")
+    browser.shot("4-overview")
+
+
+def _decide(browser: Browser, held_id: str, reason: str) -> str:
+    """Approve the held plan on the approvals page; the page's notice or error."""
+    browser.click("#nav-approvals")
+    browser.until(lambda: browser.all(f"#approve-{held_id}"), "the Approve button", 30)
+    browser.find(f"#reason-{held_id}").send_keys(reason)
+    browser.click(f"#approve-{held_id}")
+    return browser.text("main")
+
+
+async def test_the_console_follows_an_incident_and_an_approver_decides_a_held_plan(
+    loop: Loop, tmp_path: Path
+) -> None:
+    """In headless Chromium: a viewer follows the rollout's incident to its rollback diff
+    and the model's analysis, and cannot approve; the operator who asked for a plan cannot
+    approve it himself; an approver approves it, and sees it act on the cluster."""
+    console = loop.system.console_url
+    assert console.endswith("/ui"), console
+    shots = artefacts_dir() / "console"
+
+    async def rolled_back() -> storage_pb2.GetIncidentResponse | None:
+        found = await _incident_for(loop, "shop")
+        return found if found is not None and found.actions else None
+
+    # The incident of the first test's bad rollout (this module's tests run in order).
+    shop = await eventually(rolled_back, "the rollout's incident (run the module whole)", 120)
+    scenario, target, alert = _held_restart_subject(loop, "console")
+    bob_token = loop.issuer.write_token(tmp_path / "bob.token", BOB)
+    loop.secrets.append(bob_token.read_text().strip())
+    bob = CliIdentity(token_file=bob_token)
+    workflows = loop.clients.stub(WorkflowServiceStub)
+    bob_clients = bob.clients(loop.system.settings)
+    try:
+        await scenario.deploy()
+        incident_id, created = await restart_workflow(
+            loop.storage(), bob_clients.stub(WorkflowServiceStub), alert, target, confidence=0.2
+        )
+
+        async def state() -> int:
+            got = await workflows.GetWorkflow(
+                workflow_pb2.GetWorkflowRequest(workflow_id=created.workflow_id)
+            )
+            return int(got.workflow.state)
+
+        async def held() -> bool:
+            return await state() == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL
+
+        await eventually(held, "the plan to wait for approval", 60)
+        held_id = created.workflow_id
+
+        def as_viewer() -> None:
+            with chromium(shots) as browser:
+                _follow_the_rollback_as_a_viewer(
+                    browser, console, shop.incident.incident_id, held_id
+                )
+
+        def as_requester() -> str:
+            with chromium(shots) as browser:
+                _sign_in(browser, console, BOB)
+                said = _decide(browser, held_id, "my own plan")
+                browser.shot("5-self-approval-refused")
+                return said
+
+        await asyncio.to_thread(as_viewer)
+        refused = await asyncio.to_thread(as_requester)
+        assert "Not allowed" in refused and f"{BOB} requested" in refused, refused
+        assert await held(), "a refused self-approval changed the workflow"
+
+        def as_approver() -> None:
+            with chromium(shots) as browser:
+                _sign_in(browser, console, ALICE)
+                notice = _decide(browser, held_id, "restart is safe")
+                assert f"You approved workflow {held_id}" in notice, notice
+                browser.shot("6-approved")
+                # The incident's page shows the plan act: its state, then the restart's diff.
+                browser.open(f"{console}/incidents/{incident_id}")
+                browser.until(
+                    lambda: (
+                        "succeeded" in browser.text("#workflow-state") and browser.all(".diff .add")
+                    ),
+                    "the approved restart acting",
+                    180,
+                )
+                added = " ".join(line.text for line in browser.all(".diff .add"))
+                assert "kubectl.kubernetes.io/restartedAt" in added, added
+                assert f"person:{ALICE}" in browser.text("main")
+                browser.shot("7-incident-after-approval")
+
+        await asyncio.to_thread(as_approver)
+        assert await state() == workflow_pb2.WORKFLOW_STATE_SUCCEEDED
+        assert (await scenario.state()).healthy
+    finally:
+        await bob_clients.close()
+        await scenario.close()
+    for page in ("1-incidents", "2-incident-rolled-back", "3-approvals-as-viewer", "6-approved"):
+        assert (shots / f"{page}.png").stat().st_size > 10_000, page
 
 
 async def test_no_log_line_of_the_run_holds_a_secret(loop: Loop) -> None:

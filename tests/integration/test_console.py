@@ -41,6 +41,7 @@ pytestmark = pytest.mark.integration
 CONSOLE_URL = "http://console.test"
 ALICE = "alice@example.com"  # an approver
 VERA = "vera@example.com"  # a viewer
+REFRESH = '<meta http-equiv="refresh"'
 BINDINGS = {"viewer": ["group:engineering"], "approver": ["group:sre-approvers"]}
 
 
@@ -177,6 +178,13 @@ async def test_a_person_signs_in_and_follows_an_incident_to_its_diff(site: Site)
         assert "default-src 'none'" in listed.headers["content-security-policy"]
         assert f'href="/ui/incidents/{held.incident_id}"' in listed.text
         assert VERA in listed.text and "viewer" in listed.text
+        assert '<td class="action">rollback_deployment: succeeded</td>' in listed.text
+        # The search narrows the list to what matches the alert, subject or cluster.
+        subject = held.plan.target.name
+        found = await browser.get("/ui", params={"q": subject.upper()})
+        assert f'href="/ui/incidents/{held.incident_id}"' in found.text
+        missing = await browser.get("/ui", params={"q": "no-such-workload"})
+        assert 'id="no-incidents"' in missing.text and "no-such-workload" in missing.text
         page = await browser.get(f"/ui/incidents/{held.incident_id}")
         assert page.status_code == 200, page.text
         text = page.text
@@ -194,6 +202,8 @@ async def test_a_person_signs_in_and_follows_an_incident_to_its_diff(site: Site)
         assert 'email <span class="badge">sent</span>' in told_page
         # A viewer is told they cannot approve, and a forged decision changes nothing.
         assert 'id="cannot-approve"' in text and f'id="approve-{held.workflow_id}"' not in text
+        # With no form to fill in, the page keeps itself fresh.
+        assert REFRESH in text and REFRESH in listed.text
         csrf = text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         forced = await browser.post(
             f"/ui/approvals/{held.workflow_id}",
@@ -216,6 +226,8 @@ async def test_an_approver_decides_a_held_plan_as_themselves(site: Site) -> None
         await site.sign_in(browser, ALICE, "sre-approvers")
         page = await browser.get("/ui/approvals")
         assert f'id="approve-{held.workflow_id}"' in page.text
+        # It does not reload under the fingers of someone writing a reason.
+        assert REFRESH not in page.text
         csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         # Without the session's CSRF token (a form another site made), nothing happens.
         forged = await browser.post(

@@ -453,7 +453,7 @@ def test_down_leaves_no_process_alive(tmp_path: Path) -> None:
         info = stack.up(lambda line: None)
         # What stack.json records, and the cluster's processes (its own pid files).
         pids.update({name: c.pid for name, c in info.components.items() if c.pid is not None})
-        assert set(pids) >= {"smtp", "alertmanager", "prometheus"}, pids
+        assert set(pids) >= {"smtp", "oidc", "alertmanager", "prometheus"}, pids
         components = cluster.status().components
         assert all(c.pid is not None for c in components), components
         pids.update({c.name: c.pid for c in components if c.pid is not None})

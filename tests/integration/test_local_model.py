@@ -19,10 +19,11 @@ from kubernaut.devstack.model import (
     ModelServerError,
     provider_settings,
 )
-from kubernaut.devstack.stack import Component, StackInfo
+from kubernaut.devstack.stack import Component
 from kubernaut.devstack.system import Tuning, service_env
 from kubernaut.runtime.names import ServiceName
 from kubernaut.services.ai_analysis.settings import AnalysisSettings
+from tests.fixtures.devstack import recorded_stack
 
 pytestmark = pytest.mark.integration
 
@@ -81,23 +82,7 @@ async def test_the_server_lists_the_model_by_its_alias(local_model: ModelServer)
 
 def test_the_dev_stack_points_ai_analysis_at_its_model() -> None:
     url = "http://127.0.0.1:43210/v1"
-    info = StackInfo(
-        "/tmp/state",
-        {
-            "postgres": Component("postgres", None, "", "", "", {"dsn": "postgresql://x"}),
-            "smtp": Component("smtp", 1, "", "", "", {"host": "127.0.0.1", "port": "25"}),
-            "kubernetes": Component(
-                "kubernetes",
-                None,
-                "",
-                "",
-                "",
-                {"executor_kubeconfig": "e", "context-api_kubeconfig": "c"},
-            ),
-            "alertmanager": Component("alertmanager", 2, "", "http://127.0.0.1:9093", ""),
-            "model": Component("model", 3, "llama_cpp.server", url, ""),
-        },
-    )
+    info = recorded_stack("/tmp/state", model=Component("model", 3, "llama_cpp.server", url, ""))
     _, per_service = service_env(info, Tuning())
     raw = per_service[ServiceName.AI_ANALYSIS]["KUBERNAUT_AI_PROVIDERS"]
     assert raw == provider_settings(url)

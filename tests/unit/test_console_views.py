@@ -12,6 +12,9 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.edge.console.views import (
     MAX_DIFF_LINES,
     age,
+    analysis_view,
+    incident_row,
+    latest_actions,
     overview_of,
     spec_diff,
     timeline_of,
@@ -125,3 +128,64 @@ def test_the_overview_counts_days_statuses_outcomes_and_time_to_fix() -> None:
     ]
     assert overview.median_minutes_to_fix == 7.5 and overview.worst_minutes_to_fix == 10.0
     assert overview.effectiveness[0].text == "75% of 4"
+
+
+def test_an_analysis_shows_the_models_part_and_the_guards_verdict() -> None:
+    analysis = remediation_pb2.Analysis(
+        decision=remediation_pb2.DECISION_REMEDIATE,
+        reasons=["crash-looping since the rollout"],
+        analyzer="local",
+        reasoning=remediation_pb2.ModelReasoning(
+            provider="local",
+            model="smollm2-135m",
+            prompt="alert KubePodCrashLooping ...",
+            answer='{"decision":"remediate"}',
+            validation="valid",
+            guard="disagreed: approval",
+            input_tokens=812,
+            output_tokens=40,
+            latency_seconds=1.94,
+            tool_uses=[remediation_pb2.ToolUse(name="pod_logs", arguments='{"pod":"a"}')],
+            asked_after_the_plan=True,
+        ),
+    )
+    view = analysis_view(analysis)
+    assert (view.analyzer, view.decision) == ("local", "remediate")
+    assert view.model is not None
+    assert view.model.guard == "disagreed: approval" and view.model.after_the_plan
+    assert view.model.tokens == "812 in, 40 out" and view.model.latency == "1.9 s"
+    assert view.model.tools == ('pod_logs({"pod":"a"})',)
+    # The rules alone: no model part, and the analyzer is named.
+    rules = analysis_view(remediation_pb2.Analysis(decision=remediation_pb2.DECISION_NO_ACTION))
+    assert (rules.analyzer, rules.decision, rules.model) == ("rules", "no_action", None)
+
+
+def test_the_list_shows_each_incidents_latest_action_and_searches_its_fields() -> None:
+    def record(
+        incident: str, action: str, seconds: int, outcome: storage_pb2.ActionOutcome.ValueType
+    ) -> storage_pb2.ActionRecord:
+        return storage_pb2.ActionRecord(
+            incident_id=incident,
+            action=action,
+            outcome=outcome,
+            started_at=_at(seconds),
+        )
+
+    taken = latest_actions(
+        [
+            record("a", "restart_deployment", 20, storage_pb2.ACTION_OUTCOME_FAILED),
+            record("a", "rollback_deployment", 90, storage_pb2.ACTION_OUTCOME_SUCCEEDED),
+            record("b", "scale_deployment", 10, storage_pb2.ACTION_OUTCOME_ROLLED_BACK),
+        ]
+    )
+    assert taken == {"a": "rollback_deployment: succeeded", "b": "scale_deployment: rolled_back"}
+    incident = storage_pb2.Incident(
+        incident_id="a",
+        alert_name="KubePodCrashLooping",
+        subject=alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout"),
+        opened_at=_at(0),
+    )
+    row = incident_row(incident, T0 + dt.timedelta(minutes=5), taken["a"])
+    assert row.action == "rollback_deployment: succeeded"
+    assert row.matches("crashloop") and row.matches("CHECKOUT") and row.matches("default")
+    assert not row.matches("payments")

@@ -37,7 +37,8 @@ from kubernaut.runtime.edges import Role, role_allows
 log = logging.getLogger("kubernaut.edge.console")
 
 HERE: Final = Path(__file__).parent
-# The incidents list reloads itself this often (a meta refresh: no script needed).
+# Pages reload themselves this often (a meta refresh: no script needed), except while they
+# show a form a person may be filling in (Approve/Reject with a reason).
 REFRESH_SECONDS: Final = 10
 MAX_FORM_BYTES: Final = 8192
 _HEADERS: Final = {
@@ -92,12 +93,15 @@ class ConsoleApp:
         **values: Any,
     ) -> HTMLResponse:
         roles = self.roles(person) if person is not None else []
+        may_approve = role_allows(roles, Role.APPROVER)
+        if values.pop("deciding", False) and may_approve:
+            values["refresh"] = 0
         values.setdefault("refresh", 0)
         values.setdefault("notice", "")
         html = self._templates.get_template(template).render(
             person=person,
             roles=roles,
-            may_approve=role_allows(roles, Role.APPROVER),
+            may_approve=may_approve,
             **values,
         )
         return HTMLResponse(html, status_code=http_status, headers=_HEADERS)
@@ -161,12 +165,14 @@ class ConsoleApp:
                 if status not in _STATUSES:
                     return app.page("error.html", person, 400, title="Not a status", message=status)
                 value = storage_pb2.IncidentStatus.Value(f"INCIDENT_STATUS_{status.upper()}")
-            rows = await app.console.incidents(person.token, value)
+            text = request.query_params.get("q", "").strip()[:200]
+            rows = await app.console.incidents(person.token, value, text)
             return app.page(
                 "incidents.html",
                 person,
                 rows=rows,
                 status=status,
+                text=text,
                 statuses=_STATUSES,
                 refresh=REFRESH_SECONDS,
             )
@@ -179,6 +185,8 @@ class ConsoleApp:
                 view=view,
                 here=request.url.path,
                 notice=app.notice(request),
+                refresh=REFRESH_SECONDS,
+                deciding=view.workflow is not None and view.workflow.waiting,
             )
 
         async def approvals(request: Request, person: Person) -> Response:
@@ -189,6 +197,8 @@ class ConsoleApp:
                 held=held,
                 here="/ui/approvals",
                 notice=app.notice(request),
+                refresh=REFRESH_SECONDS,
+                deciding=bool(held),
             )
 
         async def overview(request: Request, person: Person) -> Response:

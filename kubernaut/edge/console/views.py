@@ -7,6 +7,7 @@ record is redacted where it is made), and the console shows only those.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import difflib
 import json
@@ -71,6 +72,13 @@ class IncidentRow:
     age: str
     opened: str
     reason: str
+    # The latest action taken for it and its outcome ("rollback_deployment: succeeded").
+    action: str = ""
+
+    def matches(self, text: str) -> bool:
+        """`text` (any case) is in its alert, subject or cluster: the list's search."""
+        folded = text.casefold()
+        return any(folded in field.casefold() for field in (self.alert, self.subject, self.cluster))
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,62 @@ class ActionView:
     started: str
     # A unified diff of the target's spec, before to after.
     diff: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """How a model took part in an analysis, as the record has it (the prompt is redacted
+    where the record is made)."""
+
+    provider: str
+    model: str
+    answer: str
+    validation: str
+    guard: str
+    fallback_reason: str
+    tools: tuple[str, ...]
+    tokens: str
+    latency: str
+    prompt: str
+    # Asked after the rules' plan went ahead: the model's view, for the record.
+    after_the_plan: bool
+
+
+@dataclass(frozen=True)
+class AnalysisView:
+    analyzer: str
+    decision: str
+    reasons: tuple[str, ...]
+    model: ModelView | None
+
+
+def analysis_view(analysis: remediation_pb2.Analysis) -> AnalysisView:
+    model = None
+    if analysis.HasField("reasoning"):
+        reasoning = analysis.reasoning
+        model = ModelView(
+            provider=reasoning.provider,
+            model=reasoning.model,
+            answer=reasoning.answer,
+            validation=reasoning.validation,
+            guard=reasoning.guard,
+            fallback_reason=reasoning.fallback_reason,
+            tools=tuple(f"{use.name}({use.arguments})" for use in reasoning.tool_uses),
+            tokens=(
+                f"{reasoning.input_tokens} in, {reasoning.output_tokens} out"
+                if reasoning.input_tokens or reasoning.output_tokens
+                else ""
+            ),
+            latency=f"{reasoning.latency_seconds:.1f} s" if reasoning.latency_seconds else "",
+            prompt=reasoning.prompt,
+            after_the_plan=reasoning.asked_after_the_plan,
+        )
+    return AnalysisView(
+        analyzer=analysis.analyzer or "rules",
+        decision=remediation_pb2.Decision.Name(analysis.decision).removeprefix("DECISION_").lower(),
+        reasons=tuple(analysis.reasons),
+        model=model,
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +181,7 @@ class IncidentView:
     trace_link: str
     labels: tuple[tuple[str, str], ...]
     summary: str
-    analyses: tuple[tuple[str, tuple[str, ...]], ...]
+    analyses: tuple[AnalysisView, ...]
     workflow: WorkflowView | None
     workflow_error: str
     actions: tuple[ActionView, ...]
@@ -128,7 +192,21 @@ class IncidentView:
     notifications_error: str = ""
 
 
-def incident_row(incident: storage_pb2.Incident, now: dt.datetime) -> IncidentRow:
+def outcome_name(value: storage_pb2.ActionOutcome.ValueType) -> str:
+    return storage_pb2.ActionOutcome.Name(value).removeprefix("ACTION_OUTCOME_").lower()
+
+
+def latest_actions(records: Sequence[storage_pb2.ActionRecord]) -> dict[str, str]:
+    """incident id -> its latest action and outcome, from action records in any order."""
+    latest: dict[str, storage_pb2.ActionRecord] = {}
+    for record in records:
+        seen = latest.get(record.incident_id)
+        if seen is None or record.started_at.ToNanoseconds() > seen.started_at.ToNanoseconds():
+            latest[record.incident_id] = record
+    return {key: f"{r.action}: {outcome_name(r.outcome)}" for key, r in latest.items()}
+
+
+def incident_row(incident: storage_pb2.Incident, now: dt.datetime, action: str = "") -> IncidentRow:
     return IncidentRow(
         incident_id=incident.incident_id,
         status=status_name(incident.status),
@@ -138,6 +216,7 @@ def incident_row(incident: storage_pb2.Incident, now: dt.datetime) -> IncidentRo
         age=age(incident.opened_at, now),
         opened=when(incident.opened_at),
         reason=incident.status_reason,
+        action=action,
     )
 
 
@@ -254,10 +333,11 @@ def timeline_of(
                 ),
             )
     for action in reply.actions:
-        outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
         add(
             action.started_at,
-            TimelineEntry(when(action.started_at), action.action, outcome.lower(), action.message),
+            TimelineEntry(
+                when(action.started_at), action.action, outcome_name(action.outcome), action.message
+            ),
         )
     for assessment in reply.assessments:
         verdict = remediation_pb2.Verdict.Name(assessment.verdict).removeprefix("VERDICT_")
@@ -348,8 +428,8 @@ def overview_of(
             fixes.append(max(0.0, seconds) / 60)
     outcomes: dict[str, int] = {}
     for action in actions:
-        outcome = storage_pb2.ActionOutcome.Name(action.outcome).removeprefix("ACTION_OUTCOME_")
-        outcomes[outcome.lower()] = outcomes.get(outcome.lower(), 0) + 1
+        outcome = outcome_name(action.outcome)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
     fixes.sort()
     return Overview(
         incidents_per_day=bars([(f"{day:%m-%d}", n) for day, n in per_day.items()]),
@@ -389,14 +469,24 @@ class Console:
         self,
         token: str,
         status: storage_pb2.IncidentStatus.ValueType = storage_pb2.INCIDENT_STATUS_UNSPECIFIED,
+        text: str = "",
         now: dt.datetime | None = None,
     ) -> list[IncidentRow]:
-        reply = await self._storage.ListIncidents(
-            storage_pb2.ListIncidentsRequest(status=status, page_size=LIST_SIZE),
-            metadata=self._as(token),
+        """The newest incidents (of `status`; whose alert, subject or cluster holds `text`),
+        each with the latest action taken for it."""
+        reply, actions = await asyncio.gather(
+            self._storage.ListIncidents(
+                storage_pb2.ListIncidentsRequest(status=status, page_size=LIST_SIZE),
+                metadata=self._as(token),
+            ),
+            self._storage.ListActionRecords(
+                storage_pb2.ListActionRecordsRequest(page_size=LIST_SIZE), metadata=self._as(token)
+            ),
         )
         moment = now or dt.datetime.now(dt.UTC)
-        return [incident_row(incident, moment) for incident in reply.incidents]
+        taken = latest_actions(actions.records)
+        rows = [incident_row(i, moment, taken.get(i.incident_id, "")) for i in reply.incidents]
+        return [row for row in rows if row.matches(text)] if text else rows
 
     async def workflow_of(self, token: str, incident_id: str) -> workflow_pb2.Workflow | None:
         try:
@@ -441,18 +531,14 @@ class Console:
             trace_link=trace_link,
             labels=tuple(sorted(incident.alert.labels.items())),
             summary=incident.alert.annotations.get("summary", ""),
-            analyses=tuple(
-                (r.analysis.analyzer or "rules", tuple(r.analysis.reasons)) for r in reply.analyses
-            ),
+            analyses=tuple(analysis_view(r.analysis) for r in reply.analyses),
             workflow=workflow_view(found) if found is not None else None,
             workflow_error=workflow_error,
             actions=tuple(
                 ActionView(
                     action=a.action,
                     target=subject_text(a.target),
-                    outcome=storage_pb2.ActionOutcome.Name(a.outcome)
-                    .removeprefix("ACTION_OUTCOME_")
-                    .lower(),
+                    outcome=outcome_name(a.outcome),
                     message=a.message,
                     started=when(a.started_at),
                     diff=spec_diff(a.spec_before_json, a.spec_after_json),
