@@ -727,8 +727,8 @@ def _follow_the_rollback_as_a_viewer(
     browser.shot("1-incidents")
     browser.click(link)
     # The rollback's diff: the bad image out, the good one in.
-    removed = [line.text for line in browser.all(".diff .del")]
-    added = [line.text for line in browser.all(".diff .add")]
+    removed = browser.texts(".diff .del")
+    added = browser.texts(".diff .add")
     assert any(BAD_IMAGE in line for line in removed), removed
     assert any(GOOD_IMAGE in line for line in added), added
     timeline = browser.text("#timeline")
@@ -832,7 +832,7 @@ async def test_the_console_follows_an_incident_and_an_approver_decides_a_held_pl
                     "the approved restart acting",
                     180,
                 )
-                added = " ".join(line.text for line in browser.all(".diff .add"))
+                added = " ".join(browser.texts(".diff .add"))
                 assert "kubectl.kubernetes.io/restartedAt" in added, added
                 assert f"person:{ALICE}" in browser.text("main")
                 browser.shot("7-incident-after-approval")
