@@ -82,6 +82,12 @@ def service_env(
         },
         ServiceName.EFFECTIVENESS: {
             "KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL": info.url("alertmanager"),
+            # The metrics before and after each action: Prometheus scrapes kube-state-metrics.
+            **(
+                {"KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL": info.url("prometheus")}
+                if "prometheus" in info.components
+                else {}
+            ),
         },
     }
     if tuning.assessment_delays:

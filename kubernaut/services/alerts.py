@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import urllib.parse
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
@@ -172,3 +173,13 @@ def alert_json(alert: alert_pb2.Alert) -> str:
     if alert.source:
         fields["source"] = _SOURCE_NAMES.get(alert.source, alert.source)
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def alert_expression(alert: alert_pb2.Alert) -> str:
+    """The PromQL expression of the rule that fired, from the alert's generator URL
+    (Prometheus writes it as g0.expr), or ""."""
+    if not alert.generator_url:
+        return ""
+    query = urllib.parse.urlsplit(alert.generator_url).query
+    found = urllib.parse.parse_qs(query).get("g0.expr", [])
+    return found[0] if found else ""

@@ -314,6 +314,12 @@ async def test_a_bad_rollout_is_rolled_back_once_recorded_assessed_and_reported(
         assert GOOD_IMAGE in rollbacks[0].spec_after_json
         assert found.incident.subject.kind == "Deployment"
         assert found.assessments[0].action_id == rollbacks[0].action_id
+        # It weighed the metrics Prometheus scraped from kube-state-metrics, before the
+        # rollback and after it.
+        evidence = list(found.assessments[0].evidence)
+        for signal in ("alert", "ready", "restarts"):
+            assert any(line.startswith(f"metrics: {signal}: ") for line in evidence), evidence
+        assert any(line.startswith("metrics: score ") for line in evidence), evidence
         # The analysis acted on is the rules': shop is unguarded in the dev stack, so no
         # answer of the model could change the plan and the fix did not wait for it.
         acted_on = found.analyses[0].analysis

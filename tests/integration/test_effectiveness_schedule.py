@@ -150,13 +150,18 @@ async def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
 
 async def post_alert(
-    alertmanager: Alertmanager, labels: dict[str, str], *, resolved: bool = False
+    alertmanager: Alertmanager,
+    labels: dict[str, str],
+    *,
+    resolved: bool = False,
+    started: dt.datetime | None = None,
 ) -> None:
-    """POST /api/v2/alerts, as Prometheus does: firing (no end) or resolved (ended now)."""
+    """POST /api/v2/alerts, as Prometheus does: firing (no end) or resolved (ended now);
+    started five minutes ago unless `started` says when."""
     alert: dict[str, Any] = {
         "labels": labels,
         "annotations": {"summary": "test"},
-        "startsAt": (now() - dt.timedelta(minutes=5)).isoformat(),
+        "startsAt": (started or now() - dt.timedelta(minutes=5)).isoformat(),
     }
     if resolved:
         alert["endsAt"] = (now() - dt.timedelta(seconds=1)).isoformat()
@@ -672,6 +677,39 @@ async def test_healthy_pods_and_no_active_alert_are_effective(
         assert evidence[0] == "pods are healthy and the alert resolved"
         assert f"pods: 2 of 2 pod(s) of Deployment {namespace}/checkout Ready" in evidence[2]
         assert "pods: no new restarts in 2 pod(s)" in evidence
+
+
+async def test_an_alert_that_started_next_to_the_fix_keeps_it_from_being_effective(
+    stack: InProcessStack,
+    database_dsn: str,
+    alertmanager: Alertmanager,
+    kube: LocalCluster,
+    cluster_context_api: str,
+) -> None:
+    """The target healed and its alert is gone, but a neighbour in its namespace started
+    failing just after the action: a side effect, never effective, and at the final
+    checkpoint ineffective."""
+    namespace = unique_namespace()
+    pods = await ready_deployment(kube, namespace)
+    action = await recorded_action(stack, deployment_ref(namespace), pod=pods[0])
+    acted_at = now()
+    neighbour = {"alertname": "KubePodNotReady", "namespace": namespace, "pod": "cart-x-1"}
+    await post_alert(alertmanager, neighbour, started=acted_at + dt.timedelta(seconds=1))
+    # One that was failing before the action is not its doing.
+    before = {"alertname": "KubeJobFailed", "namespace": namespace, "job_name": "backup"}
+    await post_alert(alertmanager, before, started=acted_at - dt.timedelta(minutes=10))
+    async with effectiveness(
+        stack, database_dsn, context_api=cluster_context_api, alertmanager_url=alertmanager.url
+    ) as service:
+        await service.stub.ScheduleAssessment(schedule_request(action, acted_at))
+        early, final = await recorded_assessments(stack, action, 2)
+
+    assert early.verdict == UNKNOWN, early.evidence
+    assert early.evidence[0].startswith("a side effect followed the action (medium")
+    assert final.verdict == INEFFECTIVE, final.evidence
+    effects = [line for line in final.evidence if line.startswith("side effect")]
+    assert len(effects) == 1 and "KubePodNotReady" in effects[0], final.evidence
+    assert "pod=cart-x-1" in effects[0]
 
 
 async def test_healthy_pods_with_the_alert_still_active_wait_then_are_ineffective(

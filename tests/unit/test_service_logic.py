@@ -284,3 +284,66 @@ def test_the_guard_fails_closed_when_the_past_cannot_be_read() -> None:
         PlanningSettings(),
     )
     assert guard is not None and guard.required and "could not be read" in guard.reason
+
+
+def _succeeded(
+    action: str, ago: dt.timedelta, action_id: str, before: str = "", after: str = ""
+) -> storage_pb2.ActionRecord:
+    record = failed_record(action, ago, storage_pb2.ACTION_OUTCOME_SUCCEEDED)
+    record.action_id = action_id
+    record.spec_before_json, record.spec_after_json = before, after
+    return record
+
+
+def test_actions_that_keep_coming_back_to_one_workload_wait_for_a_person() -> None:
+    """The third action on one workload within the hour waits, however far apart (beyond
+    the settle time) the first two were."""
+    twice = TargetHistory(
+        [
+            _succeeded("restart_deployment", dt.timedelta(minutes=15), "a2"),
+            _succeeded("restart_deployment", dt.timedelta(minutes=40), "a1"),
+        ]
+    )
+    guard = guard_for(recommendation("restart_deployment", 0.9), twice, _NOW, PlanningSettings())
+    assert guard is not None and guard.required and "oscillates" in guard.reason
+    assert "2 actions within 1.0h" in guard.reason and "number 3" in guard.reason
+    once = TargetHistory(twice.records[:1])
+    assert (
+        guard_for(recommendation("restart_deployment", 0.9), once, _NOW, PlanningSettings()) is None
+    )
+    long_ago = TargetHistory(
+        [_succeeded("restart_deployment", dt.timedelta(hours=h), f"a{h}") for h in (2, 3, 4)]
+    )
+    assert (
+        guard_for(recommendation("restart_deployment", 0.9), long_ago, _NOW, PlanningSettings())
+        is None
+    )
+    off = PlanningSettings(oscillation_actions=0)
+    assert guard_for(recommendation("restart_deployment", 0.9), twice, _NOW, off) is None
+    with pytest.raises(ValueError, match="at least 2"):
+        PlanningSettings(oscillation_actions=1)
+
+
+def test_an_action_that_undid_another_is_an_oscillation() -> None:
+    """Scaled up, then scaled back down: the workload is as it was before the first, and
+    a third scale waits for a person, with two actions only."""
+    two = '{"replicas": 2, "template": {"image": "a"}}'
+    four = '{"template": {"image": "a"}, "replicas": 4}'
+    undone = TargetHistory(
+        [
+            _succeeded("scale_deployment", dt.timedelta(minutes=15), "down", four, two),
+            _succeeded("scale_deployment", dt.timedelta(minutes=30), "up", two, four),
+        ]
+    )
+    settings = PlanningSettings(oscillation_actions=0)
+    guard = guard_for(recommendation("scale_deployment", 0.9), undone, _NOW, settings)
+    assert guard is not None and "undid scale_deployment (action up)" in guard.reason
+    onward = TargetHistory(
+        [
+            _succeeded(
+                "scale_deployment", dt.timedelta(minutes=15), "more", four, '{"replicas": 6}'
+            ),
+            _succeeded("scale_deployment", dt.timedelta(minutes=30), "up", two, four),
+        ]
+    )
+    assert guard_for(recommendation("scale_deployment", 0.9), onward, _NOW, settings) is None

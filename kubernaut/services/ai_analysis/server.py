@@ -22,11 +22,13 @@ from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
 
 from kubernaut.runtime.interceptors import abort_invalid
+from kubernaut.runtime.prometheus import PrometheusAPI
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
 from kubernaut.services.ai_analysis import contract, providers, reasoning, tools
 from kubernaut.services.ai_analysis.history import HistoryUnavailable
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.ai_analysis.settings import AnalysisSettings
+from kubernaut.services.alerts import alert_expression
 from kubernaut.services.context_api.client import resource_context
 from kubernaut.services.incidents import FINAL_STATUSES
 
@@ -46,7 +48,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         executor: ExecutorServiceStub | None = None,
         analyst: reasoning.ModelAnalyst | None = None,
         storage: StorageServiceStub | None = None,
-        prometheus_url: str = "",
+        prometheus: PrometheusAPI | None = None,
     ) -> None:
         self.context_api = context_api
         self.workflow = workflow
@@ -54,7 +56,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         self.executor = executor
         self.analyst = analyst
         self.storage = storage
-        self.prometheus_url = prometheus_url
+        self.prometheus = prometheus
         self._catalogue: list[executor_pb2.ActionDefinition] = []
         self._model_views: set[asyncio.Task[None]] = set()
 
@@ -102,9 +104,9 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         )
         if log_tail is not None:
             toolbox.append(log_tail)
-        expression = tools.alert_expression(incident.alert)
-        if self.prometheus_url and expression:
-            toolbox.append(tools.prometheus_tool(self.prometheus_url, expression))
+        expression = alert_expression(incident.alert)
+        if self.prometheus is not None and expression:
+            toolbox.append(tools.prometheus_tool(self.prometheus, expression))
         return await self.analyst.analyse(incident, rules, catalogue, toolbox, time_left)
 
     def _ask_model_later(
@@ -139,6 +141,8 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         await asyncio.gather(*self._model_views, return_exceptions=True)
         if self.analyst is not None:
             await self.analyst.close()
+        if self.prometheus is not None:
+            await self.prometheus.close()
 
     async def _knowledge(self, alert_name: str) -> context_api_pb2.AlertKnowledge | None:
         try:
@@ -299,6 +303,8 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         ctx.clients.stub(ExecutorServiceStub),
         analyst,
         ctx.clients.stub(StorageServiceStub),
-        settings.prometheus_url,
+        PrometheusAPI(settings.prometheus_url, tools.PROMETHEUS_TIMEOUT_SECONDS)
+        if settings.prometheus_url
+        else None,
     )
     return ServiceSpec(servicer, on_stop=[servicer.close])

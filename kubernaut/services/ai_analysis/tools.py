@@ -6,17 +6,16 @@ are checked here, whatever the decoder let through: a refused call tells the mod
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import httpx
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 
+from kubernaut.runtime.prometheus import PrometheusAPI, PrometheusUnavailable
 from kubernaut.services.ai_analysis import contract
 from kubernaut.services.ai_analysis.prompt import evidence_view, proto_data
 from kubernaut.services.ai_analysis.providers.base import ToolSpec
@@ -88,37 +87,18 @@ def history_tool(read: Callable[[], Awaitable[context_api_pb2.IncidentHistory]])
     return Tool(spec, handler)
 
 
-def alert_expression(alert: alert_pb2.Alert) -> str:
-    """The PromQL expression of the rule that fired, from the alert's generator URL
-    (Prometheus writes it as g0.expr), or ""."""
-    if not alert.generator_url:
-        return ""
-    query = urllib.parse.urlsplit(alert.generator_url).query
-    found = urllib.parse.parse_qs(query).get("g0.expr", [])
-    return found[0] if found else ""
-
-
-def prometheus_tool(base_url: str, expression: str) -> Tool:
+def prometheus_tool(prometheus: PrometheusAPI, expression: str) -> Tool:
     """`alert_query`: the alert's own expression evaluated now in Prometheus (at most
     MAX_SERIES series): whether it still fires, and for which labels."""
 
     async def handler(arguments: Mapping[str, Any]) -> Any:
         try:
-            async with httpx.AsyncClient(timeout=PROMETHEUS_TIMEOUT_SECONDS) as http:
-                response = await http.get(
-                    f"{base_url.rstrip('/')}/api/v1/query", params={"query": expression}
-                )
-        except httpx.HTTPError as error:
-            raise ToolRefused(f"Prometheus did not answer ({type(error).__name__})") from None
-        json_body = response.headers.get("content-type", "").startswith("application/json")
-        body = response.json() if json_body else {}
-        if response.status_code != 200 or body.get("status") != "success":
-            why = str(body.get("error", ""))[:200]
-            raise ToolRefused(f"Prometheus answered {response.status_code}: {why}")
-        result = body["data"]["result"]
+            result = await prometheus.query(expression)
+        except PrometheusUnavailable as error:
+            raise ToolRefused(str(error)) from None
         series = [
-            {"labels": item.get("metric", {}), "value": item.get("value", [None, None])[1]}
-            for item in result[:MAX_SERIES]
+            {"labels": dict(sample.labels), "value": f"{sample.value:g}"}
+            for sample in result[:MAX_SERIES]
         ]
         return {"expression": expression, "series": series, "total_series": len(result)}
 

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
+from kubernaut.runtime.prometheus import label_matcher, redact_url
 from kubernaut.services.effectiveness.assessment import ActiveAlert
 
 
 class AlertmanagerUnavailable(Exception):
     """AlertManager could not be read: its evidence is missing (never assumed resolved)."""
-
-
-def redact_url(url: str) -> str:
-    """`url` without credentials, for evidence and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
-
-
-def _matcher(name: str, value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'{name}="{escaped}"'
 
 
 def _parse_time(text: str) -> dt.datetime | None:
@@ -48,8 +34,13 @@ class AlertmanagerClient:
         """The alerts named `alert_name` that AlertManager holds and that have not ended:
         active, silenced, inhibited or not yet processed (all still firing). Raises
         AlertmanagerUnavailable when it cannot be read."""
+        return await self.firing_where(label_matcher("alertname", alert_name))
+
+    async def firing_where(self, *matchers: str) -> list[ActiveAlert]:
+        """The alerts whose labels match every one of `matchers` (`name="value"`,
+        `name=~"regex"`), as `firing`."""
         params: list[tuple[str, str | int | float | bool | None]] = [
-            ("filter", _matcher("alertname", alert_name)),
+            *(("filter", matcher) for matcher in matchers),
             ("active", "true"),
             ("silenced", "true"),
             ("inhibited", "true"),

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 from typing import Final
 
 import grpc
@@ -34,6 +35,8 @@ from prometheus_client import Counter
 from kubernaut.runtime.interceptors import RETRYABLE
 from kubernaut.runtime.leases import ClaimLoop, owner_id
 from kubernaut.runtime.logs import incident_id_var
+from kubernaut.runtime.prometheus import label_matcher
+from kubernaut.services.alerts import alert_expression
 from kubernaut.services.effectiveness.alertmanager import (
     AlertmanagerClient,
     AlertmanagerUnavailable,
@@ -48,7 +51,13 @@ from kubernaut.services.effectiveness.assessment import (
     judge,
     pod_evidence,
 )
+from kubernaut.services.effectiveness.metrics import MetricEvidence, MetricReader, weigh_metrics
 from kubernaut.services.effectiveness.settings import AssessmentSettings
+from kubernaut.services.effectiveness.side_effects import (
+    SideEffectEvidence,
+    alert_side_effects,
+    weigh_side_effects,
+)
 from kubernaut.services.effectiveness.store import (
     Checkpoint,
     LeaseLost,
@@ -85,10 +94,12 @@ class EvidenceSources:
         context_api: ContextAPIServiceStub,
         alertmanager: AlertmanagerClient | None,
         settings: AssessmentSettings,
+        metrics: MetricReader | None = None,
     ) -> None:
         self.context_api = context_api
         self.alertmanager = alertmanager
         self.settings = settings
+        self.metrics = metrics
 
     async def resource_context(
         self, target: alert_pb2.ResourceRef, timeout: float
@@ -122,16 +133,18 @@ class EvidenceSources:
             return Baseline(None, f"no baseline was taken at schedule time: {reason}")
         return Baseline({pod.name: pod.restarts for pod in context.pods})
 
-    async def pods(self, checkpoint: Checkpoint) -> tuple[PodEvidence, set[str]]:
-        """The pod evidence and the names of the workload's pods (now and at schedule time)."""
+    async def pods(self, checkpoint: Checkpoint) -> tuple[PodEvidence, set[str], set[str]]:
+        """The pod evidence, the names of the workload's pods (now and at schedule time),
+        and the nodes its pods run on now."""
         names = set(checkpoint.baseline.restarts or {})
         context, reason = await self.resource_context(
             checkpoint.target, self.settings.call_timeout_seconds
         )
         if context is None:
-            return PodEvidence.missing(reason), names
+            return PodEvidence.missing(reason), names, set()
         names.update(pod.name for pod in context.pods)
-        return pod_evidence(context, checkpoint.baseline), names
+        nodes = {pod.node for pod in context.pods if pod.node}
+        return pod_evidence(context, checkpoint.baseline), names, nodes
 
     async def alert(self, checkpoint: Checkpoint, pod_names: set[str]) -> AlertEvidence:
         if self.alertmanager is None:
@@ -150,6 +163,48 @@ class EvidenceSources:
             source=f"AlertManager at {self.alertmanager.display_url}",
         )
 
+    async def side_effects(
+        self, checkpoint: Checkpoint, pod_names: set[str], nodes: set[str]
+    ) -> SideEffectEvidence:
+        """Alerts that started after the action in the target's namespace or on its pods'
+        nodes (AlertManager)."""
+        if self.alertmanager is None:
+            return SideEffectEvidence.none("AlertManager is not configured")
+        target = checkpoint.target
+        wheres = []
+        if target.namespace:
+            wheres.append([label_matcher("namespace", target.namespace)])
+        if nodes:
+            pattern = "|".join(re.escape(node) for node in sorted(nodes))
+            wheres.append([label_matcher("node", pattern, regex=True)])
+        if not wheres:
+            return SideEffectEvidence.none("the target has no namespace and no pods on nodes")
+        try:
+            held = [a for where in wheres for a in await self.alertmanager.firing_where(*where)]
+        except AlertmanagerUnavailable as error:
+            return SideEffectEvidence.none(str(error))
+        looked = " and ".join(
+            [f"namespace {target.namespace}"] * bool(target.namespace)
+            + [f"node(s) {', '.join(sorted(nodes))}"] * bool(nodes)
+        )
+        effects = alert_side_effects(
+            held, checkpoint.alert, target, pod_names, nodes, checkpoint.acted_at
+        )
+        return SideEffectEvidence(effects, f"no new alert in {looked} since the action")
+
+    async def metric_evidence(self, checkpoint: Checkpoint, now: dt.datetime) -> MetricEvidence:
+        if self.metrics is None:
+            return MetricEvidence.none(
+                "Prometheus is not configured (KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL)"
+            )
+        return await self.metrics.evidence(
+            checkpoint.alert,
+            alert_expression(checkpoint.alert),
+            checkpoint.target,
+            checkpoint.acted_at,
+            now,
+        )
+
 
 def _checkpoint_line(checkpoint: Checkpoint, assessed_at: dt.datetime) -> str:
     after = max((assessed_at - checkpoint.acted_at).total_seconds(), 0.0)
@@ -160,10 +215,16 @@ def _checkpoint_line(checkpoint: Checkpoint, assessed_at: dt.datetime) -> str:
 
 async def assess(checkpoint: Checkpoint, sources: EvidenceSources) -> Result:
     """Gather the evidence of one checkpoint now and judge it."""
-    pods, pod_names = await sources.pods(checkpoint)
-    alert = await sources.alert(checkpoint, pod_names)
+    pods, pod_names, nodes = await sources.pods(checkpoint)
+    alert, side_effects = await asyncio.gather(
+        sources.alert(checkpoint, pod_names), sources.side_effects(checkpoint, pod_names, nodes)
+    )
     assessed_at = dt.datetime.now(dt.UTC)
-    judgement = judge(pods, alert, final=checkpoint.final)
+    metrics = await sources.metric_evidence(checkpoint, assessed_at)
+    final = checkpoint.final
+    judgement = judge(pods, alert, final=final)
+    judgement = weigh_metrics(judgement, metrics, final=final, required=sources.metrics is not None)
+    judgement = weigh_side_effects(judgement, side_effects, final=final)
     reason, *facts = judgement.evidence
     lines = evidence_lines([reason, _checkpoint_line(checkpoint, assessed_at), *facts])
     return Result(judgement.verdict, tuple(lines), assessed_at)

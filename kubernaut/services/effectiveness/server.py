@@ -15,8 +15,10 @@ from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 
 from kubernaut.runtime.database import redact_dsn, unavailable_as_status
 from kubernaut.runtime.interceptors import abort_invalid
+from kubernaut.runtime.prometheus import PrometheusAPI
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
 from kubernaut.services.effectiveness.alertmanager import AlertmanagerClient
+from kubernaut.services.effectiveness.metrics import MetricReader
 from kubernaut.services.effectiveness.scheduler import Assessor, EvidenceSources
 from kubernaut.services.effectiveness.settings import AssessmentSettings, VerdictSettings
 from kubernaut.services.effectiveness.store import ScheduleDatabase, StoreUnavailable
@@ -122,7 +124,22 @@ async def build_with(
             "no AlertManager configured (KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL): "
             "assessments lack the alert's evidence and never judge an action effective"
         )
-    sources = EvidenceSources(ctx.clients.stub(ContextAPIServiceStub), alertmanager, settings)
+    prometheus = (
+        PrometheusAPI(settings.prometheus_url, settings.prometheus_timeout_seconds)
+        if settings.prometheus_url
+        else None
+    )
+    if prometheus is None:
+        log.warning(
+            "no Prometheus configured (KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL): "
+            "assessments lack the metrics before and after each action"
+        )
+    sources = EvidenceSources(
+        ctx.clients.stub(ContextAPIServiceStub),
+        alertmanager,
+        settings,
+        MetricReader(prometheus) if prometheus is not None else None,
+    )
     assessor = Assessor(database, sources, ctx.clients.stub(StorageServiceStub), settings)
     assessor.start()
     log.info(
@@ -131,6 +148,7 @@ async def build_with(
             "dsn": redact_dsn(settings.database_url),
             "delays": list(settings.delays),
             "alertmanager": alertmanager.display_url if alertmanager else "",
+            "prometheus": prometheus.display_url if prometheus else "",
             "owner": assessor.owner,
         },
     )
@@ -139,6 +157,8 @@ async def build_with(
         await assessor.stop()
         if alertmanager is not None:
             await alertmanager.close()
+        if prometheus is not None:
+            await prometheus.close()
         await database.close()
 
     servicer = EffectivenessServicer(

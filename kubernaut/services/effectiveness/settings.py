@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubernaut.runtime.settings import database_url_field
@@ -58,6 +58,11 @@ class AssessmentSettings(BaseSettings):
     # verdicts say so; an action is then never judged EFFECTIVE.
     alertmanager_url: str = ""
     alertmanager_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Prometheus' base URL (HTTP API): the alert's own expression and the workload's golden
+    # signals before and after the action. Empty: the metric evidence is missing, and the
+    # verdicts say so.
+    prometheus_url: str = ""
+    prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
     # How often the scheduler looks for due assessments.
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     # How long a replica owns the assessments it claimed; past it another replica may take
@@ -87,14 +92,14 @@ class AssessmentSettings(BaseSettings):
             raise ValueError(f"delays must differ: {delays}")
         return tuple(sorted(delays))
 
-    @field_validator("alertmanager_url")
+    @field_validator("alertmanager_url", "prometheus_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
         if value:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"alertmanager_url {value!r} must be http(s)://host[:port]")
+                raise ValueError(f"{info.field_name} {value!r} must be http(s)://host[:port]")
         return value.rstrip("/")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,8 +81,11 @@ def guard_for(
             f"action on it for {human_duration(hold)} after a failed fix "
             "(KUBERNAUT_WORKFLOW_FAILED_TARGET_HOLD_SECONDS)",
         )
-    settle = settings.settle_seconds
     succeeded = [r for r in history.records if r.outcome == storage_pb2.ACTION_OUTCOME_SUCCEEDED]
+    oscillating = oscillation(succeeded, now, settings)
+    if oscillating:
+        return Approval(True, f"{where} oscillates: {oscillating}; a person decides")
+    settle = settings.settle_seconds
     changed_recently = _within(succeeded, settle, now)
     if changed_recently is not None:
         return Approval(
@@ -91,6 +95,43 @@ def guard_for(
             "waits for a person (KUBERNAUT_WORKFLOW_SETTLE_SECONDS)",
         )
     return None
+
+
+def _canonical(spec_json: str) -> str | None:
+    try:
+        return json.dumps(json.loads(spec_json), sort_keys=True) if spec_json else None
+    except ValueError:
+        return None
+
+
+def oscillation(
+    succeeded: Sequence[storage_pb2.ActionRecord], now: dt.datetime, settings: PlanningSettings
+) -> str:
+    """Why the successful actions on one workload (newest first) within the oscillation
+    window are an oscillation, or "": too many of them, or one that undid another (its
+    spec after is the other's spec before)."""
+    window = settings.oscillation_window_seconds
+    if not window:
+        return ""
+    recent = [r for r in succeeded if (now - _finished_at(r)).total_seconds() < window]
+    span = human_duration(window)
+    limit = settings.oscillation_actions
+    if limit and len(recent) >= limit - 1:
+        done = ", ".join(f"{r.action} {_how(r, now)}" for r in recent)
+        return (
+            f"{len(recent)} actions within {span} ({done}); the next would be number"
+            f" {len(recent) + 1} (KUBERNAUT_WORKFLOW_OSCILLATION_ACTIONS)"
+        )
+    for index, later in enumerate(recent):
+        after = _canonical(later.spec_after_json)
+        for earlier in recent[index + 1 :]:
+            if after is not None and after == _canonical(earlier.spec_before_json):
+                return (
+                    f"{later.action} (action {later.action_id}) undid {earlier.action} "
+                    f"(action {earlier.action_id}) within {span}: the workload is back as it "
+                    "was before (KUBERNAUT_WORKFLOW_OSCILLATION_WINDOW_SECONDS)"
+                )
+    return ""
 
 
 def _within(

@@ -4,7 +4,7 @@ a person must approve) and the runner's."""
 from __future__ import annotations
 
 from kubernaut.common.v1 import remediation_pb2
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,22 @@ class PlanningSettings(BaseSettings):
     # mismatch of one bad rollout), which the first fix may already have mended, and two
     # fixes in a row hide which one worked. 0 turns it off.
     settle_seconds: float = Field(default=600.0, ge=0)
+    # KUBERNAUT_WORKFLOW_OSCILLATION_*: fixes on one workload that keep coming back are an
+    # oscillation (two controllers, or a fix and an alert, fighting): when the workload
+    # already had `oscillation_actions - 1` successful actions within the window, or one
+    # action undid another there (put the workload back as it was before it), every
+    # further plan for it waits for a person, and people are told why. Actions 0 turns the
+    # count off; the undo check stays while the window is above 0.
+    oscillation_window_seconds: float = Field(default=3600.0, ge=0)
+    oscillation_actions: int = Field(default=3, ge=0)
+
+    @field_validator("oscillation_actions")
+    @classmethod
+    def _two_or_more(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("oscillation_actions: 0 (off) or at least 2 (1 would hold every plan)")
+        return value
+
     # KUBERNAUT_WORKFLOW_HIGH_RISK_APPROVERS: how many different people must approve a
     # high-risk (or critical) action before it runs; 2 for the four-eyes rule. Whoever
     # requested a workflow never counts: they may not approve it at all.
