@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,36 @@ _PORT_BASES = range(21000, 32500, 250)
 HTTP_PORT_OFFSET = 200
 
 
+# A port handed out is claimed here for a while (a file per port naming the process): two
+# processes choosing at once (test workers, a bench beside the tests) never get the same one
+# before either binds it. A claim lapses after CLAIM_SECONDS or when its process is gone.
+CLAIMS_DIR = Path(tempfile.gettempdir()) / "kubernaut-port-claims"
+CLAIM_SECONDS = 600.0
+
+
+def _claimed_by_another(port: int) -> bool:
+    """Claim `port` for this process; True when another live process claimed it lately."""
+    CLAIMS_DIR.mkdir(parents=True, exist_ok=True)
+    claim = CLAIMS_DIR / str(port)
+    mine = f"{os.getpid()} {time.time():.0f}\n"
+    try:
+        descriptor = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            pid_text, stamp = claim.read_text().split()
+            pid, at = int(pid_text), float(stamp)
+        except (OSError, ValueError):
+            pid, at = 0, 0.0
+        alive = pid > 0 and Path(f"/proc/{pid}").exists()
+        if pid != os.getpid() and alive and time.time() - at < CLAIM_SECONDS:
+            return True
+        claim.write_text(mine)  # lapsed: take it over
+        return False
+    with os.fdopen(descriptor, "w") as file:
+        file.write(mine)
+    return False
+
+
 def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -40,6 +71,11 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _available(port: int) -> bool:
+    """Free now, and not handed out to another process lately."""
+    return _bindable(port) and not _claimed_by_another(port)
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct loopback ports free right now."""
     chosen: list[int] = []
@@ -47,7 +83,7 @@ def free_ports(count: int) -> list[int]:
         if len(chosen) == count:
             return chosen
         port = random.choice(_SINGLE_PORTS)
-        if port not in chosen and _bindable(port):
+        if port not in chosen and _available(port):
             chosen.append(port)
     if len(chosen) == count:
         return chosen
@@ -72,7 +108,7 @@ def free_port_base() -> int:
         ports = [base + s.position for s in ServiceName]
         ports += [p + METRICS_PORT_OFFSET for p in ports]
         ports += [base + METRICS_PORT_OFFSET + len(ServiceName), base + HTTP_PORT_OFFSET]
-        if all(_bindable(port) for port in ports):
+        if all(_bindable(port) for port in ports) and not _claimed_by_another(base):
             return base
     raise RuntimeError("no free port range")
 

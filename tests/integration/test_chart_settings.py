@@ -84,6 +84,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "config": {
             "KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL": "http://alertmanager.monitoring:9093",
+            "KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
         },
     },
     "istio-off": {
@@ -93,6 +94,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "edge": {"tokens": {"existingSecret": TOKENS_SECRET}},
         "config": {
             "KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL": "http://alertmanager.monitoring:9093",
+            "KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL": "http://prometheus.monitoring:9090",
         },
     },
 }
