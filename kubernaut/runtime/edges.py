@@ -67,8 +67,9 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.AI_ANALYSIS,
         S.CONTEXT_API,
-        "GetAlertKnowledge GetResourceContext GetIncidentHistory GetPodLogs",
-        "context for the analysis: evidence, log tails, similar incidents, how past fixes worked",
+        "GetAlertKnowledge GetResourceContext GetIncidentHistory GetPodLogs Investigate",
+        "context for the analysis: evidence, log tails, similar incidents, how past fixes"
+        " worked, HolmesGPT's investigation",
     ),
     _edge(
         S.AI_ANALYSIS,

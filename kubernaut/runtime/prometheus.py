@@ -9,9 +9,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
+
+from kubernaut.runtime.redaction import redact_url
 
 __all__ = ["PromQL", "PrometheusAPI", "PrometheusUnavailable", "Sample", "label_matcher"]
 
@@ -27,15 +28,6 @@ class Sample:
 
     labels: Mapping[str, str]
     value: float
-
-
-def redact_url(url: str) -> str:
-    """`url` without credentials, for evidence and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 def label_matcher(name: str, value: str, *, regex: bool = False) -> str:

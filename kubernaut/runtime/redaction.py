@@ -1,12 +1,13 @@
-"""Redaction of secrets before anything leaves the process for a model (and before the
-prompt is put on the record): bearer tokens and Authorization headers, key=value pairs whose
-key says secret, cloud access keys, private key blocks, JWTs, long random-looking strings,
-and the patterns an operator adds (KUBERNAUT_AI_REDACT_PATTERNS)."""
+"""Redaction of secrets before anything leaves a process for a model or comes back from an
+investigator (and before it is put on the record): bearer tokens and Authorization headers,
+key=value pairs whose key says secret, cloud access keys, private key blocks, JWTs, long
+random-looking strings, and the patterns an operator adds (KUBERNAUT_AI_REDACT_PATTERNS)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 MASK = "[REDACTED]"
 
@@ -53,3 +54,12 @@ def _masked(match: re.Match[str]) -> str:
         if prefix.rstrip().endswith((":", "=")):
             return prefix + MASK
     return MASK
+
+
+def redact_url(url: str) -> str:
+    """`url` without credentials, for evidence and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"***@{host}").geturl()

@@ -12,7 +12,7 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from pydantic import ValidationError
 
-from kubernaut.runtime.prometheus import redact_url
+from kubernaut.runtime.redaction import redact_url
 from kubernaut.services.effectiveness.assessment import (
     MAX_EVIDENCE_CHARS,
     MAX_EVIDENCE_LINES,

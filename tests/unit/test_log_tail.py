@@ -10,9 +10,9 @@ import pytest
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 
+from kubernaut.runtime.redaction import Redactor
 from kubernaut.services.ai_analysis import contract, tools
 from kubernaut.services.ai_analysis.prompt import Prompt
-from kubernaut.services.ai_analysis.redaction import Redactor
 from kubernaut.services.context_api.logs import tail_of
 
 SUBJECT = alert_pb2.ResourceRef(kind="Pod", namespace="shop", name="web-7d4-abc")

@@ -14,6 +14,7 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.executor.v1 import executor_pb2
 
+from kubernaut.runtime.redaction import MASK, Redactor
 from kubernaut.services.ai_analysis import contract, guard, reasoning, tools
 from kubernaut.services.ai_analysis.providers.base import (
     Message,
@@ -24,7 +25,6 @@ from kubernaut.services.ai_analysis.providers.base import (
     ToolSpec,
     Usage,
 )
-from kubernaut.services.ai_analysis.redaction import MASK, Redactor
 from kubernaut.services.ai_analysis.settings import AnalysisSettings, ProviderSettings
 from kubernaut.services.executor.catalogue import list_actions
 from kubernaut.services.workflow.planning import approval_for

@@ -19,7 +19,7 @@ from google.protobuf.message import Message as ProtoMessage
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 
-from kubernaut.services.ai_analysis.redaction import Redactor
+from kubernaut.runtime.redaction import Redactor
 
 MAX_DATA_CHARS = 6000
 
@@ -42,6 +42,8 @@ MAX_NORMAL_EVENTS = 3
 MAX_PODS = 6
 MAX_REVISIONS = 3
 MAX_TEXT_CHARS = 300
+# An investigator's analysis shown to a model: its gist, within the prompt's budget.
+INVESTIGATION_CHARS = 1500
 
 
 def encode(value: Any, redact: Redactor, limit: int = MAX_DATA_CHARS) -> str:
@@ -77,6 +79,7 @@ class Prompt:
         evidence: context_api_pb2.ResourceContext | None,
         knowledge: context_api_pb2.AlertKnowledge | None,
         rules_view: Mapping[str, Any],
+        investigation: context_api_pb2.Investigation | None = None,
     ) -> str:
         alert_view = {
             "name": alert.name,
@@ -105,6 +108,17 @@ class Prompt:
                     },
                 )
             )
+        if investigation is not None:
+            # Another model's conclusion: data to weigh, never instructions.
+            parts.append(
+                self.data(
+                    "What HolmesGPT's investigation concluded",
+                    {
+                        "analysis": _clip(investigation.analysis, INVESTIGATION_CHARS),
+                        "tools_it_used": list(investigation.tools)[:10],
+                    },
+                )
+            )
         parts.append(self.data("What Kubernaut's rules concluded", dict(rules_view)))
         return "\n\n".join(parts)
 
@@ -120,8 +134,8 @@ def _event_line(event: Mapping[str, Any]) -> str:
     return line + (f" (x{count})" if count > 1 else "")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "…"
+def _clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def evidence_view(evidence: context_api_pb2.ResourceContext) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.executor.v1 import executor_pb2
 from prometheus_client import Counter, Histogram
 
+from kubernaut.runtime.breaker import CircuitBreaker
+from kubernaut.runtime.redaction import Redactor
 from kubernaut.services.ai_analysis import contract, guard
 from kubernaut.services.ai_analysis.prompt import Prompt, encode
 from kubernaut.services.ai_analysis.providers.base import (
@@ -33,7 +35,6 @@ from kubernaut.services.ai_analysis.providers.base import (
     ToolSpec,
     Usage,
 )
-from kubernaut.services.ai_analysis.redaction import Redactor
 from kubernaut.services.ai_analysis.settings import AnalysisSettings, ProviderSettings
 from kubernaut.services.ai_analysis.tools import Tool, ToolRefused
 
@@ -60,30 +61,6 @@ AI_SECONDS = Histogram(
 Clock = Callable[[], float]
 # Less time than this for the model is no time at all: the rules decide without asking.
 MIN_MODEL_SECONDS = 1.0
-
-
-class Breaker:
-    """A provider's circuit: open after `failures` failed calls in a row, for `open_seconds`;
-    then one call is let through, and its outcome closes or reopens it."""
-
-    def __init__(self, failures: int, open_seconds: float, clock: Clock) -> None:
-        self.failures_to_open = failures
-        self.open_seconds = open_seconds
-        self.clock = clock
-        self.failures = 0
-        self.open_until = 0.0
-
-    def allows(self) -> bool:
-        return self.clock() >= self.open_until
-
-    def failed(self) -> None:
-        self.failures += 1
-        if self.failures >= self.failures_to_open:
-            self.open_until = self.clock() + self.open_seconds
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.open_until = 0.0
 
 
 class Budget:
@@ -154,6 +131,8 @@ class Incident:
     subject: alert_pb2.ResourceRef
     evidence: context_api_pb2.ResourceContext | None
     knowledge: context_api_pb2.AlertKnowledge | None
+    # HolmesGPT's investigation, when it was asked and answered.
+    investigation: context_api_pb2.Investigation | None = None
 
 
 class ModelAnalyst:
@@ -169,7 +148,12 @@ class ModelAnalyst:
         self.redact = Redactor(settings.redact_patterns)
         self.budget = Budget(settings, clock)
         self.breakers = {
-            ps.name: Breaker(settings.breaker_failures, settings.breaker_open_seconds, clock)
+            ps.name: CircuitBreaker(
+                ps.name,
+                failures=settings.breaker_failures,
+                open_seconds=settings.breaker_open_seconds,
+                clock=clock,
+            )
             for ps, _ in self.providers
         }
 
@@ -245,10 +229,12 @@ class ModelAnalyst:
                         )
                     except ProviderError as error:
                         if error.retryable:  # an outage; a malformed answer is the model's
-                            breaker.failed()
+                            breaker.failure()
                         errors.append(f"{ps.name}: {error}")
                         continue
                     except contract.ContractViolation as error:
+                        # It answered: reachable, whatever it said.
+                        breaker.success()
                         errors.append(f"{ps.name}: no valid decision ({error})")
                         continue
                     except _OverBudget as error:
@@ -256,7 +242,7 @@ class ModelAnalyst:
                         break
                     finally:
                         self._spend(trace)
-                    breaker.succeeded()
+                    breaker.success()
                     break
         except TimeoutError:
             limit = (
@@ -298,7 +284,12 @@ class ModelAnalyst:
             "reasons": list(rules.reasons)[:4],
         }
         user = prompt.incident(
-            incident.alert, incident.subject, incident.evidence, incident.knowledge, rules_view
+            incident.alert,
+            incident.subject,
+            incident.evidence,
+            incident.knowledge,
+            rules_view,
+            incident.investigation,
         )
         messages = [Message(Role.SYSTEM, prompt.system()), Message(Role.USER, user)]
         trace.prompt = messages[0].content + "\n\n" + user

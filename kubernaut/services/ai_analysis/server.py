@@ -49,6 +49,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         analyst: reasoning.ModelAnalyst | None = None,
         storage: StorageServiceStub | None = None,
         prometheus: PrometheusAPI | None = None,
+        holmes_wait_seconds: float = 0.0,
     ) -> None:
         self.context_api = context_api
         self.workflow = workflow
@@ -57,6 +58,7 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         self.analyst = analyst
         self.storage = storage
         self.prometheus = prometheus
+        self.holmes_wait_seconds = holmes_wait_seconds
         self._catalogue: list[executor_pb2.ActionDefinition] = []
         self._model_views: set[asyncio.Task[None]] = set()
 
@@ -174,6 +176,31 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         history: context_api_pb2.IncidentHistory = found.history
         return history
 
+    async def _investigation(
+        self, incident: storage_pb2.Incident
+    ) -> context_api_pb2.Investigation | str:
+        """HolmesGPT's investigation (through context_api), or why there is none ("" when
+        it is not asked). Bounded by KUBERNAUT_AI_HOLMES_WAIT_SECONDS: the analysis goes on
+        without it rather than wait."""
+        wait = self.holmes_wait_seconds
+        if not wait:
+            return ""
+        try:
+            found = await self.context_api.Investigate(
+                context_api_pb2.InvestigateRequest(alert=incident.alert, resource=incident.subject),
+                timeout=wait,
+            )
+        except grpc.aio.AioRpcError as error:
+            why = (
+                f"no answer within {wait:g}s"
+                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                else f"{error.code().name}: {error.details()}"
+            )
+            log.info("no HolmesGPT investigation", extra={"why": why})
+            return why[:300]
+        investigation: context_api_pb2.Investigation = found.investigation
+        return investigation
+
     async def _evidence(
         self, request: ai_analysis_pb2.AnalyzeIncidentRequest
     ) -> context_api_pb2.ResourceContext | None:
@@ -229,16 +256,25 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
                 + (", its alert resolved" if incident.HasField("alert_resolved_at") else "")
                 + "; closed or resolved incidents are not analysed",
             )
-        # Independent reads: one round trip's wait instead of three.
-        knowledge, evidence, history = await asyncio.gather(
+        # Independent reads: one round trip's wait instead of four.
+        knowledge, evidence, history, investigated = await asyncio.gather(
             self._knowledge(incident.alert.name),
             self._evidence(request),
             self._history(incident.incident_id),
+            self._investigation(incident),
         )
         rules = analyze(
             incident.alert, incident.subject, knowledge, self.settings, evidence, history
         )
-        asked = reasoning.Incident(incident.alert, incident.subject, evidence, knowledge)
+        investigation = None
+        if isinstance(investigated, context_api_pb2.Investigation):
+            investigation = investigated
+            rules.reasons.append(investigation_reason(investigated))
+        elif investigated:
+            rules.reasons.append(f"HolmesGPT not heard ({investigated}); analysed without it")
+        asked = reasoning.Incident(
+            incident.alert, incident.subject, evidence, knowledge, investigation
+        )
         analyst = self.analyst
         model_later = analyst is not None and analyst.cannot_change(rules)
         if analyst is not None and model_later:
@@ -271,6 +307,17 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             },
         )
         return response
+
+
+def investigation_reason(investigation: context_api_pb2.Investigation) -> str:
+    """HolmesGPT's conclusion as one reason of the analysis: its first lines, and what it
+    looked at."""
+    gist = " ".join(
+        line.strip("# ").strip() for line in investigation.analysis.splitlines() if line.strip()
+    )
+    gist = gist if len(gist) <= 400 else gist[:400] + "…"
+    tools = f"; it used {', '.join(list(investigation.tools)[:5])}" if investigation.tools else ""
+    return f"HolmesGPT's investigation ({investigation.latency_seconds:.0f}s{tools}): {gist}"
 
 
 # What the rest of AnalyzeIncident needs after the model: recording the analysis and
@@ -306,5 +353,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         PrometheusAPI(settings.prometheus_url, tools.PROMETHEUS_TIMEOUT_SECONDS)
         if settings.prometheus_url
         else None,
+        settings.holmes_wait_seconds,
     )
     return ServiceSpec(servicer, on_stop=[servicer.close])

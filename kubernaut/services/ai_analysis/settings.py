@@ -99,6 +99,11 @@ class AnalysisSettings(BaseSettings):
     # The Prometheus that evaluates the alerts (its HTTP API's base URL): a model may
     # re-run the alert's own expression there (the `alert_query` tool). Empty: not offered.
     prometheus_url: str = ""
+    # How long an analysis waits for HolmesGPT's investigation (context_api's Investigate,
+    # KUBERNAUT_CONTEXT_HOLMES_URL) before it decides without it; asked alongside the other
+    # reads. Its root cause becomes one more reason and part of what a model is shown,
+    # never an action by itself. 0: HolmesGPT is not asked.
+    holmes_wait_seconds: float = Field(default=0.0, ge=0, le=600)
     # Extra regular expressions whose matches are redacted before anything is sent to a
     # model (the built-in ones cover tokens, keys, passwords and Authorization headers).
     redact_patterns: tuple[str, ...] = ()

@@ -22,6 +22,7 @@ from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, Se
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import knowledge
 from kubernaut.services.context_api.history import IncidentHistoryReader, UnknownIncident
+from kubernaut.services.context_api.holmes import HolmesClient, HolmesUnavailable
 from kubernaut.services.context_api.logs import LogsUnavailable, NoPods, OutOfScope, PodLogReader
 from kubernaut.services.context_api.resources import (
     ResourceContextReader,
@@ -61,11 +62,16 @@ async def through_brief_denials(
 
 class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
     def __init__(
-        self, clusters: ClusterRegistry, history: IncidentHistoryReader, settings: ContextSettings
+        self,
+        clusters: ClusterRegistry,
+        history: IncidentHistoryReader,
+        settings: ContextSettings,
+        holmes: HolmesClient | None = None,
     ) -> None:
         self.clusters = clusters
         self.history = history
         self.settings = settings
+        self.holmes = holmes
         # One reader (and cache) per cluster, by its resolved name.
         self._readers: dict[str, ResourceContextReader] = {}
 
@@ -133,6 +139,23 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             raise
         return context_api_pb2.GetIncidentHistoryResponse(history=history)
 
+    async def Investigate(
+        self, request: context_api_pb2.InvestigateRequest, context: Context
+    ) -> context_api_pb2.InvestigateResponse:
+        if self.holmes is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no HolmesGPT server is configured (KUBERNAUT_CONTEXT_HOLMES_URL)",
+            )
+            raise AssertionError("unreachable")
+        try:
+            found = await self.holmes.investigate(request.alert, request.resource)
+        except HolmesUnavailable as error:
+            log.warning("no investigation from HolmesGPT", extra={"why": str(error)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise
+        return context_api_pb2.InvestigateResponse(investigation=found)
+
 
 @contextlib.asynccontextmanager
 async def _cluster_errors(context: Context, ref_field: str) -> AsyncIterator[None]:
@@ -180,8 +203,19 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         ctx.clients.stub(EffectivenessServiceStub),
         settings.cache_seconds,
     )
+    holmes = None
+    if settings.holmes_url:
+        holmes = HolmesClient(
+            settings.holmes_url,
+            timeout=settings.holmes_timeout_seconds,
+            breaker_failures=settings.holmes_breaker_failures,
+            breaker_open_seconds=settings.holmes_breaker_open_seconds,
+        )
+        # Not a readiness check: HolmesGPT is optional, and analyses go on without it.
+        log.info("HolmesGPT configured", extra={"holmes": holmes.display_url})
+    stops = [clusters.close] + ([holmes.close] if holmes is not None else [])
     return ServiceSpec(
-        ContextAPIServicer(clusters, history, settings),
+        ContextAPIServicer(clusters, history, settings, holmes),
         readiness=readiness,
-        on_stop=[clusters.close],
+        on_stop=stops,
     )

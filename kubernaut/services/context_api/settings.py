@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -10,3 +13,23 @@ class ContextSettings(BaseSettings):
 
     # How long a resource's context or an incident's history is served from cache.
     cache_seconds: float = 3.0
+    # A HolmesGPT server (its HTTP API, e.g. http://holmes.monitoring:5050) that Investigate
+    # asks for a root-cause analysis. Empty: Investigate answers FAILED_PRECONDITION and
+    # analyses go on without it.
+    holmes_url: str = ""
+    # How long one investigation may take (HolmesGPT runs an agent loop: tens of seconds).
+    holmes_timeout_seconds: float = Field(default=60.0, gt=0)
+    # After this many failures in a row (no answer, 5xx, 429), investigations are refused at
+    # once for holmes_breaker_open_seconds; then one may try again.
+    holmes_breaker_failures: int = Field(default=3, ge=1)
+    holmes_breaker_open_seconds: float = Field(default=120.0, gt=0)
+
+    @field_validator("holmes_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"holmes_url {value!r} must be http(s)://host[:port]")
+        return value.rstrip("/")

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from kubernaut.runtime.prometheus import label_matcher, redact_url
+from kubernaut.runtime.prometheus import label_matcher
+from kubernaut.runtime.redaction import redact_url
 from kubernaut.services.effectiveness.assessment import ActiveAlert
 
 

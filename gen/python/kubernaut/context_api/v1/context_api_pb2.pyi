@@ -24,6 +24,125 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class InvestigateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """The alert to investigate, as the incident has it."""
+
+    @_builtins.property
+    def resource(self) -> _alert_pb2.ResourceRef:
+        """The object it is about (the incident's subject)."""
+
+    def __init__(
+        self,
+        *,
+        alert: _alert_pb2.Alert | None = ...,
+        resource: _alert_pb2.ResourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvestigateRequest: _TypeAlias = InvestigateRequest  # noqa: Y015
+
+@_typing.final
+class Investigation(_message.Message):
+    """Investigation is what an investigator (HolmesGPT) concluded. No validation rules: it is
+    evidence from another system.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SectionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INVESTIGATOR_FIELD_NUMBER: _builtins.int
+    ANALYSIS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
+    LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    investigator: _builtins.str
+    """Who investigated: "holmesgpt"."""
+    analysis: _builtins.str
+    """Its root-cause analysis, as it wrote it (markdown), redacted; at most 8 KiB."""
+    truncated: _builtins.bool
+    """The analysis was cut to fit."""
+    latency_seconds: _builtins.float
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tools it called (their names, in order), when it said."""
+
+    @_builtins.property
+    def sections(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Its structured sections (title -> text), when it gave them, redacted and capped."""
+
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        investigator: _builtins.str = ...,
+        analysis: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
+        sections: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        latency_seconds: _builtins.float = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "investigator", b"investigator", "latency_seconds", b"latency_seconds", "observed_at", b"observed_at", "sections", b"sections", "tools", b"tools", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Investigation: _TypeAlias = Investigation  # noqa: Y015
+
+@_typing.final
+class InvestigateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVESTIGATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def investigation(self) -> Global___Investigation: ...
+    def __init__(
+        self,
+        *,
+        investigation: Global___Investigation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["investigation", b"investigation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["investigation", b"investigation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvestigateResponse: _TypeAlias = InvestigateResponse  # noqa: Y015
+
+@_typing.final
 class GetResourceContextRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -55,6 +55,11 @@ class ContextAPIServiceStub(object):
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsResponse.FromString,
                 _registered_method=True)
+        self.Investigate = channel.unary_unary(
+                '/kubernaut.context_api.v1.ContextAPIService/Investigate',
+                request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateResponse.FromString,
+                _registered_method=True)
 
 
 class ContextAPIServiceServicer(object):
@@ -123,6 +128,24 @@ class ContextAPIServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Investigate(self, request, context):
+        """Investigate asks the HolmesGPT server context_api is configured with (its HTTP
+        investigation API, POST /api/investigate) for a root-cause analysis of a firing alert
+        on a resource: one more piece of evidence for the analysis, never an action. Bounded
+        by a timeout, behind a circuit breaker; the answer is redacted and capped, never
+        cached.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        FAILED_PRECONDITION when no HolmesGPT server is configured; UNAVAILABLE when it does
+        not answer in time, fails, answers something that is not an investigation, or its
+        circuit is open (the caller goes on without it); PERMISSION_DENIED for callers
+        outside the call table. Not marked free of side effects, so that clients do not
+        retry it: an investigation takes tens of seconds and costs model tokens, and a
+        failed one is better gone without than asked again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContextAPIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +168,11 @@ def add_ContextAPIServiceServicer_to_server(servicer, server):
                     servicer.GetPodLogs,
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsRequest.FromString,
                     response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsResponse.SerializeToString,
+            ),
+            'Investigate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Investigate,
+                    request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateRequest.FromString,
+                    response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -256,6 +284,33 @@ class ContextAPIService(object):
             '/kubernaut.context_api.v1.ContextAPIService/GetPodLogs',
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsRequest.SerializeToString,
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetPodLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Investigate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.context_api.v1.ContextAPIService/Investigate',
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateRequest.SerializeToString,
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateResponse.FromString,
             options,
             channel_credentials,
             insecure,

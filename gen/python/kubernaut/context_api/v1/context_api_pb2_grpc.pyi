@@ -79,6 +79,20 @@ class ContextAPIServiceStub:
     them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
     """
+    Investigate: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.InvestigateRequest, _context_api_pb2.InvestigateResponse]
+    """Investigate asks the HolmesGPT server context_api is configured with (its HTTP
+    investigation API, POST /api/investigate) for a root-cause analysis of a firing alert
+    on a resource: one more piece of evidence for the analysis, never an action. Bounded
+    by a timeout, behind a circuit breaker; the answer is redacted and capped, never
+    cached.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    FAILED_PRECONDITION when no HolmesGPT server is configured; UNAVAILABLE when it does
+    not answer in time, fails, answers something that is not an investigation, or its
+    circuit is open (the caller goes on without it); PERMISSION_DENIED for callers
+    outside the call table. Not marked free of side effects, so that clients do not
+    retry it: an investigation takes tens of seconds and costs model tokens, and a
+    failed one is better gone without than asked again.
+    """
 
 @_typing.type_check_only
 class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
@@ -130,6 +144,20 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     run with `previous`, a pod not yet placed) or context_api's identity may not read
     them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
+    """
+    Investigate: _aio.UnaryUnaryMultiCallable[_context_api_pb2.InvestigateRequest, _context_api_pb2.InvestigateResponse]  # type: ignore[assignment]
+    """Investigate asks the HolmesGPT server context_api is configured with (its HTTP
+    investigation API, POST /api/investigate) for a root-cause analysis of a firing alert
+    on a resource: one more piece of evidence for the analysis, never an action. Bounded
+    by a timeout, behind a circuit breaker; the answer is redacted and capped, never
+    cached.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    FAILED_PRECONDITION when no HolmesGPT server is configured; UNAVAILABLE when it does
+    not answer in time, fails, answers something that is not an investigation, or its
+    circuit is open (the caller goes on without it); PERMISSION_DENIED for callers
+    outside the call table. Not marked free of side effects, so that clients do not
+    retry it: an investigation takes tens of seconds and costs model tokens, and a
+    failed one is better gone without than asked again.
     """
 
 class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,6 +231,26 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         run with `previous`, a pod not yet placed) or context_api's identity may not read
         them; UNAVAILABLE when the cluster cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def Investigate(
+        self,
+        request: _context_api_pb2.InvestigateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_api_pb2.InvestigateResponse, _abc.Awaitable[_context_api_pb2.InvestigateResponse]]:
+        """Investigate asks the HolmesGPT server context_api is configured with (its HTTP
+        investigation API, POST /api/investigate) for a root-cause analysis of a firing alert
+        on a resource: one more piece of evidence for the analysis, never an action. Bounded
+        by a timeout, behind a circuit breaker; the answer is redacted and capped, never
+        cached.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        FAILED_PRECONDITION when no HolmesGPT server is configured; UNAVAILABLE when it does
+        not answer in time, fails, answers something that is not an investigation, or its
+        circuit is open (the caller goes on without it); PERMISSION_DENIED for callers
+        outside the call table. Not marked free of side effects, so that clients do not
+        retry it: an investigation takes tens of seconds and costs model tokens, and a
+        failed one is better gone without than asked again.
         """
 
 def add_ContextAPIServiceServicer_to_server(servicer: ContextAPIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
