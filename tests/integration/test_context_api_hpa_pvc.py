@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.alerts import subject_of
+from kubernaut.services.context_api import rbac
 from kubernaut.services.context_api.resources import ResourceContextReader
 from tests.fixtures.cluster import context_api_identity, create_deployment, eventually, kube_api
 
@@ -277,3 +279,83 @@ async def test_the_served_context_api_describes_both_kinds(
         assert raised.value.code() is grpc.StatusCode.NOT_FOUND
     finally:
         await clients.close()
+
+
+async def test_a_workloads_context_has_its_nodes_services_autoscaler_and_completeness(
+    kube: LocalCluster, reader: ResourceContextReader
+) -> None:
+    """Read with context_api's own least-privilege identity: the nodes its pods run on
+    (Ready, no pressure), the Service that selects its pods with their endpoints, the
+    autoscaler that scales it; every part read, completeness 1."""
+    namespace = f"depth-{uuid.uuid4().hex[:8]}"
+    labels = await create_deployment(kube, namespace, "web", replicas=2)
+    await kube_api(
+        kube,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/services",
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    # A Service that selects other pods is not the workload's.
+    await kube_api(
+        kube,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/services",
+        {
+            "metadata": {"name": "other"},
+            "spec": {"selector": {"app": "other"}, "ports": [{"port": 80}]},
+        },
+    )
+    await kube_api(
+        kube,
+        "POST",
+        f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers",
+        hpa_body("web", "web", min_replicas=2, max_replicas=5),
+    )
+    subject = alert_pb2.ResourceRef(namespace=namespace, kind="Deployment", name="web")
+
+    def complete(found: context_api_pb2.ResourceContext) -> bool:
+        ready = [s for s in found.services if s.ready_endpoints == 2]
+        return len(found.nodes) >= 1 and bool(ready) and found.HasField("autoscaler")
+
+    found = await settled(reader, subject, complete, "the pods' nodes, endpoints and autoscaler")
+    assert [s.name for s in found.services] == ["web"]
+    assert found.services[0].type == "ClusterIP" and found.services[0].not_ready_endpoints == 0
+    pod_nodes = {pod.node for pod in found.pods}
+    assert {node.name for node in found.nodes} == pod_nodes
+    assert all(node.ready and not node.pressure for node in found.nodes), found.nodes
+    assert (found.autoscaler.target_name, found.autoscaler.max_replicas) == ("web", 5)
+    assert found.completeness.score == 1.0 and not found.completeness.missing
+    assert set(found.completeness.read) >= {"workload", "pods", "events", "nodes", "services"}
+
+
+async def test_a_part_the_identity_may_not_read_is_missing_and_said_why(
+    kube: LocalCluster, tmp_path: Path
+) -> None:
+    """An identity without the Services' and endpoints' rule (an older chart's role): the
+    context is still answered, with those parts missing and why, and a lower score."""
+    namespace = f"depth-{uuid.uuid4().hex[:8]}"
+    await create_deployment(kube, namespace, "web", replicas=1)
+    short = [
+        {**rule, "resources": [r for r in rule["resources"] if r != "services"]}
+        for rule in rbac.policy_rules()
+        if rule["apiGroups"] != ["discovery.k8s.io"]
+    ]
+    async with context_api_identity(kube, tmp_path, short) as kubeconfig:
+        configuration = client.Configuration()
+        await config.load_kube_config(
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+        api = client.ApiClient(configuration)
+        try:
+            reader = ResourceContextReader(api, ttl=0.0, timeout=20.0)
+            subject = alert_pb2.ResourceRef(namespace=namespace, kind="Deployment", name="web")
+            found = await settled(reader, subject, lambda c: bool(c.pods), "the pods")
+        finally:
+            await api.close()
+    assert not found.services
+    (missing,) = found.completeness.missing
+    assert missing.startswith("services: forbidden (403)"), missing
+    assert 0.5 < found.completeness.score < 1.0

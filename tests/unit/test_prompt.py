@@ -73,3 +73,20 @@ def test_holmes_investigation_is_shown_as_data_clipped_and_redacted() -> None:
     assert "abcd1234secret" not in shown["analysis"] and len(shown["analysis"]) <= 1501
     no_holmes = prompt.incident(alert_pb2.Alert(name="X"), DEPLOYMENT, None, None, {})
     assert "HolmesGPT" not in no_holmes
+
+
+def test_healthy_nodes_stay_out_and_what_could_not_be_read_is_said() -> None:
+    evidence = context_api_pb2.ResourceContext(resource=DEPLOYMENT, workload=DEPLOYMENT)
+    evidence.nodes.add(name="n1", ready=True)
+    evidence.nodes.add(name="n2", ready=True, pressure=["MemoryPressure"])
+    evidence.services.add(name="web", ready_endpoints=0, not_ready_endpoints=2)
+    evidence.completeness.CopyFrom(
+        context_api_pb2.Completeness(score=0.8, missing=["autoscaler: forbidden (403)"])
+    )
+    view = evidence_view(evidence)
+    assert [n["name"] for n in view["nodes"]] == ["n2"]
+    assert view["services"] == [{"name": "web", "not_ready_endpoints": 2}]
+    assert view["not_read"] == ["autoscaler: forbidden (403)"] and "completeness" not in view
+    healthy = context_api_pb2.ResourceContext(resource=DEPLOYMENT)
+    healthy.nodes.add(name="n1", ready=True)
+    assert "nodes" not in evidence_view(healthy)

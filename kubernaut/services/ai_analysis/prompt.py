@@ -153,4 +153,18 @@ def evidence_view(evidence: context_api_pb2.ResourceContext) -> dict[str, Any]:
     rollout = view.get("rollout")
     if isinstance(rollout, dict):
         rollout["revisions"] = rollout.get("revisions", [])[:MAX_REVISIONS]
+    # Nodes only when one is unwell (a healthy node says nothing), and of the completeness
+    # only what could not be read: that the model knows what it was not shown.
+    unwell = [
+        n
+        for n in view.get("nodes", [])
+        if not n.get("ready") or n.get("pressure") or n.get("unschedulable")
+    ]
+    if unwell:
+        view["nodes"] = unwell
+    else:
+        view.pop("nodes", None)
+    completeness = view.pop("completeness", {})
+    if isinstance(completeness, dict) and completeness.get("missing"):
+        view["not_read"] = completeness["missing"]
     return view

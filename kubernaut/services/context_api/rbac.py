@@ -13,7 +13,13 @@ READ = ["get", "list"]
 
 def policy_rules() -> list[dict[str, Any]]:
     return [
-        {"apiGroups": [""], "resources": ["pods", "events", "namespaces", "nodes"], "verbs": READ},
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "events", "namespaces", "nodes", "services"],
+            "verbs": READ,
+        },
+        # The endpoints behind the workload's Services.
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
         # Bounded log tails of the incident's pods (GetPodLogs); the subresource has only get.
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from google.protobuf.timestamp_pb2 import Timestamp
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.context_api.v1 import context_api_pb2
@@ -27,6 +28,7 @@ from kubernaut.runtime.kube import (
     is_managed,
     is_own_template,
 )
+from kubernaut.runtime.redaction import Redactor
 from kubernaut.runtime.workload_state import STATE_KINDS, workload_state
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
@@ -37,6 +39,11 @@ ROLLOUT_COMPLETE_REASON = "NewReplicaSetAvailable"
 MAX_EVENTS = 20
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 HPA = "HorizontalPodAutoscaler"
+# Node conditions that, True, say the node is short of something.
+PRESSURE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
+MAX_NODES = 10
+_REDACT = Redactor()
+MAX_SERVICES = 5
 PVC = "PersistentVolumeClaim"
 # What an autoscaler's scaleTargetRef may name that context_api reads (apps/v1).
 SCALE_TARGET_KINDS = {"Deployment", "StatefulSet", "ReplicaSet"}
@@ -167,6 +174,66 @@ def revision_of(replica_set: dict[str, Any]) -> context_api_pb2.Revision:
     )
 
 
+def hpa_state(hpa: dict[str, Any], target_found: bool) -> context_api_pb2.HpaState:
+    """An autoscaler (as the API server's JSON) as HpaState."""
+    spec = hpa.get("spec") or {}
+    status = hpa.get("status") or {}
+    target = spec.get("scaleTargetRef") or {}
+    limited = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "ScalingLimited" and c.get("status") == "True"
+        ),
+        None,
+    )
+    max_replicas = int(spec.get("maxReplicas") or 0)
+    current = int(status.get("currentReplicas") or 0)
+    return context_api_pb2.HpaState(
+        min_replicas=int(spec.get("minReplicas") or 1),
+        max_replicas=max_replicas,
+        current_replicas=current,
+        desired_replicas=int(status.get("desiredReplicas") or 0),
+        target_api_version=str(target.get("apiVersion") or ""),
+        target_kind=str(target.get("kind") or ""),
+        target_name=str(target.get("name") or ""),
+        target_found=target_found,
+        at_max=max_replicas > 0 and current >= max_replicas,
+        scaling_limited_reason=str((limited or {}).get("reason") or ""),
+    )
+
+
+def node_state(node: Any) -> context_api_pb2.NodeState:
+    conditions = {c.type: c for c in (node.status.conditions or [])} if node.status else {}
+    ready = conditions.get("Ready")
+    is_ready = ready is not None and ready.status == "True"
+    return context_api_pb2.NodeState(
+        name=node.metadata.name,
+        ready=is_ready,
+        not_ready_reason="" if is_ready else str((ready.reason if ready else "") or "Unknown"),
+        pressure=[
+            kind
+            for kind in PRESSURE_CONDITIONS
+            if kind in conditions and conditions[kind].status == "True"
+        ],
+        unschedulable=bool(node.spec and node.spec.unschedulable),
+    )
+
+
+def selects(selector: dict[str, str] | None, labels: dict[str, str] | None) -> bool:
+    """A Service's selector picks pods with `labels` (an empty selector picks none here:
+    such a Service's endpoints are managed by hand)."""
+    return bool(selector) and all((labels or {}).get(k) == v for k, v in (selector or {}).items())
+
+
+def missing_because(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        if error.status in (401, 403):
+            return f"forbidden ({error.status}): context_api's identity may not read it"
+        return f"the API server answered {error.status}"
+    return f"not read ({type(error).__name__}: {error})"
+
+
 class ResourceContextReader:
     """Reads one cluster through its API client; answers are cached for `ttl` seconds per
     object, keyed by the cluster too: the same namespace/kind/name in two clusters is two
@@ -188,6 +255,7 @@ class ResourceContextReader:
         self.batch = client.BatchV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
         self.storage = client.StorageV1Api(api)
+        self.discovery = client.DiscoveryV1Api(api)
         self.timeout = timeout
         self.cache: TtlCache[tuple[str, str, str, str], context_api_pb2.ResourceContext] = TtlCache(
             ttl, clock
@@ -214,6 +282,8 @@ class ResourceContextReader:
             context.workload.CopyFrom(ref)
             context.managed = is_managed(node.metadata.labels)
             context.managed_reason = self._managed_reason(context.managed, "node", None)
+            context.nodes.append(node_state(node))
+            context.completeness.CopyFrom(context_api_pb2.Completeness(score=1.0, read=["node"]))
             return context
         if ref.kind == HPA:
             await self._read_hpa(ref, context)
@@ -251,7 +321,89 @@ class ResourceContextReader:
             # A ReplicaSet's events say why pods were not even created (e.g. quota).
             names.update(replica_sets)
         context.events.extend(await self._events(ref.namespace, names))
+        template = getattr(getattr(workload, "spec", None), "template", None)
+        labels = (
+            template.metadata.labels
+            if template is not None and template.metadata is not None
+            else (pods[0].metadata.labels if pods else None)
+        )
+        read = ["workload", "pods", "events"] + (["rollout"] if context.HasField("rollout") else [])
+        await self._depth(context, ref.namespace, workload_kind, workload_name, pods, labels, read)
         return context
+
+    async def _depth(
+        self,
+        context: context_api_pb2.ResourceContext,
+        namespace: str,
+        kind: str,
+        name: str,
+        pods: list[Any],
+        labels: dict[str, str] | None,
+        read: list[str],
+    ) -> None:
+        """The parts around the workload (its pods' nodes, its Services and endpoints, its
+        autoscaler), each read or said missing and why: a context with a part missing is
+        still an answer, with its completeness."""
+        missing: list[str] = []
+
+        async def part(what: str, fill: Callable[[], Any]) -> None:
+            try:
+                await fill()
+            except (ApiException, aiohttp.ClientError, OSError) as error:
+                missing.append(f"{what}: {missing_because(error)}")
+            else:
+                read.append(what)
+
+        node_names = sorted({p.spec.node_name for p in pods if p.spec and p.spec.node_name})
+
+        async def nodes() -> None:
+            found = await asyncio.gather(
+                *(self.core.read_node(node) for node in node_names[:MAX_NODES])
+            )
+            context.nodes.extend(node_state(node) for node in found)
+
+        async def services() -> None:
+            listed = await self.core.list_namespaced_service(namespace)
+            chosen = sorted(
+                (svc for svc in listed.items if selects(svc.spec.selector, labels)),
+                key=lambda svc: svc.metadata.name,
+            )[:MAX_SERVICES]
+            for svc in chosen:
+                slices = await self.discovery.list_namespaced_endpoint_slice(
+                    namespace, label_selector=f"kubernetes.io/service-name={svc.metadata.name}"
+                )
+                endpoints = [e for sl in slices.items for e in (sl.endpoints or [])]
+                ready = sum(1 for e in endpoints if e.conditions is None or e.conditions.ready)
+                context.services.append(
+                    context_api_pb2.ServiceState(
+                        name=svc.metadata.name,
+                        type=svc.spec.type or "ClusterIP",
+                        ready_endpoints=ready,
+                        not_ready_endpoints=len(endpoints) - ready,
+                    )
+                )
+
+        async def autoscaler() -> None:
+            response = await read_json(
+                self.autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace
+            )
+            for hpa in json.loads(response.data).get("items") or []:
+                target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+                if target.get("kind") == kind and target.get("name") == name:
+                    context.autoscaler.CopyFrom(hpa_state(hpa, True))
+                    return
+
+        parts: list[tuple[str, Callable[[], Any]]] = [("services", services)]
+        if node_names:
+            parts.append(("nodes", nodes))
+        if kind in SCALE_TARGET_KINDS | {"StatefulSet"}:
+            parts.append(("autoscaler", autoscaler))
+        await asyncio.gather(*(part(what, fill) for what, fill in parts))
+        context.completeness.CopyFrom(
+            context_api_pb2.Completeness(
+                score=len(read) / (len(read) + len(missing)), read=read, missing=missing
+            )
+        )
 
     async def _read_object(
         self,
@@ -279,33 +431,9 @@ class ResourceContextReader:
         hpa = await self._read_object(
             ref, context, self.autoscaling.read_namespaced_horizontal_pod_autoscaler
         )
-        spec = hpa.get("spec") or {}
-        status = hpa.get("status") or {}
-        target = spec.get("scaleTargetRef") or {}
-        limited = next(
-            (
-                c
-                for c in status.get("conditions") or []
-                if c.get("type") == "ScalingLimited" and c.get("status") == "True"
-            ),
-            None,
-        )
-        max_replicas = int(spec.get("maxReplicas") or 0)
-        current = int(status.get("currentReplicas") or 0)
-        context.hpa.CopyFrom(
-            context_api_pb2.HpaState(
-                min_replicas=int(spec.get("minReplicas") or 1),
-                max_replicas=max_replicas,
-                current_replicas=current,
-                desired_replicas=int(status.get("desiredReplicas") or 0),
-                target_api_version=str(target.get("apiVersion") or ""),
-                target_kind=str(target.get("kind") or ""),
-                target_name=str(target.get("name") or ""),
-                target_found=await self._scale_target_exists(ref.namespace, target),
-                at_max=max_replicas > 0 and current >= max_replicas,
-                scaling_limited_reason=str((limited or {}).get("reason") or ""),
-            )
-        )
+        target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+        found = await self._scale_target_exists(ref.namespace, target)
+        context.hpa.CopyFrom(hpa_state(hpa, found))
 
     async def _scale_target_exists(self, namespace: str, target: dict[str, Any]) -> bool:
         """Whether the autoscaler's target is there; False for kinds not read here."""
@@ -490,7 +618,8 @@ class ResourceContextReader:
             context_api_pb2.EventSummary(
                 type=event.type or "",
                 reason=event.reason or "",
-                message=(event.message or "")[:1024],
+                # A message can quote what it failed on (an env value, a URL with a token).
+                message=_REDACT((event.message or "")[:1024]),
                 object=f"{event.involved_object.kind}/{event.involved_object.name}",
                 count=event.count or 1,
                 last_seen=_timestamp(last_seen(event)),

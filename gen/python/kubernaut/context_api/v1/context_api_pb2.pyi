@@ -374,6 +374,10 @@ class ResourceContext(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     HPA_FIELD_NUMBER: _builtins.int
     PVC_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    AUTOSCALER_FIELD_NUMBER: _builtins.int
+    COMPLETENESS_FIELD_NUMBER: _builtins.int
     managed: _builtins.bool
     """The kubernaut.ai/managed=true label is on the workload or its namespace."""
     managed_reason: _builtins.str
@@ -412,6 +416,26 @@ class ResourceContext(_message.Message):
     def pvc(self) -> Global___PvcState:
         """Set for PersistentVolumeClaims (then `workload` is the claim itself)."""
 
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeState]:
+        """The nodes the workload's pods run on (at most 10, by name): readiness and pressure."""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceState]:
+        """The Services whose selector picks the workload's pods (at most 5, by name), with
+        their endpoints.
+        """
+
+    @_builtins.property
+    def autoscaler(self) -> Global___HpaState:
+        """The HorizontalPodAutoscaler that scales the workload, when one does (for a
+        workload; `hpa` is for an autoscaler asked about itself).
+        """
+
+    @_builtins.property
+    def completeness(self) -> Global___Completeness:
+        """What was read, and what could not be and why."""
+
     def __init__(
         self,
         *,
@@ -426,14 +450,122 @@ class ResourceContext(_message.Message):
         state: _remediation_pb2.WorkloadState | None = ...,
         hpa: Global___HpaState | None = ...,
         pvc: Global___PvcState | None = ...,
+        nodes: _abc.Iterable[Global___NodeState] | None = ...,
+        services: _abc.Iterable[Global___ServiceState] | None = ...,
+        autoscaler: Global___HpaState | None = ...,
+        completeness: Global___Completeness | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hpa", b"hpa", "observed_at", b"observed_at", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "completeness", b"completeness", "hpa", b"hpa", "observed_at", b"observed_at", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "hpa", b"hpa", "managed", b"managed", "managed_reason", b"managed_reason", "observed_at", b"observed_at", "pods", b"pods", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "completeness", b"completeness", "events", b"events", "hpa", b"hpa", "managed", b"managed", "managed_reason", b"managed_reason", "nodes", b"nodes", "observed_at", b"observed_at", "pods", b"pods", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "services", b"services", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResourceContext: _TypeAlias = ResourceContext  # noqa: Y015
+
+@_typing.final
+class NodeState(_message.Message):
+    """NodeState is one node as its status says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    NOT_READY_REASON_FIELD_NUMBER: _builtins.int
+    PRESSURE_FIELD_NUMBER: _builtins.int
+    UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    ready: _builtins.bool
+    """The Ready condition is True."""
+    not_ready_reason: _builtins.str
+    """The Ready condition's reason when it is not True (e.g. KubeletNotReady)."""
+    unschedulable: _builtins.bool
+    """Cordoned (spec.unschedulable)."""
+    @_builtins.property
+    def pressure(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The pressure conditions that are True: MemoryPressure, DiskPressure, PIDPressure,
+        NetworkUnavailable.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ready: _builtins.bool = ...,
+        not_ready_reason: _builtins.str = ...,
+        pressure: _abc.Iterable[_builtins.str] | None = ...,
+        unschedulable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "not_ready_reason", b"not_ready_reason", "pressure", b"pressure", "ready", b"ready", "unschedulable", b"unschedulable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
+
+@_typing.final
+class ServiceState(_message.Message):
+    """ServiceState is one Service and its endpoints (EndpointSlices)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    READY_ENDPOINTS_FIELD_NUMBER: _builtins.int
+    NOT_READY_ENDPOINTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """ClusterIP, NodePort, LoadBalancer, ExternalName."""
+    ready_endpoints: _builtins.int
+    not_ready_endpoints: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        ready_endpoints: _builtins.int = ...,
+        not_ready_endpoints: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "not_ready_endpoints", b"not_ready_endpoints", "ready_endpoints", b"ready_endpoints", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceState: _TypeAlias = ServiceState  # noqa: Y015
+
+@_typing.final
+class Completeness(_message.Message):
+    """Completeness says how much of a context could be read: `score` is the share of the
+    parts read (1 when all were), `missing` what was not and why (e.g. "services: forbidden
+    (403)"). A context with parts missing is still answered: the caller weighs it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORE_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    @_builtins.property
+    def read(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        score: _builtins.float = ...,
+        read: _abc.Iterable[_builtins.str] | None = ...,
+        missing: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing", "read", b"read", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Completeness: _TypeAlias = Completeness  # noqa: Y015
 
 @_typing.final
 class HpaState(_message.Message):
