@@ -288,7 +288,17 @@ async def test_a_workloads_context_has_its_nodes_services_autoscaler_and_complet
     (Ready, no pressure), the Service that selects its pods with their endpoints, the
     autoscaler that scales it; every part read, completeness 1."""
     namespace = f"depth-{uuid.uuid4().hex[:8]}"
-    labels = await create_deployment(kube, namespace, "web", replicas=2)
+    uses_secrets = {
+        "imagePullSecrets": [{"name": "registry-pull"}],
+        "volumes": [{"name": "tls", "secret": {"secretName": "web-tls"}}],
+    }
+    labels = await create_deployment(kube, namespace, "web", replicas=2, pod_spec=uses_secrets)
+    await kube_api(
+        kube,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/configmaps",
+        {"metadata": {"name": "web-settings"}, "data": {"password": "hunter2"}},
+    )
     await kube_api(
         kube,
         "POST",
@@ -329,6 +339,13 @@ async def test_a_workloads_context_has_its_nodes_services_autoscaler_and_complet
     assert (found.autoscaler.target_name, found.autoscaler.max_replicas) == ("web", 5)
     assert found.completeness.score == 1.0 and not found.completeness.missing
     assert set(found.completeness.read) >= {"workload", "pods", "events", "nodes", "services"}
+    # What changed in the namespace lately: the rollout, the ConfigMap by name and version
+    # (never its data), and the Secrets the pods use by name only.
+    changes = [(c.kind, c.name, c.what.split(" ")[0]) for c in found.recent_changes]
+    assert ("Deployment", "web", "revision") in changes, changes
+    assert ("ConfigMap", "web-settings", "resourceVersion") in changes, changes
+    assert "hunter2" not in str(found)
+    assert list(found.secrets_used) == ["registry-pull", "web-tls"]
 
 
 async def test_a_part_the_identity_may_not_read_is_missing_and_said_why(

@@ -15,7 +15,9 @@ def policy_rules() -> list[dict[str, Any]]:
     return [
         {
             "apiGroups": [""],
-            "resources": ["pods", "events", "namespaces", "nodes", "services"],
+            # ConfigMaps for what changed in the namespace (names and versions are kept,
+            # never their data). Secrets are not here at all: by name only, from pod specs.
+            "resources": ["pods", "events", "namespaces", "nodes", "services", "configmaps"],
             "verbs": READ,
         },
         # The endpoints behind the workload's Services.

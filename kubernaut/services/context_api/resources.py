@@ -44,6 +44,8 @@ PRESSURE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure", "Network
 MAX_NODES = 10
 _REDACT = Redactor()
 MAX_SERVICES = 5
+MAX_CHANGES = 10
+CHANGES_WINDOW = datetime.timedelta(hours=1)
 PVC = "PersistentVolumeClaim"
 # What an autoscaler's scaleTargetRef may name that context_api reads (apps/v1).
 SCALE_TARGET_KINDS = {"Deployment", "StatefulSet", "ReplicaSet"}
@@ -226,6 +228,34 @@ def selects(selector: dict[str, str] | None, labels: dict[str, str] | None) -> b
     return bool(selector) and all((labels or {}).get(k) == v for k, v in (selector or {}).items())
 
 
+def secrets_used(pod_spec: dict[str, Any]) -> list[str]:
+    """The names of the Secrets a pod spec uses (env, envFrom, volumes, projected volumes,
+    image pull secrets), sorted; nothing of them is read."""
+    names: set[str] = set()
+    containers = [*(pod_spec.get("containers") or []), *(pod_spec.get("initContainers") or [])]
+    for container in containers:
+        for env in container.get("env") or []:
+            ref = ((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+            if ref:
+                names.add(str(ref))
+        for source in container.get("envFrom") or []:
+            ref = (source.get("secretRef") or {}).get("name")
+            if ref:
+                names.add(str(ref))
+    for volume in pod_spec.get("volumes") or []:
+        ref = (volume.get("secret") or {}).get("secretName")
+        if ref:
+            names.add(str(ref))
+        for projected in (volume.get("projected") or {}).get("sources") or []:
+            ref = (projected.get("secret") or {}).get("name")
+            if ref:
+                names.add(str(ref))
+    for pull in pod_spec.get("imagePullSecrets") or []:
+        if pull.get("name"):
+            names.add(str(pull["name"]))
+    return sorted(names)
+
+
 def missing_because(error: BaseException) -> str:
     if isinstance(error, ApiException):
         if error.status in (401, 403):
@@ -327,6 +357,9 @@ class ResourceContextReader:
             if template is not None and template.metadata is not None
             else (pods[0].metadata.labels if pods else None)
         )
+        if template is not None and raw_workload is not None:
+            pod_spec = (((raw_workload.get("spec") or {}).get("template") or {}).get("spec")) or {}
+            context.secrets_used.extend(secrets_used(pod_spec))
         read = ["workload", "pods", "events"] + (["rollout"] if context.HasField("rollout") else [])
         await self._depth(context, ref.namespace, workload_kind, workload_name, pods, labels, read)
         return context
@@ -393,7 +426,13 @@ class ResourceContextReader:
                     context.autoscaler.CopyFrom(hpa_state(hpa, True))
                     return
 
-        parts: list[tuple[str, Callable[[], Any]]] = [("services", services)]
+        async def changes() -> None:
+            context.recent_changes.extend(await self._recent_changes(namespace))
+
+        parts: list[tuple[str, Callable[[], Any]]] = [
+            ("services", services),
+            ("recent changes", changes),
+        ]
         if node_names:
             parts.append(("nodes", nodes))
         if kind in SCALE_TARGET_KINDS | {"StatefulSet"}:
@@ -602,6 +641,58 @@ class ResourceContextReader:
             ref.namespace, label_selector=_selector(match_labels)
         )
         return sorted(pods.items, key=lambda pod: pod.metadata.name)
+
+    async def _recent_changes(self, namespace: str) -> list[context_api_pb2.RecentChange]:
+        """Rollouts (ReplicaSets made) and ConfigMap changes in the namespace within
+        CHANGES_WINDOW, newest first. Read as the API server's JSON; of a ConfigMap only its
+        name, version and when it last changed are kept."""
+        since = datetime.datetime.now(datetime.UTC) - CHANGES_WINDOW
+        replica_sets, config_maps = await asyncio.gather(
+            read_json(self.apps.list_namespaced_replica_set, namespace),
+            read_json(self.core.list_namespaced_config_map, namespace),
+        )
+        found: list[tuple[datetime.datetime, context_api_pb2.RecentChange]] = []
+        for rs in json.loads(replica_sets.data).get("items") or []:
+            meta = rs.get("metadata") or {}
+            made = _parse_time(meta.get("creationTimestamp"))
+            owner = next(
+                (o for o in meta.get("ownerReferences") or [] if o.get("controller")), None
+            )
+            if made is None or made < since or owner is None:
+                continue
+            revision = revision_of(rs)
+            images = ", ".join(revision.images)
+            found.append(
+                (
+                    made,
+                    context_api_pb2.RecentChange(
+                        kind=str(owner.get("kind") or ""),
+                        name=str(owner.get("name") or ""),
+                        what=f"revision {revision.number}" + (f" ({images})" if images else ""),
+                        at=_timestamp(made),
+                    ),
+                )
+            )
+        for cm in json.loads(config_maps.data).get("items") or []:
+            meta = cm.get("metadata") or {}
+            stamps = [_parse_time(m.get("time")) for m in meta.get("managedFields") or []]
+            stamps.append(_parse_time(meta.get("creationTimestamp")))
+            changed = max((t for t in stamps if t is not None), default=None)
+            if changed is None or changed < since:
+                continue
+            found.append(
+                (
+                    changed,
+                    context_api_pb2.RecentChange(
+                        kind="ConfigMap",
+                        name=str(meta.get("name") or ""),
+                        what=f"resourceVersion {meta.get('resourceVersion', '')}",
+                        at=_timestamp(changed),
+                    ),
+                )
+            )
+        found.sort(key=lambda pair: pair[0], reverse=True)
+        return [change for _, change in found[:MAX_CHANGES]]
 
     async def _events(self, namespace: str, names: set[str]) -> list[context_api_pb2.EventSummary]:
         events = await self.core.list_namespaced_event(namespace)

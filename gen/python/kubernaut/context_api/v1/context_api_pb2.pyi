@@ -378,6 +378,8 @@ class ResourceContext(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     AUTOSCALER_FIELD_NUMBER: _builtins.int
     COMPLETENESS_FIELD_NUMBER: _builtins.int
+    RECENT_CHANGES_FIELD_NUMBER: _builtins.int
+    SECRETS_USED_FIELD_NUMBER: _builtins.int
     managed: _builtins.bool
     """The kubernaut.ai/managed=true label is on the workload or its namespace."""
     managed_reason: _builtins.str
@@ -436,6 +438,18 @@ class ResourceContext(_message.Message):
     def completeness(self) -> Global___Completeness:
         """What was read, and what could not be and why."""
 
+    @_builtins.property
+    def recent_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecentChange]:
+        """What changed in the namespace in the hour before it was read, newest first (at most
+        10): rollouts (new ReplicaSets) and ConfigMaps by name and version. Never contents.
+        """
+
+    @_builtins.property
+    def secrets_used(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Secrets the workload's pods use (env, envFrom, volumes, image pull secrets), by
+        name only: context_api may not read Secrets at all, not even their versions.
+        """
+
     def __init__(
         self,
         *,
@@ -454,14 +468,51 @@ class ResourceContext(_message.Message):
         services: _abc.Iterable[Global___ServiceState] | None = ...,
         autoscaler: Global___HpaState | None = ...,
         completeness: Global___Completeness | None = ...,
+        recent_changes: _abc.Iterable[Global___RecentChange] | None = ...,
+        secrets_used: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "completeness", b"completeness", "hpa", b"hpa", "observed_at", b"observed_at", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "completeness", b"completeness", "events", b"events", "hpa", b"hpa", "managed", b"managed", "managed_reason", b"managed_reason", "nodes", b"nodes", "observed_at", b"observed_at", "pods", b"pods", "pvc", b"pvc", "resource", b"resource", "rollout", b"rollout", "services", b"services", "state", b"state", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "completeness", b"completeness", "events", b"events", "hpa", b"hpa", "managed", b"managed", "managed_reason", b"managed_reason", "nodes", b"nodes", "observed_at", b"observed_at", "pods", b"pods", "pvc", b"pvc", "recent_changes", b"recent_changes", "resource", b"resource", "rollout", b"rollout", "secrets_used", b"secrets_used", "services", b"services", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResourceContext: _TypeAlias = ResourceContext  # noqa: Y015
+
+@_typing.final
+class RecentChange(_message.Message):
+    """RecentChange is one change in a namespace, as its object's metadata says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    WHAT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Deployment (a rollout) or ConfigMap."""
+    name: _builtins.str
+    what: _builtins.str
+    """What changed: "revision 4 (registry.example/shop/checkout:1.5.0)", "resourceVersion
+    81234".
+    """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        what: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "name", b"name", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentChange: _TypeAlias = RecentChange  # noqa: Y015
 
 @_typing.final
 class NodeState(_message.Message):
