@@ -44,14 +44,20 @@ class DeploymentState:
 
 
 class BadRollout:
-    """A Deployment `checkout` in `namespace`, opted in to Kubernaut or not."""
+    """A Deployment `name` (checkout) in `namespace`, opted in to Kubernaut or not."""
 
     def __init__(
-        self, kubeconfig: Path, namespace: str = "shop", *, opted_in: bool = True, replicas: int = 2
+        self,
+        kubeconfig: Path,
+        namespace: str = "shop",
+        *,
+        opted_in: bool = True,
+        replicas: int = 2,
+        name: str = "checkout",
     ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.name = "checkout"
+        self.name = name
         self.opted_in = opted_in
         self.replicas = replicas
         self._connection = KubeConnection(KubeSettings(kubeconfig=str(kubeconfig)))
