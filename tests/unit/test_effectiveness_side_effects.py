@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
 
-from kubernaut.services.effectiveness.assessment import ActiveAlert, Judgement
+from kubernaut.services.effectiveness.assessment import ActiveAlert, Baseline, Judgement
 from kubernaut.services.effectiveness.side_effects import (
     Confidence,
     SideEffect,
     SideEffectEvidence,
     alert_side_effects,
+    event_side_effects,
     weigh_side_effects,
 )
 
@@ -85,3 +87,45 @@ def test_a_side_effect_keeps_a_fix_from_being_effective() -> None:
     assert "side effects: none (no new alert in namespace shop)" in clean.evidence
     blind = SideEffectEvidence.none("AlertManager is not configured")
     assert blind.facts == ("side effects: not looked for: AlertManager is not configured",)
+
+
+def _event(kind_name: str, minutes: float, kind: str = "Warning") -> context_api_pb2.EventSummary:
+    event = context_api_pb2.EventSummary(
+        type=kind,
+        reason="BackOff",
+        message="Back-off restarting failed container",
+        object=kind_name,
+        count=3,
+    )
+    event.last_seen.FromDatetime(ACTED + dt.timedelta(minutes=minutes))
+    return event
+
+
+def test_warnings_on_what_the_action_made_are_side_effects() -> None:
+    context = context_api_pb2.ResourceContext(
+        workload=TARGET,
+        pods=[
+            context_api_pb2.PodState(name="checkout-b-1"),
+            context_api_pb2.PodState(name="checkout-a-1"),
+        ],
+        events=[
+            _event("Pod/checkout-b-1", 1),  # a pod the rollback made
+            _event("Pod/checkout-a-1", 1),  # there before: the problem itself
+            _event("ReplicaSet/checkout-7f9d8", 2),  # the workload's own
+            _event("Pod/checkout-b-1", -3),  # before the action
+            _event("Pod/checkout-b-1", 1, kind="Normal"),
+            _event("Deployment/cart", 1),  # someone else's
+        ],
+    )
+    baseline = Baseline({"checkout-a-1": 4})
+    found = event_side_effects(context, baseline, ACTED)
+    assert [e.what.split(" since")[0] for e in found] == [
+        "Warning BackOff on Pod/checkout-b-1",
+        "Warning BackOff on ReplicaSet/checkout-7f9d8",
+    ]
+    assert all(e.confidence is Confidence.HIGH for e in found)
+    # Without a baseline, no pod is known to be new.
+    unknown = event_side_effects(context, Baseline(None, "not taken"), ACTED)
+    assert [e.what.split(" since")[0] for e in unknown] == [
+        "Warning BackOff on ReplicaSet/checkout-7f9d8"
+    ]

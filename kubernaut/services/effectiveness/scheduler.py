@@ -56,6 +56,7 @@ from kubernaut.services.effectiveness.settings import AssessmentSettings
 from kubernaut.services.effectiveness.side_effects import (
     SideEffectEvidence,
     alert_side_effects,
+    event_side_effects,
     weigh_side_effects,
 )
 from kubernaut.services.effectiveness.store import (
@@ -133,18 +134,19 @@ class EvidenceSources:
             return Baseline(None, f"no baseline was taken at schedule time: {reason}")
         return Baseline({pod.name: pod.restarts for pod in context.pods})
 
-    async def pods(self, checkpoint: Checkpoint) -> tuple[PodEvidence, set[str], set[str]]:
+    async def pods(
+        self, checkpoint: Checkpoint
+    ) -> tuple[PodEvidence, set[str], context_api_pb2.ResourceContext | None]:
         """The pod evidence, the names of the workload's pods (now and at schedule time),
-        and the nodes its pods run on now."""
+        and the context they were read from (None when it could not be)."""
         names = set(checkpoint.baseline.restarts or {})
         context, reason = await self.resource_context(
             checkpoint.target, self.settings.call_timeout_seconds
         )
         if context is None:
-            return PodEvidence.missing(reason), names, set()
+            return PodEvidence.missing(reason), names, None
         names.update(pod.name for pod in context.pods)
-        nodes = {pod.node for pod in context.pods if pod.node}
-        return pod_evidence(context, checkpoint.baseline), names, nodes
+        return pod_evidence(context, checkpoint.baseline), names, context
 
     async def alert(self, checkpoint: Checkpoint, pod_names: set[str]) -> AlertEvidence:
         if self.alertmanager is None:
@@ -164,11 +166,22 @@ class EvidenceSources:
         )
 
     async def side_effects(
-        self, checkpoint: Checkpoint, pod_names: set[str], nodes: set[str]
+        self,
+        checkpoint: Checkpoint,
+        pod_names: set[str],
+        context: context_api_pb2.ResourceContext | None,
     ) -> SideEffectEvidence:
         """Alerts that started after the action in the target's namespace or on its pods'
-        nodes (AlertManager)."""
+        nodes (AlertManager), and Warning events on what the action made (context_api)."""
+        nodes = {pod.node for pod in context.pods if pod.node} if context is not None else set()
+        warnings = (
+            event_side_effects(context, checkpoint.baseline, checkpoint.acted_at)
+            if context is not None
+            else ()
+        )
         if self.alertmanager is None:
+            if warnings:
+                return SideEffectEvidence(warnings, "Warning events of what the action made")
             return SideEffectEvidence.none("AlertManager is not configured")
         target = checkpoint.target
         wheres = []
@@ -190,7 +203,10 @@ class EvidenceSources:
         effects = alert_side_effects(
             held, checkpoint.alert, target, pod_names, nodes, checkpoint.acted_at
         )
-        return SideEffectEvidence(effects, f"no new alert in {looked} since the action")
+        return SideEffectEvidence(
+            (*effects, *warnings),
+            f"no new alert in {looked} and no Warning event on what the action made since it",
+        )
 
     async def metric_evidence(self, checkpoint: Checkpoint, now: dt.datetime) -> MetricEvidence:
         if self.metrics is None:
@@ -215,9 +231,9 @@ def _checkpoint_line(checkpoint: Checkpoint, assessed_at: dt.datetime) -> str:
 
 async def assess(checkpoint: Checkpoint, sources: EvidenceSources) -> Result:
     """Gather the evidence of one checkpoint now and judge it."""
-    pods, pod_names, nodes = await sources.pods(checkpoint)
+    pods, pod_names, context = await sources.pods(checkpoint)
     alert, side_effects = await asyncio.gather(
-        sources.alert(checkpoint, pod_names), sources.side_effects(checkpoint, pod_names, nodes)
+        sources.alert(checkpoint, pod_names), sources.side_effects(checkpoint, pod_names, context)
     )
     assessed_at = dt.datetime.now(dt.UTC)
     metrics = await sources.metric_evidence(checkpoint, assessed_at)

@@ -2,7 +2,9 @@
 with a confidence (README: Judging a fix).
 
     high    an alert about the target itself or one of its pods (other than the alert the
-            action answered)
+            action answered); a Warning event since the action on a pod the action made
+            (one that was not there when the assessment was scheduled) or on the workload
+            or its ReplicaSets
     medium  an alert about something else in the target's namespace
     low     an alert about one of the nodes the target's pods run on
 
@@ -20,12 +22,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
 
 from kubernaut.services.effectiveness.assessment import (
     MAX_PODS_NAMED,
     SUBJECT_LABELS,
     WORKLOAD_LABELS,
     ActiveAlert,
+    Baseline,
     Judgement,
     alert_matches,
 )
@@ -136,6 +140,40 @@ def alert_side_effects(
             )
     order = {Confidence.HIGH: 0, Confidence.MEDIUM: 1, Confidence.LOW: 2}
     return tuple(sorted(effects, key=lambda e: order[e.confidence]))
+
+
+def event_side_effects(
+    context: context_api_pb2.ResourceContext, baseline: Baseline, acted_at: dt.datetime
+) -> tuple[SideEffect, ...]:
+    """Warning events seen since the action on what the action made: a pod that is new
+    since the schedule (without a baseline no pod is known to be new), the workload, or
+    its ReplicaSets. Events of pods that were there before are the problem the action
+    answered, judged by the pods' own evidence."""
+    before = set(baseline.restarts or {}) if baseline.restarts is not None else None
+    current = {pod.name for pod in context.pods}
+    workload = context.workload.name
+    effects = []
+    for event in context.events:
+        if event.type != "Warning" or not event.HasField("last_seen"):
+            continue
+        if event.last_seen.ToDatetime(dt.UTC) < acted_at - CLOCK_SKEW:
+            continue
+        kind, _, name = event.object.partition("/")
+        if kind == "Pod":
+            new_pod = before is not None and name in current and name not in before
+            if not new_pod:
+                continue
+        elif not (name == workload or (kind == "ReplicaSet" and name.startswith(f"{workload}-"))):
+            continue
+        message = event.message if len(event.message) <= 200 else event.message[:200] + "…"
+        effects.append(
+            SideEffect(
+                Confidence.HIGH,
+                f"Warning {event.reason} on {event.object} since the action (x{event.count}):"
+                f" {message}",
+            )
+        )
+    return tuple(effects)
 
 
 def weigh_side_effects(
