@@ -68,9 +68,14 @@ def service_env(
         common["KUBERNAUT_TRACE_UI_URL"] = jaeger.details["ui_url"]
     common.update(tuning.extra_env)
     kube = info.components["kubernetes"].details
+    prometheus = info.url("prometheus") if "prometheus" in info.components else ""
     per_service: dict[ServiceName, dict[str, str]] = {
         ServiceName.EXECUTOR: {"KUBECONFIG": kube["executor_kubeconfig"]},
-        ServiceName.CONTEXT_API: {"KUBECONFIG": kube["context-api_kubeconfig"]},
+        ServiceName.CONTEXT_API: {
+            "KUBECONFIG": kube["context-api_kubeconfig"],
+            # GetWorkloadMetrics reads the workload's golden signals there.
+            **({"KUBERNAUT_CONTEXT_PROMETHEUS_URL": prometheus} if prometheus else {}),
+        },
         ServiceName.NOTIFICATION: {
             "KUBERNAUT_NOTIFICATION_SMTP_HOST": info.detail("smtp", "host"),
             "KUBERNAUT_NOTIFICATION_SMTP_PORT": info.detail("smtp", "port"),
@@ -83,11 +88,7 @@ def service_env(
         ServiceName.EFFECTIVENESS: {
             "KUBERNAUT_EFFECTIVENESS_ALERTMANAGER_URL": info.url("alertmanager"),
             # The metrics before and after each action: Prometheus scrapes kube-state-metrics.
-            **(
-                {"KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL": info.url("prometheus")}
-                if "prometheus" in info.components
-                else {}
-            ),
+            **({"KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL": prometheus} if prometheus else {}),
         },
     }
     if tuning.assessment_delays:
@@ -108,10 +109,8 @@ def service_env(
             # verdict is still on the record; every other namespace waits for a person.
             "KUBERNAUT_AI_UNGUARDED_NAMESPACES": json.dumps(list(SAMPLE_APP_NAMESPACES)),
         }
-        if "prometheus" in info.components:
-            per_service[ServiceName.AI_ANALYSIS]["KUBERNAUT_AI_PROMETHEUS_URL"] = info.url(
-                "prometheus"
-            )
+        if prometheus:
+            per_service[ServiceName.AI_ANALYSIS]["KUBERNAUT_AI_PROMETHEUS_URL"] = prometheus
     return common, per_service
 
 

@@ -67,9 +67,10 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.AI_ANALYSIS,
         S.CONTEXT_API,
-        "GetAlertKnowledge GetResourceContext GetIncidentHistory GetPodLogs Investigate",
+        "GetAlertKnowledge GetResourceContext GetIncidentHistory GetPodLogs Investigate"
+        " GetWorkloadMetrics",
         "context for the analysis: evidence, log tails, similar incidents, how past fixes"
-        " worked, HolmesGPT's investigation",
+        " worked, HolmesGPT's investigation, the workload's golden signals",
     ),
     _edge(
         S.AI_ANALYSIS,

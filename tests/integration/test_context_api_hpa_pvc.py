@@ -328,7 +328,8 @@ async def test_a_workloads_context_has_its_nodes_services_autoscaler_and_complet
 
     def complete(found: context_api_pb2.ResourceContext) -> bool:
         ready = [s for s in found.services if s.ready_endpoints == 2]
-        return len(found.nodes) >= 1 and bool(ready) and found.HasField("autoscaler")
+        placed = bool(found.pods) and all(pod.node for pod in found.pods)
+        return placed and bool(ready) and found.HasField("autoscaler")
 
     found = await settled(reader, subject, complete, "the pods' nodes, endpoints and autoscaler")
     assert [s.name for s in found.services] == ["web"]

@@ -17,7 +17,8 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.devstack.monitoring import Prometheus
 from kubernaut.runtime.prometheus import PrometheusAPI
 from kubernaut.services.effectiveness.assessment import Judgement
-from kubernaut.services.effectiveness.metrics import MetricReader, Trend, weigh_metrics
+from kubernaut.services.effectiveness.metrics import weigh_metrics
+from kubernaut.services.signals import MetricReader, Trend
 from tests.fixtures.devstack import WebhookReceiver
 from tests.fixtures.waiting import eventually
 
@@ -28,7 +29,6 @@ EXPRESSION = "shop_error_ratio > 0.1"
 CRASH_LOOPING = (
     'max_over_time(kube_pod_container_status_waiting_reason{reason="CrashLoopBackOff"}[5m]) >= 1'
 )
-ALERT = alert_pb2.Alert(name="ShopErrorsHigh", status=alert_pb2.ALERT_STATUS_FIRING)
 # Prometheus scrapes every second: three scrapes settle each phase.
 SETTLE = 3.5
 
@@ -108,9 +108,9 @@ async def test_healed_pods_with_the_alerts_metric_still_bad_are_not_effective(
     reader = MetricReader(api)
     try:
         now = dt.datetime.now(dt.UTC)
-        checkout = await reader.evidence(ALERT, EXPRESSION, _ref("checkout"), acted_at, now)
-        cart = await reader.evidence(ALERT, EXPRESSION, _ref("cart"), acted_at, now)
-        crash_loop = await reader.evidence(ALERT, CRASH_LOOPING, _ref("cart"), acted_at, now)
+        checkout = await reader.evidence(EXPRESSION, _ref("checkout"), acted_at, now)
+        cart = await reader.evidence(EXPRESSION, _ref("cart"), acted_at, now)
+        crash_loop = await reader.evidence(CRASH_LOOPING, _ref("cart"), acted_at, now)
     finally:
         await api.close()
 
@@ -147,7 +147,7 @@ async def test_healed_pods_with_the_alerts_metric_still_bad_are_not_effective(
     api = PrometheusAPI(url, timeout=2)
     try:
         gone = await MetricReader(api).evidence(
-            ALERT, EXPRESSION, _ref("cart"), acted_at, dt.datetime.now(dt.UTC)
+            EXPRESSION, _ref("cart"), acted_at, dt.datetime.now(dt.UTC)
         )
     finally:
         await api.close()

@@ -7,6 +7,7 @@ from all of it:
 - the same with Prometheus unreachable: unknown (no metric speaks for it);
 - an alert whose own expression the fix left true (healthy pods notwithstanding):
   ineffective;
+- its golden signals, as an analysis reads them through context_api;
 - the same after a neighbour in its namespace started crash-looping after the fix
   (KubePodCrashLooping fires for the neighbour in Prometheus and AlertManager): a side
   effect, ineffective.
@@ -18,6 +19,7 @@ import datetime as dt
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,12 +34,13 @@ from kubernaut.runtime.clients import Clients
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.prometheus import PrometheusAPI
 from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.services.ai_analysis import tools
 from kubernaut.services.effectiveness.alertmanager import AlertmanagerClient
 from kubernaut.services.effectiveness.assessment import ActiveAlert, Baseline, assessment_id
-from kubernaut.services.effectiveness.metrics import MetricReader
 from kubernaut.services.effectiveness.scheduler import EvidenceSources, assess
 from kubernaut.services.effectiveness.settings import AssessmentSettings
 from kubernaut.services.effectiveness.store import Checkpoint, Result, Status
+from kubernaut.services.signals import MetricReader
 from tests.fixtures.cluster import running_context_api
 from tests.fixtures.waiting import eventually
 
@@ -48,19 +51,32 @@ INEFFECTIVE = remediation_pb2.VERDICT_INEFFECTIVE
 UNKNOWN = remediation_pb2.VERDICT_UNKNOWN
 
 
+@dataclass
+class ContextAPI:
+    """One context_api reading the dev stack's cluster and Prometheus, called as
+    effectiveness and as ai_analysis."""
+
+    as_effectiveness: ContextAPIServiceStub
+    as_analysis: ContextAPIServiceStub
+
+
 @pytest.fixture
 async def context_api(
     dev_stack: StackInfo, runtime_settings: RuntimeSettings
-) -> AsyncIterator[ContextAPIServiceStub]:
+) -> AsyncIterator[ContextAPI]:
     kubeconfig = Path(dev_stack.detail("kubernetes", "context-api_kubeconfig"))
-    async with running_context_api(runtime_settings, kubeconfig) as running:
-        clients = Clients(
-            runtime_settings, "effectiveness", addresses={ServiceName.CONTEXT_API: running.address}
-        )
+    prometheus = {"KUBERNAUT_CONTEXT_PROMETHEUS_URL": dev_stack.url("prometheus")}
+    async with running_context_api(runtime_settings, kubeconfig, **prometheus) as running:
+        address = {ServiceName.CONTEXT_API: running.address}
+        effectiveness = Clients(runtime_settings, "effectiveness", addresses=address)
+        analysis = Clients(runtime_settings, "ai-analysis", addresses=address)
         try:
-            yield clients.stub(ContextAPIServiceStub)
+            yield ContextAPI(
+                effectiveness.stub(ContextAPIServiceStub), analysis.stub(ContextAPIServiceStub)
+            )
         finally:
-            await clients.close()
+            await effectiveness.close()
+            await analysis.close()
 
 
 async def _answered_alert(prometheus: str, namespace: str, pod: str) -> alert_pb2.Alert:
@@ -102,7 +118,7 @@ def _checkpoint(
 
 
 async def test_a_fix_is_judged_by_its_effects_on_the_local_stack(
-    dev_stack: StackInfo, context_api: ContextAPIServiceStub
+    dev_stack: StackInfo, context_api: ContextAPI
 ) -> None:
     kubeconfig = Path(dev_stack.detail("kubernetes", "kubeconfig"))
     namespace = f"judge-{uuid.uuid4().hex[:8]}"
@@ -122,7 +138,9 @@ async def test_a_fix_is_judged_by_its_effects_on_the_local_stack(
         ref = alert_pb2.ResourceRef(namespace=namespace, kind="Deployment", name="checkout")
         alert = await _answered_alert(prometheus_url, namespace, "checkout-gone-1")
         checkpoint = _checkpoint(alert, ref, acted_at)
-        sources = EvidenceSources(context_api, alertmanager, settings, MetricReader(prometheus))
+        sources = EvidenceSources(
+            context_api.as_effectiveness, alertmanager, settings, MetricReader(prometheus)
+        )
 
         async def judged_effective() -> Result | None:
             # Once Prometheus has scraped kube-state-metrics' series of the new Deployment.
@@ -135,8 +153,24 @@ async def test_a_fix_is_judged_by_its_effects_on_the_local_stack(
         evidence = list(result.evidence)
         assert any(line.startswith("side effects: none") for line in evidence), evidence
 
+        # The same signals, now against ten minutes ago, as an analysis reads them
+        # (context_api's GetWorkloadMetrics, through the model's workload_metrics tool).
+        tool = tools.workload_metrics_tool(context_api.as_analysis, ref)
+        read = await tool.handler({})
+        ready = next(signal for signal in read["signals"] if signal["name"] == "ready")
+        assert "2/2 now" in ready["detail"], ready
+        assert ready["good"] is True and read["score"] > 0
+        assert {signal["name"] for signal in read["signals"]} == {
+            "ready",
+            "restarts",
+            "cpu",
+            "memory",
+        }
+
         # Prometheus unreachable: no metric speaks for the fix, so it is not effective.
-        blind = EvidenceSources(context_api, alertmanager, settings, MetricReader(dead_prometheus))
+        blind = EvidenceSources(
+            context_api.as_effectiveness, alertmanager, settings, MetricReader(dead_prometheus)
+        )
         unseen = await assess(checkpoint, blind)
         assert unseen.verdict == UNKNOWN, unseen.evidence
         assert "no metric had data" in unseen.evidence[0]

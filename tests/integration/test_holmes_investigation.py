@@ -138,6 +138,13 @@ async def test_without_holmes_investigate_says_it_is_not_configured(
         error = await _refused(stub)
         assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert "KUBERNAUT_CONTEXT_HOLMES_URL" in (error.details() or "")
+        # Nor does it read metrics without a Prometheus.
+        with pytest.raises(grpc.aio.AioRpcError) as unmetered:
+            await stub.GetWorkloadMetrics(
+                context_api_pb2.GetWorkloadMetricsRequest(resource=CHECKOUT)
+            )
+        assert unmetered.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "KUBERNAUT_CONTEXT_PROMETHEUS_URL" in (unmetered.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await stub.Investigate(context_api_pb2.InvestigateRequest(resource=CHECKOUT))
         assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT

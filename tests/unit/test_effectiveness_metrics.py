@@ -11,7 +11,8 @@ from kubernaut.common.v1 import alert_pb2, remediation_pb2
 
 from kubernaut.runtime.prometheus import Sample
 from kubernaut.services.effectiveness.assessment import Judgement
-from kubernaut.services.effectiveness.metrics import (
+from kubernaut.services.effectiveness.metrics import weigh_metrics
+from kubernaut.services.signals import (
     WEIGHTS,
     MetricEvidence,
     Signal,
@@ -23,7 +24,6 @@ from kubernaut.services.effectiveness.metrics import (
     ready_signal,
     restarts_signal,
     usage_signal,
-    weigh_metrics,
 )
 
 T0 = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)

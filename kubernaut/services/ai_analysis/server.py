@@ -109,6 +109,12 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
         expression = alert_expression(incident.alert)
         if self.prometheus is not None and expression:
             toolbox.append(tools.prometheus_tool(self.prometheus, expression))
+        if self.prometheus is not None:
+            # The same Prometheus scrapes the cluster: the workload's signals are there too.
+            evidence = incident.evidence
+            known = evidence is not None and evidence.HasField("workload")
+            workload = evidence.workload if evidence is not None and known else incident.subject
+            toolbox.append(tools.workload_metrics_tool(self.context_api, workload))
         return await self.analyst.analyse(incident, rules, catalogue, toolbox, time_left)
 
     def _ask_model_later(

@@ -87,6 +87,30 @@ def history_tool(read: Callable[[], Awaitable[context_api_pb2.IncidentHistory]])
     return Tool(spec, handler)
 
 
+def workload_metrics_tool(
+    context_api: ContextAPIServiceStub, workload: alert_pb2.ResourceRef
+) -> Tool:
+    """`workload_metrics`: the workload's golden signals in Prometheus (context_api's
+    GetWorkloadMetrics), now against ten minutes ago; a fixed set of queries."""
+
+    async def handler(arguments: Mapping[str, Any]) -> Any:
+        try:
+            found = await context_api.GetWorkloadMetrics(
+                context_api_pb2.GetWorkloadMetricsRequest(resource=workload)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ToolRefused(f"{error.code().name}: {error.details()}"[:300]) from None
+        return proto_data(found)
+
+    spec = ToolSpec(
+        "workload_metrics",
+        "Read the workload's golden signals in Prometheus (ready replicas, restarts, CPU and"
+        " memory against limits), now against ten minutes ago.",
+        {"type": "object", "properties": {}, "additionalProperties": False},
+    )
+    return Tool(spec, handler)
+
+
 def prometheus_tool(prometheus: PrometheusAPI, expression: str) -> Tool:
     """`alert_query`: the alert's own expression evaluated now in Prometheus (at most
     MAX_SERIES series): whether it still fires, and for which labels."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -18,6 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernaut.runtime.clusters import ClusterRegistry, UnknownCluster
 from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.kube import ClusterNotConfigured
+from kubernaut.runtime.prometheus import PrometheusAPI
 from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.context_api import knowledge
@@ -30,8 +32,12 @@ from kubernaut.services.context_api.resources import (
     UnsupportedKind,
 )
 from kubernaut.services.context_api.settings import ContextSettings
+from kubernaut.services.signals import MetricReader
 
 log = logging.getLogger(__name__)
+
+# GetWorkloadMetrics' "then", when the caller names no window.
+DEFAULT_METRICS_WINDOW_SECONDS = 600
 
 T = TypeVar("T")
 
@@ -67,11 +73,13 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
         history: IncidentHistoryReader,
         settings: ContextSettings,
         holmes: HolmesClient | None = None,
+        metrics: MetricReader | None = None,
     ) -> None:
         self.clusters = clusters
         self.history = history
         self.settings = settings
         self.holmes = holmes
+        self.metrics = metrics
         # One reader (and cache) per cluster, by its resolved name.
         self._readers: dict[str, ResourceContextReader] = {}
 
@@ -156,6 +164,41 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             raise
         return context_api_pb2.InvestigateResponse(investigation=found)
 
+    async def GetWorkloadMetrics(
+        self, request: context_api_pb2.GetWorkloadMetricsRequest, context: Context
+    ) -> context_api_pb2.GetWorkloadMetricsResponse:
+        if self.metrics is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no Prometheus is configured (KUBERNAUT_CONTEXT_PROMETHEUS_URL)",
+            )
+            raise AssertionError("unreachable")
+        now = dt.datetime.now(dt.UTC)
+        window = dt.timedelta(seconds=request.window_seconds or DEFAULT_METRICS_WINDOW_SECONDS)
+        # The workload's golden signals only: the alert's own expression is ai_analysis'
+        # alert_query.
+        found = await self.metrics.evidence(None, request.resource, now - window, now)
+        if found.missing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, found.missing)
+        response = context_api_pb2.GetWorkloadMetricsResponse(
+            signals=[
+                context_api_pb2.MetricSignal(
+                    name=signal.name,
+                    trend=signal.trend.value,
+                    good=bool(signal.good_after),
+                    # The signals are worded around an action; here "then" is the window ago.
+                    detail=signal.detail.replace(" before the action", " then").replace(
+                        "s after (", "s since ("
+                    ),
+                )
+                for signal in found.signals
+            ]
+        )
+        if found.score is not None:
+            response.score = found.score
+        response.observed_at.FromDatetime(now)
+        return response
+
 
 @contextlib.asynccontextmanager
 async def _cluster_errors(context: Context, ref_field: str) -> AsyncIterator[None]:
@@ -213,9 +256,22 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         )
         # Not a readiness check: HolmesGPT is optional, and analyses go on without it.
         log.info("HolmesGPT configured", extra={"holmes": holmes.display_url})
-    stops = [clusters.close] + ([holmes.close] if holmes is not None else [])
+    prometheus = (
+        PrometheusAPI(settings.prometheus_url, settings.prometheus_timeout_seconds)
+        if settings.prometheus_url
+        else None
+    )
+    stops = [clusters.close]
+    stops += [holmes.close] if holmes is not None else []
+    stops += [prometheus.close] if prometheus is not None else []
     return ServiceSpec(
-        ContextAPIServicer(clusters, history, settings, holmes),
+        ContextAPIServicer(
+            clusters,
+            history,
+            settings,
+            holmes,
+            MetricReader(prometheus) if prometheus is not None else None,
+        ),
         readiness=readiness,
         on_stop=stops,
     )

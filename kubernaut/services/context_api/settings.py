@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,13 +23,18 @@ class ContextSettings(BaseSettings):
     # once for holmes_breaker_open_seconds; then one may try again.
     holmes_breaker_failures: int = Field(default=3, ge=1)
     holmes_breaker_open_seconds: float = Field(default=120.0, gt=0)
+    # The Prometheus that scrapes the cluster's kube-state-metrics (its HTTP API's base
+    # URL): GetWorkloadMetrics reads a workload's golden signals there. Empty:
+    # GetWorkloadMetrics answers FAILED_PRECONDITION.
+    prometheus_url: str = ""
+    prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
 
-    @field_validator("holmes_url")
+    @field_validator("holmes_url", "prometheus_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
         if value:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"holmes_url {value!r} must be http(s)://host[:port]")
+                raise ValueError(f"{info.field_name} {value!r} must be http(s)://host[:port]")
         return value.rstrip("/")

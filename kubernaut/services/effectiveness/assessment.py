@@ -27,6 +27,8 @@ from typing import Final
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 
+from kubernaut.services.signals import SUBJECT_LABELS, WORKLOAD_LABELS, describe_ref
+
 # The storage record's limits (kubernaut.storage.v1.Assessment.evidence).
 MAX_EVIDENCE_LINES: Final = 64
 MAX_EVIDENCE_CHARS: Final = 1024
@@ -34,21 +36,6 @@ MAX_EVIDENCE_CHARS: Final = 1024
 MAX_PODS_NAMED: Final = 10
 
 CRASH_LOOP: Final = "CrashLoopBackOff"
-
-# Labels that name an alert's subject (kube-state-metrics names, as the kubernetes-mixin
-# alerts carry them), and the label that names a workload of each kind.
-WORKLOAD_LABELS: Final[Mapping[str, str]] = {
-    "Deployment": "deployment",
-    "StatefulSet": "statefulset",
-    "DaemonSet": "daemonset",
-    "ReplicaSet": "replicaset",
-    "Job": "job_name",
-    "CronJob": "cronjob",
-    "Pod": "pod",
-    "Node": "node",
-    "PersistentVolumeClaim": "persistentvolumeclaim",
-}
-SUBJECT_LABELS: Final = tuple(dict.fromkeys(WORKLOAD_LABELS.values()))
 
 # The namespace of assessment ids: uuid5(this, "<action_id>@<delay in µs>us").
 ASSESSMENT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://kubernaut.ai/assessments")
@@ -75,12 +62,6 @@ def format_delay(delay: dt.timedelta) -> str:
         f"{secs}s" if secs else "",
     ]
     return "".join(parts) or "0s"
-
-
-def describe_ref(ref: alert_pb2.ResourceRef) -> str:
-    where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
-    cluster = f" on cluster {ref.cluster}" if ref.cluster else ""
-    return f"{ref.kind} {where}{cluster}"
 
 
 # -- evidence ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from kubernaut.services.effectiveness.assessment import (
     judge,
     pod_evidence,
 )
-from kubernaut.services.effectiveness.metrics import MetricEvidence, MetricReader, weigh_metrics
+from kubernaut.services.effectiveness.metrics import weigh_metrics
 from kubernaut.services.effectiveness.settings import AssessmentSettings
 from kubernaut.services.effectiveness.side_effects import (
     SideEffectEvidence,
@@ -67,6 +67,7 @@ from kubernaut.services.effectiveness.store import (
     ScheduleError,
     StoreUnavailable,
 )
+from kubernaut.services.signals import MetricEvidence, MetricReader
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,6 @@ class EvidenceSources:
                 "Prometheus is not configured (KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL)"
             )
         return await self.metrics.evidence(
-            checkpoint.alert,
             alert_expression(checkpoint.alert),
             checkpoint.target,
             checkpoint.acted_at,

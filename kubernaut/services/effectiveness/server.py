@@ -18,11 +18,11 @@ from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.prometheus import PrometheusAPI
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
 from kubernaut.services.effectiveness.alertmanager import AlertmanagerClient
-from kubernaut.services.effectiveness.metrics import MetricReader
 from kubernaut.services.effectiveness.scheduler import Assessor, EvidenceSources
 from kubernaut.services.effectiveness.settings import AssessmentSettings, VerdictSettings
 from kubernaut.services.effectiveness.store import ScheduleDatabase, StoreUnavailable
 from kubernaut.services.effectiveness.verdicts import verdict_of
+from kubernaut.services.signals import MetricReader
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,12 @@ from kubernaut.context_api.v1 import context_api_pb2
 
 from kubernaut.services.effectiveness.assessment import (
     MAX_PODS_NAMED,
-    SUBJECT_LABELS,
-    WORKLOAD_LABELS,
     ActiveAlert,
     Baseline,
     Judgement,
     alert_matches,
 )
+from kubernaut.services.signals import SUBJECT_LABELS, WORKLOAD_LABELS
 
 # An alert that started this soon after the action is still counted as after it: the
 # action's own clock and AlertManager's are not the same clock.

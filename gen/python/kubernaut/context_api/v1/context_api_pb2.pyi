@@ -24,6 +24,100 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetWorkloadMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """How far back "then" is: 0 means 600 (10 minutes)."""
+    @_builtins.property
+    def resource(self) -> _alert_pb2.ResourceRef:
+        """The workload (a Deployment, StatefulSet, DaemonSet or ReplicaSet; a Pod reads its own
+        restarts and usage).
+        """
+
+    def __init__(
+        self,
+        *,
+        resource: _alert_pb2.ResourceRef | None = ...,
+        window_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkloadMetricsRequest: _TypeAlias = GetWorkloadMetricsRequest  # noqa: Y015
+
+@_typing.final
+class MetricSignal(_message.Message):
+    """MetricSignal is one golden signal, then against now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TREND_FIELD_NUMBER: _builtins.int
+    GOOD_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """ready, restarts, cpu, memory."""
+    trend: _builtins.str
+    """improved, unchanged, worse, no data."""
+    good: _builtins.bool
+    """Good now (every replica ready, no restarts in the window, usage under 90% of the
+    limit); false also without data.
+    """
+    detail: _builtins.str
+    """The figures, as a person reads them: "1/3 ready before the action, 3/3 now"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        trend: _builtins.str = ...,
+        good: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "good", b"good", "name", b"name", "trend", b"trend"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricSignal: _TypeAlias = MetricSignal  # noqa: Y015
+
+@_typing.final
+class GetWorkloadMetricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """The weighted share of good signals among those with data; unset when none had data."""
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSignal]: ...
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        signals: _abc.Iterable[Global___MetricSignal] | None = ...,
+        score: _builtins.float | None = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "observed_at", b"observed_at", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "observed_at", b"observed_at", "score", b"score", "signals", b"signals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___GetWorkloadMetricsResponse: _TypeAlias = GetWorkloadMetricsResponse  # noqa: Y015
+
+@_typing.final
 class InvestigateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -60,6 +60,11 @@ class ContextAPIServiceStub(object):
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateResponse.FromString,
                 _registered_method=True)
+        self.GetWorkloadMetrics = channel.unary_unary(
+                '/kubernaut.context_api.v1.ContextAPIService/GetWorkloadMetrics',
+                request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetWorkloadMetricsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetWorkloadMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ContextAPIServiceServicer(object):
@@ -146,6 +151,20 @@ class ContextAPIServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkloadMetrics(self, request, context):
+        """GetWorkloadMetrics reads a workload's golden signals in Prometheus (its HTTP API,
+        KUBERNAUT_CONTEXT_PROMETHEUS_URL): ready replicas against desired, container restarts,
+        CPU and memory against limits, now against `window_seconds` ago; each improved,
+        unchanged, worse or without data, with its figures. A fixed set of queries built for
+        the workload, never a caller's PromQL.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        FAILED_PRECONDITION when no Prometheus is configured; UNAVAILABLE when it cannot be
+        read (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContextAPIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +192,11 @@ def add_ContextAPIServiceServicer_to_server(servicer, server):
                     servicer.Investigate,
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateRequest.FromString,
                     response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateResponse.SerializeToString,
+            ),
+            'GetWorkloadMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkloadMetrics,
+                    request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetWorkloadMetricsRequest.FromString,
+                    response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetWorkloadMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +335,33 @@ class ContextAPIService(object):
             '/kubernaut.context_api.v1.ContextAPIService/Investigate',
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateRequest.SerializeToString,
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.InvestigateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkloadMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.context_api.v1.ContextAPIService/GetWorkloadMetrics',
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetWorkloadMetricsRequest.SerializeToString,
+            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetWorkloadMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,16 @@ class ContextAPIServiceStub:
     retry it: an investigation takes tens of seconds and costs model tokens, and a
     failed one is better gone without than asked again.
     """
+    GetWorkloadMetrics: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetWorkloadMetricsRequest, _context_api_pb2.GetWorkloadMetricsResponse]
+    """GetWorkloadMetrics reads a workload's golden signals in Prometheus (its HTTP API,
+    KUBERNAUT_CONTEXT_PROMETHEUS_URL): ready replicas against desired, container restarts,
+    CPU and memory against limits, now against `window_seconds` ago; each improved,
+    unchanged, worse or without data, with its figures. A fixed set of queries built for
+    the workload, never a caller's PromQL.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    FAILED_PRECONDITION when no Prometheus is configured; UNAVAILABLE when it cannot be
+    read (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
@@ -158,6 +168,16 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     outside the call table. Not marked free of side effects, so that clients do not
     retry it: an investigation takes tens of seconds and costs model tokens, and a
     failed one is better gone without than asked again.
+    """
+    GetWorkloadMetrics: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetWorkloadMetricsRequest, _context_api_pb2.GetWorkloadMetricsResponse]  # type: ignore[assignment]
+    """GetWorkloadMetrics reads a workload's golden signals in Prometheus (its HTTP API,
+    KUBERNAUT_CONTEXT_PROMETHEUS_URL): ready replicas against desired, container restarts,
+    CPU and memory against limits, now against `window_seconds` ago; each improved,
+    unchanged, worse or without data, with its figures. A fixed set of queries built for
+    the workload, never a caller's PromQL.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+    FAILED_PRECONDITION when no Prometheus is configured; UNAVAILABLE when it cannot be
+    read (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -251,6 +271,22 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         outside the call table. Not marked free of side effects, so that clients do not
         retry it: an investigation takes tens of seconds and costs model tokens, and a
         failed one is better gone without than asked again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWorkloadMetrics(
+        self,
+        request: _context_api_pb2.GetWorkloadMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_api_pb2.GetWorkloadMetricsResponse, _abc.Awaitable[_context_api_pb2.GetWorkloadMetricsResponse]]:
+        """GetWorkloadMetrics reads a workload's golden signals in Prometheus (its HTTP API,
+        KUBERNAUT_CONTEXT_PROMETHEUS_URL): ready replicas against desired, container restarts,
+        CPU and memory against limits, now against `window_seconds` ago; each improved,
+        unchanged, worse or without data, with its figures. A fixed set of queries built for
+        the workload, never a caller's PromQL.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
+        FAILED_PRECONDITION when no Prometheus is configured; UNAVAILABLE when it cannot be
+        read (safe to retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ContextAPIServiceServicer_to_server(servicer: ContextAPIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
