@@ -54,10 +54,14 @@ class BadRollout:
         opted_in: bool = True,
         replicas: int = 2,
         name: str = "checkout",
+        pod_labels: dict[str, str] | None = None,
     ) -> None:
+        """`pod_labels`: more labels on its pods (e.g. one a Service shared with another app
+        selects)."""
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.name = name
+        self.pod_labels = dict(pod_labels or {})
         self.opted_in = opted_in
         self.replicas = replicas
         self._connection = KubeConnection(KubeSettings(kubeconfig=str(kubeconfig)))
@@ -76,7 +80,7 @@ class BadRollout:
                 "replicas": self.replicas,
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {"labels": {**self.pod_labels, **labels}},
                     "spec": {
                         "containers": [
                             {

@@ -426,3 +426,89 @@ class MetricReader:
             self.prometheus.query(query, window.before), self.prometheus.query(query, window.now)
         )
         return usage_signal(name, _single(before), _single(after))
+
+
+@dataclass(frozen=True)
+class NeighbourChange:
+    """Pods not Ready behind one Service or on one node, other than the target's, just
+    before a moment (an action) and now."""
+
+    scope: str
+    before: int
+    now: int
+    # The pods not Ready now (at most MAX_NEIGHBOURS_NAMED).
+    pods: tuple[str, ...]
+
+
+MAX_NEIGHBOURS_NAMED: Final = 5
+
+
+class NeighbourReader:
+    """The target's neighbours in kube-state-metrics: pods behind the same Services (their
+    EndpointSlices' not-ready endpoints) and pods on the same nodes."""
+
+    def __init__(self, prometheus: PrometheusAPI) -> None:
+        self.prometheus = prometheus
+
+    async def changes(
+        self,
+        target: alert_pb2.ResourceRef,
+        services: Sequence[str],
+        nodes: Sequence[str],
+        acted_at: dt.datetime,
+        now: dt.datetime,
+    ) -> list[NeighbourChange]:
+        """Each scope's not-ready neighbours before the action and now. Raises
+        PrometheusUnavailable."""
+        mine = pod_pattern(target)
+        scopes: list[tuple[str, str]] = []
+        namespace = label_matcher("namespace", target.namespace)
+        for service in services:
+            # The not-ready endpoints of the Service's EndpointSlices (which its controller
+            # names <service>-<5 characters>), as the pods they are.
+            slices = label_matcher("endpointslice", f"{re.escape(service)}-[a-z0-9]+", regex=True)
+            scopes.append(
+                (
+                    f"Service {service}",
+                    f'kube_endpointslice_endpoints{{{namespace},{slices},ready="false",'
+                    'targetref_kind="Pod"}',
+                )
+            )
+        for node in nodes:
+            scopes.append(
+                (
+                    f"node {node}",
+                    'kube_pod_status_ready{condition="false"} == 1 and on(namespace, pod)'
+                    f" kube_pod_info{{{label_matcher('node', node)}}}",
+                )
+            )
+        before = acted_at - BEFORE_MARGIN
+        found = []
+        for scope, query in scopes:
+            then, current = await asyncio.gather(
+                self.prometheus.query(query, before), self.prometheus.query(query, now)
+            )
+
+            def others(samples: Sequence[Sample]) -> set[str]:
+                named = {
+                    f"{s.labels.get('targetref_namespace') or s.labels.get('namespace', '')}/"
+                    f"{s.labels.get('targetref_name') or s.labels.get('pod', '')}"
+                    for s in samples
+                }
+                return {
+                    pod
+                    for pod in named
+                    if not (
+                        mine
+                        and pod.startswith(f"{target.namespace}/")
+                        and re.fullmatch(mine, pod.split("/", 1)[1])
+                    )
+                }
+
+            was, now_set = others(then), others(current)
+            found.append(
+                NeighbourChange(
+                    scope, len(was), len(now_set), tuple(sorted(now_set))[:MAX_NEIGHBOURS_NAMED]
+                )
+            )
+        return found

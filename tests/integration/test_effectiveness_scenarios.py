@@ -9,8 +9,8 @@ from all of it:
   ineffective;
 - its golden signals, as an analysis reads them through context_api;
 - the same after a neighbour in its namespace started crash-looping after the fix
-  (KubePodCrashLooping fires for the neighbour in Prometheus and AlertManager): a side
-  effect, ineffective.
+  (KubePodCrashLooping fires for the neighbour in Prometheus and AlertManager, and its
+  pods go unready behind the Service both apps share): side effects, ineffective.
 """
 
 from __future__ import annotations
@@ -21,19 +21,22 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
+from kubernetes_asyncio import client
 
 from kubernaut.devstack.monitoring import fetch_rules
 from kubernaut.devstack.processes import free_port
 from kubernaut.devstack.scenario import BadRollout
 from kubernaut.devstack.stack import StackInfo
 from kubernaut.runtime.clients import Clients
+from kubernaut.runtime.kube import KubeConnection
 from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.prometheus import PrometheusAPI
-from kubernaut.runtime.settings import RuntimeSettings
+from kubernaut.runtime.settings import KubeSettings, RuntimeSettings
 from kubernaut.services.ai_analysis import tools
 from kubernaut.services.effectiveness.alertmanager import AlertmanagerClient
 from kubernaut.services.effectiveness.assessment import ActiveAlert, Baseline, assessment_id
@@ -92,6 +95,16 @@ async def _answered_alert(prometheus: str, namespace: str, pod: str) -> alert_pb
     )
 
 
+async def create_service(kubeconfig: Path, namespace: str, body: dict[str, Any]) -> None:
+    """Create a Service as the dev stack's admin."""
+    connection = KubeConnection(KubeSettings(kubeconfig=str(kubeconfig)))
+    try:
+        service: Any = body  # the client takes plain dicts as bodies
+        await client.CoreV1Api(await connection.api()).create_namespaced_service(namespace, service)
+    finally:
+        await connection.close()
+
+
 def _checkpoint(
     alert: alert_pb2.Alert, target: alert_pb2.ResourceRef, acted_at: dt.datetime
 ) -> Checkpoint:
@@ -122,8 +135,10 @@ async def test_a_fix_is_judged_by_its_effects_on_the_local_stack(
 ) -> None:
     kubeconfig = Path(dev_stack.detail("kubernetes", "kubeconfig"))
     namespace = f"judge-{uuid.uuid4().hex[:8]}"
-    target = BadRollout(kubeconfig, namespace, name="checkout")
-    neighbour = BadRollout(kubeconfig, namespace, name="cart")
+    # Both apps' pods are behind one Service, "shop".
+    shared = {"tier": "shop"}
+    target = BadRollout(kubeconfig, namespace, name="checkout", pod_labels=shared)
+    neighbour = BadRollout(kubeconfig, namespace, name="cart", pod_labels=shared)
     prometheus_url = dev_stack.url("prometheus")
     settings = AssessmentSettings(database_url="postgresql://unused")
     alertmanager = AlertmanagerClient(dev_stack.url("alertmanager"))
@@ -132,6 +147,11 @@ async def test_a_fix_is_judged_by_its_effects_on_the_local_stack(
     try:
         await target.deploy()
         await neighbour.deploy()
+        await create_service(
+            kubeconfig,
+            namespace,
+            {"metadata": {"name": "shop"}, "spec": {"selector": shared, "ports": [{"port": 80}]}},
+        )
         # The fix happened a while ago (its window before the action has the workload's
         # series); the pods it left are healthy, and the alert it answered is gone.
         acted_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=40)
@@ -205,6 +225,9 @@ async def test_a_fix_is_judged_by_its_effects_on_the_local_stack(
         assert judged.evidence[0].startswith("a side effect followed the action (medium: ")
         effects = [line for line in judged.evidence if line.startswith("side effect (")]
         assert any("KubePodCrashLooping" in line and "pod=cart-" in line for line in effects)
+        # Its pods are behind the target's Service: a neighbour gone unready behind it.
+        behind = [line for line in effects if "not Ready behind Service shop" in line]
+        assert behind and f"{namespace}/cart-" in behind[0], effects
     finally:
         await target.close()
         await neighbour.close()

@@ -14,9 +14,12 @@ from kubernaut.services.effectiveness.side_effects import (
     SideEffect,
     SideEffectEvidence,
     alert_side_effects,
+    by_confidence,
     event_side_effects,
+    neighbour_side_effects,
     weigh_side_effects,
 )
+from kubernaut.services.signals import NeighbourChange
 
 ACTED = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)
 TARGET = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="checkout")
@@ -129,3 +132,23 @@ def test_warnings_on_what_the_action_made_are_side_effects() -> None:
     assert [e.what.split(" since")[0] for e in unknown] == [
         "Warning BackOff on ReplicaSet/checkout-7f9d8"
     ]
+
+
+def test_neighbours_gone_unready_behind_a_service_or_on_a_node_are_side_effects() -> None:
+    found = neighbour_side_effects(
+        [
+            NeighbourChange("Service shop", 0, 2, ("shop/cart-a", "shop/cart-b")),
+            NeighbourChange("node kwok-node-1", 1, 1, ("shop/search-a",)),  # as before
+            NeighbourChange("node kwok-node-2", 2, 0, ()),  # better
+        ]
+    )
+    (effect,) = found
+    assert effect.confidence is Confidence.MEDIUM
+    assert effect.what == (
+        "2 more neighbour pod(s) not Ready behind Service shop than before the action"
+        " (0 then, 2 now: shop/cart-a, shop/cart-b)"
+    )
+    mixed = by_confidence(
+        [SideEffect(Confidence.LOW, "l"), effect, SideEffect(Confidence.HIGH, "h")]
+    )
+    assert [e.confidence for e in mixed] == [Confidence.HIGH, Confidence.MEDIUM, Confidence.LOW]

@@ -35,7 +35,7 @@ from prometheus_client import Counter
 from kubernaut.runtime.interceptors import RETRYABLE
 from kubernaut.runtime.leases import ClaimLoop, owner_id
 from kubernaut.runtime.logs import incident_id_var
-from kubernaut.runtime.prometheus import label_matcher
+from kubernaut.runtime.prometheus import PrometheusUnavailable, label_matcher
 from kubernaut.services.alerts import alert_expression
 from kubernaut.services.effectiveness.alertmanager import (
     AlertmanagerClient,
@@ -54,9 +54,12 @@ from kubernaut.services.effectiveness.assessment import (
 from kubernaut.services.effectiveness.metrics import weigh_metrics
 from kubernaut.services.effectiveness.settings import AssessmentSettings
 from kubernaut.services.effectiveness.side_effects import (
+    SideEffect,
     SideEffectEvidence,
     alert_side_effects,
+    by_confidence,
     event_side_effects,
+    neighbour_side_effects,
     weigh_side_effects,
 )
 from kubernaut.services.effectiveness.store import (
@@ -67,7 +70,7 @@ from kubernaut.services.effectiveness.store import (
     ScheduleError,
     StoreUnavailable,
 )
-from kubernaut.services.signals import MetricEvidence, MetricReader
+from kubernaut.services.signals import MetricEvidence, MetricReader, NeighbourReader
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +176,19 @@ class EvidenceSources:
         context: context_api_pb2.ResourceContext | None,
     ) -> SideEffectEvidence:
         """Alerts that started after the action in the target's namespace or on its pods'
-        nodes (AlertManager), and Warning events on what the action made (context_api)."""
+        nodes (AlertManager), Warning events on what the action made (context_api), and
+        neighbours that went unready (Prometheus)."""
         nodes = {pod.node for pod in context.pods if pod.node} if context is not None else set()
-        warnings = (
+        others = (
             event_side_effects(context, checkpoint.baseline, checkpoint.acted_at)
             if context is not None
             else ()
         )
+        others += await self._neighbours(checkpoint, context, nodes)
+        looked_too = "Warning events on what the action made, neighbours' readiness"
         if self.alertmanager is None:
-            if warnings:
-                return SideEffectEvidence(warnings, "Warning events of what the action made")
+            if others:
+                return SideEffectEvidence(by_confidence(others), looked_too)
             return SideEffectEvidence.none("AlertManager is not configured")
         target = checkpoint.target
         wheres = []
@@ -196,6 +202,8 @@ class EvidenceSources:
         try:
             held = [a for where in wheres for a in await self.alertmanager.firing_where(*where)]
         except AlertmanagerUnavailable as error:
+            if others:
+                return SideEffectEvidence(by_confidence(others), f"{looked_too}; not {error}")
             return SideEffectEvidence.none(str(error))
         looked = " and ".join(
             [f"namespace {target.namespace}"] * bool(target.namespace)
@@ -205,9 +213,34 @@ class EvidenceSources:
             held, checkpoint.alert, target, pod_names, nodes, checkpoint.acted_at
         )
         return SideEffectEvidence(
-            (*effects, *warnings),
-            f"no new alert in {looked} and no Warning event on what the action made since it",
+            by_confidence((*effects, *others)),
+            f"no new alert in {looked}, no Warning event on what the action made and no"
+            " neighbour gone unready since it",
         )
+
+    async def _neighbours(
+        self,
+        checkpoint: Checkpoint,
+        context: context_api_pb2.ResourceContext | None,
+        nodes: set[str],
+    ) -> tuple[SideEffect, ...]:
+        """Neighbours behind the target's Services or on its nodes that went unready since
+        the action (Prometheus; nothing without it or while it cannot be read)."""
+        if self.metrics is None or context is None:
+            return ()
+        services = [service.name for service in context.services]
+        try:
+            changes = await NeighbourReader(self.metrics.prometheus).changes(
+                checkpoint.target,
+                services,
+                sorted(nodes),
+                checkpoint.acted_at,
+                dt.datetime.now(dt.UTC),
+            )
+        except PrometheusUnavailable as error:
+            log.info("neighbours not read", extra={"why": str(error)})
+            return ()
+        return neighbour_side_effects(changes)
 
     async def metric_evidence(self, checkpoint: Checkpoint, now: dt.datetime) -> MetricEvidence:
         if self.metrics is None:

@@ -5,7 +5,9 @@ with a confidence (README: Judging a fix).
             action answered); a Warning event since the action on a pod the action made
             (one that was not there when the assessment was scheduled) or on the workload
             or its ReplicaSets
-    medium  an alert about something else in the target's namespace
+    medium  an alert about something else in the target's namespace; more neighbour pods
+            not Ready behind the target's Services or on its nodes than before the action
+            (kube-state-metrics in Prometheus)
     low     an alert about one of the nodes the target's pods run on
 
 An alert that started before the action is not the action's doing. A side effect keeps an
@@ -31,7 +33,7 @@ from kubernaut.services.effectiveness.assessment import (
     Judgement,
     alert_matches,
 )
-from kubernaut.services.signals import SUBJECT_LABELS, WORKLOAD_LABELS
+from kubernaut.services.signals import SUBJECT_LABELS, WORKLOAD_LABELS, NeighbourChange
 
 # An alert that started this soon after the action is still counted as after it: the
 # action's own clock and AlertManager's are not the same clock.
@@ -137,6 +139,11 @@ def alert_side_effects(
                     f"{name} on node {labels['node']}, where the target's pods run, {when}",
                 )
             )
+    return by_confidence(effects)
+
+
+def by_confidence(effects: Iterable[SideEffect]) -> tuple[SideEffect, ...]:
+    """High first, then medium, then low; in their order within each."""
     order = {Confidence.HIGH: 0, Confidence.MEDIUM: 1, Confidence.LOW: 2}
     return tuple(sorted(effects, key=lambda e: order[e.confidence]))
 
@@ -170,6 +177,25 @@ def event_side_effects(
                 Confidence.HIGH,
                 f"Warning {event.reason} on {event.object} since the action (x{event.count}):"
                 f" {message}",
+            )
+        )
+    return tuple(effects)
+
+
+def neighbour_side_effects(changes: Sequence[NeighbourChange]) -> tuple[SideEffect, ...]:
+    """Neighbours that went unready since the action: more pods not Ready, other than the
+    target's, behind one of its Services or on one of its nodes than just before it."""
+    effects = []
+    for change in changes:
+        if change.now <= change.before:
+            continue
+        where = "behind" if change.scope.startswith("Service") else "on"
+        effects.append(
+            SideEffect(
+                Confidence.MEDIUM,
+                f"{change.now - change.before} more neighbour pod(s) not Ready {where}"
+                f" {change.scope} than before the action ({change.before} then, {change.now}"
+                f" now: {', '.join(change.pods)})",
             )
         )
     return tuple(effects)
