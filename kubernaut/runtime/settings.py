@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,20 @@ def blank_is_unset(value: str | None) -> str | None:
     """None for None or a blank string; the string stripped otherwise."""
     return value.strip() or None if value is not None else None
 
+
+def http_base_url(value: str) -> str:
+    """An optional http(s) base URL (another system's API): "" stays unset; otherwise it
+    must name a scheme and a host, and loses its trailing slash."""
+    value = value.strip()
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} must be http(s)://host[:port]")
+    return value.rstrip("/")
+
+
+# The base URL of another system's HTTP API (Prometheus, AlertManager, HolmesGPT); "" unset.
+HttpBaseUrl = Annotated[str, AfterValidator(http_base_url)]
 
 # A database URL that may be unset; a blank variable counts as unset.
 OptionalDatabaseUrl = Annotated[str | None, AfterValidator(blank_is_unset)]

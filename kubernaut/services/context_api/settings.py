@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubernaut.runtime.settings import HttpBaseUrl
 
 
 class ContextSettings(BaseSettings):
@@ -16,7 +16,7 @@ class ContextSettings(BaseSettings):
     # A HolmesGPT server (its HTTP API, e.g. http://holmes.monitoring:5050) that Investigate
     # asks for a root-cause analysis. Empty: Investigate answers FAILED_PRECONDITION and
     # analyses go on without it.
-    holmes_url: str = ""
+    holmes_url: HttpBaseUrl = ""
     # How long one investigation may take (HolmesGPT runs an agent loop: tens of seconds).
     holmes_timeout_seconds: float = Field(default=60.0, gt=0)
     # After this many failures in a row (no answer, 5xx, 429), investigations are refused at
@@ -26,15 +26,5 @@ class ContextSettings(BaseSettings):
     # The Prometheus that scrapes the cluster's kube-state-metrics (its HTTP API's base
     # URL): GetWorkloadMetrics reads a workload's golden signals there. Empty:
     # GetWorkloadMetrics answers FAILED_PRECONDITION.
-    prometheus_url: str = ""
+    prometheus_url: HttpBaseUrl = ""
     prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
-
-    @field_validator("holmes_url", "prometheus_url")
-    @classmethod
-    def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        value = value.strip()
-        if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{info.field_name} {value!r} must be http(s)://host[:port]")
-        return value.rstrip("/")

@@ -7,12 +7,11 @@ import json
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Final
-from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from kubernaut.runtime.settings import database_url_field
+from kubernaut.runtime.settings import HttpBaseUrl, database_url_field
 
 DEFAULT_DELAYS: Final = (30.0, 120.0, 1800.0)
 MAX_DELAYS: Final = 16
@@ -56,12 +55,12 @@ class AssessmentSettings(BaseSettings):
     delays: Annotated[tuple[float, ...], NoDecode] = DEFAULT_DELAYS
     # AlertManager's base URL (API v2). Empty: the alert evidence is missing, and the
     # verdicts say so; an action is then never judged EFFECTIVE.
-    alertmanager_url: str = ""
+    alertmanager_url: HttpBaseUrl = ""
     alertmanager_timeout_seconds: float = Field(default=5.0, gt=0)
     # Prometheus' base URL (HTTP API): the alert's own expression and the workload's golden
     # signals before and after the action. Empty: the metric evidence is missing, and the
     # verdicts say so.
-    prometheus_url: str = ""
+    prometheus_url: HttpBaseUrl = ""
     prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
     # How often the scheduler looks for due assessments.
     poll_interval_seconds: float = Field(default=1.0, gt=0)
@@ -91,16 +90,6 @@ class AssessmentSettings(BaseSettings):
         if len(set(delays)) != len(delays):
             raise ValueError(f"delays must differ: {delays}")
         return tuple(sorted(delays))
-
-    @field_validator("alertmanager_url", "prometheus_url")
-    @classmethod
-    def _check_url(cls, value: str, info: ValidationInfo) -> str:
-        value = value.strip()
-        if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{info.field_name} {value!r} must be http(s)://host[:port]")
-        return value.rstrip("/")
 
 
 class VerdictSettings(BaseSettings):
