@@ -9,6 +9,8 @@
 #     prometheus-operator, cert-manager, CloudNativePG, from theirs), by scripts/build-helm.sh,
 #   - Jaeger v2 (built from its Go module), the dev stack's trace backend, by
 #     scripts/build-jaeger.sh,
+#   - Weaviate (built from its Go module), a vector store for storage (tests, `up --vector-store weaviate`), by
+#     scripts/build-weaviate.sh,
 #   - the dev stack's local model: llama-cpp-python built from its sdist into its own
 #     virtualenv, and SmolLM2-135M's GGUF file, by scripts/build-llama.sh,
 # cached under the state directory keyed by version, so a warm run takes seconds.
@@ -71,6 +73,9 @@ bash scripts/build-helm.sh
 
 step "Jaeger, the dev stack's trace backend (built from its Go module; ~13 min cold)"
 bash scripts/build-jaeger.sh
+
+step "Weaviate, a vector store for storage (built from its Go module; ~3 min cold)"
+bash scripts/build-weaviate.sh
 
 step "local model: llama-cpp-python server and SmolLM2-135M (built from the sdist; ~8 min cold)"
 bash scripts/build-llama.sh

@@ -24,6 +24,8 @@ pytest_plugins = [
     "tests.fixtures.executor",
     "tests.fixtures.anthropic_loopback",
     "tests.fixtures.bedrock_loopback",
+    "tests.fixtures.pinecone_loopback",
+    "tests.fixtures.weaviate",
 ]
 
 
