@@ -36,6 +36,7 @@ MODULES: Final = (
     "bench.rpc_overhead",
     "bench.alert_to_change",
     "bench.footprint",
+    "bench.vector_search",
 )
 MARKER: Final = "BENCH-ALL-FIGURES "
 REPO: Final = Path(__file__).resolve().parent.parent

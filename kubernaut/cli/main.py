@@ -127,6 +127,7 @@ def dev_stack_of(args: argparse.Namespace, settings: RuntimeSettings) -> DevStac
         database_url=os.environ.get("KUBERNAUT_DATABASE_URL"),
         model=not getattr(args, "no_model", False),
         tracing=True,
+        vector_store=getattr(args, "vector_store", "pgvector"),
     )
 
 
@@ -274,6 +275,25 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_insights(args: argparse.Namespace) -> int:
+    from kubernaut.cli.insights import BadWindow, parse_window, show_insights
+
+    try:
+        window_seconds = parse_window(args.window)
+    except BadWindow as error:
+        print(f"kubernaut insights: {error}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        clients = identity_of(args).clients(RuntimeSettings())
+        try:
+            return await show_insights(clients, window_seconds, args.top, args.markdown)
+        finally:
+            await clients.close()
+
+    return asyncio.run(run())
+
+
 def cmd_workflows(args: argparse.Namespace) -> int:
     from kubernaut.cli.workflows import decide_workflow, show_workflow
 
@@ -346,6 +366,12 @@ def cmd_render_actions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_reindex(args: argparse.Namespace) -> int:
+    from kubernaut.cli.storage import reindex_vectors
+
+    return asyncio.run(reindex_vectors(args.batch))
+
+
 def cmd_render_alert_coverage(args: argparse.Namespace) -> int:
     from kubernaut.services.ai_analysis.rules.coverage import render_markdown
 
@@ -376,6 +402,16 @@ def _no_model_flag(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _vector_store_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--vector-store",
+        choices=["pgvector", "weaviate"],
+        default="pgvector",
+        help="where storage searches similar incidents: pgvector in the stack's PostgreSQL "
+        "(default) or a Weaviate server the stack starts",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kubernaut", description=__doc__)
     add_identity_options(top)
@@ -397,6 +433,7 @@ def parser() -> argparse.ArgumentParser:
         help="the dev stack, then all ten services and the HTTP edge, each in its own process",
     )
     _no_model_flag(up)
+    _vector_store_flag(up)
     up.set_defaults(func=cmd_up)
 
     down = commands.add_parser(
@@ -444,6 +481,25 @@ def parser() -> argparse.ArgumentParser:
     alerts.add_argument("action", choices=["list"])
     alerts.add_argument("--limit", type=int, default=20)
     alerts.set_defaults(func=cmd_alerts)
+
+    insights = commands.add_parser(
+        "insights",
+        help="recurring incidents, least effective actions, noisiest alerts and time saved"
+        " (over gRPC)",
+    )
+    insights.add_argument(
+        "--window", default="7d", help="how far back: 7d, 36h, 90m (default 7d, at most 90d)"
+    )
+    insights.add_argument(
+        "--top",
+        type=int,
+        default=5,
+        choices=range(1, 51),
+        metavar="N",
+        help="rows per table (default 5, at most 50)",
+    )
+    insights.add_argument("--markdown", action="store_true", help="print Markdown, not tables")
+    insights.set_defaults(func=cmd_insights)
 
     workflows = commands.add_parser(
         "workflows", help="a workflow's steps; approve or reject one that waits (over gRPC)"
@@ -507,7 +563,19 @@ def parser() -> argparse.ArgumentParser:
         help="replace the alerts' upstream `for:` durations (e.g. 30s) for demos and tests",
     )
     _no_model_flag(dev_stack)
+    _vector_store_flag(dev_stack)
     dev_stack.set_defaults(func=cmd_dev_stack)
+
+    storage = commands.add_parser("storage", help="storage's record and its vector store")
+    storage_commands = storage.add_subparsers(dest="storage_command", required=True)
+    reindex = storage_commands.add_parser(
+        "reindex",
+        help="rebuild the vector store (KUBERNAUT_VECTOR_STORE) from PostgreSQL's embeddings",
+    )
+    reindex.add_argument(
+        "--batch", type=int, default=1000, help="vectors written per request (default 1000)"
+    )
+    reindex.set_defaults(func=cmd_storage_reindex)
 
     render = commands.add_parser("render", help="render deployment objects and docs")
     render_commands = render.add_subparsers(dest="render_command", required=True)

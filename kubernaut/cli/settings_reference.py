@@ -34,12 +34,14 @@ def settings_classes() -> list[type[BaseSettings]]:
     from kubernaut.services.effectiveness.settings import AssessmentSettings, VerdictSettings
     from kubernaut.services.executor.settings import ExecutorSettings
     from kubernaut.services.gateway.settings import GatewaySettings
+    from kubernaut.services.intelligence.settings import IntelligenceSettings
     from kubernaut.services.notification.settings import (
         NotificationSettings,
         OutboxSettings,
         RedeliverySettings,
     )
     from kubernaut.services.storage.settings import StorageSettings
+    from kubernaut.services.storage.vectors.settings import VectorStoreSettings
     from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings
 
     return [
@@ -52,6 +54,7 @@ def settings_classes() -> list[type[BaseSettings]]:
         TokenReviewSettings,
         GatewaySettings,
         StorageSettings,
+        VectorStoreSettings,
         ContextSettings,
         AnalysisSettings,
         PlanningSettings,
@@ -59,6 +62,7 @@ def settings_classes() -> list[type[BaseSettings]]:
         ExecutorSettings,
         AssessmentSettings,
         VerdictSettings,
+        IntelligenceSettings,
         NotificationSettings,
         OutboxSettings,
         RedeliverySettings,

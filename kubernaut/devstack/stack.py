@@ -8,6 +8,9 @@ dependency order by our own code and stopped by pid.
     jaeger        Jaeger v2 all-in-one, in-memory, receiving the services' OTLP spans,
                   built from its Go module (scripts/build-jaeger.sh); only with
                   `tracing=True` (the CLI's default)
+    weaviate      Weaviate, built from its Go module (scripts/build-weaviate.sh), storage's
+                  vector store; only with `vector_store="weaviate"` (`up --vector-store
+                  weaviate`), else storage searches with pgvector in PostgreSQL
     kubernetes    etcd, kube-apiserver, -controller-manager, -scheduler, KWOK nodes and
                   kube-state-metrics, built from Go modules (scripts/build-k8s.sh)
     alertmanager  Debian's AlertManager, routing to Kubernaut's webhook
@@ -45,6 +48,7 @@ from kubernaut.devstack.oidc import DEV_PEOPLE, DEV_ROLE_BINDINGS, IssuerProcess
 from kubernaut.devstack.postgres import EmbeddedPostgres
 from kubernaut.devstack.processes import cmdline, is_zombie, stop_pid
 from kubernaut.devstack.smtp import MailSinkProcess
+from kubernaut.devstack.weaviate import WEAVIATE_PROGRAM, Weaviate
 from kubernaut.edge.urls import edge_webhook_url
 
 # Start order; `down` goes backwards.
@@ -53,6 +57,7 @@ COMPONENTS = (
     "smtp",
     "oidc",
     "jaeger",
+    "weaviate",
     "kubernetes",
     "alertmanager",
     "prometheus",
@@ -131,6 +136,9 @@ class DevStack:
     tracing: bool = False
     # The jaeger binary; None: <state_dir>/bin/jaeger of the runtime settings.
     jaeger_bin: Path | None = None
+    # Storage's vector store: "pgvector" (in the stack's PostgreSQL) or "weaviate" (a
+    # Weaviate server of the stack's own).
+    vector_store: str = "pgvector"
 
     @property
     def root(self) -> Path:
@@ -194,6 +202,18 @@ class DevStack:
             # One a former `up` started keeps running (spans of what runs against it);
             # none running: say it is left out.
             components["jaeger"] = Component("jaeger", None, "", "", "", {"state": LEFT_OUT})
+            self._save(components)
+        weaviate = components.get("weaviate")
+        if self.vector_store == "weaviate":
+            if weaviate is not None and weaviate.details.get("state") == LEFT_OUT:
+                del components["weaviate"]
+            step("weaviate", self._start_weaviate)
+        else:
+            if weaviate is not None and _alive(weaviate):
+                # Storage must not go on searching a store this stack no longer uses.
+                _stop_pid(weaviate)
+                progress(f"  {'weaviate':<13} stopped   (pgvector)")
+            components["weaviate"] = Component("weaviate", None, "", "", "", {"state": LEFT_OUT})
             self._save(components)
         step("kubernetes", self._start_kubernetes)
         ksm = components["kubernetes"].details["kube_state_metrics_url"]
@@ -279,6 +299,18 @@ class DevStack:
                 "ui_url": jaeger.url,
                 "query_grpc": jaeger.query_grpc_address,
             },
+        )
+
+    def _start_weaviate(self) -> Component:
+        weaviate = Weaviate(self.root / "weaviate")
+        weaviate.start()
+        return Component(
+            "weaviate",
+            weaviate.pid,
+            WEAVIATE_PROGRAM,
+            weaviate.url,
+            str(weaviate.log_file),
+            {"url": weaviate.url, "grpc_port": str(weaviate.grpc_port)},
         )
 
     def _start_kubernetes(self) -> Component:

@@ -91,6 +91,15 @@ def service_env(
             **({"KUBERNAUT_EFFECTIVENESS_PROMETHEUS_URL": prometheus} if prometheus else {}),
         },
     }
+    weaviate = info.components.get("weaviate")
+    if weaviate is not None and weaviate.url:
+        # Storage searches similar incidents in the stack's Weaviate (`up --vector-store
+        # weaviate`); PostgreSQL still keeps every embedding (`kubernaut storage reindex`).
+        per_service[ServiceName.STORAGE] = {
+            "KUBERNAUT_VECTOR_STORE": "weaviate",
+            "KUBERNAUT_VECTOR_WEAVIATE_URL": weaviate.details["url"],
+            "KUBERNAUT_VECTOR_WEAVIATE_GRPC_PORT": weaviate.details["grpc_port"],
+        }
     if tuning.assessment_delays:
         per_service[ServiceName.EFFECTIVENESS]["KUBERNAUT_EFFECTIVENESS_DELAYS"] = (
             tuning.assessment_delays

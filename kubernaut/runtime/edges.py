@@ -113,7 +113,13 @@ EDGES: tuple[Edge, ...] = (
     _edge(S.EXECUTOR, S.STORAGE, "AppendAuditEntry", "the audit trail"),
     _edge(S.WORKFLOW, S.STORAGE, "AppendAuditEntry", "the audit trail"),
     _edge(S.NOTIFICATION, S.STORAGE, "AppendAuditEntry", "the audit trail"),
-    _edge(S.INTELLIGENCE, S.STORAGE, "ListActionRecords", "history for pattern discovery"),
+    _edge(
+        S.INTELLIGENCE,
+        S.STORAGE,
+        "ListActionRecords ListIncidents ListIncidentEmbeddings ListAuditEntries",
+        "history for pattern discovery: actions, incidents, their embeddings (clusters) and"
+        " who approved (time saved)",
+    ),
     _edge(S.EFFECTIVENESS, S.INTELLIGENCE, "GetActionStats", "pattern insights for verdicts"),
     _edge(S.EFFECTIVENESS, S.STORAGE, "RecordAssessment", "record verdicts"),
     _edge(
@@ -129,6 +135,12 @@ EDGES: tuple[Edge, ...] = (
         "history and similar incidents as context",
     ),
     _edge(S.CONTEXT_API, S.EFFECTIVENESS, "GetActionEffectiveness", "how past fixes worked"),
+    _edge(
+        S.CONTEXT_API,
+        S.INTELLIGENCE,
+        "GetRecurringIncidents",
+        "whether the incident's workload and alert recur after fixes",
+    ),
 )
 
 # Operators (grpcurl, the kubernaut CLI) may call everything except the audit-trail

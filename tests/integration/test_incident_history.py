@@ -253,3 +253,72 @@ async def test_a_closed_or_resolved_incident_is_not_analysed(stack: InProcessSta
     finally:
         await operator.close()
         await processor.close()
+
+
+async def test_a_fix_that_does_not_hold_waits_for_a_person(stack: InProcessStack) -> None:
+    """Two crash loops on one workload, each closed REMEDIATED after a restart that worked
+    (hours ago: no settle or oscillation guard holds), then a third: intelligence flags the
+    workload's alert as recurring, context_api puts that in the history, and ai_analysis
+    asks for a person instead of restarting a third time."""
+    namespace = f"recur-{uuid.uuid4().hex[:6]}"
+    operator = stack.clients()
+    processor = stack.clients(ServiceName.ALERT_PROCESSOR.account)
+    executor = stack.clients(ServiceName.EXECUTOR.account)
+    storage = operator.stub(StorageServiceStub)
+    try:
+        for hours_ago in (5, 3):
+            earlier = await open_incident(storage, *crash_loop(namespace))
+            started = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours_ago)
+            record = storage_pb2.ActionRecord(
+                action_id=str(uuid.uuid4()),
+                incident_id=earlier.incident_id,
+                alert_name=earlier.alert_name,
+                action="restart_deployment",
+                target=earlier.subject,
+                outcome=storage_pb2.ACTION_OUTCOME_SUCCEEDED,
+                params=remediation_pb2.ActionParams(
+                    restart_deployment=remediation_pb2.RestartDeploymentParams()
+                ),
+            )
+            record.started_at.FromDatetime(started)
+            record.finished_at.FromDatetime(started + dt.timedelta(minutes=1))
+            await executor.stub(StorageServiceStub).RecordAction(
+                storage_pb2.RecordActionRequest(record=record)
+            )
+            await storage.UpdateIncident(
+                storage_pb2.UpdateIncidentRequest(
+                    incident_id=earlier.incident_id,
+                    status=storage_pb2.INCIDENT_STATUS_REMEDIATED,
+                    status_reason="the restart was verified",
+                )
+            )
+        now = await open_incident(storage, *crash_loop(namespace))
+
+        reply = await processor.stub(AIAnalysisServiceStub).AnalyzeIncident(
+            ai_analysis_pb2.AnalyzeIncidentRequest(incident=now)
+        )
+        recommendation = reply.analysis.recommendation
+        assert recommendation.action.WhichOneof("params") == "restart_deployment"
+        assert recommendation.approval_required
+        assert recommendation.approval_reason.startswith(
+            f"the fix does not hold: 3 incidents of KubePodCrashLooping on Deployment "
+            f"{namespace}/web"
+        )
+        assert "2 of them after a fix that was verified (restart_deployment)" in (
+            recommendation.approval_reason
+        )
+        workflows = operator.stub(WorkflowServiceStub)
+        request = workflow_pb2.GetWorkflowRequest(workflow_id=reply.workflow_id)
+
+        async def held() -> workflow_pb2.Workflow | None:
+            found = await workflows.GetWorkflow(request)
+            waiting = found.workflow.state == workflow_pb2.WORKFLOW_STATE_WAITING_APPROVAL
+            return found.workflow if waiting else None
+
+        workflow = await eventually(held, "the third restart to wait for a person", 30)
+        applied = [s for s in workflow.steps if s.kind == workflow_pb2.STEP_KIND_APPLY]
+        assert all(step.state == workflow_pb2.STEP_STATE_PENDING for step in applied)
+    finally:
+        await operator.close()
+        await processor.close()
+        await executor.close()

@@ -513,7 +513,8 @@ async def test_search_similar_ranks_a_similar_incident_first(store: Store) -> No
     disk, _ = await store.open_incident(fingerprint(), *DISK_FULL)
     elsewhere, _ = await store.open_incident(fingerprint(), *CRASH_ELSEWHERE)
 
-    similar, model = await store.search_similar(crash.incident_id, 0)
+    similar, model, backend, unavailable = await store.search_similar(crash.incident_id, 0)
+    assert (backend, unavailable) == ("pgvector", "")
     assert model == DEFAULT_EMBEDDING_MODEL
     assert [i.incident_id for i, _ in similar] == [elsewhere.incident_id, disk.incident_id]
     (_, near), (_, far) = similar
@@ -525,7 +526,7 @@ async def test_search_similar_ranks_a_similar_incident_first(store: Store) -> No
     assert distance == pytest.approx(far, abs=0.2)
     # A closed incident is still a past incident to learn from.
     await store.update_incident(elsewhere.incident_id, storage_pb2.INCIDENT_STATUS_RESOLVED, "ok")
-    again, _ = await store.search_similar(crash.incident_id, 50)
+    again, *_ = await store.search_similar(crash.incident_id, 50)
     assert again[0][0].incident_id == elsewhere.incident_id
     assert again[0][0].status == storage_pb2.INCIDENT_STATUS_RESOLVED
     assert again[0][1] == pytest.approx(near, abs=1e-6)
@@ -547,26 +548,34 @@ async def test_identical_descriptions_are_at_distance_zero(store: Store) -> None
 async def test_the_search_uses_the_hnsw_index(store: Store, database_dsn: str) -> None:
     incident, _ = await store.open_incident(fingerprint(), *CRASH)
     await store.open_incident(fingerprint(), *DISK_FULL)
-    from kubernaut.services.storage.store import _similar_query
+    from pgvector.asyncpg import register_vector
+
+    from kubernaut.services.storage.vectors.pgvector import _search
 
     conn = await asyncpg.connect(database_dsn)
     try:
+        await register_vector(conn)
         await conn.execute("SET enable_seqscan = off")
+        vector = await conn.fetchval(
+            "SELECT embedding FROM incident_vectors_384 WHERE incident_id = $1",
+            uuid.UUID(incident.incident_id),
+        )
         plan = "\n".join(
             r[0]
             for r in await conn.fetch(
-                "EXPLAIN " + _similar_query(384),
-                uuid.UUID(incident.incident_id),
-                DEFAULT_EMBEDDING_MODEL,
+                "EXPLAIN " + _search("incident_vectors_384"),
+                vector,
                 5,
+                DEFAULT_EMBEDDING_MODEL,
+                "",
+                "",
                 "Deployment",
                 ["KubePodCrashLooping"],
+                [uuid.UUID(incident.incident_id)],
             )
         )
         # Filtered too (a kind, an alert family): the index still answers.
-        assert "incidents_embedding_minilm" in plan, plan
-        dims = await conn.fetchval("SELECT vector_dims(embedding) FROM incidents LIMIT 1")
-        assert dims == 384
+        assert "incident_vectors_384_hnsw" in plan, plan
     finally:
         await conn.close()
 
@@ -609,7 +618,7 @@ async def test_embedding_is_pluggable_and_runs_off_the_event_loop(
         assert len(embedder.threads) == 3
         assert threading.get_ident() not in embedder.threads
 
-        similar, model = await other.search_similar(crash.incident_id, 10)
+        similar, model, *_ = await other.search_similar(crash.incident_id, 10)
         assert model == "keywords-3"
         # Only incidents embedded by the same model are compared.
         assert [i.incident_id for i, _ in similar] == [
@@ -617,7 +626,7 @@ async def test_embedding_is_pluggable_and_runs_off_the_event_loop(
             disk.incident_id,
         ]
         assert similar[0][1] == pytest.approx(0, abs=1e-6)
-        by_default, _ = await store.search_similar(default_model.incident_id, 10)
+        by_default, *_ = await store.search_similar(default_model.incident_id, 10)
         assert by_default == []
     finally:
         await other.close()
@@ -631,7 +640,7 @@ async def test_an_incident_that_cannot_be_embedded_is_still_opened(
         incident, created = await broken.open_incident(fingerprint(), *CRASH)
         assert created
         assert "cannot embed" in caplog.text
-        assert await broken.search_similar(incident.incident_id, 5) == ([], "")
+        assert await broken.search_similar(incident.incident_id, 5) == ([], "", "pgvector", "")
         assert (await store.get_incident(incident.incident_id))[0] == incident
     finally:
         await broken.close()

@@ -71,7 +71,7 @@ async def test_storage_is_not_serving_until_postgresql_answers(
         )
         assert status.server_version.startswith("18")
         assert status.pgvector_version
-        assert [m.version for m in status.migrations] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        assert [m.version for m in status.migrations] == list(range(1, 12))
     finally:
         await clients.close()
         await running.shutdown()
@@ -93,9 +93,7 @@ def _record(alert: str, action: str, outcome: int) -> storage_pb2.ActionRecord:
 async def test_recorded_actions_feed_intelligence_and_effectiveness(stack: InProcessStack) -> None:
     alert = f"TestAlert{uuid.uuid4().hex[:8]}"
     outcomes = [
-        ("restart_deployment", storage_pb2.ACTION_OUTCOME_SUCCEEDED),
-        ("restart_deployment", storage_pb2.ACTION_OUTCOME_SUCCEEDED),
-        ("restart_deployment", storage_pb2.ACTION_OUTCOME_SUCCEEDED),
+        *[("restart_deployment", storage_pb2.ACTION_OUTCOME_SUCCEEDED)] * 8,
         ("restart_deployment", storage_pb2.ACTION_OUTCOME_ROLLED_BACK),
         ("rollback_deployment", storage_pb2.ACTION_OUTCOME_FAILED),
         ("rollback_deployment", storage_pb2.ACTION_OUTCOME_DRY_RUN),
@@ -122,10 +120,12 @@ async def test_recorded_actions_feed_intelligence_and_effectiveness(stack: InPro
         intelligence_pb2.GetActionStatsRequest(alert_name=alert)
     )
     by_action = {s.action: s for s in stats.stats}
-    assert by_action["restart_deployment"].attempts == 4
-    assert by_action["restart_deployment"].succeeded == 3
+    assert by_action["restart_deployment"].attempts == 9
+    assert by_action["restart_deployment"].succeeded == 8
     assert by_action["restart_deployment"].rolled_back == 1
-    assert by_action["restart_deployment"].success_rate == pytest.approx(0.75)
+    assert by_action["restart_deployment"].success_rate == pytest.approx(8 / 9)
+    # 8 of 9: the 95% Wilson interval is 57%-98%.
+    assert by_action["restart_deployment"].success_lower_bound == pytest.approx(0.565, abs=1e-3)
     # The dry-run changed nothing, so it is not an attempt.
     assert by_action["rollback_deployment"].attempts == 1
 
@@ -133,6 +133,7 @@ async def test_recorded_actions_feed_intelligence_and_effectiveness(stack: InPro
         effectiveness_pb2.GetActionEffectivenessRequest(alert_name=alert)
     )
     by_action_verdict = {v.action: v.verdict for v in verdicts.actions}
+    # Effective by the interval's lower bound (57% >= 50%), not by the mean.
     assert by_action_verdict == {
         "restart_deployment": remediation_pb2.VERDICT_EFFECTIVE,
         # One attempt is no evidence: unknown, never effective.

@@ -98,6 +98,8 @@ async def test_migrations_are_applied_once_and_recorded(store: Store) -> None:
         (7, "incident_after_close"),
         (8, "analyses"),
         (9, "audit"),
+        (10, "vector_store"),
+        (11, "incident_archive"),
     ]
     assert first.migrations[0].applied_at.tzinfo is not None
 
@@ -110,11 +112,11 @@ async def test_concurrent_migrate_applies_each_migration_once(database_dsn: str)
     stores = [await Store.connect(database_dsn) for _ in range(4)]
     try:
         results = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(results) == [[], [], [], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+        assert sorted(results) == [[], [], [], list(range(1, 12))]
         conn = await asyncpg.connect(database_dsn)
         try:
             rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
-            assert [r["version"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+            assert [r["version"] for r in rows] == list(range(1, 12))
         finally:
             await conn.close()
     finally:

@@ -6,6 +6,7 @@ import pytest
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
+from kubernaut.intelligence.v1 import intelligence_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from kubernaut.services.ai_analysis.history import HistorySettings, HistoryUnavailable
@@ -34,6 +35,7 @@ def crash_loop(
 def history(
     verdict: remediation_pb2.Verdict.ValueType | None = None,
     *similar: context_api_pb2.PastIncident,
+    lower_bound: float = 0.64,
 ) -> context_api_pb2.IncidentHistory:
     found = context_api_pb2.IncidentHistory(
         incident_id="00000000-0000-4000-8000-000000000001",
@@ -45,9 +47,10 @@ def history(
             effectiveness_pb2.ActionEffectiveness(
                 action="restart_deployment",
                 verdict=verdict,
-                attempts=5,
-                success_rate=0.8 if verdict == remediation_pb2.VERDICT_EFFECTIVE else 0.2,
-                reason="4 of 5 attempts succeeded",
+                attempts=8,
+                success_rate=1.0 if verdict == remediation_pb2.VERDICT_EFFECTIVE else 0.2,
+                success_lower_bound=lower_bound,
+                reason="8 of 8 attempts succeeded, 95% interval 68%-100%",
             )
         )
     return found
@@ -83,9 +86,53 @@ def test_an_effective_record_raises_confidence_and_says_why() -> None:
     analysis = crash_loop(history(remediation_pb2.VERDICT_EFFECTIVE))
     assert analysis.recommendation.confidence == pytest.approx(RESTART_CONFIDENCE + 0.1)
     reason = analysis.reasons[-1]
-    assert "worked for KubePodCrashLooping" in reason and "80%" in reason
+    assert "worked for KubePodCrashLooping" in reason and "interval 68%-100%" in reason
     # The audit trail and the workflow see the same reasons as people do.
     assert list(analysis.recommendation.reasons) == list(analysis.reasons)
+
+
+def test_an_effective_verdict_on_a_thin_record_does_not_raise_confidence() -> None:
+    # The mean says 100%; the interval's lower bound says it may be well under half.
+    analysis = crash_loop(history(remediation_pb2.VERDICT_EFFECTIVE, lower_bound=0.44))
+    assert analysis.recommendation.confidence == pytest.approx(RESTART_CONFIDENCE)
+    assert "the record is thin" in analysis.reasons[-1]
+    assert "lower bound is under 50%" in analysis.reasons[-1]
+
+
+def test_a_fix_that_does_not_hold_needs_a_person() -> None:
+    found = history(remediation_pb2.VERDICT_EFFECTIVE)
+    found.recurrence.CopyFrom(
+        intelligence_pb2.RecurringIncident(
+            subject=DEPLOYMENT,
+            alert_name="KubePodCrashLooping",
+            incidents=4,
+            fixes_not_held=3,
+            actions_tried=["restart_deployment"],
+        )
+    )
+    found.recurrence.first_seen.FromSeconds(1_780_000_000)
+    analysis = crash_loop(found)
+    recommendation = analysis.recommendation
+    # Even an action that works elsewhere: here it only treats the symptom.
+    assert recommendation.confidence == pytest.approx(0.3)
+    assert recommendation.approval_required
+    assert recommendation.approval_reason.startswith("the fix does not hold: 4 incidents")
+    assert any(
+        "3 of them after a fix that was verified (restart_deployment)" in r
+        for r in analysis.reasons
+    )
+
+
+def test_unknown_recurrence_is_said_and_changes_nothing() -> None:
+    found = history(remediation_pb2.VERDICT_UNKNOWN)
+    found.recurrence_unavailable_reason = "intelligence: UNAVAILABLE: down"
+    analysis = crash_loop(found)
+    assert analysis.recommendation.confidence == pytest.approx(RESTART_CONFIDENCE)
+    assert not analysis.recommendation.approval_required
+    assert (
+        "History: whether this recurs is unknown (intelligence: UNAVAILABLE: down)."
+        in analysis.reasons
+    )
 
 
 def test_confidence_never_passes_the_cap() -> None:
@@ -155,6 +202,18 @@ def test_unreadable_history_is_said_and_the_decision_stands() -> None:
     assert analysis.recommendation.confidence == pytest.approx(RESTART_CONFIDENCE)
     assert analysis.reasons[-1] == (
         "History: not read (UNAVAILABLE: storage is down); decided without it."
+    )
+
+
+def test_a_vector_store_outage_is_said_and_the_decision_stands() -> None:
+    found = history(remediation_pb2.VERDICT_EFFECTIVE)
+    found.similar_unavailable_reason = "weaviate: weaviate unavailable: connection refused"
+    analysis = crash_loop(found)
+    # The action's record still counts; only the similar incidents are missing.
+    assert analysis.recommendation.confidence > RESTART_CONFIDENCE
+    assert (
+        "History: similar incidents not searched (weaviate: weaviate unavailable: "
+        "connection refused)." in analysis.reasons
     )
 
 

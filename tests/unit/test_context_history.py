@@ -9,6 +9,7 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
+from kubernaut.intelligence.v1 import intelligence_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from kubernaut.services.context_api.history import IncidentHistoryReader, UnknownIncident
@@ -19,10 +20,20 @@ SUBJECT = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web")
 
 
 class Sources:
-    """Storage and effectiveness as the reader sees them; counts the calls."""
+    """Storage, effectiveness and intelligence as the reader sees them; counts the calls.
+    `recurring` is what intelligence answers; an exception is raised instead."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.recurring: list[intelligence_pb2.RecurringIncident] | Exception = []
+
+    async def GetRecurringIncidents(
+        self, request: intelligence_pb2.GetRecurringIncidentsRequest, **_: Any
+    ) -> Any:
+        self.calls.append(f"GetRecurringIncidents {request.alert_name}")
+        if isinstance(self.recurring, Exception):
+            raise self.recurring
+        return intelligence_pb2.GetRecurringIncidentsResponse(recurring=self.recurring)
 
     async def GetIncident(self, request: storage_pb2.GetIncidentRequest, **_: Any) -> Any:
         self.calls.append(f"GetIncident {request.incident_id}")
@@ -78,7 +89,7 @@ class Clock:
 
 async def test_history_joins_each_past_action_with_its_latest_verdict() -> None:
     sources = Sources()
-    history = await IncidentHistoryReader(sources, sources).history(NOW_ID)
+    history = await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)
     assert history.alert_name == "KubePodCrashLooping"
     assert history.embedding_model == "minilm"
     [past] = history.similar_incidents
@@ -95,7 +106,7 @@ async def test_history_joins_each_past_action_with_its_latest_verdict() -> None:
 
 async def test_answers_are_cached_briefly_then_read_again() -> None:
     sources, clock = Sources(), Clock()
-    reader = IncidentHistoryReader(sources, sources, ttl=3.0, clock=clock)
+    reader = IncidentHistoryReader(sources, sources, sources, ttl=3.0, clock=clock)
     first = await reader.history(NOW_ID)
     calls = len(sources.calls)
     assert await reader.history(NOW_ID) == first
@@ -107,7 +118,7 @@ async def test_answers_are_cached_briefly_then_read_again() -> None:
 
 async def test_expired_answers_are_dropped_so_the_cache_does_not_grow() -> None:
     sources, clock = Sources(), Clock()
-    reader = IncidentHistoryReader(sources, sources, ttl=1.0, clock=clock)
+    reader = IncidentHistoryReader(sources, sources, sources, ttl=1.0, clock=clock)
     await reader.history(NOW_ID, limit=1)
     await reader.history(NOW_ID, limit=2)
     clock.now = 5.0
@@ -118,4 +129,23 @@ async def test_expired_answers_are_dropped_so_the_cache_does_not_grow() -> None:
 async def test_an_unknown_incident_is_named() -> None:
     sources = Sources()
     with pytest.raises(UnknownIncident, match="incident nope is not known"):
-        await IncidentHistoryReader(sources, sources).history("nope")
+        await IncidentHistoryReader(sources, sources, sources).history("nope")
+
+
+async def test_a_recurring_workload_is_in_the_history_and_an_outage_is_said() -> None:
+    sources = Sources()
+    assert not (await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)).HasField(
+        "recurrence"
+    )
+    recurring = intelligence_pb2.RecurringIncident(
+        subject=SUBJECT, alert_name="KubePodCrashLooping", incidents=4, fixes_not_held=3
+    )
+    sources.recurring = [recurring]
+    history = await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)
+    assert history.recurrence == recurring
+    assert "GetRecurringIncidents KubePodCrashLooping" in sources.calls
+    sources.recurring = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), "down")
+    history = await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)
+    # The rest of the history stands.
+    assert history.recurrence_unavailable_reason == "intelligence: UNAVAILABLE: down"
+    assert len(history.similar_incidents) == 1

@@ -112,6 +112,7 @@ def test_only_idempotent_methods_are_retried() -> None:
         "ResolveIncident",
         "GetIncident",
         "ListIncidents",
+        "ListIncidentEmbeddings",
         "RecordAssessment",
         "SearchSimilarIncidents",
         "AppendAuditEntry",

@@ -16,7 +16,7 @@ from kubernaut.services.alerts import dedup_key_of, incident_key_of
 from kubernaut.services.effectiveness.settings import VerdictSettings
 from kubernaut.services.effectiveness.verdicts import verdict_of
 from kubernaut.services.executor.catalogue import describe_action
-from kubernaut.services.intelligence.stats import action_stats
+from kubernaut.services.intelligence.stats import action_stats, wilson_interval
 from kubernaut.services.workflow.planning import TargetHistory, guard_for, plan
 from kubernaut.services.workflow.settings import PlanningSettings
 
@@ -166,18 +166,34 @@ def test_stats_count_only_applied_actions() -> None:
     [
         (0, 0, remediation_pb2.VERDICT_UNKNOWN),
         (2, 2, remediation_pb2.VERDICT_UNKNOWN),
-        (3, 3, remediation_pb2.VERDICT_EFFECTIVE),
-        (10, 6, remediation_pb2.VERDICT_INEFFECTIVE),
+        # A mean of 100% or 80%, but a lower bound of 44% or 38%: not yet a record.
+        (3, 3, remediation_pb2.VERDICT_UNKNOWN),
+        (5, 4, remediation_pb2.VERDICT_UNKNOWN),
+        (5, 5, remediation_pb2.VERDICT_EFFECTIVE),
+        (20, 16, remediation_pb2.VERDICT_EFFECTIVE),
+        # 6 of 10: the upper bound (83%) still reaches 70%; 25 of 50 (63%) does not.
+        (10, 6, remediation_pb2.VERDICT_UNKNOWN),
+        (50, 25, remediation_pb2.VERDICT_INEFFECTIVE),
+        (5, 1, remediation_pb2.VERDICT_INEFFECTIVE),
     ],
 )
-def test_verdicts_need_evidence(attempts: int, succeeded: int, verdict: int) -> None:
+def test_verdicts_go_by_the_interval_not_the_mean(
+    attempts: int, succeeded: int, verdict: int
+) -> None:
+    lower, upper = wilson_interval(succeeded, attempts)
     stats = intelligence_pb2.ActionStats(
         action="restart_deployment",
         attempts=attempts,
         succeeded=succeeded,
         success_rate=succeeded / attempts if attempts else 0.0,
+        success_lower_bound=lower,
+        success_upper_bound=upper,
     )
-    assert verdict_of(stats, VerdictSettings()).verdict == verdict
+    judged = verdict_of(stats, VerdictSettings())
+    assert judged.verdict == verdict
+    assert (judged.success_lower_bound, judged.success_upper_bound) == (lower, upper)
+    if attempts >= 3:
+        assert f"{succeeded} of {attempts} attempts succeeded, 95% interval" in judged.reason
 
 
 _NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)

@@ -1,6 +1,9 @@
-"""Weighs an analysis against the past: how its action has worked for the alert, and how
-similar past incidents went. History changes confidence and adds reasons; it never picks
-a new action, since a rule's choice rests on evidence about this very workload."""
+"""Weighs an analysis against the past: how its action has worked for the alert (by the
+lower bound of its success rate's 95% interval, not the mean: a few lucky attempts are no
+record), whether this workload's alert keeps coming back after fixes, and how similar
+past incidents went. History changes confidence, asks for a person and adds reasons; it
+never picks a new action, since a rule's choice rests on evidence about this very
+workload."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from dataclasses import dataclass
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
+from kubernaut.intelligence.v1 import intelligence_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 __all__ = ["HistorySettings", "HistoryUnavailable", "weigh_history"]
@@ -26,8 +30,10 @@ class HistoryUnavailable:
 class HistorySettings:
     """How much the past counts."""
 
-    # Added to the confidence of an action judged effective for the alert.
+    # Added to the confidence of an action judged effective for the alert, when the lower
+    # bound of its success rate's 95% interval reaches `trusted_lower_bound`.
     effective_bonus: float = 0.1
+    trusted_lower_bound: float = 0.5
     # Confidence never exceeds this, however good the record.
     max_confidence: float = 0.95
     # An action judged ineffective, or one that failed on this very workload before, gets
@@ -39,7 +45,12 @@ class HistorySettings:
     similar_shown: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("effective_bonus", "max_confidence", "doubtful_confidence"):
+        for name in (
+            "effective_bonus",
+            "trusted_lower_bound",
+            "max_confidence",
+            "doubtful_confidence",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
@@ -60,6 +71,18 @@ def weigh_history(
         return
     if analysis.HasField("recommendation"):
         _weigh_action(analysis, history, settings)
+    if history.HasField("recurrence"):
+        _recurs(analysis, history.recurrence, settings)
+    elif history.recurrence_unavailable_reason:
+        _add_reason(
+            analysis,
+            f"History: whether this recurs is unknown ({history.recurrence_unavailable_reason}).",
+        )
+    if history.similar_unavailable_reason:
+        _add_reason(
+            analysis,
+            f"History: similar incidents not searched ({history.similar_unavailable_reason}).",
+        )
     for past in _similar(history, settings)[: settings.similar_shown]:
         _add_reason(analysis, _describe_past(past))
 
@@ -74,6 +97,16 @@ def _weigh_action(
     record = next((e for e in history.action_effectiveness if e.action == action), None)
     if record is None:
         _add_reason(analysis, f"History: {action} has not been tried for {history.alert_name}.")
+    elif (
+        record.verdict == remediation_pb2.VERDICT_EFFECTIVE
+        and record.success_lower_bound < settings.trusted_lower_bound
+    ):
+        _add_reason(
+            analysis,
+            f"History: {action} looks effective for {history.alert_name}, but the record is "
+            f"thin ({record.reason}: the lower bound is under "
+            f"{settings.trusted_lower_bound:.0%}); confidence unchanged.",
+        )
     elif record.verdict == remediation_pb2.VERDICT_EFFECTIVE:
         confidence = recommendation.confidence
         raised = max(
@@ -81,8 +114,8 @@ def _weigh_action(
         )
         _add_reason(
             analysis,
-            f"History: {action} worked for {history.alert_name} ({record.reason}, "
-            f"{record.success_rate:.0%}); confidence {confidence:.2f} -> {raised:.2f}.",
+            f"History: {action} worked for {history.alert_name} ({record.reason}); "
+            f"confidence {confidence:.2f} -> {raised:.2f}.",
         )
         recommendation.confidence = raised
     elif record.verdict == remediation_pb2.VERDICT_INEFFECTIVE:
@@ -113,6 +146,32 @@ def _weigh_action(
                 settings,
             )
             break
+
+
+def _recurs(
+    analysis: remediation_pb2.Analysis,
+    recurrence: intelligence_pb2.RecurringIncident,
+    settings: HistorySettings,
+) -> None:
+    """The workload's alert keeps coming back after fixes that were verified: doing the
+    same again treats the symptom. A person decides (the workflow waits for approval)."""
+    subject = recurrence.subject
+    where = f"{subject.namespace}/{subject.name}" if subject.namespace else subject.name
+    tried = ", ".join(recurrence.actions_tried) or "no action"
+    since = recurrence.first_seen.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")
+    why = (
+        f"the fix does not hold: {recurrence.incidents} incidents of {recurrence.alert_name} "
+        f"on {subject.kind} {where} since {since}, {recurrence.fixes_not_held} of them after "
+        f"a fix that was verified ({tried})"
+    )
+    if not analysis.HasField("recommendation"):
+        _add_reason(analysis, f"History: {why}.")
+        return
+    _doubt(analysis, f"History: {why}; a person should look for the cause", settings)
+    recommendation = analysis.recommendation
+    recommendation.approval_required = True
+    if not recommendation.approval_reason:
+        recommendation.approval_reason = why[:1024]
 
 
 def _doubt(analysis: remediation_pb2.Analysis, why: str, settings: HistorySettings) -> None:

@@ -99,5 +99,8 @@ class VerdictSettings(BaseSettings):
 
     # Fewer attempts than this give VERDICT_UNKNOWN.
     min_attempts: int = 3
-    # A success rate at or above this is effective.
-    effective_rate: float = 0.7
+    # Effective when the 95% Wilson interval's lower bound of the success rate reaches
+    # this: with 5 of 5 successes the bound is 0.57, with 4 of 5 only 0.38.
+    effective_lower_bound: float = Field(default=0.5, ge=0, le=1)
+    # Ineffective when even the interval's upper bound stays below this (1 of 5: 0.62).
+    effective_rate: float = Field(default=0.7, ge=0, le=1)

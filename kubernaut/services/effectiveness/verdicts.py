@@ -1,4 +1,6 @@
-"""Verdicts on actions from their outcome statistics. No evidence is never "effective"."""
+"""Verdicts on actions from their outcome statistics and the uncertainty of the success
+rate (its 95% Wilson interval, from intelligence): a few lucky attempts are not a record.
+No evidence is never "effective"."""
 
 from __future__ import annotations
 
@@ -17,19 +19,29 @@ def verdict_of(
         reason = (
             f"{stats.attempts} attempt(s); at least {settings.min_attempts} are needed to judge"
         )
-    elif stats.success_rate >= settings.effective_rate:
-        verdict = remediation_pb2.VERDICT_EFFECTIVE
-        reason = f"{stats.succeeded} of {stats.attempts} attempts succeeded"
     else:
-        verdict = remediation_pb2.VERDICT_INEFFECTIVE
-        reason = (
-            f"only {stats.succeeded} of {stats.attempts} attempts succeeded "
-            f"(below {settings.effective_rate:.0%})"
+        interval = (
+            f"{stats.succeeded} of {stats.attempts} attempts succeeded, 95% interval "
+            f"{stats.success_lower_bound:.0%}-{stats.success_upper_bound:.0%}"
         )
+        if stats.success_lower_bound >= settings.effective_lower_bound:
+            verdict = remediation_pb2.VERDICT_EFFECTIVE
+            reason = interval
+        elif stats.success_upper_bound < settings.effective_rate:
+            verdict = remediation_pb2.VERDICT_INEFFECTIVE
+            reason = f"{interval}: below {settings.effective_rate:.0%} even at best"
+        else:
+            verdict = remediation_pb2.VERDICT_UNKNOWN
+            reason = (
+                f"{interval}: too uncertain to judge (effective from a lower bound of "
+                f"{settings.effective_lower_bound:.0%})"
+            )
     return effectiveness_pb2.ActionEffectiveness(
         action=stats.action,
         verdict=verdict,
         attempts=stats.attempts,
         success_rate=stats.success_rate,
         reason=reason,
+        success_lower_bound=stats.success_lower_bound,
+        success_upper_bound=stats.success_upper_bound,
     )

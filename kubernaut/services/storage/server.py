@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 from kubernaut.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -13,8 +14,10 @@ from kubernaut.runtime.audit import EntryRefused
 from kubernaut.runtime.database import LazyDatabase, unavailable_as_status
 from kubernaut.runtime.interceptors import abort_invalid
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
+from kubernaut.services.storage import history_queries
 from kubernaut.services.storage.audit import AuditQuery
 from kubernaut.services.storage.embeddings import Embedder, embedder_for
+from kubernaut.services.storage.retention import Archiver
 from kubernaut.services.storage.settings import StorageSettings
 from kubernaut.services.storage.store import (
     IncidentClosed,
@@ -25,15 +28,29 @@ from kubernaut.services.storage.store import (
     Store,
     StoreUnavailable,
 )
+from kubernaut.services.storage.vectors.index import VectorIndex
+from kubernaut.services.storage.vectors.settings import VectorStoreSettings
+
+T = TypeVar("T")
 
 
 class Database(LazyDatabase[Store]):
     """Storage's store, connected and migrated on first use (see LazyDatabase)."""
 
     def __init__(
-        self, dsn: str, embedder: Embedder | None = None, quiet_seconds: float = 0.0
+        self,
+        dsn: str,
+        embedder: Embedder | None = None,
+        quiet_seconds: float = 0.0,
+        vectors: VectorStoreSettings | None = None,
     ) -> None:
-        super().__init__(dsn, Store, embedder=embedder, quiet_seconds=quiet_seconds)
+        super().__init__(
+            dsn,
+            Store,
+            embedder=embedder,
+            quiet_seconds=quiet_seconds,
+            vectors=VectorIndex(vectors or VectorStoreSettings.model_construct(), dsn),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +71,16 @@ async def store_errors_as_status(context: Context, field: str = "") -> AsyncIter
         await abort_invalid(context, "page_token", str(error))
     except InvalidRecord as error:
         await abort_invalid(context, error.field or field, str(error))
+
+
+async def history_query(context: Context, parse: Callable[..., T], *args: Any) -> T:
+    """`parse(*args)`, a history filter from a request; its InvalidHistoryQuery as
+    INVALID_ARGUMENT naming the field."""
+    try:
+        return parse(*args)
+    except history_queries.InvalidHistoryQuery as error:
+        await abort_invalid(context, error.field, str(error))
+        raise AssertionError("unreachable") from error  # abort raises
 
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
@@ -153,11 +180,41 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def ListIncidents(
         self, request: storage_pb2.ListIncidentsRequest, context: Context
     ) -> storage_pb2.ListIncidentsResponse:
+        query = await history_query(context, history_queries.IncidentQuery.of, request)
+        if query.filters_beyond_status:
+            return await self._list_incidents_matching(query, request, context)
         async with store_errors_as_status(context, "status"):
             incidents, token = await (await self.database.store()).list_incidents(
                 request.status, request.page_size, request.page_token
             )
         return storage_pb2.ListIncidentsResponse(incidents=incidents, next_page_token=token)
+
+    async def _list_incidents_matching(
+        self,
+        query: history_queries.IncidentQuery,
+        request: storage_pb2.ListIncidentsRequest,
+        context: Context,
+    ) -> storage_pb2.ListIncidentsResponse:
+        async with store_errors_as_status(context, "status"):
+            incidents, token = await (await self.database.store()).list_incidents_matching(
+                query, request.page_size, request.page_token
+            )
+        return storage_pb2.ListIncidentsResponse(incidents=incidents, next_page_token=token)
+
+    async def ListIncidentEmbeddings(
+        self, request: storage_pb2.ListIncidentEmbeddingsRequest, context: Context
+    ) -> storage_pb2.ListIncidentEmbeddingsResponse:
+        opened_after = await history_query(
+            context, history_queries.timestamp_or_none, request, "opened_after"
+        )
+        query = history_queries.EmbeddingQuery(request.embedding_model, opened_after)
+        async with store_errors_as_status(context):
+            embeddings, token = await (await self.database.store()).list_incident_embeddings(
+                query, request.page_size, request.page_token
+            )
+        return storage_pb2.ListIncidentEmbeddingsResponse(
+            embeddings=embeddings, next_page_token=token
+        )
 
     async def RecordAssessment(
         self, request: storage_pb2.RecordAssessmentRequest, context: Context
@@ -170,7 +227,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.SearchSimilarIncidentsRequest, context: Context
     ) -> storage_pb2.SearchSimilarIncidentsResponse:
         async with store_errors_as_status(context, "incident_id"):
-            similar, model = await (await self.database.store()).search_similar(
+            similar = await (await self.database.store()).search_similar(
                 request.incident_id,
                 request.limit,
                 subject_kind=request.subject_kind,
@@ -179,9 +236,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.SearchSimilarIncidentsResponse(
             incidents=[
                 storage_pb2.SimilarIncident(incident=incident, distance=distance)
-                for incident, distance in similar
+                for incident, distance in similar.incidents
             ],
-            embedding_model=model,
+            embedding_model=similar.model,
+            vector_store=similar.vector_store,
+            unavailable_reason=similar.unavailable_reason,
         )
 
     async def RecordDroppedAlert(
@@ -260,10 +319,15 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         settings.database_url,
         embedder_for(settings.embedding_model),
         settings.incident_quiet_seconds,
+        VectorStoreSettings(),
     )
     ctx.audit.write_to(StoreAuditSink(database))
+    archiver = Archiver(
+        database, settings.incident_retention_days, settings.incident_archive_poll_seconds
+    )
+    archiver.start()
     return ServiceSpec(
         StorageServicer(database),
         readiness=[("postgresql", database.ready)],
-        on_stop=[database.close],
+        on_stop=[archiver.stop, database.close],
     )

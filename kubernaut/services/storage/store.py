@@ -7,13 +7,9 @@ protovalidate; the store only rejects what it cannot store faithfully (`InvalidR
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import logging
 import math
-import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +28,16 @@ from kubernaut.runtime.migrations import MigrationError as MigrationError
 from kubernaut.runtime.migrations import applied_migrations
 from kubernaut.runtime.migrations import load_migrations as load_migrations
 from kubernaut.services.incidents import FINAL_STATUSES
-from kubernaut.services.storage import audit, quiet_period
+from kubernaut.services.storage import audit, history_queries, page_tokens, quiet_period
 from kubernaut.services.storage.embeddings import Embedder, describe_incident, embedder_for
+from kubernaut.services.storage.rows import resource_ref
+from kubernaut.services.storage.vectors import (
+    IncidentVector,
+    VectorFilter,
+    VectorStoreError,
+)
+from kubernaut.services.storage.vectors.index import VectorIndex
+from kubernaut.services.storage.vectors.settings import VectorStoreSettings
 
 _log = logging.getLogger(__name__)
 
@@ -43,14 +47,6 @@ MAX_PAGE_SIZE: Final = 1000
 DEFAULT_SIMILAR_LIMIT: Final = 5
 MAX_SIMILAR_LIMIT: Final = 50
 MAX_AFFECTED_RESOURCES: Final = 1000
-
-
-# Page token: version, the last row's time in µs since the epoch and its id, and a digest of
-# the filter so a token cannot be replayed against another filter (or another listing).
-_TOKEN: Final = struct.Struct(">Bq16s8s")
-_TOKEN_VERSION: Final = 1
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_MICROSECOND: Final = dt.timedelta(microseconds=1)
 
 
 class StoreError(Exception):
@@ -105,6 +101,16 @@ class IncidentDetail(NamedTuple):
     analyses: list[storage_pb2.RecordedAnalysis]
 
 
+class SimilarIncidents(NamedTuple):
+    """A search's answer: the incidents with their distances, nearest first; the embedding
+    model; the vector store searched; and, when it could not be, why (then no incidents)."""
+
+    incidents: list[tuple[storage_pb2.Incident, float]]
+    model: str
+    vector_store: str
+    unavailable_reason: str = ""
+
+
 class RecordedAnalysis(NamedTuple):
     recorded: storage_pb2.RecordedAnalysis
     # Whether this call stored it; False for an analysis_id recorded before.
@@ -140,14 +146,30 @@ class Store(PooledStore):
         timeout: float,
         embedder: Embedder | None = None,
         quiet_seconds: float = 0.0,
+        vectors: VectorIndex,
     ) -> None:
         """Use `Store.connect()`. `embedder` embeds incidents; None means the default model
         (loaded on first use). An alert within `quiet_seconds` of its incident's closing
         (unless it closed because the alert resolved) is counted on that incident instead of
-        opening one, unless its workload changed since the incident's fix (`open_or_count`)."""
+        opening one, unless its workload changed since the incident's fix (`open_or_count`).
+        `vectors` is where embeddings are searched (PostgreSQL keeps them too)."""
         super().__init__(pool, timeout=timeout)
         self._quiet_seconds = quiet_seconds
         self._embedder = embedder or embedder_for()
+        self.vectors = vectors
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, vectors: VectorIndex | None = None, **options: Any
+    ) -> Store:
+        """`PooledStore.connect`; without `vectors`, pgvector in the same database with the
+        default tuning."""
+        index = vectors or VectorIndex(VectorStoreSettings.model_construct(), dsn)
+        return await super().connect(dsn, vectors=index, **options)
+
+    async def close(self) -> None:
+        await self.vectors.close()
+        await super().close()
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -365,12 +387,29 @@ class Store(PooledStore):
             # NUL characters in text, which PostgreSQL cannot store.
             raise InvalidRecord(f"incident for {fingerprint}: {exc}", field="alert") from exc
         created = row["incident_id"] == incident_id
+        if created and model is not None and vector is not None:
+            await self._index(row, model, vector)
         # A caller that lost the race to open counts on the winner's incident: the quiet
         # period's note was about the closed one, and the winner's answer says it.
         return OpenedIncident(_row_to_incident(row), created, quiet_note if created else "")
 
-    async def _embed(self, text: str) -> tuple[str | None, str | None]:
-        """(model name, vector as pgvector text), or (None, None) when embedding fails."""
+    async def _index(self, row: asyncpg.Record, model: str, vector: list[float]) -> None:
+        """Put a new incident's embedding in the vector store. When that fails the incident
+        stays (PostgreSQL has its embedding) and is missing from searches until
+        `kubernaut storage reindex`; the loop that acts on incidents never waits on it."""
+        try:
+            store = await self.vectors.store()
+            await store.upsert([IncidentVector.of_incident(row, model, vector)])
+        except VectorStoreError as exc:
+            _log.warning(
+                "incident %s not in the vector store (%s): %s; `kubernaut storage reindex` adds it",
+                row["incident_id"],
+                self.vectors.backend,
+                exc,
+            )
+
+    async def _embed(self, text: str) -> tuple[str | None, list[float] | None]:
+        """(model name, vector), or (None, None) when embedding fails."""
         embedder = self._embedder
         try:
             [vector] = await asyncio.to_thread(embedder.embed, [text])
@@ -383,7 +422,7 @@ class Store(PooledStore):
         except Exception:
             _log.exception("cannot embed an incident; storing it without an embedding")
             return None, None
-        return embedder.name, "[" + ",".join(repr(float(x)) for x in vector) + "]"
+        return embedder.name, [float(x) for x in vector]
 
     async def update_incident(
         self,
@@ -450,19 +489,26 @@ class Store(PooledStore):
     async def get_incident(self, incident_id: str) -> IncidentDetail:
         """The incident, its actions (action records with its incident_id) and their
         assessments, both oldest first, its affected resources and its analyses (oldest
-        first), read from one snapshot. UnknownIncident if none."""
+        first), read from one snapshot; an archived incident too (`archive_closed`).
+        UnknownIncident if none."""
         row_id = _parse_uuid(incident_id, "incident_id")
         async with (
             self._connection() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
+            tables = ""
             row = await conn.fetchrow(_SELECT_INCIDENT, row_id)
+            if row is None:
+                tables = "_archive"
+                row = await conn.fetchrow(_SELECT_ARCHIVED_INCIDENT, row_id)
             if row is None:
                 raise UnknownIncident(f"incident {incident_id} does not exist")
             actions = await conn.fetch(_INCIDENT_ACTIONS, str(row_id))
             assessments = await conn.fetch(_INCIDENT_ASSESSMENTS, str(row_id))
-            resources = await conn.fetch(_INCIDENT_RESOURCES, row_id, MAX_AFFECTED_RESOURCES)
-            analyses = await conn.fetch(_INCIDENT_ANALYSES, row_id)
+            resources = await conn.fetch(
+                _INCIDENT_RESOURCES.format(tables=tables), row_id, MAX_AFFECTED_RESOURCES
+            )
+            analyses = await conn.fetch(_INCIDENT_ANALYSES.format(tables=tables), row_id)
         return IncidentDetail(
             _row_to_incident(row),
             [_row_to_record(r) for r in actions],
@@ -475,6 +521,27 @@ class Store(PooledStore):
             ],
             [_row_to_analysis(r) for r in analyses],
         )
+
+    async def archive_closed(self, older_than: dt.timedelta, batch: int) -> list[str]:
+        """Move up to `batch` incidents closed more than `older_than` ago, oldest first,
+        with their affected resources and analyses, to the archive tables (0011), and
+        take them out of the vector store. Returns their ids; fewer than `batch` means none
+        is left. Replicas archiving at once take different incidents (SKIP LOCKED)."""
+        async with self._connection() as conn, conn.transaction():
+            ids = [
+                r["incident_id"]
+                for r in await conn.fetch(_ARCHIVABLE, older_than.total_seconds(), batch)
+            ]
+            if ids:
+                for statement in _ARCHIVE:
+                    await conn.execute(statement, ids)
+        if ids:
+            try:
+                await (await self.vectors.store()).delete([str(i) for i in ids])
+            except VectorStoreError as exc:
+                # Searches drop matches PostgreSQL no longer holds; a reindex cleans up.
+                _log.warning("archived incidents left in the vector store: %s", exc)
+        return [str(i) for i in ids]
 
     async def list_incidents(
         self,
@@ -507,42 +574,52 @@ class Store(PooledStore):
         *,
         subject_kind: str = "",
         alert_names: list[str] | None = None,
-    ) -> tuple[list[tuple[storage_pb2.Incident, float]], str]:
+    ) -> SimilarIncidents:
         """The incidents nearest to `incident_id` by cosine distance between the embeddings
-        of their descriptions, nearest first, itself excluded, with the distances; and the
-        embedding model. Only incidents embedded by the same model are compared; an incident
-        without an embedding has no neighbours. Only incidents about a `subject_kind` and
-        opened by one of `alert_names` count, where those are given. limit 0 means 5;
-        above 50 means 50."""
+        of their descriptions, nearest first, itself excluded, searched in the vector store.
+        Only incidents embedded by the same model are compared; an incident without an
+        embedding has no neighbours. Only incidents about a `subject_kind` and opened by
+        one of `alert_names` count, where those are given. limit 0 means 5; above 50 means
+        50. A vector store that cannot be searched gives no incidents and the reason."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         limit = DEFAULT_SIMILAR_LIMIT if limit == 0 else min(limit, MAX_SIMILAR_LIMIT)
         row_id = _parse_uuid(incident_id, "incident_id")
-        async with self._connection() as conn, conn.transaction(readonly=True):
+        backend = self.vectors.backend
+        async with self._connection() as conn:
             target = await conn.fetchrow(_INCIDENT_EMBEDDING, row_id)
-            if target is None:
-                raise UnknownIncident(f"incident {incident_id} does not exist")
-            model: str | None = target["embedding_model"]
-            if model is None:
-                return [], ""
-            # HNSW returns at most ef_search rows, and the incident itself is one of them.
-            await conn.execute(
-                "SELECT set_config('hnsw.ef_search', $1, true)", str(max(40, limit + 1))
-            )
-            # Filters drop rows after the index found them: an iterative scan goes on
-            # until `limit` rows pass them (pgvector 0.8), instead of answering fewer.
-            await conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
-            # The dimension is an int from the database, so interpolating it is safe; it has
-            # to be literal for the per-model expression index to apply.
+        if target is None:
+            raise UnknownIncident(f"incident {incident_id} does not exist")
+        model: str | None = target["embedding_model"]
+        if model is None:
+            return SimilarIncidents([], "", backend)
+        where = VectorFilter(
+            model=model,
+            subject_kind=subject_kind,
+            alert_names=tuple(alert_names or ()),
+            exclude_ids=(str(row_id),),
+        )
+        try:
+            matches = await (await self.vectors.store()).search(target["vector"], where, limit)
+        except VectorStoreError as exc:
+            _log.warning("similar incidents not searched (%s): %s", backend, exc)
+            return SimilarIncidents([], model, backend, f"{backend}: {exc}")
+        async with self._connection() as conn:
             rows = await conn.fetch(
-                _similar_query(int(target["dims"])),
-                row_id,
-                model,
-                limit,
-                subject_kind,
-                alert_names or [],
+                f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE incident_id = ANY($1::uuid[])",
+                [uuid.UUID(m.incident_id) for m in matches],
             )
-        return [(_row_to_incident(r), float(r["distance"])) for r in rows], model
+        # PostgreSQL is the record: a match it no longer holds (archived) is left out.
+        found = {str(r["incident_id"]): r for r in rows}
+        return SimilarIncidents(
+            [
+                (_row_to_incident(found[m.incident_id]), m.distance)
+                for m in matches
+                if m.incident_id in found
+            ],
+            model,
+            backend,
+        )
 
     # -- analyses -----------------------------------------------------------------------------
 
@@ -703,6 +780,41 @@ class Store(PooledStore):
                 raise InvalidPageToken(str(exc)) from exc
             raise InvalidRecord(str(exc), field=exc.field) from exc
 
+    # -- history for intelligence -------------------------------------------------------------
+
+    async def list_incidents_matching(
+        self, query: history_queries.IncidentQuery, page_size: int, page_token: str
+    ) -> tuple[list[storage_pb2.Incident], str]:
+        """Incidents matching `query` (status, alert name, subject, opened after), newest
+        first; (incidents, next_page_token), the token empty on the last page. page_size 0
+        means 100; above 1000 means 1000."""
+        try:
+            async with self._connection() as conn:
+                rows, token = await history_queries.incident_rows(
+                    conn, _INCIDENT_COLUMNS, query, _page_limit(page_size), page_token
+                )
+        except history_queries.InvalidHistoryQuery as exc:
+            if exc.field == "page_token":
+                raise InvalidPageToken(str(exc)) from exc
+            raise InvalidRecord(str(exc), field=exc.field) from exc
+        return [_row_to_incident(row) for row in rows], token
+
+    async def list_incident_embeddings(
+        self, query: history_queries.EmbeddingQuery, page_size: int, page_token: str
+    ) -> tuple[list[storage_pb2.IncidentEmbedding], str]:
+        """The embeddings of incidents matching `query` (those embedded), newest first;
+        (embeddings, next_page_token), the token empty on the last page. page_size 0 means
+        100; above 1000 means 1000."""
+        try:
+            async with self._connection() as conn:
+                return await history_queries.embedding_page(
+                    conn, query, _page_limit(page_size), page_token
+                )
+        except history_queries.InvalidHistoryQuery as exc:
+            if exc.field == "page_token":
+                raise InvalidPageToken(str(exc)) from exc
+            raise InvalidRecord(str(exc), field=exc.field) from exc
+
 
 _ACTION_COLUMNS: Final = (
     "action_id, incident_id, alert_name, action, target_cluster, target_namespace,"
@@ -797,12 +909,7 @@ def _row_to_record(row: asyncpg.Record) -> storage_pb2.ActionRecord:
         incident_id=row["incident_id"],
         alert_name=row["alert_name"],
         action=row["action"],
-        target=alert_pb2.ResourceRef(
-            cluster=row["target_cluster"],
-            namespace=row["target_namespace"],
-            kind=row["target_kind"],
-            name=row["target_name"],
-        ),
+        target=resource_ref(row, "target"),
         outcome=storage_pb2.ActionOutcome.Value(row["outcome"]),
         spec_before_json=row["spec_before"] or "",
         spec_after_json=row["spec_after"] or "",
@@ -848,14 +955,7 @@ def _row_to_dropped(row: asyncpg.Record) -> storage_pb2.DroppedAlert:
     )
     json_format.Parse(row["alert"], dropped.alert, ignore_unknown_fields=True)
     if row["subject_kind"]:
-        dropped.subject.CopyFrom(
-            alert_pb2.ResourceRef(
-                cluster=row["subject_cluster"],
-                namespace=row["subject_namespace"],
-                kind=row["subject_kind"],
-                name=row["subject_name"],
-            )
-        )
+        dropped.subject.CopyFrom(resource_ref(row, "subject"))
     dropped.dropped_at.FromDatetime(row["dropped_at"])
     return dropped
 
@@ -867,6 +967,9 @@ _INCIDENT_COLUMNS: Final = (
 )
 
 _SELECT_INCIDENT: Final = f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE incident_id = $1"
+_SELECT_ARCHIVED_INCIDENT: Final = (
+    f"SELECT {_INCIDENT_COLUMNS} FROM incidents_archive WHERE incident_id = $1"
+)
 
 _COUNT_OCCURRENCE: Final = f"""
 UPDATE incidents SET occurrences = occurrences + 1, updated_at = now()
@@ -900,7 +1003,7 @@ INSERT INTO incidents (incident_id, fingerprint, status, status_reason, alert_na
                        subject_cluster, subject_namespace, subject_kind, subject_name, alert,
                        trace_id, description, embedding_model, embedding)
 VALUES ($1, $2, 'INCIDENT_STATUS_OPEN', $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12,
-        $13::vector)
+        $13::real[]::vector)
 ON CONFLICT (fingerprint) WHERE closed_at IS NULL
 DO UPDATE SET occurrences = incidents.occurrences + 1, updated_at = now()
 RETURNING {_INCIDENT_COLUMNS}
@@ -951,8 +1054,25 @@ WHERE (SELECT count(*) FROM incident_resources WHERE incident_id = $1) < $6
 ON CONFLICT DO NOTHING
 """
 
+_ARCHIVABLE: Final = """
+SELECT incident_id FROM incidents
+WHERE closed_at < now() - make_interval(secs => $1)
+ORDER BY closed_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# Children first (they reference the incident), each copied then deleted.
+_ARCHIVE: Final = tuple(
+    f"""
+WITH moved AS (DELETE FROM {table} WHERE incident_id = ANY($1::uuid[]) RETURNING *)
+INSERT INTO {table}_archive SELECT * FROM moved"""
+    for table in ("analyses", "incident_resources", "incidents")
+)
+
+# {tables}: "" for the live tables, "_archive" for an archived incident's.
 _INCIDENT_RESOURCES: Final = """
-SELECT cluster, namespace, kind, name FROM incident_resources
+SELECT cluster, namespace, kind, name FROM incident_resources{tables}
 WHERE incident_id = $1 ORDER BY added_at, kind, namespace, name LIMIT $2
 """
 
@@ -999,29 +1119,12 @@ RETURNING {_ANALYSIS_COLUMNS}
 
 _SELECT_ANALYSIS: Final = f"SELECT {_ANALYSIS_COLUMNS} FROM analyses WHERE analysis_id = $1"
 
-_INCIDENT_ANALYSES: Final = f"""
-SELECT {_ANALYSIS_COLUMNS} FROM analyses WHERE incident_id = $1 ORDER BY seq
-"""
+_INCIDENT_ANALYSES: Final = (
+    f"SELECT {_ANALYSIS_COLUMNS} FROM analyses{{tables}} WHERE incident_id = $1 ORDER BY seq"
+)
 
 _INCIDENT_EMBEDDING: Final = """
-SELECT embedding_model, vector_dims(embedding) AS dims FROM incidents WHERE incident_id = $1
-"""
-
-
-def _similar_query(dims: int) -> str:
-    # The same expression and predicate as the per-model index (0002: embedding::vector(384)
-    # WHERE embedding_model = ...), and no second sort key, so HNSW can answer the ORDER BY.
-    vector = f"vector({dims:d})"
-    return f"""
-SELECT {_INCIDENT_COLUMNS},
-       embedding::{vector} <=> (SELECT embedding FROM incidents WHERE incident_id = $1)::{vector}
-           AS distance
-FROM incidents
-WHERE embedding_model = $2 AND incident_id <> $1
-  AND ($4 = '' OR subject_kind = $4)
-  AND (cardinality($5::text[]) = 0 OR alert_name = ANY($5::text[]))
-ORDER BY embedding::{vector} <=> (SELECT embedding FROM incidents WHERE incident_id = $1)::{vector}
-LIMIT $3
+SELECT embedding_model, embedding::real[] AS vector FROM incidents WHERE incident_id = $1
 """
 
 
@@ -1061,12 +1164,7 @@ def _row_to_incident(row: asyncpg.Record) -> storage_pb2.Incident:
         status=storage_pb2.IncidentStatus.Value(row["status"]),
         status_reason=row["status_reason"],
         alert_name=row["alert_name"],
-        subject=alert_pb2.ResourceRef(
-            cluster=row["subject_cluster"],
-            namespace=row["subject_namespace"],
-            kind=row["subject_kind"],
-            name=row["subject_name"],
-        ),
+        subject=resource_ref(row, "subject"),
         occurrences=row["occurrences"],
         trace_id=row["trace_id"],
         after_close=row["after_close"],
@@ -1177,27 +1275,16 @@ def _page_limit(page_size: int) -> int:
     return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
 
 
-def _filter_digest(filter_key: str) -> bytes:
-    return hashlib.sha256(filter_key.encode()).digest()[:8]
-
-
 def _encode_page_token(at: dt.datetime, row_id: uuid.UUID, filter_key: str) -> str:
-    micros = (at - _EPOCH) // _MICROSECOND
-    raw = _TOKEN.pack(_TOKEN_VERSION, micros, row_id.bytes, _filter_digest(filter_key))
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return page_tokens.encode(at, row_id, filter_key)
 
 
 def _decode_page_token(
     token: str, filter_key: str, filter_name: str
 ) -> tuple[dt.datetime, uuid.UUID]:
     try:
-        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
-        version, micros, id_bytes, digest = _TOKEN.unpack(raw)
-        at = _EPOCH + micros * _MICROSECOND
-    except (UnicodeEncodeError, binascii.Error, struct.error, OverflowError) as exc:
-        raise InvalidPageToken("malformed page token") from exc
-    if version != _TOKEN_VERSION:
-        raise InvalidPageToken("malformed page token")
-    if digest != _filter_digest(filter_key):
-        raise InvalidPageToken(f"page token was issued for a different {filter_name}")
-    return at, uuid.UUID(bytes=id_bytes)
+        return page_tokens.decode(token, filter_key)
+    except page_tokens.ForeignToken as exc:
+        raise InvalidPageToken(f"page token was issued for a different {filter_name}") from exc
+    except page_tokens.MalformedToken as exc:
+        raise InvalidPageToken(str(exc)) from exc

@@ -11,6 +11,7 @@ from google.protobuf.internal import containers as _containers
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2 as _effectiveness_pb2
+from kubernaut.intelligence.v1 import intelligence_pb2 as _intelligence_pb2
 from kubernaut.storage.v1 import storage_pb2 as _storage_pb2
 import builtins as _builtins
 import sys
@@ -1037,10 +1038,19 @@ class IncidentHistory(_message.Message):
     SIMILAR_INCIDENTS_FIELD_NUMBER: _builtins.int
     ACTION_EFFECTIVENESS_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    SIMILAR_UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
+    RECURRENCE_FIELD_NUMBER: _builtins.int
+    RECURRENCE_UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     alert_name: _builtins.str
     embedding_model: _builtins.str
     """The embedding model that placed the incidents."""
+    similar_unavailable_reason: _builtins.str
+    """Set when similar incidents could not be searched (the vector store is down): why
+    `similar_incidents` is empty.
+    """
+    recurrence_unavailable_reason: _builtins.str
+    """Set when whether it recurs could not be read (intelligence unreachable)."""
     @_builtins.property
     def similar_incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___PastIncident]:
         """Nearest first."""
@@ -1048,6 +1058,12 @@ class IncidentHistory(_message.Message):
     @_builtins.property
     def action_effectiveness(self) -> _containers.RepeatedCompositeFieldContainer[_effectiveness_pb2.ActionEffectiveness]:
         """How each action tried for this alert name has worked, sorted by action name."""
+
+    @_builtins.property
+    def recurrence(self) -> _intelligence_pb2.RecurringIncident:
+        """Set when this incident's workload and alert recur (intelligence): incidents again and
+        again within the window after fixes that were verified; the fix does not hold.
+        """
 
     def __init__(
         self,
@@ -1057,10 +1073,13 @@ class IncidentHistory(_message.Message):
         similar_incidents: _abc.Iterable[Global___PastIncident] | None = ...,
         action_effectiveness: _abc.Iterable[_effectiveness_pb2.ActionEffectiveness] | None = ...,
         embedding_model: _builtins.str = ...,
+        similar_unavailable_reason: _builtins.str = ...,
+        recurrence: _intelligence_pb2.RecurringIncident | None = ...,
+        recurrence_unavailable_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recurrence", b"recurrence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_effectiveness", b"action_effectiveness", "alert_name", b"alert_name", "embedding_model", b"embedding_model", "incident_id", b"incident_id", "similar_incidents", b"similar_incidents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_effectiveness", b"action_effectiveness", "alert_name", b"alert_name", "embedding_model", b"embedding_model", "incident_id", b"incident_id", "recurrence", b"recurrence", "recurrence_unavailable_reason", b"recurrence_unavailable_reason", "similar_incidents", b"similar_incidents", "similar_unavailable_reason", b"similar_unavailable_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,8 +102,10 @@ class ContextAPIServiceServicer(object):
         """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
         the nearest past incidents by the embedding of their description, each with the
         actions taken on it and how they ended, and how each action tried for the incident's
-        alert name has worked (effectiveness verdicts on intelligence's success rates).
-        Answers are cached briefly.
+        alert name has worked (effectiveness verdicts on intelligence's success rates), and
+        whether the incident's workload and alert recur after fixes (intelligence). Answers
+        are cached briefly. Similar incidents and recurrence that cannot be read are said so
+        (`similar_unavailable_reason`, `recurrence_unavailable_reason`), not an error.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
         NOT_FOUND for an unknown incident; UNAVAILABLE when storage or effectiveness cannot
         be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.

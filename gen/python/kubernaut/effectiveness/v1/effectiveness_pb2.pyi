@@ -116,12 +116,19 @@ class ActionEffectiveness(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     SUCCESS_RATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SUCCESS_LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    SUCCESS_UPPER_BOUND_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     verdict: _remediation_pb2.Verdict.ValueType
     attempts: _builtins.int
     success_rate: _builtins.float
     reason: _builtins.str
     """Why this verdict."""
+    success_lower_bound: _builtins.float
+    """The 95% Wilson interval of the success rate (intelligence): with few attempts it is
+    wide, and the verdict goes by its bounds, not by the rate.
+    """
+    success_upper_bound: _builtins.float
     def __init__(
         self,
         *,
@@ -130,10 +137,12 @@ class ActionEffectiveness(_message.Message):
         attempts: _builtins.int = ...,
         success_rate: _builtins.float = ...,
         reason: _builtins.str = ...,
+        success_lower_bound: _builtins.float = ...,
+        success_upper_bound: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "reason", b"reason", "success_rate", b"success_rate", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "reason", b"reason", "success_lower_bound", b"success_lower_bound", "success_rate", b"success_rate", "success_upper_bound", b"success_upper_bound", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

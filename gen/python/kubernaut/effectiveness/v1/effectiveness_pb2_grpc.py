@@ -53,7 +53,10 @@ class EffectivenessServiceServicer(object):
 
     def GetActionEffectiveness(self, request, context):
         """GetActionEffectiveness returns, for one alert name, a verdict on each action that
-        has been tried for it. Too few attempts give VERDICT_UNKNOWN, never effective.
+        has been tried for it, from the 95% Wilson interval of its success rate: effective
+        when even the interval's lower bound is good enough, ineffective when even its upper
+        bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
+        effective.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
         UNAVAILABLE when intelligence cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.

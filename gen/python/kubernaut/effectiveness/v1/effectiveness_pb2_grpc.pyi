@@ -35,7 +35,10 @@ class EffectivenessServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EffectivenessServiceAsyncStub: ...
     GetActionEffectiveness: _grpc.UnaryUnaryMultiCallable[_effectiveness_pb2.GetActionEffectivenessRequest, _effectiveness_pb2.GetActionEffectivenessResponse]
     """GetActionEffectiveness returns, for one alert name, a verdict on each action that
-    has been tried for it. Too few attempts give VERDICT_UNKNOWN, never effective.
+    has been tried for it, from the 95% Wilson interval of its success rate: effective
+    when even the interval's lower bound is good enough, ineffective when even its upper
+    bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
+    effective.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
     UNAVAILABLE when intelligence cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
@@ -58,7 +61,10 @@ class EffectivenessServiceAsyncStub(EffectivenessServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetActionEffectiveness: _aio.UnaryUnaryMultiCallable[_effectiveness_pb2.GetActionEffectivenessRequest, _effectiveness_pb2.GetActionEffectivenessResponse]  # type: ignore[assignment]
     """GetActionEffectiveness returns, for one alert name, a verdict on each action that
-    has been tried for it. Too few attempts give VERDICT_UNKNOWN, never effective.
+    has been tried for it, from the 95% Wilson interval of its success rate: effective
+    when even the interval's lower bound is good enough, ineffective when even its upper
+    bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
+    effective.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
     UNAVAILABLE when intelligence cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
@@ -84,7 +90,10 @@ class EffectivenessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_effectiveness_pb2.GetActionEffectivenessResponse, _abc.Awaitable[_effectiveness_pb2.GetActionEffectivenessResponse]]:
         """GetActionEffectiveness returns, for one alert name, a verdict on each action that
-        has been tried for it. Too few attempts give VERDICT_UNKNOWN, never effective.
+        has been tried for it, from the 95% Wilson interval of its success rate: effective
+        when even the interval's lower bound is good enough, ineffective when even its upper
+        bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
+        effective.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
         UNAVAILABLE when intelligence cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.

@@ -23,9 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kubernaut/intelligence/v1/intelligence.proto\x12\x19kubernaut.intelligence.v1\x1a\x1b\x62uf/validate/validate.proto\"B\n\x15GetActionStatsRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\xbb\x01\n\x0b\x41\x63tionStats\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12\x1a\n\x08\x61ttempts\x18\x02 \x01(\x03R\x08\x61ttempts\x12\x1c\n\tsucceeded\x18\x03 \x01(\x03R\tsucceeded\x12\x16\n\x06\x66\x61iled\x18\x04 \x01(\x03R\x06\x66\x61iled\x12\x1f\n\x0brolled_back\x18\x05 \x01(\x03R\nrolledBack\x12!\n\x0csuccess_rate\x18\x06 \x01(\x01R\x0bsuccessRate\"u\n\x16GetActionStatsResponse\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12<\n\x05stats\x18\x02 \x03(\x0b\x32&.kubernaut.intelligence.v1.ActionStatsR\x05stats2\x91\x01\n\x13IntelligenceService\x12z\n\x0eGetActionStats\x12\x30.kubernaut.intelligence.v1.GetActionStatsRequest\x1a\x31.kubernaut.intelligence.v1.GetActionStatsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,kubernaut/intelligence/v1/intelligence.proto\x12\x19kubernaut.intelligence.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\"B\n\x15GetActionStatsRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\xfd\x02\n\x0cSuccessTrend\x12G\n\tdirection\x18\x01 \x01(\x0e\x32).kubernaut.intelligence.v1.TrendDirectionR\tdirection\x12\'\n\x0frecent_attempts\x18\x02 \x01(\x03R\x0erecentAttempts\x12.\n\x13recent_success_rate\x18\x03 \x01(\x01R\x11recentSuccessRate\x12+\n\x11previous_attempts\x18\x04 \x01(\x03R\x10previousAttempts\x12\x32\n\x15previous_success_rate\x18\x05 \x01(\x01R\x13previousSuccessRate\x12\x32\n\x15recent_window_seconds\x18\x06 \x01(\x03R\x13recentWindowSeconds\x12\x36\n\x17previous_window_seconds\x18\x07 \x01(\x03R\x15previousWindowSeconds\"\xa0\x03\n\x0b\x41\x63tionStats\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12\x1a\n\x08\x61ttempts\x18\x02 \x01(\x03R\x08\x61ttempts\x12\x1c\n\tsucceeded\x18\x03 \x01(\x03R\tsucceeded\x12\x16\n\x06\x66\x61iled\x18\x04 \x01(\x03R\x06\x66\x61iled\x12\x1f\n\x0brolled_back\x18\x05 \x01(\x03R\nrolledBack\x12!\n\x0csuccess_rate\x18\x06 \x01(\x01R\x0bsuccessRate\x12.\n\x13success_lower_bound\x18\x07 \x01(\x01R\x11successLowerBound\x12.\n\x13success_upper_bound\x18\x08 \x01(\x01R\x11successUpperBound\x12%\n\x0e\x65nough_samples\x18\t \x01(\x08R\renoughSamples\x12=\n\x05trend\x18\n \x01(\x0b\x32\'.kubernaut.intelligence.v1.SuccessTrendR\x05trend\x12\x1d\n\nalert_name\x18\x0b \x01(\tR\talertName\"u\n\x16GetActionStatsResponse\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12<\n\x05stats\x18\x02 \x03(\x0b\x32&.kubernaut.intelligence.v1.ActionStatsR\x05stats\"\xec\x01\n\x1cGetRecurringIncidentsRequest\x12:\n\x07subject\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x07subject\x12\'\n\nalert_name\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02R\talertName\x12\x33\n\x0ewindow_seconds\x18\x03 \x01(\x03\x42\x0c\xbaH\t\"\x07\x18\x80\xce\xda\x03(\x00R\rwindowSeconds\x12\x32\n\rmin_incidents\x18\x04 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07(\x02\xd8\x01\x01R\x0cminIncidents\"\xee\x02\n\x11RecurringIncident\x12:\n\x07subject\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x07subject\x12\x1d\n\nalert_name\x18\x02 \x01(\tR\talertName\x12\x1c\n\tincidents\x18\x03 \x01(\x03R\tincidents\x12$\n\x0e\x66ixes_not_held\x18\x04 \x01(\x03R\x0c\x66ixesNotHeld\x12#\n\ractions_tried\x18\x05 \x03(\tR\x0c\x61\x63tionsTried\x12\x39\n\nfirst_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tfirstSeen\x12\x37\n\tlast_seen\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08lastSeen\x12!\n\x0cincident_ids\x18\x08 \x03(\tR\x0bincidentIds\"\x89\x01\n\x1dGetRecurringIncidentsResponse\x12J\n\trecurring\x18\x01 \x03(\x0b\x32,.kubernaut.intelligence.v1.RecurringIncidentR\trecurring\x12\x1c\n\ttruncated\x18\x02 \x01(\x08R\ttruncated\"\xbb\x01\n\x1aGetIncidentClustersRequest\x12\x33\n\x0ewindow_seconds\x18\x01 \x01(\x03\x42\x0c\xbaH\t\"\x07\x18\x80\xe7\x84\x0f(\x00R\rwindowSeconds\x12/\n\rmax_incidents\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x00R\x0cmaxIncidents\x12\x37\n\x10min_cluster_size\x18\x03 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07(\x02\xd8\x01\x01R\x0eminClusterSize\"\xdd\x02\n\x0fIncidentCluster\x12\x18\n\x07\x63luster\x18\x01 \x01(\x05R\x07\x63luster\x12\x12\n\x04size\x18\x02 \x01(\x03R\x04size\x12!\n\x0c\x63ommon_alert\x18\x03 \x01(\tR\x0b\x63ommonAlert\x12,\n\x12\x63ommon_alert_share\x18\x04 \x01(\x01R\x10\x63ommonAlertShare\x12)\n\x10\x63ommon_namespace\x18\x05 \x01(\tR\x0f\x63ommonNamespace\x12\x34\n\x16\x63ommon_namespace_share\x18\x06 \x01(\x01R\x14\x63ommonNamespaceShare\x12\x1c\n\tworkloads\x18\x07 \x01(\x03R\tworkloads\x12)\n\x10remediated_share\x18\x08 \x01(\x01R\x0fremediatedShare\x12!\n\x0cincident_ids\x18\t \x03(\tR\x0bincidentIds\"\xce\x01\n\x1bGetIncidentClustersResponse\x12\x46\n\x08\x63lusters\x18\x01 \x03(\x0b\x32*.kubernaut.intelligence.v1.IncidentClusterR\x08\x63lusters\x12\'\n\x0f\x65mbedding_model\x18\x02 \x01(\tR\x0e\x65mbeddingModel\x12\x1c\n\tincidents\x18\x03 \x01(\x03R\tincidents\x12 \n\x0bunclustered\x18\x04 \x01(\x03R\x0bunclustered\"\x15\n\x13GetAnomaliesRequest\"\xdc\x01\n\x07\x41nomaly\x12=\n\x05scope\x18\x01 \x01(\x0e\x32\'.kubernaut.intelligence.v1.AnomalyScopeR\x05scope\x12\x10\n\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n\x05\x63ount\x18\x03 \x01(\x03R\x05\x63ount\x12#\n\rbaseline_mean\x18\x04 \x01(\x01R\x0c\x62\x61selineMean\x12\'\n\x0f\x62\x61seline_stddev\x18\x05 \x01(\x01R\x0e\x62\x61selineStddev\x12\x1c\n\tthreshold\x18\x06 \x01(\x01R\tthreshold\"\xfd\x01\n\x14GetAnomaliesResponse\x12@\n\tanomalies\x18\x01 \x03(\x0b\x32\".kubernaut.intelligence.v1.AnomalyR\tanomalies\x12=\n\x0c\x62ucket_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x62ucketStart\x12\x39\n\nbucket_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tbucketEnd\x12)\n\x10\x62\x61seline_buckets\x18\x04 \x01(\x05R\x0f\x62\x61selineBuckets\"f\n\x12GetInsightsRequest\x12\x33\n\x0ewindow_seconds\x18\x01 \x01(\x03\x42\x0c\xbaH\t\"\x07\x18\x80\xce\xda\x03(\x00R\rwindowSeconds\x12\x1b\n\x03top\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x32(\x00R\x03top\"\x89\x01\n\nNoisyAlert\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12\x1c\n\tincidents\x18\x02 \x01(\x03R\tincidents\x12 \n\x0boccurrences\x18\x03 \x01(\x03R\x0boccurrences\x12\x1c\n\tworkloads\x18\x04 \x01(\x03R\tworkloads\"\xac\x01\n\tTimeSaved\x12\x1e\n\nremediated\x18\x01 \x01(\x03R\nremediated\x12(\n\x10without_a_person\x18\x02 \x01(\x03R\x0ewithoutAPerson\x12\x30\n\x14minutes_per_incident\x18\x03 \x01(\x01R\x12minutesPerIncident\x12#\n\rminutes_saved\x18\x04 \x01(\x01R\x0cminutesSaved\"\xea\x04\n\rInsightReport\x12=\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0bwindowStart\x12\x39\n\nwindow_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\twindowEnd\x12\x1c\n\tincidents\x18\x03 \x01(\x03R\tincidents\x12\x16\n\x06\x61lerts\x18\x04 \x01(\x03R\x06\x61lerts\x12J\n\trecurring\x18\x05 \x03(\x0b\x32,.kubernaut.intelligence.v1.RecurringIncidentR\trecurring\x12^\n\x17least_effective_actions\x18\x06 \x03(\x0b\x32&.kubernaut.intelligence.v1.ActionStatsR\x15leastEffectiveActions\x12N\n\x0fnoisiest_alerts\x18\x07 \x03(\x0b\x32%.kubernaut.intelligence.v1.NoisyAlertR\x0enoisiestAlerts\x12\x43\n\ntime_saved\x18\x08 \x01(\x0b\x32$.kubernaut.intelligence.v1.TimeSavedR\ttimeSaved\x12\'\n\x10too_few_to_judge\x18\t \x01(\x03R\rtooFewToJudge\x12!\n\x0cmin_attempts\x18\n \x01(\x03R\x0bminAttempts\x12\x1c\n\ttruncated\x18\x0b \x01(\x08R\ttruncated\"W\n\x13GetInsightsResponse\x12@\n\x06report\x18\x01 \x01(\x0b\x32(.kubernaut.intelligence.v1.InsightReportR\x06report*\xa8\x01\n\x0eTrendDirection\x12\x1f\n\x1bTREND_DIRECTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17TREND_DIRECTION_TOO_FEW\x10\x01\x12\x1a\n\x16TREND_DIRECTION_STEADY\x10\x02\x12\x1d\n\x19TREND_DIRECTION_IMPROVING\x10\x03\x12\x1d\n\x19TREND_DIRECTION_WORSENING\x10\x04*c\n\x0c\x41nomalyScope\x12\x1d\n\x19\x41NOMALY_SCOPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41NOMALY_SCOPE_NAMESPACE\x10\x01\x12\x17\n\x13\x41NOMALY_SCOPE_ALERT\x10\x02\x32\x98\x05\n\x13IntelligenceService\x12z\n\x0eGetActionStats\x12\x30.kubernaut.intelligence.v1.GetActionStatsRequest\x1a\x31.kubernaut.intelligence.v1.GetActionStatsResponse\"\x03\x90\x02\x01\x12\x8f\x01\n\x15GetRecurringIncidents\x12\x37.kubernaut.intelligence.v1.GetRecurringIncidentsRequest\x1a\x38.kubernaut.intelligence.v1.GetRecurringIncidentsResponse\"\x03\x90\x02\x01\x12\x89\x01\n\x13GetIncidentClusters\x12\x35.kubernaut.intelligence.v1.GetIncidentClustersRequest\x1a\x36.kubernaut.intelligence.v1.GetIncidentClustersResponse\"\x03\x90\x02\x01\x12t\n\x0cGetAnomalies\x12..kubernaut.intelligence.v1.GetAnomaliesRequest\x1a/.kubernaut.intelligence.v1.GetAnomaliesResponse\"\x03\x90\x02\x01\x12q\n\x0bGetInsights\x12-.kubernaut.intelligence.v1.GetInsightsRequest\x1a..kubernaut.intelligence.v1.GetInsightsResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +36,72 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETACTIONSTATSREQUEST'].fields_by_name['alert_name']._loaded_options = None
   _globals['_GETACTIONSTATSREQUEST'].fields_by_name['alert_name']._serialized_options = b'\272H\007r\005\020\001\030\200\002'
+  _globals['_GETRECURRINGINCIDENTSREQUEST'].fields_by_name['alert_name']._loaded_options = None
+  _globals['_GETRECURRINGINCIDENTSREQUEST'].fields_by_name['alert_name']._serialized_options = b'\272H\005r\003\030\200\002'
+  _globals['_GETRECURRINGINCIDENTSREQUEST'].fields_by_name['window_seconds']._loaded_options = None
+  _globals['_GETRECURRINGINCIDENTSREQUEST'].fields_by_name['window_seconds']._serialized_options = b'\272H\t\"\007\030\200\316\332\003(\000'
+  _globals['_GETRECURRINGINCIDENTSREQUEST'].fields_by_name['min_incidents']._loaded_options = None
+  _globals['_GETRECURRINGINCIDENTSREQUEST'].fields_by_name['min_incidents']._serialized_options = b'\272H\n\032\005\030\350\007(\002\330\001\001'
+  _globals['_GETINCIDENTCLUSTERSREQUEST'].fields_by_name['window_seconds']._loaded_options = None
+  _globals['_GETINCIDENTCLUSTERSREQUEST'].fields_by_name['window_seconds']._serialized_options = b'\272H\t\"\007\030\200\347\204\017(\000'
+  _globals['_GETINCIDENTCLUSTERSREQUEST'].fields_by_name['max_incidents']._loaded_options = None
+  _globals['_GETINCIDENTCLUSTERSREQUEST'].fields_by_name['max_incidents']._serialized_options = b'\272H\007\032\005\030\220N(\000'
+  _globals['_GETINCIDENTCLUSTERSREQUEST'].fields_by_name['min_cluster_size']._loaded_options = None
+  _globals['_GETINCIDENTCLUSTERSREQUEST'].fields_by_name['min_cluster_size']._serialized_options = b'\272H\n\032\005\030\350\007(\002\330\001\001'
+  _globals['_GETINSIGHTSREQUEST'].fields_by_name['window_seconds']._loaded_options = None
+  _globals['_GETINSIGHTSREQUEST'].fields_by_name['window_seconds']._serialized_options = b'\272H\t\"\007\030\200\316\332\003(\000'
+  _globals['_GETINSIGHTSREQUEST'].fields_by_name['top']._loaded_options = None
+  _globals['_GETINSIGHTSREQUEST'].fields_by_name['top']._serialized_options = b'\272H\006\032\004\0302(\000'
   _globals['_INTELLIGENCESERVICE'].methods_by_name['GetActionStats']._loaded_options = None
   _globals['_INTELLIGENCESERVICE'].methods_by_name['GetActionStats']._serialized_options = b'\220\002\001'
-  _globals['_GETACTIONSTATSREQUEST']._serialized_start=104
-  _globals['_GETACTIONSTATSREQUEST']._serialized_end=170
-  _globals['_ACTIONSTATS']._serialized_start=173
-  _globals['_ACTIONSTATS']._serialized_end=360
-  _globals['_GETACTIONSTATSRESPONSE']._serialized_start=362
-  _globals['_GETACTIONSTATSRESPONSE']._serialized_end=479
-  _globals['_INTELLIGENCESERVICE']._serialized_start=482
-  _globals['_INTELLIGENCESERVICE']._serialized_end=627
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetRecurringIncidents']._loaded_options = None
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetRecurringIncidents']._serialized_options = b'\220\002\001'
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetIncidentClusters']._loaded_options = None
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetIncidentClusters']._serialized_options = b'\220\002\001'
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetAnomalies']._loaded_options = None
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetAnomalies']._serialized_options = b'\220\002\001'
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetInsights']._loaded_options = None
+  _globals['_INTELLIGENCESERVICE'].methods_by_name['GetInsights']._serialized_options = b'\220\002\001'
+  _globals['_TRENDDIRECTION']._serialized_start=4291
+  _globals['_TRENDDIRECTION']._serialized_end=4459
+  _globals['_ANOMALYSCOPE']._serialized_start=4461
+  _globals['_ANOMALYSCOPE']._serialized_end=4560
+  _globals['_GETACTIONSTATSREQUEST']._serialized_start=170
+  _globals['_GETACTIONSTATSREQUEST']._serialized_end=236
+  _globals['_SUCCESSTREND']._serialized_start=239
+  _globals['_SUCCESSTREND']._serialized_end=620
+  _globals['_ACTIONSTATS']._serialized_start=623
+  _globals['_ACTIONSTATS']._serialized_end=1039
+  _globals['_GETACTIONSTATSRESPONSE']._serialized_start=1041
+  _globals['_GETACTIONSTATSRESPONSE']._serialized_end=1158
+  _globals['_GETRECURRINGINCIDENTSREQUEST']._serialized_start=1161
+  _globals['_GETRECURRINGINCIDENTSREQUEST']._serialized_end=1397
+  _globals['_RECURRINGINCIDENT']._serialized_start=1400
+  _globals['_RECURRINGINCIDENT']._serialized_end=1766
+  _globals['_GETRECURRINGINCIDENTSRESPONSE']._serialized_start=1769
+  _globals['_GETRECURRINGINCIDENTSRESPONSE']._serialized_end=1906
+  _globals['_GETINCIDENTCLUSTERSREQUEST']._serialized_start=1909
+  _globals['_GETINCIDENTCLUSTERSREQUEST']._serialized_end=2096
+  _globals['_INCIDENTCLUSTER']._serialized_start=2099
+  _globals['_INCIDENTCLUSTER']._serialized_end=2448
+  _globals['_GETINCIDENTCLUSTERSRESPONSE']._serialized_start=2451
+  _globals['_GETINCIDENTCLUSTERSRESPONSE']._serialized_end=2657
+  _globals['_GETANOMALIESREQUEST']._serialized_start=2659
+  _globals['_GETANOMALIESREQUEST']._serialized_end=2680
+  _globals['_ANOMALY']._serialized_start=2683
+  _globals['_ANOMALY']._serialized_end=2903
+  _globals['_GETANOMALIESRESPONSE']._serialized_start=2906
+  _globals['_GETANOMALIESRESPONSE']._serialized_end=3159
+  _globals['_GETINSIGHTSREQUEST']._serialized_start=3161
+  _globals['_GETINSIGHTSREQUEST']._serialized_end=3263
+  _globals['_NOISYALERT']._serialized_start=3266
+  _globals['_NOISYALERT']._serialized_end=3403
+  _globals['_TIMESAVED']._serialized_start=3406
+  _globals['_TIMESAVED']._serialized_end=3578
+  _globals['_INSIGHTREPORT']._serialized_start=3581
+  _globals['_INSIGHTREPORT']._serialized_end=4199
+  _globals['_GETINSIGHTSRESPONSE']._serialized_start=4201
+  _globals['_GETINSIGHTSRESPONSE']._serialized_end=4288
+  _globals['_INTELLIGENCESERVICE']._serialized_start=4563
+  _globals['_INTELLIGENCESERVICE']._serialized_end=5227
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +20,54 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TrendDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrendDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrendDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TREND_DIRECTION_UNSPECIFIED: _TrendDirection.ValueType  # 0
+    TREND_DIRECTION_TOO_FEW: _TrendDirection.ValueType  # 1
+    """Either window had fewer attempts than the minimum: no judgement."""
+    TREND_DIRECTION_STEADY: _TrendDirection.ValueType  # 2
+    """No significant change (a two-proportion z-test at 95%)."""
+    TREND_DIRECTION_IMPROVING: _TrendDirection.ValueType  # 3
+    TREND_DIRECTION_WORSENING: _TrendDirection.ValueType  # 4
+
+class TrendDirection(_TrendDirection, metaclass=_TrendDirectionEnumTypeWrapper):
+    """TrendDirection is how an action's success rate moved between two windows."""
+
+TREND_DIRECTION_UNSPECIFIED: TrendDirection.ValueType  # 0
+TREND_DIRECTION_TOO_FEW: TrendDirection.ValueType  # 1
+"""Either window had fewer attempts than the minimum: no judgement."""
+TREND_DIRECTION_STEADY: TrendDirection.ValueType  # 2
+"""No significant change (a two-proportion z-test at 95%)."""
+TREND_DIRECTION_IMPROVING: TrendDirection.ValueType  # 3
+TREND_DIRECTION_WORSENING: TrendDirection.ValueType  # 4
+Global___TrendDirection: _TypeAlias = TrendDirection  # noqa: Y015
+
+class _AnomalyScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnomalyScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnomalyScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANOMALY_SCOPE_UNSPECIFIED: _AnomalyScope.ValueType  # 0
+    ANOMALY_SCOPE_NAMESPACE: _AnomalyScope.ValueType  # 1
+    """Per namespace ("cluster/namespace", or the namespace alone in the default cluster)."""
+    ANOMALY_SCOPE_ALERT: _AnomalyScope.ValueType  # 2
+    """Per alert name."""
+
+class AnomalyScope(_AnomalyScope, metaclass=_AnomalyScopeEnumTypeWrapper):
+    """AnomalyScope is what an incident rate is counted per."""
+
+ANOMALY_SCOPE_UNSPECIFIED: AnomalyScope.ValueType  # 0
+ANOMALY_SCOPE_NAMESPACE: AnomalyScope.ValueType  # 1
+"""Per namespace ("cluster/namespace", or the namespace alone in the default cluster)."""
+ANOMALY_SCOPE_ALERT: AnomalyScope.ValueType  # 2
+"""Per alert name."""
+Global___AnomalyScope: _TypeAlias = AnomalyScope  # noqa: Y015
 
 @_typing.final
 class GetActionStatsRequest(_message.Message):
@@ -38,6 +89,48 @@ class GetActionStatsRequest(_message.Message):
 Global___GetActionStatsRequest: _TypeAlias = GetActionStatsRequest  # noqa: Y015
 
 @_typing.final
+class SuccessTrend(_message.Message):
+    """SuccessTrend compares the recent window (the last 7 days by default) with the one
+    before it (the 28 days before by default).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    RECENT_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    RECENT_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    RECENT_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    direction: Global___TrendDirection.ValueType
+    recent_attempts: _builtins.int
+    recent_success_rate: _builtins.float
+    """0 when there were no attempts."""
+    previous_attempts: _builtins.int
+    previous_success_rate: _builtins.float
+    recent_window_seconds: _builtins.int
+    previous_window_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        direction: Global___TrendDirection.ValueType = ...,
+        recent_attempts: _builtins.int = ...,
+        recent_success_rate: _builtins.float = ...,
+        previous_attempts: _builtins.int = ...,
+        previous_success_rate: _builtins.float = ...,
+        recent_window_seconds: _builtins.int = ...,
+        previous_window_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "previous_attempts", b"previous_attempts", "previous_success_rate", b"previous_success_rate", "previous_window_seconds", b"previous_window_seconds", "recent_attempts", b"recent_attempts", "recent_success_rate", b"recent_success_rate", "recent_window_seconds", b"recent_window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuccessTrend: _TypeAlias = SuccessTrend  # noqa: Y015
+
+@_typing.final
 class ActionStats(_message.Message):
     """ActionStats counts the recorded outcomes of one action for one alert name."""
 
@@ -49,6 +142,11 @@ class ActionStats(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     ROLLED_BACK_FIELD_NUMBER: _builtins.int
     SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    SUCCESS_LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    SUCCESS_UPPER_BOUND_FIELD_NUMBER: _builtins.int
+    ENOUGH_SAMPLES_FIELD_NUMBER: _builtins.int
+    TREND_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     attempts: _builtins.int
     """Actions that were applied (dry-runs and refusals are not attempts)."""
@@ -57,6 +155,19 @@ class ActionStats(_message.Message):
     rolled_back: _builtins.int
     success_rate: _builtins.float
     """succeeded / attempts; 0 when there were no attempts."""
+    success_lower_bound: _builtins.float
+    """The 95% Wilson score interval of the success rate (z = 1.96): where the true rate
+    lies given so few or so many attempts; [0, 1] with no attempts.
+    """
+    success_upper_bound: _builtins.float
+    enough_samples: _builtins.bool
+    """Whether there were at least KUBERNAUT_INTELLIGENCE_MIN_ATTEMPTS attempts; below it
+    the rate is "too few to judge".
+    """
+    alert_name: _builtins.str
+    """The alert name the outcomes are for."""
+    @_builtins.property
+    def trend(self) -> Global___SuccessTrend: ...
     def __init__(
         self,
         *,
@@ -66,10 +177,15 @@ class ActionStats(_message.Message):
         failed: _builtins.int = ...,
         rolled_back: _builtins.int = ...,
         success_rate: _builtins.float = ...,
+        success_lower_bound: _builtins.float = ...,
+        success_upper_bound: _builtins.float = ...,
+        enough_samples: _builtins.bool = ...,
+        trend: Global___SuccessTrend | None = ...,
+        alert_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trend", b"trend"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "failed", b"failed", "rolled_back", b"rolled_back", "succeeded", b"succeeded", "success_rate", b"success_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "alert_name", b"alert_name", "attempts", b"attempts", "enough_samples", b"enough_samples", "failed", b"failed", "rolled_back", b"rolled_back", "succeeded", b"succeeded", "success_lower_bound", b"success_lower_bound", "success_rate", b"success_rate", "success_upper_bound", b"success_upper_bound", "trend", b"trend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,3 +215,524 @@ class GetActionStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetActionStatsResponse: _TypeAlias = GetActionStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetRecurringIncidentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    MIN_INCIDENTS_FIELD_NUMBER: _builtins.int
+    alert_name: _builtins.str
+    """Only this alert name; empty means all."""
+    window_seconds: _builtins.int
+    """How far back, in seconds: 0 means KUBERNAUT_INTELLIGENCE_RECURRING_WINDOW_SECONDS
+    (7 days); at most 90 days.
+    """
+    min_incidents: _builtins.int
+    """How many incidents of one workload and alert within the window recur: 0 means
+    KUBERNAUT_INTELLIGENCE_RECURRING_MIN_INCIDENTS (3); otherwise at least 2.
+    """
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef:
+        """Only this workload (cluster, namespace, kind and name all equal); unset means all."""
+
+    def __init__(
+        self,
+        *,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        alert_name: _builtins.str = ...,
+        window_seconds: _builtins.int = ...,
+        min_incidents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "min_incidents", b"min_incidents", "subject", b"subject", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecurringIncidentsRequest: _TypeAlias = GetRecurringIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class RecurringIncident(_message.Message):
+    """RecurringIncident is one workload and alert whose fixes do not hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    FIXES_NOT_HELD_FIELD_NUMBER: _builtins.int
+    ACTIONS_TRIED_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    INCIDENT_IDS_FIELD_NUMBER: _builtins.int
+    alert_name: _builtins.str
+    incidents: _builtins.int
+    """Incidents of the workload and alert opened in the window."""
+    fixes_not_held: _builtins.int
+    """Of those, closed REMEDIATED (the action succeeded and was verified) and followed by
+    another incident of the same workload and alert.
+    """
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef: ...
+    @_builtins.property
+    def actions_tried(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The actions applied on its incidents (dry-runs and refusals left out), sorted."""
+
+    @_builtins.property
+    def first_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def incident_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its incidents, oldest first, at most 50."""
+
+    def __init__(
+        self,
+        *,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        alert_name: _builtins.str = ...,
+        incidents: _builtins.int = ...,
+        fixes_not_held: _builtins.int = ...,
+        actions_tried: _abc.Iterable[_builtins.str] | None = ...,
+        first_seen: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+        incident_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions_tried", b"actions_tried", "alert_name", b"alert_name", "first_seen", b"first_seen", "fixes_not_held", b"fixes_not_held", "incident_ids", b"incident_ids", "incidents", b"incidents", "last_seen", b"last_seen", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecurringIncident: _TypeAlias = RecurringIncident  # noqa: Y015
+
+@_typing.final
+class GetRecurringIncidentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when the window held more incidents than the service reads at once
+    (KUBERNAUT_INTELLIGENCE_MAX_INCIDENTS): the newest were looked at.
+    """
+    @_builtins.property
+    def recurring(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecurringIncident]:
+        """Most incidents first."""
+
+    def __init__(
+        self,
+        *,
+        recurring: _abc.Iterable[Global___RecurringIncident] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring", b"recurring", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecurringIncidentsResponse: _TypeAlias = GetRecurringIncidentsResponse  # noqa: Y015
+
+@_typing.final
+class GetIncidentClustersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_INCIDENTS_FIELD_NUMBER: _builtins.int
+    MIN_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """How far back, in seconds: 0 means KUBERNAUT_INTELLIGENCE_CLUSTER_WINDOW_SECONDS
+    (30 days); at most 365 days.
+    """
+    max_incidents: _builtins.int
+    """At most this many of the most recent embedded incidents: 0 means
+    KUBERNAUT_INTELLIGENCE_CLUSTER_MAX_INCIDENTS (2000); at most 10000.
+    """
+    min_cluster_size: _builtins.int
+    """The fewest incidents a cluster has: 0 means
+    KUBERNAUT_INTELLIGENCE_CLUSTER_MIN_SIZE (5); otherwise at least 2.
+    """
+    def __init__(
+        self,
+        *,
+        window_seconds: _builtins.int = ...,
+        max_incidents: _builtins.int = ...,
+        min_cluster_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_incidents", b"max_incidents", "min_cluster_size", b"min_cluster_size", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentClustersRequest: _TypeAlias = GetIncidentClustersRequest  # noqa: Y015
+
+@_typing.final
+class IncidentCluster(_message.Message):
+    """IncidentCluster is a group of incidents with similar descriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    COMMON_ALERT_FIELD_NUMBER: _builtins.int
+    COMMON_ALERT_SHARE_FIELD_NUMBER: _builtins.int
+    COMMON_NAMESPACE_FIELD_NUMBER: _builtins.int
+    COMMON_NAMESPACE_SHARE_FIELD_NUMBER: _builtins.int
+    WORKLOADS_FIELD_NUMBER: _builtins.int
+    REMEDIATED_SHARE_FIELD_NUMBER: _builtins.int
+    INCIDENT_IDS_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.int
+    """Its place in this answer (0 is the largest); not stable from one call to the next."""
+    size: _builtins.int
+    common_alert: _builtins.str
+    """The alert name most of its incidents have, and the share of them that have it."""
+    common_alert_share: _builtins.float
+    common_namespace: _builtins.str
+    """The namespace most of its incidents are in ("" for cluster-scoped subjects), and
+    the share of them in it.
+    """
+    common_namespace_share: _builtins.float
+    workloads: _builtins.int
+    """How many different workloads its incidents are about."""
+    remediated_share: _builtins.float
+    """The share of its incidents closed REMEDIATED."""
+    @_builtins.property
+    def incident_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its incidents, newest first, at most 20."""
+
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.int = ...,
+        size: _builtins.int = ...,
+        common_alert: _builtins.str = ...,
+        common_alert_share: _builtins.float = ...,
+        common_namespace: _builtins.str = ...,
+        common_namespace_share: _builtins.float = ...,
+        workloads: _builtins.int = ...,
+        remediated_share: _builtins.float = ...,
+        incident_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "common_alert", b"common_alert", "common_alert_share", b"common_alert_share", "common_namespace", b"common_namespace", "common_namespace_share", b"common_namespace_share", "incident_ids", b"incident_ids", "remediated_share", b"remediated_share", "size", b"size", "workloads", b"workloads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentCluster: _TypeAlias = IncidentCluster  # noqa: Y015
+
+@_typing.final
+class GetIncidentClustersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    UNCLUSTERED_FIELD_NUMBER: _builtins.int
+    embedding_model: _builtins.str
+    """The embedding model of the vectors compared (the newest incident's; incidents
+    embedded by another model are left out).
+    """
+    incidents: _builtins.int
+    """Embedded incidents looked at, and how many of them are in no cluster."""
+    unclustered: _builtins.int
+    @_builtins.property
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___IncidentCluster]:
+        """Largest first."""
+
+    def __init__(
+        self,
+        *,
+        clusters: _abc.Iterable[Global___IncidentCluster] | None = ...,
+        embedding_model: _builtins.str = ...,
+        incidents: _builtins.int = ...,
+        unclustered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "embedding_model", b"embedding_model", "incidents", b"incidents", "unclustered", b"unclustered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIncidentClustersResponse: _TypeAlias = GetIncidentClustersResponse  # noqa: Y015
+
+@_typing.final
+class GetAnomaliesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnomaliesRequest: _TypeAlias = GetAnomaliesRequest  # noqa: Y015
+
+@_typing.final
+class Anomaly(_message.Message):
+    """Anomaly is a key whose incidents in the last bucket are far above its baseline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    BASELINE_MEAN_FIELD_NUMBER: _builtins.int
+    BASELINE_STDDEV_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    scope: Global___AnomalyScope.ValueType
+    key: _builtins.str
+    count: _builtins.int
+    """Incidents opened in the last bucket."""
+    baseline_mean: _builtins.float
+    """The incidents per bucket in the baseline buckets before it."""
+    baseline_stddev: _builtins.float
+    threshold: _builtins.float
+    """mean + k * max(stddev, 1): a count above it (and at least the minimum count) is an
+    anomaly.
+    """
+    def __init__(
+        self,
+        *,
+        scope: Global___AnomalyScope.ValueType = ...,
+        key: _builtins.str = ...,
+        count: _builtins.int = ...,
+        baseline_mean: _builtins.float = ...,
+        baseline_stddev: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_mean", b"baseline_mean", "baseline_stddev", b"baseline_stddev", "count", b"count", "key", b"key", "scope", b"scope", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Anomaly: _TypeAlias = Anomaly  # noqa: Y015
+
+@_typing.final
+class GetAnomaliesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANOMALIES_FIELD_NUMBER: _builtins.int
+    BUCKET_START_FIELD_NUMBER: _builtins.int
+    BUCKET_END_FIELD_NUMBER: _builtins.int
+    BASELINE_BUCKETS_FIELD_NUMBER: _builtins.int
+    baseline_buckets: _builtins.int
+    """How many buckets before it make the baseline."""
+    @_builtins.property
+    def anomalies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Anomaly]:
+        """Furthest above their threshold first."""
+
+    @_builtins.property
+    def bucket_start(self) -> _timestamp_pb2.Timestamp:
+        """The last bucket: [bucket_start, bucket_end)."""
+
+    @_builtins.property
+    def bucket_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        anomalies: _abc.Iterable[Global___Anomaly] | None = ...,
+        bucket_start: _timestamp_pb2.Timestamp | None = ...,
+        bucket_end: _timestamp_pb2.Timestamp | None = ...,
+        baseline_buckets: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_end", b"bucket_end", "bucket_start", b"bucket_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "baseline_buckets", b"baseline_buckets", "bucket_end", b"bucket_end", "bucket_start", b"bucket_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnomaliesResponse: _TypeAlias = GetAnomaliesResponse  # noqa: Y015
+
+@_typing.final
+class GetInsightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """How far back, in seconds: 0 means 7 days; at most 90 days."""
+    top: _builtins.int
+    """At most this many rows per table: 0 means 5; at most 50."""
+    def __init__(
+        self,
+        *,
+        window_seconds: _builtins.int = ...,
+        top: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["top", b"top", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInsightsRequest: _TypeAlias = GetInsightsRequest  # noqa: Y015
+
+@_typing.final
+class NoisyAlert(_message.Message):
+    """NoisyAlert is one alert name and how much it fired in the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
+    WORKLOADS_FIELD_NUMBER: _builtins.int
+    alert_name: _builtins.str
+    incidents: _builtins.int
+    """Incidents it opened."""
+    occurrences: _builtins.int
+    """Alerts counted on those incidents (the opening one included)."""
+    workloads: _builtins.int
+    """Different workloads among them."""
+    def __init__(
+        self,
+        *,
+        alert_name: _builtins.str = ...,
+        incidents: _builtins.int = ...,
+        occurrences: _builtins.int = ...,
+        workloads: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "incidents", b"incidents", "occurrences", b"occurrences", "workloads", b"workloads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NoisyAlert: _TypeAlias = NoisyAlert  # noqa: Y015
+
+@_typing.final
+class TimeSaved(_message.Message):
+    """TimeSaved is what remediation without a person spared people."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMEDIATED_FIELD_NUMBER: _builtins.int
+    WITHOUT_A_PERSON_FIELD_NUMBER: _builtins.int
+    MINUTES_PER_INCIDENT_FIELD_NUMBER: _builtins.int
+    MINUTES_SAVED_FIELD_NUMBER: _builtins.int
+    remediated: _builtins.int
+    """Incidents of the window closed REMEDIATED."""
+    without_a_person: _builtins.int
+    """Of those, the ones no person approved or acted on (no DecideApproval, CreateWorkflow,
+    ExecuteAction or RollbackAction by a person in the audit trail).
+    """
+    minutes_per_incident: _builtins.float
+    """KUBERNAUT_INTELLIGENCE_MINUTES_PER_MANUAL_INCIDENT."""
+    minutes_saved: _builtins.float
+    """without_a_person * minutes_per_incident."""
+    def __init__(
+        self,
+        *,
+        remediated: _builtins.int = ...,
+        without_a_person: _builtins.int = ...,
+        minutes_per_incident: _builtins.float = ...,
+        minutes_saved: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["minutes_per_incident", b"minutes_per_incident", "minutes_saved", b"minutes_saved", "remediated", b"remediated", "without_a_person", b"without_a_person"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeSaved: _TypeAlias = TimeSaved  # noqa: Y015
+
+@_typing.final
+class InsightReport(_message.Message):
+    """InsightReport is what Kubernaut learned from one window of its history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
+    RECURRING_FIELD_NUMBER: _builtins.int
+    LEAST_EFFECTIVE_ACTIONS_FIELD_NUMBER: _builtins.int
+    NOISIEST_ALERTS_FIELD_NUMBER: _builtins.int
+    TIME_SAVED_FIELD_NUMBER: _builtins.int
+    TOO_FEW_TO_JUDGE_FIELD_NUMBER: _builtins.int
+    MIN_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    incidents: _builtins.int
+    """Incidents opened in the window, and alerts counted on them."""
+    alerts: _builtins.int
+    too_few_to_judge: _builtins.int
+    """Actions per alert name tried in the window with too few attempts to judge."""
+    min_attempts: _builtins.int
+    """The attempts an action needs to be judged."""
+    truncated: _builtins.bool
+    """True when the window held more incidents or actions than the service reads at once:
+    the newest were looked at.
+    """
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def recurring(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecurringIncident]:
+        """Most incidents first."""
+
+    @_builtins.property
+    def least_effective_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionStats]:
+        """Actions per alert name with enough attempts in the window, lowest
+        success_lower_bound first.
+        """
+
+    @_builtins.property
+    def noisiest_alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___NoisyAlert]:
+        """Most alerts first."""
+
+    @_builtins.property
+    def time_saved(self) -> Global___TimeSaved: ...
+    def __init__(
+        self,
+        *,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        incidents: _builtins.int = ...,
+        alerts: _builtins.int = ...,
+        recurring: _abc.Iterable[Global___RecurringIncident] | None = ...,
+        least_effective_actions: _abc.Iterable[Global___ActionStats] | None = ...,
+        noisiest_alerts: _abc.Iterable[Global___NoisyAlert] | None = ...,
+        time_saved: Global___TimeSaved | None = ...,
+        too_few_to_judge: _builtins.int = ...,
+        min_attempts: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time_saved", b"time_saved", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "incidents", b"incidents", "least_effective_actions", b"least_effective_actions", "min_attempts", b"min_attempts", "noisiest_alerts", b"noisiest_alerts", "recurring", b"recurring", "time_saved", b"time_saved", "too_few_to_judge", b"too_few_to_judge", "truncated", b"truncated", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InsightReport: _TypeAlias = InsightReport  # noqa: Y015
+
+@_typing.final
+class GetInsightsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___InsightReport: ...
+    def __init__(
+        self,
+        *,
+        report: Global___InsightReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInsightsResponse: _TypeAlias = GetInsightsResponse  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class IntelligenceServiceStub(object):
-    """IntelligenceService finds patterns in Kubernaut's history.
+    """IntelligenceService finds patterns in Kubernaut's history. It reads that history only
+    through storage's API; the settings it falls back on are KUBERNAUT_INTELLIGENCE_*.
     """
 
     def __init__(self, channel):
@@ -40,18 +41,92 @@ class IntelligenceServiceStub(object):
                 request_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetActionStatsRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetActionStatsResponse.FromString,
                 _registered_method=True)
+        self.GetRecurringIncidents = channel.unary_unary(
+                '/kubernaut.intelligence.v1.IntelligenceService/GetRecurringIncidents',
+                request_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetRecurringIncidentsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetRecurringIncidentsResponse.FromString,
+                _registered_method=True)
+        self.GetIncidentClusters = channel.unary_unary(
+                '/kubernaut.intelligence.v1.IntelligenceService/GetIncidentClusters',
+                request_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetIncidentClustersRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetIncidentClustersResponse.FromString,
+                _registered_method=True)
+        self.GetAnomalies = channel.unary_unary(
+                '/kubernaut.intelligence.v1.IntelligenceService/GetAnomalies',
+                request_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetAnomaliesRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetAnomaliesResponse.FromString,
+                _registered_method=True)
+        self.GetInsights = channel.unary_unary(
+                '/kubernaut.intelligence.v1.IntelligenceService/GetInsights',
+                request_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetInsightsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetInsightsResponse.FromString,
+                _registered_method=True)
 
 
 class IntelligenceServiceServicer(object):
-    """IntelligenceService finds patterns in Kubernaut's history.
+    """IntelligenceService finds patterns in Kubernaut's history. It reads that history only
+    through storage's API; the settings it falls back on are KUBERNAUT_INTELLIGENCE_*.
     """
 
     def GetActionStats(self, request, context):
         """GetActionStats returns, for one alert name, how each action has fared, computed
-        from the action history in storage.
+        from the action history in storage: counts, the success rate with its 95% Wilson
+        interval, whether there were enough attempts to judge, and its trend.
         Returns OK (with no entries when there is no history); INVALID_ARGUMENT (with
         field violations) for a malformed alert name; UNAVAILABLE when storage cannot be
         reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecurringIncidents(self, request, context):
+        """GetRecurringIncidents returns the workloads whose incidents of one alert keep coming
+        back after fixes that were judged successful: at least min_incidents incidents of the
+        same workload (cluster, namespace, kind, name) and alert opened within the window, at
+        least one of them closed REMEDIATED and followed by another ("the fix does not hold").
+        Returns OK (with no entries when nothing recurs); INVALID_ARGUMENT (with field
+        violations) for a malformed filter, window or count; UNAVAILABLE when storage cannot
+        be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIncidentClusters(self, request, context):
+        """GetIncidentClusters groups the most recent incidents, across workloads, by how similar
+        the embeddings of their descriptions are (HDBSCAN over unit vectors), and sums up each
+        group: its size, its most common alert and namespace, and how often it was remediated.
+        Incidents like no others are in no cluster.
+        Returns OK (with no clusters when too few incidents are embedded); INVALID_ARGUMENT
+        (with field violations) for a malformed window or bound; UNAVAILABLE when storage
+        cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnomalies(self, request, context):
+        """GetAnomalies compares the incidents opened in the last bucket (an hour by default),
+        per namespace and per alert name, with the same key's own baseline (the buckets
+        before): a count above the baseline's mean + k standard deviations, and at least the
+        minimum count, is an anomaly. The answer also sets the gauge
+        kubernaut_intelligence_anomalies{scope,key} (which the service also evaluates
+        periodically).
+        Returns OK (with no entries when nothing is unusual); UNAVAILABLE when storage cannot
+        be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInsights(self, request, context):
+        """GetInsights returns the report of a window (a week by default): the recurring
+        incidents, the least effective actions by the lower bound of their success rate, the
+        noisiest alerts, and the time saved by incidents remediated without a person.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed window or size;
+        UNAVAILABLE when storage cannot be reached (safe to retry); PERMISSION_DENIED for
+        callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +140,26 @@ def add_IntelligenceServiceServicer_to_server(servicer, server):
                     request_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetActionStatsRequest.FromString,
                     response_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetActionStatsResponse.SerializeToString,
             ),
+            'GetRecurringIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecurringIncidents,
+                    request_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetRecurringIncidentsRequest.FromString,
+                    response_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetRecurringIncidentsResponse.SerializeToString,
+            ),
+            'GetIncidentClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIncidentClusters,
+                    request_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetIncidentClustersRequest.FromString,
+                    response_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetIncidentClustersResponse.SerializeToString,
+            ),
+            'GetAnomalies': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnomalies,
+                    request_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetAnomaliesRequest.FromString,
+                    response_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetAnomaliesResponse.SerializeToString,
+            ),
+            'GetInsights': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInsights,
+                    request_deserializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetInsightsRequest.FromString,
+                    response_serializer=kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetInsightsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kubernaut.intelligence.v1.IntelligenceService', rpc_method_handlers)
@@ -74,7 +169,8 @@ def add_IntelligenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class IntelligenceService(object):
-    """IntelligenceService finds patterns in Kubernaut's history.
+    """IntelligenceService finds patterns in Kubernaut's history. It reads that history only
+    through storage's API; the settings it falls back on are KUBERNAUT_INTELLIGENCE_*.
     """
 
     @staticmethod
@@ -94,6 +190,114 @@ class IntelligenceService(object):
             '/kubernaut.intelligence.v1.IntelligenceService/GetActionStats',
             kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetActionStatsRequest.SerializeToString,
             kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetActionStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecurringIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.intelligence.v1.IntelligenceService/GetRecurringIncidents',
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetRecurringIncidentsRequest.SerializeToString,
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetRecurringIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIncidentClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.intelligence.v1.IntelligenceService/GetIncidentClusters',
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetIncidentClustersRequest.SerializeToString,
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetIncidentClustersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnomalies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.intelligence.v1.IntelligenceService/GetAnomalies',
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetAnomaliesRequest.SerializeToString,
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetAnomaliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInsights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.intelligence.v1.IntelligenceService/GetInsights',
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetInsightsRequest.SerializeToString,
+            kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2.GetInsightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

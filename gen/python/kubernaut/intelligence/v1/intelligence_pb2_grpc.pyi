@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class IntelligenceServiceStub:
-    """IntelligenceService finds patterns in Kubernaut's history."""
+    """IntelligenceService finds patterns in Kubernaut's history. It reads that history only
+    through storage's API; the settings it falls back on are KUBERNAUT_INTELLIGENCE_*.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -35,27 +37,105 @@ class IntelligenceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> IntelligenceServiceAsyncStub: ...
     GetActionStats: _grpc.UnaryUnaryMultiCallable[_intelligence_pb2.GetActionStatsRequest, _intelligence_pb2.GetActionStatsResponse]
     """GetActionStats returns, for one alert name, how each action has fared, computed
-    from the action history in storage.
+    from the action history in storage: counts, the success rate with its 95% Wilson
+    interval, whether there were enough attempts to judge, and its trend.
     Returns OK (with no entries when there is no history); INVALID_ARGUMENT (with
     field violations) for a malformed alert name; UNAVAILABLE when storage cannot be
     reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetRecurringIncidents: _grpc.UnaryUnaryMultiCallable[_intelligence_pb2.GetRecurringIncidentsRequest, _intelligence_pb2.GetRecurringIncidentsResponse]
+    """GetRecurringIncidents returns the workloads whose incidents of one alert keep coming
+    back after fixes that were judged successful: at least min_incidents incidents of the
+    same workload (cluster, namespace, kind, name) and alert opened within the window, at
+    least one of them closed REMEDIATED and followed by another ("the fix does not hold").
+    Returns OK (with no entries when nothing recurs); INVALID_ARGUMENT (with field
+    violations) for a malformed filter, window or count; UNAVAILABLE when storage cannot
+    be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetIncidentClusters: _grpc.UnaryUnaryMultiCallable[_intelligence_pb2.GetIncidentClustersRequest, _intelligence_pb2.GetIncidentClustersResponse]
+    """GetIncidentClusters groups the most recent incidents, across workloads, by how similar
+    the embeddings of their descriptions are (HDBSCAN over unit vectors), and sums up each
+    group: its size, its most common alert and namespace, and how often it was remediated.
+    Incidents like no others are in no cluster.
+    Returns OK (with no clusters when too few incidents are embedded); INVALID_ARGUMENT
+    (with field violations) for a malformed window or bound; UNAVAILABLE when storage
+    cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetAnomalies: _grpc.UnaryUnaryMultiCallable[_intelligence_pb2.GetAnomaliesRequest, _intelligence_pb2.GetAnomaliesResponse]
+    """GetAnomalies compares the incidents opened in the last bucket (an hour by default),
+    per namespace and per alert name, with the same key's own baseline (the buckets
+    before): a count above the baseline's mean + k standard deviations, and at least the
+    minimum count, is an anomaly. The answer also sets the gauge
+    kubernaut_intelligence_anomalies{scope,key} (which the service also evaluates
+    periodically).
+    Returns OK (with no entries when nothing is unusual); UNAVAILABLE when storage cannot
+    be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetInsights: _grpc.UnaryUnaryMultiCallable[_intelligence_pb2.GetInsightsRequest, _intelligence_pb2.GetInsightsResponse]
+    """GetInsights returns the report of a window (a week by default): the recurring
+    incidents, the least effective actions by the lower bound of their success rate, the
+    noisiest alerts, and the time saved by incidents remediated without a person.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed window or size;
+    UNAVAILABLE when storage cannot be reached (safe to retry); PERMISSION_DENIED for
+    callers outside the call table.
     """
 
 @_typing.type_check_only
 class IntelligenceServiceAsyncStub(IntelligenceServiceStub):
-    """IntelligenceService finds patterns in Kubernaut's history."""
+    """IntelligenceService finds patterns in Kubernaut's history. It reads that history only
+    through storage's API; the settings it falls back on are KUBERNAUT_INTELLIGENCE_*.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetActionStats: _aio.UnaryUnaryMultiCallable[_intelligence_pb2.GetActionStatsRequest, _intelligence_pb2.GetActionStatsResponse]  # type: ignore[assignment]
     """GetActionStats returns, for one alert name, how each action has fared, computed
-    from the action history in storage.
+    from the action history in storage: counts, the success rate with its 95% Wilson
+    interval, whether there were enough attempts to judge, and its trend.
     Returns OK (with no entries when there is no history); INVALID_ARGUMENT (with
     field violations) for a malformed alert name; UNAVAILABLE when storage cannot be
     reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
+    GetRecurringIncidents: _aio.UnaryUnaryMultiCallable[_intelligence_pb2.GetRecurringIncidentsRequest, _intelligence_pb2.GetRecurringIncidentsResponse]  # type: ignore[assignment]
+    """GetRecurringIncidents returns the workloads whose incidents of one alert keep coming
+    back after fixes that were judged successful: at least min_incidents incidents of the
+    same workload (cluster, namespace, kind, name) and alert opened within the window, at
+    least one of them closed REMEDIATED and followed by another ("the fix does not hold").
+    Returns OK (with no entries when nothing recurs); INVALID_ARGUMENT (with field
+    violations) for a malformed filter, window or count; UNAVAILABLE when storage cannot
+    be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetIncidentClusters: _aio.UnaryUnaryMultiCallable[_intelligence_pb2.GetIncidentClustersRequest, _intelligence_pb2.GetIncidentClustersResponse]  # type: ignore[assignment]
+    """GetIncidentClusters groups the most recent incidents, across workloads, by how similar
+    the embeddings of their descriptions are (HDBSCAN over unit vectors), and sums up each
+    group: its size, its most common alert and namespace, and how often it was remediated.
+    Incidents like no others are in no cluster.
+    Returns OK (with no clusters when too few incidents are embedded); INVALID_ARGUMENT
+    (with field violations) for a malformed window or bound; UNAVAILABLE when storage
+    cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetAnomalies: _aio.UnaryUnaryMultiCallable[_intelligence_pb2.GetAnomaliesRequest, _intelligence_pb2.GetAnomaliesResponse]  # type: ignore[assignment]
+    """GetAnomalies compares the incidents opened in the last bucket (an hour by default),
+    per namespace and per alert name, with the same key's own baseline (the buckets
+    before): a count above the baseline's mean + k standard deviations, and at least the
+    minimum count, is an anomaly. The answer also sets the gauge
+    kubernaut_intelligence_anomalies{scope,key} (which the service also evaluates
+    periodically).
+    Returns OK (with no entries when nothing is unusual); UNAVAILABLE when storage cannot
+    be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    GetInsights: _aio.UnaryUnaryMultiCallable[_intelligence_pb2.GetInsightsRequest, _intelligence_pb2.GetInsightsResponse]  # type: ignore[assignment]
+    """GetInsights returns the report of a window (a week by default): the recurring
+    incidents, the least effective actions by the lower bound of their success rate, the
+    noisiest alerts, and the time saved by incidents remediated without a person.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed window or size;
+    UNAVAILABLE when storage cannot be reached (safe to retry); PERMISSION_DENIED for
+    callers outside the call table.
+    """
 
 class IntelligenceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """IntelligenceService finds patterns in Kubernaut's history."""
+    """IntelligenceService finds patterns in Kubernaut's history. It reads that history only
+    through storage's API; the settings it falls back on are KUBERNAUT_INTELLIGENCE_*.
+    """
 
     @_abc_1.abstractmethod
     def GetActionStats(
@@ -64,10 +144,71 @@ class IntelligenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_intelligence_pb2.GetActionStatsResponse, _abc.Awaitable[_intelligence_pb2.GetActionStatsResponse]]:
         """GetActionStats returns, for one alert name, how each action has fared, computed
-        from the action history in storage.
+        from the action history in storage: counts, the success rate with its 95% Wilson
+        interval, whether there were enough attempts to judge, and its trend.
         Returns OK (with no entries when there is no history); INVALID_ARGUMENT (with
         field violations) for a malformed alert name; UNAVAILABLE when storage cannot be
         reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRecurringIncidents(
+        self,
+        request: _intelligence_pb2.GetRecurringIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intelligence_pb2.GetRecurringIncidentsResponse, _abc.Awaitable[_intelligence_pb2.GetRecurringIncidentsResponse]]:
+        """GetRecurringIncidents returns the workloads whose incidents of one alert keep coming
+        back after fixes that were judged successful: at least min_incidents incidents of the
+        same workload (cluster, namespace, kind, name) and alert opened within the window, at
+        least one of them closed REMEDIATED and followed by another ("the fix does not hold").
+        Returns OK (with no entries when nothing recurs); INVALID_ARGUMENT (with field
+        violations) for a malformed filter, window or count; UNAVAILABLE when storage cannot
+        be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIncidentClusters(
+        self,
+        request: _intelligence_pb2.GetIncidentClustersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intelligence_pb2.GetIncidentClustersResponse, _abc.Awaitable[_intelligence_pb2.GetIncidentClustersResponse]]:
+        """GetIncidentClusters groups the most recent incidents, across workloads, by how similar
+        the embeddings of their descriptions are (HDBSCAN over unit vectors), and sums up each
+        group: its size, its most common alert and namespace, and how often it was remediated.
+        Incidents like no others are in no cluster.
+        Returns OK (with no clusters when too few incidents are embedded); INVALID_ARGUMENT
+        (with field violations) for a malformed window or bound; UNAVAILABLE when storage
+        cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAnomalies(
+        self,
+        request: _intelligence_pb2.GetAnomaliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intelligence_pb2.GetAnomaliesResponse, _abc.Awaitable[_intelligence_pb2.GetAnomaliesResponse]]:
+        """GetAnomalies compares the incidents opened in the last bucket (an hour by default),
+        per namespace and per alert name, with the same key's own baseline (the buckets
+        before): a count above the baseline's mean + k standard deviations, and at least the
+        minimum count, is an anomaly. The answer also sets the gauge
+        kubernaut_intelligence_anomalies{scope,key} (which the service also evaluates
+        periodically).
+        Returns OK (with no entries when nothing is unusual); UNAVAILABLE when storage cannot
+        be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInsights(
+        self,
+        request: _intelligence_pb2.GetInsightsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intelligence_pb2.GetInsightsResponse, _abc.Awaitable[_intelligence_pb2.GetInsightsResponse]]:
+        """GetInsights returns the report of a window (a week by default): the recurring
+        incidents, the least effective actions by the lower bound of their success rate, the
+        noisiest alerts, and the time saved by incidents remediated without a person.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed window or size;
+        UNAVAILABLE when storage cannot be reached (safe to retry); PERMISSION_DENIED for
+        callers outside the call table.
         """
 
 def add_IntelligenceServiceServicer_to_server(servicer: IntelligenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -732,22 +732,40 @@ class ListIncidentsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OPENED_AFTER_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
     status: Global___IncidentStatus.ValueType
     """Only incidents with this status; unspecified means all."""
     page_size: _builtins.int
     """At most this many incidents; 0 means 100."""
     page_token: _builtins.str
-    """From a previous response's next_page_token."""
+    """From a previous response's next_page_token (of the same filter)."""
+    alert_name: _builtins.str
+    """Only incidents opened by this alert name; empty means all."""
+    @_builtins.property
+    def opened_after(self) -> _timestamp_pb2.Timestamp:
+        """Only incidents opened after this time (exclusive); unset means any time."""
+
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef:
+        """Only incidents about this subject (cluster, namespace, kind and name all equal);
+        unset means all subjects.
+        """
+
     def __init__(
         self,
         *,
         status: Global___IncidentStatus.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        opened_after: _timestamp_pb2.Timestamp | None = ...,
+        alert_name: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_after", b"opened_after", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "opened_after", b"opened_after", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -776,6 +794,111 @@ class ListIncidentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListIncidentsResponse: _TypeAlias = ListIncidentsResponse  # noqa: Y015
+
+@_typing.final
+class ListIncidentEmbeddingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENED_AFTER_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    embedding_model: _builtins.str
+    """Only embeddings made by this model; empty means any model (vectors of different
+    models are not comparable: see IncidentEmbedding.embedding_model).
+    """
+    page_size: _builtins.int
+    """At most this many embeddings; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token (of the same filter)."""
+    @_builtins.property
+    def opened_after(self) -> _timestamp_pb2.Timestamp:
+        """Only incidents opened after this time (exclusive); unset means any time."""
+
+    def __init__(
+        self,
+        *,
+        opened_after: _timestamp_pb2.Timestamp | None = ...,
+        embedding_model: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_after", b"opened_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_model", b"embedding_model", "opened_after", b"opened_after", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentEmbeddingsRequest: _TypeAlias = ListIncidentEmbeddingsRequest  # noqa: Y015
+
+@_typing.final
+class IncidentEmbedding(_message.Message):
+    """IncidentEmbedding is the embedding of one incident's description, with what a summary
+    of similar incidents needs about it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    ALERT_NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    embedding_model: _builtins.str
+    """The model that made the vector."""
+    alert_name: _builtins.str
+    status: Global___IncidentStatus.ValueType
+    @_builtins.property
+    def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        embedding_model: _builtins.str = ...,
+        vector: _abc.Iterable[_builtins.float] | None = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        alert_name: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
+        status: Global___IncidentStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "embedding_model", b"embedding_model", "incident_id", b"incident_id", "opened_at", b"opened_at", "status", b"status", "subject", b"subject", "vector", b"vector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentEmbedding: _TypeAlias = IncidentEmbedding  # noqa: Y015
+
+@_typing.final
+class ListIncidentEmbeddingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___IncidentEmbedding]: ...
+    def __init__(
+        self,
+        *,
+        embeddings: _abc.Iterable[Global___IncidentEmbedding] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIncidentEmbeddingsResponse: _TypeAlias = ListIncidentEmbeddingsResponse  # noqa: Y015
 
 @_typing.final
 class Assessment(_message.Message):
@@ -930,8 +1053,16 @@ class SearchSimilarIncidentsResponse(_message.Message):
 
     INCIDENTS_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    VECTOR_STORE_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
     embedding_model: _builtins.str
     """The embedding model that produced the vectors."""
+    vector_store: _builtins.str
+    """The vector store searched: pgvector, weaviate or pinecone."""
+    unavailable_reason: _builtins.str
+    """Set when the vector store could not be searched (unreachable, too slow): the answer
+    has no incidents for that reason, not because none is similar.
+    """
     @_builtins.property
     def incidents(self) -> _containers.RepeatedCompositeFieldContainer[Global___SimilarIncident]: ...
     def __init__(
@@ -939,10 +1070,12 @@ class SearchSimilarIncidentsResponse(_message.Message):
         *,
         incidents: _abc.Iterable[Global___SimilarIncident] | None = ...,
         embedding_model: _builtins.str = ...,
+        vector_store: _builtins.str = ...,
+        unavailable_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_model", b"embedding_model", "incidents", b"incidents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_model", b"embedding_model", "incidents", b"incidents", "unavailable_reason", b"unavailable_reason", "vector_store", b"vector_store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,11 @@ class StorageServiceStub(object):
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsResponse.FromString,
                 _registered_method=True)
+        self.ListIncidentEmbeddings = channel.unary_unary(
+                '/kubernaut.storage.v1.StorageService/ListIncidentEmbeddings',
+                request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentEmbeddingsRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentEmbeddingsResponse.FromString,
+                _registered_method=True)
         self.RecordAssessment = channel.unary_unary(
                 '/kubernaut.storage.v1.StorageService/RecordAssessment',
                 request_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.RecordAssessmentRequest.SerializeToString,
@@ -218,11 +223,23 @@ class StorageServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListIncidents(self, request, context):
-        """ListIncidents returns incidents, newest first, optionally of one status only, a
-        page at a time.
+        """ListIncidents returns incidents, newest first, optionally of one status, one alert
+        name, one subject and opened after a time only, a page at a time.
         Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
         when the database cannot be reached; PERMISSION_DENIED for callers outside the
         call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIncidentEmbeddings(self, request, context):
+        """ListIncidentEmbeddings returns the embeddings of incidents' descriptions (those
+        embedded), newest first, optionally of one embedding model and opened after a time
+        only, a page at a time: the input of intelligence's clusters of similar incidents.
+        Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE when
+        the database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside
+        the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,10 +259,12 @@ class StorageServiceServicer(object):
 
     def SearchSimilarIncidents(self, request, context):
         """SearchSimilarIncidents returns the past incidents nearest to a given one by the
-        embedding of their description, nearest first, the incident itself excluded.
-        Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
-        incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
-        callers outside the call table.
+        embedding of their description, nearest first, the incident itself excluded, from
+        the configured vector store (pgvector, Weaviate or Pinecone).
+        Returns OK, also when the vector store cannot be searched: then with no incidents
+        and `unavailable_reason` saying why; INVALID_ARGUMENT for a malformed request;
+        NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached;
+        PERMISSION_DENIED for callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -363,6 +382,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ListIncidents,
                     request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsRequest.FromString,
                     response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsResponse.SerializeToString,
+            ),
+            'ListIncidentEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidentEmbeddings,
+                    request_deserializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentEmbeddingsRequest.FromString,
+                    response_serializer=kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentEmbeddingsResponse.SerializeToString,
             ),
             'RecordAssessment': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordAssessment,
@@ -645,6 +669,33 @@ class StorageService(object):
             '/kubernaut.storage.v1.StorageService/ListIncidents',
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsRequest.SerializeToString,
             kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidentEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.storage.v1.StorageService/ListIncidentEmbeddings',
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentEmbeddingsRequest.SerializeToString,
+            kubernaut_dot_storage_dot_v1_dot_storage__pb2.ListIncidentEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

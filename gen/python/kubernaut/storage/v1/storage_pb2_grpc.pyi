@@ -98,11 +98,19 @@ class StorageServiceStub:
     callers outside the call table.
     """
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListIncidentsRequest, _storage_pb2.ListIncidentsResponse]
-    """ListIncidents returns incidents, newest first, optionally of one status only, a
-    page at a time.
+    """ListIncidents returns incidents, newest first, optionally of one status, one alert
+    name, one subject and opened after a time only, a page at a time.
     Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
     when the database cannot be reached; PERMISSION_DENIED for callers outside the
     call table.
+    """
+    ListIncidentEmbeddings: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListIncidentEmbeddingsRequest, _storage_pb2.ListIncidentEmbeddingsResponse]
+    """ListIncidentEmbeddings returns the embeddings of incidents' descriptions (those
+    embedded), newest first, optionally of one embedding model and opened after a time
+    only, a page at a time: the input of intelligence's clusters of similar incidents.
+    Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE when
+    the database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside
+    the call table.
     """
     RecordAssessment: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RecordAssessmentRequest, _storage_pb2.RecordAssessmentResponse]
     """RecordAssessment stores one effectiveness assessment of an action. Recording the
@@ -114,10 +122,12 @@ class StorageServiceStub:
     """
     SearchSimilarIncidents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SearchSimilarIncidentsRequest, _storage_pb2.SearchSimilarIncidentsResponse]
     """SearchSimilarIncidents returns the past incidents nearest to a given one by the
-    embedding of their description, nearest first, the incident itself excluded.
-    Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
-    incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
-    callers outside the call table.
+    embedding of their description, nearest first, the incident itself excluded, from
+    the configured vector store (pgvector, Weaviate or Pinecone).
+    Returns OK, also when the vector store cannot be searched: then with no incidents
+    and `unavailable_reason` saying why; INVALID_ARGUMENT for a malformed request;
+    NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached;
+    PERMISSION_DENIED for callers outside the call table.
     """
     RecordDroppedAlert: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RecordDroppedAlertRequest, _storage_pb2.RecordDroppedAlertResponse]
     """RecordDroppedAlert records a firing alert that did not become an incident, and why,
@@ -235,11 +245,19 @@ class StorageServiceAsyncStub(StorageServiceStub):
     callers outside the call table.
     """
     ListIncidents: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListIncidentsRequest, _storage_pb2.ListIncidentsResponse]  # type: ignore[assignment]
-    """ListIncidents returns incidents, newest first, optionally of one status only, a
-    page at a time.
+    """ListIncidents returns incidents, newest first, optionally of one status, one alert
+    name, one subject and opened after a time only, a page at a time.
     Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
     when the database cannot be reached; PERMISSION_DENIED for callers outside the
     call table.
+    """
+    ListIncidentEmbeddings: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListIncidentEmbeddingsRequest, _storage_pb2.ListIncidentEmbeddingsResponse]  # type: ignore[assignment]
+    """ListIncidentEmbeddings returns the embeddings of incidents' descriptions (those
+    embedded), newest first, optionally of one embedding model and opened after a time
+    only, a page at a time: the input of intelligence's clusters of similar incidents.
+    Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE when
+    the database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside
+    the call table.
     """
     RecordAssessment: _aio.UnaryUnaryMultiCallable[_storage_pb2.RecordAssessmentRequest, _storage_pb2.RecordAssessmentResponse]  # type: ignore[assignment]
     """RecordAssessment stores one effectiveness assessment of an action. Recording the
@@ -251,10 +269,12 @@ class StorageServiceAsyncStub(StorageServiceStub):
     """
     SearchSimilarIncidents: _aio.UnaryUnaryMultiCallable[_storage_pb2.SearchSimilarIncidentsRequest, _storage_pb2.SearchSimilarIncidentsResponse]  # type: ignore[assignment]
     """SearchSimilarIncidents returns the past incidents nearest to a given one by the
-    embedding of their description, nearest first, the incident itself excluded.
-    Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
-    incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
-    callers outside the call table.
+    embedding of their description, nearest first, the incident itself excluded, from
+    the configured vector store (pgvector, Weaviate or Pinecone).
+    Returns OK, also when the vector store cannot be searched: then with no incidents
+    and `unavailable_reason` saying why; INVALID_ARGUMENT for a malformed request;
+    NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached;
+    PERMISSION_DENIED for callers outside the call table.
     """
     RecordDroppedAlert: _aio.UnaryUnaryMultiCallable[_storage_pb2.RecordDroppedAlertRequest, _storage_pb2.RecordDroppedAlertResponse]  # type: ignore[assignment]
     """RecordDroppedAlert records a firing alert that did not become an incident, and why,
@@ -423,11 +443,25 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.ListIncidentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.ListIncidentsResponse, _abc.Awaitable[_storage_pb2.ListIncidentsResponse]]:
-        """ListIncidents returns incidents, newest first, optionally of one status only, a
-        page at a time.
+        """ListIncidents returns incidents, newest first, optionally of one status, one alert
+        name, one subject and opened after a time only, a page at a time.
         Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE
         when the database cannot be reached; PERMISSION_DENIED for callers outside the
         call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ListIncidentEmbeddings(
+        self,
+        request: _storage_pb2.ListIncidentEmbeddingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ListIncidentEmbeddingsResponse, _abc.Awaitable[_storage_pb2.ListIncidentEmbeddingsResponse]]:
+        """ListIncidentEmbeddings returns the embeddings of incidents' descriptions (those
+        embedded), newest first, optionally of one embedding model and opened after a time
+        only, a page at a time: the input of intelligence's clusters of similar incidents.
+        Returns OK; INVALID_ARGUMENT for a malformed filter or page token; UNAVAILABLE when
+        the database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside
+        the call table.
         """
 
     @_abc_1.abstractmethod
@@ -451,10 +485,12 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.SearchSimilarIncidentsResponse, _abc.Awaitable[_storage_pb2.SearchSimilarIncidentsResponse]]:
         """SearchSimilarIncidents returns the past incidents nearest to a given one by the
-        embedding of their description, nearest first, the incident itself excluded.
-        Returns OK; INVALID_ARGUMENT for a malformed request; NOT_FOUND for an unknown
-        incident; UNAVAILABLE when the database cannot be reached; PERMISSION_DENIED for
-        callers outside the call table.
+        embedding of their description, nearest first, the incident itself excluded, from
+        the configured vector store (pgvector, Weaviate or Pinecone).
+        Returns OK, also when the vector store cannot be searched: then with no incidents
+        and `unavailable_reason` saying why; INVALID_ARGUMENT for a malformed request;
+        NOT_FOUND for an unknown incident; UNAVAILABLE when the database cannot be reached;
+        PERMISSION_DENIED for callers outside the call table.
         """
 
     @_abc_1.abstractmethod
