@@ -83,6 +83,7 @@ SLOW_MODULES_FIRST: dict[str, float] = {
     "tests/integration/test_devstack_scenarios.py": 70,
     "tests/unit/test_fast_validation.py": 65,
     "tests/integration/test_executor_actions.py": 60,
+    "tests/integration/test_insights.py": 50,
 }
 
 

@@ -274,6 +274,52 @@ async def test_objects_that_have_not_opted_in_are_refused_and_not_changed(
     assert spec_before == spec_after == before["spec"]
 
 
+async def test_a_gitops_managed_object_is_not_patched_and_the_change_is_proposed(
+    admin: Admin, make_executor: ExecutorFactory, operator: StorageServiceStub
+) -> None:
+    """Argo CD would sync a patch away: the change is planned and dry-run, then refused,
+    and the refusal carries it as a kubectl patch; `gitops=apply` patches anyway."""
+    ns = await admin.namespace(managed=True)
+    await admin.create(ns)
+    tracking = "argocd.argoproj.io~1tracking-id"
+    await admin.patch(
+        ns,
+        "web",
+        [
+            {
+                "op": "add",
+                "path": f"/metadata/annotations/{tracking}",
+                "value": f"shop:apps/Deployment:{ns}/web",
+            }
+        ],
+    )
+    before = await admin.get(ns)
+    request = action_request(ns, scale_deployment={"replicas": 4})
+    result = await make_executor().execute(request)
+
+    assert outcome(result) == "ACTION_OUTCOME_REFUSED"
+    refusal = next(line for line in result.stages if line.startswith("gitops: refused"))
+    assert "Argo CD (application shop; annotation argocd.argoproj.io/tracking-id)" in refusal
+    patch = (
+        f"kubectl patch deployment web -n {ns} --type=json -p "
+        f"""'[{{"op":"replace","path":"/spec/replicas","value":4}}]'"""
+    )
+    assert refusal.endswith(patch)
+    assert any(line.startswith("dry-run") for line in result.stages)
+    after = await admin.get(ns)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    record = await stored(operator, request)
+    assert record.outcome == O.ACTION_OUTCOME_REFUSED
+    assert "change it in Git instead" in record.message and patch in record.message
+
+    applied = await make_executor(gitops="apply").execute(
+        action_request(ns, scale_deployment={"replicas": 4})
+    )
+    assert outcome(applied) == "ACTION_OUTCOME_SUCCEEDED"
+    assert any("applying anyway" in line for line in applied.stages)
+    assert (await admin.get(ns))["spec"]["replicas"] == 4
+
+
 async def test_a_missing_target_fails_and_says_so(
     admin: Admin, make_executor: ExecutorFactory, operator: StorageServiceStub
 ) -> None:

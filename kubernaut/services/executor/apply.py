@@ -21,9 +21,11 @@ from kubernaut.services.executor.changes import (
     template_hash_label,
 )
 from kubernaut.services.executor.cluster import ApiError
+from kubernaut.services.executor.gitops import gitops_owner, proposed_patch
 from kubernaut.services.executor.operations import DRY_RUN, SUCCEEDED, Outcome, Verified, content_of
 from kubernaut.services.executor.record import record_view
-from kubernaut.services.executor.run import Finished, Run, now
+from kubernaut.services.executor.run import Finished, Run, now, where
+from kubernaut.services.executor.settings import GitOpsChanges
 from kubernaut.services.executor.store import ActionState, ExecutorStoreUnavailable
 
 
@@ -67,6 +69,18 @@ async def prepare(run: Run, target: dict[str, Any]) -> None:
     run.stage(f"plan: {change.summary}")
     await operation.dry_run(run, target, change)
     await run.save()  # the stages so far, for GetActionProgress
+    owner = gitops_owner(target)
+    if owner is not None and run.settings.gitops is GitOpsChanges.NOTIFY:
+        patch = proposed_patch(run.ref, change)
+        run.refuse(
+            f"gitops: refused: {owner.describe()} manages {where(run.ref)} and would revert "
+            f"a patch (KUBERNAUT_EXECUTOR_GITOPS=notify); proposed change: {patch}",
+            f"{run.what()} not applied: {where(run.ref)} is managed by {owner.describe()}, "
+            f"which would revert it; change it in Git instead. Proposed change "
+            f"({change.summary}): {patch}",
+        )
+    if owner is not None:
+        run.stage(f"gitops: {owner.describe()} manages it; applying anyway (GITOPS=apply)")
     if run.settings.dry_run:
         raise Finished(DRY_RUN, f"{run.what()}: dry-run only, not applied: {change.summary}")
     await _snapshot(run, target, change)

@@ -14,6 +14,8 @@ One call runs these stages in order, each reported as a line of `stages`:
   plan      compute the change from the target as it is and the parameters
   dry-run   the exact request with dryRun=All; a rejection FAILS with the API's message;
             in the executor's dry-run mode the action ends here as DRY_RUN
+  gitops    a target Argo CD or Flux manages is REFUSED with the change as a proposed
+            kubectl patch (the controller would revert it; KUBERNAUT_EXECUTOR_GITOPS)
   snapshot  the target's content, resourceVersion and pod-template hashes, and the change,
             stored in the executor's schema before anything is applied
   apply     the change, with the snapshot's resourceVersion as a precondition: a target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from typing import Annotated, Final
 
@@ -9,6 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubernaut.runtime.settings import OptionalDatabaseUrl, database_url_field
+
+
+class GitOpsChanges(enum.StrEnum):
+    """What the executor does with a change to an object a GitOps controller manages
+    (kubernaut.services.executor.gitops)."""
+
+    # Refuse, with the proposed change as a patch for the manifests' owners.
+    NOTIFY = "notify"
+    # Patch it anyway.
+    APPLY = "apply"
+
 
 DEFAULT_PROTECTED_NAMESPACES: Final = frozenset(
     {"kube-system", "kube-public", "kube-node-lease", "istio-system", "kubernaut"}
@@ -51,6 +63,10 @@ class ExecutorSettings(BaseSettings):
     require_opt_in: bool = True
     # Dry-run every action and stop there (outcome ACTION_OUTCOME_DRY_RUN).
     dry_run: bool = False
+    # A target Argo CD or Flux manages (their tracking annotation or labels): `notify`
+    # refuses to patch it (the controller would revert it) and returns the proposed change
+    # as a kubectl patch for the manifests' owners; `apply` patches it anyway.
+    gitops: GitOpsChanges = GitOpsChanges.NOTIFY
     # How long a change (and a rollback) may take to roll out before it counts as failed.
     verify_timeout_seconds: float = Field(default=120.0, gt=0)
     # How often verification looks at the Deployment and its pods.
