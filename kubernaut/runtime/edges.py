@@ -120,7 +120,12 @@ EDGES: tuple[Edge, ...] = (
         "history for pattern discovery: actions, incidents, their embeddings (clusters) and"
         " who approved (time saved)",
     ),
-    _edge(S.EFFECTIVENESS, S.INTELLIGENCE, "GetActionStats", "pattern insights for verdicts"),
+    _edge(
+        S.EFFECTIVENESS,
+        S.INTELLIGENCE,
+        "GetActionStats GetRecurringIncidents",
+        "pattern insights for verdicts: success rates, fixes that do not hold",
+    ),
     _edge(S.EFFECTIVENESS, S.STORAGE, "RecordAssessment", "record verdicts"),
     _edge(
         S.EFFECTIVENESS,
@@ -135,12 +140,6 @@ EDGES: tuple[Edge, ...] = (
         "history and similar incidents as context",
     ),
     _edge(S.CONTEXT_API, S.EFFECTIVENESS, "GetActionEffectiveness", "how past fixes worked"),
-    _edge(
-        S.CONTEXT_API,
-        S.INTELLIGENCE,
-        "GetRecurringIncidents",
-        "whether the incident's workload and alert recur after fixes",
-    ),
 )
 
 # Operators (grpcurl, the kubernaut CLI) may call everything except the audit-trail

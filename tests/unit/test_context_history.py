@@ -20,20 +20,12 @@ SUBJECT = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web")
 
 
 class Sources:
-    """Storage, effectiveness and intelligence as the reader sees them; counts the calls.
-    `recurring` is what intelligence answers; an exception is raised instead."""
+    """Storage and effectiveness as the reader sees them; counts the calls. `recurrence`
+    is what effectiveness says of the subject's alert recurring (or why it could not)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
-        self.recurring: list[intelligence_pb2.RecurringIncident] | Exception = []
-
-    async def GetRecurringIncidents(
-        self, request: intelligence_pb2.GetRecurringIncidentsRequest, **_: Any
-    ) -> Any:
-        self.calls.append(f"GetRecurringIncidents {request.alert_name}")
-        if isinstance(self.recurring, Exception):
-            raise self.recurring
-        return intelligence_pb2.GetRecurringIncidentsResponse(recurring=self.recurring)
+        self.recurrence: intelligence_pb2.RecurringIncident | str | None = None
 
     async def GetIncident(self, request: storage_pb2.GetIncidentRequest, **_: Any) -> Any:
         self.calls.append(f"GetIncident {request.incident_id}")
@@ -41,7 +33,7 @@ class Sources:
             raise AioRpcError(grpc.StatusCode.NOT_FOUND, Metadata(), Metadata(), "no such")
         found = storage_pb2.GetIncidentResponse(
             incident=storage_pb2.Incident(
-                incident_id=request.incident_id, alert_name="KubePodCrashLooping"
+                incident_id=request.incident_id, alert_name="KubePodCrashLooping", subject=SUBJECT
             )
         )
         if request.incident_id == PAST_ID:
@@ -73,10 +65,16 @@ class Sources:
         self, request: effectiveness_pb2.GetActionEffectivenessRequest, **_: Any
     ) -> Any:
         self.calls.append(f"GetActionEffectiveness {request.alert_name}")
-        return effectiveness_pb2.GetActionEffectivenessResponse(
+        assert request.subject == SUBJECT
+        found = effectiveness_pb2.GetActionEffectivenessResponse(
             alert_name=request.alert_name,
             actions=[effectiveness_pb2.ActionEffectiveness(action="restart_deployment")],
         )
+        if isinstance(self.recurrence, str):
+            found.recurrence_unavailable_reason = self.recurrence
+        elif self.recurrence is not None:
+            found.recurrence.CopyFrom(self.recurrence)
+        return found
 
 
 class Clock:
@@ -89,7 +87,7 @@ class Clock:
 
 async def test_history_joins_each_past_action_with_its_latest_verdict() -> None:
     sources = Sources()
-    history = await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)
+    history = await IncidentHistoryReader(sources, sources).history(NOW_ID)
     assert history.alert_name == "KubePodCrashLooping"
     assert history.embedding_model == "minilm"
     [past] = history.similar_incidents
@@ -106,7 +104,7 @@ async def test_history_joins_each_past_action_with_its_latest_verdict() -> None:
 
 async def test_answers_are_cached_briefly_then_read_again() -> None:
     sources, clock = Sources(), Clock()
-    reader = IncidentHistoryReader(sources, sources, sources, ttl=3.0, clock=clock)
+    reader = IncidentHistoryReader(sources, sources, ttl=3.0, clock=clock)
     first = await reader.history(NOW_ID)
     calls = len(sources.calls)
     assert await reader.history(NOW_ID) == first
@@ -118,7 +116,7 @@ async def test_answers_are_cached_briefly_then_read_again() -> None:
 
 async def test_expired_answers_are_dropped_so_the_cache_does_not_grow() -> None:
     sources, clock = Sources(), Clock()
-    reader = IncidentHistoryReader(sources, sources, sources, ttl=1.0, clock=clock)
+    reader = IncidentHistoryReader(sources, sources, ttl=1.0, clock=clock)
     await reader.history(NOW_ID, limit=1)
     await reader.history(NOW_ID, limit=2)
     clock.now = 5.0
@@ -129,23 +127,22 @@ async def test_expired_answers_are_dropped_so_the_cache_does_not_grow() -> None:
 async def test_an_unknown_incident_is_named() -> None:
     sources = Sources()
     with pytest.raises(UnknownIncident, match="incident nope is not known"):
-        await IncidentHistoryReader(sources, sources, sources).history("nope")
+        await IncidentHistoryReader(sources, sources).history("nope")
 
 
 async def test_a_recurring_workload_is_in_the_history_and_an_outage_is_said() -> None:
     sources = Sources()
-    assert not (await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)).HasField(
+    assert not (await IncidentHistoryReader(sources, sources).history(NOW_ID)).HasField(
         "recurrence"
     )
     recurring = intelligence_pb2.RecurringIncident(
         subject=SUBJECT, alert_name="KubePodCrashLooping", incidents=4, fixes_not_held=3
     )
-    sources.recurring = [recurring]
-    history = await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)
+    sources.recurrence = recurring
+    history = await IncidentHistoryReader(sources, sources).history(NOW_ID)
     assert history.recurrence == recurring
-    assert "GetRecurringIncidents KubePodCrashLooping" in sources.calls
-    sources.recurring = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), "down")
-    history = await IncidentHistoryReader(sources, sources, sources).history(NOW_ID)
+    sources.recurrence = "intelligence: UNAVAILABLE: down"
+    history = await IncidentHistoryReader(sources, sources).history(NOW_ID)
     # The rest of the history stands.
     assert history.recurrence_unavailable_reason == "intelligence: UNAVAILABLE: down"
     assert len(history.similar_incidents) == 1

@@ -363,3 +363,39 @@ def test_an_action_that_undid_another_is_an_oscillation() -> None:
         ]
     )
     assert guard_for(recommendation("scale_deployment", 0.9), onward, _NOW, settings) is None
+
+
+class _Intelligence:
+    """intelligence's GetRecurringIncidents as effectiveness sees it."""
+
+    def __init__(self, answer: list[intelligence_pb2.RecurringIncident] | Exception) -> None:
+        self.answer = answer
+        self.asked: list[intelligence_pb2.GetRecurringIncidentsRequest] = []
+
+    async def GetRecurringIncidents(
+        self, request: intelligence_pb2.GetRecurringIncidentsRequest, **_: object
+    ) -> intelligence_pb2.GetRecurringIncidentsResponse:
+        self.asked.append(request)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return intelligence_pb2.GetRecurringIncidentsResponse(recurring=self.answer)
+
+
+async def test_recurrence_is_asked_for_the_subject_and_an_outage_is_a_reason() -> None:
+    import grpc
+    from grpc.aio import AioRpcError, Metadata
+    from kubernaut.common.v1 import alert_pb2
+
+    from kubernaut.services.effectiveness.verdicts import recurrence_of
+
+    web = alert_pb2.ResourceRef(namespace="shop", kind="Deployment", name="web")
+    recurring = intelligence_pb2.RecurringIncident(subject=web, incidents=3, fixes_not_held=2)
+    intelligence = _Intelligence([recurring])
+    assert await recurrence_of(intelligence, web, "KubePodCrashLooping") == recurring
+    assert intelligence.asked[0].subject == web
+    assert intelligence.asked[0].alert_name == "KubePodCrashLooping"
+    assert await recurrence_of(_Intelligence([]), web, "KubePodCrashLooping") is None
+    down = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), "no route")
+    assert (
+        await recurrence_of(_Intelligence(down), web, "X") == "intelligence: UNAVAILABLE: no route"
+    )

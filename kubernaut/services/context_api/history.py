@@ -1,7 +1,7 @@
 """The past that bears on an incident: similar past incidents and how they were handled,
 how each action has worked for the incident's alert name, and whether the incident's
-workload and alert recur after fixes. Read from storage, effectiveness and intelligence,
-cached briefly."""
+workload and alert recur after fixes. Read from storage and effectiveness (which asks
+intelligence), cached briefly."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import grpc
 from kubernaut.common.v1 import remediation_pb2
 from kubernaut.context_api.v1 import context_api_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
-from kubernaut.intelligence.v1 import intelligence_pb2
 from kubernaut.storage.v1 import storage_pb2
 
 from kubernaut.runtime.cache import TtlCache
@@ -43,14 +42,6 @@ class EffectivenessSource(Protocol):
 
     def GetActionEffectiveness(
         self, request: effectiveness_pb2.GetActionEffectivenessRequest, **kwargs: Any
-    ) -> Any: ...
-
-
-class RecurrenceSource(Protocol):
-    """The intelligence call history needs (an IntelligenceServiceStub satisfies it)."""
-
-    def GetRecurringIncidents(
-        self, request: intelligence_pb2.GetRecurringIncidentsRequest, **kwargs: Any
     ) -> Any: ...
 
 
@@ -99,13 +90,11 @@ class IncidentHistoryReader:
         self,
         storage: IncidentStore,
         effectiveness: EffectivenessSource,
-        intelligence: RecurrenceSource,
         ttl: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.effectiveness = effectiveness
-        self.intelligence = intelligence
         self.cache: TtlCache[tuple[str, int], context_api_pb2.IncidentHistory] = TtlCache(
             ttl, clock
         )
@@ -124,7 +113,7 @@ class IncidentHistoryReader:
                 raise UnknownIncident(incident_id) from error
             raise
         alert_name = found.incident.alert_name
-        similar, effectiveness, recurrence = await asyncio.gather(
+        similar, effectiveness = await asyncio.gather(
             self.storage.SearchSimilarIncidents(
                 # Only the past of the same kind of object and, where known, the same
                 # family of alerts: a node's crash loops say nothing about a Deployment.
@@ -135,10 +124,12 @@ class IncidentHistoryReader:
                     alert_names=alert_family(alert_name),
                 )
             ),
+            # With the subject: also whether its alert recurs after fixes.
             self.effectiveness.GetActionEffectiveness(
-                effectiveness_pb2.GetActionEffectivenessRequest(alert_name=alert_name)
+                effectiveness_pb2.GetActionEffectivenessRequest(
+                    alert_name=alert_name, subject=found.incident.subject
+                )
             ),
-            self._recurrence(found.incident),
         )
         details = await asyncio.gather(
             *(
@@ -159,25 +150,7 @@ class IncidentHistoryReader:
             embedding_model=similar.embedding_model,
             similar_unavailable_reason=similar.unavailable_reason,
         )
-        if isinstance(recurrence, str):
-            history.recurrence_unavailable_reason = recurrence
-        elif recurrence is not None:
-            history.recurrence.CopyFrom(recurrence)
+        if effectiveness.HasField("recurrence"):
+            history.recurrence.CopyFrom(effectiveness.recurrence)
+        history.recurrence_unavailable_reason = effectiveness.recurrence_unavailable_reason
         return history
-
-    async def _recurrence(
-        self, incident: storage_pb2.Incident
-    ) -> intelligence_pb2.RecurringIncident | str | None:
-        """The incident's workload and alert as a recurring incident, None when they do
-        not recur, or why that could not be read (intelligence is an aid here: its outage
-        leaves the rest of the history standing)."""
-        try:
-            found = await self.intelligence.GetRecurringIncidents(
-                intelligence_pb2.GetRecurringIncidentsRequest(
-                    subject=incident.subject, alert_name=incident.alert_name
-                )
-            )
-        except grpc.aio.AioRpcError as error:
-            return f"intelligence: {error.code().name}: {error.details()}"
-        recurring: list[intelligence_pb2.RecurringIncident] = list(found.recurring)
-        return recurring[0] if recurring else None

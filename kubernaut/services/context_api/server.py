@@ -13,7 +13,6 @@ import aiohttp
 import grpc
 from kubernaut.context_api.v1 import context_api_pb2, context_api_pb2_grpc
 from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
-from kubernaut.intelligence.v1.intelligence_pb2_grpc import IntelligenceServiceStub
 from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -245,7 +244,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     history = IncidentHistoryReader(
         ctx.clients.stub(StorageServiceStub),
         ctx.clients.stub(EffectivenessServiceStub),
-        ctx.clients.stub(IntelligenceServiceStub),
         settings.cache_seconds,
     )
     holmes = None

@@ -21,7 +21,7 @@ from kubernaut.services.effectiveness.alertmanager import AlertmanagerClient
 from kubernaut.services.effectiveness.scheduler import Assessor, EvidenceSources
 from kubernaut.services.effectiveness.settings import AssessmentSettings, VerdictSettings
 from kubernaut.services.effectiveness.store import ScheduleDatabase, StoreUnavailable
-from kubernaut.services.effectiveness.verdicts import verdict_of
+from kubernaut.services.effectiveness.verdicts import recurrence_of, verdict_of
 from kubernaut.services.signals import MetricReader
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,17 @@ class EffectivenessServicer(effectiveness_pb2_grpc.EffectivenessServiceServicer)
         stats = await self.intelligence.GetActionStats(
             intelligence_pb2.GetActionStatsRequest(alert_name=request.alert_name)
         )
-        return effectiveness_pb2.GetActionEffectivenessResponse(
+        response = effectiveness_pb2.GetActionEffectivenessResponse(
             alert_name=request.alert_name,
             actions=[verdict_of(entry, self.settings) for entry in stats.stats],
         )
+        if request.HasField("subject"):
+            recurrence = await recurrence_of(self.intelligence, request.subject, request.alert_name)
+            if isinstance(recurrence, str):
+                response.recurrence_unavailable_reason = recurrence
+            elif recurrence is not None:
+                response.recurrence.CopyFrom(recurrence)
+        return response
 
     async def ScheduleAssessment(
         self, request: effectiveness_pb2.ScheduleAssessmentRequest, context: Context

@@ -4,7 +4,10 @@ No evidence is never "effective"."""
 
 from __future__ import annotations
 
-from kubernaut.common.v1 import remediation_pb2
+from typing import Any, Protocol
+
+import grpc
+from kubernaut.common.v1 import alert_pb2, remediation_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.intelligence.v1 import intelligence_pb2
 
@@ -45,3 +48,27 @@ def verdict_of(
         success_lower_bound=stats.success_lower_bound,
         success_upper_bound=stats.success_upper_bound,
     )
+
+
+class RecurrenceSource(Protocol):
+    """The intelligence call recurrence needs (an IntelligenceServiceStub satisfies it)."""
+
+    def GetRecurringIncidents(
+        self, request: intelligence_pb2.GetRecurringIncidentsRequest, **kwargs: Any
+    ) -> Any: ...
+
+
+async def recurrence_of(
+    intelligence: RecurrenceSource, subject: alert_pb2.ResourceRef, alert_name: str
+) -> intelligence_pb2.RecurringIncident | str | None:
+    """The workload's alert as a recurring incident (the fix does not hold), None when it
+    does not recur, or why that could not be read: an aid to the verdicts, whose outage
+    leaves them standing."""
+    try:
+        found = await intelligence.GetRecurringIncidents(
+            intelligence_pb2.GetRecurringIncidentsRequest(subject=subject, alert_name=alert_name)
+        )
+    except grpc.aio.AioRpcError as error:
+        return f"intelligence: {error.code().name}: {error.details()}"
+    recurring: list[intelligence_pb2.RecurringIncident] = list(found.recurring)
+    return recurring[0] if recurring else None

@@ -1061,8 +1061,9 @@ class IncidentHistory(_message.Message):
 
     @_builtins.property
     def recurrence(self) -> _intelligence_pb2.RecurringIncident:
-        """Set when this incident's workload and alert recur (intelligence): incidents again and
-        again within the window after fixes that were verified; the fix does not hold.
+        """Set when this incident's workload and alert recur (effectiveness, on intelligence's
+        recurring incidents): incidents again and again within the window after fixes that
+        were verified; the fix does not hold.
         """
 
     def __init__(

@@ -57,7 +57,7 @@ class ContextAPIServiceStub:
     the nearest past incidents by the embedding of their description, each with the
     actions taken on it and how they ended, and how each action tried for the incident's
     alert name has worked (effectiveness verdicts on intelligence's success rates), and
-    whether the incident's workload and alert recur after fixes (intelligence). Answers
+    whether the incident's workload and alert recur after fixes (effectiveness). Answers
     are cached briefly. Similar incidents and recurrence that cannot be read are said so
     (`similar_unavailable_reason`, `recurrence_unavailable_reason`), not an error.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
@@ -135,7 +135,7 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     the nearest past incidents by the embedding of their description, each with the
     actions taken on it and how they ended, and how each action tried for the incident's
     alert name has worked (effectiveness verdicts on intelligence's success rates), and
-    whether the incident's workload and alert recur after fixes (intelligence). Answers
+    whether the incident's workload and alert recur after fixes (effectiveness). Answers
     are cached briefly. Similar incidents and recurrence that cannot be read are said so
     (`similar_unavailable_reason`, `recurrence_unavailable_reason`), not an error.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;
@@ -228,7 +228,7 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         the nearest past incidents by the embedding of their description, each with the
         actions taken on it and how they ended, and how each action tried for the incident's
         alert name has worked (effectiveness verdicts on intelligence's success rates), and
-        whether the incident's workload and alert recur after fixes (intelligence). Answers
+        whether the incident's workload and alert recur after fixes (effectiveness). Answers
         are cached briefly. Similar incidents and recurrence that cannot be read are said so
         (`similar_unavailable_reason`, `recurrence_unavailable_reason`), not an error.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed request;

@@ -27,9 +27,10 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kubernaut.common.v1 import alert_pb2 as kubernaut_dot_common_dot_v1_dot_alert__pb2
 from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_dot_remediation__pb2
+from kubernaut.intelligence.v1 import intelligence_pb2 as kubernaut_dot_intelligence_dot_v1_dot_intelligence__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.kubernaut/effectiveness/v1/effectiveness.proto\x12\x1akubernaut.effectiveness.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\"\xa7\x02\n\x19ScheduleAssessmentRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12(\n\x0bincident_id\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\x12\x38\n\x05\x61lert\x18\x03 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12@\n\x06target\x18\x04 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12=\n\x08\x61\x63ted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x07\x61\x63tedAt\"i\n\x1aScheduleAssessmentResponse\x12\x31\n\x06\x64\x65lays\x18\x01 \x03(\x0b\x32\x19.google.protobuf.DurationR\x06\x64\x65lays\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"J\n\x1dGetActionEffectivenessRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\"\x9c\x02\n\x13\x41\x63tionEffectiveness\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12\x36\n\x07verdict\x18\x02 \x01(\x0e\x32\x1c.kubernaut.common.v1.VerdictR\x07verdict\x12\x1a\n\x08\x61ttempts\x18\x03 \x01(\x03R\x08\x61ttempts\x12!\n\x0csuccess_rate\x18\x04 \x01(\x01R\x0bsuccessRate\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n\x13success_lower_bound\x18\x06 \x01(\x01R\x11successLowerBound\x12.\n\x13success_upper_bound\x18\x07 \x01(\x01R\x11successUpperBound\"\x8a\x01\n\x1eGetActionEffectivenessResponse\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12I\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32/.kubernaut.effectiveness.v1.ActionEffectivenessR\x07\x61\x63tions2\xb8\x02\n\x14\x45\x66\x66\x65\x63tivenessService\x12\x94\x01\n\x16GetActionEffectiveness\x12\x39.kubernaut.effectiveness.v1.GetActionEffectivenessRequest\x1a:.kubernaut.effectiveness.v1.GetActionEffectivenessResponse\"\x03\x90\x02\x01\x12\x88\x01\n\x12ScheduleAssessment\x12\x35.kubernaut.effectiveness.v1.ScheduleAssessmentRequest\x1a\x36.kubernaut.effectiveness.v1.ScheduleAssessmentResponse\"\x03\x90\x02\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.kubernaut/effectiveness/v1/effectiveness.proto\x12\x1akubernaut.effectiveness.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a,kubernaut/intelligence/v1/intelligence.proto\"\xa7\x02\n\x19ScheduleAssessmentRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12(\n\x0bincident_id\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\x12\x38\n\x05\x61lert\x18\x03 \x01(\x0b\x32\x1a.kubernaut.common.v1.AlertB\x06\xbaH\x03\xc8\x01\x01R\x05\x61lert\x12@\n\x06target\x18\x04 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12=\n\x08\x61\x63ted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\x07\x61\x63tedAt\"i\n\x1aScheduleAssessmentResponse\x12\x31\n\x06\x64\x65lays\x18\x01 \x03(\x0b\x32\x19.google.protobuf.DurationR\x06\x64\x65lays\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\"\x86\x01\n\x1dGetActionEffectivenessRequest\x12)\n\nalert_name\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\x12:\n\x07subject\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefR\x07subject\"\x9c\x02\n\x13\x41\x63tionEffectiveness\x12\x16\n\x06\x61\x63tion\x18\x01 \x01(\tR\x06\x61\x63tion\x12\x36\n\x07verdict\x18\x02 \x01(\x0e\x32\x1c.kubernaut.common.v1.VerdictR\x07verdict\x12\x1a\n\x08\x61ttempts\x18\x03 \x01(\x03R\x08\x61ttempts\x12!\n\x0csuccess_rate\x18\x04 \x01(\x01R\x0bsuccessRate\x12\x16\n\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n\x13success_lower_bound\x18\x06 \x01(\x01R\x11successLowerBound\x12.\n\x13success_upper_bound\x18\x07 \x01(\x01R\x11successUpperBound\"\x9c\x02\n\x1eGetActionEffectivenessResponse\x12\x1d\n\nalert_name\x18\x01 \x01(\tR\talertName\x12I\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32/.kubernaut.effectiveness.v1.ActionEffectivenessR\x07\x61\x63tions\x12L\n\nrecurrence\x18\x03 \x01(\x0b\x32,.kubernaut.intelligence.v1.RecurringIncidentR\nrecurrence\x12\x42\n\x1drecurrence_unavailable_reason\x18\x04 \x01(\tR\x1brecurrenceUnavailableReason2\xb8\x02\n\x14\x45\x66\x66\x65\x63tivenessService\x12\x94\x01\n\x16GetActionEffectiveness\x12\x39.kubernaut.effectiveness.v1.GetActionEffectivenessRequest\x1a:.kubernaut.effectiveness.v1.GetActionEffectivenessResponse\"\x03\x90\x02\x01\x12\x88\x01\n\x12ScheduleAssessment\x12\x35.kubernaut.effectiveness.v1.ScheduleAssessmentRequest\x1a\x36.kubernaut.effectiveness.v1.ScheduleAssessmentResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,16 +53,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EFFECTIVENESSSERVICE'].methods_by_name['GetActionEffectiveness']._serialized_options = b'\220\002\001'
   _globals['_EFFECTIVENESSSERVICE'].methods_by_name['ScheduleAssessment']._loaded_options = None
   _globals['_EFFECTIVENESSSERVICE'].methods_by_name['ScheduleAssessment']._serialized_options = b'\220\002\002'
-  _globals['_SCHEDULEASSESSMENTREQUEST']._serialized_start=245
-  _globals['_SCHEDULEASSESSMENTREQUEST']._serialized_end=540
-  _globals['_SCHEDULEASSESSMENTRESPONSE']._serialized_start=542
-  _globals['_SCHEDULEASSESSMENTRESPONSE']._serialized_end=647
-  _globals['_GETACTIONEFFECTIVENESSREQUEST']._serialized_start=649
-  _globals['_GETACTIONEFFECTIVENESSREQUEST']._serialized_end=723
-  _globals['_ACTIONEFFECTIVENESS']._serialized_start=726
-  _globals['_ACTIONEFFECTIVENESS']._serialized_end=1010
-  _globals['_GETACTIONEFFECTIVENESSRESPONSE']._serialized_start=1013
-  _globals['_GETACTIONEFFECTIVENESSRESPONSE']._serialized_end=1151
-  _globals['_EFFECTIVENESSSERVICE']._serialized_start=1154
-  _globals['_EFFECTIVENESSSERVICE']._serialized_end=1466
+  _globals['_SCHEDULEASSESSMENTREQUEST']._serialized_start=291
+  _globals['_SCHEDULEASSESSMENTREQUEST']._serialized_end=586
+  _globals['_SCHEDULEASSESSMENTRESPONSE']._serialized_start=588
+  _globals['_SCHEDULEASSESSMENTRESPONSE']._serialized_end=693
+  _globals['_GETACTIONEFFECTIVENESSREQUEST']._serialized_start=696
+  _globals['_GETACTIONEFFECTIVENESSREQUEST']._serialized_end=830
+  _globals['_ACTIONEFFECTIVENESS']._serialized_start=833
+  _globals['_ACTIONEFFECTIVENESS']._serialized_end=1117
+  _globals['_GETACTIONEFFECTIVENESSRESPONSE']._serialized_start=1120
+  _globals['_GETACTIONEFFECTIVENESSRESPONSE']._serialized_end=1404
+  _globals['_EFFECTIVENESSSERVICE']._serialized_start=1407
+  _globals['_EFFECTIVENESSSERVICE']._serialized_end=1719
 # @@protoc_insertion_point(module_scope)

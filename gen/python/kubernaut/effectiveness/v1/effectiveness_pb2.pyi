@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from kubernaut.common.v1 import alert_pb2 as _alert_pb2
 from kubernaut.common.v1 import remediation_pb2 as _remediation_pb2
+from kubernaut.intelligence.v1 import intelligence_pb2 as _intelligence_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -91,15 +92,23 @@ class GetActionEffectivenessRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ALERT_NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
     alert_name: _builtins.str
+    @_builtins.property
+    def subject(self) -> _alert_pb2.ResourceRef:
+        """The workload an incident of the alert is about: when set, the answer also says
+        whether its alert recurs after fixes (intelligence's recurring incidents).
+        """
+
     def __init__(
         self,
         *,
         alert_name: _builtins.str = ...,
+        subject: _alert_pb2.ResourceRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_name", b"alert_name", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,20 +163,32 @@ class GetActionEffectivenessResponse(_message.Message):
 
     ALERT_NAME_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
+    RECURRENCE_FIELD_NUMBER: _builtins.int
+    RECURRENCE_UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
     alert_name: _builtins.str
+    recurrence_unavailable_reason: _builtins.str
+    """Set when whether it recurs could not be read (intelligence unreachable)."""
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionEffectiveness]:
         """Sorted by action name."""
+
+    @_builtins.property
+    def recurrence(self) -> _intelligence_pb2.RecurringIncident:
+        """Set when `subject`'s alert recurs: incidents again and again within the window
+        after fixes that were verified; the fix does not hold.
+        """
 
     def __init__(
         self,
         *,
         alert_name: _builtins.str = ...,
         actions: _abc.Iterable[Global___ActionEffectiveness] | None = ...,
+        recurrence: _intelligence_pb2.RecurringIncident | None = ...,
+        recurrence_unavailable_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recurrence", b"recurrence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "alert_name", b"alert_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "alert_name", b"alert_name", "recurrence", b"recurrence", "recurrence_unavailable_reason", b"recurrence_unavailable_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -56,7 +56,8 @@ class EffectivenessServiceServicer(object):
         has been tried for it, from the 95% Wilson interval of its success rate: effective
         when even the interval's lower bound is good enough, ineffective when even its upper
         bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
-        effective.
+        effective. With a subject, also whether its alert recurs after fixes; intelligence
+        unreachable for that is said (`recurrence_unavailable_reason`), not an error.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
         UNAVAILABLE when intelligence cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.

@@ -38,7 +38,8 @@ class EffectivenessServiceStub:
     has been tried for it, from the 95% Wilson interval of its success rate: effective
     when even the interval's lower bound is good enough, ineffective when even its upper
     bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
-    effective.
+    effective. With a subject, also whether its alert recurs after fixes; intelligence
+    unreachable for that is said (`recurrence_unavailable_reason`), not an error.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
     UNAVAILABLE when intelligence cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
@@ -64,7 +65,8 @@ class EffectivenessServiceAsyncStub(EffectivenessServiceStub):
     has been tried for it, from the 95% Wilson interval of its success rate: effective
     when even the interval's lower bound is good enough, ineffective when even its upper
     bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
-    effective.
+    effective. With a subject, also whether its alert recurs after fixes; intelligence
+    unreachable for that is said (`recurrence_unavailable_reason`), not an error.
     Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
     UNAVAILABLE when intelligence cannot be reached (safe to retry);
     PERMISSION_DENIED for callers outside the call table.
@@ -93,7 +95,8 @@ class EffectivenessServiceServicer(metaclass=_abc_1.ABCMeta):
         has been tried for it, from the 95% Wilson interval of its success rate: effective
         when even the interval's lower bound is good enough, ineffective when even its upper
         bound is too low, otherwise unknown. Too few attempts give VERDICT_UNKNOWN, never
-        effective.
+        effective. With a subject, also whether its alert recurs after fixes; intelligence
+        unreachable for that is said (`recurrence_unavailable_reason`), not an error.
         Returns OK; INVALID_ARGUMENT (with field violations) for a malformed alert name;
         UNAVAILABLE when intelligence cannot be reached (safe to retry);
         PERMISSION_DENIED for callers outside the call table.
