@@ -72,6 +72,36 @@ def test_the_gateway_calls_bench_runs() -> None:
     assert "a webhook of one alert in a call of 16" in printed
 
 
+def test_the_vector_search_bench_runs() -> None:
+    """pgvector only (Weaviate's server takes longer to start than this whole run)."""
+    printed = run(
+        "-m",
+        "bench.vector_search",
+        "--count",
+        "2000",
+        "--queries",
+        "50",
+        "--backends",
+        "pgvector",
+        "--ef-search",
+        "16,64",
+        "--builds",
+        "16:64",
+        "--shared-buffers",
+        "128MB",
+        "--maintenance-work-mem",
+        "64MB",
+    )
+    assert "HNSW m=16, ef_construction=64 (the defaults)" in printed
+    assert "ef_search 64 (default)" in printed
+    assert "alert filter, ef_search 64" in printed
+    assert "namespace filter, ef_search 64" in printed
+    assert "bare SQL" in printed
+    assert "recall@10" in printed
+    assert "goal: pgvector p99 < 10 ms" in printed
+    assert "pinecone: not measured" in printed
+
+
 def test_bench_all_prints_one_row_per_figure_and_names_a_missing_module() -> None:
     """The table of `python -m bench.all`, made from a quick bench and a module that is not
     there (the full table's benches take minutes: they are run above, or by hand)."""
