@@ -1410,12 +1410,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        say("interrupted (SIGINT); what was started is stopped and its data removed")
+        return 130
     for line in report.lines(args.concurrency):
         print(line)
     return 0
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+    sys.exit(main())
