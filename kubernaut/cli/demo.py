@@ -4,13 +4,14 @@ defaults, live.
 It brings up the dev stack (Kubernetes with KWOK nodes, PostgreSQL, Prometheus,
 AlertManager, SMTP) and the ten services, deploys a sample app, breaks it with a rollout
 whose pods crash-loop, and lets Prometheus and AlertManager raise KubePodCrashLooping for
-Kubernaut to fix by rolling back. It prints the incident's timeline as it happens, then
-where to look next.
+Kubernaut to fix by rolling back. It prints the incident's timeline as it happens (the
+workflow's steps live, from WatchWorkflow), then where to look next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -88,6 +89,9 @@ async def watch(
     workflows = clients.stub(WorkflowServiceStub)
     mail_before = len(await asyncio.to_thread(_mails, mail_dir))
     incident_id: str | None = None
+    # Follows the incident's workflow live once there is one (again, should its stream
+    # fail: the timeline prints each step's state once either way).
+    follower: asyncio.Task[None] | None = None
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -131,7 +135,10 @@ async def watch(
                 view_owed = any(r.guard == "rules first" for r in reasonings) and not any(
                     r.asked_after_the_plan for r in reasonings
                 )
-                await _show_workflow(workflows, incident, step)
+                if await _show_workflow(workflows, incident, step) and _follow_again(follower):
+                    follower = asyncio.create_task(
+                        _follow_workflow(workflows, incident.incident_id, step)
+                    )
                 for action in found.actions:
                     outcome = storage_pb2.ActionOutcome.Name(action.outcome)
                     step(
@@ -173,6 +180,11 @@ async def watch(
                 break
             await asyncio.sleep(1)
     finally:
+        if follower is not None:
+            follower.cancel()
+            # The demo goes on without its live steps should the stream have failed.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
         await clients.close()
     return incident_id
 
@@ -204,26 +216,53 @@ def _show_model(analysis: remediation_pb2.Analysis, step: Timeline) -> None:
 
 async def _show_workflow(
     workflows: WorkflowServiceStub, incident: storage_pb2.Incident, step: Timeline
-) -> None:
+) -> bool:
+    """What the analysis decided, once the incident has a workflow; whether it has one."""
     try:
         reply = await workflows.GetWorkflow(
             workflow_pb2.GetWorkflowRequest(incident_id=incident.incident_id)
         )
     except grpc.aio.AioRpcError as error:
         if error.code() is grpc.StatusCode.NOT_FOUND:
-            return
+            return False
         raise
-    workflow = reply.workflow
-    plan = workflow.plan
+    plan = reply.workflow.plan
     step(
         "analysis",
         f"ai_analysis decided: {plan.action} (risk {remediation_pb2.RiskLevel.Name(plan.risk)})",
         plan.approval_reason,
     )
-    for run in workflow.steps:
-        if run.state == workflow_pb2.STEP_STATE_DONE:
+    return True
+
+
+def _follow_again(follower: asyncio.Task[None] | None) -> bool:
+    """Whether to (re)start following the workflow: never started, or its stream failed
+    (not when it ended with the workflow, nor while it runs)."""
+    if follower is None:
+        return True
+    if not follower.done():
+        return False
+    return follower.cancelled() or follower.exception() is not None
+
+
+async def _follow_workflow(
+    workflows: WorkflowServiceStub, incident_id: str, step: Timeline
+) -> None:
+    """The workflow's steps as they change (WatchWorkflow), each state of each attempt of
+    a step once; returns when the workflow finished (the stream ends)."""
+    request = workflow_pb2.WatchWorkflowRequest(incident_id=incident_id)
+    async for response in workflows.WatchWorkflow(request):
+        for event in response.events:
+            run = event.step
+            if run.state == workflow_pb2.STEP_STATE_PENDING:
+                continue
             kind = workflow_pb2.StepKind.Name(run.kind).removeprefix("STEP_KIND_").lower()
-            step(f"step-{kind}", f"workflow step {kind} done", run.message)
+            state = workflow_pb2.StepState.Name(run.state).removeprefix("STEP_STATE_").lower()
+            step(
+                f"step-{event.index}-{run.attempts}-{state}",
+                f"workflow step {event.index + 1} {kind}: {state}",
+                run.message,
+            )
 
 
 def _next_steps(system: System, incident_id: str | None, *, keep_running: bool) -> None:

@@ -295,13 +295,15 @@ def cmd_insights(args: argparse.Namespace) -> int:
 
 
 def cmd_workflows(args: argparse.Namespace) -> int:
-    from kubernaut.cli.workflows import decide_workflow, show_workflow
+    from kubernaut.cli.workflows import decide_workflow, show_workflow, watch_workflow
 
     async def run() -> int:
         clients = identity_of(args).clients(RuntimeSettings())
         try:
             if args.action == "show":
                 return await show_workflow(clients, args.workflow_id)
+            if args.action == "watch":
+                return await watch_workflow(clients, args.workflow_id)
             return await decide_workflow(
                 clients, args.workflow_id, args.action, (args.by or "").strip(), args.reason
             )
@@ -343,6 +345,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
             await clients.close()
 
     return asyncio.run(run())
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from kubernaut.cli.policy import cmd_policy_check as check
+
+    return check(args)
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from kubernaut.cli.policy import cmd_policy_test as test
+
+    return test(args)
+
+
+def cmd_runbooks(args: argparse.Namespace) -> int:
+    from kubernaut.cli.runbooks import list_runbooks
+
+    return asyncio.run(list_runbooks(RuntimeSettings(), identity=identity_of(args)))
 
 
 def cmd_render_istio(args: argparse.Namespace) -> int:
@@ -502,9 +522,11 @@ def parser() -> argparse.ArgumentParser:
     insights.set_defaults(func=cmd_insights)
 
     workflows = commands.add_parser(
-        "workflows", help="a workflow's steps; approve or reject one that waits (over gRPC)"
+        "workflows",
+        help="a workflow's steps (show; watch: live, until it ends, exit 0 when it"
+        " succeeded); approve or reject one that waits (over gRPC)",
     )
-    workflows.add_argument("action", choices=["show", "approve", "reject"])
+    workflows.add_argument("action", choices=["show", "watch", "approve", "reject"])
     workflows.add_argument("workflow_id", help="a workflow's id, or its incident's")
     workflows.add_argument(
         "--by",
@@ -513,6 +535,31 @@ def parser() -> argparse.ArgumentParser:
     )
     workflows.add_argument("--reason", default="", help="why, in a sentence")
     workflows.set_defaults(func=cmd_workflows)
+
+    policy = commands.add_parser(
+        "policy", help="the workflow's approval policy (CEL rules in a YAML file)"
+    )
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    policy_check = policy_commands.add_parser(
+        "check", help="validate a policy file as the workflow service does at start"
+    )
+    policy_check.add_argument("file", help="the policy file (YAML)")
+    policy_check.set_defaults(func=cmd_policy_check)
+    policy_test = policy_commands.add_parser(
+        "test",
+        help="what a policy file decides on a stored incident's plan, beside what was"
+        " decided (over gRPC)",
+    )
+    policy_test.add_argument("file", help="the policy file (YAML)")
+    policy_test.add_argument("--incident", required=True, metavar="ID", help="an incident's id")
+    add_identity_options(policy_test)
+    policy_test.set_defaults(func=cmd_policy_test)
+
+    runbooks = commands.add_parser(
+        "runbooks", help="the runbook templates the workflow service loaded (over gRPC)"
+    )
+    add_identity_options(runbooks)
+    runbooks.set_defaults(func=cmd_runbooks)
 
     audit = commands.add_parser(
         "audit",

@@ -42,7 +42,11 @@ def settings_classes() -> list[type[BaseSettings]]:
     )
     from kubernaut.services.storage.settings import StorageSettings
     from kubernaut.services.storage.vectors.settings import VectorStoreSettings
-    from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings
+    from kubernaut.services.workflow.settings import (
+        PlanningSettings,
+        RunnerSettings,
+        WatchSettings,
+    )
 
     return [
         RuntimeSettings,
@@ -59,6 +63,7 @@ def settings_classes() -> list[type[BaseSettings]]:
         AnalysisSettings,
         PlanningSettings,
         RunnerSettings,
+        WatchSettings,
         ExecutorSettings,
         AssessmentSettings,
         VerdictSettings,

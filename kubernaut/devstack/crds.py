@@ -7,6 +7,12 @@ Helm beside them (`build_helm` runs it). `cached_crd_files` lists those files,
 `load_crds` reads the definitions out of them, and `ApiServer.apply_crds` applies them to
 a running API server (server-side apply) and waits until each is Established, so that
 objects of their kinds can then be checked with `ApiServer.dry_run_apply`.
+
+`gitops_crds` are minimal definitions of the three GitOps kinds the executor reads to find
+a managed object's Git source (Argo CD's Application, Flux's Kustomization and
+GitRepository): their group, version, names and scope as the projects define them, and a
+schema that types the fields the executor reads and keeps the rest. Applied the same way,
+they let the local control plane hold such objects without Argo CD or Flux installed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "build_helm",
     "cached_crd_files",
     "crds_root",
+    "gitops_crds",
     "load_crds",
     "read_pins",
 ]
@@ -141,6 +148,140 @@ def load_crds(files: Iterable[Path]) -> list[dict[str, Any]]:
                     raise CrdError(f"{path}: a CustomResourceDefinition without a name")
                 crds.append(document)
     return crds
+
+
+def _gitops_crd(
+    group: str,
+    version: str,
+    kind: str,
+    plural: str,
+    short_names: Sequence[str],
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    string = {"type": "string"}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": list(short_names),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "apiVersion": string,
+                                "kind": string,
+                                "metadata": {"type": "object"},
+                                "spec": {
+                                    "type": "object",
+                                    "properties": dict(spec),
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def gitops_crds() -> list[dict[str, Any]]:
+    """Minimal CRDs of Argo CD's Application (argoproj.io/v1alpha1) and Flux's
+    Kustomization (kustomize.toolkit.fluxcd.io/v1) and GitRepository
+    (source.toolkit.fluxcd.io/v1), for `ApiServer.apply_crds`."""
+    string = {"type": "string"}
+    open_object = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    source = {
+        "type": "object",
+        "properties": {
+            "repoURL": string,
+            "path": string,
+            "targetRevision": string,
+            "chart": string,
+        },
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    application = {
+        "project": string,
+        "source": source,
+        "sources": {"type": "array", "items": source},
+        "destination": {
+            "type": "object",
+            "properties": {"server": string, "name": string, "namespace": string},
+        },
+        "syncPolicy": open_object,
+    }
+    kustomization = {
+        "path": string,
+        "interval": string,
+        "prune": {"type": "boolean"},
+        "targetNamespace": string,
+        "sourceRef": {
+            "type": "object",
+            "required": ["kind", "name"],
+            "properties": {
+                "apiVersion": string,
+                "kind": {"type": "string", "enum": ["OCIRepository", "GitRepository", "Bucket"]},
+                "name": string,
+                "namespace": string,
+            },
+        },
+    }
+    git_repository = {
+        "url": {"type": "string", "pattern": "^(http|https|ssh)://.*$"},
+        "interval": string,
+        "ref": {
+            "type": "object",
+            "properties": {
+                "branch": string,
+                "tag": string,
+                "semver": string,
+                "name": string,
+                "commit": string,
+            },
+        },
+        "secretRef": open_object,
+    }
+    return [
+        _gitops_crd(
+            "argoproj.io", "v1alpha1", "Application", "applications", ("app", "apps"), application
+        ),
+        _gitops_crd(
+            "kustomize.toolkit.fluxcd.io",
+            "v1",
+            "Kustomization",
+            "kustomizations",
+            ("ks",),
+            kustomization,
+        ),
+        _gitops_crd(
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "GitRepository",
+            "gitrepositories",
+            ("gitrepo",),
+            git_repository,
+        ),
+    ]
 
 
 def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

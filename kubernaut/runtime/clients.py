@@ -1,6 +1,7 @@
 """Typed clients: any service (or an operator) gets a ready stub for another service.
 
-A channel per callee, with the transport's credentials, a default deadline, retries
+A channel per callee, with the transport's credentials, a default deadline (for unary
+calls; a server-streaming one lasts as long as it needs), retries
 for idempotent methods (from the protos' idempotency_level, through the gRPC service
 config), the caller's request id and W3C trace context. Under transport mtls the channels
 follow the certificate files: when they change, new calls go over a new channel (see
@@ -112,9 +113,7 @@ class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         self.timeout_seconds = timeout_seconds
         self.token_file = token_file
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        if details.timeout is None:
-            details = details._replace(timeout=self.timeout_seconds)
+    def with_metadata(self, details: Any) -> Any:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         if (request_id := request_id_var.get()) and "x-request-id" not in metadata:
             metadata.add("x-request-id", request_id)
@@ -122,7 +121,24 @@ class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             metadata.add(INSECURE_CALLER_HEADER, self.insecure_caller)
         if self.token_file is not None:
             metadata.add("authorization", f"Bearer {self.token_file.token()}")
-        return await continuation(details._replace(metadata=metadata), request)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.timeout is None:
+            details = details._replace(timeout=self.timeout_seconds)
+        return await continuation(self.with_metadata(details), request)
+
+
+class _StreamCallMetadata(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """_CallMetadata's for server-streaming calls (grpc takes one interceptor object per
+    kind of call), but no default deadline: a stream (WatchWorkflow) lasts as long as what
+    it follows; a caller that wants a bound sets one."""
+
+    def __init__(self, metadata: _CallMetadata) -> None:
+        self.metadata = metadata
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.metadata.with_metadata(details), request)
 
 
 def channel_credentials(settings: RuntimeSettings, account: str) -> grpc.ChannelCredentials:
@@ -274,9 +290,13 @@ class Clients:
             ),
         ]
         insecure_caller = self.account if self.settings.transport is Transport.INSECURE else None
+        call_metadata = _CallMetadata(
+            insecure_caller, self.settings.call_timeout_seconds, self.token_file
+        )
         interceptors = [
             *aio_client_interceptors(),  # type: ignore[no-untyped-call]
-            _CallMetadata(insecure_caller, self.settings.call_timeout_seconds, self.token_file),
+            call_metadata,
+            _StreamCallMetadata(call_metadata),
         ]
         target = self.address(service)
         if self.settings.transport is Transport.MTLS:

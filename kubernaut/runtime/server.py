@@ -97,6 +97,7 @@ class RunningService:
     spec: ServiceSpec
     clients: Clients
     audit: AuditTrail
+    interceptor: KubernautServerInterceptor | None = None
     _readiness_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -151,7 +152,15 @@ class RunningService:
             await _bounded(self._readiness_task, self.settings.shutdown_grace_seconds, "readiness")
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.settings.shutdown_drain_seconds)
-        await self.server.stop(self.settings.shutdown_grace_seconds)
+        stopping = asyncio.ensure_future(self.server.stop(self.settings.shutdown_grace_seconds))
+        await asyncio.sleep(0)  # no new calls from here on
+        if self.interceptor is not None:
+            # Streams (WatchWorkflow) may never end by themselves: they end now, UNAVAILABLE,
+            # and their clients reconnect; unary calls get the grace period.
+            ended = self.interceptor.end_streams()
+            if ended:
+                log.info("streams ended for the shutdown", extra={"streams": ended})
+        await stopping
         # Each clean-up gets the grace period too: a stuck one must not keep the
         # process from exiting.
         # The audit trail after the service's own hooks (which may still record), before
@@ -191,11 +200,9 @@ async def start_service(
     clients = Clients(settings, name.account)
     audit = AuditTrail(name, StorageAuditSink(clients), AuditSettings())
     spec = await (builder or builder_of(name))(ServiceContext(name, settings, clients, audit))
-    server = grpc.aio.server(
-        # The one interceptor starts each call's span too (see interceptors.py).
-        interceptors=[KubernautServerInterceptor(name, settings, audit=audit)],
-        options=[("grpc.so_reuseport", 0)],
-    )
+    # The one interceptor starts each call's span too (see interceptors.py).
+    interceptor = KubernautServerInterceptor(name, settings, audit=audit)
+    server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     proto = protocol(name)
     proto.add_servicer(spec.servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -222,7 +229,16 @@ async def start_service(
         else None
     )
     running = RunningService(
-        name, settings, server, port, metrics_port, health_servicer, spec, clients, audit
+        name,
+        settings,
+        server,
+        port,
+        metrics_port,
+        health_servicer,
+        spec,
+        clients,
+        audit,
+        interceptor,
     )
     await running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)

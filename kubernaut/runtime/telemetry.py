@@ -26,6 +26,13 @@ RPC_SECONDS = Histogram(
     ["grpc_service", "grpc_method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# Server-streaming RPCs (WatchWorkflow): the messages each sent (their handling seconds
+# above are the streams' lifetimes).
+RPC_MESSAGES_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "Messages the server sent on server-streaming RPCs.",
+    ["grpc_service", "grpc_method"],
+)
 
 # A count that only rises under steady load is a task leak (the soak bench watches it).
 ASYNCIO_TASKS = Gauge(

@@ -44,6 +44,8 @@ from kubernaut.services.executor import rbac as executor_rbac
 from kubernaut.services.notification.routing import load_routing
 from kubernaut.services.notification.settings import NotificationSettings
 from kubernaut.services.storage.audit import WRITER_ROLE
+from kubernaut.services.workflow.policy import ApprovalPolicy
+from kubernaut.services.workflow.runbooks import default_runbook_dir, load_runbooks
 from tests.fixtures.helm import CHART, Helm
 
 # A cold build of Helm runs inside the first test's fixture setup.
@@ -61,6 +63,8 @@ REQUIRED = {
     "database": {"existingSecret": "kubernaut-db"},
     "edge": {"tokens": {"existingSecret": "kubernaut-webhook-tokens"}},
 }
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "docs/examples/approval-policy.yaml"
+
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": REQUIRED,
     "istio-on": {
@@ -170,6 +174,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "slackSecret": "slack-app",
         },
         "console": {"url": "https://kubernaut.example.com", "secret": "kubernaut-console"},
+        # One's own runbooks and approval policy, for the workflow pod.
+        "workflow": {
+            "runbooks": {
+                "node-not-ready.yaml": yaml.safe_load(
+                    (default_runbook_dir() / "node-not-ready.yaml").read_text()
+                )
+            },
+            "policy": yaml.safe_load(EXAMPLE_POLICY.read_text()),
+        },
         "config": {
             "KUBERNAUT_ACCESS_OIDC_ISSUER": "https://dex.example.com",
             "KUBERNAUT_ACCESS_OIDC_AUDIENCE": "kubernaut",
@@ -736,6 +749,42 @@ def test_the_routing_file_and_channel_secrets_reach_the_notification_pod_alone(
         "KUBERNAUT_NOTIFICATION_ROUTES_FILE"
         not in (_of_kind(rendered["defaults"], "ConfigMap")["kubernaut-config"]["data"])
     )
+
+
+def test_runbooks_and_the_approval_policy_reach_the_workflow_pod_alone(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    docs = rendered["notifications"]
+    maps = _of_kind(docs, "ConfigMap")
+    config = maps["kubernaut-config"]["data"]
+    runbook_dir = Path(config["KUBERNAUT_WORKFLOW_RUNBOOK_DIR"])
+    policy_file = Path(config["KUBERNAUT_WORKFLOW_POLICY_FILE"])
+    for deployment in _of_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if container["name"] != ServiceName.WORKFLOW.account:
+            assert not {"runbooks", "approval-policy"} & set(volumes)
+            continue
+        assert Path(mounts["runbooks"]["mountPath"]) == runbook_dir
+        assert Path(mounts["approval-policy"]["mountPath"]) == policy_file.parent
+        assert volumes["runbooks"]["configMap"]["name"] == "kubernaut-runbooks"
+        assert volumes["approval-policy"]["configMap"]["name"] == "kubernaut-approval-policy"
+    # What the workflow service makes of the mounted files: they load as they would at start.
+    mounted = tmp_path / "runbooks"
+    mounted.mkdir()
+    for name, text in maps["kubernaut-runbooks"]["data"].items():
+        (mounted / name).write_text(text)
+    assert [r.name for r in load_runbooks(mounted).list()] == ["node-not-ready"]
+    policy = ApprovalPolicy.parse(
+        maps["kubernaut-approval-policy"]["data"][policy_file.name], policy_file.name
+    )
+    assert policy.rules
+    # Without them, the shipped runbooks and the thresholds: nothing mounted.
+    defaults = _of_kind(rendered["defaults"], "ConfigMap")
+    assert not {"kubernaut-runbooks", "kubernaut-approval-policy"} & set(defaults)
+    assert "KUBERNAUT_WORKFLOW_RUNBOOK_DIR" not in defaults["kubernaut-config"]["data"]
 
 
 def test_approval_secrets_reach_the_edge_and_the_notification_pod_alone(

@@ -25,13 +25,13 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
 from kubernaut.runtime.logs import incident_id_var
-from kubernaut.services.workflow.engine import (
+from kubernaut.services.workflow.downstream import (
     DownstreamError,
     FailedPrecondition,
     Notified,
     Unavailable,
-    WorkflowEngine,
 )
+from kubernaut.services.workflow.engine import WorkflowEngine
 from kubernaut.services.workflow.planning import plan
 from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings
 from kubernaut.services.workflow.store import (
@@ -205,6 +205,17 @@ class Downstream:
         if self.progress is None:
             raise DownstreamError("GetActionProgress", f"NOT_FOUND: no action {request.action_id}")
         return self.progress
+
+    async def rollback_action(
+        self, request: executor_pb2.RollbackActionRequest, timeout: float
+    ) -> executor_pb2.RollbackActionResponse:
+        # Single-action plans never compensate: the executor rolls back itself.
+        raise DownstreamError("RollbackAction", "UNIMPLEMENTED: not a runbook plan")
+
+    async def run_check(
+        self, request: executor_pb2.RunCheckRequest, timeout: float
+    ) -> executor_pb2.RunCheckResponse:
+        raise DownstreamError("RunCheck", "UNIMPLEMENTED: not a runbook plan")
 
     async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None:
         self._enter("UpdateIncident", request)
@@ -1109,7 +1120,7 @@ async def test_migrations_create_the_workflow_schema_once(database_dsn: str) -> 
         conn = await asyncpg.connect(database_dsn)
         try:
             versions = await conn.fetch("SELECT version FROM workflow.schema_migrations")
-            assert [r["version"] for r in versions] == [1, 2]
+            assert [r["version"] for r in versions] == [1, 2, 3]
             tables = await conn.fetch(
                 "SELECT table_name FROM information_schema.tables"
                 " WHERE table_schema = 'workflow' ORDER BY table_name"

@@ -251,7 +251,9 @@ class InstanceGenerator:
             unset = self.rng.random() < (0.05 if self.valid else 0.3)
             if depth <= 0 or (unset and not (self.valid and rules.required)):
                 return
-            self.fill(getattr(target, field.name), field.message_type, depth - 1)
+            child = getattr(target, field.name)
+            child.SetInParent()  # set even when it has no fields (a oneof of empty messages)
+            self.fill(child, field.message_type, depth - 1)
         else:
             if field.has_presence and not in_oneof and self.rng.random() < 0.3:
                 return  # an unset proto3 optional

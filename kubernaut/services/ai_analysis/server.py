@@ -289,6 +289,9 @@ class AIAnalysisServicer(ai_analysis_pb2_grpc.AIAnalysisServiceServicer):
             analysis = await self._with_model(
                 asked, rules, incident.incident_id, _time_left(context)
             )
+        if analysis.HasField("recommendation"):
+            # Who chose the action travels with it: the approval policy weighs it.
+            analysis.recommendation.source = analysis.analyzer[:64]
         response = ai_analysis_pb2.AnalyzeIncidentResponse(analysis=analysis)
         await self._record(incident.incident_id, analysis)
         if analysis.decision == remediation_pb2.DECISION_REMEDIATE:

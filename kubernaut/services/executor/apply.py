@@ -22,6 +22,7 @@ from kubernaut.services.executor.changes import (
 )
 from kubernaut.services.executor.cluster import ApiError
 from kubernaut.services.executor.gitops import gitops_owner, proposed_patch
+from kubernaut.services.executor.gitops_pr import refuse_with_pull_request
 from kubernaut.services.executor.operations import DRY_RUN, SUCCEEDED, Outcome, Verified, content_of
 from kubernaut.services.executor.record import record_view
 from kubernaut.services.executor.run import Finished, Run, now, where
@@ -70,6 +71,9 @@ async def prepare(run: Run, target: dict[str, Any]) -> None:
     await operation.dry_run(run, target, change)
     await run.save()  # the stages so far, for GetActionProgress
     owner = gitops_owner(target)
+    if owner is not None and run.settings.gitops is GitOpsChanges.PULL_REQUEST:
+        # The change as a pull request on the manifests (or, failing that, as with notify).
+        await refuse_with_pull_request(run, target, change, owner)
     if owner is not None and run.settings.gitops is GitOpsChanges.NOTIFY:
         patch = proposed_patch(run.ref, change)
         run.refuse(

@@ -61,6 +61,9 @@ __all__ = [
     "spec_json",
     "template_after",
     "template_hash_label",
+    "terminating",
+    "unschedulable_reason",
+    "waiting_reasons",
 ]
 
 REVISION: Final = "deployment.kubernetes.io/revision"
@@ -913,11 +916,11 @@ class RolloutState:
     summary: str
 
 
-def _terminating(pod: Mapping[str, Any]) -> bool:
+def terminating(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def _waiting_reasons(pod: Mapping[str, Any]) -> list[str]:
+def waiting_reasons(pod: Mapping[str, Any]) -> list[str]:
     status = pod.get("status") or {}
     reasons = []
     for key in ("initContainerStatuses", "containerStatuses"):
@@ -928,7 +931,7 @@ def _waiting_reasons(pod: Mapping[str, Any]) -> list[str]:
     return reasons
 
 
-def _unschedulable(pod: Mapping[str, Any]) -> str:
+def unschedulable_reason(pod: Mapping[str, Any]) -> str:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             text = str(condition.get("message") or condition.get("reason") or "unschedulable")
@@ -958,11 +961,11 @@ def assess_rollout(
         key: int(status.get(key) or 0)
         for key in ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
     }
-    live = [p for p in pods if not _terminating(p)]
+    live = [p for p in pods if not terminating(p)]
     crashing = [
         (p.get("metadata") or {}).get("name", "?")
         for p in live
-        if CRASH_REASONS.intersection(_waiting_reasons(p))
+        if CRASH_REASONS.intersection(waiting_reasons(p))
     ]
     new_crashing = [
         name
@@ -977,7 +980,7 @@ def assess_rollout(
     )
     if observed < generation:
         summary = f"generation {generation} not yet observed (at {observed}); " + summary
-    pending = [msg for p in live if (msg := _unschedulable(p))]
+    pending = [msg for p in live if (msg := unschedulable_reason(p))]
     if pending:
         summary += f"; {len(pending)} pods unschedulable: {pending[0]}"
     if crashing:
@@ -1024,11 +1027,11 @@ def _pods_verdict(
 ) -> RolloutState:
     """The pod-level half of judging a StatefulSet's or DaemonSet's rollout."""
     label = template_hash_label(kind)
-    live = [p for p in pods if not _terminating(p)]
+    live = [p for p in pods if not terminating(p)]
     crashing = sorted(
         (p.get("metadata") or {}).get("name", "?")
         for p in live
-        if CRASH_REASONS.intersection(_waiting_reasons(p))
+        if CRASH_REASONS.intersection(waiting_reasons(p))
     )
     new_crashing = [
         p
@@ -1037,7 +1040,7 @@ def _pods_verdict(
         and (p.get("metadata") or {}).get("name", "?") in crashing
         and ((p.get("metadata") or {}).get("labels") or {}).get(label) not in old_hashes
     ]
-    pending = [msg for p in live if (msg := _unschedulable(p))]
+    pending = [msg for p in live if (msg := unschedulable_reason(p))]
     if pending:
         summary += f"; {len(pending)} pods unschedulable: {pending[0]}"
     if crashing:

@@ -15,6 +15,8 @@ Managed means what the tools themselves write on what they apply:
   taken as a sign: Helm charts set it on everything, Argo CD or not.
 - Flux: the labels `kustomize.toolkit.fluxcd.io/name` (+ `/namespace`) and
   `helm.toolkit.fluxcd.io/name` (+ `/namespace`).
+
+The third way, `pull_request`, makes the change in Git: kubernaut.services.executor.gitops_pr.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ ARGO_TRACKING_ANNOTATION: Final = "argocd.argoproj.io/tracking-id"
 ARGO_INSTANCE_LABEL: Final = "argocd.argoproj.io/instance"
 FLUX_KUSTOMIZATION_LABEL: Final = "kustomize.toolkit.fluxcd.io/name"
 FLUX_HELMRELEASE_LABEL: Final = "helm.toolkit.fluxcd.io/name"
+
+# What the executor reads to find a managed object's Git source (GITOPS=pull_request), as
+# (API group, resource): `get` only, no list or watch (kubernaut.services.executor.rbac).
+SOURCE_READ_RESOURCES: Final = (
+    ("argoproj.io", "applications"),
+    ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+    ("source.toolkit.fluxcd.io", "gitrepositories"),
+)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ guards, the snapshot, the record. What differs between actions lives here, one
                         fields back, undone by patching the snapshot's values back
   DeletePodOperation    delete one pod by uid; verified when it is gone; not reversible
   DrainOperation        cordon, then evict through the Eviction API until the node holds
-                        only DaemonSet and mirror pods; undone by uncordoning
+                        only DaemonSet and mirror pods (each pod, and the workload owning
+                        it, recorded in the snapshot before its eviction); undone by
+                        uncordoning
   RerunJobOperation     create a Job from a failed one's template; undone by deleting it
   DiagnosticsOperation  read only: the target, its events, bounded logs
   NotifyOperation       nothing at all; the record says who is to be told what
@@ -31,6 +33,7 @@ from kubernaut.storage.v1 import storage_pb2
 
 from kubernaut.runtime.kube import ACTION_ID_ANNOTATION, CHANGE_CAUSE_ANNOTATION, pod_spec_digest
 from kubernaut.services.executor.changes import (
+    POD_TEMPLATE_HASH,
     WORKLOAD_KINDS,
     Change,
     ChangeRefused,
@@ -49,6 +52,7 @@ from kubernaut.services.executor.changes import (
     template_hash_label,
 )
 from kubernaut.services.executor.cluster import ApiError, Cluster, ClusterUnavailable
+from kubernaut.services.executor.progress import verify_timeout
 from kubernaut.services.executor.settings import ExecutorSettings
 from kubernaut.services.executor.store import ActionRow, ActionState
 
@@ -62,10 +66,16 @@ __all__ = [
     "Outcome",
     "RunContext",
     "Verified",
+    "condition_of",
     "content_of",
+    "controller_of",
+    "displaced_workloads",
+    "evictable",
+    "namespaced_name",
     "operation_for",
     "snapshot_content",
     "undo_operation_for",
+    "workload_of",
 ]
 
 Outcome: TypeAlias = storage_pb2.ActionOutcome.ValueType
@@ -93,6 +103,10 @@ _JOB_CONTROLLER_LABELS: Final = frozenset(
     }
 )
 _MIRROR: Final = "kubernetes.io/config.mirror"
+# drain_node's snapshot["extra"][_EVICTED]: each pod it evicts, recorded before the eviction
+# ({"namespace", "name"}, and "workload": {"kind", "name"} when a Deployment, StatefulSet or
+# DaemonSet owns it). Drains stored before there was this key have none.
+_EVICTED: Final = "evicted"
 # Pods of a workload whose logs collect_diagnostics reads.
 _DIAGNOSTIC_PODS: Final = 5
 
@@ -152,12 +166,14 @@ def snapshot_content(snapshot: Mapping[str, Any]) -> Any:
     return {"spec": snapshot["spec"], "labels": snapshot.get("labels") or {}}
 
 
-def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The object's controlling owner reference, if it has one."""
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
     return next((o for o in owners if o.get("controller")), None)
 
 
-def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+def condition_of(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The object's status condition of type `kind`, if it has one."""
     conditions = (obj.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == kind), None)
 
@@ -202,7 +218,7 @@ Look = Callable[[], Awaitable[tuple[bool, bool, str]]]
 async def _poll(run: RunContext, phase: str, look: Look, timeout: float | None = None) -> Verified:
     """Call `look()` until it says done or broken, or `timeout` (by default the
     verification timeout) passes."""
-    timeout = timeout or run.settings.verify_timeout_seconds
+    timeout = timeout or verify_timeout(run.request, run.settings)
     started = time.monotonic()
     deadline = started + timeout
     while True:
@@ -439,13 +455,13 @@ class PatchOperation(Operation):
         """Beyond the fields reading back: has the kind's controller done its part?"""
         kind = run.ref.kind
         if kind == "Pod" and run.action == "quarantine_pod" and phase == "verify":
-            owner = _controller(obj)
+            owner = controller_of(obj)
             if owner is not None:
                 return False, False, f"still owned by {owner.get('kind')} {owner.get('name')}"
             return True, False, "the pod is quarantined and released by its controller"
         if kind == "PersistentVolumeClaim":
             for failure in ("ControllerResizeError", "NodeResizeError"):
-                condition = _condition(obj, failure)
+                condition = condition_of(obj, failure)
                 if condition is not None and condition.get("status") == "True":
                     return False, True, f"{failure}: {condition.get('message', '')}"
             capacity = ((obj.get("status") or {}).get("capacity") or {}).get("storage", "unknown")
@@ -526,7 +542,7 @@ async def _unstick_statefulset(run: RunContext) -> None:
         for pod in pods
         if not pod["metadata"].get("deletionTimestamp")
         and (pod["metadata"].get("labels") or {}).get(template_hash_label("StatefulSet")) not in old
-        and (_condition(pod, "Ready") or {}).get("status") != "True"
+        and (condition_of(pod, "Ready") or {}).get("status") != "True"
     ]
     for pod in stuck:
         meta = pod["metadata"]
@@ -567,7 +583,7 @@ class DeletePodOperation(Operation):
     """delete_pod: the pod with the uid read at the start, and only that one."""
 
     async def plan(self, run: RunContext, target: dict[str, Any]) -> Change:
-        owner = _controller(target)
+        owner = controller_of(target)
         if owner is None:
             run.fail(
                 "plan: failed: the pod has no controller; nothing would replace it",
@@ -650,7 +666,7 @@ class DrainOperation(PatchOperation):
         pods = await (await run.cluster()).list_objects(
             "Pod", "", fields=f"spec.nodeName={run.ref.name}"
         )
-        return [p for p in pods if _evictable(p)]
+        return [p for p in pods if evictable(p)]
 
     async def plan(self, run: RunContext, target: dict[str, Any]) -> Change:
         try:
@@ -659,14 +675,14 @@ class DrainOperation(PatchOperation):
             run.fail(
                 f"plan: failed: listing the node's pods: {error}", f"{run.what()} failed: {error}"
             )
-        bare = [_pod_name(p) for p in pods if _controller(p) is None]
+        bare = [namespaced_name(p) for p in pods if controller_of(p) is None]
         if bare:
             run.fail(
                 f"plan: failed: pods without a controller would be lost: {', '.join(bare)}",
                 f"{run.what()} failed: pods without a controller on the node: {', '.join(bare)}",
             )
         cordoned = (target.get("spec") or {}).get("unschedulable") is True
-        names = ", ".join(_pod_name(p) for p in pods) or "none"
+        names = ", ".join(namespaced_name(p) for p in pods) or "none"
         summary = f"{len(pods)} pods to evict ({names})"
         if cordoned:
             return Change(f"node cordoned already; {summary}", ())
@@ -691,7 +707,7 @@ class DrainOperation(PatchOperation):
                 )
             except ApiError as error:
                 if error.status == 429:
-                    blocked.append(_pod_name(pod))
+                    blocked.append(namespaced_name(pod))
                 elif not error.not_found:
                     _refused_by_api(run, error, "dry-run")
         note = (
@@ -723,6 +739,7 @@ class DrainOperation(PatchOperation):
                 raise ClusterUnavailable(f"cannot list the node's pods: {error}") from error
             if not pods:
                 return True, False, f"the node is drained ({len(evicted)} pods evicted)"
+            await _record_evicted(run, pods)
             blocked = []
             for pod in pods:
                 meta = pod["metadata"]
@@ -736,13 +753,13 @@ class DrainOperation(PatchOperation):
                         uid=meta["uid"],
                         grace_period_seconds=grace,
                     )
-                    evicted.add(_pod_name(pod))
+                    evicted.add(namespaced_name(pod))
                 except ApiError as error:
                     if error.status == 429:
-                        blocked.append(_pod_name(pod))
+                        blocked.append(namespaced_name(pod))
                     elif not (error.not_found or error.conflict):
-                        return False, True, f"evicting {_pod_name(pod)} failed: {error}"
-            left = ", ".join(_pod_name(p) for p in pods)
+                        return False, True, f"evicting {namespaced_name(pod)} failed: {error}"
+            left = ", ".join(namespaced_name(p) for p in pods)
             why = f"; blocked by PodDisruptionBudgets: {', '.join(blocked)}" if blocked else ""
             return False, False, f"{len(pods)} pods left ({left}){why}"
 
@@ -759,26 +776,79 @@ class DrainOperation(PatchOperation):
 _CORDON: Final = remediation_pb2.ActionParams(cordon_node=remediation_pb2.CordonNodeParams())
 
 
+async def _record_evicted(run: RunContext, pods: list[dict[str, Any]]) -> None:
+    """Add the pods not yet in the snapshot's record of evicted pods, and store it, before
+    they are evicted: what was displaced (checks.NodePodsRelocated reads it)."""
+    extra = run.snapshot.setdefault("extra", {})
+    recorded = extra.setdefault(_EVICTED, [])
+    known = {(p.get("namespace"), p.get("name")) for p in recorded}
+    added = False
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("namespace"), meta.get("name")) in known:
+            continue
+        entry: dict[str, Any] = {"namespace": meta.get("namespace"), "name": meta.get("name")}
+        if (workload := workload_of(pod)) is not None:
+            entry["workload"] = {"kind": workload[0], "name": workload[2]}
+        recorded.append(entry)
+        added = True
+    if added:
+        await run.save()
+
+
+def displaced_workloads(snapshot: Mapping[str, Any] | None) -> set[tuple[str, str, str]]:
+    """(kind, namespace, name) of each workload whose pods a drain_node (its snapshot)
+    evicted; empty for a drain stored before drains recorded them."""
+    recorded = ((snapshot or {}).get("extra") or {}).get(_EVICTED) or []
+    return {
+        (str(w["kind"]), str(p.get("namespace") or ""), str(w["name"]))
+        for p in recorded
+        if isinstance(w := p.get("workload"), Mapping) and w.get("kind") in WORKLOAD_KINDS
+    }
+
+
+def workload_of(pod: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of the Deployment, StatefulSet or DaemonSet a pod belongs
+    to; None for other pods. A ReplicaSet's Deployment is read off its name (the
+    Deployment's name and the pod-template-hash): no read of the ReplicaSet."""
+    owner = controller_of(pod)
+    if owner is None:
+        return None
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    kind, name = str(owner.get("kind") or ""), str(owner.get("name") or "")
+    if kind in WORKLOAD_KINDS:
+        return kind, namespace, name
+    template_hash = (meta.get("labels") or {}).get(POD_TEMPLATE_HASH)
+    if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+        return "Deployment", namespace, name.removesuffix(f"-{template_hash}")
+    return None
+
+
 def _drain_grace(run: RunContext) -> int | None:
     params = run.request.action.drain_node
     return params.grace_period_seconds if params.HasField("grace_period_seconds") else None
 
 
-def _pod_name(pod: Mapping[str, Any]) -> str:
+def namespaced_name(pod: Mapping[str, Any]) -> str:
+    """A pod's (or any namespaced object's) "namespace/name"."""
     meta = pod.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def _evictable(pod: Mapping[str, Any]) -> bool:
+def evictable(pod: Mapping[str, Any]) -> bool:
     """What `kubectl drain` evicts: not a DaemonSet's pod (it would come straight back),
     not a mirror pod (the kubelet owns it), not one that has finished."""
     meta = pod.get("metadata") or {}
     if _MIRROR in (meta.get("annotations") or {}):
         return False
-    owner = _controller(pod)
+    owner = controller_of(pod)
     if owner is not None and owner.get("kind") == "DaemonSet":
         return False
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+_evictable = evictable  # its earlier name
 
 
 class RerunJobOperation(Operation):
@@ -815,7 +885,7 @@ class RerunJobOperation(Operation):
         }
 
     async def plan(self, run: RunContext, target: dict[str, Any]) -> Change:
-        failed = _condition(target, "Failed")
+        failed = condition_of(target, "Failed")
         if failed is None or failed.get("status") != "True":
             run.fail(
                 "plan: failed: the Job has not failed (no condition Failed=True)",
@@ -878,7 +948,7 @@ class RerunJobOperation(Operation):
                 if error.not_found:
                     return False, True, f"Job {name} was deleted"
                 raise ClusterUnavailable(f"cannot read Job {name}: {error}") from error
-            failed = _condition(job, "Failed")
+            failed = condition_of(job, "Failed")
             if failed is not None and failed.get("status") == "True":
                 return False, True, f"Job {name} failed: {failed.get('message', '')}"
             status = job.get("status") or {}
@@ -955,7 +1025,7 @@ class DiagnosticsOperation(Operation):
         elif ref.kind == "Node":
             try:
                 on_node = await cluster.list_objects("Pod", "", fields=f"spec.nodeName={ref.name}")
-                bundle["pods"] = [_pod_name(p) for p in on_node]
+                bundle["pods"] = [namespaced_name(p) for p in on_node]
             except ApiError as error:
                 bundle["pods_error"] = str(error)
         budget = settings.diagnostics_max_bytes // 2  # the other half: object and events

@@ -14,10 +14,11 @@ __all__ = ["progress_of", "verify_timeout"]
 
 def verify_timeout(request: executor_pb2.ExecuteActionRequest, settings: ExecutorSettings) -> float:
     """Seconds the action's verification may take: drain_node's own timeout where it sets
-    one (its verification waits for the evictions), else the setting."""
+    one (its verification waits for the evictions), else the request's (a runbook step's),
+    else the setting."""
     if request.action.HasField("drain_node") and request.action.drain_node.timeout_seconds:
         return float(request.action.drain_node.timeout_seconds)
-    return settings.verify_timeout_seconds
+    return float(request.verify_timeout_seconds) or settings.verify_timeout_seconds
 
 
 def _stamp(message: object, at: dt.datetime | None) -> None:

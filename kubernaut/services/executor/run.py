@@ -58,6 +58,21 @@ def where(ref: alert_pb2.ResourceRef) -> str:
     return f"{ref.kind} {name}"
 
 
+async def open_cluster(clusters: ClusterRegistry, name: str) -> Cluster:
+    """The executor's client of cluster `name` (resolved); ClusterNotConfigured when its
+    configuration cannot be loaded."""
+    connection = clusters.connection(name)
+    try:
+        api = await connection.api()
+    except ClusterNotConfigured:
+        raise
+    except Exception as error:  # a kubeconfig that cannot be loaded
+        raise ClusterNotConfigured(
+            f"the configuration of cluster {name} cannot be loaded: {error}"
+        ) from error
+    return Cluster(api, timeout=connection.settings.request_timeout_seconds)
+
+
 class Run:
     """One call's work on one action."""
 
@@ -140,16 +155,7 @@ class Run:
 
     async def cluster(self) -> Cluster:
         if self._cluster is None:
-            connection = self.clusters.connection(self.cluster_name)
-            try:
-                api = await connection.api()
-            except ClusterNotConfigured:
-                raise
-            except Exception as error:  # a kubeconfig that cannot be loaded
-                raise ClusterNotConfigured(
-                    f"the configuration of cluster {self.cluster_name} cannot be loaded: {error}"
-                ) from error
-            self._cluster = Cluster(api, timeout=connection.settings.request_timeout_seconds)
+            self._cluster = await open_cluster(self.clusters, self.cluster_name)
         return self._cluster
 
     async def read(self) -> dict[str, Any]:

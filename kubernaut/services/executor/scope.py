@@ -10,12 +10,15 @@ exist. Returns the target as read (None for an action that reads nothing).
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
+
+from kubernaut.common.v1 import alert_pb2
 
 from kubernaut.runtime.kube import MANAGED_LABEL, is_managed
 from kubernaut.services.executor import catalogue
-from kubernaut.services.executor.cluster import KINDS, ApiError
+from kubernaut.services.executor.cluster import KINDS, ApiError, Cluster
 from kubernaut.services.executor.run import Run, where
+from kubernaut.services.executor.settings import ExecutorSettings
 
 CONTROL_PLANE_LABELS: Final = (
     "node-role.kubernetes.io/control-plane",
@@ -27,8 +30,25 @@ def _matches(name: str, patterns: tuple[str, ...] | frozenset[str]) -> str | Non
     return next((p for p in sorted(patterns) if fnmatch.fnmatchcase(name, p)), None)
 
 
+class ScopeContext(Protocol):
+    """What the scope checks use of one call: an action's Run, or a RunCheck's
+    (kubernaut.services.executor.checks). `refuse` and `fail` raise."""
+
+    ref: alert_pb2.ResourceRef
+    settings: ExecutorSettings
+    cluster_name: str
+    seen: dict[str, Any] | None
+
+    def stage(self, line: str) -> None: ...
+    def refuse(self, line: str, message: str) -> NoReturn: ...
+    def fail(self, line: str, message: str) -> NoReturn: ...
+    def what(self) -> str: ...
+    async def cluster(self) -> Cluster: ...
+    async def read(self) -> dict[str, Any]: ...
+
+
 async def check_scope(run: Run) -> dict[str, Any] | None:
-    ref, settings = run.ref, run.settings
+    ref = run.ref
     definition = catalogue.describe_action(run.action)
     if ref.kind not in definition.target_kinds:
         run.refuse(
@@ -36,6 +56,18 @@ async def check_scope(run: Run) -> dict[str, Any] | None:
             f"not {ref.kind or 'an unnamed kind'}",
             f"{run.action} cannot act on {ref.kind or 'an unnamed kind'}",
         )
+    check_placement(run)
+    if not run.operation.reads_target:
+        run.stage("scope: ok: the action reads and changes nothing")
+        return None
+    return await read_in_scope(run)
+
+
+def check_placement(run: ScopeContext) -> None:
+    """What the reference alone decides: a namespace where the kind has one (and none
+    where it has not), protected namespaces, the cluster's allow and deny lists, protected
+    nodes. The kind must be one of KINDS."""
+    ref, settings = run.ref, run.settings
     namespaced = KINDS[ref.kind].namespaced
     if namespaced and not ref.namespace:
         run.refuse("scope: refused: the target names no namespace", "no namespace given")
@@ -52,9 +84,14 @@ async def check_scope(run: Run) -> dict[str, Any] | None:
             "KUBERNAUT_EXECUTOR_PROTECTED_NODES)",
             f"{run.what()} refused: node {ref.name} is protected",
         )
-    if not run.operation.reads_target:
-        run.stage("scope: ok: the action reads and changes nothing")
-        return None
+
+
+async def read_in_scope(run: ScopeContext) -> dict[str, Any]:
+    """Read the target and check what the object decides: not a control-plane node, and
+    opted in (kubernaut.ai/managed=true on it or its namespace) unless the settings say
+    otherwise. Returns the target as read. Call check_placement first."""
+    ref, settings = run.ref, run.settings
+    namespaced = KINDS[ref.kind].namespaced
     cluster = await run.cluster()
     try:
         target = await run.read()
@@ -96,7 +133,7 @@ async def check_scope(run: Run) -> dict[str, Any] | None:
     return target
 
 
-def _namespace_scope(run: Run, namespace: str) -> None:
+def _namespace_scope(run: ScopeContext, namespace: str) -> None:
     settings = run.settings
     if namespace in settings.protected_namespaces:
         run.refuse(
@@ -122,7 +159,7 @@ def _namespace_scope(run: Run, namespace: str) -> None:
         )
 
 
-def _read_error(run: Run, error: ApiError, what: str) -> NoReturn:
+def _read_error(run: ScopeContext, error: ApiError, what: str) -> NoReturn:
     if error.not_found:
         run.fail(
             f"scope: failed: {error.message or what + ' not found'}",

@@ -1,5 +1,6 @@
-"""executor: the only service that changes clusters. Its catalogue, and ExecuteAction
-(kubernaut.services.executor.engine does the work; this maps it to gRPC)."""
+"""executor: the only service that changes clusters. Its catalogue, ExecuteAction
+(kubernaut.services.executor.engine does the work; this maps it to gRPC) and RunCheck
+(kubernaut.services.executor.checks)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from kubernaut.runtime.interceptors import abort_invalid, bad_request_status
 from kubernaut.runtime.server import Context, ReadinessCheck, ServiceContext, ServiceSpec
 from kubernaut.runtime.settings import KubeSettings
 from kubernaut.services.executor import catalogue
+from kubernaut.services.executor.checks import Checks, InvalidCheck, OutOfScope, TargetNotFound
 from kubernaut.services.executor.clusters import ExecutorClusters
 from kubernaut.services.executor.engine import (
     ActionNotFound,
@@ -38,10 +40,12 @@ log = logging.getLogger(__name__)
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    """`executor` None: ExecuteAction answers FAILED_PRECONDITION (no database configured)."""
+    """`executor` None: ExecuteAction answers FAILED_PRECONDITION (no database configured);
+    `checks` None: RunCheck does (no clusters)."""
 
-    def __init__(self, executor: Executor | None = None) -> None:
+    def __init__(self, executor: Executor | None = None, checks: Checks | None = None) -> None:
         self.executor = executor
+        self.checks = checks
 
     async def ListActions(
         self, request: executor_pb2.ListActionsRequest, context: Context
@@ -95,6 +99,33 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             )
             raise AssertionError("unreachable")  # abort raises
         return progress
+
+    async def RunCheck(
+        self, request: executor_pb2.RunCheckRequest, context: Context
+    ) -> executor_pb2.RunCheckResponse:
+        if self.checks is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the executor has no clusters to check"
+            )
+            raise AssertionError("unreachable")  # abort raises
+        try:
+            result = await self.checks.run(request)
+        except InvalidCheck as error:
+            await _refuse_problems(context, error.problems)
+            raise
+        except UnknownCluster as error:
+            await abort_invalid(context, "target.cluster", str(error))
+            raise
+        except TargetNotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise
+        except (ClusterNotConfigured, OutOfScope) as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        except (ClusterUnavailable, ExecutorStoreUnavailable) as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error} (safe to retry)")
+            raise
+        return result.to_proto()
 
     async def _executor(self, context: Context) -> Executor:
         if self.executor is None:
@@ -151,6 +182,7 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
     readiness: list[tuple[str, ReadinessCheck]] = []
     on_stop: list[Callable[[], Awaitable[None]]] = [clusters.close]
     executor: Executor | None = None
+    database: ExecutorDatabase | None = None
     if settings.database_url:
         # Connects lazily: the service starts NOT_SERVING while PostgreSQL is down.
         database = ExecutorDatabase(
@@ -179,4 +211,6 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         log.info("clusters configured", extra={"clusters": list(clusters.names)})
     else:
         log.warning("no Kubernetes cluster configured; ExecuteAction will refuse")
-    return ServiceSpec(ExecutorServicer(executor), readiness=readiness, on_stop=on_stop)
+    # RunCheck reads the action records too (what a drain evicted), when there are any.
+    servicer = ExecutorServicer(executor, Checks(clusters, settings, database))
+    return ServiceSpec(servicer, readiness=readiness, on_stop=on_stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,6 +21,9 @@ class GitOpsChanges(enum.StrEnum):
     NOTIFY = "notify"
     # Patch it anyway.
     APPLY = "apply"
+    # Push the change to a branch of the manifests' Git repository and open a pull request
+    # (kubernaut.services.executor.gitops_pr); without one, refuse as `notify` does.
+    PULL_REQUEST = "pull_request"
 
 
 DEFAULT_PROTECTED_NAMESPACES: Final = frozenset(
@@ -65,8 +69,25 @@ class ExecutorSettings(BaseSettings):
     dry_run: bool = False
     # A target Argo CD or Flux manages (their tracking annotation or labels): `notify`
     # refuses to patch it (the controller would revert it) and returns the proposed change
-    # as a kubectl patch for the manifests' owners; `apply` patches it anyway.
+    # as a kubectl patch for the manifests' owners; `apply` patches it anyway;
+    # `pull_request` commits the change to the manifest in the application's Git source
+    # (its Argo CD Application, or its Flux Kustomization's GitRepository) on a branch of its
+    # own and opens a GitHub pull request, and refuses as `notify` when it cannot.
     gitops: GitOpsChanges = GitOpsChanges.NOTIFY
+    # Where Argo CD's Applications live, unless the tracking id names a namespace
+    # ("<namespace>_<app>", applications in any namespace).
+    gitops_argocd_namespace: str = "argocd"
+    # The GitHub REST API the pull requests are opened through; for GitHub Enterprise
+    # Server, "https://<host>/api/v3".
+    gitops_github_api_url: str = "https://api.github.com"
+    # A file holding the GitHub token (read at each use, so it can be rotated): it opens the
+    # pull requests and pushes over https remotes (contents and pull requests: write).
+    # Unset: no pull request can be opened, and GITOPS=pull_request refuses as `notify`.
+    gitops_github_token_file: Path | None = None
+    # The author and committer of the commits ("Name <email>").
+    gitops_commit_author: str = "Kubernaut <kubernaut@users.noreply.github.com>"
+    # How long each Git command (ls-remote, fetch, push) and each GitHub call may take.
+    gitops_timeout_seconds: float = Field(default=60.0, gt=0)
     # How long a change (and a rollback) may take to roll out before it counts as failed.
     verify_timeout_seconds: float = Field(default=120.0, gt=0)
     # How often verification looks at the Deployment and its pods.

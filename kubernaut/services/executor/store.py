@@ -249,6 +249,24 @@ class ActionStore(PooledStore):
             )
         return [_row(row) for row in rows]
 
+    async def latest_applied(
+        self, cluster: str, kind: str, namespace: str, name: str, action: str
+    ) -> ActionRow | None:
+        """The action `action` that last applied its change to the target, as stored (the
+        cluster resolved, as the guards store it; namespace '' for a Node)."""
+        async with self._acquire() as conn, unavailable():
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM executor.actions WHERE cluster = $1"
+                " AND target_kind = $2 AND target_namespace = $3 AND target_name = $4"
+                " AND action = $5 AND applied_at IS NOT NULL ORDER BY applied_at DESC LIMIT 1",
+                cluster,
+                kind,
+                namespace,
+                name,
+                action,
+            )
+        return None if row is None else _row(row)
+
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         """A pooled connection; only acquiring it is mapped to ExecutorStoreUnavailable, not

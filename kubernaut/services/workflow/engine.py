@@ -21,7 +21,16 @@ verification timeout (twice it, for a rollback's verification, plus a margin); a
 ends while the executor still works on the action (a deadline, or a retry that met the
 first call) is "still running", and the runner waits on.
 
-The downstream services are reached through `Downstream`, five async operations; the
+A runbook plan (WorkflowPlan.nodes) runs its ACTION and CHECK steps as a graph instead of
+the four acting steps: each step starts when its dependencies finished and its condition
+holds, up to the plan's max_parallel at once, each attempt an ExecuteAction (or RunCheck)
+with an id derived from the workflow's action_id, the step's node and the attempt number,
+stored before the call. A resumed step asks again with the stored id; a retry's backoff is
+stored as the time the next attempt may start. When a step fails the plan, nothing new
+starts, and once the running ones finished the COMPENSATE steps of the applied actions run
+in reverse order of completion, each recorded (see `graph`).
+
+The downstream services are reached through `Downstream`, seven async operations; the
 servicer wires gRPC stubs to it, tests wire plain functions.
 """
 
@@ -36,7 +45,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Protocol, TypeVar
+from typing import Final, TypeVar
 
 from google.protobuf import timestamp_pb2
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -50,6 +59,15 @@ from opentelemetry import propagate, trace
 from kubernaut.runtime.durations import human_duration
 from kubernaut.runtime.leases import ClaimLoop, LeaseLost, hold, owner_id
 from kubernaut.runtime.logs import incident_id_var
+from kubernaut.services.workflow.downstream import (
+    Downstream,
+    DownstreamError,
+    FailedPrecondition,
+    Notified,
+    Unavailable,
+)
+from kubernaut.services.workflow.graph import GRAPH_KINDS
+from kubernaut.services.workflow.graph_run import GraphRun
 from kubernaut.services.workflow.settings import RunnerSettings
 from kubernaut.services.workflow.store import (
     Claim,
@@ -112,79 +130,6 @@ _MAX_REASON: Final = 4096
 _MAX_STAGES: Final = 64
 _MAX_STAGE: Final = 2048
 _MAX_VERDICT: Final = 1024
-
-
-# -- the downstream boundary ----------------------------------------------------------------
-
-
-class DownstreamError(Exception):
-    """A downstream call failed and repeating it now would fail the same way."""
-
-    def __init__(self, operation: str, detail: str) -> None:
-        super().__init__(f"{operation}: {detail}")
-        self.operation = operation
-        self.detail = detail
-
-
-class Unavailable(DownstreamError):
-    """The callee cannot be reached right now (UNAVAILABLE, DEADLINE_EXCEEDED): retried."""
-
-
-class FailedPrecondition(DownstreamError):
-    """The callee refused because of its state (FAILED_PRECONDITION), e.g. the incident is
-    closed already, or no notification channel is configured."""
-
-
-class Downstream(Protocol):
-    """What the engine calls. Raise Unavailable for transient failures (retried with
-    backoff), FailedPrecondition or DownstreamError for the others."""
-
-    async def execute_action(
-        self, request: executor_pb2.ExecuteActionRequest, timeout: float
-    ) -> executor_pb2.ExecuteActionResponse:
-        """ExecuteAction with a deadline of `timeout` seconds."""
-        ...
-
-    async def get_action_progress(
-        self, request: executor_pb2.GetActionProgressRequest
-    ) -> executor_pb2.GetActionProgressResponse: ...
-
-    async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None: ...
-
-    async def schedule_assessment(
-        self, request: effectiveness_pb2.ScheduleAssessmentRequest
-    ) -> None: ...
-
-    async def notify_incident_event(
-        self, request: notification_pb2.NotifyIncidentEventRequest
-    ) -> Notified: ...
-
-
-@dataclass(frozen=True)
-class Notified:
-    """What NotifyIncidentEvent answered."""
-
-    # Delivered by this call.
-    sent: bool
-    # Delivered on some channel, by this call or an earlier one with the key. When no
-    # channel took it, the notification service keeps it and delivers it later.
-    delivered: bool
-    # Why no channel took it, when none did.
-    errors: str = ""
-
-    @staticmethod
-    def of(response: notification_pb2.NotifyIncidentEventResponse) -> Notified:
-        return Notified(
-            sent=response.sent,
-            delivered=any(result.delivered for result in response.results),
-            errors="; ".join(f"{r.channel}: {r.error}" for r in response.results if r.error),
-        )
-
-    def undelivered(self, what: str) -> str:
-        return (
-            f"{what} was not delivered yet ({self.errors or 'no channel took it'}); "
-            "the notification service keeps trying"
-        )
 
 
 StoreSource = Callable[[], Awaitable[WorkflowStore]]
@@ -423,6 +368,14 @@ class WorkflowRun:
                     return
                 elif step.kind in ACTING_KINDS:
                     await self._act(workflow)
+                elif step.kind in GRAPH_KINDS or (
+                    # Every graph step finished but the result was not stored yet (a
+                    # restart right after the last one): the graph pass concludes it.
+                    step.kind == K.STEP_KIND_NOTIFY
+                    and workflow.plan.nodes
+                    and workflow.result is None
+                ):
+                    await self._graph(workflow)
                 elif step.kind == K.STEP_KIND_NOTIFY:
                     await self._notify(workflow, step)
                 else:
@@ -432,13 +385,13 @@ class WorkflowRun:
 
     # -- steps -------------------------------------------------------------------------------
 
-    async def _save(
+    async def save(
         self, steps: Sequence[StepChange] = (), change: WorkflowChange | None = None
     ) -> None:
         await self.store.save(self.workflow_id, self.owner, steps, change)
 
     async def _start(self, steps: Sequence[Step], message: str = "") -> None:
-        await self._save([StepChange(s.index, StepStatus.RUNNING, message) for s in steps])
+        await self.save([StepChange(s.index, StepStatus.RUNNING, message) for s in steps])
         for step in steps:
             log.info(
                 "step started",
@@ -451,10 +404,29 @@ class WorkflowRun:
 
     async def _validate(self, workflow: Workflow, step: Step) -> None:
         await self._start([step])
+        policy = workflow.plan.policy
+        if policy.outcome == workflow_pb2.POLICY_OUTCOME_DENY:
+            # The approval policy forbids this plan: nothing acts, NOTIFY says why.
+            message = f"denied by policy rule {policy.rule}: {policy.reason} ({policy.policy})"
+            await self.close_incident(
+                workflow, storage_pb2.INCIDENT_STATUS_NO_ACTION, f"not acting: {message}"
+            )
+            await self.save(
+                [StepChange(step.index, StepStatus.FAILED, message)]
+                + [
+                    StepChange(s.index, StepStatus.SKIPPED, f"not run: {message}")
+                    for s in workflow.steps
+                    if s.index != step.index
+                    and not s.state.finished
+                    and s.kind != K.STEP_KIND_NOTIFY
+                ],
+                WorkflowChange(result=State.REFUSED, message=f"not acting: {message}"),
+            )
+            return
         # The recommendation was validated and checked against the executor's catalogue
         # when the workflow was planned; the executor checks the scope again when it acts.
         told = await self._tell_plan(workflow)
-        await self._save([StepChange(step.index, StepStatus.DONE, f"checked when planned; {told}")])
+        await self.save([StepChange(step.index, StepStatus.DONE, f"checked when planned; {told}")])
 
     async def _tell_plan(self, workflow: Workflow) -> str:
         """ACTION_PLANNED, before anything acts (and before an approval request, which
@@ -488,7 +460,7 @@ class WorkflowRun:
         )
         message = reason
         try:
-            notified = await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
+            notified = await self.call("NotifyIncidentEvent", self._notify_call(workflow, event))
         except DownstreamError as error:
             log.warning("approval request not delivered", extra={"error": str(error)})
             message = f"{reason}; the approval request was not delivered: {error}"
@@ -496,15 +468,18 @@ class WorkflowRun:
             if not notified.delivered:
                 log.warning("approval request not delivered yet", extra={"error": notified.errors})
                 message = f"{reason}; {notified.undelivered('the approval request')}"
-        await self._save(
+        await self.save(
             change=WorkflowChange(state=State.WAITING_APPROVAL, message=message, release=True)
         )
         log.info("workflow waits for approval", extra={"workflow_id": self.workflow_id})
 
-    async def _act(self, workflow: Workflow) -> None:
-        plan = workflow.plan
-        group = [s for s in workflow.steps if s.kind in ACTING_KINDS and not s.state.finished]
-        where = _where(plan.target)
+    @property
+    def verify_timeout_seconds(self) -> float:
+        return self.executor.verify_timeout_seconds
+
+    async def _refused_by_a_person(self, workflow: Workflow, group: Sequence[Step]) -> bool:
+        """When a person rejected the plan: nothing acts (`group` is skipped), the incident
+        closes, NOTIFY tells people; True. False when nobody did."""
         rejection = next(
             (
                 s.message
@@ -513,15 +488,27 @@ class WorkflowRun:
             ),
             None,
         )
-        if rejection is not None:
-            # A person said no: nothing acts, the incident closes, NOTIFY tells people.
-            await self._close_incident(
-                workflow, storage_pb2.INCIDENT_STATUS_NO_ACTION, f"not acting: {rejection}"
-            )
-            await self._save(
-                [StepChange(s.index, StepStatus.SKIPPED, f"not run: {rejection}") for s in group],
-                WorkflowChange(result=State.REFUSED, message=f"not acting: {rejection}"),
-            )
+        if rejection is None:
+            return False
+        await self.close_incident(
+            workflow, storage_pb2.INCIDENT_STATUS_NO_ACTION, f"not acting: {rejection}"
+        )
+        await self.save(
+            [StepChange(s.index, StepStatus.SKIPPED, f"not run: {rejection}") for s in group],
+            WorkflowChange(result=State.REFUSED, message=f"not acting: {rejection}"),
+        )
+        return True
+
+    async def _graph(self, workflow: Workflow) -> None:
+        group = [s for s in workflow.steps if s.kind in GRAPH_KINDS and not s.state.finished]
+        if not await self._refused_by_a_person(workflow, group):
+            await GraphRun(self)(workflow)
+
+    async def _act(self, workflow: Workflow) -> None:
+        plan = workflow.plan
+        group = [s for s in workflow.steps if s.kind in ACTING_KINDS and not s.state.finished]
+        where = _where(plan.target)
+        if await self._refused_by_a_person(workflow, group):
             return
         # Only the first: the others start as the executor gets to them (_watch_progress).
         await self._start(group[:1])
@@ -531,7 +518,7 @@ class WorkflowRun:
         acted_at = workflow.acted_at
         if outcome is None:
             try:
-                await self._call(
+                await self.call(
                     "UpdateIncident",
                     lambda: self.downstream.update_incident(
                         storage_pb2.UpdateIncidentRequest(
@@ -547,7 +534,7 @@ class WorkflowRun:
             except FailedPrecondition as error:
                 # Closed (e.g. the alert resolved) before we acted: never act on it.
                 message = f"not acting: the incident is closed ({error.detail})"
-                await self._save(
+                await self.save(
                     [StepChange(s.index, StepStatus.SKIPPED, message) for s in group],
                     WorkflowChange(result=State.REFUSED, message=message),
                 )
@@ -569,7 +556,7 @@ class WorkflowRun:
             acted_at = _acted_at(record)
             # Stored before the consequences, so that a restart from here does not ask the
             # (by then closed) incident to become REMEDIATING again.
-            await self._save(
+            await self.save(
                 change=WorkflowChange(
                     outcome=outcome,
                     outcome_message=outcome_message,
@@ -592,7 +579,7 @@ class WorkflowRun:
         }[result]
         if outcome == storage_pb2.ACTION_OUTCOME_DRY_RUN:
             status = storage_pb2.INCIDENT_STATUS_NO_ACTION
-        await self._close_incident(workflow, status, summary)
+        await self.close_incident(workflow, status, summary)
         notes: list[str] = []
         if outcome in APPLIED_OUTCOMES:
             request = effectiveness_pb2.ScheduleAssessmentRequest(
@@ -603,7 +590,7 @@ class WorkflowRun:
             )
             request.acted_at.FromDatetime(acted_at)
             try:
-                await self._call(
+                await self.call(
                     "ScheduleAssessment", lambda: self.downstream.schedule_assessment(request)
                 )
             except DownstreamError as error:
@@ -611,9 +598,9 @@ class WorkflowRun:
                 log.warning("assessment not scheduled", extra={"error": str(error)})
                 notes.append(f"assessment not scheduled: {error}")
         # When the executor reached each stage: the steps' real times.
-        progress = await self._progress(workflow.action_id)
+        progress = await self.progress(workflow.action_id)
         times = {} if progress is None else _step_times(progress)
-        await self._save(
+        await self.save(
             _acting_steps(group, outcome, outcome_message, stages, times),
             WorkflowChange(result=result, message="; ".join([summary, *notes])),
         )
@@ -624,19 +611,20 @@ class WorkflowRun:
         """ExecuteAction, while the acting steps follow the executor's progress."""
         watcher = asyncio.create_task(self._watch_progress(request.action_id, group))
         try:
-            return await self._call_execute(request)
+            return await self.call_execute(request)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
     def _verify_seconds(self, request: executor_pb2.ExecuteActionRequest) -> float:
-        verify = self.executor.verify_timeout_seconds
+        # A runbook step's own timeout, else what the executor said it uses.
+        verify = float(request.verify_timeout_seconds) or self.executor.verify_timeout_seconds
         if request.action.HasField("drain_node"):  # waits for evictions up to its own timeout
             verify = max(verify, float(request.action.drain_node.timeout_seconds))
         return verify
 
-    async def _call_execute(
+    async def call_execute(
         self, request: executor_pb2.ExecuteActionRequest
     ) -> executor_pb2.ExecuteActionResponse:
         """ExecuteAction with a deadline that covers the executor's verification (and a
@@ -661,7 +649,7 @@ class WorkflowRun:
         async def still_running(error: Unavailable) -> bool:
             # Busy, not down: the deadline ran out, or this call met the first one's lock.
             # The executor finishes the action either way; ask again.
-            progress = await self._progress(request.action_id)
+            progress = await self.progress(request.action_id)
             if progress is None or not progress.running:
                 return False
             log.info(
@@ -675,9 +663,9 @@ class WorkflowRun:
             )
             return True
 
-        return await self._call("ExecuteAction", call, still_running)
+        return await self.call("ExecuteAction", call, still_running)
 
-    async def _progress(self, action_id: str) -> executor_pb2.GetActionProgressResponse | None:
+    async def progress(self, action_id: str) -> executor_pb2.GetActionProgressResponse | None:
         """The executor's progress on the action, or None when it cannot say (not started,
         unreachable): progress only informs, it never fails the workflow."""
         try:
@@ -702,7 +690,7 @@ class WorkflowRun:
         saved: dict[int, StepChange] = {}
         while True:
             await asyncio.sleep(self.settings.progress_poll_seconds)
-            progress = await self._progress(action_id)
+            progress = await self.progress(action_id)
             if progress is None:
                 continue
             changes = [
@@ -713,7 +701,7 @@ class WorkflowRun:
             if not changes:
                 continue
             try:
-                await self._save(changes)
+                await self.save(changes)
             except Exception as error:  # progress only informs: the run goes on regardless
                 log.warning("progress not saved", extra={"error": str(error)})
                 continue
@@ -731,11 +719,11 @@ class WorkflowRun:
             stages = escalation_stages(workflow, expired)
         event = _event(workflow, kind, stages=stages, verdict=_verdict(workflow))
         try:
-            notified = await self._call("NotifyIncidentEvent", self._notify_call(workflow, event))
+            notified = await self.call("NotifyIncidentEvent", self._notify_call(workflow, event))
         except DownstreamError as error:
             # Telling people failed; what happened to the cluster stands.
             log.warning("notification not delivered", extra={"error": str(error)})
-            await self._save([StepChange(step.index, StepStatus.FAILED, f"not delivered: {error}")])
+            await self.save([StepChange(step.index, StepStatus.FAILED, f"not delivered: {error}")])
             return
         if not notified.delivered:
             # Kept by the notification service, which delivers it later; the step says so
@@ -745,7 +733,7 @@ class WorkflowRun:
         else:
             message = "delivered" if notified.sent else "delivered before"
             change = StepChange(step.index, StepStatus.DONE, message)
-        await self._save([change])
+        await self.save([change])
 
     def _notify_call(
         self, workflow: Workflow, event: notification_pb2.IncidentEvent
@@ -760,7 +748,7 @@ class WorkflowRun:
 
     async def _finish(self, workflow: Workflow) -> None:
         state = _final_state(workflow)
-        await self._save(change=WorkflowChange(state=state, release=True))
+        await self.save(change=WorkflowChange(state=state, release=True))
         log.info(
             "workflow finished",
             extra={"workflow_id": self.workflow_id, "state": state.value},
@@ -779,10 +767,10 @@ class WorkflowRun:
                 changes.append(StepChange(step.index, StepStatus.FAILED, message))
             elif step.state is StepStatus.PENDING and step.kind != K.STEP_KIND_NOTIFY:
                 changes.append(StepChange(step.index, StepStatus.SKIPPED, "not run: a step failed"))
-        await self._close_incident(workflow, storage_pb2.INCIDENT_STATUS_FAILED, message)
-        await self._save(changes, WorkflowChange(result=State.FAILED, message=message))
+        await self.close_incident(workflow, storage_pb2.INCIDENT_STATUS_FAILED, message)
+        await self.save(changes, WorkflowChange(result=State.FAILED, message=message))
 
-    async def _close_incident(
+    async def close_incident(
         self, workflow: Workflow, status: storage_pb2.IncidentStatus.ValueType, reason: str
     ) -> None:
         request = storage_pb2.UpdateIncidentRequest(
@@ -791,7 +779,7 @@ class WorkflowRun:
             status_reason=_clip(reason, _MAX_REASON),
         )
         try:
-            await self._call("UpdateIncident", lambda: self.downstream.update_incident(request))
+            await self.call("UpdateIncident", lambda: self.downstream.update_incident(request))
         except FailedPrecondition as error:
             # Closed already: by our own earlier attempt, or the alert resolved meanwhile.
             log.info("incident already closed", extra={"error": str(error)})
@@ -800,7 +788,7 @@ class WorkflowRun:
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def _call(
+    async def call(
         self,
         operation: str,
         call: Callable[[], Awaitable[T]],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
@@ -13,6 +13,8 @@ from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
 from kubernaut.runtime.durations import human_duration
+from kubernaut.services.workflow.graph import check_graph
+from kubernaut.services.workflow.policy import ApprovalPolicy, PolicyFacts
 from kubernaut.services.workflow.settings import PlanningSettings
 
 RISK_NAMES = {
@@ -171,13 +173,31 @@ def approval_for(
     risk: remediation_pb2.RiskLevel.ValueType,
     settings: PlanningSettings,
     guard: Approval | None = None,
+    policy: workflow_pb2.PolicyDecision | None = None,
 ) -> Approval:
+    """Whether a person must approve: the guard and the analysis can only add approval;
+    then a policy file's decision (`policy`) or, without one, the thresholds decide."""
     if guard is not None and guard.required:
         return guard
     if recommendation.approval_required:
         return Approval(
             True, recommendation.approval_reason or "the analysis asks for a person's approval"
         )
+    if policy is not None and policy.rule != THRESHOLDS_RULE:
+        outcome = policy.outcome
+        why = f"policy rule {policy.rule}: {policy.reason}"
+        if outcome == workflow_pb2.POLICY_OUTCOME_DENY:
+            return Approval(False, f"denied by {why}")
+        return Approval(outcome != workflow_pb2.POLICY_OUTCOME_ALLOW, why)
+    return threshold_approval(recommendation, risk, settings)
+
+
+def threshold_approval(
+    recommendation: remediation_pb2.Recommendation,
+    risk: remediation_pb2.RiskLevel.ValueType,
+    settings: PlanningSettings,
+) -> Approval:
+    """The built-in policy, without a policy file: risk and confidence thresholds."""
     risk_name = RISK_NAMES.get(risk, "unknown")
     if risk >= settings.approval_min_risk or risk == remediation_pb2.RISK_LEVEL_UNSPECIFIED:
         return Approval(True, f"{risk_name} risk actions need approval")
@@ -190,23 +210,59 @@ def approval_for(
     return Approval(False, f"{risk_name} risk and confidence {recommendation.confidence:.2f}")
 
 
+# The rule a decision names when no policy file is configured and the thresholds decided.
+THRESHOLDS_RULE = "thresholds"
+
+
+def policy_decision(
+    policy: ApprovalPolicy | None,
+    facts: PolicyFacts,
+    recommendation: remediation_pb2.Recommendation,
+    risk: remediation_pb2.RiskLevel.ValueType,
+    settings: PlanningSettings,
+) -> workflow_pb2.PolicyDecision:
+    """The approval policy's decision on a plan, with the facts it saw: the policy file's,
+    or the thresholds' (rule "thresholds") when none is configured. Recorded either way,
+    so that `kubernaut policy test` can try a policy file on any past plan."""
+    if policy is not None:
+        return policy.decide(facts)
+    approval = threshold_approval(recommendation, risk, settings)
+    outcome = (
+        workflow_pb2.POLICY_OUTCOME_REQUIRE_APPROVAL
+        if approval.required
+        else workflow_pb2.POLICY_OUTCOME_ALLOW
+    )
+    return workflow_pb2.PolicyDecision(
+        outcome=outcome,
+        rule=THRESHOLDS_RULE,
+        approvers=approvals_required(approval, risk, settings),
+        reason=approval.reason,
+        policy=(
+            "built-in thresholds (KUBERNAUT_WORKFLOW_APPROVAL_MIN_RISK="
+            f"{_risk_name(settings.approval_min_risk)}, "
+            f"KUBERNAUT_WORKFLOW_APPROVAL_MIN_CONFIDENCE={settings.approval_min_confidence:g})"
+        ),
+        input_json=facts.to_json(),
+    )
+
+
 def plan(
     recommendation: remediation_pb2.Recommendation,
     definition: executor_pb2.ActionDefinition,
     settings: PlanningSettings,
     guard: Approval | None = None,
+    policy: workflow_pb2.PolicyDecision | None = None,
 ) -> workflow_pb2.WorkflowPlan:
     target = recommendation.target
     where = _where(target)
-    approval = approval_for(recommendation, definition.risk, settings, guard)
+    approval = approval_for(recommendation, definition.risk, settings, guard, policy)
     kinds = workflow_pb2
     steps = [
         (kinds.STEP_KIND_VALIDATE, f"check the {definition.name} parameters and {where}'s scope"),
     ]
     if approval.required:
-        needed = approvals_required(approval, definition.risk, settings)
-        who = f" by {needed} different people" if needed > 1 else ""
-        steps.append((kinds.STEP_KIND_APPROVAL, f"wait for approval{who}: {approval.reason}"))
+        step = _approval_step(approval, definition.risk, settings, policy)
+        steps.append((step.kind, step.description))
     steps += [
         (kinds.STEP_KIND_DRY_RUN, f"server-side dry-run of {definition.name} on {where}"),
         (kinds.STEP_KIND_SNAPSHOT, f"snapshot {where} for rollback"),
@@ -222,15 +278,128 @@ def plan(
         approval_reason=approval.reason,
         steps=[workflow_pb2.WorkflowStep(kind=kind, description=text) for kind, text in steps],
         rollback=definition.rollback,
-        approvals_required=approvals_required(approval, definition.risk, settings),
+        approvals_required=approvals_required(approval, definition.risk, settings, policy),
+        policy=policy,
+    )
+
+
+def plan_runbook(
+    recommendation: remediation_pb2.Recommendation,
+    runbook: workflow_pb2.RunbookRef,
+    nodes: Sequence[workflow_pb2.PlanNode],
+    max_parallel: int,
+    definitions: Mapping[str, executor_pb2.ActionDefinition],
+    settings: PlanningSettings,
+    guard: Approval | None = None,
+    policy: workflow_pb2.PolicyDecision | None = None,
+) -> workflow_pb2.WorkflowPlan:
+    """The plan of a runbook: VALIDATE, APPROVAL when needed, one step per graph node, the
+    compensations (last node first), NOTIFY. `definitions` holds the catalogue entry of
+    every action the graph runs (its nodes' and compensations'); the plan's risk is the
+    highest of them. GraphError for a graph that cannot run."""
+    check_graph(nodes)
+    unknown = remediation_pb2.RISK_LEVEL_UNSPECIFIED
+    risk = max((d.risk for d in definitions.values()), default=unknown)
+    approval = approval_for(recommendation, risk, settings, guard, policy)
+    kinds = workflow_pb2
+    named = f"runbook {runbook.name} {runbook.version}"
+    steps = [
+        workflow_pb2.WorkflowStep(
+            kind=kinds.STEP_KIND_VALIDATE,
+            description=f"check {named}'s {len(nodes)} steps against the executor's catalogue",
+        )
+    ]
+    if approval.required:
+        steps.append(_approval_step(approval, risk, settings, policy))
+    for node in nodes:
+        where = _where(node.target)
+        if node.HasField("check"):
+            kind = kinds.STEP_KIND_CHECK
+            what = f"check {node.check.WhichOneof('check')} on {where}"
+        else:
+            kind = kinds.STEP_KIND_ACTION
+            action = node.action.WhichOneof("params") or ""
+            what = f"{action} on {where}: {definitions[action].description}"
+        steps.append(
+            workflow_pb2.WorkflowStep(
+                kind=kind, description=node.description or what, node=node.name
+            )
+        )
+    for node in reversed(nodes):
+        if node.HasField("compensation"):
+            how = node.compensation
+            undo = (
+                "put back what it changed, from its snapshot"
+                if how.WhichOneof("how") == "undo"
+                else f"run {how.action.WhichOneof('params')}"
+            )
+            steps.append(
+                workflow_pb2.WorkflowStep(
+                    kind=kinds.STEP_KIND_COMPENSATE,
+                    description=f"if a later step fails, undo {node.name}: {undo}",
+                    node=node.name,
+                )
+            )
+    steps.append(
+        workflow_pb2.WorkflowStep(
+            kind=kinds.STEP_KIND_NOTIFY, description="tell the configured channels how it went"
+        )
+    )
+    undone = [n.name for n in reversed(nodes) if n.HasField("compensation")]
+    return workflow_pb2.WorkflowPlan(
+        action=recommendation.action.WhichOneof("params") or "",
+        target=recommendation.target,
+        risk=risk,
+        requires_approval=approval.required,
+        approval_reason=approval.reason,
+        steps=steps,
+        rollback=(
+            f"when a step fails, the steps done are compensated, last first ({', '.join(undone)})"
+            if undone
+            else "no step of this runbook is compensated"
+        ),
+        approvals_required=approvals_required(approval, risk, settings, policy),
+        nodes=nodes,
+        max_parallel=max(1, max_parallel),
+        runbook=runbook,
+        policy=policy,
+    )
+
+
+def _approval_step(
+    approval: Approval,
+    risk: remediation_pb2.RiskLevel.ValueType,
+    settings: PlanningSettings,
+    policy: workflow_pb2.PolicyDecision | None,
+) -> workflow_pb2.WorkflowStep:
+    needed = approvals_required(approval, risk, settings, policy)
+    who = f" by {needed} different people" if needed > 1 else ""
+    return workflow_pb2.WorkflowStep(
+        kind=workflow_pb2.STEP_KIND_APPROVAL,
+        description=f"wait for approval{who}: {approval.reason}",
     )
 
 
 def approvals_required(
-    approval: Approval, risk: remediation_pb2.RiskLevel.ValueType, settings: PlanningSettings
+    approval: Approval,
+    risk: remediation_pb2.RiskLevel.ValueType,
+    settings: PlanningSettings,
+    policy: workflow_pb2.PolicyDecision | None = None,
 ) -> int:
-    """How many different people must approve: none without approval, the policy's number
-    for high risk and above, else one."""
+    """How many different people must approve: none without approval; else the policy
+    file's number when it asks for approval, and at least the setting's number for high
+    risk and above (KUBERNAUT_WORKFLOW_HIGH_RISK_APPROVERS), else one."""
     if not approval.required:
         return 0
-    return settings.high_risk_approvers if risk >= remediation_pb2.RISK_LEVEL_HIGH else 1
+    needed = settings.high_risk_approvers if risk >= remediation_pb2.RISK_LEVEL_HIGH else 1
+    if (
+        policy is not None
+        and policy.rule != THRESHOLDS_RULE
+        and policy.outcome == workflow_pb2.POLICY_OUTCOME_REQUIRE_APPROVAL
+    ):
+        needed = max(needed, policy.approvers)
+    return needed
+
+
+def _risk_name(risk: int) -> str:
+    return RISK_NAMES.get(remediation_pb2.RiskLevel.ValueType(risk), "unknown")

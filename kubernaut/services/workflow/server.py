@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
+from kubernaut.context_api.v1 import context_api_pb2
+from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.executor.v1 import executor_pb2
@@ -24,15 +27,31 @@ from kubernaut.runtime.interceptors import RETRYABLE, abort_invalid
 from kubernaut.runtime.principals import current_principal
 from kubernaut.runtime.server import Context, ServiceContext, ServiceSpec
 from kubernaut.runtime.settings import DatabaseSettings
-from kubernaut.services.workflow.engine import (
+from kubernaut.services.workflow.downstream import (
     DownstreamError,
     FailedPrecondition,
     Notified,
     Unavailable,
-    WorkflowEngine,
 )
-from kubernaut.services.workflow.planning import TargetHistory, guard_for, plan
-from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings
+from kubernaut.services.workflow.engine import WorkflowEngine
+from kubernaut.services.workflow.graph import graph_actions
+from kubernaut.services.workflow.planning import (
+    RISK_NAMES,
+    Approval,
+    TargetHistory,
+    guard_for,
+    plan,
+    plan_runbook,
+    policy_decision,
+)
+from kubernaut.services.workflow.policy import ApprovalPolicy, PolicyFacts, build_facts
+from kubernaut.services.workflow.runbooks import (
+    ChosenRunbook,
+    RunbookCatalogue,
+    default_runbook_dir,
+    load_runbooks,
+)
+from kubernaut.services.workflow.settings import PlanningSettings, RunnerSettings, WatchSettings
 from kubernaut.services.workflow.store import (
     Decision,
     NotWaitingApproval,
@@ -40,6 +59,7 @@ from kubernaut.services.workflow.store import (
     StoreUnavailable,
     WorkflowDatabase,
 )
+from kubernaut.services.workflow.watch import WorkflowGone, watch
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +118,25 @@ class GrpcDownstream:
             )
         return response
 
+    async def rollback_action(
+        self, request: executor_pb2.RollbackActionRequest, timeout: float
+    ) -> executor_pb2.RollbackActionResponse:
+        async with _translated("RollbackAction"):
+            response: executor_pb2.RollbackActionResponse = await self.executor.RollbackAction(
+                request, timeout=timeout
+            )
+        return response
+
+    async def run_check(
+        self, request: executor_pb2.RunCheckRequest, timeout: float
+    ) -> executor_pb2.RunCheckResponse:
+        async with _translated("RunCheck"):
+            # A check waits up to its own timeout; the default call deadline is shorter.
+            response: executor_pb2.RunCheckResponse = await self.executor.RunCheck(
+                request, timeout=timeout
+            )
+        return response
+
     async def update_incident(self, request: storage_pb2.UpdateIncidentRequest) -> None:
         async with _translated("UpdateIncident"):
             await self.storage.UpdateIncident(request)
@@ -125,17 +164,100 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         storage: StorageServiceStub,
         engine: WorkflowEngine,
         settings: PlanningSettings,
+        watch_settings: WatchSettings | None = None,
+        *,
+        context_api: ContextAPIServiceStub,
+        runbooks: RunbookCatalogue,
+        policy: ApprovalPolicy | None,
     ) -> None:
         self.executor = executor
         self.storage = storage
         self.engine = engine
         self.settings = settings
+        self.watch_settings = watch_settings or WatchSettings()
+        self.context_api = context_api
+        self.runbooks = runbooks
+        self.policy = policy
 
     async def _plan(
-        self, recommendation: remediation_pb2.Recommendation, context: Context
+        self,
+        recommendation: remediation_pb2.Recommendation,
+        context: Context,
+        alert: alert_pb2.Alert | None = None,
+        incident_id: str = "",
     ) -> workflow_pb2.WorkflowPlan:
+        """The plan for a recommendation: a runbook's graph when a template answers the
+        alert and the recommended action, else the action alone; approval as the guard,
+        the analysis and the approval policy decide (the policy's decision recorded)."""
         # Validation guarantees one action is set.
         action = recommendation.action.WhichOneof("params") or ""
+        chosen = None
+        if alert is not None and self.runbooks.answers(alert.name, action):
+            workload = await self._workload(recommendation.target)
+            chosen = self.runbooks.choose(alert, recommendation, workload)
+        names = {action, *(graph_actions(chosen.nodes) if chosen is not None else ())}
+        definitions = {name: await self._describe(name, context) for name in sorted(names)}
+        history = await self._target_history(recommendation.target)
+        guard = guard_for(recommendation, history, dt.datetime.now(dt.UTC), self.settings)
+        unknown = remediation_pb2.RISK_LEVEL_UNSPECIFIED
+        risk = max((d.risk for d in definitions.values()), default=unknown)
+        facts, unread = await self._policy_facts(
+            recommendation, alert, incident_id, chosen, sorted(names), risk
+        )
+        if guard is None and unread and self.policy is not None:
+            # Fail closed: a policy that weighs the namespace cannot decide without it.
+            guard = Approval(True, f"the namespace's labels could not be read ({unread})")
+        if guard is not None:
+            log.warning(
+                "plan held for a person by the guard",
+                extra={"action": action, "why": guard.reason},
+            )
+        decision = policy_decision(self.policy, facts, recommendation, risk, self.settings)
+        log.info(
+            "approval policy decided",
+            extra={
+                "action": action,
+                "rule": decision.rule,
+                "outcome": workflow_pb2.PolicyOutcome.Name(decision.outcome),
+                "runbook": chosen.ref.name if chosen is not None else "",
+            },
+        )
+        if chosen is None:
+            return plan(recommendation, definitions[action], self.settings, guard, decision)
+        return plan_runbook(
+            recommendation,
+            chosen.ref,
+            chosen.nodes,
+            chosen.max_parallel,
+            definitions,
+            self.settings,
+            guard,
+            decision,
+        )
+
+    async def _workload(self, target: alert_pb2.ResourceRef) -> dict[str, int]:
+        """What runbook templates may use of the target as it is now: a Deployment's
+        desired and ready replicas. Empty when it cannot be read (a template that needs
+        it then does not render, and another, or the action alone, is planned)."""
+        if target.kind != "Deployment":
+            return {}
+        try:
+            read = await self.context_api.GetResourceContext(
+                context_api_pb2.GetResourceContextRequest(resource=target)
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "the target's replicas could not be read for the runbooks",
+                extra={"error": f"{error.code().name}: {error.details()}"},
+            )
+            return {}
+        rollout = read.context.rollout
+        if not read.context.HasField("rollout"):
+            return {}
+        return {"replicas": rollout.desired_replicas, "ready_replicas": rollout.ready_replicas}
+
+    async def _describe(self, action: str, context: Context) -> executor_pb2.ActionDefinition:
+        """The executor's catalogue entry; FAILED_PRECONDITION when it does not offer it."""
         try:
             described = await self.executor.DescribeAction(
                 executor_pb2.DescribeActionRequest(name=action)
@@ -147,14 +269,55 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
                     f"the executor does not offer {action!r}: {error.details()}",
                 )
             raise
-        history = await self._target_history(recommendation.target)
-        guard = guard_for(recommendation, history, dt.datetime.now(dt.UTC), self.settings)
-        if guard is not None:
-            log.warning(
-                "plan held for a person by the guard",
-                extra={"action": action, "why": guard.reason},
-            )
-        return plan(recommendation, described.action, self.settings, guard)
+        definition: executor_pb2.ActionDefinition = described.action
+        return definition
+
+    async def _policy_facts(
+        self,
+        recommendation: remediation_pb2.Recommendation,
+        alert: alert_pb2.Alert | None,
+        incident_id: str,
+        chosen: ChosenRunbook | None,
+        actions: Sequence[str],
+        risk: remediation_pb2.RiskLevel.ValueType,
+    ) -> tuple[PolicyFacts, str]:
+        """What the approval policy decides on, and why the namespace's labels could not
+        be read ("" when they were, or the target has no namespace)."""
+        target = recommendation.target
+        labels: dict[str, str] = {}
+        unread = ""
+        if target.namespace:
+            try:
+                found = await self.context_api.GetNamespace(
+                    context_api_pb2.GetNamespaceRequest(
+                        cluster=target.cluster, name=target.namespace
+                    )
+                )
+                labels = dict(found.labels)
+            except grpc.aio.AioRpcError as error:
+                unread = f"{error.code().name}: {error.details()}"[:256]
+        alert = alert or alert_pb2.Alert()
+        facts = build_facts(
+            action=recommendation.action.WhichOneof("params") or "",
+            actions=actions,
+            risk=RISK_NAMES.get(risk, "unknown"),
+            steps=len(chosen.nodes) if chosen is not None else 1,
+            runbook=chosen.ref.name if chosen is not None else "",
+            target_kind=target.kind,
+            target_namespace=target.namespace,
+            target_name=target.name,
+            incident_id=incident_id,
+            alert=alert.name,
+            severity=alert.labels.get("severity", ""),
+            incident_labels=dict(alert.labels),
+            fingerprint=alert.source_fingerprint,
+            namespace_labels=labels,
+            confidence=recommendation.confidence,
+            source=recommendation.source or "unknown",
+            approval_required=recommendation.approval_required,
+            timezone=self.policy.timezone if self.policy is not None else dt.UTC,
+        )
+        return facts, unread
 
     async def _target_history(self, target: alert_pb2.ResourceRef) -> TargetHistory:
         """The target's action records, newest first (one page: the guard looks at the
@@ -170,9 +333,15 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
     async def PlanWorkflow(
         self, request: workflow_pb2.PlanWorkflowRequest, context: Context
     ) -> workflow_pb2.PlanWorkflowResponse:
+        alert = request.alert if request.HasField("alert") else None
         return workflow_pb2.PlanWorkflowResponse(
-            plan=await self._plan(request.recommendation, context)
+            plan=await self._plan(request.recommendation, context, alert)
         )
+
+    async def ListRunbooks(
+        self, request: workflow_pb2.ListRunbooksRequest, context: Context
+    ) -> workflow_pb2.ListRunbooksResponse:
+        return workflow_pb2.ListRunbooksResponse(runbooks=self.runbooks.list())
 
     async def CreateWorkflow(
         self, request: workflow_pb2.CreateWorkflowRequest, context: Context
@@ -184,7 +353,9 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             # workflow there is, even while the executor is unreachable.
             existing = await self.engine.get_by_incident(request.incident_id)
         if existing is None:
-            planned = await self._plan(request.recommendation, context)
+            planned = await self._plan(
+                request.recommendation, context, request.alert, request.incident_id
+            )
             async with unavailable_as_status(context, StoreUnavailable):
                 existing, created = await self.engine.create(
                     request.incident_id,
@@ -212,6 +383,31 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             )
             raise AssertionError("unreachable")  # abort raises
         return workflow_pb2.GetWorkflowResponse(workflow=workflow.to_proto())
+
+    async def WatchWorkflow(
+        self, request: workflow_pb2.WatchWorkflowRequest, context: Context
+    ) -> AsyncIterator[workflow_pb2.WatchWorkflowResponse]:
+        key = request.WhichOneof("key") or ""
+        # An incident's workflow is looked up once; then it is read by its own id.
+        workflow_id = request.workflow_id if key == "workflow_id" else None
+
+        async def load() -> workflow_pb2.Workflow | None:
+            nonlocal workflow_id
+            if workflow_id is None:
+                found = await self.engine.get_by_incident(request.incident_id)
+                workflow_id = None if found is None else found.workflow_id
+            else:
+                found = await self.engine.get(workflow_id)
+            return None if found is None else found.to_proto()
+
+        try:
+            async with unavailable_as_status(context, StoreUnavailable):
+                async for response in watch(load, self.watch_settings.watch_poll_seconds):
+                    yield response
+        except WorkflowGone as error:
+            what = f"workflow {workflow_id}" if error.seen else f"no workflow for {key}"
+            detail = "is gone" if error.seen else getattr(request, key)
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{what} {detail}")
 
     async def DecideApproval(
         self, request: workflow_pb2.DecideApprovalRequest, context: Context
@@ -258,6 +454,20 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
         ctx.clients.stub(EffectivenessServiceStub),
         ctx.clients.stub(NotificationServiceStub),
     )
+    planning = PlanningSettings()
+    # Both are validated here, at start: a bad template or policy stops the service with
+    # a message naming the file and the problem (a ValueError: `kubernaut serve` exits 2).
+    runbooks = load_runbooks(
+        Path(planning.runbook_dir) if planning.runbook_dir else default_runbook_dir()
+    )
+    policy = ApprovalPolicy.load(planning.policy_file) if planning.policy_file else None
+    log.info(
+        "runbooks and approval policy loaded",
+        extra={
+            "runbooks": ", ".join(f"{r.name} {r.version}" for r in runbooks.list()),
+            "policy": policy.policy_id if policy is not None else "thresholds",
+        },
+    )
     engine = WorkflowEngine(database.store, downstream, settings)
     engine.start()
 
@@ -270,7 +480,11 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             ctx.clients.stub(ExecutorServiceStub),
             ctx.clients.stub(StorageServiceStub),
             engine,
-            PlanningSettings(),
+            planning,
+            WatchSettings(),
+            context_api=ctx.clients.stub(ContextAPIServiceStub),
+            runbooks=runbooks,
+            policy=policy,
         ),
         readiness=[("postgresql", database.ready)],
         on_stop=[stop],

@@ -46,6 +46,15 @@ class PlanningSettings(BaseSettings):
     # high-risk (or critical) action before it runs; 2 for the four-eyes rule. Whoever
     # requested a workflow never counts: they may not approve it at all.
     high_risk_approvers: int = Field(default=1, ge=1, le=5)
+    # KUBERNAUT_WORKFLOW_RUNBOOK_DIR: where the runbook templates are (*.yaml, validated
+    # against their JSON Schema at start; a ConfigMap mounted in a cluster). Empty: the
+    # templates Kubernaut ships. A template is chosen by the alert and the recommended
+    # action; without one, the recommended action runs alone.
+    runbook_dir: str = ""
+    # KUBERNAUT_WORKFLOW_POLICY_FILE: the approval policy (CEL rules, see
+    # docs/examples/approval-policy.yaml), validated at start. Empty: the thresholds above
+    # decide (approval_min_risk, approval_min_confidence, high_risk_approvers).
+    policy_file: str = ""
 
 
 class RunnerSettings(BaseSettings):
@@ -74,3 +83,12 @@ class RunnerSettings(BaseSettings):
     approval_timeout_seconds: float = Field(default=24 * 3600.0, ge=0)
     # How often a runner looks for expired approvals.
     approval_sweep_seconds: float = Field(default=60.0, gt=0)
+
+
+class WatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBERNAUT_WORKFLOW_", frozen=True, extra="ignore")
+
+    # KUBERNAUT_WORKFLOW_WATCH_POLL_SECONDS: how often a WatchWorkflow stream reads its
+    # workflow again (the state lives in PostgreSQL, and any replica may run the workflow):
+    # how late a change can reach a watcher, and one small read per open stream this often.
+    watch_poll_seconds: float = Field(default=0.5, gt=0)

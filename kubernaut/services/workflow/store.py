@@ -146,6 +146,13 @@ class Step:
     message: str
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # Graph steps (ACTION, CHECK, COMPENSATE): the plan node, the executor's id of the
+    # current attempt, how it ended (an ActionOutcome name, PASSED or NOT_PASSED) and when
+    # the next attempt may start.
+    node: str = ""
+    action_id: str = ""
+    outcome: str = ""
+    not_before: dt.datetime | None = None
 
     def to_proto(self) -> workflow_pb2.StepRun:
         run = workflow_pb2.StepRun(
@@ -153,6 +160,8 @@ class Step:
             state=self.state.to_proto(),
             message=self.message,
             attempts=self.attempts,
+            node=self.node,
+            action_id=self.action_id,
         )
         if self.started_at is not None:
             run.started_at.FromDatetime(self.started_at)
@@ -223,6 +232,11 @@ class StepChange:
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     new_attempt: bool = True
+    # Graph steps; None leaves the column as it is.
+    action_id: str | None = None
+    outcome: str | None = None
+    # When the next attempt may start (a retry's backoff); set with RUNNING.
+    not_before: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -308,8 +322,9 @@ class WorkflowStore(PooledStore):
             created = workflow_id is not None
             if created:
                 await conn.executemany(
-                    "INSERT INTO workflow.steps (workflow_id, index, kind) VALUES ($1, $2, $3)",
-                    [(workflow_id, i, kind_name(s.kind)) for i, s in enumerate(plan.steps)],
+                    "INSERT INTO workflow.steps (workflow_id, index, kind, node)"
+                    " VALUES ($1, $2, $3, $4)",
+                    [(workflow_id, i, kind_name(s.kind), s.node) for i, s in enumerate(plan.steps)],
                 )
             else:
                 workflow_id = await conn.fetchval(
@@ -347,7 +362,8 @@ class WorkflowStore(PooledStore):
         if row is None:
             return None
         steps = await conn.fetch(
-            "SELECT index, kind, state, attempts, message, started_at, finished_at"
+            "SELECT index, kind, state, attempts, message, started_at, finished_at,"
+            " node, action_id, outcome, not_before"
             " FROM workflow.steps WHERE workflow_id = $1 ORDER BY index",
             workflow_id,
         )
@@ -552,13 +568,19 @@ class WorkflowStore(PooledStore):
                         "  THEN 1 ELSE 0 END,"
                         " started_at = CASE WHEN $4 OR state <> 'RUNNING'"
                         "  THEN COALESCE($5, now()) ELSE COALESCE($5, started_at) END,"
-                        " finished_at = NULL"
+                        " finished_at = NULL,"
+                        " action_id = COALESCE($6::uuid, action_id),"
+                        " outcome = COALESCE($7, outcome),"
+                        " not_before = $8"
                         " WHERE workflow_id = $1 AND index = $2",
                         key,
                         step.index,
                         step.message,
                         step.new_attempt,
                         step.started_at,
+                        step.action_id,
+                        step.outcome,
+                        step.not_before,
                     )
                 else:
                     ran = step.state in (StepStatus.DONE, StepStatus.FAILED)
@@ -568,7 +590,10 @@ class WorkflowStore(PooledStore):
                         "  THEN 1 ELSE 0 END,"
                         " started_at = CASE WHEN $6"
                         "  THEN COALESCE($7, started_at, $8, now()) ELSE started_at END,"
-                        " finished_at = CASE WHEN $5 THEN COALESCE($8, now()) END"
+                        " finished_at = CASE WHEN $5 THEN COALESCE($8, now()) END,"
+                        " action_id = COALESCE($9::uuid, action_id),"
+                        " outcome = COALESCE($10, outcome),"
+                        " not_before = NULL"
                         " WHERE workflow_id = $1 AND index = $2",
                         key,
                         step.index,
@@ -578,6 +603,8 @@ class WorkflowStore(PooledStore):
                         ran,
                         step.started_at,
                         step.finished_at,
+                        step.action_id,
+                        step.outcome,
                     )
             await conn.execute(
                 "UPDATE workflow.workflows SET"
@@ -683,6 +710,10 @@ def _step(row: asyncpg.Record) -> Step:
         message=row["message"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        node=row["node"],
+        action_id="" if row["action_id"] is None else str(row["action_id"]),
+        outcome=row["outcome"],
+        not_before=row["not_before"],
     )
 
 

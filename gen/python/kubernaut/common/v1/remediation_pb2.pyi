@@ -844,6 +844,118 @@ class ActionParams(_message.Message):
 Global___ActionParams: _TypeAlias = ActionParams  # noqa: Y015
 
 @_typing.final
+class WorkloadReadyCheck(_message.Message):
+    """WorkloadReadyCheck passes when a Deployment, StatefulSet or DaemonSet has every desired
+    replica updated, Ready and available, and no rollout in progress.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadReadyCheck: _TypeAlias = WorkloadReadyCheck  # noqa: Y015
+
+@_typing.final
+class NodePodsRelocatedCheck(_message.Message):
+    """NodePodsRelocatedCheck passes when a Node holds no pods but DaemonSets' and mirror pods,
+    and every workload that had pods there has all its replicas Ready elsewhere.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodePodsRelocatedCheck: _TypeAlias = NodePodsRelocatedCheck  # noqa: Y015
+
+@_typing.final
+class JobSucceededCheck(_message.Message):
+    """JobSucceededCheck passes when a Job (or the newest Job a CronJob or a rerun made) has
+    completed successfully.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobSucceededCheck: _TypeAlias = JobSucceededCheck  # noqa: Y015
+
+@_typing.final
+class PodReadyCheck(_message.Message):
+    """PodReadyCheck passes when the Pod exists and is Ready."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodReadyCheck: _TypeAlias = PodReadyCheck  # noqa: Y015
+
+@_typing.final
+class CheckParams(_message.Message):
+    """CheckParams is one read-only check of the cluster, run by the executor until it passes
+    or its time is up. A runbook step that changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKLOAD_READY_FIELD_NUMBER: _builtins.int
+    NODE_PODS_RELOCATED_FIELD_NUMBER: _builtins.int
+    JOB_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    POD_READY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workload_ready(self) -> Global___WorkloadReadyCheck: ...
+    @_builtins.property
+    def node_pods_relocated(self) -> Global___NodePodsRelocatedCheck: ...
+    @_builtins.property
+    def job_succeeded(self) -> Global___JobSucceededCheck: ...
+    @_builtins.property
+    def pod_ready(self) -> Global___PodReadyCheck: ...
+    def __init__(
+        self,
+        *,
+        workload_ready: Global___WorkloadReadyCheck | None = ...,
+        node_pods_relocated: Global___NodePodsRelocatedCheck | None = ...,
+        job_succeeded: Global___JobSucceededCheck | None = ...,
+        pod_ready: Global___PodReadyCheck | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "job_succeeded", b"job_succeeded", "node_pods_relocated", b"node_pods_relocated", "pod_ready", b"pod_ready", "workload_ready", b"workload_ready"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "job_succeeded", b"job_succeeded", "node_pods_relocated", b"node_pods_relocated", "pod_ready", b"pod_ready", "workload_ready", b"workload_ready"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_check: _TypeAlias = _typing.Literal["workload_ready", "node_pods_relocated", "job_succeeded", "pod_ready"]  # noqa: Y015
+    _WhichOneofArgType_check: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_check) -> _WhichOneofReturnType_check | None: ...
+
+Global___CheckParams: _TypeAlias = CheckParams  # noqa: Y015
+
+@_typing.final
 class Recommendation(_message.Message):
     """Recommendation is one remediation chosen from the typed catalogue."""
 
@@ -855,6 +967,7 @@ class Recommendation(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     APPROVAL_REQUIRED_FIELD_NUMBER: _builtins.int
     APPROVAL_REASON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     confidence: _builtins.float
     """How sure the analyzer is, from 0 to 1."""
     approval_required: _builtins.bool
@@ -864,6 +977,10 @@ class Recommendation(_message.Message):
     """
     approval_reason: _builtins.str
     """Why approval is required, in plain words."""
+    source: _builtins.str
+    """Which analysis chose it: "rules", or the model provider's name (Analysis.analyzer);
+    the approval policy weighs it (analysis.source).
+    """
     @_builtins.property
     def action(self) -> Global___ActionParams: ...
     @_builtins.property
@@ -881,10 +998,11 @@ class Recommendation(_message.Message):
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         approval_required: _builtins.bool = ...,
         approval_reason: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "approval_required", b"approval_required", "confidence", b"confidence", "reasons", b"reasons", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "approval_required", b"approval_required", "confidence", b"confidence", "reasons", b"reasons", "source", b"source", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -63,6 +63,73 @@ ACTION_STATE_RECORDED: ActionState.ValueType  # 6
 Global___ActionState: _TypeAlias = ActionState  # noqa: Y015
 
 @_typing.final
+class RunCheckRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    timeout_seconds: _builtins.int
+    """How long to keep checking before answering passed=false; 0 checks once."""
+    incident_id: _builtins.str
+    """For the logs: the incident the check is for."""
+    @_builtins.property
+    def check(self) -> _remediation_pb2.CheckParams: ...
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        check: _remediation_pb2.CheckParams | None = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
+        timeout_seconds: _builtins.int = ...,
+        incident_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "incident_id", b"incident_id", "target", b"target", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCheckRequest: _TypeAlias = RunCheckRequest  # noqa: Y015
+
+@_typing.final
+class RunCheckResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    LOOKS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    detail: _builtins.str
+    """What the last look saw, in a sentence ("3/3 replicas Ready on kwok-node-1, kwok-node-2")."""
+    looks: _builtins.int
+    """How many times the target was looked at."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        looks: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "finished_at", b"finished_at", "looks", b"looks", "passed", b"passed", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCheckResponse: _TypeAlias = RunCheckResponse  # noqa: Y015
+
+@_typing.final
 class GetActionProgressRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -243,10 +310,16 @@ class ExecuteActionRequest(_message.Message):
     ALERT_NAME_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    VERIFY_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     """Chosen by the caller (a UUID); the idempotency key of the action."""
     incident_id: _builtins.str
     alert_name: _builtins.str
+    verify_timeout_seconds: _builtins.int
+    """How long verification may take for this action (a runbook step's timeout); 0 is the
+    executor's setting (KUBERNAUT_EXECUTOR_VERIFY_TIMEOUT_SECONDS). drain_node's own
+    timeout_seconds, when set, still bounds the wait for its evictions.
+    """
     @_builtins.property
     def action(self) -> _remediation_pb2.ActionParams: ...
     @_builtins.property
@@ -259,10 +332,11 @@ class ExecuteActionRequest(_message.Message):
         alert_name: _builtins.str = ...,
         action: _remediation_pb2.ActionParams | None = ...,
         target: _alert_pb2.ResourceRef | None = ...,
+        verify_timeout_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_id", b"action_id", "alert_name", b"alert_name", "incident_id", b"incident_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_id", b"action_id", "alert_name", b"alert_name", "incident_id", b"incident_id", "target", b"target", "verify_timeout_seconds", b"verify_timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,6 +61,11 @@ class ExecutorServiceStub(object):
                 request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressResponse.FromString,
                 _registered_method=True)
+        self.RunCheck = channel.unary_unary(
+                '/kubernaut.executor.v1.ExecutorService/RunCheck',
+                request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer(object):
@@ -136,6 +141,20 @@ class ExecutorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunCheck(self, request, context):
+        """RunCheck runs one read-only check of a target (a runbook's "verify the displaced pods
+        are Ready elsewhere"), again and again until it passes or timeout_seconds are up. It
+        changes nothing; the target must be in scope as for an action.
+        Returns OK with passed and what was seen (a check that did not pass in time is OK with
+        passed=false); INVALID_ARGUMENT (with field violations) for a malformed request or a
+        check that does not apply to the target's kind; FAILED_PRECONDITION when the target is
+        out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
+        cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +182,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.GetActionProgress,
                     request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressRequest.FromString,
                     response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressResponse.SerializeToString,
+            ),
+            'RunCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCheck,
+                    request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckRequest.FromString,
+                    response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +326,33 @@ class ExecutorService(object):
             '/kubernaut.executor.v1.ExecutorService/GetActionProgress',
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressRequest.SerializeToString,
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.GetActionProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.executor.v1.ExecutorService/RunCheck',
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckRequest.SerializeToString,
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,16 @@ class ExecutorServiceStub:
     database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
     call table.
     """
+    RunCheck: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RunCheckRequest, _executor_pb2.RunCheckResponse]
+    """RunCheck runs one read-only check of a target (a runbook's "verify the displaced pods
+    are Ready elsewhere"), again and again until it passes or timeout_seconds are up. It
+    changes nothing; the target must be in scope as for an action.
+    Returns OK with passed and what was seen (a check that did not pass in time is OK with
+    passed=false); INVALID_ARGUMENT (with field violations) for a malformed request or a
+    check that does not apply to the target's kind; FAILED_PRECONDITION when the target is
+    out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
+    cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -138,6 +148,16 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     yet); FAILED_PRECONDITION when the executor has no database; UNAVAILABLE when its
     database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
     call table.
+    """
+    RunCheck: _aio.UnaryUnaryMultiCallable[_executor_pb2.RunCheckRequest, _executor_pb2.RunCheckResponse]  # type: ignore[assignment]
+    """RunCheck runs one read-only check of a target (a runbook's "verify the displaced pods
+    are Ready elsewhere"), again and again until it passes or timeout_seconds are up. It
+    changes nothing; the target must be in scope as for an action.
+    Returns OK with passed and what was seen (a check that did not pass in time is OK with
+    passed=false); INVALID_ARGUMENT (with field violations) for a malformed request or a
+    check that does not apply to the target's kind; FAILED_PRECONDITION when the target is
+    out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
+    cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -221,6 +241,22 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         yet); FAILED_PRECONDITION when the executor has no database; UNAVAILABLE when its
         database cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the
         call table.
+        """
+
+    @_abc_1.abstractmethod
+    def RunCheck(
+        self,
+        request: _executor_pb2.RunCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.RunCheckResponse, _abc.Awaitable[_executor_pb2.RunCheckResponse]]:
+        """RunCheck runs one read-only check of a target (a runbook's "verify the displaced pods
+        are Ready elsewhere"), again and again until it passes or timeout_seconds are up. It
+        changes nothing; the target must be in scope as for an action.
+        Returns OK with passed and what was seen (a check that did not pass in time is OK with
+        passed=false); INVALID_ARGUMENT (with field violations) for a malformed request or a
+        check that does not apply to the target's kind; FAILED_PRECONDITION when the target is
+        out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
+        cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -110,6 +110,16 @@ class _StepKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepKind.Val
     STEP_KIND_APPLY: _StepKind.ValueType  # 5
     STEP_KIND_VERIFY: _StepKind.ValueType  # 6
     STEP_KIND_NOTIFY: _StepKind.ValueType  # 7
+    STEP_KIND_ACTION: _StepKind.ValueType  # 8
+    """One action of a runbook plan (its node names it): the executor's dry-run, snapshot,
+    change, verification and automatic rollback, in one step.
+    """
+    STEP_KIND_CHECK: _StepKind.ValueType  # 9
+    """One read-only check of a runbook plan, run by the executor until it passes or times out."""
+    STEP_KIND_COMPENSATE: _StepKind.ValueType  # 10
+    """The compensation of one finished runbook step (its node names the step), run in
+    reverse order of completion when the plan fails; skipped when it succeeds.
+    """
 
 class StepKind(_StepKind, metaclass=_StepKindEnumTypeWrapper):
     """StepKind is the kind of one workflow step."""
@@ -122,7 +132,37 @@ STEP_KIND_SNAPSHOT: StepKind.ValueType  # 4
 STEP_KIND_APPLY: StepKind.ValueType  # 5
 STEP_KIND_VERIFY: StepKind.ValueType  # 6
 STEP_KIND_NOTIFY: StepKind.ValueType  # 7
+STEP_KIND_ACTION: StepKind.ValueType  # 8
+"""One action of a runbook plan (its node names it): the executor's dry-run, snapshot,
+change, verification and automatic rollback, in one step.
+"""
+STEP_KIND_CHECK: StepKind.ValueType  # 9
+"""One read-only check of a runbook plan, run by the executor until it passes or times out."""
+STEP_KIND_COMPENSATE: StepKind.ValueType  # 10
+"""The compensation of one finished runbook step (its node names the step), run in
+reverse order of completion when the plan fails; skipped when it succeeds.
+"""
 Global___StepKind: _TypeAlias = StepKind  # noqa: Y015
+
+class _PolicyOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_OUTCOME_UNSPECIFIED: _PolicyOutcome.ValueType  # 0
+    POLICY_OUTCOME_ALLOW: _PolicyOutcome.ValueType  # 1
+    POLICY_OUTCOME_REQUIRE_APPROVAL: _PolicyOutcome.ValueType  # 2
+    POLICY_OUTCOME_DENY: _PolicyOutcome.ValueType  # 3
+
+class PolicyOutcome(_PolicyOutcome, metaclass=_PolicyOutcomeEnumTypeWrapper):
+    """PolicyOutcome is what the approval policy decided for a plan."""
+
+POLICY_OUTCOME_UNSPECIFIED: PolicyOutcome.ValueType  # 0
+POLICY_OUTCOME_ALLOW: PolicyOutcome.ValueType  # 1
+POLICY_OUTCOME_REQUIRE_APPROVAL: PolicyOutcome.ValueType  # 2
+POLICY_OUTCOME_DENY: PolicyOutcome.ValueType  # 3
+Global___PolicyOutcome: _TypeAlias = PolicyOutcome  # noqa: Y015
 
 @_typing.final
 class DecideApprovalRequest(_message.Message):
@@ -290,11 +330,19 @@ class StepRun(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
     kind: Global___StepKind.ValueType
     state: Global___StepState.ValueType
     message: _builtins.str
     attempts: _builtins.int
-    """How many times the step was started (more than one after a restart mid-step)."""
+    """How many times the step was started (more than one after a restart mid-step, or a
+    retry).
+    """
+    node: _builtins.str
+    """ACTION, CHECK and COMPENSATE steps: the plan node they run or undo."""
+    action_id: _builtins.str
+    """ACTION and COMPENSATE steps: the executor's action id of the last attempt."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -308,10 +356,12 @@ class StepRun(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         attempts: _builtins.int = ...,
+        node: _builtins.str = ...,
+        action_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "finished_at", b"finished_at", "kind", b"kind", "message", b"message", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "attempts", b"attempts", "finished_at", b"finished_at", "kind", b"kind", "message", b"message", "node", b"node", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,16 +477,24 @@ class PlanWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def recommendation(self) -> _remediation_pb2.Recommendation: ...
+    @_builtins.property
+    def alert(self) -> _alert_pb2.Alert:
+        """The alert the recommendation answers: a runbook template is chosen by it. Without it
+        the plan is the recommended action alone.
+        """
+
     def __init__(
         self,
         *,
         recommendation: _remediation_pb2.Recommendation | None = ...,
+        alert: _alert_pb2.Alert | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recommendation", b"recommendation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "recommendation", b"recommendation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recommendation", b"recommendation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "recommendation", b"recommendation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,17 +526,21 @@ class WorkflowStep(_message.Message):
 
     KIND_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     kind: Global___StepKind.ValueType
     description: _builtins.str
+    node: _builtins.str
+    """ACTION, CHECK and COMPENSATE steps: the plan node (PlanNode.name) they run or undo."""
     def __init__(
         self,
         *,
         kind: Global___StepKind.ValueType = ...,
         description: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -496,6 +558,10 @@ class WorkflowPlan(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    RUNBOOK_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """The catalogue name of the action."""
     risk: _remediation_pb2.RiskLevel.ValueType
@@ -508,10 +574,26 @@ class WorkflowPlan(_message.Message):
     """How many different people must approve (with requires_approval): 1, or more for
     high-risk actions where policy demands it.
     """
+    max_parallel: _builtins.int
+    """How many of the graph's steps may run at the same time (at least 1)."""
     @_builtins.property
     def target(self) -> _alert_pb2.ResourceRef: ...
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowStep]: ...
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanNode]:
+        """A runbook plan: its steps as a graph. Empty for the one recommended action (action,
+        target and the fixed steps above).
+        """
+
+    @_builtins.property
+    def runbook(self) -> Global___RunbookRef:
+        """The runbook template the graph was made from, when one was."""
+
+    @_builtins.property
+    def policy(self) -> Global___PolicyDecision:
+        """What the approval policy decided, and on what."""
+
     def __init__(
         self,
         *,
@@ -523,11 +605,389 @@ class WorkflowPlan(_message.Message):
         steps: _abc.Iterable[Global___WorkflowStep] | None = ...,
         rollback: _builtins.str = ...,
         approvals_required: _builtins.int = ...,
+        nodes: _abc.Iterable[Global___PlanNode] | None = ...,
+        max_parallel: _builtins.int = ...,
+        runbook: Global___RunbookRef | None = ...,
+        policy: Global___PolicyDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "runbook", b"runbook", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "approvals_required", b"approvals_required", "requires_approval", b"requires_approval", "risk", b"risk", "rollback", b"rollback", "steps", b"steps", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval_reason", b"approval_reason", "approvals_required", b"approvals_required", "max_parallel", b"max_parallel", "nodes", b"nodes", "policy", b"policy", "requires_approval", b"requires_approval", "risk", b"risk", "rollback", b"rollback", "runbook", b"runbook", "steps", b"steps", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowPlan: _TypeAlias = WorkflowPlan  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """RetryPolicy is how a runbook step is tried again after it failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
+    attempts: _builtins.int
+    """Attempts in all; 0 or 1 tries once."""
+    backoff_seconds: _builtins.float
+    """The wait before the second attempt; it doubles after each, up to max_backoff_seconds."""
+    max_backoff_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        attempts: _builtins.int = ...,
+        backoff_seconds: _builtins.float = ...,
+        max_backoff_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "backoff_seconds", b"backoff_seconds", "max_backoff_seconds", b"max_backoff_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
+class Compensation(_message.Message):
+    """Compensation is how a finished runbook step is undone when a later one fails."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNDO_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    undo: _builtins.bool
+    """Put back what the step's action changed, from its snapshot (the executor's
+    RollbackAction).
+    """
+    @_builtins.property
+    def action(self) -> _remediation_pb2.ActionParams:
+        """Run this catalogue action, e.g. uncordon_node after cordon_node."""
+
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef:
+        """The action's target; the step's own when empty."""
+
+    def __init__(
+        self,
+        *,
+        undo: _builtins.bool = ...,
+        action: _remediation_pb2.ActionParams | None = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "how", b"how", "target", b"target", "undo", b"undo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "how", b"how", "target", b"target", "undo", b"undo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_how: _TypeAlias = _typing.Literal["undo", "action"]  # noqa: Y015
+    _WhichOneofArgType_how: _TypeAlias = _typing.Literal["how", b"how"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_how) -> _WhichOneofReturnType_how | None: ...
+
+Global___Compensation: _TypeAlias = Compensation  # noqa: Y015
+
+@_typing.final
+class PlanNode(_message.Message):
+    """PlanNode is one step of a runbook plan: an action or a check, when it may run, and how
+    it is retried and undone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    COMPENSATION_FIELD_NUMBER: _builtins.int
+    CONTINUE_ON_FAILURE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique in the plan: lower case, digits and underscores."""
+    description: _builtins.str
+    when: _builtins.str
+    """A CEL condition over earlier steps (`steps.<name>.state` is "done", "failed" or
+    "skipped"; `steps.<name>.outcome` the executor's, e.g. "succeeded", "rolled_back",
+    "passed"); the step is skipped when it is false. Empty: every dependency done.
+    """
+    timeout_seconds: _builtins.int
+    """How long one attempt may take (an action's verification, a check's waiting); 0 is the
+    executor's default.
+    """
+    continue_on_failure: _builtins.bool
+    """A failure of this step does not fail the plan: later steps decide by their `when`."""
+    @_builtins.property
+    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Steps that must have finished (done, failed or skipped) first."""
+
+    @_builtins.property
+    def action(self) -> _remediation_pb2.ActionParams: ...
+    @_builtins.property
+    def check(self) -> _remediation_pb2.CheckParams: ...
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef: ...
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy: ...
+    @_builtins.property
+    def compensation(self) -> Global___Compensation: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        action: _remediation_pb2.ActionParams | None = ...,
+        check: _remediation_pb2.CheckParams | None = ...,
+        target: _alert_pb2.ResourceRef | None = ...,
+        when: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+        retry: Global___RetryPolicy | None = ...,
+        compensation: Global___Compensation | None = ...,
+        continue_on_failure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "check", b"check", "compensation", b"compensation", "retry", b"retry", "run", b"run", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "check", b"check", "compensation", b"compensation", "continue_on_failure", b"continue_on_failure", "depends_on", b"depends_on", "description", b"description", "name", b"name", "retry", b"retry", "run", b"run", "target", b"target", "timeout_seconds", b"timeout_seconds", "when", b"when"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_run: _TypeAlias = _typing.Literal["action", "check"]  # noqa: Y015
+    _WhichOneofArgType_run: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_run) -> _WhichOneofReturnType_run | None: ...
+
+Global___PlanNode: _TypeAlias = PlanNode  # noqa: Y015
+
+@_typing.final
+class RunbookRef(_message.Message):
+    """RunbookRef names the runbook template a plan was made from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    digest: _builtins.str
+    """sha256 of the template file as loaded."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunbookRef: _TypeAlias = RunbookRef  # noqa: Y015
+
+@_typing.final
+class PolicyDecision(_message.Message):
+    """PolicyDecision is the approval policy's decision on one plan, kept with the workflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    APPROVERS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    outcome: Global___PolicyOutcome.ValueType
+    rule: _builtins.str
+    """The rule that fired (its name in the policy file), or "default"."""
+    approvers: _builtins.int
+    """With REQUIRE_APPROVAL: how many different people must approve."""
+    reason: _builtins.str
+    """Why, in plain words (the rule's description)."""
+    policy: _builtins.str
+    """The policy file's name and sha256."""
+    input_json: _builtins.str
+    """The facts the policy saw, as JSON: what `kubernaut policy test` evaluates again."""
+    def __init__(
+        self,
+        *,
+        outcome: Global___PolicyOutcome.ValueType = ...,
+        rule: _builtins.str = ...,
+        approvers: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        input_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvers", b"approvers", "input_json", b"input_json", "outcome", b"outcome", "policy", b"policy", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyDecision: _TypeAlias = PolicyDecision  # noqa: Y015
+
+@_typing.final
+class WatchWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    incident_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        incident_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "key", b"key", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "key", b"key", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["workflow_id", "incident_id"]  # noqa: Y015
+    _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_key) -> _WhichOneofReturnType_key | None: ...
+
+Global___WatchWorkflowRequest: _TypeAlias = WatchWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class StepEvent(_message.Message):
+    """StepEvent is one step's state as it changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The step's position in Workflow.steps."""
+    @_builtins.property
+    def step(self) -> Global___StepRun: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        step: Global___StepRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepEvent: _TypeAlias = StepEvent  # noqa: Y015
+
+@_typing.final
+class WatchWorkflowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> Global___Workflow:
+        """The workflow as it is now."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepEvent]:
+        """The steps that changed since the previous message (every step in the first)."""
+
+    def __init__(
+        self,
+        *,
+        workflow: Global___Workflow | None = ...,
+        events: _abc.Iterable[Global___StepEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWorkflowResponse: _TypeAlias = WatchWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class ListRunbooksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunbooksRequest: _TypeAlias = ListRunbooksRequest  # noqa: Y015
+
+@_typing.final
+class ListRunbooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNBOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runbooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Runbook]: ...
+    def __init__(
+        self,
+        *,
+        runbooks: _abc.Iterable[Global___Runbook] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runbooks", b"runbooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunbooksResponse: _TypeAlias = ListRunbooksResponse  # noqa: Y015
+
+@_typing.final
+class Runbook(_message.Message):
+    """Runbook is one runbook template as loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    description: _builtins.str
+    digest: _builtins.str
+    """sha256 of the file."""
+    source: _builtins.str
+    """The file it came from."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The alert names it answers."""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The catalogue actions an analysis must recommend for it to be chosen."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its steps' names, in file order."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        description: _builtins.str = ...,
+        alerts: _abc.Iterable[_builtins.str] | None = ...,
+        actions: _abc.Iterable[_builtins.str] | None = ...,
+        digest: _builtins.str = ...,
+        source: _builtins.str = ...,
+        steps: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "alerts", b"alerts", "description", b"description", "digest", b"digest", "name", b"name", "source", b"source", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Runbook: _TypeAlias = Runbook  # noqa: Y015

@@ -55,6 +55,16 @@ class WorkflowServiceStub(object):
                 request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalResponse.FromString,
                 _registered_method=True)
+        self.WatchWorkflow = channel.unary_stream(
+                '/kubernaut.workflow.v1.WorkflowService/WatchWorkflow',
+                request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.WatchWorkflowRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.WatchWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ListRunbooks = channel.unary_unary(
+                '/kubernaut.workflow.v1.WorkflowService/ListRunbooks',
+                request_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.ListRunbooksRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.ListRunbooksResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer(object):
@@ -120,6 +130,29 @@ class WorkflowServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchWorkflow(self, request, context):
+        """WatchWorkflow follows a workflow live: the first message holds the workflow and an
+        event for each of its steps as they stand, each later one the workflow again and the
+        steps that changed since. The stream ends after the message that shows the workflow
+        finished (SUCCEEDED, FAILED, ROLLED_BACK, REFUSED); a workflow that waits for approval
+        keeps it open. A client that reconnects gets the whole state again.
+        Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+        UNAVAILABLE when the database cannot be reached (reconnect); PERMISSION_DENIED for
+        callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunbooks(self, request, context):
+        """ListRunbooks returns the runbook templates this service loaded at start (validated
+        against their JSON Schema), sorted by name: what each answers, its version and digest.
+        Returns OK; PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +175,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.DecideApproval,
                     request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalRequest.FromString,
                     response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalResponse.SerializeToString,
+            ),
+            'WatchWorkflow': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkflow,
+                    request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.WatchWorkflowRequest.FromString,
+                    response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.WatchWorkflowResponse.SerializeToString,
+            ),
+            'ListRunbooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunbooks,
+                    request_deserializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.ListRunbooksRequest.FromString,
+                    response_serializer=kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.ListRunbooksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -253,6 +296,60 @@ class WorkflowService(object):
             '/kubernaut.workflow.v1.WorkflowService/DecideApproval',
             kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalRequest.SerializeToString,
             kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.DecideApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kubernaut.workflow.v1.WorkflowService/WatchWorkflow',
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.WatchWorkflowRequest.SerializeToString,
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.WatchWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunbooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.workflow.v1.WorkflowService/ListRunbooks',
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.ListRunbooksRequest.SerializeToString,
+            kubernaut_dot_workflow_dot_v1_dot_workflow__pb2.ListRunbooksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,21 @@ class WorkflowServiceStub:
     PERMISSION_DENIED without the approver role, when `approver` names someone other
     than the caller, or when the caller requested the workflow (no self-approval).
     """
+    WatchWorkflow: _grpc.UnaryStreamMultiCallable[_workflow_pb2.WatchWorkflowRequest, _workflow_pb2.WatchWorkflowResponse]
+    """WatchWorkflow follows a workflow live: the first message holds the workflow and an
+    event for each of its steps as they stand, each later one the workflow again and the
+    steps that changed since. The stream ends after the message that shows the workflow
+    finished (SUCCEEDED, FAILED, ROLLED_BACK, REFUSED); a workflow that waits for approval
+    keeps it open. A client that reconnects gets the whole state again.
+    Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+    UNAVAILABLE when the database cannot be reached (reconnect); PERMISSION_DENIED for
+    callers outside the call table.
+    """
+    ListRunbooks: _grpc.UnaryUnaryMultiCallable[_workflow_pb2.ListRunbooksRequest, _workflow_pb2.ListRunbooksResponse]
+    """ListRunbooks returns the runbook templates this service loaded at start (validated
+    against their JSON Schema), sorted by name: what each answers, its version and digest.
+    Returns OK; PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -124,6 +139,21 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     otherwise before; UNAVAILABLE when the database cannot be reached (safe to retry);
     PERMISSION_DENIED without the approver role, when `approver` names someone other
     than the caller, or when the caller requested the workflow (no self-approval).
+    """
+    WatchWorkflow: _aio.UnaryStreamMultiCallable[_workflow_pb2.WatchWorkflowRequest, _workflow_pb2.WatchWorkflowResponse]  # type: ignore[assignment]
+    """WatchWorkflow follows a workflow live: the first message holds the workflow and an
+    event for each of its steps as they stand, each later one the workflow again and the
+    steps that changed since. The stream ends after the message that shows the workflow
+    finished (SUCCEEDED, FAILED, ROLLED_BACK, REFUSED); a workflow that waits for approval
+    keeps it open. A client that reconnects gets the whole state again.
+    Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+    UNAVAILABLE when the database cannot be reached (reconnect); PERMISSION_DENIED for
+    callers outside the call table.
+    """
+    ListRunbooks: _aio.UnaryUnaryMultiCallable[_workflow_pb2.ListRunbooksRequest, _workflow_pb2.ListRunbooksResponse]  # type: ignore[assignment]
+    """ListRunbooks returns the runbook templates this service loaded at start (validated
+    against their JSON Schema), sorted by name: what each answers, its version and digest.
+    Returns OK; PERMISSION_DENIED for callers outside the call table.
     """
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -194,6 +224,33 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         otherwise before; UNAVAILABLE when the database cannot be reached (safe to retry);
         PERMISSION_DENIED without the approver role, when `approver` names someone other
         than the caller, or when the caller requested the workflow (no self-approval).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchWorkflow(
+        self,
+        request: _workflow_pb2.WatchWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workflow_pb2.WatchWorkflowResponse], _abc.AsyncIterator[_workflow_pb2.WatchWorkflowResponse]]:
+        """WatchWorkflow follows a workflow live: the first message holds the workflow and an
+        event for each of its steps as they stand, each later one the workflow again and the
+        steps that changed since. The stream ends after the message that shows the workflow
+        finished (SUCCEEDED, FAILED, ROLLED_BACK, REFUSED); a workflow that waits for approval
+        keeps it open. A client that reconnects gets the whole state again.
+        Returns OK; INVALID_ARGUMENT for a malformed id; NOT_FOUND for an unknown workflow;
+        UNAVAILABLE when the database cannot be reached (reconnect); PERMISSION_DENIED for
+        callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunbooks(
+        self,
+        request: _workflow_pb2.ListRunbooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_pb2.ListRunbooksResponse, _abc.Awaitable[_workflow_pb2.ListRunbooksResponse]]:
+        """ListRunbooks returns the runbook templates this service loaded at start (validated
+        against their JSON Schema), sorted by name: what each answers, its version and digest.
+        Returns OK; PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
