@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.cluster",
     "tests.fixtures.executor",
+    "tests.fixtures.workflows",
     "tests.fixtures.anthropic_loopback",
     "tests.fixtures.bedrock_loopback",
     "tests.fixtures.pinecone_loopback",

@@ -35,12 +35,16 @@ def state_of(workflow: workflow_pb2.Workflow) -> str:
 
 
 def acting(workflow: workflow_pb2.Workflow) -> bool:
-    """Whether the workflow is running its action now (a DRY_RUN to VERIFY step runs)."""
+    """Whether the workflow is acting now: a DRY_RUN to VERIFY step runs, or a runbook's
+    ACTION, CHECK or COMPENSATE step."""
     kinds = (
         workflow_pb2.STEP_KIND_DRY_RUN,
         workflow_pb2.STEP_KIND_SNAPSHOT,
         workflow_pb2.STEP_KIND_APPLY,
         workflow_pb2.STEP_KIND_VERIFY,
+        workflow_pb2.STEP_KIND_ACTION,
+        workflow_pb2.STEP_KIND_CHECK,
+        workflow_pb2.STEP_KIND_COMPENSATE,
     )
     return workflow.state == workflow_pb2.WORKFLOW_STATE_RUNNING and any(
         step.kind in kinds and step.state == workflow_pb2.STEP_STATE_RUNNING
@@ -62,7 +66,7 @@ def print_steps(workflow: workflow_pb2.Workflow) -> None:
     rows = [["STEP", "STATE", "ATTEMPTS", "STARTED (UTC)", "FINISHED (UTC)", "MESSAGE"]]
     rows += [
         [
-            _name(workflow_pb2.StepKind, step.kind, "STEP_KIND_"),
+            f"{_name(workflow_pb2.StepKind, step.kind, 'STEP_KIND_')} {step.node}".strip(),
             _name(workflow_pb2.StepState, step.state, "STEP_STATE_"),
             str(step.attempts),
             when_text(step.started_at),
@@ -86,6 +90,14 @@ def print_workflow(workflow: workflow_pb2.Workflow) -> None:
     if plan.approvals_required > 1:
         approval += f" from {plan.approvals_required} different people"
     print(f"approval   {approval}: {plan.approval_reason or '-'}")
+    if plan.runbook.name:
+        print(
+            f"runbook    {plan.runbook.name} {plan.runbook.version} ({len(plan.nodes)} steps,"
+            f" at most {plan.max_parallel} at once)"
+        )
+    if plan.policy.rule:
+        outcome = _name(workflow_pb2.PolicyOutcome, plan.policy.outcome, "POLICY_OUTCOME_")
+        print(f"policy     {outcome} by rule {plan.policy.rule} of {plan.policy.policy}")
     if workflow.requested_by:
         print(f"requested  by {workflow.requested_by}")
     for decision in workflow.approvals:

@@ -25,8 +25,15 @@ from kubernaut.runtime.names import ServiceName
 from kubernaut.runtime.server import start_service
 from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.executor.operations import RERUN_OF
-from tests.fixtures.cluster import deployment_body
-from tests.fixtures.executor import NOWHERE, Admin, action_request, least_privilege_kubeconfig
+from tests.fixtures.cluster import deployment_body, prefers_node
+from tests.fixtures.executor import (
+    NOWHERE,
+    TOLERATE_DEDICATED,
+    Admin,
+    action_request,
+    dedicated_node,
+    least_privilege_kubeconfig,
+)
 from tests.fixtures.grpc_errors import field_violations
 from tests.fixtures.kubernaut import InProcessStack
 from tests.fixtures.waiting import eventually
@@ -38,7 +45,6 @@ pytestmark = [
 ]
 
 MANAGED = {"kubernaut.ai/managed": "true"}
-DEDICATED = {"key": "kubernaut.test/dedicated", "value": "checks", "effect": "NoSchedule"}
 POLL_SECONDS = 0.2
 
 
@@ -162,51 +168,6 @@ async def test_workload_ready_with_no_time_looks_once(
 # -- node_pods_relocated ----------------------------------------------------------------------
 
 
-async def _node(
-    admin: Admin, ns: str, suffix: str = "node", labels: dict[str, str] | None = None
-) -> str:
-    """A fake node of the test's own, tainted so that only the test's pods land there."""
-    name = f"{ns}-{suffix}"
-    resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
-    await admin.raw.create(
-        "Node",
-        "",
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {
-                    "node.alpha.kubernetes.io/ttl": "0",
-                    "kwok.x-k8s.io/node": "fake",
-                },
-                "labels": {
-                    "kubernetes.io/hostname": name,
-                    "type": "kwok",
-                    **MANAGED,
-                    **(labels or {}),
-                },
-            },
-            "spec": {"taints": [DEDICATED]},
-            "status": {"allocatable": resources, "capacity": resources},
-        },
-        dry_run=False,
-    )
-    admin.created_nodes.append(name)
-
-    async def node_ready() -> bool:
-        node = await admin.raw.get("Node", "", name)
-        conditions = (node.get("status") or {}).get("conditions") or []
-        # The node lifecycle controller lifts its not-ready taint a moment after Ready.
-        taints = (node.get("spec") or {}).get("taints") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) and not any(
-            t["key"].startswith("node.kubernetes.io/") for t in taints
-        )
-
-    await eventually(node_ready, f"node {name} to be Ready and schedulable", 60)
-    return name
-
-
 async def _pods_on(admin: Admin, node: str, ns: str) -> list[dict[str, Any]]:
     pods = await admin.raw.list_objects("Pod", ns, fields=f"spec.nodeName={node}")
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
@@ -216,30 +177,17 @@ async def test_node_pods_relocated_waits_for_the_pods_to_leave_and_be_ready_else
     admin: Admin, executor: ExecutorServiceStub
 ) -> None:
     ns = await admin.namespace(managed=True)
-    node = await _node(admin, ns)
+    node = await dedicated_node(admin, ns)
     # One pod, preferring the test's node (which it tolerates); the session's node can
     # take it too once this one is cordoned.
-    affinity = {
-        "nodeAffinity": {
-            "preferredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "weight": 100,
-                    "preference": {
-                        "matchExpressions": [
-                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
-                        ]
-                    },
-                }
-            ]
-        }
-    }
+    affinity = prefers_node(node)
     body = deployment_body(
         "web",
         "registry.invalid/app:v1",
         replicas=1,
         labels=MANAGED,
         pod_spec={
-            "tolerations": [{"key": DEDICATED["key"], "operator": "Exists"}],
+            "tolerations": [TOLERATE_DEDICATED],
             "affinity": affinity,
         },
     )
@@ -287,15 +235,15 @@ async def test_node_pods_relocated_after_a_drain_waits_for_the_drained_deploymen
     # The Deployment's pods may only run on the nodes of its pool: at first the drained
     # node alone; the spare node (whose taint they tolerate too) joins it later.
     pool = {"kubernaut.test/pool": ns}
-    node = await _node(admin, ns, labels=pool)
-    spare = await _node(admin, ns, "spare")
+    node = await dedicated_node(admin, ns, labels=pool)
+    spare = await dedicated_node(admin, ns, "spare")
     body = deployment_body(
         "web",
         "registry.invalid/app:v1",
         replicas=2,
         labels=MANAGED,
         pod_spec={
-            "tolerations": [{"key": DEDICATED["key"], "operator": "Exists"}],
+            "tolerations": [TOLERATE_DEDICATED],
             "nodeSelector": pool,
         },
     )
@@ -337,7 +285,7 @@ async def test_node_pods_relocated_passes_for_a_node_without_pods(
     admin: Admin, executor: ExecutorServiceStub
 ) -> None:
     ns = await admin.namespace(managed=True)
-    node = await _node(admin, ns)
+    node = await dedicated_node(admin, ns)
     response = await run_check(executor, "node_pods_relocated", "Node", "", node)
     assert response.passed, response
     assert response.detail == f"node {node} holds no pods but DaemonSets', mirror and finished pods"

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 T0 = dt.datetime(2030, 1, 31, 12, 0, 0, tzinfo=dt.UTC)
 RESTART = "restart_deployment"
 ROLLBACK = "rollback_deployment"
+SCALE = "scale_deployment"
 
 
 def at(seconds: float) -> dt.datetime:
@@ -51,12 +52,15 @@ def deployment(cluster: str, name: str = "web", namespace: str = "shop") -> Targ
     return TargetKey(cluster=cluster, kind="Deployment", namespace=namespace, name=name)
 
 
-def request(action_id: str, action: str, target: TargetKey) -> executor_pb2.ExecuteActionRequest:
+def request(
+    action_id: str, action: str, target: TargetKey, incident_id: str = ""
+) -> executor_pb2.ExecuteActionRequest:
     params = remediation_pb2.ActionParams()
     getattr(params, action).SetInParent()
     return executor_pb2.ExecuteActionRequest(
         action_id=action_id,
-        incident_id="inc-1",
+        # Each call its own incident unless told: one incident's runbook may repeat itself.
+        incident_id=incident_id or f"inc-{uuid.uuid4().hex[:8]}",
         alert_name="KubePodCrashLooping",
         action=params,
         target=alert_pb2.ResourceRef(
@@ -115,13 +119,14 @@ async def call(
     *,
     started: dt.datetime = T0,
     action_id: str | None = None,
+    incident_id: str = "",
 ) -> AsyncIterator[Call]:
     """A claimed call with its row created (or resumed, for an existing action_id); leaving
     the block returns the connection, which frees its locks, as a call's end or crash does."""
     action_id = action_id or str(uuid.uuid4())
     async with store.claim(action_id) as session:
         if await session.load() is None:
-            await session.create(request(action_id, action, target), started)
+            await session.create(request(action_id, action, target, incident_id), started)
         yield Call(session, action, target)
 
 
@@ -232,6 +237,21 @@ async def test_cooldown_refuses_the_same_action_on_the_same_target(store: Action
     # Cooldown off.
     async with call(store, target, RESTART) as no_cooldown:
         await no_cooldown.admit(at(100), cooldown_seconds=0)
+
+
+async def test_one_incidents_runbook_may_repeat_an_action_within_the_cooldown(
+    store: ActionStore,
+) -> None:
+    target = deployment(cluster())
+    async with call(store, target, SCALE, incident_id="inc-runbook") as scale_up:
+        await scale_up.admit(at(0), cooldown_seconds=300)
+        await mark_applied(scale_up.conn, scale_up.action_id, at(5))
+    # Scale back down, a step of the same incident's plan: not cooling down.
+    async with call(store, target, SCALE, incident_id="inc-runbook") as scale_down:
+        await scale_down.admit(at(60), cooldown_seconds=300)
+    # Another incident's scale is.
+    async with call(store, target, SCALE, incident_id="inc-other") as other:
+        assert (await other.refused(at(60), cooldown_seconds=300)).guard == "cooldown"
 
 
 async def test_cooldown_ends_when_it_said(store: ActionStore) -> None:

@@ -243,31 +243,21 @@ class Downstream:
 
 
 @pytest_asyncio.fixture
-async def database(database_dsn: str) -> AsyncIterator[WorkflowDatabase]:
-    db = WorkflowDatabase(database_dsn)
-    await db.store()
-    try:
-        yield db
-    finally:
-        await db.close()
-
-
-@pytest_asyncio.fixture
-async def store(database: WorkflowDatabase) -> WorkflowStore:
-    return await database.store()
+async def store(workflow_database: WorkflowDatabase) -> WorkflowStore:
+    return await workflow_database.store()
 
 
 Engines = Callable[..., WorkflowEngine]
 
 
 @pytest_asyncio.fixture
-async def engines(database: WorkflowDatabase) -> AsyncIterator[Engines]:
+async def engines(workflow_database: WorkflowDatabase) -> AsyncIterator[Engines]:
     """Makes engines on the test database; stops them all at the end."""
     made: list[WorkflowEngine] = []
 
     def make(downstream: Downstream, **settings: Any) -> WorkflowEngine:
         engine = WorkflowEngine(
-            database.store, downstream, SETTINGS.model_copy(update=settings), owner=None
+            workflow_database.store, downstream, SETTINGS.model_copy(update=settings), owner=None
         )
         made.append(engine)
         return engine

@@ -6,11 +6,10 @@ reverse order. A runner killed with SIGKILL at every step boundary: test_workflo
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from kubernaut.common.v1 import alert_pb2
 from kubernaut.notification.v1 import notification_pb2
 from kubernaut.storage.v1 import storage_pb2
@@ -54,16 +53,6 @@ SETTINGS = RunnerSettings(
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def database(database_dsn: str) -> AsyncIterator[WorkflowDatabase]:
-    db = WorkflowDatabase(database_dsn)
-    await db.store()
-    try:
-        yield db
-    finally:
-        await db.close()
-
-
 async def create(engine: WorkflowEngine, nodes: Sequence[workflow_pb2.PlanNode], **kw: Any) -> str:
     recommendation, planned = runbook_plan(nodes, **kw)
     fired = alert_pb2.Alert(name="KubeDeploymentRolloutStuck", status=alert_pb2.ALERT_STATUS_FIRING)
@@ -82,13 +71,16 @@ async def finished(store: WorkflowStore, workflow_id: str, timeout: float = 30.0
 
 
 async def run_to_end(
-    database: WorkflowDatabase, cluster: Cluster, nodes: Sequence[workflow_pb2.PlanNode], **kw: Any
+    workflow_database: WorkflowDatabase,
+    cluster: Cluster,
+    nodes: Sequence[workflow_pb2.PlanNode],
+    **kw: Any,
 ) -> Workflow:
-    engine = WorkflowEngine(database.store, cluster, SETTINGS)
+    engine = WorkflowEngine(workflow_database.store, cluster, SETTINGS)
     engine.start()
     try:
         workflow_id = await create(engine, nodes, **kw)
-        return await finished(await database.store(), workflow_id)
+        return await finished(await workflow_database.store(), workflow_id)
     finally:
         await engine.stop()
 
@@ -97,7 +89,7 @@ async def run_to_end(
 
 
 async def test_a_plan_that_succeeds_runs_its_branches_in_parallel_and_compensates_nothing(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster(seconds=0.3)
     nodes = [
@@ -106,7 +98,7 @@ async def test_a_plan_that_succeeds_runs_its_branches_in_parallel_and_compensate
         scale("c", depends_on=["a"]),
         ready("d", "c", depends_on=["b", "c"]),
     ]
-    workflow = await run_to_end(database, cluster, nodes, max_parallel=2)
+    workflow = await run_to_end(workflow_database, cluster, nodes, max_parallel=2)
 
     assert workflow.state is State.SUCCEEDED, workflow.message
     assert states(workflow) == {
@@ -131,21 +123,21 @@ async def test_a_plan_that_succeeds_runs_its_branches_in_parallel_and_compensate
 
 
 async def test_max_parallel_one_runs_the_branches_one_after_the_other(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster(seconds=0.2)
     nodes = [scale("a"), scale("b"), scale("c")]
-    workflow = await run_to_end(database, cluster, nodes, max_parallel=1)
+    workflow = await run_to_end(workflow_database, cluster, nodes, max_parallel=1)
     assert workflow.state is State.SUCCEEDED
     assert cluster.most_at_once == 1
 
 
 async def test_a_failed_step_is_retried_with_backoff_and_a_new_action_id(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster(outcomes={"a": [FAILED, storage_pb2.ACTION_OUTCOME_ROLLED_BACK, OK]})
     retry = workflow_pb2.RetryPolicy(attempts=3, backoff_seconds=0.2)
-    workflow = await run_to_end(database, cluster, [scale("a", retry=retry)])
+    workflow = await run_to_end(workflow_database, cluster, [scale("a", retry=retry)])
 
     assert workflow.state is State.SUCCEEDED, workflow.message
     step = next(s for s in workflow.steps if s.node == "a")
@@ -159,12 +151,12 @@ async def test_a_failed_step_is_retried_with_backoff_and_a_new_action_id(
 
 
 async def test_a_refused_step_is_not_retried_and_nothing_changed_is_refused(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster(outcomes={"a": [REFUSED]})
     retry = workflow_pb2.RetryPolicy(attempts=3, backoff_seconds=0.01)
     workflow = await run_to_end(
-        database, cluster, [scale("a", retry=retry), scale("b", depends_on=["a"])]
+        workflow_database, cluster, [scale("a", retry=retry), scale("b", depends_on=["a"])]
     )
 
     assert workflow.state is State.REFUSED
@@ -174,10 +166,10 @@ async def test_a_refused_step_is_not_retried_and_nothing_changed_is_refused(
 
 
 async def test_a_failure_compensates_the_finished_steps_in_reverse_order(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster(checks={"c": [False]}, seconds=0.05)
-    workflow = await run_to_end(database, cluster, three_steps())
+    workflow = await run_to_end(workflow_database, cluster, three_steps())
 
     assert workflow.state is State.ROLLED_BACK, workflow.message
     assert states(workflow) == {
@@ -205,7 +197,7 @@ async def test_a_failure_compensates_the_finished_steps_in_reverse_order(
 
 
 async def test_conditions_choose_the_branch_and_a_tolerated_failure_does_not_fail_the_plan(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster(checks={"web": [False]})
     nodes = [
@@ -214,7 +206,7 @@ async def test_conditions_choose_the_branch_and_a_tolerated_failure_does_not_fai
         scale("extra", depends_on=["probe"], when='steps.probe.outcome == "passed"'),
         scale("after", depends_on=["fix", "extra"]),
     ]
-    workflow = await run_to_end(database, cluster, nodes)
+    workflow = await run_to_end(workflow_database, cluster, nodes)
 
     assert workflow.state is State.SUCCEEDED, workflow.message
     steps = states(workflow)
@@ -228,11 +220,11 @@ async def test_conditions_choose_the_branch_and_a_tolerated_failure_does_not_fai
 
 
 async def test_a_condition_that_cannot_be_evaluated_fails_its_step(
-    database: WorkflowDatabase,
+    workflow_database: WorkflowDatabase,
 ) -> None:
     cluster = Cluster()
     nodes = [scale("a"), scale("b", depends_on=["a"], when="steps.nosuch.state == 'done'")]
-    workflow = await run_to_end(database, cluster, nodes)
+    workflow = await run_to_end(workflow_database, cluster, nodes)
     assert workflow.state is State.FAILED
     failed = next(s for s in workflow.steps if s.node == "b")
     assert failed.state is StepStatus.FAILED and "could not be evaluated" in failed.message

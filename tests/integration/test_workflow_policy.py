@@ -70,34 +70,25 @@ async def services(
     admin: Admin,
     runtime_settings: RuntimeSettings,
     database_dsn: str,
+    cluster_context_api: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> AsyncIterator[Services]:
-    """A context_api that reads the cluster and a workflow service with POLICY, on a
-    database of their own; the stack's other services."""
+    """A workflow service with POLICY, on a database of its own, with a context_api that
+    reads the cluster and the stack's other services."""
     policy_file = tmp_path / "approval.yaml"
     policy_file.write_text(POLICY)
     monkeypatch.setenv("KUBERNAUT_DATABASE_URL", database_dsn)
-    monkeypatch.setenv("KUBECONFIG", str(admin.info.kubeconfig))
     monkeypatch.setenv("KUBERNAUT_WORKFLOW_POLICY_FILE", str(policy_file))
-    base = runtime_settings.model_copy(
-        update={
-            "grpc_port": 0,
-            **{
-                f"{name.value}_address": stack.addresses[name]
-                for name in (
-                    ServiceName.STORAGE,
-                    ServiceName.EXECUTOR,
-                    ServiceName.EFFECTIVENESS,
-                    ServiceName.NOTIFICATION,
-                )
-            },
-        }
-    )
-    context_api = await start_service(ServiceName.CONTEXT_API, base, serve_metrics=False)
-    settings = base.model_copy(update={"context_api_address": context_api.address})
+    settings = stack.beside(
+        runtime_settings,
+        ServiceName.STORAGE,
+        ServiceName.EXECUTOR,
+        ServiceName.EFFECTIVENESS,
+        ServiceName.NOTIFICATION,
+    ).model_copy(update={"context_api_address": cluster_context_api})
     workflow = await start_service(ServiceName.WORKFLOW, settings, serve_metrics=False)
-    here = {ServiceName.CONTEXT_API: context_api.address, ServiceName.WORKFLOW: workflow.address}
+    here = {ServiceName.WORKFLOW: workflow.address}
     clients = stack.clients(settings=settings)
     clients.addresses.update(here)
     analysis = Clients(settings, ServiceName.AI_ANALYSIS.account, addresses=here)
@@ -108,7 +99,6 @@ async def services(
         await clients.close()
         await analysis.close()
         await workflow.shutdown()
-        await context_api.shutdown()
 
 
 def restart(namespace: str, confidence: float = 0.95) -> remediation_pb2.Recommendation:

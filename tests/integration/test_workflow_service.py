@@ -555,18 +555,11 @@ async def test_steps_advance_with_the_executor_and_a_long_action_is_no_outage(
     monkeypatch.setenv("KUBERNAUT_EXECUTOR_VERIFY_TIMEOUT_SECONDS", str(verify_timeout))
     monkeypatch.setenv("KUBERNAUT_EXECUTOR_POLL_INTERVAL_SECONDS", "0.2")
     monkeypatch.setenv("KUBERNAUT_WORKFLOW_PROGRESS_POLL_SECONDS", "0.3")
-    base = runtime_settings.model_copy(
-        update={
-            "grpc_port": 0,
-            **{
-                f"{name.value}_address": stack.addresses[name]
-                for name in (
-                    ServiceName.STORAGE,
-                    ServiceName.EFFECTIVENESS,
-                    ServiceName.NOTIFICATION,
-                )
-            },
-        }
+    base = stack.beside(
+        runtime_settings,
+        ServiceName.STORAGE,
+        ServiceName.EFFECTIVENESS,
+        ServiceName.NOTIFICATION,
     )
     executor = await start_service(ServiceName.EXECUTOR, base, serve_metrics=False)
     settings = base.model_copy(update={"executor_address": executor.address})

@@ -116,6 +116,10 @@ async def _snapshot(run: Run, target: dict[str, Any], change: Change) -> None:
         "content": content_of(target),
         "view": record_view(target, change),
         "podTemplateHashes": hashes,
+        # How available the workload was: a scale of one that was not fully available is
+        # judged on keeping that (operations.PatchOperation.verify).
+        "availableBefore": int((target.get("status") or {}).get("availableReplicas") or 0),
+        "replicasBefore": (target.get("spec") or {}).get("replicas"),
         "extra": run.operation.snapshot_extra(run, target),
     }
     run.row.change = change

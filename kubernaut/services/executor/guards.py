@@ -178,7 +178,7 @@ async def _admit_locked(
 ) -> None:
     """The checks and the admission, in the caller's transaction, under the target lock."""
     row = await conn.fetchrow(
-        "SELECT admitted_at FROM executor.actions WHERE action_id = $1", action_id
+        "SELECT admitted_at, incident_id FROM executor.actions WHERE action_id = $1", action_id
     )
     if row is None:
         raise LookupError(f"action {action_id} has no row; ActionSession.create it first")
@@ -187,10 +187,13 @@ async def _admit_locked(
 
     if cooldown_seconds > 0:
         cooldown = dt.timedelta(seconds=cooldown_seconds)
+        # Another incident's change only: one incident's runbook may take the same action
+        # on a target twice on purpose (scale up, roll back, scale back down).
         last = await conn.fetchrow(
             "SELECT action_id, applied_at FROM executor.actions"
             " WHERE cluster = $1 AND target_kind = $2 AND target_namespace = $3"
             " AND target_name = $4 AND action = $5 AND applied_at > $6 AND action_id <> $7"
+            " AND ($8 = '' OR incident_id <> $8)"
             " ORDER BY applied_at DESC LIMIT 1",
             target.cluster,
             target.kind,
@@ -199,6 +202,7 @@ async def _admit_locked(
             action,
             now - cooldown,
             action_id,
+            row["incident_id"],
         )
         if last is not None:
             raise GuardRefused(

@@ -237,6 +237,39 @@ async def _poll(run: RunContext, phase: str, look: Look, timeout: float | None =
         )
 
 
+# Scaling a workload that is not fully available (a stuck rollout) cannot make its rollout
+# complete, so such a scale is judged on what it may change: the controller took it and no
+# available replica was lost (a runbook's scale guard before a rollback).
+SCALE_ACTIONS: Final = frozenset({"scale_deployment", "scale_statefulset"})
+
+
+def _availability_floor(run: RunContext) -> int | None:
+    """The available replicas before a scale of a workload that was not fully available
+    then; None for any other change (judged on its rollout completing)."""
+    if run.action not in SCALE_ACTIONS:
+        return None
+    before, replicas = run.snapshot.get("availableBefore"), run.snapshot.get("replicasBefore")
+    if before is None or replicas is None or int(before) >= int(replicas):
+        return None
+    return int(before)
+
+
+def _kept_availability(
+    obj: Mapping[str, Any], generation: int, floor: int, summary: str
+) -> tuple[bool, bool, str]:
+    status = obj.get("status") or {}
+    observed = int(status.get("observedGeneration") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    if observed >= generation and available >= floor:
+        return (
+            True,
+            False,
+            f"{summary}; it was not fully available before the change ({floor} available), "
+            f"so the scale is judged on keeping that: {available} available",
+        )
+    return False, False, f"{summary}; {available} available, {floor} before the change"
+
+
 async def _read_or_unavailable(run: RunContext, phase: str) -> dict[str, Any]:
     try:
         return await run.read()
@@ -441,6 +474,9 @@ class PatchOperation(Operation):
                 state = assess_workload(
                     kind, obj, pods, generation=generation or 0, old_hashes=old_hashes
                 )
+                floor = _availability_floor(run) if phase == "verify" else None
+                if floor is not None and not state.done:
+                    return _kept_availability(obj, generation or 0, floor, state.summary)
                 return state.done, state.broken, state.summary
             expected = run.change.is_applied if phase == "verify" else run.change.is_restored
             if not expected(obj):
