@@ -680,12 +680,24 @@ def audit(stream: Stream, record: Record) -> Audit:
             doubled += n - 1
             problems.append(f"action {action_id} is on the record {n} times")
     for target, actions in executed.items():
-        if len(actions) > 1:
-            doubled += len(actions) - 1
+        # One incident's runbook may take several steps on its workload (scale up, roll
+        # back, scale back down); a second incident acting on it is the same fix twice.
+        acting = {a.incident_id for a in actions}
+        if len(acting) > 1:
+            doubled += len(acting) - 1
             problems.append(
-                f"{target}: {len(actions)} actions ran: "
+                f"{target}: {len(acting)} incidents acted on it: "
                 + ", ".join(f"{a.action} {_outcome(a.outcome)}" for a in actions)
             )
+        # ... and never the same change twice.
+        repeats = Counter(
+            (a.incident_id, a.action, a.params.SerializeToString(deterministic=True))
+            for a in actions
+        )
+        for (incident_id, name, _), n in repeats.items():
+            if n > 1:
+                doubled += n - 1
+                problems.append(f"{target}: incident {incident_id} ran {name} {n} times")
     for (namespace, name), state in record.deployments.items():
         # Created (1), broken (2); a change that stays adds one revision, a change undone
         # two (the undo brings the broken template back as the newest revision).

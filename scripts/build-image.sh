@@ -15,7 +15,8 @@
 #           that builds it. The image's build stage starts FROM it (--build-arg DEPS).
 #   image   localhost/kubernaut:<version> (pyproject's, which is the chart's appVersion), and
 #           localhost/kubernaut:in-<hash> naming exactly what went in (the Containerfile, this
-#           script, pyproject.toml, uv.lock, README.md, kubernaut/, gen/python/, the base)
+#           script, pyproject.toml, uv.lock, README.md, kubernaut/, clients/python/, gen/python/,
+#           the base)
 #
 # Caches: the Debian base's root filesystem as a tarball in
 # $STATE/image/base/<suite>-<hash of the suite, the package list and the mirror>.tar (and as the
@@ -179,8 +180,9 @@ HASH=$(
   {
     echo "$BASE $BASE_ID"
     sha256sum < "$0"  # the content only: the key must not depend on how the script is called
-    find Containerfile .containerignore pyproject.toml uv.lock README.md kubernaut gen/python \
-      -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum
+    find Containerfile .containerignore pyproject.toml uv.lock README.md kubernaut clients/python \
+      gen/python -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path 'clients/python/dist/*' \
+      | LC_ALL=C sort | xargs sha256sum
   } | sha256sum | cut -c1-12
 )
 REF="$IMAGE:in-$HASH"

@@ -21,9 +21,21 @@ done
 
 echo "==> buf lint"
 buf lint
-if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:proto 2>/dev/null; then
-  echo "==> buf breaking against the previous commit on main"
-  buf breaking --against ".git#ref=HEAD~1"
+# The compatibility promise (README: Calling Kubernaut from your code): nothing a v1 client
+# relies on changes after a release. Against the last release tag (v1.2.3); without one,
+# against main (what a branch would merge into), and on main itself its previous commit.
+against="" what=""
+if tag=$(git describe --tags --abbrev=0 --match 'v[0-9]*' 2>/dev/null); then
+  against="$tag" what="the last release, $tag"
+elif git rev-parse -q --verify refs/heads/main >/dev/null \
+    && [ "$(git rev-parse HEAD)" != "$(git rev-parse main)" ]; then
+  against="main" what="main"
+elif git rev-parse -q --verify HEAD~1 >/dev/null; then
+  against="HEAD~1" what="the previous commit (no release yet)"
+fi
+if [ -n "$against" ] && git cat-file -e "$against:proto" 2>/dev/null; then
+  echo "==> buf breaking against $what"
+  buf breaking --against ".git#ref=$(git rev-parse "$against")"
 fi
 
 echo "==> ruff"

@@ -1,9 +1,9 @@
 """Typed clients: any service (or an operator) gets a ready stub for another service.
 
-A channel per callee, with the transport's credentials, a default deadline (for unary
-calls; a server-streaming one lasts as long as it needs), retries
-for idempotent methods (from the protos' idempotency_level, through the gRPC service
-config), the caller's request id and W3C trace context. Under transport mtls the channels
+A channel per callee, opened by kubernaut-api's helper (kubernaut.api.client: the
+transport's credentials, a default deadline for unary calls, retries for idempotent
+methods), plus what the product adds: the caller's request id and W3C trace context, the
+caller's name under transport insecure, a person's token. Under transport mtls the channels
 follow the certificate files: when they change, new calls go over a new channel (see
 _RotatingChannel).
 """
@@ -11,13 +11,13 @@ _RotatingChannel).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from kubernaut.api.client import aio_channel
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from kubernaut.runtime.certs import CertPaths
@@ -39,32 +39,6 @@ from kubernaut.runtime.settings import RuntimeSettings, Transport
 log = logging.getLogger("kubernaut.clients")
 
 StubT = TypeVar("StubT")
-
-RETRY_POLICY = {
-    "maxAttempts": 4,
-    "initialBackoff": "0.1s",
-    "maxBackoff": "2s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-
-
-def service_config(service: ServiceName) -> dict[str, Any]:
-    """Retries only where a repeat cannot do harm. No deadline here: gRPC takes the shorter
-    of a service config's timeout and the call's own deadline, so one here would cut short
-    the calls that ask for longer (ExecuteAction waits minutes for verification). The
-    default deadline is set per call instead (`_CallMetadata`)."""
-    proto = protocol(service)
-    configs: list[dict[str, Any]] = [{"name": [{"service": proto.full_name}]}]
-    for method in proto.method_names:
-        if proto.is_idempotent(method):
-            configs.append(
-                {
-                    "name": [{"service": proto.full_name, "method": method}],
-                    "retryPolicy": RETRY_POLICY,
-                }
-            )
-    return {"methodConfig": configs}
 
 
 class TokenFile:
@@ -101,16 +75,10 @@ def _read_token(paths: Sequence[Path]) -> str:
 
 class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     """Carries the request id across hops; names the caller under transport insecure;
-    presents a person's token; gives a call that sets no deadline the default one."""
+    presents a person's token."""
 
-    def __init__(
-        self,
-        insecure_caller: str | None,
-        timeout_seconds: float,
-        token_file: TokenFile | None = None,
-    ) -> None:
+    def __init__(self, insecure_caller: str | None, token_file: TokenFile | None = None) -> None:
         self.insecure_caller = insecure_caller
-        self.timeout_seconds = timeout_seconds
         self.token_file = token_file
 
     def with_metadata(self, details: Any) -> Any:
@@ -124,15 +92,12 @@ class _CallMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return details._replace(metadata=metadata)
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        if details.timeout is None:
-            details = details._replace(timeout=self.timeout_seconds)
         return await continuation(self.with_metadata(details), request)
 
 
 class _StreamCallMetadata(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     """_CallMetadata's for server-streaming calls (grpc takes one interceptor object per
-    kind of call), but no default deadline: a stream (WatchWorkflow) lasts as long as what
-    it follows; a caller that wants a bound sets one."""
+    kind of call)."""
 
     def __init__(self, metadata: _CallMetadata) -> None:
         self.metadata = metadata
@@ -282,35 +247,31 @@ class Clients:
         return stub_class(self.channel(service_of_stub(stub_class)))
 
     def _open(self, service: ServiceName) -> grpc.aio.Channel:
-        options = [
-            ("grpc.enable_retries", 1),
-            (
-                "grpc.service_config",
-                json.dumps(service_config(service)),
-            ),
-        ]
         insecure_caller = self.account if self.settings.transport is Transport.INSECURE else None
-        call_metadata = _CallMetadata(
-            insecure_caller, self.settings.call_timeout_seconds, self.token_file
-        )
+        call_metadata = _CallMetadata(insecure_caller, self.token_file)
         interceptors = [
             *aio_client_interceptors(),  # type: ignore[no-untyped-call]
             call_metadata,
             _StreamCallMetadata(call_metadata),
         ]
         target = self.address(service)
+        descriptor = protocol(service).descriptor
+
+        def open_channel(credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+            return aio_channel(
+                target,
+                descriptor,
+                tls=credentials,
+                timeout=self.settings.call_timeout_seconds,
+                interceptors=interceptors,
+            )
+
         if self.settings.transport is Transport.MTLS:
-
-            def open_channel(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
-                return grpc.aio.secure_channel(
-                    target, credentials, options=options, interceptors=interceptors
-                )
-
             return _RotatingChannel(
                 self._watched_tls(), self._current_credentials, open_channel, self._retire
             )
         # Under a mesh the sidecar upgrades this plaintext connection to mutual TLS.
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return open_channel(None)
 
     def _watched_tls(self) -> WatchedFiles[TlsFiles]:
         if self._tls is None:

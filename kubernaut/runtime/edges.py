@@ -93,9 +93,10 @@ EDGES: tuple[Edge, ...] = (
     _edge(
         S.WORKFLOW,
         S.EXECUTOR,
-        "DescribeAction ExecuteAction GetActionProgress RollbackAction RunCheck",
+        "DescribeAction DescribeTarget ExecuteAction GetActionProgress RollbackAction RunCheck",
         "check and run actions, follow one while it runs, undo a runbook's finished steps"
-        " when a later one fails, and run a runbook's read-only checks",
+        " when a later one fails, run a runbook's read-only checks, and read what the approval"
+        " policy and the runbooks weigh of a target (its namespace's labels, its replicas)",
     ),
     _edge(
         S.WORKFLOW,
@@ -104,13 +105,6 @@ EDGES: tuple[Edge, ...] = (
         "move incidents through remediation; what failed on a target before (the guard)",
     ),
     _edge(S.WORKFLOW, S.EFFECTIVENESS, "ScheduleAssessment", "assess each action that ran"),
-    _edge(
-        S.WORKFLOW,
-        S.CONTEXT_API,
-        "GetNamespace GetResourceContext",
-        "the target namespace's labels, which the approval policy weighs, and the target's"
-        " replicas, which runbook templates use (the scale guard)",
-    ),
     _edge(
         S.WORKFLOW,
         S.NOTIFICATION,

@@ -10,7 +10,6 @@ from types import ModuleType
 from typing import Any
 
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.descriptor_pb2 import MethodOptions
 
 from kubernaut.runtime.names import ServiceName
 
@@ -38,10 +37,6 @@ class ServiceProtocol:
     def path(self, method: str) -> str:
         """The HTTP/2 path of a method, as interceptors see it."""
         return f"/{self.full_name}/{method}"
-
-    def is_idempotent(self, method: str) -> bool:
-        level = self.descriptor.methods_by_name[method].GetOptions().idempotency_level
-        return level in (MethodOptions.NO_SIDE_EFFECTS, MethodOptions.IDEMPOTENT)
 
     @property
     def stub_class(self) -> type[Any]:

@@ -27,7 +27,7 @@ from kubernaut.runtime.settings import RuntimeSettings
 from kubernaut.services.ai_analysis.rules import RulesSettings, analyze
 from kubernaut.services.alerts import subject_of
 from kubernaut.services.context_api import rbac
-from kubernaut.services.context_api.resources import ResourceContextReader, ResourceNotFound
+from kubernaut.services.context_api.resources import ResourceContextReader
 from tests.fixtures.cluster import context_api_identity, create_deployment, eventually, kube_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -377,29 +377,3 @@ async def test_a_part_the_identity_may_not_read_is_missing_and_said_why(
     (missing,) = found.completeness.missing
     assert missing.startswith("services: forbidden (403)"), missing
     assert 0.5 < found.completeness.score < 1.0
-
-
-async def test_a_namespace_is_read_with_its_labels_now(
-    kube: LocalCluster, reader: ResourceContextReader
-) -> None:
-    name = f"policy-{uuid.uuid4().hex[:8]}"
-    await kube_api(
-        kube,
-        "POST",
-        "/api/v1/namespaces",
-        {"metadata": {"name": name, "labels": {"env": "prod", **MANAGED}}},
-    )
-    found = await reader.namespace(name)
-    assert dict(found.labels) == {"env": "prod", MANAGED_LABEL: "true", **_default_labels(name)}
-    assert found.managed
-    namespace = await kube_api(kube, "GET", f"/api/v1/namespaces/{name}")
-    namespace["metadata"]["labels"]["env"] = "staging"
-    await kube_api(kube, "PUT", f"/api/v1/namespaces/{name}", namespace)
-    assert (await reader.namespace(name)).labels["env"] == "staging"  # not cached
-    with pytest.raises(ResourceNotFound, match="Namespace nosuch-namespace does not exist"):
-        await reader.namespace("nosuch-namespace")
-
-
-def _default_labels(name: str) -> dict[str, str]:
-    # The API server labels every namespace with its name.
-    return {"kubernetes.io/metadata.name": name}

@@ -656,6 +656,32 @@ async def test_a_scale_that_cannot_schedule_is_rolled_back_exactly(
     assert "rolled back to the snapshot and verified" in record.message
 
 
+async def test_a_scale_during_a_stuck_rollout_is_judged_on_keeping_what_was_available(
+    admin: Admin, make_executor: ExecutorFactory
+) -> None:
+    ns = await admin.namespace()
+    await admin.create(ns, image="registry.invalid/app:v1", replicas=2)
+    # Revision 2 cannot run anywhere: its rollout is stuck, revision 1's two pods serve.
+    await admin.patch(
+        ns,
+        "web",
+        [
+            {"op": "add", "path": "/spec/template/spec/nodeSelector", "value": NOWHERE},
+            {"op": "replace", "path": "/spec/template/spec/containers/0/image",
+             "value": "registry.invalid/app:v2"},
+        ],
+    )  # fmt: skip
+    # A scale guard's extra replica: the rollout cannot complete, so it is judged on what
+    # the scale may change (the controller took it, no available replica lost).
+    result = await make_executor(verify_timeout_seconds=20).execute(
+        action_request(ns, scale_deployment={"replicas": 3})
+    )
+    assert outcome(result) == "ACTION_OUTCOME_SUCCEEDED", result.stages
+    verify = stage(result, "verify:")
+    assert "it was not rolled out before the change (2 available)" in verify, verify
+    assert (await admin.get(ns))["spec"]["replicas"] == 3
+
+
 async def test_a_crash_during_the_rollback_resumes_the_rollback(
     admin: Admin, make_executor: ExecutorFactory, operator: StorageServiceStub
 ) -> None:

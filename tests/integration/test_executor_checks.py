@@ -484,3 +484,41 @@ async def test_a_missing_target_is_not_found(admin: Admin, executor: ExecutorSer
         error = await refusal(executor, check_request(check, kind, namespace, "absent"))
         assert error.code() is grpc.StatusCode.NOT_FOUND, (kind, error)
         assert "does not exist" in (error.details() or "")
+
+
+# -- DescribeTarget ---------------------------------------------------------------------------
+
+
+async def test_describe_target_reads_the_namespace_labels_and_the_replicas(
+    admin: Admin, executor: ExecutorServiceStub
+) -> None:
+    ns = await admin.namespace(managed=True)
+    namespace = await admin.core.read_namespace(ns)
+    namespace.metadata.labels["env"] = "prod"
+    await admin.core.replace_namespace(ns, namespace)
+    await admin.create(ns, replicas=3)
+
+    def target(kind: str, name: str, namespace: str = ns) -> executor_pb2.DescribeTargetRequest:
+        return executor_pb2.DescribeTargetRequest(
+            target=alert_pb2.ResourceRef(kind=kind, namespace=namespace, name=name)
+        )
+
+    described = await executor.DescribeTarget(target("Deployment", "web"))
+    assert described.exists and described.managed
+    assert described.namespace_labels["env"] == "prod"
+    assert (described.replicas, described.ready_replicas, described.available_replicas) == (
+        3,
+        3,
+        3,
+    )
+    # Out of scope is no reason not to say what is there: the policy weighs it.
+    other = await admin.namespace(managed=False)
+    await admin.create(other, replicas=1, managed=False)
+    unmanaged = await executor.DescribeTarget(target("Deployment", "web", other))
+    assert unmanaged.exists and not unmanaged.managed
+    missing = await executor.DescribeTarget(target("Deployment", "nosuch"))
+    assert not missing.exists and missing.namespace_labels["env"] == "prod"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await executor.DescribeTarget(target("Deployment", "web", ""), timeout=30)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {"target.namespace"}

@@ -45,6 +45,9 @@ from kubernaut.runtime.names import EDGE_ACCOUNT, ServiceName, all_accounts
 from kubernaut.runtime.registry import protocol
 from kubernaut.services.context_api import rbac as context_rbac
 from kubernaut.services.executor.catalogue import list_actions
+from kubernaut.services.executor.checks import CHECK_READS, SCOPE_READS
+from kubernaut.services.executor.cluster import KINDS
+from kubernaut.services.executor.gitops import SOURCE_READ_RESOURCES
 from tests.fixtures.helm import CHART, Helm
 from tests.fixtures.waiting import eventually
 from tests.integration.test_helm_chart import api_server as api_server  # fixture
@@ -307,12 +310,17 @@ Check = tuple[str, str, str]  # (API group, resource[/subresource], verb)
 
 
 def executor_grants() -> set[Check]:
-    """Every (group, resource, verb) an action of the catalogue declares."""
+    """Every (group, resource, verb) an action of the catalogue declares, and the reads of
+    RunCheck's checks (and their scope check) and of the GitOps sources: get and list only."""
     grants = set()
     for action in list_actions():
         for p in action.permissions:
             resource = f"{p.resource}/{p.subresource}" if p.subresource else p.resource
             grants |= {(p.api_group, resource, verb) for verb in p.verbs}
+    grants |= {(group, resource, "get") for group, resource in SOURCE_READ_RESOURCES}
+    for kind, verbs in [*SCOPE_READS, *(r for reads in CHECK_READS.values() for r in reads)]:
+        assert set(verbs) <= {"get", "list"}, (kind, verbs)
+        grants |= {(KINDS[kind].group, KINDS[kind].plural, verb) for verb in verbs}
     return grants
 
 

@@ -95,10 +95,13 @@ async def _code_of_call(
     clients = stack.clients(account)
     try:
         stub = clients.stub(proto.stub_class)
-        request_class = _request_class(
-            proto.descriptor.methods_by_name[method].input_type.full_name
-        )
-        await getattr(stub, method)(request_class(), timeout=10)
+        descriptor = proto.descriptor.methods_by_name[method]
+        request_class = _request_class(descriptor.input_type.full_name)
+        call = getattr(stub, method)(request_class(), timeout=10)
+        if descriptor.server_streaming:
+            await call.read()  # the status comes with the first message, or instead of it
+        else:
+            await call
     except grpc.aio.AioRpcError as error:
         return error.code()
     finally:

@@ -72,12 +72,10 @@ async def services(
     admin: Admin,
     runtime_settings: RuntimeSettings,
     postgres_dsn: str,
-    cluster_context_api: str,
 ) -> AsyncIterator[Services]:
     """An executor and a workflow service of the module's own, on a database of their own
     (the stack's workflow runners must not take these workflows), acting on the session's
-    cluster, with the stack's storage, effectiveness and notification, and a context_api
-    reading the cluster (the scale guard reads the Deployment's replicas through it)."""
+    cluster, with the stack's storage, effectiveness and notification."""
     async with fresh_database(postgres_dsn) as dsn:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("KUBERNAUT_DATABASE_URL", dsn)
@@ -93,7 +91,7 @@ async def services(
                 ServiceName.STORAGE,
                 ServiceName.EFFECTIVENESS,
                 ServiceName.NOTIFICATION,
-            ).model_copy(update={"context_api_address": cluster_context_api})
+            )
             executor = await start_service(ServiceName.EXECUTOR, base, serve_metrics=False)
             try:
                 settings = base.model_copy(update={"executor_address": executor.address})

@@ -22,7 +22,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from kubernaut.workflow.v1 import workflow_pb2
 from kubernaut.workflow.v1.workflow_pb2_grpc import WorkflowServiceStub
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 
 from kubernaut.runtime.access import Access, AccessSettings
 from kubernaut.runtime.audit import AuditSettings, AuditTrail, StorageAuditSink
@@ -162,8 +163,16 @@ async def test_a_stream_runs_as_its_caller_with_its_request_id_and_trace(
     before_seconds = RPC_SECONDS.labels(SERVICE, METHOD)._sum.get()
     caplog.set_level(logging.INFO, logger="kubernaut.rpc")
     async with _serving(handler) as port, _stub(port) as stub:
-        metadata = (("x-request-id", "req-watch-1"), ("traceparent", TRACEPARENT))
-        got = await _messages(stub, _request(), metadata=metadata)
+        # The caller's trace is the current one where it calls, as in a service: the
+        # client's instrumentation sends it (a traceparent header of the test's own would be
+        # replaced by the client span's whenever a tracer provider is installed).
+        caller = propagate.extract({"traceparent": TRACEPARENT})
+        token = otel_context.attach(caller)
+        try:
+            metadata = (("x-request-id", "req-watch-1"),)
+            got = await _messages(stub, _request(), metadata=metadata)
+        finally:
+            otel_context.detach(token)
     assert got == [f"{n} operator:operator req-watch-1 {TRACE_ID}" for n in range(3)]
     assert _handled("OK") == before_ok + 1
     assert _sent() == before_sent + 3

@@ -1,6 +1,6 @@
 """The approval policy as code, in the workflow service over gRPC: a policy file loaded at
-start decides each plan on the facts it records (the namespace's labels read through
-context_api, the runbook, the analysis' confidence and source), a denied plan never acts and
+start decides each plan on the facts it records (the namespace's labels read through the
+executor, the runbook, the analysis' confidence and source), a denied plan never acts and
 says which rule denied it, `kubernaut policy test` replays a stored incident's facts under
 another file, runbook templates are listed, and a bad file stops the service at start."""
 
@@ -70,25 +70,24 @@ async def services(
     admin: Admin,
     runtime_settings: RuntimeSettings,
     database_dsn: str,
-    cluster_context_api: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> AsyncIterator[Services]:
-    """A workflow service with POLICY, on a database of its own, with a context_api that
-    reads the cluster and the stack's other services."""
+    """A workflow service with POLICY and an executor that reads the cluster (the policy's
+    namespace labels come through its DescribeTarget), on a database of their own; the
+    stack's other services."""
     policy_file = tmp_path / "approval.yaml"
     policy_file.write_text(POLICY)
     monkeypatch.setenv("KUBERNAUT_DATABASE_URL", database_dsn)
+    monkeypatch.setenv("KUBECONFIG", str(admin.info.kubeconfig))
     monkeypatch.setenv("KUBERNAUT_WORKFLOW_POLICY_FILE", str(policy_file))
-    settings = stack.beside(
-        runtime_settings,
-        ServiceName.STORAGE,
-        ServiceName.EXECUTOR,
-        ServiceName.EFFECTIVENESS,
-        ServiceName.NOTIFICATION,
-    ).model_copy(update={"context_api_address": cluster_context_api})
+    base = stack.beside(
+        runtime_settings, ServiceName.STORAGE, ServiceName.EFFECTIVENESS, ServiceName.NOTIFICATION
+    )
+    executor = await start_service(ServiceName.EXECUTOR, base, serve_metrics=False)
+    settings = base.model_copy(update={"executor_address": executor.address})
     workflow = await start_service(ServiceName.WORKFLOW, settings, serve_metrics=False)
-    here = {ServiceName.WORKFLOW: workflow.address}
+    here = {ServiceName.EXECUTOR: executor.address, ServiceName.WORKFLOW: workflow.address}
     clients = stack.clients(settings=settings)
     clients.addresses.update(here)
     analysis = Clients(settings, ServiceName.AI_ANALYSIS.account, addresses=here)
@@ -99,6 +98,7 @@ async def services(
         await clients.close()
         await analysis.close()
         await workflow.shutdown()
+        await executor.shutdown()
 
 
 def restart(namespace: str, confidence: float = 0.95) -> remediation_pb2.Recommendation:

@@ -7,12 +7,18 @@ import asyncio
 import grpc
 import pytest
 from kubernaut.ai_analysis.v1 import ai_analysis_pb2
+from kubernaut.api.client import (
+    DefaultDeadline,
+    SyncDefaultDeadline,
+    service_config,
+    service_descriptor,
+)
 from kubernaut.gateway.v1 import gateway_pb2
 from kubernaut.storage.v1 import storage_pb2
+from kubernaut.storage.v1.storage_pb2_grpc import StorageServiceStub
 from kubernaut.workflow.v1 import workflow_pb2
 
 from kubernaut.runtime import edges
-from kubernaut.runtime.clients import _CallMetadata, service_config
 from kubernaut.runtime.identity import account_of, parse_xfcc
 from kubernaut.runtime.interceptors import incident_id_of
 from kubernaut.runtime.names import EDGE_ACCOUNT, OPERATOR_ACCOUNT, ServiceName
@@ -96,7 +102,7 @@ def test_operators_may_not_write_the_audit_trail_and_the_edge_submits_and_relays
 
 
 def test_only_idempotent_methods_are_retried() -> None:
-    config = service_config(ServiceName.STORAGE)
+    config = service_config(protocol(ServiceName.STORAGE).descriptor)
     retried = {
         entry["name"][0]["method"] for entry in config["methodConfig"] if "retryPolicy" in entry
     }
@@ -118,7 +124,7 @@ def test_only_idempotent_methods_are_retried() -> None:
         "AppendAuditEntry",
         "ListAuditEntries",
     }
-    gateway = service_config(ServiceName.GATEWAY)["methodConfig"]
+    gateway = service_config(protocol(ServiceName.GATEWAY).descriptor)["methodConfig"]
     assert all("retryPolicy" not in entry for entry in gateway)
     # No deadline in the service config: gRPC would cut every longer call to it.
     assert all("timeout" not in entry for entry in config["methodConfig"] + gateway)
@@ -130,12 +136,22 @@ async def test_the_default_deadline_applies_only_to_calls_that_set_none() -> Non
     async def continuation(details: grpc.aio.ClientCallDetails, request: object) -> None:
         seen.append(details.timeout)
 
-    interceptor = _CallMetadata(None, 10.0)
+    interceptor = DefaultDeadline(10.0)
+    sync_interceptor = SyncDefaultDeadline(10.0)
     for timeout in (None, 300.0, 2.0):
         details = grpc.aio.ClientCallDetails("/x.S/M", timeout, None, None, None)
         await interceptor.intercept_unary_unary(continuation, details, b"")
+        sync_interceptor.intercept_unary_unary(
+            lambda details, _: seen.append(details.timeout), details, b""
+        )
     # A long call (ExecuteAction) keeps its own deadline, longer than the default.
-    assert seen == [10.0, 300.0, 2.0]
+    assert seen == [10.0, 10.0, 300.0, 300.0, 2.0, 2.0]
+
+
+def test_a_stub_class_names_its_service() -> None:
+    assert service_descriptor(StorageServiceStub) is protocol(ServiceName.STORAGE).descriptor
+    with pytest.raises(TypeError):
+        service_descriptor(storage_pb2.Incident)
 
 
 def test_paths_map_back_to_services() -> None:

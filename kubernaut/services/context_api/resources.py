@@ -295,22 +295,6 @@ class ResourceContextReader:
         key = (ref.cluster, ref.namespace, ref.kind, ref.name)
         return await self.cache.get(key, lambda: self._load(ref))
 
-    async def namespace(self, name: str) -> context_api_pb2.GetNamespaceResponse:
-        """The namespace's labels as they are now (not cached: a policy decides on them)."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                namespace = await self.core.read_namespace(name)
-        except ApiException as error:
-            if error.status == 404:
-                raise ResourceNotFound(
-                    alert_pb2.ResourceRef(kind="Namespace", name=name)
-                ) from error
-            raise
-        labels = dict(namespace.metadata.labels or {})
-        return context_api_pb2.GetNamespaceResponse(
-            name=name, labels=labels, managed=is_managed(labels)
-        )
-
     async def _load(self, ref: alert_pb2.ResourceRef) -> context_api_pb2.ResourceContext:
         try:
             async with asyncio.timeout(self.timeout):

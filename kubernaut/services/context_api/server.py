@@ -117,13 +117,6 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
             found = await through_brief_denials(lambda: reader.context(request.resource))
         return context_api_pb2.GetResourceContextResponse(context=found)
 
-    async def GetNamespace(
-        self, request: context_api_pb2.GetNamespaceRequest, context: Context
-    ) -> context_api_pb2.GetNamespaceResponse:
-        async with _cluster_errors(context, ""):
-            reader = await self._resource_reader(request.cluster)
-            return await through_brief_denials(lambda: reader.namespace(request.name))
-
     async def GetPodLogs(
         self, request: context_api_pb2.GetPodLogsRequest, context: Context
     ) -> context_api_pb2.GetPodLogsResponse:
@@ -210,19 +203,17 @@ class ContextAPIServicer(context_api_pb2_grpc.ContextAPIServiceServicer):
 @contextlib.asynccontextmanager
 async def _cluster_errors(context: Context, ref_field: str) -> AsyncIterator[None]:
     """A failed read of the cluster as the status that says why; `ref_field` is the
-    request's ResourceRef field, which the field violations name ("": the request's own
-    `cluster` field)."""
-    prefix = f"{ref_field}." if ref_field else ""
+    request's ResourceRef field, which the field violations name."""
     try:
         yield
     except UnknownCluster as error:
-        await abort_invalid(context, f"{prefix}cluster", str(error))
+        await abort_invalid(context, f"{ref_field}.cluster", str(error))
         raise
     except ClusterNotConfigured as error:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         raise
     except UnsupportedKind as error:
-        await abort_invalid(context, f"{prefix}kind", str(error))
+        await abort_invalid(context, f"{ref_field}.kind", str(error))
         raise
     except ResourceNotFound as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))

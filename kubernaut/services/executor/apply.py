@@ -17,6 +17,7 @@ from kubernaut.services.executor import guards
 from kubernaut.services.executor.changes import (
     WORKLOAD_KINDS,
     Change,
+    assess_workload,
     label_selector,
     template_hash_label,
 )
@@ -93,6 +94,7 @@ async def prepare(run: Run, target: dict[str, Any]) -> None:
 async def _snapshot(run: Run, target: dict[str, Any], change: Change) -> None:
     ref = run.ref
     hashes: list[str] = []
+    rolled_out = True
     if ref.kind in WORKLOAD_KINDS:  # its pods' template hashes tell new pods from old
         try:
             pods = await (await run.cluster()).pods(
@@ -100,6 +102,8 @@ async def _snapshot(run: Run, target: dict[str, Any], change: Change) -> None:
             )
         except ApiError as error:
             run.fail(f"snapshot: failed: listing pods: {error}", f"{run.what()} failed: {error}")
+        generation = int(target["metadata"].get("generation") or 0)
+        rolled_out = assess_workload(ref.kind, target, pods, generation=generation).done
         label = template_hash_label(ref.kind)
         hashes = sorted(
             {
@@ -116,10 +120,11 @@ async def _snapshot(run: Run, target: dict[str, Any], change: Change) -> None:
         "content": content_of(target),
         "view": record_view(target, change),
         "podTemplateHashes": hashes,
-        # How available the workload was: a scale of one that was not fully available is
-        # judged on keeping that (operations.PatchOperation.verify).
+        # Whether the workload was rolled out (every replica updated and Ready) and how
+        # available it was: a scale of one that was not is judged on keeping what was
+        # available (operations.PatchOperation.verify).
+        "rolledOutBefore": rolled_out,
         "availableBefore": int((target.get("status") or {}).get("availableReplicas") or 0),
-        "replicasBefore": (target.get("spec") or {}).get("replicas"),
         "extra": run.operation.snapshot_extra(run, target),
     }
     run.row.change = change

@@ -43,7 +43,7 @@ from kubernaut.executor.v1 import executor_pb2
 from opentelemetry import trace
 
 from kubernaut.runtime.clusters import UnknownCluster
-from kubernaut.runtime.kube import ClusterNotConfigured
+from kubernaut.runtime.kube import ClusterNotConfigured, is_managed
 from kubernaut.runtime.logs import incident_id_var
 from kubernaut.services.executor.changes import (
     RolloutState,
@@ -172,6 +172,13 @@ def check_problems(request: executor_pb2.RunCheckRequest) -> list[Problem]:
                 f"{name} applies to {' or '.join(kinds)}, not {ref.kind or 'an unnamed kind'}",
             )
         ]
+    return placement_problems(ref)
+
+
+def placement_problems(ref: alert_pb2.ResourceRef) -> list[Problem]:
+    """A kind the executor knows, with a namespace exactly when the kind has one."""
+    if ref.kind not in KINDS:
+        return [("target.kind", f"the executor does not know the kind {ref.kind or '(none)'}")]
     if KINDS[ref.kind].namespaced and not ref.namespace:
         return [("target.namespace", f"a {ref.kind} is namespaced: name its namespace")]
     if not KINDS[ref.kind].namespaced and ref.namespace:
@@ -515,19 +522,55 @@ class Checks:
         row = await store.latest_applied(cluster_name, "Node", "", ref.name, _DRAIN)
         return set() if row is None else displaced_workloads(row.snapshot)
 
-    async def run(self, request: executor_pb2.RunCheckRequest) -> CheckResult:
-        if problems := check_problems(request):
-            raise InvalidCheck(problems)
-        check = request.check.WhichOneof("check")
-        assert check is not None
-        ref = request.target
+    async def _open(self, ref: alert_pb2.ResourceRef) -> tuple[str, Cluster]:
         cluster_name = self.clusters.resolve(ref.cluster)
         if not self.clusters.connection(cluster_name).configured:
             raise ClusterNotConfigured(
                 f"cluster {cluster_name} is not configured: set KUBECONFIG (or "
                 "KUBERNAUT_KUBE_KUBECONFIG, or KUBERNAUT_KUBE_CLUSTERS)"
             )
-        cluster = await open_cluster(self.clusters, cluster_name)
+        return cluster_name, await open_cluster(self.clusters, cluster_name)
+
+    async def describe(self, ref: alert_pb2.ResourceRef) -> executor_pb2.DescribeTargetResponse:
+        """DescribeTarget: the target (in scope or not: nothing acts on it here), its
+        namespace's labels, whether it is opted in, and a workload's replicas."""
+        if problems := placement_problems(ref):
+            raise InvalidCheck(problems)
+        cluster_name, cluster = await self._open(ref)
+        breaker = self.clusters.breaker(cluster_name)
+        breaker.check()
+        described = executor_pb2.DescribeTargetResponse()
+        try:
+            labels: dict[str, str] = {}
+            if ref.namespace:
+                namespace = await _get(cluster, "Namespace", "", ref.namespace)
+                labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
+            described.namespace_labels.update(labels)
+            obj = await _get(cluster, ref.kind, ref.namespace, ref.name)
+        except ClusterUnavailable as error:
+            if not isinstance(error, CircuitOpen):
+                breaker.failure()
+            raise
+        breaker.success()
+        if obj is None:
+            return described
+        described.exists = True
+        own = (obj.get("metadata") or {}).get("labels")
+        described.managed = is_managed(own) or is_managed(labels)
+        if ref.kind in ("Deployment", "StatefulSet"):
+            spec, status = obj.get("spec") or {}, obj.get("status") or {}
+            described.replicas = 1 if spec.get("replicas") is None else int(spec["replicas"])
+            described.ready_replicas = int(status.get("readyReplicas") or 0)
+            described.available_replicas = int(status.get("availableReplicas") or 0)
+        return described
+
+    async def run(self, request: executor_pb2.RunCheckRequest) -> CheckResult:
+        if problems := check_problems(request):
+            raise InvalidCheck(problems)
+        check = request.check.WhichOneof("check")
+        assert check is not None
+        ref = request.target
+        cluster_name, cluster = await self._open(ref)
         scope = _CheckScope(ref, check, cluster_name, cluster, self.settings)
         check_placement(scope)
         breaker = self.clusters.breaker(cluster_name)

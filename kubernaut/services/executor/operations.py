@@ -237,21 +237,19 @@ async def _poll(run: RunContext, phase: str, look: Look, timeout: float | None =
         )
 
 
-# Scaling a workload that is not fully available (a stuck rollout) cannot make its rollout
-# complete, so such a scale is judged on what it may change: the controller took it and no
-# available replica was lost (a runbook's scale guard before a rollback).
+# Scaling a workload whose rollout is stuck (a replica not updated or not Ready) cannot make
+# the rollout complete, so such a scale is judged on what it may change: the controller took
+# it and no available replica was lost (a runbook's scale guard before a rollback).
 SCALE_ACTIONS: Final = frozenset({"scale_deployment", "scale_statefulset"})
 
 
 def _availability_floor(run: RunContext) -> int | None:
-    """The available replicas before a scale of a workload that was not fully available
-    then; None for any other change (judged on its rollout completing)."""
-    if run.action not in SCALE_ACTIONS:
+    """The available replicas before a scale of a workload that was not rolled out then
+    (a replica not updated or not Ready: a stuck or crashing rollout); None for any other
+    change (judged on its rollout completing)."""
+    if run.action not in SCALE_ACTIONS or run.snapshot.get("rolledOutBefore", True):
         return None
-    before, replicas = run.snapshot.get("availableBefore"), run.snapshot.get("replicasBefore")
-    if before is None or replicas is None or int(before) >= int(replicas):
-        return None
-    return int(before)
+    return int(run.snapshot.get("availableBefore") or 0)
 
 
 def _kept_availability(
@@ -264,8 +262,8 @@ def _kept_availability(
         return (
             True,
             False,
-            f"{summary}; it was not fully available before the change ({floor} available), "
-            f"so the scale is judged on keeping that: {available} available",
+            f"{summary}; it was not rolled out before the change ({floor} available), so the "
+            f"scale is judged on keeping what was available: {available} available",
         )
     return False, False, f"{summary}; {available} available, {floor} before the change"
 

@@ -127,6 +127,29 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise
         return result.to_proto()
 
+    async def DescribeTarget(
+        self, request: executor_pb2.DescribeTargetRequest, context: Context
+    ) -> executor_pb2.DescribeTargetResponse:
+        if self.checks is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the executor has no clusters to read"
+            )
+            raise AssertionError("unreachable")  # abort raises
+        try:
+            return await self.checks.describe(request.target)
+        except InvalidCheck as error:
+            await _refuse_problems(context, error.problems)
+            raise
+        except UnknownCluster as error:
+            await abort_invalid(context, "target.cluster", str(error))
+            raise
+        except (ClusterNotConfigured, OutOfScope) as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        except ClusterUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error} (safe to retry)")
+            raise
+
     async def _executor(self, context: Context) -> Executor:
         if self.executor is None:
             await context.abort(

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import grpc
 from kubernaut.common.v1 import alert_pb2, remediation_pb2
-from kubernaut.context_api.v1 import context_api_pb2
-from kubernaut.context_api.v1.context_api_pb2_grpc import ContextAPIServiceStub
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.effectiveness.v1.effectiveness_pb2_grpc import EffectivenessServiceStub
 from kubernaut.executor.v1 import executor_pb2
@@ -166,7 +164,6 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         settings: PlanningSettings,
         watch_settings: WatchSettings | None = None,
         *,
-        context_api: ContextAPIServiceStub,
         runbooks: RunbookCatalogue,
         policy: ApprovalPolicy | None,
     ) -> None:
@@ -175,7 +172,6 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         self.engine = engine
         self.settings = settings
         self.watch_settings = watch_settings or WatchSettings()
-        self.context_api = context_api
         self.runbooks = runbooks
         self.policy = policy
 
@@ -191,22 +187,22 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         the analysis and the approval policy decide (the policy's decision recorded)."""
         # Validation guarantees one action is set.
         action = recommendation.action.WhichOneof("params") or ""
+        target, unread = await self._target(recommendation.target)
         chosen = None
         if alert is not None and self.runbooks.answers(alert.name, action):
-            workload = await self._workload(recommendation.target)
-            chosen = self.runbooks.choose(alert, recommendation, workload)
+            chosen = self.runbooks.choose(alert, recommendation, _workload(target))
         names = {action, *(graph_actions(chosen.nodes) if chosen is not None else ())}
         definitions = {name: await self._describe(name, context) for name in sorted(names)}
         history = await self._target_history(recommendation.target)
         guard = guard_for(recommendation, history, dt.datetime.now(dt.UTC), self.settings)
         unknown = remediation_pb2.RISK_LEVEL_UNSPECIFIED
         risk = max((d.risk for d in definitions.values()), default=unknown)
-        facts, unread = await self._policy_facts(
-            recommendation, alert, incident_id, chosen, sorted(names), risk
+        facts = self._policy_facts(
+            recommendation, alert, incident_id, chosen, sorted(names), risk, target
         )
         if guard is None and unread and self.policy is not None:
             # Fail closed: a policy that weighs the namespace cannot decide without it.
-            guard = Approval(True, f"the namespace's labels could not be read ({unread})")
+            guard = Approval(True, f"the target could not be described ({unread})")
         if guard is not None:
             log.warning(
                 "plan held for a person by the guard",
@@ -235,26 +231,20 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             decision,
         )
 
-    async def _workload(self, target: alert_pb2.ResourceRef) -> dict[str, int]:
-        """What runbook templates may use of the target as it is now: a Deployment's
-        desired and ready replicas. Empty when it cannot be read (a template that needs
-        it then does not render, and another, or the action alone, is planned)."""
-        if target.kind != "Deployment":
-            return {}
+    async def _target(
+        self, target: alert_pb2.ResourceRef
+    ) -> tuple[executor_pb2.DescribeTargetResponse | None, str]:
+        """What the executor sees of the target (its namespace's labels, a workload's
+        replicas), or None and why it could not be read."""
         try:
-            read = await self.context_api.GetResourceContext(
-                context_api_pb2.GetResourceContextRequest(resource=target)
+            described: executor_pb2.DescribeTargetResponse = await self.executor.DescribeTarget(
+                executor_pb2.DescribeTargetRequest(target=target)
             )
         except grpc.aio.AioRpcError as error:
-            log.warning(
-                "the target's replicas could not be read for the runbooks",
-                extra={"error": f"{error.code().name}: {error.details()}"},
-            )
-            return {}
-        rollout = read.context.rollout
-        if not read.context.HasField("rollout"):
-            return {}
-        return {"replicas": rollout.desired_replicas, "ready_replicas": rollout.ready_replicas}
+            why = f"{error.code().name}: {error.details()}"[:256]
+            log.warning("the target could not be described", extra={"error": why})
+            return None, why
+        return described, ""
 
     async def _describe(self, action: str, context: Context) -> executor_pb2.ActionDefinition:
         """The executor's catalogue entry; FAILED_PRECONDITION when it does not offer it."""
@@ -272,7 +262,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         definition: executor_pb2.ActionDefinition = described.action
         return definition
 
-    async def _policy_facts(
+    def _policy_facts(
         self,
         recommendation: remediation_pb2.Recommendation,
         alert: alert_pb2.Alert | None,
@@ -280,24 +270,13 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         chosen: ChosenRunbook | None,
         actions: Sequence[str],
         risk: remediation_pb2.RiskLevel.ValueType,
-    ) -> tuple[PolicyFacts, str]:
-        """What the approval policy decides on, and why the namespace's labels could not
-        be read ("" when they were, or the target has no namespace)."""
+        described: executor_pb2.DescribeTargetResponse | None,
+    ) -> PolicyFacts:
+        """What the approval policy decides on."""
         target = recommendation.target
-        labels: dict[str, str] = {}
-        unread = ""
-        if target.namespace:
-            try:
-                found = await self.context_api.GetNamespace(
-                    context_api_pb2.GetNamespaceRequest(
-                        cluster=target.cluster, name=target.namespace
-                    )
-                )
-                labels = dict(found.labels)
-            except grpc.aio.AioRpcError as error:
-                unread = f"{error.code().name}: {error.details()}"[:256]
+        labels = dict(described.namespace_labels) if described is not None else {}
         alert = alert or alert_pb2.Alert()
-        facts = build_facts(
+        return build_facts(
             action=recommendation.action.WhichOneof("params") or "",
             actions=actions,
             risk=RISK_NAMES.get(risk, "unknown"),
@@ -317,7 +296,6 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
             approval_required=recommendation.approval_required,
             timezone=self.policy.timezone if self.policy is not None else dt.UTC,
         )
-        return facts, unread
 
     async def _target_history(self, target: alert_pb2.ResourceRef) -> TargetHistory:
         """The target's action records, newest first (one page: the guard looks at the
@@ -482,10 +460,18 @@ async def build(ctx: ServiceContext) -> ServiceSpec:
             engine,
             planning,
             WatchSettings(),
-            context_api=ctx.clients.stub(ContextAPIServiceStub),
             runbooks=runbooks,
             policy=policy,
         ),
         readiness=[("postgresql", database.ready)],
         on_stop=[stop],
     )
+
+
+def _workload(described: executor_pb2.DescribeTargetResponse | None) -> dict[str, int]:
+    """What runbook templates may use of the target as it is now: a Deployment's or a
+    StatefulSet's replicas. Empty when it could not be read (a template that needs it then
+    does not render, and another, or the action alone, is planned)."""
+    if described is None or not described.exists or not described.replicas:
+        return {}
+    return {"replicas": described.replicas, "ready_replicas": described.ready_replicas}

@@ -45,11 +45,6 @@ class ContextAPIServiceStub(object):
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.FromString,
                 _registered_method=True)
-        self.GetNamespace = channel.unary_unary(
-                '/kubernaut.context_api.v1.ContextAPIService/GetNamespace',
-                request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetNamespaceRequest.SerializeToString,
-                response_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetNamespaceResponse.FromString,
-                _registered_method=True)
         self.GetIncidentHistory = channel.unary_unary(
                 '/kubernaut.context_api.v1.ContextAPIService/GetIncidentHistory',
                 request_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.SerializeToString,
@@ -98,19 +93,6 @@ class ContextAPIServiceServicer(object):
         cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
         object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
         retry); PERMISSION_DENIED for callers outside the call table.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetNamespace(self, request, context):
-        """GetNamespace returns a namespace's labels, read now in the cluster `cluster` names
-        (empty: the default one): what the workflow's approval policy weighs (env=prod,
-        team=...), and whether Kubernaut may act there (kubernaut.ai/managed=true).
-        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name or a cluster
-        context_api is not configured for; NOT_FOUND when the namespace does not exist;
-        UNAVAILABLE when the cluster cannot be reached (safe to retry); PERMISSION_DENIED for
-        callers outside the call table.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,11 +180,6 @@ def add_ContextAPIServiceServicer_to_server(servicer, server):
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.FromString,
                     response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.SerializeToString,
             ),
-            'GetNamespace': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetNamespace,
-                    request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetNamespaceRequest.FromString,
-                    response_serializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetNamespaceResponse.SerializeToString,
-            ),
             'GetIncidentHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIncidentHistory,
                     request_deserializer=kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetIncidentHistoryRequest.FromString,
@@ -279,33 +256,6 @@ class ContextAPIService(object):
             '/kubernaut.context_api.v1.ContextAPIService/GetResourceContext',
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextRequest.SerializeToString,
             kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetResourceContextResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetNamespace(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/kubernaut.context_api.v1.ContextAPIService/GetNamespace',
-            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetNamespaceRequest.SerializeToString,
-            kubernaut_dot_context__api_dot_v1_dot_context__api__pb2.GetNamespaceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,15 +52,6 @@ class ContextAPIServiceStub:
     object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
     retry); PERMISSION_DENIED for callers outside the call table.
     """
-    GetNamespace: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetNamespaceRequest, _context_api_pb2.GetNamespaceResponse]
-    """GetNamespace returns a namespace's labels, read now in the cluster `cluster` names
-    (empty: the default one): what the workflow's approval policy weighs (env=prod,
-    team=...), and whether Kubernaut may act there (kubernaut.ai/managed=true).
-    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name or a cluster
-    context_api is not configured for; NOT_FOUND when the namespace does not exist;
-    UNAVAILABLE when the cluster cannot be reached (safe to retry); PERMISSION_DENIED for
-    callers outside the call table.
-    """
     GetIncidentHistory: _grpc.UnaryUnaryMultiCallable[_context_api_pb2.GetIncidentHistoryRequest, _context_api_pb2.GetIncidentHistoryResponse]
     """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
     the nearest past incidents by the embedding of their description, each with the
@@ -138,15 +129,6 @@ class ContextAPIServiceAsyncStub(ContextAPIServiceStub):
     cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
     object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
     retry); PERMISSION_DENIED for callers outside the call table.
-    """
-    GetNamespace: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetNamespaceRequest, _context_api_pb2.GetNamespaceResponse]  # type: ignore[assignment]
-    """GetNamespace returns a namespace's labels, read now in the cluster `cluster` names
-    (empty: the default one): what the workflow's approval policy weighs (env=prod,
-    team=...), and whether Kubernaut may act there (kubernaut.ai/managed=true).
-    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name or a cluster
-    context_api is not configured for; NOT_FOUND when the namespace does not exist;
-    UNAVAILABLE when the cluster cannot be reached (safe to retry); PERMISSION_DENIED for
-    callers outside the call table.
     """
     GetIncidentHistory: _aio.UnaryUnaryMultiCallable[_context_api_pb2.GetIncidentHistoryRequest, _context_api_pb2.GetIncidentHistoryResponse]  # type: ignore[assignment]
     """GetIncidentHistory returns what Kubernaut has seen before that resembles an incident:
@@ -234,21 +216,6 @@ class ContextAPIServiceServicer(metaclass=_abc_1.ABCMeta):
         cluster context_api is not configured for (resource.cluster); NOT_FOUND when the
         object does not exist; UNAVAILABLE when the cluster cannot be reached (safe to
         retry); PERMISSION_DENIED for callers outside the call table.
-        """
-
-    @_abc_1.abstractmethod
-    def GetNamespace(
-        self,
-        request: _context_api_pb2.GetNamespaceRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_context_api_pb2.GetNamespaceResponse, _abc.Awaitable[_context_api_pb2.GetNamespaceResponse]]:
-        """GetNamespace returns a namespace's labels, read now in the cluster `cluster` names
-        (empty: the default one): what the workflow's approval policy weighs (env=prod,
-        team=...), and whether Kubernaut may act there (kubernaut.ai/managed=true).
-        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed name or a cluster
-        context_api is not configured for; NOT_FOUND when the namespace does not exist;
-        UNAVAILABLE when the cluster cannot be reached (safe to retry); PERMISSION_DENIED for
-        callers outside the call table.
         """
 
     @_abc_1.abstractmethod

@@ -30,13 +30,18 @@ from kubernaut.common.v1 import remediation_pb2 as kubernaut_dot_common_dot_v1_d
 from kubernaut.storage.v1 import storage_pb2 as kubernaut_dot_storage_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kubernaut/executor/v1/executor.proto\x12\x15kubernaut.executor.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a\"kubernaut/storage/v1/storage.proto\"\xf2\x01\n\x0fRunCheckRequest\x12>\n\x05\x63heck\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.CheckParamsB\x06\xbaH\x03\xc8\x01\x01R\x05\x63heck\x12@\n\x06target\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12\x33\n\x0ftimeout_seconds\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90\x1c(\x00R\x0etimeoutSeconds\x12(\n\x0bincident_id\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\"\xd0\x01\n\x10RunCheckResponse\x12\x16\n\x06passed\x18\x01 \x01(\x08R\x06passed\x12\x16\n\x06\x64\x65tail\x18\x02 \x01(\tR\x06\x64\x65tail\x12\x14\n\x05looks\x18\x03 \x01(\x05R\x05looks\x12\x39\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nfinishedAt\"A\n\x18GetActionProgressRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\"M\n\x0b\x41\x63tionStage\x12\x12\n\x04line\x18\x01 \x01(\tR\x04line\x12*\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x02\x61t\"\xc2\x04\n\x19GetActionProgressResponse\x12\x1b\n\taction_id\x18\x01 \x01(\tR\x08\x61\x63tionId\x12\x38\n\x05state\x18\x02 \x01(\x0e\x32\".kubernaut.executor.v1.ActionStateR\x05state\x12:\n\x06stages\x18\x03 \x03(\x0b\x32\".kubernaut.executor.v1.ActionStageR\x06stages\x12\x39\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12\x39\n\napplied_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tappliedAt\x12\x46\n\x11verify_started_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0fverifyStartedAt\x12@\n\x0everify_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\rverifyTimeout\x12\x18\n\x07running\x18\x08 \x01(\x08R\x07running\x12\x39\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12=\n\x07outcome\x18\n \x01(\x0e\x32#.kubernaut.storage.v1.ActionOutcomeR\x07outcome\"\x8b\x01\n\x15RollbackActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12)\n\x0brollback_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nrollbackId\x12 \n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08R\x06reason\"l\n\x16RollbackActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\xd9\x02\n\x14\x45xecuteActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12(\n\x0bincident_id\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\x12)\n\nalert_name\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\x12\x41\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32!.kubernaut.common.v1.ActionParamsB\x06\xbaH\x03\xc8\x01\x01R\x06\x61\x63tion\x12@\n\x06target\x18\x05 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12@\n\x16verify_timeout_seconds\x18\x06 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90\x1c(\x00R\x14verifyTimeoutSeconds\"k\n\x15\x45xecuteActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\x14\n\x12ListActionsRequest\"X\n\x13ListActionsResponse\x12\x41\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x07\x61\x63tions\"I\n\x15\x44\x65scribeActionRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18?2\x11^[a-z][a-z0-9_]*$R\x04name\"Y\n\x16\x44\x65scribeActionResponse\x12?\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x06\x61\x63tion\"\xa4\x01\n\x0ePermissionRule\x12\x1b\n\tapi_group\x18\x01 \x01(\tR\x08\x61piGroup\x12\x1a\n\x08resource\x18\x02 \x01(\tR\x08resource\x12 \n\x0bsubresource\x18\x03 \x01(\tR\x0bsubresource\x12\x14\n\x05verbs\x18\x04 \x03(\tR\x05verbs\x12!\n\x0ctarget_kinds\x18\x05 \x03(\tR\x0btargetKinds\"\xde\x03\n\x10\x41\x63tionDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\x0bwhen_to_use\x18\x03 \x01(\tR\twhenToUse\x12%\n\x0fwhen_not_to_use\x18\x04 \x01(\tR\x0cwhenNotToUse\x12\x32\n\x04risk\x18\x05 \x01(\x0e\x32\x1e.kubernaut.common.v1.RiskLevelR\x04risk\x12!\n\x0ctarget_kinds\x18\x06 \x03(\tR\x0btargetKinds\x12G\n\x0bpermissions\x18\x07 \x03(\x0b\x32%.kubernaut.executor.v1.PermissionRuleR\x0bpermissions\x12\'\n\x0fparameters_type\x18\x08 \x01(\tR\x0eparametersType\x12$\n\rpreconditions\x18\t \x03(\tR\rpreconditions\x12\"\n\x0cverification\x18\n \x01(\tR\x0cverification\x12\x1a\n\x08rollback\x18\x0b \x01(\tR\x08rollback\x12\x1e\n\nreversible\x18\x0c \x01(\x08R\nreversible*\xcb\x01\n\x0b\x41\x63tionState\x12\x1c\n\x18\x41\x43TION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43TION_STATE_STARTED\x10\x01\x12\x18\n\x14\x41\x43TION_STATE_PLANNED\x10\x02\x12\x18\n\x14\x41\x43TION_STATE_APPLIED\x10\x03\x12\x1a\n\x16\x41\x43TION_STATE_RESTORING\x10\x04\x12\x19\n\x15\x41\x43TION_STATE_FINISHED\x10\x05\x12\x19\n\x15\x41\x43TION_STATE_RECORDED\x10\x06\x32\xb4\x05\n\x0f\x45xecutorService\x12i\n\x0bListActions\x12).kubernaut.executor.v1.ListActionsRequest\x1a*.kubernaut.executor.v1.ListActionsResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65scribeAction\x12,.kubernaut.executor.v1.DescribeActionRequest\x1a-.kubernaut.executor.v1.DescribeActionResponse\"\x03\x90\x02\x01\x12o\n\rExecuteAction\x12+.kubernaut.executor.v1.ExecuteActionRequest\x1a,.kubernaut.executor.v1.ExecuteActionResponse\"\x03\x90\x02\x02\x12r\n\x0eRollbackAction\x12,.kubernaut.executor.v1.RollbackActionRequest\x1a-.kubernaut.executor.v1.RollbackActionResponse\"\x03\x90\x02\x02\x12{\n\x11GetActionProgress\x12/.kubernaut.executor.v1.GetActionProgressRequest\x1a\x30.kubernaut.executor.v1.GetActionProgressResponse\"\x03\x90\x02\x01\x12`\n\x08RunCheck\x12&.kubernaut.executor.v1.RunCheckRequest\x1a\'.kubernaut.executor.v1.RunCheckResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kubernaut/executor/v1/executor.proto\x12\x15kubernaut.executor.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fkubernaut/common/v1/alert.proto\x1a%kubernaut/common/v1/remediation.proto\x1a\"kubernaut/storage/v1/storage.proto\"Y\n\x15\x44\x65scribeTargetRequest\x12@\n\x06target\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\"\xef\x02\n\x16\x44\x65scribeTargetResponse\x12\x16\n\x06\x65xists\x18\x01 \x01(\x08R\x06\x65xists\x12m\n\x10namespace_labels\x18\x02 \x03(\x0b\x32\x42.kubernaut.executor.v1.DescribeTargetResponse.NamespaceLabelsEntryR\x0fnamespaceLabels\x12\x18\n\x07managed\x18\x03 \x01(\x08R\x07managed\x12\x1a\n\x08replicas\x18\x04 \x01(\x05R\x08replicas\x12%\n\x0eready_replicas\x18\x05 \x01(\x05R\rreadyReplicas\x12-\n\x12\x61vailable_replicas\x18\x06 \x01(\x05R\x11\x61vailableReplicas\x1a\x42\n\x14NamespaceLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xf2\x01\n\x0fRunCheckRequest\x12>\n\x05\x63heck\x18\x01 \x01(\x0b\x32 .kubernaut.common.v1.CheckParamsB\x06\xbaH\x03\xc8\x01\x01R\x05\x63heck\x12@\n\x06target\x18\x02 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12\x33\n\x0ftimeout_seconds\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90\x1c(\x00R\x0etimeoutSeconds\x12(\n\x0bincident_id\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\"\xd0\x01\n\x10RunCheckResponse\x12\x16\n\x06passed\x18\x01 \x01(\x08R\x06passed\x12\x16\n\x06\x64\x65tail\x18\x02 \x01(\tR\x06\x64\x65tail\x12\x14\n\x05looks\x18\x03 \x01(\x05R\x05looks\x12\x39\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nfinishedAt\"A\n\x18GetActionProgressRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\"M\n\x0b\x41\x63tionStage\x12\x12\n\x04line\x18\x01 \x01(\tR\x04line\x12*\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x02\x61t\"\xc2\x04\n\x19GetActionProgressResponse\x12\x1b\n\taction_id\x18\x01 \x01(\tR\x08\x61\x63tionId\x12\x38\n\x05state\x18\x02 \x01(\x0e\x32\".kubernaut.executor.v1.ActionStateR\x05state\x12:\n\x06stages\x18\x03 \x03(\x0b\x32\".kubernaut.executor.v1.ActionStageR\x06stages\x12\x39\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12\x39\n\napplied_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tappliedAt\x12\x46\n\x11verify_started_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0fverifyStartedAt\x12@\n\x0everify_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\rverifyTimeout\x12\x18\n\x07running\x18\x08 \x01(\x08R\x07running\x12\x39\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12=\n\x07outcome\x18\n \x01(\x0e\x32#.kubernaut.storage.v1.ActionOutcomeR\x07outcome\"\x8b\x01\n\x15RollbackActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12)\n\x0brollback_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\nrollbackId\x12 \n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08R\x06reason\"l\n\x16RollbackActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\xd9\x02\n\x14\x45xecuteActionRequest\x12%\n\taction_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01R\x08\x61\x63tionId\x12(\n\x0bincident_id\x18\x02 \x01(\tB\x07\xbaH\x04r\x02\x18@R\nincidentId\x12)\n\nalert_name\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x02R\talertName\x12\x41\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32!.kubernaut.common.v1.ActionParamsB\x06\xbaH\x03\xc8\x01\x01R\x06\x61\x63tion\x12@\n\x06target\x18\x05 \x01(\x0b\x32 .kubernaut.common.v1.ResourceRefB\x06\xbaH\x03\xc8\x01\x01R\x06target\x12@\n\x16verify_timeout_seconds\x18\x06 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90\x1c(\x00R\x14verifyTimeoutSeconds\"k\n\x15\x45xecuteActionResponse\x12:\n\x06record\x18\x01 \x01(\x0b\x32\".kubernaut.storage.v1.ActionRecordR\x06record\x12\x16\n\x06stages\x18\x02 \x03(\tR\x06stages\"\x14\n\x12ListActionsRequest\"X\n\x13ListActionsResponse\x12\x41\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x07\x61\x63tions\"I\n\x15\x44\x65scribeActionRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18?2\x11^[a-z][a-z0-9_]*$R\x04name\"Y\n\x16\x44\x65scribeActionResponse\x12?\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\'.kubernaut.executor.v1.ActionDefinitionR\x06\x61\x63tion\"\xa4\x01\n\x0ePermissionRule\x12\x1b\n\tapi_group\x18\x01 \x01(\tR\x08\x61piGroup\x12\x1a\n\x08resource\x18\x02 \x01(\tR\x08resource\x12 \n\x0bsubresource\x18\x03 \x01(\tR\x0bsubresource\x12\x14\n\x05verbs\x18\x04 \x03(\tR\x05verbs\x12!\n\x0ctarget_kinds\x18\x05 \x03(\tR\x0btargetKinds\"\xde\x03\n\x10\x41\x63tionDefinition\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1e\n\x0bwhen_to_use\x18\x03 \x01(\tR\twhenToUse\x12%\n\x0fwhen_not_to_use\x18\x04 \x01(\tR\x0cwhenNotToUse\x12\x32\n\x04risk\x18\x05 \x01(\x0e\x32\x1e.kubernaut.common.v1.RiskLevelR\x04risk\x12!\n\x0ctarget_kinds\x18\x06 \x03(\tR\x0btargetKinds\x12G\n\x0bpermissions\x18\x07 \x03(\x0b\x32%.kubernaut.executor.v1.PermissionRuleR\x0bpermissions\x12\'\n\x0fparameters_type\x18\x08 \x01(\tR\x0eparametersType\x12$\n\rpreconditions\x18\t \x03(\tR\rpreconditions\x12\"\n\x0cverification\x18\n \x01(\tR\x0cverification\x12\x1a\n\x08rollback\x18\x0b \x01(\tR\x08rollback\x12\x1e\n\nreversible\x18\x0c \x01(\x08R\nreversible*\xcb\x01\n\x0b\x41\x63tionState\x12\x1c\n\x18\x41\x43TION_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x43TION_STATE_STARTED\x10\x01\x12\x18\n\x14\x41\x43TION_STATE_PLANNED\x10\x02\x12\x18\n\x14\x41\x43TION_STATE_APPLIED\x10\x03\x12\x1a\n\x16\x41\x43TION_STATE_RESTORING\x10\x04\x12\x19\n\x15\x41\x43TION_STATE_FINISHED\x10\x05\x12\x19\n\x15\x41\x43TION_STATE_RECORDED\x10\x06\x32\xa8\x06\n\x0f\x45xecutorService\x12i\n\x0bListActions\x12).kubernaut.executor.v1.ListActionsRequest\x1a*.kubernaut.executor.v1.ListActionsResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65scribeAction\x12,.kubernaut.executor.v1.DescribeActionRequest\x1a-.kubernaut.executor.v1.DescribeActionResponse\"\x03\x90\x02\x01\x12o\n\rExecuteAction\x12+.kubernaut.executor.v1.ExecuteActionRequest\x1a,.kubernaut.executor.v1.ExecuteActionResponse\"\x03\x90\x02\x02\x12r\n\x0eRollbackAction\x12,.kubernaut.executor.v1.RollbackActionRequest\x1a-.kubernaut.executor.v1.RollbackActionResponse\"\x03\x90\x02\x02\x12{\n\x11GetActionProgress\x12/.kubernaut.executor.v1.GetActionProgressRequest\x1a\x30.kubernaut.executor.v1.GetActionProgressResponse\"\x03\x90\x02\x01\x12`\n\x08RunCheck\x12&.kubernaut.executor.v1.RunCheckRequest\x1a\'.kubernaut.executor.v1.RunCheckResponse\"\x03\x90\x02\x01\x12r\n\x0e\x44\x65scribeTarget\x12,.kubernaut.executor.v1.DescribeTargetRequest\x1a-.kubernaut.executor.v1.DescribeTargetResponse\"\x03\x90\x02\x01\x42HZFgithub.com/kubernaut/kubernaut/gen/go/kubernaut/executor/v1;executorv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kubernaut.executor.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/kubernaut/kubernaut/gen/go/kubernaut/executor/v1;executorv1'
+  _globals['_DESCRIBETARGETREQUEST'].fields_by_name['target']._loaded_options = None
+  _globals['_DESCRIBETARGETREQUEST'].fields_by_name['target']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_DESCRIBETARGETRESPONSE_NAMESPACELABELSENTRY']._loaded_options = None
+  _globals['_DESCRIBETARGETRESPONSE_NAMESPACELABELSENTRY']._serialized_options = b'8\001'
   _globals['_RUNCHECKREQUEST'].fields_by_name['check']._loaded_options = None
   _globals['_RUNCHECKREQUEST'].fields_by_name['check']._serialized_options = b'\272H\003\310\001\001'
   _globals['_RUNCHECKREQUEST'].fields_by_name['target']._loaded_options = None
@@ -79,38 +84,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTORSERVICE'].methods_by_name['GetActionProgress']._serialized_options = b'\220\002\001'
   _globals['_EXECUTORSERVICE'].methods_by_name['RunCheck']._loaded_options = None
   _globals['_EXECUTORSERVICE'].methods_by_name['RunCheck']._serialized_options = b'\220\002\001'
-  _globals['_ACTIONSTATE']._serialized_start=3084
-  _globals['_ACTIONSTATE']._serialized_end=3287
-  _globals['_RUNCHECKREQUEST']._serialized_start=266
-  _globals['_RUNCHECKREQUEST']._serialized_end=508
-  _globals['_RUNCHECKRESPONSE']._serialized_start=511
-  _globals['_RUNCHECKRESPONSE']._serialized_end=719
-  _globals['_GETACTIONPROGRESSREQUEST']._serialized_start=721
-  _globals['_GETACTIONPROGRESSREQUEST']._serialized_end=786
-  _globals['_ACTIONSTAGE']._serialized_start=788
-  _globals['_ACTIONSTAGE']._serialized_end=865
-  _globals['_GETACTIONPROGRESSRESPONSE']._serialized_start=868
-  _globals['_GETACTIONPROGRESSRESPONSE']._serialized_end=1446
-  _globals['_ROLLBACKACTIONREQUEST']._serialized_start=1449
-  _globals['_ROLLBACKACTIONREQUEST']._serialized_end=1588
-  _globals['_ROLLBACKACTIONRESPONSE']._serialized_start=1590
-  _globals['_ROLLBACKACTIONRESPONSE']._serialized_end=1698
-  _globals['_EXECUTEACTIONREQUEST']._serialized_start=1701
-  _globals['_EXECUTEACTIONREQUEST']._serialized_end=2046
-  _globals['_EXECUTEACTIONRESPONSE']._serialized_start=2048
-  _globals['_EXECUTEACTIONRESPONSE']._serialized_end=2155
-  _globals['_LISTACTIONSREQUEST']._serialized_start=2157
-  _globals['_LISTACTIONSREQUEST']._serialized_end=2177
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=2179
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=2267
-  _globals['_DESCRIBEACTIONREQUEST']._serialized_start=2269
-  _globals['_DESCRIBEACTIONREQUEST']._serialized_end=2342
-  _globals['_DESCRIBEACTIONRESPONSE']._serialized_start=2344
-  _globals['_DESCRIBEACTIONRESPONSE']._serialized_end=2433
-  _globals['_PERMISSIONRULE']._serialized_start=2436
-  _globals['_PERMISSIONRULE']._serialized_end=2600
-  _globals['_ACTIONDEFINITION']._serialized_start=2603
-  _globals['_ACTIONDEFINITION']._serialized_end=3081
-  _globals['_EXECUTORSERVICE']._serialized_start=3290
-  _globals['_EXECUTORSERVICE']._serialized_end=3982
+  _globals['_EXECUTORSERVICE'].methods_by_name['DescribeTarget']._loaded_options = None
+  _globals['_EXECUTORSERVICE'].methods_by_name['DescribeTarget']._serialized_options = b'\220\002\001'
+  _globals['_ACTIONSTATE']._serialized_start=3545
+  _globals['_ACTIONSTATE']._serialized_end=3748
+  _globals['_DESCRIBETARGETREQUEST']._serialized_start=265
+  _globals['_DESCRIBETARGETREQUEST']._serialized_end=354
+  _globals['_DESCRIBETARGETRESPONSE']._serialized_start=357
+  _globals['_DESCRIBETARGETRESPONSE']._serialized_end=724
+  _globals['_DESCRIBETARGETRESPONSE_NAMESPACELABELSENTRY']._serialized_start=658
+  _globals['_DESCRIBETARGETRESPONSE_NAMESPACELABELSENTRY']._serialized_end=724
+  _globals['_RUNCHECKREQUEST']._serialized_start=727
+  _globals['_RUNCHECKREQUEST']._serialized_end=969
+  _globals['_RUNCHECKRESPONSE']._serialized_start=972
+  _globals['_RUNCHECKRESPONSE']._serialized_end=1180
+  _globals['_GETACTIONPROGRESSREQUEST']._serialized_start=1182
+  _globals['_GETACTIONPROGRESSREQUEST']._serialized_end=1247
+  _globals['_ACTIONSTAGE']._serialized_start=1249
+  _globals['_ACTIONSTAGE']._serialized_end=1326
+  _globals['_GETACTIONPROGRESSRESPONSE']._serialized_start=1329
+  _globals['_GETACTIONPROGRESSRESPONSE']._serialized_end=1907
+  _globals['_ROLLBACKACTIONREQUEST']._serialized_start=1910
+  _globals['_ROLLBACKACTIONREQUEST']._serialized_end=2049
+  _globals['_ROLLBACKACTIONRESPONSE']._serialized_start=2051
+  _globals['_ROLLBACKACTIONRESPONSE']._serialized_end=2159
+  _globals['_EXECUTEACTIONREQUEST']._serialized_start=2162
+  _globals['_EXECUTEACTIONREQUEST']._serialized_end=2507
+  _globals['_EXECUTEACTIONRESPONSE']._serialized_start=2509
+  _globals['_EXECUTEACTIONRESPONSE']._serialized_end=2616
+  _globals['_LISTACTIONSREQUEST']._serialized_start=2618
+  _globals['_LISTACTIONSREQUEST']._serialized_end=2638
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=2640
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=2728
+  _globals['_DESCRIBEACTIONREQUEST']._serialized_start=2730
+  _globals['_DESCRIBEACTIONREQUEST']._serialized_end=2803
+  _globals['_DESCRIBEACTIONRESPONSE']._serialized_start=2805
+  _globals['_DESCRIBEACTIONRESPONSE']._serialized_end=2894
+  _globals['_PERMISSIONRULE']._serialized_start=2897
+  _globals['_PERMISSIONRULE']._serialized_end=3061
+  _globals['_ACTIONDEFINITION']._serialized_start=3064
+  _globals['_ACTIONDEFINITION']._serialized_end=3542
+  _globals['_EXECUTORSERVICE']._serialized_start=3751
+  _globals['_EXECUTORSERVICE']._serialized_end=4559
 # @@protoc_insertion_point(module_scope)

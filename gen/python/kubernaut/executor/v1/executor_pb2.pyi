@@ -63,6 +63,87 @@ ACTION_STATE_RECORDED: ActionState.ValueType  # 6
 Global___ActionState: _TypeAlias = ActionState  # noqa: Y015
 
 @_typing.final
+class DescribeTargetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def target(self) -> _alert_pb2.ResourceRef: ...
+    def __init__(
+        self,
+        *,
+        target: _alert_pb2.ResourceRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeTargetRequest: _TypeAlias = DescribeTargetRequest  # noqa: Y015
+
+@_typing.final
+class DescribeTargetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NamespaceLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EXISTS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_LABELS_FIELD_NUMBER: _builtins.int
+    MANAGED_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    READY_REPLICAS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_REPLICAS_FIELD_NUMBER: _builtins.int
+    exists: _builtins.bool
+    managed: _builtins.bool
+    """kubernaut.ai/managed=true is on the target or its namespace."""
+    replicas: _builtins.int
+    """Deployments and StatefulSets: the replicas wanted, Ready and available."""
+    ready_replicas: _builtins.int
+    available_replicas: _builtins.int
+    @_builtins.property
+    def namespace_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels of the target's namespace (empty for cluster-scoped kinds, or when the
+        namespace does not exist).
+        """
+
+    def __init__(
+        self,
+        *,
+        exists: _builtins.bool = ...,
+        namespace_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        managed: _builtins.bool = ...,
+        replicas: _builtins.int = ...,
+        ready_replicas: _builtins.int = ...,
+        available_replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_replicas", b"available_replicas", "exists", b"exists", "managed", b"managed", "namespace_labels", b"namespace_labels", "ready_replicas", b"ready_replicas", "replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeTargetResponse: _TypeAlias = DescribeTargetResponse  # noqa: Y015
+
+@_typing.final
 class RunCheckRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

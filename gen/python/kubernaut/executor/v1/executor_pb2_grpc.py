@@ -66,6 +66,11 @@ class ExecutorServiceStub(object):
                 request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckRequest.SerializeToString,
                 response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckResponse.FromString,
                 _registered_method=True)
+        self.DescribeTarget = channel.unary_unary(
+                '/kubernaut.executor.v1.ExecutorService/DescribeTarget',
+                request_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeTargetRequest.SerializeToString,
+                response_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeTargetResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer(object):
@@ -155,6 +160,20 @@ class ExecutorServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeTarget(self, request, context):
+        """DescribeTarget says what the executor sees of a target before anything acts on it:
+        whether it exists, its namespace's labels and whether it is opted in, and a
+        Deployment's or StatefulSet's replicas. Read-only; the workflow's approval policy and
+        runbook templates weigh it.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+        cluster the executor is not configured for; FAILED_PRECONDITION when the executor has
+        no cluster; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +206,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.RunCheck,
                     request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckRequest.FromString,
                     response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckResponse.SerializeToString,
+            ),
+            'DescribeTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTarget,
+                    request_deserializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeTargetRequest.FromString,
+                    response_serializer=kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeTargetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +377,33 @@ class ExecutorService(object):
             '/kubernaut.executor.v1.ExecutorService/RunCheck',
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckRequest.SerializeToString,
             kubernaut_dot_executor_dot_v1_dot_executor__pb2.RunCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kubernaut.executor.v1.ExecutorService/DescribeTarget',
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeTargetRequest.SerializeToString,
+            kubernaut_dot_executor_dot_v1_dot_executor__pb2.DescribeTargetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,16 @@ class ExecutorServiceStub:
     out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
     cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
     """
+    DescribeTarget: _grpc.UnaryUnaryMultiCallable[_executor_pb2.DescribeTargetRequest, _executor_pb2.DescribeTargetResponse]
+    """DescribeTarget says what the executor sees of a target before anything acts on it:
+    whether it exists, its namespace's labels and whether it is opted in, and a
+    Deployment's or StatefulSet's replicas. Read-only; the workflow's approval policy and
+    runbook templates weigh it.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+    cluster the executor is not configured for; FAILED_PRECONDITION when the executor has
+    no cluster; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -158,6 +168,16 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     check that does not apply to the target's kind; FAILED_PRECONDITION when the target is
     out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
     cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+    """
+    DescribeTarget: _aio.UnaryUnaryMultiCallable[_executor_pb2.DescribeTargetRequest, _executor_pb2.DescribeTargetResponse]  # type: ignore[assignment]
+    """DescribeTarget says what the executor sees of a target before anything acts on it:
+    whether it exists, its namespace's labels and whether it is opted in, and a
+    Deployment's or StatefulSet's replicas. Read-only; the workflow's approval policy and
+    runbook templates weigh it.
+    Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+    cluster the executor is not configured for; FAILED_PRECONDITION when the executor has
+    no cluster; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+    PERMISSION_DENIED for callers outside the call table.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -257,6 +277,22 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         check that does not apply to the target's kind; FAILED_PRECONDITION when the target is
         out of scope; NOT_FOUND when the target does not exist; UNAVAILABLE when the cluster
         cannot be reached (safe to retry); PERMISSION_DENIED for callers outside the call table.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeTarget(
+        self,
+        request: _executor_pb2.DescribeTargetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.DescribeTargetResponse, _abc.Awaitable[_executor_pb2.DescribeTargetResponse]]:
+        """DescribeTarget says what the executor sees of a target before anything acts on it:
+        whether it exists, its namespace's labels and whether it is opted in, and a
+        Deployment's or StatefulSet's replicas. Read-only; the workflow's approval policy and
+        runbook templates weigh it.
+        Returns OK; INVALID_ARGUMENT (with field violations) for a malformed reference or a
+        cluster the executor is not configured for; FAILED_PRECONDITION when the executor has
+        no cluster; UNAVAILABLE when the cluster cannot be reached (safe to retry);
+        PERMISSION_DENIED for callers outside the call table.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
