@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -221,9 +222,15 @@ async def _poll(run: RunContext, phase: str, look: Look, timeout: float | None =
     timeout = timeout or verify_timeout(run.request, run.settings)
     started = time.monotonic()
     deadline = started + timeout
+    said = ""
     while True:
         done, broken, summary = await look()
         elapsed = time.monotonic() - started
+        if summary != said:
+            # What verification sees, as it changes: a verification that does not end says
+            # why while it waits, not only at its timeout.
+            _log.info(f"{phase}: waiting: {summary}", extra={"elapsed_seconds": round(elapsed, 1)})
+            said = summary
         if done or broken:
             line = f"{summary} after {elapsed:.1f}s"
             run.stage(f"{phase}: {'ok' if done else 'failed'}: {line}")
@@ -240,6 +247,8 @@ async def _poll(run: RunContext, phase: str, look: Look, timeout: float | None =
 # Scaling a workload whose rollout is stuck (a replica not updated or not Ready) cannot make
 # the rollout complete, so such a scale is judged on what it may change: the controller took
 # it and no available replica was lost (a runbook's scale guard before a rollback).
+_log = logging.getLogger(__name__)
+
 SCALE_ACTIONS: Final = frozenset({"scale_deployment", "scale_statefulset"})
 
 
