@@ -3,6 +3,7 @@ with cel-python and evaluated against plain JSON-like documents."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,10 @@ class Condition:
     _program: celpy.Runner
 
     @staticmethod
+    @functools.lru_cache(maxsize=512)
     def compile(source: str) -> Condition:
-        """ConditionError, naming where, for an expression that does not parse."""
+        """ConditionError, naming where, for an expression that does not parse. Compiled
+        once per expression: a plan's conditions are asked again at every step."""
         environment = celpy.Environment()
         try:
             ast = environment.compile(source)

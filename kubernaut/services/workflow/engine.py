@@ -59,6 +59,7 @@ from opentelemetry import propagate, trace
 from kubernaut.runtime.durations import human_duration
 from kubernaut.runtime.leases import ClaimLoop, LeaseLost, hold, owner_id
 from kubernaut.runtime.logs import incident_id_var
+from kubernaut.services.alerts import subject_text
 from kubernaut.services.workflow.downstream import (
     Downstream,
     DownstreamError,
@@ -507,7 +508,7 @@ class WorkflowRun:
     async def _act(self, workflow: Workflow) -> None:
         plan = workflow.plan
         group = [s for s in workflow.steps if s.kind in ACTING_KINDS and not s.state.finished]
-        where = _where(plan.target)
+        where = subject_text(plan.target)
         if await self._refused_by_a_person(workflow, group):
             return
         # Only the first: the others start as the executor gets to them (_watch_progress).
@@ -825,12 +826,6 @@ class WorkflowRun:
 # -- pure helpers -----------------------------------------------------------------------------
 
 
-def _where(target: alert_pb2.ResourceRef) -> str:
-    if target.namespace:
-        return f"{target.kind} {target.namespace}/{target.name}"
-    return f"{target.kind} {target.name}"
-
-
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -845,7 +840,7 @@ def _acted_at(record: storage_pb2.ActionRecord) -> dt.datetime:
 def _summary(
     plan: workflow_pb2.WorkflowPlan, outcome: storage_pb2.ActionOutcome.ValueType, detail: str
 ) -> str:
-    what = f"{plan.action} on {_where(plan.target)}"
+    what = f"{plan.action} on {subject_text(plan.target)}"
     text = {
         storage_pb2.ACTION_OUTCOME_SUCCEEDED: f"{what} succeeded",
         storage_pb2.ACTION_OUTCOME_DRY_RUN: f"{what} was only dry-run: nothing was applied",
@@ -1105,7 +1100,8 @@ def escalation_stages(workflow: Workflow, expired: str) -> list[str]:
     Kubernaut leaves the incident to people."""
     plan = workflow.plan
     return [
-        f"asked for approval to run {plan.action} on {_where(plan.target)}: {plan.approval_reason}",
+        f"asked for approval to run {plan.action} on {subject_text(plan.target)}: "
+        f"{plan.approval_reason}",
         f"the approval expired: {expired.removeprefix(EXPIRED_APPROVAL)}",
         "nothing was changed, and Kubernaut will not act on this incident: it is yours now",
     ]

@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
-from kubernaut.common.v1 import alert_pb2
 from kubernaut.effectiveness.v1 import effectiveness_pb2
 from kubernaut.executor.v1 import executor_pb2
 from kubernaut.storage.v1 import storage_pb2
 from kubernaut.workflow.v1 import workflow_pb2
 
 from kubernaut.runtime.durations import human_duration
+from kubernaut.services.alerts import subject_text
 from kubernaut.services.workflow.downstream import (
     Downstream,
     DownstreamError,
@@ -143,12 +143,6 @@ def _what(node: workflow_pb2.PlanNode) -> str:
     return node.action.WhichOneof("params") or "action"
 
 
-def _where(target: alert_pb2.ResourceRef) -> str:
-    if target.namespace:
-        return f"{target.kind} {target.namespace}/{target.name}"
-    return f"{target.kind} {target.name}"
-
-
 def step_lines(workflow: Workflow) -> list[str]:
     """One line per graph step, in plan order, for the report."""
     lines = []
@@ -243,7 +237,7 @@ class GraphRun:
         """One node step to its end: attempts, with the node's backoff between them."""
         node = nodes_by_name(workflow.plan)[step.node]
         allowed = max(1, node.retry.attempts)
-        what = f"{_what(node)} on {_where(node.target)}"
+        what = f"{_what(node)} on {subject_text(node.target)}"
         attempt, action_id, not_before = step.attempts, step.action_id, step.not_before
         if step.state is StepStatus.PENDING or not action_id:
             attempt += 1
@@ -403,10 +397,10 @@ class GraphRun:
         compensation = compensation_id(workflow.action_id, node.name)
         why = f"step {failed.node} failed" if failed is not None else "the plan failed"
         if how.WhichOneof("how") == "undo":
-            what = f"undo {_what(node)} on {_where(node.target)} from its snapshot"
+            what = f"undo {_what(node)} on {subject_text(node.target)} from its snapshot"
         else:
             target = how.target if how.HasField("target") else node.target
-            what = f"{how.action.WhichOneof('params')} on {_where(target)}"
+            what = f"{how.action.WhichOneof('params')} on {subject_text(target)}"
         await self.run.save(
             [
                 StepChange(
